@@ -1,0 +1,55 @@
+from herald.v1 import ingest_pb2 as _ingest_pb2
+from herald.v1 import notification_pb2 as _notification_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class DispatchRequest(_message.Message):
+    __slots__ = ("notifications",)
+    NOTIFICATIONS_FIELD_NUMBER: _ClassVar[int]
+    notifications: _containers.RepeatedCompositeFieldContainer[_notification_pb2.Notification]
+    def __init__(self, notifications: _Optional[_Iterable[_Union[_notification_pb2.Notification, _Mapping]]] = ...) -> None: ...
+
+class DispatchResponse(_message.Message):
+    __slots__ = ("recipient_counts",)
+    RECIPIENT_COUNTS_FIELD_NUMBER: _ClassVar[int]
+    recipient_counts: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, recipient_counts: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class GetDeliveryStatusRequest(_message.Message):
+    __slots__ = ("tenant_id", "notification_id")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    NOTIFICATION_ID_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    notification_id: str
+    def __init__(self, tenant_id: _Optional[str] = ..., notification_id: _Optional[str] = ...) -> None: ...
+
+class GetDeliveryStatusResponse(_message.Message):
+    __slots__ = ("found", "status")
+    FOUND_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    found: bool
+    status: _ingest_pb2.GetStatusResponse
+    def __init__(self, found: _Optional[bool] = ..., status: _Optional[_Union[_ingest_pb2.GetStatusResponse, _Mapping]] = ...) -> None: ...
+
+class CloseSessionsRequest(_message.Message):
+    __slots__ = ("tenant_id", "session_ids", "user_id", "reason")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_IDS_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    session_ids: _containers.RepeatedScalarFieldContainer[str]
+    user_id: str
+    reason: str
+    def __init__(self, tenant_id: _Optional[str] = ..., session_ids: _Optional[_Iterable[str]] = ..., user_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class CloseSessionsResponse(_message.Message):
+    __slots__ = ("closed",)
+    CLOSED_FIELD_NUMBER: _ClassVar[int]
+    closed: int
+    def __init__(self, closed: _Optional[int] = ...) -> None: ...

@@ -1,0 +1,122 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from herald.v1 import notification_pb2 as _notification_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class LogCursor(_message.Message):
+    __slots__ = ("log", "cursor")
+    LOG_FIELD_NUMBER: _ClassVar[int]
+    CURSOR_FIELD_NUMBER: _ClassVar[int]
+    log: str
+    cursor: int
+    def __init__(self, log: _Optional[str] = ..., cursor: _Optional[int] = ...) -> None: ...
+
+class SubscribeRequest(_message.Message):
+    __slots__ = ("cursors", "channels", "device", "accept_encodings")
+    CURSORS_FIELD_NUMBER: _ClassVar[int]
+    CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    ACCEPT_ENCODINGS_FIELD_NUMBER: _ClassVar[int]
+    cursors: _containers.RepeatedCompositeFieldContainer[LogCursor]
+    channels: _containers.RepeatedScalarFieldContainer[str]
+    device: str
+    accept_encodings: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, cursors: _Optional[_Iterable[_Union[LogCursor, _Mapping]]] = ..., channels: _Optional[_Iterable[str]] = ..., device: _Optional[str] = ..., accept_encodings: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class SessionStarted(_message.Message):
+    __slots__ = ("session_id", "node_id", "user_id", "tenant_id", "heartbeat_interval_seconds", "channels")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_INTERVAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    node_id: str
+    user_id: str
+    tenant_id: str
+    heartbeat_interval_seconds: int
+    channels: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, session_id: _Optional[str] = ..., node_id: _Optional[str] = ..., user_id: _Optional[str] = ..., tenant_id: _Optional[str] = ..., heartbeat_interval_seconds: _Optional[int] = ..., channels: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class Delivery(_message.Message):
+    __slots__ = ("notification", "log", "cursor", "attempt", "resume_cursor")
+    NOTIFICATION_FIELD_NUMBER: _ClassVar[int]
+    LOG_FIELD_NUMBER: _ClassVar[int]
+    CURSOR_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    RESUME_CURSOR_FIELD_NUMBER: _ClassVar[int]
+    notification: _notification_pb2.Notification
+    log: str
+    cursor: int
+    attempt: int
+    resume_cursor: int
+    def __init__(self, notification: _Optional[_Union[_notification_pb2.Notification, _Mapping]] = ..., log: _Optional[str] = ..., cursor: _Optional[int] = ..., attempt: _Optional[int] = ..., resume_cursor: _Optional[int] = ...) -> None: ...
+
+class DeliveryBatch(_message.Message):
+    __slots__ = ("deliveries",)
+    DELIVERIES_FIELD_NUMBER: _ClassVar[int]
+    deliveries: _containers.RepeatedCompositeFieldContainer[Delivery]
+    def __init__(self, deliveries: _Optional[_Iterable[_Union[Delivery, _Mapping]]] = ...) -> None: ...
+
+class Heartbeat(_message.Message):
+    __slots__ = ("server_time",)
+    SERVER_TIME_FIELD_NUMBER: _ClassVar[int]
+    server_time: _timestamp_pb2.Timestamp
+    def __init__(self, server_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class Closing(_message.Message):
+    __slots__ = ("reason", "message", "retry_after_ms")
+    class Reason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        REASON_UNSPECIFIED: _ClassVar[Closing.Reason]
+        REASON_SHUTDOWN: _ClassVar[Closing.Reason]
+        REASON_SLOW_CONSUMER: _ClassVar[Closing.Reason]
+        REASON_DISCONNECTED: _ClassVar[Closing.Reason]
+        REASON_REPLACED: _ClassVar[Closing.Reason]
+    REASON_UNSPECIFIED: Closing.Reason
+    REASON_SHUTDOWN: Closing.Reason
+    REASON_SLOW_CONSUMER: Closing.Reason
+    REASON_DISCONNECTED: Closing.Reason
+    REASON_REPLACED: Closing.Reason
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    RETRY_AFTER_MS_FIELD_NUMBER: _ClassVar[int]
+    reason: Closing.Reason
+    message: str
+    retry_after_ms: int
+    def __init__(self, reason: _Optional[_Union[Closing.Reason, str]] = ..., message: _Optional[str] = ..., retry_after_ms: _Optional[int] = ...) -> None: ...
+
+class SubscribeResponse(_message.Message):
+    __slots__ = ("deliveries", "heartbeat", "session_started", "closing")
+    DELIVERIES_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    SESSION_STARTED_FIELD_NUMBER: _ClassVar[int]
+    CLOSING_FIELD_NUMBER: _ClassVar[int]
+    deliveries: DeliveryBatch
+    heartbeat: Heartbeat
+    session_started: SessionStarted
+    closing: Closing
+    def __init__(self, deliveries: _Optional[_Union[DeliveryBatch, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., session_started: _Optional[_Union[SessionStarted, _Mapping]] = ..., closing: _Optional[_Union[Closing, _Mapping]] = ...) -> None: ...
+
+class AckRequest(_message.Message):
+    __slots__ = ("notification_ids", "up_to")
+    NOTIFICATION_IDS_FIELD_NUMBER: _ClassVar[int]
+    UP_TO_FIELD_NUMBER: _ClassVar[int]
+    notification_ids: _containers.RepeatedScalarFieldContainer[str]
+    up_to: _containers.RepeatedCompositeFieldContainer[LogCursor]
+    def __init__(self, notification_ids: _Optional[_Iterable[str]] = ..., up_to: _Optional[_Iterable[_Union[LogCursor, _Mapping]]] = ...) -> None: ...
+
+class AckResponse(_message.Message):
+    __slots__ = ("acked",)
+    ACKED_FIELD_NUMBER: _ClassVar[int]
+    acked: int
+    def __init__(self, acked: _Optional[int] = ...) -> None: ...

@@ -1,0 +1,222 @@
+"""The `herald` command: run the services, mint dev tokens, send and tail notifications.
+
+Every flag can also be set by an environment variable (shown in `--help`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Coroutine, Sequence
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+from grpc import aio
+
+from herald.v1 import notification_pb2
+from services import auth
+from services.client import HeraldClient
+from services.config import AuthSettings, Config, ServerSettings
+from services.logs import configure_logging
+
+_PRIORITIES = {
+    "low": notification_pb2.PRIORITY_LOW,
+    "normal": notification_pb2.PRIORITY_NORMAL,
+    "high": notification_pb2.PRIORITY_HIGH,
+}
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
+def _run(coro: Coroutine[Any, Any, int | None]) -> int | None:
+    try:
+        import uvloop
+
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(coro)
+    except ImportError:  # pragma: no cover - uvloop is not available on Windows
+        return asyncio.run(coro)
+
+
+def _minter() -> auth.TokenMinter:
+    settings = AuthSettings()
+    keys = auth.load_keys(settings, ServerSettings().data_dir)
+    return auth.TokenMinter(keys, settings)
+
+
+def _token(args: argparse.Namespace, scopes: list[str], subject: str) -> str:
+    if args.token:
+        return str(args.token)
+    return _minter().mint(subject, args.tenant, scopes, channels=getattr(args, "channels", None) or ())
+
+
+def _client_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--address",
+        default=_env("HERALD_ADDRESS", "127.0.0.1:50051"),
+        help="server host:port (HERALD_ADDRESS)",
+    )
+    parser.add_argument(
+        "--tenant", default=_env("HERALD_TENANT", "default"), help="tenant (HERALD_TENANT)"
+    )
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("HERALD_TOKEN"),
+        help="a JWT to use; without it a dev token is minted with the local dev key (HERALD_TOKEN)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="herald", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    up = commands.add_parser("up", help="run ingest, stream and registry in one process")
+    serve = commands.add_parser("serve", help="run one service, wired to the others over gRPC")
+    serve.add_argument("service", choices=["ingest", "stream", "registry"])
+    for p in (up, serve):
+        p.add_argument("--host", default=None, help="listen address (HERALD_HOST)")
+        p.add_argument("--port", type=int, default=None, help="listen port (HERALD_PORT)")
+
+    token = commands.add_parser("token", help="print a token signed with the local dev key")
+    token.add_argument("--tenant", default=_env("HERALD_TENANT", "default"))
+    who = token.add_mutually_exclusive_group()
+    who.add_argument("--user", help="a subscriber token for this user (scope: subscribe)")
+    who.add_argument(
+        "--service", help="a backend token (scopes: send presence:read sessions:admin)"
+    )
+    token.add_argument("--scope", action="append", help="override the scopes (repeatable)")
+    token.add_argument("--channel", dest="channels", action="append", help="channels the user may join")
+    token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds")
+
+    send = commands.add_parser("send", help="send one notification")
+    _client_flags(send)
+    target = send.add_mutually_exclusive_group(required=True)
+    target.add_argument("--user", help="one user")
+    target.add_argument("--users", help="comma-separated users")
+    target.add_argument("--channel", help="a channel")
+    target.add_argument("--broadcast", action="store_true", help="every user of the tenant")
+    send.add_argument("--title", default="")
+    send.add_argument("--body", default="")
+    send.add_argument("--image", default="")
+    send.add_argument("--data", help="JSON object of app data")
+    send.add_argument("--priority", choices=sorted(_PRIORITIES), default="normal")
+    send.add_argument("--ttl", type=int, default=0, help="seconds; 0 = the server default")
+    send.add_argument("--idempotency-key", default="")
+    send.add_argument("--service", default=_env("HERALD_SERVICE", "herald-cli"))
+
+    tail = commands.add_parser("tail", help="subscribe as a user and print notifications")
+    _client_flags(tail)
+    tail.add_argument("--user", required=True)
+    tail.add_argument("--channel", dest="channels", action="append", help="join a channel")
+    tail.add_argument("--count", type=int, default=0, help="exit after this many (0 = never)")
+    tail.add_argument("--no-ack", action="store_true", help="do not acknowledge")
+    tail.add_argument(
+        "--cursor", action="append", default=[], help="resume a log: LOG=CURSOR (repeatable)"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        code = _dispatch(args)
+    except aio.AioRpcError as exc:
+        print(f"herald: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        code = 2
+    except (ValueError, OSError) as exc:
+        print(f"herald: {exc}", file=sys.stderr)
+        code = 2
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code or 0)
+
+
+def _dispatch(args: argparse.Namespace) -> int | None:
+    if args.command in ("up", "serve"):
+        overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+        config = Config(server=ServerSettings(**overrides))
+        configure_logging(config.server.log_level)
+        from services.server import serve_forever
+
+        roles = ("ingest", "stream", "registry") if args.command == "up" else (args.service,)
+        return _run(serve_forever(config, roles))
+    if args.command == "token":
+        return _print_token(args)
+    if args.command == "send":
+        return _run(_send(args))
+    if args.command == "tail":
+        return _run(_tail(args))
+    return 2  # pragma: no cover - argparse rejects unknown commands
+
+
+def _print_token(args: argparse.Namespace) -> int:
+    if args.service:
+        subject = args.service
+        scopes = args.scope or [auth.SCOPE_SEND, auth.SCOPE_PRESENCE_READ, auth.SCOPE_SESSIONS_ADMIN]
+    else:
+        subject = args.user or "dev"
+        scopes = args.scope or [auth.SCOPE_SUBSCRIBE]
+    print(_minter().mint(subject, args.tenant, scopes, ttl_s=args.ttl, channels=args.channels or ()))
+    return 0
+
+
+async def _send(args: argparse.Namespace) -> int:
+    notification = notification_pb2.Notification(
+        priority=_PRIORITIES[args.priority], ttl_seconds=args.ttl, idempotency_key=args.idempotency_key
+    )
+    if args.user is not None:
+        notification.target.user_id = args.user
+    elif args.users is not None:
+        notification.target.users.user_ids.extend(u.strip() for u in args.users.split(","))
+    elif args.channel is not None:
+        notification.target.channel = args.channel
+    else:
+        notification.target.broadcast = True
+    notification.content.title = args.title
+    notification.content.body = args.body
+    notification.content.image_url = args.image
+    if args.data:
+        notification.content.data.update(json.loads(args.data))
+    token = _token(args, [auth.SCOPE_SEND], args.service)
+    async with HeraldClient(args.address, token) as client:
+        response = await client.send(notification)
+    print(json_format.MessageToJson(response, indent=None))
+    return 0
+
+
+async def _tail(args: argparse.Namespace) -> int:
+    cursors = {}
+    for item in args.cursor:
+        log_name, _, value = item.rpartition("=")
+        if not log_name or not value.isdigit():
+            raise ValueError(f"--cursor takes LOG=CURSOR, e.g. user=42; got {item!r}")
+        cursors[log_name] = int(value)
+    token = _token(args, [auth.SCOPE_SUBSCRIBE], args.user)
+    seen = 0
+    async with HeraldClient(args.address, token) as client:
+        subscription = client.subscribe(
+            channels=args.channels or (), cursors=cursors, auto_ack=not args.no_ack, device="cli"
+        )
+        try:
+            async for received in subscription:
+                line = {
+                    "log": received.log,
+                    "cursor": received.cursor,
+                    "attempt": received.attempt,
+                    "notification": json_format.MessageToDict(received.notification),
+                }
+                print(json.dumps(line), flush=True)
+                seen += 1
+                if args.count and seen >= args.count:
+                    break
+        except aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.CANCELLED:
+                return 0
+            raise
+    return 0

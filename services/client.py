@@ -1,0 +1,279 @@
+"""An async client for Herald: send, read status, and subscribe with automatic reconnects.
+
+    async with HeraldClient("127.0.0.1:50051", token=user_token) as client:
+        async for received in client.subscribe(channels=["news"]):
+            print(received.notification.content.title)   # acked automatically after this
+
+A subscription reconnects on its own (exponential backoff with full jitter), resumes every log
+from the last `resume_cursor` it saw, and drops duplicates by notification id, so the loop body
+sees each notification once even though delivery is at-least-once. With `auto_ack=False`, call
+`received.ack()` (or `client.ack`) when the app has handled it; unacked notifications come back
+after the server's ack timeout and on the next connect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from grpc import aio
+
+from herald.v1 import (
+    ingest_pb2,
+    ingest_pb2_grpc,
+    notification_pb2,
+    stream_pb2,
+    stream_pb2_grpc,
+)
+
+# Errors that reconnecting cannot fix: they are raised to the caller.
+FATAL_CODES = frozenset(
+    {
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.UNIMPLEMENTED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    }
+)
+
+CHANNEL_OPTIONS = [
+    ("grpc.keepalive_time_ms", 25_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+]
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Reconnect delays: min(cap, base * 2**n) with full jitter."""
+
+    base_s: float = 0.2
+    cap_s: float = 30.0
+
+    def delay(self, failures: int, rng: random.Random) -> float:
+        return rng.uniform(0, min(self.cap_s, self.base_s * (2 ** min(failures, 16))))
+
+
+@dataclass
+class Received:
+    """A notification as the subscriber receives it."""
+
+    notification: notification_pb2.Notification
+    log: str
+    cursor: int
+    attempt: int
+    _client: HeraldClient = field(repr=False)
+
+    async def ack(self) -> None:
+        await self._client.ack(notification_ids=[self.notification.id])
+
+
+class HeraldClient:
+    """A connection to Herald with one token (a user's, or a backend's)."""
+
+    def __init__(
+        self,
+        address: str,
+        token: str | Callable[[], str],
+        *,
+        options: list[tuple[str, Any]] | None = None,
+    ) -> None:
+        self._channel = aio.insecure_channel(address, options=options or CHANNEL_OPTIONS)
+        self._token = token
+        self._ingest = ingest_pb2_grpc.IngestServiceStub(self._channel)
+        self._stream = stream_pb2_grpc.StreamServiceStub(self._channel)
+
+    async def __aenter__(self) -> HeraldClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        token = self._token() if callable(self._token) else self._token
+        return (("authorization", f"Bearer {token}"),)
+
+    # -- backends --------------------------------------------------------------------------
+
+    async def send(
+        self, notification: notification_pb2.Notification, *, timeout: float = 10.0
+    ) -> ingest_pb2.SendResponse:
+        return await self._ingest.Send(
+            ingest_pb2.SendRequest(notification=notification),
+            metadata=self.metadata(),
+            timeout=timeout,
+        )
+
+    async def send_batch(
+        self, notifications: Iterable[notification_pb2.Notification], *, timeout: float = 30.0
+    ) -> ingest_pb2.SendBatchResponse:
+        return await self._ingest.SendBatch(
+            ingest_pb2.SendBatchRequest(notifications=list(notifications)),
+            metadata=self.metadata(),
+            timeout=timeout,
+        )
+
+    async def status(self, notification_id: str) -> ingest_pb2.GetStatusResponse:
+        return await self._ingest.GetStatus(
+            ingest_pb2.GetStatusRequest(notification_id=notification_id),
+            metadata=self.metadata(),
+            timeout=10.0,
+        )
+
+    # -- subscribers -----------------------------------------------------------------------
+
+    async def ack(
+        self, notification_ids: Iterable[str] = (), up_to: dict[str, int] | None = None
+    ) -> int:
+        request = stream_pb2.AckRequest(
+            notification_ids=list(notification_ids),
+            up_to=[stream_pb2.LogCursor(log=k, cursor=v) for k, v in (up_to or {}).items()],
+        )
+        response = await self._stream.Ack(request, metadata=self.metadata(), timeout=10.0)
+        return response.acked
+
+    def subscribe(
+        self,
+        *,
+        channels: Iterable[str] = (),
+        cursors: dict[str, int] | None = None,
+        device: str = "python",
+        auto_ack: bool = True,
+        reconnect: bool = True,
+        backoff: Backoff | None = None,
+        dedupe_window: int = 10_000,
+        rng: random.Random | None = None,
+    ) -> Subscription:
+        return Subscription(
+            self,
+            channels=tuple(channels),
+            cursors=dict(cursors or {}),
+            device=device,
+            auto_ack=auto_ack,
+            reconnect=reconnect,
+            backoff=backoff or Backoff(),
+            dedupe_window=dedupe_window,
+            rng=rng or random.Random(),  # noqa: S311 - jitter, not security
+        )
+
+    def open_stream(
+        self, request: stream_pb2.SubscribeRequest
+    ) -> aio.UnaryStreamCall[stream_pb2.SubscribeRequest, stream_pb2.SubscribeResponse]:
+        return self._stream.Subscribe(request, metadata=self.metadata())
+
+
+class Subscription:
+    """An endless async iterator of notifications across reconnects."""
+
+    def __init__(
+        self,
+        client: HeraldClient,
+        *,
+        channels: tuple[str, ...],
+        cursors: dict[str, int],
+        device: str,
+        auto_ack: bool,
+        reconnect: bool,
+        backoff: Backoff,
+        dedupe_window: int,
+        rng: random.Random,
+    ) -> None:
+        self._client = client
+        self.channels = channels
+        # The resume cursor per log: pass these to a later subscribe to continue from here.
+        self.cursors = cursors
+        self._device = device
+        self._auto_ack = auto_ack
+        self._reconnect = reconnect
+        self._backoff = backoff
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._dedupe_window = dedupe_window
+        self._rng = rng
+        self._call: aio.UnaryStreamCall[Any, Any] | None = None
+        self.session_id = ""
+        self.connects = 0
+        self.last_closing: stream_pb2.Closing | None = None
+        self.connected = asyncio.Event()
+
+    def __aiter__(self) -> AsyncIterator[Received]:
+        return self._run()
+
+    def cancel(self) -> None:
+        """Ends the current stream (the iterator reconnects if `reconnect` is on)."""
+        if self._call is not None:
+            self._call.cancel()
+
+    def _request(self) -> stream_pb2.SubscribeRequest:
+        return stream_pb2.SubscribeRequest(
+            cursors=[stream_pb2.LogCursor(log=k, cursor=v) for k, v in self.cursors.items()],
+            channels=self.channels,
+            device=self._device,
+        )
+
+    async def _run(self) -> AsyncIterator[Received]:
+        failures = 0
+        pending_acks: list[str] = []
+        while True:
+            retry_after = 0.0
+            self._call = call = self._client.open_stream(self._request())
+            try:
+                async for event in call:
+                    kind = event.WhichOneof("event")
+                    if kind == "deliveries":
+                        for delivery in event.deliveries.deliveries:
+                            self.cursors[delivery.log] = max(
+                                self.cursors.get(delivery.log, 0), delivery.resume_cursor
+                            )
+                            notification_id = delivery.notification.id
+                            if notification_id in self._seen:
+                                if self._auto_ack:
+                                    pending_acks.append(notification_id)
+                                continue
+                            self._remember(notification_id)
+                            yield Received(
+                                delivery.notification,
+                                delivery.log,
+                                delivery.cursor,
+                                delivery.attempt,
+                                self._client,
+                            )
+                            if self._auto_ack:
+                                pending_acks.append(notification_id)
+                        if pending_acks:
+                            await self._client.ack(notification_ids=pending_acks)
+                            pending_acks = []
+                    elif kind == "session_started":
+                        self.session_id = event.session_started.session_id
+                        self.connects += 1
+                        failures = 0
+                        self.connected.set()
+                    elif kind == "closing":
+                        self.last_closing = event.closing
+                        retry_after = event.closing.retry_after_ms / 1000
+                        if event.closing.reason == stream_pb2.Closing.REASON_DISCONNECTED:
+                            return
+            except aio.AioRpcError as exc:
+                if exc.code() in FATAL_CODES or not self._reconnect:
+                    raise
+                failures += 1
+            finally:
+                self.connected.clear()
+                call.cancel()
+            if not self._reconnect:
+                return
+            await asyncio.sleep(max(retry_after, self._backoff.delay(failures, self._rng)))
+
+    def _remember(self, notification_id: str) -> None:
+        self._seen[notification_id] = None
+        if len(self._seen) > self._dedupe_window:
+            self._seen.popitem(last=False)

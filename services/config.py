@@ -1,0 +1,120 @@
+"""Configuration: one frozen settings class per concern, read from `HERALD_*` variables."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "herald"
+
+
+class ServerSettings(BaseSettings):
+    """Where a node listens and how it treats long-lived connections."""
+
+    model_config = SettingsConfigDict(env_prefix="HERALD_", frozen=True, extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=50051, ge=0, le=65535)
+    node_id: str = ""
+    # Address other nodes use to reach this one; defaults to host:port.
+    advertise_address: str = ""
+    # Split topology: where the other services are (empty in `herald up`).
+    registry_address: str = ""
+    stream_address: str = ""
+    # HTTP/2 keepalive for long streams (see DESIGN.md: grpc defaults do not suit them).
+    keepalive_time_s: float = Field(default=25.0, gt=0)
+    keepalive_timeout_s: float = Field(default=10.0, gt=0)
+    min_client_ping_interval_s: float = Field(default=10.0, gt=0)
+    # How long shutdown waits for streams to drain and stores to flush.
+    shutdown_grace_s: float = Field(default=10.0, ge=0)
+    log_level: str = "INFO"
+    data_dir: Path = Field(default_factory=_default_data_dir)
+
+
+class AuthSettings(BaseSettings):
+    """How tokens are verified (and, in dev mode, minted)."""
+
+    model_config = SettingsConfigDict(env_prefix="HERALD_AUTH_", frozen=True, extra="ignore")
+
+    # dev: a signing key is generated on first start and kept in the data dir (never in the repo).
+    # production: keys must come from configuration.
+    mode: Literal["dev", "production"] = "dev"
+    issuer: str = "herald"
+    audience: str = "herald"
+    algorithm: Literal["HS256", "RS256", "ES256", "EdDSA"] = "HS256"
+    # HS256 shared secret (production), at least 32 bytes.
+    secret: SecretStr | None = None
+    # PEM public key file for RS256 / ES256 / EdDSA verification.
+    public_key_file: Path | None = None
+    # PEM private key file, only needed to mint tokens (`herald token`, node tokens).
+    private_key_file: Path | None = None
+    leeway_s: float = Field(default=30.0, ge=0)
+    tenant_claim: str = "tenant"
+    # A ready node token for node-to-node calls when this node cannot mint one.
+    node_token: SecretStr | None = None
+
+
+class IngestSettings(BaseSettings):
+    """Limits on what backends may send."""
+
+    model_config = SettingsConfigDict(env_prefix="HERALD_INGEST_", frozen=True, extra="ignore")
+
+    max_payload_bytes: int = Field(default=4096, gt=0)
+    max_batch: int = Field(default=500, gt=0)
+    max_users_per_send: int = Field(default=1000, gt=0)
+    default_ttl_s: int = Field(default=86_400, gt=0)
+    max_ttl_s: int = Field(default=30 * 86_400, gt=0)
+    idempotency_window_s: int = Field(default=86_400, gt=0)
+
+
+class DeliverySettings(BaseSettings):
+    """How stream nodes deliver: batching, buffers, heartbeats, acks and redelivery."""
+
+    model_config = SettingsConfigDict(env_prefix="HERALD_DELIVERY_", frozen=True, extra="ignore")
+
+    heartbeat_interval_s: float = Field(default=15.0, gt=0, le=30)
+    # Deliveries already waiting are coalesced into one stream message, up to this many.
+    batch_max: int = Field(default=64, ge=1, le=1024)
+    # Deliveries a session may have waiting before it counts as a slow consumer.
+    session_buffer: int = Field(default=4096, ge=1)
+    # A write that does not complete in this time closes the session as a slow consumer.
+    write_timeout_s: float = Field(default=10.0, gt=0)
+    ack_timeout_s: float = Field(default=30.0, gt=0)
+    max_attempts: int = Field(default=3, ge=1)
+    backoff_base_s: float = Field(default=2.0, gt=0)
+    backoff_max_s: float = Field(default=300.0, gt=0)
+    # Entries kept per user log (the offline inbox); the oldest is dropped beyond it.
+    inbox_limit: int = Field(default=1000, ge=1)
+    channel_log_limit: int = Field(default=10_000, ge=1)
+    max_channels_per_session: int = Field(default=50, ge=0)
+    status_retention_s: int = Field(default=90 * 86_400, gt=0)
+
+
+class RegistrySettings(BaseSettings):
+    """Session leases and presence."""
+
+    model_config = SettingsConfigDict(env_prefix="HERALD_REGISTRY_", frozen=True, extra="ignore")
+
+    session_lease_s: int = Field(default=60, gt=0)
+    # After the last session closes, a user is RECONNECTING for this long, then OFFLINE.
+    presence_grace_s: float = Field(default=30.0, ge=0)
+    max_sessions_per_user: int = Field(default=5, ge=1)
+
+
+@dataclass(frozen=True)
+class Config:
+    """All settings, built once in the entry point and passed down."""
+
+    server: ServerSettings = field(default_factory=ServerSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    ingest: IngestSettings = field(default_factory=IngestSettings)
+    delivery: DeliverySettings = field(default_factory=DeliverySettings)
+    registry: RegistrySettings = field(default_factory=RegistrySettings)

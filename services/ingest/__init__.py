@@ -1,0 +1,1 @@
+"""IngestService: accepting notifications from backends."""

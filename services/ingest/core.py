@@ -1,0 +1,130 @@
+"""Ingest logic: validate, complete, deduplicate and hand notifications to delivery."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+
+from herald.v1 import notification_pb2
+from services import metrics
+from services.clock import Clock
+from services.config import IngestSettings
+from services.errors import HeraldError, InvalidArgument, NotFound
+from services.ingest.idempotency import IdempotencyStore
+from services.ingest.validation import validate
+from services.model import Accepted, accepted_from_proto, timestamp
+from services.ports import DeliveryPort
+from services.stream.status import NotificationRecord
+
+log = logging.getLogger(__name__)
+
+
+def new_notification_id() -> str:
+    """32 hex digits: 48 bits of milliseconds then 80 random bits, so ids sort by time."""
+    return f"{int(time.time() * 1000):012x}{os.urandom(10).hex()}"
+
+
+@dataclass(frozen=True, slots=True)
+class SendOutcome:
+    notification_id: str
+    duplicate: bool
+    recipient_count: int
+
+
+class IngestCore:
+    """Accepts notifications for one tenant at a time (the caller's)."""
+
+    def __init__(
+        self,
+        delivery: DeliveryPort,
+        idempotency: IdempotencyStore,
+        settings: IngestSettings,
+        clock: Clock,
+    ) -> None:
+        self._delivery = delivery
+        self._idempotency = idempotency
+        self._settings = settings
+        self._clock = clock
+
+    async def send(self, tenant: str, notification: notification_pb2.Notification) -> SendOutcome:
+        [outcome] = await self.send_batch(tenant, [notification])
+        if isinstance(outcome, HeraldError):
+            raise outcome
+        return outcome
+
+    async def send_batch(
+        self, tenant: str, notifications: list[notification_pb2.Notification]
+    ) -> list[SendOutcome | HeraldError]:
+        """Validates each notification on its own and dispatches the good ones together."""
+        if len(notifications) > self._settings.max_batch:
+            raise InvalidArgument(
+                f"a batch holds at most {self._settings.max_batch} notifications; "
+                f"got {len(notifications)}"
+            )
+        if not notifications:
+            raise InvalidArgument("the batch is empty")
+        now = self._clock.now()
+        outcomes: list[SendOutcome | HeraldError] = []
+        accepted: list[tuple[int, Accepted, str]] = []
+        for index, notification in enumerate(notifications):
+            try:
+                validate(notification, tenant, self._settings)
+            except HeraldError as exc:
+                metrics.REJECTED.labels(type(exc).__name__).inc()
+                outcomes.append(exc)
+                continue
+            notification_id = new_notification_id()
+            key = notification.idempotency_key
+            if key:
+                original = await self._idempotency.reserve(
+                    tenant, key, notification_id, now, self._settings.idempotency_window_s
+                )
+                if original is not None:
+                    metrics.DUPLICATES.inc()
+                    outcomes.append(SendOutcome(original, True, 0))
+                    continue
+            completed = self._complete(notification, tenant, notification_id, now)
+            encoded = completed.SerializeToString()
+            outcomes.append(SendOutcome(notification_id, False, 0))
+            accepted.append((index, accepted_from_proto(completed, encoded), key))
+        if accepted:
+            try:
+                counts = await self._delivery.dispatch([a for _, a, _ in accepted])
+            except BaseException:
+                for _, a, key in accepted:
+                    if key:
+                        await self._idempotency.release(tenant, key, a.notification_id)
+                raise
+            for (index, a, _), count in zip(accepted, counts, strict=True):
+                outcomes[index] = SendOutcome(a.notification_id, False, count)
+            metrics.ACCEPTED.inc(len(accepted))
+        return outcomes
+
+    def _complete(
+        self,
+        notification: notification_pb2.Notification,
+        tenant: str,
+        notification_id: str,
+        now: float,
+    ) -> notification_pb2.Notification:
+        completed = notification_pb2.Notification()
+        completed.CopyFrom(notification)
+        completed.id = notification_id
+        completed.tenant_id = tenant
+        ttl = notification.ttl_seconds or self._settings.default_ttl_s
+        completed.ttl_seconds = ttl
+        if completed.priority == notification_pb2.PRIORITY_UNSPECIFIED:
+            completed.priority = notification_pb2.PRIORITY_NORMAL
+        completed.created_at.CopyFrom(timestamp(now))
+        completed.expires_at.CopyFrom(timestamp(now + ttl))
+        return completed
+
+    async def status(self, tenant: str, notification_id: str) -> NotificationRecord:
+        if not notification_id:
+            raise InvalidArgument("notification_id must not be empty")
+        record = await self._delivery.status(tenant, notification_id)
+        if record is None:
+            raise NotFound(f"no notification {notification_id!r} in this tenant")
+        return record

@@ -1,0 +1,103 @@
+"""What makes a notification acceptable. Every refusal says what to change."""
+
+from __future__ import annotations
+
+from herald.v1 import notification_pb2
+from services.config import IngestSettings
+from services.errors import InvalidArgument, PermissionDenied
+from services.model import TargetKind, target_kind
+
+MAX_ID_LEN = 256
+MAX_METADATA_ENTRIES = 32
+_PRIORITIES = frozenset(notification_pb2.Priority.values())
+
+
+def _check_id(value: str, what: str) -> None:
+    if not value:
+        raise InvalidArgument(f"{what} must not be empty")
+    if len(value) > MAX_ID_LEN:
+        raise InvalidArgument(f"{what} is longer than {MAX_ID_LEN} characters")
+
+
+def validate(
+    notification: notification_pb2.Notification, tenant: str, settings: IngestSettings
+) -> TargetKind:
+    """Checks a notification as sent by a backend of `tenant`.
+
+    Raises:
+        InvalidArgument: the notification is malformed or over a limit.
+        PermissionDenied: it names another tenant.
+    """
+    if notification.tenant_id and notification.tenant_id != tenant:
+        raise PermissionDenied(
+            f"the token of tenant '{tenant}' cannot send to tenant '{notification.tenant_id}'"
+        )
+    if notification.id:
+        raise InvalidArgument("notification.id is assigned by the server; leave it empty")
+    if notification.HasField("created_at") or notification.HasField("expires_at"):
+        raise InvalidArgument("created_at and expires_at are set by the server; leave them empty")
+    kind = _validate_target(notification.target, settings)
+    if notification.priority not in _PRIORITIES:
+        raise InvalidArgument(
+            f"priority {notification.priority} is not a known Priority "
+            "(use PRIORITY_LOW, PRIORITY_NORMAL or PRIORITY_HIGH)"
+        )
+    if notification.ttl_seconds > settings.max_ttl_s:
+        raise InvalidArgument(
+            f"ttl_seconds {notification.ttl_seconds} is over the maximum of {settings.max_ttl_s}"
+        )
+    if len(notification.idempotency_key) > MAX_ID_LEN:
+        raise InvalidArgument(f"idempotency_key is longer than {MAX_ID_LEN} characters")
+    if len(notification.metadata) > MAX_METADATA_ENTRIES:
+        raise InvalidArgument(f"metadata has more than {MAX_METADATA_ENTRIES} entries")
+    content = notification.content
+    has_template = notification.HasField("template")
+    if has_template:
+        _check_id(notification.template.template_id, "template.template_id")
+    elif not (content.title or content.body or content.HasField("data")):
+        raise InvalidArgument("content needs a title, a body or data (or name a template)")
+    for action in content.actions:
+        if not action.label:
+            raise InvalidArgument("every content.actions entry needs a label")
+    check_payload_size(notification, settings)
+    return kind
+
+
+def check_payload_size(notification: notification_pb2.Notification, settings: IngestSettings) -> None:
+    """The payload (content, template variables, metadata) must fit the limit."""
+    size = (
+        notification.content.ByteSize()
+        + notification.template.ByteSize()
+        + sum(len(k) + len(v) for k, v in notification.metadata.items())
+    )
+    if size > settings.max_payload_bytes:
+        raise InvalidArgument(
+            f"the payload is {size} bytes; the limit is {settings.max_payload_bytes} bytes "
+            "(content, template variables and metadata together)"
+        )
+
+
+def _validate_target(target: notification_pb2.Target, settings: IngestSettings) -> TargetKind:
+    kind = target_kind(target)
+    if kind is None:
+        raise InvalidArgument(
+            "notification.target is required: set user_id, users, channel or broadcast"
+        )
+    if kind is TargetKind.USER:
+        _check_id(target.user_id, "target.user_id")
+    elif kind is TargetKind.USERS:
+        user_ids = target.users.user_ids
+        if not user_ids:
+            raise InvalidArgument("target.users must list at least one user id")
+        if len(user_ids) > settings.max_users_per_send:
+            raise InvalidArgument(
+                f"target.users lists {len(user_ids)} users; the limit is "
+                f"{settings.max_users_per_send} (use a channel or a broadcast for more)"
+            )
+        for user_id in user_ids:
+            _check_id(user_id, "every user id in target.users")
+    elif kind is TargetKind.CHANNEL:
+        _check_id(target.channel, "target.channel")
+    elif not target.broadcast:
+        raise InvalidArgument("target.broadcast must be true to broadcast to the tenant")
+    return kind

@@ -1,0 +1,27 @@
+"""Prometheus metrics, defined once and labelled by tenant only where the cardinality is bounded."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+ACCEPTED = Counter("herald_notifications_accepted_total", "Notifications accepted by ingest")
+REJECTED = Counter(
+    "herald_notifications_rejected_total", "Notifications refused by ingest", ["reason"]
+)
+DUPLICATES = Counter(
+    "herald_idempotent_duplicates_total", "Sends answered from the idempotency store"
+)
+DELIVERED = Counter("herald_deliveries_total", "Deliveries written to streams", ["attempt"])
+ACKED = Counter("herald_acks_total", "Entries acknowledged")
+EXPIRED = Counter("herald_expired_total", "Entries that expired before being acknowledged")
+FAILED = Counter("herald_delivery_failed_total", "Entries that exhausted their delivery attempts")
+DROPPED = Counter(
+    "herald_log_overflow_dropped_total", "Entries dropped because a log reached its bound", ["log"]
+)
+SESSIONS = Gauge("herald_sessions_open", "Open subscription streams on this node")
+SLOW_CONSUMERS = Counter("herald_slow_consumers_total", "Sessions closed for not reading")
+BATCH_SIZE = Histogram(
+    "herald_stream_batch_size",
+    "Deliveries coalesced into one stream message",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)

@@ -1,0 +1,167 @@
+"""Domain values shared by the services, and their conversion from and to the wire types.
+
+This module is the one place that turns herald.v1 messages into plain values and back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from herald.v1 import ingest_pb2, notification_pb2, registry_pb2
+from services.registry.sessions import SessionInfo
+from services.stream.status import NotificationRecord, RecipientRecord, State
+
+
+class TargetKind(Enum):
+    USER = "user"
+    USERS = "users"
+    CHANNEL = "channel"
+    BROADCAST = "broadcast"
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """A validated notification, fully resolved, ready to append to its logs."""
+
+    notification_id: str
+    tenant: str
+    kind: TargetKind
+    user_ids: tuple[str, ...]
+    channel: str
+    priority: int
+    created_at: float
+    expires_at: float
+    # The encoded herald.v1.Notification, serialized once at ingest.
+    encoded: bytes
+    # The encoded herald.v1.Target, for the status record.
+    target: bytes
+
+
+def target_kind(target: notification_pb2.Target) -> TargetKind | None:
+    kind = target.WhichOneof("kind")
+    return None if kind is None else _KINDS[kind]
+
+
+_KINDS = {
+    "user_id": TargetKind.USER,
+    "users": TargetKind.USERS,
+    "channel": TargetKind.CHANNEL,
+    "broadcast": TargetKind.BROADCAST,
+}
+
+
+def accepted_from_proto(notification: notification_pb2.Notification, encoded: bytes) -> Accepted:
+    """The domain value of a notification ingest has already validated and completed."""
+    target = notification.target
+    kind = target_kind(target)
+    if kind is None:
+        raise ValueError("notification without a target")
+    if kind is TargetKind.USER:
+        users: tuple[str, ...] = (target.user_id,)
+    elif kind is TargetKind.USERS:
+        users = tuple(dict.fromkeys(target.users.user_ids))
+    else:
+        users = ()
+    return Accepted(
+        notification_id=notification.id,
+        tenant=notification.tenant_id,
+        kind=kind,
+        user_ids=users,
+        channel=target.channel if kind is TargetKind.CHANNEL else "",
+        priority=notification.priority,
+        created_at=seconds(notification.created_at),
+        expires_at=seconds(notification.expires_at),
+        encoded=encoded,
+        target=target.SerializeToString(),
+    )
+
+
+def seconds(ts: Timestamp) -> float:
+    return ts.seconds + ts.nanos / 1e9
+
+
+def timestamp(value: float) -> Timestamp:
+    """A Timestamp for epoch seconds (an empty one for 0)."""
+    ts = Timestamp()
+    if value:
+        whole = int(value)
+        ts.seconds = whole
+        ts.nanos = int(round((value - whole) * 1e9)) % 1_000_000_000
+    return ts
+
+
+def status_to_proto(record: NotificationRecord) -> ingest_pb2.GetStatusResponse:
+    """The wire form of a notification's status (recipients in user id order)."""
+    return ingest_pb2.GetStatusResponse(
+        notification_id=record.notification_id,
+        target=notification_pb2.Target.FromString(record.target),
+        created_at=timestamp(record.created_at),
+        expires_at=timestamp(record.expires_at),
+        recipients=[
+            ingest_pb2.RecipientStatus(
+                user_id=r.user_id,
+                state=int(r.state),  # type: ignore[arg-type]
+                updated_at=timestamp(r.updated_at),
+                attempts=r.attempts,
+                reason=r.reason,
+                queued_at=timestamp(r.queued_at),
+                delivered_at=timestamp(r.delivered_at),
+                acked_at=timestamp(r.acked_at),
+            )
+            for r in sorted(record.recipients.values(), key=lambda r: r.user_id)
+        ],
+    )
+
+
+def status_from_proto(tenant: str, message: ingest_pb2.GetStatusResponse) -> NotificationRecord:
+    return NotificationRecord(
+        notification_id=message.notification_id,
+        tenant=tenant,
+        target=message.target.SerializeToString(),
+        created_at=seconds(message.created_at),
+        expires_at=seconds(message.expires_at),
+        recipients={
+            r.user_id: RecipientRecord(
+                user_id=r.user_id,
+                state=State(r.state),
+                updated_at=seconds(r.updated_at),
+                queued_at=seconds(r.queued_at),
+                delivered_at=seconds(r.delivered_at),
+                acked_at=seconds(r.acked_at),
+                attempts=r.attempts,
+                reason=r.reason,
+            )
+            for r in message.recipients
+        },
+    )
+
+
+def session_to_proto(session: SessionInfo) -> registry_pb2.Session:
+    return registry_pb2.Session(
+        session_id=session.session_id,
+        tenant_id=session.tenant,
+        user_id=session.user_id,
+        node_id=session.node_id,
+        node_address=session.node_address,
+        device=session.device,
+        channels=session.channels,
+        connected_at=timestamp(session.connected_at),
+        last_seen_at=timestamp(session.last_seen_at),
+    )
+
+
+def session_from_proto(message: registry_pb2.Session) -> SessionInfo:
+    return SessionInfo(
+        session_id=message.session_id,
+        tenant=message.tenant_id,
+        user_id=message.user_id,
+        node_id=message.node_id,
+        node_address=message.node_address,
+        device=message.device,
+        channels=tuple(message.channels),
+        connected_at=seconds(message.connected_at),
+        last_seen_at=seconds(message.last_seen_at),
+    )

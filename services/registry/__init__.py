@@ -1,0 +1,1 @@
+"""RegistryService: which sessions are open on which node, and presence."""

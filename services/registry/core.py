@@ -1,0 +1,124 @@
+"""Registry logic: session leases, presence states and disconnects, independent of gRPC."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import IntEnum
+
+from services.clock import Clock
+from services.config import RegistrySettings
+from services.errors import InvalidArgument, ResourceExhausted
+from services.ports import NodePort
+from services.registry.sessions import SessionDirectory, SessionInfo
+
+log = logging.getLogger(__name__)
+
+
+class Presence(IntEnum):
+    """Mirrors herald.v1.PresenceState."""
+
+    ONLINE = 1
+    OFFLINE = 2
+    RECONNECTING = 3
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceView:
+    user_id: str
+    state: Presence
+    sessions: int
+    since: float
+
+
+class RegistryCore:
+    """Sessions and presence. Presence: ONLINE with at least one session; RECONNECTING for
+    `presence_grace_s` after the last one closed; OFFLINE after that (or if never seen)."""
+
+    def __init__(
+        self,
+        directory: SessionDirectory,
+        settings: RegistrySettings,
+        clock: Clock,
+        node_for: Callable[[SessionInfo], NodePort | None],
+    ) -> None:
+        self._directory = directory
+        self._settings = settings
+        self._clock = clock
+        self._node_for = node_for
+
+    @property
+    def lease_seconds(self) -> int:
+        return self._settings.session_lease_s
+
+    async def register(self, session: SessionInfo) -> None:
+        if not session.session_id or not session.user_id or not session.tenant:
+            raise InvalidArgument("session_id, tenant_id and user_id are required")
+        now = self._clock.now()
+        session.connected_at = session.connected_at or now
+        session.last_seen_at = now
+        if not await self._directory.add(session, self._settings.max_sessions_per_user):
+            raise ResourceExhausted(
+                f"user '{session.user_id}' already has {self._settings.max_sessions_per_user} "
+                "open sessions; close one (or raise HERALD_REGISTRY_MAX_SESSIONS_PER_USER)"
+            )
+
+    async def heartbeat(self, tenant: str, session_ids: list[str]) -> list[str]:
+        return await self._directory.touch(tenant, session_ids, self._clock.now())
+
+    async def unregister(self, tenant: str, session_id: str) -> None:
+        await self._directory.remove(tenant, session_id, self._clock.now())
+
+    async def presence(self, tenant: str, user_ids: list[str]) -> list[PresenceView]:
+        if not user_ids:
+            raise InvalidArgument("user_ids must name at least one user")
+        if any(not u for u in user_ids):
+            raise InvalidArgument("user_ids must not contain an empty user id")
+        await self.expire_stale()
+        now = self._clock.now()
+        views = []
+        for record in await self._directory.presence(tenant, user_ids):
+            if record.sessions:
+                views.append(
+                    PresenceView(record.user_id, Presence.ONLINE, record.sessions, record.online_since)
+                )
+            elif record.last_left_at and now - record.last_left_at < self._settings.presence_grace_s:
+                views.append(
+                    PresenceView(record.user_id, Presence.RECONNECTING, 0, record.last_left_at)
+                )
+            else:
+                views.append(PresenceView(record.user_id, Presence.OFFLINE, 0, record.last_left_at))
+        return views
+
+    async def sessions(self, tenant: str, user_id: str = "") -> list[SessionInfo]:
+        await self.expire_stale()
+        return await self._directory.list(tenant, user_id)
+
+    async def disconnect(self, tenant: str, session_id: str, user_id: str, reason: str) -> int:
+        """Asks the nodes holding the sessions to close them."""
+        if not session_id and not user_id:
+            raise InvalidArgument("name a session_id or a user_id to disconnect")
+        sessions = await self._directory.list(tenant, user_id)
+        if session_id:
+            sessions = [s for s in sessions if s.session_id == session_id]
+        closed = 0
+        by_node: dict[str, list[SessionInfo]] = {}
+        for session in sessions:
+            by_node.setdefault(session.node_id, []).append(session)
+        for node_sessions in by_node.values():
+            node = self._node_for(node_sessions[0])
+            if node is None:
+                continue
+            closed += await node.close_sessions(
+                tenant, [s.session_id for s in node_sessions], "", reason
+            )
+        return closed
+
+    async def expire_stale(self) -> None:
+        now = self._clock.now()
+        for session in await self._directory.expire(now - self._settings.session_lease_s, now):
+            log.info(
+                "session lease expired",
+                extra={"tenant": session.tenant, "session_id": session.session_id},
+            )

@@ -1,0 +1,81 @@
+"""RegistryService over gRPC: decode, call RegistryCore, encode."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from grpc import aio
+
+from herald.v1 import registry_pb2, registry_pb2_grpc
+from services.auth import current_principal
+from services.errors import InvalidArgument
+from services.model import seconds, session_from_proto, session_to_proto, timestamp
+from services.registry.core import RegistryCore
+
+Context = aio.ServicerContext[Any, Any]
+
+
+def _tenant(requested: str) -> str:
+    """The tenant a request acts on: the token's own unless named (and allowed)."""
+    principal = current_principal()
+    tenant = requested or principal.tenant
+    if tenant == "*":
+        raise InvalidArgument("tenant_id must name one tenant")
+    principal.require_tenant(tenant)
+    return tenant
+
+
+class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
+    def __init__(self, core: RegistryCore) -> None:
+        self._core = core
+
+    async def RegisterSession(
+        self, request: registry_pb2.RegisterSessionRequest, context: Context
+    ) -> registry_pb2.RegisterSessionResponse:
+        session = session_from_proto(request.session)
+        session.tenant = _tenant(session.tenant)
+        session.connected_at = seconds(request.session.connected_at)
+        await self._core.register(session)
+        return registry_pb2.RegisterSessionResponse(lease_seconds=self._core.lease_seconds)
+
+    async def HeartbeatSession(
+        self, request: registry_pb2.HeartbeatSessionRequest, context: Context
+    ) -> registry_pb2.HeartbeatSessionResponse:
+        unknown = await self._core.heartbeat(_tenant(request.tenant_id), list(request.session_ids))
+        return registry_pb2.HeartbeatSessionResponse(unknown_session_ids=unknown)
+
+    async def UnregisterSession(
+        self, request: registry_pb2.UnregisterSessionRequest, context: Context
+    ) -> registry_pb2.UnregisterSessionResponse:
+        await self._core.unregister(_tenant(request.tenant_id), request.session_id)
+        return registry_pb2.UnregisterSessionResponse()
+
+    async def GetPresence(
+        self, request: registry_pb2.GetPresenceRequest, context: Context
+    ) -> registry_pb2.GetPresenceResponse:
+        views = await self._core.presence(_tenant(request.tenant_id), list(request.user_ids))
+        return registry_pb2.GetPresenceResponse(
+            users=[
+                registry_pb2.UserPresence(
+                    user_id=v.user_id,
+                    state=int(v.state),  # type: ignore[arg-type]
+                    session_count=v.sessions,
+                    since=timestamp(v.since),
+                )
+                for v in views
+            ]
+        )
+
+    async def ListSessions(
+        self, request: registry_pb2.ListSessionsRequest, context: Context
+    ) -> registry_pb2.ListSessionsResponse:
+        sessions = await self._core.sessions(_tenant(request.tenant_id), request.user_id)
+        return registry_pb2.ListSessionsResponse(sessions=[session_to_proto(s) for s in sessions])
+
+    async def Disconnect(
+        self, request: registry_pb2.DisconnectRequest, context: Context
+    ) -> registry_pb2.DisconnectResponse:
+        closed = await self._core.disconnect(
+            _tenant(request.tenant_id), request.session_id, request.user_id, request.reason
+        )
+        return registry_pb2.DisconnectResponse(disconnected=closed)

@@ -1,0 +1,59 @@
+"""The session directory: every open session of every node, with leases."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass(slots=True)
+class SessionInfo:
+    session_id: str
+    tenant: str
+    user_id: str
+    node_id: str
+    node_address: str
+    device: str = ""
+    channels: tuple[str, ...] = ()
+    connected_at: float = 0.0
+    last_seen_at: float = 0.0
+
+
+@dataclass(slots=True)
+class UserPresenceRecord:
+    user_id: str
+    sessions: int
+    # When the user's last session closed (0 while online or never seen).
+    last_left_at: float = 0.0
+    # When the user came online (first session opened).
+    online_since: float = 0.0
+
+
+@dataclass(slots=True)
+class TenantSessions:
+    sessions: dict[str, SessionInfo] = field(default_factory=dict)
+
+
+class SessionDirectory(Protocol):
+    """Open sessions per tenant; implementations share it across nodes."""
+
+    async def add(self, session: SessionInfo, max_per_user: int) -> bool:
+        """Adds the session unless the user already has `max_per_user`; False when refused."""
+        ...
+
+    async def touch(self, tenant: str, session_ids: list[str], at: float) -> list[str]:
+        """Refreshes sessions; returns the ids that are not known."""
+        ...
+
+    async def remove(self, tenant: str, session_id: str, at: float) -> SessionInfo | None:
+        ...
+
+    async def list(self, tenant: str, user_id: str = "") -> list[SessionInfo]:
+        ...
+
+    async def presence(self, tenant: str, user_ids: list[str]) -> list[UserPresenceRecord]:
+        ...
+
+    async def expire(self, older_than: float, at: float) -> list[SessionInfo]:
+        """Removes sessions last seen before `older_than` (their node stopped heartbeating)."""
+        ...

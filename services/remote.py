@@ -1,0 +1,133 @@
+"""gRPC implementations of the ports, for the split topology (`herald serve ...`)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import grpc
+from grpc import aio
+
+from herald.node.v1 import node_pb2, node_pb2_grpc
+from herald.v1 import registry_pb2, registry_pb2_grpc
+from services.errors import HeraldError, ResourceExhausted, Unavailable
+from services.model import Accepted, session_to_proto, status_from_proto
+from services.registry.sessions import SessionInfo
+from services.stream.status import NotificationRecord
+
+CHANNEL_OPTIONS = [
+    ("grpc.keepalive_time_ms", 25_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+]
+_CALL_TIMEOUT_S = 10.0
+
+
+class NodeCredentials:
+    """Metadata with a node token, minted again well before it expires."""
+
+    def __init__(self, mint: Callable[[], str], ttl_s: float = 3600.0) -> None:
+        self._mint = mint
+        self._ttl_s = ttl_s
+        self._token = ""
+        self._minted_at = 0.0
+
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        if time.monotonic() - self._minted_at > self._ttl_s / 2:
+            self._token = self._mint()
+            self._minted_at = time.monotonic()
+        return (("authorization", f"Bearer {self._token}"),)
+
+
+def _translate(exc: aio.AioRpcError, what: str) -> HeraldError:
+    if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return ResourceExhausted(exc.details() or what)
+    return Unavailable(f"{what} failed: {exc.code().name} {exc.details() or ''}".strip())
+
+
+class RegistryClient:
+    """RegistryPort over gRPC."""
+
+    def __init__(self, address: str, credentials: NodeCredentials) -> None:
+        self._channel = aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self._stub = registry_pb2_grpc.RegistryServiceStub(self._channel)
+        self._credentials = credentials
+
+    async def register(self, session: SessionInfo) -> None:
+        try:
+            await self._stub.RegisterSession(
+                registry_pb2.RegisterSessionRequest(session=session_to_proto(session)),
+                metadata=self._credentials.metadata(),
+                timeout=_CALL_TIMEOUT_S,
+            )
+        except aio.AioRpcError as exc:
+            raise _translate(exc, "registering the session") from None
+
+    async def heartbeat(self, tenant: str, session_ids: list[str]) -> list[str]:
+        response = await self._stub.HeartbeatSession(
+            registry_pb2.HeartbeatSessionRequest(tenant_id=tenant, session_ids=session_ids),
+            metadata=self._credentials.metadata(),
+            timeout=_CALL_TIMEOUT_S,
+        )
+        return list(response.unknown_session_ids)
+
+    async def unregister(self, tenant: str, session_id: str) -> None:
+        await self._stub.UnregisterSession(
+            registry_pb2.UnregisterSessionRequest(tenant_id=tenant, session_id=session_id),
+            metadata=self._credentials.metadata(),
+            timeout=_CALL_TIMEOUT_S,
+        )
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+
+class NodeClient:
+    """DeliveryPort and NodePort over gRPC: the calls ingest and the registry make to a node."""
+
+    def __init__(self, address: str, credentials: NodeCredentials) -> None:
+        self._channel = aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self._stub = node_pb2_grpc.NodeServiceStub(self._channel)
+        self._credentials = credentials
+
+    async def dispatch(self, notifications: list[Accepted]) -> list[int]:
+        request = node_pb2.DispatchRequest()
+        for accepted in notifications:
+            request.notifications.add().MergeFromString(accepted.encoded)
+        try:
+            response = await self._stub.Dispatch(
+                request, metadata=self._credentials.metadata(), timeout=_CALL_TIMEOUT_S
+            )
+        except aio.AioRpcError as exc:
+            raise _translate(exc, "handing the notifications to the stream node") from None
+        return list(response.recipient_counts)
+
+    async def status(self, tenant: str, notification_id: str) -> NotificationRecord | None:
+        try:
+            response = await self._stub.GetDeliveryStatus(
+                node_pb2.GetDeliveryStatusRequest(tenant_id=tenant, notification_id=notification_id),
+                metadata=self._credentials.metadata(),
+                timeout=_CALL_TIMEOUT_S,
+            )
+        except aio.AioRpcError as exc:
+            raise _translate(exc, "reading the status from the stream node") from None
+        return status_from_proto(tenant, response.status) if response.found else None
+
+    async def close_sessions(
+        self, tenant: str, session_ids: list[str], user_id: str, reason: str
+    ) -> int:
+        try:
+            response = await self._stub.CloseSessions(
+                node_pb2.CloseSessionsRequest(
+                    tenant_id=tenant, session_ids=session_ids, user_id=user_id, reason=reason
+                ),
+                metadata=self._credentials.metadata(),
+                timeout=_CALL_TIMEOUT_S,
+            )
+        except aio.AioRpcError as exc:
+            raise _translate(exc, "asking the stream node to close sessions") from None
+        return response.closed
+
+    async def close(self) -> None:
+        await self._channel.close()

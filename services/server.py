@@ -1,0 +1,221 @@
+"""Wiring: builds the cores for a topology and serves them on one grpc.aio server.
+
+`herald up` runs ingest, stream and registry in one process, wired directly; `herald serve X`
+runs one of them, wired to the others over gRPC. The cores are the same in both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from grpc import aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from herald.node.v1 import node_pb2, node_pb2_grpc
+from herald.v1 import ingest_pb2, ingest_pb2_grpc, registry_pb2, registry_pb2_grpc, stream_pb2
+from services import auth
+from services.clock import Clock, SystemClock
+from services.config import Config
+from services.ingest.core import IngestCore
+from services.ingest.idempotency_memory import MemoryIdempotencyStore
+from services.ingest.servicer import IngestServicer
+from services.interceptors import AuthInterceptor
+from services.ports import DeliveryPort, NodePort, RegistryPort
+from services.registry.core import RegistryCore
+from services.registry.servicer import RegistryServicer
+from services.registry.sessions import SessionInfo
+from services.registry.sessions_memory import MemorySessionDirectory
+from services.remote import NodeClient, NodeCredentials, RegistryClient
+from services.stream.acks_memory import MemoryAckStore
+from services.stream.delivery import DeliveryCore
+from services.stream.log_memory import MemoryLogStore
+from services.stream.servicer import NodeServicer, StreamServicer
+from services.stream.status_memory import MemoryStatusStore
+
+log = logging.getLogger(__name__)
+
+Role = Literal["ingest", "stream", "registry"]
+ALL_ROLES: tuple[Role, ...] = ("ingest", "stream", "registry")
+
+SERVICE_NAMES: dict[Role, tuple[str, ...]] = {
+    "ingest": (ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name,),
+    "stream": (
+        stream_pb2.DESCRIPTOR.services_by_name["StreamService"].full_name,
+        node_pb2.DESCRIPTOR.services_by_name["NodeService"].full_name,
+    ),
+    "registry": (registry_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name,),
+}
+
+
+def server_options(config: Config) -> list[tuple[str, int]]:
+    s = config.server
+    return [
+        ("grpc.keepalive_time_ms", int(s.keepalive_time_s * 1000)),
+        ("grpc.keepalive_timeout_ms", int(s.keepalive_timeout_s * 1000)),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", int(s.min_client_ping_interval_s * 1000)),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+    ]
+
+
+@dataclass
+class Node:
+    """A running server and the cores it serves."""
+
+    server: aio.Server
+    port: int
+    roles: tuple[Role, ...]
+    health: health.aio.HealthServicer
+    delivery: DeliveryCore | None = None
+    registry: RegistryCore | None = None
+    ingest: IngestCore | None = None
+    closers: list[object] = field(default_factory=list)
+    _stopped: bool = False
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def stop(self, grace_s: float) -> None:
+        """Ordered, bounded shutdown: NOT_SERVING, drain streams, stop the server, close clients."""
+        if self._stopped:
+            return
+        self._stopped = True
+        await self.health.enter_graceful_shutdown()
+        if self.delivery is not None:
+            await self.delivery.shutdown(grace_s)
+        await self.server.stop(grace_s)
+        for closer in self.closers:
+            close = getattr(closer, "close", None)
+            if close is not None:
+                with contextlib.suppress(Exception):
+                    await close()
+
+
+async def start_node(
+    config: Config,
+    roles: Iterable[Role] = ALL_ROLES,
+    *,
+    clock: Clock | None = None,
+    keys: auth.Keys | None = None,
+) -> Node:
+    """Builds the cores for `roles`, wires them (directly or over gRPC) and starts serving."""
+    roles = tuple(roles)
+    clock = clock or SystemClock()
+    keys = keys or auth.load_keys(config.auth, config.server.data_dir)
+    verifier = auth.TokenVerifier(keys, config.auth)
+    node_id = config.server.node_id or f"{socket.gethostname()}-{roles[0] if len(roles) == 1 else 'up'}"
+    server = aio.server(interceptors=[AuthInterceptor(verifier)], options=server_options(config))
+    port = server.add_insecure_port(f"{config.server.host}:{config.server.port}")
+    advertise = config.server.advertise_address or f"{config.server.host}:{port}"
+    credentials = NodeCredentials(_node_token_source(config, keys, node_id))
+    closers: list[object] = []
+
+    registry_core: RegistryCore | None = None
+    delivery_core: DeliveryCore | None = None
+    node_clients: dict[str, NodeClient] = {}
+
+    def node_for(session: SessionInfo) -> NodePort | None:
+        if delivery_core is not None and session.node_id == delivery_core.node_id:
+            return delivery_core
+        if not session.node_address:
+            return None
+        client = node_clients.get(session.node_address)
+        if client is None:
+            client = node_clients[session.node_address] = NodeClient(session.node_address, credentials)
+            closers.append(client)
+        return client
+
+    if "registry" in roles:
+        registry_core = RegistryCore(MemorySessionDirectory(), config.registry, clock, node_for)
+        registry_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(registry_core), server)
+
+    if "stream" in roles:
+        registry_port: RegistryPort
+        if registry_core is not None:
+            registry_port = registry_core
+        else:
+            remote_registry = RegistryClient(_required(config.server.registry_address, "REGISTRY"), credentials)
+            closers.append(remote_registry)
+            registry_port = remote_registry
+        delivery_core = DeliveryCore(
+            node_id=node_id,
+            node_address=advertise,
+            logs=MemoryLogStore(),
+            acks=MemoryAckStore(),
+            status=MemoryStatusStore(),
+            registry=registry_port,
+            settings=config.delivery,
+            clock=clock,
+        )
+        StreamServicer(delivery_core).register(server)
+        node_pb2_grpc.add_NodeServiceServicer_to_server(NodeServicer(delivery_core), server)
+
+    ingest_core: IngestCore | None = None
+    if "ingest" in roles:
+        delivery_port: DeliveryPort
+        if delivery_core is not None:
+            delivery_port = delivery_core
+        else:
+            remote_node = NodeClient(_required(config.server.stream_address, "STREAM"), credentials)
+            closers.append(remote_node)
+            delivery_port = remote_node
+        ingest_core = IngestCore(delivery_port, MemoryIdempotencyStore(), config.ingest, clock)
+        ingest_pb2_grpc.add_IngestServiceServicer_to_server(IngestServicer(ingest_core), server)
+
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = [name for role in roles for name in SERVICE_NAMES[role]]
+    reflection.enable_server_reflection(
+        [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+        server,
+    )
+    await server.start()
+    if delivery_core is not None:
+        delivery_core.start()
+    for name in ["", *names]:
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    log.info("herald node serving", extra={"roles": list(roles), "port": port, "node_id": node_id})
+    return Node(server, port, roles, health_servicer, delivery_core, registry_core, ingest_core, closers)
+
+
+def _required(value: str, name: str) -> str:
+    if not value:
+        raise ValueError(f"this service needs HERALD_{name}_ADDRESS (host:port of the {name.lower()} service)")
+    return value
+
+
+def _node_token_source(config: Config, keys: auth.Keys, node_id: str) -> Callable[[], str]:
+    if config.auth.node_token is not None:
+        token = config.auth.node_token.get_secret_value()
+        return lambda: token
+    if keys.signing_key is None:
+        def missing() -> str:
+            raise ValueError("node-to-node calls need HERALD_AUTH_NODE_TOKEN or a signing key")
+        return missing
+    minter = auth.TokenMinter(keys, config.auth)
+    return lambda: minter.node_token(node_id, ttl_s=3600)
+
+
+
+async def serve_forever(config: Config, roles: Iterable[Role]) -> None:
+    """Runs a node until SIGINT or SIGTERM, then shuts it down within the grace period."""
+    node = await start_node(config, roles)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down", extra={"grace_s": config.server.shutdown_grace_s})
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.remove_signal_handler(sig)
+    await node.stop(config.server.shutdown_grace_s)

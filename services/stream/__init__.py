@@ -1,0 +1,1 @@
+"""StreamService: open sessions on one node, replay, live push, acks and heartbeats."""

@@ -1,0 +1,559 @@
+"""The delivery core of a stream node: appends to logs, feeds sessions, tracks acks.
+
+It owns no sockets: the servicer hands it a `write` coroutine per session. See session.py for the
+per-session invariants and docs/delivery.md for the guarantees they add up to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from herald.v1 import notification_pb2, stream_pb2
+from services import metrics, wire
+from services.clock import Clock
+from services.config import DeliverySettings
+from services.errors import InvalidArgument, ResourceExhausted
+from services.model import Accepted, TargetKind, timestamp
+from services.ports import RegistryPort
+from services.registry.sessions import SessionInfo
+from services.stream.acks import AckStore
+from services.stream.log import (
+    BROADCAST,
+    CHANNEL_PREFIX,
+    LogStore,
+    NewEntry,
+    channel_log,
+    user_log,
+)
+from services.stream.session import LogCursorState, Pending, Session, new_log_state
+from services.stream.status import NotificationRecord, RecipientRecord, State, StatusStore, Transition
+
+log = logging.getLogger(__name__)
+
+Write = Callable[[bytes], Awaitable[None]]
+
+_CLOSING = stream_pb2.Closing
+_MAX_CHANNEL_LEN = 128
+
+
+@dataclass(slots=True)
+class _Unacked:
+    session: Session
+    pending: Pending
+    deadline: float
+    done: bool = False
+
+
+def _log_key_of(record: NotificationRecord, user_id: str) -> str:
+    target = notification_pb2.Target.FromString(record.target)
+    kind = target.WhichOneof("kind")
+    if kind == "channel":
+        return channel_log(target.channel)
+    if kind == "broadcast":
+        return BROADCAST
+    return user_log(user_id)
+
+
+class DeliveryCore:
+    """Logs, sessions and acks of one stream node."""
+
+    def __init__(
+        self,
+        *,
+        node_id: str,
+        node_address: str,
+        logs: LogStore,
+        acks: AckStore,
+        status: StatusStore,
+        registry: RegistryPort,
+        settings: DeliverySettings,
+        clock: Clock,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.node_id = node_id
+        self.node_address = node_address
+        self._logs = logs
+        self._acks = acks
+        self._status = status
+        self._registry = registry
+        self._settings = settings
+        self._clock = clock
+        self._rng = rng or random.Random()  # noqa: S311 - jitter, not security
+        # (tenant, log_key) -> sessions reading that log on this node.
+        self._readers: dict[tuple[str, str], set[Session]] = {}
+        self._sessions: dict[str, Session] = {}
+        self._unacked: dict[tuple[str, str, str, int], _Unacked] = {}
+        self._deadlines: list[tuple[float, int, _Unacked]] = []
+        self._order = itertools.count()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
+
+    # -- ingest side -----------------------------------------------------------------------
+
+    async def dispatch(self, notifications: list[Accepted]) -> list[int]:
+        """Appends each notification to its logs and offers the new entries to open sessions."""
+        now = self._clock.now()
+        by_log: dict[tuple[str, str], list[NewEntry]] = {}
+        counts: list[int] = []
+        for n in notifications:
+            recipients = {
+                u: RecipientRecord(u, State.QUEUED, now, queued_at=now) for u in n.user_ids
+            }
+            await self._status.create(
+                NotificationRecord(
+                    n.notification_id, n.tenant, n.target, n.created_at, n.expires_at, recipients
+                )
+            )
+            entry = NewEntry(
+                n.notification_id,
+                n.priority,
+                n.created_at,
+                n.expires_at,
+                wire.notification_field(n.encoded),
+            )
+            if n.kind is TargetKind.CHANNEL:
+                keys = [channel_log(n.channel)]
+            elif n.kind is TargetKind.BROADCAST:
+                keys = [BROADCAST]
+            else:
+                keys = [user_log(u) for u in n.user_ids]
+            for key in keys:
+                by_log.setdefault((n.tenant, key), []).append(entry)
+            counts.append(len(n.user_ids))
+        for (tenant, key), items in by_log.items():
+            limit = (
+                self._settings.inbox_limit
+                if key.startswith("user:")
+                else self._settings.channel_log_limit
+            )
+            result = await self._logs.append(tenant, key, items, limit)
+            if result.dropped:
+                await self._record_dropped(tenant, key, result.dropped, now)
+            readers = self._readers.get((tenant, key))
+            if readers:
+                for session in readers:
+                    session.offer(key, result.entries, now)
+        return counts
+
+    async def _record_dropped(self, tenant: str, key: str, dropped: list[object], now: float) -> None:
+        kind = "user" if key.startswith("user:") else "channel"
+        metrics.DROPPED.labels(kind).inc(len(dropped))
+        if kind == "user":
+            user = key.removeprefix("user:")
+            await self._status.apply(
+                tenant,
+                [
+                    Transition(e.notification_id, user, State.FAILED, "dropped: inbox full")  # type: ignore[attr-defined]
+                    for e in dropped
+                ],
+                now,
+            )
+        log.warning("log bound reached, oldest entries dropped", extra={"tenant": tenant, "log": kind, "dropped": len(dropped)})
+
+    async def status(self, tenant: str, notification_id: str) -> NotificationRecord | None:
+        return await self._status.get(tenant, notification_id)
+
+    # -- sessions --------------------------------------------------------------------------
+
+    async def open(
+        self,
+        *,
+        tenant: str,
+        user_id: str,
+        device: str,
+        channels: list[str],
+        cursors: dict[str, int],
+    ) -> Session:
+        """Registers a new session and prepares it to replay from the given cursors.
+
+        Raises:
+            InvalidArgument: a cursor names a log the session does not read, or a bad channel.
+            ResourceExhausted: too many channels, or too many sessions for the user.
+        """
+        if self._closing:
+            from services.errors import Unavailable
+
+            raise Unavailable("this node is shutting down; reconnect to another node")
+        unique_channels = tuple(dict.fromkeys(channels))
+        if len(unique_channels) > self._settings.max_channels_per_session:
+            raise ResourceExhausted(
+                f"a session may join at most {self._settings.max_channels_per_session} channels"
+            )
+        for channel in unique_channels:
+            if not channel or len(channel) > _MAX_CHANNEL_LEN:
+                raise InvalidArgument(f"channel names are 1 to {_MAX_CHANNEL_LEN} characters long")
+        log_keys = [user_log(user_id), BROADCAST, *(channel_log(c) for c in unique_channels)]
+        names = {key: ("user" if key.startswith("user:") else key) for key in log_keys}
+        unknown = set(cursors) - set(names.values())
+        if unknown:
+            raise InvalidArgument(
+                f"cursor for unknown log {sorted(unknown)[0]!r}: logs are 'user', 'broadcast' "
+                "and 'channel:<name>' of a channel joined in this request"
+            )
+        states: dict[str, LogCursorState] = {}
+        for key in log_keys:
+            acks = await self._acks.get(tenant, user_id, key)
+            resume = cursors.get(names[key])
+            # Nothing unacknowledged is skipped: the stream restarts at the ack watermark or at the
+            # cursor, whichever is lower.
+            after = acks.up_to if resume is None else min(resume, acks.up_to)
+            states[key] = new_log_state(key, acks, after)
+        now = self._clock.now()
+        session = Session(
+            tenant=tenant,
+            user_id=user_id,
+            device=device,
+            channels=unique_channels,
+            logs=states,
+            buffer_limit=self._settings.session_buffer,
+            connected_at=now,
+        )
+        await self._registry.register(
+            SessionInfo(
+                session.session_id,
+                tenant,
+                user_id,
+                self.node_id,
+                self.node_address,
+                device,
+                unique_channels,
+                now,
+                now,
+            )
+        )
+        self._sessions[session.session_id] = session
+        for key in states:
+            self._readers.setdefault((tenant, key), set()).add(session)
+        metrics.SESSIONS.inc()
+        return session
+
+    def started_event(self, session: Session) -> bytes:
+        return stream_pb2.SubscribeResponse(
+            session_started=stream_pb2.SessionStarted(
+                session_id=session.session_id,
+                node_id=self.node_id,
+                user_id=session.user_id,
+                tenant_id=session.tenant,
+                heartbeat_interval_seconds=int(self._settings.heartbeat_interval_s),
+                channels=session.channels,
+            )
+        ).SerializeToString()
+
+    async def run(self, session: Session, write: Write) -> None:
+        """Writes the session's stream until it is closed or the client goes away."""
+        session.task = asyncio.current_task()
+        session.last_write_at = self._clock.now()
+        await write(self.started_event(session))
+        batch_max = self._settings.batch_max
+        while True:
+            await session.wakeup.wait()
+            session.wakeup.clear()
+            while True:
+                if session.closing is not None:
+                    reason, message = session.closing
+                    await write(self._closing_event(reason, message))
+                    return
+                await self._catch_up(session)
+                if not session.waiting:
+                    break
+                taken = self._fresh(session, session.take(batch_max))
+                if not taken:
+                    continue
+                data = session.encode(taken)
+                session.write_started_at = self._clock.now()
+                await write(data)
+                session.write_started_at = 0.0
+                session.last_write_at = self._clock.now()
+                await self._delivered(session, taken)
+            if session.heartbeat_due:
+                session.heartbeat_due = False
+                session.write_started_at = self._clock.now()
+                await write(self._heartbeat_event())
+                session.write_started_at = 0.0
+                session.last_write_at = self._clock.now()
+
+    async def close(self, session: Session) -> None:
+        """Forgets a session whose stream ended (the client left, or it was closed)."""
+        if self._sessions.pop(session.session_id, None) is None:
+            return
+        for key in session.logs:
+            readers = self._readers.get((session.tenant, key))
+            if readers is not None:
+                readers.discard(session)
+                if not readers:
+                    del self._readers[(session.tenant, key)]
+        for unacked in [u for k, u in self._unacked.items() if u.session is session]:
+            unacked.done = True
+            self._unacked.pop(self._unacked_key(session, unacked.pending), None)
+        metrics.SESSIONS.dec()
+        try:
+            await self._registry.unregister(session.tenant, session.session_id)
+        except Exception:
+            log.warning("could not unregister session", extra={"session_id": session.session_id}, exc_info=True)
+
+    async def close_sessions(self, tenant: str, session_ids: list[str], user_id: str, reason: str) -> int:
+        closed = 0
+        for session in list(self._sessions.values()):
+            if session.tenant != tenant:
+                continue
+            if session.session_id in session_ids or (user_id and session.user_id == user_id):
+                session.close(_CLOSING.REASON_DISCONNECTED, reason or "closed by an operator")
+                closed += 1
+        return closed
+
+    @property
+    def session_count(self) -> int:
+        return len(self._sessions)
+
+    # -- acks ------------------------------------------------------------------------------
+
+    async def ack(
+        self, tenant: str, user_id: str, notification_ids: list[str], up_to: dict[str, int]
+    ) -> int:
+        """Acks entries of the user's logs; returns how many changed to ACKED."""
+        now = self._clock.now()
+        transitions: list[Transition] = []
+        for name, cursor in up_to.items():
+            key = self._key_of_name(name, user_id)
+            before = await self._acks.ack_up_to(tenant, user_id, key, cursor)
+            if cursor > before.up_to:
+                entries = await self._logs.read(tenant, key, before.up_to, cursor - before.up_to)
+                for entry in entries:
+                    if entry.cursor <= cursor and entry.cursor not in before.above:
+                        transitions.append(Transition(entry.notification_id, user_id, State.ACKED))
+                        self._settle(tenant, user_id, key, entry.cursor)
+        for notification_id in dict.fromkeys(notification_ids):
+            record = await self._status.get(tenant, notification_id)
+            if record is None:
+                continue
+            key = _log_key_of(record, user_id)
+            if key.startswith("user:") and user_id not in record.recipients:
+                continue
+            entry = await self._logs.find(tenant, key, notification_id)
+            if entry is None:
+                continue
+            if await self._acks.ack(tenant, user_id, key, [entry.cursor]):
+                transitions.append(Transition(notification_id, user_id, State.ACKED))
+            self._settle(tenant, user_id, key, entry.cursor)
+        for session in self._sessions.values():
+            if session.tenant == tenant and session.user_id == user_id:
+                for key, state in session.logs.items():
+                    state.acks = await self._acks.get(tenant, user_id, key)
+        await self._status.apply(tenant, transitions, now)
+        metrics.ACKED.inc(len(transitions))
+        return len(transitions)
+
+    def _key_of_name(self, name: str, user_id: str) -> str:
+        if name == "user":
+            return user_log(user_id)
+        if name == BROADCAST or (name.startswith(CHANNEL_PREFIX) and len(name) > len(CHANNEL_PREFIX)):
+            return name
+        raise InvalidArgument(f"unknown log {name!r}: logs are 'user', 'broadcast' and 'channel:<name>'")
+
+    def _settle(self, tenant: str, user_id: str, key: str, cursor: int) -> None:
+        for session in self._sessions.values():
+            if session.tenant == tenant and session.user_id == user_id:
+                unacked = self._unacked.pop((session.session_id, tenant, key, cursor), None)
+                if unacked is not None:
+                    unacked.done = True
+
+    # -- internals -------------------------------------------------------------------------
+
+    async def _catch_up(self, session: Session) -> None:
+        """Reads logs the session is behind on, as far as its buffer has room."""
+        now = self._clock.now()
+        for key, state in session.logs.items():
+            while state.behind and session.room() > 0:
+                state.behind = False
+                limit = min(session.room(), self._settings.batch_max * 8)
+                entries = await self._logs.read(session.tenant, key, state.enqueued, limit)
+                if entries:
+                    session.enqueue(state, entries, now)
+                if len(entries) == limit:
+                    state.behind = True
+
+    def _fresh(self, session: Session, taken: list[Pending]) -> list[Pending]:
+        """Drops what expired while waiting (its status becomes EXPIRED)."""
+        now = self._clock.now()
+        fresh = [p for p in taken if p.entry.expires_at > now]
+        if len(fresh) != len(taken):
+            expired = [p for p in taken if p.entry.expires_at <= now]
+            for p in expired:
+                p.log.written.add(p.entry.cursor)
+            self._spawn(
+                self._status.apply(
+                    session.tenant,
+                    [Transition(p.entry.notification_id, session.user_id, State.EXPIRED, "ttl") for p in expired],
+                    now,
+                )
+            )
+            metrics.EXPIRED.inc(len(expired))
+        return fresh
+
+    async def _delivered(self, session: Session, taken: list[Pending]) -> None:
+        now = self._clock.now()
+        metrics.BATCH_SIZE.observe(len(taken))
+        for p in taken:
+            delay = self._ack_delay(p.attempt)
+            unacked = _Unacked(session, p, now + delay)
+            self._unacked[self._unacked_key(session, p)] = unacked
+            heapq.heappush(self._deadlines, (unacked.deadline, next(self._order), unacked))
+        await self._status.apply(
+            session.tenant,
+            [Transition(p.entry.notification_id, session.user_id, State.DELIVERED) for p in taken],
+            now,
+        )
+        metrics.DELIVERED.labels("first" if taken[0].attempt == 1 else "retry").inc(len(taken))
+
+    @staticmethod
+    def _unacked_key(session: Session, p: Pending) -> tuple[str, str, str, int]:
+        return (session.session_id, session.tenant, p.log.log_key, p.entry.cursor)
+
+    def _ack_delay(self, attempt: int) -> float:
+        """Ack timeout before redelivery: exponential in the attempt, with +-20% jitter."""
+        base = self._settings.ack_timeout_s * (self._settings.backoff_base_s ** (attempt - 1))
+        return min(base, self._settings.backoff_max_s) * self._rng.uniform(0.8, 1.2)
+
+    def _heartbeat_event(self) -> bytes:
+        return stream_pb2.SubscribeResponse(
+            heartbeat=stream_pb2.Heartbeat(server_time=timestamp(self._clock.now()))
+        ).SerializeToString()
+
+    @staticmethod
+    def _closing_event(reason: int, message: str) -> bytes:
+        retry = 0 if reason == _CLOSING.REASON_DISCONNECTED else 1000
+        return stream_pb2.SubscribeResponse(
+            closing=stream_pb2.Closing(reason=reason, message=message, retry_after_ms=retry)  # type: ignore[arg-type]
+        ).SerializeToString()
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.append(task)
+        task.add_done_callback(self._tasks.remove)
+
+    # -- timers ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Starts the node's timers: heartbeats, redelivery, slow consumers, expiry, leases."""
+        self._spawn(self._ticker())
+
+    async def _ticker(self) -> None:
+        interval = self._settings.heartbeat_interval_s
+        tick = min(1.0, interval / 2)
+        last_sweep = last_lease = self._clock.now()
+        while True:
+            await self._clock.sleep(tick)
+            now = self._clock.now()
+            try:
+                self._heartbeats(now, interval)
+                await self._redeliver(now)
+                if now - last_sweep >= 10 * tick:
+                    last_sweep = now
+                    await self.sweep_expired()
+                if now - last_lease >= 10.0:
+                    last_lease = now
+                    await self._refresh_leases()
+            except Exception:
+                log.exception("delivery timer failed; continuing")
+
+    def _heartbeats(self, now: float, interval: float) -> None:
+        for session in self._sessions.values():
+            started = session.write_started_at
+            if started and now - started > self._settings.write_timeout_s:
+                self._slow_consumer(session)
+            elif now - session.last_write_at >= interval and not session.heartbeat_due:
+                session.heartbeat_due = True
+                session.wakeup.set()
+
+    def _slow_consumer(self, session: Session) -> None:
+        """A write that has not completed: the client is not reading. Cancel the stream; the
+        client resumes from its cursor and nothing is lost (the entries stay in the log)."""
+        metrics.SLOW_CONSUMERS.inc()
+        log.info("closing slow consumer", extra={"session_id": session.session_id})
+        session.write_started_at = 0.0
+        if session.task is not None:
+            session.task.cancel()
+
+    async def _redeliver(self, now: float) -> None:
+        failed: dict[str, list[Transition]] = {}
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _, _, unacked = heapq.heappop(self._deadlines)
+            if unacked.done:
+                continue
+            unacked.done = True
+            session, pending = unacked.session, unacked.pending
+            self._unacked.pop(self._unacked_key(session, pending), None)
+            if session.session_id not in self._sessions:
+                continue
+            if pending.entry.expires_at <= now or pending.log.acks.is_acked(pending.entry.cursor):
+                continue
+            if pending.attempt >= self._settings.max_attempts:
+                failed.setdefault(session.tenant, []).append(
+                    Transition(
+                        pending.entry.notification_id,
+                        session.user_id,
+                        State.FAILED,
+                        f"no ack after {pending.attempt} attempts; kept for the next connect",
+                    )
+                )
+                continue
+            session.requeue(pending)
+        for tenant, transitions in failed.items():
+            metrics.FAILED.inc(len(transitions))
+            await self._status.apply(tenant, transitions, now)
+
+    async def sweep_expired(self) -> int:
+        """Drops expired entries from every log and marks them EXPIRED for their recipients."""
+        now = self._clock.now()
+        count = 0
+        for tenant in await self._logs.tenants():
+            for key in await self._logs.log_keys(tenant):
+                expired = await self._logs.drop_expired(tenant, key, now)
+                for entry in expired:
+                    record = await self._status.get(tenant, entry.notification_id)
+                    if record is None:
+                        continue
+                    users = (
+                        [key.removeprefix("user:")]
+                        if key.startswith("user:")
+                        else list(record.recipients)
+                    )
+                    await self._status.apply(
+                        tenant,
+                        [Transition(entry.notification_id, u, State.EXPIRED, "ttl") for u in users],
+                        now,
+                    )
+                count += len(expired)
+        if count:
+            metrics.EXPIRED.inc(count)
+        return count
+
+    async def _refresh_leases(self) -> None:
+        by_tenant: dict[str, list[str]] = {}
+        for session in self._sessions.values():
+            by_tenant.setdefault(session.tenant, []).append(session.session_id)
+        for tenant, ids in by_tenant.items():
+            for unknown in await self._registry.heartbeat(tenant, ids):
+                session = self._sessions.get(unknown)
+                if session is not None:
+                    session.close(_CLOSING.REASON_DISCONNECTED, "the registry no longer knows this session")
+
+    async def shutdown(self, grace_s: float) -> None:
+        """Tells every session to reconnect elsewhere, waits up to `grace_s` for them to end."""
+        self._closing = True
+        for session in list(self._sessions.values()):
+            session.close(_CLOSING.REASON_SHUTDOWN, "the server is shutting down; reconnect")
+        deadline = asyncio.get_running_loop().time() + grace_s
+        while self._sessions and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.02)
+        for task in list(self._tasks):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

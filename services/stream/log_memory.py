@@ -1,0 +1,112 @@
+"""LogStore in process memory: the embedded default."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from services.stream.log import AppendResult, Entry, NewEntry
+
+
+class _Log:
+    __slots__ = ("by_id", "entries", "next_cursor", "offset")
+
+    def __init__(self) -> None:
+        self.entries: list[Entry] = []
+        self.offset = 0  # entries[:offset] are dropped and wait for compaction
+        self.next_cursor = 1
+        self.by_id: dict[str, Entry] = {}
+
+    def live(self) -> list[Entry]:
+        return self.entries[self.offset :]
+
+    def drop_oldest(self, count: int) -> list[Entry]:
+        dropped = self.entries[self.offset : self.offset + count]
+        self.offset += len(dropped)
+        for entry in dropped:
+            self.by_id.pop(entry.notification_id, None)
+        if self.offset > 1024 and self.offset * 2 > len(self.entries):
+            del self.entries[: self.offset]
+            self.offset = 0
+        return dropped
+
+    def index_after(self, cursor: int) -> int:
+        """Index into `entries` of the first live entry with a cursor > `cursor`."""
+        lo, hi = self.offset, len(self.entries)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if self.entries[mid].cursor <= cursor:
+                lo = mid + 1
+            else:
+                hi = mid
+        return lo
+
+
+class MemoryLogStore:
+    """Logs as lists of entries; cursors are dense, reads are a binary search and a slice."""
+
+    def __init__(self) -> None:
+        self._logs: dict[tuple[str, str], _Log] = {}
+
+    def _log(self, tenant: str, log_key: str) -> _Log:
+        key = (tenant, log_key)
+        log = self._logs.get(key)
+        if log is None:
+            log = self._logs[key] = _Log()
+        return log
+
+    async def append(
+        self, tenant: str, log_key: str, items: Sequence[NewEntry], limit: int
+    ) -> AppendResult:
+        log = self._log(tenant, log_key)
+        appended: list[Entry] = []
+        for item in items:
+            entry = Entry(
+                log.next_cursor,
+                item.notification_id,
+                item.priority,
+                item.created_at,
+                item.expires_at,
+                item.notification_field,
+            )
+            log.next_cursor += 1
+            log.entries.append(entry)
+            log.by_id[item.notification_id] = entry
+            appended.append(entry)
+        overflow = len(log.entries) - log.offset - limit
+        dropped = log.drop_oldest(overflow) if overflow > 0 else []
+        return AppendResult(appended, dropped)
+
+    async def read(self, tenant: str, log_key: str, after: int, limit: int) -> list[Entry]:
+        log = self._logs.get((tenant, log_key))
+        if log is None:
+            return []
+        start = log.index_after(after)
+        return log.entries[start : start + limit]
+
+    async def find(self, tenant: str, log_key: str, notification_id: str) -> Entry | None:
+        log = self._logs.get((tenant, log_key))
+        return None if log is None else log.by_id.get(notification_id)
+
+    async def last_cursor(self, tenant: str, log_key: str) -> int:
+        log = self._logs.get((tenant, log_key))
+        return 0 if log is None else log.next_cursor - 1
+
+    async def drop_expired(self, tenant: str, log_key: str, now: float) -> list[Entry]:
+        log = self._logs.get((tenant, log_key))
+        if log is None:
+            return []
+        live = log.live()
+        if not any(entry.expires_at <= now for entry in live):
+            return []
+        kept = [entry for entry in live if entry.expires_at > now]
+        expired = [entry for entry in live if entry.expires_at <= now]
+        log.entries, log.offset = kept, 0
+        for entry in expired:
+            log.by_id.pop(entry.notification_id, None)
+        return expired
+
+    async def log_keys(self, tenant: str) -> list[str]:
+        return [key for (t, key), log in self._logs.items() if t == tenant and log.live()]
+
+    async def tenants(self) -> list[str]:
+        return sorted({tenant for tenant, _ in self._logs})

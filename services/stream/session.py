@@ -1,0 +1,190 @@
+"""One open subscription: what it reads, what waits to be written, and in which order.
+
+Invariants (docs/delivery.md states them for users):
+
+- Per log, a session enqueues entries in cursor order with no gap: an entry is enqueued only if
+  every earlier live entry of its log was enqueued (or skipped as acked or expired). When a live
+  offer does not continue the sequence (the session is behind, or its buffer is full), the session
+  drops the offer and catches up by reading the log, so falling behind costs no memory and loses
+  nothing.
+- Writing order: within one priority, cursor order; across priorities, weighted round-robin
+  (HIGH 4 : NORMAL 2 : LOW 1 of every 7 picks while all three wait), so a waiting LOW is sent
+  within 7 deliveries.
+- `resume_cursor` of a delivery of log L: every entry of L at or below it was written to this
+  stream before (or together with) that delivery, or was acked or expired.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+
+from services import wire
+from services.stream.acks import AckState
+from services.stream.log import Entry, client_log_name
+
+# Lane order: HIGH, NORMAL, LOW (herald.v1.Priority 3, 2, 1; UNSPECIFIED counts as NORMAL).
+_LANE_OF_PRIORITY = {3: 0, 2: 1, 0: 1, 1: 2}
+# Weighted round-robin over the lanes: 4 HIGH, 2 NORMAL, 1 LOW per cycle.
+_PICK_CYCLE = (0, 1, 0, 2, 0, 1, 0)
+
+
+@dataclass(slots=True)
+class LogCursorState:
+    """What a session knows about one of the logs it reads."""
+
+    log_key: str
+    log_field: bytes
+    acks: AckState
+    # Every entry with cursor <= enqueued was enqueued, skipped (acked/expired) or resumed past.
+    enqueued: int
+    # True while the session must read the log to continue (resume, or a missed live offer).
+    behind: bool = True
+    # Cursors enqueued and not yet written (a heap with lazy deletion, for the watermark).
+    waiting: list[int] = field(default_factory=list)
+    written: set[int] = field(default_factory=set)
+
+    def watermark(self) -> int:
+        while self.waiting and self.waiting[0] in self.written:
+            self.written.discard(heapq.heappop(self.waiting))
+        return self.waiting[0] - 1 if self.waiting else self.enqueued
+
+
+@dataclass(slots=True)
+class Pending:
+    """An entry waiting to be written to one session."""
+
+    entry: Entry
+    log: LogCursorState
+    attempt: int = 1
+
+
+class Session:
+    """The buffers of one stream; the delivery core feeds it and its writer drains it."""
+
+    def __init__(
+        self,
+        *,
+        tenant: str,
+        user_id: str,
+        device: str,
+        channels: tuple[str, ...],
+        logs: dict[str, LogCursorState],
+        buffer_limit: int,
+        connected_at: float,
+    ) -> None:
+        self.session_id = uuid.uuid4().hex
+        self.tenant = tenant
+        self.user_id = user_id
+        self.device = device
+        self.channels = channels
+        self.logs = logs
+        self.buffer_limit = buffer_limit
+        self.connected_at = connected_at
+        self.lanes: tuple[deque[Pending], deque[Pending], deque[Pending]] = (
+            deque(),
+            deque(),
+            deque(),
+        )
+        self.waiting = 0
+        self.wakeup = asyncio.Event()
+        # Every log starts `behind`: the first wakeup replays the backlog.
+        self.wakeup.set()
+        self.heartbeat_due = False
+        self.closing: tuple[int, str] | None = None  # (Closing.Reason, message)
+        self.task: asyncio.Task[object] | None = None
+        self.last_write_at = connected_at
+        # Non-zero while a write is in flight: a write stuck past the timeout is a slow consumer.
+        self.write_started_at = 0.0
+        self._pick = 0
+
+    # -- feeding ---------------------------------------------------------------------------
+
+    def offer(self, log_key: str, entries: list[Entry], now: float) -> None:
+        """Live entries just appended to a log this session reads (contiguous cursors)."""
+        state = self.logs.get(log_key)
+        if state is None or state.behind:
+            return
+        fresh = [e for e in entries if e.cursor > state.enqueued]
+        if not fresh:
+            return
+        if fresh[0].cursor != state.enqueued + 1 or self.waiting + len(fresh) > self.buffer_limit:
+            # Not the next entries, or no room: read them from the log later instead.
+            state.behind = True
+            self.wakeup.set()
+            return
+        self.enqueue(state, fresh, now)
+
+    def enqueue(self, state: LogCursorState, entries: list[Entry], now: float) -> None:
+        """Queues entries that continue `state`'s sequence, skipping acked and expired ones."""
+        for entry in entries:
+            if entry.cursor <= state.enqueued:
+                continue
+            state.enqueued = entry.cursor
+            if entry.expires_at <= now or state.acks.is_acked(entry.cursor):
+                continue
+            self.lanes[_LANE_OF_PRIORITY.get(entry.priority, 1)].append(Pending(entry, state))
+            heapq.heappush(state.waiting, entry.cursor)
+            self.waiting += 1
+        self.wakeup.set()
+
+    def requeue(self, pending: Pending) -> None:
+        """Puts an unacked entry back for redelivery, ahead of its lane."""
+        pending.attempt += 1
+        self.lanes[_LANE_OF_PRIORITY.get(pending.entry.priority, 1)].appendleft(pending)
+        self.waiting += 1
+        self.wakeup.set()
+
+    def room(self) -> int:
+        return self.buffer_limit - self.waiting
+
+    # -- draining --------------------------------------------------------------------------
+
+    def take(self, limit: int) -> list[Pending]:
+        """Up to `limit` waiting entries in writing order (see the module invariants)."""
+        taken: list[Pending] = []
+        lanes = self.lanes
+        while len(taken) < limit and self.waiting:
+            for _ in range(len(_PICK_CYCLE)):
+                lane = lanes[_PICK_CYCLE[self._pick]]
+                self._pick = (self._pick + 1) % len(_PICK_CYCLE)
+                if lane:
+                    taken.append(lane.popleft())
+                    self.waiting -= 1
+                    break
+        return taken
+
+    def encode(self, taken: list[Pending]) -> bytes:
+        """One SubscribeResponse holding `taken`, with each log's watermark after the batch."""
+        for pending in taken:
+            if pending.attempt == 1:
+                pending.log.written.add(pending.entry.cursor)
+        return wire.batch_response(
+            [
+                wire.delivery(
+                    p.entry.notification_field,
+                    p.log.log_field,
+                    p.entry.cursor,
+                    p.attempt,
+                    p.log.watermark(),
+                )
+                for p in taken
+            ]
+        )
+
+    def close(self, reason: int, message: str) -> None:
+        if self.closing is None:
+            self.closing = (reason, message)
+        self.wakeup.set()
+
+
+def new_log_state(log_key: str, acks: AckState, resume_after: int) -> LogCursorState:
+    return LogCursorState(
+        log_key=log_key,
+        log_field=wire.log_field(client_log_name(log_key)),
+        acks=acks,
+        enqueued=resume_after,
+    )

@@ -1,0 +1,49 @@
+"""StatusStore in process memory."""
+
+from __future__ import annotations
+
+import copy
+
+from services.stream.status import ALLOWED, NotificationRecord, RecipientRecord, State, Transition
+
+
+class MemoryStatusStore:
+    def __init__(self) -> None:
+        self._records: dict[tuple[str, str], NotificationRecord] = {}
+
+    async def create(self, record: NotificationRecord) -> None:
+        self._records.setdefault((record.tenant, record.notification_id), record)
+
+    async def apply(self, tenant: str, transitions: list[Transition], at: float) -> None:
+        for transition in transitions:
+            record = self._records.get((tenant, transition.notification_id))
+            if record is None:
+                continue
+            recipient = record.recipients.get(transition.user_id)
+            current = None if recipient is None else recipient.state
+            if transition.state not in ALLOWED[current]:
+                continue
+            if recipient is None:
+                recipient = record.recipients[transition.user_id] = RecipientRecord(
+                    transition.user_id, transition.state, at
+                )
+            recipient.state = transition.state
+            recipient.updated_at = at
+            recipient.reason = transition.reason
+            if transition.state is State.QUEUED:
+                recipient.queued_at = at
+            elif transition.state is State.DELIVERED:
+                recipient.attempts += 1
+                recipient.delivered_at = recipient.delivered_at or at
+            elif transition.state is State.ACKED:
+                recipient.acked_at = at
+
+    async def get(self, tenant: str, notification_id: str) -> NotificationRecord | None:
+        record = self._records.get((tenant, notification_id))
+        return None if record is None else copy.deepcopy(record)
+
+    async def purge(self, older_than: float) -> int:
+        old = [key for key, record in self._records.items() if record.created_at < older_than]
+        for key in old:
+            del self._records[key]
+        return len(old)

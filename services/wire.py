@@ -1,0 +1,76 @@
+"""Hand-built protobuf framing for the stream hot path.
+
+A notification is serialized once, at ingest. What a session writes is assembled from those bytes
+by concatenation, which protobuf defines to be the same as merging:
+
+- a `Delivery` is `notification` (field 1, the stored bytes) followed by its per-session fields;
+- a `DeliveryBatch` is each delivery as repeated field 1;
+- a `SubscribeResponse` carrying the batch is field 1 of the oneof.
+
+The functions here are the only place that knows those field numbers; tests check them against
+the generated classes.
+"""
+
+from __future__ import annotations
+
+_TAG_LEN_1 = b"\x0a"  # field 1, wire type 2 (length-delimited)
+_TAG_LOG = b"\x12"  # Delivery.log, field 2, length-delimited
+_TAG_CURSOR = b"\x18"  # Delivery.cursor, field 3, varint
+_TAG_ATTEMPT = b"\x20"  # Delivery.attempt, field 4, varint
+_TAG_RESUME = b"\x28"  # Delivery.resume_cursor, field 5, varint
+
+
+def varint(value: int) -> bytes:
+    """Encodes a non-negative integer as a protobuf varint."""
+    if value < 0x80:
+        return bytes((value,))
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def notification_field(notification: bytes) -> bytes:
+    """The `Delivery.notification` field for an encoded Notification; computed once per entry."""
+    return _TAG_LEN_1 + varint(len(notification)) + notification
+
+
+def log_field(log: str) -> bytes:
+    """The `Delivery.log` field; computed once per log."""
+    raw = log.encode()
+    return _TAG_LOG + varint(len(raw)) + raw
+
+
+def delivery(
+    notification_field_bytes: bytes,
+    log_field_bytes: bytes,
+    cursor: int,
+    attempt: int,
+    resume_cursor: int,
+) -> bytes:
+    """An encoded `Delivery` from the precomputed fields and this session's numbers."""
+    return b"".join(
+        (
+            notification_field_bytes,
+            log_field_bytes,
+            _TAG_CURSOR,
+            varint(cursor),
+            _TAG_ATTEMPT,
+            varint(attempt),
+            _TAG_RESUME,
+            varint(resume_cursor),
+        )
+    )
+
+
+def batch_response(deliveries: list[bytes]) -> bytes:
+    """An encoded `SubscribeResponse` whose `deliveries` batch holds the given deliveries."""
+    parts: list[bytes] = []
+    for item in deliveries:
+        parts.append(_TAG_LEN_1)
+        parts.append(varint(len(item)))
+        parts.append(item)
+    inner = b"".join(parts)
+    return _TAG_LEN_1 + varint(len(inner)) + inner
