@@ -62,7 +62,9 @@ class Principal:
         if self.tenant == ANY_TENANT and SCOPE_NODE in self.scopes:
             return
         if tenant != self.tenant:
-            raise PermissionDenied(f"the token of tenant '{self.tenant}' cannot act on another tenant")
+            raise PermissionDenied(
+                f"the token of tenant '{self.tenant}' cannot act on another tenant"
+            )
 
     def may_join(self, channel: str) -> bool:
         """Whether the token's `channels` claim allows joining `channel` (glob patterns)."""
@@ -212,6 +214,7 @@ class TokenMinter:
     def __init__(self, keys: Keys, settings: AuthSettings) -> None:
         if keys.signing_key is None:
             raise ValueError("no signing key is configured (HERALD_AUTH_PRIVATE_KEY_FILE)")
+        self._signing_key: Any = keys.signing_key
         self._keys = keys
         self._settings = settings
 
@@ -239,7 +242,7 @@ class TokenMinter:
             claims["channels"] = list(channels)
         if extra:
             claims.update(extra)
-        return jwt.encode(claims, self._keys.signing_key, algorithm=self._keys.algorithm)
+        return jwt.encode(claims, self._signing_key, algorithm=self._keys.algorithm)
 
     def node_token(self, node_id: str, ttl_s: int = 24 * 3600) -> str:
         return self.mint(f"node:{node_id}", ANY_TENANT, [SCOPE_NODE], ttl_s=ttl_s)

@@ -53,7 +53,9 @@ def _minter() -> auth.TokenMinter:
 def _token(args: argparse.Namespace, scopes: list[str], subject: str) -> str:
     if args.token:
         return str(args.token)
-    return _minter().mint(subject, args.tenant, scopes, channels=getattr(args, "channels", None) or ())
+    return _minter().mint(
+        subject, args.tenant, scopes, channels=getattr(args, "channels", None) or ()
+    )
 
 
 def _client_flags(parser: argparse.ArgumentParser) -> None:
@@ -91,7 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--service", help="a backend token (scopes: send presence:read sessions:admin)"
     )
     token.add_argument("--scope", action="append", help="override the scopes (repeatable)")
-    token.add_argument("--channel", dest="channels", action="append", help="channels the user may join")
+    token.add_argument(
+        "--channel", dest="channels", action="append", help="channels the user may join"
+    )
     token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds")
 
     send = commands.add_parser("send", help="send one notification")
@@ -142,9 +146,9 @@ def _dispatch(args: argparse.Namespace) -> int | None:
         overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
         config = Config(server=ServerSettings(**overrides))
         configure_logging(config.server.log_level)
-        from services.server import serve_forever
+        from services.server import ALL_ROLES, Role, serve_forever
 
-        roles = ("ingest", "stream", "registry") if args.command == "up" else (args.service,)
+        roles: tuple[Role, ...] = ALL_ROLES if args.command == "up" else (args.service,)
         return _run(serve_forever(config, roles))
     if args.command == "token":
         return _print_token(args)
@@ -158,17 +162,25 @@ def _dispatch(args: argparse.Namespace) -> int | None:
 def _print_token(args: argparse.Namespace) -> int:
     if args.service:
         subject = args.service
-        scopes = args.scope or [auth.SCOPE_SEND, auth.SCOPE_PRESENCE_READ, auth.SCOPE_SESSIONS_ADMIN]
+        scopes = args.scope or [
+            auth.SCOPE_SEND,
+            auth.SCOPE_PRESENCE_READ,
+            auth.SCOPE_SESSIONS_ADMIN,
+        ]
     else:
         subject = args.user or "dev"
         scopes = args.scope or [auth.SCOPE_SUBSCRIBE]
-    print(_minter().mint(subject, args.tenant, scopes, ttl_s=args.ttl, channels=args.channels or ()))
+    print(
+        _minter().mint(subject, args.tenant, scopes, ttl_s=args.ttl, channels=args.channels or ())
+    )
     return 0
 
 
 async def _send(args: argparse.Namespace) -> int:
     notification = notification_pb2.Notification(
-        priority=_PRIORITIES[args.priority], ttl_seconds=args.ttl, idempotency_key=args.idempotency_key
+        priority=_PRIORITIES[args.priority],
+        ttl_seconds=args.ttl,
+        idempotency_key=args.idempotency_key,
     )
     if args.user is not None:
         notification.target.user_id = args.user
@@ -201,7 +213,16 @@ async def _tail(args: argparse.Namespace) -> int:
     seen = 0
     async with HeraldClient(args.address, token) as client:
         subscription = client.subscribe(
-            channels=args.channels or (), cursors=cursors, auto_ack=not args.no_ack, device="cli"
+            channels=args.channels or (),
+            cursors=cursors,
+            auto_ack=not args.no_ack,
+            device="cli",
+            on_connect=lambda started: print(
+                f"subscribed as {started.user_id}@{started.tenant_id}, "
+                f"session {started.session_id} on {started.node_id}",
+                file=sys.stderr,
+                flush=True,
+            ),
         )
         try:
             async for received in subscription:

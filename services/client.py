@@ -97,7 +97,7 @@ class HeraldClient:
         await self.close()
 
     async def close(self) -> None:
-        await self._channel.close()
+        await self._channel.close(None)
 
     def metadata(self) -> tuple[tuple[str, str], ...]:
         token = self._token() if callable(self._token) else self._token
@@ -108,27 +108,30 @@ class HeraldClient:
     async def send(
         self, notification: notification_pb2.Notification, *, timeout: float = 10.0
     ) -> ingest_pb2.SendResponse:
-        return await self._ingest.Send(
+        response: ingest_pb2.SendResponse = await self._ingest.Send(
             ingest_pb2.SendRequest(notification=notification),
             metadata=self.metadata(),
             timeout=timeout,
         )
+        return response
 
     async def send_batch(
         self, notifications: Iterable[notification_pb2.Notification], *, timeout: float = 30.0
     ) -> ingest_pb2.SendBatchResponse:
-        return await self._ingest.SendBatch(
+        response: ingest_pb2.SendBatchResponse = await self._ingest.SendBatch(
             ingest_pb2.SendBatchRequest(notifications=list(notifications)),
             metadata=self.metadata(),
             timeout=timeout,
         )
+        return response
 
     async def status(self, notification_id: str) -> ingest_pb2.GetStatusResponse:
-        return await self._ingest.GetStatus(
+        response: ingest_pb2.GetStatusResponse = await self._ingest.GetStatus(
             ingest_pb2.GetStatusRequest(notification_id=notification_id),
             metadata=self.metadata(),
             timeout=10.0,
         )
+        return response
 
     # -- subscribers -----------------------------------------------------------------------
 
@@ -140,7 +143,7 @@ class HeraldClient:
             up_to=[stream_pb2.LogCursor(log=k, cursor=v) for k, v in (up_to or {}).items()],
         )
         response = await self._stream.Ack(request, metadata=self.metadata(), timeout=10.0)
-        return response.acked
+        return int(response.acked)
 
     def subscribe(
         self,
@@ -153,6 +156,7 @@ class HeraldClient:
         backoff: Backoff | None = None,
         dedupe_window: int = 10_000,
         rng: random.Random | None = None,
+        on_connect: Callable[[stream_pb2.SessionStarted], None] | None = None,
     ) -> Subscription:
         return Subscription(
             self,
@@ -164,12 +168,16 @@ class HeraldClient:
             backoff=backoff or Backoff(),
             dedupe_window=dedupe_window,
             rng=rng or random.Random(),  # noqa: S311 - jitter, not security
+            on_connect=on_connect,
         )
 
     def open_stream(
         self, request: stream_pb2.SubscribeRequest
     ) -> aio.UnaryStreamCall[stream_pb2.SubscribeRequest, stream_pb2.SubscribeResponse]:
-        return self._stream.Subscribe(request, metadata=self.metadata())
+        call: aio.UnaryStreamCall[stream_pb2.SubscribeRequest, stream_pb2.SubscribeResponse] = (
+            self._stream.Subscribe(request, metadata=self.metadata())
+        )
+        return call
 
 
 class Subscription:
@@ -187,6 +195,7 @@ class Subscription:
         backoff: Backoff,
         dedupe_window: int,
         rng: random.Random,
+        on_connect: Callable[[stream_pb2.SessionStarted], None] | None = None,
     ) -> None:
         self._client = client
         self.channels = channels
@@ -199,6 +208,7 @@ class Subscription:
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._dedupe_window = dedupe_window
         self._rng = rng
+        self._on_connect = on_connect
         self._call: aio.UnaryStreamCall[Any, Any] | None = None
         self.session_id = ""
         self.connects = 0
@@ -257,6 +267,8 @@ class Subscription:
                         self.connects += 1
                         failures = 0
                         self.connected.set()
+                        if self._on_connect is not None:
+                            self._on_connect(event.session_started)
                     elif kind == "closing":
                         self.last_closing = event.closing
                         retry_after = event.closing.retry_after_ms / 1000

@@ -11,13 +11,13 @@ import asyncio
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from grpc import aio
 
 from services import auth
-from services.errors import HeraldError
+from services.errors import HeraldError, PermissionDenied
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,9 @@ REQUIRED_SCOPE: dict[str, str] = {
 Behavior = Callable[[Any, aio.ServicerContext[Any, Any]], Awaitable[Any]]
 
 
-async def _abort_for(exc: BaseException, context: aio.ServicerContext[Any, Any], method: str) -> None:
+async def _abort_for(
+    exc: BaseException, context: aio.ServicerContext[Any, Any], method: str
+) -> None:
     if isinstance(exc, HeraldError):
         await context.abort(exc.code, exc.message)
     log.error(
@@ -56,7 +58,9 @@ async def _abort_for(exc: BaseException, context: aio.ServicerContext[Any, Any],
     await context.abort(grpc.StatusCode.INTERNAL, "internal error; it was logged on the server")
 
 
-def _guard(behavior: Behavior, method: str, principal: auth.Principal | None, denial: HeraldError | None) -> Behavior:
+def _guard(
+    behavior: Behavior, method: str, principal: auth.Principal | None, denial: HeraldError | None
+) -> Behavior:
     async def guarded(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
         if denial is not None:
             await context.abort(denial.code, denial.message)
@@ -74,7 +78,7 @@ def _guard(behavior: Behavior, method: str, principal: auth.Principal | None, de
     return guarded
 
 
-class AuthInterceptor(aio.ServerInterceptor):
+class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
     """Verifies the bearer token and scope of every herald RPC and maps errors to statuses."""
 
     def __init__(self, verifier: auth.TokenVerifier) -> None:
@@ -82,9 +86,11 @@ class AuthInterceptor(aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
+        ],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Any, Any]:
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
         if handler is None or method.startswith(_PUBLIC_PREFIXES):
@@ -94,7 +100,7 @@ class AuthInterceptor(aio.ServerInterceptor):
         try:
             scope = REQUIRED_SCOPE.get(method)
             if scope is None:
-                raise auth.PermissionDenied(f"{method} is not open to any token")
+                raise PermissionDenied(f"{method} is not open to any token")
             authorization = None
             for key, value in handler_call_details.invocation_metadata or ():
                 if key == "authorization":
@@ -108,20 +114,21 @@ class AuthInterceptor(aio.ServerInterceptor):
 
 
 def _rewrap(
-    handler: grpc.RpcMethodHandler,
+    handler: grpc.RpcMethodHandler[Any, Any],
     method: str,
     principal: auth.Principal | None,
     denial: HeraldError | None,
-) -> grpc.RpcMethodHandler:
+) -> grpc.RpcMethodHandler[Any, Any]:
+    # grpc-stubs types behaviors as sync callables; on an aio server they are coroutines.
     if handler.unary_unary is not None:
         return grpc.unary_unary_rpc_method_handler(
-            _guard(handler.unary_unary, method, principal, denial),
+            _guard(cast(Behavior, handler.unary_unary), method, principal, denial),
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
     if handler.unary_stream is not None and not inspect.isasyncgenfunction(handler.unary_stream):
         return grpc.unary_stream_rpc_method_handler(
-            _guard(handler.unary_stream, method, principal, denial),
+            _guard(cast(Behavior, handler.unary_stream), method, principal, denial),
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )

@@ -89,7 +89,7 @@ def timestamp(value: float) -> Timestamp:
     if value:
         whole = int(value)
         ts.seconds = whole
-        ts.nanos = int(round((value - whole) * 1e9)) % 1_000_000_000
+        ts.nanos = round((value - whole) * 1e9) % 1_000_000_000
     return ts
 
 

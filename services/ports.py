@@ -17,8 +17,7 @@ class DeliveryPort(Protocol):
         """Appends to the logs and wakes readers; returns the user-log count per notification."""
         ...
 
-    async def status(self, tenant: str, notification_id: str) -> NotificationRecord | None:
-        ...
+    async def status(self, tenant: str, notification_id: str) -> NotificationRecord | None: ...
 
 
 class RegistryPort(Protocol):
@@ -32,8 +31,7 @@ class RegistryPort(Protocol):
         """Refreshes leases; returns the ids the registry no longer knows."""
         ...
 
-    async def unregister(self, tenant: str, session_id: str) -> None:
-        ...
+    async def unregister(self, tenant: str, session_id: str) -> None: ...
 
 
 class NodePort(Protocol):
@@ -41,5 +39,4 @@ class NodePort(Protocol):
 
     async def close_sessions(
         self, tenant: str, session_ids: list[str], user_id: str, reason: str
-    ) -> int:
-        ...
+    ) -> int: ...

@@ -34,7 +34,7 @@ class NodeCredentials:
         self._minted_at = 0.0
 
     def metadata(self) -> tuple[tuple[str, str], ...]:
-        if time.monotonic() - self._minted_at > self._ttl_s / 2:
+        if not self._token or time.monotonic() - self._minted_at > self._ttl_s / 2:
             self._token = self._mint()
             self._minted_at = time.monotonic()
         return (("authorization", f"Bearer {self._token}"),)
@@ -80,7 +80,7 @@ class RegistryClient:
         )
 
     async def close(self) -> None:
-        await self._channel.close()
+        await self._channel.close(None)
 
 
 class NodeClient:
@@ -106,7 +106,9 @@ class NodeClient:
     async def status(self, tenant: str, notification_id: str) -> NotificationRecord | None:
         try:
             response = await self._stub.GetDeliveryStatus(
-                node_pb2.GetDeliveryStatusRequest(tenant_id=tenant, notification_id=notification_id),
+                node_pb2.GetDeliveryStatusRequest(
+                    tenant_id=tenant, notification_id=notification_id
+                ),
                 metadata=self._credentials.metadata(),
                 timeout=_CALL_TIMEOUT_S,
             )
@@ -127,7 +129,7 @@ class NodeClient:
             )
         except aio.AioRpcError as exc:
             raise _translate(exc, "asking the stream node to close sessions") from None
-        return response.closed
+        return int(response.closed)
 
     async def close(self) -> None:
-        await self._channel.close()
+        await self._channel.close(None)

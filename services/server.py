@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from grpc import aio
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from herald.node.v1 import node_pb2, node_pb2_grpc
@@ -74,7 +75,7 @@ class Node:
     server: aio.Server
     port: int
     roles: tuple[Role, ...]
-    health: health.aio.HealthServicer
+    health: HealthServicer
     delivery: DeliveryCore | None = None
     registry: RegistryCore | None = None
     ingest: IngestCore | None = None
@@ -113,7 +114,9 @@ async def start_node(
     clock = clock or SystemClock()
     keys = keys or auth.load_keys(config.auth, config.server.data_dir)
     verifier = auth.TokenVerifier(keys, config.auth)
-    node_id = config.server.node_id or f"{socket.gethostname()}-{roles[0] if len(roles) == 1 else 'up'}"
+    node_id = (
+        config.server.node_id or f"{socket.gethostname()}-{roles[0] if len(roles) == 1 else 'up'}"
+    )
     server = aio.server(interceptors=[AuthInterceptor(verifier)], options=server_options(config))
     port = server.add_insecure_port(f"{config.server.host}:{config.server.port}")
     advertise = config.server.advertise_address or f"{config.server.host}:{port}"
@@ -131,20 +134,26 @@ async def start_node(
             return None
         client = node_clients.get(session.node_address)
         if client is None:
-            client = node_clients[session.node_address] = NodeClient(session.node_address, credentials)
+            client = node_clients[session.node_address] = NodeClient(
+                session.node_address, credentials
+            )
             closers.append(client)
         return client
 
     if "registry" in roles:
         registry_core = RegistryCore(MemorySessionDirectory(), config.registry, clock, node_for)
-        registry_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(registry_core), server)
+        registry_pb2_grpc.add_RegistryServiceServicer_to_server(
+            RegistryServicer(registry_core), server
+        )
 
     if "stream" in roles:
         registry_port: RegistryPort
         if registry_core is not None:
             registry_port = registry_core
         else:
-            remote_registry = RegistryClient(_required(config.server.registry_address, "REGISTRY"), credentials)
+            remote_registry = RegistryClient(
+                _required(config.server.registry_address, "REGISTRY"), credentials
+            )
             closers.append(remote_registry)
             registry_port = remote_registry
         delivery_core = DeliveryCore(
@@ -172,11 +181,15 @@ async def start_node(
         ingest_core = IngestCore(delivery_port, MemoryIdempotencyStore(), config.ingest, clock)
         ingest_pb2_grpc.add_IngestServiceServicer_to_server(IngestServicer(ingest_core), server)
 
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = [name for role in roles for name in SERVICE_NAMES[role]]
     reflection.enable_server_reflection(
-        [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+        [
+            *names,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ],
         server,
     )
     await server.start()
@@ -185,12 +198,16 @@ async def start_node(
     for name in ["", *names]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info("herald node serving", extra={"roles": list(roles), "port": port, "node_id": node_id})
-    return Node(server, port, roles, health_servicer, delivery_core, registry_core, ingest_core, closers)
+    return Node(
+        server, port, roles, health_servicer, delivery_core, registry_core, ingest_core, closers
+    )
 
 
 def _required(value: str, name: str) -> str:
     if not value:
-        raise ValueError(f"this service needs HERALD_{name}_ADDRESS (host:port of the {name.lower()} service)")
+        raise ValueError(
+            f"this service needs HERALD_{name}_ADDRESS (host:port of the {name.lower()} service)"
+        )
     return value
 
 
@@ -199,12 +216,13 @@ def _node_token_source(config: Config, keys: auth.Keys, node_id: str) -> Callabl
         token = config.auth.node_token.get_secret_value()
         return lambda: token
     if keys.signing_key is None:
+
         def missing() -> str:
             raise ValueError("node-to-node calls need HERALD_AUTH_NODE_TOKEN or a signing key")
+
         return missing
     minter = auth.TokenMinter(keys, config.auth)
     return lambda: minter.node_token(node_id, ttl_s=3600)
-
 
 
 async def serve_forever(config: Config, roles: Iterable[Role]) -> None:

@@ -6,7 +6,7 @@ from typing import Any
 
 from grpc import aio
 
-from herald.v1 import ingest_pb2, ingest_pb2_grpc
+from herald.v1 import ingest_pb2
 from services.auth import current_principal
 from services.errors import HeraldError, InvalidArgument
 from services.ingest.core import IngestCore, SendOutcome
@@ -23,11 +23,13 @@ def _response(outcome: SendOutcome) -> ingest_pb2.SendResponse:
     )
 
 
-class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
+class IngestServicer:
     def __init__(self, core: IngestCore) -> None:
         self._core = core
 
-    async def Send(self, request: ingest_pb2.SendRequest, context: Context) -> ingest_pb2.SendResponse:
+    async def Send(
+        self, request: ingest_pb2.SendRequest, context: Context
+    ) -> ingest_pb2.SendResponse:
         if not request.HasField("notification"):
             raise InvalidArgument("SendRequest.notification is required")
         principal = current_principal()
@@ -43,7 +45,9 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             if isinstance(outcome, HeraldError):
                 results.append(
                     ingest_pb2.SendResult(
-                        error=ingest_pb2.SendError(code=outcome.code.value[0], message=outcome.message)
+                        error=ingest_pb2.SendError(
+                            code=outcome.code.value[0], message=outcome.message
+                        )
                     )
                 )
             else:

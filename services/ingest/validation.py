@@ -63,7 +63,9 @@ def validate(
     return kind
 
 
-def check_payload_size(notification: notification_pb2.Notification, settings: IngestSettings) -> None:
+def check_payload_size(
+    notification: notification_pb2.Notification, settings: IngestSettings
+) -> None:
     """The payload (content, template variables, metadata) must fit the limit."""
     size = (
         notification.content.ByteSize()

@@ -81,9 +81,13 @@ class RegistryCore:
         for record in await self._directory.presence(tenant, user_ids):
             if record.sessions:
                 views.append(
-                    PresenceView(record.user_id, Presence.ONLINE, record.sessions, record.online_since)
+                    PresenceView(
+                        record.user_id, Presence.ONLINE, record.sessions, record.online_since
+                    )
                 )
-            elif record.last_left_at and now - record.last_left_at < self._settings.presence_grace_s:
+            elif (
+                record.last_left_at and now - record.last_left_at < self._settings.presence_grace_s
+            ):
                 views.append(
                     PresenceView(record.user_id, Presence.RECONNECTING, 0, record.last_left_at)
                 )

@@ -6,7 +6,7 @@ from typing import Any
 
 from grpc import aio
 
-from herald.v1 import registry_pb2, registry_pb2_grpc
+from herald.v1 import registry_pb2
 from services.auth import current_principal
 from services.errors import InvalidArgument
 from services.model import seconds, session_from_proto, session_to_proto, timestamp
@@ -25,7 +25,7 @@ def _tenant(requested: str) -> str:
     return tenant
 
 
-class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
+class RegistryServicer:
     def __init__(self, core: RegistryCore) -> None:
         self._core = core
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -41,19 +42,20 @@ class SessionDirectory(Protocol):
         """Adds the session unless the user already has `max_per_user`; False when refused."""
         ...
 
-    async def touch(self, tenant: str, session_ids: list[str], at: float) -> list[str]:
+    async def touch(
+        self, tenant: str, session_ids: builtins.list[str], at: float
+    ) -> builtins.list[str]:
         """Refreshes sessions; returns the ids that are not known."""
         ...
 
-    async def remove(self, tenant: str, session_id: str, at: float) -> SessionInfo | None:
-        ...
+    async def remove(self, tenant: str, session_id: str, at: float) -> SessionInfo | None: ...
 
-    async def list(self, tenant: str, user_id: str = "") -> list[SessionInfo]:
-        ...
+    async def list(self, tenant: str, user_id: str = "") -> builtins.list[SessionInfo]: ...
 
-    async def presence(self, tenant: str, user_ids: list[str]) -> list[UserPresenceRecord]:
-        ...
+    async def presence(
+        self, tenant: str, user_ids: builtins.list[str]
+    ) -> builtins.list[UserPresenceRecord]: ...
 
-    async def expire(self, older_than: float, at: float) -> list[SessionInfo]:
+    async def expire(self, older_than: float, at: float) -> builtins.list[SessionInfo]:
         """Removes sessions last seen before `older_than` (their node stopped heartbeating)."""
         ...

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import builtins
+
 from services.registry.sessions import SessionInfo, UserPresenceRecord
 
 
@@ -25,7 +27,9 @@ class MemorySessionDirectory:
         self._left_at.pop(key, None)
         return True
 
-    async def touch(self, tenant: str, session_ids: list[str], at: float) -> list[str]:
+    async def touch(
+        self, tenant: str, session_ids: builtins.list[str], at: float
+    ) -> builtins.list[str]:
         sessions = self._sessions.get(tenant, {})
         unknown = []
         for session_id in session_ids:
@@ -49,11 +53,13 @@ class MemorySessionDirectory:
             self._left_at[key] = at
         return session
 
-    async def list(self, tenant: str, user_id: str = "") -> list[SessionInfo]:
+    async def list(self, tenant: str, user_id: str = "") -> builtins.list[SessionInfo]:
         sessions = self._sessions.get(tenant, {}).values()
         return [s for s in sessions if not user_id or s.user_id == user_id]
 
-    async def presence(self, tenant: str, user_ids: list[str]) -> list[UserPresenceRecord]:
+    async def presence(
+        self, tenant: str, user_ids: builtins.list[str]
+    ) -> builtins.list[UserPresenceRecord]:
         out = []
         for user_id in user_ids:
             key = (tenant, user_id)
@@ -67,7 +73,7 @@ class MemorySessionDirectory:
             )
         return out
 
-    async def expire(self, older_than: float, at: float) -> list[SessionInfo]:
+    async def expire(self, older_than: float, at: float) -> builtins.list[SessionInfo]:
         stale = [
             s
             for sessions in self._sessions.values()

@@ -44,7 +44,9 @@ class AckStore(Protocol):
         """A copy of the state (empty when nothing was acked)."""
         ...
 
-    async def ack(self, tenant: str, user_id: str, log_key: str, cursors: Iterable[int]) -> list[int]:
+    async def ack(
+        self, tenant: str, user_id: str, log_key: str, cursors: Iterable[int]
+    ) -> list[int]:
         """Acks the cursors; returns those that were not acked before."""
         ...
 

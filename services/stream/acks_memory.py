@@ -15,7 +15,9 @@ class MemoryAckStore:
         state = self._states.get((tenant, user_id, log_key))
         return AckState() if state is None else AckState(state.up_to, set(state.above))
 
-    async def ack(self, tenant: str, user_id: str, log_key: str, cursors: Iterable[int]) -> list[int]:
+    async def ack(
+        self, tenant: str, user_id: str, log_key: str, cursors: Iterable[int]
+    ) -> list[int]:
         state = self._states.setdefault((tenant, user_id, log_key), AckState())
         return [cursor for cursor in cursors if state.add(cursor)]
 

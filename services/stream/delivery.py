@@ -19,7 +19,7 @@ from herald.v1 import notification_pb2, stream_pb2
 from services import metrics, wire
 from services.clock import Clock
 from services.config import DeliverySettings
-from services.errors import InvalidArgument, ResourceExhausted
+from services.errors import InvalidArgument, ResourceExhausted, Unavailable
 from services.model import Accepted, TargetKind, timestamp
 from services.ports import RegistryPort
 from services.registry.sessions import SessionInfo
@@ -27,13 +27,20 @@ from services.stream.acks import AckStore
 from services.stream.log import (
     BROADCAST,
     CHANNEL_PREFIX,
+    Entry,
     LogStore,
     NewEntry,
     channel_log,
     user_log,
 )
 from services.stream.session import LogCursorState, Pending, Session, new_log_state
-from services.stream.status import NotificationRecord, RecipientRecord, State, StatusStore, Transition
+from services.stream.status import (
+    NotificationRecord,
+    RecipientRecord,
+    State,
+    StatusStore,
+    Transition,
+)
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +101,7 @@ class DeliveryCore:
         self._order = itertools.count()
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
+        self._drained = asyncio.Event()
 
     # -- ingest side -----------------------------------------------------------------------
 
@@ -142,7 +150,9 @@ class DeliveryCore:
                     session.offer(key, result.entries, now)
         return counts
 
-    async def _record_dropped(self, tenant: str, key: str, dropped: list[object], now: float) -> None:
+    async def _record_dropped(
+        self, tenant: str, key: str, dropped: list[Entry], now: float
+    ) -> None:
         kind = "user" if key.startswith("user:") else "channel"
         metrics.DROPPED.labels(kind).inc(len(dropped))
         if kind == "user":
@@ -150,12 +160,15 @@ class DeliveryCore:
             await self._status.apply(
                 tenant,
                 [
-                    Transition(e.notification_id, user, State.FAILED, "dropped: inbox full")  # type: ignore[attr-defined]
+                    Transition(e.notification_id, user, State.FAILED, "dropped: inbox full")
                     for e in dropped
                 ],
                 now,
             )
-        log.warning("log bound reached, oldest entries dropped", extra={"tenant": tenant, "log": kind, "dropped": len(dropped)})
+        log.warning(
+            "log bound reached, oldest entries dropped",
+            extra={"tenant": tenant, "log": kind, "dropped": len(dropped)},
+        )
 
     async def status(self, tenant: str, notification_id: str) -> NotificationRecord | None:
         return await self._status.get(tenant, notification_id)
@@ -178,8 +191,6 @@ class DeliveryCore:
             ResourceExhausted: too many channels, or too many sessions for the user.
         """
         if self._closing:
-            from services.errors import Unavailable
-
             raise Unavailable("this node is shutting down; reconnect to another node")
         unique_channels = tuple(dict.fromkeys(channels))
         if len(unique_channels) > self._settings.max_channels_per_session:
@@ -229,6 +240,7 @@ class DeliveryCore:
             )
         )
         self._sessions[session.session_id] = session
+        self._drained.clear()
         for key in states:
             self._readers.setdefault((tenant, key), set()).add(session)
         metrics.SESSIONS.inc()
@@ -293,12 +305,20 @@ class DeliveryCore:
             unacked.done = True
             self._unacked.pop(self._unacked_key(session, unacked.pending), None)
         metrics.SESSIONS.dec()
+        if not self._sessions:
+            self._drained.set()
         try:
             await self._registry.unregister(session.tenant, session.session_id)
         except Exception:
-            log.warning("could not unregister session", extra={"session_id": session.session_id}, exc_info=True)
+            log.warning(
+                "could not unregister session",
+                extra={"session_id": session.session_id},
+                exc_info=True,
+            )
 
-    async def close_sessions(self, tenant: str, session_ids: list[str], user_id: str, reason: str) -> int:
+    async def close_sessions(
+        self, tenant: str, session_ids: list[str], user_id: str, reason: str
+    ) -> int:
         closed = 0
         for session in list(self._sessions.values()):
             if session.tenant != tenant:
@@ -336,12 +356,12 @@ class DeliveryCore:
             key = _log_key_of(record, user_id)
             if key.startswith("user:") and user_id not in record.recipients:
                 continue
-            entry = await self._logs.find(tenant, key, notification_id)
-            if entry is None:
+            found = await self._logs.find(tenant, key, notification_id)
+            if found is None:
                 continue
-            if await self._acks.ack(tenant, user_id, key, [entry.cursor]):
+            if await self._acks.ack(tenant, user_id, key, [found.cursor]):
                 transitions.append(Transition(notification_id, user_id, State.ACKED))
-            self._settle(tenant, user_id, key, entry.cursor)
+            self._settle(tenant, user_id, key, found.cursor)
         for session in self._sessions.values():
             if session.tenant == tenant and session.user_id == user_id:
                 for key, state in session.logs.items():
@@ -353,9 +373,13 @@ class DeliveryCore:
     def _key_of_name(self, name: str, user_id: str) -> str:
         if name == "user":
             return user_log(user_id)
-        if name == BROADCAST or (name.startswith(CHANNEL_PREFIX) and len(name) > len(CHANNEL_PREFIX)):
+        if name == BROADCAST or (
+            name.startswith(CHANNEL_PREFIX) and len(name) > len(CHANNEL_PREFIX)
+        ):
             return name
-        raise InvalidArgument(f"unknown log {name!r}: logs are 'user', 'broadcast' and 'channel:<name>'")
+        raise InvalidArgument(
+            f"unknown log {name!r}: logs are 'user', 'broadcast' and 'channel:<name>'"
+        )
 
     def _settle(self, tenant: str, user_id: str, key: str, cursor: int) -> None:
         for session in self._sessions.values():
@@ -390,7 +414,10 @@ class DeliveryCore:
             self._spawn(
                 self._status.apply(
                     session.tenant,
-                    [Transition(p.entry.notification_id, session.user_id, State.EXPIRED, "ttl") for p in expired],
+                    [
+                        Transition(p.entry.notification_id, session.user_id, State.EXPIRED, "ttl")
+                        for p in expired
+                    ],
                     now,
                 )
             )
@@ -541,18 +568,21 @@ class DeliveryCore:
             by_tenant.setdefault(session.tenant, []).append(session.session_id)
         for tenant, ids in by_tenant.items():
             for unknown in await self._registry.heartbeat(tenant, ids):
-                session = self._sessions.get(unknown)
-                if session is not None:
-                    session.close(_CLOSING.REASON_DISCONNECTED, "the registry no longer knows this session")
+                gone = self._sessions.get(unknown)
+                if gone is not None:
+                    gone.close(
+                        _CLOSING.REASON_DISCONNECTED, "the registry no longer knows this session"
+                    )
 
     async def shutdown(self, grace_s: float) -> None:
         """Tells every session to reconnect elsewhere, waits up to `grace_s` for them to end."""
         self._closing = True
         for session in list(self._sessions.values()):
             session.close(_CLOSING.REASON_SHUTDOWN, "the server is shutting down; reconnect")
-        deadline = asyncio.get_running_loop().time() + grace_s
-        while self._sessions and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.02)
+        if self._sessions:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(grace_s):
+                    await self._drained.wait()
         for task in list(self._tasks):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -9,7 +9,7 @@ Invariants every implementation keeps (the contract tests in tests/contract chec
 - Appending beyond the log's bound drops the oldest entries and reports them.
 - Logs of different tenants, and different log keys, never see each other's entries.
 
-Log keys: `user:<user_id>` (a user's inbox), `channel:<name>`, and `broadcast` (the tenant-wide log).
+Log keys: `user:<user_id>` (a user's inbox), `channel:<name>`, and `broadcast` (tenant-wide).
 """
 
 from __future__ import annotations
@@ -96,5 +96,4 @@ class LogStore(Protocol):
         """The keys of the tenant's non-empty logs."""
         ...
 
-    async def tenants(self) -> list[str]:
-        ...
+    async def tenants(self) -> list[str]: ...

@@ -11,7 +11,7 @@ from typing import Any
 import grpc
 from grpc import aio
 
-from herald.node.v1 import node_pb2, node_pb2_grpc
+from herald.node.v1 import node_pb2
 from herald.v1 import stream_pb2
 from services.auth import current_principal
 from services.errors import InvalidArgument, PermissionDenied
@@ -81,7 +81,7 @@ class StreamServicer:
         )
 
 
-class NodeServicer(node_pb2_grpc.NodeServiceServicer):
+class NodeServicer:
     def __init__(self, core: DeliveryCore) -> None:
         self._core = core
 

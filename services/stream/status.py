@@ -75,8 +75,7 @@ class StatusStore(Protocol):
         """Moves recipients to new states; transitions not in ALLOWED are ignored."""
         ...
 
-    async def get(self, tenant: str, notification_id: str) -> NotificationRecord | None:
-        ...
+    async def get(self, tenant: str, notification_id: str) -> NotificationRecord | None: ...
 
     async def purge(self, older_than: float) -> int:
         """Forgets notifications created before `older_than`; returns how many."""

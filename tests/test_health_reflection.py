@@ -1,0 +1,71 @@
+"""Acceptance: health reports SERVING per service, reflection lists the herald services."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from grpc import aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from herald.v1 import stream_pb2
+from tests.harness import Herald
+from tests.streams import Stream
+
+pytestmark = pytest.mark.asyncio
+
+HERALD_SERVICES = {
+    "ingest": "herald.v1.IngestService",
+    "stream": "herald.v1.StreamService",
+    "registry": "herald.v1.RegistryService",
+}
+
+
+async def _health(address: str, service: str) -> int:
+    async with aio.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        response = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+        return int(response.status)
+
+
+async def _listed(address: str) -> set[str]:
+    async with aio.insecure_channel(address) as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        call = stub.ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5
+        )
+        async for response in call:
+            return {s.name for s in response.list_services_response.service}
+    return set()
+
+
+async def test_every_service_reports_serving(herald: Herald) -> None:
+    for role, service in HERALD_SERVICES.items():
+        assert (
+            await _health(herald.address(role), service) == health_pb2.HealthCheckResponse.SERVING
+        )
+        assert await _health(herald.address(role), "") == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_reflection_lists_the_herald_services(herald: Herald) -> None:
+    listed: set[str] = set()
+    for role in HERALD_SERVICES:
+        listed |= await _listed(herald.address(role))
+    assert set(HERALD_SERVICES.values()) <= listed
+    assert "grpc.health.v1.Health" in listed
+
+
+async def test_shutdown_drains_streams_with_a_reconnect_hint(herald_up: Herald) -> None:
+    node = herald_up.node("up")
+    stream = Stream(herald_up.user("alice"))
+    await stream.start()
+    stopping = asyncio.create_task(node.stop(5.0))
+    event = await stream.event()
+    assert event.WhichOneof("event") == "closing"
+    assert event.closing.reason == stream_pb2.Closing.REASON_SHUTDOWN
+    assert event.closing.retry_after_ms > 0
+    assert await stream.call.read() is aio.EOF
+    await stopping
+    with pytest.raises(aio.AioRpcError):
+        await _health(node.address, "herald.v1.StreamService")
