@@ -6,7 +6,8 @@ and `aud`; user tokens may carry `channels` (the channels the user may join). Sc
 - `subscribe`: open streams and ack, as user `sub` of the tenant (user tokens);
 - `send`: send notifications to the tenant and read their status (backend tokens);
 - `presence:read`: look up presence and sessions of the tenant;
-- `sessions:admin`: disconnect sessions of the tenant (implies `presence:read`);
+- `sessions:admin`: disconnect sessions, join them to channels (implies `presence:read`);
+- `templates:write`: store and delete templates (`send` may read them);
 - `node`: node-to-node calls; only node tokens may use the tenant `*`.
 """
 
@@ -33,6 +34,7 @@ SCOPE_SUBSCRIBE = "subscribe"
 SCOPE_SEND = "send"
 SCOPE_PRESENCE_READ = "presence:read"
 SCOPE_SESSIONS_ADMIN = "sessions:admin"
+SCOPE_TEMPLATES_WRITE = "templates:write"
 SCOPE_NODE = "node"
 ANY_TENANT = "*"
 
@@ -55,6 +57,7 @@ class Principal:
             return
         if scope == SCOPE_PRESENCE_READ and SCOPE_SESSIONS_ADMIN in self.scopes:
             return
+
         raise PermissionDenied(f"the token lacks the '{scope}' scope")
 
     def require_tenant(self, tenant: str) -> None:

@@ -90,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     who = token.add_mutually_exclusive_group()
     who.add_argument("--user", help="a subscriber token for this user (scope: subscribe)")
     who.add_argument(
-        "--service", help="a backend token (scopes: send presence:read sessions:admin)"
+        "--service",
+        help="a backend token (scopes: send presence:read sessions:admin templates:write)",
     )
     token.add_argument("--scope", action="append", help="override the scopes (repeatable)")
     token.add_argument(
@@ -166,6 +167,7 @@ def _print_token(args: argparse.Namespace) -> int:
             auth.SCOPE_SEND,
             auth.SCOPE_PRESENCE_READ,
             auth.SCOPE_SESSIONS_ADMIN,
+            auth.SCOPE_TEMPLATES_WRITE,
         ]
     else:
         subject = args.user or "dev"

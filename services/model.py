@@ -12,6 +12,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from herald.v1 import ingest_pb2, notification_pb2, registry_pb2
 from services.registry.sessions import SessionInfo
+from services.registry.templates import TemplateAction, TemplateRecord, TemplateText
 from services.stream.status import NotificationRecord, RecipientRecord, State
 
 
@@ -110,6 +111,7 @@ def status_to_proto(record: NotificationRecord) -> ingest_pb2.GetStatusResponse:
                 queued_at=timestamp(r.queued_at),
                 delivered_at=timestamp(r.delivered_at),
                 acked_at=timestamp(r.acked_at),
+                read_at=timestamp(r.read_at),
             )
             for r in sorted(record.recipients.values(), key=lambda r: r.user_id)
         ],
@@ -133,6 +135,7 @@ def status_from_proto(tenant: str, message: ingest_pb2.GetStatusResponse) -> Not
                 acked_at=seconds(r.acked_at),
                 attempts=r.attempts,
                 reason=r.reason,
+                read_at=seconds(r.read_at),
             )
             for r in message.recipients
         },
@@ -164,4 +167,43 @@ def session_from_proto(message: registry_pb2.Session) -> SessionInfo:
         channels=tuple(message.channels),
         connected_at=seconds(message.connected_at),
         last_seen_at=seconds(message.last_seen_at),
+    )
+
+
+def template_to_proto(template: TemplateRecord) -> registry_pb2.Template:
+    return registry_pb2.Template(
+        template_id=template.template_id,
+        version=template.version,
+        default_locale=template.default_locale,
+        locales={
+            locale: registry_pb2.TemplateContent(
+                title=text.title,
+                body=text.body,
+                image_url=text.image_url,
+                actions=[
+                    notification_pb2.Action(id=a.action_id, label=a.label, url=a.url)
+                    for a in text.actions
+                ],
+            )
+            for locale, text in template.locales.items()
+        },
+        created_at=timestamp(template.created_at),
+    )
+
+
+def template_from_proto(message: registry_pb2.Template) -> TemplateRecord:
+    return TemplateRecord(
+        template_id=message.template_id,
+        version=message.version,
+        default_locale=message.default_locale,
+        locales={
+            locale: TemplateText(
+                title=text.title,
+                body=text.body,
+                image_url=text.image_url,
+                actions=tuple(TemplateAction(a.id, a.label, a.url) for a in text.actions),
+            )
+            for locale, text in message.locales.items()
+        },
+        created_at=seconds(message.created_at),
     )

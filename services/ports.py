@@ -7,6 +7,7 @@ from typing import Protocol
 
 from services.model import Accepted
 from services.registry.sessions import SessionInfo
+from services.registry.templates import TemplateRecord
 from services.stream.status import NotificationRecord
 
 
@@ -34,9 +35,23 @@ class RegistryPort(Protocol):
     async def unregister(self, tenant: str, session_id: str) -> None: ...
 
 
+class TemplatePort(Protocol):
+    """What ingest needs of the registry."""
+
+    async def get_template(
+        self, tenant: str, template_id: str, version: int
+    ) -> TemplateRecord | None: ...
+
+
 class NodePort(Protocol):
     """What the registry needs of a stream node."""
 
     async def close_sessions(
         self, tenant: str, session_ids: list[str], user_id: str, reason: str
     ) -> int: ...
+
+    async def change_channels(
+        self, tenant: str, session_id: str, join: list[str], leave: list[str]
+    ) -> list[str] | None:
+        """The session's channels after the change; None when the node has no such session."""
+        ...

@@ -10,9 +10,10 @@ from grpc import aio
 
 from herald.node.v1 import node_pb2, node_pb2_grpc
 from herald.v1 import registry_pb2, registry_pb2_grpc
-from services.errors import HeraldError, ResourceExhausted, Unavailable
-from services.model import Accepted, session_to_proto, status_from_proto
+from services.errors import HeraldError, InvalidArgument, ResourceExhausted, Unavailable
+from services.model import Accepted, session_to_proto, status_from_proto, template_from_proto
 from services.registry.sessions import SessionInfo
+from services.registry.templates import TemplateRecord
 from services.stream.status import NotificationRecord
 
 CHANNEL_OPTIONS = [
@@ -79,6 +80,23 @@ class RegistryClient:
             timeout=_CALL_TIMEOUT_S,
         )
 
+    async def get_template(
+        self, tenant: str, template_id: str, version: int
+    ) -> TemplateRecord | None:
+        try:
+            response = await self._stub.GetTemplate(
+                registry_pb2.GetTemplateRequest(
+                    tenant_id=tenant, template_id=template_id, version=version
+                ),
+                metadata=self._credentials.metadata(),
+                timeout=_CALL_TIMEOUT_S,
+            )
+        except aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                return None
+            raise _translate(exc, "reading the template from the registry") from None
+        return template_from_proto(response.template)
+
     async def close(self) -> None:
         await self._channel.close(None)
 
@@ -130,6 +148,30 @@ class NodeClient:
         except aio.AioRpcError as exc:
             raise _translate(exc, "asking the stream node to close sessions") from None
         return int(response.closed)
+
+    async def change_channels(
+        self, tenant: str, session_id: str, join: list[str], leave: list[str]
+    ) -> list[str] | None:
+        try:
+            response = await self._stub.ChangeChannels(
+                node_pb2.ChangeChannelsRequest(
+                    tenant_id=tenant, session_id=session_id, join=join, leave=leave
+                ),
+                metadata=self._credentials.metadata(),
+                timeout=_CALL_TIMEOUT_S,
+            )
+        except aio.AioRpcError as exc:
+            if exc.code() in (
+                grpc.StatusCode.INVALID_ARGUMENT,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+            ):
+                raise (
+                    InvalidArgument
+                    if exc.code() == grpc.StatusCode.INVALID_ARGUMENT
+                    else ResourceExhausted
+                )(exc.details() or "") from None
+            raise _translate(exc, "asking the stream node to change channels") from None
+        return list(response.channels) if response.found else None
 
     async def close(self) -> None:
         await self._channel.close(None)

@@ -29,11 +29,12 @@ from services.ingest.core import IngestCore
 from services.ingest.idempotency_memory import MemoryIdempotencyStore
 from services.ingest.servicer import IngestServicer
 from services.interceptors import AuthInterceptor
-from services.ports import DeliveryPort, NodePort, RegistryPort
+from services.ports import DeliveryPort, NodePort, RegistryPort, TemplatePort
 from services.registry.core import RegistryCore
 from services.registry.servicer import RegistryServicer
 from services.registry.sessions import SessionInfo
 from services.registry.sessions_memory import MemorySessionDirectory
+from services.registry.templates_memory import MemoryTemplateStore
 from services.remote import NodeClient, NodeCredentials, RegistryClient
 from services.stream.acks_memory import MemoryAckStore
 from services.stream.delivery import DeliveryCore
@@ -141,7 +142,9 @@ async def start_node(
         return client
 
     if "registry" in roles:
-        registry_core = RegistryCore(MemorySessionDirectory(), config.registry, clock, node_for)
+        registry_core = RegistryCore(
+            MemorySessionDirectory(), MemoryTemplateStore(), config.registry, clock, node_for
+        )
         registry_pb2_grpc.add_RegistryServiceServicer_to_server(
             RegistryServicer(registry_core), server
         )
@@ -178,7 +181,13 @@ async def start_node(
             remote_node = NodeClient(_required(config.server.stream_address, "STREAM"), credentials)
             closers.append(remote_node)
             delivery_port = remote_node
-        ingest_core = IngestCore(delivery_port, MemoryIdempotencyStore(), config.ingest, clock)
+        templates: TemplatePort | None = registry_core
+        if templates is None and config.server.registry_address:
+            templates = RegistryClient(config.server.registry_address, credentials)
+            closers.append(templates)
+        ingest_core = IngestCore(
+            delivery_port, MemoryIdempotencyStore(), config.ingest, clock, templates
+        )
         ingest_pb2_grpc.add_IngestServiceServicer_to_server(IngestServicer(ingest_core), server)
 
     health_servicer = HealthServicer()

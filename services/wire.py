@@ -37,6 +37,18 @@ def notification_field(notification: bytes) -> bytes:
     return _TAG_LEN_1 + varint(len(notification)) + notification
 
 
+def notification_bytes(field: bytes) -> bytes:
+    """The encoded Notification inside a field made by `notification_field`."""
+    index, length, shift = 1, 0, 0
+    while True:
+        byte = field[index]
+        length |= (byte & 0x7F) << shift
+        index += 1
+        if byte < 0x80:
+            return field[index : index + length]
+        shift += 7
+
+
 def log_field(log: str) -> bytes:
     """The `Delivery.log` field; computed once per log."""
     raw = log.encode()

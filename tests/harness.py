@@ -108,7 +108,9 @@ async def start_herald(topology: str, config: Config, clock: Clock | None = None
     )
     stream = await start_node(stream_config, ["stream"], clock=clock, keys=keys)
     ingest_config = Config(
-        server=config.server.model_copy(update={"stream_address": stream.address}),
+        server=config.server.model_copy(
+            update={"stream_address": stream.address, "registry_address": registry.address}
+        ),
         auth=config.auth,
         delivery=config.delivery,
         registry=config.registry,

@@ -11,11 +11,12 @@ from herald.v1 import notification_pb2
 from services import metrics
 from services.clock import Clock
 from services.config import IngestSettings
-from services.errors import HeraldError, InvalidArgument, NotFound
+from services.errors import FailedPrecondition, HeraldError, InvalidArgument, NotFound
 from services.ingest.idempotency import IdempotencyStore
-from services.ingest.validation import validate
+from services.ingest.rendering import pick_locale, render
+from services.ingest.validation import check_payload_size, validate
 from services.model import Accepted, accepted_from_proto, timestamp
-from services.ports import DeliveryPort
+from services.ports import DeliveryPort, TemplatePort
 from services.stream.status import NotificationRecord
 
 log = logging.getLogger(__name__)
@@ -42,8 +43,10 @@ class IngestCore:
         idempotency: IdempotencyStore,
         settings: IngestSettings,
         clock: Clock,
+        templates: TemplatePort | None = None,
     ) -> None:
         self._delivery = delivery
+        self._templates = templates
         self._idempotency = idempotency
         self._settings = settings
         self._clock = clock
@@ -71,6 +74,8 @@ class IngestCore:
         for index, notification in enumerate(notifications):
             try:
                 validate(notification, tenant, self._settings)
+                if notification.HasField("template"):
+                    notification = await self._render(tenant, notification)
             except HeraldError as exc:
                 metrics.REJECTED.labels(type(exc).__name__).inc()
                 outcomes.append(exc)
@@ -101,6 +106,34 @@ class IngestCore:
                 outcomes[index] = SendOutcome(a.notification_id, False, count)
             metrics.ACCEPTED.inc(len(accepted))
         return outcomes
+
+    async def _render(
+        self, tenant: str, notification: notification_pb2.Notification
+    ) -> notification_pb2.Notification:
+        """The notification with its content rendered from the named template."""
+        ref = notification.template
+        if self._templates is None:
+            raise FailedPrecondition(
+                "templates need the registry: set HERALD_REGISTRY_ADDRESS for this ingest node"
+            )
+        template = await self._templates.get_template(tenant, ref.template_id, ref.version)
+        if template is None:
+            which = f"version {ref.version} of " if ref.version else ""
+            raise NotFound(f"no {which}template {ref.template_id!r} in this tenant")
+        text = render(template, ref.variables, ref.locale)
+        rendered = notification_pb2.Notification()
+        rendered.CopyFrom(notification)
+        content = rendered.content
+        content.title, content.body = text.title, text.body
+        content.image_url = text.image_url or content.image_url
+        if text.actions:
+            del content.actions[:]
+            for action in text.actions:
+                content.actions.add(id=action.action_id, label=action.label, url=action.url)
+        rendered.template.version = template.version
+        rendered.template.locale = pick_locale(template, ref.locale)
+        check_payload_size(rendered, self._settings)
+        return rendered
 
     def _complete(
         self,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -9,9 +10,11 @@ from enum import IntEnum
 
 from services.clock import Clock
 from services.config import RegistrySettings
-from services.errors import InvalidArgument, ResourceExhausted
+from services.errors import InvalidArgument, NotFound, ResourceExhausted
+from services.ingest.rendering import check as check_template
 from services.ports import NodePort
 from services.registry.sessions import SessionDirectory, SessionInfo
+from services.registry.templates import TemplateRecord, TemplateStore
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +42,13 @@ class RegistryCore:
     def __init__(
         self,
         directory: SessionDirectory,
+        templates: TemplateStore,
         settings: RegistrySettings,
         clock: Clock,
         node_for: Callable[[SessionInfo], NodePort | None],
     ) -> None:
         self._directory = directory
+        self._templates = templates
         self._settings = settings
         self._clock = clock
         self._node_for = node_for
@@ -118,6 +123,56 @@ class RegistryCore:
                 tenant, [s.session_id for s in node_sessions], "", reason
             )
         return closed
+
+    async def change_channels(
+        self, tenant: str, session_id: str, join: list[str], leave: list[str]
+    ) -> list[str]:
+        """Asks the session's node to join or leave channels; returns the session's channels."""
+        if not session_id:
+            raise InvalidArgument("session_id must not be empty")
+        for channel in (*join, *leave):
+            if not channel:
+                raise InvalidArgument("channel must not be empty")
+        session = next(
+            (s for s in await self._directory.list(tenant) if s.session_id == session_id), None
+        )
+        node = None if session is None else self._node_for(session)
+        channels = None
+        if session is not None and node is not None:
+            channels = await node.change_channels(tenant, session_id, join, leave)
+        if session is None or channels is None:
+            raise NotFound(f"no open session {session_id!r} in this tenant")
+        session.channels = tuple(channels)
+        return channels
+
+    # -- templates -------------------------------------------------------------------------
+
+    async def put_template(self, tenant: str, template: TemplateRecord) -> TemplateRecord:
+        check_template(template)
+        return await self._templates.put(
+            tenant, dataclasses.replace(template, created_at=self._clock.now())
+        )
+
+    async def get_template(
+        self, tenant: str, template_id: str, version: int = 0
+    ) -> TemplateRecord | None:
+        return await self._templates.get(tenant, template_id, version)
+
+    async def template(self, tenant: str, template_id: str, version: int = 0) -> TemplateRecord:
+        found = await self._templates.get(tenant, template_id, version)
+        if found is None:
+            which = f"version {version} of " if version else ""
+            raise NotFound(f"no {which}template {template_id!r} in this tenant")
+        return found
+
+    async def templates(self, tenant: str) -> list[TemplateRecord]:
+        return await self._templates.list(tenant)
+
+    async def delete_template(self, tenant: str, template_id: str) -> int:
+        deleted = await self._templates.delete(tenant, template_id)
+        if not deleted:
+            raise NotFound(f"no template {template_id!r} in this tenant")
+        return deleted
 
     async def expire_stale(self) -> None:
         now = self._clock.now()

@@ -9,7 +9,14 @@ from grpc import aio
 from herald.v1 import registry_pb2
 from services.auth import current_principal
 from services.errors import InvalidArgument
-from services.model import seconds, session_from_proto, session_to_proto, timestamp
+from services.model import (
+    seconds,
+    session_from_proto,
+    session_to_proto,
+    template_from_proto,
+    template_to_proto,
+    timestamp,
+)
 from services.registry.core import RegistryCore
 
 Context = aio.ServicerContext[Any, Any]
@@ -79,3 +86,51 @@ class RegistryServicer:
             _tenant(request.tenant_id), request.session_id, request.user_id, request.reason
         )
         return registry_pb2.DisconnectResponse(disconnected=closed)
+
+    async def JoinChannel(
+        self, request: registry_pb2.JoinChannelRequest, context: Context
+    ) -> registry_pb2.JoinChannelResponse:
+        channels = await self._core.change_channels(
+            _tenant(request.tenant_id), request.session_id, [request.channel], []
+        )
+        return registry_pb2.JoinChannelResponse(channels=channels)
+
+    async def LeaveChannel(
+        self, request: registry_pb2.LeaveChannelRequest, context: Context
+    ) -> registry_pb2.LeaveChannelResponse:
+        channels = await self._core.change_channels(
+            _tenant(request.tenant_id), request.session_id, [], [request.channel]
+        )
+        return registry_pb2.LeaveChannelResponse(channels=channels)
+
+    async def PutTemplate(
+        self, request: registry_pb2.PutTemplateRequest, context: Context
+    ) -> registry_pb2.PutTemplateResponse:
+        if not request.HasField("template"):
+            raise InvalidArgument("PutTemplateRequest.template is required")
+        stored = await self._core.put_template(
+            _tenant(request.tenant_id), template_from_proto(request.template)
+        )
+        return registry_pb2.PutTemplateResponse(template=template_to_proto(stored))
+
+    async def GetTemplate(
+        self, request: registry_pb2.GetTemplateRequest, context: Context
+    ) -> registry_pb2.GetTemplateResponse:
+        found = await self._core.template(
+            _tenant(request.tenant_id), request.template_id, request.version
+        )
+        return registry_pb2.GetTemplateResponse(template=template_to_proto(found))
+
+    async def ListTemplates(
+        self, request: registry_pb2.ListTemplatesRequest, context: Context
+    ) -> registry_pb2.ListTemplatesResponse:
+        templates = await self._core.templates(_tenant(request.tenant_id))
+        return registry_pb2.ListTemplatesResponse(
+            templates=[template_to_proto(t) for t in templates]
+        )
+
+    async def DeleteTemplate(
+        self, request: registry_pb2.DeleteTemplateRequest, context: Context
+    ) -> registry_pb2.DeleteTemplateResponse:
+        deleted = await self._core.delete_template(_tenant(request.tenant_id), request.template_id)
+        return registry_pb2.DeleteTemplateResponse(deleted_versions=deleted)

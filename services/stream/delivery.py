@@ -198,8 +198,7 @@ class DeliveryCore:
                 f"a session may join at most {self._settings.max_channels_per_session} channels"
             )
         for channel in unique_channels:
-            if not channel or len(channel) > _MAX_CHANNEL_LEN:
-                raise InvalidArgument(f"channel names are 1 to {_MAX_CHANNEL_LEN} characters long")
+            self._check_channel(channel)
         log_keys = [user_log(user_id), BROADCAST, *(channel_log(c) for c in unique_channels)]
         names = {key: ("user" if key.startswith("user:") else key) for key in log_keys}
         unknown = set(cursors) - set(names.values())
@@ -328,6 +327,83 @@ class DeliveryCore:
                 closed += 1
         return closed
 
+    async def change_channels(
+        self, tenant: str, session_id: str, join: list[str], leave: list[str]
+    ) -> list[str] | None:
+        """Joins and leaves channels of an open session; None if this node has no such session.
+
+        A joined channel replays what the user has not acknowledged, then continues live.
+
+        Raises:
+            InvalidArgument: a bad channel name.
+            ResourceExhausted: the session would read more than the channel limit.
+        """
+        session = self._sessions.get(session_id)
+        if session is None or session.tenant != tenant:
+            return None
+        channels = list(session.channels)
+        for channel in leave:
+            if channel not in channels:
+                continue
+            channels.remove(channel)
+            key = channel_log(channel)
+            session.logs.pop(key, None)
+            readers = self._readers.get((tenant, key))
+            if readers is not None:
+                readers.discard(session)
+            for unacked in list(self._unacked.values()):
+                if unacked.session is session and unacked.pending.log.log_key == key:
+                    unacked.done = True
+                    self._unacked.pop(self._unacked_key(session, unacked.pending), None)
+        for channel in join:
+            if channel in channels:
+                continue
+            self._check_channel(channel)
+            if len(channels) >= self._settings.max_channels_per_session:
+                raise ResourceExhausted(
+                    f"a session may join at most {self._settings.max_channels_per_session} channels"
+                )
+            channels.append(channel)
+            key = channel_log(channel)
+            acks = await self._acks.get(tenant, session.user_id, key)
+            session.logs[key] = new_log_state(key, acks, acks.up_to)
+            self._readers.setdefault((tenant, key), set()).add(session)
+        session.channels = tuple(channels)
+        session.wakeup.set()
+        return channels
+
+    @staticmethod
+    def _check_channel(channel: str) -> None:
+        if not channel or len(channel) > _MAX_CHANNEL_LEN:
+            raise InvalidArgument(f"channel names are 1 to {_MAX_CHANNEL_LEN} characters long")
+
+    # -- inbox -----------------------------------------------------------------------------
+
+    async def list_inbox(
+        self, tenant: str, user_id: str, page_size: int, before: int
+    ) -> tuple[list[tuple[bytes, int, State, float]], int]:
+        """A page of the user's own log, newest first: (notification, cursor, state, read_at)
+        per item, and the cursor to pass as `before` for the next page (0 on the last page)."""
+        entries = await self._logs.read_reverse(tenant, user_log(user_id), before, page_size + 1)
+        more = len(entries) > page_size
+        entries = entries[:page_size]
+        now = self._clock.now()
+        items = []
+        for entry in entries:
+            if entry.expires_at <= now:
+                continue
+            record = await self._status.get(tenant, entry.notification_id)
+            recipient = None if record is None else record.recipients.get(user_id)
+            state = State.QUEUED if recipient is None else recipient.state
+            read_at = 0.0 if recipient is None else recipient.read_at
+            items.append(
+                (wire.notification_bytes(entry.notification_field), entry.cursor, state, read_at)
+            )
+        return items, (entries[-1].cursor if more and entries else 0)
+
+    async def mark_read(self, tenant: str, user_id: str, notification_ids: list[str]) -> int:
+        return await self._status.mark_read(tenant, user_id, notification_ids, self._clock.now())
+
     @property
     def session_count(self) -> int:
         return len(self._sessions)
@@ -393,8 +469,8 @@ class DeliveryCore:
     async def _catch_up(self, session: Session) -> None:
         """Reads logs the session is behind on, as far as its buffer has room."""
         now = self._clock.now()
-        for key, state in session.logs.items():
-            while state.behind and session.room() > 0:
+        for key, state in list(session.logs.items()):
+            while state.behind and session.room() > 0 and key in session.logs:
                 state.behind = False
                 limit = min(session.room(), self._settings.batch_max * 8)
                 entries = await self._logs.read(session.tenant, key, state.enqueued, limit)
@@ -406,6 +482,8 @@ class DeliveryCore:
     def _fresh(self, session: Session, taken: list[Pending]) -> list[Pending]:
         """Drops what expired while waiting (its status becomes EXPIRED)."""
         now = self._clock.now()
+        # Entries of a channel the session has left since they were queued are not sent.
+        taken = [p for p in taken if p.log.log_key in session.logs]
         fresh = [p for p in taken if p.entry.expires_at > now]
         if len(fresh) != len(taken):
             expired = [p for p in taken if p.entry.expires_at <= now]
@@ -474,7 +552,7 @@ class DeliveryCore:
     async def _ticker(self) -> None:
         interval = self._settings.heartbeat_interval_s
         tick = min(1.0, interval / 2)
-        last_sweep = last_lease = self._clock.now()
+        last_sweep = last_lease = last_purge = self._clock.now()
         while True:
             await self._clock.sleep(tick)
             now = self._clock.now()
@@ -487,6 +565,9 @@ class DeliveryCore:
                 if now - last_lease >= 10.0:
                     last_lease = now
                     await self._refresh_leases()
+                if now - last_purge >= 3600.0:
+                    last_purge = now
+                    await self._status.purge(now - self._settings.status_retention_s)
             except Exception:
                 log.exception("delivery timer failed; continuing")
 

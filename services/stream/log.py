@@ -80,6 +80,10 @@ class LogStore(Protocol):
         """Up to `limit` entries with cursor > `after`, in cursor order."""
         ...
 
+    async def read_reverse(self, tenant: str, log_key: str, before: int, limit: int) -> list[Entry]:
+        """Up to `limit` entries with cursor < `before` (0: no bound), newest first."""
+        ...
+
     async def find(self, tenant: str, log_key: str, notification_id: str) -> Entry | None:
         """The entry of a notification in the log, if it is still there."""
         ...

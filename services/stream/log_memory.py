@@ -83,6 +83,14 @@ class MemoryLogStore:
         start = log.index_after(after)
         return log.entries[start : start + limit]
 
+    async def read_reverse(self, tenant: str, log_key: str, before: int, limit: int) -> list[Entry]:
+        log = self._logs.get((tenant, log_key))
+        if log is None:
+            return []
+        end = len(log.entries) if before <= 0 else log.index_after(before - 1)
+        start = max(log.offset, end - limit)
+        return log.entries[start:end][::-1]
+
     async def find(self, tenant: str, log_key: str, notification_id: str) -> Entry | None:
         log = self._logs.get((tenant, log_key))
         return None if log is None else log.by_id.get(notification_id)

@@ -15,7 +15,7 @@ from herald.node.v1 import node_pb2
 from herald.v1 import stream_pb2
 from services.auth import current_principal
 from services.errors import InvalidArgument, PermissionDenied
-from services.model import accepted_from_proto, status_to_proto
+from services.model import accepted_from_proto, status_to_proto, timestamp
 from services.stream.delivery import DeliveryCore
 
 Context = aio.ServicerContext[Any, Any]
@@ -63,6 +63,39 @@ class StreamServicer:
         )
         return stream_pb2.AckResponse(acked=acked)
 
+    async def ListInbox(
+        self, request: stream_pb2.ListInboxRequest, context: Context
+    ) -> stream_pb2.ListInboxResponse:
+        principal = current_principal()
+        page_size = request.page_size or 20
+        if page_size > 100:
+            raise InvalidArgument("page_size is at most 100")
+        if request.page_token and not request.page_token.isdigit():
+            raise InvalidArgument("page_token is not one this server gave out")
+        items, next_before = await self._core.list_inbox(
+            principal.tenant, principal.subject, page_size, int(request.page_token or 0)
+        )
+        response = stream_pb2.ListInboxResponse(
+            next_page_token=str(next_before) if next_before else ""
+        )
+        for encoded, cursor, state, read_at in items:
+            item = response.items.add(cursor=cursor, state=int(state))
+            item.notification.MergeFromString(encoded)
+            if read_at:
+                item.read_at.CopyFrom(timestamp(read_at))
+        return response
+
+    async def MarkRead(
+        self, request: stream_pb2.MarkReadRequest, context: Context
+    ) -> stream_pb2.MarkReadResponse:
+        principal = current_principal()
+        if not request.notification_ids:
+            raise InvalidArgument("name the notification_ids to mark read")
+        marked = await self._core.mark_read(
+            principal.tenant, principal.subject, list(request.notification_ids)
+        )
+        return stream_pb2.MarkReadResponse(marked=marked)
+
     def register(self, server: aio.Server) -> None:
         handlers = {
             "Subscribe": grpc.unary_stream_rpc_method_handler(
@@ -74,6 +107,16 @@ class StreamServicer:
                 self.Ack,
                 request_deserializer=stream_pb2.AckRequest.FromString,
                 response_serializer=stream_pb2.AckResponse.SerializeToString,
+            ),
+            "ListInbox": grpc.unary_unary_rpc_method_handler(
+                self.ListInbox,
+                request_deserializer=stream_pb2.ListInboxRequest.FromString,
+                response_serializer=stream_pb2.ListInboxResponse.SerializeToString,
+            ),
+            "MarkRead": grpc.unary_unary_rpc_method_handler(
+                self.MarkRead,
+                request_deserializer=stream_pb2.MarkReadRequest.FromString,
+                response_serializer=stream_pb2.MarkReadResponse.SerializeToString,
             ),
         }
         server.add_generic_rpc_handlers(
@@ -107,3 +150,13 @@ class NodeServicer:
             request.tenant_id, list(request.session_ids), request.user_id, request.reason
         )
         return node_pb2.CloseSessionsResponse(closed=closed)
+
+    async def ChangeChannels(
+        self, request: node_pb2.ChangeChannelsRequest, context: Context
+    ) -> node_pb2.ChangeChannelsResponse:
+        channels = await self._core.change_channels(
+            request.tenant_id, request.session_id, list(request.join), list(request.leave)
+        )
+        if channels is None:
+            return node_pb2.ChangeChannelsResponse(found=False)
+        return node_pb2.ChangeChannelsResponse(found=True, channels=channels)

@@ -43,6 +43,7 @@ class RecipientRecord:
     acked_at: float = 0.0
     attempts: int = 0
     reason: str = ""
+    read_at: float = 0.0
 
 
 @dataclass(slots=True)
@@ -73,6 +74,12 @@ class StatusStore(Protocol):
 
     async def apply(self, tenant: str, transitions: list[Transition], at: float) -> None:
         """Moves recipients to new states; transitions not in ALLOWED are ignored."""
+        ...
+
+    async def mark_read(
+        self, tenant: str, user_id: str, notification_ids: list[str], at: float
+    ) -> int:
+        """Sets read_at for the user's unread recipient records; returns how many changed."""
         ...
 
     async def get(self, tenant: str, notification_id: str) -> NotificationRecord | None: ...

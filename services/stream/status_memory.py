@@ -38,6 +38,18 @@ class MemoryStatusStore:
             elif transition.state is State.ACKED:
                 recipient.acked_at = at
 
+    async def mark_read(
+        self, tenant: str, user_id: str, notification_ids: list[str], at: float
+    ) -> int:
+        marked = 0
+        for notification_id in dict.fromkeys(notification_ids):
+            record = self._records.get((tenant, notification_id))
+            recipient = None if record is None else record.recipients.get(user_id)
+            if recipient is not None and not recipient.read_at:
+                recipient.read_at = at
+                marked += 1
+        return marked
+
     async def get(self, tenant: str, notification_id: str) -> NotificationRecord | None:
         record = self._records.get((tenant, notification_id))
         return None if record is None else copy.deepcopy(record)

@@ -77,7 +77,7 @@ class GetStatusRequest(_message.Message):
     def __init__(self, notification_id: _Optional[str] = ...) -> None: ...
 
 class RecipientStatus(_message.Message):
-    __slots__ = ("user_id", "state", "updated_at", "attempts", "reason", "queued_at", "delivered_at", "acked_at")
+    __slots__ = ("user_id", "state", "updated_at", "attempts", "reason", "queued_at", "delivered_at", "acked_at", "read_at")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
@@ -86,6 +86,7 @@ class RecipientStatus(_message.Message):
     QUEUED_AT_FIELD_NUMBER: _ClassVar[int]
     DELIVERED_AT_FIELD_NUMBER: _ClassVar[int]
     ACKED_AT_FIELD_NUMBER: _ClassVar[int]
+    READ_AT_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     state: DeliveryState
     updated_at: _timestamp_pb2.Timestamp
@@ -94,7 +95,8 @@ class RecipientStatus(_message.Message):
     queued_at: _timestamp_pb2.Timestamp
     delivered_at: _timestamp_pb2.Timestamp
     acked_at: _timestamp_pb2.Timestamp
-    def __init__(self, user_id: _Optional[str] = ..., state: _Optional[_Union[DeliveryState, str]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., attempts: _Optional[int] = ..., reason: _Optional[str] = ..., queued_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., delivered_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., acked_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    read_at: _timestamp_pb2.Timestamp
+    def __init__(self, user_id: _Optional[str] = ..., state: _Optional[_Union[DeliveryState, str]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., attempts: _Optional[int] = ..., reason: _Optional[str] = ..., queued_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., delivered_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., acked_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., read_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class GetStatusResponse(_message.Message):
     __slots__ = ("notification_id", "target", "created_at", "expires_at", "recipients")

@@ -23,45 +23,78 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from herald.v1 import notification_pb2 as herald_dot_v1_dot_notification__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18herald/v1/registry.proto\x12\therald.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xcb\x02\n\x07Session\x12\x1d\n\nsession_id\x18\x01 \x01(\tR\tsessionId\x12\x1b\n\ttenant_id\x18\x02 \x01(\tR\x08tenantId\x12\x17\n\x07user_id\x18\x03 \x01(\tR\x06userId\x12\x17\n\x07node_id\x18\x04 \x01(\tR\x06nodeId\x12!\n\x0cnode_address\x18\x05 \x01(\tR\x0bnodeAddress\x12\x16\n\x06\x64\x65vice\x18\x06 \x01(\tR\x06\x64\x65vice\x12\x1a\n\x08\x63hannels\x18\x07 \x03(\tR\x08\x63hannels\x12=\n\x0c\x63onnected_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x0b\x63onnectedAt\x12<\n\x0clast_seen_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nlastSeenAt\"F\n\x16RegisterSessionRequest\x12,\n\x07session\x18\x01 \x01(\x0b\x32\x12.herald.v1.SessionR\x07session\">\n\x17RegisterSessionResponse\x12#\n\rlease_seconds\x18\x01 \x01(\rR\x0cleaseSeconds\"W\n\x17HeartbeatSessionRequest\x12\x1b\n\ttenant_id\x18\x01 \x01(\tR\x08tenantId\x12\x1f\n\x0bsession_ids\x18\x02 \x03(\tR\nsessionIds\"J\n\x18HeartbeatSessionResponse\x12.\n\x13unknown_session_ids\x18\x01 \x03(\tR\x11unknownSessionIds\"V\n\x18UnregisterSessionRequest\x12\x1b\n\ttenant_id\x18\x01 \x01(\tR\x08tenantId\x12\x1d\n\nsession_id\x18\x02 \x01(\tR\tsessionId\"\x1b\n\x19UnregisterSessionResponse\"L\n\x12GetPresenceRequest\x12\x1b\n\ttenant_id\x18\x01 \x01(\tR\x08tenantId\x12\x19\n\x08user_ids\x18\x02 \x03(\tR\x07userIds\"\xae\x01\n\x0cUserPresence\x12\x17\n\x07user_id\x18\x01 \x01(\tR\x06userId\x12.\n\x05state\x18\x02 \x01(\x0e\x32\x18.herald.v1.PresenceStateR\x05state\x12#\n\rsession_count\x18\x03 \x01(\rR\x0csessionCount\x12\x30\n\x05since\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x05since\"D\n\x13GetPresenceResponse\x12-\n\x05users\x18\x01 \x03(\x0b\x32\x17.herald.v1.UserPresenceR\x05users\"K\n\x13ListSessionsRequest\x12\x1b\n\ttenant_id\x18\x01 \x01(\tR\x08tenantId\x12\x17\n\x07user_id\x18\x02 \x01(\tR\x06userId\"F\n\x14ListSessionsResponse\x12.\n\x08sessions\x18\x01 \x03(\x0b\x32\x12.herald.v1.SessionR\x08sessions\"\x90\x01\n\x11\x44isconnectRequest\x12\x1b\n\ttenant_id\x18\x01 \x01(\tR\x08tenantId\x12\x1f\n\nsession_id\x18\x02 \x01(\tH\x00R\tsessionId\x12\x19\n\x07user_id\x18\x03 \x01(\tH\x00R\x06userId\x12\x16\n\x06reason\x18\x04 \x01(\tR\x06reasonB\n\n\x08selector\"8\n\x12\x44isconnectResponse\x12\"\n\x0c\x64isconnected\x18\x01 \x01(\rR\x0c\x64isconnected*\x87\x01\n\rPresenceState\x12\x1e\n\x1aPRESENCE_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15PRESENCE_STATE_ONLINE\x10\x01\x12\x1a\n\x16PRESENCE_STATE_OFFLINE\x10\x02\x12\x1f\n\x1bPRESENCE_STATE_RECONNECTING\x10\x03\x32\x92\x04\n\x0fRegistryService\x12X\n\x0fRegisterSession\x12!.herald.v1.RegisterSessionRequest\x1a\".herald.v1.RegisterSessionResponse\x12[\n\x10HeartbeatSession\x12\".herald.v1.HeartbeatSessionRequest\x1a#.herald.v1.HeartbeatSessionResponse\x12^\n\x11UnregisterSession\x12#.herald.v1.UnregisterSessionRequest\x1a$.herald.v1.UnregisterSessionResponse\x12L\n\x0bGetPresence\x12\x1d.herald.v1.GetPresenceRequest\x1a\x1e.herald.v1.GetPresenceResponse\x12O\n\x0cListSessions\x12\x1e.herald.v1.ListSessionsRequest\x1a\x1f.herald.v1.ListSessionsResponse\x12I\n\nDisconnect\x12\x1c.herald.v1.DisconnectRequest\x1a\x1d.herald.v1.DisconnectResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18herald/v1/registry.proto\x12\therald.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1cherald/v1/notification.proto\"\xcb\x02\n\x07Session\x12\x1d\n\nsession_id\x18\x01 \x01(\tR\tsessionId\x12\x1b\n\ttenant_id\x18\x02 \x01(\tR\x08tenantId\x12\x17\n\x07user_id\x18\x03 \x01(\tR\x06userId\x12\x17\n\x07node_id\x18\x04 \x01(\tR\x06nodeId\x12!\n\x0cnode_address\x18\x05 \x01(\tR\x0bnodeAddress\x12\x16\n\x06\x64\x65vice\x18\x06 \x01(\tR\x06\x64\x65vice\x12\x1a\n\x08\x63hannels\x18\x07 \x03(\tR\x08\x63hannels\x12=\n\x0c\x63onnected_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x0b\x63onnectedAt\x12<\n\x0clast_seen_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nlastSeenAt\"F\n\x16RegisterSessionRequest\x12,\n\x07session\x18\x01 \x01(\x0b\x32\x12.herald.v1.SessionR\x07session\">\n\x17RegisterSessionResponse\x12#\n\rlease_seconds\x18\x01 \x01(\rR\x0cleaseSeconds\"W\n\x17HeartbeatSessionRequest\x12\x1b\n\ttenant_id\x18\x01 \x01(\tR\x08tenantId\x12\x1f\n\x0bsession_ids\x18\x02 \x03(\tR\nsessionIds\"J\n\x18HeartbeatSessionResponse\x12.\n\x13unknown_session_ids\x18\x01 \x03(\tR\x11unknownSessionIds\"V\n\x18UnregisterSessionRequest\x12\x1b\n\ttenant_id\x18\x01 \x01(\tR\x08tenantId\x12\x1d\n\nsession_id\x18\x02 \x01(\tR\tsessionId\"\x1b\n\x19UnregisterSessionResponse\"L\n\x12GetPresenceRequest\x12\x1b\n\ttenant_id\x18\x01 \x01(\tR\x08tenantId\x12\x19\n\x08user_ids\x18\x02 \x03(\tR\x07userIds\"\xae\x01\n\x0cUserPresence\x12\x17\n\x07user_id\x18\x01 \x01(\tR\x06userId\x12.\n\x05state\x18\x02 \x01(\x0e\x32\x18.herald.v1.PresenceStateR\x05state\x12#\n\rsession_count\x18\x03 \x01(\rR\x0csessionCount\x12\x30\n\x05since\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x05since\"D\n\x13GetPresenceResponse\x12-\n\x05users\x18\x01 \x03(\x0b\x32\x17.herald.v1.UserPresenceR\x05users\"K\n\x13ListSessionsRequest\x12\x1b\n\ttenant_id\x18\x01 \x01(\tR\x08tenantId\x12\x17\n\x07user_id\x18\x02 \x01(\tR\x06userId\"F\n\x14ListSessionsResponse\x12.\n\x08sessions\x18\x01 \x03(\x0b\x32\x12.herald.v1.SessionR\x08sessions\"\x90\x01\n\x11\x44isconnectRequest\x12\x1b\n\ttenant_id\x18\x01 \x01(\tR\x08tenantId\x12\x1f\n\nsession_id\x18\x02 \x01(\tH\x00R\tsessionId\x12\x19\n\x07user_id\x18\x03 \x01(\tH\x00R\x06userId\x12\x16\n\x06reason\x18\x04 \x01(\tR\x06reasonB\n\n\x08selector\"8\n\x12\x44isconnectResponse\x12\"\n\x0c\x64isconnected\x18\x01 \x01(\rR\x0c\x64isconnected\"j\n\x12JoinChannelRequest\x12\x1b\n\ttenant_id\x18\x01 \x01(\tR\x08tenantId\x12\x1d\n\nsession_id\x18\x02 \x01(\tR\tsessionId\x12\x18\n\x07\x63hannel\x18\x03 \x01(\tR\x07\x63hannel\"1\n\x13JoinChannelResponse\x12\x1a\n\x08\x63hannels\x18\x01 \x03(\tR\x08\x63hannels\"k\n\x13LeaveChannelRequest\x12\x1b\n\ttenant_id\x18\x01 \x01(\tR\x08tenantId\x12\x1d\n\nsession_id\x18\x02 \x01(\tR\tsessionId\x12\x18\n\x07\x63hannel\x18\x03 \x01(\tR\x07\x63hannel\"2\n\x14LeaveChannelResponse\x12\x1a\n\x08\x63hannels\x18\x01 \x03(\tR\x08\x63hannels\"\x85\x01\n\x0fTemplateContent\x12\x14\n\x05title\x18\x01 \x01(\tR\x05title\x12\x12\n\x04\x62ody\x18\x02 \x01(\tR\x04\x62ody\x12\x1b\n\timage_url\x18\x03 \x01(\tR\x08imageUrl\x12+\n\x07\x61\x63tions\x18\x04 \x03(\x0b\x32\x11.herald.v1.ActionR\x07\x61\x63tions\"\xbb\x02\n\x08Template\x12\x1f\n\x0btemplate_id\x18\x01 \x01(\tR\ntemplateId\x12\x18\n\x07version\x18\x02 \x01(\rR\x07version\x12%\n\x0e\x64\x65\x66\x61ult_locale\x18\x03 \x01(\tR\rdefaultLocale\x12:\n\x07locales\x18\x04 \x03(\x0b\x32 .herald.v1.Template.LocalesEntryR\x07locales\x12\x39\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tcreatedAt\x1aV\n\x0cLocalesEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x30\n\x05value\x18\x02 \x01(\x0b\x32\x1a.herald.v1.TemplateContentR\x05value:\x02\x38\x01\"b\n\x12PutTemplateRequest\x12\x1b\n\ttenant_id\x18\x01 \x01(\tR\x08tenantId\x12/\n\x08template\x18\x02 \x01(\x0b\x32\x13.herald.v1.TemplateR\x08template\"F\n\x13PutTemplateResponse\x12/\n\x08template\x18\x01 \x01(\x0b\x32\x13.herald.v1.TemplateR\x08template\"l\n\x12GetTemplateRequest\x12\x1b\n\ttenant_id\x18\x01 \x01(\tR\x08tenantId\x12\x1f\n\x0btemplate_id\x18\x02 \x01(\tR\ntemplateId\x12\x18\n\x07version\x18\x03 \x01(\rR\x07version\"F\n\x13GetTemplateResponse\x12/\n\x08template\x18\x01 \x01(\x0b\x32\x13.herald.v1.TemplateR\x08template\"3\n\x14ListTemplatesRequest\x12\x1b\n\ttenant_id\x18\x01 \x01(\tR\x08tenantId\"J\n\x15ListTemplatesResponse\x12\x31\n\ttemplates\x18\x01 \x03(\x0b\x32\x13.herald.v1.TemplateR\ttemplates\"U\n\x15\x44\x65leteTemplateRequest\x12\x1b\n\ttenant_id\x18\x01 \x01(\tR\x08tenantId\x12\x1f\n\x0btemplate_id\x18\x02 \x01(\tR\ntemplateId\"C\n\x16\x44\x65leteTemplateResponse\x12)\n\x10\x64\x65leted_versions\x18\x01 \x01(\rR\x0f\x64\x65letedVersions*\x87\x01\n\rPresenceState\x12\x1e\n\x1aPRESENCE_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15PRESENCE_STATE_ONLINE\x10\x01\x12\x1a\n\x16PRESENCE_STATE_OFFLINE\x10\x02\x12\x1f\n\x1bPRESENCE_STATE_RECONNECTING\x10\x03\x32\xf8\x07\n\x0fRegistryService\x12X\n\x0fRegisterSession\x12!.herald.v1.RegisterSessionRequest\x1a\".herald.v1.RegisterSessionResponse\x12[\n\x10HeartbeatSession\x12\".herald.v1.HeartbeatSessionRequest\x1a#.herald.v1.HeartbeatSessionResponse\x12^\n\x11UnregisterSession\x12#.herald.v1.UnregisterSessionRequest\x1a$.herald.v1.UnregisterSessionResponse\x12L\n\x0bGetPresence\x12\x1d.herald.v1.GetPresenceRequest\x1a\x1e.herald.v1.GetPresenceResponse\x12O\n\x0cListSessions\x12\x1e.herald.v1.ListSessionsRequest\x1a\x1f.herald.v1.ListSessionsResponse\x12I\n\nDisconnect\x12\x1c.herald.v1.DisconnectRequest\x1a\x1d.herald.v1.DisconnectResponse\x12L\n\x0bJoinChannel\x12\x1d.herald.v1.JoinChannelRequest\x1a\x1e.herald.v1.JoinChannelResponse\x12O\n\x0cLeaveChannel\x12\x1e.herald.v1.LeaveChannelRequest\x1a\x1f.herald.v1.LeaveChannelResponse\x12L\n\x0bPutTemplate\x12\x1d.herald.v1.PutTemplateRequest\x1a\x1e.herald.v1.PutTemplateResponse\x12L\n\x0bGetTemplate\x12\x1d.herald.v1.GetTemplateRequest\x1a\x1e.herald.v1.GetTemplateResponse\x12R\n\rListTemplates\x12\x1f.herald.v1.ListTemplatesRequest\x1a .herald.v1.ListTemplatesResponse\x12U\n\x0e\x44\x65leteTemplate\x12 .herald.v1.DeleteTemplateRequest\x1a!.herald.v1.DeleteTemplateResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'herald.v1.registry_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PRESENCESTATE']._serialized_start=1504
-  _globals['_PRESENCESTATE']._serialized_end=1639
-  _globals['_SESSION']._serialized_start=73
-  _globals['_SESSION']._serialized_end=404
-  _globals['_REGISTERSESSIONREQUEST']._serialized_start=406
-  _globals['_REGISTERSESSIONREQUEST']._serialized_end=476
-  _globals['_REGISTERSESSIONRESPONSE']._serialized_start=478
-  _globals['_REGISTERSESSIONRESPONSE']._serialized_end=540
-  _globals['_HEARTBEATSESSIONREQUEST']._serialized_start=542
-  _globals['_HEARTBEATSESSIONREQUEST']._serialized_end=629
-  _globals['_HEARTBEATSESSIONRESPONSE']._serialized_start=631
-  _globals['_HEARTBEATSESSIONRESPONSE']._serialized_end=705
-  _globals['_UNREGISTERSESSIONREQUEST']._serialized_start=707
-  _globals['_UNREGISTERSESSIONREQUEST']._serialized_end=793
-  _globals['_UNREGISTERSESSIONRESPONSE']._serialized_start=795
-  _globals['_UNREGISTERSESSIONRESPONSE']._serialized_end=822
-  _globals['_GETPRESENCEREQUEST']._serialized_start=824
-  _globals['_GETPRESENCEREQUEST']._serialized_end=900
-  _globals['_USERPRESENCE']._serialized_start=903
-  _globals['_USERPRESENCE']._serialized_end=1077
-  _globals['_GETPRESENCERESPONSE']._serialized_start=1079
-  _globals['_GETPRESENCERESPONSE']._serialized_end=1147
-  _globals['_LISTSESSIONSREQUEST']._serialized_start=1149
-  _globals['_LISTSESSIONSREQUEST']._serialized_end=1224
-  _globals['_LISTSESSIONSRESPONSE']._serialized_start=1226
-  _globals['_LISTSESSIONSRESPONSE']._serialized_end=1296
-  _globals['_DISCONNECTREQUEST']._serialized_start=1299
-  _globals['_DISCONNECTREQUEST']._serialized_end=1443
-  _globals['_DISCONNECTRESPONSE']._serialized_start=1445
-  _globals['_DISCONNECTRESPONSE']._serialized_end=1501
-  _globals['_REGISTRYSERVICE']._serialized_start=1642
-  _globals['_REGISTRYSERVICE']._serialized_end=2172
+  _globals['_TEMPLATE_LOCALESENTRY']._loaded_options = None
+  _globals['_TEMPLATE_LOCALESENTRY']._serialized_options = b'8\001'
+  _globals['_PRESENCESTATE']._serialized_start=2947
+  _globals['_PRESENCESTATE']._serialized_end=3082
+  _globals['_SESSION']._serialized_start=103
+  _globals['_SESSION']._serialized_end=434
+  _globals['_REGISTERSESSIONREQUEST']._serialized_start=436
+  _globals['_REGISTERSESSIONREQUEST']._serialized_end=506
+  _globals['_REGISTERSESSIONRESPONSE']._serialized_start=508
+  _globals['_REGISTERSESSIONRESPONSE']._serialized_end=570
+  _globals['_HEARTBEATSESSIONREQUEST']._serialized_start=572
+  _globals['_HEARTBEATSESSIONREQUEST']._serialized_end=659
+  _globals['_HEARTBEATSESSIONRESPONSE']._serialized_start=661
+  _globals['_HEARTBEATSESSIONRESPONSE']._serialized_end=735
+  _globals['_UNREGISTERSESSIONREQUEST']._serialized_start=737
+  _globals['_UNREGISTERSESSIONREQUEST']._serialized_end=823
+  _globals['_UNREGISTERSESSIONRESPONSE']._serialized_start=825
+  _globals['_UNREGISTERSESSIONRESPONSE']._serialized_end=852
+  _globals['_GETPRESENCEREQUEST']._serialized_start=854
+  _globals['_GETPRESENCEREQUEST']._serialized_end=930
+  _globals['_USERPRESENCE']._serialized_start=933
+  _globals['_USERPRESENCE']._serialized_end=1107
+  _globals['_GETPRESENCERESPONSE']._serialized_start=1109
+  _globals['_GETPRESENCERESPONSE']._serialized_end=1177
+  _globals['_LISTSESSIONSREQUEST']._serialized_start=1179
+  _globals['_LISTSESSIONSREQUEST']._serialized_end=1254
+  _globals['_LISTSESSIONSRESPONSE']._serialized_start=1256
+  _globals['_LISTSESSIONSRESPONSE']._serialized_end=1326
+  _globals['_DISCONNECTREQUEST']._serialized_start=1329
+  _globals['_DISCONNECTREQUEST']._serialized_end=1473
+  _globals['_DISCONNECTRESPONSE']._serialized_start=1475
+  _globals['_DISCONNECTRESPONSE']._serialized_end=1531
+  _globals['_JOINCHANNELREQUEST']._serialized_start=1533
+  _globals['_JOINCHANNELREQUEST']._serialized_end=1639
+  _globals['_JOINCHANNELRESPONSE']._serialized_start=1641
+  _globals['_JOINCHANNELRESPONSE']._serialized_end=1690
+  _globals['_LEAVECHANNELREQUEST']._serialized_start=1692
+  _globals['_LEAVECHANNELREQUEST']._serialized_end=1799
+  _globals['_LEAVECHANNELRESPONSE']._serialized_start=1801
+  _globals['_LEAVECHANNELRESPONSE']._serialized_end=1851
+  _globals['_TEMPLATECONTENT']._serialized_start=1854
+  _globals['_TEMPLATECONTENT']._serialized_end=1987
+  _globals['_TEMPLATE']._serialized_start=1990
+  _globals['_TEMPLATE']._serialized_end=2305
+  _globals['_TEMPLATE_LOCALESENTRY']._serialized_start=2219
+  _globals['_TEMPLATE_LOCALESENTRY']._serialized_end=2305
+  _globals['_PUTTEMPLATEREQUEST']._serialized_start=2307
+  _globals['_PUTTEMPLATEREQUEST']._serialized_end=2405
+  _globals['_PUTTEMPLATERESPONSE']._serialized_start=2407
+  _globals['_PUTTEMPLATERESPONSE']._serialized_end=2477
+  _globals['_GETTEMPLATEREQUEST']._serialized_start=2479
+  _globals['_GETTEMPLATEREQUEST']._serialized_end=2587
+  _globals['_GETTEMPLATERESPONSE']._serialized_start=2589
+  _globals['_GETTEMPLATERESPONSE']._serialized_end=2659
+  _globals['_LISTTEMPLATESREQUEST']._serialized_start=2661
+  _globals['_LISTTEMPLATESREQUEST']._serialized_end=2712
+  _globals['_LISTTEMPLATESRESPONSE']._serialized_start=2714
+  _globals['_LISTTEMPLATESRESPONSE']._serialized_end=2788
+  _globals['_DELETETEMPLATEREQUEST']._serialized_start=2790
+  _globals['_DELETETEMPLATEREQUEST']._serialized_end=2875
+  _globals['_DELETETEMPLATERESPONSE']._serialized_start=2877
+  _globals['_DELETETEMPLATERESPONSE']._serialized_end=2944
+  _globals['_REGISTRYSERVICE']._serialized_start=3085
+  _globals['_REGISTRYSERVICE']._serialized_end=4101
 # @@protoc_insertion_point(module_scope)

@@ -1,6 +1,7 @@
 import datetime
 
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from herald.v1 import notification_pb2 as _notification_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -138,3 +139,124 @@ class DisconnectResponse(_message.Message):
     DISCONNECTED_FIELD_NUMBER: _ClassVar[int]
     disconnected: int
     def __init__(self, disconnected: _Optional[int] = ...) -> None: ...
+
+class JoinChannelRequest(_message.Message):
+    __slots__ = ("tenant_id", "session_id", "channel")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    session_id: str
+    channel: str
+    def __init__(self, tenant_id: _Optional[str] = ..., session_id: _Optional[str] = ..., channel: _Optional[str] = ...) -> None: ...
+
+class JoinChannelResponse(_message.Message):
+    __slots__ = ("channels",)
+    CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    channels: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, channels: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class LeaveChannelRequest(_message.Message):
+    __slots__ = ("tenant_id", "session_id", "channel")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    session_id: str
+    channel: str
+    def __init__(self, tenant_id: _Optional[str] = ..., session_id: _Optional[str] = ..., channel: _Optional[str] = ...) -> None: ...
+
+class LeaveChannelResponse(_message.Message):
+    __slots__ = ("channels",)
+    CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    channels: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, channels: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class TemplateContent(_message.Message):
+    __slots__ = ("title", "body", "image_url", "actions")
+    TITLE_FIELD_NUMBER: _ClassVar[int]
+    BODY_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_URL_FIELD_NUMBER: _ClassVar[int]
+    ACTIONS_FIELD_NUMBER: _ClassVar[int]
+    title: str
+    body: str
+    image_url: str
+    actions: _containers.RepeatedCompositeFieldContainer[_notification_pb2.Action]
+    def __init__(self, title: _Optional[str] = ..., body: _Optional[str] = ..., image_url: _Optional[str] = ..., actions: _Optional[_Iterable[_Union[_notification_pb2.Action, _Mapping]]] = ...) -> None: ...
+
+class Template(_message.Message):
+    __slots__ = ("template_id", "version", "default_locale", "locales", "created_at")
+    class LocalesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: TemplateContent
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[TemplateContent, _Mapping]] = ...) -> None: ...
+    TEMPLATE_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_LOCALE_FIELD_NUMBER: _ClassVar[int]
+    LOCALES_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    template_id: str
+    version: int
+    default_locale: str
+    locales: _containers.MessageMap[str, TemplateContent]
+    created_at: _timestamp_pb2.Timestamp
+    def __init__(self, template_id: _Optional[str] = ..., version: _Optional[int] = ..., default_locale: _Optional[str] = ..., locales: _Optional[_Mapping[str, TemplateContent]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class PutTemplateRequest(_message.Message):
+    __slots__ = ("tenant_id", "template")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    TEMPLATE_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    template: Template
+    def __init__(self, tenant_id: _Optional[str] = ..., template: _Optional[_Union[Template, _Mapping]] = ...) -> None: ...
+
+class PutTemplateResponse(_message.Message):
+    __slots__ = ("template",)
+    TEMPLATE_FIELD_NUMBER: _ClassVar[int]
+    template: Template
+    def __init__(self, template: _Optional[_Union[Template, _Mapping]] = ...) -> None: ...
+
+class GetTemplateRequest(_message.Message):
+    __slots__ = ("tenant_id", "template_id", "version")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    TEMPLATE_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    template_id: str
+    version: int
+    def __init__(self, tenant_id: _Optional[str] = ..., template_id: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
+
+class GetTemplateResponse(_message.Message):
+    __slots__ = ("template",)
+    TEMPLATE_FIELD_NUMBER: _ClassVar[int]
+    template: Template
+    def __init__(self, template: _Optional[_Union[Template, _Mapping]] = ...) -> None: ...
+
+class ListTemplatesRequest(_message.Message):
+    __slots__ = ("tenant_id",)
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    def __init__(self, tenant_id: _Optional[str] = ...) -> None: ...
+
+class ListTemplatesResponse(_message.Message):
+    __slots__ = ("templates",)
+    TEMPLATES_FIELD_NUMBER: _ClassVar[int]
+    templates: _containers.RepeatedCompositeFieldContainer[Template]
+    def __init__(self, templates: _Optional[_Iterable[_Union[Template, _Mapping]]] = ...) -> None: ...
+
+class DeleteTemplateRequest(_message.Message):
+    __slots__ = ("tenant_id", "template_id")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    TEMPLATE_ID_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    template_id: str
+    def __init__(self, tenant_id: _Optional[str] = ..., template_id: _Optional[str] = ...) -> None: ...
+
+class DeleteTemplateResponse(_message.Message):
+    __slots__ = ("deleted_versions",)
+    DELETED_VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    deleted_versions: int
+    def __init__(self, deleted_versions: _Optional[int] = ...) -> None: ...

@@ -66,6 +66,36 @@ class RegistryServiceStub:
                 request_serializer=herald_dot_v1_dot_registry__pb2.DisconnectRequest.SerializeToString,
                 response_deserializer=herald_dot_v1_dot_registry__pb2.DisconnectResponse.FromString,
                 _registered_method=True)
+        self.JoinChannel = channel.unary_unary(
+                '/herald.v1.RegistryService/JoinChannel',
+                request_serializer=herald_dot_v1_dot_registry__pb2.JoinChannelRequest.SerializeToString,
+                response_deserializer=herald_dot_v1_dot_registry__pb2.JoinChannelResponse.FromString,
+                _registered_method=True)
+        self.LeaveChannel = channel.unary_unary(
+                '/herald.v1.RegistryService/LeaveChannel',
+                request_serializer=herald_dot_v1_dot_registry__pb2.LeaveChannelRequest.SerializeToString,
+                response_deserializer=herald_dot_v1_dot_registry__pb2.LeaveChannelResponse.FromString,
+                _registered_method=True)
+        self.PutTemplate = channel.unary_unary(
+                '/herald.v1.RegistryService/PutTemplate',
+                request_serializer=herald_dot_v1_dot_registry__pb2.PutTemplateRequest.SerializeToString,
+                response_deserializer=herald_dot_v1_dot_registry__pb2.PutTemplateResponse.FromString,
+                _registered_method=True)
+        self.GetTemplate = channel.unary_unary(
+                '/herald.v1.RegistryService/GetTemplate',
+                request_serializer=herald_dot_v1_dot_registry__pb2.GetTemplateRequest.SerializeToString,
+                response_deserializer=herald_dot_v1_dot_registry__pb2.GetTemplateResponse.FromString,
+                _registered_method=True)
+        self.ListTemplates = channel.unary_unary(
+                '/herald.v1.RegistryService/ListTemplates',
+                request_serializer=herald_dot_v1_dot_registry__pb2.ListTemplatesRequest.SerializeToString,
+                response_deserializer=herald_dot_v1_dot_registry__pb2.ListTemplatesResponse.FromString,
+                _registered_method=True)
+        self.DeleteTemplate = channel.unary_unary(
+                '/herald.v1.RegistryService/DeleteTemplate',
+                request_serializer=herald_dot_v1_dot_registry__pb2.DeleteTemplateRequest.SerializeToString,
+                response_deserializer=herald_dot_v1_dot_registry__pb2.DeleteTemplateResponse.FromString,
+                _registered_method=True)
 
 
 class RegistryServiceServicer:
@@ -115,6 +145,48 @@ class RegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def JoinChannel(self, request, context):
+        """Makes an open session read a channel too (it replays what it has not acknowledged).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LeaveChannel(self, request, context):
+        """Makes an open session stop reading a channel.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PutTemplate(self, request, context):
+        """Stores a new version of a template (versions start at 1).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetTemplate(self, request, context):
+        """One version of a template (the newest by default).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTemplates(self, request, context):
+        """The newest version of every template of the tenant.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteTemplate(self, request, context):
+        """Deletes every version of a template.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegistryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -147,6 +219,36 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.Disconnect,
                     request_deserializer=herald_dot_v1_dot_registry__pb2.DisconnectRequest.FromString,
                     response_serializer=herald_dot_v1_dot_registry__pb2.DisconnectResponse.SerializeToString,
+            ),
+            'JoinChannel': grpc.unary_unary_rpc_method_handler(
+                    servicer.JoinChannel,
+                    request_deserializer=herald_dot_v1_dot_registry__pb2.JoinChannelRequest.FromString,
+                    response_serializer=herald_dot_v1_dot_registry__pb2.JoinChannelResponse.SerializeToString,
+            ),
+            'LeaveChannel': grpc.unary_unary_rpc_method_handler(
+                    servicer.LeaveChannel,
+                    request_deserializer=herald_dot_v1_dot_registry__pb2.LeaveChannelRequest.FromString,
+                    response_serializer=herald_dot_v1_dot_registry__pb2.LeaveChannelResponse.SerializeToString,
+            ),
+            'PutTemplate': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutTemplate,
+                    request_deserializer=herald_dot_v1_dot_registry__pb2.PutTemplateRequest.FromString,
+                    response_serializer=herald_dot_v1_dot_registry__pb2.PutTemplateResponse.SerializeToString,
+            ),
+            'GetTemplate': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTemplate,
+                    request_deserializer=herald_dot_v1_dot_registry__pb2.GetTemplateRequest.FromString,
+                    response_serializer=herald_dot_v1_dot_registry__pb2.GetTemplateResponse.SerializeToString,
+            ),
+            'ListTemplates': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTemplates,
+                    request_deserializer=herald_dot_v1_dot_registry__pb2.ListTemplatesRequest.FromString,
+                    response_serializer=herald_dot_v1_dot_registry__pb2.ListTemplatesResponse.SerializeToString,
+            ),
+            'DeleteTemplate': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteTemplate,
+                    request_deserializer=herald_dot_v1_dot_registry__pb2.DeleteTemplateRequest.FromString,
+                    response_serializer=herald_dot_v1_dot_registry__pb2.DeleteTemplateResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -313,6 +415,168 @@ class RegistryService:
             '/herald.v1.RegistryService/Disconnect',
             herald_dot_v1_dot_registry__pb2.DisconnectRequest.SerializeToString,
             herald_dot_v1_dot_registry__pb2.DisconnectResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def JoinChannel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/herald.v1.RegistryService/JoinChannel',
+            herald_dot_v1_dot_registry__pb2.JoinChannelRequest.SerializeToString,
+            herald_dot_v1_dot_registry__pb2.JoinChannelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LeaveChannel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/herald.v1.RegistryService/LeaveChannel',
+            herald_dot_v1_dot_registry__pb2.LeaveChannelRequest.SerializeToString,
+            herald_dot_v1_dot_registry__pb2.LeaveChannelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutTemplate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/herald.v1.RegistryService/PutTemplate',
+            herald_dot_v1_dot_registry__pb2.PutTemplateRequest.SerializeToString,
+            herald_dot_v1_dot_registry__pb2.PutTemplateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTemplate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/herald.v1.RegistryService/GetTemplate',
+            herald_dot_v1_dot_registry__pb2.GetTemplateRequest.SerializeToString,
+            herald_dot_v1_dot_registry__pb2.GetTemplateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTemplates(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/herald.v1.RegistryService/ListTemplates',
+            herald_dot_v1_dot_registry__pb2.ListTemplatesRequest.SerializeToString,
+            herald_dot_v1_dot_registry__pb2.ListTemplatesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteTemplate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/herald.v1.RegistryService/DeleteTemplate',
+            herald_dot_v1_dot_registry__pb2.DeleteTemplateRequest.SerializeToString,
+            herald_dot_v1_dot_registry__pb2.DeleteTemplateResponse.FromString,
             options,
             channel_credentials,
             insecure,

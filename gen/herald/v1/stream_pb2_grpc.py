@@ -45,6 +45,16 @@ class StreamServiceStub:
                 request_serializer=herald_dot_v1_dot_stream__pb2.AckRequest.SerializeToString,
                 response_deserializer=herald_dot_v1_dot_stream__pb2.AckResponse.FromString,
                 _registered_method=True)
+        self.ListInbox = channel.unary_unary(
+                '/herald.v1.StreamService/ListInbox',
+                request_serializer=herald_dot_v1_dot_stream__pb2.ListInboxRequest.SerializeToString,
+                response_deserializer=herald_dot_v1_dot_stream__pb2.ListInboxResponse.FromString,
+                _registered_method=True)
+        self.MarkRead = channel.unary_unary(
+                '/herald.v1.StreamService/MarkRead',
+                request_serializer=herald_dot_v1_dot_stream__pb2.MarkReadRequest.SerializeToString,
+                response_deserializer=herald_dot_v1_dot_stream__pb2.MarkReadResponse.FromString,
+                _registered_method=True)
 
 
 class StreamServiceServicer:
@@ -65,6 +75,20 @@ class StreamServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListInbox(self, request, context):
+        """The caller's own notifications (their user log), newest first, for an in-app inbox.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MarkRead(self, request, context):
+        """Marks notifications of the caller as read (independent of acks).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_StreamServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -77,6 +101,16 @@ def add_StreamServiceServicer_to_server(servicer, server):
                     servicer.Ack,
                     request_deserializer=herald_dot_v1_dot_stream__pb2.AckRequest.FromString,
                     response_serializer=herald_dot_v1_dot_stream__pb2.AckResponse.SerializeToString,
+            ),
+            'ListInbox': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListInbox,
+                    request_deserializer=herald_dot_v1_dot_stream__pb2.ListInboxRequest.FromString,
+                    response_serializer=herald_dot_v1_dot_stream__pb2.ListInboxResponse.SerializeToString,
+            ),
+            'MarkRead': grpc.unary_unary_rpc_method_handler(
+                    servicer.MarkRead,
+                    request_deserializer=herald_dot_v1_dot_stream__pb2.MarkReadRequest.FromString,
+                    response_serializer=herald_dot_v1_dot_stream__pb2.MarkReadResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -134,6 +168,60 @@ class StreamService:
             '/herald.v1.StreamService/Ack',
             herald_dot_v1_dot_stream__pb2.AckRequest.SerializeToString,
             herald_dot_v1_dot_stream__pb2.AckResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListInbox(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/herald.v1.StreamService/ListInbox',
+            herald_dot_v1_dot_stream__pb2.ListInboxRequest.SerializeToString,
+            herald_dot_v1_dot_stream__pb2.ListInboxResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MarkRead(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/herald.v1.StreamService/MarkRead',
+            herald_dot_v1_dot_stream__pb2.MarkReadRequest.SerializeToString,
+            herald_dot_v1_dot_stream__pb2.MarkReadResponse.FromString,
             options,
             channel_credentials,
             insecure,

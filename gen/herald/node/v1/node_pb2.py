@@ -26,7 +26,7 @@ from herald.v1 import ingest_pb2 as herald_dot_v1_dot_ingest__pb2
 from herald.v1 import notification_pb2 as herald_dot_v1_dot_notification__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19herald/node/v1/node.proto\x12\x0eherald.node.v1\x1a\x16herald/v1/ingest.proto\x1a\x1cherald/v1/notification.proto\"P\n\x0f\x44ispatchRequest\x12=\n\rnotifications\x18\x01 \x03(\x0b\x32\x17.herald.v1.NotificationR\rnotifications\"=\n\x10\x44ispatchResponse\x12)\n\x10recipient_counts\x18\x01 \x03(\rR\x0frecipientCounts\"`\n\x18GetDeliveryStatusRequest\x12\x1b\n\ttenant_id\x18\x01 \x01(\tR\x08tenantId\x12\'\n\x0fnotification_id\x18\x02 \x01(\tR\x0enotificationId\"g\n\x19GetDeliveryStatusResponse\x12\x14\n\x05\x66ound\x18\x01 \x01(\x08R\x05\x66ound\x12\x34\n\x06status\x18\x02 \x01(\x0b\x32\x1c.herald.v1.GetStatusResponseR\x06status\"\x85\x01\n\x14\x43loseSessionsRequest\x12\x1b\n\ttenant_id\x18\x01 \x01(\tR\x08tenantId\x12\x1f\n\x0bsession_ids\x18\x02 \x03(\tR\nsessionIds\x12\x17\n\x07user_id\x18\x03 \x01(\tR\x06userId\x12\x16\n\x06reason\x18\x04 \x01(\tR\x06reason\"/\n\x15\x43loseSessionsResponse\x12\x16\n\x06\x63losed\x18\x01 \x01(\rR\x06\x63losed2\xa4\x02\n\x0bNodeService\x12M\n\x08\x44ispatch\x12\x1f.herald.node.v1.DispatchRequest\x1a .herald.node.v1.DispatchResponse\x12h\n\x11GetDeliveryStatus\x12(.herald.node.v1.GetDeliveryStatusRequest\x1a).herald.node.v1.GetDeliveryStatusResponse\x12\\\n\rCloseSessions\x12$.herald.node.v1.CloseSessionsRequest\x1a%.herald.node.v1.CloseSessionsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19herald/node/v1/node.proto\x12\x0eherald.node.v1\x1a\x16herald/v1/ingest.proto\x1a\x1cherald/v1/notification.proto\"P\n\x0f\x44ispatchRequest\x12=\n\rnotifications\x18\x01 \x03(\x0b\x32\x17.herald.v1.NotificationR\rnotifications\"=\n\x10\x44ispatchResponse\x12)\n\x10recipient_counts\x18\x01 \x03(\rR\x0frecipientCounts\"`\n\x18GetDeliveryStatusRequest\x12\x1b\n\ttenant_id\x18\x01 \x01(\tR\x08tenantId\x12\'\n\x0fnotification_id\x18\x02 \x01(\tR\x0enotificationId\"g\n\x19GetDeliveryStatusResponse\x12\x14\n\x05\x66ound\x18\x01 \x01(\x08R\x05\x66ound\x12\x34\n\x06status\x18\x02 \x01(\x0b\x32\x1c.herald.v1.GetStatusResponseR\x06status\"\x85\x01\n\x14\x43loseSessionsRequest\x12\x1b\n\ttenant_id\x18\x01 \x01(\tR\x08tenantId\x12\x1f\n\x0bsession_ids\x18\x02 \x03(\tR\nsessionIds\x12\x17\n\x07user_id\x18\x03 \x01(\tR\x06userId\x12\x16\n\x06reason\x18\x04 \x01(\tR\x06reason\"/\n\x15\x43loseSessionsResponse\x12\x16\n\x06\x63losed\x18\x01 \x01(\rR\x06\x63losed\"}\n\x15\x43hangeChannelsRequest\x12\x1b\n\ttenant_id\x18\x01 \x01(\tR\x08tenantId\x12\x1d\n\nsession_id\x18\x02 \x01(\tR\tsessionId\x12\x12\n\x04join\x18\x03 \x03(\tR\x04join\x12\x14\n\x05leave\x18\x04 \x03(\tR\x05leave\"J\n\x16\x43hangeChannelsResponse\x12\x14\n\x05\x66ound\x18\x01 \x01(\x08R\x05\x66ound\x12\x1a\n\x08\x63hannels\x18\x02 \x03(\tR\x08\x63hannels2\x85\x03\n\x0bNodeService\x12M\n\x08\x44ispatch\x12\x1f.herald.node.v1.DispatchRequest\x1a .herald.node.v1.DispatchResponse\x12h\n\x11GetDeliveryStatus\x12(.herald.node.v1.GetDeliveryStatusRequest\x1a).herald.node.v1.GetDeliveryStatusResponse\x12\\\n\rCloseSessions\x12$.herald.node.v1.CloseSessionsRequest\x1a%.herald.node.v1.CloseSessionsResponse\x12_\n\x0e\x43hangeChannels\x12%.herald.node.v1.ChangeChannelsRequest\x1a&.herald.node.v1.ChangeChannelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -45,6 +45,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CLOSESESSIONSREQUEST']._serialized_end=581
   _globals['_CLOSESESSIONSRESPONSE']._serialized_start=583
   _globals['_CLOSESESSIONSRESPONSE']._serialized_end=630
-  _globals['_NODESERVICE']._serialized_start=633
-  _globals['_NODESERVICE']._serialized_end=925
+  _globals['_CHANGECHANNELSREQUEST']._serialized_start=632
+  _globals['_CHANGECHANNELSREQUEST']._serialized_end=757
+  _globals['_CHANGECHANNELSRESPONSE']._serialized_start=759
+  _globals['_CHANGECHANNELSRESPONSE']._serialized_end=833
+  _globals['_NODESERVICE']._serialized_start=836
+  _globals['_NODESERVICE']._serialized_end=1225
 # @@protoc_insertion_point(module_scope)

@@ -53,3 +53,23 @@ class CloseSessionsResponse(_message.Message):
     CLOSED_FIELD_NUMBER: _ClassVar[int]
     closed: int
     def __init__(self, closed: _Optional[int] = ...) -> None: ...
+
+class ChangeChannelsRequest(_message.Message):
+    __slots__ = ("tenant_id", "session_id", "join", "leave")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    JOIN_FIELD_NUMBER: _ClassVar[int]
+    LEAVE_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    session_id: str
+    join: _containers.RepeatedScalarFieldContainer[str]
+    leave: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, tenant_id: _Optional[str] = ..., session_id: _Optional[str] = ..., join: _Optional[_Iterable[str]] = ..., leave: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ChangeChannelsResponse(_message.Message):
+    __slots__ = ("found", "channels")
+    FOUND_FIELD_NUMBER: _ClassVar[int]
+    CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    found: bool
+    channels: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, found: _Optional[bool] = ..., channels: _Optional[_Iterable[str]] = ...) -> None: ...

@@ -52,6 +52,11 @@ class NodeServiceStub:
                 request_serializer=herald_dot_node_dot_v1_dot_node__pb2.CloseSessionsRequest.SerializeToString,
                 response_deserializer=herald_dot_node_dot_v1_dot_node__pb2.CloseSessionsResponse.FromString,
                 _registered_method=True)
+        self.ChangeChannels = channel.unary_unary(
+                '/herald.node.v1.NodeService/ChangeChannels',
+                request_serializer=herald_dot_node_dot_v1_dot_node__pb2.ChangeChannelsRequest.SerializeToString,
+                response_deserializer=herald_dot_node_dot_v1_dot_node__pb2.ChangeChannelsResponse.FromString,
+                _registered_method=True)
 
 
 class NodeServiceServicer:
@@ -81,6 +86,13 @@ class NodeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ChangeChannels(self, request, context):
+        """Changes the channels an open session of this node reads.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -98,6 +110,11 @@ def add_NodeServiceServicer_to_server(servicer, server):
                     servicer.CloseSessions,
                     request_deserializer=herald_dot_node_dot_v1_dot_node__pb2.CloseSessionsRequest.FromString,
                     response_serializer=herald_dot_node_dot_v1_dot_node__pb2.CloseSessionsResponse.SerializeToString,
+            ),
+            'ChangeChannels': grpc.unary_unary_rpc_method_handler(
+                    servicer.ChangeChannels,
+                    request_deserializer=herald_dot_node_dot_v1_dot_node__pb2.ChangeChannelsRequest.FromString,
+                    response_serializer=herald_dot_node_dot_v1_dot_node__pb2.ChangeChannelsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -184,6 +201,33 @@ class NodeService:
             '/herald.node.v1.NodeService/CloseSessions',
             herald_dot_node_dot_v1_dot_node__pb2.CloseSessionsRequest.SerializeToString,
             herald_dot_node_dot_v1_dot_node__pb2.CloseSessionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ChangeChannels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/herald.node.v1.NodeService/ChangeChannels',
+            herald_dot_node_dot_v1_dot_node__pb2.ChangeChannelsRequest.SerializeToString,
+            herald_dot_node_dot_v1_dot_node__pb2.ChangeChannelsResponse.FromString,
             options,
             channel_credentials,
             insecure,

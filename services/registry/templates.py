@@ -1,0 +1,51 @@
+"""Templates per tenant, versioned: each put adds a version; sends name a version or the newest."""
+
+from __future__ import annotations
+
+import builtins
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class TemplateAction:
+    action_id: str
+    label: str
+    url: str
+
+
+@dataclass(frozen=True, slots=True)
+class TemplateText:
+    """A template's text in one locale; placeholders are written {{name}}."""
+
+    title: str = ""
+    body: str = ""
+    image_url: str = ""
+    actions: tuple[TemplateAction, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TemplateRecord:
+    template_id: str
+    version: int
+    default_locale: str
+    locales: dict[str, TemplateText] = field(default_factory=dict)
+    created_at: float = 0.0
+
+
+class TemplateStore(Protocol):
+    async def put(self, tenant: str, template: TemplateRecord) -> TemplateRecord:
+        """Stores `template` as the next version (its `version` is ignored); returns it."""
+        ...
+
+    async def get(self, tenant: str, template_id: str, version: int = 0) -> TemplateRecord | None:
+        """One version; 0 means the newest."""
+        ...
+
+    async def list(self, tenant: str) -> builtins.list[TemplateRecord]:
+        """The newest version of each template, by id."""
+        ...
+
+    async def delete(self, tenant: str, template_id: str) -> int:
+        """Deletes every version; returns how many there were."""
+        ...
