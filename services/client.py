@@ -210,6 +210,7 @@ class Subscription:
         self._rng = rng
         self._on_connect = on_connect
         self._call: aio.UnaryStreamCall[Any, Any] | None = None
+        self._dropped = False
         self.session_id = ""
         self.connects = 0
         self.last_closing: stream_pb2.Closing | None = None
@@ -221,6 +222,7 @@ class Subscription:
     def cancel(self) -> None:
         """Ends the current stream (the iterator reconnects if `reconnect` is on)."""
         if self._call is not None:
+            self._dropped = True
             self._call.cancel()
 
     def _request(self) -> stream_pb2.SubscribeRequest:
@@ -278,7 +280,14 @@ class Subscription:
                 if exc.code() in FATAL_CODES or not self._reconnect:
                     raise
                 failures += 1
+            except asyncio.CancelledError:
+                # grpc raises CancelledError for a call cancelled locally: reconnect if that was
+                # `cancel()`, but let a cancellation of the task itself through.
+                task = asyncio.current_task()
+                if not self._dropped or (task is not None and task.cancelling()):
+                    raise
             finally:
+                self._dropped = False
                 self.connected.clear()
                 call.cancel()
             if not self._reconnect:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
 
+from services.clock import ManualClock
 from tests.harness import Herald, make_config, start_herald
+
+Deploy = Callable[..., Awaitable[tuple[Herald, ManualClock]]]
 
 
 @pytest.fixture(autouse=True)
@@ -34,3 +37,23 @@ async def herald_up(tmp_path: Path) -> AsyncIterator[Herald]:
         yield deployment
     finally:
         await deployment.stop()
+
+
+@pytest_asyncio.fixture
+async def deploy(tmp_path: Path) -> AsyncIterator[Deploy]:
+    """Starts Herald with a manual clock: `herald, clock = await deploy("up", delivery=...)`."""
+    started: list[Herald] = []
+
+    async def start(topology: str = "up", **settings: object) -> tuple[Herald, ManualClock]:
+        clock = ManualClock()
+        deployment = await start_herald(
+            topology, make_config(tmp_path / f"d{len(started)}", **settings), clock=clock
+        )
+        started.append(deployment)
+        return deployment, clock
+
+    try:
+        yield start
+    finally:
+        for deployment in started:
+            await deployment.stop()

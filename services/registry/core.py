@@ -142,7 +142,7 @@ class RegistryCore:
             channels = await node.change_channels(tenant, session_id, join, leave)
         if session is None or channels is None:
             raise NotFound(f"no open session {session_id!r} in this tenant")
-        session.channels = tuple(channels)
+        await self._directory.set_channels(tenant, session_id, tuple(channels))
         return channels
 
     # -- templates -------------------------------------------------------------------------

@@ -36,7 +36,11 @@ class TenantSessions:
 
 
 class SessionDirectory(Protocol):
-    """Open sessions per tenant; implementations share it across nodes."""
+    """Open sessions per tenant; implementations share it across nodes.
+
+    Stores hold values: what `add` is given and what `list` returns are copies, so a change is
+    made only through a method (as any networked implementation must).
+    """
 
     async def add(self, session: SessionInfo, max_per_user: int) -> bool:
         """Adds the session unless the user already has `max_per_user`; False when refused."""
@@ -46,6 +50,10 @@ class SessionDirectory(Protocol):
         self, tenant: str, session_ids: builtins.list[str], at: float
     ) -> builtins.list[str]:
         """Refreshes sessions; returns the ids that are not known."""
+        ...
+
+    async def set_channels(self, tenant: str, session_id: str, channels: tuple[str, ...]) -> bool:
+        """Records the channels a session reads; False when the session is unknown."""
         ...
 
     async def remove(self, tenant: str, session_id: str, at: float) -> SessionInfo | None: ...

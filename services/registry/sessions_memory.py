@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import dataclasses
 
 from services.registry.sessions import SessionInfo, UserPresenceRecord
 
@@ -16,6 +17,11 @@ class MemorySessionDirectory:
         self._online_since: dict[tuple[str, str], float] = {}
 
     async def add(self, session: SessionInfo, max_per_user: int) -> bool:
+        existing = self._sessions.get(session.tenant, {}).get(session.session_id)
+        if existing is not None and existing.user_id != session.user_id:
+            # The same id now names another user's session: it moves, nothing stays behind.
+            await self.remove(session.tenant, session.session_id, session.connected_at)
+        session = dataclasses.replace(session)
         key = (session.tenant, session.user_id)
         ids = self._by_user.setdefault(key, set())
         if session.session_id not in ids and len(ids) >= max_per_user:
@@ -40,6 +46,13 @@ class MemorySessionDirectory:
                 session.last_seen_at = at
         return unknown
 
+    async def set_channels(self, tenant: str, session_id: str, channels: tuple[str, ...]) -> bool:
+        session = self._sessions.get(tenant, {}).get(session_id)
+        if session is None:
+            return False
+        session.channels = tuple(channels)
+        return True
+
     async def remove(self, tenant: str, session_id: str, at: float) -> SessionInfo | None:
         session = self._sessions.get(tenant, {}).pop(session_id, None)
         if session is None:
@@ -55,7 +68,7 @@ class MemorySessionDirectory:
 
     async def list(self, tenant: str, user_id: str = "") -> builtins.list[SessionInfo]:
         sessions = self._sessions.get(tenant, {}).values()
-        return [s for s in sessions if not user_id or s.user_id == user_id]
+        return [dataclasses.replace(s) for s in sessions if not user_id or s.user_id == user_id]
 
     async def presence(
         self, tenant: str, user_ids: builtins.list[str]

@@ -12,6 +12,7 @@ import heapq
 import itertools
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -278,14 +279,16 @@ class DeliveryCore:
                 if not taken:
                     continue
                 data = session.encode(taken)
-                session.write_started_at = self._clock.now()
+                # Ack timers and status are recorded before the write: the client may read the
+                # batch (and ack it) before this coroutine resumes after the write.
+                await self._delivered(session, taken)
+                session.write_started_at = time.monotonic()
                 await write(data)
                 session.write_started_at = 0.0
                 session.last_write_at = self._clock.now()
-                await self._delivered(session, taken)
             if session.heartbeat_due:
                 session.heartbeat_due = False
-                session.write_started_at = self._clock.now()
+                session.write_started_at = time.monotonic()
                 await write(self._heartbeat_event())
                 session.write_started_at = 0.0
                 session.last_write_at = self._clock.now()
@@ -564,7 +567,8 @@ class DeliveryCore:
                     await self.sweep_expired()
                 if now - last_lease >= 10.0:
                     last_lease = now
-                    await self._refresh_leases()
+                    # A network call (in the split topology): never let it hold up the timers.
+                    self._spawn(self._refresh_leases())
                 if now - last_purge >= 3600.0:
                     last_purge = now
                     await self._status.purge(now - self._settings.status_retention_s)
@@ -572,9 +576,11 @@ class DeliveryCore:
                 log.exception("delivery timer failed; continuing")
 
     def _heartbeats(self, now: float, interval: float) -> None:
+        # A stalled write is real I/O: measured on the monotonic clock, not the injected one.
+        stalled_since = time.monotonic() - self._settings.write_timeout_s
         for session in self._sessions.values():
             started = session.write_started_at
-            if started and now - started > self._settings.write_timeout_s:
+            if started and started < stalled_since:
                 self._slow_consumer(session)
             elif now - session.last_write_at >= interval and not session.heartbeat_due:
                 session.heartbeat_due = True
@@ -644,6 +650,12 @@ class DeliveryCore:
         return count
 
     async def _refresh_leases(self) -> None:
+        try:
+            await self._refresh_leases_once()
+        except Exception:
+            log.warning("could not refresh session leases; will retry", exc_info=True)
+
+    async def _refresh_leases_once(self) -> None:
         by_tenant: dict[str, list[str]] = {}
         for session in self._sessions.values():
             by_tenant.setdefault(session.tenant, []).append(session.session_id)

@@ -97,7 +97,7 @@ class Session:
         self.closing: tuple[int, str] | None = None  # (Closing.Reason, message)
         self.task: asyncio.Task[object] | None = None
         self.last_write_at = connected_at
-        # Non-zero while a write is in flight: a write stuck past the timeout is a slow consumer.
+        # time.monotonic() when the write in flight began (0: none); stuck too long = slow consumer.
         self.write_started_at = 0.0
         self._pick = 0
 

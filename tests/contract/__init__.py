@@ -1,0 +1,1 @@
+"""Contract tests: one suite per store Protocol, run against every implementation."""

@@ -1,0 +1,82 @@
+"""The store implementations the contract tests run against, one fixture per Protocol.
+
+Each backend is an opener: an async context manager that yields a fresh, empty store and cleans
+up afterwards. Adding a backend is one entry per dict, e.g.
+`"redis": redis_log_store` where `redis_log_store` connects, flushes a scratch keyspace, yields
+the store and disconnects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import TypeVar
+
+import pytest
+import pytest_asyncio
+
+from services.ingest.idempotency import IdempotencyStore
+from services.ingest.idempotency_memory import MemoryIdempotencyStore
+from services.registry.sessions import SessionDirectory
+from services.registry.sessions_memory import MemorySessionDirectory
+from services.stream.acks import AckStore
+from services.stream.acks_memory import MemoryAckStore
+from services.stream.log import LogStore
+from services.stream.log_memory import MemoryLogStore
+from services.stream.status import StatusStore
+from services.stream.status_memory import MemoryStatusStore
+
+T = TypeVar("T")
+
+Opener = Callable[[], AbstractAsyncContextManager[T]]
+
+
+def in_memory(factory: Callable[[], T]) -> Opener[T]:
+    """An opener for a store that needs no connection and no cleanup."""
+
+    @asynccontextmanager
+    async def open_store() -> AsyncIterator[T]:
+        yield factory()
+
+    return open_store
+
+
+LOG_STORES: dict[str, Opener[LogStore]] = {"memory": in_memory(MemoryLogStore)}
+ACK_STORES: dict[str, Opener[AckStore]] = {"memory": in_memory(MemoryAckStore)}
+STATUS_STORES: dict[str, Opener[StatusStore]] = {"memory": in_memory(MemoryStatusStore)}
+IDEMPOTENCY_STORES: dict[str, Opener[IdempotencyStore]] = {
+    "memory": in_memory(MemoryIdempotencyStore)
+}
+SESSION_DIRECTORIES: dict[str, Opener[SessionDirectory]] = {
+    "memory": in_memory(MemorySessionDirectory)
+}
+
+
+@pytest_asyncio.fixture(params=sorted(LOG_STORES))
+async def log_store(request: pytest.FixtureRequest) -> AsyncIterator[LogStore]:
+    async with LOG_STORES[request.param]() as store:
+        yield store
+
+
+@pytest_asyncio.fixture(params=sorted(ACK_STORES))
+async def ack_store(request: pytest.FixtureRequest) -> AsyncIterator[AckStore]:
+    async with ACK_STORES[request.param]() as store:
+        yield store
+
+
+@pytest_asyncio.fixture(params=sorted(STATUS_STORES))
+async def status_store(request: pytest.FixtureRequest) -> AsyncIterator[StatusStore]:
+    async with STATUS_STORES[request.param]() as store:
+        yield store
+
+
+@pytest_asyncio.fixture(params=sorted(IDEMPOTENCY_STORES))
+async def idempotency_store(request: pytest.FixtureRequest) -> AsyncIterator[IdempotencyStore]:
+    async with IDEMPOTENCY_STORES[request.param]() as store:
+        yield store
+
+
+@pytest_asyncio.fixture(params=sorted(SESSION_DIRECTORIES))
+async def session_directory(request: pytest.FixtureRequest) -> AsyncIterator[SessionDirectory]:
+    async with SESSION_DIRECTORIES[request.param]() as store:
+        yield store

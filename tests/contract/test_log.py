@@ -1,0 +1,217 @@
+"""LogStore contract: the invariants stated at the top of services/stream/log.py."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.stream.log import BROADCAST, Entry, LogStore, NewEntry, channel_log, user_log
+
+pytestmark = pytest.mark.asyncio
+
+T1, T2 = "tenant-1", "tenant-2"
+ALICE, BOB = user_log("alice"), user_log("bob")
+NEVER = 1e12  # an expiry no test reaches
+BIG = 1000  # a bound no test reaches
+
+
+def new(notification_id: str, expires_at: float = NEVER, priority: int = 2) -> NewEntry:
+    return NewEntry(
+        notification_id=notification_id,
+        priority=priority,
+        created_at=100.0,
+        expires_at=expires_at,
+        notification_field=b"\x12\x00" + notification_id.encode(),
+    )
+
+
+def batch(*ids: str) -> list[NewEntry]:
+    return [new(i) for i in ids]
+
+
+def cursors(entries: list[Entry]) -> list[int]:
+    return [e.cursor for e in entries]
+
+
+def ids(entries: list[Entry]) -> list[str]:
+    return [e.notification_id for e in entries]
+
+
+async def test_an_unknown_log_is_empty(log_store: LogStore) -> None:
+    assert await log_store.read(T1, ALICE, 0, 10) == []
+    assert await log_store.last_cursor(T1, ALICE) == 0
+    assert await log_store.find(T1, ALICE, "n1") is None
+    assert await log_store.drop_expired(T1, ALICE, NEVER * 2) == []
+    # Looking at a log does not create it.
+    assert await log_store.log_keys(T1) == []
+    assert await log_store.tenants() == []
+
+
+async def test_cursors_start_at_one_and_grow_by_one_per_entry(log_store: LogStore) -> None:
+    first = await log_store.append(T1, ALICE, batch("a", "b", "c"), BIG)
+    second = await log_store.append(T1, ALICE, batch("d", "e"), BIG)
+    third = await log_store.append(T1, ALICE, batch("f"), BIG)
+    assert cursors(first.entries) == [1, 2, 3]
+    assert cursors(second.entries) == [4, 5]
+    assert cursors(third.entries) == [6]
+    assert first.dropped == second.dropped == third.dropped == []
+    assert await log_store.last_cursor(T1, ALICE) == 6
+
+
+async def test_entries_keep_what_was_appended(log_store: LogStore) -> None:
+    # Any bytes: NULs and high bytes included.
+    item = NewEntry(
+        "n-1", 3, created_at=12.5, expires_at=99.25, notification_field=bytes(range(256))
+    )
+    appended = (await log_store.append(T1, ALICE, [item], BIG)).entries
+    expected = Entry(1, "n-1", 3, 12.5, 99.25, bytes(range(256)))
+    assert appended == [expected]
+    assert await log_store.read(T1, ALICE, 0, 10) == [expected]
+    assert await log_store.find(T1, ALICE, "n-1") == expected
+
+
+async def test_read_returns_entries_after_the_cursor_in_order(log_store: LogStore) -> None:
+    await log_store.append(T1, ALICE, batch("a", "b", "c", "d", "e"), BIG)
+    assert ids(await log_store.read(T1, ALICE, 0, 10)) == ["a", "b", "c", "d", "e"]
+    assert cursors(await log_store.read(T1, ALICE, 2, 10)) == [3, 4, 5]
+    assert cursors(await log_store.read(T1, ALICE, 4, 10)) == [5]
+    assert await log_store.read(T1, ALICE, 5, 10) == []
+    assert await log_store.read(T1, ALICE, 50, 10) == []
+
+
+async def test_read_returns_at_most_limit_entries(log_store: LogStore) -> None:
+    await log_store.append(T1, ALICE, batch("a", "b", "c", "d", "e"), BIG)
+    assert cursors(await log_store.read(T1, ALICE, 0, 2)) == [1, 2]
+    assert cursors(await log_store.read(T1, ALICE, 2, 2)) == [3, 4]
+    assert cursors(await log_store.read(T1, ALICE, 4, 2)) == [5]
+    assert await log_store.read(T1, ALICE, 0, 0) == []
+
+
+async def test_the_bound_drops_the_oldest_and_reports_them(log_store: LogStore) -> None:
+    first = await log_store.append(T1, ALICE, batch("a", "b", "c"), 3)
+    assert first.dropped == []
+    second = await log_store.append(T1, ALICE, batch("d", "e"), 3)
+    assert cursors(second.entries) == [4, 5]
+    assert second.dropped == first.entries[:2]  # oldest first, exactly as they were
+    assert ids(await log_store.read(T1, ALICE, 0, 10)) == ["c", "d", "e"]
+    third = await log_store.append(T1, ALICE, batch("f"), 3)
+    assert ids(third.dropped) == ["c"]
+    assert cursors(await log_store.read(T1, ALICE, 0, 10)) == [4, 5, 6]
+
+
+async def test_a_batch_larger_than_the_bound_keeps_its_newest(log_store: LogStore) -> None:
+    await log_store.append(T1, ALICE, batch("a"), 2)
+    result = await log_store.append(T1, ALICE, batch("b", "c", "d", "e"), 2)
+    # Every item got a cursor, even those the bound pushed out straight away.
+    assert cursors(result.entries) == [2, 3, 4, 5]
+    assert cursors(result.dropped) == [1, 2, 3]
+    assert ids(await log_store.read(T1, ALICE, 0, 10)) == ["d", "e"]
+    assert await log_store.last_cursor(T1, ALICE) == 5
+
+
+async def test_a_reader_behind_the_bound_sees_a_jump_not_a_reorder(log_store: LogStore) -> None:
+    for name in "abcdefg":
+        await log_store.append(T1, ALICE, batch(name), 3)
+    # A reader that had seen cursor 2 continues at the oldest surviving entry.
+    assert cursors(await log_store.read(T1, ALICE, 2, 10)) == [5, 6, 7]
+    assert cursors(await log_store.read(T1, ALICE, 5, 10)) == [6, 7]
+
+
+async def test_cursors_are_never_reused_after_drops(log_store: LogStore) -> None:
+    await log_store.append(T1, ALICE, [new("a", 10.0), new("b", 10.0)], 2)
+    await log_store.append(T1, ALICE, [new("c", 10.0)], 2)  # the bound drops "a"
+    assert cursors(await log_store.drop_expired(T1, ALICE, 10.0)) == [2, 3]
+    assert await log_store.read(T1, ALICE, 0, 10) == []
+    assert await log_store.last_cursor(T1, ALICE) == 3  # the newest ever appended
+    again = await log_store.append(T1, ALICE, batch("d"), 2)
+    assert cursors(again.entries) == [4]
+    assert cursors(await log_store.read(T1, ALICE, 0, 10)) == [4]
+
+
+async def test_drop_expired_removes_and_returns_the_expired(log_store: LogStore) -> None:
+    items = [new("late", 30.0), new("early", 10.0), new("on-time", 20.0), new("later", 40.0)]
+    await log_store.append(T1, ALICE, items, BIG)
+    # Expired means expires_at <= now, as everywhere else in Herald.
+    expired = await log_store.drop_expired(T1, ALICE, 20.0)
+    assert [(e.cursor, e.notification_id) for e in expired] == [(2, "early"), (3, "on-time")]
+    assert ids(await log_store.read(T1, ALICE, 0, 10)) == ["late", "later"]
+    assert await log_store.find(T1, ALICE, "early") is None
+    assert await log_store.find(T1, ALICE, "on-time") is None
+    assert await log_store.drop_expired(T1, ALICE, 20.0) == []
+    assert await log_store.last_cursor(T1, ALICE) == 4
+    # A reader that had seen cursor 1 jumps over the removed entries.
+    assert cursors(await log_store.read(T1, ALICE, 1, 10)) == [4]
+    assert ids(await log_store.drop_expired(T1, ALICE, 1e6)) == ["late", "later"]
+
+
+async def test_drop_expired_keeps_unexpired_entries(log_store: LogStore) -> None:
+    result = await log_store.append(T1, ALICE, [new("a", 50.0), new("b", 60.0)], BIG)
+    assert await log_store.drop_expired(T1, ALICE, 49.9) == []
+    assert await log_store.read(T1, ALICE, 0, 10) == result.entries
+
+
+async def test_find_locates_a_notification_while_it_is_in_the_log(log_store: LogStore) -> None:
+    await log_store.append(T1, ALICE, batch("a", "b", "c"), 3)
+    found = await log_store.find(T1, ALICE, "b")
+    assert found is not None
+    assert (found.cursor, found.notification_id) == (2, "b")
+    assert await log_store.find(T1, ALICE, "zzz") is None
+    await log_store.append(T1, ALICE, batch("d", "e"), 3)  # drops a and b
+    assert await log_store.find(T1, ALICE, "a") is None
+    assert await log_store.find(T1, ALICE, "b") is None
+    found = await log_store.find(T1, ALICE, "e")
+    assert found is not None
+    assert found.cursor == 5
+
+
+async def test_tenants_never_see_each_others_logs(log_store: LogStore) -> None:
+    await log_store.append(T1, ALICE, [new("t1-a", 10.0), new("t1-b")], BIG)
+    await log_store.append(T2, ALICE, batch("t2-a"), BIG)
+    # Each tenant's log has its own cursor sequence.
+    assert cursors(await log_store.read(T2, ALICE, 0, 10)) == [1]
+    assert ids(await log_store.read(T1, ALICE, 0, 10)) == ["t1-a", "t1-b"]
+    assert ids(await log_store.read(T2, ALICE, 0, 10)) == ["t2-a"]
+    assert await log_store.last_cursor(T1, ALICE) == 2
+    assert await log_store.last_cursor(T2, ALICE) == 1
+    assert await log_store.find(T2, ALICE, "t1-a") is None
+    assert await log_store.find(T1, ALICE, "t2-a") is None
+    # The bound and expiry of one tenant's log leave the other's alone.
+    assert await log_store.drop_expired(T2, ALICE, 10.0) == []
+    assert ids((await log_store.append(T2, ALICE, batch("t2-b"), 1)).dropped) == ["t2-a"]
+    assert ids(await log_store.read(T1, ALICE, 0, 10)) == ["t1-a", "t1-b"]
+    assert await log_store.log_keys(T1) == [ALICE]
+    assert await log_store.log_keys("tenant-3") == []
+
+
+async def test_log_keys_never_see_each_others_entries(log_store: LogStore) -> None:
+    keys = [ALICE, BOB, channel_log("news"), BROADCAST]
+    for key in keys:
+        await log_store.append(T1, key, batch(f"{key}/1", f"{key}/2"), BIG)
+    for key in keys:
+        assert ids(await log_store.read(T1, key, 0, 10)) == [f"{key}/1", f"{key}/2"]
+        assert cursors(await log_store.read(T1, key, 0, 10)) == [1, 2]
+        assert await log_store.last_cursor(T1, key) == 2
+    for key in keys[1:]:
+        assert await log_store.find(T1, key, f"{ALICE}/1") is None
+    # The bound of one log drops only that log's entries.
+    await log_store.append(T1, ALICE, batch("x", "y"), 1)
+    for key in keys[1:]:
+        assert cursors(await log_store.read(T1, key, 0, 10)) == [1, 2]
+
+
+async def test_log_keys_lists_the_tenants_non_empty_logs(log_store: LogStore) -> None:
+    news = channel_log("news")
+    await log_store.append(T1, ALICE, batch("a"), BIG)
+    await log_store.append(T1, news, [new("n", 10.0)], BIG)
+    await log_store.append(T1, BROADCAST, batch("b"), BIG)
+    await log_store.append(T2, BOB, batch("c"), BIG)
+    assert sorted(await log_store.log_keys(T1)) == sorted([ALICE, news, BROADCAST])
+    assert await log_store.log_keys(T2) == [BOB]
+    await log_store.drop_expired(T1, news, 10.0)
+    assert sorted(await log_store.log_keys(T1)) == sorted([ALICE, BROADCAST])
+
+
+async def test_tenants_lists_every_tenant_with_entries(log_store: LogStore) -> None:
+    await log_store.append(T1, ALICE, batch("a"), BIG)
+    await log_store.append(T2, channel_log("news"), batch("b"), BIG)
+    await log_store.read("tenant-3", ALICE, 0, 10)
+    assert sorted(await log_store.tenants()) == [T1, T2]

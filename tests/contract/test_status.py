@@ -1,0 +1,212 @@
+"""StatusStore contract: recipients' states only move forward along ALLOWED, with timestamps."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from services.stream.status import (
+    ALLOWED,
+    NotificationRecord,
+    RecipientRecord,
+    State,
+    StatusStore,
+    Transition,
+)
+
+pytestmark = pytest.mark.asyncio
+
+T1, T2 = "tenant-1", "tenant-2"
+TARGET = b"\x0a\x07\x0a\x05alice"  # an encoded herald.v1.Target; the store keeps it opaque
+
+
+def record(
+    notification_id: str = "n1",
+    tenant: str = T1,
+    users: tuple[str, ...] = ("alice", "bob"),
+    created_at: float = 100.0,
+) -> NotificationRecord:
+    return NotificationRecord(
+        notification_id,
+        tenant,
+        TARGET,
+        created_at,
+        created_at + 3600,
+        {u: RecipientRecord(u, State.QUEUED, created_at, queued_at=created_at) for u in users},
+    )
+
+
+async def recipient(
+    store: StatusStore, user_id: str, notification_id: str = "n1"
+) -> RecipientRecord:
+    stored = await store.get(T1, notification_id)
+    assert stored is not None
+    return stored.recipients[user_id]
+
+
+async def test_get_returns_what_was_created(status_store: StatusStore) -> None:
+    await status_store.create(record())
+    assert await status_store.get(T1, "n1") == record()
+    assert await status_store.get(T1, "n2") is None
+    assert await status_store.get(T2, "n1") is None
+
+
+@pytest.mark.parametrize(
+    ("current", "new"), list(itertools.product(State, State)), ids=lambda s: s.name
+)
+async def test_states_only_move_as_allowed(
+    status_store: StatusStore, current: State, new: State
+) -> None:
+    created = record(users=("alice",))
+    created.recipients["alice"] = RecipientRecord("alice", current, 100.0, queued_at=100.0)
+    await status_store.create(created)
+    await status_store.apply(T1, [Transition("n1", "alice", new, "why")], 200.0)
+    after = await recipient(status_store, "alice")
+    if new in ALLOWED[current]:
+        assert (after.state, after.updated_at, after.reason) == (new, 200.0, "why")
+    else:  # ignored: nothing about the recipient changes
+        assert after == RecipientRecord("alice", current, 100.0, queued_at=100.0)
+
+
+async def test_the_allowed_table_is_forward_only() -> None:
+    # Guards the table the parametrized test above reads: ACKED and EXPIRED are final, nothing
+    # goes back to QUEUED, and FAILED may still be delivered and acked.
+    assert ALLOWED[State.ACKED] == ALLOWED[State.EXPIRED] == frozenset()
+    assert all(State.QUEUED not in ALLOWED[s] for s in State)
+    assert {State.DELIVERED, State.ACKED} <= ALLOWED[State.FAILED]
+
+
+async def test_a_new_recipient_enters_in_any_state(status_store: StatusStore) -> None:
+    await status_store.create(record(users=()))
+    await status_store.apply(
+        T1,
+        [Transition("n1", "carol", State.DELIVERED), Transition("n1", "dave", State.ACKED)],
+        150.0,
+    )
+    carol = await recipient(status_store, "carol")
+    assert (carol.state, carol.attempts, carol.delivered_at, carol.updated_at) == (
+        State.DELIVERED,
+        1,
+        150.0,
+        150.0,
+    )
+    dave = await recipient(status_store, "dave")
+    assert (dave.state, dave.acked_at, dave.attempts) == (State.ACKED, 150.0, 0)
+
+
+async def test_attempts_count_deliveries_and_timestamps_are_kept(
+    status_store: StatusStore,
+) -> None:
+    await status_store.create(record())
+    steps = [
+        (State.DELIVERED, 110.0, ""),
+        (State.DELIVERED, 120.0, ""),  # redelivered after an ack timeout
+        (State.FAILED, 130.0, "no ack"),
+        (State.DELIVERED, 140.0, ""),  # the next connect
+        (State.ACKED, 150.0, ""),
+        (State.DELIVERED, 160.0, ""),  # late: ignored
+        (State.EXPIRED, 170.0, "ttl"),  # late: ignored
+    ]
+    for state, at, reason in steps:
+        await status_store.apply(T1, [Transition("n1", "alice", state, reason)], at)
+    alice = await recipient(status_store, "alice")
+    assert alice == RecipientRecord(
+        "alice",
+        State.ACKED,
+        updated_at=150.0,
+        queued_at=100.0,
+        delivered_at=110.0,  # the first delivery
+        acked_at=150.0,
+        attempts=3,
+        reason="",
+    )
+    assert await recipient(status_store, "bob") == record().recipients["bob"]
+
+
+async def test_a_failure_keeps_its_reason(status_store: StatusStore) -> None:
+    await status_store.create(record())
+    await status_store.apply(T1, [Transition("n1", "alice", State.DELIVERED)], 110.0)
+    await status_store.apply(T1, [Transition("n1", "alice", State.FAILED, "no ack")], 120.0)
+    await status_store.apply(T1, [Transition("n1", "bob", State.EXPIRED, "ttl")], 130.0)
+    alice = await recipient(status_store, "alice")
+    assert (alice.state, alice.reason, alice.updated_at, alice.attempts) == (
+        State.FAILED,
+        "no ack",
+        120.0,
+        1,
+    )
+    bob = await recipient(status_store, "bob")
+    assert (bob.state, bob.reason, bob.updated_at, bob.attempts) == (State.EXPIRED, "ttl", 130.0, 0)
+
+
+async def test_transitions_of_one_call_apply_in_order(status_store: StatusStore) -> None:
+    await status_store.create(record())
+    await status_store.apply(
+        T1,
+        [
+            Transition("n1", "alice", State.DELIVERED),
+            Transition("n1", "alice", State.ACKED),
+            Transition("n1", "bob", State.ACKED),
+            Transition("n1", "bob", State.DELIVERED),
+        ],
+        110.0,
+    )
+    alice = await recipient(status_store, "alice")
+    assert (alice.state, alice.attempts, alice.delivered_at, alice.acked_at) == (
+        State.ACKED,
+        1,
+        110.0,
+        110.0,
+    )
+    bob = await recipient(status_store, "bob")
+    assert (bob.state, bob.attempts, bob.delivered_at) == (State.ACKED, 0, 0.0)
+
+
+async def test_apply_ignores_unknown_notifications_and_other_tenants(
+    status_store: StatusStore,
+) -> None:
+    await status_store.create(record())
+    await status_store.apply(T1, [Transition("n9", "alice", State.DELIVERED)], 110.0)
+    await status_store.apply(T2, [Transition("n1", "alice", State.ACKED)], 110.0)
+    assert await status_store.get(T1, "n9") is None
+    assert await status_store.get(T2, "n1") is None
+    assert await status_store.get(T1, "n1") == record()
+
+
+async def test_tenants_keep_separate_records_under_one_id(status_store: StatusStore) -> None:
+    await status_store.create(record(tenant=T1, users=("alice",)))
+    await status_store.create(record(tenant=T2, users=("zoe",), created_at=500.0))
+    await status_store.apply(T2, [Transition("n1", "zoe", State.DELIVERED)], 510.0)
+    assert await status_store.get(T1, "n1") == record(tenant=T1, users=("alice",))
+    t2 = await status_store.get(T2, "n1")
+    assert t2 is not None
+    assert (t2.tenant, t2.created_at, list(t2.recipients)) == (T2, 500.0, ["zoe"])
+    assert t2.recipients["zoe"].state is State.DELIVERED
+
+
+async def test_purge_forgets_notifications_created_before_the_cutoff(
+    status_store: StatusStore,
+) -> None:
+    await status_store.create(record("old", T1, created_at=10.0))
+    await status_store.create(record("old", T2, created_at=20.0))
+    await status_store.create(record("edge", T1, created_at=30.0))
+    await status_store.create(record("new", T1, created_at=40.0))
+    assert await status_store.purge(30.0) == 2
+    assert await status_store.get(T1, "old") is None
+    assert await status_store.get(T2, "old") is None
+    assert await status_store.get(T1, "edge") == record("edge", T1, created_at=30.0)
+    assert await status_store.get(T1, "new") == record("new", T1, created_at=40.0)
+    assert await status_store.purge(30.0) == 0
+    assert await status_store.purge(1e9) == 2
+
+
+async def test_get_returns_a_copy(status_store: StatusStore) -> None:
+    await status_store.create(record())
+    copy = await status_store.get(T1, "n1")
+    assert copy is not None
+    copy.recipients["alice"].state = State.ACKED
+    copy.recipients["alice"].attempts = 7
+    copy.recipients["mallory"] = RecipientRecord("mallory", State.QUEUED, 1.0)
+    copy.expires_at = 0.0
+    assert await status_store.get(T1, "n1") == record()

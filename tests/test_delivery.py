@@ -1,0 +1,298 @@
+"""Delivery guarantees through real gRPC: log, resume, acks, redelivery, inbox, TTL, priorities,
+idempotency. Time is a ManualClock: nothing here sleeps for seconds."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+from grpc import aio
+
+from herald.v1 import ingest_pb2, notification_pb2, stream_pb2
+from services.client import Backoff
+from services.config import DeliverySettings, IngestSettings
+from tests.conftest import Deploy
+from tests.harness import to_user
+from tests.streams import Stream
+
+pytestmark = pytest.mark.asyncio
+
+TOPOLOGIES = pytest.mark.parametrize("topology", ["up", "split"])
+HIGH, NORMAL, LOW = (
+    notification_pb2.PRIORITY_HIGH,
+    notification_pb2.PRIORITY_NORMAL,
+    notification_pb2.PRIORITY_LOW,
+)
+
+
+def _resume(deliveries: list[stream_pb2.Delivery]) -> stream_pb2.SubscribeRequest:
+    cursors: dict[str, int] = {}
+    for d in deliveries:
+        cursors[d.log] = max(cursors.get(d.log, 0), d.resume_cursor)
+    return stream_pb2.SubscribeRequest(
+        cursors=[stream_pb2.LogCursor(log=k, cursor=v) for k, v in cursors.items()]
+    )
+
+
+@TOPOLOGIES
+async def test_cursors_increase_by_one_per_recipient_log(deploy: Deploy, topology: str) -> None:
+    herald, _ = await deploy(topology)
+    backend = herald.backend()
+    for i in range(3):
+        await backend.send(to_user("alice", f"a{i}"))
+        await backend.send(to_user("bob", f"b{i}"))
+    alice = Stream(herald.user("alice"))
+    await alice.start()
+    got = await alice.deliveries(3)
+    assert [(d.cursor, d.notification.content.title) for d in got] == [
+        (1, "a0"),
+        (2, "a1"),
+        (3, "a2"),
+    ]
+    alice.cancel()
+
+
+@TOPOLOGIES
+async def test_killed_subscriber_resumes_from_its_cursor_losing_nothing(
+    deploy: Deploy, topology: str
+) -> None:
+    """Acceptance 3: kill mid-stream, send more (some expire), reconnect with the cursor."""
+    herald, clock = await deploy(topology)
+    alice = herald.user("alice")
+    backend = herald.backend()
+    first = Stream(alice)
+    await first.start()
+    sent = [(await backend.send(to_user("alice", f"n{i}"))).notification_id for i in range(4)]
+    received = await first.deliveries(2)
+    await alice.ack(up_to={"user": received[-1].cursor})
+    first.cancel()  # killed mid-stream: n2 and n3 were written but never acked
+
+    for i in range(4, 7):
+        sent.append((await backend.send(to_user("alice", f"n{i}"))).notification_id)
+    doomed = await backend.send(to_user("alice", "short-lived", ttl_seconds=5))
+    sent.append((await backend.send(to_user("alice", "n7"))).notification_id)
+    await clock.advance(6)  # "short-lived" expires while alice is away
+
+    second = Stream(alice, _resume(received))
+    await second.start()
+    replayed = await second.deliveries(6)
+    assert [d.notification.id for d in replayed] == sent[2:]
+    assert [d.cursor for d in replayed] == sorted(d.cursor for d in replayed)
+    assert doomed.notification_id not in {d.notification.id for d in replayed}
+    # And it continues live after the replay.
+    live = await backend.send(to_user("alice", "live"))
+    [after] = await second.deliveries(1)
+    assert after.notification.id == live.notification_id
+    second.cancel()
+
+
+async def test_the_client_library_reconnects_resumes_and_drops_duplicates(deploy: Deploy) -> None:
+    herald, _ = await deploy("up")
+    backend = herald.backend()
+    client = herald.user("alice")
+    subscription = client.subscribe(backoff=Backoff(base_s=0.01, cap_s=0.05), auto_ack=False)
+    expected = []
+    seen: list[str] = []
+    async with asyncio.timeout(15):
+        iterator = aiter(subscription)
+        for i in range(3):
+            expected.append((await backend.send(to_user("alice", f"n{i}"))).notification_id)
+        for _ in range(3):
+            seen.append((await anext(iterator)).notification.id)
+        # Nothing was acked: after the kill the server replays all of it, and the library
+        # drops what it already handed out.
+        subscription.cancel()
+        for i in range(3, 6):
+            expected.append((await backend.send(to_user("alice", f"n{i}"))).notification_id)
+        for _ in range(3):
+            seen.append((await anext(iterator)).notification.id)
+    assert seen == expected
+    assert subscription.connects == 2
+    assert subscription.cursors["user"] == 6
+
+
+@TOPOLOGIES
+async def test_sends_during_replay_arrive_in_order_without_gap(
+    deploy: Deploy, topology: str
+) -> None:
+    herald, _ = await deploy(topology, delivery=DeliverySettings(session_buffer=8, batch_max=4))
+    backend = herald.backend()
+    backlog = [to_user("alice", f"old{i}") for i in range(200)]
+    await backend.send_batch(backlog)
+    stream = Stream(herald.user("alice"))
+    await stream.start()
+
+    async def send_more() -> None:
+        for i in range(50):
+            await backend.send(to_user("alice", f"new{i}"))
+
+    sender = asyncio.create_task(send_more())
+    got = await stream.deliveries(250, within=20)
+    await sender
+    assert [d.cursor for d in got] == list(range(1, 251))
+    titles = [d.notification.content.title for d in got]
+    assert titles == [f"old{i}" for i in range(200)] + [f"new{i}" for i in range(50)]
+    # The resume cursor never decreases, and never runs ahead of what was written in the same
+    # stream message or before it (batches hold at most batch_max = 4 deliveries).
+    resumes = [d.resume_cursor for d in got]
+    assert resumes == sorted(resumes)
+    for index, resume in enumerate(resumes):
+        assert resume <= max(d.cursor for d in got[: index + 4])
+    assert resumes[-1] == 250
+    stream.cancel()
+
+
+@TOPOLOGIES
+async def test_unacked_is_redelivered_with_backoff_then_failed_then_kept(
+    deploy: Deploy, topology: str
+) -> None:
+    herald, clock = await deploy(topology, delivery=DeliverySettings(ack_timeout_s=10))
+    alice = herald.user("alice")
+    backend = herald.backend()
+    stream = Stream(alice)
+    await stream.start()
+    sent = await backend.send(to_user("alice"))
+    [first] = await stream.deliveries(1)
+    assert first.attempt == 1
+    await clock.advance(12.5)  # 10 s +-20% jitter
+    [second] = await stream.deliveries(1)
+    assert (second.notification.id, second.cursor, second.attempt) == (sent.notification_id, 1, 2)
+    await clock.advance(8.5)  # the second wait is 20 s +-20%: not yet
+    await clock.advance(16)
+    [third] = await stream.deliveries(1)
+    assert third.attempt == 3
+    await clock.advance(60)  # after the third attempt it is FAILED, not resent on this stream
+    status = await backend.status(sent.notification_id)
+    assert status.recipients[0].state == ingest_pb2.DELIVERY_STATE_FAILED
+    assert status.recipients[0].attempts == 3
+    assert "kept for the next connect" in status.recipients[0].reason
+    stream.cancel()
+
+    # It stays in the log: the next connect gets it again, and an ack settles it.
+    again = Stream(alice)
+    await again.start()
+    [fourth] = await again.deliveries(1)
+    assert fourth.notification.id == sent.notification_id
+    assert await alice.ack(notification_ids=[sent.notification_id]) == 1
+    status = await backend.status(sent.notification_id)
+    assert status.recipients[0].state == ingest_pb2.DELIVERY_STATE_ACKED
+    await clock.advance(100)  # acked: no more redelivery; the next event is a heartbeat
+    event = await again.event()
+    assert event.WhichOneof("event") == "heartbeat"
+    again.cancel()
+
+
+async def test_ack_up_to_a_cursor_settles_everything_below_it(deploy: Deploy) -> None:
+    herald, _ = await deploy("up")
+    alice = herald.user("alice")
+    backend = herald.backend()
+    ids = [(await backend.send(to_user("alice", f"n{i}"))).notification_id for i in range(5)]
+    assert await alice.ack(up_to={"user": 3}) == 3
+    assert await alice.ack(up_to={"user": 3}) == 0
+    stream = Stream(alice)
+    await stream.start()
+    replayed = await stream.deliveries(2)
+    assert [d.notification.id for d in replayed] == ids[3:]
+    states = [(await backend.status(i)).recipients[0].state for i in ids]
+    acked, delivered = ingest_pb2.DELIVERY_STATE_ACKED, ingest_pb2.DELIVERY_STATE_DELIVERED
+    assert states == [acked] * 3 + [delivered] * 2
+    stream.cancel()
+
+
+async def test_ack_of_an_unknown_log_is_invalid(deploy: Deploy) -> None:
+    herald, _ = await deploy("up")
+    with pytest.raises(aio.AioRpcError) as failure:
+        await herald.user("alice").ack(up_to={"inbox": 3})
+    assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "unknown log 'inbox'" in (failure.value.details() or "")
+
+
+@TOPOLOGIES
+async def test_offline_inbox_is_drained_on_connect_and_bounded(
+    deploy: Deploy, topology: str
+) -> None:
+    herald, _ = await deploy(topology, delivery=DeliverySettings(inbox_limit=3))
+    backend = herald.backend()
+    ids = [(await backend.send(to_user("alice", f"n{i}"))).notification_id for i in range(5)]
+    queued = await backend.status(ids[4])
+    assert queued.recipients[0].state == ingest_pb2.DELIVERY_STATE_QUEUED
+    stream = Stream(herald.user("alice"))
+    await stream.start()
+    drained = await stream.deliveries(3)
+    assert [d.notification.id for d in drained] == ids[2:]  # the oldest two were dropped
+    for dropped in ids[:2]:
+        [recipient] = (await backend.status(dropped)).recipients
+        assert recipient.state == ingest_pb2.DELIVERY_STATE_FAILED
+        assert recipient.reason == "dropped: inbox full"
+    stream.cancel()
+
+
+@TOPOLOGIES
+async def test_expired_notifications_are_never_delivered(deploy: Deploy, topology: str) -> None:
+    herald, clock = await deploy(topology)
+    backend = herald.backend()
+    short = await backend.send(to_user("alice", "short", ttl_seconds=5))
+    await backend.send(to_user("alice", "long", ttl_seconds=3600))
+    await clock.advance(11)  # past the TTL, and past a sweep of the logs
+    status = await backend.status(short.notification_id)
+    assert status.recipients[0].state == ingest_pb2.DELIVERY_STATE_EXPIRED
+    stream = Stream(herald.user("alice"))
+    await stream.start()
+    [only] = await stream.deliveries(1)
+    assert only.notification.content.title == "long"
+    stream.cancel()
+
+
+@TOPOLOGIES
+async def test_backlog_goes_out_by_priority_without_starving_low(
+    deploy: Deploy, topology: str
+) -> None:
+    herald, _ = await deploy(topology)
+    backend = herald.backend()
+    sends = [("L", LOW)] * 5 + [("H", HIGH)] * 2 + [("N", NORMAL)] * 2
+    for i, (tag, priority) in enumerate(sends):
+        await backend.send(to_user("alice", f"{tag}{i}", priority=priority))
+    stream = Stream(herald.user("alice"))
+    await stream.start()
+    got = await stream.deliveries(len(sends))
+    titles = [d.notification.content.title for d in got]
+    # Weighted round-robin HIGH 4 : NORMAL 2 : LOW 1 over what is waiting.
+    assert titles == ["H5", "N7", "H6", "L0", "N8", "L1", "L2", "L3", "L4"]
+    # Within one priority, cursor order.
+    for tag in "HNL":
+        cursors = [d.cursor for d in got if d.notification.content.title.startswith(tag)]
+        assert cursors == sorted(cursors)
+    stream.cancel()
+
+
+@TOPOLOGIES
+async def test_an_idempotency_key_makes_a_retry_a_no_op(deploy: Deploy, topology: str) -> None:
+    herald, clock = await deploy(topology, ingest=IngestSettings(idempotency_window_s=3600))
+    backend = herald.backend()
+    first = await backend.send(to_user("alice", "once", idempotency_key="order-42"))
+    retry = await backend.send(to_user("alice", "once", idempotency_key="order-42"))
+    assert (retry.notification_id, retry.duplicate) == (first.notification_id, True)
+    other_tenant = await herald.backend("globex").send(
+        to_user("alice", "theirs", idempotency_key="order-42")
+    )
+    assert not other_tenant.duplicate
+    await clock.advance(3601)
+    after_window = await backend.send(to_user("alice", "again", idempotency_key="order-42"))
+    assert not after_window.duplicate
+    assert after_window.notification_id != first.notification_id
+
+    stream = Stream(herald.user("alice"))
+    await stream.start()
+    got = await stream.deliveries(2)
+    assert [d.notification.content.title for d in got] == ["once", "again"]
+    stream.cancel()
+
+
+async def test_a_batch_with_a_repeated_key_sends_once(deploy: Deploy) -> None:
+    herald, _ = await deploy("up")
+    batch = [to_user("alice", "x", idempotency_key="k"), to_user("alice", "x", idempotency_key="k")]
+    response = await herald.backend().send_batch(batch)
+    first, second = (r.accepted for r in response.results)
+    assert first.notification_id == second.notification_id
+    assert (first.duplicate, second.duplicate) == (False, True)
