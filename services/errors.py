@@ -39,5 +39,11 @@ class FailedPrecondition(HeraldError):
     code = grpc.StatusCode.FAILED_PRECONDITION
 
 
+class Aborted(HeraldError):
+    """The server ended the call; the client should retry (e.g. resume a stream)."""
+
+    code = grpc.StatusCode.ABORTED
+
+
 class Unavailable(HeraldError):
     code = grpc.StatusCode.UNAVAILABLE

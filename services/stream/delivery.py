@@ -20,7 +20,7 @@ from herald.v1 import notification_pb2, stream_pb2
 from services import metrics, wire
 from services.clock import Clock
 from services.config import DeliverySettings
-from services.errors import InvalidArgument, ResourceExhausted, Unavailable
+from services.errors import Aborted, InvalidArgument, ResourceExhausted, Unavailable
 from services.model import Accepted, TargetKind, timestamp
 from services.ports import RegistryPort
 from services.registry.sessions import SessionInfo
@@ -259,7 +259,24 @@ class DeliveryCore:
         ).SerializeToString()
 
     async def run(self, session: Session, write: Write) -> None:
-        """Writes the session's stream until it is closed or the client goes away."""
+        """Writes the session's stream until it is closed or the client goes away.
+
+        Raises:
+            Aborted: the client stopped reading (a write stalled past the write timeout).
+        """
+        try:
+            await self._run(session, write)
+        except asyncio.CancelledError:
+            if not session.stalled:
+                raise
+            # The stream is blocked, so no Closing event can get through: end the call with a
+            # status that says why; the client resumes from its cursor.
+            raise Aborted(
+                f"slow consumer: the stream was not read for {self._settings.write_timeout_s:g} s; "
+                "reconnect with your cursors"
+            ) from None
+
+    async def _run(self, session: Session, write: Write) -> None:
         session.task = asyncio.current_task()
         session.last_write_at = self._clock.now()
         await write(self.started_event(session))
@@ -317,6 +334,8 @@ class DeliveryCore:
                 extra={"session_id": session.session_id},
                 exc_info=True,
             )
+        finally:
+            session.closed.set()
 
     async def close_sessions(
         self, tenant: str, session_ids: list[str], user_id: str, reason: str
@@ -592,6 +611,7 @@ class DeliveryCore:
         metrics.SLOW_CONSUMERS.inc()
         log.info("closing slow consumer", extra={"session_id": session.session_id})
         session.write_started_at = 0.0
+        session.stalled = True
         if session.task is not None:
             session.task.cancel()
 

@@ -96,6 +96,9 @@ class Session:
         self.heartbeat_due = False
         self.closing: tuple[int, str] | None = None  # (Closing.Reason, message)
         self.task: asyncio.Task[object] | None = None
+        # Set by the node when it cancels a stalled stream; set when the node forgets the session.
+        self.stalled = False
+        self.closed = asyncio.Event()
         self.last_write_at = connected_at
         # time.monotonic() when the write in flight began (0: none); stuck too long = slow consumer.
         self.write_started_at = 0.0

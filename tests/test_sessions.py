@@ -1,0 +1,154 @@
+"""Sessions through real gRPC: limits, heartbeats, presence, and slow consumers."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+from grpc import aio
+
+from herald.v1 import registry_pb2, stream_pb2
+from services.client import HeraldClient
+from services.config import DeliverySettings, RegistrySettings
+from tests.conftest import Deploy
+from tests.harness import to_user
+from tests.streams import Stream
+
+pytestmark = pytest.mark.asyncio
+
+TOPOLOGIES = pytest.mark.parametrize("topology", ["up", "split"])
+
+
+@TOPOLOGIES
+async def test_several_devices_per_user_up_to_the_limit(deploy: Deploy, topology: str) -> None:
+    herald, _ = await deploy(topology, registry=RegistrySettings(max_sessions_per_user=3))
+    alice = herald.user("alice")
+    devices = [Stream(alice, stream_pb2.SubscribeRequest(device=f"d{i}")) for i in range(3)]
+    for device in devices:
+        await device.start()
+    sent = await herald.backend().send(to_user("alice"))
+    for device in devices:  # every device of the user gets it
+        [delivery] = await device.deliveries(1)
+        assert delivery.notification.id == sent.notification_id
+    fourth = alice.open_stream(stream_pb2.SubscribeRequest())
+    with pytest.raises(aio.AioRpcError) as refused:
+        await fourth.read()
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "already has 3 open sessions" in (refused.value.details() or "")
+    devices[0].cancel()
+    for device in devices[1:]:
+        device.cancel()
+
+
+async def test_a_session_joins_at_most_the_channel_limit(deploy: Deploy) -> None:
+    herald, _ = await deploy("up", delivery=DeliverySettings(max_channels_per_session=2))
+    client = herald.user("alice", channels=["*"])
+    call = client.open_stream(stream_pb2.SubscribeRequest(channels=["a", "b", "c"]))
+    with pytest.raises(aio.AioRpcError) as refused:
+        await call.read()
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "at most 2 channels" in (refused.value.details() or "")
+
+
+@TOPOLOGIES
+async def test_every_stream_gets_heartbeats(deploy: Deploy, topology: str) -> None:
+    herald, clock = await deploy(topology, delivery=DeliverySettings(heartbeat_interval_s=15))
+    streams = [Stream(herald.user(f"user{i}")) for i in range(20)]
+    for stream in streams:
+        started = await stream.start()
+        assert started.heartbeat_interval_seconds == 15
+    await clock.advance(15)
+    events = await asyncio.gather(*(stream.event() for stream in streams))
+    assert {event.WhichOneof("event") for event in events} == {"heartbeat"}
+    for stream in streams:
+        stream.cancel()
+
+
+@TOPOLOGIES
+async def test_presence_goes_online_reconnecting_offline(deploy: Deploy, topology: str) -> None:
+    herald, clock = await deploy(topology, registry=RegistrySettings(presence_grace_s=30))
+    stub, metadata = herald.registry_stub(herald.tokens.backend("acme", "presence:read"))
+
+    async def state() -> int:
+        response = await stub.GetPresence(
+            registry_pb2.GetPresenceRequest(user_ids=["alice"]), metadata=metadata
+        )
+        return int(response.users[0].state)
+
+    assert await state() == registry_pb2.PRESENCE_STATE_OFFLINE
+    stream = Stream(herald.user("alice"))
+    await stream.start()
+    assert await state() == registry_pb2.PRESENCE_STATE_ONLINE
+    node = herald.node("stream").delivery
+    assert node is not None
+    [session] = node._sessions.values()
+    stream.cancel()
+    async with asyncio.timeout(5):
+        await session.closed.wait()  # the server has noticed the cancelled stream
+    assert await state() == registry_pb2.PRESENCE_STATE_RECONNECTING
+    await clock.advance(31)
+    assert await state() == registry_pb2.PRESENCE_STATE_OFFLINE
+
+
+async def _drain(stream: Stream) -> aio.AioRpcError:
+    async with asyncio.timeout(10):
+        try:
+            while True:
+                await stream.event()
+        except aio.AioRpcError as status:
+            return status
+
+
+async def test_a_slow_consumer_is_closed_without_slowing_others_or_growing_memory(
+    deploy: Deploy,
+) -> None:
+    settings = DeliverySettings(session_buffer=16, batch_max=8, write_timeout_s=0.5)
+    herald, clock = await deploy("up", delivery=settings)
+    core = herald.node("stream").delivery
+    assert core is not None
+    # The slow client never reads and keeps HTTP/2 windows small, so the server's writes block.
+    # BDP probing off: the window stays at 64 KiB instead of growing into the client's memory.
+    slow_client = HeraldClient(
+        herald.address("stream"),
+        herald.tokens.user("acme", "slow"),
+        options=[("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 16384)],
+    )
+    herald.clients.append(slow_client)
+    slow = Stream(slow_client)
+    await slow.start()
+    fast = Stream(herald.user("fast"))
+    await fast.start()
+    backend = herald.backend()
+    body = "x" * 3500
+    for round_ in range(10):
+        batch = [
+            to_user("slow", f"s{round_}-{i}", content={"title": "s", "body": body})
+            for i in range(40)
+        ]
+        batch.append(to_user("fast", f"f{round_}"))
+        await backend.send_batch(batch)
+        [delivery] = await fast.deliveries(1)  # the fast one is never held up
+        assert delivery.notification.content.title == f"f{round_}"
+        slow_session = next(s for s in core._sessions.values() if s.user_id == "slow")
+        assert slow_session.waiting <= settings.session_buffer  # bounded, whatever is sent
+
+    # The slow session's write is stuck; after the write timeout the node closes it. The stall is
+    # real I/O, measured on the monotonic clock: wait it out for real, then let the timer look.
+    assert slow_session.write_started_at, "the slow client's stream never filled up"
+    stuck_at = slow_session.write_started_at
+    await asyncio.sleep(settings.write_timeout_s + 0.1)
+    assert slow_session.write_started_at == stuck_at, "the write completed: not a stuck client"
+    await clock.advance(1)
+    async with asyncio.timeout(5):
+        await slow_session.closed.wait()
+    # The status queues behind the data the client never read: once it reads again, it gets
+    # what was written, then ABORTED with the reason, and resumes from its cursor.
+    status = await _drain(slow)
+    assert status.code() == grpc.StatusCode.ABORTED
+    assert "slow consumer" in (status.details() or "")
+    # Nothing was lost: the entries are in the log, and the fast stream still works.
+    assert (await backend.send(to_user("fast", "after"))).recipient_count == 1
+    [after] = await fast.deliveries(1)
+    assert after.notification.content.title == "after"
+    fast.cancel()
