@@ -387,6 +387,8 @@ async def test_a_call_without_a_token_is_unauthenticated(envoy: Envoy) -> None:
     "path",
     [
         "/herald.node.v1.NodeService/Dispatch",
+        "/herald.v1.RegistryService/RegisterSession",
+        "/herald.v1.IngestService/Send",
         # Dot segments are normalized before routing; they do not reach an unrouted service.
         "/herald.v1.StreamService/../herald.node.v1.NodeService/Dispatch",
         "/grpc.health.v1.Health/Check",
