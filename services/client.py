@@ -242,10 +242,8 @@ class Subscription:
                 async for event in call:
                     kind = event.WhichOneof("event")
                     if kind == "deliveries":
-                        for delivery in event.deliveries.deliveries:
-                            self.cursors[delivery.log] = max(
-                                self.cursors.get(delivery.log, 0), delivery.resume_cursor
-                            )
+                        batch = event.deliveries.deliveries
+                        for delivery in batch:
                             notification_id = delivery.notification.id
                             if notification_id in self._seen:
                                 if self._auto_ack:
@@ -261,6 +259,12 @@ class Subscription:
                             )
                             if self._auto_ack:
                                 pending_acks.append(notification_id)
+                        # A resume cursor covers its whole batch: advance only once the app
+                        # has had every delivery of it.
+                        for delivery in batch:
+                            self.cursors[delivery.log] = max(
+                                self.cursors.get(delivery.log, 0), delivery.resume_cursor
+                            )
                         if pending_acks:
                             await self._client.ack(notification_ids=pending_acks)
                             pending_acks = []

@@ -74,12 +74,21 @@ async def test_killed_subscriber_resumes_from_its_cursor_losing_nothing(
     sent.append((await backend.send(to_user("alice", "n7"))).notification_id)
     await clock.advance(6)  # "short-lived" expires while alice is away
 
-    second = Stream(alice, _resume(received))
+    resume = _resume(received)
+    cursor = resume.cursors[0].cursor  # may cover n2/n3 if they came in the same batch as n1
+    second = Stream(alice, resume)
     await second.start()
-    replayed = await second.deliveries(6)
-    assert [d.notification.id for d in replayed] == sent[2:]
+    # Everything after the cursor comes at once, in order, without the expired one...
+    replayed = await second.deliveries(8 - cursor)
+    assert [d.notification.id for d in replayed] == sent[cursor:]
     assert [d.cursor for d in replayed] == sorted(d.cursor for d in replayed)
     assert doomed.notification_id not in {d.notification.id for d in replayed}
+    # ...and what the cursor covered but nobody acked comes back after the ack timeout.
+    if cursor > 2:
+        await clock.advance(40)
+        late = await second.deliveries(cursor - 2)
+        assert [d.notification.id for d in late] == sent[2:cursor]
+        assert all(d.attempt == 2 for d in late)
     # And it continues live after the replay.
     live = await backend.send(to_user("alice", "live"))
     [after] = await second.deliveries(1)
@@ -107,9 +116,13 @@ async def test_the_client_library_reconnects_resumes_and_drops_duplicates(deploy
             expected.append((await backend.send(to_user("alice", f"n{i}"))).notification_id)
         for _ in range(3):
             seen.append((await anext(iterator)).notification.id)
+        # Cursors advance once a whole batch has been handed out: after one more item, the
+        # batch (or batches) holding n3-n5 is behind the app.
+        expected.append((await backend.send(to_user("alice", "n6"))).notification_id)
+        seen.append((await anext(iterator)).notification.id)
     assert seen == expected
     assert subscription.connects == 2
-    assert subscription.cursors["user"] == 6
+    assert subscription.cursors["user"] >= 6
 
 
 @TOPOLOGIES
@@ -296,3 +309,40 @@ async def test_a_batch_with_a_repeated_key_sends_once(deploy: Deploy) -> None:
     first, second = (r.accepted for r in response.results)
     assert first.notification_id == second.notification_id
     assert (first.duplicate, second.duplicate) == (False, True)
+
+
+async def test_a_resume_cursor_defers_what_the_client_holds_and_a_future_one_is_ignored(
+    deploy: Deploy,
+) -> None:
+    herald, clock = await deploy("up", delivery=DeliverySettings(ack_timeout_s=10))
+    alice = herald.user("alice")
+    backend = herald.backend()
+    ids = [(await backend.send(to_user("alice", f"n{i}"))).notification_id for i in range(3)]
+    first = Stream(alice)
+    await first.start()
+    await first.deliveries(3)
+    first.cancel()
+
+    # Resuming at 3: the client holds n0-n2, so nothing is resent at once...
+    held = Stream(
+        alice, stream_pb2.SubscribeRequest(cursors=[stream_pb2.LogCursor(log="user", cursor=3)])
+    )
+    await held.start()
+    new = await backend.send(to_user("alice", "new"))
+    [next_one] = await held.deliveries(1)
+    assert next_one.notification.id == new.notification_id
+    # ...and what it acks in time is never resent; what it does not ack comes back.
+    await alice.ack(notification_ids=[*ids[:2], new.notification_id])
+    await clock.advance(13)
+    [resent] = await held.deliveries(1)
+    assert (resent.notification.id, resent.attempt) == (ids[2], 2)
+    held.cancel()
+
+    # A cursor beyond the log's head (say, the embedded store restarted) is not trusted.
+    future = Stream(
+        alice, stream_pb2.SubscribeRequest(cursors=[stream_pb2.LogCursor(log="user", cursor=999)])
+    )
+    await future.start()
+    [replayed] = await future.deliveries(1)
+    assert replayed.notification.id == ids[2]
+    future.cancel()

@@ -209,12 +209,28 @@ class DeliveryCore:
                 "and 'channel:<name>' of a channel joined in this request"
             )
         states: dict[str, LogCursorState] = {}
+        # Unacked entries at or below a resume cursor: the client says it holds them.
+        held: list[tuple[str, Entry]] = []
         for key in log_keys:
             acks = await self._acks.get(tenant, user_id, key)
+            after = acks.up_to
             resume = cursors.get(names[key])
-            # Nothing unacknowledged is skipped: the stream restarts at the ack watermark or at the
-            # cursor, whichever is lower.
-            after = acks.up_to if resume is None else min(resume, acks.up_to)
+            if resume is not None and resume > acks.up_to:
+                head = await self._logs.last_cursor(tenant, key)
+                if resume > head:
+                    # A cursor from the future (e.g. the embedded store restarted): trusting it
+                    # would skip new entries, so the log is replayed from the ack watermark.
+                    log.info(
+                        "resume cursor beyond the log head; replaying", extra={"log": names[key]}
+                    )
+                else:
+                    after = resume
+                    entries = await self._logs.read(tenant, key, acks.up_to, resume - acks.up_to)
+                    held.extend(
+                        (key, e)
+                        for e in entries
+                        if e.cursor <= resume and not acks.is_acked(e.cursor)
+                    )
             states[key] = new_log_state(key, acks, after)
         now = self._clock.now()
         session = Session(
@@ -243,6 +259,11 @@ class DeliveryCore:
         self._drained.clear()
         for key in states:
             self._readers.setdefault((tenant, key), set()).add(session)
+        # What the client holds is not sent again at once, but stays under the ack timer: if no
+        # ack comes within the ack timeout, it is redelivered on this stream.
+        for key, entry in held:
+            if entry.expires_at > now:
+                self._track(session, Pending(entry, states[key]), now)
         metrics.SESSIONS.inc()
         return session
 
@@ -528,16 +549,19 @@ class DeliveryCore:
         now = self._clock.now()
         metrics.BATCH_SIZE.observe(len(taken))
         for p in taken:
-            delay = self._ack_delay(p.attempt)
-            unacked = _Unacked(session, p, now + delay)
-            self._unacked[self._unacked_key(session, p)] = unacked
-            heapq.heappush(self._deadlines, (unacked.deadline, next(self._order), unacked))
+            self._track(session, p, now)
         await self._status.apply(
             session.tenant,
             [Transition(p.entry.notification_id, session.user_id, State.DELIVERED) for p in taken],
             now,
         )
         metrics.DELIVERED.labels("first" if taken[0].attempt == 1 else "retry").inc(len(taken))
+
+    def _track(self, session: Session, pending: Pending, now: float) -> None:
+        """Starts the ack timer of an entry written (or held) by the session."""
+        unacked = _Unacked(session, pending, now + self._ack_delay(pending.attempt))
+        self._unacked[self._unacked_key(session, pending)] = unacked
+        heapq.heappush(self._deadlines, (unacked.deadline, next(self._order), unacked))
 
     @staticmethod
     def _unacked_key(session: Session, p: Pending) -> tuple[str, str, str, int]:
