@@ -89,7 +89,7 @@ class DeliverySettings(BaseSettings):
     write_timeout_s: float = Field(default=10.0, gt=0)
     ack_timeout_s: float = Field(default=30.0, gt=0)
     max_attempts: int = Field(default=3, ge=1)
-    backoff_base_s: float = Field(default=2.0, gt=0)
+    backoff_factor: float = Field(default=2.0, ge=1)
     backoff_max_s: float = Field(default=300.0, gt=0)
     # Entries kept per user log (the offline inbox); the oldest is dropped beyond it.
     inbox_limit: int = Field(default=1000, ge=1)

@@ -569,7 +569,7 @@ class DeliveryCore:
 
     def _ack_delay(self, attempt: int) -> float:
         """Ack timeout before redelivery: exponential in the attempt, with +-20% jitter."""
-        base = self._settings.ack_timeout_s * (self._settings.backoff_base_s ** (attempt - 1))
+        base = self._settings.ack_timeout_s * (self._settings.backoff_factor ** (attempt - 1))
         return min(base, self._settings.backoff_max_s) * self._rng.uniform(0.8, 1.2)
 
     def _heartbeat_event(self) -> bytes:
