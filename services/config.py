@@ -36,6 +36,8 @@ class ServerSettings(BaseSettings):
     # How long shutdown waits for streams to drain and stores to flush.
     shutdown_grace_s: float = Field(default=10.0, ge=0)
     log_level: str = "INFO"
+    # Prometheus /metrics on this port (same host); 0 turns it off.
+    metrics_port: int = Field(default=0, ge=0, le=65535)
     data_dir: Path = Field(default_factory=_default_data_dir)
 
 

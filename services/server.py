@@ -19,6 +19,7 @@ from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
 
 from herald.node.v1 import node_pb2, node_pb2_grpc
 from herald.v1 import ingest_pb2, ingest_pb2_grpc, registry_pb2, registry_pb2_grpc, stream_pb2
@@ -212,6 +213,12 @@ async def start_node(
     )
 
 
+def start_metrics_server(port: int, host: str) -> None:
+    """Serves Prometheus /metrics from a background thread (prometheus_client's own server)."""
+    start_http_server(port, addr=host)
+    log.info("metrics serving", extra={"port": port})
+
+
 def _required(value: str, name: str) -> str:
     if not value:
         raise ValueError(
@@ -237,6 +244,8 @@ def _node_token_source(config: Config, keys: auth.Keys, node_id: str) -> Callabl
 async def serve_forever(config: Config, roles: Iterable[Role]) -> None:
     """Runs a node until SIGINT or SIGTERM, then shuts it down within the grace period."""
     node = await start_node(config, roles)
+    if config.server.metrics_port:
+        start_metrics_server(config.server.metrics_port, config.server.host)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

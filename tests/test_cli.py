@@ -7,6 +7,7 @@ import json
 import os
 import socket
 import sys
+import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -209,3 +210,21 @@ async def test_production_mode_refuses_to_start_without_keys(cli: Cli) -> None:
         _, err = await proc.communicate()
     assert proc.returncode == 2
     assert "production mode needs HERALD_AUTH_SECRET" in err.decode()
+
+
+async def test_metrics_are_served_when_asked_for(cli: Cli) -> None:
+    port, metrics_port = _free_port(), _free_port()
+    address = f"127.0.0.1:{port}"
+    await cli.start("up", HERALD_PORT=str(port), HERALD_METRICS_PORT=str(metrics_port))
+    await _wait_serving(address)
+    await cli.run(
+        "send", "--tenant", "acme", "--user", "alice", "--title", "x", HERALD_ADDRESS=address
+    )
+
+    def scrape() -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as r:
+            return str(r.read().decode())
+
+    text = await asyncio.to_thread(scrape)
+    assert "herald_notifications_accepted_total 1.0" in text
+    assert "herald_sessions_open 0.0" in text
