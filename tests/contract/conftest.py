@@ -19,6 +19,8 @@ from services.ingest.idempotency import IdempotencyStore
 from services.ingest.idempotency_memory import MemoryIdempotencyStore
 from services.registry.sessions import SessionDirectory
 from services.registry.sessions_memory import MemorySessionDirectory
+from services.registry.templates import TemplateStore
+from services.registry.templates_memory import MemoryTemplateStore
 from services.stream.acks import AckStore
 from services.stream.acks_memory import MemoryAckStore
 from services.stream.log import LogStore
@@ -50,6 +52,7 @@ IDEMPOTENCY_STORES: dict[str, Opener[IdempotencyStore]] = {
 SESSION_DIRECTORIES: dict[str, Opener[SessionDirectory]] = {
     "memory": in_memory(MemorySessionDirectory)
 }
+TEMPLATE_STORES: dict[str, Opener[TemplateStore]] = {"memory": in_memory(MemoryTemplateStore)}
 
 
 @pytest_asyncio.fixture(params=sorted(LOG_STORES))
@@ -79,4 +82,10 @@ async def idempotency_store(request: pytest.FixtureRequest) -> AsyncIterator[Ide
 @pytest_asyncio.fixture(params=sorted(SESSION_DIRECTORIES))
 async def session_directory(request: pytest.FixtureRequest) -> AsyncIterator[SessionDirectory]:
     async with SESSION_DIRECTORIES[request.param]() as store:
+        yield store
+
+
+@pytest_asyncio.fixture(params=sorted(TEMPLATE_STORES))
+async def template_store(request: pytest.FixtureRequest) -> AsyncIterator[TemplateStore]:
+    async with TEMPLATE_STORES[request.param]() as store:
         yield store

@@ -215,3 +215,21 @@ async def test_tenants_lists_every_tenant_with_entries(log_store: LogStore) -> N
     await log_store.append(T2, channel_log("news"), batch("b"), BIG)
     await log_store.read("tenant-3", ALICE, 0, 10)
     assert sorted(await log_store.tenants()) == [T1, T2]
+
+
+async def test_read_reverse_pages_newest_first(log_store: LogStore) -> None:
+    await log_store.append(T1, ALICE, batch("a", "b", "c", "d", "e"), BIG)
+    await log_store.append(T1, BOB, batch("x"), BIG)
+    newest = await log_store.read_reverse(T1, ALICE, 0, 2)
+    assert ids(newest) == ["e", "d"]
+    older = await log_store.read_reverse(T1, ALICE, newest[-1].cursor, 2)
+    assert ids(older) == ["c", "b"]
+    oldest = await log_store.read_reverse(T1, ALICE, older[-1].cursor, 2)
+    assert ids(oldest) == ["a"]
+    assert await log_store.read_reverse(T1, ALICE, 1, 2) == []
+    assert await log_store.read_reverse(T2, ALICE, 0, 10) == []
+
+
+async def test_read_reverse_skips_what_the_bound_dropped(log_store: LogStore) -> None:
+    await log_store.append(T1, ALICE, batch("a", "b", "c", "d"), 2)
+    assert ids(await log_store.read_reverse(T1, ALICE, 0, 10)) == ["d", "c"]

@@ -233,3 +233,14 @@ async def test_presence_agrees_with_list_when_a_session_id_changes_user(
     assert await session_directory.list(T1) == []
     for user_id in ("alice", "bob"):
         assert (await presence_of(session_directory, user_id)).sessions == 0
+
+
+async def test_set_channels_is_what_list_shows(session_directory: SessionDirectory) -> None:
+    assert await session_directory.add(session("s1"), MAX)
+    assert await session_directory.set_channels(T1, "s1", ("ops", "news"))
+    [listed] = await session_directory.list(T1, "alice")
+    assert listed.channels == ("ops", "news")
+    assert not await session_directory.set_channels(T1, "nope", ("ops",))
+    assert not await session_directory.set_channels(T2, "s1", ("ops",))
+    [unchanged] = await session_directory.list(T1)
+    assert unchanged.channels == ("ops", "news")

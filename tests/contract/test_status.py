@@ -210,3 +210,15 @@ async def test_get_returns_a_copy(status_store: StatusStore) -> None:
     copy.recipients["mallory"] = RecipientRecord("mallory", State.QUEUED, 1.0)
     copy.expires_at = 0.0
     assert await status_store.get(T1, "n1") == record()
+
+
+async def test_mark_read_sets_read_at_once_per_recipient(status_store: StatusStore) -> None:
+    await status_store.create(record("n1"))
+    await status_store.create(record("n2"))
+    assert await status_store.mark_read(T1, "alice", ["n1", "n2", "n1", "missing"], 200.0) == 2
+    assert await status_store.mark_read(T1, "alice", ["n1"], 300.0) == 0
+    assert await status_store.mark_read(T2, "alice", ["n1"], 300.0) == 0
+    found = await status_store.get(T1, "n1")
+    assert found is not None
+    assert found.recipients["alice"].read_at == 200.0
+    assert found.recipients["bob"].read_at == 0.0
