@@ -14,7 +14,6 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 
 from herald.v1 import notification_pb2, stream_pb2
 from services import metrics, wire
@@ -49,14 +48,6 @@ Write = Callable[[bytes], Awaitable[None]]
 
 _CLOSING = stream_pb2.Closing
 _MAX_CHANNEL_LEN = 128
-
-
-@dataclass(slots=True)
-class _Unacked:
-    session: Session
-    pending: Pending
-    deadline: float
-    done: bool = False
 
 
 def _log_key_of(record: NotificationRecord, user_id: str) -> str:
@@ -97,8 +88,10 @@ class DeliveryCore:
         # (tenant, log_key) -> sessions reading that log on this node.
         self._readers: dict[tuple[str, str], set[Session]] = {}
         self._sessions: dict[str, Session] = {}
-        self._unacked: dict[tuple[str, str, str, int], _Unacked] = {}
-        self._deadlines: list[tuple[float, int, _Unacked]] = []
+        # (tenant, user) -> that user's sessions on this node.
+        self._by_user: dict[tuple[str, str], set[Session]] = {}
+        # Ack timers, one per written batch: (deadline, order, session, ((entry, attempt), ...)).
+        self._deadlines: list[tuple[float, int, Session, tuple[tuple[Pending, int], ...]]] = []
         self._order = itertools.count()
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
@@ -261,9 +254,12 @@ class DeliveryCore:
             self._readers.setdefault((tenant, key), set()).add(session)
         # What the client holds is not sent again at once, but stays under the ack timer: if no
         # ack comes within the ack timeout, it is redelivered on this stream.
-        for key, entry in held:
-            if entry.expires_at > now:
-                self._track(session, Pending(entry, states[key]), now)
+        self._by_user.setdefault((tenant, user_id), set()).add(session)
+        self._track(
+            session,
+            [Pending(entry, states[key]) for key, entry in held if entry.expires_at > now],
+            now,
+        )
         metrics.SESSIONS.inc()
         return session
 
@@ -341,9 +337,12 @@ class DeliveryCore:
                 readers.discard(session)
                 if not readers:
                     del self._readers[(session.tenant, key)]
-        for unacked in [u for k, u in self._unacked.items() if u.session is session]:
-            unacked.done = True
-            self._unacked.pop(self._unacked_key(session, unacked.pending), None)
+        siblings = self._by_user.get((session.tenant, session.user_id))
+        if siblings is not None:
+            siblings.discard(session)
+            if not siblings:
+                del self._by_user[(session.tenant, session.user_id)]
+        session.unacked.clear()  # its timers find nothing left to do
         metrics.SESSIONS.dec()
         if not self._sessions:
             self._drained.set()
@@ -394,10 +393,8 @@ class DeliveryCore:
             readers = self._readers.get((tenant, key))
             if readers is not None:
                 readers.discard(session)
-            for unacked in list(self._unacked.values()):
-                if unacked.session is session and unacked.pending.log.log_key == key:
-                    unacked.done = True
-                    self._unacked.pop(self._unacked_key(session, unacked.pending), None)
+            for unacked_key in [k for k in session.unacked if k[0] == key]:
+                del session.unacked[unacked_key]
         for channel in join:
             if channel in channels:
                 continue
@@ -481,10 +478,9 @@ class DeliveryCore:
             if await self._acks.ack(tenant, user_id, key, [found.cursor]):
                 transitions.append(Transition(notification_id, user_id, State.ACKED))
             self._settle(tenant, user_id, key, found.cursor)
-        for session in self._sessions.values():
-            if session.tenant == tenant and session.user_id == user_id:
-                for key, state in session.logs.items():
-                    state.acks = await self._acks.get(tenant, user_id, key)
+        for session in self._by_user.get((tenant, user_id), ()):
+            for key, state in session.logs.items():
+                state.acks = await self._acks.get(tenant, user_id, key)
         await self._status.apply(tenant, transitions, now)
         metrics.ACKED.inc(len(transitions))
         return len(transitions)
@@ -501,11 +497,9 @@ class DeliveryCore:
         )
 
     def _settle(self, tenant: str, user_id: str, key: str, cursor: int) -> None:
-        for session in self._sessions.values():
-            if session.tenant == tenant and session.user_id == user_id:
-                unacked = self._unacked.pop((session.session_id, tenant, key, cursor), None)
-                if unacked is not None:
-                    unacked.done = True
+        """Stops the ack timers of an acked entry on every session of the user."""
+        for session in self._by_user.get((tenant, user_id), ()):
+            session.unacked.pop((key, cursor), None)
 
     # -- internals -------------------------------------------------------------------------
 
@@ -548,8 +542,7 @@ class DeliveryCore:
     async def _delivered(self, session: Session, taken: list[Pending]) -> None:
         now = self._clock.now()
         metrics.BATCH_SIZE.observe(len(taken))
-        for p in taken:
-            self._track(session, p, now)
+        self._track(session, taken, now)
         await self._status.apply(
             session.tenant,
             [Transition(p.entry.notification_id, session.user_id, State.DELIVERED) for p in taken],
@@ -557,15 +550,17 @@ class DeliveryCore:
         )
         metrics.DELIVERED.labels("first" if taken[0].attempt == 1 else "retry").inc(len(taken))
 
-    def _track(self, session: Session, pending: Pending, now: float) -> None:
-        """Starts the ack timer of an entry written (or held) by the session."""
-        unacked = _Unacked(session, pending, now + self._ack_delay(pending.attempt))
-        self._unacked[self._unacked_key(session, pending)] = unacked
-        heapq.heappush(self._deadlines, (unacked.deadline, next(self._order), unacked))
-
-    @staticmethod
-    def _unacked_key(session: Session, p: Pending) -> tuple[str, str, str, int]:
-        return (session.session_id, session.tenant, p.log.log_key, p.entry.cursor)
+    def _track(self, session: Session, pendings: list[Pending], now: float) -> None:
+        """Starts the ack timers of entries written (or held) by the session: one timer per
+        attempt number in the batch, not one per entry."""
+        by_attempt: dict[int, list[tuple[Pending, int]]] = {}
+        unacked = session.unacked
+        for p in pendings:
+            unacked[(p.log.log_key, p.entry.cursor)] = p
+            by_attempt.setdefault(p.attempt, []).append((p, p.attempt))
+        for attempt, group in by_attempt.items():
+            deadline = now + self._ack_delay(attempt)
+            heapq.heappush(self._deadlines, (deadline, next(self._order), session, tuple(group)))
 
     def _ack_delay(self, attempt: int) -> float:
         """Ack timeout before redelivery: exponential in the attempt, with +-20% jitter."""
@@ -642,27 +637,28 @@ class DeliveryCore:
     async def _redeliver(self, now: float) -> None:
         failed: dict[str, list[Transition]] = {}
         while self._deadlines and self._deadlines[0][0] <= now:
-            _, _, unacked = heapq.heappop(self._deadlines)
-            if unacked.done:
-                continue
-            unacked.done = True
-            session, pending = unacked.session, unacked.pending
-            self._unacked.pop(self._unacked_key(session, pending), None)
-            if session.session_id not in self._sessions:
-                continue
-            if pending.entry.expires_at <= now or pending.log.acks.is_acked(pending.entry.cursor):
-                continue
-            if pending.attempt >= self._settings.max_attempts:
-                failed.setdefault(session.tenant, []).append(
-                    Transition(
-                        pending.entry.notification_id,
-                        session.user_id,
-                        State.FAILED,
-                        f"no ack after {pending.attempt} attempts; kept for the next connect",
+            _, _, session, group = heapq.heappop(self._deadlines)
+            for pending, attempt in group:
+                key = (pending.log.log_key, pending.entry.cursor)
+                # Acked, settled, closed, or written again since (a newer timer owns it).
+                if session.unacked.get(key) is not pending or pending.attempt != attempt:
+                    continue
+                del session.unacked[key]
+                if pending.entry.expires_at <= now or pending.log.acks.is_acked(
+                    pending.entry.cursor
+                ):
+                    continue
+                if attempt >= self._settings.max_attempts:
+                    failed.setdefault(session.tenant, []).append(
+                        Transition(
+                            pending.entry.notification_id,
+                            session.user_id,
+                            State.FAILED,
+                            f"no ack after {attempt} attempts; kept for the next connect",
+                        )
                     )
-                )
-                continue
-            session.requeue(pending)
+                    continue
+                session.requeue(pending)
         for tenant, transitions in failed.items():
             metrics.FAILED.inc(len(transitions))
             await self._status.apply(tenant, transitions, now)

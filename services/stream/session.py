@@ -98,6 +98,8 @@ class Session:
         self.task: asyncio.Task[object] | None = None
         # Set by the node when it cancels a stalled stream; set when the node forgets the session.
         self.stalled = False
+        # Entries written (or held by the client) and not acked yet, by (log key, cursor).
+        self.unacked: dict[tuple[str, int], Pending] = {}
         self.closed = asyncio.Event()
         self.last_write_at = connected_at
         # time.monotonic() when the write in flight began (0: none); stuck too long = slow consumer.
