@@ -12,6 +12,8 @@ DUPLICATES = Counter(
     "herald_idempotent_duplicates_total", "Sends answered from the idempotency store"
 )
 DELIVERED = Counter("herald_deliveries_total", "Deliveries written to streams", ["attempt"])
+DELIVERED_FIRST = DELIVERED.labels("first")
+DELIVERED_RETRY = DELIVERED.labels("retry")
 ACKED = Counter("herald_acks_total", "Entries acknowledged")
 EXPIRED = Counter("herald_expired_total", "Entries that expired before being acknowledged")
 FAILED = Counter("herald_delivery_failed_total", "Entries that exhausted their delivery attempts")

@@ -20,16 +20,24 @@ _TAG_ATTEMPT = b"\x20"  # Delivery.attempt, field 4, varint
 _TAG_RESUME = b"\x28"  # Delivery.resume_cursor, field 5, varint
 
 
-def varint(value: int) -> bytes:
-    """Encodes a non-negative integer as a protobuf varint."""
-    if value < 0x80:
-        return bytes((value,))
+def _encode_varint(value: int) -> bytes:
     out = bytearray()
     while value >= 0x80:
         out.append((value & 0x7F) | 0x80)
         value >>= 7
     out.append(value)
     return bytes(out)
+
+
+# Cursors, attempts and lengths are nearly always small: look their encoding up.
+_SMALL = tuple(_encode_varint(i) for i in range(1 << 14))
+
+
+def varint(value: int) -> bytes:
+    """Encodes a non-negative integer as a protobuf varint."""
+    if value < 16384:
+        return _SMALL[value]
+    return _encode_varint(value)
 
 
 def notification_field(notification: bytes) -> bytes:

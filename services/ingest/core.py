@@ -60,7 +60,10 @@ class IngestCore:
     async def send_batch(
         self, tenant: str, notifications: list[notification_pb2.Notification]
     ) -> list[SendOutcome | HeraldError]:
-        """Validates each notification on its own and dispatches the good ones together."""
+        """Validates each notification on its own and dispatches the good ones together.
+
+        The messages are completed in place (id, tenant, times): pass messages you own.
+        """
         if len(notifications) > self._settings.max_batch:
             raise InvalidArgument(
                 f"a batch holds at most {self._settings.max_batch} notifications; "
@@ -142,8 +145,8 @@ class IngestCore:
         notification_id: str,
         now: float,
     ) -> notification_pb2.Notification:
-        completed = notification_pb2.Notification()
-        completed.CopyFrom(notification)
+        """Fills the server's fields in place: ingest owns the messages it is given."""
+        completed = notification
         completed.id = notification_id
         completed.tenant_id = tenant
         ttl = notification.ttl_seconds or self._settings.default_ttl_s

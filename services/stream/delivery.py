@@ -407,6 +407,7 @@ class DeliveryCore:
             key = channel_log(channel)
             acks = await self._acks.get(tenant, session.user_id, key)
             session.logs[key] = new_log_state(key, acks, acks.up_to)
+            session.lagging = True
             self._readers.setdefault((tenant, key), set()).add(session)
         session.channels = tuple(channels)
         session.wakeup.set()
@@ -505,6 +506,8 @@ class DeliveryCore:
 
     async def _catch_up(self, session: Session) -> None:
         """Reads logs the session is behind on, as far as its buffer has room."""
+        if not session.lagging:
+            return
         now = self._clock.now()
         for key, state in list(session.logs.items()):
             while state.behind and session.room() > 0 and key in session.logs:
@@ -515,15 +518,19 @@ class DeliveryCore:
                     session.enqueue(state, entries, now)
                 if len(entries) == limit:
                     state.behind = True
+        session.lagging = any(state.behind for state in session.logs.values())
 
     def _fresh(self, session: Session, taken: list[Pending]) -> list[Pending]:
         """Drops what expired while waiting (its status becomes EXPIRED)."""
         now = self._clock.now()
-        # Entries of a channel the session has left since they were queued are not sent.
-        taken = [p for p in taken if p.log.log_key in session.logs]
-        fresh = [p for p in taken if p.entry.expires_at > now]
-        if len(fresh) != len(taken):
-            expired = [p for p in taken if p.entry.expires_at <= now]
+        logs = session.logs
+        fresh: list[Pending] = []
+        expired: list[Pending] = []
+        for p in taken:
+            if p.log.log_key not in logs:
+                continue  # a channel the session has left since the entry was queued
+            (fresh if p.entry.expires_at > now else expired).append(p)
+        if expired:
             for p in expired:
                 p.log.written.add(p.entry.cursor)
             self._spawn(
@@ -548,7 +555,9 @@ class DeliveryCore:
             [Transition(p.entry.notification_id, session.user_id, State.DELIVERED) for p in taken],
             now,
         )
-        metrics.DELIVERED.labels("first" if taken[0].attempt == 1 else "retry").inc(len(taken))
+        (metrics.DELIVERED_FIRST if taken[0].attempt == 1 else metrics.DELIVERED_RETRY).inc(
+            len(taken)
+        )
 
     def _track(self, session: Session, pendings: list[Pending], now: float) -> None:
         """Starts the ack timers of entries written (or held) by the session: one timer per

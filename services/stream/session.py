@@ -92,6 +92,7 @@ class Session:
         self.waiting = 0
         self.wakeup = asyncio.Event()
         # Every log starts `behind`: the first wakeup replays the backlog.
+        self.lagging = True  # some log is behind (a cheap check for the writer)
         self.wakeup.set()
         self.heartbeat_due = False
         self.closing: tuple[int, str] | None = None  # (Closing.Reason, message)
@@ -119,6 +120,7 @@ class Session:
         if fresh[0].cursor != state.enqueued + 1 or self.waiting + len(fresh) > self.buffer_limit:
             # Not the next entries, or no room: read them from the log later instead.
             state.behind = True
+            self.lagging = True
             self.wakeup.set()
             return
         self.enqueue(state, fresh, now)
