@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge
 
 ACCEPTED = Counter("herald_notifications_accepted_total", "Notifications accepted by ingest")
 REJECTED = Counter(
@@ -22,8 +22,8 @@ DROPPED = Counter(
 )
 SESSIONS = Gauge("herald_sessions_open", "Open subscription streams on this node")
 SLOW_CONSUMERS = Counter("herald_slow_consumers_total", "Sessions closed for not reading")
-BATCH_SIZE = Histogram(
-    "herald_stream_batch_size",
-    "Deliveries coalesced into one stream message",
-    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+# deliveries_total / stream_messages_total is the average coalescing (a histogram observation
+# per stream message would cost more than the message's own bookkeeping).
+STREAM_MESSAGES = Counter(
+    "herald_stream_messages_total", "Stream messages carrying deliveries (coalesced batches)"
 )

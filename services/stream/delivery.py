@@ -548,7 +548,7 @@ class DeliveryCore:
 
     async def _delivered(self, session: Session, taken: list[Pending]) -> None:
         now = self._clock.now()
-        metrics.BATCH_SIZE.observe(len(taken))
+        metrics.STREAM_MESSAGES.inc()
         self._track(session, taken, now)
         await self._status.apply(
             session.tenant,
