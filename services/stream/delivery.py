@@ -527,8 +527,10 @@ class DeliveryCore:
         fresh: list[Pending] = []
         expired: list[Pending] = []
         for p in taken:
-            if p.log.log_key not in logs:
-                continue  # a channel the session has left since the entry was queued
+            if logs.get(p.log.log_key) is not p.log:
+                # A channel the session has left since the entry was queued (and perhaps joined
+                # again: the new membership replays from the log, so this copy is dropped).
+                continue
             (fresh if p.entry.expires_at > now else expired).append(p)
         if expired:
             for p in expired:
