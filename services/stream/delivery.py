@@ -466,6 +466,10 @@ class DeliveryCore:
                     if entry.cursor <= cursor and entry.cursor not in before.above:
                         transitions.append(Transition(entry.notification_id, user_id, State.ACKED))
                         self._settle(tenant, user_id, key, entry.cursor)
+            for session in self._by_user.get((tenant, user_id), ()):
+                state = session.logs.get(key)
+                if state is not None:
+                    state.acks.raise_to(cursor)
         for notification_id in dict.fromkeys(notification_ids):
             record = await self._status.get(tenant, notification_id)
             if record is None:
@@ -479,9 +483,10 @@ class DeliveryCore:
             if await self._acks.ack(tenant, user_id, key, [found.cursor]):
                 transitions.append(Transition(notification_id, user_id, State.ACKED))
             self._settle(tenant, user_id, key, found.cursor)
-        for session in self._by_user.get((tenant, user_id), ()):
-            for key, state in session.logs.items():
-                state.acks = await self._acks.get(tenant, user_id, key)
+            for session in self._by_user.get((tenant, user_id), ()):
+                state = session.logs.get(key)
+                if state is not None:
+                    state.acks.add(found.cursor)
         await self._status.apply(tenant, transitions, now)
         metrics.ACKED.inc(len(transitions))
         return len(transitions)
@@ -678,24 +683,23 @@ class DeliveryCore:
         """Drops expired entries from every log and marks them EXPIRED for their recipients."""
         now = self._clock.now()
         count = 0
-        for tenant in await self._logs.tenants():
-            for key in await self._logs.log_keys(tenant):
-                expired = await self._logs.drop_expired(tenant, key, now)
-                for entry in expired:
-                    record = await self._status.get(tenant, entry.notification_id)
-                    if record is None:
-                        continue
-                    users = (
-                        [key.removeprefix("user:")]
-                        if key.startswith("user:")
-                        else list(record.recipients)
-                    )
-                    await self._status.apply(
-                        tenant,
-                        [Transition(entry.notification_id, u, State.EXPIRED, "ttl") for u in users],
-                        now,
-                    )
-                count += len(expired)
+        for tenant, key in await self._logs.expired_logs(now):
+            expired = await self._logs.drop_expired(tenant, key, now)
+            for entry in expired:
+                record = await self._status.get(tenant, entry.notification_id)
+                if record is None:
+                    continue
+                users = (
+                    [key.removeprefix("user:")]
+                    if key.startswith("user:")
+                    else list(record.recipients)
+                )
+                await self._status.apply(
+                    tenant,
+                    [Transition(entry.notification_id, u, State.EXPIRED, "ttl") for u in users],
+                    now,
+                )
+            count += len(expired)
         if count:
             metrics.EXPIRED.inc(count)
         return count

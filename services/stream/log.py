@@ -96,6 +96,12 @@ class LogStore(Protocol):
         """Removes and returns the entries expired at `now`."""
         ...
 
+    async def expired_logs(self, now: float) -> list[tuple[str, str]]:
+        """(tenant, log key) of every log that may hold entries expired at `now`: an index, so
+        that sweeping costs nothing while nothing expires. The caller calls `drop_expired` on
+        each of them (which keeps the index up to date)."""
+        ...
+
     async def log_keys(self, tenant: str) -> list[str]:
         """The keys of the tenant's non-empty logs."""
         ...

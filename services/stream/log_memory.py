@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import heapq
+import math
 from collections.abc import Sequence
 
 from services.stream.log import AppendResult, Entry, NewEntry
 
 
 class _Log:
-    __slots__ = ("by_id", "entries", "next_cursor", "offset")
+    __slots__ = ("by_id", "entries", "next_cursor", "next_expiry", "offset")
 
     def __init__(self) -> None:
         self.entries: list[Entry] = []
         self.offset = 0  # entries[:offset] are dropped and wait for compaction
         self.next_cursor = 1
         self.by_id: dict[str, Entry] = {}
+        # The earliest expires_at of the live entries, as scheduled in the store's expiry heap.
+        self.next_expiry = math.inf
 
     def live(self) -> list[Entry]:
         return self.entries[self.offset :]
@@ -46,6 +50,13 @@ class MemoryLogStore:
 
     def __init__(self) -> None:
         self._logs: dict[tuple[str, str], _Log] = {}
+        # (expires_at, tenant, log key): one live entry per log, at its earliest expiry.
+        self._expiry: list[tuple[float, str, str]] = []
+
+    def _schedule(self, log: _Log, tenant: str, log_key: str, expires_at: float) -> None:
+        if expires_at < log.next_expiry:
+            log.next_expiry = expires_at
+            heapq.heappush(self._expiry, (expires_at, tenant, log_key))
 
     def _log(self, tenant: str, log_key: str) -> _Log:
         key = (tenant, log_key)
@@ -72,6 +83,8 @@ class MemoryLogStore:
             log.entries.append(entry)
             log.by_id[item.notification_id] = entry
             appended.append(entry)
+        if items:
+            self._schedule(log, tenant, log_key, min(item.expires_at for item in items))
         overflow = len(log.entries) - log.offset - limit
         dropped = log.drop_oldest(overflow) if overflow > 0 else []
         return AppendResult(appended, dropped)
@@ -104,17 +117,36 @@ class MemoryLogStore:
         if log is None:
             return []
         live = log.live()
-        if not any(entry.expires_at <= now for entry in live):
-            return []
         kept = [entry for entry in live if entry.expires_at > now]
-        expired = [entry for entry in live if entry.expires_at <= now]
-        log.entries, log.offset = kept, 0
-        for entry in expired:
-            log.by_id.pop(entry.notification_id, None)
+        expired = (
+            [entry for entry in live if entry.expires_at <= now] if len(kept) < len(live) else []
+        )
+        if expired:
+            log.entries, log.offset = kept, 0
+            for entry in expired:
+                log.by_id.pop(entry.notification_id, None)
+        # Always schedule again: the log may have been due on an entry the bound dropped since.
+        log.next_expiry = math.inf
+        if kept:
+            self._schedule(log, tenant, log_key, min(entry.expires_at for entry in kept))
         return expired
 
+    async def expired_logs(self, now: float) -> list[tuple[str, str]]:
+        due: dict[tuple[str, str], None] = {}
+        while self._expiry and self._expiry[0][0] <= now:
+            _, tenant, log_key = heapq.heappop(self._expiry)
+            log = self._logs.get((tenant, log_key))
+            if log is not None and log.next_expiry <= now:
+                due[(tenant, log_key)] = None
+                log.next_expiry = math.inf  # drop_expired schedules what is left
+        return list(due)
+
     async def log_keys(self, tenant: str) -> list[str]:
-        return [key for (t, key), log in self._logs.items() if t == tenant and log.live()]
+        return [
+            key
+            for (t, key), log in self._logs.items()
+            if t == tenant and len(log.entries) > log.offset
+        ]
 
     async def tenants(self) -> list[str]:
         return sorted({tenant for tenant, _ in self._logs})

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 
 from services.stream.status import ALLOWED, NotificationRecord, RecipientRecord, State, Transition
 
@@ -52,7 +52,13 @@ class MemoryStatusStore:
 
     async def get(self, tenant: str, notification_id: str) -> NotificationRecord | None:
         record = self._records.get((tenant, notification_id))
-        return None if record is None else copy.deepcopy(record)
+        if record is None:
+            return None
+        # A copy (cheaper than deepcopy: every field is immutable but the recipients).
+        return dataclasses.replace(
+            record,
+            recipients={u: dataclasses.replace(r) for u, r in record.recipients.items()},
+        )
 
     async def purge(self, older_than: float) -> int:
         old = [key for key, record in self._records.items() if record.created_at < older_than]

@@ -233,3 +233,20 @@ async def test_read_reverse_pages_newest_first(log_store: LogStore) -> None:
 async def test_read_reverse_skips_what_the_bound_dropped(log_store: LogStore) -> None:
     await log_store.append(T1, ALICE, batch("a", "b", "c", "d"), 2)
     assert ids(await log_store.read_reverse(T1, ALICE, 0, 10)) == ["d", "c"]
+
+
+async def test_expired_logs_names_the_logs_with_due_entries(log_store: LogStore) -> None:
+    await log_store.append(T1, ALICE, [new("a", 10.0), new("b", 30.0)], BIG)
+    await log_store.append(T1, BOB, [new("x", 20.0)], BIG)
+    await log_store.append(T2, ALICE, [new("y", NEVER)], BIG)
+    assert await log_store.expired_logs(5.0) == []
+    assert set(await log_store.expired_logs(25.0)) == {(T1, ALICE), (T1, BOB)}
+    assert ids(await log_store.drop_expired(T1, ALICE, 25.0)) == ["a"]
+    assert ids(await log_store.drop_expired(T1, BOB, 25.0)) == ["x"]
+    # What is left is still indexed, also for a log that was due on an entry the bound dropped.
+    await log_store.append(T2, BOB, [new("p", 40.0), new("q", 50.0), new("r", 60.0)], 2)
+    assert set(await log_store.expired_logs(45.0)) == {(T1, ALICE), (T2, BOB)}
+    assert ids(await log_store.drop_expired(T1, ALICE, 45.0)) == ["b"]
+    assert await log_store.drop_expired(T2, BOB, 45.0) == []
+    assert set(await log_store.expired_logs(55.0)) == {(T2, BOB)}
+    assert ids(await log_store.drop_expired(T2, BOB, 55.0)) == ["q"]
