@@ -1,0 +1,958 @@
+"""Delivery benchmark: `herald up` against a raw grpc.aio fan-out baseline, on loopback.
+
+    .venv/bin/python bench/delivery.py [--subscribers 1000] [--seconds 10] [--payload 200]
+                                       [--markdown] [--profile-server DIR]
+
+For each system (Herald, then the baseline of bench/baseline.py) it starts the server as a
+subprocess on a free 127.0.0.1 port, starts a load generator in a second process (uvloop), and:
+
+1. opens N subscribers (one HTTP/2 connection each, like N devices) and waits for all of them;
+2. max throughput: senders push `SendBatch` requests (users round-robin) as fast as the server
+   takes them, with at most `--window-per-subscriber` x N notifications sent and not yet received,
+   for `--seconds`; it counts deliveries received per second and reads the server's CPU time
+   (utime + stime from /proc) before and after the window;
+3. latency: sends at half the measured maximum, paced every `--tick-ms`, and computes end-to-end
+   latency per notification (the send time travels in `metadata["t"]`, compared in the same
+   process clock on receipt): p50 / p95 / p99.
+
+Herald subscribers ack every `--ack-interval` seconds (up_to their highest cursor), as an app
+would. The load generator shares the machine's two cores with the server: its CPU is reported too.
+Everything is bounded: fixed phase durations, timeouts, and every subprocess is killed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import gc
+import json
+import multiprocessing
+import os
+import platform
+import random
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import baseline
+import grpc
+from grpc import aio
+
+from herald.v1 import ingest_pb2, notification_pb2, stream_pb2
+from services import auth
+from services.config import AuthSettings
+from services.wire import varint
+
+ROOT = Path(__file__).resolve().parent.parent
+DOC = ROOT / "docs" / "performance.md"
+HERALD = "herald"
+BASELINE = "baseline"
+
+_SUBSCRIBE = "/herald.v1.StreamService/Subscribe"
+_ACK = "/herald.v1.StreamService/Ack"
+_SEND_BATCH = "/herald.v1.IngestService/SendBatch"
+# metadata["t"] as an encoded map entry of Notification field 9, holding 20 decimal digits.
+_T_FIELD = b"\x4a\x19\x0a\x01t\x12\x14"
+_T_DIGITS = 20
+
+
+# -- what one load-generator run is told, and what it answers ----------------------------------
+
+
+@dataclass
+class RunSpec:
+    target: str
+    address: str
+    server_pid: int
+    subscribers: int
+    connections: int
+    seconds: float
+    warmup: float
+    payload: int
+    batch: int
+    senders: int
+    window_per_subscriber: int
+    ack_interval: float
+    tick_ms: float
+    latency_rate: float
+    data_dir: str = ""
+    profile_cmd: list[str] = field(default_factory=list)
+    profile_phase: str = "max"
+    quiet_wait: float = 0.0
+
+
+@dataclass
+class RunResult:
+    target: str
+    notification_bytes: int = 0
+    delivered_per_s: float = 0.0
+    messages_per_s: float = 0.0
+    server_cpu_pct: float = 0.0
+    server_us_per_delivery: float = 0.0
+    loadgen_cpu_pct: float = 0.0
+    # CPU used on the machine by everything but the server and the load generator.
+    other_cpu_pct: float = 0.0
+    sent: int = 0
+    received: int = 0
+    latency_rate: float = 0.0
+    latency_received_per_s: float = 0.0
+    latency_server_cpu_pct: float = 0.0
+    latency_loadgen_cpu_pct: float = 0.0
+    latency_other_cpu_pct: float = 0.0
+    p50_ms: float = 0.0
+    p95_ms: float = 0.0
+    p99_ms: float = 0.0
+    max_ms: float = 0.0
+    redeliveries: int = 0
+    ack_errors: int = 0
+    ack_error_codes: str = ""
+    acks: int = 0
+    ack_p50_ms: float = 0.0
+    ack_p99_ms: float = 0.0
+    server_rss_mib: float = 0.0
+    profile: str = ""
+
+
+# -- fast request building ---------------------------------------------------------------------
+
+
+class BatchBuilder:
+    """Encodes SendBatchRequests by concatenating pre-encoded notifications (one per user).
+
+    Only `metadata["t"]` changes between sends; it has a fixed width, so every notification of a
+    user encodes to the same bytes but for those digits.
+    """
+
+    def __init__(self, users: list[str], payload: int) -> None:
+        self._next = 0
+        self._heads = [self._head(user, payload) for user in users]
+        # The encoded Notification of the first user, without its SendBatchRequest framing.
+        self.notification_bytes = len(self._notification(users[0], payload)) + _T_DIGITS
+
+    @staticmethod
+    def _notification(user: str, payload: int) -> bytes:
+        """The notification without its digits: they follow as the last bytes."""
+        # Payload as Herald counts it: content bytes plus metadata keys and values ("t" + digits).
+        body = max(0, payload - 1 - _T_DIGITS - 7 - 3)
+        content = notification_pb2.Content(title="bench", body="x" * body)
+        prefix = notification_pb2.Notification(
+            target=notification_pb2.Target(user_id=user), content=content
+        ).SerializeToString()
+        return prefix + _T_FIELD
+
+    @classmethod
+    def _head(cls, user: str, payload: int) -> bytes:
+        notification = cls._notification(user, payload)
+        return b"\x0a" + varint(len(notification) + _T_DIGITS) + notification
+
+    def build(self, count: int) -> bytes:
+        """`count` notifications for the next users, round-robin, stamped with the time now."""
+        stamp = b"%020d" % time.monotonic_ns()
+        heads = self._heads
+        total = len(heads)
+        start = self._next
+        self._next = (start + count) % total
+        parts = [heads[(start + i) % total] + stamp for i in range(count)]
+        return b"".join(parts)
+
+
+# -- process CPU -------------------------------------------------------------------------------
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads), from /proc/<pid>/stat."""
+    raw = Path(f"/proc/{pid}/stat").read_text()
+    fields = raw[raw.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds spent busy on all cores of the machine, from /proc/stat."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def proc_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+# -- the load generator (runs in its own process) ----------------------------------------------
+
+
+class LoadGenerator:
+    """Subscribers, ackers and senders against one server."""
+
+    def __init__(self, spec: RunSpec) -> None:
+        self.spec = spec
+        self.users = [f"u{i}" for i in range(spec.subscribers)]
+        self.builder = BatchBuilder(self.users, spec.payload)
+        self.sent = 0
+        self.received = 0
+        self.messages = 0
+        self.redeliveries = 0
+        self.ack_errors = 0
+        self.ack_error_codes: Counter[str] = Counter()
+        self.ack_latencies: list[int] = []
+        self.cursors = [0] * spec.subscribers
+        self.latencies: list[int] | None = None
+        self.latency_from_ns = 0
+        self._started = 0
+        self._all_started = asyncio.Event()
+        self._room = asyncio.Event()
+        self._drained: asyncio.Event | None = None
+        self._window = max(spec.window_per_subscriber * spec.subscribers, 4 * spec.batch)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._calls: list[Any] = []
+        self._channels: list[aio.Channel] = []
+        self._herald = spec.target == HERALD
+        self._tokens: list[str] = []
+        self._send_metadata: tuple[tuple[str, str], ...] = ()
+
+    # subscribers
+
+    def _channel(self) -> aio.Channel:
+        # A local subchannel pool gives every channel its own TCP connection, like a device.
+        channel = aio.insecure_channel(
+            self.spec.address, options=[("grpc.use_local_subchannel_pool", 1)]
+        )
+        self._channels.append(channel)
+        return channel
+
+    def _mint(self) -> None:
+        if not self._herald:
+            return
+        settings = AuthSettings()
+        minter = auth.TokenMinter(auth.load_keys(settings, Path(self.spec.data_dir)), settings)
+        self._tokens = [minter.mint(u, "bench", [auth.SCOPE_SUBSCRIBE]) for u in self.users]
+        service = minter.mint("bench-sender", "bench", [auth.SCOPE_SEND])
+        self._send_metadata = (("authorization", f"Bearer {service}"),)
+
+    async def _subscriber(self, index: int, channel: aio.Channel) -> None:
+        if self._herald:
+            metadata = (("authorization", f"Bearer {self._tokens[index]}"),)
+            method = _SUBSCRIBE
+        else:
+            metadata = ((baseline.USER_KEY, self.users[index]),)
+            method = baseline.SUBSCRIBE
+        subscribe = channel.unary_stream(
+            method,
+            request_serializer=stream_pb2.SubscribeRequest.SerializeToString,
+            response_deserializer=stream_pb2.SubscribeResponse.FromString,
+        )
+        call = subscribe(stream_pb2.SubscribeRequest(device="bench"), metadata=metadata)
+        self._calls.append(call)
+        cursors = self.cursors
+        async for event in call:
+            items = event.deliveries.deliveries
+            count = len(items)
+            if count:
+                self.received += count
+                self.messages += 1
+                cursor = items[count - 1].cursor
+                if cursor > cursors[index]:
+                    cursors[index] = cursor
+                if self.latencies is not None:
+                    self._record(items)
+                if not self._room.is_set() and self.sent - self.received <= self._window // 2:
+                    self._room.set()
+                if self._drained is not None and self.received >= self.sent:
+                    self._drained.set()
+            elif event.HasField("session_started"):
+                self._started += 1
+                if self._started == self.spec.subscribers:
+                    self._all_started.set()
+
+    def _record(self, items: Any) -> None:
+        now = time.monotonic_ns()
+        since = self.latency_from_ns
+        latencies = self.latencies
+        assert latencies is not None
+        for item in items:
+            sent_at = int(item.notification.metadata["t"])
+            if sent_at >= since:
+                latencies.append(now - sent_at)
+            if item.attempt > 1:
+                self.redeliveries += 1
+
+    async def _acker(self, index: int, channel: aio.Channel) -> None:
+        ack = channel.unary_unary(
+            _ACK,
+            request_serializer=stream_pb2.AckRequest.SerializeToString,
+            response_deserializer=stream_pb2.AckResponse.FromString,
+        )
+        metadata = (("authorization", f"Bearer {self._tokens[index]}"),)
+        interval = self.spec.ack_interval
+        acked = 0
+
+        def request(cursor: int) -> stream_pb2.AckRequest:
+            return stream_pb2.AckRequest(up_to=[stream_pb2.LogCursor(log="user", cursor=cursor)])
+
+        await asyncio.sleep(random.uniform(0, interval))
+        while True:
+            cursor = self.cursors[index]
+            if cursor > acked:
+                started = time.monotonic_ns()
+                try:
+                    await ack(request(cursor), metadata=metadata, timeout=10.0)
+                    acked = cursor
+                    self.ack_latencies.append(time.monotonic_ns() - started)
+                except aio.AioRpcError as exc:
+                    self.ack_errors += 1
+                    self.ack_error_codes[exc.code().name] += 1
+            await asyncio.sleep(interval)
+
+    async def connect(self) -> None:
+        self._mint()
+        spec = self.spec
+        connections = spec.connections or spec.subscribers
+        channels = [self._channel() for _ in range(connections)]
+        for i in range(spec.subscribers):
+            channel = channels[i % connections]
+            self._spawn(self._subscriber(i, channel))
+            if self._herald and spec.ack_interval > 0:
+                self._spawn(self._acker(i, channel))
+            if i % 100 == 99:
+                await asyncio.sleep(0.01)  # let connections come up in waves
+        try:
+            await asyncio.wait_for(self._all_started.wait(), timeout=30 + spec.subscribers / 20)
+        except TimeoutError:
+            raise RuntimeError(
+                f"only {self._started} of {spec.subscribers} subscribers started"
+            ) from None
+
+    def _spawn(self, coro: Any) -> None:
+        self._tasks.append(asyncio.ensure_future(coro))
+
+    # senders
+
+    def _send_stub(self) -> Callable[..., Any]:
+        channel = self._channel()
+        method = _SEND_BATCH if self._herald else baseline.PUBLISH
+        return channel.unary_unary(method)  # bytes in, bytes out: requests are pre-encoded
+
+    async def _send(self, send: Callable[..., Any], count: int) -> None:
+        body = self.builder.build(count)
+        self.sent += count
+        answer = await send(body, metadata=self._send_metadata, timeout=30.0)
+        if self._herald:
+            results = ingest_pb2.SendBatchResponse.FromString(answer).results
+            refused = [r.error.message for r in results if r.HasField("error")]
+            if refused:
+                raise RuntimeError(f"{len(refused)} notifications refused: {refused[0]}")
+
+    async def saturate(self, seconds: float) -> None:
+        """Sends as fast as the server answers, keeping the in-flight window bounded."""
+        send = self._send_stub()
+        deadline = time.monotonic() + seconds
+
+        async def sender() -> None:
+            while time.monotonic() < deadline:
+                if self.sent - self.received + self.spec.batch > self._window:
+                    self._room.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._room.wait(), deadline - time.monotonic())
+                    continue
+                await self._send(send, self.spec.batch)
+
+        await asyncio.gather(*(sender() for _ in range(self.spec.senders)))
+
+    async def paced(self, rate: float, seconds: float) -> None:
+        """Sends `rate` notifications per second, a batch per tick, not waiting for answers."""
+        send = self._send_stub()
+        tick = self.spec.tick_ms / 1000
+        start = time.monotonic()
+        sent_here = 0
+        pending: set[asyncio.Task[None]] = set()
+        while (now := time.monotonic()) < start + seconds:
+            due = int(rate * (now - start)) - sent_here
+            while due > 0:
+                count = min(due, self.spec.batch)
+                task = asyncio.ensure_future(self._send(send, count))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+                sent_here += count
+                due -= count
+            await asyncio.sleep(tick)
+        if pending:
+            await asyncio.gather(*pending)
+
+    async def drain(self, limit_s: float) -> None:
+        """Waits until everything sent was received, at most `limit_s`."""
+        if self.received >= self.sent:
+            return
+        self._drained = asyncio.Event()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._drained.wait(), limit_s)
+        self._drained = None
+
+    async def close(self) -> None:
+        for call in self._calls:
+            call.cancel()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*(c.close(grace=None) for c in self._channels), return_exceptions=True)
+
+
+class Window:
+    """CPU used during a measured window: by the server, the load generator and the rest."""
+
+    def __init__(self, server_pid: int) -> None:
+        self._pid = server_pid
+        self._server = proc_cpu_seconds(server_pid)
+        self._own = time.process_time()
+        self._busy = machine_busy_seconds()
+        self._start = time.monotonic()
+
+    def close(self) -> tuple[float, float, float, float]:
+        """Elapsed seconds, then server, load-generator and other CPU in % of one core."""
+        elapsed = time.monotonic() - self._start
+        server = proc_cpu_seconds(self._pid) - self._server
+        own = time.process_time() - self._own
+        other = max(0.0, machine_busy_seconds() - self._busy - server - own)
+        return elapsed, 100 * server / elapsed, 100 * own / elapsed, 100 * other / elapsed
+
+
+def percentile(ordered: list[int], q: float) -> float:
+    """The q-quantile of sorted nanoseconds, in milliseconds."""
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] / 1e6
+
+
+async def run_load(spec: RunSpec) -> RunResult:
+    result = RunResult(spec.target)
+    load = LoadGenerator(spec)
+    result.notification_bytes = load.builder.notification_bytes
+    try:
+        await load.connect()
+        await load.saturate(spec.warmup)
+        await load.drain(5.0)
+        # The load generator's own collector pauses would show up as server latency.
+        gc.collect()
+        gc.disable()
+
+        # Phase 1: maximum throughput.
+        await asyncio.to_thread(wait_for_quiet, spec.quiet_wait, spec.server_pid)
+        profiler = _profiler(spec, "max")
+        received, messages = load.received, load.messages
+        window = Window(spec.server_pid)
+        await load.saturate(spec.seconds)
+        elapsed, result.server_cpu_pct, result.loadgen_cpu_pct, result.other_cpu_pct = (
+            window.close()
+        )
+        delivered = load.received - received
+        result.delivered_per_s = delivered / elapsed
+        result.messages_per_s = (load.messages - messages) / elapsed
+        result.server_us_per_delivery = result.server_cpu_pct * 1e4 / max(result.delivered_per_s, 1)
+        await _profiled(profiler, spec)
+        await load.drain(10.0)
+
+        # Phase 2: latency at half the maximum (or the rate given).
+        gc.collect()
+        await asyncio.to_thread(wait_for_quiet, spec.quiet_wait, spec.server_pid)
+        result.latency_rate = spec.latency_rate or result.delivered_per_s / 2
+        received = load.received
+        load.latencies = []
+        load.latency_from_ns = time.monotonic_ns() + int(1e9 * min(1.0, spec.seconds / 5))
+        window = Window(spec.server_pid)
+        profiler = _profiler(spec, "latency")
+        await load.paced(result.latency_rate, spec.seconds)
+        elapsed, result.latency_server_cpu_pct, result.latency_loadgen_cpu_pct, other = (
+            window.close()
+        )
+        result.latency_other_cpu_pct = other
+        await _profiled(profiler, spec)
+        result.latency_received_per_s = (load.received - received) / elapsed
+        await load.drain(5.0)
+        samples = sorted(load.latencies)
+        if samples:
+            result.p50_ms, result.p95_ms = percentile(samples, 0.50), percentile(samples, 0.95)
+            result.p99_ms, result.max_ms = percentile(samples, 0.99), samples[-1] / 1e6
+        result.sent, result.received = load.sent, load.received
+        result.redeliveries, result.ack_errors = load.redeliveries, load.ack_errors
+        acks = sorted(load.ack_latencies)
+        if acks:
+            result.acks = len(acks)
+            result.ack_p50_ms, result.ack_p99_ms = percentile(acks, 0.5), percentile(acks, 0.99)
+        result.ack_error_codes = ", ".join(f"{k} {v}" for k, v in load.ack_error_codes.items())
+        result.server_rss_mib = proc_rss_mib(spec.server_pid)
+    finally:
+        gc.enable()
+        await load.close()
+    return result
+
+
+def _profiler(spec: RunSpec, phase: str) -> subprocess.Popen[bytes] | None:
+    if not spec.profile_cmd or spec.profile_phase != phase:
+        return None
+    return subprocess.Popen(spec.profile_cmd)  # noqa: S603 - our own py-spy command line
+
+
+async def _profiled(profiler: subprocess.Popen[bytes] | None, spec: RunSpec) -> None:
+    if profiler is not None:
+        await asyncio.to_thread(profiler.wait, spec.seconds + 30)
+
+
+def _load_process(spec: RunSpec, answer: Connection) -> None:
+    """Entry point of the load-generator process: runs `run_load` on uvloop, answers a dict."""
+    try:
+        import uvloop
+
+        loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
+    except ImportError:  # pragma: no cover - uvloop is not available on Windows
+        loop_factory = None
+    try:
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            answer.send(("ok", asdict(runner.run(run_load(spec)))))
+    except BaseException:
+        answer.send(("error", traceback.format_exc()))
+
+
+# -- servers -----------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_server(
+    target: str, port: int, data_dir: Path, log_path: Path, *, acks: bool
+) -> subprocess.Popen[bytes]:
+    if target == HERALD:
+        herald = Path(sys.executable).with_name("herald")
+        command = [str(herald), "up"]
+        if not herald.exists():
+            command = [sys.executable, "-m", "services", "up"]
+    else:
+        command = [sys.executable, str(Path(baseline.__file__).resolve()), "--port", str(port)]
+    env = {
+        **os.environ,
+        "HERALD_HOST": "127.0.0.1",
+        "HERALD_PORT": str(port),
+        "HERALD_AUTH_MODE": "dev",
+        "XDG_DATA_HOME": str(data_dir.parent),
+    }
+    if not acks:
+        # Subscribers that never ack would get everything again after the ack timeout.
+        env["HERALD_DELIVERY_ACK_TIMEOUT_S"] = "3600"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)  # noqa: S603
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{target} exited with {process.returncode}: {log_path.read_text()}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return process
+        time.sleep(0.1)
+    stop_server(process)
+    raise RuntimeError(f"{target} did not listen on port {port} within 20 s")
+
+
+def stop_server(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+
+
+def wait_for_quiet(limit_s: float, server_pid: int = 0, busy_pct: float = 25.0) -> float:
+    """Waits (at most `limit_s`) until programs other than ours use at most `busy_pct` of a core.
+
+    Returns the share measured last: other programs on a 2-core machine change every number this
+    benchmark reports.
+    """
+    deadline = time.monotonic() + limit_s
+    while True:
+        started = time.monotonic()
+        busy0, own0 = machine_busy_seconds(), time.process_time()
+        server0 = proc_cpu_seconds(server_pid) if server_pid else 0.0
+        time.sleep(1.0)
+        ours = time.process_time() - own0
+        if server_pid:
+            ours += proc_cpu_seconds(server_pid) - server0
+        elapsed = time.monotonic() - started
+        busy = 100 * (machine_busy_seconds() - busy0 - ours) / elapsed
+        if busy <= busy_pct or time.monotonic() >= deadline:
+            return busy
+        print(f"  other programs use {busy:.0f}% of a core; waiting ...", flush=True)
+
+
+def run_target(target: str, args: argparse.Namespace, workdir: Path, rate: float) -> RunResult:
+    """Starts the server, runs the load generator in its own process, stops both."""
+    data_dir = workdir / target / "herald"
+    data_dir.mkdir(parents=True)
+    if target == HERALD:
+        auth.load_keys(AuthSettings(), data_dir)  # creates the dev key the server will read
+    port = free_port()
+    server = start_server(
+        target, port, data_dir, workdir / f"{target}.log", acks=args.ack_interval > 0
+    )
+    context = multiprocessing.get_context("spawn")
+    receive, answer = context.Pipe(duplex=False)
+    profile_cmd: list[str] = []
+    if args.profile_server:
+        out = Path(args.profile_server) / f"{target}-{args.subscribers}-{args.profile_phase}.txt"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        profile_cmd = [args.py_spy, "record", "--pid", str(server.pid), "--duration"]
+        profile_cmd += [str(int(args.seconds)), "--rate", "250", "--format", "raw"]
+        profile_cmd += ["--nonblocking", "--output", str(out)]
+    spec = RunSpec(
+        target=target,
+        address=f"127.0.0.1:{port}",
+        server_pid=server.pid,
+        subscribers=args.subscribers,
+        connections=args.connections,
+        seconds=args.seconds,
+        warmup=args.warmup,
+        payload=args.payload,
+        batch=args.batch,
+        senders=args.senders,
+        window_per_subscriber=args.window_per_subscriber,
+        ack_interval=args.ack_interval,
+        tick_ms=args.tick_ms,
+        latency_rate=rate,
+        data_dir=str(data_dir),
+        profile_cmd=profile_cmd,
+        profile_phase=args.profile_phase,
+        quiet_wait=args.quiet_wait,
+    )
+    load = context.Process(target=_load_process, args=(spec, answer), name=f"load-{target}")
+    try:
+        load.start()
+        answer.close()
+        budget = 120 + args.subscribers / 10 + 3 * args.seconds + args.warmup + 2 * args.quiet_wait
+        if not receive.poll(budget):
+            raise RuntimeError(f"the load generator for {target} did not finish in {budget:.0f} s")
+        status, value = receive.recv()
+        if status != "ok":
+            raise RuntimeError(f"the load generator for {target} failed:\n{value}")
+        result = RunResult(**value)
+        if profile_cmd:
+            result.profile = profile_cmd[-1]
+        return result
+    finally:
+        if load.is_alive():
+            load.join(timeout=20)
+        if load.is_alive():
+            load.kill()
+            load.join(timeout=5)
+        stop_server(server)
+
+
+# -- profiles ----------------------------------------------------------------------------------
+
+
+def summarize_profile(path: Path, top: int = 20) -> str:
+    """Self and inclusive sample shares per function, from py-spy's raw (collapsed) output.
+
+    Time spent in C (grpc's Cython layer and core, uvloop) counts as self time of the Python
+    frame that called it: `DeliveryCore.run` at its `await write(...)` line is the stream write.
+    """
+    own: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        total += count
+        frames = stack.split(";")
+        own[_frame_name(frames[-1], line_too=True)] += count
+        for name in {_frame_name(f) for f in frames}:
+            inclusive[name] += count
+    if not total:
+        return "no samples"
+    lines = [f"{total} samples; self time (with the line):"]
+    lines += [f"  {100 * n / total:5.1f}%  {name}" for name, n in own.most_common(top)]
+    lines.append("inclusive, Herald's own functions:")
+    ours = [
+        (k, v)
+        for k, v in inclusive.most_common()
+        if k.endswith(_HERALD_FILES) and v < total / 2  # above half: the entry point's frames
+    ]
+    lines += [f"  {100 * n / total:5.1f}%  {name}" for name, n in ours[:top]]
+    return "\n".join(lines)
+
+
+_HERALD_FILES = tuple(f"{p.parent.name}/{p.name})" for p in (ROOT / "services").rglob("*.py"))
+
+
+def _frame_name(frame: str, *, line_too: bool = False) -> str:
+    """'func (path/to/stream/delivery.py:283)' -> 'func (stream/delivery.py)'."""
+    name, _, where = frame.partition(" (")
+    where, _, line = where.rstrip(")").rpartition(":")
+    where = "/".join(where.split("/")[-2:])
+    return f"{name} ({where}:{line})" if line_too else f"{name} ({where})"
+
+
+# -- report ------------------------------------------------------------------------------------
+
+
+def table(results: list[RunResult]) -> list[str]:
+    rows = [
+        "| system | delivered/s | stream msgs/s | server CPU | server CPU per delivery "
+        "| load-gen CPU | other CPU | latency at rate | p50 | p95 | p99 |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    rows += [
+        f"| {r.target} | {r.delivered_per_s:,.0f} | {r.messages_per_s:,.0f} "
+        f"| {r.server_cpu_pct:.0f}% | {r.server_us_per_delivery:.1f} µs "
+        f"| {r.loadgen_cpu_pct:.0f}% | {r.other_cpu_pct:.0f}% | {r.latency_rate:,.0f}/s "
+        f"| {r.p50_ms:.1f} ms | {r.p95_ms:.1f} ms | {r.p99_ms:.1f} ms |"
+        for r in results
+    ]
+    return rows
+
+
+def verdicts(results: list[RunResult]) -> list[str]:
+    by = {r.target: r for r in results}
+    lines = []
+    herald = by.get(HERALD)
+    if herald and BASELINE in by and by[BASELINE].delivered_per_s:
+        ratio = herald.delivered_per_s / by[BASELINE].delivered_per_s
+        met = "met" if ratio >= 0.8 else "NOT met"
+        lines.append(f"- Herald / baseline delivered/s: **{ratio:.2f}** (target >= 0.8: {met})")
+    disturbed = [r.target for r in results if max(r.other_cpu_pct, r.latency_other_cpu_pct) > 25]
+    if disturbed:
+        lines.append(
+            f"- WARNING: other programs used over 25% of a core while measuring {disturbed}: "
+            "those numbers are low; run again on a quiet machine"
+        )
+    if herald:
+        met = "met" if herald.p99_ms < 50 else "NOT met"
+        lines.append(
+            f"- Herald p99 at half its maximum ({herald.latency_rate:,.0f}/s): "
+            f"**{herald.p99_ms:.1f} ms** (target < 50 ms: {met})"
+        )
+    lines += [_details(r) for r in results]
+    return lines
+
+
+def _details(r: RunResult) -> str:
+    per_delivery = r.latency_server_cpu_pct * 1e4 / max(r.latency_received_per_s, 1)
+    acks = "no acks"
+    if r.acks or r.ack_errors:
+        acks = f"{r.acks:,} acks (round trip p50 {r.ack_p50_ms:.0f} ms, p99 {r.ack_p99_ms:.0f} ms)"
+        if r.ack_errors:
+            acks += f", {r.ack_errors} failed ({r.ack_error_codes})"
+    return (
+        f"- {r.target}: latency phase {r.latency_received_per_s:,.0f}/s received, server CPU "
+        f"{r.latency_server_cpu_pct:.0f}% ({per_delivery:.0f} µs per delivery), load-gen CPU "
+        f"{r.latency_loadgen_cpu_pct:.0f}%, other CPU {r.latency_other_cpu_pct:.0f}%, max "
+        f"{r.max_ms:.1f} ms; {acks}; {r.sent:,} sent, {r.received:,} received in all "
+        f"({r.received - r.sent:,} duplicates, {r.redeliveries} of them in the latency phase); "
+        f"notification {r.notification_bytes} B as sent; server RSS {r.server_rss_mib:.0f} MiB "
+        "at the end"
+    )
+
+
+def environment() -> str:
+    cpu = "unknown CPU"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    try:
+        import uvloop
+
+        loop = f"uvloop {uvloop.__version__}"
+    except ImportError:  # pragma: no cover
+        loop = "asyncio"
+    return (
+        f"{os.cpu_count()} cores ({cpu}), Linux {platform.release()}, "
+        f"Python {platform.python_version()}, grpcio {grpc.__version__}, {loop}"
+    )
+
+
+def code_version(label: str) -> str:
+    """Which Herald was measured: the label given, or the git state of the imported `services`."""
+    if label:
+        return label
+    checkout = Path(auth.__file__).resolve().parents[1]
+    try:
+        described = subprocess.run(  # noqa: S603 - fixed git command line
+            ["git", "-C", str(checkout), "describe", "--always", "--dirty"],  # noqa: S607
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return f"services from {checkout}"
+    return f"commit {described}"
+
+
+def command_line() -> str:
+    python = Path(sys.executable)
+    with contextlib.suppress(ValueError):
+        python = python.relative_to(Path.cwd())
+    script = Path(sys.argv[0])
+    with contextlib.suppress(ValueError):
+        script = script.resolve().relative_to(Path.cwd())
+    words = [str(python), str(script), *sys.argv[1:]]
+    if os.environ.get("PYTHONPATH"):  # another checkout was measured (see bench/README.md)
+        words.insert(0, f"PYTHONPATH={os.environ['PYTHONPATH']}")
+    return shlex.join(words)
+
+
+def markdown_section(args: argparse.Namespace, results: list[RunResult]) -> str:
+    today = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    acks = f"every {args.ack_interval:g} s" if args.ack_interval > 0 else "off"
+    lines = [
+        _marker(args, "start"),
+        f"### {args.subscribers:,} subscribers, acks {acks}",
+        "",
+        f"Command: `{command_line()}`  ",
+        f"Run: {today}; {environment()}; Herald {code_version(args.code_label)}.  ",
+        f"Settings: {args.seconds:g} s per phase, payload {args.payload} B, batches of "
+        f"{args.batch}, {args.senders} concurrent senders, in-flight window "
+        f"{args.window_per_subscriber} per subscriber, acks {acks}, "
+        f"pacing tick {args.tick_ms:g} ms.",
+        "",
+        *table(results),
+        "",
+        *verdicts(results),
+        _marker(args, "end"),
+    ]
+    return "\n".join(lines)
+
+
+def _marker(args: argparse.Namespace, edge: str) -> str:
+    return (
+        f"<!-- bench:delivery subscribers={args.subscribers} "
+        f"ack-interval={args.ack_interval:g} {edge} -->"
+    )
+
+
+def write_markdown(args: argparse.Namespace, results: list[RunResult]) -> None:
+    section = markdown_section(args, results)
+    text = DOC.read_text() if DOC.exists() else "# Performance\n\n## Results\n"
+    start, end = _marker(args, "start"), _marker(args, "end")
+    if start in text and end in text:
+        before, rest = text.split(start, 1)
+        text = before + section + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    DOC.parent.mkdir(parents=True, exist_ok=True)
+    DOC.write_text(text)
+    print(f"wrote {DOC.relative_to(ROOT)}")
+
+
+# -- entry point -------------------------------------------------------------------------------
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--subscribers", type=int, default=1000)
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of each phase")
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds of load before phase 1")
+    parser.add_argument("--payload", type=int, default=200, help="content + metadata bytes")
+    parser.add_argument("--batch", type=int, default=250, help="notifications per SendBatch")
+    parser.add_argument("--senders", type=int, default=4, help="concurrent SendBatch calls")
+    parser.add_argument(
+        "--window-per-subscriber",
+        type=int,
+        default=32,
+        help="notifications sent and not yet received, per subscriber, in phase 1",
+    )
+    parser.add_argument(
+        "--connections", type=int, default=0, help="HTTP/2 connections (0: one per subscriber)"
+    )
+    parser.add_argument("--ack-interval", type=float, default=1.0, help="0 disables acks")
+    parser.add_argument("--tick-ms", type=float, default=5.0, help="pacing tick in phase 2")
+    parser.add_argument(
+        "--latency-rate", type=float, default=0.0, help="phase 2 rate (0: half the measured max)"
+    )
+    parser.add_argument(
+        "--targets", default=f"{HERALD},{BASELINE}", help="comma-separated: herald, baseline"
+    )
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=120.0,
+        help="seconds to wait for other programs to go idle before each system (0: do not)",
+    )
+    parser.add_argument(
+        "--markdown", action="store_true", help=f"write the results into {DOC.relative_to(ROOT)}"
+    )
+    parser.add_argument(
+        "--profile-server",
+        metavar="DIR",
+        help="record each server with py-spy into DIR (its sampling skews the numbers)",
+    )
+    parser.add_argument("--json", metavar="PATH", help="also write the raw results as JSON")
+    parser.add_argument(
+        "--code-label", default="", help="what code is measured (default: git describe)"
+    )
+    parser.add_argument(
+        "--profile-phase", choices=["max", "latency"], default="max", help="the phase to profile"
+    )
+    parser.add_argument(
+        "--py-spy", default=shutil.which("py-spy") or "py-spy", help="the py-spy executable"
+    )
+    args = parser.parse_args()
+    args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    unknown = set(args.targets) - {HERALD, BASELINE}
+    if unknown:
+        parser.error(f"unknown targets: {sorted(unknown)}")
+    return args
+
+
+def main() -> int:
+    args = parse_args()
+    print(f"{environment()}; Herald {code_version(args.code_label)}\n{command_line()}", flush=True)
+    results: list[RunResult] = []
+    failed = False
+    with tempfile.TemporaryDirectory(prefix="herald-bench-") as tmp:
+        for target in args.targets:
+            busy = wait_for_quiet(args.quiet_wait)
+            print(
+                f"running {target} with {args.subscribers} subscribers "
+                f"(other programs use {busy:.0f}% of a core) ...",
+                flush=True,
+            )
+            try:
+                results.append(run_target(target, args, Path(tmp), args.latency_rate))
+            except RuntimeError as exc:
+                print(f"{target} failed: {exc}", file=sys.stderr)
+                failed = True
+    print()
+    print("\n".join(table(results)))
+    print("\n".join(verdicts(results)))
+    for r in results:
+        if r.profile:
+            print(f"\nprofile of {r.target}, {args.profile_phase} phase ({r.profile}):")
+            print(summarize_profile(Path(r.profile)))
+    if args.json:
+        Path(args.json).write_text(json.dumps([asdict(r) for r in results], indent=2) + "\n")
+    if args.markdown and not failed:
+        write_markdown(args, results)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
