@@ -1,6 +1,7 @@
 """The `herald` command: run the services, mint dev tokens, send and tail notifications.
 
-Every flag can also be set by an environment variable (shown in `--help`).
+Server settings come from `HERALD_*` variables (services/config.py); the client commands' address,
+tenant and token flags default to `HERALD_ADDRESS`, `HERALD_TENANT` and `HERALD_TOKEN`.
 """
 
 from __future__ import annotations
