@@ -5,8 +5,8 @@ This module is the one place that turns herald.v1 messages into plain values and
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import Enum
+from typing import NamedTuple
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -23,9 +23,11 @@ class TargetKind(Enum):
     BROADCAST = "broadcast"
 
 
-@dataclass(frozen=True, slots=True)
-class Accepted:
-    """A validated notification, fully resolved, ready to append to its logs."""
+class Accepted(NamedTuple):
+    """A validated notification, fully resolved, ready to append to its logs.
+
+    A NamedTuple rather than a frozen dataclass: one is built per notification at ingest, and a
+    frozen dataclass's __init__ costs a `object.__setattr__` call per field."""
 
     notification_id: str
     tenant: str
@@ -87,11 +89,16 @@ def seconds(ts: Timestamp) -> float:
 def timestamp(value: float) -> Timestamp:
     """A Timestamp for epoch seconds (an empty one for 0)."""
     ts = Timestamp()
+    set_timestamp(ts, value)
+    return ts
+
+
+def set_timestamp(ts: Timestamp, value: float) -> None:
+    """Sets a Timestamp field in place to epoch seconds (no temporary message to copy from)."""
     if value:
         whole = int(value)
         ts.seconds = whole
         ts.nanos = round((value - whole) * 1e9) % 1_000_000_000
-    return ts
 
 
 def status_to_proto(record: NotificationRecord) -> ingest_pb2.GetStatusResponse:

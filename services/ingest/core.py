@@ -15,7 +15,7 @@ from services.errors import FailedPrecondition, HeraldError, InvalidArgument, No
 from services.ingest.idempotency import IdempotencyStore
 from services.ingest.rendering import pick_locale, render
 from services.ingest.validation import check_payload_size, validate
-from services.model import Accepted, accepted_from_proto, timestamp
+from services.model import Accepted, accepted_from_proto, set_timestamp
 from services.ports import DeliveryPort, TemplatePort
 from services.stream.status import NotificationRecord
 
@@ -24,7 +24,14 @@ log = logging.getLogger(__name__)
 
 def new_notification_id() -> str:
     """32 hex digits: 48 bits of milliseconds then 80 random bits, so ids sort by time."""
-    return f"{int(time.time() * 1000):012x}{os.urandom(10).hex()}"
+    return new_notification_ids(1)[0]
+
+
+def new_notification_ids(count: int) -> list[str]:
+    """`count` ids as `new_notification_id` makes them, with one call for the randomness."""
+    millis = f"{int(time.time() * 1000):012x}"
+    random_hex = os.urandom(10 * count).hex()
+    return [millis + random_hex[i : i + 20] for i in range(0, 20 * count, 20)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +81,7 @@ class IngestCore:
         now = self._clock.now()
         outcomes: list[SendOutcome | HeraldError] = []
         accepted: list[tuple[int, Accepted, str]] = []
+        ids = new_notification_ids(len(notifications))
         for index, notification in enumerate(notifications):
             try:
                 validate(notification, tenant, self._settings)
@@ -83,7 +91,7 @@ class IngestCore:
                 metrics.REJECTED.labels(type(exc).__name__).inc()
                 outcomes.append(exc)
                 continue
-            notification_id = new_notification_id()
+            notification_id = ids[index]
             key = notification.idempotency_key
             if key:
                 original = await self._idempotency.reserve(
@@ -153,8 +161,8 @@ class IngestCore:
         completed.ttl_seconds = ttl
         if completed.priority == notification_pb2.PRIORITY_UNSPECIFIED:
             completed.priority = notification_pb2.PRIORITY_NORMAL
-        completed.created_at.CopyFrom(timestamp(now))
-        completed.expires_at.CopyFrom(timestamp(now + ttl))
+        set_timestamp(completed.created_at, now)
+        set_timestamp(completed.expires_at, now + ttl)
         return completed
 
     async def status(self, tenant: str, notification_id: str) -> NotificationRecord:

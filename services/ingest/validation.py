@@ -67,11 +67,10 @@ def check_payload_size(
     notification: notification_pb2.Notification, settings: IngestSettings
 ) -> None:
     """The payload (content, template variables, metadata) must fit the limit."""
-    size = (
-        notification.content.ByteSize()
-        + notification.template.ByteSize()
-        + sum(len(k) + len(v) for k, v in notification.metadata.items())
-    )
+    size = notification.content.ByteSize() + notification.template.ByteSize()
+    metadata = notification.metadata
+    if metadata:
+        size += sum(map(len, metadata)) + sum(map(len, metadata.values()))
     if size > settings.max_payload_bytes:
         raise InvalidArgument(
             f"the payload is {size} bytes; the limit is {settings.max_payload_bytes} bytes "

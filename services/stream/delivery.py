@@ -104,13 +104,17 @@ class DeliveryCore:
         now = self._clock.now()
         by_log: dict[tuple[str, str], list[NewEntry]] = {}
         counts: list[int] = []
+        records: list[NotificationRecord] = []
+        queued = State.QUEUED
         for n in notifications:
-            recipients = {
-                u: RecipientRecord(u, State.QUEUED, now, queued_at=now) for u in n.user_ids
-            }
-            await self._status.create(
+            records.append(
                 NotificationRecord(
-                    n.notification_id, n.tenant, n.target, n.created_at, n.expires_at, recipients
+                    n.notification_id,
+                    n.tenant,
+                    n.target,
+                    n.created_at,
+                    n.expires_at,
+                    {u: RecipientRecord(u, queued, now, queued_at=now) for u in n.user_ids},
                 )
             )
             entry = NewEntry(
@@ -129,6 +133,7 @@ class DeliveryCore:
             for key in keys:
                 by_log.setdefault((n.tenant, key), []).append(entry)
             counts.append(len(n.user_ids))
+        await self._status.create(records)
         for (tenant, key), items in by_log.items():
             limit = (
                 self._settings.inbox_limit

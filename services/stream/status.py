@@ -7,9 +7,10 @@ connect; an EXPIRED one never changes again).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 
 class State(IntEnum):
@@ -57,8 +58,10 @@ class NotificationRecord:
     recipients: dict[str, RecipientRecord] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
-class Transition:
+class Transition(NamedTuple):
+    """A requested change of one recipient's state (a NamedTuple: several are built per
+    delivery, and a frozen dataclass costs a call per field to build)."""
+
     notification_id: str
     user_id: str
     state: State
@@ -68,8 +71,9 @@ class Transition:
 class StatusStore(Protocol):
     """Per-notification, per-recipient delivery state."""
 
-    async def create(self, record: NotificationRecord) -> None:
-        """Stores a new notification with its initial recipients."""
+    async def create(self, records: Sequence[NotificationRecord]) -> None:
+        """Stores new notifications with their initial recipients (a record already stored
+        under the same tenant and id is kept as it is)."""
         ...
 
     async def apply(self, tenant: str, transitions: list[Transition], at: float) -> None:

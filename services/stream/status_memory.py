@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 from services.stream.status import ALLOWED, NotificationRecord, RecipientRecord, State, Transition
 
@@ -11,8 +12,10 @@ class MemoryStatusStore:
     def __init__(self) -> None:
         self._records: dict[tuple[str, str], NotificationRecord] = {}
 
-    async def create(self, record: NotificationRecord) -> None:
-        self._records.setdefault((record.tenant, record.notification_id), record)
+    async def create(self, records: Sequence[NotificationRecord]) -> None:
+        stored = self._records
+        for record in records:
+            stored.setdefault((record.tenant, record.notification_id), record)
 
     async def apply(self, tenant: str, transitions: list[Transition], at: float) -> None:
         for transition in transitions:
