@@ -2,11 +2,17 @@
 
     async with HeraldClient("127.0.0.1:50051", token=user_token) as client:
         async for received in client.subscribe(channels=["news"]):
-            print(received.notification.content.title)   # acked automatically after this
+            print(received.notification.content.title)   # acked in the background after this
 
 A subscription reconnects on its own (exponential backoff with full jitter), resumes every log
 from the last `resume_cursor` it saw, and drops duplicates by notification id, so the loop body
-sees each notification once even though delivery is at-least-once. With `auto_ack=False`, call
+sees each notification once even though delivery is at-least-once.
+
+With `auto_ack` (the default), what the loop body has handled is acked in the background: every
+`ack_interval` seconds (default 1 s), one `Ack` with `up_to` the subscription's resume cursors,
+and once more when the stream ends. A whole batch counts as handled once the loop body has had
+each of its notifications, so a notification is never acked before the app saw it, and acking
+costs one small RPC per interval however many notifications arrive. With `auto_ack=False`, call
 `received.ack()` (or `client.ack`) when the app has handled it; unacked notifications come back
 after the server's ack timeout and on the next connect.
 """
@@ -14,6 +20,8 @@ after the server's ack timeout and on the next connect.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import random
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -30,6 +38,8 @@ from herald.v1 import (
     stream_pb2,
     stream_pb2_grpc,
 )
+
+log = logging.getLogger(__name__)
 
 # Errors that reconnecting cannot fix: they are raised to the caller.
 FATAL_CODES = frozenset(
@@ -152,18 +162,22 @@ class HeraldClient:
         cursors: dict[str, int] | None = None,
         device: str = "python",
         auto_ack: bool = True,
+        ack_interval: float = 1.0,
         reconnect: bool = True,
         backoff: Backoff | None = None,
         dedupe_window: int = 10_000,
         rng: random.Random | None = None,
         on_connect: Callable[[stream_pb2.SessionStarted], None] | None = None,
     ) -> Subscription:
+        if ack_interval <= 0:
+            raise ValueError("ack_interval must be positive")
         return Subscription(
             self,
             channels=tuple(channels),
             cursors=dict(cursors or {}),
             device=device,
             auto_ack=auto_ack,
+            ack_interval=ack_interval,
             reconnect=reconnect,
             backoff=backoff or Backoff(),
             dedupe_window=dedupe_window,
@@ -191,6 +205,7 @@ class Subscription:
         cursors: dict[str, int],
         device: str,
         auto_ack: bool,
+        ack_interval: float,
         reconnect: bool,
         backoff: Backoff,
         dedupe_window: int,
@@ -203,6 +218,9 @@ class Subscription:
         self.cursors = cursors
         self._device = device
         self._auto_ack = auto_ack
+        self._ack_interval = ack_interval
+        # Auto-ack: cursors the app has handled past since the last Ack was sent.
+        self._ack_due = False
         self._reconnect = reconnect
         self._backoff = backoff
         self._seen: OrderedDict[str, None] = OrderedDict()
@@ -232,9 +250,44 @@ class Subscription:
             device=self._device,
         )
 
+    async def flush_acks(self) -> None:
+        """Auto-ack: acks now what the app has handled, instead of at the next interval.
+
+        A failed Ack is logged and tried again at the next interval: acks are idempotent, and
+        what stays unacked is redelivered by the server and dropped here as a duplicate.
+        """
+        if not self._ack_due:
+            return
+        self._ack_due = False
+        handled = dict(self.cursors)
+        try:
+            await self._client.ack(up_to=handled)
+        except aio.AioRpcError as exc:
+            self._ack_due = True
+            log.info("ack failed; retrying at the next interval", extra={"code": exc.code().name})
+
+    async def _ack_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._ack_interval)
+            await self.flush_acks()
+
     async def _run(self) -> AsyncIterator[Received]:
+        acker = asyncio.create_task(self._ack_loop()) if self._auto_ack else None
+        try:
+            async for received in self._deliveries():
+                yield received
+        finally:
+            if acker is not None:
+                acker.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await acker
+                # The last acks, best effort: what stays unacked is simply redelivered.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(2.0):
+                        await self.flush_acks()
+
+    async def _deliveries(self) -> AsyncIterator[Received]:
         failures = 0
-        pending_acks: list[str] = []
         while True:
             retry_after = 0.0
             self._call = call = self._client.open_stream(self._request())
@@ -246,8 +299,6 @@ class Subscription:
                         for delivery in batch:
                             notification_id = delivery.notification.id
                             if notification_id in self._seen:
-                                if self._auto_ack:
-                                    pending_acks.append(notification_id)
                                 continue
                             self._remember(notification_id)
                             yield Received(
@@ -257,17 +308,14 @@ class Subscription:
                                 delivery.attempt,
                                 self._client,
                             )
-                            if self._auto_ack:
-                                pending_acks.append(notification_id)
                         # A resume cursor covers its whole batch: advance only once the app
-                        # has had every delivery of it.
+                        # has had every delivery of it. Everything at or below it was written
+                        # to this subscription, so with auto-ack it is what `up_to` acks.
                         for delivery in batch:
                             self.cursors[delivery.log] = max(
                                 self.cursors.get(delivery.log, 0), delivery.resume_cursor
                             )
-                        if pending_acks:
-                            await self._client.ack(notification_ids=pending_acks)
-                            pending_acks = []
+                        self._ack_due = True
                     elif kind == "session_started":
                         self.session_id = event.session_started.session_id
                         self.connects += 1
@@ -296,6 +344,8 @@ class Subscription:
                 call.cancel()
             if not self._reconnect:
                 return
+            if self._auto_ack:
+                await self.flush_acks()
             await asyncio.sleep(max(retry_after, self._backoff.delay(failures, self._rng)))
 
     def _remember(self, notification_id: str) -> None:

@@ -4,6 +4,7 @@ idempotency. Time is a ManualClock: nothing here sleeps for seconds."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 
 import grpc
 import pytest
@@ -123,6 +124,100 @@ async def test_the_client_library_reconnects_resumes_and_drops_duplicates(deploy
     assert seen == expected
     assert subscription.connects == 2
     assert subscription.cursors["user"] >= 6
+
+
+async def test_auto_ack_acks_what_the_app_handled_in_one_rpc_per_interval(
+    deploy: Deploy,
+) -> None:
+    herald, _ = await deploy("up", delivery=DeliverySettings(batch_max=4))
+    backend = herald.backend()
+    client = herald.user("alice")
+    ack_calls: list[dict[str, int]] = []
+    real_ack = client.ack
+
+    async def counting_ack(
+        notification_ids: Iterable[str] = (), up_to: dict[str, int] | None = None
+    ) -> int:
+        ack_calls.append(dict(up_to or {}))
+        return await real_ack(notification_ids, up_to)
+
+    client.ack = counting_ack  # type: ignore[method-assign]
+    # An interval longer than the test: only an explicit flush (or the stream's end) acks.
+    subscription = client.subscribe(ack_interval=3600)
+    iterator = aiter(subscription)
+    async with asyncio.timeout(15):
+        sent = [(await backend.send(to_user("alice", f"n{i}"))).notification_id for i in range(11)]
+        handled = [(await anext(iterator)).notification.id for _ in range(11)]
+        assert handled == sent
+        assert ack_calls == []  # nothing is acked inline, per delivery
+        states = {(await backend.status(i)).recipients[0].state for i in sent}
+        assert states == {ingest_pb2.DELIVERY_STATE_DELIVERED}
+        await subscription.flush_acks()
+        # One RPC for all of it, up_to the cursor of the batches the app has finished with
+        # (the last batch is the app's until it asks for the next notification).
+        [acked] = ack_calls
+        cursor = subscription.cursors["user"]
+        assert acked == {"user": cursor}
+        assert cursor >= 8
+        states = [(await backend.status(i)).recipients[0].state for i in sent]
+        acked_state, delivered = (
+            ingest_pb2.DELIVERY_STATE_ACKED,
+            ingest_pb2.DELIVERY_STATE_DELIVERED,
+        )
+        assert states == [acked_state] * cursor + [delivered] * (11 - cursor)
+        await subscription.flush_acks()  # nothing new handled: no RPC
+        assert len(ack_calls) == 1
+        await iterator.aclose()
+
+
+async def test_auto_ack_never_acks_a_notification_the_app_has_not_had(deploy: Deploy) -> None:
+    herald, _ = await deploy("up", delivery=DeliverySettings(batch_max=8))
+    backend = herald.backend()
+    # Five wait in the log, so the subscription gets them as one batch.
+    response = await backend.send_batch([to_user("alice", f"n{i}") for i in range(5)])
+    sent = [result.accepted.notification_id for result in response.results]
+    subscription = herald.user("alice").subscribe(ack_interval=3600)
+    iterator = aiter(subscription)
+    async with asyncio.timeout(15):
+        first = await anext(iterator)
+        assert first.notification.id == sent[0]
+        # The app holds one of the batch: an ack now would claim the other four too.
+        await subscription.flush_acks()
+        states = [(await backend.status(i)).recipients[0].state for i in sent]
+        assert ingest_pb2.DELIVERY_STATE_ACKED not in states
+        rest = [(await anext(iterator)).notification.id for _ in range(4)]
+        assert rest == sent[1:]
+        later = (await backend.send(to_user("alice", "later"))).notification_id
+        assert (await anext(iterator)).notification.id == later
+        # Leaving the loop acks what was handled without waiting for the interval; `later`
+        # was still the app's when it left, so it stays unacked (and is redelivered).
+        await iterator.aclose()
+        states = [(await backend.status(i)).recipients[0].state for i in [*sent, later]]
+        assert states == [ingest_pb2.DELIVERY_STATE_ACKED] * 5 + [
+            ingest_pb2.DELIVERY_STATE_DELIVERED
+        ]
+
+
+async def test_auto_ack_runs_on_its_interval(deploy: Deploy) -> None:
+    herald, _ = await deploy("up")
+    backend = herald.backend()
+    handled: list[str] = []
+
+    async def app() -> None:
+        async for received in herald.user("alice").subscribe(ack_interval=0.05):
+            handled.append(received.notification.id)
+
+    consumer = asyncio.create_task(app())
+    sent = (await backend.send(to_user("alice"))).notification_id
+    state = ingest_pb2.DELIVERY_STATE_QUEUED
+    for _ in range(500):  # at most 10 s
+        state = (await backend.status(sent)).recipients[0].state
+        if state == ingest_pb2.DELIVERY_STATE_ACKED:
+            break
+        await asyncio.sleep(0.02)
+    consumer.cancel()
+    assert handled == [sent]
+    assert state == ingest_pb2.DELIVERY_STATE_ACKED
 
 
 @TOPOLOGIES
