@@ -15,7 +15,7 @@ from services.errors import FailedPrecondition, HeraldError, InvalidArgument, No
 from services.ingest.idempotency import IdempotencyStore
 from services.ingest.rendering import pick_locale, render
 from services.ingest.validation import check_payload_size, validate
-from services.model import Accepted, accepted_from_proto, set_timestamp
+from services.model import Accepted, set_timestamp
 from services.ports import DeliveryPort, TemplatePort
 from services.stream.status import NotificationRecord
 
@@ -84,7 +84,7 @@ class IngestCore:
         ids = new_notification_ids(len(notifications))
         for index, notification in enumerate(notifications):
             try:
-                validate(notification, tenant, self._settings)
+                target = validate(notification, tenant, self._settings)
                 if notification.HasField("template"):
                     notification = await self._render(tenant, notification)
             except HeraldError as exc:
@@ -101,10 +101,26 @@ class IngestCore:
                     metrics.DUPLICATES.inc()
                     outcomes.append(SendOutcome(original, True, 0))
                     continue
-            completed = self._complete(notification, tenant, notification_id, now)
-            encoded = completed.SerializeToString()
+            priority, ttl = self._complete(notification, tenant, notification_id, now)
             outcomes.append(SendOutcome(notification_id, False, 0))
-            accepted.append((index, accepted_from_proto(completed, encoded), key))
+            accepted.append(
+                (
+                    index,
+                    Accepted(
+                        notification_id,
+                        tenant,
+                        target.kind,
+                        target.user_ids,
+                        target.channel,
+                        priority,
+                        now,
+                        now + ttl,
+                        notification.SerializeToString(),
+                        notification.target.SerializeToString(),
+                    ),
+                    key,
+                )
+            )
         if accepted:
             try:
                 counts = await self._delivery.dispatch([a for _, a, _ in accepted])
@@ -152,18 +168,20 @@ class IngestCore:
         tenant: str,
         notification_id: str,
         now: float,
-    ) -> notification_pb2.Notification:
-        """Fills the server's fields in place: ingest owns the messages it is given."""
-        completed = notification
-        completed.id = notification_id
-        completed.tenant_id = tenant
-        ttl = notification.ttl_seconds or self._settings.default_ttl_s
-        completed.ttl_seconds = ttl
-        if completed.priority == notification_pb2.PRIORITY_UNSPECIFIED:
-            completed.priority = notification_pb2.PRIORITY_NORMAL
-        set_timestamp(completed.created_at, now)
-        set_timestamp(completed.expires_at, now + ttl)
-        return completed
+    ) -> tuple[int, int]:
+        """Fills the server's fields in place (ingest owns the messages it is given); returns
+        the priority and TTL it settled on."""
+        notification.id = notification_id
+        notification.tenant_id = tenant
+        ttl = notification.ttl_seconds
+        if not ttl:
+            ttl = notification.ttl_seconds = self._settings.default_ttl_s
+        priority = notification.priority
+        if priority == notification_pb2.PRIORITY_UNSPECIFIED:
+            priority = notification.priority = notification_pb2.PRIORITY_NORMAL
+        set_timestamp(notification.created_at, now)
+        set_timestamp(notification.expires_at, now + ttl)
+        return priority, ttl
 
     async def status(self, tenant: str, notification_id: str) -> NotificationRecord:
         if not notification_id:

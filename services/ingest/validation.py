@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from herald.v1 import notification_pb2
 from services.config import IngestSettings
 from services.errors import InvalidArgument, PermissionDenied
@@ -10,6 +12,15 @@ from services.model import TargetKind, target_kind
 MAX_ID_LEN = 256
 MAX_METADATA_ENTRIES = 32
 _PRIORITIES = frozenset(notification_pb2.Priority.values())
+
+
+class ResolvedTarget(NamedTuple):
+    """Who a valid notification goes to, as read once from its `target`."""
+
+    kind: TargetKind
+    # The distinct users of a user or users target, in order; empty for channels and broadcasts.
+    user_ids: tuple[str, ...]
+    channel: str
 
 
 def _check_id(value: str, what: str) -> None:
@@ -21,7 +32,7 @@ def _check_id(value: str, what: str) -> None:
 
 def validate(
     notification: notification_pb2.Notification, tenant: str, settings: IngestSettings
-) -> TargetKind:
+) -> ResolvedTarget:
     """Checks a notification as sent by a backend of `tenant`.
 
     Raises:
@@ -36,7 +47,7 @@ def validate(
         raise InvalidArgument("notification.id is assigned by the server; leave it empty")
     if notification.HasField("created_at") or notification.HasField("expires_at"):
         raise InvalidArgument("created_at and expires_at are set by the server; leave them empty")
-    kind = _validate_target(notification.target, settings)
+    resolved = _validate_target(notification.target, settings)
     if notification.priority not in _PRIORITIES:
         raise InvalidArgument(
             f"priority {notification.priority} is not a known Priority "
@@ -48,19 +59,26 @@ def validate(
         )
     if len(notification.idempotency_key) > MAX_ID_LEN:
         raise InvalidArgument(f"idempotency_key is longer than {MAX_ID_LEN} characters")
-    if len(notification.metadata) > MAX_METADATA_ENTRIES:
+    metadata = notification.metadata
+    if len(metadata) > MAX_METADATA_ENTRIES:
         raise InvalidArgument(f"metadata has more than {MAX_METADATA_ENTRIES} entries")
     content = notification.content
-    has_template = notification.HasField("template")
-    if has_template:
-        _check_id(notification.template.template_id, "template.template_id")
+    size = content.ByteSize()
+    if notification.HasField("template"):
+        template = notification.template
+        _check_id(template.template_id, "template.template_id")
+        size += template.ByteSize()
     elif not (content.title or content.body or content.HasField("data")):
         raise InvalidArgument("content needs a title, a body or data (or name a template)")
-    for action in content.actions:
-        if not action.label:
-            raise InvalidArgument("every content.actions entry needs a label")
-    check_payload_size(notification, settings)
-    return kind
+    actions = content.actions
+    if actions:
+        for action in actions:
+            if not action.label:
+                raise InvalidArgument("every content.actions entry needs a label")
+    if metadata:
+        size += sum(map(len, metadata)) + sum(map(len, metadata.values()))
+    _check_size(size, settings)
+    return resolved
 
 
 def check_payload_size(
@@ -71,6 +89,10 @@ def check_payload_size(
     metadata = notification.metadata
     if metadata:
         size += sum(map(len, metadata)) + sum(map(len, metadata.values()))
+    _check_size(size, settings)
+
+
+def _check_size(size: int, settings: IngestSettings) -> None:
     if size > settings.max_payload_bytes:
         raise InvalidArgument(
             f"the payload is {size} bytes; the limit is {settings.max_payload_bytes} bytes "
@@ -78,15 +100,19 @@ def check_payload_size(
         )
 
 
-def _validate_target(target: notification_pb2.Target, settings: IngestSettings) -> TargetKind:
+def _validate_target(
+    target: notification_pb2.Target, settings: IngestSettings
+) -> ResolvedTarget:
     kind = target_kind(target)
     if kind is None:
         raise InvalidArgument(
             "notification.target is required: set user_id, users, channel or broadcast"
         )
     if kind is TargetKind.USER:
-        _check_id(target.user_id, "target.user_id")
-    elif kind is TargetKind.USERS:
+        user_id = target.user_id
+        _check_id(user_id, "target.user_id")
+        return ResolvedTarget(kind, (user_id,), "")
+    if kind is TargetKind.USERS:
         user_ids = target.users.user_ids
         if not user_ids:
             raise InvalidArgument("target.users must list at least one user id")
@@ -97,8 +123,11 @@ def _validate_target(target: notification_pb2.Target, settings: IngestSettings) 
             )
         for user_id in user_ids:
             _check_id(user_id, "every user id in target.users")
-    elif kind is TargetKind.CHANNEL:
-        _check_id(target.channel, "target.channel")
-    elif not target.broadcast:
+        return ResolvedTarget(kind, tuple(dict.fromkeys(user_ids)), "")
+    if kind is TargetKind.CHANNEL:
+        channel = target.channel
+        _check_id(channel, "target.channel")
+        return ResolvedTarget(kind, (), channel)
+    if not target.broadcast:
         raise InvalidArgument("target.broadcast must be true to broadcast to the tenant")
-    return kind
+    return ResolvedTarget(kind, (), "")
