@@ -100,9 +100,7 @@ def _check_size(size: int, settings: IngestSettings) -> None:
         )
 
 
-def _validate_target(
-    target: notification_pb2.Target, settings: IngestSettings
-) -> ResolvedTarget:
+def _validate_target(target: notification_pb2.Target, settings: IngestSettings) -> ResolvedTarget:
     kind = target_kind(target)
     if kind is None:
         raise InvalidArgument(
