@@ -98,6 +98,9 @@ class DeliverySettings(BaseSettings):
     channel_log_limit: int = Field(default=10_000, ge=1)
     max_channels_per_session: int = Field(default=50, ge=0)
     status_retention_s: int = Field(default=90 * 86_400, gt=0)
+    # The embedded (memory) status store keeps at most this many notifications' status records,
+    # dropping the oldest first, so a long-running node does not grow without bound.
+    status_max_records: int = Field(default=1_000_000, ge=1)
 
 
 class RegistrySettings(BaseSettings):

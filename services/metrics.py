@@ -20,6 +20,10 @@ FAILED = Counter("herald_delivery_failed_total", "Entries that exhausted their d
 DROPPED = Counter(
     "herald_log_overflow_dropped_total", "Entries dropped because a log reached its bound", ["log"]
 )
+STATUS_EVICTED = Counter(
+    "herald_status_records_evicted_total",
+    "Status records the memory store dropped (oldest first) to stay within its bound",
+)
 SESSIONS = Gauge("herald_sessions_open", "Open subscription streams on this node")
 SLOW_CONSUMERS = Counter("herald_slow_consumers_total", "Sessions closed for not reading")
 # deliveries_total / stream_messages_total is the average coalescing (a histogram observation

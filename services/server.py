@@ -166,7 +166,7 @@ async def start_node(
             node_address=advertise,
             logs=MemoryLogStore(),
             acks=MemoryAckStore(),
-            status=MemoryStatusStore(),
+            status=MemoryStatusStore(config.delivery.status_max_records),
             registry=registry_port,
             settings=config.delivery,
             clock=clock,

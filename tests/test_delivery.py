@@ -9,6 +9,7 @@ from collections.abc import Iterable
 import grpc
 import pytest
 from grpc import aio
+from prometheus_client import REGISTRY
 
 from herald.v1 import ingest_pb2, notification_pb2, stream_pb2
 from services.client import Backoff
@@ -441,3 +442,27 @@ async def test_a_resume_cursor_defers_what_the_client_holds_and_a_future_one_is_
     [replayed] = await future.deliveries(1)
     assert replayed.notification.id == ids[2]
     future.cancel()
+
+
+async def test_the_memory_status_store_is_bounded_and_acks_still_work(deploy: Deploy) -> None:
+    herald, _ = await deploy("up", delivery=DeliverySettings(status_max_records=2))
+    evicted_before = REGISTRY.get_sample_value("herald_status_records_evicted_total") or 0.0
+    backend = herald.backend()
+    alice = herald.user("alice")
+    ids = [(await backend.send(to_user("alice", f"n{i}"))).notification_id for i in range(3)]
+    # The oldest status record is dropped (and counted); the notification itself is not.
+    with pytest.raises(aio.AioRpcError) as caught:
+        await backend.status(ids[0])
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    assert REGISTRY.get_sample_value("herald_status_records_evicted_total") == evicted_before + 1
+    assert (await backend.status(ids[2])).recipients[0].state == ingest_pb2.DELIVERY_STATE_QUEUED
+    stream = Stream(alice)
+    await stream.start()
+    assert [d.notification.id for d in await stream.deliveries(3)] == ids
+    # Acking by id still finds the entry in the user's log, without a status record.
+    assert await alice.ack(notification_ids=[ids[0]]) == 1
+    stream.cancel()
+    again = Stream(alice)
+    await again.start()
+    assert [d.notification.id for d in await again.deliveries(2)] == ids[1:]
+    again.cancel()

@@ -476,15 +476,10 @@ class DeliveryCore:
                 if state is not None:
                     state.acks.raise_to(cursor)
         for notification_id in dict.fromkeys(notification_ids):
-            record = await self._status.get(tenant, notification_id)
-            if record is None:
+            located = await self._locate(tenant, user_id, notification_id)
+            if located is None:
                 continue
-            key = _log_key_of(record, user_id)
-            if key.startswith("user:") and user_id not in record.recipients:
-                continue
-            found = await self._logs.find(tenant, key, notification_id)
-            if found is None:
-                continue
+            key, found = located
             if await self._acks.ack(tenant, user_id, key, [found.cursor]):
                 transitions.append(Transition(notification_id, user_id, State.ACKED))
             self._settle(tenant, user_id, key, found.cursor)
@@ -495,6 +490,27 @@ class DeliveryCore:
         await self._status.apply(tenant, transitions, now)
         metrics.ACKED.inc(len(transitions))
         return len(transitions)
+
+    async def _locate(
+        self, tenant: str, user_id: str, notification_id: str
+    ) -> tuple[str, Entry] | None:
+        """The log entry of a notification the user may ack, by id."""
+        record = await self._status.get(tenant, notification_id)
+        if record is not None:
+            key = _log_key_of(record, user_id)
+            if key.startswith("user:") and user_id not in record.recipients:
+                return None
+            found = await self._logs.find(tenant, key, notification_id)
+            return None if found is None else (key, found)
+        # No status record (a bounded store dropped it): look in the logs the user reads.
+        keys = dict.fromkeys([user_log(user_id), BROADCAST])
+        for session in self._by_user.get((tenant, user_id), ()):
+            keys.update(dict.fromkeys(session.logs))
+        for key in keys:
+            found = await self._logs.find(tenant, key, notification_id)
+            if found is not None:
+                return key, found
+        return None
 
     def _key_of_name(self, name: str, user_id: str) -> str:
         if name == "user":

@@ -3,19 +3,34 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Sequence
 
+from services import metrics
 from services.stream.status import ALLOWED, NotificationRecord, RecipientRecord, State, Transition
 
 
 class MemoryStatusStore:
-    def __init__(self) -> None:
+    """Status records in a dict, in creation order.
+
+    Bounded: beyond `max_records` the oldest records are dropped (counted in
+    `herald_status_records_evicted_total`). A dropped record's notification is still delivered and
+    can still be acked; only its status history is gone (`GetStatus` answers NOT_FOUND).
+    """
+
+    def __init__(self, max_records: int | None = None) -> None:
         self._records: dict[tuple[str, str], NotificationRecord] = {}
+        self._max_records = max_records
 
     async def create(self, records: Sequence[NotificationRecord]) -> None:
         stored = self._records
         for record in records:
             stored.setdefault((record.tenant, record.notification_id), record)
+        if self._max_records is not None and len(stored) > self._max_records:
+            excess = len(stored) - self._max_records
+            for key in list(itertools.islice(stored, excess)):
+                del stored[key]
+            metrics.STATUS_EVICTED.inc(excess)
 
     async def apply(self, tenant: str, transitions: list[Transition], at: float) -> None:
         for transition in transitions:

@@ -1,0 +1,43 @@
+"""Bounds that only the embedded (memory) stores have; the shared behaviour is in tests/contract."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.stream.status import NotificationRecord, RecipientRecord, State
+from services.stream.status_memory import MemoryStatusStore
+
+pytestmark = pytest.mark.asyncio
+
+
+def _record(notification_id: str) -> NotificationRecord:
+    return NotificationRecord(
+        notification_id,
+        "acme",
+        b"",
+        100.0,
+        200.0,
+        {"alice": RecipientRecord("alice", State.QUEUED, 100.0, queued_at=100.0)},
+    )
+
+
+async def test_the_status_store_drops_its_oldest_records_beyond_its_bound() -> None:
+    store = MemoryStatusStore(max_records=3)
+    await store.create([_record("n1"), _record("n2")])
+    await store.create([_record("n3"), _record("n4"), _record("n5")])
+    assert [await store.get("acme", n) is not None for n in ("n1", "n2", "n3", "n4", "n5")] == [
+        False,
+        False,
+        True,
+        True,
+        True,
+    ]
+    # Creating what is already stored adds nothing, so nothing more is dropped.
+    await store.create([_record("n4")])
+    assert await store.get("acme", "n3") is not None
+
+
+async def test_the_status_store_is_unbounded_without_a_bound() -> None:
+    store = MemoryStatusStore()
+    await store.create([_record(f"n{i}") for i in range(1000)])
+    assert await store.get("acme", "n0") is not None
