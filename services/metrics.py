@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge
+import gc
+import time
+from typing import Any
+
+from prometheus_client import Counter, Gauge, Histogram
 
 ACCEPTED = Counter("herald_notifications_accepted_total", "Notifications accepted by ingest")
 REJECTED = Counter(
@@ -31,3 +35,30 @@ SLOW_CONSUMERS = Counter("herald_slow_consumers_total", "Sessions closed for not
 STREAM_MESSAGES = Counter(
     "herald_stream_messages_total", "Stream messages carrying deliveries (coalesced batches)"
 )
+
+# A collection stops the event loop: every stream on the node waits for it.
+GC_PAUSE = Histogram(
+    "herald_gc_pause_seconds",
+    "Garbage-collector pauses of the server process, by generation",
+    ["generation"],
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+_GC_PAUSES = tuple(GC_PAUSE.labels(str(generation)) for generation in range(3))
+
+
+class _GcTimer:
+    def __init__(self) -> None:
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        elif self._started:
+            _GC_PAUSES[info["generation"]].observe(time.perf_counter() - self._started)
+            self._started = 0.0
+
+
+def observe_gc_pauses() -> None:
+    """Times every collection into `herald_gc_pause_seconds` (once per process)."""
+    if not any(isinstance(callback, _GcTimer) for callback in gc.callbacks):
+        gc.callbacks.append(_GcTimer())
