@@ -882,7 +882,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--connections", type=int, default=0, help="HTTP/2 connections (0: one per subscriber)"
     )
-    parser.add_argument("--ack-interval", type=float, default=1.0, help="0 disables acks")
+    parser.add_argument(
+        "--ack-interval",
+        type=float,
+        default=5.0,
+        help="seconds between a subscriber's acks (5: the client library's default); 0: no acks",
+    )
     parser.add_argument("--tick-ms", type=float, default=5.0, help="pacing tick in phase 2")
     parser.add_argument(
         "--latency-rate", type=float, default=0.0, help="phase 2 rate (0: half the measured max)"
