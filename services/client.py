@@ -11,11 +11,11 @@ sees each notification once even though delivery is at-least-once.
 With `auto_ack` (the default), what the loop body has handled is acked in the background: every
 `ack_interval` seconds (default 5 s, well inside the server's 30 s ack timeout; Kafka's consumer
 commits its offsets on the same cadence), one `Ack` with `up_to` the subscription's resume
-cursors, and once more when the stream ends. A whole batch counts as handled once the loop body has had
-each of its notifications, so a notification is never acked before the app saw it, and acking
-costs one small RPC per interval however many notifications arrive. With `auto_ack=False`, call
-`received.ack()` (or `client.ack`) when the app has handled it; unacked notifications come back
-after the server's ack timeout and on the next connect.
+cursors, and once more when the stream ends. A whole batch counts as handled once the loop body
+has had each of its notifications, so a notification is never acked before the app saw it, and
+acking costs one small RPC per interval however many notifications arrive. With
+`auto_ack=False`, call `received.ack()` (or `client.ack`) when the app has handled it; unacked
+notifications come back after the server's ack timeout and on the next connect.
 """
 
 from __future__ import annotations
