@@ -25,7 +25,7 @@ import contextlib
 import logging
 import random
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -220,7 +220,10 @@ class Subscription:
         self._device = device
         self._auto_ack = auto_ack
         self._ack_interval = ack_interval
-        # Auto-ack: cursors the app has handled past since the last Ack was sent.
+        # Auto-ack: per log, the watermark (resume_cursor) of what the app has finished with on
+        # the current stream. Only this stream's watermarks are acked: a cursor from before (or
+        # passed in) may be beyond the log of a server that lost its embedded store.
+        self._handled: dict[str, int] = {}
         self._ack_due = False
         self._reconnect = reconnect
         self._backoff = backoff
@@ -260,12 +263,21 @@ class Subscription:
         if not self._ack_due:
             return
         self._ack_due = False
-        handled = dict(self.cursors)
+        handled = dict(self._handled)
+        if not handled:
+            return
         try:
             await self._client.ack(up_to=handled)
         except aio.AioRpcError as exc:
             self._ack_due = True
             log.info("ack failed; retrying at the next interval", extra={"code": exc.code().name})
+        except Exception:
+            # Never let the ack task die silently (a closed channel, a failing token source).
+            self._ack_due = True
+            log.warning("ack failed; retrying at the next interval", exc_info=True)
+        except BaseException:  # cancelled mid-RPC: the final flush sends it again
+            self._ack_due = True
+            raise
 
     async def _ack_loop(self) -> None:
         while True:
@@ -275,19 +287,21 @@ class Subscription:
     async def _run(self) -> AsyncIterator[Received]:
         acker = asyncio.create_task(self._ack_loop()) if self._auto_ack else None
         try:
-            async for received in self._deliveries():
-                yield received
+            async with contextlib.aclosing(self._deliveries()) as deliveries:
+                async for received in deliveries:
+                    yield received
         finally:
             if acker is not None:
                 acker.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await acker
+                # asyncio.wait neither raises the task's own end nor hides a cancellation of
+                # the task running this generator.
+                await asyncio.wait({acker})
                 # The last acks, best effort: what stays unacked is simply redelivered.
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(2.0):
                         await self.flush_acks()
 
-    async def _deliveries(self) -> AsyncIterator[Received]:
+    async def _deliveries(self) -> AsyncGenerator[Received, None]:
         failures = 0
         while True:
             retry_after = 0.0
@@ -311,11 +325,16 @@ class Subscription:
                             )
                         # A resume cursor covers its whole batch: advance only once the app
                         # has had every delivery of it. Everything at or below it was written
-                        # to this subscription, so with auto-ack it is what `up_to` acks.
+                        # to this stream, so with auto-ack it is what `up_to` acks. It is the
+                        # stream's own watermark: it replaces an older cursor, which a server
+                        # that lost its embedded store may have ignored as beyond its log.
+                        watermarks: dict[str, int] = {}
                         for delivery in batch:
-                            self.cursors[delivery.log] = max(
-                                self.cursors.get(delivery.log, 0), delivery.resume_cursor
+                            watermarks[delivery.log] = max(
+                                watermarks.get(delivery.log, 0), delivery.resume_cursor
                             )
+                        self.cursors.update(watermarks)
+                        self._handled.update(watermarks)
                         self._ack_due = True
                     elif kind == "session_started":
                         self.session_id = event.session_started.session_id
@@ -347,6 +366,7 @@ class Subscription:
                 return
             if self._auto_ack:
                 await self.flush_acks()
+                self._handled = {}  # the next stream has watermarks of its own
             await asyncio.sleep(max(retry_after, self._backoff.delay(failures, self._rng)))
 
     def _remember(self, notification_id: str) -> None:

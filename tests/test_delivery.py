@@ -466,3 +466,75 @@ async def test_the_memory_status_store_is_bounded_and_acks_still_work(deploy: De
     await again.start()
     assert [d.notification.id for d in await again.deliveries(2)] == ids[1:]
     again.cancel()
+
+
+async def test_ack_up_to_beyond_the_log_head_does_not_ack_future_entries(deploy: Deploy) -> None:
+    herald, _ = await deploy("up")
+    backend = herald.backend()
+    alice = herald.user("alice")
+    first = (await backend.send(to_user("alice", "n1"))).notification_id
+    # A cursor from before a restart of the embedded store: far beyond this log's head.
+    assert await alice.ack(up_to={"user": 50}) == 1
+    later = [(await backend.send(to_user("alice", f"n{i}"))).notification_id for i in (2, 3)]
+    stream = Stream(alice)
+    await stream.start()
+    assert [d.notification.id for d in await stream.deliveries(2)] == later
+    states = [(await backend.status(i)).recipients[0].state for i in [first, *later]]
+    assert states == [ingest_pb2.DELIVERY_STATE_ACKED] + [ingest_pb2.DELIVERY_STATE_DELIVERED] * 2
+    stream.cancel()
+
+
+async def test_the_client_takes_the_servers_watermark_over_a_stale_cursor(deploy: Deploy) -> None:
+    herald, _ = await deploy("up")
+    backend = herald.backend()
+    sent = [(await backend.send(to_user("alice", f"n{i}"))).notification_id for i in range(3)]
+    # The app kept cursor 100 from a server that has since lost its embedded store: the server
+    # ignores it and replays; the client must resume (and ack) from what this server says.
+    subscription = herald.user("alice").subscribe(cursors={"user": 100}, ack_interval=3600)
+    iterator = aiter(subscription)
+    async with asyncio.timeout(15):
+        assert [(await anext(iterator)).notification.id for _ in range(3)] == sent
+        later = (await backend.send(to_user("alice", "later"))).notification_id
+        assert (await anext(iterator)).notification.id == later
+        assert 3 <= subscription.cursors["user"] <= 4
+        await subscription.flush_acks()
+        states = [(await backend.status(i)).recipients[0].state for i in sent]
+        assert states == [ingest_pb2.DELIVERY_STATE_ACKED] * 3
+        # Entries appended after the acked ones are still delivered, none skipped.
+        more = (await backend.send(to_user("alice", "more"))).notification_id
+        assert (await anext(iterator)).notification.id == more
+        await iterator.aclose()
+
+
+async def test_a_flush_cancelled_mid_rpc_is_sent_again_at_the_end(deploy: Deploy) -> None:
+    herald, _ = await deploy("up")
+    backend = herald.backend()
+    client = herald.user("alice")
+    real_ack = client.ack
+    calls = 0
+
+    async def first_ack_hangs(
+        notification_ids: Iterable[str] = (), up_to: dict[str, int] | None = None
+    ) -> int:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            await asyncio.Event().wait()  # cancelled below, mid-"RPC"
+        return await real_ack(notification_ids, up_to)
+
+    client.ack = first_ack_hangs  # type: ignore[method-assign]
+    subscription = client.subscribe(ack_interval=3600)
+    iterator = aiter(subscription)
+    async with asyncio.timeout(15):
+        sent = [(await backend.send(to_user("alice", f"n{i}"))).notification_id for i in range(2)]
+        assert [(await anext(iterator)).notification.id for _ in range(2)] == sent
+        third = (await backend.send(to_user("alice", "n2"))).notification_id
+        assert (await anext(iterator)).notification.id == third
+        flush = asyncio.create_task(subscription.flush_acks())
+        await asyncio.sleep(0.05)
+        flush.cancel()
+        await asyncio.wait({flush})
+        await iterator.aclose()  # the final flush retries what the cancelled one carried
+    assert calls == 2
+    states = [(await backend.status(i)).recipients[0].state for i in sent]
+    assert states == [ingest_pb2.DELIVERY_STATE_ACKED] * 2

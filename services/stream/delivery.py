@@ -462,8 +462,11 @@ class DeliveryCore:
         """Acks entries of the user's logs; returns how many changed to ACKED."""
         now = self._clock.now()
         transitions: list[Transition] = []
-        for name, cursor in up_to.items():
+        for name, requested in up_to.items():
             key = self._key_of_name(name, user_id)
+            # Never beyond the log's head: a cursor from before a restart of the embedded store
+            # would otherwise ack entries that do not exist yet.
+            cursor = min(requested, await self._logs.last_cursor(tenant, key))
             before = await self._acks.ack_up_to(tenant, user_id, key, cursor)
             if cursor > before.up_to:
                 entries = await self._logs.read(tenant, key, before.up_to, cursor - before.up_to)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import itertools
+from collections import OrderedDict
 from collections.abc import Sequence
 
 from services import metrics
@@ -19,7 +19,8 @@ class MemoryStatusStore:
     """
 
     def __init__(self, max_records: int | None = None) -> None:
-        self._records: dict[tuple[str, str], NotificationRecord] = {}
+        # An OrderedDict: dropping from the front is O(1) (a dict would scan its deleted slots).
+        self._records: OrderedDict[tuple[str, str], NotificationRecord] = OrderedDict()
         self._max_records = max_records
 
     async def create(self, records: Sequence[NotificationRecord]) -> None:
@@ -28,8 +29,8 @@ class MemoryStatusStore:
             stored.setdefault((record.tenant, record.notification_id), record)
         if self._max_records is not None and len(stored) > self._max_records:
             excess = len(stored) - self._max_records
-            for key in list(itertools.islice(stored, excess)):
-                del stored[key]
+            for _ in range(excess):
+                stored.popitem(last=False)
             metrics.STATUS_EVICTED.inc(excess)
 
     async def apply(self, tenant: str, transitions: list[Transition], at: float) -> None:
