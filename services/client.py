@@ -365,7 +365,10 @@ class Subscription:
             if not self._reconnect:
                 return
             if self._auto_ack:
-                await self.flush_acks()
+                # Briefly: the connection may be gone, and what stays unacked is redelivered.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(2.0):
+                        await self.flush_acks()
                 self._handled = {}  # the next stream has watermarks of its own
             await asyncio.sleep(max(retry_after, self._backoff.delay(failures, self._rng)))
 

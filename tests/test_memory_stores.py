@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 
-from services.stream.status import NotificationRecord, RecipientRecord, State
+from services.stream.status import NotificationRecord, RecipientRecord, State, Transition
 from services.stream.status_memory import MemoryStatusStore
 
 pytestmark = pytest.mark.asyncio
@@ -41,3 +43,23 @@ async def test_the_status_store_is_unbounded_without_a_bound() -> None:
     store = MemoryStatusStore()
     await store.create([_record(f"n{i}") for i in range(1000)])
     assert await store.get("acme", "n0") is not None
+
+
+async def test_status_records_add_no_objects_for_the_collector_to_traverse() -> None:
+    # A node holds millions of records: if the collector tracked them, every full collection
+    # would traverse them all while the event loop stands still.
+    store = MemoryStatusStore()
+    gc.collect()
+    before = len(gc.get_objects())
+    await store.create([_record(f"n{i}") for i in range(5000)])
+    await store.apply(
+        "acme", [Transition(f"n{i}", "alice", State.DELIVERED) for i in range(5000)], 150.0
+    )
+    await store.mark_read("acme", "alice", [f"n{i}" for i in range(100)], 160.0)
+    gc.collect()
+    gc.collect()
+    assert len(gc.get_objects()) - before < 500
+    record = await store.get("acme", "n0")
+    assert record is not None
+    assert record.recipients["alice"].state is State.DELIVERED
+    assert record.recipients["alice"].read_at == 160.0
