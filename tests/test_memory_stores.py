@@ -6,6 +6,8 @@ import gc
 
 import pytest
 
+from services.stream.log import NewEntry
+from services.stream.log_memory import MemoryLogStore
 from services.stream.status import NotificationRecord, RecipientRecord, State, Transition
 from services.stream.status_memory import MemoryStatusStore
 
@@ -63,3 +65,18 @@ async def test_status_records_add_no_objects_for_the_collector_to_traverse() -> 
     assert record is not None
     assert record.recipients["alice"].state is State.DELIVERED
     assert record.recipients["alice"].read_at == 160.0
+
+
+async def test_log_entries_add_no_objects_for_the_collector_to_traverse() -> None:
+    logs = MemoryLogStore()
+    gc.collect()
+    before = len(gc.get_objects())
+    for user in range(50):
+        items = [NewEntry(f"u{user}-n{i}", 2, 100.0, 200.0, b"\x0a\x00") for i in range(100)]
+        await logs.append("acme", f"user:u{user}", items, 1000)
+    gc.collect()
+    gc.collect()
+    assert len(gc.get_objects()) - before < 500
+    # What the store hands out is still a complete Entry.
+    [entry] = await logs.read("acme", "user:u7", 41, 1)
+    assert (entry.cursor, entry.notification_id, entry.expires_at) == (42, "u7-n41", 200.0)
