@@ -90,8 +90,14 @@ class DeliveryCore:
         self._sessions: dict[str, Session] = {}
         # (tenant, user) -> that user's sessions on this node.
         self._by_user: dict[tuple[str, str], set[Session]] = {}
-        # Ack timers, one per written batch: (deadline, order, session, ((entry, attempt), ...)).
-        self._deadlines: list[tuple[float, int, Session, tuple[tuple[Pending, int], ...]]] = []
+        # Ack timers, one per written batch and attempt: (deadline, order, session, attempt,
+        # (((log key, cursor), timer), ...)). Keys and the pending entry's timer number, not the
+        # pending entries themselves: an acked entry is released at once instead of living on
+        # until its timer comes due.
+        self._deadlines: list[
+            tuple[float, int, Session, int, tuple[tuple[tuple[str, int], int], ...]]
+        ] = []
+        self._timers = itertools.count(1)
         self._order = itertools.count()
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
@@ -593,14 +599,20 @@ class DeliveryCore:
     def _track(self, session: Session, pendings: list[Pending], now: float) -> None:
         """Starts the ack timers of entries written (or held) by the session: one timer per
         attempt number in the batch, not one per entry."""
-        by_attempt: dict[int, list[tuple[Pending, int]]] = {}
+        by_attempt: dict[int, list[tuple[tuple[str, int], int]]] = {}
         unacked = session.unacked
+        timers = self._timers
         for p in pendings:
-            unacked[(p.log.log_key, p.entry.cursor)] = p
-            by_attempt.setdefault(p.attempt, []).append((p, p.attempt))
-        for attempt, group in by_attempt.items():
+            key = (p.log.log_key, p.entry.cursor)
+            unacked[key] = p
+            # A new number per write: a timer only acts on the write that started it.
+            p.timer = timer = next(timers)
+            by_attempt.setdefault(p.attempt, []).append((key, timer))
+        for attempt, keys in by_attempt.items():
             deadline = now + self._ack_delay(attempt)
-            heapq.heappush(self._deadlines, (deadline, next(self._order), session, tuple(group)))
+            heapq.heappush(
+                self._deadlines, (deadline, next(self._order), session, attempt, tuple(keys))
+            )
 
     def _ack_delay(self, attempt: int) -> float:
         """Ack timeout before redelivery: exponential in the attempt, with +-20% jitter."""
@@ -677,11 +689,11 @@ class DeliveryCore:
     async def _redeliver(self, now: float) -> None:
         failed: dict[str, list[Transition]] = {}
         while self._deadlines and self._deadlines[0][0] <= now:
-            _, _, session, group = heapq.heappop(self._deadlines)
-            for pending, attempt in group:
-                key = (pending.log.log_key, pending.entry.cursor)
+            _, _, session, attempt, group = heapq.heappop(self._deadlines)
+            for key, timer in group:
+                pending = session.unacked.get(key)
                 # Acked, settled, closed, or written again since (a newer timer owns it).
-                if session.unacked.get(key) is not pending or pending.attempt != attempt:
+                if pending is None or pending.timer != timer:
                     continue
                 del session.unacked[key]
                 if pending.entry.expires_at <= now or pending.log.acks.is_acked(

@@ -60,6 +60,8 @@ class Pending:
     entry: Entry
     log: LogCursorState
     attempt: int = 1
+    # The number of the ack timer of its latest write (0: not written yet).
+    timer: int = 0
 
 
 class Session:
