@@ -14,10 +14,10 @@ from services.stream.status_memory import MemoryStatusStore
 pytestmark = pytest.mark.asyncio
 
 
-def _record(notification_id: str) -> NotificationRecord:
+def _record(notification_id: str, tenant: str = "acme") -> NotificationRecord:
     return NotificationRecord(
         notification_id,
-        "acme",
+        tenant,
         b"",
         100.0,
         200.0,
@@ -39,6 +39,21 @@ async def test_the_status_store_drops_its_oldest_records_beyond_its_bound() -> N
     # Creating what is already stored adds nothing, so nothing more is dropped.
     await store.create([_record("n4")])
     assert await store.get("acme", "n3") is not None
+
+
+async def test_the_bound_takes_from_the_tenant_holding_the_most() -> None:
+    # One busy tenant must not push out the other tenants' history.
+    store = MemoryStatusStore(max_records=10)
+    await store.create([_record(f"g{i}", "globex") for i in range(3)])
+    await store.create([_record(f"a{i}") for i in range(7)])
+    await store.create([_record(f"a{i}") for i in range(7, 12)])  # 2 over the bound
+    assert [await store.get("globex", f"g{i}") is not None for i in range(3)] == [True] * 3
+    kept = [i for i in range(12) if await store.get("acme", f"a{i}") is not None]
+    assert kept == list(range(5, 12))  # acme's oldest went
+    # Purging old records frees room that counts toward the bound again.
+    assert await store.purge(older_than=101.0) == 10
+    await store.create([_record(f"z{i}", "globex") for i in range(10)])
+    assert await store.get("globex", "z0") is not None
 
 
 async def test_the_status_store_is_unbounded_without_a_bound() -> None:

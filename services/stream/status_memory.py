@@ -47,40 +47,58 @@ def _recipient_record(t: _Recipient) -> RecipientRecord:
 
 
 class MemoryStatusStore:
-    """Status records in creation order.
+    """Status records per tenant, in creation order.
 
-    Bounded: beyond `max_records` the oldest records are dropped (counted in
-    `herald_status_records_evicted_total`). A dropped record's notification is still delivered and
-    can still be acked; only its status history is gone (`GetStatus` answers NOT_FOUND).
+    Bounded: beyond `max_records` in all, records are dropped oldest first from the tenant that
+    holds the most, so one busy tenant cannot push out the others' history (counted in
+    `herald_status_records_evicted_total`). A dropped record's notification is still delivered
+    and can still be acked; only its status history is gone (`GetStatus` answers NOT_FOUND).
     """
 
     def __init__(self, max_records: int | None = None) -> None:
-        # An OrderedDict: dropping from the front is O(1) (a dict would scan its deleted slots).
-        self._records: OrderedDict[tuple[str, str], _Record] = OrderedDict()
+        # OrderedDicts: dropping from the front is O(1) (a dict would scan its deleted slots).
+        self._by_tenant: dict[str, OrderedDict[str, _Record]] = {}
         self._recipients: dict[tuple[str, str], dict[str, _Recipient]] = {}
+        self._count = 0
         self._max_records = max_records
 
     async def create(self, records: Sequence[NotificationRecord]) -> None:
-        stored = self._records
+        by_tenant = self._by_tenant
         for record in records:
-            key = (record.tenant, record.notification_id)
-            if key not in stored:
-                stored[key] = (
-                    record.notification_id,
-                    record.tenant,
-                    record.target,
-                    record.created_at,
-                    record.expires_at,
-                )
-                self._recipients[key] = {
-                    u: _recipient_tuple(r) for u, r in record.recipients.items()
-                }
-        if self._max_records is not None and len(stored) > self._max_records:
-            excess = len(stored) - self._max_records
-            for _ in range(excess):
-                key, _record = stored.popitem(last=False)
-                del self._recipients[key]
-            metrics.STATUS_EVICTED.inc(excess)
+            stored = by_tenant.get(record.tenant)
+            if stored is None:
+                stored = by_tenant[record.tenant] = OrderedDict()
+            if record.notification_id in stored:
+                continue
+            stored[record.notification_id] = (
+                record.notification_id,
+                record.tenant,
+                record.target,
+                record.created_at,
+                record.expires_at,
+            )
+            self._recipients[(record.tenant, record.notification_id)] = {
+                u: _recipient_tuple(r) for u, r in record.recipients.items()
+            }
+            self._count += 1
+        if self._max_records is not None and self._count > self._max_records:
+            self._evict(self._count - self._max_records)
+
+    def _evict(self, excess: int) -> None:
+        """Drops `excess` records, oldest first, from whichever tenant holds the most."""
+        metrics.STATUS_EVICTED.inc(excess)
+        while excess > 0:
+            sizes = sorted(((len(s), t) for t, s in self._by_tenant.items()), reverse=True)
+            largest, tenant = sizes[0]
+            runner_up = sizes[1][0] if len(sizes) > 1 else 0
+            stored = self._by_tenant[tenant]
+            for _ in range(min(excess, max(1, largest - runner_up))):
+                notification_id, _record = stored.popitem(last=False)
+                del self._recipients[(tenant, notification_id)]
+                self._count -= 1
+                excess -= 1
+            if not stored:
+                del self._by_tenant[tenant]
 
     async def apply(self, tenant: str, transitions: list[Transition], at: float) -> None:
         all_recipients = self._recipients
@@ -141,18 +159,23 @@ class MemoryStatusStore:
         return marked
 
     async def get(self, tenant: str, notification_id: str) -> NotificationRecord | None:
-        key = (tenant, notification_id)
-        record = self._records.get(key)
+        stored = self._by_tenant.get(tenant)
+        record = None if stored is None else stored.get(notification_id)
         if record is None:
             return None
         # A fresh value every time: callers may change it without touching the store.
-        return NotificationRecord(
-            *record, {u: _recipient_record(r) for u, r in self._recipients[key].items()}
-        )
+        recipients = self._recipients[(tenant, notification_id)]
+        return NotificationRecord(*record, {u: _recipient_record(r) for u, r in recipients.items()})
 
     async def purge(self, older_than: float) -> int:
-        old = [key for key, record in self._records.items() if record[_CREATED_AT] < older_than]
-        for key in old:
-            del self._records[key]
-            del self._recipients[key]
-        return len(old)
+        purged = 0
+        for tenant, stored in list(self._by_tenant.items()):
+            old = [i for i, record in stored.items() if record[_CREATED_AT] < older_than]
+            for notification_id in old:
+                del stored[notification_id]
+                del self._recipients[(tenant, notification_id)]
+            purged += len(old)
+            if not stored:
+                del self._by_tenant[tenant]
+        self._count -= purged
+        return purged
