@@ -22,13 +22,9 @@ from services.stream.status import NotificationRecord
 log = logging.getLogger(__name__)
 
 
-def new_notification_id() -> str:
-    """32 hex digits: 48 bits of milliseconds then 80 random bits, so ids sort by time."""
-    return new_notification_ids(1)[0]
-
-
 def new_notification_ids(count: int) -> list[str]:
-    """`count` ids as `new_notification_id` makes them, with one call for the randomness."""
+    """`count` notification ids, each 32 hex digits: 48 bits of milliseconds then 80 random bits,
+    so ids sort by time. One call to the system's randomness for all of them."""
     millis = f"{int(time.time() * 1000):012x}"
     random_hex = os.urandom(10 * count).hex()
     return [millis + random_hex[i : i + 20] for i in range(0, 20 * count, 20)]
