@@ -735,13 +735,13 @@ def _label(r: RunResult, rounds: int) -> str:
     return f"{r.target} #{r.round}" if rounds > 1 else r.target
 
 
-def _spread(values: list[float], fmt: str) -> str:
+def _spread(values: list[float], fmt: str, unit: str = "") -> str:
     """The median, and with several rounds every value it is the median of."""
     median = statistics.median(values)
     if len(values) == 1:
-        return f"**{median:{fmt}}**"
+        return f"**{median:{fmt}}{unit}**"
     each = ", ".join(f"{v:{fmt}}" for v in values)
-    return f"**{median:{fmt}}** (median of {each})"
+    return f"**{median:{fmt}}{unit}** (median of {each}{unit})"
 
 
 def verdicts(results: list[RunResult]) -> list[str]:
@@ -774,7 +774,7 @@ def verdicts(results: list[RunResult]) -> list[str]:
         rate = statistics.median(r.latency_rate for r in heralds)
         met = "met" if statistics.median(p99s) < 50 else "NOT met"
         lines.append(
-            f"- Herald p99 at half its maximum (~{rate:,.0f}/s): {_spread(p99s, '.1f')} ms "
+            f"- Herald p99 at half its maximum (~{rate:,.0f}/s): {_spread(p99s, '.1f', ' ms')} "
             f"(target < 50 ms: {met})"
         )
     lines += [_details(r, rounds) for r in results]
