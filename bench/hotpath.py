@@ -1,0 +1,137 @@
+"""Herald's own cost per notification, in one process, without gRPC: the part of the server's
+time that Python code in services/ decides.
+
+    .venv/bin/python bench/hotpath.py [--users 1000] [--batch 250] [--rounds 5]
+
+Two measurements, each the best of `--rounds` (the minimum is the least disturbed by other work
+on a shared machine):
+
+1. ingest: `IngestServicer.SendBatch` (validation, ids, logs, status) with nobody subscribed;
+2. ingest and delivery: the same with one open session per user, each with a writer whose `write`
+   does nothing, until every notification has been handed to its writer.
+
+The difference between the two is the delivery bookkeeping per delivery (session queues, ack
+timers, DELIVERED status, framing). The collector is tuned as in `herald up`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+from delivery import BatchBuilder
+
+from herald.v1 import ingest_pb2
+from services import auth
+from services.clock import SystemClock
+from services.config import Config
+from services.ingest.core import IngestCore
+from services.ingest.idempotency_memory import MemoryIdempotencyStore
+from services.ingest.servicer import IngestServicer
+from services.registry.core import RegistryCore
+from services.registry.sessions_memory import MemorySessionDirectory
+from services.registry.templates_memory import MemoryTemplateStore
+from services.server import tune_gc
+from services.stream.acks_memory import MemoryAckStore
+from services.stream.delivery import DeliveryCore
+from services.stream.log_memory import MemoryLogStore
+from services.stream.status_memory import MemoryStatusStore
+
+TENANT = "bench"
+
+
+def build() -> tuple[DeliveryCore, IngestServicer]:
+    config, clock = Config(), SystemClock()
+    registry = RegistryCore(
+        MemorySessionDirectory(), MemoryTemplateStore(), config.registry, clock, lambda _: None
+    )
+    delivery = DeliveryCore(
+        node_id="bench",
+        node_address="",
+        logs=MemoryLogStore(),
+        acks=MemoryAckStore(),
+        status=MemoryStatusStore(config.delivery.status_max_records),
+        registry=registry,
+        settings=config.delivery,
+        clock=clock,
+    )
+    ingest = IngestCore(delivery, MemoryIdempotencyStore(), config.ingest, clock, registry)
+    return delivery, IngestServicer(ingest)
+
+
+async def best_of(rounds: int, run: Callable[[], Awaitable[None]]) -> float:
+    best = float("inf")
+    for _ in range(rounds):
+        started = time.perf_counter()
+        await run()
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+async def measure(users: int, batch: int, batches: int, rounds: int, sessions: bool) -> float:
+    """Best seconds per notification over `rounds` of `batches` SendBatch calls."""
+    delivery, servicer = build()
+    names = [f"user-{i}" for i in range(users)]
+    written = 0
+    goal = 0
+    all_written = asyncio.Event()
+
+    async def write(_data: bytes) -> None:
+        nonlocal written
+        written += 1
+        if written >= goal:
+            all_written.set()
+
+    writers = []
+    if sessions:
+        for name in names:
+            session = await delivery.open(
+                tenant=TENANT, user_id=name, device="bench", channels=[], cursors={}
+            )
+            writers.append(asyncio.create_task(delivery.run(session, write)))
+    await asyncio.sleep(0.1)  # every writer has written its session_started
+    builder = BatchBuilder(names, 200)
+    requests = [
+        ingest_pb2.SendBatchRequest.FromString(builder.build(batch))
+        for _ in range(batches * (rounds + 1))
+    ]
+    auth.set_principal(auth.Principal("bench-sender", TENANT, frozenset({auth.SCOPE_SEND})))
+    pending = iter(requests)
+
+    async def one_round() -> None:
+        nonlocal goal
+        goal = written + batches * batch
+        all_written.clear()
+        for _ in range(batches):
+            await servicer.SendBatch(next(pending), None)  # type: ignore[arg-type]
+            await asyncio.sleep(0)  # let the writers run, as the server's loop would
+        if sessions:
+            await all_written.wait()
+
+    await one_round()  # warm-up
+    seconds = await best_of(rounds, one_round)
+    for task in writers:
+        task.cancel()
+    await asyncio.gather(*writers, return_exceptions=True)
+    return seconds / (batches * batch)
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--users", type=int, default=1000)
+    parser.add_argument("--batch", type=int, default=250)
+    parser.add_argument("--batches", type=int, default=40, help="SendBatch calls per round")
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    tune_gc()
+    ingest = await measure(args.users, args.batch, args.batches, args.rounds, sessions=False)
+    both = await measure(args.users, args.batch, args.batches, args.rounds, sessions=True)
+    print(f"ingest only:           {ingest * 1e6:6.1f} µs per notification")
+    print(f"ingest and delivery:   {both * 1e6:6.1f} µs per notification (one delivery each)")
+    print(f"delivery bookkeeping:  {(both - ingest) * 1e6:6.1f} µs per delivery (the difference)")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
