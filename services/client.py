@@ -279,6 +279,13 @@ class Subscription:
             self._ack_due = True
             raise
 
+    async def _flush_acks_briefly(self) -> None:
+        """A last flush that gives up after 2 s: the connection may be gone, and what stays
+        unacked is simply redelivered."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(2.0):
+                await self.flush_acks()
+
     async def _ack_loop(self) -> None:
         while True:
             await asyncio.sleep(self._ack_interval)
@@ -296,10 +303,7 @@ class Subscription:
                 # asyncio.wait neither raises the task's own end nor hides a cancellation of
                 # the task running this generator.
                 await asyncio.wait({acker})
-                # The last acks, best effort: what stays unacked is simply redelivered.
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(2.0):
-                        await self.flush_acks()
+                await self._flush_acks_briefly()
 
     async def _deliveries(self) -> AsyncGenerator[Received, None]:
         failures = 0
@@ -365,10 +369,7 @@ class Subscription:
             if not self._reconnect:
                 return
             if self._auto_ack:
-                # Briefly: the connection may be gone, and what stays unacked is redelivered.
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(2.0):
-                        await self.flush_acks()
+                await self._flush_acks_briefly()
                 self._handled = {}  # the next stream has watermarks of its own
             await asyncio.sleep(max(retry_after, self._backoff.delay(failures, self._rng)))
 

@@ -12,7 +12,7 @@ from grpc import aio
 from prometheus_client import REGISTRY
 
 from herald.v1 import ingest_pb2, notification_pb2, stream_pb2
-from services.client import Backoff
+from services.client import Backoff, HeraldClient
 from services.config import DeliverySettings, IngestSettings
 from tests.conftest import Deploy
 from tests.harness import to_user
@@ -35,6 +35,24 @@ def _resume(deliveries: list[stream_pb2.Delivery]) -> stream_pb2.SubscribeReques
     return stream_pb2.SubscribeRequest(
         cursors=[stream_pb2.LogCursor(log=k, cursor=v) for k, v in cursors.items()]
     )
+
+
+def _record_acks(client: HeraldClient, *, hang_first: bool = False) -> list[dict[str, int]]:
+    """Wraps `client.ack` to record each call's `up_to`; with `hang_first`, the first call
+    blocks until cancelled, as an RPC stuck on the network would."""
+    calls: list[dict[str, int]] = []
+    real_ack = client.ack
+
+    async def recording_ack(
+        notification_ids: Iterable[str] = (), up_to: dict[str, int] | None = None
+    ) -> int:
+        calls.append(dict(up_to or {}))
+        if hang_first and len(calls) == 1:
+            await asyncio.Event().wait()
+        return await real_ack(notification_ids, up_to)
+
+    client.ack = recording_ack  # type: ignore[method-assign]
+    return calls
 
 
 @TOPOLOGIES
@@ -133,16 +151,7 @@ async def test_auto_ack_acks_what_the_app_handled_in_one_rpc_per_interval(
     herald, _ = await deploy("up", delivery=DeliverySettings(batch_max=4))
     backend = herald.backend()
     client = herald.user("alice")
-    ack_calls: list[dict[str, int]] = []
-    real_ack = client.ack
-
-    async def counting_ack(
-        notification_ids: Iterable[str] = (), up_to: dict[str, int] | None = None
-    ) -> int:
-        ack_calls.append(dict(up_to or {}))
-        return await real_ack(notification_ids, up_to)
-
-    client.ack = counting_ack  # type: ignore[method-assign]
+    ack_calls = _record_acks(client)
     # An interval longer than the test: only an explicit flush (or the stream's end) acks.
     subscription = client.subscribe(ack_interval=3600)
     iterator = aiter(subscription)
@@ -510,19 +519,8 @@ async def test_a_flush_cancelled_mid_rpc_is_sent_again_at_the_end(deploy: Deploy
     herald, _ = await deploy("up")
     backend = herald.backend()
     client = herald.user("alice")
-    real_ack = client.ack
-    calls = 0
-
-    async def first_ack_hangs(
-        notification_ids: Iterable[str] = (), up_to: dict[str, int] | None = None
-    ) -> int:
-        nonlocal calls
-        calls += 1
-        if calls == 1:
-            await asyncio.Event().wait()  # cancelled below, mid-"RPC"
-        return await real_ack(notification_ids, up_to)
-
-    client.ack = first_ack_hangs  # type: ignore[method-assign]
+    # The first Ack hangs (to be cancelled below, mid-"RPC"); later ones go through.
+    ack_calls = _record_acks(client, hang_first=True)
     subscription = client.subscribe(ack_interval=3600)
     iterator = aiter(subscription)
     async with asyncio.timeout(15):
@@ -535,6 +533,6 @@ async def test_a_flush_cancelled_mid_rpc_is_sent_again_at_the_end(deploy: Deploy
         flush.cancel()
         await asyncio.wait({flush})
         await iterator.aclose()  # the final flush retries what the cancelled one carried
-    assert calls == 2
+    assert len(ack_calls) == 2
     states = [(await backend.status(i)).recipients[0].state for i in sent]
     assert states == [ingest_pb2.DELIVERY_STATE_ACKED] * 2
