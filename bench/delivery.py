@@ -65,6 +65,7 @@ BASELINE = "baseline"
 
 _SUBSCRIBE = "/herald.v1.StreamService/Subscribe"
 _ACK = "/herald.v1.StreamService/Ack"
+_ACK_STREAM = "/herald.v1.StreamService/AckStream"
 _SEND_BATCH = "/herald.v1.IngestService/SendBatch"
 # metadata["t"] as an encoded map entry of Notification field 9, holding 20 decimal digits.
 _T_FIELD = b"\x4a\x19\x0a\x01t\x12\x14"
@@ -88,6 +89,7 @@ class RunSpec:
     senders: int
     window_per_subscriber: int
     ack_interval: float
+    ack_mode: str
     tick_ms: float
     latency_rate: float
     data_dir: str = ""
@@ -296,6 +298,9 @@ class LoadGenerator:
                 self.redeliveries += 1
 
     async def _acker(self, index: int, channel: aio.Channel) -> None:
+        if self.spec.ack_mode == "stream":
+            await self._stream_acker(index, channel)
+            return
         ack = channel.unary_unary(
             _ACK,
             request_serializer=stream_pb2.AckRequest.SerializeToString,
@@ -320,6 +325,47 @@ class LoadGenerator:
                 except aio.AioRpcError as exc:
                     self.ack_errors += 1
                     self.ack_error_codes[exc.code().name] += 1
+            await asyncio.sleep(interval)
+
+    async def _stream_acker(self, index: int, channel: aio.Channel) -> None:
+        """Acks over one `AckStream` call, as the client library does (reopened on error)."""
+        open_stream = channel.stream_stream(
+            _ACK_STREAM,
+            request_serializer=stream_pb2.AckStreamRequest.SerializeToString,
+            response_deserializer=stream_pb2.AckStreamResponse.FromString,
+        )
+        metadata = (("authorization", f"Bearer {self._tokens[index]}"),)
+        interval = self.spec.ack_interval
+        acked = 0
+        call: Any = None
+        await asyncio.sleep(random.uniform(0, interval))
+        while True:
+            cursor = self.cursors[index]
+            if cursor > acked:
+                started = time.monotonic_ns()
+                try:
+                    if call is None:
+                        call = open_stream(metadata=metadata)
+                    await call.write(
+                        stream_pb2.AckStreamRequest(
+                            up_to=[stream_pb2.LogCursor(log="user", cursor=cursor)]
+                        )
+                    )
+                    async with asyncio.timeout(10.0):
+                        response = await call.read()
+                    if response is aio.EOF:
+                        raise RuntimeError("the ack stream ended")
+                    acked = cursor
+                    self.ack_latencies.append(time.monotonic_ns() - started)
+                except (aio.AioRpcError, TimeoutError, RuntimeError) as exc:
+                    self.ack_errors += 1
+                    code = (
+                        exc.code().name if isinstance(exc, aio.AioRpcError) else type(exc).__name__
+                    )
+                    self.ack_error_codes[code] += 1
+                    if call is not None:
+                        call.cancel()
+                    call = None
             await asyncio.sleep(interval)
 
     async def connect(self) -> None:
@@ -634,6 +680,7 @@ def run_target(target: str, args: argparse.Namespace, workdir: Path, rate: float
         senders=args.senders,
         window_per_subscriber=args.window_per_subscriber,
         ack_interval=args.ack_interval,
+        ack_mode=args.ack_mode,
         tick_ms=args.tick_ms,
         latency_rate=rate,
         data_dir=str(data_dir),
@@ -852,7 +899,10 @@ def command_line() -> str:
 
 def markdown_section(args: argparse.Namespace, results: list[RunResult]) -> str:
     today = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    acks = f"every {args.ack_interval:g} s" if args.ack_interval > 0 else "off"
+    acks = "off"
+    if args.ack_interval > 0:
+        via = "one AckStream each" if args.ack_mode == "stream" else "Ack calls"
+        acks = f"every {args.ack_interval:g} s ({via})"
     lines = [
         _marker(args, "start"),
         f"### {args.subscribers:,} subscribers, acks {acks}",
@@ -875,8 +925,12 @@ def markdown_section(args: argparse.Namespace, results: list[RunResult]) -> str:
 def _marker(args: argparse.Namespace, edge: str) -> str:
     return (
         f"<!-- bench:delivery subscribers={args.subscribers} "
-        f"ack-interval={args.ack_interval:g} {edge} -->"
+        f"ack-interval={args.ack_interval:g}{_mode_tag(args)} {edge} -->"
     )
+
+
+def _mode_tag(args: argparse.Namespace) -> str:
+    return " ack-mode=unary" if args.ack_interval > 0 and args.ack_mode == "unary" else ""
 
 
 def write_markdown(args: argparse.Namespace, results: list[RunResult]) -> None:
@@ -918,6 +972,12 @@ def parse_args() -> argparse.Namespace:
         type=float,
         default=5.0,
         help="seconds between a subscriber's acks (5: the client library's default); 0: no acks",
+    )
+    parser.add_argument(
+        "--ack-mode",
+        choices=["stream", "unary"],
+        default="stream",
+        help="acks over one AckStream per subscriber (the client library's way) or Ack calls",
     )
     parser.add_argument("--tick-ms", type=float, default=5.0, help="pacing tick in phase 2")
     parser.add_argument(

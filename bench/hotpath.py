@@ -11,7 +11,10 @@ on a shared machine):
    does nothing, until every notification has been handed to its writer.
 
 The difference between the two is the delivery bookkeeping per delivery (session queues, ack
-timers, DELIVERED status, framing). The collector is tuned as in `herald up`.
+timers, DELIVERED status, framing). A third measurement times the acks: after each round of 2,
+every user acks `up_to` its head in one `Ack` call (what the client's auto-ack sends), and the
+time of those calls is divided by the entries they acked. The collector is tuned as in
+`herald up`.
 """
 
 from __future__ import annotations
@@ -70,8 +73,11 @@ async def best_of(rounds: int, run: Callable[[], Awaitable[None]]) -> float:
     return best
 
 
-async def measure(users: int, batch: int, batches: int, rounds: int, sessions: bool) -> float:
-    """Best seconds per notification over `rounds` of `batches` SendBatch calls."""
+async def measure(
+    users: int, batch: int, batches: int, rounds: int, sessions: bool, acks: bool = False
+) -> float:
+    """Best seconds per notification over `rounds` of `batches` SendBatch calls (with `acks`:
+    best seconds per acked entry of the acks that follow each round)."""
     delivery, servicer = build()
     names = [f"user-{i}" for i in range(users)]
     written = 0
@@ -110,8 +116,22 @@ async def measure(users: int, batch: int, batches: int, rounds: int, sessions: b
         if sessions:
             await all_written.wait()
 
-    await one_round()  # warm-up
-    seconds = await best_of(rounds, one_round)
+    async def ack_round() -> None:
+        for name in names:
+            await delivery.ack(TENANT, name, [], {"user": 1 << 62})
+
+    async def round_then_acks() -> float:
+        await one_round()
+        started = time.perf_counter()
+        await ack_round()
+        return time.perf_counter() - started
+
+    if acks:
+        await round_then_acks()  # warm-up
+        seconds = min([await round_then_acks() for _ in range(rounds)])
+    else:
+        await one_round()  # warm-up
+        seconds = await best_of(rounds, one_round)
     for task in writers:
         task.cancel()
     await asyncio.gather(*writers, return_exceptions=True)
@@ -128,9 +148,13 @@ async def main() -> None:
     tune_gc()
     ingest = await measure(args.users, args.batch, args.batches, args.rounds, sessions=False)
     both = await measure(args.users, args.batch, args.batches, args.rounds, sessions=True)
+    acks = await measure(
+        args.users, args.batch, args.batches, args.rounds, sessions=True, acks=True
+    )
     print(f"ingest only:           {ingest * 1e6:6.1f} µs per notification")
     print(f"ingest and delivery:   {both * 1e6:6.1f} µs per notification (one delivery each)")
     print(f"delivery bookkeeping:  {(both - ingest) * 1e6:6.1f} µs per delivery (the difference)")
+    print(f"acks (up_to, per user): {acks * 1e6:5.1f} µs per acked entry")
 
 
 if __name__ == "__main__":

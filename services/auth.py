@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextvars
 import fnmatch
 import logging
+import math
 import os
 import secrets
 import time
@@ -50,6 +51,9 @@ class Principal:
     tenant: str
     scopes: frozenset[str]
     channels: tuple[str, ...] = ()
+    # When the token stops verifying (`exp` plus the leeway, Unix seconds): long-lived streams
+    # that check it end then.
+    expires_at: float = math.inf
 
     def require(self, scope: str) -> None:
         """Raises PERMISSION_DENIED unless the token has `scope` (or is a node token)."""
@@ -149,7 +153,7 @@ class TokenVerifier:
     def __init__(self, keys: Keys, settings: AuthSettings) -> None:
         self._keys = keys
         self._settings = settings
-        self._cache: dict[str, tuple[Principal, float]] = {}
+        self._cache: dict[str, Principal] = {}
 
     def verify_header(self, authorization: str | None) -> Principal:
         """Verifies an `authorization` metadata value.
@@ -166,8 +170,8 @@ class TokenVerifier:
 
     def verify(self, token: str) -> Principal:
         cached = self._cache.get(token)
-        if cached is not None and cached[1] > time.time() - self._settings.leeway_s:
-            return cached[0]
+        if cached is not None and cached.expires_at > time.time():
+            return cached
         try:
             claims = jwt.decode(
                 token,
@@ -188,13 +192,13 @@ class TokenVerifier:
             raise Unauthenticated(f"the token lacks the '{exc.claim}' claim") from None
         except jwt.PyJWTError:
             raise Unauthenticated("the token is malformed or its signature is invalid") from None
-        principal = self._principal(claims)
+        principal = self._principal(claims, float(claims["exp"]) + self._settings.leeway_s)
         if len(self._cache) >= self._CACHE_MAX:
             self._cache.clear()
-        self._cache[token] = (principal, float(claims["exp"]))
+        self._cache[token] = principal
         return principal
 
-    def _principal(self, claims: dict[str, Any]) -> Principal:
+    def _principal(self, claims: dict[str, Any], expires_at: float) -> Principal:
         subject = claims.get("sub")
         tenant = claims.get(self._settings.tenant_claim)
         if not isinstance(subject, str) or not subject:
@@ -208,7 +212,7 @@ class TokenVerifier:
         channels = claims.get("channels", [])
         if not isinstance(channels, list) or not all(isinstance(c, str) for c in channels):
             raise Unauthenticated("the token's 'channels' claim must be a list of strings")
-        return Principal(subject, tenant, scopes, tuple(channels))
+        return Principal(subject, tenant, scopes, tuple(channels), expires_at)
 
 
 class TokenMinter:

@@ -10,12 +10,17 @@ sees each notification once even though delivery is at-least-once.
 
 With `auto_ack` (the default), what the loop body has handled is acked in the background: every
 `ack_interval` seconds (default 5 s, well inside the server's 30 s ack timeout; Kafka's consumer
-commits its offsets on the same cadence), one `Ack` with `up_to` the subscription's resume
+commits its offsets on the same cadence), one ack with `up_to` the subscription's resume
 cursors, and once more when the stream ends. A whole batch counts as handled once the loop body
 has had each of its notifications, so a notification is never acked before the app saw it, and
-acking costs one small RPC per interval however many notifications arrive. With
+acking costs one small message per interval however many notifications arrive. With
 `auto_ack=False`, call `received.ack()` (or `client.ack`) when the app has handled it; unacked
 notifications come back after the server's ack timeout and on the next connect.
+
+Acks travel on one `AckStream` call per client, opened on first use and reopened after an error
+or when the server ends it (its token expired): a message on an open stream costs the server a
+fraction of a unary call. Against a server without `AckStream` (UNIMPLEMENTED), or with
+`ack_stream=False`, the client sends unary `Ack` calls instead.
 """
 
 from __future__ import annotations
@@ -95,11 +100,13 @@ class HeraldClient:
         token: str | Callable[[], str],
         *,
         options: list[tuple[str, Any]] | None = None,
+        ack_stream: bool = True,
     ) -> None:
         self._channel = aio.insecure_channel(address, options=options or CHANNEL_OPTIONS)
         self._token = token
         self._ingest = ingest_pb2_grpc.IngestServiceStub(self._channel)
         self._stream = stream_pb2_grpc.StreamServiceStub(self._channel)
+        self._acks = _AckStream(self) if ack_stream else None
 
     async def __aenter__(self) -> HeraldClient:
         return self
@@ -108,6 +115,8 @@ class HeraldClient:
         await self.close()
 
     async def close(self) -> None:
+        if self._acks is not None:
+            self._acks.close()
         await self._channel.close(None)
 
     def metadata(self) -> tuple[tuple[str, str], ...]:
@@ -147,14 +156,36 @@ class HeraldClient:
     # -- subscribers -----------------------------------------------------------------------
 
     async def ack(
-        self, notification_ids: Iterable[str] = (), up_to: dict[str, int] | None = None
+        self,
+        notification_ids: Iterable[str] = (),
+        up_to: dict[str, int] | None = None,
+        *,
+        timeout: float = 10.0,
     ) -> int:
-        request = stream_pb2.AckRequest(
-            notification_ids=list(notification_ids),
-            up_to=[stream_pb2.LogCursor(log=k, cursor=v) for k, v in (up_to or {}).items()],
-        )
-        response = await self._stream.Ack(request, metadata=self.metadata(), timeout=10.0)
+        """Acks by id and/or `up_to` cursors per log; returns how many changed to ACKED.
+
+        Raises:
+            grpc.aio.AioRpcError: the server refused the ack or could not be reached.
+        """
+        ids = list(notification_ids)
+        cursors = [stream_pb2.LogCursor(log=k, cursor=v) for k, v in (up_to or {}).items()]
+        if self._acks is not None and self._acks.supported:
+            acked = await self._acks.ack(
+                stream_pb2.AckStreamRequest(notification_ids=ids, up_to=cursors), timeout
+            )
+            if acked is not None:
+                return acked
+        request = stream_pb2.AckRequest(notification_ids=ids, up_to=cursors)
+        response = await self._stream.Ack(request, metadata=self.metadata(), timeout=timeout)
         return int(response.acked)
+
+    def open_ack_stream(
+        self,
+    ) -> aio.StreamStreamCall[stream_pb2.AckStreamRequest, stream_pb2.AckStreamResponse]:
+        call: aio.StreamStreamCall[stream_pb2.AckStreamRequest, stream_pb2.AckStreamResponse] = (
+            self._stream.AckStream(metadata=self.metadata())
+        )
+        return call
 
     def subscribe(
         self,
@@ -193,6 +224,75 @@ class HeraldClient:
             self._stream.Subscribe(request, metadata=self.metadata())
         )
         return call
+
+
+class _AckStream:
+    """The client's `AckStream` call: one ack in flight, each answered in order."""
+
+    def __init__(self, client: HeraldClient) -> None:
+        self._client = client
+        self._lock = asyncio.Lock()
+        self._call: aio.StreamStreamCall[Any, Any] | None = None
+        self.supported = True
+
+    async def ack(self, request: stream_pb2.AckStreamRequest, timeout: float) -> int | None:
+        """The number acked; None when the server has no AckStream (use `Ack` instead)."""
+        async with self._lock:
+            fresh = self._call is None
+            for _ in range(2):
+                try:
+                    return await self._exchange(request, timeout)
+                except aio.AioRpcError as exc:
+                    if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+                        self.supported = False
+                        return None
+                    # A stream that was already open may have outlived its token, or its
+                    # connection: try once more on a new stream (acks are idempotent).
+                    if fresh or exc.code() not in _REOPEN_CODES:
+                        raise
+                    fresh = True
+            raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _exchange(self, request: stream_pb2.AckStreamRequest, timeout: float) -> int:
+        if self._call is None:
+            self._call = self._client.open_ack_stream()
+        call = self._call
+        try:
+            async with asyncio.timeout(timeout):
+                await call.write(request)
+                response = await call.read()
+        except BaseException:
+            # The answer to this request may still be on its way: never read it as the
+            # answer to the next one.
+            self.close()
+            raise
+        if not isinstance(response, stream_pb2.AckStreamResponse):
+            # EOF: the server ended the stream without an error (only a client ends it).
+            self.close()
+            raise aio.AioRpcError(
+                grpc.StatusCode.UNAVAILABLE,
+                aio.Metadata(),
+                aio.Metadata(),
+                "the ack stream ended",
+                None,
+            )
+        return int(response.acked)
+
+    def close(self) -> None:
+        if self._call is not None:
+            self._call.cancel()
+            self._call = None
+
+
+# An open ack stream ending with these is reopened once before the ack is given up on.
+_REOPEN_CODES = frozenset(
+    {
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.INTERNAL,
+    }
+)
 
 
 class Subscription:

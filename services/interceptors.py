@@ -31,6 +31,7 @@ REQUIRED_SCOPE: dict[str, str] = {
     "/herald.v1.IngestService/GetStatus": auth.SCOPE_SEND,
     "/herald.v1.StreamService/Subscribe": auth.SCOPE_SUBSCRIBE,
     "/herald.v1.StreamService/Ack": auth.SCOPE_SUBSCRIBE,
+    "/herald.v1.StreamService/AckStream": auth.SCOPE_SUBSCRIBE,
     "/herald.v1.StreamService/ListInbox": auth.SCOPE_SUBSCRIBE,
     "/herald.v1.StreamService/MarkRead": auth.SCOPE_SUBSCRIBE,
     "/herald.v1.RegistryService/RegisterSession": auth.SCOPE_NODE,
@@ -141,4 +142,10 @@ def _rewrap(
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
-    raise TypeError(f"{method}: herald handlers are unary or coroutine server-streaming")
+    if handler.stream_stream is not None and not inspect.isasyncgenfunction(handler.stream_stream):
+        return grpc.stream_stream_rpc_method_handler(
+            _guard(cast(Behavior, handler.stream_stream), method, principal, denial),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    raise TypeError(f"{method}: herald handlers are unary, or coroutines that write streams")

@@ -29,6 +29,7 @@ STATUS_EVICTED = Counter(
     "Status records the memory store dropped (oldest first) to stay within its bound",
 )
 SESSIONS = Gauge("herald_sessions_open", "Open subscription streams on this node")
+ACK_STREAMS = Gauge("herald_ack_streams_open", "Open AckStream calls on this node")
 SLOW_CONSUMERS = Counter("herald_slow_consumers_total", "Sessions closed for not reading")
 # deliveries_total / stream_messages_total is the average coalescing (a histogram observation
 # per stream message would cost more than the message's own bookkeeping).

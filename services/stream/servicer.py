@@ -6,6 +6,8 @@ Subscribe writes pre-serialized bytes: it is registered with an identity respons
 
 from __future__ import annotations
 
+import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -13,8 +15,9 @@ from grpc import aio
 
 from herald.node.v1 import node_pb2
 from herald.v1 import stream_pb2
-from services.auth import current_principal
-from services.errors import InvalidArgument, PermissionDenied
+from services import metrics
+from services.auth import Principal, current_principal
+from services.errors import InvalidArgument, PermissionDenied, Unauthenticated
 from services.model import accepted_from_proto, status_to_proto, timestamp
 from services.stream.delivery import DeliveryCore
 
@@ -50,7 +53,27 @@ class StreamServicer:
             await self._core.close(session)
 
     async def Ack(self, request: stream_pb2.AckRequest, context: Context) -> stream_pb2.AckResponse:
+        return stream_pb2.AckResponse(acked=await self._ack(current_principal(), request))
+
+    async def AckStream(
+        self, requests: AsyncIterator[stream_pb2.AckStreamRequest], context: Context
+    ) -> None:
         principal = current_principal()
+        metrics.ACK_STREAMS.inc()
+        try:
+            async for request in requests:
+                if time.time() >= principal.expires_at:
+                    raise Unauthenticated(
+                        "the token has expired; open a new ack stream with a fresh token"
+                    )
+                acked = await self._ack(principal, request)
+                await context.write(stream_pb2.AckStreamResponse(acked=acked))
+        finally:
+            metrics.ACK_STREAMS.dec()
+
+    async def _ack(
+        self, principal: Principal, request: stream_pb2.AckRequest | stream_pb2.AckStreamRequest
+    ) -> int:
         if not request.notification_ids and not request.up_to:
             raise InvalidArgument("name notification_ids or up_to cursors to acknowledge")
         up_to: dict[str, int] = {}
@@ -58,10 +81,9 @@ class StreamServicer:
             if not cursor.log:
                 raise InvalidArgument("every up_to cursor needs a log name")
             up_to[cursor.log] = max(cursor.cursor, up_to.get(cursor.log, 0))
-        acked = await self._core.ack(
+        return await self._core.ack(
             principal.tenant, principal.subject, list(request.notification_ids), up_to
         )
-        return stream_pb2.AckResponse(acked=acked)
 
     async def ListInbox(
         self, request: stream_pb2.ListInboxRequest, context: Context
@@ -107,6 +129,11 @@ class StreamServicer:
                 self.Ack,
                 request_deserializer=stream_pb2.AckRequest.FromString,
                 response_serializer=stream_pb2.AckResponse.SerializeToString,
+            ),
+            "AckStream": grpc.stream_stream_rpc_method_handler(
+                self.AckStream,
+                request_deserializer=stream_pb2.AckStreamRequest.FromString,
+                response_serializer=stream_pb2.AckStreamResponse.SerializeToString,
             ),
             "ListInbox": grpc.unary_unary_rpc_method_handler(
                 self.ListInbox,

@@ -122,6 +122,20 @@ class AckResponse(_message.Message):
     acked: int
     def __init__(self, acked: _Optional[int] = ...) -> None: ...
 
+class AckStreamRequest(_message.Message):
+    __slots__ = ("notification_ids", "up_to")
+    NOTIFICATION_IDS_FIELD_NUMBER: _ClassVar[int]
+    UP_TO_FIELD_NUMBER: _ClassVar[int]
+    notification_ids: _containers.RepeatedScalarFieldContainer[str]
+    up_to: _containers.RepeatedCompositeFieldContainer[LogCursor]
+    def __init__(self, notification_ids: _Optional[_Iterable[str]] = ..., up_to: _Optional[_Iterable[_Union[LogCursor, _Mapping]]] = ...) -> None: ...
+
+class AckStreamResponse(_message.Message):
+    __slots__ = ("acked",)
+    ACKED_FIELD_NUMBER: _ClassVar[int]
+    acked: int
+    def __init__(self, acked: _Optional[int] = ...) -> None: ...
+
 class ListInboxRequest(_message.Message):
     __slots__ = ("page_size", "page_token")
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]

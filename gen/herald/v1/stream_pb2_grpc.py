@@ -45,6 +45,11 @@ class StreamServiceStub:
                 request_serializer=herald_dot_v1_dot_stream__pb2.AckRequest.SerializeToString,
                 response_deserializer=herald_dot_v1_dot_stream__pb2.AckResponse.FromString,
                 _registered_method=True)
+        self.AckStream = channel.stream_stream(
+                '/herald.v1.StreamService/AckStream',
+                request_serializer=herald_dot_v1_dot_stream__pb2.AckStreamRequest.SerializeToString,
+                response_deserializer=herald_dot_v1_dot_stream__pb2.AckStreamResponse.FromString,
+                _registered_method=True)
         self.ListInbox = channel.unary_unary(
                 '/herald.v1.StreamService/ListInbox',
                 request_serializer=herald_dot_v1_dot_stream__pb2.ListInboxRequest.SerializeToString,
@@ -70,6 +75,16 @@ class StreamServiceServicer:
 
     def Ack(self, request, context):
         """Acknowledges deliveries by notification id and/or everything up to a cursor of a log.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AckStream(self, request_iterator, context):
+        """The same acknowledgements over one long-lived stream: each request is handled like an Ack
+        call and answered, in order, by one response. A client that acks often pays for one call
+        instead of one per ack (call set-up, headers, token check). gRPC-Web cannot stream
+        requests: browsers use Ack. The stream ends with UNAUTHENTICATED when its token expires.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -101,6 +116,11 @@ def add_StreamServiceServicer_to_server(servicer, server):
                     servicer.Ack,
                     request_deserializer=herald_dot_v1_dot_stream__pb2.AckRequest.FromString,
                     response_serializer=herald_dot_v1_dot_stream__pb2.AckResponse.SerializeToString,
+            ),
+            'AckStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.AckStream,
+                    request_deserializer=herald_dot_v1_dot_stream__pb2.AckStreamRequest.FromString,
+                    response_serializer=herald_dot_v1_dot_stream__pb2.AckStreamResponse.SerializeToString,
             ),
             'ListInbox': grpc.unary_unary_rpc_method_handler(
                     servicer.ListInbox,
@@ -168,6 +188,33 @@ class StreamService:
             '/herald.v1.StreamService/Ack',
             herald_dot_v1_dot_stream__pb2.AckRequest.SerializeToString,
             herald_dot_v1_dot_stream__pb2.AckResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AckStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/herald.v1.StreamService/AckStream',
+            herald_dot_v1_dot_stream__pb2.AckStreamRequest.SerializeToString,
+            herald_dot_v1_dot_stream__pb2.AckStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,
