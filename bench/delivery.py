@@ -325,7 +325,9 @@ class LoadGenerator:
                 except aio.AioRpcError as exc:
                     self.ack_errors += 1
                     self.ack_error_codes[exc.code().name] += 1
-            await asyncio.sleep(interval)
+            # +-20 %, as the client library does: acks that once went out together (after a
+            # stall) drift apart instead of arriving as one burst every interval.
+            await asyncio.sleep(interval * random.uniform(0.8, 1.2))
 
     async def _stream_acker(self, index: int, channel: aio.Channel) -> None:
         """Acks over one `AckStream` call, as the client library does (reopened on error)."""
@@ -366,7 +368,9 @@ class LoadGenerator:
                     if call is not None:
                         call.cancel()
                     call = None
-            await asyncio.sleep(interval)
+            # +-20 %, as the client library does: acks that once went out together (after a
+            # stall) drift apart instead of arriving as one burst every interval.
+            await asyncio.sleep(interval * random.uniform(0.8, 1.2))
 
     async def connect(self) -> None:
         self._mint()

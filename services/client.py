@@ -9,11 +9,12 @@ from the last `resume_cursor` it saw, and drops duplicates by notification id, s
 sees each notification once even though delivery is at-least-once.
 
 With `auto_ack` (the default), what the loop body has handled is acked in the background: every
-`ack_interval` seconds (default 5 s, well inside the server's 30 s ack timeout; Kafka's consumer
-commits its offsets on the same cadence), one ack with `up_to` the subscription's resume
-cursors, and once more when the stream ends. A whole batch counts as handled once the loop body
-has had each of its notifications, so a notification is never acked before the app saw it, and
-acking costs one small message per interval however many notifications arrive. With
+`ack_interval` seconds (default 5 s with +-20 % jitter, well inside the server's 30 s ack
+timeout; Kafka's consumer commits its offsets on the same cadence), one ack with `up_to` the
+subscription's resume cursors, and once more when the stream ends. A whole batch counts as
+handled once the loop body has had each of its notifications, so a notification is never acked
+before the app saw it, and acking costs one small message per interval however many
+notifications arrive. With
 `auto_ack=False`, call `received.ack()` (or `client.ack`) when the app has handled it; unacked
 notifications come back after the server's ack timeout and on the next connect.
 
@@ -388,7 +389,9 @@ class Subscription:
 
     async def _ack_loop(self) -> None:
         while True:
-            await asyncio.sleep(self._ack_interval)
+            # Jittered: subscriptions that started (or reconnected) together would otherwise
+            # ack together, every interval, as one burst on the server.
+            await asyncio.sleep(self._ack_interval * self._rng.uniform(0.8, 1.2))
             await self.flush_acks()
 
     async def _run(self) -> AsyncIterator[Received]:
