@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
-import itertools
 import logging
 import random
 import time
@@ -48,6 +46,8 @@ Write = Callable[[bytes], Awaitable[None]]
 
 _CLOSING = stream_pb2.Closing
 _MAX_CHANNEL_LEN = 128
+# Ack timeouts vary by +-20 %, so that redeliveries of entries written together spread out.
+_JITTER = 0.2
 
 
 def _log_key_of(record: NotificationRecord, user_id: str) -> str:
@@ -90,15 +90,6 @@ class DeliveryCore:
         self._sessions: dict[str, Session] = {}
         # (tenant, user) -> that user's sessions on this node.
         self._by_user: dict[tuple[str, str], set[Session]] = {}
-        # Ack timers, one per written batch and attempt: (deadline, order, session, attempt,
-        # (((log key, cursor), timer), ...)). Keys and the pending entry's timer number, not the
-        # pending entries themselves: an acked entry is released at once instead of living on
-        # until its timer comes due.
-        self._deadlines: list[
-            tuple[float, int, Session, int, tuple[tuple[tuple[str, int], int], ...]]
-        ] = []
-        self._timers = itertools.count(1)
-        self._order = itertools.count()
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
         self._drained = asyncio.Event()
@@ -353,7 +344,7 @@ class DeliveryCore:
             siblings.discard(session)
             if not siblings:
                 del self._by_user[(session.tenant, session.user_id)]
-        session.unacked.clear()  # its timers find nothing left to do
+        session.forget_acks()
         metrics.SESSIONS.dec()
         if not self._sessions:
             self._drained.set()
@@ -404,8 +395,7 @@ class DeliveryCore:
             readers = self._readers.get((tenant, key))
             if readers is not None:
                 readers.discard(session)
-            for unacked_key in [k for k in session.unacked if k[0] == key]:
-                del session.unacked[unacked_key]
+            session.forget_acks(key)
         for channel in join:
             if channel in channels:
                 continue
@@ -535,7 +525,7 @@ class DeliveryCore:
     def _settle(self, tenant: str, user_id: str, key: str, cursor: int) -> None:
         """Stops the ack timers of an acked entry on every session of the user."""
         for session in self._by_user.get((tenant, user_id), ()):
-            session.unacked.pop((key, cursor), None)
+            session.settle((key, cursor))
 
     # -- internals -------------------------------------------------------------------------
 
@@ -597,27 +587,25 @@ class DeliveryCore:
         )
 
     def _track(self, session: Session, pendings: list[Pending], now: float) -> None:
-        """Starts the ack timers of entries written (or held) by the session: one timer per
-        attempt number in the batch, not one per entry."""
-        by_attempt: dict[int, list[tuple[tuple[str, int], int]]] = {}
-        unacked = session.unacked
-        timers = self._timers
+        """Starts the ack timers of entries written (or held) by the session, with one jitter
+        per attempt number in the batch."""
+        deadlines: dict[int, float] = {}
         for p in pendings:
-            key = (p.log.log_key, p.entry.cursor)
-            unacked[key] = p
-            # A new number per write: a timer only acts on the write that started it.
-            p.timer = timer = next(timers)
-            by_attempt.setdefault(p.attempt, []).append((key, timer))
-        for attempt, keys in by_attempt.items():
-            deadline = now + self._ack_delay(attempt)
-            heapq.heappush(
-                self._deadlines, (deadline, next(self._order), session, attempt, tuple(keys))
-            )
+            deadline = deadlines.get(p.attempt)
+            if deadline is None:
+                deadline = deadlines[p.attempt] = now + self._ack_delay(p.attempt)
+            session.track(p, now, deadline)
+
+    def _base_delay(self, attempt: int) -> float:
+        base = self._settings.ack_timeout_s * (self._settings.backoff_factor ** (attempt - 1))
+        return min(base, self._settings.backoff_max_s)
 
     def _ack_delay(self, attempt: int) -> float:
         """Ack timeout before redelivery: exponential in the attempt, with +-20% jitter."""
-        base = self._settings.ack_timeout_s * (self._settings.backoff_factor ** (attempt - 1))
-        return min(base, self._settings.backoff_max_s) * self._rng.uniform(0.8, 1.2)
+        return self._base_delay(attempt) * self._rng.uniform(1 - _JITTER, 1 + _JITTER)
+
+    def _shortest_delay(self, attempt: int) -> float:
+        return self._base_delay(attempt) * (1 - _JITTER)
 
     def _heartbeat_event(self) -> bytes:
         return stream_pb2.SubscribeResponse(
@@ -688,25 +676,21 @@ class DeliveryCore:
 
     async def _redeliver(self, now: float) -> None:
         failed: dict[str, list[Transition]] = {}
-        while self._deadlines and self._deadlines[0][0] <= now:
-            _, _, session, attempt, group = heapq.heappop(self._deadlines)
-            for key, timer in group:
-                pending = session.unacked.get(key)
-                # Acked, settled, closed, or written again since (a newer timer owns it).
-                if pending is None or pending.timer != timer:
+        max_attempts = self._settings.max_attempts
+        for session in self._sessions.values():
+            if not session.unacked:
+                continue
+            for pending in session.due(now, self._shortest_delay):
+                entry = pending.entry
+                if entry.expires_at <= now or pending.log.acks.is_acked(entry.cursor):
                     continue
-                del session.unacked[key]
-                if pending.entry.expires_at <= now or pending.log.acks.is_acked(
-                    pending.entry.cursor
-                ):
-                    continue
-                if attempt >= self._settings.max_attempts:
+                if pending.attempt >= max_attempts:
                     failed.setdefault(session.tenant, []).append(
                         Transition(
-                            pending.entry.notification_id,
+                            entry.notification_id,
                             session.user_id,
                             State.FAILED,
-                            f"no ack after {attempt} attempts; kept for the next connect",
+                            f"no ack after {pending.attempt} attempts; kept for the next connect",
                         )
                     )
                     continue

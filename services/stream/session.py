@@ -20,6 +20,7 @@ import asyncio
 import heapq
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from services import wire
@@ -60,8 +61,9 @@ class Pending:
     entry: Entry
     log: LogCursorState
     attempt: int = 1
-    # The number of the ack timer of its latest write (0: not written yet).
-    timer: int = 0
+    # Its latest write (0: not written yet) and when that write's ack timer runs out.
+    written_at: float = 0.0
+    deadline: float = 0.0
 
 
 class Session:
@@ -103,6 +105,8 @@ class Session:
         self.stalled = False
         # Entries written (or held by the client) and not acked yet, by (log key, cursor).
         self.unacked: dict[tuple[str, int], Pending] = {}
+        # The ack timers: the same entries by attempt, each in write order (see `due`).
+        self._timers: dict[int, dict[tuple[str, int], Pending]] = {}
         self.closed = asyncio.Event()
         self.last_write_at = connected_at
         # time.monotonic() when the write in flight began (0: none); stuck too long = slow consumer.
@@ -149,6 +153,60 @@ class Session:
 
     def room(self) -> int:
         return self.buffer_limit - self.waiting
+
+    # -- ack timers ------------------------------------------------------------------------
+
+    def track(self, pending: Pending, now: float, deadline: float) -> None:
+        """Starts the ack timer of a written (or held) entry."""
+        key = (pending.log.log_key, pending.entry.cursor)
+        pending.written_at = now
+        pending.deadline = deadline
+        self.unacked[key] = pending
+        timers = self._timers.get(pending.attempt)
+        if timers is None:
+            timers = self._timers[pending.attempt] = {}
+        timers[key] = pending
+
+    def settle(self, key: tuple[str, int]) -> None:
+        """Stops the ack timer of an acked entry (if this session has one running)."""
+        pending = self.unacked.pop(key, None)
+        if pending is not None:
+            self._timers[pending.attempt].pop(key, None)
+
+    def due(self, now: float, shortest_delay: Callable[[int], float]) -> list[Pending]:
+        """Removes and returns the written entries whose ack timer has run out.
+
+        `shortest_delay(attempt)` is the least an ack timer of that attempt can be: within one
+        attempt entries are in write order, so the scan stops at the first one written less
+        than that long ago. Acked entries were removed when acked, so a session whose client
+        acks costs one look per attempt, however much it was sent.
+        """
+        due: list[Pending] = []
+        for attempt, timers in self._timers.items():
+            if not timers:
+                continue
+            horizon = now - shortest_delay(attempt)
+            keys = []
+            for key, pending in timers.items():
+                if pending.written_at > horizon:
+                    break
+                if pending.deadline <= now:
+                    keys.append(key)
+            for key in keys:
+                pending = timers.pop(key)
+                if self.unacked.get(key) is pending:
+                    del self.unacked[key]
+                    due.append(pending)
+        return due
+
+    def forget_acks(self, log_key: str | None = None) -> None:
+        """Stops the ack timers of one log (a channel left), or of every log."""
+        if log_key is None:
+            self.unacked.clear()
+            self._timers.clear()
+            return
+        for key in [k for k in self.unacked if k[0] == log_key]:
+            self.settle(key)
 
     # -- draining --------------------------------------------------------------------------
 
