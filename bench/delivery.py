@@ -16,8 +16,9 @@ subprocess on a free 127.0.0.1 port, starts a load generator in a second process
    process clock on receipt): p50 / p95 / p99.
 
 Herald subscribers ack every `--ack-interval` seconds (up_to their highest cursor, +-20 % jitter),
-over one AckStream each (or unary Ack calls with `--ack-mode unary`), as an app would. The load generator shares the machine's two cores with the server: its CPU is reported too.
-Everything is bounded: fixed phase durations, timeouts, and every subprocess is killed at the end.
+over one AckStream each (or unary Ack calls with `--ack-mode unary`), as an app would. The load
+generator shares the machine's two cores with the server: its CPU is reported too. Everything is
+bounded: fixed phase durations, timeouts, and every subprocess is killed at the end.
 """
 
 from __future__ import annotations
