@@ -9,7 +9,8 @@ import pytest
 from grpc import aio
 
 from herald.v1 import registry_pb2, stream_pb2
-from services.client import HeraldClient
+from services import auth
+from services.client import Backoff, HeraldClient
 from services.config import DeliverySettings, RegistrySettings
 from tests.conftest import Deploy
 from tests.harness import to_user
@@ -152,3 +153,35 @@ async def test_a_slow_consumer_is_closed_without_slowing_others_or_growing_memor
     [after] = await fast.deliveries(1)
     assert after.notification.content.title == "after"
     fast.cancel()
+
+
+async def test_a_stream_ends_when_its_token_expires_and_the_client_reconnects(
+    deploy: Deploy,
+) -> None:
+    herald, clock = await deploy("up")
+    backend = herald.backend()
+
+    def short_lived() -> str:
+        # Expired 29 s ago: within the 30 s leeway for about one more second.
+        return herald.tokens.minter.mint("alice", "acme", [auth.SCOPE_SUBSCRIBE], ttl_s=-29)
+
+    client = HeraldClient(herald.address("stream"), short_lived)
+    herald.clients.append(client)
+    subscription = client.subscribe(ack_interval=3600, backoff=Backoff(base_s=0.01, cap_s=0.01))
+    iterator = aiter(subscription)
+    async with asyncio.timeout(15):
+        first = (await backend.send(to_user("alice", "n1"))).notification_id
+        assert (await anext(iterator)).notification.id == first
+        await clock.advance(1.0)  # a tick of the node's timers: the token is still good
+        assert subscription.last_closing is None
+        await asyncio.sleep(1.2)
+        await clock.advance(1.0)
+        second = (await backend.send(to_user("alice", "n2"))).notification_id
+        assert (await anext(iterator)).notification.id == second
+        closing = subscription.last_closing
+        assert closing is not None
+        assert closing.reason == stream_pb2.Closing.REASON_TOKEN_EXPIRED
+        assert "reconnect with a fresh token" in closing.message
+        assert closing.retry_after_ms == 0
+        assert subscription.connects == 2  # reconnected with a fresh token, nothing lost
+        await iterator.aclose()

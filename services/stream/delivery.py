@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -179,6 +180,7 @@ class DeliveryCore:
         device: str,
         channels: list[str],
         cursors: dict[str, int],
+        expires_at: float = math.inf,
     ) -> Session:
         """Registers a new session and prepares it to replay from the given cursors.
 
@@ -236,6 +238,7 @@ class DeliveryCore:
             logs=states,
             buffer_limit=self._settings.session_buffer,
             connected_at=now,
+            expires_at=expires_at,
         )
         await self._registry.register(
             SessionInfo(
@@ -614,7 +617,9 @@ class DeliveryCore:
 
     @staticmethod
     def _closing_event(reason: int, message: str) -> bytes:
-        retry = 0 if reason == _CLOSING.REASON_DISCONNECTED else 1000
+        retry = (
+            0 if reason in (_CLOSING.REASON_DISCONNECTED, _CLOSING.REASON_TOKEN_EXPIRED) else 1000
+        )
         return stream_pb2.SubscribeResponse(
             closing=stream_pb2.Closing(reason=reason, message=message, retry_after_ms=retry)  # type: ignore[arg-type]
         ).SerializeToString()
@@ -656,10 +661,17 @@ class DeliveryCore:
     def _heartbeats(self, now: float, interval: float) -> None:
         # A stalled write is real I/O: measured on the monotonic clock, not the injected one.
         stalled_since = time.monotonic() - self._settings.write_timeout_s
+        # Tokens expire in wall-clock time, as they were verified.
+        wall = time.time()
         for session in self._sessions.values():
             started = session.write_started_at
             if started and started < stalled_since:
                 self._slow_consumer(session)
+            elif session.expires_at <= wall:
+                session.close(
+                    _CLOSING.REASON_TOKEN_EXPIRED,
+                    "the token has expired; reconnect with a fresh token and your cursors",
+                )
             elif now - session.last_write_at >= interval and not session.heartbeat_due:
                 session.heartbeat_due = True
                 session.wakeup.set()

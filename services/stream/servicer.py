@@ -46,6 +46,7 @@ class StreamServicer:
             device=request.device[:64],
             channels=list(request.channels),
             cursors=cursors,
+            expires_at=principal.expires_at,
         )
         try:
             await self._core.run(session, context.write)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import math
 import uuid
 from collections import deque
 from collections.abc import Callable
@@ -79,6 +80,7 @@ class Session:
         logs: dict[str, LogCursorState],
         buffer_limit: int,
         connected_at: float,
+        expires_at: float = math.inf,
     ) -> None:
         self.session_id = uuid.uuid4().hex
         self.tenant = tenant
@@ -88,6 +90,8 @@ class Session:
         self.logs = logs
         self.buffer_limit = buffer_limit
         self.connected_at = connected_at
+        # When the token the stream was opened with stops verifying (wall clock).
+        self.expires_at = expires_at
         self.lanes: tuple[deque[Pending], deque[Pending], deque[Pending]] = (
             deque(),
             deque(),

@@ -83,11 +83,13 @@ class Closing(_message.Message):
         REASON_SLOW_CONSUMER: _ClassVar[Closing.Reason]
         REASON_DISCONNECTED: _ClassVar[Closing.Reason]
         REASON_REPLACED: _ClassVar[Closing.Reason]
+        REASON_TOKEN_EXPIRED: _ClassVar[Closing.Reason]
     REASON_UNSPECIFIED: Closing.Reason
     REASON_SHUTDOWN: Closing.Reason
     REASON_SLOW_CONSUMER: Closing.Reason
     REASON_DISCONNECTED: Closing.Reason
     REASON_REPLACED: Closing.Reason
+    REASON_TOKEN_EXPIRED: Closing.Reason
     REASON_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     RETRY_AFTER_MS_FIELD_NUMBER: _ClassVar[int]
