@@ -44,7 +44,7 @@ import tempfile
 import time
 import traceback
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -299,65 +299,22 @@ class LoadGenerator:
                 self.redeliveries += 1
 
     async def _acker(self, index: int, channel: aio.Channel) -> None:
-        if self.spec.ack_mode == "stream":
-            await self._stream_acker(index, channel)
-            return
-        ack = channel.unary_unary(
-            _ACK,
-            request_serializer=stream_pb2.AckRequest.SerializeToString,
-            response_deserializer=stream_pb2.AckResponse.FromString,
-        )
+        """Acks `up_to` the subscriber's cursor every interval, timing each round trip."""
         metadata = (("authorization", f"Bearer {self._tokens[index]}"),)
+        send = (
+            self._stream_ack(channel, metadata)
+            if self.spec.ack_mode == "stream"
+            else self._unary_ack(channel, metadata)
+        )
         interval = self.spec.ack_interval
         acked = 0
-
-        def request(cursor: int) -> stream_pb2.AckRequest:
-            return stream_pb2.AckRequest(up_to=[stream_pb2.LogCursor(log="user", cursor=cursor)])
-
         await asyncio.sleep(random.uniform(0, interval))
         while True:
             cursor = self.cursors[index]
             if cursor > acked:
                 started = time.monotonic_ns()
                 try:
-                    await ack(request(cursor), metadata=metadata, timeout=10.0)
-                    acked = cursor
-                    self.ack_latencies.append(time.monotonic_ns() - started)
-                except aio.AioRpcError as exc:
-                    self.ack_errors += 1
-                    self.ack_error_codes[exc.code().name] += 1
-            # +-20 %, as the client library does: acks that once went out together (after a
-            # stall) drift apart instead of arriving as one burst every interval.
-            await asyncio.sleep(interval * random.uniform(0.8, 1.2))
-
-    async def _stream_acker(self, index: int, channel: aio.Channel) -> None:
-        """Acks over one `AckStream` call, as the client library does (reopened on error)."""
-        open_stream = channel.stream_stream(
-            _ACK_STREAM,
-            request_serializer=stream_pb2.AckStreamRequest.SerializeToString,
-            response_deserializer=stream_pb2.AckStreamResponse.FromString,
-        )
-        metadata = (("authorization", f"Bearer {self._tokens[index]}"),)
-        interval = self.spec.ack_interval
-        acked = 0
-        call: Any = None
-        await asyncio.sleep(random.uniform(0, interval))
-        while True:
-            cursor = self.cursors[index]
-            if cursor > acked:
-                started = time.monotonic_ns()
-                try:
-                    if call is None:
-                        call = open_stream(metadata=metadata)
-                    await call.write(
-                        stream_pb2.AckStreamRequest(
-                            up_to=[stream_pb2.LogCursor(log="user", cursor=cursor)]
-                        )
-                    )
-                    async with asyncio.timeout(10.0):
-                        response = await call.read()
-                    if response is aio.EOF:
-                        raise RuntimeError("the ack stream ended")
+                    await send([stream_pb2.LogCursor(log="user", cursor=cursor)])
                     acked = cursor
                     self.ack_latencies.append(time.monotonic_ns() - started)
                 except (aio.AioRpcError, TimeoutError, RuntimeError) as exc:
@@ -366,12 +323,50 @@ class LoadGenerator:
                         exc.code().name if isinstance(exc, aio.AioRpcError) else type(exc).__name__
                     )
                     self.ack_error_codes[code] += 1
-                    if call is not None:
-                        call.cancel()
-                    call = None
             # +-20 %, as the client library does: acks that once went out together (after a
             # stall) drift apart instead of arriving as one burst every interval.
             await asyncio.sleep(interval * random.uniform(0.8, 1.2))
+
+    @staticmethod
+    def _unary_ack(channel: aio.Channel, metadata: Any) -> Callable[[list[Any]], Awaitable[None]]:
+        ack = channel.unary_unary(
+            _ACK,
+            request_serializer=stream_pb2.AckRequest.SerializeToString,
+            response_deserializer=stream_pb2.AckResponse.FromString,
+        )
+
+        async def send(up_to: list[Any]) -> None:
+            await ack(stream_pb2.AckRequest(up_to=up_to), metadata=metadata, timeout=10.0)
+
+        return send
+
+    @staticmethod
+    def _stream_ack(channel: aio.Channel, metadata: Any) -> Callable[[list[Any]], Awaitable[None]]:
+        """Acks over one `AckStream` call, as the client library does (reopened on error)."""
+        open_stream = channel.stream_stream(
+            _ACK_STREAM,
+            request_serializer=stream_pb2.AckStreamRequest.SerializeToString,
+            response_deserializer=stream_pb2.AckStreamResponse.FromString,
+        )
+        call: Any = None
+
+        async def send(up_to: list[Any]) -> None:
+            nonlocal call
+            try:
+                if call is None:
+                    call = open_stream(metadata=metadata)
+                await call.write(stream_pb2.AckStreamRequest(up_to=up_to))
+                async with asyncio.timeout(10.0):
+                    response = await call.read()
+                if response is aio.EOF:
+                    raise RuntimeError("the ack stream ended")
+            except BaseException:
+                if call is not None:
+                    call.cancel()
+                call = None
+                raise
+
+        return send
 
     async def connect(self) -> None:
         self._mint()
