@@ -23,7 +23,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from herald.node.v1 import node_pb2, node_pb2_grpc
-from herald.v1 import ingest_pb2, ingest_pb2_grpc, registry_pb2, registry_pb2_grpc, stream_pb2
+from herald.v1 import ingest_pb2, registry_pb2, registry_pb2_grpc, stream_pb2
 from services import auth, metrics
 from services.clock import Clock, SystemClock
 from services.config import Config
@@ -190,7 +190,7 @@ async def start_node(
         ingest_core = IngestCore(
             delivery_port, MemoryIdempotencyStore(), config.ingest, clock, templates
         )
-        ingest_pb2_grpc.add_IngestServiceServicer_to_server(IngestServicer(ingest_core), server)
+        IngestServicer(ingest_core).register(server)
 
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

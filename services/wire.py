@@ -7,6 +7,9 @@ by concatenation, which protobuf defines to be the same as merging:
 - a `DeliveryBatch` is each delivery as repeated field 1;
 - a `SubscribeResponse` carrying the batch is field 1 of the oneof.
 
+The same goes for the answer to `SendBatch`: one `SendResult` per notification, built from the
+notification id and two numbers without a message object per result.
+
 The functions here are the only place that knows those field numbers; tests check them against
 the generated classes.
 """
@@ -18,6 +21,8 @@ _TAG_LOG = b"\x12"  # Delivery.log, field 2, length-delimited
 _TAG_CURSOR = b"\x18"  # Delivery.cursor, field 3, varint
 _TAG_ATTEMPT = b"\x20"  # Delivery.attempt, field 4, varint
 _TAG_RESUME = b"\x28"  # Delivery.resume_cursor, field 5, varint
+_TAG_DUPLICATE_TRUE = b"\x10\x01"  # SendResponse.duplicate, field 2, varint 1
+_TAG_RECIPIENTS = b"\x18"  # SendResponse.recipient_count, field 3, varint
 
 
 def _encode_varint(value: int) -> bytes:
@@ -85,12 +90,29 @@ def delivery(
     )
 
 
-def batch_response(deliveries: list[bytes]) -> bytes:
-    """An encoded `SubscribeResponse` whose `deliveries` batch holds the given deliveries."""
+def repeated_field_1(items: list[bytes]) -> bytes:
+    """Encoded messages as the repeated field 1 of their parent (`DeliveryBatch.deliveries`,
+    `SendBatchResponse.results`)."""
     parts: list[bytes] = []
-    for item in deliveries:
+    for item in items:
         parts.append(_TAG_LEN_1)
         parts.append(varint(len(item)))
         parts.append(item)
-    inner = b"".join(parts)
+    return b"".join(parts)
+
+
+def batch_response(deliveries: list[bytes]) -> bytes:
+    """An encoded `SubscribeResponse` whose `deliveries` batch holds the given deliveries."""
+    inner = repeated_field_1(deliveries)
     return _TAG_LEN_1 + varint(len(inner)) + inner
+
+
+def accepted_result(notification_id: str, duplicate: bool, recipient_count: int) -> bytes:
+    """An encoded `SendResult` whose `accepted` is the `SendResponse` with these fields."""
+    raw = notification_id.encode()
+    response = _TAG_LEN_1 + varint(len(raw)) + raw
+    if duplicate:
+        response += _TAG_DUPLICATE_TRUE
+    if recipient_count:
+        response += _TAG_RECIPIENTS + varint(recipient_count)
+    return _TAG_LEN_1 + varint(len(response)) + response

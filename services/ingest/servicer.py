@@ -1,18 +1,26 @@
-"""IngestService over gRPC: decode, call IngestCore, encode."""
+"""IngestService over gRPC: decode, call IngestCore, encode.
+
+`SendBatch` answers with pre-encoded bytes (see services/wire.py): it is registered with an
+identity response serializer (`register`), while clients keep using the generated stubs.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+import grpc
 from grpc import aio
 
 from herald.v1 import ingest_pb2
+from services import wire
 from services.auth import current_principal
 from services.errors import HeraldError, InvalidArgument
 from services.ingest.core import IngestCore, SendOutcome
 from services.model import status_to_proto
 
 Context = aio.ServicerContext[Any, Any]
+
+SERVICE = "herald.v1.IngestService"
 
 
 def _response(outcome: SendOutcome) -> ingest_pb2.SendResponse:
@@ -21,6 +29,18 @@ def _response(outcome: SendOutcome) -> ingest_pb2.SendResponse:
         duplicate=outcome.duplicate,
         recipient_count=outcome.recipient_count,
     )
+
+
+def encode_results(outcomes: list[SendOutcome | HeraldError]) -> bytes:
+    """The encoded `SendBatchResponse` for the outcomes of a batch, in request order."""
+    results: list[bytes] = []
+    for outcome in outcomes:
+        if isinstance(outcome, HeraldError):
+            error = ingest_pb2.SendError(code=outcome.code.value[0], message=outcome.message)
+            results.append(ingest_pb2.SendResult(error=error).SerializeToString())
+        else:
+            results.append(wire.accepted_result(*outcome))
+    return wire.repeated_field_1(results)
 
 
 class IngestServicer:
@@ -35,27 +55,34 @@ class IngestServicer:
         principal = current_principal()
         return _response(await self._core.send(principal.tenant, request.notification))
 
-    async def SendBatch(
-        self, request: ingest_pb2.SendBatchRequest, context: Context
-    ) -> ingest_pb2.SendBatchResponse:
+    async def SendBatch(self, request: ingest_pb2.SendBatchRequest, context: Context) -> bytes:
+        """Answers with an encoded `SendBatchResponse`."""
         principal = current_principal()
         outcomes = await self._core.send_batch(principal.tenant, list(request.notifications))
-        results = []
-        for outcome in outcomes:
-            if isinstance(outcome, HeraldError):
-                results.append(
-                    ingest_pb2.SendResult(
-                        error=ingest_pb2.SendError(
-                            code=outcome.code.value[0], message=outcome.message
-                        )
-                    )
-                )
-            else:
-                results.append(ingest_pb2.SendResult(accepted=_response(outcome)))
-        return ingest_pb2.SendBatchResponse(results=results)
+        return encode_results(outcomes)
 
     async def GetStatus(
         self, request: ingest_pb2.GetStatusRequest, context: Context
     ) -> ingest_pb2.GetStatusResponse:
         principal = current_principal()
         return status_to_proto(await self._core.status(principal.tenant, request.notification_id))
+
+    def register(self, server: aio.Server) -> None:
+        handlers = {
+            "Send": grpc.unary_unary_rpc_method_handler(
+                self.Send,
+                request_deserializer=ingest_pb2.SendRequest.FromString,
+                response_serializer=ingest_pb2.SendResponse.SerializeToString,
+            ),
+            "SendBatch": grpc.unary_unary_rpc_method_handler(
+                self.SendBatch,
+                request_deserializer=ingest_pb2.SendBatchRequest.FromString,
+                response_serializer=None,  # SendBatch returns encoded SendBatchResponse bytes
+            ),
+            "GetStatus": grpc.unary_unary_rpc_method_handler(
+                self.GetStatus,
+                request_deserializer=ingest_pb2.GetStatusRequest.FromString,
+                response_serializer=ingest_pb2.GetStatusResponse.SerializeToString,
+            ),
+        }
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))

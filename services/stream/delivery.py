@@ -34,8 +34,8 @@ from services.stream.log import (
 )
 from services.stream.session import LogCursorState, Pending, Session, new_log_state
 from services.stream.status import (
+    NewRecord,
     NotificationRecord,
-    RecipientRecord,
     State,
     StatusStore,
     Transition,
@@ -102,17 +102,11 @@ class DeliveryCore:
         now = self._clock.now()
         by_log: dict[tuple[str, str], list[NewEntry]] = {}
         counts: list[int] = []
-        records: list[NotificationRecord] = []
-        queued = State.QUEUED
+        records: list[NewRecord] = []
         for n in notifications:
             records.append(
-                NotificationRecord(
-                    n.notification_id,
-                    n.tenant,
-                    n.target,
-                    n.created_at,
-                    n.expires_at,
-                    {u: RecipientRecord(u, queued, now, queued_at=now) for u in n.user_ids},
+                NewRecord(
+                    n.notification_id, n.tenant, n.target, n.created_at, n.expires_at, n.user_ids
                 )
             )
             entry = NewEntry(
@@ -131,7 +125,7 @@ class DeliveryCore:
             for key in keys:
                 by_log.setdefault((n.tenant, key), []).append(entry)
             counts.append(len(n.user_ids))
-        await self._status.create(records)
+        await self._status.create(records, now)
         for (tenant, key), items in by_log.items():
             limit = (
                 self._settings.inbox_limit

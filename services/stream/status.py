@@ -58,6 +58,20 @@ class NotificationRecord:
     recipients: dict[str, RecipientRecord] = field(default_factory=dict)
 
 
+class NewRecord(NamedTuple):
+    """A notification just appended to its logs: each of `user_ids` starts QUEUED (channel and
+    broadcast recipients are added by their first transition). A NamedTuple: one is built per
+    notification at ingest."""
+
+    notification_id: str
+    tenant: str
+    # The encoded herald.v1.Target.
+    target: bytes
+    created_at: float
+    expires_at: float
+    user_ids: tuple[str, ...]
+
+
 class Transition(NamedTuple):
     """A requested change of one recipient's state (a NamedTuple: several are built per
     delivery, and a frozen dataclass costs a call per field to build)."""
@@ -71,9 +85,9 @@ class Transition(NamedTuple):
 class StatusStore(Protocol):
     """Per-notification, per-recipient delivery state."""
 
-    async def create(self, records: Sequence[NotificationRecord]) -> None:
-        """Stores new notifications with their initial recipients (a record already stored
-        under the same tenant and id is kept as it is)."""
+    async def create(self, records: Sequence[NewRecord], at: float) -> None:
+        """Stores new notifications, their users QUEUED at `at` (a record already stored under
+        the same tenant and id is kept as it is)."""
         ...
 
     async def apply(self, tenant: str, transitions: list[Transition], at: float) -> None:

@@ -7,7 +7,14 @@ from collections.abc import Sequence
 from typing import Final
 
 from services import metrics
-from services.stream.status import ALLOWED, NotificationRecord, RecipientRecord, State, Transition
+from services.stream.status import (
+    ALLOWED,
+    NewRecord,
+    NotificationRecord,
+    RecipientRecord,
+    State,
+    Transition,
+)
 
 # Records are kept as plain tuples of scalars and dicts of such tuples, not as the dataclasses
 # the Protocol speaks: the collector stops tracking tuples and dicts that hold only scalars, so a
@@ -26,20 +33,6 @@ _STATE: Final = 1
 _READ: Final = 8
 _CREATED_AT: Final = 3
 _ALLOWED = {None if state is None else int(state): then for state, then in ALLOWED.items()}
-
-
-def _recipient_tuple(r: RecipientRecord) -> _Recipient:
-    return (
-        r.user_id,
-        int(r.state),
-        r.updated_at,
-        r.queued_at,
-        r.delivered_at,
-        r.acked_at,
-        r.attempts,
-        r.reason,
-        r.read_at,
-    )
 
 
 def _recipient_record(t: _Recipient) -> RecipientRecord:
@@ -62,23 +55,19 @@ class MemoryStatusStore:
         self._count = 0
         self._max_records = max_records
 
-    async def create(self, records: Sequence[NotificationRecord]) -> None:
+    async def create(self, records: Sequence[NewRecord], at: float) -> None:
         by_tenant = self._by_tenant
-        for record in records:
-            stored = by_tenant.get(record.tenant)
+        all_recipients = self._recipients
+        queued = int(State.QUEUED)
+        for notification_id, tenant, target, created_at, expires_at, user_ids in records:
+            stored = by_tenant.get(tenant)
             if stored is None:
-                stored = by_tenant[record.tenant] = OrderedDict()
-            if record.notification_id in stored:
+                stored = by_tenant[tenant] = OrderedDict()
+            if notification_id in stored:
                 continue
-            stored[record.notification_id] = (
-                record.notification_id,
-                record.tenant,
-                record.target,
-                record.created_at,
-                record.expires_at,
-            )
-            self._recipients[(record.tenant, record.notification_id)] = {
-                u: _recipient_tuple(r) for u, r in record.recipients.items()
+            stored[notification_id] = (notification_id, tenant, target, created_at, expires_at)
+            all_recipients[(tenant, notification_id)] = {
+                u: (u, queued, at, at, 0.0, 0.0, 0, "", 0.0) for u in user_ids
             }
             self._count += 1
         if self._max_records is not None and self._count > self._max_records:

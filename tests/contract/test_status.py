@@ -8,6 +8,7 @@ import pytest
 
 from services.stream.status import (
     ALLOWED,
+    NewRecord,
     NotificationRecord,
     RecipientRecord,
     State,
@@ -26,14 +27,20 @@ def record(
     tenant: str = T1,
     users: tuple[str, ...] = ("alice", "bob"),
     created_at: float = 100.0,
-) -> NotificationRecord:
+) -> NewRecord:
+    return NewRecord(notification_id, tenant, TARGET, created_at, created_at + 3600, users)
+
+
+def stored(new: NewRecord) -> NotificationRecord:
+    """What `get` answers for `new` created at its `created_at`, before any transition."""
+    at = new.created_at
     return NotificationRecord(
-        notification_id,
-        tenant,
-        TARGET,
-        created_at,
-        created_at + 3600,
-        {u: RecipientRecord(u, State.QUEUED, created_at, queued_at=created_at) for u in users},
+        new.notification_id,
+        new.tenant,
+        new.target,
+        new.created_at,
+        new.expires_at,
+        {u: RecipientRecord(u, State.QUEUED, at, queued_at=at) for u in new.user_ids},
     )
 
 
@@ -46,19 +53,19 @@ async def recipient(
 
 
 async def test_get_returns_what_was_created(status_store: StatusStore) -> None:
-    await status_store.create([record()])
-    assert await status_store.get(T1, "n1") == record()
+    await status_store.create([record()], 100.0)
+    assert await status_store.get(T1, "n1") == stored(record())
     assert await status_store.get(T1, "n2") is None
     assert await status_store.get(T2, "n1") is None
 
 
 async def test_create_stores_a_batch_and_keeps_what_exists(status_store: StatusStore) -> None:
-    await status_store.create([record(users=("alice",))])
+    await status_store.create([record(users=("alice",))], 100.0)
     await status_store.apply(T1, [Transition("n1", "alice", State.DELIVERED)], 150.0)
     # The same id again (a retried dispatch) does not reset its recipients; the rest is stored.
-    await status_store.create([record(users=("alice",)), record(notification_id="n2")])
+    await status_store.create([record(users=("alice",)), record(notification_id="n2")], 100.0)
     assert (await recipient(status_store, "alice")).state is State.DELIVERED
-    assert await status_store.get(T1, "n2") == record(notification_id="n2")
+    assert await status_store.get(T1, "n2") == stored(record(notification_id="n2"))
 
 
 @pytest.mark.parametrize(
@@ -67,15 +74,17 @@ async def test_create_stores_a_batch_and_keeps_what_exists(status_store: StatusS
 async def test_states_only_move_as_allowed(
     status_store: StatusStore, current: State, new: State
 ) -> None:
-    created = record(users=("alice",))
-    created.recipients["alice"] = RecipientRecord("alice", current, 100.0, queued_at=100.0)
-    await status_store.create([created])
+    await status_store.create([record(users=("alice",))], 100.0)
+    if current is not State.QUEUED:  # every state can follow QUEUED
+        await status_store.apply(T1, [Transition("n1", "alice", current, "before")], 150.0)
+    before = await recipient(status_store, "alice")
+    assert before.state is current
     await status_store.apply(T1, [Transition("n1", "alice", new, "why")], 200.0)
     after = await recipient(status_store, "alice")
     if new in ALLOWED[current]:
         assert (after.state, after.updated_at, after.reason) == (new, 200.0, "why")
     else:  # ignored: nothing about the recipient changes
-        assert after == RecipientRecord("alice", current, 100.0, queued_at=100.0)
+        assert after == before
 
 
 async def test_the_allowed_table_is_forward_only() -> None:
@@ -87,7 +96,7 @@ async def test_the_allowed_table_is_forward_only() -> None:
 
 
 async def test_a_new_recipient_enters_in_any_state(status_store: StatusStore) -> None:
-    await status_store.create([record(users=())])
+    await status_store.create([record(users=())], 100.0)
     await status_store.apply(
         T1,
         [Transition("n1", "carol", State.DELIVERED), Transition("n1", "dave", State.ACKED)],
@@ -107,7 +116,7 @@ async def test_a_new_recipient_enters_in_any_state(status_store: StatusStore) ->
 async def test_attempts_count_deliveries_and_timestamps_are_kept(
     status_store: StatusStore,
 ) -> None:
-    await status_store.create([record()])
+    await status_store.create([record()], 100.0)
     steps = [
         (State.DELIVERED, 110.0, ""),
         (State.DELIVERED, 120.0, ""),  # redelivered after an ack timeout
@@ -130,11 +139,11 @@ async def test_attempts_count_deliveries_and_timestamps_are_kept(
         attempts=3,
         reason="",
     )
-    assert await recipient(status_store, "bob") == record().recipients["bob"]
+    assert await recipient(status_store, "bob") == stored(record()).recipients["bob"]
 
 
 async def test_a_failure_keeps_its_reason(status_store: StatusStore) -> None:
-    await status_store.create([record()])
+    await status_store.create([record()], 100.0)
     await status_store.apply(T1, [Transition("n1", "alice", State.DELIVERED)], 110.0)
     await status_store.apply(T1, [Transition("n1", "alice", State.FAILED, "no ack")], 120.0)
     await status_store.apply(T1, [Transition("n1", "bob", State.EXPIRED, "ttl")], 130.0)
@@ -150,7 +159,7 @@ async def test_a_failure_keeps_its_reason(status_store: StatusStore) -> None:
 
 
 async def test_transitions_of_one_call_apply_in_order(status_store: StatusStore) -> None:
-    await status_store.create([record()])
+    await status_store.create([record()], 100.0)
     await status_store.apply(
         T1,
         [
@@ -175,20 +184,21 @@ async def test_transitions_of_one_call_apply_in_order(status_store: StatusStore)
 async def test_apply_ignores_unknown_notifications_and_other_tenants(
     status_store: StatusStore,
 ) -> None:
-    await status_store.create([record()])
+    await status_store.create([record()], 100.0)
     await status_store.apply(T1, [Transition("n9", "alice", State.DELIVERED)], 110.0)
     await status_store.apply(T2, [Transition("n1", "alice", State.ACKED)], 110.0)
     assert await status_store.get(T1, "n9") is None
     assert await status_store.get(T2, "n1") is None
-    assert await status_store.get(T1, "n1") == record()
+    assert await status_store.get(T1, "n1") == stored(record())
 
 
 async def test_tenants_keep_separate_records_under_one_id(status_store: StatusStore) -> None:
     await status_store.create(
-        [record(tenant=T1, users=("alice",)), record(tenant=T2, users=("zoe",), created_at=500.0)]
+        [record(tenant=T1, users=("alice",)), record(tenant=T2, users=("zoe",), created_at=500.0)],
+        100.0,
     )
     await status_store.apply(T2, [Transition("n1", "zoe", State.DELIVERED)], 510.0)
-    assert await status_store.get(T1, "n1") == record(tenant=T1, users=("alice",))
+    assert await status_store.get(T1, "n1") == stored(record(tenant=T1, users=("alice",)))
     t2 = await status_store.get(T2, "n1")
     assert t2 is not None
     assert (t2.tenant, t2.created_at, list(t2.recipients)) == (T2, 500.0, ["zoe"])
@@ -198,33 +208,33 @@ async def test_tenants_keep_separate_records_under_one_id(status_store: StatusSt
 async def test_purge_forgets_notifications_created_before_the_cutoff(
     status_store: StatusStore,
 ) -> None:
-    await status_store.create([record("old", T1, created_at=10.0)])
-    await status_store.create([record("old", T2, created_at=20.0)])
-    await status_store.create([record("edge", T1, created_at=30.0)])
-    await status_store.create([record("new", T1, created_at=40.0)])
+    await status_store.create([record("old", T1, created_at=10.0)], 10.0)
+    await status_store.create([record("old", T2, created_at=20.0)], 20.0)
+    await status_store.create([record("edge", T1, created_at=30.0)], 30.0)
+    await status_store.create([record("new", T1, created_at=40.0)], 40.0)
     assert await status_store.purge(30.0) == 2
     assert await status_store.get(T1, "old") is None
     assert await status_store.get(T2, "old") is None
-    assert await status_store.get(T1, "edge") == record("edge", T1, created_at=30.0)
-    assert await status_store.get(T1, "new") == record("new", T1, created_at=40.0)
+    assert await status_store.get(T1, "edge") == stored(record("edge", T1, created_at=30.0))
+    assert await status_store.get(T1, "new") == stored(record("new", T1, created_at=40.0))
     assert await status_store.purge(30.0) == 0
     assert await status_store.purge(1e9) == 2
 
 
 async def test_get_returns_a_copy(status_store: StatusStore) -> None:
-    await status_store.create([record()])
+    await status_store.create([record()], 100.0)
     copy = await status_store.get(T1, "n1")
     assert copy is not None
     copy.recipients["alice"].state = State.ACKED
     copy.recipients["alice"].attempts = 7
     copy.recipients["mallory"] = RecipientRecord("mallory", State.QUEUED, 1.0)
     copy.expires_at = 0.0
-    assert await status_store.get(T1, "n1") == record()
+    assert await status_store.get(T1, "n1") == stored(record())
 
 
 async def test_mark_read_sets_read_at_once_per_recipient(status_store: StatusStore) -> None:
-    await status_store.create([record("n1")])
-    await status_store.create([record("n2")])
+    await status_store.create([record("n1")], 100.0)
+    await status_store.create([record("n2")], 100.0)
     assert await status_store.mark_read(T1, "alice", ["n1", "n2", "n1", "missing"], 200.0) == 2
     assert await status_store.mark_read(T1, "alice", ["n1"], 300.0) == 0
     assert await status_store.mark_read(T2, "alice", ["n1"], 300.0) == 0
