@@ -4,6 +4,7 @@ idempotency. Time is a ManualClock: nothing here sleeps for seconds."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterable
 
 import grpc
@@ -344,6 +345,30 @@ async def test_offline_inbox_is_drained_on_connect_and_bounded(
         assert recipient.state == ingest_pb2.DELIVERY_STATE_FAILED
         assert recipient.reason == "dropped: inbox full"
     stream.cancel()
+
+
+async def test_a_full_inbox_is_logged_once_a_minute_with_the_count(
+    deploy: Deploy, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Every send to a full inbox drops its oldest entry; the log says so once a minute per
+    # tenant, with how many went since (the metric counts each one).
+    herald, clock = await deploy("up", delivery=DeliverySettings(inbox_limit=1))
+    backend = herald.backend()
+    caplog.set_level(logging.WARNING, logger="services.stream.delivery")
+
+    def warnings() -> list[int]:
+        return [
+            getattr(r, "dropped", -1)
+            for r in caplog.records
+            if r.getMessage() == "log bound reached, oldest entries dropped"
+        ]
+
+    for i in range(5):
+        await backend.send(to_user("alice", f"n{i}"))
+    assert warnings() == [1]  # the first drop; the next three wait for the minute to pass
+    await clock.advance(61)
+    await backend.send(to_user("alice", "n5"))
+    assert warnings() == [1, 4]
 
 
 @TOPOLOGIES

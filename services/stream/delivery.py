@@ -49,6 +49,9 @@ _CLOSING = stream_pb2.Closing
 _MAX_CHANNEL_LEN = 128
 # Ack timeouts vary by +-20 %, so that redeliveries of entries written together spread out.
 _JITTER = 0.2
+# A full log drops its oldest entry on every append: say so in the log at most this often per
+# tenant and kind of log, with the count since the last time (the metric counts every drop).
+_DROP_LOG_INTERVAL_S = 60.0
 
 
 def _log_key_of(record: NotificationRecord, user_id: str) -> str:
@@ -94,6 +97,8 @@ class DeliveryCore:
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
         self._drained = asyncio.Event()
+        # (tenant, log kind) -> (when a drop was last logged, drops since then).
+        self._drops: dict[tuple[str, str], tuple[float, int]] = {}
 
     # -- ingest side -----------------------------------------------------------------------
 
@@ -156,9 +161,20 @@ class DeliveryCore:
                 ],
                 now,
             )
+        logged_at, unlogged = self._drops.get((tenant, kind), (-math.inf, 0))
+        unlogged += len(dropped)
+        if now - logged_at < _DROP_LOG_INTERVAL_S:
+            self._drops[tenant, kind] = (logged_at, unlogged)
+            return
+        self._drops[tenant, kind] = (now, 0)
         log.warning(
             "log bound reached, oldest entries dropped",
-            extra={"tenant": tenant, "log": kind, "dropped": len(dropped)},
+            extra={
+                "tenant": tenant,
+                "log": kind,
+                "dropped": unlogged,
+                "since_s": None if logged_at == -math.inf else round(now - logged_at),
+            },
         )
 
     async def status(self, tenant: str, notification_id: str) -> NotificationRecord | None:
