@@ -321,16 +321,18 @@ class DeliveryCore:
                     reason, message = session.closing
                     await write(self._closing_event(reason, message))
                     return
-                await self._catch_up(session)
+                if session.lagging:
+                    await self._catch_up(session)
                 if not session.waiting:
                     break
-                taken = self._fresh(session, session.take(batch_max))
+                now = self._clock.now()
+                taken = self._fresh(session, session.take(batch_max), now)
                 if not taken:
                     continue
                 data = session.encode(taken)
                 # Ack timers and status are recorded before the write: the client may read the
                 # batch (and ack it) before this coroutine resumes after the write.
-                await self._delivered(session, taken)
+                await self._delivered(session, taken, now)
                 session.write_started_at = time.monotonic()
                 await write(data)
                 session.write_started_at = 0.0
@@ -544,8 +546,6 @@ class DeliveryCore:
 
     async def _catch_up(self, session: Session) -> None:
         """Reads logs the session is behind on, as far as its buffer has room."""
-        if not session.lagging:
-            return
         now = self._clock.now()
         for key, state in list(session.logs.items()):
             while state.behind and session.room() > 0 and key in session.logs:
@@ -558,9 +558,8 @@ class DeliveryCore:
                     state.behind = True
         session.lagging = any(state.behind for state in session.logs.values())
 
-    def _fresh(self, session: Session, taken: list[Pending]) -> list[Pending]:
+    def _fresh(self, session: Session, taken: list[Pending], now: float) -> list[Pending]:
         """Drops what expired while waiting (its status becomes EXPIRED)."""
-        now = self._clock.now()
         logs = session.logs
         fresh: list[Pending] = []
         expired: list[Pending] = []
@@ -586,8 +585,7 @@ class DeliveryCore:
             metrics.EXPIRED.inc(len(expired))
         return fresh
 
-    async def _delivered(self, session: Session, taken: list[Pending]) -> None:
-        now = self._clock.now()
+    async def _delivered(self, session: Session, taken: list[Pending], now: float) -> None:
         metrics.STREAM_MESSAGES.inc()
         self._track(session, taken, now)
         await self._status.apply(

@@ -122,11 +122,13 @@ class Session:
     def offer(self, log_key: str, entries: list[Entry], now: float) -> None:
         """Live entries just appended to a log this session reads (contiguous cursors)."""
         state = self.logs.get(log_key)
-        if state is None or state.behind:
+        if state is None or state.behind or not entries:
             return
-        fresh = [e for e in entries if e.cursor > state.enqueued]
-        if not fresh:
-            return
+        fresh = entries
+        if entries[0].cursor <= state.enqueued:  # some were read from the log already
+            fresh = [e for e in entries if e.cursor > state.enqueued]
+            if not fresh:
+                return
         if fresh[0].cursor != state.enqueued + 1 or self.waiting + len(fresh) > self.buffer_limit:
             # Not the next entries, or no room: read them from the log later instead.
             state.behind = True
