@@ -473,6 +473,8 @@ class DeliveryCore:
         """Acks entries of the user's logs; returns how many changed to ACKED."""
         now = self._clock.now()
         transitions: list[Transition] = []
+        acked = State.ACKED
+        sessions = self._by_user.get((tenant, user_id), ())
         for name, requested in up_to.items():
             key = self._key_of_name(name, user_id)
             # Never beyond the log's head: a cursor from before a restart of the embedded store
@@ -481,11 +483,13 @@ class DeliveryCore:
             before = await self._acks.ack_up_to(tenant, user_id, key, cursor)
             if cursor > before.up_to:
                 entries = await self._logs.read(tenant, key, before.up_to, cursor - before.up_to)
+                above = before.above
                 for entry in entries:
-                    if entry.cursor <= cursor and entry.cursor not in before.above:
-                        transitions.append(Transition(entry.notification_id, user_id, State.ACKED))
-                        self._settle(tenant, user_id, key, entry.cursor)
-            for session in self._by_user.get((tenant, user_id), ()):
+                    if entry.cursor <= cursor and entry.cursor not in above:
+                        transitions.append(Transition(entry.notification_id, user_id, acked))
+                        for session in sessions:  # stop the entry's ack timers
+                            session.settle((key, entry.cursor))
+            for session in sessions:
                 state = session.logs.get(key)
                 if state is not None:
                     state.acks.raise_to(cursor)
