@@ -35,8 +35,9 @@ class _Tallies(Collector):
     def __init__(self) -> None:
         self.families: list[tuple[str, str, list[str], dict[tuple[str, ...], Tally]]] = []
 
-    def add(self, name: str, documentation: str, labels: list[str] | None = None) -> Tally:
-        return self.labelled(name, documentation, labels or [], ())
+    def add(self, name: str, documentation: str) -> Tally:
+        """An unlabelled counter."""
+        return self.labelled(name, documentation, [], ())
 
     def labelled(
         self, name: str, documentation: str, labels: list[str], values: tuple[str, ...]
