@@ -7,7 +7,13 @@ the stream handler writes each queued message as it arrives (one `write` per mes
 one-delivery `herald.v1.SubscribeResponse`, on its user's queue, so subscribers read the baseline
 with the same generated classes they use for Herald.
 
-    python bench/baseline.py --port 50600
+With `--protocol` it serves Herald's own method names and does, still without any Herald logic,
+the I/O that Herald's protocol obliges any server to do (the "protocol floor"): `SendBatch` answers
+one result with a fresh notification id per notification, deliveries carry Herald's framing (id,
+log, cursor, attempt), and each subscriber's `AckStream` is read and answered. The user comes from
+the bearer token's `sub`, read without checking the signature: a floor, not a server.
+
+    python bench/baseline.py --port 50600 [--protocol]
 """
 
 from __future__ import annotations
@@ -16,12 +22,16 @@ import argparse
 import asyncio
 import contextlib
 import signal
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+import jwt
 from grpc import aio
 
 from herald.v1 import ingest_pb2, stream_pb2
+from services import wire
+from services.ingest.core import new_notification_ids
 
 SERVICE = "bench.baseline.v1.FanOut"
 SUBSCRIBE = f"/{SERVICE}/Subscribe"
@@ -77,22 +87,87 @@ class FanOut:
         return b""
 
 
-async def serve(host: str, port: int) -> None:
-    fan_out = FanOut()
-    server = aio.server(options=[("grpc.max_receive_message_length", 4 * 1024 * 1024)])
-    handlers = {
-        # No serializers: both methods take and return bytes, like Herald's Subscribe does.
-        "Subscribe": grpc.unary_stream_rpc_method_handler(fan_out.subscribe),
-        "Publish": grpc.unary_unary_rpc_method_handler(fan_out.publish),
+class ProtocolFloor(FanOut):
+    """The fan-out plus the I/O of Herald's protocol: ids and per-notification answers, Herald's
+    delivery framing, acks over AckStream. No log, no status, no timers, no checks."""
+
+    _LOG = wire.log_field("user")
+
+    async def subscribe(self, request: bytes, context: aio.ServicerContext[Any, Any]) -> None:
+        user = ""
+        for key, value in context.invocation_metadata() or ():
+            if key == "authorization":
+                token = value if isinstance(value, str) else value.decode()
+                unchecked = {"verify_signature": False}
+                user = jwt.decode(token.removeprefix("Bearer "), options=unchecked)["sub"]
+        queue: asyncio.Queue[bytes] = asyncio.Queue()
+        self._queues[user] = queue
+        try:
+            await context.write(_STARTED)
+            while True:
+                await context.write(await queue.get())
+        finally:
+            if self._queues.get(user) is queue:
+                del self._queues[user]
+
+    async def send_batch(self, request: bytes, context: aio.ServicerContext[Any, Any]) -> bytes:
+        batch = ingest_pb2.SendBatchRequest.FromString(request)
+        notifications = batch.notifications
+        results = []
+        for notification, notification_id in zip(
+            notifications, new_notification_ids(len(notifications)), strict=True
+        ):
+            notification.id = notification_id
+            queue = self._queues.get(notification.target.user_id)
+            if queue is not None:
+                self._cursor += 1
+                field = wire.notification_field(notification.SerializeToString())
+                queue.put_nowait(
+                    wire.batch_response([wire.delivery(field, self._LOG, self._cursor, 1, 0)])
+                )
+            results.append(wire.accepted_result(notification_id, False, 0 if queue is None else 1))
+        return wire.repeated_field_1(results)
+
+    async def ack_stream(
+        self, requests: AsyncIterator[bytes], context: aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[bytes]:
+        async for raw in requests:
+            acks = stream_pb2.AckStreamRequest.FromString(raw)
+            yield stream_pb2.AckStreamResponse(acked=len(acks.up_to)).SerializeToString()
+
+
+def _handlers(protocol: bool) -> list[grpc.GenericRpcHandler]:
+    # No serializers: every method takes and returns bytes, like Herald's Subscribe does.
+    if not protocol:
+        fan_out = FanOut()
+        handlers = {
+            "Subscribe": grpc.unary_stream_rpc_method_handler(fan_out.subscribe),
+            "Publish": grpc.unary_unary_rpc_method_handler(fan_out.publish),
+        }
+        return [grpc.method_handlers_generic_handler(SERVICE, handlers)]
+    floor = ProtocolFloor()
+    stream = {
+        "Subscribe": grpc.unary_stream_rpc_method_handler(floor.subscribe),
+        "AckStream": grpc.stream_stream_rpc_method_handler(floor.ack_stream),
     }
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    ingest = {"SendBatch": grpc.unary_unary_rpc_method_handler(floor.send_batch)}
+    return [
+        grpc.method_handlers_generic_handler("herald.v1.StreamService", stream),
+        grpc.method_handlers_generic_handler("herald.v1.IngestService", ingest),
+    ]
+
+
+async def serve(host: str, port: int, protocol: bool = False) -> None:
+    server = aio.server(options=[("grpc.max_receive_message_length", 4 * 1024 * 1024)])
+    server.add_generic_rpc_handlers(_handlers(protocol))
     server.add_insecure_port(f"{host}:{port}")
     await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    print(f"baseline serving on {host}:{port}", flush=True)
+    what = "protocol floor" if protocol else "baseline"
+    print(f"{what} serving on {host}:{port}", flush=True)
     await stop.wait()
     await server.stop(1.0)
 
@@ -101,6 +176,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument(
+        "--protocol", action="store_true", help="serve Herald's methods as the protocol floor"
+    )
     args = parser.parse_args()
     try:
         import uvloop  # the same event loop `herald up` runs on
@@ -109,7 +187,7 @@ def main() -> None:
     except ImportError:  # pragma: no cover - uvloop is not available on Windows
         loop_factory = None
     with contextlib.suppress(KeyboardInterrupt), asyncio.Runner(loop_factory=loop_factory) as run:
-        run.run(serve(args.host, args.port))
+        run.run(serve(args.host, args.port, args.protocol))
 
 
 if __name__ == "__main__":
