@@ -51,11 +51,15 @@ class FanOut:
         self._queues: dict[str, asyncio.Queue[bytes]] = {}
         self._cursor = 0
 
-    async def subscribe(self, request: bytes, context: aio.ServicerContext[Any, Any]) -> None:
-        user = ""
+    @staticmethod
+    def _user(context: aio.ServicerContext[Any, Any]) -> str:
         for key, value in context.invocation_metadata() or ():
             if key == USER_KEY:
-                user = value if isinstance(value, str) else value.decode()
+                return value if isinstance(value, str) else value.decode()
+        return ""
+
+    async def subscribe(self, request: bytes, context: aio.ServicerContext[Any, Any]) -> None:
+        user = self._user(context)
         queue: asyncio.Queue[bytes] = asyncio.Queue()
         self._queues[user] = queue
         try:
@@ -93,22 +97,15 @@ class ProtocolFloor(FanOut):
 
     _LOG = wire.log_field("user")
 
-    async def subscribe(self, request: bytes, context: aio.ServicerContext[Any, Any]) -> None:
-        user = ""
+    @staticmethod
+    def _user(context: aio.ServicerContext[Any, Any]) -> str:
+        """The bearer token's `sub`, its signature unchecked (once per stream, at connect)."""
         for key, value in context.invocation_metadata() or ():
             if key == "authorization":
                 token = value if isinstance(value, str) else value.decode()
                 unchecked = {"verify_signature": False}
-                user = jwt.decode(token.removeprefix("Bearer "), options=unchecked)["sub"]
-        queue: asyncio.Queue[bytes] = asyncio.Queue()
-        self._queues[user] = queue
-        try:
-            await context.write(_STARTED)
-            while True:
-                await context.write(await queue.get())
-        finally:
-            if self._queues.get(user) is queue:
-                del self._queues[user]
+                return str(jwt.decode(token.removeprefix("Bearer "), options=unchecked)["sub"])
+        return ""
 
     async def send_batch(self, request: bytes, context: aio.ServicerContext[Any, Any]) -> bytes:
         batch = ingest_pb2.SendBatchRequest.FromString(request)
