@@ -1,46 +1,24 @@
-"""Domain values shared by the services, and their conversion from and to the wire types.
+"""Conversion between the domain values (services/domain.py) and the herald.v1 wire types.
 
 This module is the one place that turns herald.v1 messages into plain values and back.
 """
 
 from __future__ import annotations
 
-from enum import Enum
-from typing import NamedTuple
-
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from herald.v1 import ingest_pb2, notification_pb2, registry_pb2
-from services.registry.sessions import SessionInfo
-from services.registry.templates import TemplateAction, TemplateRecord, TemplateText
-from services.stream.status import NotificationRecord, RecipientRecord, State
-
-
-class TargetKind(Enum):
-    USER = "user"
-    USERS = "users"
-    CHANNEL = "channel"
-    BROADCAST = "broadcast"
-
-
-class Accepted(NamedTuple):
-    """A validated notification, fully resolved, ready to append to its logs.
-
-    A NamedTuple rather than a frozen dataclass: one is built per notification at ingest, and a
-    frozen dataclass's __init__ costs a `object.__setattr__` call per field."""
-
-    notification_id: str
-    tenant: str
-    kind: TargetKind
-    user_ids: tuple[str, ...]
-    channel: str
-    priority: int
-    created_at: float
-    expires_at: float
-    # The encoded herald.v1.Notification, serialized once at ingest.
-    encoded: bytes
-    # The encoded herald.v1.Target, for the status record.
-    target: bytes
+from services.domain import (
+    Accepted,
+    NotificationRecord,
+    RecipientRecord,
+    SessionInfo,
+    State,
+    TargetKind,
+    TemplateAction,
+    TemplateRecord,
+    TemplateText,
+)
 
 
 def target_kind(target: notification_pb2.Target) -> TargetKind | None:

@@ -5,10 +5,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from services.model import Accepted
-from services.registry.sessions import SessionInfo
-from services.registry.templates import TemplateRecord
-from services.stream.status import NotificationRecord
+from services.domain import Accepted, NotificationRecord, SessionInfo, TemplateRecord
 
 
 class DeliveryPort(Protocol):

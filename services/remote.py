@@ -10,11 +10,9 @@ from grpc import aio
 
 from herald.node.v1 import node_pb2, node_pb2_grpc
 from herald.v1 import registry_pb2, registry_pb2_grpc
+from services.domain import Accepted, NotificationRecord, SessionInfo, TemplateRecord
 from services.errors import HeraldError, InvalidArgument, ResourceExhausted, Unavailable
-from services.model import Accepted, session_to_proto, status_from_proto, template_from_proto
-from services.registry.sessions import SessionInfo
-from services.registry.templates import TemplateRecord
-from services.stream.status import NotificationRecord
+from services.model import session_to_proto, status_from_proto, template_from_proto
 
 CHANNEL_OPTIONS = [
     ("grpc.keepalive_time_ms", 25_000),

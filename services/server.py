@@ -27,6 +27,7 @@ from herald.v1 import ingest_pb2, registry_pb2, registry_pb2_grpc, stream_pb2
 from services import auth, metrics
 from services.clock import Clock, SystemClock
 from services.config import Config
+from services.domain import SessionInfo
 from services.ingest.core import IngestCore
 from services.ingest.idempotency_memory import MemoryIdempotencyStore
 from services.ingest.servicer import IngestServicer
@@ -34,7 +35,6 @@ from services.interceptors import AuthInterceptor
 from services.ports import DeliveryPort, NodePort, RegistryPort, TemplatePort
 from services.registry.core import RegistryCore
 from services.registry.servicer import RegistryServicer
-from services.registry.sessions import SessionInfo
 from services.registry.sessions_memory import MemorySessionDirectory
 from services.registry.templates_memory import MemoryTemplateStore
 from services.remote import NodeClient, NodeCredentials, RegistryClient

@@ -23,8 +23,9 @@ from hypothesis.stateful import (
 from herald.v1 import notification_pb2, stream_pb2
 from services.clock import ManualClock
 from services.config import DeliverySettings, RegistrySettings
+from services.domain import Accepted, TargetKind
 from services.errors import ResourceExhausted
-from services.model import Accepted, TargetKind, accepted_from_proto, timestamp
+from services.model import accepted_from_proto, timestamp
 from services.registry.core import RegistryCore
 from services.registry.sessions_memory import MemorySessionDirectory
 from services.registry.templates_memory import MemoryTemplateStore

@@ -6,9 +6,9 @@ import gc
 
 import pytest
 
+from services.domain import NewRecord, State, Transition
 from services.stream.log import NewEntry
 from services.stream.log_memory import MemoryLogStore
-from services.stream.status import NewRecord, State, Transition
 from services.stream.status_memory import MemoryStatusStore
 
 pytestmark = pytest.mark.asyncio

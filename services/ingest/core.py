@@ -11,13 +11,13 @@ from herald.v1 import notification_pb2
 from services import metrics
 from services.clock import Clock
 from services.config import IngestSettings
+from services.domain import Accepted, NotificationRecord
 from services.errors import FailedPrecondition, HeraldError, InvalidArgument, NotFound
 from services.ingest.idempotency import IdempotencyStore
 from services.ingest.rendering import pick_locale, render
 from services.ingest.validation import check_payload_size, validate
-from services.model import Accepted, set_timestamp
+from services.model import set_timestamp
 from services.ports import DeliveryPort, TemplatePort
-from services.stream.status import NotificationRecord
 
 log = logging.getLogger(__name__)
 

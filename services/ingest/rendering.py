@@ -10,8 +10,8 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
+from services.domain import TemplateRecord, TemplateText
 from services.errors import InvalidArgument
-from services.registry.templates import TemplateRecord, TemplateText
 
 _PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_.-]*)\s*\}\}")
 _STRAY_BRACES = re.compile(r"\{\{|\}\}")

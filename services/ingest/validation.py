@@ -6,8 +6,9 @@ from typing import NamedTuple
 
 from herald.v1 import notification_pb2
 from services.config import IngestSettings
+from services.domain import TargetKind
 from services.errors import InvalidArgument, PermissionDenied
-from services.model import TargetKind, target_kind
+from services.model import target_kind
 
 MAX_ID_LEN = 256
 MAX_METADATA_ENTRIES = 32

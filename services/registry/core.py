@@ -10,11 +10,12 @@ from enum import IntEnum
 
 from services.clock import Clock
 from services.config import RegistrySettings
+from services.domain import SessionInfo, TemplateRecord
 from services.errors import InvalidArgument, NotFound, ResourceExhausted
 from services.ingest.rendering import check as check_template
 from services.ports import NodePort
-from services.registry.sessions import SessionDirectory, SessionInfo
-from services.registry.templates import TemplateRecord, TemplateStore
+from services.registry.sessions import SessionDirectory
+from services.registry.templates import TemplateStore
 
 log = logging.getLogger(__name__)
 

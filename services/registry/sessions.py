@@ -3,36 +3,9 @@
 from __future__ import annotations
 
 import builtins
-from dataclasses import dataclass, field
 from typing import Protocol
 
-
-@dataclass(slots=True)
-class SessionInfo:
-    session_id: str
-    tenant: str
-    user_id: str
-    node_id: str
-    node_address: str
-    device: str = ""
-    channels: tuple[str, ...] = ()
-    connected_at: float = 0.0
-    last_seen_at: float = 0.0
-
-
-@dataclass(slots=True)
-class UserPresenceRecord:
-    user_id: str
-    sessions: int
-    # When the user's last session closed (0 while online or never seen).
-    last_left_at: float = 0.0
-    # When the user came online (first session opened).
-    online_since: float = 0.0
-
-
-@dataclass(slots=True)
-class TenantSessions:
-    sessions: dict[str, SessionInfo] = field(default_factory=dict)
+from services.domain import SessionInfo, UserPresenceRecord
 
 
 class SessionDirectory(Protocol):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import builtins
 import dataclasses
 
-from services.registry.sessions import SessionInfo, UserPresenceRecord
+from services.domain import SessionInfo, UserPresenceRecord
 
 
 class MemorySessionDirectory:

@@ -3,34 +3,9 @@
 from __future__ import annotations
 
 import builtins
-from dataclasses import dataclass, field
 from typing import Protocol
 
-
-@dataclass(frozen=True, slots=True)
-class TemplateAction:
-    action_id: str
-    label: str
-    url: str
-
-
-@dataclass(frozen=True, slots=True)
-class TemplateText:
-    """A template's text in one locale; placeholders are written {{name}}."""
-
-    title: str = ""
-    body: str = ""
-    image_url: str = ""
-    actions: tuple[TemplateAction, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class TemplateRecord:
-    template_id: str
-    version: int
-    default_locale: str
-    locales: dict[str, TemplateText] = field(default_factory=dict)
-    created_at: float = 0.0
+from services.domain import TemplateRecord
 
 
 class TemplateStore(Protocol):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import builtins
 import dataclasses
 
-from services.registry.templates import TemplateRecord
+from services.domain import TemplateRecord
 
 
 class MemoryTemplateStore:

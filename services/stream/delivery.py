@@ -18,10 +18,18 @@ from herald.v1 import notification_pb2, stream_pb2
 from services import metrics, wire
 from services.clock import Clock
 from services.config import DeliverySettings
+from services.domain import (
+    Accepted,
+    NewRecord,
+    NotificationRecord,
+    SessionInfo,
+    State,
+    TargetKind,
+    Transition,
+)
 from services.errors import Aborted, InvalidArgument, ResourceExhausted, Unavailable
-from services.model import Accepted, TargetKind, timestamp
+from services.model import timestamp
 from services.ports import RegistryPort
-from services.registry.sessions import SessionInfo
 from services.stream.acks import AckStore
 from services.stream.log import (
     BROADCAST,
@@ -33,13 +41,7 @@ from services.stream.log import (
     user_log,
 )
 from services.stream.session import LogCursorState, Pending, Session, new_log_state
-from services.stream.status import (
-    NewRecord,
-    NotificationRecord,
-    State,
-    StatusStore,
-    Transition,
-)
+from services.stream.status import StatusStore
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Final
 
 from services import metrics
-from services.stream.status import (
+from services.domain import (
     ALLOWED,
     NewRecord,
     NotificationRecord,

@@ -6,7 +6,8 @@ import dataclasses
 
 import pytest
 
-from services.registry.sessions import SessionDirectory, SessionInfo, UserPresenceRecord
+from services.domain import SessionInfo, UserPresenceRecord
+from services.registry.sessions import SessionDirectory
 
 pytestmark = pytest.mark.asyncio
 

@@ -6,15 +6,15 @@ import itertools
 
 import pytest
 
-from services.stream.status import (
+from services.domain import (
     ALLOWED,
     NewRecord,
     NotificationRecord,
     RecipientRecord,
     State,
-    StatusStore,
     Transition,
 )
+from services.stream.status import StatusStore
 
 pytestmark = pytest.mark.asyncio
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from services.registry.templates import TemplateRecord, TemplateStore, TemplateText
+from services.domain import TemplateRecord, TemplateText
+from services.registry.templates import TemplateStore
 
 pytestmark = pytest.mark.asyncio
 

@@ -1,0 +1,226 @@
+"""Domain values shared by the services: what a notification, a log, a status and a session are.
+
+Plain values only: no I/O, no wire types (services/model.py converts between these and the
+herald.v1 messages), no imports from the service packages, which all import from here.
+
+Status states only move forward along QUEUED -> DELIVERED -> ACKED; EXPIRED and FAILED end a
+delivery attempt (a FAILED notification stays in the log and may still be DELIVERED and ACKED on
+the next connect; an EXPIRED one never changes again).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum, IntEnum
+from typing import Final, NamedTuple
+
+from services.errors import InvalidArgument
+
+USER: Final = "user"
+CHANNEL: Final = "channel"
+BROADCAST_KIND: Final = "broadcast"
+_CHANNEL_PREFIX: Final = "channel:"
+
+
+class LogKey(NamedTuple):
+    """Which log of a tenant: a user's own log (the inbox), a channel's, or the broadcast log.
+
+    `kind` is one of USER, CHANNEL and BROADCAST_KIND; `name` is the user id or the channel name
+    (empty for the broadcast log)."""
+
+    kind: str
+    name: str = ""
+
+    @property
+    def is_user(self) -> bool:
+        return self.kind == USER
+
+    @property
+    def client_name(self) -> str:
+        """How the subscriber names the log: `user` (its own), `broadcast`, `channel:<name>`."""
+        if self.kind == CHANNEL:
+            return _CHANNEL_PREFIX + self.name
+        return self.kind
+
+    @property
+    def stored(self) -> str:
+        """A string naming the log within its tenant, for stores that key by strings."""
+        return self.kind if self.kind == BROADCAST_KIND else f"{self.kind}:{self.name}"
+
+    @staticmethod
+    def from_stored(stored: str) -> LogKey:
+        kind, _, name = stored.partition(":")
+        return LogKey(kind, name)
+
+    @staticmethod
+    def from_client_name(name: str, user_id: str) -> LogKey:
+        """The log a subscriber names (`user`, `broadcast`, `channel:<name>`).
+
+        Raises:
+            InvalidArgument: no log is named so.
+        """
+        if name == USER:
+            return LogKey(USER, user_id)
+        if name == BROADCAST_KIND:
+            return BROADCAST
+        if name.startswith(_CHANNEL_PREFIX) and len(name) > len(_CHANNEL_PREFIX):
+            return LogKey(CHANNEL, name[len(_CHANNEL_PREFIX) :])
+        raise InvalidArgument(
+            f"unknown log {name[:64]!r}: logs are 'user', 'broadcast' and 'channel:<name>'"
+        )
+
+
+BROADCAST: Final = LogKey(BROADCAST_KIND)
+
+
+def user_log(user_id: str) -> LogKey:
+    return LogKey(USER, user_id)
+
+
+def channel_log(channel: str) -> LogKey:
+    return LogKey(CHANNEL, channel)
+
+
+class TargetKind(Enum):
+    USER = "user"
+    USERS = "users"
+    CHANNEL = "channel"
+    BROADCAST = "broadcast"
+
+
+class Accepted(NamedTuple):
+    """A validated notification, fully resolved, ready to append to its logs.
+
+    A NamedTuple rather than a frozen dataclass: one is built per notification at ingest, and a
+    frozen dataclass's __init__ costs a `object.__setattr__` call per field."""
+
+    notification_id: str
+    tenant: str
+    kind: TargetKind
+    user_ids: tuple[str, ...]
+    channel: str
+    priority: int
+    created_at: float
+    expires_at: float
+    # The encoded herald.v1.Notification, serialized once at ingest.
+    encoded: bytes
+    # The encoded herald.v1.Target, for the status record.
+    target: bytes
+
+
+class State(IntEnum):
+    """Mirrors herald.v1.DeliveryState."""
+
+    QUEUED = 1
+    DELIVERED = 2
+    ACKED = 3
+    EXPIRED = 4
+    FAILED = 5
+
+
+# Which state may follow which; anything else is ignored (e.g. a late DELIVERED after ACKED).
+ALLOWED: dict[State | None, frozenset[State]] = {
+    None: frozenset(State),
+    State.QUEUED: frozenset({State.DELIVERED, State.ACKED, State.EXPIRED, State.FAILED}),
+    State.DELIVERED: frozenset({State.DELIVERED, State.ACKED, State.EXPIRED, State.FAILED}),
+    State.FAILED: frozenset({State.DELIVERED, State.ACKED, State.EXPIRED}),
+    State.ACKED: frozenset(),
+    State.EXPIRED: frozenset(),
+}
+
+
+@dataclass(slots=True)
+class RecipientRecord:
+    user_id: str
+    state: State
+    updated_at: float
+    queued_at: float = 0.0
+    delivered_at: float = 0.0
+    acked_at: float = 0.0
+    attempts: int = 0
+    reason: str = ""
+    read_at: float = 0.0
+
+
+@dataclass(slots=True)
+class NotificationRecord:
+    notification_id: str
+    tenant: str
+    # The encoded herald.v1.Target.
+    target: bytes
+    created_at: float
+    expires_at: float
+    recipients: dict[str, RecipientRecord] = field(default_factory=dict)
+
+
+class NewRecord(NamedTuple):
+    """A notification just appended to its logs: each of `user_ids` starts QUEUED (channel and
+    broadcast recipients are added by their first transition). A NamedTuple: one is built per
+    notification at ingest."""
+
+    notification_id: str
+    tenant: str
+    # The encoded herald.v1.Target.
+    target: bytes
+    created_at: float
+    expires_at: float
+    user_ids: tuple[str, ...]
+
+
+class Transition(NamedTuple):
+    """A requested change of one recipient's state (a NamedTuple: several are built per
+    delivery, and a frozen dataclass costs a call per field to build)."""
+
+    notification_id: str
+    user_id: str
+    state: State
+    reason: str = ""
+
+
+@dataclass(slots=True)
+class SessionInfo:
+    session_id: str
+    tenant: str
+    user_id: str
+    node_id: str
+    node_address: str
+    device: str = ""
+    channels: tuple[str, ...] = ()
+    connected_at: float = 0.0
+    last_seen_at: float = 0.0
+
+
+@dataclass(slots=True)
+class UserPresenceRecord:
+    user_id: str
+    sessions: int
+    # When the user's last session closed (0 while online or never seen).
+    last_left_at: float = 0.0
+    # When the user came online (first session opened).
+    online_since: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class TemplateAction:
+    action_id: str
+    label: str
+    url: str
+
+
+@dataclass(frozen=True, slots=True)
+class TemplateText:
+    """A template's text in one locale; placeholders are written {{name}}."""
+
+    title: str = ""
+    body: str = ""
+    image_url: str = ""
+    actions: tuple[TemplateAction, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TemplateRecord:
+    template_id: str
+    version: int
+    default_locale: str
+    locales: dict[str, TemplateText] = field(default_factory=dict)
+    created_at: float = 0.0
