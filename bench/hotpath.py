@@ -28,39 +28,44 @@ from delivery import BatchBuilder
 
 from herald.v1 import ingest_pb2
 from services import auth
+from services.backends import memory_stores
 from services.clock import SystemClock
 from services.config import Config
 from services.ingest.core import IngestCore
-from services.ingest.idempotency_memory import MemoryIdempotencyStore
 from services.ingest.servicer import IngestServicer
 from services.registry.core import RegistryCore
-from services.registry.sessions_memory import MemorySessionDirectory
-from services.registry.templates_memory import MemoryTemplateStore
 from services.server import tune_gc
-from services.stream.acks_memory import MemoryAckStore
 from services.stream.delivery import DeliveryCore
-from services.stream.log_memory import MemoryLogStore
-from services.stream.status_memory import MemoryStatusStore
+from services.stream.dispatch import Dispatcher
 
 TENANT = "bench"
 
 
 def build() -> tuple[DeliveryCore, IngestServicer]:
     config, clock = Config(), SystemClock()
+    stores = memory_stores(config)
     registry = RegistryCore(
-        MemorySessionDirectory(), MemoryTemplateStore(), config.registry, clock, lambda _: None
+        stores.sessions, stores.templates, config.registry, clock, lambda _: None
     )
     delivery = DeliveryCore(
         node_id="bench",
         node_address="",
-        logs=MemoryLogStore(),
-        acks=MemoryAckStore(),
-        status=MemoryStatusStore(config.delivery.status_max_records),
+        logs=stores.logs,
+        acks=stores.acks,
+        status=stores.status,
+        broker=stores.broker,
         registry=registry,
         settings=config.delivery,
         clock=clock,
     )
-    ingest = IngestCore(delivery, MemoryIdempotencyStore(), config.ingest, clock, registry)
+    dispatcher = Dispatcher(
+        logs=stores.logs,
+        status=stores.status,
+        broker=stores.broker,
+        settings=config.delivery,
+        clock=clock,
+    )
+    ingest = IngestCore(dispatcher, stores.idempotency, config.ingest, clock, registry)
     return delivery, IngestServicer(ingest)
 
 

@@ -101,6 +101,9 @@ class DeliverySettings(BaseSettings):
     # The embedded (memory) status store keeps at most this many notifications' status records,
     # dropping the oldest first, so a long-running node does not grow without bound.
     status_max_records: int = Field(default=1_000_000, ge=1)
+    # How often a node reads the heads of the logs its sessions read, to deliver what a lost
+    # broker publication did not announce: the bound on the delay such a loss causes.
+    catchup_interval_s: float = Field(default=2.0, gt=0)
 
 
 class RegistrySettings(BaseSettings):

@@ -80,6 +80,10 @@ STATUS_EVICTED = Counter(
     "herald_status_records_evicted_total",
     "Status records the memory store dropped (oldest first) to stay within its bound",
 )
+CATCHUPS = Counter(
+    "herald_broker_catchups_total",
+    "Session logs found behind their log's head with no publication seen (lost broker messages)",
+)
 SESSIONS = Gauge("herald_sessions_open", "Open subscription streams on this node")
 ACK_STREAMS = Gauge("herald_ack_streams_open", "Open AckStream calls on this node")
 SLOW_CONSUMERS = Counter("herald_slow_consumers_total", "Sessions closed for not reading")

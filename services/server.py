@@ -25,24 +25,20 @@ from prometheus_client import start_http_server
 from herald.node.v1 import node_pb2, node_pb2_grpc
 from herald.v1 import ingest_pb2, registry_pb2, registry_pb2_grpc, stream_pb2
 from services import auth, metrics
+from services.backends import memory_stores
 from services.clock import Clock, SystemClock
 from services.config import Config
 from services.domain import SessionInfo
 from services.ingest.core import IngestCore
-from services.ingest.idempotency_memory import MemoryIdempotencyStore
 from services.ingest.servicer import IngestServicer
 from services.interceptors import AuthInterceptor
 from services.ports import DeliveryPort, NodePort, RegistryPort, TemplatePort
 from services.registry.core import RegistryCore
 from services.registry.servicer import RegistryServicer
-from services.registry.sessions_memory import MemorySessionDirectory
-from services.registry.templates_memory import MemoryTemplateStore
 from services.remote import NodeClient, NodeCredentials, RegistryClient
-from services.stream.acks_memory import MemoryAckStore
 from services.stream.delivery import DeliveryCore
-from services.stream.log_memory import MemoryLogStore
+from services.stream.dispatch import Dispatcher
 from services.stream.servicer import NodeServicer, StreamServicer
-from services.stream.status_memory import MemoryStatusStore
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +79,7 @@ class Node:
     registry: RegistryCore | None = None
     ingest: IngestCore | None = None
     closers: list[object] = field(default_factory=list)
+    dispatcher: Dispatcher | None = None
     _stopped: bool = False
 
     @property
@@ -98,8 +95,10 @@ class Node:
         if self.delivery is not None:
             await self.delivery.shutdown(grace_s)
         await self.server.stop(grace_s)
+        # Clients of other nodes first, then the stores (the last closer).
         for closer in self.closers:
-            close = getattr(closer, "close", None)
+            # Stores close with `aclose`, gRPC clients with `close`.
+            close = getattr(closer, "aclose", None) or getattr(closer, "close", None)
             if close is not None:
                 with contextlib.suppress(Exception):
                     await close()
@@ -124,10 +123,12 @@ async def start_node(
     port = server.add_insecure_port(f"{config.server.host}:{config.server.port}")
     advertise = config.server.advertise_address or f"{config.server.host}:{port}"
     credentials = NodeCredentials(_node_token_source(config, keys, node_id))
+    stores = memory_stores(config)
     closers: list[object] = []
 
     registry_core: RegistryCore | None = None
     delivery_core: DeliveryCore | None = None
+    dispatcher: Dispatcher | None = None
     node_clients: dict[str, NodeClient] = {}
 
     def node_for(session: SessionInfo) -> NodePort | None:
@@ -145,7 +146,7 @@ async def start_node(
 
     if "registry" in roles:
         registry_core = RegistryCore(
-            MemorySessionDirectory(), MemoryTemplateStore(), config.registry, clock, node_for
+            stores.sessions, stores.templates, config.registry, clock, node_for
         )
         registry_pb2_grpc.add_RegistryServiceServicer_to_server(
             RegistryServicer(registry_core), server
@@ -161,24 +162,34 @@ async def start_node(
             )
             closers.append(remote_registry)
             registry_port = remote_registry
+        dispatcher = Dispatcher(
+            logs=stores.logs,
+            status=stores.status,
+            broker=stores.broker,
+            settings=config.delivery,
+            clock=clock,
+        )
         delivery_core = DeliveryCore(
             node_id=node_id,
             node_address=advertise,
-            logs=MemoryLogStore(),
-            acks=MemoryAckStore(),
-            status=MemoryStatusStore(config.delivery.status_max_records),
+            logs=stores.logs,
+            acks=stores.acks,
+            status=stores.status,
+            broker=stores.broker,
             registry=registry_port,
             settings=config.delivery,
             clock=clock,
         )
         StreamServicer(delivery_core).register(server)
-        node_pb2_grpc.add_NodeServiceServicer_to_server(NodeServicer(delivery_core), server)
+        node_pb2_grpc.add_NodeServiceServicer_to_server(
+            NodeServicer(delivery_core, dispatcher), server
+        )
 
     ingest_core: IngestCore | None = None
     if "ingest" in roles:
         delivery_port: DeliveryPort
-        if delivery_core is not None:
-            delivery_port = delivery_core
+        if dispatcher is not None:
+            delivery_port = dispatcher
         else:
             remote_node = NodeClient(_required(config.server.stream_address, "STREAM"), credentials)
             closers.append(remote_node)
@@ -187,9 +198,7 @@ async def start_node(
         if templates is None and config.server.registry_address:
             templates = RegistryClient(config.server.registry_address, credentials)
             closers.append(templates)
-        ingest_core = IngestCore(
-            delivery_port, MemoryIdempotencyStore(), config.ingest, clock, templates
-        )
+        ingest_core = IngestCore(delivery_port, stores.idempotency, config.ingest, clock, templates)
         IngestServicer(ingest_core).register(server)
 
     health_servicer = HealthServicer()
@@ -203,6 +212,7 @@ async def start_node(
         ],
         server,
     )
+    closers.append(stores)
     await server.start()
     if delivery_core is not None:
         delivery_core.start()
@@ -210,7 +220,15 @@ async def start_node(
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info("herald node serving", extra={"roles": list(roles), "port": port, "node_id": node_id})
     return Node(
-        server, port, roles, health_servicer, delivery_core, registry_core, ingest_core, closers
+        server,
+        port,
+        roles,
+        health_servicer,
+        delivery_core,
+        registry_core,
+        ingest_core,
+        closers,
+        dispatcher,
     )
 
 

@@ -236,7 +236,7 @@ async def test_a_cursor_for_a_log_the_session_does_not_read_is_invalid(herald_up
 async def test_an_unexpected_failure_is_internal_not_unknown(
     herald_up: Herald, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    delivery = herald_up.node("stream").delivery
+    delivery = herald_up.node("stream").dispatcher
     assert delivery is not None
 
     async def broken(*args: object) -> list[int]:

@@ -354,7 +354,7 @@ async def test_a_full_inbox_is_logged_once_a_minute_with_the_count(
     # tenant, with how many went since (the metric counts each one).
     herald, clock = await deploy("up", delivery=DeliverySettings(inbox_limit=1))
     backend = herald.backend()
-    caplog.set_level(logging.WARNING, logger="services.stream.delivery")
+    caplog.set_level(logging.WARNING, logger="services.stream.dispatch")
 
     def warnings() -> list[int]:
         return [

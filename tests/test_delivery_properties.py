@@ -23,18 +23,38 @@ from hypothesis.stateful import (
 from herald.v1 import notification_pb2, stream_pb2
 from services.clock import ManualClock
 from services.config import DeliverySettings, RegistrySettings
-from services.domain import Accepted, TargetKind
+from services.domain import BROADCAST as BROADCAST_KEY
+from services.domain import Accepted, LogKey, TargetKind
+from services.domain import channel_log as channel_key
+from services.domain import user_log as user_key
 from services.errors import ResourceExhausted
 from services.model import accepted_from_proto, timestamp
 from services.registry.core import RegistryCore
 from services.registry.sessions_memory import MemorySessionDirectory
 from services.registry.templates_memory import MemoryTemplateStore
 from services.stream.acks_memory import MemoryAckStore
+from services.stream.broker_memory import MemoryBroker
 from services.stream.delivery import DeliveryCore
-from services.stream.log import BROADCAST, channel_log, client_log_name, user_log
+from services.stream.dispatch import Dispatcher
 from services.stream.log_memory import MemoryLogStore
 from services.stream.session import Session
 from services.stream.status_memory import MemoryStatusStore
+
+# The model names logs by their stored strings ("user:alice", "broadcast", "channel:news").
+BROADCAST = BROADCAST_KEY.stored
+
+
+def user_log(user: str) -> str:
+    return user_key(user).stored
+
+
+def channel_log(channel: str) -> str:
+    return channel_key(channel).stored
+
+
+def client_log_name(key: str) -> str:
+    return LogKey.from_stored(key).client_name
+
 
 T = TypeVar("T")
 
@@ -61,14 +81,35 @@ def ack_delay(attempt: int) -> float:
     return min(ACK_TIMEOUT_S * BACKOFF_FACTOR ** (attempt - 1), BACKOFF_MAX_S)
 
 
-def new_core(clock: ManualClock, logs: MemoryLogStore, **settings: Any) -> DeliveryCore:
-    """A delivery core on memory stores; its ticker is not started (the tests drive the timers)."""
-    return DeliveryCore(
+def new_core(
+    clock: ManualClock, logs: MemoryLogStore | None = None, **settings: Any
+) -> tuple[DeliveryCore, Dispatcher, MemoryLogStore]:
+    """A delivery core on memory stores and the dispatcher that feeds it; its ticker is not
+    started (the tests drive the timers)."""
+    status = MemoryStatusStore()
+    logs = logs or MemoryLogStore(status)
+    broker = MemoryBroker()
+    delivery = DeliverySettings(
+        **{
+            "batch_max": BATCH_MAX,
+            "session_buffer": SESSION_BUFFER,
+            "ack_timeout_s": ACK_TIMEOUT_S,
+            "backoff_factor": BACKOFF_FACTOR,
+            "backoff_max_s": BACKOFF_MAX_S,
+            "max_attempts": MAX_ATTEMPTS,
+            # Nothing is dropped for room: the overflow policy is tested on its own.
+            "inbox_limit": 100_000,
+            "channel_log_limit": 100_000,
+            **settings,
+        }
+    )
+    core = DeliveryCore(
         node_id="node-1",
         node_address="127.0.0.1:1",
         logs=logs,
         acks=MemoryAckStore(),
-        status=MemoryStatusStore(),
+        status=status,
+        broker=broker,
         registry=RegistryCore(
             directory=MemorySessionDirectory(),
             templates=MemoryTemplateStore(),
@@ -76,23 +117,12 @@ def new_core(clock: ManualClock, logs: MemoryLogStore, **settings: Any) -> Deliv
             clock=clock,
             node_for=lambda s: None,
         ),
-        settings=DeliverySettings(
-            **{
-                "batch_max": BATCH_MAX,
-                "session_buffer": SESSION_BUFFER,
-                "ack_timeout_s": ACK_TIMEOUT_S,
-                "backoff_factor": BACKOFF_FACTOR,
-                "backoff_max_s": BACKOFF_MAX_S,
-                "max_attempts": MAX_ATTEMPTS,
-                # Nothing is dropped for room: the overflow policy is tested on its own.
-                "inbox_limit": 100_000,
-                "channel_log_limit": 100_000,
-                **settings,
-            }
-        ),
+        settings=delivery,
         clock=clock,
         rng=random.Random(0),
     )
+    dispatcher = Dispatcher(logs=logs, status=status, broker=broker, settings=delivery, clock=clock)
+    return core, dispatcher, logs
 
 
 @st.composite
@@ -202,8 +232,7 @@ class DeliveryMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.clock = ManualClock()
-        self.logs = MemoryLogStore()
-        self.core = new_core(self.clock, self.logs)
+        self.core, self.dispatcher, self.logs = new_core(self.clock)
         self.step = 0
         self.next_id = 0
         self.sent: dict[str, Sent] = {}
@@ -502,7 +531,7 @@ class DeliveryMachine(RuleBasedStateMachine):
                 ids.append(n.id)
                 cursors[key] = len(ids)
             self.sent[n.id] = Sent(n, accepted, cursors)
-        counts = self.run(self.core.dispatch(batch))
+        counts = self.run(self.dispatcher.dispatch(batch))
         assert counts == [len(a.user_ids) for a in batch]
 
     @rule(
@@ -642,7 +671,7 @@ class DeliveryMachine(RuleBasedStateMachine):
             if (client.tenant, client.user) == (tenant, user):
                 # What the stream had queued when the ack came (a stalled one may still write it).
                 client.queued_at_ack[step] = {
-                    key: state.enqueued for key, state in client.session.logs.items()
+                    key.stored: state.enqueued for key, state in client.session.logs.items()
                 }
         expected = self.model_ack(tenant, user, ids, up_to, step)
         if expected:
@@ -660,7 +689,7 @@ class DeliveryMachine(RuleBasedStateMachine):
     @rule()
     def redeliver(self) -> None:
         now = self.clock.now()
-        self.run(self.core._redeliver(now))
+        self.run(self.core.timers.redeliver(now))
         self.redelivered_at = now
 
     @rule()
@@ -669,7 +698,7 @@ class DeliveryMachine(RuleBasedStateMachine):
         expired = [
             nid for nid, s in self.sent.items() if nid not in self.swept and now >= s.expires_at
         ]
-        dropped = self.run(self.core.sweep_expired())
+        dropped = self.run(self.core.timers.sweep_expired())
         assert dropped == sum(len(self.sent[nid].cursors) for nid in expired)
         self.swept.update(expired)
 
@@ -713,10 +742,15 @@ class DeliveryMachine(RuleBasedStateMachine):
     def logs_hold_what_was_sent(self) -> None:
         """Per log, cursors count up by 1 from 1 in dispatch order; only sweeps remove entries."""
         for (tenant, key), ids in self.model_logs.items():
-            entries = self.loop.run_until_complete(self.logs.read(tenant, key, 0, len(ids) + 1))
+            entries = self.loop.run_until_complete(
+                self.logs.read(tenant, LogKey.from_stored(key), 0, len(ids) + 1)
+            )
             expected = [(c, nid) for c, nid in enumerate(ids, start=1) if nid not in self.swept]
             assert [(e.cursor, e.notification_id) for e in entries] == expected
-            assert self.loop.run_until_complete(self.logs.last_cursor(tenant, key)) == len(ids)
+            [head] = self.loop.run_until_complete(
+                self.logs.heads(tenant, [LogKey.from_stored(key)])
+            )
+            assert head.cursor == len(ids)
 
     @invariant()
     def sessions_are_counted(self) -> None:
@@ -737,7 +771,7 @@ async def test_rejoining_a_channel_drops_what_was_queued_before_leaving() -> Non
     """The machine's first find, kept as a plain regression test: a stream leaves and rejoins a
     channel while entries of it wait in its buffer; they were written, then replayed again."""
     clock = ManualClock()
-    core = new_core(clock, MemoryLogStore(), batch_max=1)
+    core, dispatcher, _ = new_core(clock, batch_max=1)
     reading = asyncio.Event()
     written: list[tuple[int, int]] = []  # (cursor, attempt)
 
@@ -765,7 +799,7 @@ async def test_rejoining_a_channel_drops_what_was_queued_before_leaving() -> Non
     task = asyncio.create_task(core.run(session, write))
     try:
         await settle()
-        await core.dispatch([to_news(1), to_news(2)])
+        await dispatcher.dispatch([to_news(1), to_news(2)])
         await settle()  # news@1 is being written, news@2 waits in the session's buffer
         await core.change_channels("acme", session.session_id, join=["news"], leave=["news"])
         reading.set()
@@ -775,7 +809,7 @@ async def test_rejoining_a_channel_drops_what_was_queued_before_leaving() -> Non
         # An acked entry is never redelivered.
         assert await core.ack("acme", "alice", [f"{2:032x}"], {}) == 1
         await clock.advance(2 * ACK_TIMEOUT_S)
-        await core._redeliver(clock.now())
+        await core.timers.redeliver(clock.now())
         await settle()
         assert (2, 2) not in written
     finally:

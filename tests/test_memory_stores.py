@@ -6,8 +6,8 @@ import gc
 
 import pytest
 
-from services.domain import NewRecord, State, Transition
-from services.stream.log import NewEntry
+from services.domain import NewRecord, State, Transition, user_log
+from services.stream.log import LogAppend, NewEntry
 from services.stream.log_memory import MemoryLogStore
 from services.stream.status_memory import MemoryStatusStore
 
@@ -20,8 +20,8 @@ def _record(notification_id: str, tenant: str = "acme") -> NewRecord:
 
 async def test_the_status_store_drops_its_oldest_records_beyond_its_bound() -> None:
     store = MemoryStatusStore(max_records=3)
-    await store.create([_record("n1"), _record("n2")], 100.0)
-    await store.create([_record("n3"), _record("n4"), _record("n5")], 100.0)
+    await store.create([_record("n1"), _record("n2")])
+    await store.create([_record("n3"), _record("n4"), _record("n5")])
     assert [await store.get("acme", n) is not None for n in ("n1", "n2", "n3", "n4", "n5")] == [
         False,
         False,
@@ -30,28 +30,28 @@ async def test_the_status_store_drops_its_oldest_records_beyond_its_bound() -> N
         True,
     ]
     # Creating what is already stored adds nothing, so nothing more is dropped.
-    await store.create([_record("n4")], 100.0)
+    await store.create([_record("n4")])
     assert await store.get("acme", "n3") is not None
 
 
 async def test_the_bound_takes_from_the_tenant_holding_the_most() -> None:
     # One busy tenant must not push out the other tenants' history.
     store = MemoryStatusStore(max_records=10)
-    await store.create([_record(f"g{i}", "globex") for i in range(3)], 100.0)
-    await store.create([_record(f"a{i}") for i in range(7)], 100.0)
-    await store.create([_record(f"a{i}") for i in range(7, 12)], 100.0)  # 2 over the bound
+    await store.create([_record(f"g{i}", "globex") for i in range(3)])
+    await store.create([_record(f"a{i}") for i in range(7)])
+    await store.create([_record(f"a{i}") for i in range(7, 12)])  # 2 over the bound
     assert [await store.get("globex", f"g{i}") is not None for i in range(3)] == [True] * 3
     kept = [i for i in range(12) if await store.get("acme", f"a{i}") is not None]
     assert kept == list(range(5, 12))  # acme's oldest went
     # Purging old records frees room that counts toward the bound again.
     assert await store.purge(older_than=101.0) == 10
-    await store.create([_record(f"z{i}", "globex") for i in range(10)], 100.0)
+    await store.create([_record(f"z{i}", "globex") for i in range(10)])
     assert await store.get("globex", "z0") is not None
 
 
 async def test_the_status_store_is_unbounded_without_a_bound() -> None:
     store = MemoryStatusStore()
-    await store.create([_record(f"n{i}") for i in range(1000)], 100.0)
+    await store.create([_record(f"n{i}") for i in range(1000)])
     assert await store.get("acme", "n0") is not None
 
 
@@ -61,7 +61,7 @@ async def test_status_records_add_no_objects_for_the_collector_to_traverse() -> 
     store = MemoryStatusStore()
     gc.collect()
     before = len(gc.get_objects())
-    await store.create([_record(f"n{i}") for i in range(5000)], 100.0)
+    await store.create([_record(f"n{i}") for i in range(5000)])
     await store.apply(
         "acme", [Transition(f"n{i}", "alice", State.DELIVERED) for i in range(5000)], 150.0
     )
@@ -81,10 +81,10 @@ async def test_log_entries_add_no_objects_for_the_collector_to_traverse() -> Non
     before = len(gc.get_objects())
     for user in range(50):
         items = [NewEntry(f"u{user}-n{i}", 2, 100.0, 200.0, b"\x0a\x00") for i in range(100)]
-        await logs.append("acme", f"user:u{user}", items, 1000)
+        await logs.append("acme", [LogAppend(user_log(f"u{user}"), items, 1000)])
     gc.collect()
     gc.collect()
     assert len(gc.get_objects()) - before < 500
     # What the store hands out is still a complete Entry.
-    [entry] = await logs.read("acme", "user:u7", 41, 1)
+    [entry] = await logs.read("acme", user_log("u7"), 41, 1)
     assert (entry.cursor, entry.notification_id, entry.expires_at) == (42, "u7-n41", 200.0)

@@ -83,7 +83,7 @@ async def test_presence_goes_online_reconnecting_offline(deploy: Deploy, topolog
     assert await state() == registry_pb2.PRESENCE_STATE_ONLINE
     node = herald.node("stream").delivery
     assert node is not None
-    [session] = node._sessions.values()
+    [session] = node.hub.sessions.values()
     stream.cancel()
     async with asyncio.timeout(5):
         await session.closed.wait()  # the server has noticed the cancelled stream
@@ -131,7 +131,7 @@ async def test_a_slow_consumer_is_closed_without_slowing_others_or_growing_memor
         await backend.send_batch(batch)
         [delivery] = await fast.deliveries(1)  # the fast one is never held up
         assert delivery.notification.content.title == f"f{round_}"
-        slow_session = next(s for s in core._sessions.values() if s.user_id == "slow")
+        slow_session = next(s for s in core.hub.sessions.values() if s.user_id == "slow")
         assert slow_session.waiting <= settings.session_buffer  # bounded, whatever is sent
 
     # The slow session's write is stuck; after the write timeout the node closes it. The stall is

@@ -13,9 +13,9 @@ from services.clock import Clock
 from services.config import IngestSettings
 from services.domain import Accepted, NotificationRecord
 from services.errors import FailedPrecondition, HeraldError, InvalidArgument, NotFound
-from services.ingest.idempotency import IdempotencyStore
+from services.ingest.idempotency import Claim, IdempotencyStore
 from services.ingest.rendering import pick_locale, render
-from services.ingest.validation import check_payload_size, validate
+from services.ingest.validation import ResolvedTarget, check_payload_size, validate
 from services.model import set_timestamp
 from services.ports import DeliveryPort, TemplatePort
 
@@ -78,8 +78,7 @@ class IngestCore:
             raise InvalidArgument("the batch is empty")
         now = self._clock.now()
         outcomes: list[SendOutcome | HeraldError | None] = []
-        accepted: list[tuple[int, Accepted, str]] = []
-        ids = new_notification_ids(len(notifications))
+        valid: list[tuple[int, notification_pb2.Notification, ResolvedTarget]] = []
         for index, notification in enumerate(notifications):
             try:
                 target = validate(notification, tenant, self._settings)
@@ -89,18 +88,30 @@ class IngestCore:
                 metrics.REJECTED.labels(type(exc).__name__).inc()
                 outcomes.append(exc)
                 continue
-            notification_id = ids[index]
-            key = notification.idempotency_key
-            if key:
-                original = await self._idempotency.reserve(
-                    tenant, key, notification_id, now, self._settings.idempotency_window_s
-                )
+            outcomes.append(None)  # filled in below
+            valid.append((index, notification, target))
+        ids = new_notification_ids(len(valid))
+        claims = [
+            Claim(n.idempotency_key, ids[i])
+            for i, (_, n, _) in enumerate(valid)
+            if n.idempotency_key
+        ]
+        held = iter(
+            await self._idempotency.reserve(
+                tenant, claims, now, self._settings.idempotency_window_s
+            )
+            if claims
+            else ()
+        )
+        accepted: list[tuple[int, Accepted]] = []
+        for (index, notification, target), notification_id in zip(valid, ids, strict=True):
+            if notification.idempotency_key:
+                original = next(held)
                 if original is not None:
                     metrics.DUPLICATES.inc()
-                    outcomes.append(SendOutcome(original, True, 0))
+                    outcomes[index] = SendOutcome(original, True, 0)
                     continue
             priority, ttl = self._complete(notification, tenant, notification_id, now)
-            outcomes.append(None)  # filled in once dispatch says how many logs it reached
             accepted.append(
                 (
                     index,
@@ -116,18 +127,18 @@ class IngestCore:
                         notification.SerializeToString(),
                         notification.target.SerializeToString(),
                     ),
-                    key,
                 )
             )
         if accepted:
             try:
-                counts = await self._delivery.dispatch([a for _, a, _ in accepted])
+                counts = await self._delivery.dispatch([a for _, a in accepted])
             except BaseException:
-                for _, a, key in accepted:
-                    if key:
-                        await self._idempotency.release(tenant, key, a.notification_id)
+                # Nothing was accepted: the keys are free again for the retry (a store releases
+                # only the claims these ids hold).
+                if claims:
+                    await self._idempotency.release(tenant, claims)
                 raise
-            for (index, a, _), count in zip(accepted, counts, strict=True):
+            for (index, a), count in zip(accepted, counts, strict=True):
                 outcomes[index] = SendOutcome(a.notification_id, False, count)
             metrics.ACCEPTED.inc(len(accepted))
         return outcomes  # type: ignore[return-value]  # every None was filled in above

@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Sequence
+from typing import NamedTuple, Protocol
+
+
+class Claim(NamedTuple):
+    key: str
+    notification_id: str
 
 
 class IdempotencyStore(Protocol):
     async def reserve(
-        self, tenant: str, key: str, notification_id: str, now: float, window_s: float
-    ) -> str | None:
-        """Claims `key` for `notification_id` unless a live claim exists; returns that id."""
+        self, tenant: str, claims: Sequence[Claim], now: float, window_s: float
+    ) -> list[str | None]:
+        """Claims each key for its notification unless a live claim exists, in order (a key
+        twice in `claims` is claimed by the first); returns, per claim, None when it was
+        claimed, or the notification id holding the live claim."""
         ...
 
-    async def release(self, tenant: str, key: str, notification_id: str) -> None:
-        """Withdraws a claim whose send failed, so a retry can go through."""
+    async def release(self, tenant: str, claims: Sequence[Claim]) -> None:
+        """Withdraws claims whose send failed, so a retry can go through."""
         ...
+
+    async def aclose(self) -> None: ...

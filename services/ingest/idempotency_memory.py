@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import heapq
+from collections.abc import Sequence
+
+from services.ingest.idempotency import Claim
 
 
 class MemoryIdempotencyStore:
@@ -11,21 +14,29 @@ class MemoryIdempotencyStore:
         self._expiry: list[tuple[float, str, str]] = []
 
     async def reserve(
-        self, tenant: str, key: str, notification_id: str, now: float, window_s: float
-    ) -> str | None:
+        self, tenant: str, claims: Sequence[Claim], now: float, window_s: float
+    ) -> list[str | None]:
         while self._expiry and self._expiry[0][0] <= now:
             _, t, k = heapq.heappop(self._expiry)
             claim = self._claims.get((t, k))
             if claim is not None and claim[1] <= now:
                 del self._claims[(t, k)]
-        claim = self._claims.get((tenant, key))
-        if claim is not None and claim[1] > now:
-            return claim[0]
-        self._claims[(tenant, key)] = (notification_id, now + window_s)
-        heapq.heappush(self._expiry, (now + window_s, tenant, key))
-        return None
+        out: list[str | None] = []
+        for key, notification_id in claims:
+            claim = self._claims.get((tenant, key))
+            if claim is not None and claim[1] > now:
+                out.append(claim[0])
+                continue
+            self._claims[(tenant, key)] = (notification_id, now + window_s)
+            heapq.heappush(self._expiry, (now + window_s, tenant, key))
+            out.append(None)
+        return out
 
-    async def release(self, tenant: str, key: str, notification_id: str) -> None:
-        claim = self._claims.get((tenant, key))
-        if claim is not None and claim[0] == notification_id:
-            del self._claims[(tenant, key)]
+    async def release(self, tenant: str, claims: Sequence[Claim]) -> None:
+        for key, notification_id in claims:
+            claim = self._claims.get((tenant, key))
+            if claim is not None and claim[0] == notification_id:
+                del self._claims[(tenant, key)]
+
+    async def aclose(self) -> None:
+        return None

@@ -40,3 +40,7 @@ class SessionDirectory(Protocol):
     async def expire(self, older_than: float, at: float) -> builtins.list[SessionInfo]:
         """Removes sessions last seen before `older_than` (their node stopped heartbeating)."""
         ...
+
+    async def aclose(self) -> None:
+        """Releases connections; the store is not used afterwards."""
+        ...

@@ -96,3 +96,6 @@ class MemorySessionDirectory:
         for session in stale:
             await self.remove(session.tenant, session.session_id, at)
         return stale
+
+    async def aclose(self) -> None:
+        return None

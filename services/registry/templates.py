@@ -24,3 +24,7 @@ class TemplateStore(Protocol):
     async def delete(self, tenant: str, template_id: str) -> int:
         """Deletes every version; returns how many there were."""
         ...
+
+    async def aclose(self) -> None:
+        """Releases connections; the store is not used afterwards."""
+        ...

@@ -35,3 +35,6 @@ class MemoryTemplateStore:
 
     async def delete(self, tenant: str, template_id: str) -> int:
         return len(self._versions.pop((tenant, template_id), []))
+
+    async def aclose(self) -> None:
+        return None

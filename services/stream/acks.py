@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
+
+from services.domain import LogKey
 
 
 @dataclass(slots=True)
@@ -40,16 +42,19 @@ class AckState:
 class AckStore(Protocol):
     """Per (tenant, user, log) acknowledgement state."""
 
-    async def get(self, tenant: str, user_id: str, log_key: str) -> AckState:
-        """A copy of the state (empty when nothing was acked)."""
+    async def get(self, tenant: str, user_id: str, keys: Sequence[LogKey]) -> list[AckState]:
+        """A copy of the state of each log, in the order of `keys` (empty when nothing was
+        acked)."""
         ...
 
     async def ack(
-        self, tenant: str, user_id: str, log_key: str, cursors: Iterable[int]
+        self, tenant: str, user_id: str, key: LogKey, cursors: Iterable[int]
     ) -> list[int]:
         """Acks the cursors; returns those that were not acked before."""
         ...
 
-    async def ack_up_to(self, tenant: str, user_id: str, log_key: str, cursor: int) -> AckState:
+    async def ack_up_to(self, tenant: str, user_id: str, key: LogKey, cursor: int) -> AckState:
         """Acks everything at or below `cursor`; returns the state from before."""
         ...
+
+    async def aclose(self) -> None: ...

@@ -4,36 +4,28 @@ Invariants every implementation keeps (the contract tests in tests/contract chec
 
 - Cursors of one log start at 1 and strictly increase by 1 per appended entry; a cursor is never
   reused, also after entries are dropped.
+- Every log has an epoch: a number that names this generation of the log. It stays the same for
+  as long as the store keeps the log's entries; a store that lost them (an embedded store that
+  restarted, a database restored from an older backup) gives the log a new epoch. A cursor is
+  meaningful only together with its epoch.
 - `read(after=c)` returns entries with cursor > c in cursor order; entries dropped by the bound
   or by expiry are simply absent (a reader sees a jump in cursors, never a reordering).
+- `append` is one atomic step: every log of the call gets its entries, and the notifications'
+  status records are created, or nothing is stored.
 - Appending beyond the log's bound drops the oldest entries and reports them.
 - Logs of different tenants, and different log keys, never see each other's entries.
 
-Log keys: `user:<user_id>` (a user's inbox), `channel:<name>`, and `broadcast` (tenant-wide).
+The methods are shaped for a networked store: one call appends to many logs, reads the heads of
+many logs, or sweeps many expired entries.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
-USER_PREFIX = "user:"
-CHANNEL_PREFIX = "channel:"
-BROADCAST = "broadcast"
-
-
-def user_log(user_id: str) -> str:
-    return USER_PREFIX + user_id
-
-
-def channel_log(channel: str) -> str:
-    return CHANNEL_PREFIX + channel
-
-
-def client_log_name(log_key: str) -> str:
-    """How a log is named to its subscriber: a user's own log is just `user`."""
-    return "user" if log_key.startswith(USER_PREFIX) else log_key
+from services.domain import LogKey, NewRecord
 
 
 @dataclass(slots=True)
@@ -60,50 +52,74 @@ class Entry:
     notification_field: bytes
 
 
+class LogAppend(NamedTuple):
+    """Entries for one log, and the most entries that log keeps."""
+
+    key: LogKey
+    entries: Sequence[NewEntry]
+    limit: int
+
+
 @dataclass(slots=True)
 class AppendResult:
+    key: LogKey
     entries: list[Entry]
+    # The log's epoch (see the module invariants).
+    epoch: int = 0
     # Entries pushed out by the log's bound (oldest first): they will never be delivered.
     dropped: list[Entry] = field(default_factory=list)
+
+
+class LogHead(NamedTuple):
+    """Where a log stands: its epoch and the cursor of its newest entry (0: none yet)."""
+
+    epoch: int
+    cursor: int
+
+
+class Expired(NamedTuple):
+    """Entries of one log that expired and were removed."""
+
+    tenant: str
+    key: LogKey
+    entries: list[Entry]
 
 
 class LogStore(Protocol):
     """Ordered, bounded logs of notifications, per tenant and log key."""
 
     async def append(
-        self, tenant: str, log_key: str, items: Sequence[NewEntry], limit: int
-    ) -> AppendResult:
-        """Appends in order, assigning the next cursors; keeps at most `limit` entries."""
+        self, tenant: str, appends: Sequence[LogAppend], records: Sequence[NewRecord] = ()
+    ) -> list[AppendResult]:
+        """Appends to each log in order, assigning its next cursors, and creates the status
+        records of the notifications (in the status store this log store was built with), in
+        one atomic step. Returns one result per append, in the same order."""
         ...
 
-    async def read(self, tenant: str, log_key: str, after: int, limit: int) -> list[Entry]:
+    async def read(self, tenant: str, key: LogKey, after: int, limit: int) -> list[Entry]:
         """Up to `limit` entries with cursor > `after`, in cursor order."""
         ...
 
-    async def read_reverse(self, tenant: str, log_key: str, before: int, limit: int) -> list[Entry]:
+    async def read_reverse(self, tenant: str, key: LogKey, before: int, limit: int) -> list[Entry]:
         """Up to `limit` entries with cursor < `before` (0: no bound), newest first."""
         ...
 
-    async def find(self, tenant: str, log_key: str, notification_id: str) -> Entry | None:
-        """The entry of a notification in the log, if it is still there."""
+    async def heads(self, tenant: str, keys: Sequence[LogKey]) -> list[LogHead]:
+        """The head of each log, in the order of `keys` (a log never appended to has cursor 0
+        and the epoch it will get)."""
         ...
 
-    async def last_cursor(self, tenant: str, log_key: str) -> int:
-        """The cursor of the newest entry ever appended (0 for an empty log)."""
+    async def find(
+        self, tenant: str, keys: Sequence[LogKey], notification_id: str
+    ) -> tuple[LogKey, Entry] | None:
+        """The first of `keys` whose log still holds the notification, and its entry there."""
         ...
 
-    async def drop_expired(self, tenant: str, log_key: str, now: float) -> list[Entry]:
-        """Removes and returns the entries expired at `now`."""
+    async def drop_expired(self, now: float, limit: int) -> list[Expired]:
+        """Removes up to about `limit` entries expired at `now`, across every log and tenant,
+        and returns them; call again while it returns `limit` or more."""
         ...
 
-    async def expired_logs(self, now: float) -> list[tuple[str, str]]:
-        """(tenant, log key) of every log that may hold entries expired at `now`: an index, so
-        that sweeping costs nothing while nothing expires. The caller calls `drop_expired` on
-        each of them (which keeps the index up to date)."""
+    async def aclose(self) -> None:
+        """Releases connections; the store is not used afterwards."""
         ...
-
-    async def log_keys(self, tenant: str) -> list[str]:
-        """The keys of the tenant's non-empty logs."""
-        ...
-
-    async def tenants(self) -> list[str]: ...

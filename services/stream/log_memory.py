@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import heapq
 import math
+import secrets
 from collections.abc import Sequence
 from typing import Final
 
-from services.stream.log import AppendResult, Entry, NewEntry
+from services.domain import LogKey, NewRecord
+from services.stream.log import AppendResult, Entry, Expired, LogAppend, LogHead
+from services.stream.status import StatusStore
 
 # Entries are stored as plain tuples of scalars, (cursor, notification_id, priority, created_at,
 # expires_at, notification_field), and handed out as `Entry` values: the collector stops tracking
@@ -59,77 +62,114 @@ class _Log:
 
 
 class MemoryLogStore:
-    """Logs as lists of entries; cursors are dense, reads are a binary search and a slice."""
+    """Logs as lists of entries; cursors are dense, reads are a binary search and a slice.
 
-    def __init__(self) -> None:
-        self._logs: dict[tuple[str, str], _Log] = {}
+    Every log of one store shares the store's epoch, drawn at random when the store is made: a
+    restarted process has a new store, so cursors from before the restart are recognised.
+    """
+
+    def __init__(self, status: StatusStore | None = None, epoch: int | None = None) -> None:
+        self._logs: dict[tuple[str, LogKey], _Log] = {}
         # (expires_at, tenant, log key): one live entry per log, at its earliest expiry.
-        self._expiry: list[tuple[float, str, str]] = []
+        self._expiry: list[tuple[float, str, LogKey]] = []
+        self._status = status
+        self.epoch = epoch or secrets.randbits(52) + 1
 
-    def _schedule(self, log: _Log, tenant: str, log_key: str, expires_at: float) -> None:
+    def _schedule(self, log: _Log, tenant: str, key: LogKey, expires_at: float) -> None:
         if expires_at < log.next_expiry:
             log.next_expiry = expires_at
-            heapq.heappush(self._expiry, (expires_at, tenant, log_key))
+            heapq.heappush(self._expiry, (expires_at, tenant, key))
 
-    def _log(self, tenant: str, log_key: str) -> _Log:
-        key = (tenant, log_key)
-        log = self._logs.get(key)
+    def _log(self, tenant: str, key: LogKey) -> _Log:
+        log = self._logs.get((tenant, key))
         if log is None:
-            log = self._logs[key] = _Log()
+            log = self._logs[(tenant, key)] = _Log()
         return log
 
     async def append(
-        self, tenant: str, log_key: str, items: Sequence[NewEntry], limit: int
-    ) -> AppendResult:
-        log = self._log(tenant, log_key)
+        self, tenant: str, appends: Sequence[LogAppend], records: Sequence[NewRecord] = ()
+    ) -> list[AppendResult]:
+        # Nothing below awaits anything that yields: the whole call is one step for every
+        # other task of the loop.
+        if records and self._status is not None:
+            await self._status.create(records)
+        return [self._append_one(tenant, append) for append in appends]
+
+    def _append_one(self, tenant: str, append: LogAppend) -> AppendResult:
+        key, items, limit = append
+        log = self._log(tenant, key)
         appended: list[Entry] = []
+        by_id = log.by_id
+        stored_entries = log.entries
+        cursor = log.next_cursor
         for item in items:
             stored = (
-                log.next_cursor,
+                cursor,
                 item.notification_id,
                 item.priority,
                 item.created_at,
                 item.expires_at,
                 item.notification_field,
             )
-            log.next_cursor += 1
-            log.entries.append(stored)
-            log.by_id[item.notification_id] = stored
-            appended.append(_entry(stored))
+            cursor += 1
+            stored_entries.append(stored)
+            by_id[item.notification_id] = stored
+            appended.append(Entry(*stored))
+        log.next_cursor = cursor
         if items:
-            self._schedule(log, tenant, log_key, min(item.expires_at for item in items))
-        overflow = len(log.entries) - log.offset - limit
+            self._schedule(log, tenant, key, min(item.expires_at for item in items))
+        overflow = len(stored_entries) - log.offset - limit
         dropped = log.drop_oldest(overflow) if overflow > 0 else []
-        return AppendResult(appended, dropped)
+        return AppendResult(key, appended, self.epoch, dropped)
 
-    async def read(self, tenant: str, log_key: str, after: int, limit: int) -> list[Entry]:
-        log = self._logs.get((tenant, log_key))
+    async def read(self, tenant: str, key: LogKey, after: int, limit: int) -> list[Entry]:
+        log = self._logs.get((tenant, key))
         if log is None:
             return []
         start = log.index_after(after)
         return [_entry(stored) for stored in log.entries[start : start + limit]]
 
-    async def read_reverse(self, tenant: str, log_key: str, before: int, limit: int) -> list[Entry]:
-        log = self._logs.get((tenant, log_key))
+    async def read_reverse(self, tenant: str, key: LogKey, before: int, limit: int) -> list[Entry]:
+        log = self._logs.get((tenant, key))
         if log is None:
             return []
         end = len(log.entries) if before <= 0 else log.index_after(before - 1)
         start = max(log.offset, end - limit)
         return [_entry(stored) for stored in log.entries[start:end][::-1]]
 
-    async def find(self, tenant: str, log_key: str, notification_id: str) -> Entry | None:
-        log = self._logs.get((tenant, log_key))
-        stored = None if log is None else log.by_id.get(notification_id)
-        return None if stored is None else _entry(stored)
+    async def heads(self, tenant: str, keys: Sequence[LogKey]) -> list[LogHead]:
+        logs = self._logs
+        heads = []
+        for key in keys:
+            log = logs.get((tenant, key))
+            heads.append(LogHead(self.epoch, 0 if log is None else log.next_cursor - 1))
+        return heads
 
-    async def last_cursor(self, tenant: str, log_key: str) -> int:
-        log = self._logs.get((tenant, log_key))
-        return 0 if log is None else log.next_cursor - 1
+    async def find(
+        self, tenant: str, keys: Sequence[LogKey], notification_id: str
+    ) -> tuple[LogKey, Entry] | None:
+        for key in keys:
+            log = self._logs.get((tenant, key))
+            stored = None if log is None else log.by_id.get(notification_id)
+            if stored is not None:
+                return key, _entry(stored)
+        return None
 
-    async def drop_expired(self, tenant: str, log_key: str, now: float) -> list[Entry]:
-        log = self._logs.get((tenant, log_key))
-        if log is None:
-            return []
+    async def drop_expired(self, now: float, limit: int) -> list[Expired]:
+        out: list[Expired] = []
+        count = 0
+        while self._expiry and self._expiry[0][0] <= now and count < limit:
+            _, tenant, key = heapq.heappop(self._expiry)
+            log = self._logs.get((tenant, key))
+            if log is None or log.next_expiry > now:
+                continue
+            expired = self._drop_expired(log, tenant, key, now)
+            if expired:
+                out.append(Expired(tenant, key, expired))
+                count += len(expired)
+        return out
+
+    def _drop_expired(self, log: _Log, tenant: str, key: LogKey, now: float) -> list[Entry]:
         live = log.live()
         kept = [stored for stored in live if stored[_EXPIRES_AT] > now]
         expired = (
@@ -144,25 +184,8 @@ class MemoryLogStore:
         # Always schedule again: the log may have been due on an entry the bound dropped since.
         log.next_expiry = math.inf
         if kept:
-            self._schedule(log, tenant, log_key, min(stored[_EXPIRES_AT] for stored in kept))
+            self._schedule(log, tenant, key, min(stored[_EXPIRES_AT] for stored in kept))
         return [_entry(stored) for stored in expired]
 
-    async def expired_logs(self, now: float) -> list[tuple[str, str]]:
-        due: dict[tuple[str, str], None] = {}
-        while self._expiry and self._expiry[0][0] <= now:
-            _, tenant, log_key = heapq.heappop(self._expiry)
-            log = self._logs.get((tenant, log_key))
-            if log is not None and log.next_expiry <= now:
-                due[(tenant, log_key)] = None
-                log.next_expiry = math.inf  # drop_expired schedules what is left
-        return list(due)
-
-    async def log_keys(self, tenant: str) -> list[str]:
-        return [
-            key
-            for (t, key), log in self._logs.items()
-            if t == tenant and len(log.entries) > log.offset
-        ]
-
-    async def tenants(self) -> list[str]:
-        return sorted({tenant for tenant, _ in self._logs})
+    async def aclose(self) -> None:
+        return None

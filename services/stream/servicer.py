@@ -20,6 +20,7 @@ from services.auth import Principal, current_principal
 from services.errors import InvalidArgument, PermissionDenied, Unauthenticated
 from services.model import accepted_from_proto, status_to_proto, timestamp
 from services.stream.delivery import DeliveryCore
+from services.stream.dispatch import Dispatcher
 
 Context = aio.ServicerContext[Any, Any]
 
@@ -153,20 +154,21 @@ class StreamServicer:
 
 
 class NodeServicer:
-    def __init__(self, core: DeliveryCore) -> None:
+    def __init__(self, core: DeliveryCore, dispatcher: Dispatcher) -> None:
         self._core = core
+        self._dispatcher = dispatcher
 
     async def Dispatch(
         self, request: node_pb2.DispatchRequest, context: Context
     ) -> node_pb2.DispatchResponse:
         accepted = [accepted_from_proto(n, n.SerializeToString()) for n in request.notifications]
-        counts = await self._core.dispatch(accepted)
+        counts = await self._dispatcher.dispatch(accepted)
         return node_pb2.DispatchResponse(recipient_counts=counts)
 
     async def GetDeliveryStatus(
         self, request: node_pb2.GetDeliveryStatusRequest, context: Context
     ) -> node_pb2.GetDeliveryStatusResponse:
-        record = await self._core.status(request.tenant_id, request.notification_id)
+        record = await self._dispatcher.status(request.tenant_id, request.notification_id)
         if record is None:
             return node_pb2.GetDeliveryStatusResponse(found=False)
         return node_pb2.GetDeliveryStatusResponse(found=True, status=status_to_proto(record))

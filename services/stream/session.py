@@ -21,12 +21,13 @@ import heapq
 import math
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from services import wire
+from services.domain import LogKey
 from services.stream.acks import AckState
-from services.stream.log import Entry, client_log_name
+from services.stream.log import Entry
 
 # Lane order: HIGH, NORMAL, LOW (herald.v1.Priority 3, 2, 1; UNSPECIFIED counts as NORMAL).
 _LANE_OF_PRIORITY = {3: 0, 2: 1, 0: 1, 1: 2}
@@ -38,7 +39,7 @@ _PICK_CYCLE = (0, 1, 0, 2, 0, 1, 0)
 class LogCursorState:
     """What a session knows about one of the logs it reads."""
 
-    log_key: str
+    log_key: LogKey
     log_field: bytes
     acks: AckState
     # Every entry with cursor <= enqueued was enqueued, skipped (acked/expired) or resumed past.
@@ -77,7 +78,7 @@ class Session:
         user_id: str,
         device: str,
         channels: tuple[str, ...],
-        logs: dict[str, LogCursorState],
+        logs: dict[LogKey, LogCursorState],
         buffer_limit: int,
         connected_at: float,
         expires_at: float = math.inf,
@@ -108,9 +109,9 @@ class Session:
         # Set by the node when it cancels a stalled stream; set when the node forgets the session.
         self.stalled = False
         # Entries written (or held by the client) and not acked yet, by (log key, cursor).
-        self.unacked: dict[tuple[str, int], Pending] = {}
+        self.unacked: dict[tuple[LogKey, int], Pending] = {}
         # The ack timers: the same entries by attempt, each in write order (see `due`).
-        self._timers: dict[int, dict[tuple[str, int], Pending]] = {}
+        self._timers: dict[int, dict[tuple[LogKey, int], Pending]] = {}
         self.closed = asyncio.Event()
         self.last_write_at = connected_at
         # time.monotonic() when the write in flight began (0: none); stuck too long = slow consumer.
@@ -119,25 +120,34 @@ class Session:
 
     # -- feeding ---------------------------------------------------------------------------
 
-    def offer(self, log_key: str, entries: list[Entry], now: float) -> None:
-        """Live entries just appended to a log this session reads (contiguous cursors)."""
+    def offer(self, log_key: LogKey, entries: Sequence[Entry], head: int, now: float) -> None:
+        """Live entries just appended to a log this session reads (contiguous cursors, the last
+        at `head`), or only the new `head` when `entries` is empty."""
         state = self.logs.get(log_key)
-        if state is None or state.behind or not entries:
+        if state is None or state.behind:
             return
-        fresh = entries
+        if not entries:
+            if head > state.enqueued:
+                self.fall_behind(state)
+            return
+        fresh: Sequence[Entry] = entries
         if entries[0].cursor <= state.enqueued:  # some were read from the log already
             fresh = [e for e in entries if e.cursor > state.enqueued]
             if not fresh:
                 return
         if fresh[0].cursor != state.enqueued + 1 or self.waiting + len(fresh) > self.buffer_limit:
             # Not the next entries, or no room: read them from the log later instead.
-            state.behind = True
-            self.lagging = True
-            self.wakeup.set()
+            self.fall_behind(state)
             return
         self.enqueue(state, fresh, now)
 
-    def enqueue(self, state: LogCursorState, entries: list[Entry], now: float) -> None:
+    def fall_behind(self, state: LogCursorState) -> None:
+        """The session must read this log to continue (the writer catches up)."""
+        state.behind = True
+        self.lagging = True
+        self.wakeup.set()
+
+    def enqueue(self, state: LogCursorState, entries: Sequence[Entry], now: float) -> None:
         """Queues entries that continue `state`'s sequence, skipping acked and expired ones."""
         for entry in entries:
             if entry.cursor <= state.enqueued:
@@ -173,7 +183,7 @@ class Session:
             timers = self._timers[pending.attempt] = {}
         timers[key] = pending
 
-    def settle(self, key: tuple[str, int]) -> None:
+    def settle(self, key: tuple[LogKey, int]) -> None:
         """Stops the ack timer of an acked entry (if this session has one running)."""
         pending = self.unacked.pop(key, None)
         if pending is not None:
@@ -205,7 +215,7 @@ class Session:
                     due.append(pending)
         return due
 
-    def forget_acks(self, log_key: str | None = None) -> None:
+    def forget_acks(self, log_key: LogKey | None = None) -> None:
         """Stops the ack timers of one log (a channel left), or of every log."""
         if log_key is None:
             self.unacked.clear()
@@ -254,10 +264,10 @@ class Session:
         self.wakeup.set()
 
 
-def new_log_state(log_key: str, acks: AckState, resume_after: int) -> LogCursorState:
+def new_log_state(log_key: LogKey, acks: AckState, resume_after: int) -> LogCursorState:
     return LogCursorState(
         log_key=log_key,
-        log_field=wire.log_field(client_log_name(log_key)),
+        log_field=wire.log_field(log_key.client_name),
         acks=acks,
         enqueued=resume_after,
     )

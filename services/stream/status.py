@@ -6,19 +6,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from services.domain import NewRecord, NotificationRecord, Transition
+from services.domain import NewRecord, NotificationRecord, RecipientRecord, Transition
 
 
 class StatusStore(Protocol):
     """Per-notification, per-recipient delivery state."""
 
-    async def create(self, records: Sequence[NewRecord], at: float) -> None:
-        """Stores new notifications, their users QUEUED at `at` (a record already stored under
-        the same tenant and id is kept as it is)."""
+    async def create(self, records: Sequence[NewRecord]) -> None:
+        """Stores new notifications, their users QUEUED at the notification's `created_at` (a
+        record already stored under the same tenant and id is kept as it is)."""
         ...
 
-    async def apply(self, tenant: str, transitions: list[Transition], at: float) -> None:
-        """Moves recipients to new states; transitions not in ALLOWED are ignored."""
+    async def apply(self, tenant: str, transitions: Sequence[Transition], at: float) -> None:
+        """Moves recipients to new states; transitions not in ALLOWED are ignored.
+
+        A networked store may write these behind, in batches: what `get` answers reflects every
+        `apply` made through the same store object."""
         ...
 
     async def mark_read(
@@ -29,6 +32,17 @@ class StatusStore(Protocol):
 
     async def get(self, tenant: str, notification_id: str) -> NotificationRecord | None: ...
 
+    async def recipients(
+        self, tenant: str, user_id: str, notification_ids: Sequence[str]
+    ) -> dict[str, RecipientRecord]:
+        """The user's recipient record of each notification that has one (one call for a page
+        of the inbox)."""
+        ...
+
     async def purge(self, older_than: float) -> int:
         """Forgets notifications created before `older_than`; returns how many."""
+        ...
+
+    async def aclose(self) -> None:
+        """Writes what is still buffered and releases connections."""
         ...

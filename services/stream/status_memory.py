@@ -55,7 +55,7 @@ class MemoryStatusStore:
         self._count = 0
         self._max_records = max_records
 
-    async def create(self, records: Sequence[NewRecord], at: float) -> None:
+    async def create(self, records: Sequence[NewRecord]) -> None:
         by_tenant = self._by_tenant
         all_recipients = self._recipients
         queued = int(State.QUEUED)
@@ -66,6 +66,7 @@ class MemoryStatusStore:
             if notification_id in stored:
                 continue
             stored[notification_id] = (notification_id, tenant, target, created_at, expires_at)
+            at = created_at
             all_recipients[(tenant, notification_id)] = {
                 u: (u, queued, at, at, 0.0, 0.0, 0, "", 0.0) for u in user_ids
             }
@@ -89,7 +90,7 @@ class MemoryStatusStore:
             if not stored:
                 del self._by_tenant[tenant]
 
-    async def apply(self, tenant: str, transitions: list[Transition], at: float) -> None:
+    async def apply(self, tenant: str, transitions: Sequence[Transition], at: float) -> None:
         all_recipients = self._recipients
         for notification_id, user_id, state, reason in transitions:
             recipients = all_recipients.get((tenant, notification_id))
@@ -156,6 +157,18 @@ class MemoryStatusStore:
         recipients = self._recipients[(tenant, notification_id)]
         return NotificationRecord(*record, {u: _recipient_record(r) for u, r in recipients.items()})
 
+    async def recipients(
+        self, tenant: str, user_id: str, notification_ids: Sequence[str]
+    ) -> dict[str, RecipientRecord]:
+        found: dict[str, RecipientRecord] = {}
+        all_recipients = self._recipients
+        for notification_id in notification_ids:
+            recipients = all_recipients.get((tenant, notification_id))
+            recipient = None if recipients is None else recipients.get(user_id)
+            if recipient is not None:
+                found[notification_id] = _recipient_record(recipient)
+        return found
+
     async def purge(self, older_than: float) -> int:
         purged = 0
         for tenant, stored in list(self._by_tenant.items()):
@@ -168,3 +181,6 @@ class MemoryStatusStore:
                 del self._by_tenant[tenant]
         self._count -= purged
         return purged
+
+    async def aclose(self) -> None:
+        return None

@@ -55,6 +55,15 @@ SESSION_DIRECTORIES: dict[str, Opener[SessionDirectory]] = {
 TEMPLATE_STORES: dict[str, Opener[TemplateStore]] = {"memory": in_memory(MemoryTemplateStore)}
 
 
+def _memory_pair() -> tuple[LogStore, StatusStore]:
+    status = MemoryStatusStore()
+    return MemoryLogStore(status), status
+
+
+# A log store and the status store it creates records in, of one backend.
+PAIRED_STORES: dict[str, Opener[tuple[LogStore, StatusStore]]] = {"memory": in_memory(_memory_pair)}
+
+
 @pytest_asyncio.fixture(params=sorted(LOG_STORES))
 async def log_store(request: pytest.FixtureRequest) -> AsyncIterator[LogStore]:
     async with LOG_STORES[request.param]() as store:
@@ -89,3 +98,11 @@ async def session_directory(request: pytest.FixtureRequest) -> AsyncIterator[Ses
 async def template_store(request: pytest.FixtureRequest) -> AsyncIterator[TemplateStore]:
     async with TEMPLATE_STORES[request.param]() as store:
         yield store
+
+
+@pytest_asyncio.fixture(params=sorted(PAIRED_STORES))
+async def paired_stores(
+    request: pytest.FixtureRequest,
+) -> AsyncIterator[tuple[LogStore, StatusStore]]:
+    async with PAIRED_STORES[request.param]() as stores:
+        yield stores

@@ -8,13 +8,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.stream.log import Entry, NewEntry
+from services.domain import channel_log, user_log
+from services.stream.log import Entry, LogAppend, NewEntry
 from tests.contract.conftest import LOG_STORES
 
 pytestmark = pytest.mark.asyncio
 
 # Three logs that must stay apart: two keys of one tenant, and the same key in another tenant.
-LOGS = [("tenant-1", "user:alice"), ("tenant-1", "channel:news"), ("tenant-2", "user:alice")]
+LOGS = [
+    ("tenant-1", user_log("alice")),
+    ("tenant-1", channel_log("news")),
+    ("tenant-2", user_log("alice")),
+]
 
 
 @dataclass(frozen=True)
@@ -26,7 +31,8 @@ class Append:
 
 @dataclass(frozen=True)
 class Expire:
-    log: int
+    """A sweep at `now`: every log of every tenant."""
+
     now: int
 
 
@@ -46,7 +52,7 @@ operations = st.lists(
             st.integers(min_value=1, max_value=6),
             st.lists(st.integers(min_value=1, max_value=50), min_size=1, max_size=5),
         ),
-        st.builds(Expire, which_log, st.integers(min_value=0, max_value=50)),
+        st.builds(Expire, st.integers(min_value=0, max_value=50)),
     ),
     max_size=25,
 )
@@ -75,9 +81,9 @@ async def test_the_log_behaves_like_a_bounded_list(
     serial = 0
     async with LOG_STORES[backend]() as store:
         for op in ops:
-            tenant, key = LOGS[op.log]
-            log = model[op.log]
             if isinstance(op, Append):
+                tenant, key = LOGS[op.log]
+                log = model[op.log]
                 expected = []
                 for expires_at in op.expiries:
                     serial += 1
@@ -89,34 +95,35 @@ async def test_the_log_behaves_like_a_bounded_list(
                     NewEntry(e.notification_id, e.priority, 1.0, e.expires_at, b"\x12")
                     for e in expected
                 ]
-                result = await store.append(tenant, key, items, op.limit)
+                [result] = await store.append(tenant, [LogAppend(key, items, op.limit)])
                 log.entries.extend(expected)
                 overflow = max(0, len(log.entries) - op.limit)
                 dropped, log.entries = log.entries[:overflow], log.entries[overflow:]
                 assert result.entries == expected
                 assert result.dropped == dropped
+                assert result.key == key
             else:
-                expired = [e for e in log.entries if e.expires_at <= op.now]
-                log.entries = [e for e in log.entries if e.expires_at > op.now]
-                assert await store.drop_expired(tenant, key, op.now) == expired
+                expected_expired = {}
+                for (tenant, key), log in zip(LOGS, model, strict=True):
+                    expired = [e for e in log.entries if e.expires_at <= op.now]
+                    log.entries = [e for e in log.entries if e.expires_at > op.now]
+                    if expired:
+                        expected_expired[(tenant, key)] = expired
+                swept = await store.drop_expired(op.now, 10_000)
+                assert {(t, k): entries for t, k, entries in swept} == expected_expired
+                assert len(swept) == len(expected_expired)
 
         for (tenant, key), log in zip(LOGS, model, strict=True):
-            assert await store.last_cursor(tenant, key) == log.next_cursor - 1
+            [head] = await store.heads(tenant, [key])
+            assert head.cursor == log.next_cursor - 1
             assert await store.read(tenant, key, 0, 1000) == log.entries
             live = {e.notification_id: e for e in log.entries}
             for n in range(1, serial + 1):
-                assert await store.find(tenant, key, f"n{n}") == live.get(f"n{n}")
+                found = await store.find(tenant, [key], f"n{n}")
+                assert found == ((key, live[f"n{n}"]) if f"n{n}" in live else None)
         for probe in probes:
             tenant, key = LOGS[probe.log]
             expected = [e for e in model[probe.log].entries if e.cursor > probe.after]
             assert (
                 await store.read(tenant, key, probe.after, probe.limit) == expected[: probe.limit]
             )
-
-        for tenant in {t for t, _ in LOGS}:
-            non_empty = {
-                k for (t, k), log in zip(LOGS, model, strict=True) if t == tenant and log.entries
-            }
-            assert set(await store.log_keys(tenant)) == non_empty
-        with_entries = {t for (t, _), log in zip(LOGS, model, strict=True) if log.entries}
-        assert with_entries <= set(await store.tenants())

@@ -53,17 +53,17 @@ async def recipient(
 
 
 async def test_get_returns_what_was_created(status_store: StatusStore) -> None:
-    await status_store.create([record()], 100.0)
+    await status_store.create([record()])
     assert await status_store.get(T1, "n1") == stored(record())
     assert await status_store.get(T1, "n2") is None
     assert await status_store.get(T2, "n1") is None
 
 
 async def test_create_stores_a_batch_and_keeps_what_exists(status_store: StatusStore) -> None:
-    await status_store.create([record(users=("alice",))], 100.0)
+    await status_store.create([record(users=("alice",))])
     await status_store.apply(T1, [Transition("n1", "alice", State.DELIVERED)], 150.0)
     # The same id again (a retried dispatch) does not reset its recipients; the rest is stored.
-    await status_store.create([record(users=("alice",)), record(notification_id="n2")], 100.0)
+    await status_store.create([record(users=("alice",)), record(notification_id="n2")])
     assert (await recipient(status_store, "alice")).state is State.DELIVERED
     assert await status_store.get(T1, "n2") == stored(record(notification_id="n2"))
 
@@ -74,7 +74,7 @@ async def test_create_stores_a_batch_and_keeps_what_exists(status_store: StatusS
 async def test_states_only_move_as_allowed(
     status_store: StatusStore, current: State, new: State
 ) -> None:
-    await status_store.create([record(users=("alice",))], 100.0)
+    await status_store.create([record(users=("alice",))])
     if current is not State.QUEUED:  # every state can follow QUEUED
         await status_store.apply(T1, [Transition("n1", "alice", current, "before")], 150.0)
     before = await recipient(status_store, "alice")
@@ -96,7 +96,7 @@ async def test_the_allowed_table_is_forward_only() -> None:
 
 
 async def test_a_new_recipient_enters_in_any_state(status_store: StatusStore) -> None:
-    await status_store.create([record(users=())], 100.0)
+    await status_store.create([record(users=())])
     await status_store.apply(
         T1,
         [Transition("n1", "carol", State.DELIVERED), Transition("n1", "dave", State.ACKED)],
@@ -116,7 +116,7 @@ async def test_a_new_recipient_enters_in_any_state(status_store: StatusStore) ->
 async def test_attempts_count_deliveries_and_timestamps_are_kept(
     status_store: StatusStore,
 ) -> None:
-    await status_store.create([record()], 100.0)
+    await status_store.create([record()])
     steps = [
         (State.DELIVERED, 110.0, ""),
         (State.DELIVERED, 120.0, ""),  # redelivered after an ack timeout
@@ -143,7 +143,7 @@ async def test_attempts_count_deliveries_and_timestamps_are_kept(
 
 
 async def test_a_failure_keeps_its_reason(status_store: StatusStore) -> None:
-    await status_store.create([record()], 100.0)
+    await status_store.create([record()])
     await status_store.apply(T1, [Transition("n1", "alice", State.DELIVERED)], 110.0)
     await status_store.apply(T1, [Transition("n1", "alice", State.FAILED, "no ack")], 120.0)
     await status_store.apply(T1, [Transition("n1", "bob", State.EXPIRED, "ttl")], 130.0)
@@ -159,7 +159,7 @@ async def test_a_failure_keeps_its_reason(status_store: StatusStore) -> None:
 
 
 async def test_transitions_of_one_call_apply_in_order(status_store: StatusStore) -> None:
-    await status_store.create([record()], 100.0)
+    await status_store.create([record()])
     await status_store.apply(
         T1,
         [
@@ -184,7 +184,7 @@ async def test_transitions_of_one_call_apply_in_order(status_store: StatusStore)
 async def test_apply_ignores_unknown_notifications_and_other_tenants(
     status_store: StatusStore,
 ) -> None:
-    await status_store.create([record()], 100.0)
+    await status_store.create([record()])
     await status_store.apply(T1, [Transition("n9", "alice", State.DELIVERED)], 110.0)
     await status_store.apply(T2, [Transition("n1", "alice", State.ACKED)], 110.0)
     assert await status_store.get(T1, "n9") is None
@@ -194,8 +194,7 @@ async def test_apply_ignores_unknown_notifications_and_other_tenants(
 
 async def test_tenants_keep_separate_records_under_one_id(status_store: StatusStore) -> None:
     await status_store.create(
-        [record(tenant=T1, users=("alice",)), record(tenant=T2, users=("zoe",), created_at=500.0)],
-        100.0,
+        [record(tenant=T1, users=("alice",)), record(tenant=T2, users=("zoe",), created_at=500.0)]
     )
     await status_store.apply(T2, [Transition("n1", "zoe", State.DELIVERED)], 510.0)
     assert await status_store.get(T1, "n1") == stored(record(tenant=T1, users=("alice",)))
@@ -208,10 +207,10 @@ async def test_tenants_keep_separate_records_under_one_id(status_store: StatusSt
 async def test_purge_forgets_notifications_created_before_the_cutoff(
     status_store: StatusStore,
 ) -> None:
-    await status_store.create([record("old", T1, created_at=10.0)], 10.0)
-    await status_store.create([record("old", T2, created_at=20.0)], 20.0)
-    await status_store.create([record("edge", T1, created_at=30.0)], 30.0)
-    await status_store.create([record("new", T1, created_at=40.0)], 40.0)
+    await status_store.create([record("old", T1, created_at=10.0)])
+    await status_store.create([record("old", T2, created_at=20.0)])
+    await status_store.create([record("edge", T1, created_at=30.0)])
+    await status_store.create([record("new", T1, created_at=40.0)])
     assert await status_store.purge(30.0) == 2
     assert await status_store.get(T1, "old") is None
     assert await status_store.get(T2, "old") is None
@@ -222,7 +221,7 @@ async def test_purge_forgets_notifications_created_before_the_cutoff(
 
 
 async def test_get_returns_a_copy(status_store: StatusStore) -> None:
-    await status_store.create([record()], 100.0)
+    await status_store.create([record()])
     copy = await status_store.get(T1, "n1")
     assert copy is not None
     copy.recipients["alice"].state = State.ACKED
@@ -233,8 +232,8 @@ async def test_get_returns_a_copy(status_store: StatusStore) -> None:
 
 
 async def test_mark_read_sets_read_at_once_per_recipient(status_store: StatusStore) -> None:
-    await status_store.create([record("n1")], 100.0)
-    await status_store.create([record("n2")], 100.0)
+    await status_store.create([record("n1")])
+    await status_store.create([record("n2")])
     assert await status_store.mark_read(T1, "alice", ["n1", "n2", "n1", "missing"], 200.0) == 2
     assert await status_store.mark_read(T1, "alice", ["n1"], 300.0) == 0
     assert await status_store.mark_read(T2, "alice", ["n1"], 300.0) == 0

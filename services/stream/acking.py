@@ -1,0 +1,102 @@
+"""Acks: a user's acknowledgements, by cursor watermark per log or by notification id.
+
+An ack is stored first (AckStore), then stops the entries' ack timers on every session of the
+user on this node, then moves the recipients' status to ACKED.
+"""
+
+from __future__ import annotations
+
+from herald.v1 import notification_pb2
+from services import metrics
+from services.clock import Clock
+from services.domain import BROADCAST, LogKey, NotificationRecord, State, Transition, user_log
+from services.stream.acks import AckStore
+from services.stream.hub import Hub
+from services.stream.log import Entry, LogStore
+from services.stream.status import StatusStore
+
+
+def log_key_of(record: NotificationRecord, user_id: str) -> LogKey:
+    """The log through which `user_id` received the notification."""
+    target = notification_pb2.Target.FromString(record.target)
+    kind = target.WhichOneof("kind")
+    if kind == "channel":
+        return LogKey("channel", target.channel)
+    if kind == "broadcast":
+        return BROADCAST
+    return user_log(user_id)
+
+
+class Acker:
+    def __init__(
+        self, *, logs: LogStore, acks: AckStore, status: StatusStore, hub: Hub, clock: Clock
+    ) -> None:
+        self._logs = logs
+        self._acks = acks
+        self._status = status
+        self._hub = hub
+        self._clock = clock
+
+    async def ack(
+        self, tenant: str, user_id: str, notification_ids: list[str], up_to: dict[str, int]
+    ) -> int:
+        """Acks entries of the user's logs; returns how many changed to ACKED.
+
+        Raises:
+            InvalidArgument: `up_to` names a log that does not exist.
+        """
+        now = self._clock.now()
+        transitions: list[Transition] = []
+        acked = State.ACKED
+        sessions = self._hub.of_user(tenant, user_id)
+        requested = {LogKey.from_client_name(name, user_id): c for name, c in up_to.items()}
+        keys = list(requested)
+        # Never beyond the log's head: a cursor from before a restart of the embedded store
+        # would otherwise ack entries that do not exist yet.
+        heads = await self._logs.heads(tenant, keys) if keys else []
+        for key, head in zip(keys, heads, strict=True):
+            cursor = min(requested[key], head.cursor)
+            before = await self._acks.ack_up_to(tenant, user_id, key, cursor)
+            if cursor > before.up_to:
+                entries = await self._logs.read(tenant, key, before.up_to, cursor - before.up_to)
+                above = before.above
+                for entry in entries:
+                    if entry.cursor <= cursor and entry.cursor not in above:
+                        transitions.append(Transition(entry.notification_id, user_id, acked))
+                        for session in sessions:  # stop the entry's ack timers
+                            session.settle((key, entry.cursor))
+            for session in sessions:
+                state = session.logs.get(key)
+                if state is not None:
+                    state.acks.raise_to(cursor)
+        for notification_id in dict.fromkeys(notification_ids):
+            located = await self._locate(tenant, user_id, notification_id)
+            if located is None:
+                continue
+            key, found = located
+            if await self._acks.ack(tenant, user_id, key, [found.cursor]):
+                transitions.append(Transition(notification_id, user_id, State.ACKED))
+            for session in sessions:
+                session.settle((key, found.cursor))
+                state = session.logs.get(key)
+                if state is not None:
+                    state.acks.add(found.cursor)
+        await self._status.apply(tenant, transitions, now)
+        metrics.ACKED.inc(len(transitions))
+        return len(transitions)
+
+    async def _locate(
+        self, tenant: str, user_id: str, notification_id: str
+    ) -> tuple[LogKey, Entry] | None:
+        """The log entry of a notification the user may ack, by id."""
+        record = await self._status.get(tenant, notification_id)
+        if record is not None:
+            key = log_key_of(record, user_id)
+            if key.is_user and user_id not in record.recipients:
+                return None
+            return await self._logs.find(tenant, [key], notification_id)
+        # No status record (a bounded store dropped it): look in the logs the user reads.
+        keys = dict.fromkeys([user_log(user_id), BROADCAST])
+        for session in self._hub.of_user(tenant, user_id):
+            keys.update(dict.fromkeys(session.logs))
+        return await self._logs.find(tenant, list(keys), notification_id)

@@ -1,0 +1,48 @@
+"""Broker within one process: publications go straight to the node's handler."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from services.domain import LogKey
+from services.stream.broker import Publication, PublicationHandler, ResetHandler
+
+
+class MemoryBroker:
+    """Calls the handler inline, in `publish`, for every publication: one process, one node.
+
+    `drop` (tests only) is a predicate that makes the broker lose the publications it accepts,
+    as a Redis subscriber loses what is sent while it reconnects."""
+
+    def __init__(self) -> None:
+        self._handler: PublicationHandler | None = None
+        self._on_reset: ResetHandler | None = None
+        self.drop: Callable[[Publication], bool] | None = None
+
+    def start(self, on_publication: PublicationHandler, on_reset: ResetHandler) -> None:
+        self._handler = on_publication
+        self._on_reset = on_reset
+
+    async def publish(self, publications: Sequence[Publication]) -> None:
+        handler = self._handler
+        if handler is None:
+            return
+        drop = self.drop
+        for publication in publications:
+            if drop is not None and drop(publication):
+                continue
+            handler(publication)
+
+    def reset(self) -> None:
+        """Says publications may have been lost (tests call it as a reconnect would)."""
+        if self._on_reset is not None:
+            self._on_reset()
+
+    async def subscribe(self, tenant: str, key: LogKey) -> None:
+        return None
+
+    async def unsubscribe(self, tenant: str, key: LogKey) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        self._handler = None

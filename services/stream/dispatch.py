@@ -1,0 +1,137 @@
+"""The ingest side of delivery: append accepted notifications to their logs, then publish.
+
+A notification is in every recipient's log, with its status record, in one atomic store call
+before anyone is told (`LogStore.append`); the broker then wakes the nodes whose sessions read
+those logs. Whatever the broker loses, the log still holds (see broker.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+from services import metrics, wire
+from services.clock import Clock
+from services.config import DeliverySettings
+from services.domain import (
+    BROADCAST,
+    Accepted,
+    LogKey,
+    NewRecord,
+    NotificationRecord,
+    State,
+    TargetKind,
+    Transition,
+    channel_log,
+    user_log,
+)
+from services.stream.broker import Broker, Publication
+from services.stream.log import Entry, LogAppend, LogStore, NewEntry
+from services.stream.status import StatusStore
+
+log = logging.getLogger(__name__)
+
+# A full log drops its oldest entry on every append: say so in the log at most this often per
+# tenant and kind of log, with the count since the last time (the metric counts every drop).
+_DROP_LOG_INTERVAL_S = 60.0
+
+
+class Dispatcher:
+    """Appends notifications to their logs and publishes the new heads (DeliveryPort)."""
+
+    def __init__(
+        self,
+        *,
+        logs: LogStore,
+        status: StatusStore,
+        broker: Broker,
+        settings: DeliverySettings,
+        clock: Clock,
+    ) -> None:
+        self._logs = logs
+        self._status = status
+        self._broker = broker
+        self._settings = settings
+        self._clock = clock
+        # (tenant, log kind) -> (when a drop was last logged, drops since then).
+        self._drops: dict[tuple[str, str], tuple[float, int]] = {}
+
+    async def dispatch(self, notifications: list[Accepted]) -> list[int]:
+        """Appends each notification to its logs, then tells the nodes; returns the number of
+        user logs each reached."""
+        by_tenant: dict[str, dict[LogKey, list[NewEntry]]] = {}
+        records: dict[str, list[NewRecord]] = {}
+        counts: list[int] = []
+        for n in notifications:
+            records.setdefault(n.tenant, []).append(
+                NewRecord(
+                    n.notification_id, n.tenant, n.target, n.created_at, n.expires_at, n.user_ids
+                )
+            )
+            entry = NewEntry(
+                n.notification_id,
+                n.priority,
+                n.created_at,
+                n.expires_at,
+                wire.notification_field(n.encoded),
+            )
+            by_log = by_tenant.setdefault(n.tenant, {})
+            if n.kind is TargetKind.CHANNEL:
+                by_log.setdefault(channel_log(n.channel), []).append(entry)
+            elif n.kind is TargetKind.BROADCAST:
+                by_log.setdefault(BROADCAST, []).append(entry)
+            else:
+                for user in n.user_ids:
+                    by_log.setdefault(user_log(user), []).append(entry)
+            counts.append(len(n.user_ids))
+        inbox_limit = self._settings.inbox_limit
+        channel_limit = self._settings.channel_log_limit
+        for tenant, by_log in by_tenant.items():
+            appends = [
+                LogAppend(key, items, inbox_limit if key.is_user else channel_limit)
+                for key, items in by_log.items()
+            ]
+            results = await self._logs.append(tenant, appends, records[tenant])
+            await self._broker.publish(
+                [
+                    Publication(tenant, r.key, r.epoch, r.entries[-1].cursor, r.entries)
+                    for r in results
+                    if r.entries
+                ]
+            )
+            for result in results:
+                if result.dropped:
+                    await self._record_dropped(tenant, result.key, result.dropped)
+        return counts
+
+    async def _record_dropped(self, tenant: str, key: LogKey, dropped: list[Entry]) -> None:
+        now = self._clock.now()
+        kind = key.kind if key.is_user else "channel"
+        metrics.DROPPED.labels(kind).inc(len(dropped))
+        if key.is_user:
+            await self._status.apply(
+                tenant,
+                [
+                    Transition(e.notification_id, key.name, State.FAILED, "dropped: inbox full")
+                    for e in dropped
+                ],
+                now,
+            )
+        logged_at, unlogged = self._drops.get((tenant, kind), (-math.inf, 0))
+        unlogged += len(dropped)
+        if now - logged_at < _DROP_LOG_INTERVAL_S:
+            self._drops[tenant, kind] = (logged_at, unlogged)
+            return
+        self._drops[tenant, kind] = (now, 0)
+        log.warning(
+            "log bound reached, oldest entries dropped",
+            extra={
+                "tenant": tenant,
+                "log": kind,
+                "dropped": unlogged,
+                "since_s": None if logged_at == -math.inf else round(now - logged_at),
+            },
+        )
+
+    async def status(self, tenant: str, notification_id: str) -> NotificationRecord | None:
+        return await self._status.get(tenant, notification_id)

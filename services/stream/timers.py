@@ -1,0 +1,185 @@
+"""The node's timers: heartbeats, slow consumers, token expiry, redelivery, TTL sweeps, session
+leases, the broker catch-up check and status retention, all on one ticker."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from herald.v1 import stream_pb2
+from services import metrics
+from services.clock import Clock
+from services.config import DeliverySettings
+from services.domain import State, Transition
+from services.ports import RegistryPort
+from services.stream.hub import Hub
+from services.stream.log import LogStore
+from services.stream.session import Session
+from services.stream.status import StatusStore
+from services.stream.writer import AckDelays, Spawn
+
+log = logging.getLogger(__name__)
+
+_CLOSING = stream_pb2.Closing
+# Expired entries removed per store call while sweeping.
+_SWEEP_BATCH = 1000
+
+
+class Timers:
+    def __init__(
+        self,
+        *,
+        hub: Hub,
+        logs: LogStore,
+        status: StatusStore,
+        registry: RegistryPort,
+        delays: AckDelays,
+        settings: DeliverySettings,
+        clock: Clock,
+        spawn: Spawn,
+    ) -> None:
+        self._hub = hub
+        self._logs = logs
+        self._status = status
+        self._registry = registry
+        self._delays = delays
+        self._settings = settings
+        self._clock = clock
+        self._spawn = spawn
+
+    async def run(self) -> None:
+        interval = self._settings.heartbeat_interval_s
+        tick = min(1.0, interval / 2)
+        last_sweep = last_lease = last_purge = last_check = self._clock.now()
+        while True:
+            await self._clock.sleep(tick)
+            now = self._clock.now()
+            try:
+                self.heartbeats(now, interval)
+                await self.redeliver(now)
+                if now - last_sweep >= 10 * tick:
+                    last_sweep = now
+                    await self.sweep_expired()
+                if now - last_check >= self._settings.catchup_interval_s:
+                    last_check = now
+                    await self.check_heads()
+                if now - last_lease >= 10.0:
+                    last_lease = now
+                    # A network call (in the split topology): never let it hold up the timers.
+                    self._spawn(self._refresh_leases())
+                if now - last_purge >= 3600.0:
+                    last_purge = now
+                    await self._status.purge(now - self._settings.status_retention_s)
+            except Exception:
+                log.exception("delivery timer failed; continuing")
+
+    def heartbeats(self, now: float, interval: float) -> None:
+        # A stalled write is real I/O: measured on the monotonic clock, not the injected one.
+        stalled_since = time.monotonic() - self._settings.write_timeout_s
+        # Tokens expire in wall-clock time, as they were verified.
+        wall = time.time()
+        for session in self._hub.sessions.values():
+            started = session.write_started_at
+            if started and started < stalled_since:
+                self._slow_consumer(session)
+            elif session.expires_at <= wall:
+                session.close(
+                    _CLOSING.REASON_TOKEN_EXPIRED,
+                    "the token has expired; reconnect with a fresh token and your cursors",
+                )
+            elif now - session.last_write_at >= interval and not session.heartbeat_due:
+                session.heartbeat_due = True
+                session.wakeup.set()
+
+    def _slow_consumer(self, session: Session) -> None:
+        """A write that has not completed: the client is not reading. Cancel the stream; the
+        client resumes from its cursor and nothing is lost (the entries stay in the log)."""
+        metrics.SLOW_CONSUMERS.inc()
+        log.info("closing slow consumer", extra={"session_id": session.session_id})
+        session.write_started_at = 0.0
+        session.stalled = True
+        if session.task is not None:
+            session.task.cancel()
+
+    async def redeliver(self, now: float) -> None:
+        failed: dict[str, list[Transition]] = {}
+        max_attempts = self._settings.max_attempts
+        shortest = self._delays.shortest
+        for session in self._hub.sessions.values():
+            if not session.unacked:
+                continue
+            for pending in session.due(now, shortest):
+                entry = pending.entry
+                if entry.expires_at <= now or pending.log.acks.is_acked(entry.cursor):
+                    continue
+                if pending.attempt >= max_attempts:
+                    failed.setdefault(session.tenant, []).append(
+                        Transition(
+                            entry.notification_id,
+                            session.user_id,
+                            State.FAILED,
+                            f"no ack after {pending.attempt} attempts; kept for the next connect",
+                        )
+                    )
+                    continue
+                session.requeue(pending)
+        for tenant, transitions in failed.items():
+            metrics.FAILED.inc(len(transitions))
+            await self._status.apply(tenant, transitions, now)
+
+    async def sweep_expired(self) -> int:
+        """Drops expired entries from every log and marks them EXPIRED for their recipients."""
+        now = self._clock.now()
+        count = 0
+        while True:
+            swept = await self._logs.drop_expired(now, _SWEEP_BATCH)
+            batch = 0
+            for tenant, key, entries in swept:
+                transitions: list[Transition] = []
+                for entry in entries:
+                    if key.is_user:
+                        users: list[str] = [key.name]
+                    else:
+                        record = await self._status.get(tenant, entry.notification_id)
+                        users = [] if record is None else list(record.recipients)
+                    transitions.extend(
+                        Transition(entry.notification_id, u, State.EXPIRED, "ttl") for u in users
+                    )
+                if transitions:
+                    await self._status.apply(tenant, transitions, now)
+                batch += len(entries)
+            count += batch
+            if batch < _SWEEP_BATCH:
+                break
+        if count:
+            metrics.EXPIRED.inc(count)
+        return count
+
+    async def check_heads(self) -> int:
+        """Reads the head of every log a session here reads (one call per tenant): a session
+        whose log moved on without a publication reaching this node reads the log."""
+        behind = 0
+        for tenant, keys in list(self._hub.open_logs()):
+            heads = await self._logs.heads(tenant, keys)
+            behind += self._hub.check_heads(tenant, keys, heads)
+        if behind:
+            metrics.CATCHUPS.inc(behind)
+        return behind
+
+    async def _refresh_leases(self) -> None:
+        try:
+            await self._refresh_leases_once()
+        except Exception:
+            log.warning("could not refresh session leases; will retry", exc_info=True)
+
+    async def _refresh_leases_once(self) -> None:
+        by_tenant: dict[str, list[str]] = {}
+        for session in self._hub.sessions.values():
+            by_tenant.setdefault(session.tenant, []).append(session.session_id)
+        for tenant, ids in by_tenant.items():
+            for unknown in await self._registry.heartbeat(tenant, ids):
+                gone = self._hub.sessions.get(unknown)
+                if gone is not None:
+                    gone.close(
+                        _CLOSING.REASON_DISCONNECTED, "the registry no longer knows this session"
+                    )

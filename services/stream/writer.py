@@ -1,0 +1,220 @@
+"""The session writer: drains one session's buffers into its stream, whatever the transport.
+
+It owns no socket. The adapter (the gRPC servicer today; the WebSocket endpoint next) hands it a
+`write` coroutine that sends one encoded `SubscribeResponse` and returns when the transport has
+taken it: one write is in flight per stream, and a write that does not complete within the write
+timeout marks the session a slow consumer (timers.py cancels it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+
+from herald.v1 import stream_pb2
+from services import metrics
+from services.clock import Clock
+from services.config import DeliverySettings
+from services.domain import State, Transition
+from services.errors import Aborted
+from services.model import timestamp
+from services.stream.log import LogStore
+from services.stream.session import Pending, Session
+from services.stream.status import StatusStore
+
+log = logging.getLogger(__name__)
+
+Write = Callable[[bytes], Awaitable[None]]
+Spawn = Callable[[Awaitable[None]], None]
+
+_CLOSING = stream_pb2.Closing
+# Ack timeouts vary by +-20 %, so that redeliveries of entries written together spread out.
+_JITTER = 0.2
+
+
+class AckDelays:
+    """The ack timeout before each redelivery: exponential in the attempt, with jitter."""
+
+    def __init__(self, settings: DeliverySettings, rng: random.Random) -> None:
+        self._settings = settings
+        self._rng = rng
+
+    def base(self, attempt: int) -> float:
+        base = self._settings.ack_timeout_s * (self._settings.backoff_factor ** (attempt - 1))
+        return min(base, self._settings.backoff_max_s)
+
+    def delay(self, attempt: int) -> float:
+        """Ack timeout before redelivery: exponential in the attempt, with +-20% jitter."""
+        return self.base(attempt) * self._rng.uniform(1 - _JITTER, 1 + _JITTER)
+
+    def shortest(self, attempt: int) -> float:
+        return self.base(attempt) * (1 - _JITTER)
+
+    def track(self, session: Session, pendings: list[Pending], now: float) -> None:
+        """Starts the ack timers of entries written (or held) by the session, with one jitter
+        per attempt number in the batch."""
+        deadlines: dict[int, float] = {}
+        for p in pendings:
+            deadline = deadlines.get(p.attempt)
+            if deadline is None:
+                deadline = deadlines[p.attempt] = now + self.delay(p.attempt)
+            session.track(p, now, deadline)
+
+
+class SessionWriter:
+    """Writes sessions' streams: the started event, batches of deliveries, heartbeats, closing."""
+
+    def __init__(
+        self,
+        *,
+        node_id: str,
+        logs: LogStore,
+        status: StatusStore,
+        delays: AckDelays,
+        settings: DeliverySettings,
+        clock: Clock,
+        spawn: Spawn,
+    ) -> None:
+        self._node_id = node_id
+        self._logs = logs
+        self._status = status
+        self._delays = delays
+        self._settings = settings
+        self._clock = clock
+        self._spawn = spawn
+
+    async def run(self, session: Session, write: Write) -> None:
+        """Writes the session's stream until it is closed or the client goes away.
+
+        Raises:
+            Aborted: the client stopped reading (a write stalled past the write timeout).
+        """
+        try:
+            await self._run(session, write)
+        except asyncio.CancelledError:
+            if not session.stalled:
+                raise
+            # The stream is blocked, so no Closing event can get through: end the call with a
+            # status that says why; the client resumes from its cursor.
+            raise Aborted(
+                f"slow consumer: the stream was not read for {self._settings.write_timeout_s:g} s; "
+                "reconnect with your cursors"
+            ) from None
+
+    async def _run(self, session: Session, write: Write) -> None:
+        session.task = asyncio.current_task()
+        session.last_write_at = self._clock.now()
+        await write(self.started_event(session))
+        batch_max = self._settings.batch_max
+        while True:
+            await session.wakeup.wait()
+            session.wakeup.clear()
+            while True:
+                if session.closing is not None:
+                    reason, message = session.closing
+                    await write(closing_event(reason, message))
+                    return
+                if session.lagging:
+                    await self._catch_up(session)
+                if not session.waiting:
+                    break
+                now = self._clock.now()
+                taken = self._fresh(session, session.take(batch_max), now)
+                if not taken:
+                    continue
+                data = session.encode(taken)
+                # Ack timers and status are recorded before the write: the client may read the
+                # batch (and ack it) before this coroutine resumes after the write.
+                await self._delivered(session, taken, now)
+                session.write_started_at = time.monotonic()
+                await write(data)
+                session.write_started_at = 0.0
+                session.last_write_at = self._clock.now()
+            if session.heartbeat_due:
+                session.heartbeat_due = False
+                session.write_started_at = time.monotonic()
+                await write(self.heartbeat_event())
+                session.write_started_at = 0.0
+                session.last_write_at = self._clock.now()
+
+    async def _catch_up(self, session: Session) -> None:
+        """Reads logs the session is behind on, as far as its buffer has room."""
+        now = self._clock.now()
+        for key, state in list(session.logs.items()):
+            while state.behind and session.room() > 0 and key in session.logs:
+                state.behind = False
+                limit = min(session.room(), self._settings.batch_max * 8)
+                entries = await self._logs.read(session.tenant, key, state.enqueued, limit)
+                if entries:
+                    session.enqueue(state, entries, now)
+                if len(entries) == limit:
+                    state.behind = True
+        session.lagging = any(state.behind for state in session.logs.values())
+
+    def _fresh(self, session: Session, taken: list[Pending], now: float) -> list[Pending]:
+        """Drops what expired while waiting (its status becomes EXPIRED)."""
+        logs = session.logs
+        fresh: list[Pending] = []
+        expired: list[Pending] = []
+        for p in taken:
+            if logs.get(p.log.log_key) is not p.log:
+                # A channel the session has left since the entry was queued (and perhaps joined
+                # again: the new membership replays from the log, so this copy is dropped).
+                continue
+            (fresh if p.entry.expires_at > now else expired).append(p)
+        if expired:
+            for p in expired:
+                p.log.written.add(p.entry.cursor)
+            self._spawn(
+                self._status.apply(
+                    session.tenant,
+                    [
+                        Transition(p.entry.notification_id, session.user_id, State.EXPIRED, "ttl")
+                        for p in expired
+                    ],
+                    now,
+                )
+            )
+            metrics.EXPIRED.inc(len(expired))
+        return fresh
+
+    async def _delivered(self, session: Session, taken: list[Pending], now: float) -> None:
+        metrics.STREAM_MESSAGES.inc()
+        self._delays.track(session, taken, now)
+        await self._status.apply(
+            session.tenant,
+            [Transition(p.entry.notification_id, session.user_id, State.DELIVERED) for p in taken],
+            now,
+        )
+        (metrics.DELIVERED_FIRST if taken[0].attempt == 1 else metrics.DELIVERED_RETRY).inc(
+            len(taken)
+        )
+
+    # -- events ----------------------------------------------------------------------------
+
+    def started_event(self, session: Session) -> bytes:
+        return stream_pb2.SubscribeResponse(
+            session_started=stream_pb2.SessionStarted(
+                session_id=session.session_id,
+                node_id=self._node_id,
+                user_id=session.user_id,
+                tenant_id=session.tenant,
+                heartbeat_interval_seconds=int(self._settings.heartbeat_interval_s),
+                channels=session.channels,
+            )
+        ).SerializeToString()
+
+    def heartbeat_event(self) -> bytes:
+        return stream_pb2.SubscribeResponse(
+            heartbeat=stream_pb2.Heartbeat(server_time=timestamp(self._clock.now()))
+        ).SerializeToString()
+
+
+def closing_event(reason: int, message: str) -> bytes:
+    retry = 0 if reason in (_CLOSING.REASON_DISCONNECTED, _CLOSING.REASON_TOKEN_EXPIRED) else 1000
+    return stream_pb2.SubscribeResponse(
+        closing=stream_pb2.Closing(reason=reason, message=message, retry_after_ms=retry)  # type: ignore[arg-type]
+    ).SerializeToString()
