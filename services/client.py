@@ -161,15 +161,21 @@ class HeraldClient:
         notification_ids: Iterable[str] = (),
         up_to: dict[str, int] | None = None,
         *,
+        epochs: dict[str, int] | None = None,
         timeout: float = 10.0,
     ) -> int:
-        """Acks by id and/or `up_to` cursors per log; returns how many changed to ACKED.
+        """Acks by id and/or `up_to` cursors per log (of the log's epoch in `epochs`, from
+        SessionStarted.logs, when known); returns how many changed to ACKED.
 
         Raises:
             grpc.aio.AioRpcError: the server refused the ack or could not be reached.
         """
         ids = list(notification_ids)
-        cursors = [stream_pb2.LogCursor(log=k, cursor=v) for k, v in (up_to or {}).items()]
+        known = epochs or {}
+        cursors = [
+            stream_pb2.LogCursor(log=k, cursor=v, epoch=known.get(k, 0))
+            for k, v in (up_to or {}).items()
+        ]
         if self._acks is not None and self._acks.supported:
             acked = await self._acks.ack(
                 stream_pb2.AckStreamRequest(notification_ids=ids, up_to=cursors), timeout
@@ -318,6 +324,11 @@ class Subscription:
         self.channels = channels
         # The resume cursor per log: pass these to a later subscribe to continue from here.
         self.cursors = cursors
+        # The epoch of each log (SessionStarted.logs): sent back with its cursor.
+        self.epochs: dict[str, int] = {}
+        # Logs whose cursor the server could not honour on a reconnect (it lost their entries):
+        # they were replayed from what was acked, so deliveries seen before may come again.
+        self.unrecovered = 0
         self._device = device
         self._auto_ack = auto_ack
         self._ack_interval = ack_interval
@@ -350,10 +361,26 @@ class Subscription:
 
     def _request(self) -> stream_pb2.SubscribeRequest:
         return stream_pb2.SubscribeRequest(
-            cursors=[stream_pb2.LogCursor(log=k, cursor=v) for k, v in self.cursors.items()],
+            cursors=[
+                stream_pb2.LogCursor(log=k, cursor=v, epoch=self.epochs.get(k, 0))
+                for k, v in self.cursors.items()
+            ],
             channels=self.channels,
             device=self._device,
         )
+
+    def _started(self, started: stream_pb2.SessionStarted) -> None:
+        for position in started.logs:
+            self.epochs[position.log] = position.epoch
+            if not position.recovered:
+                # Never silent: the server no longer has what our cursor pointed into.
+                self.unrecovered += 1
+                self.cursors.pop(position.log, None)
+                self._handled.pop(position.log, None)
+                log.warning(
+                    "the server could not resume a log from its cursor; it is replayed",
+                    extra={"log": position.log, "epoch": position.epoch},
+                )
 
     async def flush_acks(self) -> None:
         """Auto-ack: acks now what the app has handled, instead of at the next interval.
@@ -368,7 +395,7 @@ class Subscription:
         if not handled:
             return
         try:
-            await self._client.ack(up_to=handled)
+            await self._client.ack(up_to=handled, epochs=self.epochs)
         except aio.AioRpcError as exc:
             self._ack_due = True
             log.info("ack failed; retrying at the next interval", extra={"code": exc.code().name})
@@ -444,6 +471,7 @@ class Subscription:
                         self._handled.update(watermarks)
                         self._ack_due = True
                     elif kind == "session_started":
+                        self._started(event.session_started)
                         self.session_id = event.session_started.session_id
                         self.connects += 1
                         failures = 0

@@ -25,7 +25,7 @@ from prometheus_client import start_http_server
 from herald.node.v1 import node_pb2, node_pb2_grpc
 from herald.v1 import ingest_pb2, registry_pb2, registry_pb2_grpc, stream_pb2
 from services import auth, metrics
-from services.backends import memory_stores
+from services.backends import Stores, memory_stores
 from services.clock import Clock, SystemClock
 from services.config import Config
 from services.domain import SessionInfo
@@ -80,6 +80,7 @@ class Node:
     ingest: IngestCore | None = None
     closers: list[object] = field(default_factory=list)
     dispatcher: Dispatcher | None = None
+    stores: Stores | None = None
     _stopped: bool = False
 
     @property
@@ -229,6 +230,7 @@ async def start_node(
         ingest_core,
         closers,
         dispatcher,
+        stores,
     )
 
 

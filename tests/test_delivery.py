@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable
+from typing import Any
 
 import grpc
 import pytest
@@ -45,12 +46,14 @@ def _record_acks(client: HeraldClient, *, hang_first: bool = False) -> list[dict
     real_ack = client.ack
 
     async def recording_ack(
-        notification_ids: Iterable[str] = (), up_to: dict[str, int] | None = None
+        notification_ids: Iterable[str] = (),
+        up_to: dict[str, int] | None = None,
+        **options: Any,
     ) -> int:
         calls.append(dict(up_to or {}))
         if hang_first and len(calls) == 1:
             await asyncio.Event().wait()
-        return await real_ack(notification_ids, up_to)
+        return await real_ack(notification_ids, up_to, **options)
 
     client.ack = recording_ack  # type: ignore[method-assign]
     return calls

@@ -6,6 +6,8 @@ user on this node, then moves the recipients' status to ACKED.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from herald.v1 import notification_pb2
 from services import metrics
 from services.clock import Clock
@@ -38,9 +40,15 @@ class Acker:
         self._clock = clock
 
     async def ack(
-        self, tenant: str, user_id: str, notification_ids: list[str], up_to: dict[str, int]
+        self,
+        tenant: str,
+        user_id: str,
+        notification_ids: list[str],
+        up_to: Mapping[str, int],
+        epochs: Mapping[str, int],
     ) -> int:
-        """Acks entries of the user's logs; returns how many changed to ACKED.
+        """Acks entries of the user's logs; returns how many changed to ACKED. An `up_to`
+        cursor of another epoch than the log's (see log.py) acks nothing.
 
         Raises:
             InvalidArgument: `up_to` names a log that does not exist.
@@ -55,6 +63,9 @@ class Acker:
         # would otherwise ack entries that do not exist yet.
         heads = await self._logs.heads(tenant, keys) if keys else []
         for key, head in zip(keys, heads, strict=True):
+            epoch = epochs.get(key.client_name, 0)
+            if epoch and epoch != head.epoch:
+                continue
             cursor = min(requested[key], head.cursor)
             before = await self._acks.ack_up_to(tenant, user_id, key, cursor)
             if cursor > before.up_to:

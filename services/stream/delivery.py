@@ -13,7 +13,7 @@ import contextlib
 import logging
 import math
 import random
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 
 from herald.v1 import stream_pb2
 from services import metrics
@@ -99,10 +99,12 @@ class DeliveryCore:
         user_id: str,
         device: str,
         channels: list[str],
-        cursors: dict[str, int],
+        cursors: Mapping[str, int],
+        epochs: Mapping[str, int] | None = None,
         expires_at: float = math.inf,
     ) -> Session:
-        """Registers a new session and prepares it to replay from the given cursors.
+        """Registers a new session and prepares it to replay from the given cursors (each of
+        the epoch in `epochs`, when the client named one).
 
         Raises:
             InvalidArgument: a cursor names a log the session does not read, or a bad channel.
@@ -111,6 +113,7 @@ class DeliveryCore:
         """
         if self._closing:
             raise Unavailable("this node is shutting down; reconnect to another node")
+        epochs = epochs or {}
         unique_channels = tuple(dict.fromkeys(channels))
         if len(unique_channels) > self._settings.max_channels_per_session:
             raise ResourceExhausted(
@@ -127,24 +130,23 @@ class DeliveryCore:
                 "'broadcast' and 'channel:<name>' of a channel joined in this request"
             )
         ack_states = await self._acks.get(tenant, user_id, log_keys)
-        resumed = [
-            key
-            for key, acks in zip(log_keys, ack_states, strict=True)
-            if cursors.get(key.client_name, 0) > acks.up_to
-        ]
-        heads = dict(zip(resumed, await self._logs.heads(tenant, resumed), strict=True))
+        heads = await self._logs.heads(tenant, log_keys)
         states = {}
         # Unacked entries at or below a resume cursor: the client says it holds them.
         held: list[tuple[LogKey, Entry]] = []
-        for key, acks in zip(log_keys, ack_states, strict=True):
+        for key, acks, head in zip(log_keys, ack_states, heads, strict=True):
             after = acks.up_to
-            if key in heads:
-                resume = cursors[key.client_name]
-                if resume > heads[key].cursor:
-                    # A cursor from the future (e.g. the embedded store restarted): trusting it
-                    # would skip new entries, so the log is replayed from the ack watermark.
+            recovered = True
+            resume = cursors.get(key.client_name, 0)
+            if resume > acks.up_to:
+                epoch = epochs.get(key.client_name, 0)
+                if (epoch and epoch != head.epoch) or resume > head.cursor:
+                    # A cursor from another generation of the log (e.g. the embedded store
+                    # restarted): trusting it would skip entries, so the log is replayed from
+                    # the ack watermark, and the client is told (LogPosition.recovered).
+                    recovered = False
                     log.info(
-                        "resume cursor beyond the log head; replaying",
+                        "resume cursor from another epoch or beyond the head; replaying",
                         extra={"log": key.client_name},
                     )
                 else:
@@ -155,7 +157,7 @@ class DeliveryCore:
                         for e in entries
                         if e.cursor <= resume and not acks.is_acked(e.cursor)
                     )
-            states[key] = new_log_state(key, acks, after)
+            states[key] = new_log_state(key, acks, after, head.epoch, recovered, head.cursor)
         now = self._clock.now()
         session = Session(
             tenant=tenant,
@@ -276,10 +278,15 @@ class DeliveryCore:
     # -- acks and the inbox ----------------------------------------------------------------
 
     async def ack(
-        self, tenant: str, user_id: str, notification_ids: list[str], up_to: dict[str, int]
+        self,
+        tenant: str,
+        user_id: str,
+        notification_ids: list[str],
+        up_to: dict[str, int],
+        epochs: Mapping[str, int] | None = None,
     ) -> int:
         """Acks entries of the user's logs; returns how many changed to ACKED."""
-        return await self.acker.ack(tenant, user_id, notification_ids, up_to)
+        return await self.acker.ack(tenant, user_id, notification_ids, up_to, epochs or {})
 
     async def list_inbox(
         self, tenant: str, user_id: str, page_size: int, before: int

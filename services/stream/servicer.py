@@ -37,16 +37,20 @@ class StreamServicer:
                     f"the token's 'channels' claim does not allow joining channel {channel!r}"
                 )
         cursors: dict[str, int] = {}
+        epochs: dict[str, int] = {}
         for cursor in request.cursors:
             if not cursor.log:
                 raise InvalidArgument("every cursor needs a log name ('user', 'broadcast', ...)")
             cursors[cursor.log] = cursor.cursor
+            if cursor.epoch:
+                epochs[cursor.log] = cursor.epoch
         session = await self._core.open(
             tenant=principal.tenant,
             user_id=principal.subject,
             device=request.device[:64],
             channels=list(request.channels),
             cursors=cursors,
+            epochs=epochs,
             expires_at=principal.expires_at,
         )
         try:
@@ -79,12 +83,15 @@ class StreamServicer:
         if not request.notification_ids and not request.up_to:
             raise InvalidArgument("name notification_ids or up_to cursors to acknowledge")
         up_to: dict[str, int] = {}
+        epochs: dict[str, int] = {}
         for cursor in request.up_to:
             if not cursor.log:
                 raise InvalidArgument("every up_to cursor needs a log name")
             up_to[cursor.log] = max(cursor.cursor, up_to.get(cursor.log, 0))
+            if cursor.epoch:
+                epochs[cursor.log] = cursor.epoch
         return await self._core.ack(
-            principal.tenant, principal.subject, list(request.notification_ids), up_to
+            principal.tenant, principal.subject, list(request.notification_ids), up_to, epochs
         )
 
     async def ListInbox(

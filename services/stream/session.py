@@ -46,6 +46,11 @@ class LogCursorState:
     enqueued: int
     # True while the session must read the log to continue (resume, or a missed live offer).
     behind: bool = True
+    # The log's epoch when the session opened, and whether the client's cursor was honoured.
+    epoch: int = 0
+    recovered: bool = True
+    # The log's newest cursor when the session opened.
+    opened_head: int = 0
     # Cursors enqueued and not yet written (a heap with lazy deletion, for the watermark).
     waiting: list[int] = field(default_factory=list)
     written: set[int] = field(default_factory=set)
@@ -264,10 +269,20 @@ class Session:
         self.wakeup.set()
 
 
-def new_log_state(log_key: LogKey, acks: AckState, resume_after: int) -> LogCursorState:
+def new_log_state(
+    log_key: LogKey,
+    acks: AckState,
+    resume_after: int,
+    epoch: int = 0,
+    recovered: bool = True,
+    head: int = 0,
+) -> LogCursorState:
     return LogCursorState(
         log_key=log_key,
         log_field=wire.log_field(log_key.client_name),
         acks=acks,
         enqueued=resume_after,
+        epoch=epoch,
+        recovered=recovered,
+        opened_head=head,
     )

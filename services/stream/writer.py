@@ -204,6 +204,15 @@ class SessionWriter:
                 tenant_id=session.tenant,
                 heartbeat_interval_seconds=int(self._settings.heartbeat_interval_s),
                 channels=session.channels,
+                logs=[
+                    stream_pb2.LogPosition(
+                        log=key.client_name,
+                        epoch=state.epoch,
+                        head=state.opened_head,
+                        recovered=state.recovered,
+                    )
+                    for key, state in session.logs.items()
+                ],
             )
         ).SerializeToString()
 

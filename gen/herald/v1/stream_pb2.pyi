@@ -13,12 +13,26 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class LogCursor(_message.Message):
-    __slots__ = ("log", "cursor")
+    __slots__ = ("log", "cursor", "epoch")
     LOG_FIELD_NUMBER: _ClassVar[int]
     CURSOR_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
     log: str
     cursor: int
-    def __init__(self, log: _Optional[str] = ..., cursor: _Optional[int] = ...) -> None: ...
+    epoch: int
+    def __init__(self, log: _Optional[str] = ..., cursor: _Optional[int] = ..., epoch: _Optional[int] = ...) -> None: ...
+
+class LogPosition(_message.Message):
+    __slots__ = ("log", "epoch", "head", "recovered")
+    LOG_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    HEAD_FIELD_NUMBER: _ClassVar[int]
+    RECOVERED_FIELD_NUMBER: _ClassVar[int]
+    log: str
+    epoch: int
+    head: int
+    recovered: bool
+    def __init__(self, log: _Optional[str] = ..., epoch: _Optional[int] = ..., head: _Optional[int] = ..., recovered: _Optional[bool] = ...) -> None: ...
 
 class SubscribeRequest(_message.Message):
     __slots__ = ("cursors", "channels", "device", "accept_encodings")
@@ -33,20 +47,22 @@ class SubscribeRequest(_message.Message):
     def __init__(self, cursors: _Optional[_Iterable[_Union[LogCursor, _Mapping]]] = ..., channels: _Optional[_Iterable[str]] = ..., device: _Optional[str] = ..., accept_encodings: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SessionStarted(_message.Message):
-    __slots__ = ("session_id", "node_id", "user_id", "tenant_id", "heartbeat_interval_seconds", "channels")
+    __slots__ = ("session_id", "node_id", "user_id", "tenant_id", "heartbeat_interval_seconds", "channels", "logs")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    LOGS_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     node_id: str
     user_id: str
     tenant_id: str
     heartbeat_interval_seconds: int
     channels: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, session_id: _Optional[str] = ..., node_id: _Optional[str] = ..., user_id: _Optional[str] = ..., tenant_id: _Optional[str] = ..., heartbeat_interval_seconds: _Optional[int] = ..., channels: _Optional[_Iterable[str]] = ...) -> None: ...
+    logs: _containers.RepeatedCompositeFieldContainer[LogPosition]
+    def __init__(self, session_id: _Optional[str] = ..., node_id: _Optional[str] = ..., user_id: _Optional[str] = ..., tenant_id: _Optional[str] = ..., heartbeat_interval_seconds: _Optional[int] = ..., channels: _Optional[_Iterable[str]] = ..., logs: _Optional[_Iterable[_Union[LogPosition, _Mapping]]] = ...) -> None: ...
 
 class Delivery(_message.Message):
     __slots__ = ("notification", "log", "cursor", "attempt", "resume_cursor")
