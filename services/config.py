@@ -33,6 +33,10 @@ class ServerSettings(BaseSettings):
     keepalive_time_s: float = Field(default=25.0, gt=0)
     keepalive_timeout_s: float = Field(default=10.0, gt=0)
     min_client_ping_interval_s: float = Field(default=10.0, gt=0)
+    # Share the port with other processes (SO_REUSEPORT), as `herald serve stream --workers N`
+    # does on purpose. Off otherwise: a port already in use is a start-up error, not a silent
+    # split of the clients between two servers.
+    reuse_port: bool = False
     # How long shutdown waits for streams to drain and stores to flush.
     shutdown_grace_s: float = Field(default=10.0, ge=0)
     log_level: str = "INFO"

@@ -64,6 +64,7 @@ def server_options(config: Config) -> list[tuple[str, int]]:
         ("grpc.http2.min_ping_interval_without_data_ms", int(s.min_client_ping_interval_s * 1000)),
         ("grpc.http2.max_pings_without_data", 0),
         ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+        ("grpc.so_reuseport", 1 if s.reuse_port else 0),
     ]
 
 
@@ -121,7 +122,7 @@ async def start_node(
         config.server.node_id or f"{socket.gethostname()}-{roles[0] if len(roles) == 1 else 'up'}"
     )
     server = aio.server(interceptors=[AuthInterceptor(verifier)], options=server_options(config))
-    port = server.add_insecure_port(f"{config.server.host}:{config.server.port}")
+    port = _bind(server, config.server.host, config.server.port)
     advertise = config.server.advertise_address or f"{config.server.host}:{port}"
     credentials = NodeCredentials(_node_token_source(config, keys, node_id))
     stores = memory_stores(config)
@@ -252,6 +253,20 @@ def start_metrics_server(port: int, host: str) -> None:
     """Serves Prometheus /metrics from a background thread (prometheus_client's own server)."""
     start_http_server(port, addr=host)
     log.info("metrics serving", extra={"port": port})
+
+
+class StartupError(ValueError):
+    """The node cannot start as configured; the message says why and what to do."""
+
+
+def _bind(server: aio.Server, host: str, port: int) -> int:
+    try:
+        return server.add_insecure_port(f"{host}:{port}")
+    except RuntimeError:
+        raise StartupError(
+            f"cannot listen on {host}:{port}: the port is in use (another herald on it?). "
+            "Stop it, or choose another port with --port / HERALD_PORT"
+        ) from None
 
 
 def _required(value: str, name: str) -> str:

@@ -228,3 +228,17 @@ async def test_metrics_are_served_when_asked_for(cli: Cli) -> None:
     text = await asyncio.to_thread(scrape)
     assert "herald_notifications_accepted_total 1.0" in text
     assert "herald_sessions_open 0.0" in text
+
+
+async def test_a_second_herald_on_a_port_in_use_refuses_to_start(cli: Cli) -> None:
+    # Before, it started silently and the kernel split the clients between two servers with
+    # separate stores: sends answered OK never reached their subscriber.
+    port = _free_port()
+    await cli.start("up", HERALD_PORT=str(port))
+    await _wait_serving(f"127.0.0.1:{port}")
+    second = await cli.start("up", HERALD_PORT=str(port))
+    async with asyncio.timeout(30):
+        _, err = await second.communicate()
+    assert second.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{port}: the port is in use" in err.decode()
+    assert "Traceback" not in err.decode()
