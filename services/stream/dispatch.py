@@ -7,6 +7,7 @@ those logs. Whatever the broker loses, the log still holds (see broker.py).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 
@@ -31,6 +32,8 @@ from services.stream.status import StatusStore
 
 log = logging.getLogger(__name__)
 
+# A group commit flushes early once this many notifications wait.
+_GROUP_MAX = 2000
 # A full log drops its oldest entry on every append: say so in the log at most this often per
 # tenant and kind of log, with the count since the last time (the metric counts every drop).
 _DROP_LOG_INTERVAL_S = 60.0
@@ -47,6 +50,7 @@ class Dispatcher:
         broker: Broker,
         settings: DeliverySettings,
         clock: Clock,
+        group_window_s: float = 0.0,
     ) -> None:
         self._logs = logs
         self._status = status
@@ -55,10 +59,63 @@ class Dispatcher:
         self._clock = clock
         # (tenant, log kind) -> (when a drop was last logged, drops since then).
         self._drops: dict[tuple[str, str], tuple[float, int]] = {}
+        # Group commit: dispatches that arrive within the window share one store call.
+        self._window_s = group_window_s
+        self._waiting: list[tuple[list[Accepted], asyncio.Future[list[int]]]] = []
+        self._flush_handle: asyncio.TimerHandle | None = None
+        self._waiting_count = 0
+        self._groups: set[asyncio.Task[None]] = set()
 
     async def dispatch(self, notifications: list[Accepted]) -> list[int]:
         """Appends each notification to its logs, then tells the nodes; returns the number of
-        user logs each reached."""
+        user logs each reached, once the append is durable in the store.
+
+        With a group window, dispatches that arrive within it are appended together (one store
+        call, one transaction on PostgreSQL): each caller still hears only of its own."""
+        if self._window_s <= 0:
+            return await self._dispatch_now(notifications)
+        future: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
+        self._waiting.append((notifications, future))
+        self._waiting_count += len(notifications)
+        if self._waiting_count >= _GROUP_MAX:
+            self._flush()
+        elif self._flush_handle is None:
+            self._flush_handle = asyncio.get_running_loop().call_later(self._window_s, self._flush)
+        return await future
+
+    def _flush(self) -> None:
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        waiting, self._waiting, self._waiting_count = self._waiting, [], 0
+        if waiting:
+            task = asyncio.ensure_future(self._commit_group(waiting))
+            self._groups.add(task)
+            task.add_done_callback(self._groups.discard)
+
+    async def _commit_group(
+        self, waiting: list[tuple[list[Accepted], asyncio.Future[list[int]]]]
+    ) -> None:
+        # One store call per tenant: a failure of one tenant's call fails only its callers.
+        by_tenant: dict[str, list[tuple[list[Accepted], asyncio.Future[list[int]]]]] = {}
+        for item in waiting:
+            tenant = item[0][0].tenant if item[0] else ""
+            by_tenant.setdefault(tenant, []).append(item)
+        for items in by_tenant.values():
+            try:
+                counts = await self._dispatch_now([n for batch, _ in items for n in batch])
+            except Exception as exc:
+                for _, future in items:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            start = 0
+            for batch, future in items:
+                if not future.done():
+                    future.set_result(counts[start : start + len(batch)])
+                start += len(batch)
+
+    async def _dispatch_now(self, notifications: list[Accepted]) -> list[int]:
         by_tenant: dict[str, dict[LogKey, list[NewEntry]]] = {}
         records: dict[str, list[NewRecord]] = {}
         counts: list[int] = []

@@ -1,0 +1,93 @@
+"""Group commit: dispatches that arrive together are appended in one store call per tenant,
+and each caller hears only of its own notifications, once they are stored."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import pytest
+
+from services.clock import ManualClock
+from services.config import DeliverySettings
+from services.domain import Accepted, NewRecord, TargetKind
+from services.stream.broker_memory import MemoryBroker
+from services.stream.dispatch import Dispatcher
+from services.stream.log import AppendResult, LogAppend
+from services.stream.log_memory import MemoryLogStore
+from services.stream.status_memory import MemoryStatusStore
+
+pytestmark = pytest.mark.asyncio
+
+
+class CountingLogs(MemoryLogStore):
+    def __init__(self, status: MemoryStatusStore) -> None:
+        super().__init__(status)
+        self.calls: list[tuple[str, int]] = []
+        self.broken_tenants: set[str] = set()
+
+    async def append(
+        self, tenant: str, appends: Sequence[LogAppend], records: Sequence[NewRecord] = ()
+    ) -> list[AppendResult]:
+        self.calls.append((tenant, len(records)))
+        if tenant in self.broken_tenants:
+            raise ConnectionResetError("the database went away")
+        return await super().append(tenant, appends, records)
+
+
+def accepted(tenant: str, number: int, users: tuple[str, ...]) -> Accepted:
+    return Accepted(
+        f"{tenant}-{number}", tenant, TargetKind.USERS, users, "", 2, 1.0, 100.0, b"\x0a\x00", b""
+    )
+
+
+def dispatcher(logs: CountingLogs, status: MemoryStatusStore, window_s: float) -> Dispatcher:
+    return Dispatcher(
+        logs=logs,
+        status=status,
+        broker=MemoryBroker(),
+        settings=DeliverySettings(),
+        clock=ManualClock(),
+        group_window_s=window_s,
+    )
+
+
+async def test_concurrent_dispatches_share_one_append_per_tenant() -> None:
+    status = MemoryStatusStore()
+    logs = CountingLogs(status)
+    group = dispatcher(logs, status, window_s=0.005)
+    results = await asyncio.gather(
+        group.dispatch([accepted("a", 1, ("u1",)), accepted("a", 2, ("u1", "u2"))]),
+        group.dispatch([accepted("b", 3, ("u1", "u2", "u3"))]),
+        group.dispatch([accepted("a", 4, ("u3",))]),
+    )
+    assert results == [[1, 2], [3], [1]]
+    assert sorted(logs.calls) == [("a", 3), ("b", 1)]
+    # Stored before anyone was answered: every record is there.
+    for tenant, number in (("a", 1), ("a", 2), ("b", 3), ("a", 4)):
+        assert await status.get(tenant, f"{tenant}-{number}") is not None
+
+
+async def test_a_failed_append_fails_only_its_tenants_callers() -> None:
+    status = MemoryStatusStore()
+    logs = CountingLogs(status)
+    logs.broken_tenants.add("b")
+    group = dispatcher(logs, status, window_s=0.005)
+    ok, failed = await asyncio.gather(
+        group.dispatch([accepted("a", 1, ("u1",))]),
+        group.dispatch([accepted("b", 2, ("u1",))]),
+        return_exceptions=True,
+    )
+    assert ok == [1]
+    assert isinstance(failed, ConnectionResetError)
+    assert await status.get("b", "b-2") is None
+
+
+async def test_without_a_window_each_dispatch_is_its_own_append() -> None:
+    status = MemoryStatusStore()
+    logs = CountingLogs(status)
+    direct = dispatcher(logs, status, window_s=0.0)
+    await asyncio.gather(
+        direct.dispatch([accepted("a", 1, ("u1",))]), direct.dispatch([accepted("a", 2, ("u1",))])
+    )
+    assert logs.calls == [("a", 1), ("a", 1)]
