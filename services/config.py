@@ -110,6 +110,44 @@ class DeliverySettings(BaseSettings):
     catchup_interval_s: float = Field(default=2.0, gt=0)
 
 
+class BackendSettings(BaseSettings):
+    """Where the stores live. Neither DSN nor URL: memory (the embedded default). Both: the
+    production profile, PostgreSQL for what must last and Redis for what is shared and short.
+    One without the other is refused at start-up (see `profile`)."""
+
+    model_config = SettingsConfigDict(env_prefix="HERALD_", frozen=True, extra="ignore")
+
+    # postgresql://user:password@host:5432/db (a secret: it may hold a password).
+    postgres_dsn: SecretStr | None = None
+    # redis://[:password@]host:6379/0 (a secret for the same reason).
+    redis_url: SecretStr | None = None
+    postgres_pool_min: int = Field(default=2, ge=1)
+    postgres_pool_max: int = Field(default=10, ge=1)
+    postgres_statement_timeout_s: float = Field(default=5.0, gt=0)
+    # libpq sslmode for the PostgreSQL connections (empty: what the DSN says).
+    postgres_sslmode: Literal["", "disable", "prefer", "require", "verify-ca", "verify-full"] = ""
+    # Prefix of every Redis key and channel (several deployments can share one Redis).
+    redis_prefix: str = "herald:"
+    # Consecutive backend failures that open its circuit, and how long it stays open.
+    breaker_failures: int = Field(default=3, ge=1)
+    breaker_reset_s: float = Field(default=2.0, gt=0)
+    # Sends arriving within this many milliseconds are committed together (production only).
+    group_commit_ms: float = Field(default=2.0, ge=0)
+
+    @property
+    def profile(self) -> Literal["memory", "production"]:
+        """Raises ValueError when only one of the two is configured."""
+        if self.postgres_dsn is None and self.redis_url is None:
+            return "memory"
+        if self.postgres_dsn is None or self.redis_url is None:
+            missing = "HERALD_POSTGRES_DSN" if self.postgres_dsn is None else "HERALD_REDIS_URL"
+            raise ValueError(
+                f"the production profile needs both HERALD_POSTGRES_DSN and HERALD_REDIS_URL; "
+                f"{missing} is not set (set neither for the embedded memory profile)"
+            )
+        return "production"
+
+
 class RegistrySettings(BaseSettings):
     """Session leases and presence."""
 
@@ -130,3 +168,4 @@ class Config:
     ingest: IngestSettings = field(default_factory=IngestSettings)
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
     registry: RegistrySettings = field(default_factory=RegistrySettings)
+    backends: BackendSettings = field(default_factory=BackendSettings)
