@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable
 
@@ -13,6 +14,7 @@ from grpc import aio
 from herald.node.v1 import node_pb2, node_pb2_grpc
 from herald.v1 import ingest_pb2, ingest_pb2_grpc, notification_pb2, stream_pb2
 from services.client import HeraldClient
+from services.interceptors import ErrorLog
 from tests.harness import Herald, to_user
 from tests.streams import Stream
 
@@ -234,7 +236,7 @@ async def test_a_cursor_for_a_log_the_session_does_not_read_is_invalid(herald_up
 
 
 async def test_an_unexpected_failure_is_internal_not_unknown(
-    herald_up: Herald, monkeypatch: pytest.MonkeyPatch
+    herald_up: Herald, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     delivery = herald_up.node("stream").delivery
     assert delivery is not None
@@ -247,7 +249,124 @@ async def test_an_unexpected_failure_is_internal_not_unknown(
     ingest = herald_up.node("ingest").ingest
     assert ingest is not None
     monkeypatch.setattr(ingest, "_delivery", delivery)
-    code, details = await _status_of(herald_up.backend().send(to_user("alice")))
-    assert code == grpc.StatusCode.INTERNAL
-    assert details == "internal error; it was logged on the server"
-    assert "secret-payload" not in details
+    for _ in range(3):
+        code, details = await _status_of(herald_up.backend().send(to_user("alice")))
+        assert code == grpc.StatusCode.INTERNAL
+        assert details == "internal error; it was logged on the server"
+    # One bounded line for the three: the type and where, not the message or a traceback.
+    [record] = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert record.exc_info is None
+    line = record.getMessage()
+    assert line.startswith("unhandled RuntimeError in /herald.v1.IngestService/Send at ")
+    assert "in broken" in line
+    assert "secret-payload" not in line
+    assert len(line) < 1000
+
+
+async def test_unexpected_errors_are_logged_once_per_method_per_interval(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    now = [0.0]
+    errors = ErrorLog(interval_s=60.0, now=lambda: now[0])
+    for at in (0.0, 1.0, 59.0, 60.0, 61.0):
+        now[0] = at
+        errors.record("/herald.v1.IngestService/Send", KeyError("a-user-id"))
+    errors.record("/herald.v1.StreamService/Ack", KeyError("a-user-id"))
+    logged = [(r.method, r.left_out) for r in caplog.records]  # type: ignore[attr-defined]
+    assert logged == [
+        ("/herald.v1.IngestService/Send", 0),
+        ("/herald.v1.IngestService/Send", 2),  # at 60 s, with the two left out since 0 s
+        ("/herald.v1.StreamService/Ack", 0),
+    ]
+    assert all("a-user-id" not in r.getMessage() for r in caplog.records)
+
+
+# -- bytes that are not a request message ------------------------------------------------------
+
+UNDECODABLE = "the request is not a valid message of this method's type"
+
+
+def _raw_unary(client: HeraldClient, method: str) -> aio.UnaryUnaryMultiCallable:
+    """A multicallable that sends and returns bytes as they are."""
+    return client._channel.unary_unary(method, request_serializer=None, response_deserializer=None)
+
+
+def _no_errors_logged(caplog: pytest.LogCaptureFixture) -> None:
+    logged = [(r.name, r.getMessage()) for r in caplog.records if r.levelno >= logging.ERROR]
+    assert logged == []
+    assert [r for r in caplog.records if r.exc_info] == []
+
+
+async def test_undecodable_bytes_without_a_token_are_unauthenticated(
+    herald_up: Herald, caplog: pytest.LogCaptureFixture
+) -> None:
+    send = _raw_unary(herald_up.backend(), "/herald.v1.IngestService/Send")
+    code, details = await _status_of(send(b"\xff"))
+    assert (code, details) == (
+        grpc.StatusCode.UNAUTHENTICATED,
+        "missing 'authorization: Bearer <token>' metadata",
+    )
+    _no_errors_logged(caplog)
+
+
+async def test_undecodable_bytes_with_a_token_are_invalid(
+    herald_up: Herald, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = herald_up.backend()
+    code, details = await _status_of(
+        _raw_unary(client, "/herald.v1.IngestService/Send")(b"\xff", metadata=client.metadata())
+    )
+    assert code == INVALID
+    assert details.startswith(UNDECODABLE)
+    _no_errors_logged(caplog)
+
+
+async def test_a_string_that_is_not_utf8_is_invalid(
+    herald_up: Herald, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = herald_up.backend()
+    get_status = _raw_unary(client, "/herald.v1.IngestService/GetStatus")
+    # GetStatusRequest.notification_id (field 1, length 2) holding a broken UTF-8 sequence.
+    code, details = await _status_of(get_status(b"\x0a\x02\xc3\x28", metadata=client.metadata()))
+    assert code == INVALID
+    assert details.startswith(UNDECODABLE)
+    _no_errors_logged(caplog)
+
+
+async def test_a_bad_message_on_an_ack_stream_ends_it_as_invalid(
+    herald_up: Herald, caplog: pytest.LogCaptureFixture
+) -> None:
+    notification_id = (await herald_up.backend().send(to_user("alice"))).notification_id
+    alice = herald_up.user("alice")
+    call = alice._channel.stream_stream(
+        "/herald.v1.StreamService/AckStream", request_serializer=None, response_deserializer=None
+    )(metadata=alice.metadata())
+    # Messages are decoded as the handler reads them: the good one is answered first.
+    await call.write(
+        stream_pb2.AckStreamRequest(notification_ids=[notification_id]).SerializeToString()
+    )
+    assert stream_pb2.AckStreamResponse.FromString(await call.read()).acked == 1
+    await call.write(b"\xff")
+    code, details = await _status_of(call.read())
+    assert code == INVALID
+    assert details.startswith(UNDECODABLE)
+    assert await call.code() == INVALID
+    _no_errors_logged(caplog)
+
+
+async def test_public_methods_decode_the_same_way(
+    herald_up: Herald, caplog: pytest.LogCaptureFixture
+) -> None:
+    check = _raw_unary(herald_up.backend(), "/grpc.health.v1.Health/Check")
+    code, details = await _status_of(check(b"\xff"))
+    assert code == INVALID
+    assert details.startswith(UNDECODABLE)
+    reflection = herald_up.backend()._channel.stream_stream(
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        request_serializer=None,
+        response_deserializer=None,
+    )()
+    await reflection.write(b"\xff")
+    code, _ = await _status_of(reflection.read())
+    assert code == INVALID
+    _no_errors_logged(caplog)
