@@ -11,6 +11,7 @@ from typing import NamedTuple
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from herald.v1 import ingest_pb2, notification_pb2, registry_pb2
+from services.errors import InvalidArgument
 from services.registry.sessions import SessionInfo
 from services.registry.templates import TemplateAction, TemplateRecord, TemplateText
 from services.stream.status import NotificationRecord, RecipientRecord, State
@@ -61,7 +62,7 @@ def accepted_from_proto(notification: notification_pb2.Notification, encoded: by
     target = notification.target
     kind = target_kind(target)
     if kind is None:
-        raise ValueError("notification without a target")
+        raise InvalidArgument("every notification needs a target")
     if kind is TargetKind.USER:
         users: tuple[str, ...] = (target.user_id,)
     elif kind is TargetKind.USERS:
