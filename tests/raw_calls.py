@@ -34,11 +34,14 @@ async def call(
     requests: Sequence[bytes],
     metadata: Metadata = (),
     deadline_s: float = 5.0,
-) -> tuple[grpc.StatusCode, str]:
+) -> tuple[grpc.StatusCode | None, str]:
     """Sends the request bytes (the first of them to a unary method) and returns the status.
 
     A server stream counts as OK once its first message arrives (a Subscribe stream never ends on
-    its own); a client stream is half-closed after the last message and read to its end.
+    its own). A client stream is written in lockstep, one message after the answer to the one
+    before (AckStream answers each), then half-closed and read to its end. Its code is None when
+    the server ended the call before a message was written: grpc's client then reports an
+    INTERNAL of its own ("Internal error from Core") in place of the server's status.
     """
     method = METHODS[path]
     try:
@@ -65,19 +68,25 @@ async def _client_stream(
     requests: Sequence[bytes],
     metadata: Metadata,
     deadline_s: float,
-) -> tuple[grpc.StatusCode, str]:
+) -> tuple[grpc.StatusCode | None, str]:
     stream = channel.stream_stream(path, request_serializer=None, response_deserializer=None)
     stream_call = stream(metadata=metadata, timeout=deadline_s)
-    try:
-        for request in requests:
+    for request in requests:
+        if stream_call.done():
+            return await _ended(stream_call)
+        try:
             await stream_call.write(request)
-        await stream_call.done_writing()
-    except asyncio.InvalidStateError:
-        pass  # the server ended the call before it read everything
+        except asyncio.InvalidStateError:
+            return await _ended(stream_call)
+        except aio.AioRpcError:
+            return None, "the server ended the call before this message was written"
+        if await stream_call.read() is aio.EOF:
+            return await _ended(stream_call)
+    await stream_call.done_writing()
     while await stream_call.read() is not aio.EOF:
         pass
     return await _ended(stream_call)
 
 
-async def _ended(stream_call: aio.Call) -> tuple[grpc.StatusCode, str]:
+async def _ended(stream_call: aio.Call) -> tuple[grpc.StatusCode | None, str]:
     return await stream_call.code(), await stream_call.details() or ""
