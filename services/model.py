@@ -58,7 +58,11 @@ _KINDS = {
 
 
 def accepted_from_proto(notification: notification_pb2.Notification, encoded: bytes) -> Accepted:
-    """The domain value of a notification ingest has already validated and completed."""
+    """The domain value of a notification ingest has already validated and completed.
+
+    Raises:
+        InvalidArgument: it has no target (a node handed over one that ingest did not validate).
+    """
     target = notification.target
     kind = target_kind(target)
     if kind is None:

@@ -273,6 +273,21 @@ async def test_an_unexpected_failure_is_internal_not_unknown(
     assert len(line) < 1000
 
 
+async def test_a_token_the_verifier_chokes_on_is_unauthenticated(
+    herald_up: Herald, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def choke(self: auth.TokenVerifier, token: str) -> auth.Principal:
+        raise KeyError(token)
+
+    client = herald_up.backend()
+    monkeypatch.setattr(auth.TokenVerifier, "verify", choke)
+    code, details = await _status_of(client.send(to_user("alice")))
+    assert (code, details) == (grpc.StatusCode.UNAUTHENTICATED, "the token could not be verified")
+    [record] = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert record.getMessage().startswith("unhandled KeyError in /herald.v1.IngestService/Send")
+    assert client.metadata()[0][1].removeprefix("Bearer ") not in record.getMessage()
+
+
 async def test_unexpected_errors_are_logged_once_per_method_per_interval(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
