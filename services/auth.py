@@ -26,6 +26,7 @@ from typing import Any
 
 import jwt
 
+from services.bounds import quote
 from services.config import AuthSettings
 from services.errors import PermissionDenied, Unauthenticated
 
@@ -70,7 +71,7 @@ class Principal:
             return
         if tenant != self.tenant:
             raise PermissionDenied(
-                f"the token of tenant '{self.tenant}' cannot act on another tenant"
+                f"the token of tenant {quote(self.tenant)} cannot act on another tenant"
             )
 
     def may_join(self, channel: str) -> bool:

@@ -1,8 +1,19 @@
-"""Server interceptors: authentication, and turning every failure into a clear gRPC status.
+"""Server interceptors: authentication, request decoding, and every failure as a clear status.
 
-Each herald RPC runs with the caller's `Principal` in a contextvar. Errors the caller can act on
-(`HeraldError`) become their own status; anything else becomes INTERNAL with a generic message and
-is logged without the request, so neither tracebacks nor payloads reach the client.
+Every RPC is registered again here (`_rewrap`) with an identity request deserializer; its request
+is decoded inside the guarded behavior, after the token and the scope were checked:
+
+- a call without a valid token gets UNAUTHENTICATED (or PERMISSION_DENIED), whatever its bytes;
+- bytes that are not a message of the method's request type get INVALID_ARGUMENT with one fixed
+  message. On a client stream (AckStream) each message is decoded as the handler reads it, and a
+  bad one ends the call the same way;
+- errors the caller can act on (`HeraldError`) become their own status, their message bounded;
+- anything else becomes INTERNAL with a generic message. The server logs it in one line naming
+  the exception's type and where it was raised, never its message, the request or the token, and
+  at most once per method per minute with a count of the ones it left out.
+
+Each herald RPC runs with the caller's `Principal` in a contextvar. Health and reflection are
+public (no token), but their requests are decoded and their failures mapped in the same way.
 """
 
 from __future__ import annotations
@@ -10,14 +21,19 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any, cast
+import math
+import time
+import traceback
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc import aio
 
 from services import auth
-from services.errors import HeraldError, PermissionDenied
+from services.errors import HeraldError, InvalidArgument, PermissionDenied, Unauthenticated
 
 log = logging.getLogger(__name__)
 
@@ -52,35 +68,130 @@ REQUIRED_SCOPE: dict[str, str] = {
     "/herald.node.v1.NodeService/ChangeChannels": auth.SCOPE_NODE,
 }
 
-Behavior = Callable[[Any, aio.ServicerContext[Any, Any]], Awaitable[Any]]
+UNDECODABLE = (
+    "the request is not a valid message of this method's type "
+    "(malformed protobuf, or a string field that is not UTF-8)"
+)
+INTERNAL = "internal error; it was logged on the server"
+# Status messages quote client input only in part (services/bounds.py); this caps the rest.
+_MAX_DETAILS = 512
+# What protobuf raises for bytes that are not a message of the type: DecodeError (upb, and the
+# pure-Python parser for most damage); UnicodeDecodeError or ValueError from the pure-Python
+# parser for a string field that is not UTF-8.
+_DECODE_ERRORS = (DecodeError, ValueError)
+_ERROR_LOG_INTERVAL_S = 60.0
+_WHERE_FRAMES = 6
+
+Context = aio.ServicerContext[Any, Any]
+Behavior = Callable[[Any, Context], Awaitable[Any]]
+Responses = Callable[[Any, Context], AsyncIterator[Any]]
+Deserializer = Callable[[bytes], Any]
+Decode = Callable[[Any], Any]
 
 
-async def _abort_for(
-    exc: BaseException, context: aio.ServicerContext[Any, Any], method: str
-) -> None:
-    if isinstance(exc, HeraldError):
-        await context.abort(exc.code, exc.message)
-    log.error(
-        "unhandled error in %s",
-        method,
-        exc_info=(type(exc), exc, exc.__traceback__),
+class ErrorLog:
+    """Logs unexpected errors at most once per method per `interval_s`, with the number of errors
+    it left out since, so that a client triggering a bug in a loop cannot flood the log.
+
+    A line names the method, the exception type and the innermost frames where it was raised;
+    never the exception's message, which may quote the request."""
+
+    def __init__(
+        self,
+        interval_s: float = _ERROR_LOG_INTERVAL_S,
+        now: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._interval_s = interval_s
+        self._now = now
+        # method -> (when it was last logged, errors left out since). Only methods with a
+        # handler get here, so the map is bounded by the services served.
+        self._last: dict[str, tuple[float, int]] = {}
+
+    def record(self, method: str, exc: BaseException) -> None:
+        now = self._now()
+        logged_at, left_out = self._last.get(method, (-math.inf, 0))
+        if now - logged_at < self._interval_s:
+            self._last[method] = (logged_at, left_out + 1)
+            return
+        self._last[method] = (now, 0)
+        log.error(
+            "unhandled %s in %s at %s (%d more left out since the last report)",
+            type(exc).__name__,
+            method,
+            _where(exc),
+            left_out,
+            extra={"method": method, "error": type(exc).__name__, "left_out": left_out},
+        )
+
+
+def _where(exc: BaseException) -> str:
+    """The innermost frames of a traceback as `dir/file.py:line in function`, innermost first."""
+    frames = traceback.extract_tb(exc.__traceback__)[-_WHERE_FRAMES:]
+    return " < ".join(
+        f"{'/'.join(Path(f.filename).parts[-2:])}:{f.lineno} in {f.name}" for f in reversed(frames)
     )
-    await context.abort(grpc.StatusCode.INTERNAL, "internal error; it was logged on the server")
+
+
+def _bounded(message: str) -> str:
+    return message if len(message) <= _MAX_DETAILS else message[: _MAX_DETAILS - 1] + "…"
+
+
+async def _abort_for(exc: BaseException, context: Context, method: str, errors: ErrorLog) -> None:
+    if isinstance(exc, HeraldError):
+        await context.abort(exc.code, _bounded(exc.message))
+    errors.record(method, exc)
+    await context.abort(grpc.StatusCode.INTERNAL, INTERNAL)
+
+
+def _decoder(deserialize: Deserializer | None) -> Decode:
+    """Decodes one request message; bad bytes are INVALID_ARGUMENT."""
+    if deserialize is None:
+        return _as_is
+
+    def decode(raw: bytes) -> Any:
+        try:
+            return deserialize(raw)
+        except _DECODE_ERRORS:
+            raise InvalidArgument(UNDECODABLE) from None
+
+    return decode
+
+
+def _stream_decoder(deserialize: Deserializer | None) -> Decode:
+    """Decodes a client stream lazily: each message as the handler reads it."""
+    if deserialize is None:
+        return _as_is
+    decode = _decoder(deserialize)
+
+    async def decoded(raws: AsyncIterator[bytes]) -> AsyncIterator[Any]:
+        async for raw in raws:
+            yield decode(raw)
+
+    return decoded
+
+
+def _as_is(request: Any) -> Any:
+    return request
 
 
 def _guard(
-    behavior: Behavior, method: str, principal: auth.Principal | None, denial: HeraldError | None
+    behavior: Behavior,
+    method: str,
+    principal: auth.Principal | None,
+    denial: HeraldError | None,
+    decode: Decode,
+    errors: ErrorLog,
 ) -> Behavior:
-    async def guarded(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+    async def guarded(request: Any, context: Context) -> Any:
         if denial is not None:
-            await context.abort(denial.code, denial.message)
+            await context.abort(denial.code, _bounded(denial.message))
         token = auth.set_principal(principal) if principal is not None else None
         try:
-            return await behavior(request, context)
+            return await behavior(decode(request), context)
         except (asyncio.CancelledError, aio.AbortError):
             raise
         except Exception as exc:
-            await _abort_for(exc, context, method)
+            await _abort_for(exc, context, method, errors)
         finally:
             if token is not None:
                 auth.reset_principal(token)
@@ -88,11 +199,30 @@ def _guard(
     return guarded
 
 
-class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
-    """Verifies the bearer token and scope of every herald RPC and maps errors to statuses."""
+def _guard_responses(
+    behavior: Responses, method: str, decode: Decode, errors: ErrorLog
+) -> Responses:
+    """`_guard` for a public handler that yields its responses (reflection); no principal."""
 
-    def __init__(self, verifier: auth.TokenVerifier) -> None:
+    async def guarded(request: Any, context: Context) -> AsyncIterator[Any]:
+        try:
+            async for response in behavior(decode(request), context):
+                yield response
+        except (asyncio.CancelledError, aio.AbortError):
+            raise
+        except Exception as exc:
+            await _abort_for(exc, context, method, errors)
+
+    return guarded
+
+
+class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
+    """Verifies the bearer token and scope of every herald RPC, decodes requests after that, and
+    maps errors to statuses."""
+
+    def __init__(self, verifier: auth.TokenVerifier, errors: ErrorLog | None = None) -> None:
         self._verifier = verifier
+        self._errors = errors or ErrorLog()
 
     async def intercept_service(
         self,
@@ -103,8 +233,10 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
     ) -> grpc.RpcMethodHandler[Any, Any]:
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
-        if handler is None or method.startswith(_PUBLIC_PREFIXES):
-            return handler
+        if handler is None:  # no such method: grpc answers UNIMPLEMENTED (grpc-stubs omits None)
+            return handler  # type: ignore[unreachable]
+        if method.startswith(_PUBLIC_PREFIXES):  # no token to check
+            return _rewrap(handler, method, None, None, self._errors, public=True)
         principal: auth.Principal | None = None
         denial: HeraldError | None = None
         try:
@@ -120,7 +252,11 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
             principal.require(scope)
         except HeraldError as exc:
             denial = exc
-        return _rewrap(handler, method, principal, denial)
+        except Exception as exc:
+            # A token the verifier did not expect: refused, and reported like any other bug.
+            self._errors.record(method, exc)
+            principal, denial = None, Unauthenticated("the token could not be verified")
+        return _rewrap(handler, method, principal, denial, self._errors)
 
 
 def _rewrap(
@@ -128,24 +264,35 @@ def _rewrap(
     method: str,
     principal: auth.Principal | None,
     denial: HeraldError | None,
+    errors: ErrorLog,
+    *,
+    public: bool = False,
 ) -> grpc.RpcMethodHandler[Any, Any]:
-    # grpc-stubs types behaviors as sync callables; on an aio server they are coroutines.
+    """The handler again, taking request bytes (`request_deserializer=None`) and guarded."""
+    deserialize = handler.request_deserializer
+    serialize = handler.response_serializer
+    # grpc-stubs types behaviors as sync callables; on an aio server they are coroutines (or,
+    # for the public services, async generators).
+    behavior: Any
+    make: Callable[..., grpc.RpcMethodHandler[Any, Any]]
     if handler.unary_unary is not None:
-        return grpc.unary_unary_rpc_method_handler(
-            _guard(cast(Behavior, handler.unary_unary), method, principal, denial),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
-    if handler.unary_stream is not None and not inspect.isasyncgenfunction(handler.unary_stream):
-        return grpc.unary_stream_rpc_method_handler(
-            _guard(cast(Behavior, handler.unary_stream), method, principal, denial),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
-    if handler.stream_stream is not None and not inspect.isasyncgenfunction(handler.stream_stream):
-        return grpc.stream_stream_rpc_method_handler(
-            _guard(cast(Behavior, handler.stream_stream), method, principal, denial),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
-    raise TypeError(f"{method}: herald handlers are unary, or coroutines that write streams")
+        behavior, make, decode = handler.unary_unary, grpc.unary_unary_rpc_method_handler, None
+    elif handler.unary_stream is not None:
+        behavior, make, decode = handler.unary_stream, grpc.unary_stream_rpc_method_handler, None
+    elif handler.stream_unary is not None:
+        behavior, make = handler.stream_unary, grpc.stream_unary_rpc_method_handler
+        decode = _stream_decoder(deserialize)
+    else:
+        behavior, make = handler.stream_stream, grpc.stream_stream_rpc_method_handler
+        decode = _stream_decoder(deserialize)
+    if decode is None:
+        decode = _decoder(deserialize)
+    if inspect.iscoroutinefunction(behavior):
+        guarded: Any = _guard(behavior, method, principal, denial, decode, errors)
+    elif public and inspect.isasyncgenfunction(behavior):
+        guarded = _guard_responses(behavior, method, decode, errors)
+    elif public:
+        return handler  # a sync handler (none is served today): left as grpc runs it
+    else:
+        raise TypeError(f"{method}: herald handlers are coroutines (streams write responses)")
+    return make(guarded, request_deserializer=None, response_serializer=serialize)

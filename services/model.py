@@ -19,6 +19,7 @@ from services.domain import (
     TemplateRecord,
     TemplateText,
 )
+from services.errors import InvalidArgument
 
 
 def target_kind(target: notification_pb2.Target) -> TargetKind | None:
@@ -35,11 +36,15 @@ _KINDS = {
 
 
 def accepted_from_proto(notification: notification_pb2.Notification, encoded: bytes) -> Accepted:
-    """The domain value of a notification ingest has already validated and completed."""
+    """The domain value of a notification ingest has already validated and completed.
+
+    Raises:
+        InvalidArgument: it has no target (a node handed over one that ingest did not validate).
+    """
     target = notification.target
     kind = target_kind(target)
     if kind is None:
-        raise ValueError("notification without a target")
+        raise InvalidArgument("every notification needs a target")
     if kind is TargetKind.USER:
         users: tuple[str, ...] = (target.user_id,)
     elif kind is TargetKind.USERS:

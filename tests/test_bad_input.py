@@ -2,17 +2,29 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable
 
 import grpc
 import jwt
 import pytest
+from google.protobuf.message import Message
 from grpc import aio
 
 from herald.node.v1 import node_pb2, node_pb2_grpc
-from herald.v1 import ingest_pb2, ingest_pb2_grpc, notification_pb2, stream_pb2
+from herald.v1 import (
+    ingest_pb2,
+    ingest_pb2_grpc,
+    notification_pb2,
+    registry_pb2,
+    stream_pb2,
+    stream_pb2_grpc,
+)
+from services import auth
 from services.client import HeraldClient
+from services.interceptors import ErrorLog
+from tests import raw_calls
 from tests.harness import Herald, to_user
 from tests.streams import Stream
 
@@ -234,7 +246,7 @@ async def test_a_cursor_for_a_log_the_session_does_not_read_is_invalid(herald_up
 
 
 async def test_an_unexpected_failure_is_internal_not_unknown(
-    herald_up: Herald, monkeypatch: pytest.MonkeyPatch
+    herald_up: Herald, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     delivery = herald_up.node("stream").dispatcher
     assert delivery is not None
@@ -247,7 +259,323 @@ async def test_an_unexpected_failure_is_internal_not_unknown(
     ingest = herald_up.node("ingest").ingest
     assert ingest is not None
     monkeypatch.setattr(ingest, "_delivery", delivery)
-    code, details = await _status_of(herald_up.backend().send(to_user("alice")))
-    assert code == grpc.StatusCode.INTERNAL
-    assert details == "internal error; it was logged on the server"
-    assert "secret-payload" not in details
+    for _ in range(3):
+        code, details = await _status_of(herald_up.backend().send(to_user("alice")))
+        assert code == grpc.StatusCode.INTERNAL
+        assert details == "internal error; it was logged on the server"
+    # One bounded line for the three: the type and where, not the message or a traceback.
+    [record] = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert record.exc_info is None
+    line = record.getMessage()
+    assert line.startswith("unhandled RuntimeError in /herald.v1.IngestService/Send at ")
+    assert "in broken" in line
+    assert "secret-payload" not in line
+    assert len(line) < 1000
+
+
+async def test_a_token_the_verifier_chokes_on_is_unauthenticated(
+    herald_up: Herald, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def choke(self: auth.TokenVerifier, token: str) -> auth.Principal:
+        raise KeyError(token)
+
+    client = herald_up.backend()
+    monkeypatch.setattr(auth.TokenVerifier, "verify", choke)
+    code, details = await _status_of(client.send(to_user("alice")))
+    assert (code, details) == (grpc.StatusCode.UNAUTHENTICATED, "the token could not be verified")
+    [record] = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert record.getMessage().startswith("unhandled KeyError in /herald.v1.IngestService/Send")
+    assert client.metadata()[0][1].removeprefix("Bearer ") not in record.getMessage()
+
+
+async def test_unexpected_errors_are_logged_once_per_method_per_interval(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    now = [0.0]
+    errors = ErrorLog(interval_s=60.0, now=lambda: now[0])
+    for at in (0.0, 1.0, 59.0, 60.0, 61.0):
+        now[0] = at
+        errors.record("/herald.v1.IngestService/Send", KeyError("a-user-id"))
+    errors.record("/herald.v1.StreamService/Ack", KeyError("a-user-id"))
+    logged = [(r.method, r.left_out) for r in caplog.records]  # type: ignore[attr-defined]
+    assert logged == [
+        ("/herald.v1.IngestService/Send", 0),
+        ("/herald.v1.IngestService/Send", 2),  # at 60 s, with the two left out since 0 s
+        ("/herald.v1.StreamService/Ack", 0),
+    ]
+    assert all("a-user-id" not in r.getMessage() for r in caplog.records)
+
+
+# -- bytes that are not a request message ------------------------------------------------------
+
+UNDECODABLE = "the request is not a valid message of this method's type"
+
+
+def _raw_unary(client: HeraldClient, method: str) -> aio.UnaryUnaryMultiCallable:
+    """A multicallable that sends and returns bytes as they are."""
+    return client._channel.unary_unary(method, request_serializer=None, response_deserializer=None)
+
+
+def _no_errors_logged(caplog: pytest.LogCaptureFixture) -> None:
+    logged = [(r.name, r.getMessage()) for r in caplog.records if r.levelno >= logging.ERROR]
+    assert logged == []
+    assert [r for r in caplog.records if r.exc_info] == []
+
+
+async def test_undecodable_bytes_without_a_token_are_unauthenticated(
+    herald_up: Herald, caplog: pytest.LogCaptureFixture
+) -> None:
+    send = _raw_unary(herald_up.backend(), "/herald.v1.IngestService/Send")
+    code, details = await _status_of(send(b"\xff"))
+    assert (code, details) == (
+        grpc.StatusCode.UNAUTHENTICATED,
+        "missing 'authorization: Bearer <token>' metadata",
+    )
+    _no_errors_logged(caplog)
+
+
+async def test_undecodable_bytes_with_a_token_are_invalid(
+    herald_up: Herald, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = herald_up.backend()
+    code, details = await _status_of(
+        _raw_unary(client, "/herald.v1.IngestService/Send")(b"\xff", metadata=client.metadata())
+    )
+    assert code == INVALID
+    assert details.startswith(UNDECODABLE)
+    _no_errors_logged(caplog)
+
+
+async def test_a_string_that_is_not_utf8_is_invalid(
+    herald_up: Herald, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = herald_up.backend()
+    get_status = _raw_unary(client, "/herald.v1.IngestService/GetStatus")
+    # GetStatusRequest.notification_id (field 1, length 2) holding a broken UTF-8 sequence.
+    code, details = await _status_of(get_status(b"\x0a\x02\xc3\x28", metadata=client.metadata()))
+    assert code == INVALID
+    assert details.startswith(UNDECODABLE)
+    _no_errors_logged(caplog)
+
+
+async def test_a_bad_message_on_an_ack_stream_ends_it_as_invalid(
+    herald_up: Herald, caplog: pytest.LogCaptureFixture
+) -> None:
+    notification_id = (await herald_up.backend().send(to_user("alice"))).notification_id
+    alice = herald_up.user("alice")
+    call = alice._channel.stream_stream(
+        "/herald.v1.StreamService/AckStream", request_serializer=None, response_deserializer=None
+    )(metadata=alice.metadata())
+    # Messages are decoded as the handler reads them: the good one is answered first.
+    await call.write(
+        stream_pb2.AckStreamRequest(notification_ids=[notification_id]).SerializeToString()
+    )
+    assert stream_pb2.AckStreamResponse.FromString(await call.read()).acked == 1
+    await call.write(b"\xff")
+    code, details = await _status_of(call.read())
+    assert code == INVALID
+    assert details.startswith(UNDECODABLE)
+    assert await call.code() == INVALID
+    _no_errors_logged(caplog)
+
+
+async def test_public_methods_decode_the_same_way(
+    herald_up: Herald, caplog: pytest.LogCaptureFixture
+) -> None:
+    check = _raw_unary(herald_up.backend(), "/grpc.health.v1.Health/Check")
+    code, details = await _status_of(check(b"\xff"))
+    assert code == INVALID
+    assert details.startswith(UNDECODABLE)
+    reflection = herald_up.backend()._channel.stream_stream(
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        request_serializer=None,
+        response_deserializer=None,
+    )()
+    await reflection.write(b"\xff")
+    code, _ = await _status_of(reflection.read())
+    assert code == INVALID
+    _no_errors_logged(caplog)
+
+
+# -- strings over their bound ------------------------------------------------------------------
+
+LONG = "x" * 10_000
+
+
+def _send(**fields: object) -> ingest_pb2.SendRequest:
+    notification = notification_pb2.Notification(**fields)  # type: ignore[arg-type]
+    notification.content.title = "Hello"
+    if not notification.HasField("target"):
+        notification.target.user_id = "alice"
+    return ingest_pb2.SendRequest(notification=notification)
+
+
+def _template(default_locale: str) -> registry_pb2.PutTemplateRequest:
+    template = registry_pb2.Template(template_id="welcome", default_locale=default_locale)
+    template.locales["en"].title = "Hi"
+    return registry_pb2.PutTemplateRequest(template=template)
+
+
+_LONG_CURSOR = [stream_pb2.LogCursor(log=LONG, cursor=1)]
+_NODE = "/herald.node.v1.NodeService/"
+_REGISTRY = "/herald.v1.RegistryService/"
+
+# method, a request with a long string, and who calls.
+LONG_STRINGS: dict[str, tuple[str, Message, str]] = {
+    "status id": (
+        "/herald.v1.IngestService/GetStatus",
+        ingest_pb2.GetStatusRequest(notification_id=LONG),
+        "backend",
+    ),
+    "tenant": ("/herald.v1.IngestService/Send", _send(tenant_id=LONG), "backend"),
+    "template id": (
+        "/herald.v1.IngestService/Send",
+        _send(template=notification_pb2.TemplateRef(template_id=LONG)),
+        "backend",
+    ),
+    "channel": (
+        "/herald.v1.IngestService/Send",
+        _send(target=notification_pb2.Target(channel=LONG)),
+        "backend",
+    ),
+    "idempotency key": ("/herald.v1.IngestService/Send", _send(idempotency_key=LONG), "backend"),
+    "subscribe channel": (
+        "/herald.v1.StreamService/Subscribe",
+        stream_pb2.SubscribeRequest(channels=[LONG]),
+        "user",
+    ),
+    "subscribe cursor log": (
+        "/herald.v1.StreamService/Subscribe",
+        stream_pb2.SubscribeRequest(cursors=_LONG_CURSOR),
+        "user",
+    ),
+    "device": (
+        "/herald.v1.StreamService/Subscribe",
+        stream_pb2.SubscribeRequest(device=LONG),
+        "user",
+    ),
+    "ack id": (
+        "/herald.v1.StreamService/Ack",
+        stream_pb2.AckRequest(notification_ids=[LONG]),
+        "user",
+    ),
+    "ack log": ("/herald.v1.StreamService/Ack", stream_pb2.AckRequest(up_to=_LONG_CURSOR), "user"),
+    "ack stream log": (
+        "/herald.v1.StreamService/AckStream",
+        stream_pb2.AckStreamRequest(up_to=_LONG_CURSOR),
+        "user",
+    ),
+    "page token": (
+        "/herald.v1.StreamService/ListInbox",
+        stream_pb2.ListInboxRequest(page_token="1" * 10_000),
+        "user",
+    ),
+    "mark read id": (
+        "/herald.v1.StreamService/MarkRead",
+        stream_pb2.MarkReadRequest(notification_ids=[LONG]),
+        "user",
+    ),
+    "registry tenant": (
+        _REGISTRY + "ListSessions",
+        registry_pb2.ListSessionsRequest(tenant_id=LONG),
+        "backend",
+    ),
+    "presence user": (
+        _REGISTRY + "GetPresence",
+        registry_pb2.GetPresenceRequest(user_ids=[LONG]),
+        "backend",
+    ),
+    "disconnect reason": (
+        _REGISTRY + "Disconnect",
+        registry_pb2.DisconnectRequest(user_id="alice", reason=LONG),
+        "backend",
+    ),
+    "join session": (
+        _REGISTRY + "JoinChannel",
+        registry_pb2.JoinChannelRequest(session_id=LONG, channel="news"),
+        "backend",
+    ),
+    "get template": (
+        _REGISTRY + "GetTemplate",
+        registry_pb2.GetTemplateRequest(template_id=LONG),
+        "backend",
+    ),
+    "delete template": (
+        _REGISTRY + "DeleteTemplate",
+        registry_pb2.DeleteTemplateRequest(template_id=LONG),
+        "templates",
+    ),
+    "template locale": (_REGISTRY + "PutTemplate", _template(default_locale=LONG), "templates"),
+    "register session": (
+        _REGISTRY + "RegisterSession",
+        registry_pb2.RegisterSessionRequest(
+            session=registry_pb2.Session(session_id="s", tenant_id="acme", user_id=LONG)
+        ),
+        "node",
+    ),
+    "node status": (
+        _NODE + "GetDeliveryStatus",
+        node_pb2.GetDeliveryStatusRequest(tenant_id="acme", notification_id=LONG),
+        "node",
+    ),
+    "close reason": (
+        _NODE + "CloseSessions",
+        node_pb2.CloseSessionsRequest(tenant_id="acme", reason=LONG),
+        "node",
+    ),
+    "change channels": (
+        _NODE + "ChangeChannels",
+        node_pb2.ChangeChannelsRequest(tenant_id="acme", session_id="s", join=[LONG]),
+        "node",
+    ),
+}
+
+
+def _token(herald: Herald, who: str) -> str:
+    minter = herald.tokens.minter
+    if who == "user":
+        return herald.tokens.user("acme", "alice", channels=["*"])
+    if who == "templates":
+        return herald.tokens.backend("acme", auth.SCOPE_TEMPLATES_WRITE)
+    if who == "node":
+        return minter.node_token("n1")
+    return herald.tokens.backend("acme", auth.SCOPE_SEND, auth.SCOPE_SESSIONS_ADMIN)
+
+
+@pytest.mark.parametrize("case", sorted(LONG_STRINGS))
+async def test_a_string_over_its_bound_is_refused_in_a_short_message(
+    herald_up: Herald, case: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    path, request, who = LONG_STRINGS[case]
+    metadata = (("authorization", f"Bearer {_token(herald_up, who)}"),)
+    code, details = await raw_calls.call(
+        herald_up.backend()._channel, path, [request.SerializeToString()], metadata
+    )
+    assert code in (INVALID, grpc.StatusCode.PERMISSION_DENIED), (code, details)
+    assert len(details) < 200, details
+    _no_errors_logged(caplog)
+
+
+async def test_a_page_token_of_other_digits_is_invalid(
+    herald_up: Herald, caplog: pytest.LogCaptureFixture
+) -> None:
+    alice = herald_up.user("alice")
+    stub = stream_pb2_grpc.StreamServiceStub(alice._channel)
+    for token in ("²", "١٢", "12a", "-1", " 1", str(1 << 64)):
+        code, details = await _status_of(
+            stub.ListInbox(stream_pb2.ListInboxRequest(page_token=token), metadata=alice.metadata())
+        )
+        assert (code, details) == (INVALID, "page_token is not one this server gave out"), token
+    response = await stub.ListInbox(
+        stream_pb2.ListInboxRequest(page_token=str((1 << 64) - 1)), metadata=alice.metadata()
+    )
+    assert list(response.items) == []
+    _no_errors_logged(caplog)
+
+
+async def test_a_long_id_is_not_echoed_whole(herald_up: Herald) -> None:
+    """An id within its bound but long is quoted in part where a message names it."""
+    client = herald_up.backend()
+    code, details = await _status_of(client.status("y" * 256))
+    assert code == grpc.StatusCode.NOT_FOUND
+    assert details == f"no notification '{'y' * 64}…' in this tenant"

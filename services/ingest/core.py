@@ -9,6 +9,7 @@ from typing import NamedTuple
 
 from herald.v1 import notification_pb2
 from services import metrics
+from services.bounds import check_id, quote
 from services.clock import Clock
 from services.config import IngestSettings
 from services.domain import Accepted, NotificationRecord
@@ -155,7 +156,7 @@ class IngestCore:
         template = await self._templates.get_template(tenant, ref.template_id, ref.version)
         if template is None:
             which = f"version {ref.version} of " if ref.version else ""
-            raise NotFound(f"no {which}template {ref.template_id!r} in this tenant")
+            raise NotFound(f"no {which}template {quote(ref.template_id)} in this tenant")
         text = render(template, ref.variables, ref.locale)
         rendered = notification_pb2.Notification()
         rendered.CopyFrom(notification)
@@ -193,9 +194,8 @@ class IngestCore:
         return priority, ttl
 
     async def status(self, tenant: str, notification_id: str) -> NotificationRecord:
-        if not notification_id:
-            raise InvalidArgument("notification_id must not be empty")
+        check_id(notification_id, "notification_id")
         record = await self._delivery.status(tenant, notification_id)
         if record is None:
-            raise NotFound(f"no notification {notification_id!r} in this tenant")
+            raise NotFound(f"no notification {quote(notification_id)} in this tenant")
         return record

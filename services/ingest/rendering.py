@@ -10,6 +10,14 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
+from services.bounds import (
+    MAX_ID_LEN,
+    MAX_LOCALE_LEN,
+    MAX_TEMPLATE_ID_LEN,
+    check_id,
+    check_length,
+    quote,
+)
 from services.domain import TemplateRecord, TemplateText
 from services.errors import InvalidArgument
 
@@ -32,15 +40,17 @@ def _fields(text: TemplateText) -> list[tuple[str, str]]:
 
 def check(template: TemplateRecord) -> None:
     """Raises InvalidArgument unless the template can be stored."""
-    if not template.template_id or len(template.template_id) > 128:
-        raise InvalidArgument("template_id must be 1 to 128 characters")
+    check_id(template.template_id, "template_id", MAX_TEMPLATE_ID_LEN)
     if not template.locales:
         raise InvalidArgument("a template needs text for at least one locale")
     if template.default_locale not in template.locales:
         raise InvalidArgument(
-            f"default_locale {template.default_locale!r} has no text; add it to locales"
+            f"default_locale {quote(template.default_locale)} has no text; add it to locales"
         )
     for locale, text in template.locales.items():
+        check_length(locale, MAX_LOCALE_LEN, "a locale")
+        for action in text.actions:
+            check_length(action.action_id, MAX_ID_LEN, f"{locale}: an action id")
         for name, value in _fields(text):
             if len(value) > MAX_TEMPLATE_TEXT:
                 raise InvalidArgument(f"{locale}: {name} is over {MAX_TEMPLATE_TEXT} characters")
@@ -72,8 +82,8 @@ def render(template: TemplateRecord, variables: Mapping[str, str], locale: str) 
         for placeholder in placeholders(value):
             if placeholder not in variables:
                 raise InvalidArgument(
-                    f"template {template.template_id!r} v{template.version} ({chosen}) needs "
-                    f"variable {placeholder!r} in {name}"
+                    f"template {quote(template.template_id)} v{template.version} ({chosen}) "
+                    f"needs variable {quote(placeholder)} in {name}"
                 )
 
     def fill(value: str) -> str:

@@ -5,12 +5,20 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from herald.v1 import notification_pb2
+from services.bounds import (
+    MAX_CHANNEL_LEN,
+    MAX_ID_LEN,
+    MAX_LOCALE_LEN,
+    MAX_TEMPLATE_ID_LEN,
+    check_id,
+    check_length,
+    quote,
+)
 from services.config import IngestSettings
 from services.domain import TargetKind
 from services.errors import InvalidArgument, PermissionDenied
 from services.model import target_kind
 
-MAX_ID_LEN = 256
 MAX_METADATA_ENTRIES = 32
 _PRIORITIES = frozenset(notification_pb2.Priority.values())
 
@@ -24,13 +32,6 @@ class ResolvedTarget(NamedTuple):
     channel: str
 
 
-def _check_id(value: str, what: str) -> None:
-    if not value:
-        raise InvalidArgument(f"{what} must not be empty")
-    if len(value) > MAX_ID_LEN:
-        raise InvalidArgument(f"{what} is longer than {MAX_ID_LEN} characters")
-
-
 def validate(
     notification: notification_pb2.Notification, tenant: str, settings: IngestSettings
 ) -> ResolvedTarget:
@@ -42,7 +43,8 @@ def validate(
     """
     if notification.tenant_id and notification.tenant_id != tenant:
         raise PermissionDenied(
-            f"the token of tenant '{tenant}' cannot send to tenant '{notification.tenant_id}'"
+            f"the token of tenant {quote(tenant)} cannot send to tenant "
+            f"{quote(notification.tenant_id)}"
         )
     if notification.id:
         raise InvalidArgument("notification.id is assigned by the server; leave it empty")
@@ -58,8 +60,7 @@ def validate(
         raise InvalidArgument(
             f"ttl_seconds {notification.ttl_seconds} is over the maximum of {settings.max_ttl_s}"
         )
-    if len(notification.idempotency_key) > MAX_ID_LEN:
-        raise InvalidArgument(f"idempotency_key is longer than {MAX_ID_LEN} characters")
+    check_length(notification.idempotency_key, MAX_ID_LEN, "idempotency_key")
     metadata = notification.metadata
     if len(metadata) > MAX_METADATA_ENTRIES:
         raise InvalidArgument(f"metadata has more than {MAX_METADATA_ENTRIES} entries")
@@ -67,7 +68,8 @@ def validate(
     size = content.ByteSize()
     if notification.HasField("template"):
         template = notification.template
-        _check_id(template.template_id, "template.template_id")
+        check_id(template.template_id, "template.template_id", MAX_TEMPLATE_ID_LEN)
+        check_length(template.locale, MAX_LOCALE_LEN, "template.locale")
         size += template.ByteSize()
     elif not (content.title or content.body or content.HasField("data")):
         raise InvalidArgument("content needs a title, a body or data (or name a template)")
@@ -109,7 +111,7 @@ def _validate_target(target: notification_pb2.Target, settings: IngestSettings) 
         )
     if kind is TargetKind.USER:
         user_id = target.user_id
-        _check_id(user_id, "target.user_id")
+        check_id(user_id, "target.user_id")
         return ResolvedTarget(kind, (user_id,), "")
     if kind is TargetKind.USERS:
         user_ids = target.users.user_ids
@@ -121,11 +123,11 @@ def _validate_target(target: notification_pb2.Target, settings: IngestSettings) 
                 f"{settings.max_users_per_send} (use a channel or a broadcast for more)"
             )
         for user_id in user_ids:
-            _check_id(user_id, "every user id in target.users")
+            check_id(user_id, "every user id in target.users")
         return ResolvedTarget(kind, tuple(dict.fromkeys(user_ids)), "")
     if kind is TargetKind.CHANNEL:
         channel = target.channel
-        _check_id(channel, "target.channel")
+        check_id(channel, "target.channel", MAX_CHANNEL_LEN)
         return ResolvedTarget(kind, (), channel)
     if not target.broadcast:
         raise InvalidArgument("target.broadcast must be true to broadcast to the tenant")

@@ -8,6 +8,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
 
+from services.bounds import (
+    MAX_ADDRESS_LEN,
+    MAX_CHANNEL_LEN,
+    MAX_DEVICE_LEN,
+    MAX_ID_LEN,
+    MAX_REASON_LEN,
+    MAX_TEMPLATE_ID_LEN,
+    check_each,
+    check_id,
+    check_length,
+    quote,
+)
 from services.clock import Clock
 from services.config import RegistrySettings
 from services.domain import SessionInfo, TemplateRecord
@@ -61,19 +73,27 @@ class RegistryCore:
     async def register(self, session: SessionInfo) -> None:
         if not session.session_id or not session.user_id or not session.tenant:
             raise InvalidArgument("session_id, tenant_id and user_id are required")
+        check_length(session.session_id, MAX_ID_LEN, "session_id")
+        check_length(session.user_id, MAX_ID_LEN, "user_id")
+        check_length(session.node_id, MAX_ID_LEN, "node_id")
+        check_length(session.node_address, MAX_ADDRESS_LEN, "node_address")
+        check_length(session.device, MAX_DEVICE_LEN, "device")
+        check_each(session.channels, MAX_CHANNEL_LEN, "channels")
         now = self._clock.now()
         session.connected_at = session.connected_at or now
         session.last_seen_at = now
         if not await self._directory.add(session, self._settings.max_sessions_per_user):
             raise ResourceExhausted(
-                f"user '{session.user_id}' already has {self._settings.max_sessions_per_user} "
+                f"user {quote(session.user_id)} already has {self._settings.max_sessions_per_user} "
                 "open sessions; close one (or raise HERALD_REGISTRY_MAX_SESSIONS_PER_USER)"
             )
 
     async def heartbeat(self, tenant: str, session_ids: list[str]) -> list[str]:
+        check_each(session_ids, MAX_ID_LEN, "session_ids")
         return await self._directory.touch(tenant, session_ids, self._clock.now())
 
     async def unregister(self, tenant: str, session_id: str) -> None:
+        check_length(session_id, MAX_ID_LEN, "session_id")
         await self._directory.remove(tenant, session_id, self._clock.now())
 
     async def presence(self, tenant: str, user_ids: list[str]) -> list[PresenceView]:
@@ -81,6 +101,7 @@ class RegistryCore:
             raise InvalidArgument("user_ids must name at least one user")
         if any(not u for u in user_ids):
             raise InvalidArgument("user_ids must not contain an empty user id")
+        check_each(user_ids, MAX_ID_LEN, "user_ids")
         await self.expire_stale()
         now = self._clock.now()
         views = []
@@ -102,6 +123,7 @@ class RegistryCore:
         return views
 
     async def sessions(self, tenant: str, user_id: str = "") -> list[SessionInfo]:
+        check_length(user_id, MAX_ID_LEN, "user_id")
         await self.expire_stale()
         return await self._directory.list(tenant, user_id)
 
@@ -109,6 +131,9 @@ class RegistryCore:
         """Asks the nodes holding the sessions to close them."""
         if not session_id and not user_id:
             raise InvalidArgument("name a session_id or a user_id to disconnect")
+        check_length(session_id, MAX_ID_LEN, "session_id")
+        check_length(user_id, MAX_ID_LEN, "user_id")
+        check_length(reason, MAX_REASON_LEN, "reason")
         sessions = await self._directory.list(tenant, user_id)
         if session_id:
             sessions = [s for s in sessions if s.session_id == session_id]
@@ -129,11 +154,9 @@ class RegistryCore:
         self, tenant: str, session_id: str, join: list[str], leave: list[str]
     ) -> list[str]:
         """Asks the session's node to join or leave channels; returns the session's channels."""
-        if not session_id:
-            raise InvalidArgument("session_id must not be empty")
+        check_id(session_id, "session_id")
         for channel in (*join, *leave):
-            if not channel:
-                raise InvalidArgument("channel must not be empty")
+            check_id(channel, "channel", MAX_CHANNEL_LEN)
         session = next(
             (s for s in await self._directory.list(tenant) if s.session_id == session_id), None
         )
@@ -142,7 +165,7 @@ class RegistryCore:
         if session is not None and node is not None:
             channels = await node.change_channels(tenant, session_id, join, leave)
         if session is None or channels is None:
-            raise NotFound(f"no open session {session_id!r} in this tenant")
+            raise NotFound(f"no open session {quote(session_id)} in this tenant")
         await self._directory.set_channels(tenant, session_id, tuple(channels))
         return channels
 
@@ -160,19 +183,21 @@ class RegistryCore:
         return await self._templates.get(tenant, template_id, version)
 
     async def template(self, tenant: str, template_id: str, version: int = 0) -> TemplateRecord:
+        check_id(template_id, "template_id", MAX_TEMPLATE_ID_LEN)
         found = await self._templates.get(tenant, template_id, version)
         if found is None:
             which = f"version {version} of " if version else ""
-            raise NotFound(f"no {which}template {template_id!r} in this tenant")
+            raise NotFound(f"no {which}template {quote(template_id)} in this tenant")
         return found
 
     async def templates(self, tenant: str) -> list[TemplateRecord]:
         return await self._templates.list(tenant)
 
     async def delete_template(self, tenant: str, template_id: str) -> int:
+        check_id(template_id, "template_id", MAX_TEMPLATE_ID_LEN)
         deleted = await self._templates.delete(tenant, template_id)
         if not deleted:
-            raise NotFound(f"no template {template_id!r} in this tenant")
+            raise NotFound(f"no template {quote(template_id)} in this tenant")
         return deleted
 
     async def expire_stale(self) -> None:

@@ -8,6 +8,7 @@ from grpc import aio
 
 from herald.v1 import registry_pb2
 from services.auth import current_principal
+from services.bounds import MAX_ID_LEN, check_length
 from services.errors import InvalidArgument
 from services.model import (
     seconds,
@@ -24,6 +25,7 @@ Context = aio.ServicerContext[Any, Any]
 
 def _tenant(requested: str) -> str:
     """The tenant a request acts on: the token's own unless named (and allowed)."""
+    check_length(requested, MAX_ID_LEN, "tenant_id")
     principal = current_principal()
     tenant = requested or principal.tenant
     if tenant == "*":

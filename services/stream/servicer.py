@@ -17,12 +17,38 @@ from herald.node.v1 import node_pb2
 from herald.v1 import stream_pb2
 from services import metrics
 from services.auth import Principal, current_principal
+from services.bounds import (
+    MAX_CHANNEL_LEN,
+    MAX_DEVICE_LEN,
+    MAX_ENCODING_LEN,
+    MAX_ID_LEN,
+    MAX_LOG_NAME_LEN,
+    MAX_PAGE_TOKEN_LEN,
+    MAX_REASON_LEN,
+    check_each,
+    check_length,
+    quote,
+)
 from services.errors import InvalidArgument, PermissionDenied, Unauthenticated
 from services.model import accepted_from_proto, status_to_proto, timestamp
 from services.stream.delivery import DeliveryCore
 from services.stream.dispatch import Dispatcher
 
 Context = aio.ServicerContext[Any, Any]
+
+_UINT64_END = 1 << 64
+
+
+def _page_cursor(token: str) -> int:
+    """The cursor a ListInbox page token stands for: its ASCII digits (0 for the first page)."""
+    if not token:
+        return 0
+    if len(token) > MAX_PAGE_TOKEN_LEN or not (token.isascii() and token.isdigit()):
+        raise InvalidArgument("page_token is not one this server gave out")
+    cursor = int(token)
+    if cursor >= _UINT64_END:
+        raise InvalidArgument("page_token is not one this server gave out")
+    return cursor
 
 
 class StreamServicer:
@@ -31,16 +57,20 @@ class StreamServicer:
 
     async def Subscribe(self, request: stream_pb2.SubscribeRequest, context: Context) -> None:
         principal = current_principal()
+        check_each(request.channels, MAX_CHANNEL_LEN, "channels")
         for channel in request.channels:
             if not principal.may_join(channel):
                 raise PermissionDenied(
-                    f"the token's 'channels' claim does not allow joining channel {channel!r}"
+                    f"the token's 'channels' claim does not allow joining channel {quote(channel)}"
                 )
+        check_length(request.device, MAX_DEVICE_LEN, "device")
+        check_each(request.accept_encodings, MAX_ENCODING_LEN, "accept_encodings")
         cursors: dict[str, int] = {}
         epochs: dict[str, int] = {}
         for cursor in request.cursors:
             if not cursor.log:
                 raise InvalidArgument("every cursor needs a log name ('user', 'broadcast', ...)")
+            check_length(cursor.log, MAX_LOG_NAME_LEN, "a cursor's log name")
             cursors[cursor.log] = cursor.cursor
             if cursor.epoch:
                 epochs[cursor.log] = cursor.epoch
@@ -82,11 +112,13 @@ class StreamServicer:
     ) -> int:
         if not request.notification_ids and not request.up_to:
             raise InvalidArgument("name notification_ids or up_to cursors to acknowledge")
+        check_each(request.notification_ids, MAX_ID_LEN, "notification_ids")
         up_to: dict[str, int] = {}
         epochs: dict[str, int] = {}
         for cursor in request.up_to:
             if not cursor.log:
                 raise InvalidArgument("every up_to cursor needs a log name")
+            check_length(cursor.log, MAX_LOG_NAME_LEN, "an up_to cursor's log name")
             up_to[cursor.log] = max(cursor.cursor, up_to.get(cursor.log, 0))
             if cursor.epoch:
                 epochs[cursor.log] = cursor.epoch
@@ -101,10 +133,8 @@ class StreamServicer:
         page_size = request.page_size or 20
         if page_size > 100:
             raise InvalidArgument("page_size is at most 100")
-        if request.page_token and not request.page_token.isdigit():
-            raise InvalidArgument("page_token is not one this server gave out")
         items, next_before = await self._core.list_inbox(
-            principal.tenant, principal.subject, page_size, int(request.page_token or 0)
+            principal.tenant, principal.subject, page_size, _page_cursor(request.page_token)
         )
         response = stream_pb2.ListInboxResponse(
             next_page_token=str(next_before) if next_before else ""
@@ -122,6 +152,7 @@ class StreamServicer:
         principal = current_principal()
         if not request.notification_ids:
             raise InvalidArgument("name the notification_ids to mark read")
+        check_each(request.notification_ids, MAX_ID_LEN, "notification_ids")
         marked = await self._core.mark_read(
             principal.tenant, principal.subject, list(request.notification_ids)
         )
@@ -175,6 +206,8 @@ class NodeServicer:
     async def GetDeliveryStatus(
         self, request: node_pb2.GetDeliveryStatusRequest, context: Context
     ) -> node_pb2.GetDeliveryStatusResponse:
+        check_length(request.tenant_id, MAX_ID_LEN, "tenant_id")
+        check_length(request.notification_id, MAX_ID_LEN, "notification_id")
         record = await self._dispatcher.status(request.tenant_id, request.notification_id)
         if record is None:
             return node_pb2.GetDeliveryStatusResponse(found=False)
@@ -183,6 +216,10 @@ class NodeServicer:
     async def CloseSessions(
         self, request: node_pb2.CloseSessionsRequest, context: Context
     ) -> node_pb2.CloseSessionsResponse:
+        check_length(request.tenant_id, MAX_ID_LEN, "tenant_id")
+        check_each(request.session_ids, MAX_ID_LEN, "session_ids")
+        check_length(request.user_id, MAX_ID_LEN, "user_id")
+        check_length(request.reason, MAX_REASON_LEN, "reason")
         closed = await self._core.close_sessions(
             request.tenant_id, list(request.session_ids), request.user_id, request.reason
         )
@@ -191,6 +228,10 @@ class NodeServicer:
     async def ChangeChannels(
         self, request: node_pb2.ChangeChannelsRequest, context: Context
     ) -> node_pb2.ChangeChannelsResponse:
+        check_length(request.tenant_id, MAX_ID_LEN, "tenant_id")
+        check_length(request.session_id, MAX_ID_LEN, "session_id")
+        check_each(request.join, MAX_CHANNEL_LEN, "join")
+        check_each(request.leave, MAX_CHANNEL_LEN, "leave")
         channels = await self._core.change_channels(
             request.tenant_id, request.session_id, list(request.join), list(request.leave)
         )
