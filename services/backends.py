@@ -1,13 +1,26 @@
-"""The stores a node runs on, chosen by configuration: memory (the embedded default) for now.
+"""The stores a node runs on, chosen by configuration (`BackendSettings.profile`):
+
+- memory, the embedded default: every store in this process, lost when it stops;
+- production: PostgreSQL for what must last (logs, acks, status, idempotency keys, templates)
+  and Redis for what is shared and short-lived (the session directory, the broker), both shared
+  by every node. Each backend sits behind a circuit breaker and is probed, so a node's health
+  turns NOT_SERVING while a backend it needs is unreachable, and back by itself.
 
 Every store of a bundle is closed with `aclose` when the node stops.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 
+from services.breaker import BreakerState, CircuitBreaker
+from services.clock import Clock
 from services.config import Config
+from services.errors import Unavailable
 from services.ingest.idempotency import IdempotencyStore
 from services.ingest.idempotency_memory import MemoryIdempotencyStore
 from services.registry.sessions import SessionDirectory
@@ -23,6 +36,20 @@ from services.stream.log_memory import MemoryLogStore
 from services.stream.status import StatusStore
 from services.stream.status_memory import MemoryStatusStore
 
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Backend:
+    """A server the stores depend on: its breaker, and a cheap call that checks it is there."""
+
+    name: str
+    breaker: CircuitBreaker
+    probe: Callable[[], Awaitable[object]]
+    # The services that cannot serve while it is down ("ingest", "stream", "registry").
+    needed_by: tuple[str, ...]
+    aclose: Callable[[], Awaitable[None]] | None = None
+
 
 @dataclass(frozen=True)
 class Stores:
@@ -33,6 +60,19 @@ class Stores:
     idempotency: IdempotencyStore
     sessions: SessionDirectory
     templates: TemplateStore
+    # Shared by every node (production); memory stores are this process's alone.
+    shared: bool = False
+    backends: tuple[Backend, ...] = field(default=())
+
+    async def monitor(self, interval_s: float) -> None:
+        """Probes every backend through its breaker, forever: a backend that went away opens
+        its breaker (health NOT_SERVING) even with no traffic, and one that came back closes
+        it."""
+        while True:
+            for backend in self.backends:
+                with contextlib.suppress(Unavailable):
+                    await backend.breaker.call(backend.probe)
+            await asyncio.sleep(interval_s)
 
     async def aclose(self) -> None:
         for store in (
@@ -45,6 +85,12 @@ class Stores:
             self.templates,
         ):
             await store.aclose()
+        for backend in self.backends:
+            if backend.aclose is not None:
+                await backend.aclose()
+
+
+HealthChange = Callable[[Backend, BreakerState], None]
 
 
 def memory_stores(config: Config) -> Stores:
@@ -59,3 +105,15 @@ def memory_stores(config: Config) -> Stores:
         sessions=MemorySessionDirectory(),
         templates=MemoryTemplateStore(),
     )
+
+
+async def open_stores(config: Config, clock: Clock, on_change: HealthChange) -> Stores:
+    """The stores of the configured profile (connected, migrated), with `on_change` told when a
+    backend's breaker changes state.
+
+    Raises:
+        ValueError: only one of HERALD_POSTGRES_DSN and HERALD_REDIS_URL is set.
+    """
+    if config.backends.profile == "memory":
+        return memory_stores(config)
+    raise NotImplementedError("the production profile comes with the PostgreSQL and Redis stores")

@@ -10,6 +10,9 @@ import argparse
 import asyncio
 import json
 import os
+import signal
+import socket
+import subprocess
 import sys
 from collections.abc import Coroutine, Sequence
 from typing import Any
@@ -21,7 +24,7 @@ from grpc import aio
 from herald.v1 import notification_pb2
 from services import auth
 from services.client import HeraldClient
-from services.config import AuthSettings, Config, ServerSettings
+from services.config import AuthSettings, BackendSettings, Config, ServerSettings
 from services.logs import configure_logging
 
 _PRIORITIES = {
@@ -82,6 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
     up = commands.add_parser("up", help="run ingest, stream and registry in one process")
     serve = commands.add_parser("serve", help="run one service, wired to the others over gRPC")
     serve.add_argument("service", choices=["ingest", "stream", "registry"])
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=int(_env("HERALD_WORKERS", "1")),
+        help="stream only: N processes on one port (SO_REUSEPORT), over the shared backends "
+        "(HERALD_WORKERS)",
+    )
     for p in (up, serve):
         p.add_argument("--host", default=None, help="listen address (HERALD_HOST)")
         p.add_argument("--port", type=int, default=None, help="listen port (HERALD_PORT)")
@@ -151,6 +161,9 @@ def _dispatch(args: argparse.Namespace) -> int | None:
         from services.server import ALL_ROLES, Role, serve_forever
 
         roles: tuple[Role, ...] = ALL_ROLES if args.command == "up" else (args.service,)
+        workers = getattr(args, "workers", 1)
+        if workers != 1:
+            return _serve_workers(args.service, workers, config)
         return _run(serve_forever(config, roles))
     if args.command == "token":
         return _print_token(args)
@@ -159,6 +172,43 @@ def _dispatch(args: argparse.Namespace) -> int | None:
     if args.command == "tail":
         return _run(_tail(args))
     return 2  # pragma: no cover - argparse rejects unknown commands
+
+
+def _serve_workers(service: str, workers: int, config: Config) -> int:
+    """Runs `workers` stream processes on one port and waits for them; SIGINT and SIGTERM are
+    passed on, so each drains its streams within the grace period."""
+    if service != "stream" or workers < 1:
+        raise ValueError("--workers N (N >= 1) is for `herald serve stream`")
+    if BackendSettings().profile != "production":
+        raise ValueError(
+            "--workers needs the production profile (HERALD_POSTGRES_DSN and HERALD_REDIS_URL): "
+            "memory stores are per process, so workers would not share them"
+        )
+    node_id = config.server.node_id or f"{socket.gethostname()}-stream"
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-m", "services", "serve", "stream"],
+            env={
+                **os.environ,
+                "HERALD_WORKERS": "1",
+                "HERALD_REUSE_PORT": "true",
+                "HERALD_PORT": str(config.server.port),
+                "HERALD_HOST": config.server.host,
+                "HERALD_NODE_ID": f"{node_id}-{i}",
+            },
+        )
+        for i in range(workers)
+    ]
+
+    def forward(signum: int, _frame: object) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, forward)
+    codes = [child.wait() for child in children]
+    return max(codes, key=abs)
 
 
 def _print_token(args: argparse.Namespace) -> int:

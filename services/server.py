@@ -25,7 +25,8 @@ from prometheus_client import start_http_server
 from herald.node.v1 import node_pb2, node_pb2_grpc
 from herald.v1 import ingest_pb2, registry_pb2, registry_pb2_grpc, stream_pb2
 from services import auth, metrics
-from services.backends import Stores, memory_stores
+from services.backends import Backend, Stores, open_stores
+from services.breaker import BreakerState
 from services.clock import Clock, SystemClock
 from services.config import Config
 from services.domain import SessionInfo
@@ -124,8 +125,29 @@ async def start_node(
     server = aio.server(interceptors=[AuthInterceptor(verifier)], options=server_options(config))
     port = _bind(server, config.server.host, config.server.port)
     advertise = config.server.advertise_address or f"{config.server.host}:{port}"
+    if config.server.reuse_port and not config.server.advertise_address:
+        # Workers share the clients' port, so a call to it reaches any of them: node-to-node
+        # calls (disconnect, channel changes) go to a port of this worker's own.
+        own_port = _bind(server, config.server.host, 0)
+        advertise = f"{config.server.host}:{own_port}"
     credentials = NodeCredentials(_node_token_source(config, keys, node_id))
-    stores = memory_stores(config)
+    health_servicer = HealthServicer()
+    names = [name for role in roles for name in SERVICE_NAMES[role]]
+    # Backends whose breaker is not closed -> the services that need them.
+    down: dict[str, tuple[str, ...]] = {}
+    health_updates: set[asyncio.Future[None]] = set()
+
+    def backend_changed(backend: Backend, state: BreakerState) -> None:
+        if state is BreakerState.CLOSED:
+            down.pop(backend.name, None)
+        else:
+            down[backend.name] = backend.needed_by
+        update = asyncio.ensure_future(_set_health(health_servicer, roles, down))
+        health_updates.add(update)
+        update.add_done_callback(health_updates.discard)
+
+    stores = await open_stores(config, clock, backend_changed)
+
     closers: list[object] = []
 
     registry_core: RegistryCore | None = None
@@ -146,15 +168,27 @@ async def start_node(
             closers.append(client)
         return client
 
-    if "registry" in roles:
+    # On shared stores every node reads and writes them itself: the registry's directory and
+    # templates, the logs. Only the calls to a session's own node go over gRPC.
+    if "registry" in roles or stores.shared:
         registry_core = RegistryCore(
             stores.sessions, stores.templates, config.registry, clock, node_for
         )
+    if "registry" in roles and registry_core is not None:
         registry_pb2_grpc.add_RegistryServiceServicer_to_server(
             RegistryServicer(registry_core), server
         )
+    if "stream" in roles or (stores.shared and "ingest" in roles):
+        dispatcher = Dispatcher(
+            logs=stores.logs,
+            status=stores.status,
+            broker=stores.broker,
+            settings=config.delivery,
+            clock=clock,
+            group_window_s=config.backends.group_commit_ms / 1000 if stores.shared else 0.0,
+        )
 
-    if "stream" in roles:
+    if "stream" in roles and dispatcher is not None:
         registry_port: RegistryPort
         if registry_core is not None:
             registry_port = registry_core
@@ -164,13 +198,6 @@ async def start_node(
             )
             closers.append(remote_registry)
             registry_port = remote_registry
-        dispatcher = Dispatcher(
-            logs=stores.logs,
-            status=stores.status,
-            broker=stores.broker,
-            settings=config.delivery,
-            clock=clock,
-        )
         delivery_core = DeliveryCore(
             node_id=node_id,
             node_address=advertise,
@@ -203,9 +230,7 @@ async def start_node(
         ingest_core = IngestCore(delivery_port, stores.idempotency, config.ingest, clock, templates)
         IngestServicer(ingest_core).register(server)
 
-    health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    names = [name for role in roles for name in SERVICE_NAMES[role]]
     reflection.enable_server_reflection(
         [
             *names,
@@ -218,8 +243,10 @@ async def start_node(
     await server.start()
     if delivery_core is not None:
         delivery_core.start()
-    for name in ["", *names]:
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    await _set_health(health_servicer, roles, down)
+    if stores.backends:
+        monitor = asyncio.ensure_future(stores.monitor(config.backends.breaker_reset_s / 2))
+        closers.insert(0, _Cancel(monitor))
     log.info("herald node serving", extra={"roles": list(roles), "port": port, "node_id": node_id})
     return Node(
         server,
@@ -233,6 +260,34 @@ async def start_node(
         dispatcher,
         stores,
     )
+
+
+async def _set_health(
+    health: HealthServicer, roles: tuple[Role, ...], down: dict[str, tuple[str, ...]]
+) -> None:
+    """SERVING for each service whose backends are all reachable, NOT_SERVING otherwise; the
+    node as a whole ("") is SERVING only when all of its services are."""
+    serving = health_pb2.HealthCheckResponse.SERVING
+    not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
+    all_up = True
+    for role in roles:
+        up = not any(role in needed_by for needed_by in down.values())
+        all_up = all_up and up
+        for name in SERVICE_NAMES[role]:
+            await health.set(name, serving if up else not_serving)
+    await health.set("", serving if all_up else not_serving)
+
+
+class _Cancel:
+    """A closer that cancels a background task."""
+
+    def __init__(self, task: asyncio.Future[None]) -> None:
+        self._task = task
+
+    async def aclose(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
 
 
 def tune_gc() -> None:
