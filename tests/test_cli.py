@@ -242,3 +242,22 @@ async def test_a_second_herald_on_a_port_in_use_refuses_to_start(cli: Cli) -> No
     assert second.returncode == 2
     assert f"cannot listen on 127.0.0.1:{port}: the port is in use" in err.decode()
     assert "Traceback" not in err.decode()
+
+
+async def test_one_production_backend_without_the_other_is_refused(cli: Cli) -> None:
+    proc = await cli.start(
+        "up", HERALD_PORT=str(_free_port()), HERALD_REDIS_URL="redis://127.0.0.1:6379/0"
+    )
+    async with asyncio.timeout(30):
+        _, err = await proc.communicate()
+    assert proc.returncode == 2
+    assert "needs both HERALD_POSTGRES_DSN and HERALD_REDIS_URL" in err.decode()
+    assert "HERALD_POSTGRES_DSN is not set" in err.decode()
+
+
+async def test_workers_need_the_shared_stores(cli: Cli) -> None:
+    proc = await cli.start("serve", "stream", "--workers", "2", HERALD_PORT=str(_free_port()))
+    async with asyncio.timeout(30):
+        _, err = await proc.communicate()
+    assert proc.returncode == 2
+    assert "--workers needs the production profile" in err.decode()
