@@ -15,6 +15,7 @@ caller's, passes through unchanged and leaves the state alone.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Awaitable, Callable
 from enum import Enum
@@ -118,7 +119,7 @@ class _Guarded:
 
     def __getattr__(self, name: str) -> Any:
         attribute = getattr(self._store, name)
-        if name == "aclose" or not callable(attribute):
+        if name == "aclose" or not inspect.iscoroutinefunction(attribute):
             return attribute
 
         def call(*args: Any, **kwargs: Any) -> Awaitable[Any]:

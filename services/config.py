@@ -108,6 +108,9 @@ class DeliverySettings(BaseSettings):
     # How often a node reads the heads of the logs its sessions read, to deliver what a lost
     # broker publication did not announce: the bound on the delay such a loss causes.
     catchup_interval_s: float = Field(default=2.0, gt=0)
+    # How often a node refreshes its sessions' leases in the directory: well inside
+    # HERALD_REGISTRY_SESSION_LEASE_S, or live sessions would expire.
+    lease_refresh_s: float = Field(default=10.0, gt=0)
 
 
 class BackendSettings(BaseSettings):

@@ -63,7 +63,7 @@ class Timers:
                 if now - last_check >= self._settings.catchup_interval_s:
                     last_check = now
                     await self.check_heads()
-                if now - last_lease >= 10.0:
+                if now - last_lease >= self._settings.lease_refresh_s:
                     last_lease = now
                     # A network call (in the split topology): never let it hold up the timers.
                     self._spawn(self._refresh_leases())
