@@ -27,6 +27,7 @@ from services.stream.log import LogStore
 from services.stream.log_memory import MemoryLogStore
 from services.stream.status import StatusStore
 from services.stream.status_memory import MemoryStatusStore
+from tests.contract import backends_postgres
 
 T = TypeVar("T")
 
@@ -45,7 +46,10 @@ def in_memory(factory: Callable[[], T]) -> Opener[T]:
 
 LOG_STORES: dict[str, Opener[LogStore]] = {"memory": in_memory(MemoryLogStore)}
 ACK_STORES: dict[str, Opener[AckStore]] = {"memory": in_memory(MemoryAckStore)}
-STATUS_STORES: dict[str, Opener[StatusStore]] = {"memory": in_memory(MemoryStatusStore)}
+STATUS_STORES: dict[str, Opener[StatusStore]] = {
+    "memory": in_memory(MemoryStatusStore),
+    "postgres": backends_postgres.status_store,
+}
 IDEMPOTENCY_STORES: dict[str, Opener[IdempotencyStore]] = {
     "memory": in_memory(MemoryIdempotencyStore)
 }

@@ -1,0 +1,22 @@
+"""Openers of the PostgreSQL stores for the contract suites: each opens a pool on the test
+session's database with every table emptied (tests/postgres.py), yields a store on it, then
+closes the store and the pool."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from services.stream.status import StatusStore
+from services.stream.status_postgres import PostgresStatusStore
+from tests.postgres import clean_pool
+
+
+@asynccontextmanager
+async def status_store() -> AsyncIterator[StatusStore]:
+    async with clean_pool() as pool:
+        store = PostgresStatusStore(pool)
+        try:
+            yield store
+        finally:
+            await store.aclose()
