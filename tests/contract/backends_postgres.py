@@ -7,6 +7,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from services.stream.log import LogStore
+from services.stream.log_postgres import PostgresLogStore
 from services.stream.status import StatusStore
 from services.stream.status_postgres import PostgresStatusStore
 from tests.postgres import clean_pool
@@ -20,3 +22,26 @@ async def status_store() -> AsyncIterator[StatusStore]:
             yield store
         finally:
             await store.aclose()
+
+
+@asynccontextmanager
+async def log_store() -> AsyncIterator[LogStore]:
+    async with clean_pool() as pool:
+        store = PostgresLogStore(pool)
+        try:
+            yield store
+        finally:
+            await store.aclose()
+
+
+@asynccontextmanager
+async def paired_stores() -> AsyncIterator[tuple[LogStore, StatusStore]]:
+    """A log store and the status store it creates records in, on one pool."""
+    async with clean_pool() as pool:
+        status = PostgresStatusStore(pool)
+        logs = PostgresLogStore(pool, status)
+        try:
+            yield logs, status
+        finally:
+            await logs.aclose()
+            await status.aclose()

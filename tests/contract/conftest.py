@@ -44,7 +44,10 @@ def in_memory(factory: Callable[[], T]) -> Opener[T]:
     return open_store
 
 
-LOG_STORES: dict[str, Opener[LogStore]] = {"memory": in_memory(MemoryLogStore)}
+LOG_STORES: dict[str, Opener[LogStore]] = {
+    "memory": in_memory(MemoryLogStore),
+    "postgres": backends_postgres.log_store,
+}
 ACK_STORES: dict[str, Opener[AckStore]] = {"memory": in_memory(MemoryAckStore)}
 STATUS_STORES: dict[str, Opener[StatusStore]] = {
     "memory": in_memory(MemoryStatusStore),
@@ -65,7 +68,10 @@ def _memory_pair() -> tuple[LogStore, StatusStore]:
 
 
 # A log store and the status store it creates records in, of one backend.
-PAIRED_STORES: dict[str, Opener[tuple[LogStore, StatusStore]]] = {"memory": in_memory(_memory_pair)}
+PAIRED_STORES: dict[str, Opener[tuple[LogStore, StatusStore]]] = {
+    "memory": in_memory(_memory_pair),
+    "postgres": backends_postgres.paired_stores,
+}
 
 
 @pytest_asyncio.fixture(params=sorted(LOG_STORES))
