@@ -7,6 +7,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from services.stream.acks import AckStore
+from services.stream.acks_postgres import PostgresAckStore
 from services.stream.log import LogStore
 from services.stream.log_postgres import PostgresLogStore
 from services.stream.status import StatusStore
@@ -45,3 +47,13 @@ async def paired_stores() -> AsyncIterator[tuple[LogStore, StatusStore]]:
         finally:
             await logs.aclose()
             await status.aclose()
+
+
+@asynccontextmanager
+async def ack_store() -> AsyncIterator[AckStore]:
+    async with clean_pool() as pool:
+        store = PostgresAckStore(pool)
+        try:
+            yield store
+        finally:
+            await store.aclose()

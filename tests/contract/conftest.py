@@ -48,7 +48,10 @@ LOG_STORES: dict[str, Opener[LogStore]] = {
     "memory": in_memory(MemoryLogStore),
     "postgres": backends_postgres.log_store,
 }
-ACK_STORES: dict[str, Opener[AckStore]] = {"memory": in_memory(MemoryAckStore)}
+ACK_STORES: dict[str, Opener[AckStore]] = {
+    "memory": in_memory(MemoryAckStore),
+    "postgres": backends_postgres.ack_store,
+}
 STATUS_STORES: dict[str, Opener[StatusStore]] = {
     "memory": in_memory(MemoryStatusStore),
     "postgres": backends_postgres.status_store,
