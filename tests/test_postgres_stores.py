@@ -10,6 +10,8 @@ import pytest
 import pytest_asyncio
 
 from services.domain import user_log
+from services.ingest.idempotency import Claim
+from services.ingest.idempotency_postgres import PostgresIdempotencyStore
 from services.postgres import create_pool
 from services.stream.acks_postgres import PostgresAckStore
 from tests.postgres import clean_pool, session_dsn
@@ -45,3 +47,34 @@ async def test_concurrent_acks_of_one_log_each_count_once(
     [state] = await stores[0].get(T1, "alice", [inbox])
     acked = {c for c in range(1, 120) if state.is_acked(c)}
     assert acked == set(range(1, 41)) | set(range(61, 100))
+
+
+async def test_of_two_nodes_claiming_one_key_exactly_one_wins(
+    nodes: tuple[asyncpg.Pool, asyncpg.Pool],
+) -> None:
+    stores = [PostgresIdempotencyStore(pool) for pool in nodes]
+    calls = [
+        stores[i % 2].reserve(T1, [Claim("k", f"n{i}"), Claim(f"own-{i}", f"n{i}")], 1000.0, 60.0)
+        for i in range(20)
+    ]
+    results = await asyncio.gather(*calls)
+    winners = [i for i, (held, _) in enumerate(results) if held is None]
+    assert len(winners) == 1
+    assert all(held == f"n{winners[0]}" for held, _ in results if held is not None)
+    assert all(own is None for _, own in results)
+
+
+async def test_a_claim_clears_expired_claims_of_its_tenant(
+    nodes: tuple[asyncpg.Pool, asyncpg.Pool],
+) -> None:
+    pool = nodes[0]
+    store = PostgresIdempotencyStore(pool)
+    await store.reserve(T1, [Claim(f"old-{i}", f"n{i}") for i in range(10)], 1000.0, 60.0)
+    await store.reserve("tenant-2", [Claim("theirs", "n")], 1000.0, 60.0)
+    # Later, once they all expired: each new claim takes up to two expired ones with it.
+    await store.reserve(T1, [Claim(f"new-{i}", f"m{i}") for i in range(5)], 5000.0, 60.0)
+    keys = await pool.fetch("SELECT tenant_id, key FROM herald_idempotency ORDER BY key")
+    assert sorted(row["key"] for row in keys if row["key"].startswith("new-")) == [
+        f"new-{i}" for i in range(5)
+    ]
+    assert len(keys) == 5 + 1  # the new claims, and tenant-2's, which only its claims clear

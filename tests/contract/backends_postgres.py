@@ -7,6 +7,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from services.ingest.idempotency import IdempotencyStore
+from services.ingest.idempotency_postgres import PostgresIdempotencyStore
 from services.stream.acks import AckStore
 from services.stream.acks_postgres import PostgresAckStore
 from services.stream.log import LogStore
@@ -53,6 +55,16 @@ async def paired_stores() -> AsyncIterator[tuple[LogStore, StatusStore]]:
 async def ack_store() -> AsyncIterator[AckStore]:
     async with clean_pool() as pool:
         store = PostgresAckStore(pool)
+        try:
+            yield store
+        finally:
+            await store.aclose()
+
+
+@asynccontextmanager
+async def idempotency_store() -> AsyncIterator[IdempotencyStore]:
+    async with clean_pool() as pool:
+        store = PostgresIdempotencyStore(pool)
         try:
             yield store
         finally:

@@ -57,7 +57,8 @@ STATUS_STORES: dict[str, Opener[StatusStore]] = {
     "postgres": backends_postgres.status_store,
 }
 IDEMPOTENCY_STORES: dict[str, Opener[IdempotencyStore]] = {
-    "memory": in_memory(MemoryIdempotencyStore)
+    "memory": in_memory(MemoryIdempotencyStore),
+    "postgres": backends_postgres.idempotency_store,
 }
 SESSION_DIRECTORIES: dict[str, Opener[SessionDirectory]] = {
     "memory": in_memory(MemorySessionDirectory)
