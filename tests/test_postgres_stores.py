@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
 import pytest_asyncio
 
-from services.domain import user_log
+from services.domain import TemplateAction, TemplateRecord, TemplateText, user_log
 from services.ingest.idempotency import Claim
 from services.ingest.idempotency_postgres import PostgresIdempotencyStore
 from services.postgres import create_pool
+from services.registry.templates_postgres import PostgresTemplateStore
 from services.stream.acks_postgres import PostgresAckStore
 from tests.postgres import clean_pool, session_dsn
 
@@ -78,3 +80,35 @@ async def test_a_claim_clears_expired_claims_of_its_tenant(
         f"new-{i}" for i in range(5)
     ]
     assert len(keys) == 5 + 1  # the new claims, and tenant-2's, which only its claims clear
+
+
+async def test_a_template_comes_back_as_it_was_put(
+    nodes: tuple[asyncpg.Pool, asyncpg.Pool],
+) -> None:
+    store = PostgresTemplateStore(nodes[0])
+    actions = (TemplateAction("open", "Öffnen", "https://x.test/a?b=1"), TemplateAction("", "", ""))
+    template = TemplateRecord(
+        "welcome",
+        0,
+        "de",
+        {
+            "de": TemplateText(
+                "Hallo {{name}}", 'Zeile 1\nZeile "2"', "https://x.test/i.png", actions
+            ),
+            "en": TemplateText(title="Hi {{name}}"),
+        },
+        123.25,
+    )
+    stored = await store.put(T1, template)
+    assert stored == dataclasses.replace(template, version=1)
+    assert await store.get(T1, "welcome") == stored
+    assert await store.list(T1) == [stored]
+
+
+async def test_concurrent_puts_of_one_template_get_their_own_versions(
+    nodes: tuple[asyncpg.Pool, asyncpg.Pool],
+) -> None:
+    stores = [PostgresTemplateStore(pool) for pool in nodes]
+    template = TemplateRecord("welcome", 0, "en", {"en": TemplateText(title="Hi")}, 1.0)
+    puts = await asyncio.gather(*(stores[i % 2].put(T1, template) for i in range(4)))
+    assert sorted(put.version for put in puts) == [1, 2, 3, 4]

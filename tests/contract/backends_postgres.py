@@ -9,6 +9,8 @@ from contextlib import asynccontextmanager
 
 from services.ingest.idempotency import IdempotencyStore
 from services.ingest.idempotency_postgres import PostgresIdempotencyStore
+from services.registry.templates import TemplateStore
+from services.registry.templates_postgres import PostgresTemplateStore
 from services.stream.acks import AckStore
 from services.stream.acks_postgres import PostgresAckStore
 from services.stream.log import LogStore
@@ -65,6 +67,16 @@ async def ack_store() -> AsyncIterator[AckStore]:
 async def idempotency_store() -> AsyncIterator[IdempotencyStore]:
     async with clean_pool() as pool:
         store = PostgresIdempotencyStore(pool)
+        try:
+            yield store
+        finally:
+            await store.aclose()
+
+
+@asynccontextmanager
+async def template_store() -> AsyncIterator[TemplateStore]:
+    async with clean_pool() as pool:
+        store = PostgresTemplateStore(pool)
         try:
             yield store
         finally:

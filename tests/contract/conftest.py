@@ -63,7 +63,10 @@ IDEMPOTENCY_STORES: dict[str, Opener[IdempotencyStore]] = {
 SESSION_DIRECTORIES: dict[str, Opener[SessionDirectory]] = {
     "memory": in_memory(MemorySessionDirectory)
 }
-TEMPLATE_STORES: dict[str, Opener[TemplateStore]] = {"memory": in_memory(MemoryTemplateStore)}
+TEMPLATE_STORES: dict[str, Opener[TemplateStore]] = {
+    "memory": in_memory(MemoryTemplateStore),
+    "postgres": backends_postgres.template_store,
+}
 
 
 def _memory_pair() -> tuple[LogStore, StatusStore]:
