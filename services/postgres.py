@@ -1,4 +1,5 @@
-"""PostgreSQL for the durable stores: the connection pool and the schema migrations.
+"""PostgreSQL for the durable stores: the connection pool, the schema migrations, and the
+backend that owns the pool its stores share.
 
 Migrations are the files `services/migrations/NNNN_<name>.sql`, applied in version order, all
 in one transaction that holds an advisory lock: two nodes starting together apply them once,
@@ -8,12 +9,22 @@ applied. A migration is never edited once released; a change is a new file.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.resources
+import logging
 import re
 from dataclasses import dataclass
 from typing import Final
 
 import asyncpg
+
+from services.ingest.idempotency_postgres import PostgresIdempotencyStore
+from services.registry.templates_postgres import PostgresTemplateStore
+from services.stream.acks_postgres import PostgresAckStore
+from services.stream.log_postgres import PostgresLogStore
+from services.stream.status_postgres import PostgresStatusStore
+
+log = logging.getLogger(__name__)
 
 # pg_advisory_xact_lock key of the migration runner ("HERALD" in ASCII): any constant no other
 # application on the same database uses.
@@ -99,3 +110,63 @@ async def create_pool(
             "statement_timeout": str(round(statement_timeout_s * 1000)),
         },
     )
+
+
+class PostgresBackend:
+    """The PostgreSQL stores of a node, on one pool that this object owns.
+
+    The stores never close the pool (their `aclose` leaves it open); `aclose` here closes the
+    stores, then the pool, once.
+    """
+
+    def __init__(self, pool: asyncpg.Pool, *, close_timeout_s: float = 10.0) -> None:
+        self.pool = pool
+        self.status = PostgresStatusStore(pool)
+        self.logs = PostgresLogStore(pool, self.status)
+        self.acks = PostgresAckStore(pool)
+        self.idempotency = PostgresIdempotencyStore(pool)
+        self.templates = PostgresTemplateStore(pool)
+        self._close_timeout_s = close_timeout_s
+
+    @classmethod
+    async def open(
+        cls,
+        dsn: str,
+        *,
+        min_size: int = 1,
+        max_size: int = 10,
+        statement_timeout_s: float = 30.0,
+        connect_timeout_s: float = 10.0,
+        close_timeout_s: float = 10.0,
+        migrate_schema: bool = True,
+    ) -> PostgresBackend:
+        """Connects to `dsn` and, unless told not to, brings the schema up to date."""
+        pool = await create_pool(
+            dsn,
+            min_size=min_size,
+            max_size=max_size,
+            statement_timeout_s=statement_timeout_s,
+            connect_timeout_s=connect_timeout_s,
+        )
+        try:
+            if migrate_schema:
+                applied = await migrate(pool)
+                if applied:
+                    log.info("schema migrated", extra={"versions": applied})
+        except BaseException:
+            await pool.close()
+            raise
+        return cls(pool, close_timeout_s=close_timeout_s)
+
+    async def aclose(self) -> None:
+        """Closes the stores (which may write what they buffer), then the pool; connections
+        still busy after the close timeout are cut."""
+        if self.pool.is_closing():
+            return
+        for store in (self.logs, self.status, self.acks, self.idempotency, self.templates):
+            await store.aclose()
+        try:
+            await asyncio.wait_for(self.pool.close(), self._close_timeout_s)
+        except TimeoutError:
+            log.warning("PostgreSQL connections still busy at close; terminating them")
+            self.pool.terminate()

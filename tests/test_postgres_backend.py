@@ -1,4 +1,5 @@
-"""The PostgreSQL schema migrations: applied once, in order, also when two nodes start together."""
+"""PostgreSQL set-up: migrations applied once, in order, also when two nodes start together; the
+backend that owns the pool its stores share."""
 
 from __future__ import annotations
 
@@ -6,7 +7,10 @@ import asyncio
 
 import pytest
 
-from services.postgres import create_pool, migrate, migrations
+from services.domain import NewRecord, user_log
+from services.postgres import PostgresBackend, create_pool, migrate, migrations
+from services.stream.acks import AckState
+from services.stream.log import LogAppend, NewEntry
 from tests.postgres import scratch_database
 
 
@@ -46,3 +50,23 @@ async def test_two_nodes_migrating_together_apply_each_version_once() -> None:
         finally:
             await first.close()
             await second.close()
+
+
+@pytest.mark.asyncio
+async def test_a_backend_migrates_and_its_stores_share_the_pool_it_closes() -> None:
+    alice = user_log("alice")
+    async with scratch_database() as dsn:
+        backend = await PostgresBackend.open(dsn, max_size=2, statement_timeout_s=5)
+        try:
+            assert await backend.pool.fetchval("SHOW statement_timeout") == "5s"
+            entry = NewEntry("n1", 2, 100.0, 200.0, b"\x12\x00")
+            record = NewRecord("n1", "acme", b"", 100.0, 200.0, ("alice",))
+            await backend.logs.append("acme", [LogAppend(alice, [entry], 10)], [record])
+            assert await backend.status.get("acme", "n1") is not None
+            # A store's aclose leaves the pool it shares open for the others.
+            await backend.logs.aclose()
+            assert await backend.acks.get("acme", "alice", [alice]) == [AckState()]
+        finally:
+            await backend.aclose()
+        assert backend.pool.is_closing()
+        await backend.aclose()  # closing twice is harmless
