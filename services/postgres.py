@@ -71,6 +71,8 @@ async def migrate(pool: asyncpg.Pool) -> list[int]:
     a node of the previous release keeps running against the next release's schema.
     """
     async with pool.acquire() as connection, connection.transaction():
+        # Neither waiting for another node's migration nor a long migration is a stuck query.
+        await connection.execute("SET LOCAL statement_timeout = 0")
         await connection.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
         await connection.execute(_CREATE_MIGRATIONS_TABLE)
         rows = await connection.fetch("SELECT version FROM herald_schema_migrations")

@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from services.domain import NewRecord, user_log
-from services.postgres import PostgresBackend, create_pool, migrate, migrations
+from services.postgres import MIGRATION_LOCK, PostgresBackend, create_pool, migrate, migrations
 from services.stream.acks import AckState
 from services.stream.log import LogAppend, NewEntry
 from tests.postgres import scratch_database
@@ -70,3 +70,18 @@ async def test_a_backend_migrates_and_its_stores_share_the_pool_it_closes() -> N
             await backend.aclose()
         assert backend.pool.is_closing()
         await backend.aclose()  # closing twice is harmless
+
+
+@pytest.mark.asyncio
+async def test_a_migration_waits_for_the_lock_beyond_the_statement_timeout() -> None:
+    async with scratch_database() as dsn:
+        pool = await create_pool(dsn, min_size=2, max_size=2, statement_timeout_s=0.2)
+        try:
+            async with pool.acquire() as other_node, other_node.transaction():
+                await other_node.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
+                waiting = asyncio.ensure_future(migrate(pool))
+                await asyncio.sleep(0.5)  # the other node migrates for longer than 0.2 s
+                assert not waiting.done()
+            assert await waiting == [m.version for m in migrations()]
+        finally:
+            await pool.close()

@@ -149,6 +149,24 @@ async def create_records(connection: Connection, records: Sequence[NewRecord]) -
     )
 
 
+async def _apply(
+    executor: asyncpg.Pool | Connection, tenant: str, batch: list[Transition], at: float
+) -> None:
+    await executor.execute(
+        _APPLY,
+        tenant,
+        at,
+        [t.notification_id for t in batch],
+        [t.user_id for t in batch],
+        [int(t.state) for t in batch],
+        [t.reason for t in batch],
+        _ALLOWED_CODES,
+        int(State.QUEUED),
+        int(State.DELIVERED),
+        int(State.ACKED),
+    )
+
+
 class PostgresStatusStore:
     """Status records in PostgreSQL, on a pool it shares and does not close.
 
@@ -175,23 +193,12 @@ class PostgresStatusStore:
             if k == len(rounds):
                 rounds.append([])
             rounds[k].append(transition)
-        if not rounds:
-            return
-        async with self._pool.acquire() as connection, connection.transaction():
-            for batch in rounds:
-                await connection.execute(
-                    _APPLY,
-                    tenant,
-                    at,
-                    [t.notification_id for t in batch],
-                    [t.user_id for t in batch],
-                    [int(t.state) for t in batch],
-                    [t.reason for t in batch],
-                    _ALLOWED_CODES,
-                    int(State.QUEUED),
-                    int(State.DELIVERED),
-                    int(State.ACKED),
-                )
+        if len(rounds) == 1:  # one statement is a transaction of its own
+            await _apply(self._pool, tenant, rounds[0], at)
+        elif rounds:
+            async with self._pool.acquire() as connection, connection.transaction():
+                for batch in rounds:
+                    await _apply(connection, tenant, batch, at)
 
     async def mark_read(
         self, tenant: str, user_id: str, notification_ids: list[str], at: float
