@@ -61,26 +61,29 @@ SELECT $1, * FROM unnest($7::text[], $8::bigint[], $9::text[], $10::float8[])
 """
 
 # $3: how many of each log's oldest stored entries go; $4: how many of the entries just
-# appended were pushed out at once (never inserted); both leave `live`.
+# appended were pushed out at once (never inserted); both leave `live`. The oldest go as a range
+# of the primary key, up to each log's cut-off cursor.
 _DROP_OLDEST: Final = """
 WITH doomed AS (
     DELETE FROM herald_log_entries AS e
     USING (
-        SELECT d.log, o.cursor
-        FROM unnest($2::text[], $3::integer[]) AS d (log, k)
-        CROSS JOIN LATERAL (
+        SELECT d.log, (
             SELECT x.cursor FROM herald_log_entries AS x
             WHERE x.tenant_id = $1 AND x.log = d.log
             ORDER BY x.cursor
-            LIMIT d.k
-        ) AS o
-    ) AS oldest
-    WHERE e.tenant_id = $1 AND e.log = oldest.log AND e.cursor = oldest.cursor
+            OFFSET d.k - 1
+            LIMIT 1
+        ) AS cutoff
+        FROM unnest($2::text[], $3::integer[]) AS d (log, k)
+        WHERE d.k > 0
+    ) AS c
+    WHERE e.tenant_id = $1 AND e.log = c.log AND e.cursor <= c.cutoff
     RETURNING e.log, e.cursor, e.notification_id, e.expires_at
 ), counted AS (
     UPDATE herald_logs AS l
-    SET live = l.live - d.skipped - (SELECT count(*) FROM doomed WHERE doomed.log = d.log)
+    SET live = l.live - d.skipped - coalesce(g.n, 0)
     FROM unnest($2::text[], $4::integer[]) AS d (log, skipped)
+    LEFT JOIN (SELECT log, count(*) AS n FROM doomed GROUP BY log) AS g ON g.log = d.log
     WHERE l.tenant_id = $1 AND l.log = d.log
 )
 SELECT d.log, d.cursor, d.notification_id, n.priority, n.created_at, d.expires_at, n.payload
