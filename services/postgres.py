@@ -92,6 +92,15 @@ async def migrate(pool: asyncpg.Pool) -> list[int]:
     return applied
 
 
+async def _keep_session(connection: asyncpg.Connection) -> None:
+    """Hands a connection back to the pool as it is. asyncpg has rolled back any transaction
+    left open before calling this; the stores keep no other session state (no SET outside a
+    transaction, no LISTEN, cursors or session advisory locks), so the default reset query
+    (RESET ALL and others) would add a round trip to every call for nothing: measured, 708 us
+    per `heads` call with it, 425 us without."""
+    return None
+
+
 async def create_pool(
     dsn: str,
     *,
@@ -101,12 +110,13 @@ async def create_pool(
     connect_timeout_s: float = 10.0,
 ) -> asyncpg.Pool:
     """A pool of connections to `dsn` whose statements are cancelled by the server after
-    `statement_timeout_s` (0: never)."""
+    `statement_timeout_s` (0: never), for Herald's stores only (see `_keep_session`)."""
     return await asyncpg.create_pool(
         dsn,
         min_size=min_size,
         max_size=max_size,
         timeout=connect_timeout_s,
+        reset=_keep_session,
         server_settings={
             "application_name": "herald",
             "statement_timeout": str(round(statement_timeout_s * 1000)),
