@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
 
 from services.clock import ManualClock
+from tests import postgres
 from tests.harness import Herald, make_config, start_herald
 
 Deploy = Callable[..., Awaitable[tuple[Herald, ManualClock]]]
@@ -18,6 +19,13 @@ Deploy = Callable[..., Awaitable[tuple[Herald, ManualClock]]]
 def _isolated_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Nothing a test does may touch the developer's real dev key.
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _postgres_session_database() -> Iterator[None]:
+    # The session's PostgreSQL database is made by the first test that needs it (tests/postgres.py).
+    yield
+    postgres.drop_session_database()
 
 
 @pytest_asyncio.fixture(params=["up", "split"])

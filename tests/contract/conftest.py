@@ -27,6 +27,7 @@ from services.stream.log import LogStore
 from services.stream.log_memory import MemoryLogStore
 from services.stream.status import StatusStore
 from services.stream.status_memory import MemoryStatusStore
+from tests.contract import backends_postgres
 
 T = TypeVar("T")
 
@@ -43,16 +44,29 @@ def in_memory(factory: Callable[[], T]) -> Opener[T]:
     return open_store
 
 
-LOG_STORES: dict[str, Opener[LogStore]] = {"memory": in_memory(MemoryLogStore)}
-ACK_STORES: dict[str, Opener[AckStore]] = {"memory": in_memory(MemoryAckStore)}
-STATUS_STORES: dict[str, Opener[StatusStore]] = {"memory": in_memory(MemoryStatusStore)}
+LOG_STORES: dict[str, Opener[LogStore]] = {
+    "memory": in_memory(MemoryLogStore),
+    "postgres": backends_postgres.log_store,
+}
+ACK_STORES: dict[str, Opener[AckStore]] = {
+    "memory": in_memory(MemoryAckStore),
+    "postgres": backends_postgres.ack_store,
+}
+STATUS_STORES: dict[str, Opener[StatusStore]] = {
+    "memory": in_memory(MemoryStatusStore),
+    "postgres": backends_postgres.status_store,
+}
 IDEMPOTENCY_STORES: dict[str, Opener[IdempotencyStore]] = {
-    "memory": in_memory(MemoryIdempotencyStore)
+    "memory": in_memory(MemoryIdempotencyStore),
+    "postgres": backends_postgres.idempotency_store,
 }
 SESSION_DIRECTORIES: dict[str, Opener[SessionDirectory]] = {
     "memory": in_memory(MemorySessionDirectory)
 }
-TEMPLATE_STORES: dict[str, Opener[TemplateStore]] = {"memory": in_memory(MemoryTemplateStore)}
+TEMPLATE_STORES: dict[str, Opener[TemplateStore]] = {
+    "memory": in_memory(MemoryTemplateStore),
+    "postgres": backends_postgres.template_store,
+}
 
 
 def _memory_pair() -> tuple[LogStore, StatusStore]:
@@ -61,7 +75,10 @@ def _memory_pair() -> tuple[LogStore, StatusStore]:
 
 
 # A log store and the status store it creates records in, of one backend.
-PAIRED_STORES: dict[str, Opener[tuple[LogStore, StatusStore]]] = {"memory": in_memory(_memory_pair)}
+PAIRED_STORES: dict[str, Opener[tuple[LogStore, StatusStore]]] = {
+    "memory": in_memory(_memory_pair),
+    "postgres": backends_postgres.paired_stores,
+}
 
 
 @pytest_asyncio.fixture(params=sorted(LOG_STORES))

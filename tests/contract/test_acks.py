@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.domain import LogKey, channel_log, user_log
+from services.domain import BROADCAST, LogKey, channel_log, user_log
 from services.stream.acks import AckState, AckStore
 from tests.contract.conftest import ACK_STORES
 
@@ -97,7 +97,7 @@ async def test_tenants_users_and_logs_are_separate(ack_store: AckStore) -> None:
     assert await get(ack_store, T2, "alice", INBOX) == AckState()
     assert await get(ack_store, T1, "bob", INBOX) == AckState()
     assert await get(ack_store, T1, "bob", NEWS) == AckState()
-    assert await get(ack_store, T1, "alice", "broadcast") == AckState()
+    assert await get(ack_store, T1, "alice", BROADCAST) == AckState()
     # The same cursors are new elsewhere.
     assert await ack_store.ack(T2, "alice", INBOX, [1, 2, 5]) == [1, 2, 5]
     assert await ack_store.ack(T1, "bob", NEWS, [1]) == [1]

@@ -1,0 +1,184 @@
+"""PostgreSQL for the durable stores: the connection pool, the schema migrations, and the
+backend that owns the pool its stores share.
+
+Migrations are the files `services/migrations/NNNN_<name>.sql`, applied in version order, all
+in one transaction that holds an advisory lock: two nodes starting together apply them once,
+the second waits and then finds nothing to do. `herald_schema_migrations` records what is
+applied. A migration is never edited once released; a change is a new file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.resources
+import logging
+import re
+from dataclasses import dataclass
+from typing import Final
+
+import asyncpg
+
+from services.ingest.idempotency_postgres import PostgresIdempotencyStore
+from services.registry.templates_postgres import PostgresTemplateStore
+from services.stream.acks_postgres import PostgresAckStore
+from services.stream.log_postgres import PostgresLogStore
+from services.stream.status_postgres import PostgresStatusStore
+
+log = logging.getLogger(__name__)
+
+# pg_advisory_xact_lock key of the migration runner ("HERALD" in ASCII): any constant no other
+# application on the same database uses.
+MIGRATION_LOCK: Final = 0x4845_5241_4C44
+_MIGRATION_FILE: Final = re.compile(r"(\d{4})_[a-z0-9_]+\.sql")
+
+_CREATE_MIGRATIONS_TABLE: Final = """
+CREATE TABLE IF NOT EXISTS herald_schema_migrations (
+    version integer PRIMARY KEY,
+    name text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+def migrations() -> list[Migration]:
+    """Every migration shipped in the package, by version (1, 2, ... with no gap).
+
+    Raises:
+        RuntimeError: the versions have a gap or a duplicate (a packaging mistake).
+    """
+    folder = importlib.resources.files("services").joinpath("migrations")
+    found = []
+    for item in folder.iterdir():
+        match = _MIGRATION_FILE.fullmatch(item.name)
+        if match is not None:
+            found.append(Migration(int(match[1]), item.name, item.read_text(encoding="utf-8")))
+    found.sort(key=lambda migration: migration.version)
+    if [m.version for m in found] != list(range(1, len(found) + 1)):
+        raise RuntimeError(f"migration versions must be 1..n: {[m.name for m in found]}")
+    return found
+
+
+async def migrate(pool: asyncpg.Pool) -> list[int]:
+    """Brings the database's schema up to date; returns the versions applied now, in order
+    (empty when it already was). Versions the database has beyond this code's are left alone:
+    a node of the previous release keeps running against the next release's schema.
+    """
+    async with pool.acquire() as connection, connection.transaction():
+        # Neither waiting for another node's migration nor a long migration is a stuck query.
+        await connection.execute("SET LOCAL statement_timeout = 0")
+        await connection.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
+        await connection.execute(_CREATE_MIGRATIONS_TABLE)
+        rows = await connection.fetch("SELECT version FROM herald_schema_migrations")
+        done = {int(row["version"]) for row in rows}
+        applied = []
+        for migration in migrations():
+            if migration.version in done:
+                continue
+            # No arguments: the simple query protocol, so one file may hold many statements.
+            await connection.execute(migration.sql)
+            await connection.execute(
+                "INSERT INTO herald_schema_migrations (version, name) VALUES ($1, $2)",
+                migration.version,
+                migration.name,
+            )
+            applied.append(migration.version)
+    return applied
+
+
+async def _keep_session(connection: asyncpg.Connection) -> None:
+    """Hands a connection back to the pool as it is. asyncpg has rolled back any transaction
+    left open before calling this; the stores keep no other session state (no SET outside a
+    transaction, no LISTEN, cursors or session advisory locks), so the default reset query
+    (RESET ALL and others) would add a round trip to every call for nothing: measured, 708 us
+    per `heads` call with it, 425 us without."""
+    return None
+
+
+async def create_pool(
+    dsn: str,
+    *,
+    min_size: int = 1,
+    max_size: int = 10,
+    statement_timeout_s: float = 30.0,
+    connect_timeout_s: float = 10.0,
+) -> asyncpg.Pool:
+    """A pool of connections to `dsn` whose statements are cancelled by the server after
+    `statement_timeout_s` (0: never), for Herald's stores only (see `_keep_session`)."""
+    return await asyncpg.create_pool(
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        timeout=connect_timeout_s,
+        reset=_keep_session,
+        server_settings={
+            "application_name": "herald",
+            "statement_timeout": str(round(statement_timeout_s * 1000)),
+        },
+    )
+
+
+class PostgresBackend:
+    """The PostgreSQL stores of a node, on one pool that this object owns.
+
+    The stores never close the pool (their `aclose` leaves it open); `aclose` here closes the
+    stores, then the pool, once.
+    """
+
+    def __init__(self, pool: asyncpg.Pool, *, close_timeout_s: float = 10.0) -> None:
+        self.pool = pool
+        self.status = PostgresStatusStore(pool)
+        self.logs = PostgresLogStore(pool, self.status)
+        self.acks = PostgresAckStore(pool)
+        self.idempotency = PostgresIdempotencyStore(pool)
+        self.templates = PostgresTemplateStore(pool)
+        self._close_timeout_s = close_timeout_s
+
+    @classmethod
+    async def open(
+        cls,
+        dsn: str,
+        *,
+        min_size: int = 1,
+        max_size: int = 10,
+        statement_timeout_s: float = 30.0,
+        connect_timeout_s: float = 10.0,
+        close_timeout_s: float = 10.0,
+        migrate_schema: bool = True,
+    ) -> PostgresBackend:
+        """Connects to `dsn` and, unless told not to, brings the schema up to date."""
+        pool = await create_pool(
+            dsn,
+            min_size=min_size,
+            max_size=max_size,
+            statement_timeout_s=statement_timeout_s,
+            connect_timeout_s=connect_timeout_s,
+        )
+        try:
+            if migrate_schema:
+                applied = await migrate(pool)
+                if applied:
+                    log.info("schema migrated", extra={"versions": applied})
+        except BaseException:
+            await pool.close()
+            raise
+        return cls(pool, close_timeout_s=close_timeout_s)
+
+    async def aclose(self) -> None:
+        """Closes the stores (which may write what they buffer), then the pool; connections
+        still busy after the close timeout are cut."""
+        if self.pool.is_closing():
+            return
+        for store in (self.logs, self.status, self.acks, self.idempotency, self.templates):
+            await store.aclose()
+        try:
+            await asyncio.wait_for(self.pool.close(), self._close_timeout_s)
+        except TimeoutError:
+            log.warning("PostgreSQL connections still busy at close; terminating them")
+            self.pool.terminate()

@@ -1,0 +1,102 @@
+"""AckStore in PostgreSQL: one row per (tenant, user, log), a watermark and the acked cursors
+above it.
+
+Acking locks the row (made first if the log had no acks), works out the new state with AckState
+(the one definition of how acks combine) and writes it back, in one short transaction: acks of
+one log from two nodes at once are applied one after the other, none lost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Final
+
+import asyncpg
+
+from services.domain import LogKey
+from services.stream.acks import AckState
+
+if TYPE_CHECKING:
+    from services.stream.status_postgres import Connection
+
+_GET: Final = """
+SELECT a.up_to, a.above
+FROM unnest($3::text[]) WITH ORDINALITY AS k (log, i)
+LEFT JOIN herald_acks AS a ON a.tenant_id = $1 AND a.user_id = $2 AND a.log = k.log
+ORDER BY k.i
+"""
+
+_LOCK: Final = """
+SELECT up_to, above FROM herald_acks
+WHERE tenant_id = $1 AND user_id = $2 AND log = $3
+FOR UPDATE
+"""
+
+_CREATE: Final = """
+INSERT INTO herald_acks (tenant_id, user_id, log, up_to) VALUES ($1, $2, $3, 0)
+ON CONFLICT (tenant_id, user_id, log) DO NOTHING
+"""
+
+_UPDATE: Final = """
+UPDATE herald_acks SET up_to = $4, above = $5
+WHERE tenant_id = $1 AND user_id = $2 AND log = $3
+"""
+
+
+def _state(row: asyncpg.Record | None) -> AckState:
+    return AckState() if row is None or row[0] is None else AckState(row[0], set(row[1]))
+
+
+async def _lock(connection: Connection, tenant: str, user_id: str, key: LogKey) -> AckState:
+    """The log's state, its row locked until the transaction ends."""
+    row = await connection.fetchrow(_LOCK, tenant, user_id, key.stored)
+    if row is None:
+        # Another node may make the row at the same time: ours waits for its, then finds it.
+        await connection.execute(_CREATE, tenant, user_id, key.stored)
+        row = await connection.fetchrow(_LOCK, tenant, user_id, key.stored)
+    return _state(row)
+
+
+async def _write(
+    connection: Connection, tenant: str, user_id: str, key: LogKey, state: AckState
+) -> None:
+    await connection.execute(_UPDATE, tenant, user_id, key.stored, state.up_to, sorted(state.above))
+
+
+class PostgresAckStore:
+    """Ack states in PostgreSQL, on a pool it shares and does not close."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def get(self, tenant: str, user_id: str, keys: Sequence[LogKey]) -> list[AckState]:
+        if not keys:
+            return []
+        rows = await self._pool.fetch(_GET, tenant, user_id, [key.stored for key in keys])
+        return [_state(row) for row in rows]
+
+    async def ack(
+        self, tenant: str, user_id: str, key: LogKey, cursors: Iterable[int]
+    ) -> list[int]:
+        wanted = list(cursors)
+        if not wanted:
+            return []
+        async with self._pool.acquire() as connection, connection.transaction():
+            state = await _lock(connection, tenant, user_id, key)
+            fresh = [cursor for cursor in wanted if state.add(cursor)]
+            if fresh:
+                await _write(connection, tenant, user_id, key, state)
+        return fresh
+
+    async def ack_up_to(self, tenant: str, user_id: str, key: LogKey, cursor: int) -> AckState:
+        async with self._pool.acquire() as connection, connection.transaction():
+            before = await _lock(connection, tenant, user_id, key)
+            if cursor > before.up_to:
+                state = AckState(before.up_to, set(before.above))
+                state.raise_to(cursor)
+                await _write(connection, tenant, user_id, key, state)
+        return before
+
+    async def aclose(self) -> None:
+        # The pool belongs to whoever made it (services.postgres.PostgresBackend).
+        return None

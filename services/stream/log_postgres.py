@@ -1,0 +1,373 @@
+"""LogStore in PostgreSQL: each notification stored once, log entries as small rows pointing at
+it, and a row per log that serializes appenders (schema in services/migrations, the reasoning
+in docs/postgres.md).
+
+How an append stays correct with many nodes appending at once:
+
+- It first upserts the row of every log it appends to (`INSERT ... ON CONFLICT DO UPDATE`),
+  in sorted order, advancing `next_cursor` and `live`. That locks the rows until commit: a
+  second appender to the same log waits, then continues from the advanced cursor. Appenders
+  of different logs never wait for each other.
+- Entries of a log are only inserted or deleted while its row is locked (the expiry sweep
+  locks it too), so `live` is exactly the number of entries the log holds, and the bound
+  deletes the `live + appended - limit` oldest, found by the primary key from the low end.
+- The status records are created in the same transaction: all of it is stored or none.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Final
+
+import asyncpg
+
+from services.domain import LogKey, NewRecord
+from services.stream.log import AppendResult, Entry, Expired, LogAppend, LogHead, NewEntry
+from services.stream.status_postgres import PostgresStatusStore, create_records
+
+if TYPE_CHECKING:
+    from services.stream.status_postgres import Connection
+
+# An append that deadlocks (two appenders meeting on one notification id, each after locking
+# rows the other needs) is rolled back by the server and run again from the start.
+_APPEND_ATTEMPTS: Final = 3
+# read_reverse without a bound: above every cursor.
+_NO_BOUND: Final = 2**63 - 1
+
+_LOCK_LOGS: Final = """
+INSERT INTO herald_logs AS l (tenant_id, log, epoch, next_cursor, live)
+SELECT $1, a.log, m.log_epoch, 1 + a.n, a.n
+FROM unnest($2::text[], $3::integer[]) WITH ORDINALITY AS a (log, n, i)
+CROSS JOIN herald_meta AS m
+ORDER BY a.i
+ON CONFLICT (tenant_id, log) DO UPDATE
+SET next_cursor = l.next_cursor + excluded.live, live = l.live + excluded.live
+RETURNING l.log, l.epoch, l.next_cursor, l.live
+"""
+
+_INSERT: Final = """
+WITH notifications AS (
+    INSERT INTO herald_notifications (
+        tenant_id, notification_id, priority, created_at, expires_at, payload
+    )
+    SELECT $1, *
+    FROM unnest($2::text[], $3::integer[], $4::float8[], $5::float8[], $6::bytea[])
+    ON CONFLICT (tenant_id, notification_id) DO NOTHING
+)
+INSERT INTO herald_log_entries (tenant_id, log, cursor, notification_id, expires_at)
+SELECT $1, * FROM unnest($7::text[], $8::bigint[], $9::text[], $10::float8[])
+"""
+
+# $3: how many of each log's oldest stored entries go; $4: how many of the entries just
+# appended were pushed out at once (never inserted); both leave `live`. The oldest go as a range
+# of the primary key, up to each log's cut-off cursor.
+_DROP_OLDEST: Final = """
+WITH doomed AS (
+    DELETE FROM herald_log_entries AS e
+    USING (
+        SELECT d.log, (
+            SELECT x.cursor FROM herald_log_entries AS x
+            WHERE x.tenant_id = $1 AND x.log = d.log
+            ORDER BY x.cursor
+            OFFSET d.k - 1
+            LIMIT 1
+        ) AS cutoff
+        FROM unnest($2::text[], $3::integer[]) AS d (log, k)
+        WHERE d.k > 0
+    ) AS c
+    WHERE e.tenant_id = $1 AND e.log = c.log AND e.cursor <= c.cutoff
+    RETURNING e.log, e.cursor, e.notification_id, e.expires_at
+), counted AS (
+    UPDATE herald_logs AS l
+    SET live = l.live - d.skipped - coalesce(g.n, 0)
+    FROM unnest($2::text[], $4::integer[]) AS d (log, skipped)
+    LEFT JOIN (SELECT log, count(*) AS n FROM doomed GROUP BY log) AS g ON g.log = d.log
+    WHERE l.tenant_id = $1 AND l.log = d.log
+)
+SELECT d.log, d.cursor, d.notification_id, n.priority, n.created_at, d.expires_at, n.payload
+FROM doomed AS d
+JOIN herald_notifications AS n ON n.tenant_id = $1 AND n.notification_id = d.notification_id
+ORDER BY d.log, d.cursor
+"""
+
+_READ: Final = """
+SELECT e.cursor, e.notification_id, n.priority, n.created_at, e.expires_at, n.payload
+FROM herald_log_entries AS e
+JOIN herald_notifications AS n
+    ON n.tenant_id = e.tenant_id AND n.notification_id = e.notification_id
+WHERE e.tenant_id = $1 AND e.log = $2 AND e.cursor > $3
+ORDER BY e.cursor
+LIMIT $4
+"""
+
+_READ_REVERSE: Final = """
+SELECT e.cursor, e.notification_id, n.priority, n.created_at, e.expires_at, n.payload
+FROM herald_log_entries AS e
+JOIN herald_notifications AS n
+    ON n.tenant_id = e.tenant_id AND n.notification_id = e.notification_id
+WHERE e.tenant_id = $1 AND e.log = $2 AND e.cursor < $3
+ORDER BY e.cursor DESC
+LIMIT $4
+"""
+
+# A log never appended to has no row: cursor 0, and the epoch its row will be made with.
+_HEADS: Final = """
+SELECT coalesce(l.epoch, m.log_epoch), coalesce(l.next_cursor - 1, 0)
+FROM unnest($2::text[]) WITH ORDINALITY AS k (log, i)
+CROSS JOIN herald_meta AS m
+LEFT JOIN herald_logs AS l ON l.tenant_id = $1 AND l.log = k.log
+ORDER BY k.i
+"""
+
+_FIND: Final = """
+SELECT k.i, e.cursor, e.notification_id, n.priority, n.created_at, e.expires_at, n.payload
+FROM unnest($2::text[]) WITH ORDINALITY AS k (log, i)
+JOIN herald_log_entries AS e
+    ON e.tenant_id = $1 AND e.notification_id = $3 AND e.log = k.log
+JOIN herald_notifications AS n ON n.tenant_id = $1 AND n.notification_id = $3
+ORDER BY k.i
+LIMIT 1
+"""
+
+# Up to $2 expired entries, oldest expiry first, of logs whose rows it can lock at once: a log
+# an appender (or another node's sweep) holds is left for the next sweep, so sweeping never
+# waits for appenders nor deadlocks with them.
+_DROP_EXPIRED: Final = """
+WITH due AS (
+    SELECT tenant_id, log, cursor FROM herald_log_entries
+    WHERE expires_at <= $1
+    ORDER BY expires_at
+    LIMIT $2
+), locked AS (
+    SELECT l.tenant_id, l.log FROM herald_logs AS l
+    WHERE (l.tenant_id, l.log) IN (SELECT tenant_id, log FROM due)
+    ORDER BY l.tenant_id, l.log
+    FOR UPDATE SKIP LOCKED
+), gone AS (
+    DELETE FROM herald_log_entries AS e
+    USING due, locked
+    WHERE e.tenant_id = due.tenant_id AND e.log = due.log AND e.cursor = due.cursor
+        AND locked.tenant_id = e.tenant_id AND locked.log = e.log AND e.expires_at <= $1
+    RETURNING e.tenant_id, e.log, e.cursor, e.notification_id, e.expires_at
+), counted AS (
+    UPDATE herald_logs AS l SET live = l.live - c.n
+    FROM (SELECT tenant_id, log, count(*) AS n FROM gone GROUP BY tenant_id, log) AS c
+    WHERE l.tenant_id = c.tenant_id AND l.log = c.log
+)
+SELECT g.tenant_id, g.log, g.cursor, g.notification_id, n.priority, n.created_at,
+    g.expires_at, n.payload
+FROM gone AS g
+JOIN herald_notifications AS n
+    ON n.tenant_id = g.tenant_id AND n.notification_id = g.notification_id
+ORDER BY g.tenant_id, g.log, g.cursor
+"""
+
+# Expired notifications no entry refers to any more (their last entries expired, or the bound
+# dropped them earlier): a payload lives until its notification expires, never longer.
+_COLLECT: Final = """
+DELETE FROM herald_notifications
+WHERE (tenant_id, notification_id) IN (
+    SELECT n.tenant_id, n.notification_id FROM herald_notifications AS n
+    WHERE n.expires_at <= $1 AND NOT EXISTS (
+        SELECT 1 FROM herald_log_entries AS e
+        WHERE e.tenant_id = n.tenant_id AND e.notification_id = n.notification_id
+    )
+    ORDER BY n.expires_at
+    LIMIT $2
+) AND expires_at <= $1
+"""
+
+
+def _entry(row: asyncpg.Record, offset: int = 0) -> Entry:
+    cursor, notification_id, priority, created_at, expires_at, field_bytes = row[offset:]
+    return Entry(cursor, notification_id, priority, created_at, expires_at, field_bytes)
+
+
+@dataclass(slots=True)
+class _Planned:
+    """One log of an append call: where it stood when locked, and what the call does to it."""
+
+    epoch: int
+    next_cursor: int
+    live_before: int
+    live: int
+    appended: list[Entry] = field(default_factory=list)
+    # How many of the oldest entries (stored before, then appended now) the bound pushes out.
+    dropping: int = 0
+
+    @property
+    def from_stored(self) -> int:
+        """How many of the dropped entries were stored before this call."""
+        return min(self.dropping, self.live_before)
+
+
+class PostgresLogStore:
+    """Logs in PostgreSQL, on a pool it shares and does not close.
+
+    `status` is the store whose records `append` creates (in the append's transaction); without
+    one, `append` ignores `records`.
+    """
+
+    def __init__(self, pool: asyncpg.Pool, status: PostgresStatusStore | None = None) -> None:
+        self._pool = pool
+        self._status = status
+
+    async def append(
+        self, tenant: str, appends: Sequence[LogAppend], records: Sequence[NewRecord] = ()
+    ) -> list[AppendResult]:
+        if not appends and not (records and self._status is not None):
+            return []
+        for attempt in range(1, _APPEND_ATTEMPTS + 1):
+            try:
+                async with self._pool.acquire() as connection, connection.transaction():
+                    return await self._append(connection, tenant, appends, records)
+            except asyncpg.DeadlockDetectedError:
+                if attempt == _APPEND_ATTEMPTS:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _append(
+        self,
+        connection: Connection,
+        tenant: str,
+        appends: Sequence[LogAppend],
+        records: Sequence[NewRecord],
+    ) -> list[AppendResult]:
+        counts: dict[str, int] = {}
+        for key, items, _ in appends:
+            counts[key.stored] = counts.get(key.stored, 0) + len(items)
+        # Sorted: every appender locks log rows in the same order, so they cannot deadlock.
+        logs = sorted(counts)
+        plans: dict[str, _Planned] = {}
+        if logs:
+            rows = await connection.fetch(_LOCK_LOGS, tenant, logs, [counts[s] for s in logs])
+            for log, epoch, next_cursor, live in rows:
+                n = counts[log]
+                plans[log] = _Planned(epoch, next_cursor - n, live - n, live - n)
+        # Cursors and the bound, append by append, as if each were its own call.
+        drops: list[int] = []
+        results: list[AppendResult] = []
+        for key, items, limit in appends:
+            plan = plans[key.stored]
+            entries = [_appended(plan.next_cursor + i, item) for i, item in enumerate(items)]
+            plan.next_cursor += len(entries)
+            plan.appended.extend(entries)
+            overflow = max(0, plan.live + len(entries) - limit)
+            plan.live += len(entries) - overflow
+            plan.dropping += overflow
+            drops.append(overflow)
+            results.append(AppendResult(key, entries, plan.epoch))
+        dropped = await self._write(connection, tenant, plans)
+        # A log's pushed-out entries, oldest first, go to its appends in order: what one
+        # append pushes out is always older than what the next one does.
+        for result, overflow in zip(results, drops, strict=True):
+            if overflow:
+                pushed_out = dropped[result.key.stored]
+                result.dropped = pushed_out[:overflow]
+                del pushed_out[:overflow]
+        if records and self._status is not None:
+            await create_records(connection, records)
+        return results
+
+    async def _write(
+        self, connection: Connection, tenant: str, plans: dict[str, _Planned]
+    ) -> dict[str, list[Entry]]:
+        """Stores the entries the bound keeps, deletes the oldest it pushes out; returns what
+        it pushed out per log, oldest first."""
+        kept: list[tuple[str, Entry]] = []
+        for log, plan in plans.items():
+            # The newest stay: of those just appended, the first ones may be pushed out at once.
+            skipped = plan.dropping - plan.from_stored
+            kept.extend((log, entry) for entry in plan.appended[skipped:])
+        if kept:
+            # Each notification once, however many logs (or times) it is appended to.
+            unique: dict[str, Entry] = {}
+            for _, entry in kept:
+                unique.setdefault(entry.notification_id, entry)
+            notifications = unique.values()
+            await connection.execute(
+                _INSERT,
+                tenant,
+                [e.notification_id for e in notifications],
+                [e.priority for e in notifications],
+                [e.created_at for e in notifications],
+                [e.expires_at for e in notifications],
+                [e.notification_field for e in notifications],
+                [log for log, _ in kept],
+                [e.cursor for _, e in kept],
+                [e.notification_id for _, e in kept],
+                [e.expires_at for _, e in kept],
+            )
+        dropping = [log for log, plan in plans.items() if plan.dropping]
+        dropped: dict[str, list[Entry]] = {log: [] for log in dropping}
+        if dropping:
+            rows = await connection.fetch(
+                _DROP_OLDEST,
+                tenant,
+                dropping,
+                [plans[log].from_stored for log in dropping],
+                [plans[log].dropping - plans[log].from_stored for log in dropping],
+            )
+            for row in rows:
+                dropped[row[0]].append(_entry(row, 1))
+            for log in dropping:
+                plan = plans[log]
+                dropped[log].extend(plan.appended[: plan.dropping - plan.from_stored])
+        return dropped
+
+    async def read(self, tenant: str, key: LogKey, after: int, limit: int) -> list[Entry]:
+        if limit <= 0:
+            return []
+        rows = await self._pool.fetch(_READ, tenant, key.stored, after, limit)
+        return [_entry(row) for row in rows]
+
+    async def read_reverse(self, tenant: str, key: LogKey, before: int, limit: int) -> list[Entry]:
+        if limit <= 0:
+            return []
+        bound = before if before > 0 else _NO_BOUND
+        rows = await self._pool.fetch(_READ_REVERSE, tenant, key.stored, bound, limit)
+        return [_entry(row) for row in rows]
+
+    async def heads(self, tenant: str, keys: Sequence[LogKey]) -> list[LogHead]:
+        if not keys:
+            return []
+        rows = await self._pool.fetch(_HEADS, tenant, [key.stored for key in keys])
+        return [LogHead(epoch, cursor) for epoch, cursor in rows]
+
+    async def find(
+        self, tenant: str, keys: Sequence[LogKey], notification_id: str
+    ) -> tuple[LogKey, Entry] | None:
+        if not keys:
+            return None
+        row = await self._pool.fetchrow(
+            _FIND, tenant, [key.stored for key in keys], notification_id
+        )
+        return None if row is None else (keys[row[0] - 1], _entry(row, 1))
+
+    async def drop_expired(self, now: float, limit: int) -> list[Expired]:
+        if limit <= 0:
+            return []
+        async with self._pool.acquire() as connection:
+            rows = await connection.fetch(_DROP_EXPIRED, now, limit)
+            await connection.execute(_COLLECT, now, limit)
+        return [
+            Expired(tenant, LogKey.from_stored(log), [_entry(row, 2) for row in group])
+            for (tenant, log), group in itertools.groupby(rows, key=lambda row: (row[0], row[1]))
+        ]
+
+    async def aclose(self) -> None:
+        # The pool belongs to whoever made it (services.postgres.PostgresBackend).
+        return None
+
+
+def _appended(cursor: int, item: NewEntry) -> Entry:
+    return Entry(
+        cursor,
+        item.notification_id,
+        item.priority,
+        item.created_at,
+        item.expires_at,
+        item.notification_field,
+    )

@@ -1,0 +1,121 @@
+"""What only the PostgreSQL log store has to get right: many nodes appending at once, one
+transaction per append, and notification rows that go once nothing refers to them."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+import pytest_asyncio
+
+from services.domain import NewRecord, user_log
+from services.postgres import create_pool
+from services.stream.log import LogAppend, NewEntry
+from services.stream.log_postgres import PostgresLogStore
+from services.stream.status_postgres import PostgresStatusStore
+from tests.postgres import clean_pool, session_dsn
+
+pytestmark = pytest.mark.asyncio
+
+T1 = "tenant-1"
+ALICE, BOB, CAROL = user_log("alice"), user_log("bob"), user_log("carol")
+
+
+def new(notification_id: str, expires_at: float = 1e12) -> NewEntry:
+    return NewEntry(notification_id, 2, 100.0, expires_at, b"\x12\x01x")
+
+
+@pytest_asyncio.fixture
+async def pool() -> AsyncIterator[asyncpg.Pool]:
+    async with clean_pool(max_size=8) as pool:
+        yield pool
+
+
+async def live_counts_match(pool: asyncpg.Pool) -> bool:
+    """Every log's `live` is the number of entries it holds."""
+    wrong = await pool.fetchval(
+        "SELECT count(*) FROM herald_logs AS l WHERE l.live <> ("
+        " SELECT count(*) FROM herald_log_entries AS e"
+        " WHERE e.tenant_id = l.tenant_id AND e.log = l.log)"
+    )
+    return bool(wrong == 0)
+
+
+async def test_two_nodes_appending_to_one_log_never_share_a_cursor(pool: asyncpg.Pool) -> None:
+    # A second pool is a second node: its appends race ours on the same log row.
+    other_node = await create_pool(await session_dsn(), min_size=1, max_size=8)
+    try:
+        nodes = [PostgresLogStore(pool), PostgresLogStore(other_node)]
+        calls = [
+            nodes[i % 2].append(T1, [LogAppend(ALICE, [new(f"n{i}-{j}") for j in range(5)], 60)])
+            for i in range(40)
+        ]
+        results = [result for results in await asyncio.gather(*calls) for result in results]
+    finally:
+        await other_node.close()
+    appended = sorted(entry.cursor for result in results for entry in result.entries)
+    assert appended == list(range(1, 201))
+    for result in results:  # each call's entries are consecutive
+        cursors = [entry.cursor for entry in result.entries]
+        assert cursors == list(range(cursors[0], cursors[0] + 5))
+    # The bound held throughout: what was pushed out and what is left add up, without overlap.
+    dropped = {entry.cursor for result in results for entry in result.dropped}
+    left = {entry.cursor for entry in await nodes[0].read(T1, ALICE, 0, 1000)}
+    assert left == set(range(141, 201))
+    assert dropped == set(range(1, 141))
+    assert await live_counts_match(pool)
+
+
+async def test_appends_to_the_same_logs_in_any_order_do_not_deadlock(pool: asyncpg.Pool) -> None:
+    store = PostgresLogStore(pool)
+    orders = [[ALICE, BOB, CAROL], [CAROL, BOB, ALICE], [BOB, ALICE, CAROL]]
+    calls = [
+        store.append(T1, [LogAppend(key, [new(f"n{i}")], 1000) for key in orders[i % 3]])
+        for i in range(30)
+    ]
+    await asyncio.gather(*calls)
+    heads = await store.heads(T1, [ALICE, BOB, CAROL])
+    assert [head.cursor for head in heads] == [30, 30, 30]
+
+
+async def test_an_append_that_fails_stores_nothing(pool: asyncpg.Pool) -> None:
+    status = PostgresStatusStore(pool)
+    store = PostgresLogStore(pool, status)
+    # PostgreSQL text cannot hold NUL: creating this record fails after the entries went in.
+    bad = NewRecord("n1", T1, b"", 100.0, 200.0, ("ali\x00ce",))
+    with pytest.raises(asyncpg.PostgresError):
+        await store.append(T1, [LogAppend(ALICE, [new("n1")], 10)], [bad])
+    assert await store.read(T1, ALICE, 0, 10) == []
+    assert [head.cursor for head in await store.heads(T1, [ALICE])] == [0]
+    assert await pool.fetchval("SELECT count(*) FROM herald_notifications") == 0
+    assert await status.get(T1, "n1") is None
+
+
+async def test_a_notification_is_stored_once_and_goes_with_its_last_entry(
+    pool: asyncpg.Pool,
+) -> None:
+    store = PostgresLogStore(pool)
+    await store.append(T1, [LogAppend(key, [new("n1", 50.0)], 10) for key in (ALICE, BOB)])
+    assert await pool.fetchval("SELECT count(*) FROM herald_notifications") == 1
+    assert await pool.fetchval("SELECT count(*) FROM herald_log_entries") == 2
+    # The bound pushes it out of alice's log: bob's entry still needs it.
+    await store.append(T1, [LogAppend(ALICE, [new("n2", 60.0)], 1)])
+    assert [entry.notification_id for entry in await store.read(T1, BOB, 0, 10)] == ["n1"]
+    swept = await store.drop_expired(55.0, 100)
+    assert [(key, [e.notification_id for e in entries]) for _, key, entries in swept] == [
+        (BOB, ["n1"])
+    ]
+    ids = await pool.fetch("SELECT notification_id FROM herald_notifications")
+    assert [row[0] for row in ids] == ["n2"]
+    assert await live_counts_match(pool)
+
+
+async def test_an_unknown_log_reports_the_epoch_it_will_get(pool: asyncpg.Pool) -> None:
+    store = PostgresLogStore(pool)
+    [before] = await store.heads(T1, [ALICE])
+    [result] = await store.append(T1, [LogAppend(ALICE, [new("n1")], 10)])
+    [after] = await store.heads(T1, [ALICE])
+    assert before.cursor == 0
+    assert before.epoch == result.epoch == after.epoch != 0

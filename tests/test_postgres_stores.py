@@ -1,0 +1,114 @@
+"""PostgreSQL stores shared by many nodes: what two nodes doing the same thing at once get."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+import pytest_asyncio
+
+from services.domain import TemplateAction, TemplateRecord, TemplateText, user_log
+from services.ingest.idempotency import Claim
+from services.ingest.idempotency_postgres import PostgresIdempotencyStore
+from services.postgres import create_pool
+from services.registry.templates_postgres import PostgresTemplateStore
+from services.stream.acks_postgres import PostgresAckStore
+from tests.postgres import clean_pool, session_dsn
+
+pytestmark = pytest.mark.asyncio
+
+T1 = "tenant-1"
+
+
+@pytest_asyncio.fixture
+async def nodes() -> AsyncIterator[tuple[asyncpg.Pool, asyncpg.Pool]]:
+    """Two pools on one database: two nodes."""
+    async with clean_pool(max_size=8) as first:
+        second = await create_pool(await session_dsn(), min_size=1, max_size=8)
+        try:
+            yield first, second
+        finally:
+            await second.close()
+
+
+async def test_concurrent_acks_of_one_log_each_count_once(
+    nodes: tuple[asyncpg.Pool, asyncpg.Pool],
+) -> None:
+    stores = [PostgresAckStore(pool) for pool in nodes]
+    inbox = user_log("alice")
+    # Overlapping acks from both nodes, and watermark raises among them.
+    calls = [stores[i % 2].ack(T1, "alice", inbox, [i, i + 1, 100 - i]) for i in range(1, 40)]
+    raises = [stores[i % 2].ack_up_to(T1, "alice", inbox, i) for i in (10, 30)]
+    results = await asyncio.gather(*calls, *raises)
+    fresh = [cursor for result in results[: len(calls)] for cursor in result]
+    # No cursor was news to two calls (those below a raised watermark may be news to none).
+    assert len(fresh) == len(set(fresh))
+    [state] = await stores[0].get(T1, "alice", [inbox])
+    acked = {c for c in range(1, 120) if state.is_acked(c)}
+    assert acked == set(range(1, 41)) | set(range(61, 100))
+
+
+async def test_of_two_nodes_claiming_one_key_exactly_one_wins(
+    nodes: tuple[asyncpg.Pool, asyncpg.Pool],
+) -> None:
+    stores = [PostgresIdempotencyStore(pool) for pool in nodes]
+    calls = [
+        stores[i % 2].reserve(T1, [Claim("k", f"n{i}"), Claim(f"own-{i}", f"n{i}")], 1000.0, 60.0)
+        for i in range(20)
+    ]
+    results = await asyncio.gather(*calls)
+    winners = [i for i, (held, _) in enumerate(results) if held is None]
+    assert len(winners) == 1
+    assert all(held == f"n{winners[0]}" for held, _ in results if held is not None)
+    assert all(own is None for _, own in results)
+
+
+async def test_a_claim_clears_expired_claims_of_its_tenant(
+    nodes: tuple[asyncpg.Pool, asyncpg.Pool],
+) -> None:
+    pool = nodes[0]
+    store = PostgresIdempotencyStore(pool)
+    await store.reserve(T1, [Claim(f"old-{i}", f"n{i}") for i in range(10)], 1000.0, 60.0)
+    await store.reserve("tenant-2", [Claim("theirs", "n")], 1000.0, 60.0)
+    # Later, once they all expired: each new claim takes up to two expired ones with it.
+    await store.reserve(T1, [Claim(f"new-{i}", f"m{i}") for i in range(5)], 5000.0, 60.0)
+    keys = await pool.fetch("SELECT tenant_id, key FROM herald_idempotency ORDER BY key")
+    assert sorted(row["key"] for row in keys if row["key"].startswith("new-")) == [
+        f"new-{i}" for i in range(5)
+    ]
+    assert len(keys) == 5 + 1  # the new claims, and tenant-2's, which only its claims clear
+
+
+async def test_a_template_comes_back_as_it_was_put(
+    nodes: tuple[asyncpg.Pool, asyncpg.Pool],
+) -> None:
+    store = PostgresTemplateStore(nodes[0])
+    actions = (TemplateAction("open", "Öffnen", "https://x.test/a?b=1"), TemplateAction("", "", ""))
+    template = TemplateRecord(
+        "welcome",
+        0,
+        "de",
+        {
+            "de": TemplateText(
+                "Hallo {{name}}", 'Zeile 1\nZeile "2"', "https://x.test/i.png", actions
+            ),
+            "en": TemplateText(title="Hi {{name}}"),
+        },
+        123.25,
+    )
+    stored = await store.put(T1, template)
+    assert stored == dataclasses.replace(template, version=1)
+    assert await store.get(T1, "welcome") == stored
+    assert await store.list(T1) == [stored]
+
+
+async def test_concurrent_puts_of_one_template_get_their_own_versions(
+    nodes: tuple[asyncpg.Pool, asyncpg.Pool],
+) -> None:
+    stores = [PostgresTemplateStore(pool) for pool in nodes]
+    template = TemplateRecord("welcome", 0, "en", {"en": TemplateText(title="Hi")}, 1.0)
+    puts = await asyncio.gather(*(stores[i % 2].put(T1, template) for i in range(4)))
+    assert sorted(put.version for put in puts) == [1, 2, 3, 4]
