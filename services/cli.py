@@ -17,6 +17,7 @@ import sys
 from collections.abc import Coroutine, Sequence
 from typing import Any
 
+import asyncpg
 import grpc
 from google.protobuf import json_format
 from grpc import aio
@@ -96,6 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--host", default=None, help="listen address (HERALD_HOST)")
         p.add_argument("--port", type=int, default=None, help="listen port (HERALD_PORT)")
 
+    commands.add_parser(
+        "migrate",
+        help="bring the PostgreSQL schema at HERALD_POSTGRES_DSN up to date (nodes also do it "
+        "at start-up)",
+    )
+
     token = commands.add_parser("token", help="print a token signed with the local dev key")
     token.add_argument("--tenant", default=_env("HERALD_TENANT", "default"))
     who = token.add_mutually_exclusive_group()
@@ -165,6 +172,8 @@ def _dispatch(args: argparse.Namespace) -> int | None:
         if workers != 1:
             return _serve_workers(args.service, workers, config)
         return _run(serve_forever(config, roles))
+    if args.command == "migrate":
+        return _run(_migrate())
     if args.command == "token":
         return _print_token(args)
     if args.command == "send":
@@ -209,6 +218,27 @@ def _serve_workers(service: str, workers: int, config: Config) -> int:
         signal.signal(sig, forward)
     codes = [child.wait() for child in children]
     return max(codes, key=abs)
+
+
+async def _migrate() -> int:
+    settings = BackendSettings()
+    if settings.postgres_dsn is None:
+        raise ValueError("herald migrate needs HERALD_POSTGRES_DSN (the database to migrate)")
+    from services.backends_production import POSTGRES_FAILURES
+    from services.postgres import create_pool, migrate
+
+    try:
+        pool = await create_pool(settings.postgres_dsn.get_secret_value(), max_size=1)
+    except (*POSTGRES_FAILURES, asyncpg.PostgresError) as exc:
+        raise ValueError(
+            f"cannot reach PostgreSQL at HERALD_POSTGRES_DSN ({type(exc).__name__})"
+        ) from None
+    try:
+        applied = await migrate(pool)
+    finally:
+        await pool.close()
+    print(json.dumps({"applied": applied}))
+    return 0
 
 
 def _print_token(args: argparse.Namespace) -> int:
