@@ -19,6 +19,7 @@ from services.ingest.idempotency import IdempotencyStore
 from services.ingest.idempotency_memory import MemoryIdempotencyStore
 from services.registry.sessions import SessionDirectory
 from services.registry.sessions_memory import MemorySessionDirectory
+from services.registry.sessions_redis import RedisSessionDirectory
 from services.registry.templates import TemplateStore
 from services.registry.templates_memory import MemoryTemplateStore
 from services.stream.acks import AckStore
@@ -27,6 +28,7 @@ from services.stream.log import LogStore
 from services.stream.log_memory import MemoryLogStore
 from services.stream.status import StatusStore
 from services.stream.status_memory import MemoryStatusStore
+from tests.redis_support import scratch_keyspace
 
 T = TypeVar("T")
 
@@ -43,6 +45,16 @@ def in_memory(factory: Callable[[], T]) -> Opener[T]:
     return open_store
 
 
+@asynccontextmanager
+async def redis_session_directory() -> AsyncIterator[SessionDirectory]:
+    async with scratch_keyspace() as (client, prefix):
+        directory = RedisSessionDirectory(client, prefix)
+        try:
+            yield directory
+        finally:
+            await directory.aclose()
+
+
 LOG_STORES: dict[str, Opener[LogStore]] = {"memory": in_memory(MemoryLogStore)}
 ACK_STORES: dict[str, Opener[AckStore]] = {"memory": in_memory(MemoryAckStore)}
 STATUS_STORES: dict[str, Opener[StatusStore]] = {"memory": in_memory(MemoryStatusStore)}
@@ -50,7 +62,8 @@ IDEMPOTENCY_STORES: dict[str, Opener[IdempotencyStore]] = {
     "memory": in_memory(MemoryIdempotencyStore)
 }
 SESSION_DIRECTORIES: dict[str, Opener[SessionDirectory]] = {
-    "memory": in_memory(MemorySessionDirectory)
+    "memory": in_memory(MemorySessionDirectory),
+    "redis": redis_session_directory,
 }
 TEMPLATE_STORES: dict[str, Opener[TemplateStore]] = {"memory": in_memory(MemoryTemplateStore)}
 
