@@ -8,8 +8,9 @@ the store and disconnects.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
 from typing import TypeVar
 
 import pytest
@@ -24,6 +25,8 @@ from services.registry.templates import TemplateStore
 from services.registry.templates_memory import MemoryTemplateStore
 from services.stream.acks import AckStore
 from services.stream.acks_memory import MemoryAckStore
+from services.stream.broker import Broker
+from services.stream.broker_memory import MemoryBroker
 from services.stream.log import LogStore
 from services.stream.log_memory import MemoryLogStore
 from services.stream.status import StatusStore
@@ -73,6 +76,42 @@ def _memory_pair() -> tuple[LogStore, StatusStore]:
     return MemoryLogStore(status), status
 
 
+@dataclass(frozen=True)
+class BrokerBackend:
+    """Brokers of one backend, as the nodes of one deployment have them."""
+
+    # A new node's broker (not started); the opener closes it afterwards.
+    node: Callable[[], Broker]
+    # Cuts a broker's subscription as a network failure would (it must reconnect and reset).
+    interrupt: Callable[[Broker], Awaitable[None]]
+    # Whether a publication reaches the brokers of other nodes (False: one process, one node).
+    spans_nodes: bool
+    # Publications whose entries are larger than this go head-only (None: never).
+    max_entries_bytes: int | None
+
+
+@asynccontextmanager
+async def memory_brokers() -> AsyncIterator[BrokerBackend]:
+    made: list[MemoryBroker] = []
+
+    def node() -> Broker:
+        made.append(MemoryBroker())
+        return made[-1]
+
+    async def interrupt(broker: Broker) -> None:
+        assert isinstance(broker, MemoryBroker)
+        broker.reset()
+
+    try:
+        yield BrokerBackend(node, interrupt, spans_nodes=False, max_entries_bytes=None)
+    finally:
+        for broker in made:
+            await broker.aclose()
+
+
+BROKERS: dict[str, Opener[BrokerBackend]] = {"memory": memory_brokers}
+
+
 # A log store and the status store it creates records in, of one backend.
 PAIRED_STORES: dict[str, Opener[tuple[LogStore, StatusStore]]] = {"memory": in_memory(_memory_pair)}
 
@@ -111,6 +150,12 @@ async def session_directory(request: pytest.FixtureRequest) -> AsyncIterator[Ses
 async def template_store(request: pytest.FixtureRequest) -> AsyncIterator[TemplateStore]:
     async with TEMPLATE_STORES[request.param]() as store:
         yield store
+
+
+@pytest_asyncio.fixture(params=sorted(BROKERS))
+async def brokers(request: pytest.FixtureRequest) -> AsyncIterator[BrokerBackend]:
+    async with BROKERS[request.param]() as backend:
+        yield backend
 
 
 @pytest_asyncio.fixture(params=sorted(PAIRED_STORES))
