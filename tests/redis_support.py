@@ -7,8 +7,11 @@ answers, the test is skipped, and under CI=true it fails: CI must run the Redis 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
+import shutil
+import socket
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -95,3 +98,77 @@ async def kill_pubsub_connections(admin: Redis, client_name: str) -> int:
         if info.get("name") == client_name:
             killed += int(await admin.client_kill_filter(_id=info["id"]))
     return killed
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+class ThrowawayRedis:
+    """A redis-server of the test's own, on loopback, that the test may stop and start again
+    (the shared one must never go down). Nothing is persisted."""
+
+    def __init__(self, binary: str, port: int) -> None:
+        self.binary = binary
+        self.port = port
+        self.url = f"redis://127.0.0.1:{port}/0"
+        self._process: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        self._process = await asyncio.create_subprocess_exec(
+            self.binary,
+            *("--port", str(self.port), "--bind", "127.0.0.1", "--save", ""),
+            *("--appendonly", "no", "--protected-mode", "no"),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        probe = Redis.from_url(self.url, retry=Retry(NoBackoff(), 0))
+        try:
+            async with asyncio.timeout(10.0):
+                while True:
+                    try:
+                        if await probe.ping():
+                            return
+                    except (RedisError, OSError):
+                        await asyncio.sleep(0.02)
+        finally:
+            await probe.aclose()
+
+    async def stop(self) -> None:
+        process, self._process = self._process, None
+        if process is not None and process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+@asynccontextmanager
+async def throwaway_redis() -> AsyncIterator[ThrowawayRedis]:
+    """A started throwaway Redis; skipped without redis-server (failed under CI=true)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        reason = "redis-server is not installed: the Redis restart tests need their own server"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{reason}; CI must run them")
+        pytest.skip(reason)
+    server = ThrowawayRedis(binary, free_port())
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+def note_aclose(
+    monkeypatch: pytest.MonkeyPatch, client: Redis, name: str, closed: list[str]
+) -> None:
+    """Makes `client.aclose` note `name` in `closed` (and still close): who closes which client."""
+    original = client.aclose
+
+    async def aclose(close_connection_pool: bool | None = None) -> None:
+        closed.append(name)
+        await original(close_connection_pool)
+
+    monkeypatch.setattr(client, "aclose", aclose)

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 
 import pytest
-from redis.asyncio import Redis
 from redis.crc import key_slot
 
 from services.domain import SessionInfo
 from services.redis_keys import tenant_base
 from services.registry.sessions_redis import RedisSessionDirectory
-from tests.redis_support import redis_client, scratch_keyspace
+from tests.redis_support import note_aclose, redis_client, scratch_keyspace
 
 pytestmark = pytest.mark.asyncio
 
@@ -64,19 +62,8 @@ async def test_a_prefix_with_braces_or_a_decoding_client_is_refused() -> None:
 async def test_aclose_closes_only_an_owned_client(monkeypatch: pytest.MonkeyPatch) -> None:
     closed: list[str] = []
     async with redis_client() as shared, redis_client() as owned:
-        for name, client in (("shared", shared), ("owned", owned)):
-            monkeypatch.setattr(client, "aclose", closing(client, name, closed))
+        note_aclose(monkeypatch, shared, "shared", closed)
+        note_aclose(monkeypatch, owned, "owned", closed)
         await RedisSessionDirectory(shared, "herald-test:").aclose()
         await RedisSessionDirectory(owned, "herald-test:", owns_client=True).aclose()
         assert closed == ["owned"]
-
-
-def closing(client: Redis, name: str, closed: list[str]) -> Callable[[], Awaitable[None]]:
-    """`client.aclose`, noting `name` in `closed` when called."""
-    original = client.aclose
-
-    async def aclose() -> None:
-        closed.append(name)
-        await original()
-
-    return aclose
