@@ -15,6 +15,7 @@ from typing import TypeVar
 
 import pytest
 import pytest_asyncio
+from redis.asyncio import Redis
 
 from services.ingest.idempotency import IdempotencyStore
 from services.ingest.idempotency_memory import MemoryIdempotencyStore
@@ -27,11 +28,12 @@ from services.stream.acks import AckStore
 from services.stream.acks_memory import MemoryAckStore
 from services.stream.broker import Broker
 from services.stream.broker_memory import MemoryBroker
+from services.stream.broker_redis import RedisBroker
 from services.stream.log import LogStore
 from services.stream.log_memory import MemoryLogStore
 from services.stream.status import StatusStore
 from services.stream.status_memory import MemoryStatusStore
-from tests.redis_support import scratch_keyspace
+from tests.redis_support import REDIS_URL, kill_pubsub_connections, scratch_keyspace
 
 T = TypeVar("T")
 
@@ -109,7 +111,32 @@ async def memory_brokers() -> AsyncIterator[BrokerBackend]:
             await broker.aclose()
 
 
-BROKERS: dict[str, Opener[BrokerBackend]] = {"memory": memory_brokers}
+@asynccontextmanager
+async def redis_brokers() -> AsyncIterator[BrokerBackend]:
+    """Each node's broker has a client of its own, named so that its pub/sub connection can be
+    found and killed."""
+    async with scratch_keyspace() as (admin, prefix):
+        made: dict[Broker, str] = {}
+
+        def node() -> Broker:
+            name = f"{prefix}node-{len(made)}"
+            broker = RedisBroker(
+                Redis.from_url(REDIS_URL, client_name=name), prefix, owns_client=True
+            )
+            made[broker] = name
+            return broker
+
+        async def interrupt(broker: Broker) -> None:
+            assert await kill_pubsub_connections(admin, made[broker]) == 1
+
+        try:
+            yield BrokerBackend(node, interrupt, spans_nodes=True, max_entries_bytes=16384)
+        finally:
+            for broker in made:
+                await broker.aclose()
+
+
+BROKERS: dict[str, Opener[BrokerBackend]] = {"memory": memory_brokers, "redis": redis_brokers}
 
 
 # A log store and the status store it creates records in, of one backend.
