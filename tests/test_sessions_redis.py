@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from redis.asyncio import Redis
 from redis.crc import key_slot
 
 from services.domain import SessionInfo
+from services.errors import Unavailable
 from services.redis_keys import tenant_base
 from services.registry.sessions_redis import RedisSessionDirectory
-from tests.redis_support import note_aclose, redis_client, scratch_keyspace
+from tests.redis_support import free_port, note_aclose, redis_client, scratch_keyspace
 
 pytestmark = pytest.mark.asyncio
 
@@ -67,3 +69,17 @@ async def test_aclose_closes_only_an_owned_client(monkeypatch: pytest.MonkeyPatc
         await RedisSessionDirectory(shared, "herald-test:").aclose()
         await RedisSessionDirectory(owned, "herald-test:", owns_client=True).aclose()
         assert closed == ["owned"]
+
+
+async def test_redis_out_of_reach_is_unavailable_not_internal() -> None:
+    client = Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=1.0)
+    directory = RedisSessionDirectory(client, "herald-test:", owns_client=True)
+    try:
+        with pytest.raises(Unavailable):
+            await directory.add(session("s1"), 3)
+        with pytest.raises(Unavailable):
+            await directory.touch("t1", ["s1"], 2.0)
+        with pytest.raises(Unavailable):
+            await directory.expire(10.0, 3.0)
+    finally:
+        await directory.aclose()

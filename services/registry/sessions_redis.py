@@ -11,6 +11,8 @@ Keys, under B = `<prefix>{<tenant>}` (services/redis_keys.py; docs/redis.md):
 - `<prefix>tenants`, a set of the tenants that ever had a session, for `expire`: it has no hash
   tag, so it is never touched in the same script as a tenant's keys.
 
+Redis out of reach raises Unavailable (UNAVAILABLE to a gRPC caller), not an internal error.
+
 Every change is one Lua script, so it is atomic (`add` checks the per-user limit and adds in one
 step) and takes one round trip. A script names the keys it was given; the other keys it touches
 (a moved session's former user's set) are built from B, so they lie in the same cluster slot.
@@ -19,13 +21,17 @@ step) and takes one round trip. A script names the keys it was given; the other 
 from __future__ import annotations
 
 import builtins
+import functools
 import json
-from collections.abc import Sequence
-from typing import Any, Final
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import Any, Final, ParamSpec, TypeVar
 
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from services.domain import SessionInfo, UserPresenceRecord
+from services.errors import Unavailable
 from services.redis_keys import checked_client, checked_prefix, tenant_base
 
 # Expired sessions removed per tenant per script, so that one sweep never blocks Redis for long.
@@ -151,6 +157,23 @@ return out
 """
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _reachable(method: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
+    """Redis out of reach is UNAVAILABLE to the caller (retry later), not an internal error."""
+
+    @functools.wraps(method)
+    async def call(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await method(*args, **kwargs)
+        except (RedisConnectionError, RedisTimeoutError, OSError) as error:
+            raise Unavailable("the session directory (Redis) is out of reach; retry") from error
+
+    return call
+
+
 class RedisSessionDirectory:
     """Sessions of every node in one Redis (or one cluster slot per tenant).
 
@@ -175,6 +198,7 @@ class RedisSessionDirectory:
     def _base(self, tenant: str) -> str:
         return tenant_base(self._prefix, tenant)
 
+    @_reachable
     async def add(self, session: SessionInfo, max_per_user: int) -> bool:
         base = self._base(session.tenant)
         fields = (
@@ -215,6 +239,7 @@ class RedisSessionDirectory:
             _, added = await pipe.execute()
         return bool(added)
 
+    @_reachable
     async def touch(
         self, tenant: str, session_ids: builtins.list[str], at: float
     ) -> builtins.list[str]:
@@ -225,12 +250,14 @@ class RedisSessionDirectory:
         )
         return [session_id.decode() for session_id in unknown]
 
+    @_reachable
     async def set_channels(self, tenant: str, session_id: str, channels: tuple[str, ...]) -> bool:
         found = await self._set_channels(
             keys=[f"{self._base(tenant)}:session:{session_id}"], args=[json.dumps(list(channels))]
         )
         return bool(found)
 
+    @_reachable
     async def remove(self, tenant: str, session_id: str, at: float) -> SessionInfo | None:
         base = self._base(tenant)
         fields = await self._remove(
@@ -239,6 +266,7 @@ class RedisSessionDirectory:
         )
         return None if fields is None else _session(tenant, session_id, fields)
 
+    @_reachable
     async def list(self, tenant: str, user_id: str = "") -> builtins.list[SessionInfo]:
         base = self._base(tenant)
         keys = [f"{base}:sessions"]
@@ -247,6 +275,7 @@ class RedisSessionDirectory:
         found = await self._list(keys=keys, args=[base])
         return _sessions(tenant, found)
 
+    @_reachable
     async def presence(
         self, tenant: str, user_ids: builtins.list[str]
     ) -> builtins.list[UserPresenceRecord]:
@@ -271,6 +300,7 @@ class RedisSessionDirectory:
             )
         return records
 
+    @_reachable
     async def expire(self, older_than: float, at: float) -> builtins.list[SessionInfo]:
         tenants = sorted(
             t.decode() if isinstance(t, bytes) else t
