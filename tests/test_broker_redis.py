@@ -233,3 +233,16 @@ async def test_aclose_closes_the_pubsub_connection_and_only_an_owned_client(
             note_aclose(monkeypatch, owned, "owned", closed)
             await RedisBroker(owned, "herald-test:", owns_client=True).aclose()
             assert closed == ["owned"]
+
+
+async def test_a_publication_it_cannot_encode_is_logged_not_raised(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with scratch_keyspace() as (_, prefix), node(prefix=prefix) as (broker, seen, _):
+        await broker.subscribe(T1, NEWS)
+        with caplog.at_level(logging.ERROR, "services.stream.broker_redis"):
+            await broker.publish([publication(T1, NEWS, 1, epoch=-1)])
+        assert "could not encode" in caplog.text
+        await broker.publish([publication(T1, NEWS, 2)])
+        await seen.until_count(1)
+        assert seen.publications == [publication(T1, NEWS, 2)]

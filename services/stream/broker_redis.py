@@ -117,11 +117,16 @@ class RedisBroker:
         if not publications:
             return
         try:
+            messages = [(self.channel(p.tenant, p.key), self.encode(p)) for p in publications]
+        except (ValueError, TypeError):
+            # A field out of its protobuf range: a bug upstream, but never the dispatcher's.
+            metrics.BROKER_PUBLISH_FAILED.inc(len(publications))
+            log.exception("could not encode log updates; the catch-up check delivers them")
+            return
+        try:
             async with self._client.pipeline(transaction=False) as pipe:
-                for publication in publications:
-                    pipe.publish(
-                        self.channel(publication.tenant, publication.key), self.encode(publication)
-                    )
+                for channel, data in messages:
+                    pipe.publish(channel, data)
                 await pipe.execute()
         except (RedisError, OSError) as error:
             metrics.BROKER_PUBLISH_FAILED.inc(len(publications))
