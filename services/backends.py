@@ -116,4 +116,6 @@ async def open_stores(config: Config, clock: Clock, on_change: HealthChange) -> 
     """
     if config.backends.profile == "memory":
         return memory_stores(config)
-    raise NotImplementedError("the production profile comes with the PostgreSQL and Redis stores")
+    from services.backends_production import production_stores
+
+    return await production_stores(config, clock, on_change)

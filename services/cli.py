@@ -17,7 +17,6 @@ import sys
 from collections.abc import Coroutine, Sequence
 from typing import Any
 
-import asyncpg
 import grpc
 from google.protobuf import json_format
 from grpc import aio
@@ -224,12 +223,12 @@ async def _migrate() -> int:
     settings = BackendSettings()
     if settings.postgres_dsn is None:
         raise ValueError("herald migrate needs HERALD_POSTGRES_DSN (the database to migrate)")
-    from services.backends_production import POSTGRES_FAILURES
+    from services.backends_production import STARTUP_FAILURES
     from services.postgres import create_pool, migrate
 
     try:
         pool = await create_pool(settings.postgres_dsn.get_secret_value(), max_size=1)
-    except (*POSTGRES_FAILURES, asyncpg.PostgresError) as exc:
+    except STARTUP_FAILURES as exc:
         raise ValueError(
             f"cannot reach PostgreSQL at HERALD_POSTGRES_DSN ({type(exc).__name__})"
         ) from None

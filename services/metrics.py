@@ -84,6 +84,14 @@ CATCHUPS = Counter(
     "herald_broker_catchups_total",
     "Session logs found behind their log's head with no publication seen (lost broker messages)",
 )
+BROKER_RESETS = Counter(
+    "herald_broker_resets_total",
+    "Broker subscriptions restored after an interruption: every open log was read again",
+)
+BROKER_PUBLISH_FAILED = Counter(
+    "herald_broker_publish_failed_total",
+    "Publications the broker could not send (the catch-up check delivers their entries)",
+)
 SESSIONS = Gauge("herald_sessions_open", "Open subscription streams on this node")
 ACK_STREAMS = Gauge("herald_ack_streams_open", "Open AckStream calls on this node")
 SLOW_CONSUMERS = Counter("herald_slow_consumers_total", "Sessions closed for not reading")

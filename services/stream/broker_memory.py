@@ -9,7 +9,9 @@ from services.stream.broker import Publication, PublicationHandler, ResetHandler
 
 
 class MemoryBroker:
-    """Calls the handler inline, in `publish`, for every publication: one process, one node.
+    """Calls the handler inline, in `publish`, for every publication of a log subscribed to:
+    one process, one node. It filters as a networked broker does, so that both keep the same
+    contract (tests/contract/test_broker.py).
 
     `drop` (tests only) is a predicate that makes the broker lose the publications it accepts,
     as a Redis subscriber loses what is sent while it reconnects."""
@@ -17,6 +19,7 @@ class MemoryBroker:
     def __init__(self) -> None:
         self._handler: PublicationHandler | None = None
         self._on_reset: ResetHandler | None = None
+        self._subscribed: set[tuple[str, LogKey]] = set()
         self.drop: Callable[[Publication], bool] | None = None
 
     def start(self, on_publication: PublicationHandler, on_reset: ResetHandler) -> None:
@@ -28,7 +31,10 @@ class MemoryBroker:
         if handler is None:
             return
         drop = self.drop
+        subscribed = self._subscribed
         for publication in publications:
+            if (publication.tenant, publication.key) not in subscribed:
+                continue
             if drop is not None and drop(publication):
                 continue
             handler(publication)
@@ -39,10 +45,10 @@ class MemoryBroker:
             self._on_reset()
 
     async def subscribe(self, tenant: str, key: LogKey) -> None:
-        return None
+        self._subscribed.add((tenant, key))
 
     async def unsubscribe(self, tenant: str, key: LogKey) -> None:
-        return None
+        self._subscribed.discard((tenant, key))
 
     async def aclose(self) -> None:
         self._handler = None

@@ -1,33 +1,40 @@
 """The store implementations the contract tests run against, one fixture per Protocol.
 
 Each backend is an opener: an async context manager that yields a fresh, empty store and cleans
-up afterwards. Adding a backend is one entry per dict, e.g.
-`"redis": redis_log_store` where `redis_log_store` connects, flushes a scratch keyspace, yields
-the store and disconnects.
+up afterwards: PostgreSQL stores get a pool on the test session's database with every table
+emptied (tests/postgres.py), Redis stores a key prefix of their own that is deleted afterwards
+(tests/redis_support.py; the shared server is never flushed).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
 from typing import TypeVar
 
 import pytest
 import pytest_asyncio
+from redis.asyncio import Redis
 
 from services.ingest.idempotency import IdempotencyStore
 from services.ingest.idempotency_memory import MemoryIdempotencyStore
 from services.registry.sessions import SessionDirectory
 from services.registry.sessions_memory import MemorySessionDirectory
+from services.registry.sessions_redis import RedisSessionDirectory
 from services.registry.templates import TemplateStore
 from services.registry.templates_memory import MemoryTemplateStore
 from services.stream.acks import AckStore
 from services.stream.acks_memory import MemoryAckStore
+from services.stream.broker import Broker
+from services.stream.broker_memory import MemoryBroker
+from services.stream.broker_redis import RedisBroker
 from services.stream.log import LogStore
 from services.stream.log_memory import MemoryLogStore
 from services.stream.status import StatusStore
 from services.stream.status_memory import MemoryStatusStore
 from tests.contract import backends_postgres
+from tests.redis_support import REDIS_URL, kill_pubsub_connections, scratch_keyspace
 
 T = TypeVar("T")
 
@@ -42,6 +49,16 @@ def in_memory(factory: Callable[[], T]) -> Opener[T]:
         yield factory()
 
     return open_store
+
+
+@asynccontextmanager
+async def redis_session_directory() -> AsyncIterator[SessionDirectory]:
+    async with scratch_keyspace() as (client, prefix):
+        directory = RedisSessionDirectory(client, prefix)
+        try:
+            yield directory
+        finally:
+            await directory.aclose()
 
 
 LOG_STORES: dict[str, Opener[LogStore]] = {
@@ -61,7 +78,8 @@ IDEMPOTENCY_STORES: dict[str, Opener[IdempotencyStore]] = {
     "postgres": backends_postgres.idempotency_store,
 }
 SESSION_DIRECTORIES: dict[str, Opener[SessionDirectory]] = {
-    "memory": in_memory(MemorySessionDirectory)
+    "memory": in_memory(MemorySessionDirectory),
+    "redis": redis_session_directory,
 }
 TEMPLATE_STORES: dict[str, Opener[TemplateStore]] = {
     "memory": in_memory(MemoryTemplateStore),
@@ -72,6 +90,67 @@ TEMPLATE_STORES: dict[str, Opener[TemplateStore]] = {
 def _memory_pair() -> tuple[LogStore, StatusStore]:
     status = MemoryStatusStore()
     return MemoryLogStore(status), status
+
+
+@dataclass(frozen=True)
+class BrokerBackend:
+    """Brokers of one backend, as the nodes of one deployment have them."""
+
+    # A new node's broker (not started); the opener closes it afterwards.
+    node: Callable[[], Broker]
+    # Cuts a broker's subscription as a network failure would (it must reconnect and reset).
+    interrupt: Callable[[Broker], Awaitable[None]]
+    # Whether a publication reaches the brokers of other nodes (False: one process, one node).
+    spans_nodes: bool
+    # Publications whose entries are larger than this go head-only (None: never).
+    max_entries_bytes: int | None
+
+
+@asynccontextmanager
+async def memory_brokers() -> AsyncIterator[BrokerBackend]:
+    made: list[MemoryBroker] = []
+
+    def node() -> Broker:
+        made.append(MemoryBroker())
+        return made[-1]
+
+    async def interrupt(broker: Broker) -> None:
+        assert isinstance(broker, MemoryBroker)
+        broker.reset()
+
+    try:
+        yield BrokerBackend(node, interrupt, spans_nodes=False, max_entries_bytes=None)
+    finally:
+        for broker in made:
+            await broker.aclose()
+
+
+@asynccontextmanager
+async def redis_brokers() -> AsyncIterator[BrokerBackend]:
+    """Each node's broker has a client of its own, named so that its pub/sub connection can be
+    found and killed."""
+    async with scratch_keyspace() as (admin, prefix):
+        made: dict[Broker, str] = {}
+
+        def node() -> Broker:
+            name = f"{prefix}node-{len(made)}"
+            broker = RedisBroker(
+                Redis.from_url(REDIS_URL, client_name=name), prefix, owns_client=True
+            )
+            made[broker] = name
+            return broker
+
+        async def interrupt(broker: Broker) -> None:
+            assert await kill_pubsub_connections(admin, made[broker]) == 1
+
+        try:
+            yield BrokerBackend(node, interrupt, spans_nodes=True, max_entries_bytes=16384)
+        finally:
+            for broker in made:
+                await broker.aclose()
+
+
+BROKERS: dict[str, Opener[BrokerBackend]] = {"memory": memory_brokers, "redis": redis_brokers}
 
 
 # A log store and the status store it creates records in, of one backend.
@@ -115,6 +194,12 @@ async def session_directory(request: pytest.FixtureRequest) -> AsyncIterator[Ses
 async def template_store(request: pytest.FixtureRequest) -> AsyncIterator[TemplateStore]:
     async with TEMPLATE_STORES[request.param]() as store:
         yield store
+
+
+@pytest_asyncio.fixture(params=sorted(BROKERS))
+async def brokers(request: pytest.FixtureRequest) -> AsyncIterator[BrokerBackend]:
+    async with BROKERS[request.param]() as backend:
+        yield backend
 
 
 @pytest_asyncio.fixture(params=sorted(PAIRED_STORES))

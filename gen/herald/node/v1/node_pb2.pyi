@@ -73,3 +73,33 @@ class ChangeChannelsResponse(_message.Message):
     found: bool
     channels: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, found: _Optional[bool] = ..., channels: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class LogPublication(_message.Message):
+    __slots__ = ("tenant_id", "log", "epoch", "head", "entries")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    LOG_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    HEAD_FIELD_NUMBER: _ClassVar[int]
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    log: str
+    epoch: int
+    head: int
+    entries: _containers.RepeatedCompositeFieldContainer[LogEntry]
+    def __init__(self, tenant_id: _Optional[str] = ..., log: _Optional[str] = ..., epoch: _Optional[int] = ..., head: _Optional[int] = ..., entries: _Optional[_Iterable[_Union[LogEntry, _Mapping]]] = ...) -> None: ...
+
+class LogEntry(_message.Message):
+    __slots__ = ("cursor", "notification_id", "priority", "created_at", "expires_at", "notification_field")
+    CURSOR_FIELD_NUMBER: _ClassVar[int]
+    NOTIFICATION_ID_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    NOTIFICATION_FIELD_FIELD_NUMBER: _ClassVar[int]
+    cursor: int
+    notification_id: str
+    priority: int
+    created_at: float
+    expires_at: float
+    notification_field: bytes
+    def __init__(self, cursor: _Optional[int] = ..., notification_id: _Optional[str] = ..., priority: _Optional[int] = ..., created_at: _Optional[float] = ..., expires_at: _Optional[float] = ..., notification_field: _Optional[bytes] = ...) -> None: ...

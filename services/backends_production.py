@@ -1,0 +1,140 @@
+"""The production profile: PostgreSQL for what must last, Redis for what is shared and short.
+
+Each backend has a circuit breaker (services/breaker.py) in front of every store call, and a probe
+the node runs on a timer; a breaker that opens turns the services that need the backend
+NOT_SERVING, and closes by itself once a probe gets through.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import redis.asyncio as redis_asyncio
+import redis.exceptions as redis_errors
+from pydantic import SecretStr
+
+from services.backends import Backend, HealthChange, Stores
+from services.breaker import BreakerState, CircuitBreaker, guarded
+from services.clock import Clock
+from services.config import Config
+from services.postgres import PostgresBackend
+from services.registry.sessions_redis import RedisSessionDirectory
+from services.stream.broker_redis import RedisBroker
+
+# What says "the server is not there" (and so counts against the breaker); anything else is an
+# error in the request and passes through.
+POSTGRES_FAILURES: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.QueryCanceledError,
+)
+REDIS_FAILURES: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    redis_errors.ConnectionError,
+    redis_errors.TimeoutError,
+    redis_errors.BusyLoadingError,
+)
+
+
+# What keeps a node from starting on PostgreSQL: unreachable, or a DSN it may not use.
+STARTUP_FAILURES: tuple[type[BaseException], ...] = (*POSTGRES_FAILURES, asyncpg.PostgresError)
+
+
+def _secret(value: SecretStr | None, name: str) -> str:
+    if value is None:
+        raise ValueError(f"the production profile needs {name}")
+    return value.get_secret_value()
+
+
+def _dsn(config: Config) -> str:
+    dsn = _secret(config.backends.postgres_dsn, "HERALD_POSTGRES_DSN")
+    sslmode = config.backends.postgres_sslmode
+    if sslmode:
+        dsn += ("&" if "?" in dsn else "?") + f"sslmode={sslmode}"
+    return dsn
+
+
+async def production_stores(config: Config, clock: Clock, on_change: HealthChange) -> Stores:
+    """Connects to PostgreSQL (migrating its schema) and Redis.
+
+    Raises:
+        ValueError: a backend cannot be reached at start-up (the message never holds the DSN or
+            URL: they may hold passwords).
+    """
+    settings = config.backends
+    redis_url = _secret(settings.redis_url, "HERALD_REDIS_URL")
+    try:
+        postgres = await PostgresBackend.open(
+            _dsn(config),
+            min_size=settings.postgres_pool_min,
+            max_size=settings.postgres_pool_max,
+            statement_timeout_s=settings.postgres_statement_timeout_s,
+        )
+    except STARTUP_FAILURES as exc:
+        raise ValueError(
+            f"cannot reach PostgreSQL at HERALD_POSTGRES_DSN ({type(exc).__name__}); "
+            "is it running, and does the DSN name a database this user may use?"
+        ) from None
+    client = redis_asyncio.Redis.from_url(
+        redis_url,
+        socket_timeout=5.0,
+        socket_connect_timeout=5.0,
+        health_check_interval=15,
+    )
+    try:
+        await client.ping()
+    except REDIS_FAILURES as exc:
+        await client.aclose()
+        await postgres.aclose()
+        raise ValueError(
+            f"cannot reach Redis at HERALD_REDIS_URL ({type(exc).__name__}); is it running?"
+        ) from None
+
+    backends: list[Backend] = []
+
+    def breaker(name: str, failures: tuple[type[BaseException], ...]) -> CircuitBreaker:
+        def changed(state: BreakerState) -> None:
+            on_change(next(b for b in backends if b.name == name), state)
+
+        return CircuitBreaker(
+            name,
+            clock=clock,
+            failures=failures,
+            failure_threshold=settings.breaker_failures,
+            reset_timeout_s=settings.breaker_reset_s,
+            on_change=changed,
+        )
+
+    pg = breaker("PostgreSQL", POSTGRES_FAILURES)
+    rd = breaker("Redis", REDIS_FAILURES)
+
+    async def probe_postgres() -> object:
+        async with asyncio.timeout(settings.breaker_reset_s):
+            return await postgres.pool.fetchval("SELECT 1")
+
+    async def probe_redis() -> object:
+        async with asyncio.timeout(settings.breaker_reset_s):
+            return await client.ping()
+
+    backends.append(
+        Backend("PostgreSQL", pg, probe_postgres, ("ingest", "stream", "registry"), postgres.aclose)
+    )
+    backends.append(Backend("Redis", rd, probe_redis, ("stream", "registry"), client.aclose))
+    prefix = settings.redis_prefix
+    return Stores(
+        logs=guarded(postgres.logs, pg),
+        acks=guarded(postgres.acks, pg),
+        status=guarded(postgres.status, pg),
+        broker=guarded(RedisBroker(client, prefix), rd),
+        idempotency=guarded(postgres.idempotency, pg),
+        sessions=guarded(RedisSessionDirectory(client, prefix), rd),
+        templates=guarded(postgres.templates, pg),
+        shared=True,
+        backends=tuple(backends),
+    )

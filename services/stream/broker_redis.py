@@ -1,0 +1,375 @@
+"""Broker on Redis pub/sub: a channel per (tenant, log), one pub/sub connection per node.
+
+A publication is one PUBLISH on `<prefix>{<tenant>}:log:<log key>` (services/redis_keys.py) of
+a format byte, 1, and a herald.node.v1.LogPublication. Its entries travel with it while they
+take at most `max_entries_bytes` encoded; beyond that it carries the head only and the nodes
+read the log. Pub/sub is a wake-up, never the record: Redis drops a subscriber whose output
+buffer overflows, and a subscriber misses, silently, whatever was sent while it reconnected. So
+every reconnection ends with `on_reset`, and the catch-up check (services/stream/timers.py)
+covers a loss that no reconnection reveals.
+
+Invariants:
+
+- `_channels` is what this node wants to hear: a channel is in it from `subscribe` until
+  `unsubscribe`, whether Redis is reachable or not, and every (re)connection subscribes all of
+  it again.
+- A message reaches the handler only when its channel is in `_channels` and names the same
+  tenant and log as the message: late messages of a channel just unsubscribed are dropped.
+- `subscribe` returns once Redis confirmed the subscription, so a publication sent after it
+  returned reaches this node. When it cannot wait (the broker is not started, Redis is out of
+  reach) it returns at once, and the next connection resets; when the confirmation is slower
+  than `subscribe_timeout_s`, the catch-up check covers the gap.
+- `on_reset` is called after every connection that follows a failure (redis-py's own
+  reconnection inside a read included) or a `subscribe` that could not wait, and only once Redis
+  confirmed the connection's subscriptions: a log read it causes cannot miss a publication sent
+  after that read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Sequence
+from typing import Any, Final, cast
+
+from google.protobuf.message import DecodeError
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+from redis.asyncio.connection import Connection
+from redis.exceptions import RedisError
+
+from herald.node.v1 import node_pb2
+from services import metrics
+from services.domain import LogKey
+from services.redis_keys import checked_client, checked_prefix, tenant_base
+from services.stream.broker import Publication, PublicationHandler, ResetHandler
+from services.stream.log import Entry
+
+log = logging.getLogger(__name__)
+
+# The first byte of every message: which encoding follows. 1: a LogPublication.
+FORMAT_LOG_PUBLICATION: Final = b"\x01"
+# One warning per this many seconds about failed publishes or unreadable messages.
+_WARN_INTERVAL_S: Final = 10.0
+
+
+class RedisBroker:
+    """Publishes with pipelined PUBLISH; hears its subscriptions on one pub/sub connection.
+
+    Args:
+        client: a client made with decode_responses=False; the pub/sub connection is taken from
+            its pool for as long as the broker runs.
+        prefix: what every channel starts with (no braces), e.g. "herald:".
+        max_entries_bytes: the most the encoded entries of one publication may take; larger
+            publications are sent head-only.
+        owns_client: close the client in `aclose`; leave False when the client is shared.
+        subscribe_timeout_s: how long `subscribe` waits for Redis to confirm.
+        reconnect_min_s, reconnect_max_s: the bounds of the reconnection backoff (doubling,
+            with jitter).
+    """
+
+    def __init__(
+        self,
+        client: Redis,
+        prefix: str,
+        max_entries_bytes: int = 16384,
+        *,
+        owns_client: bool = False,
+        subscribe_timeout_s: float = 5.0,
+        reconnect_min_s: float = 0.05,
+        reconnect_max_s: float = 5.0,
+    ) -> None:
+        self._client = checked_client(client)
+        self._prefix = checked_prefix(prefix)
+        self._max_entries_bytes = max_entries_bytes
+        self._owns_client = owns_client
+        self._subscribe_timeout_s = subscribe_timeout_s
+        self._reconnect_min_s = reconnect_min_s
+        self._reconnect_max_s = reconnect_max_s
+        self._on_publication: PublicationHandler | None = None
+        self._on_reset: ResetHandler | None = None
+        self._task: asyncio.Task[None] | None = None
+        # Channel (as Redis returns it) -> the log it carries.
+        self._channels: dict[bytes, tuple[str, LogKey]] = {}
+        # The reader's pub/sub while it holds a connection.
+        self._pubsub: PubSub | None = None
+        # Subscribes waiting for Redis to confirm, per channel, in the order they were sent;
+        # each learns True (confirmed) or False (the connection went first).
+        self._confirming: dict[bytes, deque[asyncio.Future[bool]]] = {}
+        # The last connection failed; no new one yet.
+        self._failing = False
+        # A subscribe returned before Redis confirmed it: the next connection resets.
+        self._unconfirmed = False
+        # A (re)connection subscribed again: reset once Redis confirms.
+        self._reset_pending = False
+        self._warned_at: dict[str, float] = {}
+
+    def channel(self, tenant: str, key: LogKey) -> str:
+        """The channel of a log."""
+        return f"{tenant_base(self._prefix, tenant)}:log:{key.stored}"
+
+    # -- publishing ------------------------------------------------------------------------
+
+    async def publish(self, publications: Sequence[Publication]) -> None:
+        if not publications:
+            return
+        try:
+            messages = [(self.channel(p.tenant, p.key), self.encode(p)) for p in publications]
+        except (ValueError, TypeError):
+            # A field out of its protobuf range: a bug upstream, but never the dispatcher's.
+            metrics.BROKER_PUBLISH_FAILED.inc(len(publications))
+            log.exception("could not encode log updates; the catch-up check delivers them")
+            return
+        try:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for channel, data in messages:
+                    pipe.publish(channel, data)
+                await pipe.execute()
+        except (RedisError, OSError) as error:
+            metrics.BROKER_PUBLISH_FAILED.inc(len(publications))
+            self._warn(
+                "publish",
+                "could not publish log updates to Redis; the catch-up check delivers them",
+                error,
+            )
+
+    def encode(self, publication: Publication) -> bytes:
+        """A format byte and the LogPublication, with the entries if they fit."""
+        message = node_pb2.LogPublication(
+            tenant_id=publication.tenant,
+            log=publication.key.stored,
+            epoch=publication.epoch,
+            head=publication.head,
+        )
+        head_only = FORMAT_LOG_PUBLICATION + message.SerializeToString()
+        entries = publication.entries
+        # The notification fields alone are a lower bound of the encoded size.
+        if not entries or (
+            sum(len(e.notification_field) for e in entries) > self._max_entries_bytes
+        ):
+            return head_only
+        add = message.entries.add
+        for e in entries:
+            add(
+                cursor=e.cursor,
+                notification_id=e.notification_id,
+                priority=e.priority,
+                created_at=e.created_at,
+                expires_at=e.expires_at,
+                notification_field=e.notification_field,
+            )
+        full = FORMAT_LOG_PUBLICATION + message.SerializeToString()
+        return full if len(full) - len(head_only) <= self._max_entries_bytes else head_only
+
+    # -- subscriptions ---------------------------------------------------------------------
+
+    async def subscribe(self, tenant: str, key: LogKey) -> None:
+        channel = self.channel(tenant, key).encode()
+        if channel in self._channels:
+            return
+        self._channels[channel] = (tenant, key)
+        if self._task is None or self._failing:
+            # Not reading yet, or Redis is out of reach: the next connection subscribes it
+            # and resets, so the session's read of its log is repeated then.
+            self._unconfirmed = True
+            return
+        confirmed: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        waiting = self._confirming.setdefault(channel, deque())
+        waiting.append(confirmed)
+        try:
+            pubsub = self._pubsub
+            # Without a pub/sub the reader is connecting: it subscribes every channel.
+            if pubsub is not None:
+                await pubsub.subscribe(channel)
+            async with asyncio.timeout(self._subscribe_timeout_s):
+                if not await confirmed:
+                    self._unconfirmed = True
+        except (RedisError, OSError, TimeoutError) as error:
+            # The reader reconnects, subscribes the channel and resets.
+            self._unconfirmed = True
+            self._warn("subscribe", "could not subscribe on Redis yet", error)
+        finally:
+            if confirmed in waiting:
+                waiting.remove(confirmed)
+            if not waiting and self._confirming.get(channel) is waiting:
+                del self._confirming[channel]
+
+    async def unsubscribe(self, tenant: str, key: LogKey) -> None:
+        channel = self.channel(tenant, key).encode()
+        if self._channels.pop(channel, None) is None:
+            return
+        pubsub = self._pubsub
+        if pubsub is None:
+            return
+        try:
+            await pubsub.unsubscribe(channel)
+        except (RedisError, OSError) as error:
+            # Harmless: its messages are dropped here, and a reconnection forgets it.
+            self._warn("unsubscribe", "could not unsubscribe on Redis", error)
+
+    # -- the reader ------------------------------------------------------------------------
+
+    def start(self, on_publication: PublicationHandler, on_reset: ResetHandler) -> None:
+        if self._task is not None:
+            raise RuntimeError("the broker is already started")
+        self._on_publication = on_publication
+        self._on_reset = on_reset
+        self._task = asyncio.get_running_loop().create_task(
+            self._read_forever(), name="redis-broker-reader"
+        )
+
+    async def _read_forever(self) -> None:
+        delay = self._reconnect_min_s
+        failures = 0
+        while True:
+            pubsub = self._client.pubsub()
+            connection: Connection | None = None
+            try:
+                await pubsub.connect()  # type: ignore[no-untyped-call]  # redis-py: unannotated
+                # redis-py annotates the attribute with its initial value, None.
+                connection = cast("Connection", pubsub.connection)
+                # redis-py may reconnect on its own inside a read (the client's retry policy).
+                connection.register_connect_callback(self._reconnected)  # type: ignore[no-untyped-call]
+                self._pubsub = pubsub
+                if failures:
+                    log.info(
+                        "Redis pub/sub connection restored; re-reading every open log",
+                        extra={"attempts": failures},
+                    )
+                must_reset = failures > 0 or self._unconfirmed
+                self._unconfirmed = False
+                if self._channels:
+                    self._reset_pending = self._reset_pending or must_reset
+                    await pubsub.subscribe(*self._channels)
+                elif must_reset:
+                    self._reset()
+                failures = 0
+                self._failing = False
+                delay = self._reconnect_min_s
+                await self._read(pubsub)
+            except (RedisError, OSError) as error:
+                if not failures:
+                    log.warning(
+                        "no Redis pub/sub connection; reconnecting with backoff",
+                        extra={"error": repr(error)},
+                    )
+                failures += 1
+                self._failing = True
+            except Exception:
+                log.exception("Redis broker reader failed; reconnecting")
+                failures += 1
+                self._failing = True
+            finally:
+                self._pubsub = None
+                self._release_subscribers()
+                if connection is not None:
+                    connection.deregister_connect_callback(self._reconnected)  # type: ignore[no-untyped-call]
+                await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py: unannotated
+            # Jitter spreads the nodes' reconnections after a Redis restart.
+            await asyncio.sleep(delay * (0.5 + random.random() / 2))  # noqa: S311  # not crypto
+            delay = min(delay * 2, self._reconnect_max_s)
+
+    async def _read(self, pubsub: PubSub) -> None:
+        while True:
+            message: dict[str, Any] | None = await pubsub.get_message(timeout=None)
+            if message is None:
+                continue
+            if self._reset_pending:
+                # The first reply on a new connection confirms its subscriptions.
+                self._reset_pending = False
+                self._reset()
+            kind = message["type"]
+            if kind == "message":
+                self._deliver(message["channel"], message["data"])
+            elif kind == "subscribe":
+                self._confirmed(message["channel"])
+
+    async def _reconnected(self, connection: Connection) -> None:
+        """redis-py reconnected the pub/sub connection inside a read and has sent SUBSCRIBE for
+        every channel (its callback runs before this one): what was sent meanwhile is lost."""
+        log.info("Redis pub/sub connection restored; re-reading every open log")
+        pubsub = self._pubsub
+        if pubsub is not None and pubsub.channels:
+            self._reset_pending = True
+        else:
+            self._reset()
+
+    def _deliver(self, channel: bytes, data: bytes) -> None:
+        target = self._channels.get(channel)
+        handler = self._on_publication
+        if target is None or handler is None:
+            return
+        tenant, key = target
+        if data[:1] != FORMAT_LOG_PUBLICATION:
+            self._warn("decode", "dropped a broker message of an unknown format", None)
+            return
+        try:
+            message = node_pb2.LogPublication.FromString(data[1:])
+        except DecodeError as error:
+            self._warn("decode", "dropped an undecodable broker message", error)
+            return
+        if message.tenant_id != tenant or message.log != key.stored:
+            self._warn("decode", "dropped a broker message naming another log", None)
+            return
+        entries = [
+            Entry(
+                e.cursor,
+                e.notification_id,
+                e.priority,
+                e.created_at,
+                e.expires_at,
+                e.notification_field,
+            )
+            for e in message.entries
+        ]
+        try:
+            handler(Publication(tenant, key, message.epoch, message.head, entries))
+        except Exception:
+            log.exception("the publication handler failed")
+
+    def _confirmed(self, channel: bytes) -> None:
+        waiting = self._confirming.get(channel)
+        while waiting:
+            confirmed = waiting.popleft()
+            if not confirmed.done():
+                confirmed.set_result(True)
+                return
+
+    def _release_subscribers(self) -> None:
+        """The connection is gone: subscribes stop waiting (the reconnection subscribes them)."""
+        for waiting in self._confirming.values():
+            for confirmed in waiting:
+                if not confirmed.done():
+                    confirmed.set_result(False)
+        self._confirming.clear()
+
+    def _reset(self) -> None:
+        metrics.BROKER_RESETS.inc()
+        handler = self._on_reset
+        if handler is None:
+            return
+        try:
+            handler()
+        except Exception:
+            log.exception("the reset handler failed")
+
+    def _warn(self, what: str, message: str, error: BaseException | None) -> None:
+        """Logs `message` at most once per interval per `what` (an outage repeats it)."""
+        now = time.monotonic()
+        if now - self._warned_at.get(what, -_WARN_INTERVAL_S) < _WARN_INTERVAL_S:
+            return
+        self._warned_at[what] = now
+        log.warning(message, extra={"error": repr(error)} if error is not None else None)
+
+    async def aclose(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.wait([task])
+        self._on_publication = None
+        self._on_reset = None
+        if self._owns_client:
+            await self._client.aclose()

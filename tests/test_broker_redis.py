@@ -1,0 +1,248 @@
+"""What the Redis broker adds to the contract: its wire format, and how it lives through Redis
+failures (a killed connection, Redis down, Redis restarted)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
+
+from herald.node.v1 import node_pb2
+from services.domain import channel_log, user_log
+from services.stream.broker import Publication, PublicationHandler, ResetHandler
+from services.stream.broker_redis import FORMAT_LOG_PUBLICATION, RedisBroker
+from tests.broker_support import Recorder, publication
+from tests.redis_support import (
+    REDIS_URL,
+    free_port,
+    kill_pubsub_connections,
+    note_aclose,
+    redis_client,
+    scratch_keyspace,
+    throwaway_redis,
+)
+
+pytestmark = pytest.mark.asyncio
+
+T1 = "tenant-1"
+ALICE, NEWS = user_log("alice"), channel_log("news")
+# No retries inside redis-py (what Redis.from_url gives): every failure reaches the broker's own
+# reconnection loop.
+NO_RETRY = Retry(NoBackoff(), 0)
+# Retries inside redis-py: a pooled connection Redis closed is replaced, and a pub/sub
+# connection reconnects and subscribes again inside a read.
+RETRIES = Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.1), 3)
+
+
+@asynccontextmanager
+async def node(
+    url: str = REDIS_URL,
+    prefix: str = "herald-test:",
+    on_publication: PublicationHandler | None = None,
+    on_reset: ResetHandler | None = None,
+    **client_options: Any,
+) -> AsyncIterator[tuple[RedisBroker, Recorder, str]]:
+    """A broker on a client of its own (named, so its connection can be killed), started with
+    a recorder's handlers or the ones given."""
+    name = f"{prefix}node-{time.monotonic_ns()}"
+    client = Redis.from_url(url, client_name=name, **client_options)
+    broker = RedisBroker(client, prefix, owns_client=True, reconnect_max_s=0.2)
+    recorder = Recorder()
+    broker.start(on_publication or recorder.on_publication, on_reset or recorder.on_reset)
+    try:
+        yield broker, recorder, name
+    finally:
+        await broker.aclose()
+
+
+async def test_a_publication_is_a_format_byte_and_a_log_publication_on_the_tenant_channel() -> None:
+    async with scratch_keyspace() as (client, prefix), node(prefix=prefix) as (broker, _, _):
+        assert broker.channel(T1, NEWS) == f"{prefix}{{tenant-1}}:log:channel:news"
+        assert broker.channel("a{b}:c", ALICE) == f"{prefix}{{a%7Bb%7D:c}}:log:user:alice"
+        async with client.pubsub() as listener:
+            await listener.subscribe(broker.channel(T1, NEWS))
+            await listener.get_message(timeout=5.0)  # the confirmation
+            sent = publication(T1, NEWS, 12, count=2)
+            await broker.publish([sent])
+            message = await listener.get_message(timeout=5.0)
+        assert message is not None
+        data: bytes = message["data"]
+        assert data[:1] == FORMAT_LOG_PUBLICATION
+        decoded = node_pb2.LogPublication.FromString(data[1:])
+        assert (decoded.tenant_id, decoded.log, decoded.epoch, decoded.head) == (
+            T1,
+            "channel:news",
+            7,
+            12,
+        )
+        assert [e.notification_field for e in decoded.entries] == [
+            e.notification_field for e in sent.entries
+        ]
+
+
+async def test_entries_go_along_up_to_max_entries_bytes_encoded() -> None:
+    sent = publication(T1, ALICE, 5, count=3, size=1000)
+    async with redis_client() as client:
+        unbounded = RedisBroker(client, "herald-test:", max_entries_bytes=1 << 30)
+        head_only = len(RedisBroker(client, "herald-test:", max_entries_bytes=0).encode(sent))
+        size = len(unbounded.encode(sent)) - head_only
+        at_limit = RedisBroker(client, "herald-test:", max_entries_bytes=size)
+        below = RedisBroker(client, "herald-test:", max_entries_bytes=size - 1)
+        assert len(at_limit.encode(sent)) == head_only + size
+        assert len(below.encode(sent)) == head_only
+        # The notification fields alone are over the bound: not even encoded.
+        assert len(RedisBroker(client, "herald-test:", 2999).encode(sent)) == head_only
+
+
+async def test_messages_it_cannot_read_are_dropped_and_reading_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with scratch_keyspace() as (client, prefix), node(prefix=prefix) as (broker, seen, _):
+        await broker.subscribe(T1, NEWS)
+        channel = broker.channel(T1, NEWS)
+        other_log = RedisBroker(client, prefix).encode(publication(T1, ALICE, 1))
+        with caplog.at_level(logging.WARNING, "services.stream.broker_redis"):
+            for garbage in (b"", b"\x02future format", b"\x01\xff\xff\xff", other_log):
+                await client.publish(channel, garbage)
+            await broker.publish([publication(T1, NEWS, 1)])
+            await seen.until_count(1)
+        assert seen.publications == [publication(T1, NEWS, 1)]
+        assert "dropped" in caplog.text
+
+
+async def test_a_failing_handler_does_not_stop_the_reader() -> None:
+    seen = Recorder()
+    calls: list[Publication] = []
+
+    def failing(publication: Publication) -> None:
+        calls.append(publication)
+        if len(calls) == 1:
+            raise RuntimeError("handler bug")
+        seen.on_publication(publication)
+
+    async with node(on_publication=failing) as (broker, _, _):
+        await broker.subscribe(T1, NEWS)
+        await broker.publish([publication(T1, NEWS, 1)])
+        await broker.publish([publication(T1, NEWS, 2)])
+        await seen.until_count(1)
+        assert seen.publications == [publication(T1, NEWS, 2)]
+
+
+@pytest.mark.parametrize("retry", ["redis-py retries", "no retries"])
+async def test_a_killed_connection_resubscribes_what_is_subscribed_then_resets(retry: str) -> None:
+    options = {"retry": NO_RETRY if retry == "no retries" else RETRIES}
+    seen = Recorder()
+    published_on_reset: list[asyncio.Task[None]] = []
+
+    def on_reset() -> None:
+        seen.on_reset()
+        # Sent the moment the broker resets: its subscriptions are back, so this cannot be lost.
+        published_on_reset.append(asyncio.create_task(broker.publish([publication(T1, NEWS, 9)])))
+
+    async with (
+        scratch_keyspace() as (admin, prefix),
+        node(prefix=prefix, on_publication=seen.on_publication, on_reset=on_reset, **options) as (
+            broker,
+            _,
+            name,
+        ),
+    ):
+        await broker.subscribe(T1, NEWS)
+        await broker.subscribe(T1, ALICE)
+        await broker.unsubscribe(T1, ALICE)
+        assert await kill_pubsub_connections(admin, name) == 1
+        await seen.until_count(1)
+        assert seen.resets == 1
+        assert seen.publications == [publication(T1, NEWS, 9)]
+        numsub = dict(
+            await admin.pubsub_numsub(broker.channel(T1, NEWS), broker.channel(T1, ALICE))
+        )
+        assert numsub == {
+            broker.channel(T1, NEWS).encode(): 1,
+            broker.channel(T1, ALICE).encode(): 0,
+        }
+        await asyncio.gather(*published_on_reset)
+
+
+async def test_redis_down_costs_no_wait_and_no_error(caplog: pytest.LogCaptureFixture) -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    with caplog.at_level(logging.WARNING, "services.stream.broker_redis"):
+        async with node(url, retry=NO_RETRY, socket_connect_timeout=1.0) as (broker, seen, _):
+            async with asyncio.timeout(2.0):
+                await broker.subscribe(T1, NEWS)
+                await broker.publish([publication(T1, NEWS, 1)])
+                await broker.unsubscribe(T1, NEWS)
+    assert seen.publications == []
+    assert "could not publish" in caplog.text
+    assert "no Redis pub/sub connection" in caplog.text
+
+
+async def test_after_redis_restarts_the_broker_resubscribes_and_resets() -> None:
+    async with (
+        throwaway_redis() as server,
+        # The listening node's client never retries: its own loop reconnects.
+        node(server.url, retry=NO_RETRY) as (broker, seen, _),
+        # The publishing node's client retries, which replaces the pooled connections Redis
+        # closed when it stopped.
+        node(server.url, retry=RETRIES) as (publisher, _, _),
+    ):
+        await broker.subscribe(T1, NEWS)
+        await publisher.publish([publication(T1, NEWS, 1)])
+        await seen.until_count(1)
+        await server.stop()
+        # Lost: Redis is down. The log still has it, and the reset makes the node read it.
+        await publisher.publish([publication(T1, NEWS, 2)])
+        await broker.subscribe(T1, ALICE)
+        await server.start()
+        await seen.until(lambda: seen.resets >= 1)
+        await publisher.publish([publication(T1, NEWS, 3), publication(T1, ALICE, 1)])
+        await seen.until_count(3)
+        assert seen.publications == [
+            publication(T1, NEWS, 1),
+            publication(T1, NEWS, 3),
+            publication(T1, ALICE, 1),
+        ]
+        assert seen.resets == 1
+
+
+async def test_aclose_closes_the_pubsub_connection_and_only_an_owned_client(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def pubsub_names() -> list[str]:
+        return [c["name"] for c in await admin.client_list(_type="pubsub")]
+
+    closed: list[str] = []
+    async with redis_client() as admin, redis_client(client_name="herald-test:shared") as shared:
+        note_aclose(monkeypatch, shared, "shared", closed)
+        broker = RedisBroker(shared, "herald-test:")
+        broker.start(Recorder().on_publication, Recorder().on_reset)
+        await broker.subscribe(T1, NEWS)
+        assert (await pubsub_names()).count("herald-test:shared") == 1
+        await broker.aclose()
+        assert "herald-test:shared" not in await pubsub_names()
+        assert closed == []
+        async with redis_client() as owned:
+            note_aclose(monkeypatch, owned, "owned", closed)
+            await RedisBroker(owned, "herald-test:", owns_client=True).aclose()
+            assert closed == ["owned"]
+
+
+async def test_a_publication_it_cannot_encode_is_logged_not_raised(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with scratch_keyspace() as (_, prefix), node(prefix=prefix) as (broker, seen, _):
+        await broker.subscribe(T1, NEWS)
+        with caplog.at_level(logging.ERROR, "services.stream.broker_redis"):
+            await broker.publish([publication(T1, NEWS, 1, epoch=-1)])
+        assert "could not encode" in caplog.text
+        await broker.publish([publication(T1, NEWS, 2)])
+        await seen.until_count(1)
+        assert seen.publications == [publication(T1, NEWS, 2)]
