@@ -186,6 +186,26 @@ class HeraldClient:
         response = await self._stream.Ack(request, metadata=self.metadata(), timeout=timeout)
         return int(response.acked)
 
+    async def list_inbox(
+        self, *, page_size: int = 20, page_token: str = "", timeout: float = 10.0
+    ) -> stream_pb2.ListInboxResponse:
+        """A page of the caller's own notifications, newest first."""
+        response: stream_pb2.ListInboxResponse = await self._stream.ListInbox(
+            stream_pb2.ListInboxRequest(page_size=page_size, page_token=page_token),
+            metadata=self.metadata(),
+            timeout=timeout,
+        )
+        return response
+
+    async def mark_read(self, notification_ids: Iterable[str], *, timeout: float = 10.0) -> int:
+        """Marks the caller's notifications read; returns how many were unread."""
+        response: stream_pb2.MarkReadResponse = await self._stream.MarkRead(
+            stream_pb2.MarkReadRequest(notification_ids=list(notification_ids)),
+            metadata=self.metadata(),
+            timeout=timeout,
+        )
+        return int(response.marked)
+
     def open_ack_stream(
         self,
     ) -> aio.StreamStreamCall[stream_pb2.AckStreamRequest, stream_pb2.AckStreamResponse]:

@@ -1,4 +1,5 @@
-"""Throwaway PostgreSQL and Redis servers on free ports, for tests that stop and restart them.
+"""A throwaway PostgreSQL server on a free port, for tests that stop and restart it (the Redis
+one is tests/redis_support.py's `throwaway_redis`).
 
 The shared servers of the machine are never restarted; these are. A machine without the
 binaries skips such tests with the reason (and fails them under CI=true, where they are
@@ -94,49 +95,3 @@ class ThrowawayPostgres:
         if (self.data / "postmaster.pid").exists():
             await self.stop()
         shutil.rmtree(self.directory, ignore_errors=True)
-
-
-class ThrowawayRedis:
-    def __init__(self, directory: Path) -> None:
-        if shutil.which("redis-server") is None:
-            _missing("redis-server")
-        self.directory = directory
-        self.port = free_port()
-        self.process: asyncio.subprocess.Process | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    async def start(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self.process = await asyncio.create_subprocess_exec(
-            "redis-server",
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(self.directory),
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
-        async with asyncio.timeout(10):
-            while True:
-                try:
-                    _reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
-                except OSError:
-                    await asyncio.sleep(0.05)
-                    continue
-                writer.close()
-                await writer.wait_closed()
-                return
-
-    async def stop(self) -> None:
-        if self.process is not None and self.process.returncode is None:
-            self.process.kill()
-            await self.process.wait()
