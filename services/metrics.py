@@ -92,6 +92,10 @@ BROKER_PUBLISH_FAILED = Counter(
     "herald_broker_publish_failed_total",
     "Publications the broker could not send (the catch-up check delivers their entries)",
 )
+STATUS_LOST = Counter(
+    "herald_status_updates_lost_total",
+    "Status changes not recorded because the status store was unreachable (deliveries went on)",
+)
 SESSIONS = Gauge("herald_sessions_open", "Open subscription streams on this node")
 ACK_STREAMS = Gauge("herald_ack_streams_open", "Open AckStream calls on this node")
 SLOW_CONSUMERS = Counter("herald_slow_consumers_total", "Sessions closed for not reading")

@@ -16,6 +16,7 @@ from services.stream.acks import AckStore
 from services.stream.hub import Hub
 from services.stream.log import Entry, LogStore
 from services.stream.status import StatusStore
+from services.stream.status_recorder import StatusRecorder
 
 
 def log_key_of(record: NotificationRecord, user_id: str) -> LogKey:
@@ -36,6 +37,7 @@ class Acker:
         self._logs = logs
         self._acks = acks
         self._status = status
+        self._recorder = StatusRecorder(status)
         self._hub = hub
         self._clock = clock
 
@@ -92,7 +94,7 @@ class Acker:
                 state = session.logs.get(key)
                 if state is not None:
                     state.acks.add(found.cursor)
-        await self._status.apply(tenant, transitions, now)
+        await self._recorder.apply(tenant, transitions, now)
         metrics.ACKED.inc(len(transitions))
         return len(transitions)
 

@@ -26,6 +26,7 @@ from services.domain import (
     channel_log,
     user_log,
 )
+from services.errors import HeraldError
 from services.stream.broker import Broker, Publication
 from services.stream.log import Entry, LogAppend, LogStore, NewEntry
 from services.stream.status import StatusStore
@@ -149,13 +150,18 @@ class Dispatcher:
                 for key, items in by_log.items()
             ]
             results = await self._logs.append(tenant, appends, records[tenant])
-            await self._broker.publish(
-                [
-                    Publication(tenant, r.key, r.epoch, r.entries[-1].cursor, r.entries)
-                    for r in results
-                    if r.entries
-                ]
-            )
+            # Durable from here on: the send has succeeded, whatever the broker does.
+            publications = [
+                Publication(tenant, r.key, r.epoch, r.entries[-1].cursor, r.entries)
+                for r in results
+                if r.entries
+            ]
+            try:
+                await self._broker.publish(publications)
+            except HeraldError:
+                # The broker is out of reach (its circuit is open): the nodes' catch-up check
+                # delivers what it could not announce (broker.py).
+                metrics.BROKER_PUBLISH_FAILED.inc(len(publications))
             for result in results:
                 if result.dropped:
                     await self._record_dropped(tenant, result.key, result.dropped)

@@ -4,6 +4,7 @@ leases, the broker catch-up check and status retention, all on one ticker."""
 from __future__ import annotations
 
 import logging
+import math
 import time
 
 from herald.v1 import stream_pb2
@@ -11,6 +12,7 @@ from services import metrics
 from services.clock import Clock
 from services.config import DeliverySettings
 from services.domain import State, Transition
+from services.errors import Unavailable
 from services.ports import RegistryPort
 from services.stream.hub import Hub
 from services.stream.log import LogStore
@@ -51,6 +53,7 @@ class Timers:
         interval = self._settings.heartbeat_interval_s
         tick = min(1.0, interval / 2)
         last_sweep = last_lease = last_purge = last_check = self._clock.now()
+        last_unavailable_log = -math.inf
         while True:
             await self._clock.sleep(tick)
             now = self._clock.now()
@@ -70,6 +73,12 @@ class Timers:
                 if now - last_purge >= 3600.0:
                     last_purge = now
                     await self._status.purge(now - self._settings.status_retention_s)
+            except Unavailable as exc:
+                # A backend is down (its breaker says so, and health shows it): no traceback per
+                # tick; the timers go on and catch up once it is back.
+                if now - last_unavailable_log >= 60.0:
+                    last_unavailable_log = now
+                    log.warning("delivery timers degraded", extra={"reason": exc.message})
             except Exception:
                 log.exception("delivery timer failed; continuing")
 
@@ -169,6 +178,10 @@ class Timers:
     async def _refresh_leases(self) -> None:
         try:
             await self._refresh_leases_once()
+        except Unavailable as exc:
+            log.warning(
+                "could not refresh session leases; will retry", extra={"reason": exc.message}
+            )
         except Exception:
             log.warning("could not refresh session leases; will retry", exc_info=True)
 

@@ -24,6 +24,7 @@ from services.model import timestamp
 from services.stream.log import LogStore
 from services.stream.session import Pending, Session
 from services.stream.status import StatusStore
+from services.stream.status_recorder import StatusRecorder
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ class SessionWriter:
     ) -> None:
         self._node_id = node_id
         self._logs = logs
-        self._status = status
+        self._status = StatusRecorder(status)
         self._delays = delays
         self._settings = settings
         self._clock = clock

@@ -1,0 +1,47 @@
+"""Status writes that never hold up delivery: a status store out of reach loses the update, not
+the delivery.
+
+A delivery written to a stream, an ack stored, an entry expired: each is a fact before its
+status is. When the status store cannot be reached (its circuit is open), the change is counted
+in `herald_status_updates_lost_total` and logged at most once a minute, and the stream goes on;
+GetStatus then shows an older state for those recipients (docs/delivery.md, guarantee 10).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+
+from services import metrics
+from services.domain import Transition
+from services.errors import Unavailable
+from services.stream.status import StatusStore
+
+log = logging.getLogger(__name__)
+
+_LOG_INTERVAL_S = 60.0
+
+
+class StatusRecorder:
+    def __init__(self, status: StatusStore) -> None:
+        self._status = status
+        self._logged_at = -math.inf
+        self._unlogged = 0
+
+    async def apply(self, tenant: str, transitions: Sequence[Transition], at: float) -> None:
+        if not transitions:
+            return
+        try:
+            await self._status.apply(tenant, transitions, at)
+        except Unavailable as exc:
+            metrics.STATUS_LOST.inc(len(transitions))
+            self._unlogged += len(transitions)
+            now = time.monotonic()
+            if now - self._logged_at >= _LOG_INTERVAL_S:
+                log.warning(
+                    "status updates lost: the status store is unreachable",
+                    extra={"lost": self._unlogged, "reason": exc.message},
+                )
+                self._logged_at, self._unlogged = now, 0
