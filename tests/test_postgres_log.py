@@ -9,10 +9,13 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 import pytest_asyncio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from services.domain import NewRecord, user_log
 from services.postgres import create_pool
 from services.stream.log import LogAppend, NewEntry
+from services.stream.log_memory import MemoryLogStore
 from services.stream.log_postgres import PostgresLogStore
 from services.stream.status_postgres import PostgresStatusStore
 from tests.postgres import clean_pool, session_dsn
@@ -119,3 +122,44 @@ async def test_an_unknown_log_reports_the_epoch_it_will_get(pool: asyncpg.Pool) 
     [after] = await store.heads(T1, [ALICE])
     assert before.cursor == 0
     assert before.epoch == result.epoch == after.epoch != 0
+
+
+KEYS = [ALICE, BOB]
+calls = st.lists(  # calls of one to four appends, keys repeating within a call
+    st.lists(
+        st.tuples(
+            st.sampled_from(range(len(KEYS))),
+            st.integers(min_value=0, max_value=4),  # entries
+            st.integers(min_value=1, max_value=5),  # bound
+        ),
+        min_size=1,
+        max_size=4,
+    ),
+    min_size=1,
+    max_size=6,
+)
+
+
+@settings(max_examples=40, deadline=None, database=None)
+@given(script=calls)
+async def test_a_call_appending_to_one_log_twice_matches_the_memory_store(
+    script: list[list[tuple[int, int, int]]],
+) -> None:
+    memory = MemoryLogStore()
+    serial = 0
+    async with clean_pool() as pool:
+        postgres = PostgresLogStore(pool)
+        for call in script:
+            appends = []
+            for key, count, limit in call:
+                items = [new(f"n{serial + i}") for i in range(count)]
+                serial += count
+                appends.append(LogAppend(KEYS[key], items, limit))
+            expected = await memory.append(T1, appends)
+            got = await postgres.append(T1, appends)
+            assert [(r.key, r.entries, r.dropped) for r in got] == [
+                (r.key, r.entries, r.dropped) for r in expected
+            ]
+        for key in KEYS:
+            assert await postgres.read(T1, key, 0, 100) == await memory.read(T1, key, 0, 100)
+        assert await live_counts_match(pool)

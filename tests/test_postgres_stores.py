@@ -16,6 +16,7 @@ from services.ingest.idempotency_postgres import PostgresIdempotencyStore
 from services.postgres import create_pool
 from services.registry.templates_postgres import PostgresTemplateStore
 from services.stream.acks_postgres import PostgresAckStore
+from services.stream.status_postgres import PostgresStatusStore
 from tests.postgres import clean_pool, session_dsn
 
 pytestmark = pytest.mark.asyncio
@@ -112,3 +113,19 @@ async def test_concurrent_puts_of_one_template_get_their_own_versions(
     template = TemplateRecord("welcome", 0, "en", {"en": TemplateText(title="Hi")}, 1.0)
     puts = await asyncio.gather(*(stores[i % 2].put(T1, template) for i in range(4)))
     assert sorted(put.version for put in puts) == [1, 2, 3, 4]
+
+
+async def test_a_recipient_left_without_its_notification_is_never_seen(
+    nodes: tuple[asyncpg.Pool, asyncpg.Pool],
+) -> None:
+    pool = nodes[0]
+    store = PostgresStatusStore(pool)
+    # What a purge racing an apply can leave behind: a recipient row, its notification gone.
+    await pool.execute(
+        "INSERT INTO herald_recipients (tenant_id, notification_id, user_id, state, updated_at)"
+        " VALUES ($1, 'gone', 'alice', 2, 1.0)",
+        T1,
+    )
+    assert await store.recipients(T1, "alice", ["gone"]) == {}
+    assert await store.mark_read(T1, "alice", ["gone"], 5.0) == 0
+    assert await store.get(T1, "gone") is None

@@ -79,8 +79,10 @@ WHERE r.state * 8 + excluded.state = ANY($7::integer[])
 
 _MARK_READ: Final = """
 WITH changed AS (
-    UPDATE herald_recipients SET read_at = $4::float8
-    WHERE tenant_id = $1 AND user_id = $2 AND notification_id = ANY($3::text[]) AND read_at = 0
+    UPDATE herald_recipients AS r SET read_at = $4::float8
+    FROM herald_status AS s
+    WHERE r.tenant_id = $1 AND r.user_id = $2 AND r.notification_id = ANY($3::text[])
+        AND r.read_at = 0 AND s.tenant_id = $1 AND s.notification_id = r.notification_id
     RETURNING 1
 )
 SELECT count(*) FROM changed
@@ -97,10 +99,11 @@ ORDER BY r.user_id
 """
 
 _RECIPIENTS: Final = """
-SELECT notification_id, user_id, state, updated_at, queued_at, delivered_at, acked_at,
-    attempts, reason, read_at
-FROM herald_recipients
-WHERE tenant_id = $1 AND notification_id = ANY($2::text[]) AND user_id = $3
+SELECT r.notification_id, r.user_id, r.state, r.updated_at, r.queued_at, r.delivered_at,
+    r.acked_at, r.attempts, r.reason, r.read_at
+FROM herald_recipients AS r
+JOIN herald_status AS s ON s.tenant_id = r.tenant_id AND s.notification_id = r.notification_id
+WHERE r.tenant_id = $1 AND r.notification_id = ANY($2::text[]) AND r.user_id = $3
 """
 
 _PURGE: Final = """
@@ -172,7 +175,8 @@ class PostgresStatusStore:
 
     Every call is one statement (one transaction with a statement per round of repeated
     recipients, for `apply`); nothing is written behind, so `get` reflects every `apply` made
-    by any node.
+    by any node. Recipients are read only through their notification's row: one left behind by
+    a purge that raced an `apply` is never seen (docs/postgres.md).
     """
 
     def __init__(self, pool: asyncpg.Pool) -> None:
