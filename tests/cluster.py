@@ -96,10 +96,12 @@ class Cluster:
             **more,
         }
 
-    async def start(self, role: str, name: str = "", port: int = 0, **env: str) -> Member:
+    async def start(
+        self, role: str, name: str = "", port: int = 0, *more_args: str, **env: str
+    ) -> Member:
         port = port or free_port()
         name = name or f"{role}-{len(self.members)}"
-        args = ["up"] if role == "up" else ["serve", role]
+        args = ["up"] if role == "up" else ["serve", role, *more_args]
         # A file, not a pipe: a chatty node must never block on a full pipe.
         log_file = (self.data_home / f"{name}.log").open("ab")
         proc = await asyncio.create_subprocess_exec(

@@ -18,7 +18,7 @@ from grpc import aio
 
 from herald.v1 import notification_pb2, registry_pb2, registry_pb2_grpc
 from services import auth
-from services.client import HeraldClient, Subscription
+from services.client import CHANNEL_OPTIONS, HeraldClient, Subscription
 from tests.cluster import Cluster, Member
 from tests.postgres import scratch_database
 from tests.redis_support import REDIS_URL, delete_prefix, new_prefix, redis_client, require_redis
@@ -176,3 +176,43 @@ async def test_a_killed_stream_node_loses_nothing(cluster: Cluster) -> None:
                 break
             await asyncio.sleep(0.2)
     assert time.time() - killed_at < LEASE_S + 10
+
+
+async def test_stream_workers_share_one_port_over_the_shared_stores(cluster: Cluster) -> None:
+    registry = await cluster.start("registry", "registry")
+    ingest = await cluster.start("ingest", "ingest")
+    workers = await cluster.start("stream", "node", 0, "--workers", "2")
+    # Connections spread over the workers (SO_REUSEPORT): 16 users, each on a connection of its
+    # own; each worker registers its sessions under its own node id.
+    users = [f"w{i}" for i in range(16)]
+    clients = [
+        HeraldClient(
+            workers.address,
+            cluster.tokens.user("acme", user),
+            # A connection per client (grpc shares one between equal channels otherwise).
+            options=[*CHANNEL_OPTIONS, ("grpc.use_local_subchannel_pool", 1)],
+        )
+        for user in users
+    ]
+    cluster.clients.extend(clients)
+    streams = [client.subscribe(auto_ack=False) for client in clients]
+    iterators = [stream.__aiter__() for stream in streams]
+    backend = cluster.backend(ingest)
+    sent = {}
+    for user in users:
+        n = notification_pb2.Notification()
+        n.target.user_id = user
+        n.content.title = f"for {user}"
+        sent[user] = (await backend.send(n)).notification_id
+    async with asyncio.timeout(20):
+        for user, iterator in zip(users, iterators, strict=True):
+            received = await anext(iterator)
+            assert received.notification.id == sent[user]
+    admin = HeraldClient(registry.address, cluster.tokens.backend("acme", auth.SCOPE_PRESENCE_READ))
+    cluster.clients.append(admin)
+    listed = await registry_pb2_grpc.RegistryServiceStub(admin._channel).ListSessions(
+        registry_pb2.ListSessionsRequest(), metadata=admin.metadata()
+    )
+    assert {s.node_id for s in listed.sessions} == {"node-0", "node-1"}
+    for iterator in iterators:
+        await iterator.aclose()  # type: ignore[attr-defined]
