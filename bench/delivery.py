@@ -19,6 +19,10 @@ Herald subscribers ack every `--ack-interval` seconds (up_to their highest curso
 over one AckStream each (or unary Ack calls with `--ack-mode unary`), as an app would. The load
 generator shares the machine's two cores with the server: its CPU is reported too. Everything is
 bounded: fixed phase durations, timeouts, and every subprocess is killed at the end.
+
+The `herald-pg` target runs `herald up` on the production profile, on a fresh PostgreSQL
+database and Redis key prefix made for the run and removed after it (bench/production.py), and
+reports PostgreSQL's and Redis's CPU next to the server's.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ from typing import Any
 
 import baseline
 import grpc
+import production
 from grpc import aio
 
 from herald.v1 import ingest_pb2, notification_pb2, stream_pb2
@@ -65,6 +70,10 @@ HERALD = "herald"
 BASELINE = "baseline"
 # The baseline plus the I/O Herald's protocol asks of any server (bench/baseline.py --protocol).
 PROTOCOL = "protocol"
+# Herald on the production profile: a fresh PostgreSQL database and Redis prefix per run.
+HERALD_PG = "herald-pg"
+# The targets that run `herald up`, and those spoken to as Herald is.
+HERALDS = (HERALD, HERALD_PG)
 
 _SUBSCRIBE = "/herald.v1.StreamService/Subscribe"
 _ACK = "/herald.v1.StreamService/Ack"
@@ -99,6 +108,11 @@ class RunSpec:
     profile_cmd: list[str] = field(default_factory=list)
     profile_phase: str = "max"
     quiet_wait: float = 0.0
+    # Count PostgreSQL's and Redis's CPU as the system's own, not as other programs'.
+    stores: bool = False
+    # herald-pg: the run's database, watched during the maximum phase (production.PgWatch).
+    pg_dsn: str = ""
+    pg_database: str = ""
 
 
 @dataclass
@@ -112,8 +126,11 @@ class RunResult:
     server_cpu_pct: float = 0.0
     server_us_per_delivery: float = 0.0
     loadgen_cpu_pct: float = 0.0
-    # CPU used on the machine by everything but the server and the load generator.
+    # CPU used on the machine by everything but the server, the load generator and the stores.
     other_cpu_pct: float = 0.0
+    # PostgreSQL's processes (all of them) and Redis, in % of one core.
+    pg_cpu_pct: float = 0.0
+    redis_cpu_pct: float = 0.0
     sent: int = 0
     received: int = 0
     latency_rate: float = 0.0
@@ -121,6 +138,8 @@ class RunResult:
     latency_server_cpu_pct: float = 0.0
     latency_loadgen_cpu_pct: float = 0.0
     latency_other_cpu_pct: float = 0.0
+    latency_pg_cpu_pct: float = 0.0
+    latency_redis_cpu_pct: float = 0.0
     p50_ms: float = 0.0
     p95_ms: float = 0.0
     p99_ms: float = 0.0
@@ -133,6 +152,12 @@ class RunResult:
     ack_p99_ms: float = 0.0
     server_rss_mib: float = 0.0
     profile: str = ""
+    # herald-pg, maximum phase: commits per second, and the mean number of the database's
+    # client backends in each state (pg_stat_activity, sampled every 20 ms).
+    pg_commits_per_s: float = 0.0
+    pg_activity: list[tuple[str, float]] = field(default_factory=list)
+    pg_statements: list[tuple[str, float]] = field(default_factory=list)
+    pg_cpu_by_type: list[tuple[str, float]] = field(default_factory=list)
 
 
 # -- fast request building ---------------------------------------------------------------------
@@ -231,7 +256,7 @@ class LoadGenerator:
         self._calls: list[Any] = []
         self._channels: list[aio.Channel] = []
         # The protocol floor is spoken to exactly as Herald is.
-        self._herald = spec.target in (HERALD, PROTOCOL)
+        self._herald = spec.target in (*HERALDS, PROTOCOL)
         self._tokens: list[str] = []
         self._send_metadata: tuple[tuple[str, str], ...] = ()
 
@@ -465,21 +490,36 @@ class LoadGenerator:
 
 
 class Window:
-    """CPU used during a measured window: by the server, the load generator and the rest."""
+    """CPU used during a measured window: by the server, the load generator, the stores
+    (PostgreSQL and Redis) and the rest."""
 
     def __init__(self, server_pid: int) -> None:
         self._pid = server_pid
         self._server = proc_cpu_seconds(server_pid)
         self._own = time.process_time()
         self._busy = machine_busy_seconds()
+        self._stores = production.StoreCpu()
         self._start = time.monotonic()
+        # PostgreSQL's and Redis's CPU over the window, in % of one core (set by close).
+        self.pg_pct = 0.0
+        self.redis_pct = 0.0
+        self.elapsed = 0.0
 
-    def close(self) -> tuple[float, float, float, float]:
-        """Elapsed seconds, then server, load-generator and other CPU in % of one core."""
+    def pg_by_type(self, watch: production.PgWatch) -> list[tuple[str, float]]:
+        """PostgreSQL's CPU over the closed window by process type (% of one core)."""
+        return production.pg_cpu_by_type(self._stores, watch, self.elapsed)
+
+    def close(self, pg_pids: set[int] | None = None) -> tuple[float, float, float, float]:
+        """Elapsed seconds, then server, load-generator and other CPU in % of one core;
+        `pg_pids`: the PostgreSQL processes to count (default: all)."""
         elapsed = time.monotonic() - self._start
         server = proc_cpu_seconds(self._pid) - self._server
         own = time.process_time() - self._own
-        other = max(0.0, machine_busy_seconds() - self._busy - server - own)
+        stores = self._stores.close(pg_pids)
+        self.elapsed = elapsed
+        busy = machine_busy_seconds() - self._busy
+        other = max(0.0, busy - server - own - stores["pg"] - stores["redis"])
+        self.pg_pct, self.redis_pct = 100 * stores["pg"] / elapsed, 100 * stores["redis"] / elapsed
         return elapsed, 100 * server / elapsed, 100 * own / elapsed, 100 * other / elapsed
 
 
@@ -501,14 +541,27 @@ async def run_load(spec: RunSpec) -> RunResult:
         gc.disable()
 
         # Phase 1: maximum throughput.
-        await asyncio.to_thread(wait_for_quiet, spec.quiet_wait, spec.server_pid)
+        await asyncio.to_thread(
+            wait_for_quiet, spec.quiet_wait, spec.server_pid, stores=spec.stores
+        )
         profiler = _profiler(spec, "max")
+        watch = None
+        if spec.pg_database:
+            watch = production.PgWatch(spec.pg_dsn, spec.pg_database)
+            await watch.start()
         received, messages = load.received, load.messages
         window = Window(spec.server_pid)
         await load.saturate(spec.seconds)
-        elapsed, result.server_cpu_pct, result.loadgen_cpu_pct, result.other_cpu_pct = (
-            window.close()
+        elapsed, result.server_cpu_pct, result.loadgen_cpu_pct, result.other_cpu_pct = window.close(
+            watch.pids if watch is not None else None
         )
+        if watch is not None:
+            counters = await watch.stop()
+            result.pg_commits_per_s = counters.get("xact_commit", 0) / elapsed
+            result.pg_activity = watch.busy()
+            result.pg_statements = watch.busiest_statements()
+            result.pg_cpu_by_type = window.pg_by_type(watch)
+        result.pg_cpu_pct, result.redis_cpu_pct = window.pg_pct, window.redis_pct
         delivered = load.received - received
         result.delivered_per_s = delivered / elapsed
         result.messages_per_s = (load.messages - messages) / elapsed
@@ -518,7 +571,9 @@ async def run_load(spec: RunSpec) -> RunResult:
 
         # Phase 2: latency at half the maximum (or the rate given).
         gc.collect()
-        await asyncio.to_thread(wait_for_quiet, spec.quiet_wait, spec.server_pid)
+        await asyncio.to_thread(
+            wait_for_quiet, spec.quiet_wait, spec.server_pid, stores=spec.stores
+        )
         result.latency_rate = spec.latency_rate or result.delivered_per_s / 2
         received = load.received
         load.latencies = []
@@ -526,10 +581,12 @@ async def run_load(spec: RunSpec) -> RunResult:
         window = Window(spec.server_pid)
         profiler = _profiler(spec, "latency")
         await load.paced(result.latency_rate, spec.seconds)
+        # The PostgreSQL processes the maximum phase found (the pool's connections stay).
         elapsed, result.latency_server_cpu_pct, result.latency_loadgen_cpu_pct, other = (
-            window.close()
+            window.close(watch.pids if watch is not None else None)
         )
         result.latency_other_cpu_pct = other
+        result.latency_pg_cpu_pct, result.latency_redis_cpu_pct = window.pg_pct, window.redis_pct
         await _profiled(profiler, spec)
         result.latency_received_per_s = (load.received - received) / elapsed
         await load.drain(5.0)
@@ -587,9 +644,16 @@ def free_port() -> int:
 
 
 def start_server(
-    target: str, port: int, data_dir: Path, log_path: Path, *, acks: bool
+    target: str,
+    port: int,
+    data_dir: Path,
+    log_path: Path,
+    *,
+    acks: bool,
+    extra_env: dict[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
-    if target == HERALD:
+    """`extra_env` (the production profile's DSN, URL and prefix) goes to the server as well."""
+    if target in HERALDS:
         herald = Path(sys.executable).with_name("herald")
         command = [str(herald), "up"]
         if not herald.exists():
@@ -604,13 +668,16 @@ def start_server(
         "HERALD_PORT": str(port),
         "HERALD_AUTH_MODE": "dev",
         "XDG_DATA_HOME": str(data_dir.parent),
+        **(extra_env or {}),
     }
     if not acks:
         # Subscribers that never ack would get everything again after the ack timeout.
         env["HERALD_DELIVERY_ACK_TIMEOUT_S"] = "3600"
     with log_path.open("wb") as log:
         process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)  # noqa: S603
-    deadline = time.monotonic() + 20
+    # The production profile connects and migrates the fresh database before it listens.
+    limit = 60 if extra_env else 20
+    deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"{target} exited with {process.returncode}: {log_path.read_text()}")
@@ -618,7 +685,7 @@ def start_server(
             return process
         time.sleep(0.1)
     stop_server(process)
-    raise RuntimeError(f"{target} did not listen on port {port} within 20 s")
+    raise RuntimeError(f"{target} did not listen on port {port} within {limit} s")
 
 
 def stop_server(process: subprocess.Popen[bytes]) -> None:
@@ -631,21 +698,27 @@ def stop_server(process: subprocess.Popen[bytes]) -> None:
             process.wait(timeout=5)
 
 
-def wait_for_quiet(limit_s: float, server_pid: int = 0, busy_pct: float = 25.0) -> float:
+def wait_for_quiet(
+    limit_s: float, server_pid: int = 0, busy_pct: float = 25.0, *, stores: bool = False
+) -> float:
     """Waits (at most `limit_s`) until programs other than ours use at most `busy_pct` of a core.
 
-    Returns the share measured last: other programs on a 2-core machine change every number this
-    benchmark reports.
+    With `stores`, PostgreSQL and Redis count as ours (the production profile's server keeps
+    them busy). Returns the share measured last: other programs on a 2-core machine change
+    every number this benchmark reports.
     """
     deadline = time.monotonic() + limit_s
     while True:
         started = time.monotonic()
         busy0, own0 = machine_busy_seconds(), time.process_time()
         server0 = proc_cpu_seconds(server_pid) if server_pid else 0.0
+        store_cpu = production.StoreCpu() if stores else None
         time.sleep(1.0)
         ours = time.process_time() - own0
         if server_pid:
             ours += proc_cpu_seconds(server_pid) - server0
+        if store_cpu is not None:
+            ours += sum(store_cpu.close().values())
         elapsed = time.monotonic() - started
         busy = 100 * (machine_busy_seconds() - busy0 - ours) / elapsed
         if busy <= busy_pct or time.monotonic() >= deadline:
@@ -654,14 +727,38 @@ def wait_for_quiet(limit_s: float, server_pid: int = 0, busy_pct: float = 25.0) 
 
 
 def run_target(target: str, args: argparse.Namespace, workdir: Path, rate: float) -> RunResult:
-    """Starts the server, runs the load generator in its own process, stops both."""
+    """Starts the server (on a fresh database and Redis prefix for `herald-pg`, removed
+    afterwards), runs the load generator in its own process, stops both."""
+    if target != HERALD_PG:
+        return _run_target(target, args, workdir, rate, None)
+    with production.fresh_backends(args.pg_dsn, args.redis_url) as backends:
+        print(
+            f"  production profile: database {backends.database}, Redis prefix {backends.prefix!r}",
+            flush=True,
+        )
+        return _run_target(target, args, workdir, rate, backends)
+
+
+def _run_target(
+    target: str,
+    args: argparse.Namespace,
+    workdir: Path,
+    rate: float,
+    backends: production.Backends | None,
+) -> RunResult:
+    extra_env = backends.env if backends is not None else None
     data_dir = workdir / target / "herald"
     data_dir.mkdir(parents=True)
-    if target in (HERALD, PROTOCOL):
+    if target in (*HERALDS, PROTOCOL):
         auth.load_keys(AuthSettings(), data_dir)  # creates the dev key the server will read
     port = free_port()
     server = start_server(
-        target, port, data_dir, workdir / f"{target}.log", acks=args.ack_interval > 0
+        target,
+        port,
+        data_dir,
+        workdir / f"{target}.log",
+        acks=args.ack_interval > 0,
+        extra_env=extra_env,
     )
     context = multiprocessing.get_context("spawn")
     receive, answer = context.Pipe(duplex=False)
@@ -692,6 +789,9 @@ def run_target(target: str, args: argparse.Namespace, workdir: Path, rate: float
         profile_cmd=profile_cmd,
         profile_phase=args.profile_phase,
         quiet_wait=args.quiet_wait,
+        stores=backends is not None,
+        pg_dsn=args.pg_dsn,
+        pg_database=backends.database if backends is not None else "",
     )
     load = context.Process(target=_load_process, args=(spec, answer), name=f"load-{target}")
     try:
@@ -767,19 +867,36 @@ def _frame_name(frame: str, *, line_too: bool = False) -> str:
 
 
 def table(results: list[RunResult]) -> list[str]:
-    rows = [
+    """With the production target, two more columns: PostgreSQL's and Redis's CPU, and the
+    server's plus theirs per delivery (the SQL a durable server has run is CPU it spends)."""
+    stores = any(r.target == HERALD_PG for r in results)
+    head = (
         "| system | delivered/s | stream msgs/s | server CPU | server CPU per delivery "
-        "| load-gen CPU | other CPU | latency at rate | p50 | p95 | p99 |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
+        "| load-gen CPU | other CPU |"
+    )
+    rule = "|---|---:|---:|---:|---:|---:|---:|"
+    if stores:
+        head += " PostgreSQL / Redis CPU | server + stores CPU per delivery |"
+        rule += "---:|---:|"
+    rows = [head + " latency at rate | p50 | p95 | p99 |", rule + "---:|---:|---:|---:|"]
     rounds = max((r.round for r in results), default=1)
-    rows += [
-        f"| {_label(r, rounds)} | {r.delivered_per_s:,.0f} | {r.messages_per_s:,.0f} "
-        f"| {r.server_cpu_pct:.0f}% | {r.server_us_per_delivery:.1f} µs "
-        f"| {r.loadgen_cpu_pct:.0f}% | {r.other_cpu_pct:.0f}% | {r.latency_rate:,.0f}/s "
-        f"| {r.p50_ms:.1f} ms | {r.p95_ms:.1f} ms | {r.p99_ms:.1f} ms |"
-        for r in results
-    ]
+    for r in results:
+        row = (
+            f"| {_label(r, rounds)} | {r.delivered_per_s:,.0f} | {r.messages_per_s:,.0f} "
+            f"| {r.server_cpu_pct:.0f}% | {r.server_us_per_delivery:.1f} µs "
+            f"| {r.loadgen_cpu_pct:.0f}% | {r.other_cpu_pct:.0f}% |"
+        )
+        if stores:
+            with_stores = (
+                (r.server_cpu_pct + r.pg_cpu_pct + r.redis_cpu_pct)
+                * 1e4
+                / max(r.delivered_per_s, 1)
+            )
+            row += f" {r.pg_cpu_pct:.0f}% / {r.redis_cpu_pct:.0f}% | {with_stores:.1f} µs |"
+        rows.append(
+            row + f" {r.latency_rate:,.0f}/s | {r.p50_ms:.1f} ms | {r.p95_ms:.1f} ms "
+            f"| {r.p99_ms:.1f} ms |"
+        )
     return rows
 
 
@@ -822,6 +939,14 @@ def verdicts(results: list[RunResult]) -> list[str]:
         )
     if within := ratios(HERALD, PROTOCOL):
         lines.append(f"- Herald / protocol floor delivered/s: {_spread(within, '.2f')}")
+    if durable := ratios(HERALD_PG, HERALD):
+        met = "met" if statistics.median(durable) >= 0.7 else "NOT met"
+        lines.append(
+            "- production (PostgreSQL + Redis) / memory delivered/s: "
+            f"{_spread(durable, '.2f')} (target >= 0.7: {met})"
+        )
+    if pg_floor := ratios(HERALD_PG, PROTOCOL):
+        lines.append(f"- production / protocol floor delivered/s: {_spread(pg_floor, '.2f')}")
     disturbed = [
         _label(r, rounds) for r in results if max(r.other_cpu_pct, r.latency_other_cpu_pct) > 25
     ]
@@ -830,14 +955,16 @@ def verdicts(results: list[RunResult]) -> list[str]:
             f"- WARNING: other programs used over 25% of a core while measuring {disturbed}: "
             "those numbers are low; run again on a quiet machine"
         )
-    heralds = [r for r in results if r.target == HERALD]
-    if heralds:
+    for target, name, limit in ((HERALD, "Herald", 50), (HERALD_PG, "production", 100)):
+        heralds = [r for r in results if r.target == target]
+        if not heralds:
+            continue
         p99s = [r.p99_ms for r in heralds]
         rate = statistics.median(r.latency_rate for r in heralds)
-        met = "met" if statistics.median(p99s) < 50 else "NOT met"
+        met = "met" if statistics.median(p99s) < limit else "NOT met"
         lines.append(
-            f"- Herald p99 at half its maximum (~{rate:,.0f}/s): {_spread(p99s, '.1f', ' ms')} "
-            f"(target < 50 ms: {met})"
+            f"- {name} p99 at half its maximum (~{rate:,.0f}/s): {_spread(p99s, '.1f', ' ms')} "
+            f"(target < {limit} ms: {met})"
         )
     lines += [_details(r, rounds) for r in results]
     return lines
@@ -845,6 +972,22 @@ def verdicts(results: list[RunResult]) -> list[str]:
 
 def _details(r: RunResult, rounds: int = 1) -> str:
     per_delivery = r.latency_server_cpu_pct * 1e4 / max(r.latency_received_per_s, 1)
+    stores = ""
+    if r.target == HERALD_PG:
+        stores = (
+            f", PostgreSQL CPU {r.latency_pg_cpu_pct:.0f}%, Redis CPU "
+            f"{r.latency_redis_cpu_pct:.0f}%"
+        )
+    pg = ""
+    if r.pg_activity or r.pg_commits_per_s:
+        busy = ", ".join(f"{state} {n:.2f}" for state, n in r.pg_activity[:6])
+        statements = "; ".join(f"{n:.2f} {q!r}" for q, n in r.pg_statements[:5])
+        kinds = ", ".join(f"{kind} {pct:.0f}%" for kind, pct in r.pg_cpu_by_type[:4])
+        pg = (
+            f"; maximum phase: {r.pg_commits_per_s:,.0f} PostgreSQL commits/s, its CPU by "
+            f"process {kinds}; its backends (mean number by state) {busy}; by statement: "
+            f"{statements}"
+        )
     acks = "no acks"
     if r.acks or r.ack_errors:
         acks = f"{r.acks:,} acks (round trip p50 {r.ack_p50_ms:.0f} ms, p99 {r.ack_p99_ms:.0f} ms)"
@@ -854,11 +997,12 @@ def _details(r: RunResult, rounds: int = 1) -> str:
         f"- {_label(r, rounds)}: latency phase {r.latency_received_per_s:,.0f}/s received, "
         "server CPU "
         f"{r.latency_server_cpu_pct:.0f}% ({per_delivery:.0f} µs per delivery), load-gen CPU "
-        f"{r.latency_loadgen_cpu_pct:.0f}%, other CPU {r.latency_other_cpu_pct:.0f}%, max "
+        f"{r.latency_loadgen_cpu_pct:.0f}%, other CPU {r.latency_other_cpu_pct:.0f}%"
+        f"{stores}, max "
         f"{r.max_ms:.1f} ms; {acks}; {r.sent:,} sent, {r.received:,} received in all "
         f"({r.received - r.sent:,} duplicates, {r.redeliveries} of them in the latency phase); "
         f"notification {r.notification_bytes} B as sent; server RSS {r.server_rss_mib:.0f} MiB "
-        "at the end"
+        f"at the end{pg}"
     )
 
 
@@ -918,9 +1062,10 @@ def markdown_section(args: argparse.Namespace, results: list[RunResult]) -> str:
     if args.ack_interval > 0:
         via = "one AckStream each" if args.ack_mode == "stream" else "Ack calls"
         acks = f"every {args.ack_interval:g} s ({via})"
+    production = ", memory and production profiles" if HERALD_PG in args.targets else ""
     lines = [
         _marker(args, "start"),
-        f"### {args.subscribers:,} subscribers, acks {acks}",
+        f"### {args.subscribers:,} subscribers, acks {acks}{production}",
         "",
         f"Command: `{command_line()}`  ",
         f"Run: {today}; {environment()}; Herald {code_version(args.code_label)}.  ",
@@ -945,7 +1090,10 @@ def _marker(args: argparse.Namespace, edge: str) -> str:
 
 
 def _mode_tag(args: argparse.Namespace) -> str:
-    return " ack-mode=unary" if args.ack_interval > 0 and args.ack_mode == "unary" else ""
+    """What else names the section: unary acks, the production target (its runs do not replace
+    the memory profile's section)."""
+    tag = " ack-mode=unary" if args.ack_interval > 0 and args.ack_mode == "unary" else ""
+    return tag + (" profile=production" if HERALD_PG in args.targets else "")
 
 
 def write_markdown(args: argparse.Namespace, results: list[RunResult]) -> None:
@@ -1002,7 +1150,18 @@ def parse_args() -> argparse.Namespace:
         "--targets",
         default=f"{HERALD},{BASELINE}",
         help="comma-separated: herald, baseline, protocol (the baseline plus the I/O of "
-        "Herald's protocol: per-notification answers, Herald's framing, AckStream)",
+        "Herald's protocol: per-notification answers, Herald's framing, AckStream), herald-pg "
+        "(herald up on the production profile: a fresh PostgreSQL database and Redis prefix)",
+    )
+    parser.add_argument(
+        "--pg-dsn",
+        default=production.DEFAULT_PG_DSN,
+        help="herald-pg: a PostgreSQL server's DSN to make (and drop) the run's database on",
+    )
+    parser.add_argument(
+        "--redis-url",
+        default=production.DEFAULT_REDIS_URL,
+        help="herald-pg: the Redis (its keys go under a fresh prefix, deleted afterwards)",
     )
     parser.add_argument(
         "--quiet-wait",
@@ -1036,7 +1195,7 @@ def parse_args() -> argparse.Namespace:
     )
     args = parser.parse_args()
     args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
-    unknown = set(args.targets) - {HERALD, BASELINE, PROTOCOL}
+    unknown = set(args.targets) - {*HERALDS, BASELINE, PROTOCOL}
     if unknown:
         parser.error(f"unknown targets: {sorted(unknown)}")
     return args

@@ -1,6 +1,7 @@
 """What one `Send` costs: `herald up` answering unary calls from concurrent backends, on loopback.
 
     .venv/bin/python bench/send.py [--callers 16] [--seconds 10] [--batch 0] [--repeat 3]
+                                   [--profile memory,production]
 
 `Send` with one notification is the call most backends make. This starts `herald up` (as
 bench/delivery.py does, with a throwaway data directory), and `--callers` concurrent callers,
@@ -10,7 +11,17 @@ subscribed: the notifications go to the offline inboxes). With `--batch N` they 
 with N notifications instead. It reports calls/s and notifications/s, the server's CPU per call
 (utime + stime from /proc, over the measured window) and the callers' latency, p50 and p99.
 
-The callers run in this process; like the server, they share the machine's two cores.
+`--profile production` runs `herald up` on the production profile instead of the embedded
+memory one: a fresh PostgreSQL database `bench_<random>` on the server of `--pg-dsn` and a fresh
+Redis key prefix on `--redis-url`, both removed afterwards (bench/production.py). It then also
+reports PostgreSQL's and Redis's CPU over the window (all their processes, from /proc), the
+database's commits and rows written (pg_stat_database), and what its client backends were doing,
+sampled every 20 ms (pg_stat_activity). `--profile memory,production` alternates the two in
+every round.
+
+The callers run in this process; like the server, they share the machine's two cores. The
+requests are built before the run (one per starting user, round-robin over 1,000 users), so
+the callers' CPU is the stub's serialization and the call, not building messages.
 """
 
 from __future__ import annotations
@@ -18,11 +29,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
+import math
 import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
+import production
 from delivery import HERALD, free_port, percentile, proc_cpu_seconds, start_server, stop_server
 from grpc import aio
 
@@ -38,35 +53,52 @@ def notification(user: str, payload: int) -> notification_pb2.Notification:
     )
 
 
-async def measure(
-    address: str, token: str, server_pid: int, args: argparse.Namespace
-) -> dict[str, float]:
+def requests(args: argparse.Namespace) -> list[Any]:
+    """The requests the callers cycle through: call k starts at user k * size (mod 1,000)."""
     users = [f"u{i}" for i in range(1000)]
+    size = max(args.batch, 1)
+    built = []
+    for turn in range(1000 // math.gcd(size, 1000)):
+        if args.batch:
+            batch = [
+                notification(users[(turn * size + i) % 1000], args.payload) for i in range(size)
+            ]
+            built.append(ingest_pb2.SendBatchRequest(notifications=batch))
+        else:
+            built.append(
+                ingest_pb2.SendRequest(notification=notification(users[turn], args.payload))
+            )
+    return built
+
+
+async def measure(
+    address: str,
+    token: str,
+    server_pid: int,
+    args: argparse.Namespace,
+    backends: production.Backends | None,
+) -> dict[str, Any]:
     metadata = (("authorization", f"Bearer {token}"),)
     latencies: list[int] = []
     calls = 0
+    refused = 0
     recording = False
+    built = requests(args)
     stop_at = time.monotonic() + args.warmup + args.seconds
     async with aio.insecure_channel(address) as channel:
         stub = ingest_pb2_grpc.IngestServiceStub(channel)
         turn = 0
 
         async def caller() -> None:
-            nonlocal calls, turn
+            nonlocal calls, turn, refused
             while time.monotonic() < stop_at:
                 turn += 1
+                request = built[turn % len(built)]
                 started = time.monotonic_ns()
                 if args.batch:
-                    batch = [
-                        notification(users[(turn * args.batch + i) % 1000], args.payload)
-                        for i in range(args.batch)
-                    ]
-                    request = ingest_pb2.SendBatchRequest(notifications=batch)
-                    await stub.SendBatch(request, metadata=metadata, timeout=10)
+                    answer = await stub.SendBatch(request, metadata=metadata, timeout=10)
+                    refused += sum(1 for r in answer.results if r.HasField("error"))
                 else:
-                    request = ingest_pb2.SendRequest(
-                        notification=notification(users[turn % 1000], args.payload)
-                    )
                     await stub.Send(request, metadata=metadata, timeout=10)
                 if recording:
                     latencies.append(time.monotonic_ns() - started)
@@ -75,37 +107,74 @@ async def measure(
         tasks = [asyncio.ensure_future(caller()) for _ in range(args.callers)]
         await asyncio.sleep(args.warmup)
         recording = True
+        watch = None
+        if backends is not None:
+            watch = production.PgWatch(args.pg_dsn, backends.database)
+            await watch.start()
+        stores = production.StoreCpu()
         cpu0, t0 = proc_cpu_seconds(server_pid), time.monotonic()
         own0 = time.process_time()
         await asyncio.gather(*tasks)
         elapsed = time.monotonic() - t0
         cpu = proc_cpu_seconds(server_pid) - cpu0
         own = time.process_time() - own0
+        store_cpu = stores.close(watch.pids if watch is not None else None)
+        counters = await watch.stop() if watch is not None else {}
+    if refused:
+        raise RuntimeError(f"{refused} notifications refused")
     latencies.sort()
     per_call = max(args.batch, 1)
+    notifications = calls * per_call
     return {
         "calls_per_s": calls / elapsed,
-        "notifications_per_s": calls * per_call / elapsed,
+        "notifications_per_s": notifications / elapsed,
         "server_cpu_pct": 100 * cpu / elapsed,
         "server_us_per_call": 1e6 * cpu / max(calls, 1),
+        "server_us_per_notification": 1e6 * cpu / max(notifications, 1),
+        "pg_cpu_pct": 100 * store_cpu["pg"] / elapsed,
+        "redis_cpu_pct": 100 * store_cpu["redis"] / elapsed,
+        "stores_us_per_notification": 1e6
+        * (store_cpu["pg"] + store_cpu["redis"])
+        / max(notifications, 1),
         "caller_cpu_pct": 100 * own / elapsed,
         "p50_ms": percentile(latencies, 0.50),
         "p99_ms": percentile(latencies, 0.99),
+        "commits_per_s": counters.get("xact_commit", 0) / elapsed,
+        "rows_per_notification": sum(
+            counters.get(k, 0) for k in ("tup_inserted", "tup_updated", "tup_deleted")
+        )
+        / max(notifications, 1),
+        "pg_activity": watch.busy() if watch is not None else [],
+        "pg_statements": watch.busiest_statements() if watch is not None else [],
+        "pg_cpu_by_type": production.pg_cpu_by_type(stores, watch, elapsed) if watch else [],
     }
 
 
-def run_once(args: argparse.Namespace, workdir: Path) -> dict[str, float]:
+def run_once(args: argparse.Namespace, workdir: Path, profile: str) -> dict[str, Any]:
+    if profile == "memory":
+        return _run_once(args, workdir, None)
+    with production.fresh_backends(args.pg_dsn, args.redis_url) as backends:
+        return _run_once(args, workdir, backends)
+
+
+def _run_once(
+    args: argparse.Namespace, workdir: Path, backends: production.Backends | None
+) -> dict[str, Any]:
     data_dir = workdir / "herald"
     data_dir.mkdir(parents=True)
     settings = AuthSettings()
     keys = auth.load_keys(settings, data_dir)
     token = auth.TokenMinter(keys, settings).mint("bench-sender", "bench", [auth.SCOPE_SEND])
     port = free_port()
-    server = start_server(HERALD, port, data_dir, workdir / "herald.log", acks=True)
+    env = backends.env if backends is not None else None
+    log = workdir / "herald.log"
+    server = start_server(HERALD, port, data_dir, log, acks=True, extra_env=env)
     try:
-        return asyncio.run(measure(f"127.0.0.1:{port}", token, server.pid, args))
+        return asyncio.run(measure(f"127.0.0.1:{port}", token, server.pid, args, backends))
     finally:
         stop_server(server)
+        if args.server_log:
+            Path(args.server_log).write_bytes(log.read_bytes())
 
 
 def main() -> None:
@@ -116,28 +185,68 @@ def main() -> None:
     parser.add_argument("--payload", type=int, default=200, help="body bytes, about")
     parser.add_argument("--batch", type=int, default=0, help="SendBatch of N instead of Send")
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument(
+        "--profile",
+        default="memory",
+        help="memory, production (a fresh PostgreSQL database and Redis prefix), or both "
+        "comma-separated: alternated in every round",
+    )
+    parser.add_argument("--pg-dsn", default=production.DEFAULT_PG_DSN)
+    parser.add_argument("--redis-url", default=production.DEFAULT_REDIS_URL)
+    parser.add_argument("--json", metavar="PATH", help="also write the raw results as JSON")
+    parser.add_argument("--server-log", metavar="PATH", help="keep the last server's log here")
     args = parser.parse_args()
-    rows = []
+    profiles = [p.strip() for p in args.profile.split(",") if p.strip()]
+    if not profiles or set(profiles) - {"memory", "production"}:
+        parser.error(f"--profile: memory and/or production, not {args.profile!r}")
+    what = f"SendBatch of {args.batch}" if args.batch else "Send"
+    print(f"{what}, {args.callers} concurrent callers, {args.seconds:g} s per run", flush=True)
+    rows: dict[str, list[dict[str, Any]]] = {p: [] for p in profiles}
     for round_ in range(1, args.repeat + 1):
-        with tempfile.TemporaryDirectory(prefix="herald-send-") as tmp:
-            result = run_once(args, Path(tmp))
-        rows.append(result)
-        print(
-            f"round {round_}: {result['calls_per_s']:,.0f} calls/s "
-            f"({result['notifications_per_s']:,.0f} notifications/s), server CPU "
-            f"{result['server_cpu_pct']:.0f}% = {result['server_us_per_call']:.0f} µs per call, "
-            f"callers' CPU {result['caller_cpu_pct']:.0f}%, "
-            f"p50 {result['p50_ms']:.2f} ms, p99 {result['p99_ms']:.2f} ms",
-            flush=True,
+        for profile in profiles:
+            with tempfile.TemporaryDirectory(prefix="herald-send-") as tmp:
+                result = run_once(args, Path(tmp), profile)
+            result.update(profile=profile, round=round_, batch=args.batch, callers=args.callers)
+            rows[profile].append(result)
+            print(f"{profile} round {round_}: {_line(result)}", flush=True)
+    for profile, results in rows.items():
+        if len(results) > 1:
+            with contextlib.suppress(statistics.StatisticsError):
+                print(
+                    f"{profile} median: "
+                    f"{statistics.median(r['notifications_per_s'] for r in results):,.0f} "
+                    "notifications/s, "
+                    f"{statistics.median(r['server_us_per_call'] for r in results):.0f} µs "
+                    f"per call, p99 {statistics.median(r['p99_ms'] for r in results):.2f} ms"
+                )
+    if args.json:
+        everything = [r for results in rows.values() for r in results]
+        Path(args.json).write_text(json.dumps(everything, indent=2) + "\n")
+
+
+def _line(r: dict[str, Any]) -> str:
+    line = (
+        f"{r['calls_per_s']:,.0f} calls/s ({r['notifications_per_s']:,.0f} notifications/s), "
+        f"server CPU {r['server_cpu_pct']:.0f}% = {r['server_us_per_call']:.0f} µs per call "
+        f"({r['server_us_per_notification']:.1f} µs per notification), "
+        f"callers' CPU {r['caller_cpu_pct']:.0f}%, "
+        f"p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms"
+    )
+    if r["pg_activity"] or r["pg_cpu_pct"] > 5:
+        line += (
+            f"; PostgreSQL CPU {r['pg_cpu_pct']:.0f}%, Redis CPU {r['redis_cpu_pct']:.0f}% "
+            f"({r['stores_us_per_notification']:.1f} µs per notification); "
+            f"{r['commits_per_s']:,.0f} commits/s, "
+            f"{r['rows_per_notification']:.1f} rows written per notification"
         )
-    if len(rows) > 1:
-        with contextlib.suppress(statistics.StatisticsError):
-            print(
-                "median: "
-                f"{statistics.median(r['calls_per_s'] for r in rows):,.0f} calls/s, "
-                f"{statistics.median(r['server_us_per_call'] for r in rows):.0f} µs per call, "
-                f"p99 {statistics.median(r['p99_ms'] for r in rows):.2f} ms"
-            )
+    if r["pg_activity"]:
+        busy = ", ".join(f"{k} {v:.2f}" for k, v in r["pg_activity"][:6])
+        kinds = ", ".join(f"{kind} {pct:.0f}%" for kind, pct in r["pg_cpu_by_type"][:4])
+        line += f"; PostgreSQL CPU by process: {kinds}"
+        line += f"; PostgreSQL backends (mean number, by state): {busy}"
+        statements = "; ".join(f"{n:.2f} {q!r}" for q, n in r["pg_statements"][:5])
+        line += f"; by statement: {statements}"
+    return line
 
 
 if __name__ == "__main__":
