@@ -13,6 +13,8 @@ import asyncpg
 import redis.asyncio as redis_asyncio
 import redis.exceptions as redis_errors
 from pydantic import SecretStr
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 
 from services.backends import Backend, HealthChange, Stores
 from services.breaker import BreakerState, CircuitBreaker, guarded
@@ -85,7 +87,13 @@ async def production_stores(config: Config, clock: Clock, on_change: HealthChang
         redis_url,
         socket_timeout=5.0,
         socket_connect_timeout=5.0,
+        # A peer gone without closing (a half-open pub/sub connection) is noticed.
+        socket_keepalive=True,
         health_check_interval=15,
+        # After a Redis restart each pooled connection is dead once: try again on a new one
+        # (from_url clients do not retry by default in redis-py 8).
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
+        retry_on_error=[redis_errors.ConnectionError, redis_errors.TimeoutError],
     )
     try:
         await client.ping()
