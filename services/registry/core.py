@@ -88,6 +88,9 @@ class RegistryCore:
         now = self._clock.now()
         session.connected_at = session.connected_at or now
         session.last_seen_at = now
+        # Sessions of a node that died hold the user's slots until their lease runs out:
+        # sweep them first, so they never lock the user out.
+        await self.expire_stale()
         if not await self._directory.add(session, self._settings.max_sessions_per_user):
             raise ResourceExhausted(
                 f"user {quote(session.user_id)} already has {self._settings.max_sessions_per_user} "

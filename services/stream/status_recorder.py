@@ -36,12 +36,18 @@ class StatusRecorder:
         try:
             await self._status.apply(tenant, transitions, at)
         except Unavailable as exc:
-            metrics.STATUS_LOST.inc(len(transitions))
-            self._unlogged += len(transitions)
-            now = time.monotonic()
-            if now - self._logged_at >= _LOG_INTERVAL_S:
-                log.warning(
-                    "status updates lost: the status store is unreachable",
-                    extra={"lost": self._unlogged, "reason": exc.message},
-                )
-                self._logged_at, self._unlogged = now, 0
+            self._lost(len(transitions), exc.message)
+        except Exception as exc:
+            # E.g. a deadlock between two writers of one recipient: still not the stream's end.
+            self._lost(len(transitions), type(exc).__name__)
+
+    def _lost(self, count: int, reason: str) -> None:
+        metrics.STATUS_LOST.inc(count)
+        self._unlogged += count
+        now = time.monotonic()
+        if now - self._logged_at >= _LOG_INTERVAL_S:
+            log.warning(
+                "status updates lost: the status store failed",
+                extra={"lost": self._unlogged, "reason": reason},
+            )
+            self._logged_at, self._unlogged = now, 0
