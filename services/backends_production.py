@@ -24,6 +24,7 @@ from services.errors import Unavailable
 from services.postgres import PostgresBackend
 from services.registry.sessions_redis import RedisSessionDirectory
 from services.stream.broker_redis import RedisBroker
+from services.stream.status_buffered import WriteBehindStatusStore
 
 # What says "the server is not there" (and so counts against the breaker); anything else is an
 # error in the request and passes through.
@@ -149,7 +150,9 @@ async def production_stores(config: Config, clock: Clock, on_change: HealthChang
     return Stores(
         logs=guarded(postgres.logs, pg),
         acks=guarded(postgres.acks, pg),
-        status=guarded(postgres.status, pg),
+        # Written behind in batches: one statement per few milliseconds for every stream of the
+        # node, not one per stream message (status_buffered.py).
+        status=guarded(WriteBehindStatusStore(postgres.status), pg),
         # Not behind the breaker: the broker never raises (a lost publication is caught up by
         # the head check), and a refused unsubscribe would leave a session half-forgotten.
         broker=RedisBroker(client, prefix),

@@ -13,6 +13,7 @@ import logging
 import math
 import time
 from collections.abc import Sequence
+from typing import Protocol
 
 from services import metrics
 from services.domain import Transition
@@ -24,8 +25,12 @@ log = logging.getLogger(__name__)
 _LOG_INTERVAL_S = 60.0
 
 
+class _Applies(Protocol):
+    async def apply(self, tenant: str, transitions: Sequence[Transition], at: float) -> None: ...
+
+
 class StatusRecorder:
-    def __init__(self, status: StatusStore) -> None:
+    def __init__(self, status: StatusStore | _Applies) -> None:
         self._status = status
         self._logged_at = -math.inf
         self._unlogged = 0
@@ -40,6 +45,10 @@ class StatusRecorder:
         except Exception as exc:
             # E.g. a deadlock between two writers of one recipient: still not the stream's end.
             self._lost(len(transitions), type(exc).__name__)
+
+    def report(self, count: int, reason: str) -> None:
+        """Counts and (at most once a minute) logs status changes that were lost."""
+        self._lost(count, reason)
 
     def _lost(self, count: int, reason: str) -> None:
         metrics.STATUS_LOST.inc(count)
