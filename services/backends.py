@@ -12,7 +12,6 @@ Every store of a bundle is closed with `aclose` when the node stops.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -70,8 +69,14 @@ class Stores:
         it."""
         while True:
             for backend in self.backends:
-                with contextlib.suppress(Unavailable):
+                try:
                     await backend.breaker.call(backend.probe)
+                except Unavailable:
+                    pass  # the breaker counted it; health follows
+                except Exception:
+                    log.warning(
+                        "backend probe failed", extra={"backend": backend.name}, exc_info=True
+                    )
             await asyncio.sleep(interval_s)
 
     async def aclose(self) -> None:

@@ -13,14 +13,18 @@ import asyncpg
 import redis.asyncio as redis_asyncio
 import redis.exceptions as redis_errors
 from pydantic import SecretStr
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 
 from services.backends import Backend, HealthChange, Stores
 from services.breaker import BreakerState, CircuitBreaker, guarded
 from services.clock import Clock
 from services.config import Config
+from services.errors import Unavailable
 from services.postgres import PostgresBackend
 from services.registry.sessions_redis import RedisSessionDirectory
 from services.stream.broker_redis import RedisBroker
+from services.stream.status_buffered import WriteBehindStatusStore
 
 # What says "the server is not there" (and so counts against the breaker); anything else is an
 # error in the request and passes through.
@@ -34,6 +38,8 @@ POSTGRES_FAILURES: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.QueryCanceledError,
 )
 REDIS_FAILURES: tuple[type[BaseException], ...] = (
+    # The session directory says "unreachable" itself (services/registry/sessions_redis.py).
+    Unavailable,
     OSError,
     TimeoutError,
     redis_errors.ConnectionError,
@@ -60,6 +66,21 @@ def _dsn(config: Config) -> str:
     return dsn
 
 
+def _redis_client(url: str) -> redis_asyncio.Redis:
+    return redis_asyncio.Redis.from_url(
+        url,
+        socket_timeout=5.0,
+        socket_connect_timeout=5.0,
+        # A peer gone without closing (a half-open pub/sub connection) is noticed.
+        socket_keepalive=True,
+        health_check_interval=15,
+        # After a Redis restart each pooled connection is dead once: try again on a new one
+        # (from_url clients do not retry by default in redis-py 8).
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
+        retry_on_error=[redis_errors.ConnectionError, redis_errors.TimeoutError],
+    )
+
+
 async def production_stores(config: Config, clock: Clock, on_change: HealthChange) -> Stores:
     """Connects to PostgreSQL (migrating its schema) and Redis.
 
@@ -81,12 +102,11 @@ async def production_stores(config: Config, clock: Clock, on_change: HealthChang
             f"cannot reach PostgreSQL at HERALD_POSTGRES_DSN ({type(exc).__name__}); "
             "is it running, and does the DSN name a database this user may use?"
         ) from None
-    client = redis_asyncio.Redis.from_url(
-        redis_url,
-        socket_timeout=5.0,
-        socket_connect_timeout=5.0,
-        health_check_interval=15,
-    )
+    try:
+        client = _redis_client(redis_url)
+    except ValueError:
+        await postgres.aclose()
+        raise ValueError("HERALD_REDIS_URL is not a valid redis:// URL") from None
     try:
         await client.ping()
     except REDIS_FAILURES as exc:
@@ -130,8 +150,12 @@ async def production_stores(config: Config, clock: Clock, on_change: HealthChang
     return Stores(
         logs=guarded(postgres.logs, pg),
         acks=guarded(postgres.acks, pg),
-        status=guarded(postgres.status, pg),
-        broker=guarded(RedisBroker(client, prefix), rd),
+        # Written behind in batches: one statement per few milliseconds for every stream of the
+        # node, not one per stream message (status_buffered.py).
+        status=guarded(WriteBehindStatusStore(postgres.status), pg),
+        # Not behind the breaker: the broker never raises (a lost publication is caught up by
+        # the head check), and a refused unsubscribe would leave a session half-forgotten.
+        broker=RedisBroker(client, prefix),
         idempotency=guarded(postgres.idempotency, pg),
         sessions=guarded(RedisSessionDirectory(client, prefix), rd),
         templates=guarded(postgres.templates, pg),

@@ -26,6 +26,9 @@ MAX_ADDRESS_LEN = 256
 MAX_ENCODING_LEN = 64
 # A page token is a cursor: the decimal digits of a uint64.
 MAX_PAGE_TOKEN_LEN = 20
+# Entries of a repeated field a client may send (ids to ack or mark read, users to look up,
+# channels to join, cursors): checked before any per-entry work.
+MAX_LIST_LEN = 1000
 # How much of a client's string an error message quotes.
 QUOTE_LEN = 64
 
@@ -48,6 +51,12 @@ def check_id(value: str, what: str, limit: int = MAX_ID_LEN) -> None:
     if not value:
         raise InvalidArgument(f"{what} must not be empty")
     check_length(value, limit, what)
+
+
+def check_count(values: Collection[object], what: str, limit: int = MAX_LIST_LEN) -> None:
+    """Raises InvalidArgument if a repeated field has more than `limit` entries."""
+    if len(values) > limit:
+        raise InvalidArgument(f"{what} holds {len(values)} entries; at most {limit} are allowed")
 
 
 def check_each(values: Collection[str], limit: int, what: str) -> None:

@@ -147,119 +147,132 @@ async def start_node(
         update.add_done_callback(health_updates.discard)
 
     stores = await open_stores(config, clock, backend_changed)
+    try:
+        closers: list[object] = []
 
-    closers: list[object] = []
+        registry_core: RegistryCore | None = None
+        delivery_core: DeliveryCore | None = None
+        dispatcher: Dispatcher | None = None
+        node_clients: dict[str, NodeClient] = {}
 
-    registry_core: RegistryCore | None = None
-    delivery_core: DeliveryCore | None = None
-    dispatcher: Dispatcher | None = None
-    node_clients: dict[str, NodeClient] = {}
+        def node_for(session: SessionInfo) -> NodePort | None:
+            if delivery_core is not None and session.node_id == delivery_core.node_id:
+                return delivery_core
+            if not session.node_address:
+                return None
+            client = node_clients.get(session.node_address)
+            if client is None:
+                client = node_clients[session.node_address] = NodeClient(
+                    session.node_address, credentials
+                )
+                closers.append(client)
+            return client
 
-    def node_for(session: SessionInfo) -> NodePort | None:
-        if delivery_core is not None and session.node_id == delivery_core.node_id:
-            return delivery_core
-        if not session.node_address:
-            return None
-        client = node_clients.get(session.node_address)
-        if client is None:
-            client = node_clients[session.node_address] = NodeClient(
-                session.node_address, credentials
+        # On shared stores every node reads and writes them itself: the registry's directory and
+        # templates, the logs. Only the calls to a session's own node go over gRPC.
+        if "registry" in roles or stores.shared:
+            registry_core = RegistryCore(
+                stores.sessions, stores.templates, config.registry, clock, node_for
             )
-            closers.append(client)
-        return client
-
-    # On shared stores every node reads and writes them itself: the registry's directory and
-    # templates, the logs. Only the calls to a session's own node go over gRPC.
-    if "registry" in roles or stores.shared:
-        registry_core = RegistryCore(
-            stores.sessions, stores.templates, config.registry, clock, node_for
-        )
-    if "registry" in roles and registry_core is not None:
-        registry_pb2_grpc.add_RegistryServiceServicer_to_server(
-            RegistryServicer(registry_core), server
-        )
-    if "stream" in roles or (stores.shared and "ingest" in roles):
-        dispatcher = Dispatcher(
-            logs=stores.logs,
-            status=stores.status,
-            broker=stores.broker,
-            settings=config.delivery,
-            clock=clock,
-            group_window_s=config.backends.group_commit_ms / 1000 if stores.shared else 0.0,
-        )
-
-    if "stream" in roles and dispatcher is not None:
-        registry_port: RegistryPort
-        if registry_core is not None:
-            registry_port = registry_core
-        else:
-            remote_registry = RegistryClient(
-                _required(config.server.registry_address, "REGISTRY"), credentials
+        if "registry" in roles and registry_core is not None:
+            registry_pb2_grpc.add_RegistryServiceServicer_to_server(
+                RegistryServicer(registry_core), server
             )
-            closers.append(remote_registry)
-            registry_port = remote_registry
-        delivery_core = DeliveryCore(
-            node_id=node_id,
-            node_address=advertise,
-            logs=stores.logs,
-            acks=stores.acks,
-            status=stores.status,
-            broker=stores.broker,
-            registry=registry_port,
-            settings=config.delivery,
-            clock=clock,
-        )
-        StreamServicer(delivery_core).register(server)
-        node_pb2_grpc.add_NodeServiceServicer_to_server(
-            NodeServicer(delivery_core, dispatcher), server
-        )
+        if "stream" in roles or (stores.shared and "ingest" in roles):
+            dispatcher = Dispatcher(
+                logs=stores.logs,
+                status=stores.status,
+                broker=stores.broker,
+                settings=config.delivery,
+                clock=clock,
+                group_window_s=config.backends.group_commit_ms / 1000 if stores.shared else 0.0,
+            )
 
-    ingest_core: IngestCore | None = None
-    if "ingest" in roles:
-        delivery_port: DeliveryPort
+        if "stream" in roles and dispatcher is not None:
+            registry_port: RegistryPort
+            if registry_core is not None:
+                registry_port = registry_core
+            else:
+                remote_registry = RegistryClient(
+                    _required(config.server.registry_address, "REGISTRY"), credentials
+                )
+                closers.append(remote_registry)
+                registry_port = remote_registry
+            delivery_core = DeliveryCore(
+                node_id=node_id,
+                node_address=advertise,
+                logs=stores.logs,
+                acks=stores.acks,
+                status=stores.status,
+                broker=stores.broker,
+                registry=registry_port,
+                settings=config.delivery,
+                clock=clock,
+            )
+            StreamServicer(delivery_core).register(server)
+            node_pb2_grpc.add_NodeServiceServicer_to_server(
+                NodeServicer(delivery_core, dispatcher), server
+            )
+
+        ingest_core: IngestCore | None = None
+        if "ingest" in roles:
+            delivery_port: DeliveryPort
+            if dispatcher is not None:
+                delivery_port = dispatcher
+            else:
+                remote_node = NodeClient(
+                    _required(config.server.stream_address, "STREAM"), credentials
+                )
+                closers.append(remote_node)
+                delivery_port = remote_node
+            templates: TemplatePort | None = registry_core
+            if templates is None and config.server.registry_address:
+                templates = RegistryClient(config.server.registry_address, credentials)
+                closers.append(templates)
+            ingest_core = IngestCore(
+                delivery_port, stores.idempotency, config.ingest, clock, templates
+            )
+            IngestServicer(ingest_core).register(server)
+
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        reflection.enable_server_reflection(
+            [
+                *names,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ],
+            server,
+        )
         if dispatcher is not None:
-            delivery_port = dispatcher
-        else:
-            remote_node = NodeClient(_required(config.server.stream_address, "STREAM"), credentials)
-            closers.append(remote_node)
-            delivery_port = remote_node
-        templates: TemplatePort | None = registry_core
-        if templates is None and config.server.registry_address:
-            templates = RegistryClient(config.server.registry_address, credentials)
-            closers.append(templates)
-        ingest_core = IngestCore(delivery_port, stores.idempotency, config.ingest, clock, templates)
-        IngestServicer(ingest_core).register(server)
-
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        [
-            *names,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
-        ],
-        server,
-    )
-    closers.append(stores)
-    await server.start()
-    if delivery_core is not None:
-        delivery_core.start()
-    await _set_health(health_servicer, roles, down)
-    if stores.backends:
-        monitor = asyncio.ensure_future(stores.monitor(config.backends.breaker_reset_s / 2))
-        closers.insert(0, _Cancel(monitor))
-    log.info("herald node serving", extra={"roles": list(roles), "port": port, "node_id": node_id})
-    return Node(
-        server,
-        port,
-        roles,
-        health_servicer,
-        delivery_core,
-        registry_core,
-        ingest_core,
-        closers,
-        dispatcher,
-        stores,
-    )
+            closers.append(dispatcher)  # its group commits finish before the stores close
+        closers.append(stores)
+        await server.start()
+        if delivery_core is not None:
+            delivery_core.start()
+        await _set_health(health_servicer, roles, down)
+        if stores.backends:
+            monitor = asyncio.ensure_future(stores.monitor(config.backends.breaker_reset_s / 2))
+            closers.insert(0, _Cancel(monitor))
+        log.info(
+            "herald node serving", extra={"roles": list(roles), "port": port, "node_id": node_id}
+        )
+        return Node(
+            server,
+            port,
+            roles,
+            health_servicer,
+            delivery_core,
+            registry_core,
+            ingest_core,
+            closers,
+            dispatcher,
+            stores,
+        )
+    except BaseException:
+        # Nothing half-started stays behind: the pool, the Redis client, the broker task.
+        await server.stop(0)
+        await stores.aclose()
+        raise
 
 
 async def _set_health(

@@ -579,3 +579,27 @@ async def test_a_long_id_is_not_echoed_whole(herald_up: Herald) -> None:
     code, details = await _status_of(client.status("y" * 256))
     assert code == grpc.StatusCode.NOT_FOUND
     assert details == f"no notification '{'y' * 64}…' in this tenant"
+
+
+async def test_repeated_fields_are_bounded_before_any_work_per_entry(herald_up: Herald) -> None:
+    alice = herald_up.user("alice", channels=["*"])
+    too_many = [f"n{i}" for i in range(1001)]
+    code, details = await _status_of(alice.ack(notification_ids=too_many))
+    assert (code, details) == (
+        INVALID,
+        "notification_ids holds 1001 entries; at most 1000 are allowed",
+    )
+    code, details = await _status_of(alice.mark_read(too_many))
+    assert code == INVALID
+    # Channels are counted before any is matched against the token's patterns.
+    stream = alice.open_stream(stream_pb2.SubscribeRequest(channels=too_many))
+    code, details = await _status_of(stream.read())
+    assert (code, details) == (INVALID, "channels holds 1001 entries; at most 1000 are allowed")
+    presence = herald_up.registry_stub(herald_up.tokens.backend("acme", auth.SCOPE_PRESENCE_READ))
+    stub, metadata = presence
+    code, _ = await _status_of(
+        stub.GetPresence(registry_pb2.GetPresenceRequest(user_ids=too_many), metadata=metadata)
+    )
+    assert code == INVALID
+    # At the bound, a call goes through.
+    assert await alice.ack(notification_ids=too_many[:1000]) == 0

@@ -510,14 +510,16 @@ async def test_ack_up_to_beyond_the_log_head_does_not_ack_future_entries(deploy:
     backend = herald.backend()
     alice = herald.user("alice")
     first = (await backend.send(to_user("alice", "n1"))).notification_id
-    # A cursor from before a restart of the embedded store: far beyond this log's head.
-    assert await alice.ack(up_to={"user": 50}) == 1
+    # A cursor from before a restart of the embedded store: far beyond this log's head. It
+    # belongs to another generation of the log, so it acks nothing, not even entry 1, which
+    # this client never received.
+    assert await alice.ack(up_to={"user": 50}) == 0
     later = [(await backend.send(to_user("alice", f"n{i}"))).notification_id for i in (2, 3)]
     stream = Stream(alice)
     await stream.start()
-    assert [d.notification.id for d in await stream.deliveries(2)] == later
+    assert [d.notification.id for d in await stream.deliveries(3)] == [first, *later]
     states = [(await backend.status(i)).recipients[0].state for i in [first, *later]]
-    assert states == [ingest_pb2.DELIVERY_STATE_ACKED] + [ingest_pb2.DELIVERY_STATE_DELIVERED] * 2
+    assert states == [ingest_pb2.DELIVERY_STATE_DELIVERED] * 3
     stream.cancel()
 
 
@@ -564,3 +566,32 @@ async def test_a_flush_cancelled_mid_rpc_is_sent_again_at_the_end(deploy: Deploy
     assert len(ack_calls) == 2
     states = [(await backend.status(i)).recipients[0].state for i in sent]
     assert states == [ingest_pb2.DELIVERY_STATE_ACKED] * 2
+
+
+async def test_a_key_whose_send_failed_is_taken_over_by_the_retry(
+    deploy: Deploy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The claim of a send that never stored anything does not make its retry a 'duplicate'
+    of a notification nobody can find (the retry's notification takes the key over)."""
+    herald, _ = await deploy("up")
+    dispatcher = herald.node("up").dispatcher
+    assert dispatcher is not None
+    real = dispatcher.dispatch
+    failures = [ConnectionResetError("the store went away")]
+
+    async def flaky(notifications: list[Any]) -> list[int]:
+        if failures:
+            raise failures.pop()
+        return await real(notifications)
+
+    monkeypatch.setattr(dispatcher, "dispatch", flaky)
+    backend = herald.backend()
+    keyed = to_user("alice", "once")
+    keyed.idempotency_key = "order-1"
+    with pytest.raises(aio.AioRpcError):
+        await backend.send(keyed)
+    first = await backend.send(keyed)
+    assert not first.duplicate
+    again = await backend.send(keyed)
+    assert (again.notification_id, again.duplicate) == (first.notification_id, True)
+    assert (await backend.status(first.notification_id)).notification_id == first.notification_id

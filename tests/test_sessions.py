@@ -13,7 +13,7 @@ from services import auth
 from services.client import Backoff, HeraldClient
 from services.config import DeliverySettings, RegistrySettings
 from tests.conftest import Deploy
-from tests.harness import to_user
+from tests.harness import Herald, to_user
 from tests.streams import Stream
 
 pytestmark = pytest.mark.asyncio
@@ -185,3 +185,31 @@ async def test_a_stream_ends_when_its_token_expires_and_the_client_reconnects(
         assert closing.retry_after_ms == 0
         assert subscription.connects == 2  # reconnected with a fresh token, nothing lost
         await iterator.aclose()
+
+
+async def test_a_subscriber_that_leaves_while_its_session_opens_leaves_no_session(
+    herald_up: Herald, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client cancelling while the node subscribes its logs on the broker (a Redis round
+    trip in production) must not leave a registered, leased session with no stream: it would
+    count against the user's session limit forever."""
+    delivery = herald_up.node("stream").delivery
+    assert delivery is not None
+    entered = asyncio.Event()
+
+    async def slow_subscribe(tenant: str, key: object) -> None:
+        entered.set()
+        await asyncio.Event().wait()  # never answers: the client gives up first
+
+    stores = herald_up.node("stream").stores
+    assert stores is not None
+    monkeypatch.setattr(stores.broker, "subscribe", slow_subscribe)
+    for _ in range(6):  # more than the 5 sessions a user may hold
+        entered.clear()
+        stream = Stream(herald_up.user("alice"))
+        await asyncio.wait_for(entered.wait(), 5)
+        stream.cancel()
+        await asyncio.wait_for(delivery.hub.drained.wait(), 5)
+    registry = herald_up.node("registry").registry
+    assert registry is not None
+    assert await registry.sessions("acme") == []

@@ -13,7 +13,13 @@ from services.bounds import check_id, quote
 from services.clock import Clock
 from services.config import IngestSettings
 from services.domain import Accepted, NotificationRecord
-from services.errors import FailedPrecondition, HeraldError, InvalidArgument, NotFound
+from services.errors import (
+    FailedPrecondition,
+    HeraldError,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
 from services.ingest.idempotency import Claim, IdempotencyStore
 from services.ingest.rendering import pick_locale, render
 from services.ingest.validation import ResolvedTarget, check_payload_size, validate
@@ -92,6 +98,7 @@ class IngestCore:
             outcomes.append(None)  # filled in below
             valid.append((index, notification, target))
         ids = new_notification_ids(len(valid))
+        batch_ids = set(ids)
         claims = [
             Claim(n.idempotency_key, ids[i])
             for i, (_, n, _) in enumerate(valid)
@@ -106,12 +113,19 @@ class IngestCore:
         )
         accepted: list[tuple[int, Accepted]] = []
         for (index, notification, target), notification_id in zip(valid, ids, strict=True):
-            if notification.idempotency_key:
+            key = notification.idempotency_key
+            if key:
                 original = next(held)
-                if original is not None:
+                if original is not None and original in batch_ids:
+                    # The key came earlier in this same batch.
                     metrics.DUPLICATES.inc()
                     outcomes[index] = SendOutcome(original, True, 0)
                     continue
+                if original is not None:
+                    duplicate = await self._duplicate(tenant, key, original, notification_id, now)
+                    if duplicate is not None:
+                        outcomes[index] = duplicate
+                        continue
             priority, ttl = self._complete(notification, tenant, notification_id, now)
             accepted.append(
                 (
@@ -131,18 +145,30 @@ class IngestCore:
                 )
             )
         if accepted:
-            try:
-                counts = await self._delivery.dispatch([a for _, a in accepted])
-            except BaseException:
-                # Nothing was accepted: the keys are free again for the retry (a store releases
-                # only the claims these ids hold).
-                if claims:
-                    await self._idempotency.release(tenant, claims)
-                raise
+            # On failure the claims stay: the send may have been stored after all (a reply
+            # lost, a cancelled caller). A retry finds the claim and looks the notification up:
+            # stored, it is a duplicate; not stored, the retry takes the claim over.
+            counts = await self._delivery.dispatch([a for _, a in accepted])
             for (index, a), count in zip(accepted, counts, strict=True):
                 outcomes[index] = SendOutcome(a.notification_id, False, count)
             metrics.ACCEPTED.inc(len(accepted))
         return outcomes  # type: ignore[return-value]  # every None was filled in above
+
+    async def _duplicate(
+        self, tenant: str, key: str, original: str, notification_id: str, now: float
+    ) -> SendOutcome | HeraldError | None:
+        """What a send whose key `original` holds is: a duplicate of a stored notification, or
+        (None) a fresh send that took over the claim of one that never stored anything."""
+        if await self._delivery.status(tenant, original) is not None:
+            metrics.DUPLICATES.inc()
+            return SendOutcome(original, True, 0)
+        window = self._settings.idempotency_window_s
+        claim = Claim(key, notification_id)
+        if await self._idempotency.take_over(tenant, claim, original, now, window):
+            return None
+        return Unavailable(
+            "another send with this idempotency key is in progress; retry in a moment"
+        )
 
     async def _render(
         self, tenant: str, notification: notification_pb2.Notification

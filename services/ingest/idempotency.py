@@ -20,6 +20,14 @@ class IdempotencyStore(Protocol):
         claimed, or the notification id holding the live claim."""
         ...
 
+    async def take_over(
+        self, tenant: str, claim: Claim, held_by: str, now: float, window_s: float
+    ) -> bool:
+        """Moves a live claim from the notification `held_by` to `claim`'s, with a new window,
+        if `held_by` still holds it; returns whether it moved (for a claim whose send never
+        stored anything)."""
+        ...
+
     async def release(self, tenant: str, claims: Sequence[Claim]) -> None:
         """Withdraws claims whose send failed, so a retry can go through."""
         ...

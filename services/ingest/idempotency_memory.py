@@ -32,6 +32,16 @@ class MemoryIdempotencyStore:
             out.append(None)
         return out
 
+    async def take_over(
+        self, tenant: str, claim: Claim, held_by: str, now: float, window_s: float
+    ) -> bool:
+        held = self._claims.get((tenant, claim.key))
+        if held is None or held[0] != held_by:
+            return False
+        self._claims[(tenant, claim.key)] = (claim.notification_id, now + window_s)
+        heapq.heappush(self._expiry, (now + window_s, tenant, claim.key))
+        return True
+
     async def release(self, tenant: str, claims: Sequence[Claim]) -> None:
         for key, notification_id in claims:
             claim = self._claims.get((tenant, key))

@@ -42,6 +42,11 @@ SELECT key, notification_id FROM herald_idempotency
 WHERE tenant_id = $1 AND key = ANY($2::text[]) AND expires_at > $3
 """
 
+_TAKE_OVER: Final = """
+UPDATE herald_idempotency SET notification_id = $3, expires_at = $5
+WHERE tenant_id = $1 AND key = $2 AND notification_id = $4
+"""
+
 _RELEASE: Final = """
 DELETE FROM herald_idempotency AS i
 USING unnest($2::text[], $3::text[]) AS c (key, notification_id)
@@ -63,7 +68,8 @@ class PostgresIdempotencyStore:
         for key, notification_id in claims:
             first.setdefault(key, notification_id)
         holders: dict[str, str | None] = {}
-        pending = dict(first)
+        # In key order, so that concurrent batches with common keys lock them in one order.
+        pending = dict(sorted(first.items()))
         async with self._pool.acquire() as connection:
             # A key that is neither ours nor held when we look again was released in between:
             # claim it again.
@@ -94,6 +100,14 @@ class PostgresIdempotencyStore:
             out.append(first[key] if holder is None and key in seen else holder)
             seen.add(key)
         return out
+
+    async def take_over(
+        self, tenant: str, claim: Claim, held_by: str, now: float, window_s: float
+    ) -> bool:
+        status = await self._pool.execute(
+            _TAKE_OVER, tenant, claim.key, claim.notification_id, held_by, now + window_s
+        )
+        return status == "UPDATE 1"
 
     async def release(self, tenant: str, claims: Sequence[Claim]) -> None:
         if claims:

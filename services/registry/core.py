@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
@@ -15,6 +16,7 @@ from services.bounds import (
     MAX_ID_LEN,
     MAX_REASON_LEN,
     MAX_TEMPLATE_ID_LEN,
+    check_count,
     check_each,
     check_id,
     check_length,
@@ -30,6 +32,9 @@ from services.registry.sessions import SessionDirectory
 from services.registry.templates import TemplateStore
 
 log = logging.getLogger(__name__)
+
+# The least time between two sweeps of expired session leases.
+_SWEEP_INTERVAL_S = 1.0
 
 
 class Presence(IntEnum):
@@ -65,6 +70,7 @@ class RegistryCore:
         self._settings = settings
         self._clock = clock
         self._node_for = node_for
+        self._swept_at = -math.inf
 
     @property
     def lease_seconds(self) -> int:
@@ -82,6 +88,9 @@ class RegistryCore:
         now = self._clock.now()
         session.connected_at = session.connected_at or now
         session.last_seen_at = now
+        # Sessions of a node that died hold the user's slots until their lease runs out:
+        # sweep them first, so they never lock the user out.
+        await self.expire_stale()
         if not await self._directory.add(session, self._settings.max_sessions_per_user):
             raise ResourceExhausted(
                 f"user {quote(session.user_id)} already has {self._settings.max_sessions_per_user} "
@@ -99,6 +108,7 @@ class RegistryCore:
     async def presence(self, tenant: str, user_ids: list[str]) -> list[PresenceView]:
         if not user_ids:
             raise InvalidArgument("user_ids must name at least one user")
+        check_count(user_ids, "user_ids")
         if any(not u for u in user_ids):
             raise InvalidArgument("user_ids must not contain an empty user id")
         check_each(user_ids, MAX_ID_LEN, "user_ids")
@@ -201,7 +211,12 @@ class RegistryCore:
         return deleted
 
     async def expire_stale(self) -> None:
+        """Drops sessions whose lease ran out. A sweep covers every tenant, so it runs at most
+        once a second however many presence and session queries come in."""
         now = self._clock.now()
+        if now - self._swept_at < _SWEEP_INTERVAL_S:
+            return
+        self._swept_at = now
         for session in await self._directory.expire(now - self._settings.session_lease_s, now):
             log.info(
                 "session lease expired",

@@ -66,7 +66,9 @@ class Acker:
         heads = await self._logs.heads(tenant, keys) if keys else []
         for key, head in zip(keys, heads, strict=True):
             epoch = epochs.get(key.client_name, 0)
-            if epoch and epoch != head.epoch:
+            if (epoch and epoch != head.epoch) or (not epoch and requested[key] > head.cursor):
+                # A cursor of another generation of the log (named, or beyond its head):
+                # acking up to it would ack entries the client never received.
                 continue
             cursor = min(requested[key], head.cursor)
             before = await self._acks.ack_up_to(tenant, user_id, key, cursor)

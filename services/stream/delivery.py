@@ -182,7 +182,14 @@ class DeliveryCore:
                 now,
             )
         )
-        await self.hub.add(session)
+        metrics.SESSIONS.inc()
+        try:
+            await self.hub.add(session)
+        except BaseException:
+            # Cancelled (the client left) or failed: no session may stay registered, leased
+            # and counted against the user's limit with no stream behind it.
+            await asyncio.shield(self.close(session))
+            raise
         # What the client holds is not sent again at once, but stays under the ack timer: if no
         # ack comes within the ack timeout, it is redelivered on this stream.
         self.delays.track(
@@ -190,7 +197,6 @@ class DeliveryCore:
             [Pending(entry, states[key]) for key, entry in held if entry.expires_at > now],
             now,
         )
-        metrics.SESSIONS.inc()
         return session
 
     async def run(self, session: Session, write: Write) -> None:
@@ -203,8 +209,10 @@ class DeliveryCore:
 
     async def close(self, session: Session) -> None:
         """Forgets a session whose stream ended (the client left, or it was closed)."""
-        if not await self.hub.remove(session):
+        if session.closed.is_set() or session.unregistering:
             return
+        session.unregistering = True
+        await self.hub.remove(session)
         session.forget_acks()
         metrics.SESSIONS.dec()
         try:

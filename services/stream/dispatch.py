@@ -30,6 +30,7 @@ from services.errors import HeraldError
 from services.stream.broker import Broker, Publication
 from services.stream.log import Entry, LogAppend, LogStore, NewEntry
 from services.stream.status import StatusStore
+from services.stream.status_recorder import StatusRecorder
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,7 @@ class Dispatcher:
     ) -> None:
         self._logs = logs
         self._status = status
+        self._recorder = StatusRecorder(status)
         self._broker = broker
         self._settings = settings
         self._clock = clock
@@ -93,6 +95,13 @@ class Dispatcher:
             task = asyncio.ensure_future(self._commit_group(waiting))
             self._groups.add(task)
             task.add_done_callback(self._groups.discard)
+
+    async def aclose(self) -> None:
+        """Commits what waits for the group window and waits for the groups in flight (before
+        the stores close)."""
+        self._flush()
+        if self._groups:
+            await asyncio.gather(*self._groups, return_exceptions=True)
 
     async def _commit_group(
         self, waiting: list[tuple[list[Accepted], asyncio.Future[list[int]]]]
@@ -172,7 +181,8 @@ class Dispatcher:
         kind = key.kind if key.is_user else "channel"
         metrics.DROPPED.labels(kind).inc(len(dropped))
         if key.is_user:
-            await self._status.apply(
+            # After the append: the send has succeeded, a lost status change must not fail it.
+            await self._recorder.apply(
                 tenant,
                 [
                     Transition(e.notification_id, key.name, State.FAILED, "dropped: inbox full")

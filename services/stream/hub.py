@@ -7,6 +7,7 @@ its log. It also keeps the broker's subscriptions: one per (tenant, log) that ha
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterator
 
 from services.clock import Clock
@@ -14,6 +15,8 @@ from services.domain import LogKey
 from services.stream.broker import Broker, Publication
 from services.stream.log import LogHead
 from services.stream.session import Session
+
+log = logging.getLogger(__name__)
 
 _NO_SESSIONS: frozenset[Session] = frozenset()
 
@@ -46,35 +49,58 @@ class Hub:
             await self.add_reader(session, key)
 
     async def remove(self, session: Session) -> bool:
-        """Forgets the session; False when it was not here."""
+        """Forgets the session; False when it was not here. Every index is updated before the
+        first await, so a failing or cancelled unsubscribe leaves nothing behind."""
         if self.sessions.pop(session.session_id, None) is None:
             return False
-        for key in session.logs:
-            await self.remove_reader(session, key)
         siblings = self._by_user.get((session.tenant, session.user_id))
         if siblings is not None:
             siblings.discard(session)
             if not siblings:
                 del self._by_user[(session.tenant, session.user_id)]
+        unread = [key for key in session.logs if self._drop_reader(session, key)]
         if not self.sessions:
             self.drained.set()
+        for key in unread:
+            await self._unsubscribe(session.tenant, key)
         return True
 
-    async def add_reader(self, session: Session, key: LogKey) -> None:
+    def _drop_reader(self, session: Session, key: LogKey) -> bool:
+        """Removes the session from the log's readers; True when it was the last one."""
         readers = self._readers.get((session.tenant, key))
         if readers is None:
-            readers = self._readers[(session.tenant, key)] = set()
+            return False
+        readers.discard(session)
+        if readers:
+            return False
+        del self._readers[(session.tenant, key)]
+        return True
+
+    async def _unsubscribe(self, tenant: str, key: LogKey) -> None:
+        try:
+            await self._broker.unsubscribe(tenant, key)
+        except Exception:
+            # The broker keeps the subscription; publications for it are simply ignored.
+            log.warning("could not unsubscribe from a log", exc_info=True)
+
+    async def add_reader(self, session: Session, key: LogKey) -> None:
+        """Adds the session to the log's readers (before the first await: a publication that
+        comes while the broker subscribes is offered to it; one lost meanwhile is caught up by
+        the session's first read of the log)."""
+        readers = self._readers.get((session.tenant, key))
+        if readers is not None:
+            readers.add(session)
+            return
+        self._readers[(session.tenant, key)] = {session}
+        try:
             await self._broker.subscribe(session.tenant, key)
-        readers.add(session)
+        except Exception:
+            # Not subscribed: the head check (timers.py) still delivers, within its interval.
+            log.warning("could not subscribe to a log; relying on the head check", exc_info=True)
 
     async def remove_reader(self, session: Session, key: LogKey) -> None:
-        readers = self._readers.get((session.tenant, key))
-        if readers is None:
-            return
-        readers.discard(session)
-        if not readers:
-            del self._readers[(session.tenant, key)]
-            await self._broker.unsubscribe(session.tenant, key)
+        if self._drop_reader(session, key):
+            await self._unsubscribe(session.tenant, key)
 
     def of_user(self, tenant: str, user_id: str) -> set[Session] | frozenset[Session]:
         return self._by_user.get((tenant, user_id), _NO_SESSIONS)

@@ -25,6 +25,7 @@ from services.bounds import (
     MAX_LOG_NAME_LEN,
     MAX_PAGE_TOKEN_LEN,
     MAX_REASON_LEN,
+    check_count,
     check_each,
     check_length,
     quote,
@@ -57,6 +58,8 @@ class StreamServicer:
 
     async def Subscribe(self, request: stream_pb2.SubscribeRequest, context: Context) -> None:
         principal = current_principal()
+        check_count(request.channels, "channels")
+        check_count(request.cursors, "cursors")
         check_each(request.channels, MAX_CHANNEL_LEN, "channels")
         for channel in request.channels:
             if not principal.may_join(channel):
@@ -112,9 +115,11 @@ class StreamServicer:
     ) -> int:
         if not request.notification_ids and not request.up_to:
             raise InvalidArgument("name notification_ids or up_to cursors to acknowledge")
+        check_count(request.notification_ids, "notification_ids")
         check_each(request.notification_ids, MAX_ID_LEN, "notification_ids")
         up_to: dict[str, int] = {}
         epochs: dict[str, int] = {}
+        check_count(request.up_to, "up_to")
         for cursor in request.up_to:
             if not cursor.log:
                 raise InvalidArgument("every up_to cursor needs a log name")
@@ -152,6 +157,7 @@ class StreamServicer:
         principal = current_principal()
         if not request.notification_ids:
             raise InvalidArgument("name the notification_ids to mark read")
+        check_count(request.notification_ids, "notification_ids")
         check_each(request.notification_ids, MAX_ID_LEN, "notification_ids")
         marked = await self._core.mark_read(
             principal.tenant, principal.subject, list(request.notification_ids)

@@ -118,6 +118,8 @@ class Session:
         # The ack timers: the same entries by attempt, each in write order (see `due`).
         self._timers: dict[int, dict[tuple[LogKey, int], Pending]] = {}
         self.closed = asyncio.Event()
+        # Set once the node began to forget the session (close runs once).
+        self.unregistering = False
         self.last_write_at = connected_at
         # time.monotonic() when the write in flight began (0: none); stuck too long = slow consumer.
         self.write_started_at = 0.0

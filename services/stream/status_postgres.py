@@ -54,14 +54,14 @@ INSERT INTO herald_recipients AS r (
     tenant_id, notification_id, user_id, state, updated_at,
     queued_at, delivered_at, acked_at, attempts, reason
 )
-SELECT $1, t.notification_id, t.user_id, t.state, $2::float8,
-    CASE WHEN t.state = $8::smallint THEN $2::float8 ELSE 0 END,
-    CASE WHEN t.state = $9::smallint THEN $2::float8 ELSE 0 END,
-    CASE WHEN t.state = $10::smallint THEN $2::float8 ELSE 0 END,
+SELECT $1, t.notification_id, t.user_id, t.state, t.at,
+    CASE WHEN t.state = $8::smallint THEN t.at ELSE 0 END,
+    CASE WHEN t.state = $9::smallint THEN t.at ELSE 0 END,
+    CASE WHEN t.state = $10::smallint THEN t.at ELSE 0 END,
     CASE WHEN t.state = $9::smallint THEN 1 ELSE 0 END,
     t.reason
-FROM unnest($3::text[], $4::text[], $5::smallint[], $6::text[])
-    AS t (notification_id, user_id, state, reason)
+FROM unnest($3::text[], $4::text[], $5::smallint[], $6::text[], $2::float8[])
+    AS t (notification_id, user_id, state, reason, at)
 JOIN herald_status AS s ON s.tenant_id = $1 AND s.notification_id = t.notification_id
 ON CONFLICT (tenant_id, notification_id, user_id) DO UPDATE SET
     state = excluded.state,
@@ -153,16 +153,16 @@ async def create_records(connection: Connection, records: Sequence[NewRecord]) -
 
 
 async def _apply(
-    executor: asyncpg.Pool | Connection, tenant: str, batch: list[Transition], at: float
+    executor: asyncpg.Pool | Connection, tenant: str, batch: list[tuple[Transition, float]]
 ) -> None:
     await executor.execute(
         _APPLY,
         tenant,
-        at,
-        [t.notification_id for t in batch],
-        [t.user_id for t in batch],
-        [int(t.state) for t in batch],
-        [t.reason for t in batch],
+        [at for _, at in batch],
+        [t.notification_id for t, _ in batch],
+        [t.user_id for t, _ in batch],
+        [int(t.state) for t, _ in batch],
+        [t.reason for t, _ in batch],
         _ALLOWED_CODES,
         int(State.QUEUED),
         int(State.DELIVERED),
@@ -187,22 +187,31 @@ class PostgresStatusStore:
             await create_records(connection, records)
 
     async def apply(self, tenant: str, transitions: Sequence[Transition], at: float) -> None:
+        await self.apply_timed(tenant, [(t, at) for t in transitions])
+
+    async def apply_timed(
+        self, tenant: str, transitions: Sequence[tuple[Transition, float]]
+    ) -> None:
+        """`apply` with a time of its own per transition (what a write-behind buffer holds)."""
         # Round k holds each recipient's k-th transition of the call: applied in order.
-        rounds: list[list[Transition]] = []
+        rounds: list[list[tuple[Transition, float]]] = []
         seen: dict[tuple[str, str], int] = {}
-        for transition in transitions:
+        for transition, at in transitions:
             recipient = (transition.notification_id, transition.user_id)
             k = seen.get(recipient, 0)
             seen[recipient] = k + 1
             if k == len(rounds):
                 rounds.append([])
-            rounds[k].append(transition)
-        if len(rounds) == 1:  # one statement is a transaction of its own
-            await _apply(self._pool, tenant, rounds[0], at)
-        elif rounds:
-            async with self._pool.acquire() as connection, connection.transaction():
-                for batch in rounds:
-                    await _apply(connection, tenant, batch, at)
+            rounds[k].append((transition, at))
+        if not rounds:
+            return
+        async with self._pool.acquire() as connection, connection.transaction():
+            # Status is not worth an fsync per write: a crash may lose the last few hundred
+            # milliseconds of state changes (never a notification, an ack or a cursor), and
+            # the commits no longer queue on the WAL flush.
+            await connection.execute("SET LOCAL synchronous_commit TO OFF")
+            for batch in rounds:
+                await _apply(connection, tenant, batch)
 
     async def mark_read(
         self, tenant: str, user_id: str, notification_ids: list[str], at: float

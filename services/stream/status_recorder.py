@@ -13,6 +13,7 @@ import logging
 import math
 import time
 from collections.abc import Sequence
+from typing import Protocol
 
 from services import metrics
 from services.domain import Transition
@@ -24,8 +25,12 @@ log = logging.getLogger(__name__)
 _LOG_INTERVAL_S = 60.0
 
 
+class _Applies(Protocol):
+    async def apply(self, tenant: str, transitions: Sequence[Transition], at: float) -> None: ...
+
+
 class StatusRecorder:
-    def __init__(self, status: StatusStore) -> None:
+    def __init__(self, status: StatusStore | _Applies) -> None:
         self._status = status
         self._logged_at = -math.inf
         self._unlogged = 0
@@ -36,12 +41,22 @@ class StatusRecorder:
         try:
             await self._status.apply(tenant, transitions, at)
         except Unavailable as exc:
-            metrics.STATUS_LOST.inc(len(transitions))
-            self._unlogged += len(transitions)
-            now = time.monotonic()
-            if now - self._logged_at >= _LOG_INTERVAL_S:
-                log.warning(
-                    "status updates lost: the status store is unreachable",
-                    extra={"lost": self._unlogged, "reason": exc.message},
-                )
-                self._logged_at, self._unlogged = now, 0
+            self._lost(len(transitions), exc.message)
+        except Exception as exc:
+            # E.g. a deadlock between two writers of one recipient: still not the stream's end.
+            self._lost(len(transitions), type(exc).__name__)
+
+    def report(self, count: int, reason: str) -> None:
+        """Counts and (at most once a minute) logs status changes that were lost."""
+        self._lost(count, reason)
+
+    def _lost(self, count: int, reason: str) -> None:
+        metrics.STATUS_LOST.inc(count)
+        self._unlogged += count
+        now = time.monotonic()
+        if now - self._logged_at >= _LOG_INTERVAL_S:
+            log.warning(
+                "status updates lost: the status store failed",
+                extra={"lost": self._unlogged, "reason": reason},
+            )
+            self._logged_at, self._unlogged = now, 0

@@ -16,6 +16,7 @@ from services.stream.acks_postgres import PostgresAckStore
 from services.stream.log import LogStore
 from services.stream.log_postgres import PostgresLogStore
 from services.stream.status import StatusStore
+from services.stream.status_buffered import WriteBehindStatusStore
 from services.stream.status_postgres import PostgresStatusStore
 from tests.postgres import clean_pool
 
@@ -24,6 +25,17 @@ from tests.postgres import clean_pool
 async def status_store() -> AsyncIterator[StatusStore]:
     async with clean_pool() as pool:
         store = PostgresStatusStore(pool)
+        try:
+            yield store
+        finally:
+            await store.aclose()
+
+
+@asynccontextmanager
+async def write_behind_status_store() -> AsyncIterator[StatusStore]:
+    """The production status store: PostgreSQL behind a write-behind buffer."""
+    async with clean_pool() as pool:
+        store = WriteBehindStatusStore(PostgresStatusStore(pool))
         try:
             yield store
         finally:

@@ -72,6 +72,7 @@ ACK_STORES: dict[str, Opener[AckStore]] = {
 STATUS_STORES: dict[str, Opener[StatusStore]] = {
     "memory": in_memory(MemoryStatusStore),
     "postgres": backends_postgres.status_store,
+    "postgres-write-behind": backends_postgres.write_behind_status_store,
 }
 IDEMPOTENCY_STORES: dict[str, Opener[IdempotencyStore]] = {
     "memory": in_memory(MemoryIdempotencyStore),

@@ -87,3 +87,15 @@ async def test_only_the_claimant_can_release(idempotency_store: IdempotencyStore
 async def test_releasing_an_unknown_key_is_harmless(idempotency_store: IdempotencyStore) -> None:
     await idempotency_store.release(T1, [Claim("never-claimed", "n1")])
     assert await reserve(idempotency_store, T1, "never-claimed", "n1", 1000.0) is None
+
+
+async def test_take_over_moves_a_claim_only_from_its_holder(
+    idempotency_store: IdempotencyStore,
+) -> None:
+    assert await reserve(idempotency_store, T1, "k", "n1", 1000.0) is None
+    # Only the holder's claim moves, with a fresh window.
+    assert not await idempotency_store.take_over(T1, Claim("k", "n2"), "other", 1001.0, WINDOW)
+    assert await idempotency_store.take_over(T1, Claim("k", "n2"), "n1", 1001.0, WINDOW)
+    assert await reserve(idempotency_store, T1, "k", "n3", 1060.5) == "n2"
+    assert not await idempotency_store.take_over(T1, Claim("k", "n4"), "n1", 1002.0, WINDOW)
+    assert not await idempotency_store.take_over(T2, Claim("k", "n4"), "n2", 1002.0, WINDOW)
