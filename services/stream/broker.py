@@ -9,9 +9,9 @@ core never depends on every one arriving. It catches up two ways (docs/delivery.
 - when the broker says its subscription was interrupted (`on_reset`), every open log is re-read
   from where each session stands;
 - every `catchup_interval_s`, the heads of every open log are read in one call per tenant, and a
-  session whose log has moved past what it holds reads the log.
+  session that still lacks entries its log already had at the previous check reads the log.
 
-So a lost publication delays a delivery by at most the catch-up interval; it never loses one.
+So a lost publication delays a delivery by at most two catch-up intervals; it never loses one.
 """
 
 from __future__ import annotations

@@ -32,6 +32,8 @@ class Hub:
         self._readers: dict[tuple[str, LogKey], set[Session]] = {}
         # (tenant, user) -> that user's sessions on this node.
         self._by_user: dict[tuple[str, str], set[Session]] = {}
+        # (tenant, log) -> its head at the previous check_heads.
+        self._seen_heads: dict[tuple[str, LogKey], int] = {}
         # Set whenever no session is open (shutdown waits on it).
         self.drained = asyncio.Event()
         self.drained.set()
@@ -74,6 +76,7 @@ class Hub:
         if readers:
             return False
         del self._readers[(session.tenant, key)]
+        self._seen_heads.pop((session.tenant, key), None)
         return True
 
     async def _unsubscribe(self, tenant: str, key: LogKey) -> None:
@@ -129,13 +132,21 @@ class Hub:
         return iter(by_tenant.items())
 
     def check_heads(self, tenant: str, keys: list[LogKey], heads: list[LogHead]) -> int:
-        """Sessions whose log moved past what they hold, with no publication to say so, read
-        the log; returns how many were behind."""
+        """Sessions that still lack entries which were already in their log at the previous
+        check, with no publication to bring them, read the log; returns how many were behind.
+
+        Comparing with the previous check's heads, not the current ones, leaves a publication
+        that is merely on its way (a busy broker) one interval to arrive: under load most
+        sessions are a few entries behind the head at any instant, and reading every log for
+        them would cost more than the broker saves."""
         behind = 0
+        seen = self._seen_heads
         for key, head in zip(keys, heads, strict=True):
+            previous = seen.get((tenant, key), 0)
+            seen[(tenant, key)] = head.cursor
             for session in self._readers.get((tenant, key), ()):
                 state = session.logs.get(key)
-                if state is not None and not state.behind and head.cursor > state.enqueued:
+                if state is not None and not state.behind and previous > state.enqueued:
                     session.fall_behind(state)
                     behind += 1
         return behind
