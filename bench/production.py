@@ -17,6 +17,8 @@ import asyncio
 import contextlib
 import os
 import secrets
+import signal
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,6 +83,10 @@ def fresh_backends(pg_dsn: str, redis_url: str, *, pool_max: int = 0) -> Iterato
     prefix = f"herald-bench-{tag}:"
     dsn = _server_dsn(pg_dsn, database)
     asyncio.run(_admin(pg_dsn, f'CREATE DATABASE "{database}"'))
+    # A SIGTERM (timeout, kill) ends the run through the `finally` below, not around it.
+    previous = signal.getsignal(signal.SIGTERM)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _exit_on_term)
     try:
         env = {
             "HERALD_POSTGRES_DSN": dsn,
@@ -95,6 +101,12 @@ def fresh_backends(pg_dsn: str, redis_url: str, *, pool_max: int = 0) -> Iterato
             asyncio.run(_admin(pg_dsn, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
         finally:
             delete_prefix(redis_url, prefix)
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_on_term(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 # -- the stores' CPU ---------------------------------------------------------------------------
