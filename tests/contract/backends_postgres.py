@@ -4,8 +4,11 @@ closes the store and the pool."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any, Protocol, TypeVar
+
+import asyncpg
 
 from services.ingest.idempotency import IdempotencyStore
 from services.ingest.idempotency_postgres import PostgresIdempotencyStore
@@ -21,35 +24,45 @@ from services.stream.status_postgres import PostgresStatusStore
 from tests.postgres import clean_pool
 
 
-@asynccontextmanager
-async def status_store() -> AsyncIterator[StatusStore]:
-    async with clean_pool() as pool:
-        store = PostgresStatusStore(pool)
-        try:
-            yield store
-        finally:
-            await store.aclose()
+class _Closable(Protocol):
+    async def aclose(self) -> None: ...
 
 
-@asynccontextmanager
-async def write_behind_status_store() -> AsyncIterator[StatusStore]:
-    """The production status store: PostgreSQL behind a write-behind buffer."""
-    async with clean_pool() as pool:
-        store = WriteBehindStatusStore(PostgresStatusStore(pool))
-        try:
-            yield store
-        finally:
-            await store.aclose()
+S = TypeVar("S", bound=_Closable)
 
 
-@asynccontextmanager
-async def log_store() -> AsyncIterator[LogStore]:
-    async with clean_pool() as pool:
-        store = PostgresLogStore(pool)
-        try:
-            yield store
-        finally:
-            await store.aclose()
+def _on_clean_pool(
+    make: Callable[[asyncpg.Pool[Any]], S],
+) -> Callable[[], AbstractAsyncContextManager[S]]:
+    """An opener of the store `make` builds on a clean pool."""
+
+    @asynccontextmanager
+    async def open_store() -> AsyncIterator[S]:
+        async with clean_pool() as pool:
+            store = make(pool)
+            try:
+                yield store
+            finally:
+                await store.aclose()
+
+    return open_store
+
+
+status_store: Callable[[], AbstractAsyncContextManager[StatusStore]] = _on_clean_pool(
+    PostgresStatusStore
+)
+# The production status store: PostgreSQL behind a write-behind buffer.
+write_behind_status_store: Callable[[], AbstractAsyncContextManager[StatusStore]] = _on_clean_pool(
+    lambda pool: WriteBehindStatusStore(PostgresStatusStore(pool))
+)
+log_store: Callable[[], AbstractAsyncContextManager[LogStore]] = _on_clean_pool(PostgresLogStore)
+ack_store: Callable[[], AbstractAsyncContextManager[AckStore]] = _on_clean_pool(PostgresAckStore)
+idempotency_store: Callable[[], AbstractAsyncContextManager[IdempotencyStore]] = _on_clean_pool(
+    PostgresIdempotencyStore
+)
+template_store: Callable[[], AbstractAsyncContextManager[TemplateStore]] = _on_clean_pool(
+    PostgresTemplateStore
+)
 
 
 @asynccontextmanager
@@ -63,33 +76,3 @@ async def paired_stores() -> AsyncIterator[tuple[LogStore, StatusStore]]:
         finally:
             await logs.aclose()
             await status.aclose()
-
-
-@asynccontextmanager
-async def ack_store() -> AsyncIterator[AckStore]:
-    async with clean_pool() as pool:
-        store = PostgresAckStore(pool)
-        try:
-            yield store
-        finally:
-            await store.aclose()
-
-
-@asynccontextmanager
-async def idempotency_store() -> AsyncIterator[IdempotencyStore]:
-    async with clean_pool() as pool:
-        store = PostgresIdempotencyStore(pool)
-        try:
-            yield store
-        finally:
-            await store.aclose()
-
-
-@asynccontextmanager
-async def template_store() -> AsyncIterator[TemplateStore]:
-    async with clean_pool() as pool:
-        store = PostgresTemplateStore(pool)
-        try:
-            yield store
-        finally:
-            await store.aclose()
