@@ -1,7 +1,9 @@
 """Acks: a user's acknowledgements, by cursor watermark per log or by notification id.
 
 An ack is stored first (AckStore), then stops the entries' ack timers on every session of the
-user on this node, then moves the recipients' status to ACKED.
+user on this node, then moves the recipients' status to ACKED. The entries an ack covers are
+named from the sessions that wrote them when they can be, from the log's ids otherwise: an ack
+never reads payloads.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from services.domain import BROADCAST, LogKey, NotificationRecord, State, Transi
 from services.stream.acks import AckStore
 from services.stream.hub import Hub
 from services.stream.log import Entry, LogStore
+from services.stream.session import Session
 from services.stream.status import StatusStore
 from services.stream.status_recorder import StatusRecorder
 
@@ -73,13 +76,14 @@ class Acker:
             cursor = min(requested[key], head.cursor)
             before = await self._acks.ack_up_to(tenant, user_id, key, cursor)
             if cursor > before.up_to:
-                entries = await self._logs.read(tenant, key, before.up_to, cursor - before.up_to)
                 above = before.above
-                for entry in entries:
-                    if entry.cursor <= cursor and entry.cursor not in above:
-                        transitions.append(Transition(entry.notification_id, user_id, acked))
+                for entry_cursor, notification_id in await self._named(
+                    tenant, key, before.up_to, cursor, sessions
+                ):
+                    if entry_cursor not in above:
+                        transitions.append(Transition(notification_id, user_id, acked))
                         for session in sessions:  # stop the entry's ack timers
-                            session.settle((key, entry.cursor))
+                            session.settle((key, entry_cursor))
             for session in sessions:
                 state = session.logs.get(key)
                 if state is not None:
@@ -99,6 +103,28 @@ class Acker:
         await self._recorder.apply(tenant, transitions, now)
         metrics.ACKED.inc(len(transitions))
         return len(transitions)
+
+    async def _named(
+        self,
+        tenant: str,
+        key: LogKey,
+        after: int,
+        up_to: int,
+        sessions: set[Session] | frozenset[Session],
+    ) -> list[tuple[int, str]]:
+        """The cursor and notification id of the log's entries in (after, up_to]. The sessions
+        of this node that wrote them know them (the usual ack: of what was just delivered);
+        otherwise the log names them, without reading their payloads."""
+        named: list[tuple[int, str]] = []
+        for entry_cursor in range(after + 1, up_to + 1):
+            for session in sessions:
+                pending = session.unacked.get((key, entry_cursor))
+                if pending is not None:
+                    named.append((entry_cursor, pending.entry.notification_id))
+                    break
+            else:
+                return await self._logs.ids(tenant, key, after, up_to)
+        return named
 
     async def _locate(
         self, tenant: str, user_id: str, notification_id: str

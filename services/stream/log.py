@@ -104,6 +104,11 @@ class LogStore(Protocol):
         """Up to `limit` entries with cursor < `before` (0: no bound), newest first."""
         ...
 
+    async def ids(self, tenant: str, key: LogKey, after: int, up_to: int) -> list[tuple[int, str]]:
+        """The cursor and notification id of each entry with `after` < cursor <= `up_to`, in
+        cursor order: what an ack names, without the payloads a read carries."""
+        ...
+
     async def heads(self, tenant: str, keys: Sequence[LogKey]) -> list[LogHead]:
         """The head of each log, in the order of `keys` (a log never appended to has cursor 0
         and the epoch it will get)."""

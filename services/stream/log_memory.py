@@ -129,6 +129,14 @@ class MemoryLogStore:
         start = log.index_after(after)
         return [_entry(stored) for stored in log.entries[start : start + limit]]
 
+    async def ids(self, tenant: str, key: LogKey, after: int, up_to: int) -> list[tuple[int, str]]:
+        log = self._logs.get((tenant, key))
+        if log is None or up_to <= after:
+            return []
+        start = log.index_after(after)
+        end = log.index_after(up_to)
+        return [(stored[0], stored[1]) for stored in log.entries[start:end]]
+
     async def read_reverse(self, tenant: str, key: LogKey, before: int, limit: int) -> list[Entry]:
         log = self._logs.get((tenant, key))
         if log is None:

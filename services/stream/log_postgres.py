@@ -112,6 +112,12 @@ ORDER BY e.cursor DESC
 LIMIT $4
 """
 
+_IDS: Final = """
+SELECT cursor, notification_id FROM herald_log_entries
+WHERE tenant_id = $1 AND log = $2 AND cursor > $3 AND cursor <= $4
+ORDER BY cursor
+"""
+
 # A log never appended to has no row: cursor 0, and the epoch its row will be made with.
 _HEADS: Final = """
 SELECT coalesce(l.epoch, m.log_epoch), coalesce(l.next_cursor - 1, 0)
@@ -322,6 +328,12 @@ class PostgresLogStore:
             return []
         rows = await self._pool.fetch(_READ, tenant, key.stored, after, limit)
         return [_entry(row) for row in rows]
+
+    async def ids(self, tenant: str, key: LogKey, after: int, up_to: int) -> list[tuple[int, str]]:
+        if up_to <= after:
+            return []
+        rows = await self._pool.fetch(_IDS, tenant, key.stored, after, up_to)
+        return [(row[0], row[1]) for row in rows]
 
     async def read_reverse(self, tenant: str, key: LogKey, before: int, limit: int) -> list[Entry]:
         if limit <= 0:

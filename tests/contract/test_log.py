@@ -109,6 +109,19 @@ async def test_read_returns_entries_after_the_cursor_in_order(log_store: LogStor
     assert await log_store.read(T1, ALICE, 50, 10) == []
 
 
+async def test_ids_name_the_entries_of_a_cursor_range_without_payloads(
+    log_store: LogStore,
+) -> None:
+    await append(log_store, T1, ALICE, batch("a", "b", "c", "d", "e"), 3)  # a, b dropped
+    await append(log_store, T1, BOB, batch("x"), BIG)
+    assert await log_store.ids(T1, ALICE, 0, 10) == [(3, "c"), (4, "d"), (5, "e")]
+    assert await log_store.ids(T1, ALICE, 3, 4) == [(4, "d")]
+    assert await log_store.ids(T1, ALICE, 4, 4) == []
+    assert await log_store.ids(T1, ALICE, 5, 9) == []
+    assert await log_store.ids(T2, ALICE, 0, 10) == []
+    assert await log_store.ids(T1, user_log("carol"), 0, 10) == []
+
+
 async def test_read_returns_at_most_limit_entries(log_store: LogStore) -> None:
     await append(log_store, T1, ALICE, batch("a", "b", "c", "d", "e"), BIG)
     assert cursors(await log_store.read(T1, ALICE, 0, 2)) == [1, 2]
