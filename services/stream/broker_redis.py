@@ -1,12 +1,13 @@
 """Broker on Redis pub/sub: a channel per (tenant, log), one pub/sub connection per node.
 
-A publication is one PUBLISH on `<prefix>{<tenant>}:log:<log key>` (services/redis_keys.py) of
-a format byte, 1, and a herald.node.v1.LogPublication. Its entries travel with it while they
-take at most `max_entries_bytes` encoded; beyond that it carries the head only and the nodes
-read the log. Pub/sub is a wake-up, never the record: Redis drops a subscriber whose output
-buffer overflows, and a subscriber misses, silently, whatever was sent while it reconnected. So
-every reconnection ends with `on_reset`, and the catch-up check (services/stream/timers.py)
-covers a loss that no reconnection reveals.
+A publication is one PUBLISH (a batch of them in one script call) on
+`<prefix>{<tenant>}:log:<log key>` (services/redis_keys.py) of a format byte, 1, and a
+herald.node.v1.LogPublication. Its entries travel with it while they take at most
+`max_entries_bytes` encoded; beyond that it carries the head only and the nodes read the log.
+Pub/sub is a wake-up, never the record: Redis drops a subscriber whose output buffer
+overflows, and a subscriber misses, silently, whatever was sent while it reconnected. So every
+reconnection ends with `on_reset`, and the catch-up check (services/stream/timers.py) covers a
+loss that no reconnection reveals.
 
 Invariants:
 
@@ -52,12 +53,24 @@ log = logging.getLogger(__name__)
 
 # The first byte of every message: which encoding follows. 1: a LogPublication.
 FORMAT_LOG_PUBLICATION: Final = b"\x01"
+# Publishes a batch in one command: ARGV is channel, message, channel, message, ... A pipeline
+# of PUBLISH commands costs the client about 8 us per message (redis-py builds and parses each
+# command), this about 1.3 (measured on 500-message batches). PUBLISH touches no key, so the
+# script runs on any node of a Redis Cluster, and cluster pub/sub reaches every node.
+_PUBLISH_MANY: Final = """
+for i = 1, #ARGV, 2 do
+    redis.call('PUBLISH', ARGV[i], ARGV[i + 1])
+end
+return 0
+"""
+# Publications per script call: a call holds Redis for its whole length.
+_PUBLISH_CHUNK: Final = 500
 # One warning per this many seconds about failed publishes or unreadable messages.
 _WARN_INTERVAL_S: Final = 10.0
 
 
 class RedisBroker:
-    """Publishes with pipelined PUBLISH; hears its subscriptions on one pub/sub connection.
+    """Publishes a batch with one script call; hears its subscriptions on one pub/sub connection.
 
     Args:
         client: a client made with decode_responses=False; the pub/sub connection is taken from
@@ -83,6 +96,7 @@ class RedisBroker:
         reconnect_max_s: float = 5.0,
     ) -> None:
         self._client = checked_client(client)
+        self._publish_many = self._client.register_script(_PUBLISH_MANY)
         self._prefix = checked_prefix(prefix)
         self._max_entries_bytes = max_entries_bytes
         self._owns_client = owns_client
@@ -124,10 +138,12 @@ class RedisBroker:
             log.exception("could not encode log updates; the catch-up check delivers them")
             return
         try:
-            async with self._client.pipeline(transaction=False) as pipe:
-                for channel, data in messages:
-                    pipe.publish(channel, data)
-                await pipe.execute()
+            for start in range(0, len(messages), _PUBLISH_CHUNK):
+                args: list[str | bytes] = []
+                for channel, data in messages[start : start + _PUBLISH_CHUNK]:
+                    args.append(channel)
+                    args.append(data)
+                await self._publish_many(args=args)
         except (RedisError, OSError) as error:
             metrics.BROKER_PUBLISH_FAILED.inc(len(publications))
             self._warn(
@@ -144,13 +160,13 @@ class RedisBroker:
             epoch=publication.epoch,
             head=publication.head,
         )
-        head_only = FORMAT_LOG_PUBLICATION + message.SerializeToString()
         entries = publication.entries
         # The notification fields alone are a lower bound of the encoded size.
         if not entries or (
             sum(len(e.notification_field) for e in entries) > self._max_entries_bytes
         ):
-            return head_only
+            return FORMAT_LOG_PUBLICATION + message.SerializeToString()
+        head_size = message.ByteSize()
         add = message.entries.add
         for e in entries:
             add(
@@ -161,8 +177,11 @@ class RedisBroker:
                 expires_at=e.expires_at,
                 notification_field=e.notification_field,
             )
-        full = FORMAT_LOG_PUBLICATION + message.SerializeToString()
-        return full if len(full) - len(head_only) <= self._max_entries_bytes else head_only
+        full = message.SerializeToString()
+        if len(full) - head_size <= self._max_entries_bytes:
+            return FORMAT_LOG_PUBLICATION + full
+        message.ClearField("entries")
+        return FORMAT_LOG_PUBLICATION + message.SerializeToString()
 
     # -- subscriptions ---------------------------------------------------------------------
 
