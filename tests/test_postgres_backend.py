@@ -10,6 +10,7 @@ import pytest
 from services.domain import NewRecord, user_log
 from services.postgres import MIGRATION_LOCK, PostgresBackend, create_pool, migrate, migrations
 from services.stream.acks import AckState
+from services.stream.acks_postgres import PostgresAckStore
 from services.stream.log import LogAppend, NewEntry
 from tests.postgres import scratch_database
 
@@ -83,5 +84,39 @@ async def test_a_migration_waits_for_the_lock_beyond_the_statement_timeout() -> 
                 await asyncio.sleep(0.5)  # the other node migrates for longer than 0.2 s
                 assert not waiting.done()
             assert await waiting == [m.version for m in migrations()]
+        finally:
+            await pool.close()
+
+
+@pytest.mark.asyncio
+async def test_a_database_at_the_previous_version_gets_only_what_it_lacks() -> None:
+    """A database the previous release made (and used) is brought up to date in place."""
+    *previous, _latest = migrations()
+    async with scratch_database() as dsn:
+        pool = await create_pool(dsn, min_size=1, max_size=1)
+        try:
+            async with pool.acquire() as connection, connection.transaction():
+                await connection.execute(
+                    "CREATE TABLE herald_schema_migrations (version integer PRIMARY KEY,"
+                    " name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+                )
+                for migration in previous:
+                    await connection.execute(migration.sql)
+                    await connection.execute(
+                        "INSERT INTO herald_schema_migrations (version, name) VALUES ($1, $2)",
+                        migration.version,
+                        migration.name,
+                    )
+            # What the previous release stored: acks of alice's inbox up to 3, and 5 above.
+            await pool.execute(
+                "INSERT INTO herald_acks (tenant_id, user_id, log, up_to, above)"
+                " VALUES ('acme', 'alice', 'user:alice', 3, '{5}')"
+            )
+            assert await migrate(pool) == [len(previous) + 1]
+            acks = PostgresAckStore(pool)
+            alice = user_log("alice")
+            assert await acks.ack_up_to("acme", "alice", alice, 4) == AckState(3, {5})
+            assert await acks.get("acme", "alice", [alice]) == [AckState(5, set())]
+            assert await migrate(pool) == []
         finally:
             await pool.close()
