@@ -13,7 +13,14 @@ one result with a fresh notification id per notification, deliveries carry Heral
 log, cursor, attempt), and each subscriber's `AckStream` is read and answered. The user comes from
 the bearer token's `sub`, read without checking the signature: a floor, not a server.
 
-    python bench/baseline.py --port 50600 [--protocol]
+With `--durable-dsn DSN` as well, the protocol floor's `SendBatch` also makes each batch durable
+the least way any server promising "durably in every recipient's log" can: one statement per call
+inserts a row per notification (tenant, user, an ordering key, id, the encoded notification) and
+commits, with PostgreSQL's default synchronous commit, before it answers. No cursors per user, no
+status, no idempotency, no broker: the floor under Herald's durable ingest (bench/send.py
+`--profile floor`).
+
+    python bench/baseline.py --port 50600 [--protocol [--durable-dsn DSN]]
 """
 
 from __future__ import annotations
@@ -91,11 +98,32 @@ class FanOut:
         return b""
 
 
+_FLOOR_TABLE = """
+CREATE TABLE IF NOT EXISTS floor_entries (
+    tenant_id text COLLATE "C" NOT NULL,
+    user_id text COLLATE "C" NOT NULL,
+    seq bigserial,
+    notification_id text COLLATE "C" NOT NULL,
+    payload bytea NOT NULL,
+    PRIMARY KEY (tenant_id, user_id, seq)
+)
+"""
+_FLOOR_INSERT = """
+INSERT INTO floor_entries (tenant_id, user_id, notification_id, payload)
+SELECT $1, * FROM unnest($2::text[], $3::text[], $4::bytea[])
+"""
+
+
 class ProtocolFloor(FanOut):
     """The fan-out plus the I/O of Herald's protocol: ids and per-notification answers, Herald's
-    delivery framing, acks over AckStream. No log, no status, no timers, no checks."""
+    delivery framing, acks over AckStream. No log, no status, no timers, no checks; with a
+    pool, each SendBatch committed to PostgreSQL before its answer (the durable floor)."""
 
     _LOG = wire.log_field("user")
+
+    def __init__(self, pool: Any = None) -> None:
+        super().__init__()
+        self._pool = pool
 
     @staticmethod
     def _user(context: aio.ServicerContext[Any, Any]) -> str:
@@ -123,6 +151,14 @@ class ProtocolFloor(FanOut):
                     wire.batch_response([wire.delivery(field, self._LOG, self._cursor, 1, 0)])
                 )
             results.append(wire.accepted_result(notification_id, False, 0 if queue is None else 1))
+        if self._pool is not None:
+            await self._pool.execute(
+                _FLOOR_INSERT,
+                "bench",
+                [n.target.user_id for n in notifications],
+                [n.id for n in notifications],
+                [n.SerializeToString() for n in notifications],
+            )
         return wire.repeated_field_1(results)
 
     async def ack_stream(
@@ -133,7 +169,7 @@ class ProtocolFloor(FanOut):
             yield stream_pb2.AckStreamResponse(acked=len(acks.up_to)).SerializeToString()
 
 
-def _handlers(protocol: bool) -> list[grpc.GenericRpcHandler]:
+def _handlers(protocol: bool, pool: Any = None) -> list[grpc.GenericRpcHandler]:
     # No serializers: every method takes and returns bytes, like Herald's Subscribe does.
     if not protocol:
         fan_out = FanOut()
@@ -142,7 +178,7 @@ def _handlers(protocol: bool) -> list[grpc.GenericRpcHandler]:
             "Publish": grpc.unary_unary_rpc_method_handler(fan_out.publish),
         }
         return [grpc.method_handlers_generic_handler(SERVICE, handlers)]
-    floor = ProtocolFloor()
+    floor = ProtocolFloor(pool)
     stream = {
         "Subscribe": grpc.unary_stream_rpc_method_handler(floor.subscribe),
         "AckStream": grpc.stream_stream_rpc_method_handler(floor.ack_stream),
@@ -154,19 +190,27 @@ def _handlers(protocol: bool) -> list[grpc.GenericRpcHandler]:
     ]
 
 
-async def serve(host: str, port: int, protocol: bool = False) -> None:
+async def serve(host: str, port: int, protocol: bool = False, durable_dsn: str = "") -> None:
+    pool = None
+    if durable_dsn:
+        import asyncpg
+
+        pool = await asyncpg.create_pool(durable_dsn, min_size=4, max_size=10)
+        await pool.execute(_FLOOR_TABLE)
     server = aio.server(options=[("grpc.max_receive_message_length", 4 * 1024 * 1024)])
-    server.add_generic_rpc_handlers(_handlers(protocol))
+    server.add_generic_rpc_handlers(_handlers(protocol, pool))
     server.add_insecure_port(f"{host}:{port}")
     await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    what = "protocol floor" if protocol else "baseline"
+    what = "durable floor" if pool else "protocol floor" if protocol else "baseline"
     print(f"{what} serving on {host}:{port}", flush=True)
     await stop.wait()
     await server.stop(1.0)
+    if pool is not None:
+        await pool.close()
 
 
 def main() -> None:
@@ -176,7 +220,14 @@ def main() -> None:
     parser.add_argument(
         "--protocol", action="store_true", help="serve Herald's methods as the protocol floor"
     )
+    parser.add_argument(
+        "--durable-dsn",
+        default="",
+        help="with --protocol: commit every SendBatch to this PostgreSQL database first",
+    )
     args = parser.parse_args()
+    if args.durable_dsn and not args.protocol:
+        parser.error("--durable-dsn needs --protocol")
     try:
         import uvloop  # the same event loop `herald up` runs on
 
@@ -184,7 +235,7 @@ def main() -> None:
     except ImportError:  # pragma: no cover - uvloop is not available on Windows
         loop_factory = None
     with contextlib.suppress(KeyboardInterrupt), asyncio.Runner(loop_factory=loop_factory) as run:
-        run.run(serve(args.host, args.port, args.protocol))
+        run.run(serve(args.host, args.port, args.protocol, args.durable_dsn))
 
 
 if __name__ == "__main__":

@@ -651,6 +651,7 @@ def start_server(
     *,
     acks: bool,
     extra_env: dict[str, str] | None = None,
+    extra_args: list[str] | None = None,
 ) -> subprocess.Popen[bytes]:
     """`extra_env` (the production profile's DSN, URL and prefix) goes to the server as well."""
     if target in HERALDS:
@@ -662,6 +663,7 @@ def start_server(
         command = [sys.executable, str(Path(baseline.__file__).resolve()), "--port", str(port)]
         if target == PROTOCOL:
             command.append("--protocol")
+        command.extend(extra_args or ())
     env = {
         **os.environ,
         "HERALD_HOST": "127.0.0.1",
@@ -676,7 +678,7 @@ def start_server(
     with log_path.open("wb") as log:
         process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)  # noqa: S603
     # The production profile connects and migrates the fresh database before it listens.
-    limit = 60 if extra_env else 20
+    limit = 60 if extra_env or extra_args else 20
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
         if process.poll() is not None:

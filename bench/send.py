@@ -17,7 +17,10 @@ Redis key prefix on `--redis-url`, both removed afterwards (bench/production.py)
 reports PostgreSQL's and Redis's CPU over the window (all their processes, from /proc), the
 database's commits and rows written (pg_stat_database), and what its client backends were doing,
 sampled every 20 ms (pg_stat_activity). `--profile memory,production` alternates the two in
-every round.
+every round. `--profile floor` runs the durable floor instead of Herald (bench/baseline.py
+`--protocol --durable-dsn`: every SendBatch answered with ids and committed to PostgreSQL as one
+row per notification, nothing else), on a fresh database as well: what any server must spend
+to make a notification durable on this machine.
 
 The callers run in this process; like the server, they share the machine's two cores. The
 requests are built before the run (one per starting user, round-robin over 1,000 users), so
@@ -38,7 +41,15 @@ from pathlib import Path
 from typing import Any
 
 import production
-from delivery import HERALD, free_port, percentile, proc_cpu_seconds, start_server, stop_server
+from delivery import (
+    HERALD,
+    PROTOCOL,
+    free_port,
+    percentile,
+    proc_cpu_seconds,
+    start_server,
+    stop_server,
+)
 from grpc import aio
 
 from herald.v1 import ingest_pb2, ingest_pb2_grpc, notification_pb2
@@ -154,11 +165,15 @@ def run_once(args: argparse.Namespace, workdir: Path, profile: str) -> dict[str,
     if profile == "memory":
         return _run_once(args, workdir, None)
     with production.fresh_backends(args.pg_dsn, args.redis_url) as backends:
-        return _run_once(args, workdir, backends)
+        return _run_once(args, workdir, backends, floor=profile == "floor")
 
 
 def _run_once(
-    args: argparse.Namespace, workdir: Path, backends: production.Backends | None
+    args: argparse.Namespace,
+    workdir: Path,
+    backends: production.Backends | None,
+    *,
+    floor: bool = False,
 ) -> dict[str, Any]:
     data_dir = workdir / "herald"
     data_dir.mkdir(parents=True)
@@ -168,7 +183,13 @@ def _run_once(
     port = free_port()
     env = backends.env if backends is not None else None
     log = workdir / "herald.log"
-    server = start_server(HERALD, port, data_dir, log, acks=True, extra_env=env)
+    if floor:
+        assert backends is not None
+        server = start_server(
+            PROTOCOL, port, data_dir, log, acks=True, extra_args=["--durable-dsn", backends.dsn]
+        )
+    else:
+        server = start_server(HERALD, port, data_dir, log, acks=True, extra_env=env)
     try:
         return asyncio.run(measure(f"127.0.0.1:{port}", token, server.pid, args, backends))
     finally:
@@ -188,8 +209,9 @@ def main() -> None:
     parser.add_argument(
         "--profile",
         default="memory",
-        help="memory, production (a fresh PostgreSQL database and Redis prefix), or both "
-        "comma-separated: alternated in every round",
+        help="memory, production (a fresh PostgreSQL database and Redis prefix), floor (the "
+        "durable floor: bench/baseline.py --protocol --durable-dsn on a fresh database), or "
+        "several comma-separated: alternated in every round",
     )
     parser.add_argument("--pg-dsn", default=production.DEFAULT_PG_DSN)
     parser.add_argument("--redis-url", default=production.DEFAULT_REDIS_URL)
@@ -197,8 +219,8 @@ def main() -> None:
     parser.add_argument("--server-log", metavar="PATH", help="keep the last server's log here")
     args = parser.parse_args()
     profiles = [p.strip() for p in args.profile.split(",") if p.strip()]
-    if not profiles or set(profiles) - {"memory", "production"}:
-        parser.error(f"--profile: memory and/or production, not {args.profile!r}")
+    if not profiles or set(profiles) - {"memory", "production", "floor"}:
+        parser.error(f"--profile: memory, production and/or floor, not {args.profile!r}")
     what = f"SendBatch of {args.batch}" if args.batch else "Send"
     print(f"{what}, {args.callers} concurrent callers, {args.seconds:g} s per run", flush=True)
     rows: dict[str, list[dict[str, Any]]] = {p: [] for p in profiles}
