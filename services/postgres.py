@@ -29,6 +29,11 @@ log = logging.getLogger(__name__)
 # pg_advisory_xact_lock key of the migration runner ("HERALD" in ASCII): any constant no other
 # application on the same database uses.
 MIGRATION_LOCK: Final = 0x4845_5241_4C44
+# How much longer than the server's statement timeout a client waits for an answer.
+COMMAND_TIMEOUT_MARGIN_S: Final = 2.0
+# A migration waits for another node's as long as that takes (the statement timeout is off in
+# its transaction); asyncpg has no "no timeout" per call, so: a day.
+_MIGRATION_WAIT_S: Final = 86_400.0
 _MIGRATION_FILE: Final = re.compile(r"(\d{4})_[a-z0-9_]+\.sql")
 
 _CREATE_MIGRATIONS_TABLE: Final = """
@@ -73,7 +78,9 @@ async def migrate(pool: asyncpg.Pool) -> list[int]:
     async with pool.acquire() as connection, connection.transaction():
         # Neither waiting for another node's migration nor a long migration is a stuck query.
         await connection.execute("SET LOCAL statement_timeout = 0")
-        await connection.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
+        await connection.execute(
+            "SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK, timeout=_MIGRATION_WAIT_S
+        )
         await connection.execute(_CREATE_MIGRATIONS_TABLE)
         rows = await connection.fetch("SELECT version FROM herald_schema_migrations")
         done = {int(row["version"]) for row in rows}
@@ -82,7 +89,7 @@ async def migrate(pool: asyncpg.Pool) -> list[int]:
             if migration.version in done:
                 continue
             # No arguments: the simple query protocol, so one file may hold many statements.
-            await connection.execute(migration.sql)
+            await connection.execute(migration.sql, timeout=_MIGRATION_WAIT_S)
             await connection.execute(
                 "INSERT INTO herald_schema_migrations (version, name) VALUES ($1, $2)",
                 migration.version,
@@ -110,12 +117,23 @@ async def create_pool(
     connect_timeout_s: float = 10.0,
 ) -> asyncpg.Pool:
     """A pool of connections to `dsn` whose statements are cancelled by the server after
-    `statement_timeout_s` (0: never), for Herald's stores only (see `_keep_session`)."""
+    `statement_timeout_s` (0: never), for Herald's stores only (see `_keep_session`).
+
+    The client gives up too, `COMMAND_TIMEOUT_MARGIN_S` later: a server that stopped answering
+    without closing the connection (a host gone, a network partition: no RST ever comes) cancels
+    nothing, and a call would otherwise wait for the kernel to give up on the connection, many
+    minutes. A call to a silent server so ends after about twice that time (asyncpg then sends
+    a cancel request, bounded by the same timeout), and the TimeoutError counts as a failure in
+    the circuit breaker."""
+    command_timeout = (
+        statement_timeout_s + COMMAND_TIMEOUT_MARGIN_S if statement_timeout_s else None
+    )
     return await asyncpg.create_pool(
         dsn,
         min_size=min_size,
         max_size=max_size,
         timeout=connect_timeout_s,
+        command_timeout=command_timeout,
         reset=_keep_session,
         server_settings={
             "application_name": "herald",
