@@ -16,9 +16,11 @@ the bearer token's `sub`, read without checking the signature: a floor, not a se
 With `--durable-dsn DSN` as well, the protocol floor's `SendBatch` also makes each batch durable
 the least way any server promising "durably in every recipient's log" can: one statement per call
 inserts a row per notification (tenant, user, an ordering key, id, the encoded notification) and
-commits, with PostgreSQL's default synchronous commit, before it answers. No cursors per user, no
-status, no idempotency, no broker: the floor under Herald's durable ingest (bench/send.py
-`--profile floor`).
+commits, with PostgreSQL's default synchronous commit, before it answers; and each AckStream
+message upserts the acked cursor of each log it names (one statement, committed without waiting
+for the WAL flush, as Herald's acks are). No cursors per user, no status, no idempotency, no
+broker, no redelivery: the floor under Herald's durable ingest (bench/send.py `--profile floor`)
+and durable delivery (bench/delivery.py target `protocol-pg`).
 
     python bench/baseline.py --port 50600 [--protocol [--durable-dsn DSN]]
 """
@@ -108,6 +110,20 @@ CREATE TABLE IF NOT EXISTS floor_entries (
     PRIMARY KEY (tenant_id, user_id, seq)
 )
 """
+_FLOOR_ACKS = """
+CREATE TABLE IF NOT EXISTS floor_acks (
+    tenant_id text COLLATE "C" NOT NULL,
+    user_id text COLLATE "C" NOT NULL,
+    log text COLLATE "C" NOT NULL,
+    up_to bigint NOT NULL,
+    PRIMARY KEY (tenant_id, user_id, log)
+)
+"""
+_FLOOR_ACK = """
+INSERT INTO floor_acks AS a (tenant_id, user_id, log, up_to)
+SELECT $1, $2, * FROM unnest($3::text[], $4::bigint[])
+ON CONFLICT (tenant_id, user_id, log) DO UPDATE SET up_to = greatest(a.up_to, excluded.up_to)
+"""
 _FLOOR_INSERT = """
 INSERT INTO floor_entries (tenant_id, user_id, notification_id, payload)
 SELECT $1, * FROM unnest($2::text[], $3::text[], $4::bytea[])
@@ -121,9 +137,10 @@ class ProtocolFloor(FanOut):
 
     _LOG = wire.log_field("user")
 
-    def __init__(self, pool: Any = None) -> None:
+    def __init__(self, pool: Any = None, ack_pool: Any = None) -> None:
         super().__init__()
         self._pool = pool
+        self._ack_pool = ack_pool
 
     @staticmethod
     def _user(context: aio.ServicerContext[Any, Any]) -> str:
@@ -164,12 +181,23 @@ class ProtocolFloor(FanOut):
     async def ack_stream(
         self, requests: AsyncIterator[bytes], context: aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[bytes]:
+        user = self._user(context) if self._ack_pool is not None else ""
         async for raw in requests:
             acks = stream_pb2.AckStreamRequest.FromString(raw)
+            if self._ack_pool is not None and acks.up_to:
+                await self._ack_pool.execute(
+                    _FLOOR_ACK,
+                    "bench",
+                    user,
+                    [c.log for c in acks.up_to],
+                    [c.cursor for c in acks.up_to],
+                )
             yield stream_pb2.AckStreamResponse(acked=len(acks.up_to)).SerializeToString()
 
 
-def _handlers(protocol: bool, pool: Any = None) -> list[grpc.GenericRpcHandler]:
+def _handlers(
+    protocol: bool, pool: Any = None, ack_pool: Any = None
+) -> list[grpc.GenericRpcHandler]:
     # No serializers: every method takes and returns bytes, like Herald's Subscribe does.
     if not protocol:
         fan_out = FanOut()
@@ -178,7 +206,7 @@ def _handlers(protocol: bool, pool: Any = None) -> list[grpc.GenericRpcHandler]:
             "Publish": grpc.unary_unary_rpc_method_handler(fan_out.publish),
         }
         return [grpc.method_handlers_generic_handler(SERVICE, handlers)]
-    floor = ProtocolFloor(pool)
+    floor = ProtocolFloor(pool, ack_pool)
     stream = {
         "Subscribe": grpc.unary_stream_rpc_method_handler(floor.subscribe),
         "AckStream": grpc.stream_stream_rpc_method_handler(floor.ack_stream),
@@ -191,14 +219,20 @@ def _handlers(protocol: bool, pool: Any = None) -> list[grpc.GenericRpcHandler]:
 
 
 async def serve(host: str, port: int, protocol: bool = False, durable_dsn: str = "") -> None:
-    pool = None
+    pool = ack_pool = None
     if durable_dsn:
         import asyncpg
 
         pool = await asyncpg.create_pool(durable_dsn, min_size=4, max_size=10)
         await pool.execute(_FLOOR_TABLE)
+        await pool.execute(_FLOOR_ACKS)
+        # Acks commit without waiting for the WAL flush, as Herald's do (a lost ack is a
+        # redelivery).
+        ack_pool = await asyncpg.create_pool(
+            durable_dsn, min_size=2, max_size=4, server_settings={"synchronous_commit": "off"}
+        )
     server = aio.server(options=[("grpc.max_receive_message_length", 4 * 1024 * 1024)])
-    server.add_generic_rpc_handlers(_handlers(protocol, pool))
+    server.add_generic_rpc_handlers(_handlers(protocol, pool, ack_pool))
     server.add_insecure_port(f"{host}:{port}")
     await server.start()
     stop = asyncio.Event()
@@ -209,8 +243,9 @@ async def serve(host: str, port: int, protocol: bool = False, durable_dsn: str =
     print(f"{what} serving on {host}:{port}", flush=True)
     await stop.wait()
     await server.stop(1.0)
-    if pool is not None:
-        await pool.close()
+    for each in (pool, ack_pool):
+        if each is not None:
+            await each.close()
 
 
 def main() -> None:

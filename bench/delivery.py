@@ -22,7 +22,10 @@ bounded: fixed phase durations, timeouts, and every subprocess is killed at the 
 
 The `herald-pg` target runs `herald up` on the production profile, on a fresh PostgreSQL
 database and Redis key prefix made for the run and removed after it (bench/production.py), and
-reports PostgreSQL's and Redis's CPU next to the server's.
+reports PostgreSQL's and Redis's CPU next to the server's. The `protocol-pg` target is the
+durable floor: the protocol floor that also commits every SendBatch (a row per notification)
+and every ack (an upsert per log) to a fresh database before answering (bench/baseline.py
+`--durable-dsn`), what any server making notifications and acks durable spends at the least.
 """
 
 from __future__ import annotations
@@ -72,8 +75,13 @@ BASELINE = "baseline"
 PROTOCOL = "protocol"
 # Herald on the production profile: a fresh PostgreSQL database and Redis prefix per run.
 HERALD_PG = "herald-pg"
+# The protocol floor made durable (baseline.py --protocol --durable-dsn), on a fresh database.
+PROTOCOL_PG = "protocol-pg"
 # The targets that run `herald up`, and those spoken to as Herald is.
 HERALDS = (HERALD, HERALD_PG)
+PROTOCOLS = (PROTOCOL, PROTOCOL_PG)
+# The targets that get a fresh database (and Redis prefix) per run.
+DURABLE = (HERALD_PG, PROTOCOL_PG)
 
 _SUBSCRIBE = "/herald.v1.StreamService/Subscribe"
 _ACK = "/herald.v1.StreamService/Ack"
@@ -256,7 +264,7 @@ class LoadGenerator:
         self._calls: list[Any] = []
         self._channels: list[aio.Channel] = []
         # The protocol floor is spoken to exactly as Herald is.
-        self._herald = spec.target in (*HERALDS, PROTOCOL)
+        self._herald = spec.target in (*HERALDS, *PROTOCOLS)
         self._tokens: list[str] = []
         self._send_metadata: tuple[tuple[str, str], ...] = ()
 
@@ -661,7 +669,7 @@ def start_server(
             command = [sys.executable, "-m", "services", "up"]
     else:
         command = [sys.executable, str(Path(baseline.__file__).resolve()), "--port", str(port)]
-        if target == PROTOCOL:
+        if target in PROTOCOLS:
             command.append("--protocol")
         command.extend(extra_args or ())
     env = {
@@ -731,7 +739,7 @@ def wait_for_quiet(
 def run_target(target: str, args: argparse.Namespace, workdir: Path, rate: float) -> RunResult:
     """Starts the server (on a fresh database and Redis prefix for `herald-pg`, removed
     afterwards), runs the load generator in its own process, stops both."""
-    if target != HERALD_PG:
+    if target not in DURABLE:
         return _run_target(target, args, workdir, rate, None)
     with production.fresh_backends(args.pg_dsn, args.redis_url) as backends:
         print(
@@ -748,10 +756,13 @@ def _run_target(
     rate: float,
     backends: production.Backends | None,
 ) -> RunResult:
-    extra_env = backends.env if backends is not None else None
+    extra_env = backends.env if backends is not None and target in HERALDS else None
+    extra_args = (
+        ["--durable-dsn", backends.dsn] if backends is not None and target in PROTOCOLS else []
+    )
     data_dir = workdir / target / "herald"
     data_dir.mkdir(parents=True)
-    if target in (*HERALDS, PROTOCOL):
+    if target in (*HERALDS, *PROTOCOLS):
         auth.load_keys(AuthSettings(), data_dir)  # creates the dev key the server will read
     port = free_port()
     server = start_server(
@@ -761,6 +772,7 @@ def _run_target(
         workdir / f"{target}.log",
         acks=args.ack_interval > 0,
         extra_env=extra_env,
+        extra_args=extra_args,
     )
     context = multiprocessing.get_context("spawn")
     receive, answer = context.Pipe(duplex=False)
@@ -871,7 +883,7 @@ def _frame_name(frame: str, *, line_too: bool = False) -> str:
 def table(results: list[RunResult]) -> list[str]:
     """With the production target, two more columns: PostgreSQL's and Redis's CPU, and the
     server's plus theirs per delivery (the SQL a durable server has run is CPU it spends)."""
-    stores = any(r.target == HERALD_PG for r in results)
+    stores = any(r.target in DURABLE for r in results)
     head = (
         "| system | delivered/s | stream msgs/s | server CPU | server CPU per delivery "
         "| load-gen CPU | other CPU |"
@@ -949,6 +961,13 @@ def verdicts(results: list[RunResult]) -> list[str]:
         )
     if pg_floor := ratios(HERALD_PG, PROTOCOL):
         lines.append(f"- production / protocol floor delivered/s: {_spread(pg_floor, '.2f')}")
+    if durable_floor := ratios(PROTOCOL_PG, PROTOCOL):
+        lines.append(
+            f"- durable floor / protocol floor delivered/s: {_spread(durable_floor, '.2f')} "
+            "(what making notifications and acks durable costs any server here)"
+        )
+    if pg_within := ratios(HERALD_PG, PROTOCOL_PG):
+        lines.append(f"- production / durable floor delivered/s: {_spread(pg_within, '.2f')}")
     disturbed = [
         _label(r, rounds) for r in results if max(r.other_cpu_pct, r.latency_other_cpu_pct) > 25
     ]
@@ -975,7 +994,7 @@ def verdicts(results: list[RunResult]) -> list[str]:
 def _details(r: RunResult, rounds: int = 1) -> str:
     per_delivery = r.latency_server_cpu_pct * 1e4 / max(r.latency_received_per_s, 1)
     stores = ""
-    if r.target == HERALD_PG:
+    if r.target in DURABLE:
         stores = (
             f", PostgreSQL CPU {r.latency_pg_cpu_pct:.0f}%, Redis CPU "
             f"{r.latency_redis_cpu_pct:.0f}%"
@@ -1153,7 +1172,9 @@ def parse_args() -> argparse.Namespace:
         default=f"{HERALD},{BASELINE}",
         help="comma-separated: herald, baseline, protocol (the baseline plus the I/O of "
         "Herald's protocol: per-notification answers, Herald's framing, AckStream), herald-pg "
-        "(herald up on the production profile: a fresh PostgreSQL database and Redis prefix)",
+        "(herald up on the production profile: a fresh PostgreSQL database and Redis prefix), "
+        "protocol-pg (the durable floor: the protocol floor committing each SendBatch and "
+        "each ack to a fresh database)",
     )
     parser.add_argument(
         "--pg-dsn",
@@ -1197,7 +1218,7 @@ def parse_args() -> argparse.Namespace:
     )
     args = parser.parse_args()
     args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
-    unknown = set(args.targets) - {*HERALDS, BASELINE, PROTOCOL}
+    unknown = set(args.targets) - {*HERALDS, BASELINE, *PROTOCOLS}
     if unknown:
         parser.error(f"unknown targets: {sorted(unknown)}")
     return args
