@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -86,6 +87,43 @@ async def test_a_publication_is_a_format_byte_and_a_log_publication_on_the_tenan
         assert [e.notification_field for e in decoded.entries] == [
             e.notification_field for e in sent.entries
         ]
+
+
+async def test_a_publication_ends_with_its_publishers_origin() -> None:
+    async with (
+        scratch_keyspace() as (_, prefix),
+        node(prefix=prefix) as (one, _, _),
+        node(prefix=prefix) as (other, _, _),
+    ):
+        for sent in (publication(T1, NEWS, 3, count=2), Publication(T1, NEWS, 7, 3)):
+            data = one.encode(sent)
+            origin = node_pb2.LogPublication.FromString(data[1:]).origin
+            assert origin != 0
+            assert data.endswith(b"\x31" + struct.pack("<Q", origin))
+            assert node_pb2.LogPublication.FromString(other.encode(sent)[1:]).origin != origin
+
+
+async def test_own_publications_reach_the_node_once_inline_and_others_through_redis() -> None:
+    async with (
+        scratch_keyspace() as (_, prefix),
+        node(prefix=prefix) as (one, mine, _),
+        node(prefix=prefix) as (other, theirs, _),
+    ):
+        await one.subscribe(T1, NEWS)
+        await other.subscribe(T1, NEWS)
+        sent = publication(T1, NEWS, 5, count=2)
+        await one.publish([sent, publication(T1, ALICE, 1)])  # nobody hears alice's log
+        # Inline: the publisher's handler has it before publish returns.
+        assert mine.publications == [sent]
+        await theirs.until_count(1)
+        assert theirs.publications == [sent]
+        # Redis brought it back to the publisher too, and it was dropped: a later publication
+        # of the other node's arrives alone.
+        later = publication(T1, NEWS, 6)
+        await other.publish([later])
+        await mine.until_count(2)
+        assert mine.publications == [sent, later]
+        assert theirs.publications == [sent, later]
 
 
 async def test_entries_go_along_up_to_max_entries_bytes_encoded() -> None:
@@ -180,7 +218,8 @@ async def test_redis_down_costs_no_wait_and_no_error(caplog: pytest.LogCaptureFi
                 await broker.subscribe(T1, NEWS)
                 await broker.publish([publication(T1, NEWS, 1)])
                 await broker.unsubscribe(T1, NEWS)
-    assert seen.publications == []
+    # Its own sessions still get it (inline); other nodes will through the catch-up check.
+    assert seen.publications == [publication(T1, NEWS, 1)]
     assert "could not publish" in caplog.text
     assert "no Redis pub/sub connection" in caplog.text
 
@@ -238,8 +277,12 @@ async def test_aclose_closes_the_pubsub_connection_and_only_an_owned_client(
 async def test_a_publication_it_cannot_encode_is_logged_not_raised(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    async with scratch_keyspace() as (_, prefix), node(prefix=prefix) as (broker, seen, _):
-        await broker.subscribe(T1, NEWS)
+    async with (
+        scratch_keyspace() as (_, prefix),
+        node(prefix=prefix) as (broker, _, _),
+        node(prefix=prefix) as (other, seen, _),
+    ):
+        await other.subscribe(T1, NEWS)
         with caplog.at_level(logging.ERROR, "services.stream.broker_redis"):
             await broker.publish([publication(T1, NEWS, 1, epoch=-1)])
         assert "could not encode" in caplog.text

@@ -16,6 +16,9 @@ Invariants:
   it again.
 - A message reaches the handler only when its channel is in `_channels` and names the same
   tenant and log as the message: late messages of a channel just unsubscribed are dropped.
+- A publication of this node's reaches its handler once, inline in `publish` (when its channel
+  is in `_channels`), never again from Redis: the message carries this broker's random origin
+  as its last field, and the reader drops those before decoding them.
 - `subscribe` returns once Redis confirmed the subscription, so a publication sent after it
   returned reaches this node. When it cannot wait (the broker is not started, Redis is out of
   reach) it returns at once, and the next connection resets; when the confirmation is slower
@@ -31,6 +34,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import secrets
+import struct
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -97,6 +102,10 @@ class RedisBroker:
     ) -> None:
         self._client = checked_client(client)
         self._publish_many = self._client.register_script(_PUBLISH_MANY)
+        # This broker's tag on what it publishes, and how an encoding carrying it ends (field 6,
+        # fixed64: the last field, see node.proto).
+        self._origin = secrets.randbits(64) | 1
+        self._own_suffix = b"\x31" + struct.pack("<Q", self._origin)
         self._prefix = checked_prefix(prefix)
         self._max_entries_bytes = max_entries_bytes
         self._owns_client = owns_client
@@ -130,6 +139,7 @@ class RedisBroker:
     async def publish(self, publications: Sequence[Publication]) -> None:
         if not publications:
             return
+        self._deliver_own(publications)
         try:
             messages = [(self.channel(p.tenant, p.key), self.encode(p)) for p in publications]
         except (ValueError, TypeError):
@@ -152,6 +162,21 @@ class RedisBroker:
                 error,
             )
 
+    def _deliver_own(self, publications: Sequence[Publication]) -> None:
+        """Hands this node's own publications of the logs it hears to its handler at once, as
+        the memory broker does: no round trip through Redis, no decoding. Redis brings them
+        back to this node too, and `_deliver` drops them by their origin."""
+        handler = self._on_publication
+        if handler is None:
+            return
+        for p in publications:
+            if self.channel(p.tenant, p.key).encode() not in self._channels:
+                continue
+            try:
+                handler(p)
+            except Exception:
+                log.exception("the publication handler failed")
+
     def encode(self, publication: Publication) -> bytes:
         """A format byte and the LogPublication, with the entries if they fit."""
         message = node_pb2.LogPublication(
@@ -159,6 +184,7 @@ class RedisBroker:
             log=publication.key.stored,
             epoch=publication.epoch,
             head=publication.head,
+            origin=self._origin,
         )
         entries = publication.entries
         # The notification fields alone are a lower bound of the encoded size.
@@ -322,6 +348,8 @@ class RedisBroker:
         if target is None or handler is None:
             return
         tenant, key = target
+        if data.endswith(self._own_suffix):
+            return  # this node's own: handed to the handler when it was published
         if data[:1] != FORMAT_LOG_PUBLICATION:
             self._warn("decode", "dropped a broker message of an unknown format", None)
             return

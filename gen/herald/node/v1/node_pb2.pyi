@@ -75,18 +75,20 @@ class ChangeChannelsResponse(_message.Message):
     def __init__(self, found: _Optional[bool] = ..., channels: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class LogPublication(_message.Message):
-    __slots__ = ("tenant_id", "log", "epoch", "head", "entries")
+    __slots__ = ("tenant_id", "log", "epoch", "head", "entries", "origin")
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     LOG_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     HEAD_FIELD_NUMBER: _ClassVar[int]
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_FIELD_NUMBER: _ClassVar[int]
     tenant_id: str
     log: str
     epoch: int
     head: int
     entries: _containers.RepeatedCompositeFieldContainer[LogEntry]
-    def __init__(self, tenant_id: _Optional[str] = ..., log: _Optional[str] = ..., epoch: _Optional[int] = ..., head: _Optional[int] = ..., entries: _Optional[_Iterable[_Union[LogEntry, _Mapping]]] = ...) -> None: ...
+    origin: int
+    def __init__(self, tenant_id: _Optional[str] = ..., log: _Optional[str] = ..., epoch: _Optional[int] = ..., head: _Optional[int] = ..., entries: _Optional[_Iterable[_Union[LogEntry, _Mapping]]] = ..., origin: _Optional[int] = ...) -> None: ...
 
 class LogEntry(_message.Message):
     __slots__ = ("cursor", "notification_id", "priority", "created_at", "expires_at", "notification_field")
