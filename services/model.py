@@ -35,12 +35,21 @@ _KINDS = {
 }
 
 
+# google.protobuf.Timestamp's range: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z.
+_MIN_SECONDS = -62_135_596_800
+_MAX_SECONDS = 253_402_300_799
+
+
 def accepted_from_proto(notification: notification_pb2.Notification, encoded: bytes) -> Accepted:
     """The domain value of a notification ingest has already validated and completed.
 
     Raises:
-        InvalidArgument: it has no target (a node handed over one that ingest did not validate).
+        InvalidArgument: it has no target, or a time outside what a Timestamp can hold (a node
+            handed over one that ingest did not validate).
     """
+    for name in ("created_at", "expires_at"):
+        if not _MIN_SECONDS <= getattr(notification, name).seconds <= _MAX_SECONDS:
+            raise InvalidArgument(f"{name} must be between the years 1 and 9999")
     target = notification.target
     kind = target_kind(target)
     if kind is None:

@@ -348,3 +348,38 @@ async def test_hostile_input_gets_documented_statuses_and_harms_nothing(
     [delivery] = await stream.deliveries(1)
     assert delivery.notification.content.title == "still here"
     stream.cancel()
+
+
+async def test_a_node_handing_over_a_time_no_timestamp_can_hold_gets_invalid_argument(
+    herald_up: Herald,
+) -> None:
+    """Found by the fuzz: such a notification was stored, and GetDeliveryStatus of it then
+    answered INTERNAL (the time could not be put back into a Timestamp)."""
+    channel = herald_up.backend()._channel
+    metadata = (("authorization", f"Bearer {herald_up.tokens.minter.node_token('fuzz-node')}"),)
+    for name in ("created_at", "expires_at"):
+        for seconds in (2**63 - 1, -(2**62)):
+            notification = _dispatched()
+            notification.id = f"far-{name}-{seconds}"
+            getattr(notification, name).seconds = seconds
+            request = node_pb2.DispatchRequest(notifications=[notification])
+            code, details = await raw_calls.call(
+                channel,
+                "/herald.node.v1.NodeService/Dispatch",
+                [request.SerializeToString()],
+                metadata,
+            )
+            assert (code, details) == (
+                Code.INVALID_ARGUMENT,
+                f"{name} must be between the years 1 and 9999",
+            )
+            status = node_pb2.GetDeliveryStatusRequest(
+                tenant_id=NODE_TENANT, notification_id=notification.id
+            )
+            code, _ = await raw_calls.call(
+                channel,
+                "/herald.node.v1.NodeService/GetDeliveryStatus",
+                [status.SerializeToString()],
+                metadata,
+            )
+            assert code is Code.OK
