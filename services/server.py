@@ -12,9 +12,11 @@ import gc
 import logging
 import signal
 import socket
+import ssl
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Literal
+from wsgiref.simple_server import WSGIServer
 
 import grpc
 from grpc import aio
@@ -29,7 +31,7 @@ from services import auth, metrics, tls
 from services.backends import Backend, Stores, open_stores
 from services.breaker import BreakerState
 from services.clock import Clock, SystemClock
-from services.config import Config, StartupError
+from services.config import Config, StartupError, TLSSettings
 from services.domain import SessionInfo
 from services.ingest.core import IngestCore
 from services.ingest.servicer import IngestServicer
@@ -347,10 +349,25 @@ def tune_gc() -> None:
     metrics.observe_gc_pauses()
 
 
-def start_metrics_server(port: int, host: str) -> None:
-    """Serves Prometheus /metrics from a background thread (prometheus_client's own server)."""
-    start_http_server(port, addr=host)
-    log.info("metrics serving", extra={"port": port})
+def start_metrics_server(
+    port: int, host: str, tls_settings: TLSSettings | None = None
+) -> WSGIServer:
+    """Serves Prometheus /metrics from a background thread (prometheus_client's own server);
+    over HTTPS with the node's certificate when TLS is on, like every other listener."""
+    secure = False
+    if tls_settings is not None and tls_settings.enabled:
+        secure = True
+        server, _ = start_http_server(
+            port,
+            addr=host,
+            certfile=str(tls_settings.cert_file),
+            keyfile=str(tls_settings.key_file),
+            tls_min_version=ssl.TLSVersion.TLSv1_2,
+        )
+    else:
+        server, _ = start_http_server(port, addr=host)
+    log.info("metrics serving", extra={"port": server.server_port, "tls": secure})
+    return server
 
 
 def _check_transport(config: Config) -> tls.NodeTLS | None:
@@ -429,7 +446,8 @@ async def serve_forever(config: Config, roles: Iterable[Role]) -> None:
     node = await start_node(config, roles)
     tune_gc()
     if config.server.metrics_port:
-        start_metrics_server(config.server.metrics_port, config.server.host)
+        # The files were checked at start-up (start_node).
+        start_metrics_server(config.server.metrics_port, config.server.host, config.tls)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -4,7 +4,11 @@ and production mode refusing plaintext. Real gRPC over loopback with a throwaway
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
+import ssl
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -19,7 +23,7 @@ from herald.v1 import registry_pb2, registry_pb2_grpc
 from services import auth
 from services.client import HeraldClient, tls_credentials
 from services.config import AuthSettings, Config, ServerSettings, StartupError, TLSSettings
-from services.server import start_node
+from services.server import start_metrics_server, start_node
 from tests.certificates import CertificateAuthority, Issued
 from tests.harness import Herald, make_config, start_herald, to_user
 from tests.streams import Stream
@@ -262,6 +266,33 @@ async def test_an_ingest_node_with_an_untrusted_client_certificate_cannot_dispat
     finally:
         await ingest.stop(1)
         await herald.stop()
+
+
+# -- the metrics listener -------------------------------------------------------------------
+
+
+async def test_metrics_are_served_over_https_when_tls_is_on(
+    ca: CertificateAuthority, server_cert: Issued
+) -> None:
+    settings = TLSSettings(cert_file=server_cert.cert_file, key_file=server_cert.key_file)
+    server = start_metrics_server(0, "127.0.0.1", settings)
+    url = f"://127.0.0.1:{server.server_port}/metrics"
+    try:
+
+        def scrape(scheme: str, context: ssl.SSLContext | None = None) -> str:
+            # S310: the URL is this test's own loopback server, http or https.
+            with urllib.request.urlopen(scheme + url, timeout=5, context=context) as response:  # noqa: S310
+                return str(response.read().decode())
+
+        trusting = ssl.create_default_context(cafile=str(ca.cert_file))
+        assert "herald_" in await asyncio.to_thread(scrape, "https", trusting)
+        with pytest.raises((OSError, http.client.HTTPException)):
+            await asyncio.to_thread(scrape, "http")
+        with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):
+            await asyncio.to_thread(scrape, "https", ssl.create_default_context())
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 # -- start-up checks -------------------------------------------------------------------------
