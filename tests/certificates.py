@@ -30,13 +30,16 @@ def _key() -> ec.EllipticCurvePrivateKey:
     return ec.generate_private_key(ec.SECP256R1())
 
 
-def _write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> None:
+def _write_key(
+    key: ec.EllipticCurvePrivateKey, path: Path, passphrase: bytes | None = None
+) -> None:
+    encryption: serialization.KeySerializationEncryption = (
+        serialization.BestAvailableEncryption(passphrase)
+        if passphrase
+        else serialization.NoEncryption()
+    )
     path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
     )
     path.chmod(0o600)
 
@@ -80,9 +83,16 @@ class CertificateAuthority:
         self.cert_file.write_bytes(self._cert.public_bytes(serialization.Encoding.PEM))
 
     def issue(
-        self, name: str, hosts: tuple[str, ...] = ("127.0.0.1", "localhost"), *, client: bool = True
+        self,
+        name: str,
+        hosts: tuple[str, ...] = ("127.0.0.1", "localhost"),
+        *,
+        client: bool = True,
+        expired: bool = False,
+        passphrase: bytes | None = None,
     ) -> Issued:
-        """A leaf for `hosts` (IP addresses and DNS names), for server and client use."""
+        """A leaf for `hosts` (IP addresses and DNS names), for server and (with `client`)
+        client use; `expired` one ended an hour ago; with `passphrase` its key is encrypted."""
         key = _key()
         sans: list[x509.GeneralName] = []
         for host in hosts:
@@ -94,6 +104,8 @@ class CertificateAuthority:
         if client:
             usages.append(ExtendedKeyUsageOID.CLIENT_AUTH)
         now = datetime.datetime.now(datetime.UTC)
+        if expired:
+            now -= datetime.timedelta(days=1, hours=1)
         builder = (
             x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
@@ -110,5 +122,5 @@ class CertificateAuthority:
         cert = builder.sign(self._key, hashes.SHA256())
         issued = Issued(self.directory / f"{name}.crt", self.directory / f"{name}.key")
         issued.cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        _write_key(key, issued.key_file)
+        _write_key(key, issued.key_file, passphrase)
         return issued

@@ -328,6 +328,8 @@ def _misconfigurations(
     ca: CertificateAuthority, cert: Issued, tmp_path: Path
 ) -> dict[str, tuple[TLSSettings, ServerSettings | None, str]]:
     other = ca.issue("other")
+    expired = ca.issue("expired", expired=True)
+    encrypted = ca.issue("encrypted", passphrase=b"secret")
     not_pem = tmp_path / "not.pem"
     not_pem.write_text("hello\n")
     return {
@@ -345,6 +347,23 @@ def _misconfigurations(
             TLSSettings(cert_file=cert.cert_file, key_file=other.key_file),
             None,
             r"HERALD_TLS_KEY_FILE .* does not belong to the certificate in HERALD_TLS_CERT_FILE",
+        ),
+        "expired certificate": (
+            TLSSettings(cert_file=expired.cert_file, key_file=expired.key_file),
+            None,
+            r"the certificate in HERALD_TLS_CERT_FILE .* expired on .* UTC: renew it",
+        ),
+        "encrypted key": (
+            TLSSettings(cert_file=encrypted.cert_file, key_file=encrypted.key_file),
+            None,
+            r"HERALD_TLS_KEY_FILE .* is encrypted",
+        ),
+        "client cert without its key": (
+            TLSSettings(
+                cert_file=cert.cert_file, key_file=cert.key_file, client_cert_file=other.cert_file
+            ),
+            None,
+            r"HERALD_TLS_CLIENT_CERT_FILE is set without HERALD_TLS_CLIENT_KEY_FILE",
         ),
         "cert without key": (
             TLSSettings(cert_file=cert.cert_file),
@@ -387,6 +406,9 @@ def _misconfigurations(
         "missing cert file",
         "missing key file",
         "key of another certificate",
+        "expired certificate",
+        "encrypted key",
+        "client cert without its key",
         "cert without key",
         "not a certificate",
         "not a key",
