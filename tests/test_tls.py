@@ -224,6 +224,39 @@ async def test_with_a_client_certificate_a_node_call_is_served(
     assert not response.found
 
 
+async def test_a_worker_sharing_its_port_gets_a_node_port_of_its_own_with_mtls(
+    tmp_path: Path, ca: CertificateAuthority, server_cert: Issued
+) -> None:
+    # `herald serve stream --workers N`: the clients' port is shared (SO_REUSEPORT), so each
+    # worker takes a node port of its own, which requires client certificates as HERALD_NODE_PORT
+    # does.
+    server = ServerSettings(host="127.0.0.1", port=0, reuse_port=True, data_dir=tmp_path)
+    tls = tls_settings(ca, server_cert, client_ca_file=ca.cert_file)
+    config = make_config(tmp_path, server=server, tls=tls)
+    node = await start_node(config)
+    try:
+        assert node.node_port is not None
+        assert node.node_port != node.port
+        minter = auth.TokenMinter(auth.load_keys(config.auth, tmp_path), config.auth)
+        metadata = (("authorization", f"Bearer {minter.node_token('peer')}"),)
+        request = node_pb2.GetDeliveryStatusRequest(tenant_id="acme", notification_id="x")
+        peer = ca.issue("peer")
+        with_cert = tls_credentials(ca.cert_file, cert_file=peer.cert_file, key_file=peer.key_file)
+        async with aio.secure_channel(node.node_address, with_cert) as channel:
+            response = await node_pb2_grpc.NodeServiceStub(channel).GetDeliveryStatus(
+                request, metadata=metadata, timeout=5
+            )
+        assert not response.found
+        async with aio.secure_channel(node.node_address, tls_credentials(ca.cert_file)) as channel:
+            with pytest.raises(aio.AioRpcError) as caught:
+                await node_pb2_grpc.NodeServiceStub(channel).GetDeliveryStatus(
+                    request, metadata=metadata, timeout=5
+                )
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        await node.stop(1)
+
+
 async def test_an_ingest_node_with_an_untrusted_client_certificate_cannot_dispatch(
     tmp_path: Path, ca: CertificateAuthority, server_cert: Issued
 ) -> None:
@@ -390,6 +423,13 @@ def _misconfigurations(
             ServerSettings(host="127.0.0.1", port=0, data_dir=tmp_path),
             r"HERALD_TLS_CLIENT_CA_FILE .* holds no PEM certificate",
         ),
+        "a node port shared by workers": (
+            TLSSettings(terminated_upstream=True),
+            ServerSettings(
+                host="127.0.0.1", port=0, node_port=0, reuse_port=True, data_dir=tmp_path
+            ),
+            r"HERALD_NODE_PORT cannot be shared by workers",
+        ),
         "mTLS without a node port": (
             TLSSettings(
                 cert_file=cert.cert_file, key_file=cert.key_file, client_ca_file=ca.cert_file
@@ -414,6 +454,7 @@ def _misconfigurations(
         "not a key",
         "client CA without TLS",
         "client CA not PEM",
+        "a node port shared by workers",
         "mTLS without a node port",
     ],
 )
