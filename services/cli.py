@@ -76,6 +76,18 @@ def _client_flags(parser: argparse.ArgumentParser) -> None:
         default=os.environ.get("HERALD_TOKEN"),
         help="a JWT to use; without it a dev token is minted with the local dev key (HERALD_TOKEN)",
     )
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        default=_env("HERALD_TLS", "").lower() in ("1", "true", "yes", "on"),
+        help="connect over TLS, verifying the server against --ca-file or the system roots "
+        "(HERALD_TLS=true)",
+    )
+    parser.add_argument(
+        "--ca-file",
+        default=os.environ.get("HERALD_CA_FILE") or None,
+        help="PEM CA bundle to verify the server with; implies --tls (HERALD_CA_FILE)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -149,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         code = _dispatch(args)
     except aio.AioRpcError as exc:
-        print(f"herald: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        print(f"herald: {exc.code().name}: {exc.details()}{_hint(args, exc)}", file=sys.stderr)
         code = 2
     except (ValueError, OSError) as exc:
         print(f"herald: {exc}", file=sys.stderr)
@@ -157,6 +169,23 @@ def main(argv: Sequence[str] | None = None) -> None:
     except KeyboardInterrupt:
         code = 130
     sys.exit(code or 0)
+
+
+def _hint(args: argparse.Namespace, exc: aio.AioRpcError) -> str:
+    """What to try when the connection itself failed, which is most often TLS on one side only
+    or a CA that does not match."""
+    if exc.code() != grpc.StatusCode.UNAVAILABLE or not hasattr(args, "tls"):
+        return ""
+    if not (args.tls or args.ca_file):
+        return "\n(if the server uses TLS, connect with --tls, and --ca-file for a private CA)"
+    return (
+        "\n(connecting over TLS: is the server serving TLS, and does --ca-file hold the CA that "
+        "issued its certificate, for the host name in --address?)"
+    )
+
+
+def _connect(args: argparse.Namespace, token: str) -> HeraldClient:
+    return HeraldClient(args.address, token, tls=args.tls, ca_file=args.ca_file)
 
 
 def _dispatch(args: argparse.Namespace) -> int | None:
@@ -278,7 +307,7 @@ async def _send(args: argparse.Namespace) -> int:
     if args.data:
         notification.content.data.update(json.loads(args.data))
     token = _token(args, [auth.SCOPE_SEND], args.service)
-    async with HeraldClient(args.address, token) as client:
+    async with _connect(args, token) as client:
         response = await client.send(notification)
     print(json_format.MessageToJson(response, indent=None))
     return 0
@@ -293,7 +322,7 @@ async def _tail(args: argparse.Namespace) -> int:
         cursors[log_name] = int(value)
     token = _token(args, [auth.SCOPE_SUBSCRIBE], args.user)
     seen = 0
-    async with HeraldClient(args.address, token) as client:
+    async with _connect(args, token) as client:
         subscription = client.subscribe(
             channels=args.channels or (),
             cursors=cursors,

@@ -33,6 +33,7 @@ import random
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -92,18 +93,65 @@ class Received:
         await self._client.ack(notification_ids=[self.notification.id])
 
 
+def tls_credentials(
+    ca_file: str | Path | None = None,
+    *,
+    cert_file: str | Path | None = None,
+    key_file: str | Path | None = None,
+) -> grpc.ChannelCredentials:
+    """TLS channel credentials: the server verified against `ca_file` (a PEM bundle; the system
+    roots when None), and a client certificate presented when `cert_file` and `key_file` are
+    given.
+
+    Raises:
+        ValueError: a file cannot be read, or only one of cert and key is given.
+    """
+    if (cert_file is None) != (key_file is None):
+        raise ValueError("a client certificate needs both cert_file and key_file")
+
+    def read(path: str | Path | None, what: str) -> bytes | None:
+        if path is None:
+            return None
+        try:
+            return Path(path).read_bytes()
+        except OSError as exc:
+            raise ValueError(
+                f"cannot read the {what} {path}: {exc.strerror or type(exc).__name__}"
+            ) from None
+
+    return grpc.ssl_channel_credentials(
+        root_certificates=read(ca_file, "CA file"),
+        private_key=read(key_file, "client key"),
+        certificate_chain=read(cert_file, "client certificate"),
+    )
+
+
 class HeraldClient:
-    """A connection to Herald with one token (a user's, or a backend's)."""
+    """A connection to Herald with one token (a user's, or a backend's).
+
+    Plaintext by default; `tls=True` (or a `ca_file`) connects over TLS and verifies the server
+    against `ca_file` (the system roots when None); `credentials` gives full control (e.g. a
+    client certificate, from `tls_credentials`)."""
 
     def __init__(
         self,
         address: str,
         token: str | Callable[[], str],
         *,
+        tls: bool = False,
+        ca_file: str | Path | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
         options: list[tuple[str, Any]] | None = None,
         ack_stream: bool = True,
     ) -> None:
-        self._channel = aio.insecure_channel(address, options=options or CHANNEL_OPTIONS)
+        if credentials is None and (tls or ca_file is not None):
+            credentials = tls_credentials(ca_file)
+        if credentials is None:
+            self._channel = aio.insecure_channel(address, options=options or CHANNEL_OPTIONS)
+        else:
+            self._channel = aio.secure_channel(
+                address, credentials, options=options or CHANNEL_OPTIONS
+            )
         self._token = token
         self._ingest = ingest_pb2_grpc.IngestServiceStub(self._channel)
         self._stream = stream_pb2_grpc.StreamServiceStub(self._channel)

@@ -26,6 +26,10 @@ class ServerSettings(BaseSettings):
     node_id: str = ""
     # Address other nodes use to reach this one; defaults to host:port.
     advertise_address: str = ""
+    # A second listener for node-to-node calls (none when unset). With
+    # HERALD_TLS_CLIENT_CA_FILE it requires client certificates, and node calls are refused
+    # anywhere else; the advertise address defaults to host:node_port.
+    node_port: int | None = Field(default=None, ge=0, le=65535)
     # Split topology: where the other services are (empty in `herald up`).
     registry_address: str = ""
     stream_address: str = ""
@@ -66,6 +70,39 @@ class AuthSettings(BaseSettings):
     tenant_claim: str = "tenant"
     # A ready node token for node-to-node calls when this node cannot mint one.
     node_token: SecretStr | None = None
+
+
+class TLSSettings(BaseSettings):
+    """TLS for every listener and for node-to-node calls (docs/tls.md).
+
+    With a certificate and key, every port of the node serves TLS only, and the node calls the
+    other nodes over TLS, verifying them against `ca_file` (the system roots when unset) and
+    presenting its client certificate. `client_ca_file` turns on mTLS for node-to-node calls."""
+
+    model_config = SettingsConfigDict(env_prefix="HERALD_TLS_", frozen=True, extra="ignore")
+
+    # PEM server certificate (chain) and its private key.
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    # PEM CA bundle the node-to-node listener verifies client certificates against (mTLS).
+    client_ca_file: Path | None = None
+    # PEM CA bundle this node verifies other nodes' certificates against (system roots if unset).
+    ca_file: Path | None = None
+    # The certificate and key this node presents on node-to-node calls (default: cert/key_file,
+    # which then need the clientAuth extended key usage, or none).
+    client_cert_file: Path | None = None
+    client_key_file: Path | None = None
+    # Production mode refuses plaintext unless TLS ends in front of Herald (a load balancer, an
+    # Envoy, a service mesh sidecar) and this says so.
+    terminated_upstream: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.cert_file is not None or self.key_file is not None
+
+
+class StartupError(ValueError):
+    """The node cannot start as configured; the message says why and what to do."""
 
 
 class IngestSettings(BaseSettings):
@@ -172,3 +209,4 @@ class Config:
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
     registry: RegistrySettings = field(default_factory=RegistrySettings)
     backends: BackendSettings = field(default_factory=BackendSettings)
+    tls: TLSSettings = field(default_factory=TLSSettings)

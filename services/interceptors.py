@@ -34,6 +34,7 @@ from grpc import aio
 
 from services import auth
 from services.errors import HeraldError, InvalidArgument, PermissionDenied, Unauthenticated
+from services.tls import PEER_CERTIFICATE
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,10 @@ UNDECODABLE = (
     "(malformed protobuf, or a string field that is not UTF-8)"
 )
 INTERNAL = "internal error; it was logged on the server"
+NEEDS_CERTIFICATE = (
+    "node-to-node calls need a verified client certificate (mTLS is on): call the node port "
+    "(HERALD_NODE_PORT) with this node's certificate"
+)
 # Status messages quote client input only in part (services/bounds.py); this caps the rest.
 _MAX_DETAILS = 512
 # What protobuf raises for bytes that are not a message of the type: DecodeError (upb, and the
@@ -181,10 +186,13 @@ def _guard(
     denial: HeraldError | None,
     decode: Decode,
     errors: ErrorLog,
+    needs_certificate: bool,
 ) -> Behavior:
     async def guarded(request: Any, context: Context) -> Any:
         if denial is not None:
             await context.abort(denial.code, _bounded(denial.message))
+        if needs_certificate and not context.auth_context().get(PEER_CERTIFICATE):
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, NEEDS_CERTIFICATE)
         token = auth.set_principal(principal) if principal is not None else None
         try:
             return await behavior(decode(request), context)
@@ -218,11 +226,21 @@ def _guard_responses(
 
 class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
     """Verifies the bearer token and scope of every herald RPC, decodes requests after that, and
-    maps errors to statuses."""
+    maps errors to statuses.
 
-    def __init__(self, verifier: auth.TokenVerifier, errors: ErrorLog | None = None) -> None:
+    With `node_certificates` (mTLS on), node-to-node methods also need a verified client
+    certificate, which only the node listener asks for: a node token alone is not enough."""
+
+    def __init__(
+        self,
+        verifier: auth.TokenVerifier,
+        errors: ErrorLog | None = None,
+        *,
+        node_certificates: bool = False,
+    ) -> None:
         self._verifier = verifier
         self._errors = errors or ErrorLog()
+        self._node_certificates = node_certificates
 
     async def intercept_service(
         self,
@@ -239,8 +257,8 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
             return _rewrap(handler, method, None, None, self._errors, public=True)
         principal: auth.Principal | None = None
         denial: HeraldError | None = None
+        scope = REQUIRED_SCOPE.get(method)
         try:
-            scope = REQUIRED_SCOPE.get(method)
             if scope is None:
                 raise PermissionDenied(f"{method} is not open to any token")
             authorization = None
@@ -256,7 +274,8 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
             # A token the verifier did not expect: refused, and reported like any other bug.
             self._errors.record(method, exc)
             principal, denial = None, Unauthenticated("the token could not be verified")
-        return _rewrap(handler, method, principal, denial, self._errors)
+        needs_certificate = self._node_certificates and scope == auth.SCOPE_NODE
+        return _rewrap(handler, method, principal, denial, self._errors, needs_certificate)
 
 
 def _rewrap(
@@ -265,6 +284,7 @@ def _rewrap(
     principal: auth.Principal | None,
     denial: HeraldError | None,
     errors: ErrorLog,
+    needs_certificate: bool = False,
     *,
     public: bool = False,
 ) -> grpc.RpcMethodHandler[Any, Any]:
@@ -288,7 +308,9 @@ def _rewrap(
     if decode is None:
         decode = _decoder(deserialize)
     if inspect.iscoroutinefunction(behavior):
-        guarded: Any = _guard(behavior, method, principal, denial, decode, errors)
+        guarded: Any = _guard(
+            behavior, method, principal, denial, decode, errors, needs_certificate
+        )
     elif public and inspect.isasyncgenfunction(behavior):
         guarded = _guard_responses(behavior, method, decode, errors)
     elif public:

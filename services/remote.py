@@ -24,13 +24,27 @@ _CALL_TIMEOUT_S = 10.0
 
 
 class NodeCredentials:
-    """Metadata with a node token, minted again well before it expires."""
+    """How a node authenticates to the others: a node token in the metadata (minted again well
+    before it expires) and, with TLS, the channel credentials (the CA to verify the peer, the
+    client certificate to present)."""
 
-    def __init__(self, mint: Callable[[], str], ttl_s: float = 3600.0) -> None:
+    def __init__(
+        self,
+        mint: Callable[[], str],
+        ttl_s: float = 3600.0,
+        *,
+        tls: grpc.ChannelCredentials | None = None,
+    ) -> None:
         self._mint = mint
         self._ttl_s = ttl_s
+        self._tls = tls
         self._token = ""
         self._minted_at = 0.0
+
+    def channel(self, address: str) -> aio.Channel:
+        if self._tls is None:
+            return aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        return aio.secure_channel(address, self._tls, options=CHANNEL_OPTIONS)
 
     def metadata(self) -> tuple[tuple[str, str], ...]:
         if not self._token or time.monotonic() - self._minted_at > self._ttl_s / 2:
@@ -49,7 +63,7 @@ class RegistryClient:
     """RegistryPort over gRPC."""
 
     def __init__(self, address: str, credentials: NodeCredentials) -> None:
-        self._channel = aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self._channel = credentials.channel(address)
         self._stub = registry_pb2_grpc.RegistryServiceStub(self._channel)
         self._credentials = credentials
 
@@ -103,7 +117,7 @@ class NodeClient:
     """DeliveryPort and NodePort over gRPC: the calls ingest and the registry make to a node."""
 
     def __init__(self, address: str, credentials: NodeCredentials) -> None:
-        self._channel = aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self._channel = credentials.channel(address)
         self._stub = node_pb2_grpc.NodeServiceStub(self._channel)
         self._credentials = credentials
 

@@ -12,10 +12,13 @@ import gc
 import logging
 import signal
 import socket
+import ssl
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Literal
+from wsgiref.simple_server import WSGIServer
 
+import grpc
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
@@ -24,11 +27,11 @@ from prometheus_client import start_http_server
 
 from herald.node.v1 import node_pb2, node_pb2_grpc
 from herald.v1 import ingest_pb2, registry_pb2, registry_pb2_grpc, stream_pb2
-from services import auth, metrics
+from services import auth, metrics, tls
 from services.backends import Backend, Stores, open_stores
 from services.breaker import BreakerState
 from services.clock import Clock, SystemClock
-from services.config import Config
+from services.config import Config, StartupError, TLSSettings
 from services.domain import SessionInfo
 from services.ingest.core import IngestCore
 from services.ingest.servicer import IngestServicer
@@ -83,11 +86,18 @@ class Node:
     closers: list[object] = field(default_factory=list)
     dispatcher: Dispatcher | None = None
     stores: Stores | None = None
+    # The node-to-node listener's port, when it has one (HERALD_NODE_PORT).
+    node_port: int | None = None
     _stopped: bool = False
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def node_address(self) -> str:
+        """Where other nodes call this one (its own listener for that, if it has one)."""
+        return f"127.0.0.1:{self.node_port or self.port}"
 
     async def stop(self, grace_s: float) -> None:
         """Ordered, bounded shutdown: NOT_SERVING, drain streams, stop the server, close clients."""
@@ -119,18 +129,32 @@ async def start_node(
     clock = clock or SystemClock()
     keys = keys or auth.load_keys(config.auth, config.server.data_dir)
     verifier = auth.TokenVerifier(keys, config.auth)
+    node_tls = _check_transport(config)
     node_id = (
         config.server.node_id or f"{socket.gethostname()}-{roles[0] if len(roles) == 1 else 'up'}"
     )
-    server = aio.server(interceptors=[AuthInterceptor(verifier)], options=server_options(config))
-    port = _bind(server, config.server.host, config.server.port)
-    advertise = config.server.advertise_address or f"{config.server.host}:{port}"
-    if config.server.reuse_port and not config.server.advertise_address:
+    server = aio.server(
+        interceptors=[
+            AuthInterceptor(verifier, node_certificates=node_tls is not None and node_tls.mutual)
+        ],
+        options=server_options(config),
+    )
+    public = node_tls.server_credentials() if node_tls is not None else None
+    listener = node_tls.node_server_credentials() if node_tls is not None else None
+    host = config.server.host
+    port = _bind(server, host, config.server.port, public)
+    node_port: int | None = None
+    if config.server.node_port is not None:
+        node_port = _bind(server, host, config.server.node_port, listener, "HERALD_NODE_PORT")
+    elif config.server.reuse_port and not config.server.advertise_address:
         # Workers share the clients' port, so a call to it reaches any of them: node-to-node
         # calls (disconnect, channel changes) go to a port of this worker's own.
-        own_port = _bind(server, config.server.host, 0)
-        advertise = f"{config.server.host}:{own_port}"
-    credentials = NodeCredentials(_node_token_source(config, keys, node_id))
+        node_port = _bind(server, host, 0, listener)
+    advertise = config.server.advertise_address or f"{host}:{node_port or port}"
+    credentials = NodeCredentials(
+        _node_token_source(config, keys, node_id),
+        tls=node_tls.channel_credentials() if node_tls is not None else None,
+    )
     health_servicer = HealthServicer()
     names = [name for role in roles for name in SERVICE_NAMES[role]]
     # Backends whose breaker is not closed -> the services that need them.
@@ -254,7 +278,14 @@ async def start_node(
             monitor = asyncio.ensure_future(stores.monitor(config.backends.breaker_reset_s / 2))
             closers.insert(0, _Cancel(monitor))
         log.info(
-            "herald node serving", extra={"roles": list(roles), "port": port, "node_id": node_id}
+            "herald node serving",
+            extra={
+                "roles": list(roles),
+                "port": port,
+                "node_port": node_port,
+                "node_id": node_id,
+                "tls": "off" if node_tls is None else "mtls" if node_tls.mutual else "on",
+            },
         )
         return Node(
             server,
@@ -267,6 +298,7 @@ async def start_node(
             closers,
             dispatcher,
             stores,
+            node_port,
         )
     except BaseException:
         # Nothing half-started stays behind: the pool, the Redis client, the broker task.
@@ -317,23 +349,73 @@ def tune_gc() -> None:
     metrics.observe_gc_pauses()
 
 
-def start_metrics_server(port: int, host: str) -> None:
-    """Serves Prometheus /metrics from a background thread (prometheus_client's own server)."""
-    start_http_server(port, addr=host)
-    log.info("metrics serving", extra={"port": port})
+def start_metrics_server(
+    port: int, host: str, tls_settings: TLSSettings | None = None
+) -> WSGIServer:
+    """Serves Prometheus /metrics from a background thread (prometheus_client's own server);
+    over HTTPS with the node's certificate when TLS is on, like every other listener."""
+    secure = False
+    if tls_settings is not None and tls_settings.enabled:
+        secure = True
+        server, _ = start_http_server(
+            port,
+            addr=host,
+            certfile=str(tls_settings.cert_file),
+            keyfile=str(tls_settings.key_file),
+            tls_min_version=ssl.TLSVersion.TLSv1_2,
+        )
+    else:
+        server, _ = start_http_server(port, addr=host)
+    log.info("metrics serving", extra={"port": server.server_port, "tls": secure})
+    return server
 
 
-class StartupError(ValueError):
-    """The node cannot start as configured; the message says why and what to do."""
+def _check_transport(config: Config) -> tls.NodeTLS | None:
+    """The node's TLS material (None: plaintext), once the transport settings are coherent.
+
+    Raises:
+        StartupError: plaintext in production without the explicit opt-out, mTLS without a
+            listener to require it on, or unusable TLS files.
+    """
+    node_tls = tls.load(config.tls)
+    if node_tls is None and config.auth.mode == "production" and not config.tls.terminated_upstream:
+        raise StartupError(
+            "production mode refuses plaintext: tokens would cross the network in the clear. "
+            "Set HERALD_TLS_CERT_FILE and HERALD_TLS_KEY_FILE, or, when TLS ends in front of "
+            "Herald (a load balancer, Envoy, a mesh sidecar), HERALD_TLS_TERMINATED_UPSTREAM=true"
+        )
+    server = config.server
+    if server.node_port is not None and server.reuse_port:
+        raise StartupError(
+            "HERALD_NODE_PORT cannot be shared by workers (--workers / HERALD_REUSE_PORT): "
+            "leave it unset and each worker listens for node-to-node calls on a port of its own"
+        )
+    # Workers (SO_REUSEPORT, no advertise address) each listen on a node port of their own.
+    own_node_port = server.reuse_port and not server.advertise_address
+    if node_tls is not None and node_tls.mutual and server.node_port is None and not own_node_port:
+        raise StartupError(
+            "HERALD_TLS_CLIENT_CA_FILE (mTLS for node-to-node calls) needs HERALD_NODE_PORT: "
+            "the port other nodes call, which requires their client certificates (clients "
+            "keep using HERALD_PORT with server TLS only)"
+        )
+    return node_tls
 
 
-def _bind(server: aio.Server, host: str, port: int) -> int:
+def _bind(
+    server: aio.Server,
+    host: str,
+    port: int,
+    credentials: grpc.ServerCredentials | None,
+    setting: str = "--port / HERALD_PORT",
+) -> int:
     try:
-        return server.add_insecure_port(f"{host}:{port}")
+        if credentials is None:
+            return server.add_insecure_port(f"{host}:{port}")
+        return server.add_secure_port(f"{host}:{port}", credentials)
     except RuntimeError:
         raise StartupError(
             f"cannot listen on {host}:{port}: the port is in use (another herald on it?). "
-            "Stop it, or choose another port with --port / HERALD_PORT"
+            f"Stop it, or choose another port with {setting}"
         ) from None
 
 
@@ -364,7 +446,8 @@ async def serve_forever(config: Config, roles: Iterable[Role]) -> None:
     node = await start_node(config, roles)
     tune_gc()
     if config.server.metrics_port:
-        start_metrics_server(config.server.metrics_port, config.server.host)
+        # The files were checked at start-up (start_node).
+        start_metrics_server(config.server.metrics_port, config.server.host, config.tls)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -88,6 +88,8 @@ class Cluster:
             "HERALD_LOG_LEVEL": "WARNING",
             "HERALD_AUTH_MODE": "production",
             "HERALD_AUTH_SECRET": self.secret,
+            # Plaintext on loopback: production mode allows it only when told TLS ends in front.
+            "HERALD_TLS_TERMINATED_UPSTREAM": "true",
             "HERALD_POSTGRES_DSN": self.postgres_dsn,
             "HERALD_REDIS_URL": self.redis_url,
             "HERALD_REDIS_PREFIX": self.redis_prefix,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from pydantic import SecretStr
@@ -20,22 +20,31 @@ from services.config import (
     IngestSettings,
     RegistrySettings,
     ServerSettings,
+    TLSSettings,
 )
 from services.server import Node, start_node
 
 
 def make_config(data_dir: Path, **overrides: object) -> Config:
-    """A config for tests: port 0 (free port), a random HS256 secret, production-mode auth."""
+    """A config for tests: port 0 (free port), a random HS256 secret, production-mode auth.
+
+    Plaintext on loopback unless `tls` is given: production mode allows it only because the
+    config says TLS ends in front (HERALD_TLS_TERMINATED_UPSTREAM)."""
     secret = SecretStr(secrets.token_hex(32))
     delivery = overrides.pop("delivery", None) or DeliverySettings()
     registry = overrides.pop("registry", None) or RegistrySettings()
     ingest = overrides.pop("ingest", None) or IngestSettings()
+    tls = overrides.pop("tls", None) or TLSSettings(terminated_upstream=True)
+    server = overrides.pop("server", None) or ServerSettings(
+        host="127.0.0.1", port=0, data_dir=data_dir, shutdown_grace_s=2
+    )
     return Config(
-        server=ServerSettings(host="127.0.0.1", port=0, data_dir=data_dir, shutdown_grace_s=2),
+        server=server,  # type: ignore[arg-type]
         auth=AuthSettings(mode="production", secret=secret),
         delivery=delivery,  # type: ignore[arg-type]
         registry=registry,  # type: ignore[arg-type]
         ingest=ingest,  # type: ignore[arg-type]
+        tls=tls,  # type: ignore[arg-type]
     )
 
 
@@ -60,6 +69,13 @@ class Herald:
     nodes: dict[str, Node]
     tokens: Tokens
     clients: list[HeraldClient] = field(default_factory=list)
+    # With TLS: the CA its clients verify it against (None: plaintext clients).
+    ca_file: Path | None = None
+
+    def client(self, role: str, token: str) -> HeraldClient:
+        client = HeraldClient(self.address(role), token, ca_file=self.ca_file)
+        self.clients.append(client)
+        return client
 
     def address(self, role: str) -> str:
         node = self.nodes.get(role) or self.nodes["up"]
@@ -69,20 +85,15 @@ class Herald:
         return self.nodes.get(role) or self.nodes["up"]
 
     def backend(self, tenant: str = "acme", *scopes: str) -> HeraldClient:
-        client = HeraldClient(self.address("ingest"), self.tokens.backend(tenant, *scopes))
-        self.clients.append(client)
-        return client
+        return self.client("ingest", self.tokens.backend(tenant, *scopes))
 
     def user(self, user: str, tenant: str = "acme", channels: Iterable[str] = ()) -> HeraldClient:
-        client = HeraldClient(self.address("stream"), self.tokens.user(tenant, user, channels))
-        self.clients.append(client)
-        return client
+        return self.client("stream", self.tokens.user(tenant, user, channels))
 
     def registry_stub(
         self, token: str
     ) -> tuple[registry_pb2_grpc.RegistryServiceStub, tuple[tuple[str, str], ...]]:
-        client = HeraldClient(self.address("registry"), token)
-        self.clients.append(client)
+        client = self.client("registry", token)
         return registry_pb2_grpc.RegistryServiceStub(client._channel), client.metadata()
 
     async def stop(self) -> None:
@@ -96,28 +107,28 @@ class Herald:
 async def start_herald(topology: str, config: Config, clock: Clock | None = None) -> Herald:
     keys = auth.load_keys(config.auth, config.server.data_dir)
     tokens = Tokens(auth.TokenMinter(keys, config.auth))
+    ca_file = config.tls.ca_file if config.tls.enabled else None
     if topology == "up":
-        return Herald(topology, {"up": await start_node(config, clock=clock, keys=keys)}, tokens)
+        node = await start_node(config, clock=clock, keys=keys)
+        return Herald(topology, {"up": node}, tokens, ca_file=ca_file)
     registry = await start_node(config, ["registry"], clock=clock, keys=keys)
-    stream_config = Config(
-        server=config.server.model_copy(update={"registry_address": registry.address}),
-        auth=config.auth,
-        delivery=config.delivery,
-        registry=config.registry,
-        ingest=config.ingest,
+    stream_config = replace(
+        config,
+        server=config.server.model_copy(update={"registry_address": registry.node_address}),
     )
     stream = await start_node(stream_config, ["stream"], clock=clock, keys=keys)
-    ingest_config = Config(
+    ingest_config = replace(
+        config,
         server=config.server.model_copy(
-            update={"stream_address": stream.address, "registry_address": registry.address}
+            update={
+                "stream_address": stream.node_address,
+                "registry_address": registry.node_address,
+            }
         ),
-        auth=config.auth,
-        delivery=config.delivery,
-        registry=config.registry,
-        ingest=config.ingest,
     )
     ingest = await start_node(ingest_config, ["ingest"], clock=clock, keys=keys)
-    return Herald(topology, {"registry": registry, "stream": stream, "ingest": ingest}, tokens)
+    nodes = {"registry": registry, "stream": stream, "ingest": ingest}
+    return Herald(topology, nodes, tokens, ca_file=ca_file)
 
 
 def to_user(user: str, title: str = "Hello", **fields: object) -> notification_pb2.Notification:

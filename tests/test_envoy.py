@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shutil
+import ssl
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
@@ -19,12 +20,14 @@ import pytest_asyncio
 from google.protobuf.message import Message
 
 from herald.v1 import stream_pb2
-from services.config import DeliverySettings
+from services.config import DeliverySettings, TLSSettings
+from tests.certificates import CertificateAuthority, Issued
 from tests.harness import Herald, make_config, start_herald, to_user
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.slow]
 
 CONFIG = Path(__file__).resolve().parents[1] / "deploy" / "envoy" / "envoy.yaml"
+TLS_CONFIG = CONFIG.with_name("envoy-tls.yaml")
 ORIGIN = "https://app.example.test"
 GRPC_WEB = "application/grpc-web+proto"
 # Bounds every wait for Envoy or Herald: no read in these tests may hang until the test timeout.
@@ -61,16 +64,30 @@ class Exchange:
 
     @classmethod
     async def open(
-        cls, port: int, method: str, path: str, headers: dict[str, str], body: bytes = b""
+        cls,
+        port: int,
+        method: str,
+        path: str,
+        headers: dict[str, str],
+        body: bytes = b"",
+        tls: ssl.SSLContext | None = None,
     ) -> Exchange:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=tls, server_hostname="localhost" if tls else None
+        )
         lines = [f"{method} {path} HTTP/1.1", "host: localhost"]
         lines += [f"{name}: {value}" for name, value in headers.items()]
         lines.append(f"content-length: {len(body)}")
-        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
-        await writer.drain()
-        async with asyncio.timeout(READ_TIMEOUT_S):
-            head = await reader.readuntil(b"\r\n\r\n")
+        try:
+            writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
+            await writer.drain()
+            async with asyncio.timeout(READ_TIMEOUT_S):
+                head = await reader.readuntil(b"\r\n\r\n")
+        except BaseException:
+            writer.close()
+            with suppress(ConnectionError, ssl.SSLError):
+                await writer.wait_closed()
+            raise
         status_line, *header_lines = head.decode("latin-1").split("\r\n")[:-2]
         parsed: dict[str, str] = {}
         for line in header_lines:
@@ -164,12 +181,16 @@ def grpc_web_frame(message: Message) -> bytes:
 
 
 async def grpc_web_call(
-    port: int, path: str, request: Message, token: str | None = None
+    port: int,
+    path: str,
+    request: Message,
+    token: str | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> Exchange:
     headers = {"content-type": GRPC_WEB, "x-grpc-web": "1", "origin": ORIGIN}
     if token is not None:
         headers["authorization"] = f"Bearer {token}"
-    return await Exchange.open(port, "POST", path, headers, grpc_web_frame(request))
+    return await Exchange.open(port, "POST", path, headers, grpc_web_frame(request), tls)
 
 
 # -- Envoy as a subprocess -------------------------------------------------------------------
@@ -182,17 +203,40 @@ class Envoy:
     output: list[str]
 
 
-def render_config(herald_port: int) -> str:
-    """envoy.yaml for a test: Herald's port upstream; port 0 (any free one) for the rest."""
-    text = CONFIG.read_text()
+@dataclass(frozen=True)
+class EnvoyTLS:
+    """The files envoy-tls.yaml names, made by a throwaway CA for a test."""
+
+    ca: CertificateAuthority
+    envoy: Issued
+
+
+def render_config(herald_port: int, tls: EnvoyTLS | None = None) -> str:
+    """envoy.yaml (envoy-tls.yaml with `tls`) for a test: Herald's port upstream; port 0 (any
+    free one) for the rest; with TLS, the test CA's files and `localhost` as Herald's name."""
+    source = CONFIG if tls is None else TLS_CONFIG
+    text = source.read_text()
+    listener_port = 8080 if tls is None else 8443
     substitutions = [
-        (r"address: 127\.0\.0\.1, port_value: 9901\b", "address: 127.0.0.1, port_value: 0"),
-        (r"address: 0\.0\.0\.0, port_value: 8080\b", "address: 127.0.0.1, port_value: 0"),
-        (r"port_value: 50051\b", f"port_value: {herald_port}"),
+        (r"address: 127\.0\.0\.1, port_value: 9901\b", "address: 127.0.0.1, port_value: 0", 1),
+        (
+            rf"address: 0\.0\.0\.0, port_value: {listener_port}\b",
+            "address: 127.0.0.1, port_value: 0",
+            1,
+        ),
+        (r"port_value: 50051\b", f"port_value: {herald_port}", 1),
     ]
-    for pattern, replacement in substitutions:
+    if tls is not None:
+        substitutions += [
+            (r"/etc/herald/tls/envoy\.crt\b", str(tls.envoy.cert_file), 1),
+            (r"/etc/herald/tls/envoy\.key\b", str(tls.envoy.key_file), 1),
+            (r"/etc/herald/tls/ca\.crt\b", str(tls.ca.cert_file), 1),
+            # The name Envoy sends (SNI) and requires in Herald's certificate.
+            (r"\bherald\.internal\b", "localhost", 2),
+        ]
+    for pattern, replacement, expected in substitutions:
         text, count = re.subn(pattern, replacement, text)
-        assert count == 1, f"envoy.yaml no longer has exactly one {pattern!r}"
+        assert count == expected, f"{source.name} no longer has {expected} of {pattern!r}"
     return text
 
 
@@ -244,11 +288,13 @@ async def _wait_until_serving(
 
 
 @asynccontextmanager
-async def running_envoy(herald: Herald, workdir: Path) -> AsyncIterator[Envoy]:
+async def running_envoy(
+    herald: Herald, workdir: Path, tls: EnvoyTLS | None = None
+) -> AsyncIterator[Envoy]:
     binary = envoy_binary()
     herald_port = int(herald.address("stream").rsplit(":", 1)[1])
     config = workdir / "envoy.yaml"
-    config.write_text(render_config(herald_port))
+    config.write_text(render_config(herald_port, tls))
     address_file = workdir / "envoy-admin-address"
     process = await asyncio.create_subprocess_exec(
         binary,
@@ -437,3 +483,120 @@ async def test_a_stream_outlives_envoys_default_route_timeout(tmp_path: Path) ->
                 await call.close()
     finally:
         await herald.stop()
+
+
+# -- TLS: envoy-tls.yaml, HTTPS from the browser and TLS to Herald ---------------------------
+
+
+@pytest.fixture
+def envoy_tls(tmp_path: Path) -> EnvoyTLS:
+    ca = CertificateAuthority(tmp_path / "pki")
+    return EnvoyTLS(ca, ca.issue("envoy", client=False))
+
+
+@pytest_asyncio.fixture
+async def herald_tls(tmp_path: Path, envoy_tls: EnvoyTLS) -> AsyncIterator[Herald]:
+    herald_cert = envoy_tls.ca.issue("herald", ("localhost", "127.0.0.1"))
+    tls = TLSSettings(
+        cert_file=herald_cert.cert_file,
+        key_file=herald_cert.key_file,
+        ca_file=envoy_tls.ca.cert_file,
+    )
+    deployment = await start_herald("up", make_config(tmp_path, tls=tls))
+    try:
+        yield deployment
+    finally:
+        await deployment.stop()
+
+
+def browser_tls(ca: CertificateAuthority) -> ssl.SSLContext:
+    """What a browser does: verify the proxy's certificate and name (here, the test CA's)."""
+    context = ssl.create_default_context(cafile=str(ca.cert_file))
+    context.set_alpn_protocols(["http/1.1"])
+    return context
+
+
+async def test_the_tls_config_passes_envoy_validation(tmp_path: Path, envoy_tls: EnvoyTLS) -> None:
+    # Validation reads the certificate files, so the test CA's stand in for /etc/herald/tls.
+    config = tmp_path / "envoy-tls.yaml"
+    config.write_text(render_config(50051, envoy_tls))
+    process = await asyncio.create_subprocess_exec(
+        envoy_binary(),
+        *("--mode", "validate", "-l", "warning", "-c", str(config)),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    async with asyncio.timeout(30):
+        output, _ = await process.communicate()
+    text = output.decode(errors="replace")
+    assert process.returncode == 0, text
+    assert "deprecated" not in text.lower(), text
+
+
+def _shared_part(path: Path) -> list[str]:
+    """The routes, filters and cluster of a config: from `route_config:` to the end, without
+    the cluster's TLS block and the stat prefix."""
+    lines = path.read_text().splitlines()
+    shared = lines[lines.index("                route_config:") :]
+    kept: list[str] = []
+    skipping = False
+    for line in shared:
+        if line.startswith("      # Herald serves TLS") or line == "      transport_socket:":
+            skipping = True
+            continue
+        if (skipping and line.startswith("        ")) or (skipping and not line.strip()):
+            continue
+        skipping = False
+        kept.append(line)
+    return kept
+
+
+async def test_the_tls_config_routes_and_limits_like_the_plain_one() -> None:
+    # The two files differ in their TLS only; a route or limit changed in one is changed in both.
+    assert _shared_part(TLS_CONFIG) == _shared_part(CONFIG)
+
+
+async def test_a_browser_subscribes_over_tls_through_envoy_to_herald_over_tls(
+    herald_tls: Herald, envoy_tls: EnvoyTLS, tmp_path: Path
+) -> None:
+    async with running_envoy(herald_tls, tmp_path, envoy_tls) as proxy:
+        token = herald_tls.tokens.user("acme", "alice")
+        call = await grpc_web_call(
+            proxy.port,
+            "/herald.v1.StreamService/Subscribe",
+            stream_pb2.SubscribeRequest(device="web"),
+            token,
+            tls=browser_tls(envoy_tls.ca),
+        )
+        try:
+            assert call.status == 200, call.headers
+            first = await call.message(stream_pb2.SubscribeResponse)
+            assert first.WhichOneof("event") == "session_started", first
+            sent = await herald_tls.backend().send(to_user("alice", "TLS all the way"))
+            event = await call.message(stream_pb2.SubscribeResponse)
+            while event.WhichOneof("event") == "heartbeat":
+                event = await call.message(stream_pb2.SubscribeResponse)
+            [delivery] = event.deliveries.deliveries
+            assert delivery.notification.id == sent.notification_id
+            assert delivery.notification.content.title == "TLS all the way"
+        finally:
+            await call.close()
+
+        # Plain HTTP to the TLS listener gets no gRPC-Web answer at all.
+        with pytest.raises((ConnectionError, asyncio.IncompleteReadError, ValueError)):
+            await grpc_web_call(
+                proxy.port,
+                "/herald.v1.StreamService/Subscribe",
+                stream_pb2.SubscribeRequest(),
+                token,
+            )
+
+        # A browser that does not trust the proxy's CA refuses the connection.
+        with pytest.raises(ssl.SSLCertVerificationError):
+            await grpc_web_call(
+                proxy.port,
+                "/herald.v1.StreamService/Subscribe",
+                stream_pb2.SubscribeRequest(),
+                token,
+                tls=ssl.create_default_context(),
+            )
