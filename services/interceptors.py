@@ -12,6 +12,9 @@ is decoded inside the guarded behavior, after the token and the scope were check
   the exception's type and where it was raised, never its message, the request or the token, and
   at most once per method per minute with a count of the ones it left out.
 
+A refused call (no token, a bad one, a missing scope) is also an `auth.failure` audit record
+(services/audit.py), rate-limited the same way, naming the caller's address and never the token.
+
 Each herald RPC runs with the caller's `Principal` in a contextvar. Health and reflection are
 public (no token), but their requests are decoded and their failures mapped in the same way.
 """
@@ -32,7 +35,7 @@ import grpc
 from google.protobuf.message import DecodeError
 from grpc import aio
 
-from services import auth
+from services import audit, auth
 from services.errors import HeraldError, InvalidArgument, PermissionDenied, Unauthenticated
 
 log = logging.getLogger(__name__)
@@ -181,9 +184,12 @@ def _guard(
     denial: HeraldError | None,
     decode: Decode,
     errors: ErrorLog,
+    failures: audit.AuthFailures | None,
 ) -> Behavior:
     async def guarded(request: Any, context: Context) -> Any:
         if denial is not None:
+            if failures is not None:
+                failures.record(method, denial, principal, context)
             await context.abort(denial.code, _bounded(denial.message))
         token = auth.set_principal(principal) if principal is not None else None
         try:
@@ -220,9 +226,15 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
     """Verifies the bearer token and scope of every herald RPC, decodes requests after that, and
     maps errors to statuses."""
 
-    def __init__(self, verifier: auth.TokenVerifier, errors: ErrorLog | None = None) -> None:
+    def __init__(
+        self,
+        verifier: auth.TokenVerifier,
+        errors: ErrorLog | None = None,
+        failures: audit.AuthFailures | None = None,
+    ) -> None:
         self._verifier = verifier
         self._errors = errors or ErrorLog()
+        self._failures = failures or audit.AuthFailures()
 
     async def intercept_service(
         self,
@@ -236,7 +248,7 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
         if handler is None:  # no such method: grpc answers UNIMPLEMENTED (grpc-stubs omits None)
             return handler  # type: ignore[unreachable]
         if method.startswith(_PUBLIC_PREFIXES):  # no token to check
-            return _rewrap(handler, method, None, None, self._errors, public=True)
+            return _rewrap(handler, method, None, None, self._errors, None, public=True)
         principal: auth.Principal | None = None
         denial: HeraldError | None = None
         try:
@@ -256,7 +268,7 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
             # A token the verifier did not expect: refused, and reported like any other bug.
             self._errors.record(method, exc)
             principal, denial = None, Unauthenticated("the token could not be verified")
-        return _rewrap(handler, method, principal, denial, self._errors)
+        return _rewrap(handler, method, principal, denial, self._errors, self._failures)
 
 
 def _rewrap(
@@ -265,6 +277,7 @@ def _rewrap(
     principal: auth.Principal | None,
     denial: HeraldError | None,
     errors: ErrorLog,
+    failures: audit.AuthFailures | None,
     *,
     public: bool = False,
 ) -> grpc.RpcMethodHandler[Any, Any]:
@@ -288,7 +301,7 @@ def _rewrap(
     if decode is None:
         decode = _decoder(deserialize)
     if inspect.iscoroutinefunction(behavior):
-        guarded: Any = _guard(behavior, method, principal, denial, decode, errors)
+        guarded: Any = _guard(behavior, method, principal, denial, decode, errors, failures)
     elif public and inspect.isasyncgenfunction(behavior):
         guarded = _guard_responses(behavior, method, decode, errors)
     elif public:
