@@ -12,6 +12,9 @@ is decoded inside the guarded behavior, after the token and the scope were check
   the exception's type and where it was raised, never its message, the request or the token, and
   at most once per method per minute with a count of the ones it left out.
 
+A refused call (no token, a bad one, a missing scope) is also an `auth.failure` audit record
+(services/audit.py), rate-limited the same way, naming the caller's address and never the token.
+
 Each herald RPC runs with the caller's `Principal` in a contextvar. Health and reflection are
 public (no token), but their requests are decoded and their failures mapped in the same way.
 """
@@ -32,7 +35,7 @@ import grpc
 from google.protobuf.message import DecodeError
 from grpc import aio
 
-from services import auth
+from services import audit, auth
 from services.errors import HeraldError, InvalidArgument, PermissionDenied, Unauthenticated
 from services.tls import PEER_CERTIFICATE
 
@@ -186,10 +189,13 @@ def _guard(
     denial: HeraldError | None,
     decode: Decode,
     errors: ErrorLog,
+    failures: audit.AuthFailures | None,
     needs_certificate: bool,
 ) -> Behavior:
     async def guarded(request: Any, context: Context) -> Any:
         if denial is not None:
+            if failures is not None:
+                failures.record(method, denial, principal, context)
             await context.abort(denial.code, _bounded(denial.message))
         if needs_certificate and not context.auth_context().get(PEER_CERTIFICATE):
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, NEEDS_CERTIFICATE)
@@ -235,11 +241,13 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
         self,
         verifier: auth.TokenVerifier,
         errors: ErrorLog | None = None,
+        failures: audit.AuthFailures | None = None,
         *,
         node_certificates: bool = False,
     ) -> None:
         self._verifier = verifier
         self._errors = errors or ErrorLog()
+        self._failures = failures or audit.AuthFailures()
         self._node_certificates = node_certificates
 
     async def intercept_service(
@@ -254,7 +262,7 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
         if handler is None:  # no such method: grpc answers UNIMPLEMENTED (grpc-stubs omits None)
             return handler  # type: ignore[unreachable]
         if method.startswith(_PUBLIC_PREFIXES):  # no token to check
-            return _rewrap(handler, method, None, None, self._errors, public=True)
+            return _rewrap(handler, method, None, None, self._errors, None, public=True)
         principal: auth.Principal | None = None
         denial: HeraldError | None = None
         scope = REQUIRED_SCOPE.get(method)
@@ -275,7 +283,9 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
             self._errors.record(method, exc)
             principal, denial = None, Unauthenticated("the token could not be verified")
         needs_certificate = self._node_certificates and scope == auth.SCOPE_NODE
-        return _rewrap(handler, method, principal, denial, self._errors, needs_certificate)
+        return _rewrap(
+            handler, method, principal, denial, self._errors, self._failures, needs_certificate
+        )
 
 
 def _rewrap(
@@ -284,6 +294,7 @@ def _rewrap(
     principal: auth.Principal | None,
     denial: HeraldError | None,
     errors: ErrorLog,
+    failures: audit.AuthFailures | None,
     needs_certificate: bool = False,
     *,
     public: bool = False,
@@ -309,7 +320,7 @@ def _rewrap(
         decode = _decoder(deserialize)
     if inspect.iscoroutinefunction(behavior):
         guarded: Any = _guard(
-            behavior, method, principal, denial, decode, errors, needs_certificate
+            behavior, method, principal, denial, decode, errors, failures, needs_certificate
         )
     elif public and inspect.isasyncgenfunction(behavior):
         guarded = _guard_responses(behavior, method, decode, errors)

@@ -1,4 +1,4 @@
-"""RegistryService over gRPC: decode, call RegistryCore, encode."""
+"""RegistryService over gRPC: decode, call RegistryCore, encode; admin calls are audited."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Any
 from grpc import aio
 
 from herald.v1 import registry_pb2
+from services.audit import admin_action, bounded
 from services.auth import current_principal
 from services.bounds import MAX_ID_LEN, check_length
 from services.errors import InvalidArgument
@@ -84,35 +85,65 @@ class RegistryServicer:
     async def Disconnect(
         self, request: registry_pb2.DisconnectRequest, context: Context
     ) -> registry_pb2.DisconnectResponse:
-        closed = await self._core.disconnect(
-            _tenant(request.tenant_id), request.session_id, request.user_id, request.reason
+        target = (
+            f"session:{request.session_id}" if request.session_id else f"user:{request.user_id}"
         )
+        async with admin_action(
+            "session.disconnect", context, target=target, target_tenant=request.tenant_id
+        ) as details:
+            details["reason"] = bounded(request.reason)
+            closed = await self._core.disconnect(
+                _tenant(request.tenant_id), request.session_id, request.user_id, request.reason
+            )
+            details["disconnected"] = closed
         return registry_pb2.DisconnectResponse(disconnected=closed)
 
     async def JoinChannel(
         self, request: registry_pb2.JoinChannelRequest, context: Context
     ) -> registry_pb2.JoinChannelResponse:
-        channels = await self._core.change_channels(
-            _tenant(request.tenant_id), request.session_id, [request.channel], []
-        )
+        async with admin_action(
+            "channel.join",
+            context,
+            target=f"session:{request.session_id}",
+            target_tenant=request.tenant_id,
+        ) as details:
+            details["channel"] = bounded(request.channel)
+            channels = await self._core.change_channels(
+                _tenant(request.tenant_id), request.session_id, [request.channel], []
+            )
         return registry_pb2.JoinChannelResponse(channels=channels)
 
     async def LeaveChannel(
         self, request: registry_pb2.LeaveChannelRequest, context: Context
     ) -> registry_pb2.LeaveChannelResponse:
-        channels = await self._core.change_channels(
-            _tenant(request.tenant_id), request.session_id, [], [request.channel]
-        )
+        async with admin_action(
+            "channel.leave",
+            context,
+            target=f"session:{request.session_id}",
+            target_tenant=request.tenant_id,
+        ) as details:
+            details["channel"] = bounded(request.channel)
+            channels = await self._core.change_channels(
+                _tenant(request.tenant_id), request.session_id, [], [request.channel]
+            )
         return registry_pb2.LeaveChannelResponse(channels=channels)
 
     async def PutTemplate(
         self, request: registry_pb2.PutTemplateRequest, context: Context
     ) -> registry_pb2.PutTemplateResponse:
-        if not request.HasField("template"):
-            raise InvalidArgument("PutTemplateRequest.template is required")
-        stored = await self._core.put_template(
-            _tenant(request.tenant_id), template_from_proto(request.template)
-        )
+        # The template's texts are content: the record names the template, never its text.
+        async with admin_action(
+            "template.put",
+            context,
+            target=f"template:{request.template.template_id}",
+            target_tenant=request.tenant_id,
+        ) as details:
+            if not request.HasField("template"):
+                raise InvalidArgument("PutTemplateRequest.template is required")
+            stored = await self._core.put_template(
+                _tenant(request.tenant_id), template_from_proto(request.template)
+            )
+            details["version"] = stored.version
         return registry_pb2.PutTemplateResponse(template=template_to_proto(stored))
 
     async def GetTemplate(
@@ -134,5 +165,14 @@ class RegistryServicer:
     async def DeleteTemplate(
         self, request: registry_pb2.DeleteTemplateRequest, context: Context
     ) -> registry_pb2.DeleteTemplateResponse:
-        deleted = await self._core.delete_template(_tenant(request.tenant_id), request.template_id)
+        async with admin_action(
+            "template.delete",
+            context,
+            target=f"template:{request.template_id}",
+            target_tenant=request.tenant_id,
+        ) as details:
+            deleted = await self._core.delete_template(
+                _tenant(request.tenant_id), request.template_id
+            )
+            details["deleted_versions"] = deleted
         return registry_pb2.DeleteTemplateResponse(deleted_versions=deleted)

@@ -1,7 +1,8 @@
 """StreamService and the node-to-node NodeService over gRPC.
 
 Subscribe writes pre-serialized bytes: it is registered with an identity response serializer
-(`register`), while clients keep using the generated stubs.
+(`register`), while clients keep using the generated stubs. Each session's open (or refusal) and
+close is an audit record (services/audit.py).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from grpc import aio
 
 from herald.node.v1 import node_pb2
 from herald.v1 import stream_pb2
-from services import metrics
+from services import audit, metrics
 from services.auth import Principal, current_principal
 from services.bounds import (
     MAX_CHANNEL_LEN,
@@ -34,10 +35,12 @@ from services.errors import InvalidArgument, PermissionDenied, Unauthenticated
 from services.model import accepted_from_proto, status_to_proto, timestamp
 from services.stream.delivery import DeliveryCore
 from services.stream.dispatch import Dispatcher
+from services.stream.session import Session
 
 Context = aio.ServicerContext[Any, Any]
 
 _UINT64_END = 1 << 64
+_CLOSING_REASON = stream_pb2.Closing.Reason
 
 
 def _page_cursor(token: str) -> int:
@@ -58,6 +61,53 @@ class StreamServicer:
 
     async def Subscribe(self, request: stream_pb2.SubscribeRequest, context: Context) -> None:
         principal = current_principal()
+        try:
+            session = await self._open(principal, request)
+        except BaseException as exc:
+            audit.record(
+                "session.open",
+                principal=principal,
+                target=f"user:{principal.subject}",
+                outcome=audit.outcome_of(exc),
+                context=context,
+            )
+            raise
+        audit.record(
+            "session.open",
+            principal=principal,
+            target=f"session:{session.session_id}",
+            outcome=audit.OK,
+            context=context,
+            node_id=self._core.node_id,
+            device=audit.bounded(session.device),
+            channels=len(session.channels),
+        )
+        opened = time.monotonic()
+        ended = audit.OK
+        try:
+            await self._core.run(session, context.write)
+        except BaseException as exc:
+            ended = audit.outcome_of(exc)
+            raise
+        finally:
+            try:
+                await self._core.close(session)
+            finally:
+                # OK: the server ended the stream (`closing` says why); CANCELLED: the client
+                # went away; ABORTED: it stopped reading.
+                closing = session.closing
+                audit.record(
+                    "session.close",
+                    principal=principal,
+                    target=f"session:{session.session_id}",
+                    outcome=ended,
+                    context=context,
+                    node_id=self._core.node_id,
+                    closing=_CLOSING_REASON.Name(closing[0]) if closing else "",
+                    duration_s=round(time.monotonic() - opened, 3),
+                )
+
+    async def _open(self, principal: Principal, request: stream_pb2.SubscribeRequest) -> Session:
         check_count(request.channels, "channels")
         check_count(request.cursors, "cursors")
         check_each(request.channels, MAX_CHANNEL_LEN, "channels")
@@ -77,7 +127,7 @@ class StreamServicer:
             cursors[cursor.log] = cursor.cursor
             if cursor.epoch:
                 epochs[cursor.log] = cursor.epoch
-        session = await self._core.open(
+        return await self._core.open(
             tenant=principal.tenant,
             user_id=principal.subject,
             device=request.device[:64],
@@ -86,10 +136,6 @@ class StreamServicer:
             epochs=epochs,
             expires_at=principal.expires_at,
         )
-        try:
-            await self._core.run(session, context.write)
-        finally:
-            await self._core.close(session)
 
     async def Ack(self, request: stream_pb2.AckRequest, context: Context) -> stream_pb2.AckResponse:
         return stream_pb2.AckResponse(acked=await self._ack(current_principal(), request))
