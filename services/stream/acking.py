@@ -78,7 +78,7 @@ class Acker:
             if cursor > before.up_to:
                 above = before.above
                 for entry_cursor, notification_id in await self._named(
-                    tenant, key, before.up_to, cursor, sessions
+                    tenant, key, before.up_to, cursor, sessions, now
                 ):
                     if entry_cursor not in above:
                         transitions.append(Transition(notification_id, user_id, acked))
@@ -111,15 +111,17 @@ class Acker:
         after: int,
         up_to: int,
         sessions: set[Session] | frozenset[Session],
+        now: float,
     ) -> list[tuple[int, str]]:
         """The cursor and notification id of the log's entries in (after, up_to]. The sessions
         of this node that wrote them know them (the usual ack: of what was just delivered);
-        otherwise the log names them, without reading their payloads."""
+        otherwise the log names them, without reading their payloads. An entry that expired
+        may be gone from the log already: then the log decides."""
         named: list[tuple[int, str]] = []
         for entry_cursor in range(after + 1, up_to + 1):
             for session in sessions:
                 pending = session.unacked.get((key, entry_cursor))
-                if pending is not None:
+                if pending is not None and pending.entry.expires_at > now:
                     named.append((entry_cursor, pending.entry.notification_id))
                     break
             else:
