@@ -22,6 +22,7 @@ from services.clock import Clock
 from services.config import Config
 from services.errors import Unavailable
 from services.postgres import PostgresBackend
+from services.ratelimit.limiter_redis import RedisRateLimiter
 from services.registry.sessions_redis import RedisSessionDirectory
 from services.stream.broker_redis import RedisBroker
 from services.stream.status_buffered import WriteBehindStatusStore
@@ -160,5 +161,9 @@ async def production_stores(config: Config, clock: Clock, on_change: HealthChang
         sessions=guarded(RedisSessionDirectory(client, prefix), rd),
         templates=guarded(postgres.templates, pg),
         shared=True,
+        # Behind the Redis breaker: an open circuit answers at once (open or closed, as set).
+        rate_limiter=RedisRateLimiter(
+            client, prefix, clock, on_failure=config.rate_limit.redis_failure, breaker=rd
+        ),
         backends=tuple(backends),
     )

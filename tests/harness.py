@@ -18,6 +18,7 @@ from services.config import (
     Config,
     DeliverySettings,
     IngestSettings,
+    RateLimitSettings,
     RegistrySettings,
     ServerSettings,
 )
@@ -30,12 +31,14 @@ def make_config(data_dir: Path, **overrides: object) -> Config:
     delivery = overrides.pop("delivery", None) or DeliverySettings()
     registry = overrides.pop("registry", None) or RegistrySettings()
     ingest = overrides.pop("ingest", None) or IngestSettings()
+    rate_limit = overrides.pop("rate_limit", None) or RateLimitSettings()
     return Config(
         server=ServerSettings(host="127.0.0.1", port=0, data_dir=data_dir, shutdown_grace_s=2),
         auth=AuthSettings(mode="production", secret=secret),
         delivery=delivery,  # type: ignore[arg-type]
         registry=registry,  # type: ignore[arg-type]
         ingest=ingest,  # type: ignore[arg-type]
+        rate_limit=rate_limit,  # type: ignore[arg-type]
     )
 
 
@@ -105,6 +108,7 @@ async def start_herald(topology: str, config: Config, clock: Clock | None = None
         delivery=config.delivery,
         registry=config.registry,
         ingest=config.ingest,
+        rate_limit=config.rate_limit,
     )
     stream = await start_node(stream_config, ["stream"], clock=clock, keys=keys)
     ingest_config = Config(
@@ -115,6 +119,7 @@ async def start_herald(topology: str, config: Config, clock: Clock | None = None
         delivery=config.delivery,
         registry=config.registry,
         ingest=config.ingest,
+        rate_limit=config.rate_limit,
     )
     ingest = await start_node(ingest_config, ["ingest"], clock=clock, keys=keys)
     return Herald(topology, {"registry": registry, "stream": stream, "ingest": ingest}, tokens)
