@@ -114,3 +114,12 @@ async def test_an_open_breaker_answers_without_waiting_for_redis() -> None:
             assert breaker.state.value == "closed"
         finally:
             await client.aclose()
+
+
+async def test_a_very_slow_bucket_expires_within_thirty_days() -> None:
+    async with scratch_keyspace() as (client, prefix):
+        limiter = RedisRateLimiter(client, prefix, ManualClock(), on_failure="closed")
+        slow = Bucket("acme", "send:tenant", 1e-9, 1000)
+        assert (await limiter.take([slow], 1000)).allowed
+        assert 0 < await client.pttl(limiter.key(slow)) <= 30 * 86_400 * 1000
+        assert not (await limiter.take([slow], 1)).allowed

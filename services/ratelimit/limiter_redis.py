@@ -35,7 +35,8 @@ log = logging.getLogger(__name__)
 
 # KEYS: the buckets. ARGV: now, cost, then rate and burst of each bucket in KEYS order.
 # Returns {1} when allowed, {0, seconds to wait (a string: Lua numbers reach Redis as integers),
-# 1-based index of the bucket needing longest} when refused. 1e-6 is limiter.EPSILON.
+# 1-based index of the bucket needing longest} when refused. 1e-6 is limiter.EPSILON. A key
+# expires once its bucket would be full again, at most 30 days on (a very slow bucket).
 _TAKE: Final = """
 local now = tonumber(ARGV[1])
 local cost = tonumber(ARGV[2])
@@ -69,7 +70,8 @@ for i, key in ipairs(KEYS) do
   local left = levels[i][1] - cost
   local at = string.format('%.17g', levels[i][2])
   redis.call('HSET', key, 't', string.format('%.17g', left), 'at', at)
-  redis.call('PEXPIRE', key, math.ceil((burst - left) / rate * 1000) + 1000)
+  local full_in_ms = math.min(math.ceil((burst - left) / rate * 1000) + 1000, 2592000000)
+  redis.call('PEXPIRE', key, string.format('%d', full_in_ms))
 end
 return {1}
 """
