@@ -677,6 +677,9 @@ def start_server(
         "HERALD_HOST": "127.0.0.1",
         "HERALD_PORT": str(port),
         "HERALD_AUTH_MODE": "dev",
+        # The bench measures delivery: its senders and 1,000 subscribers of one tenant would
+        # otherwise meet the default rate limits (docs/rate-limits.md).
+        "HERALD_RATE_LIMIT_ENABLED": "false",
         "XDG_DATA_HOME": str(data_dir.parent),
         **(extra_env or {}),
     }

@@ -22,6 +22,7 @@ from services.config import Config
 from services.errors import Unavailable
 from services.ingest.idempotency import IdempotencyStore
 from services.ingest.idempotency_memory import MemoryIdempotencyStore
+from services.ratelimit.limiter import RateLimiter
 from services.registry.sessions import SessionDirectory
 from services.registry.sessions_memory import MemorySessionDirectory
 from services.registry.templates import TemplateStore
@@ -61,6 +62,8 @@ class Stores:
     templates: TemplateStore
     # Shared by every node (production); memory stores are this process's alone.
     shared: bool = False
+    # The rate limiter on the shared store (production: Redis); None: each node's own buckets.
+    rate_limiter: RateLimiter | None = None
     backends: tuple[Backend, ...] = field(default=())
 
     async def monitor(self, interval_s: float) -> None:

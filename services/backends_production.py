@@ -22,6 +22,7 @@ from services.clock import Clock
 from services.config import Config
 from services.errors import Unavailable
 from services.postgres import PostgresBackend
+from services.ratelimit.limiter_redis import RedisRateLimiter
 from services.registry.sessions_redis import RedisSessionDirectory
 from services.stream.broker_redis import RedisBroker
 from services.stream.status_buffered import WriteBehindStatusStore
@@ -66,9 +67,17 @@ def _dsn(config: Config) -> str:
     return dsn
 
 
+# Connections per process to Redis. More concurrent commands than this wait for one (at most
+# the socket timeout): redis-py's default pool raises instead, which the breaker would count as
+# Redis being down (a burst of sends, each checking its rate limit, opened it).
+REDIS_POOL_MAX = 100
+
+
 def _redis_client(url: str) -> redis_asyncio.Redis:
-    return redis_asyncio.Redis.from_url(
+    pool = redis_asyncio.BlockingConnectionPool.from_url(
         url,
+        max_connections=REDIS_POOL_MAX,
+        timeout=5.0,
         socket_timeout=5.0,
         socket_connect_timeout=5.0,
         # A peer gone without closing (a half-open pub/sub connection) is noticed.
@@ -79,6 +88,7 @@ def _redis_client(url: str) -> redis_asyncio.Redis:
         retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
         retry_on_error=[redis_errors.ConnectionError, redis_errors.TimeoutError],
     )
+    return redis_asyncio.Redis.from_pool(pool)  # the client owns the pool and closes it
 
 
 async def production_stores(config: Config, clock: Clock, on_change: HealthChange) -> Stores:
@@ -160,5 +170,9 @@ async def production_stores(config: Config, clock: Clock, on_change: HealthChang
         sessions=guarded(RedisSessionDirectory(client, prefix), rd),
         templates=guarded(postgres.templates, pg),
         shared=True,
+        # Behind the Redis breaker: an open circuit answers at once (open or closed, as set).
+        rate_limiter=RedisRateLimiter(
+            client, prefix, clock, on_failure=config.rate_limit.redis_failure, breaker=rd
+        ),
         backends=tuple(backends),
     )

@@ -60,6 +60,23 @@ FATAL_CODES = frozenset(
     }
 )
 
+
+def rate_limit_delay(exc: aio.AioRpcError) -> float | None:
+    """The seconds a rate-limited call (RESOURCE_EXHAUSTED) asks to wait before retrying, from
+    its `retry-after` trailer; None for any other error."""
+    if exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return None
+    # grpc-stubs types the items as objects; grpc.aio gives (key, value) pairs.
+    items: Any = exc.trailing_metadata() or ()
+    for key, value in items:
+        if key == "retry-after":
+            try:
+                return max(0.0, float(value))
+            except ValueError:
+                return None
+    return None
+
+
 CHANNEL_OPTIONS = [
     ("grpc.keepalive_time_ms", 25_000),
     ("grpc.keepalive_timeout_ms", 10_000),
@@ -506,7 +523,7 @@ class Subscription:
     async def _deliveries(self) -> AsyncGenerator[Received, None]:
         failures = 0
         while True:
-            retry_after = 0.0
+            retry_after = retry_after_s = 0.0
             self._call = call = self._client.open_stream(self._request())
             try:
                 async for event in call:
@@ -552,9 +569,13 @@ class Subscription:
                         if event.closing.reason == stream_pb2.Closing.REASON_DISCONNECTED:
                             return
             except aio.AioRpcError as exc:
-                if exc.code() in FATAL_CODES or not self._reconnect:
+                # A rate limit says when to come back; other RESOURCE_EXHAUSTED (too many
+                # sessions, channels) do not, and reconnecting cannot fix them.
+                limited = rate_limit_delay(exc)
+                if not self._reconnect or (limited is None and exc.code() in FATAL_CODES):
                     raise
                 failures += 1
+                retry_after_s = limited or 0.0
             except asyncio.CancelledError:
                 # grpc raises CancelledError for a call cancelled locally: reconnect if that was
                 # `cancel()`, but let a cancellation of the task itself through.
@@ -570,7 +591,11 @@ class Subscription:
             if self._auto_ack:
                 await self._flush_acks_briefly()
                 self._handled = {}  # the next stream has watermarks of its own
-            await asyncio.sleep(max(retry_after, self._backoff.delay(failures, self._rng)))
+            delay = max(retry_after, self._backoff.delay(failures, self._rng))
+            if retry_after_s:
+                # Spread the clients a limit refused together (up to a fifth later).
+                delay = max(delay, retry_after_s * self._rng.uniform(1.0, 1.2))
+            await asyncio.sleep(delay)
 
     def _remember(self, notification_id: str) -> None:
         self._seen[notification_id] = None

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -199,6 +199,48 @@ class RegistrySettings(BaseSettings):
     max_sessions_per_user: int = Field(default=5, ge=1)
 
 
+class TenantRateLimits(BaseModel):
+    """One tenant's own limits; a field left out (None) takes the node's default."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    tenant_send_rate: float | None = Field(default=None, ge=0)
+    tenant_send_burst: int | None = Field(default=None, ge=1)
+    key_send_rate: float | None = Field(default=None, ge=0)
+    key_send_burst: int | None = Field(default=None, ge=1)
+    tenant_subscribe_rate: float | None = Field(default=None, ge=0)
+    tenant_subscribe_burst: int | None = Field(default=None, ge=1)
+    user_subscribe_rate: float | None = Field(default=None, ge=0)
+    user_subscribe_burst: int | None = Field(default=None, ge=1)
+
+
+class RateLimitSettings(BaseSettings):
+    """Token buckets on Send/SendBatch (notifications per second) and Subscribe (connects per
+    second), per tenant, per service key (the backend token's `sub`) and per user. A rate of 0
+    turns that bucket off. docs/rate-limits.md says how they behave."""
+
+    model_config = SettingsConfigDict(env_prefix="HERALD_RATE_LIMIT_", frozen=True, extra="ignore")
+
+    enabled: bool = True
+    # Notifications per second a tenant may send, all its keys together, and the burst.
+    tenant_send_rate: float = Field(default=10_000.0, ge=0)
+    tenant_send_burst: int = Field(default=20_000, ge=1)
+    # Notifications per second one service key (backend token subject) may send.
+    key_send_rate: float = Field(default=5_000.0, ge=0)
+    key_send_burst: int = Field(default=10_000, ge=1)
+    # Subscribe calls per second a tenant may open, all its users together.
+    tenant_subscribe_rate: float = Field(default=2_000.0, ge=0)
+    tenant_subscribe_burst: int = Field(default=10_000, ge=1)
+    # Subscribe calls per second one user may open (all their devices).
+    user_subscribe_rate: float = Field(default=5.0, ge=0)
+    user_subscribe_burst: int = Field(default=30, ge=1)
+    # Per-tenant overrides, as JSON: {"acme": {"tenant_send_rate": 100, "tenant_send_burst": 200}}.
+    tenants: dict[str, TenantRateLimits] = Field(default_factory=dict)
+    # The production profile keeps the buckets in Redis (shared by every node). When Redis
+    # cannot be reached: `open` lets the call through (counted), `closed` answers UNAVAILABLE.
+    redis_failure: Literal["open", "closed"] = "open"
+
+
 @dataclass(frozen=True)
 class Config:
     """All settings, built once in the entry point and passed down."""
@@ -210,3 +252,4 @@ class Config:
     registry: RegistrySettings = field(default_factory=RegistrySettings)
     backends: BackendSettings = field(default_factory=BackendSettings)
     tls: TLSSettings = field(default_factory=TLSSettings)
+    rate_limit: RateLimitSettings = field(default_factory=RateLimitSettings)

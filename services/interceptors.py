@@ -146,7 +146,8 @@ def _bounded(message: str) -> str:
 
 async def _abort_for(exc: BaseException, context: Context, method: str, errors: ErrorLog) -> None:
     if isinstance(exc, HeraldError):
-        await context.abort(exc.code, _bounded(exc.message))
+        message = _bounded(exc.message)
+        await context.abort(exc.code, message, exc.trailing_metadata(message))
     errors.record(method, exc)
     await context.abort(grpc.StatusCode.INTERNAL, INTERNAL)
 

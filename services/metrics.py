@@ -96,6 +96,18 @@ STATUS_LOST = Counter(
     "herald_status_updates_lost_total",
     "Status changes not recorded because the status store was unreachable (deliveries went on)",
 )
+RATE_LIMITED = Counter(
+    "herald_rate_limited_total",
+    "Calls refused by a rate limit: what (send, subscribe) and the bucket that was empty "
+    "(tenant, key, user; burst: a batch larger than a bucket can ever hold)",
+    ["what", "bucket"],
+)
+RATE_LIMIT_STORE_FAILURES = Counter(
+    "herald_rate_limit_store_failures_total",
+    "Rate-limit checks that could not reach Redis, by what the call got "
+    "(allowed: HERALD_RATE_LIMIT_REDIS_FAILURE=open; refused: closed)",
+    ["outcome"],
+)
 SESSIONS = Gauge("herald_sessions_open", "Open subscription streams on this node")
 ACK_STREAMS = Gauge("herald_ack_streams_open", "Open AckStream calls on this node")
 SLOW_CONSUMERS = Counter("herald_slow_consumers_total", "Sessions closed for not reading")

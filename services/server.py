@@ -37,6 +37,8 @@ from services.ingest.core import IngestCore
 from services.ingest.servicer import IngestServicer
 from services.interceptors import AuthInterceptor
 from services.ports import DeliveryPort, NodePort, RegistryPort, TemplatePort
+from services.ratelimit.admission import Admission
+from services.ratelimit.limiter_memory import MemoryRateLimiter
 from services.registry.core import RegistryCore
 from services.registry.servicer import RegistryServicer
 from services.remote import NodeClient, NodeCredentials, RegistryClient
@@ -83,6 +85,7 @@ class Node:
     delivery: DeliveryCore | None = None
     registry: RegistryCore | None = None
     ingest: IngestCore | None = None
+    admission: Admission | None = None
     closers: list[object] = field(default_factory=list)
     dispatcher: Dispatcher | None = None
     stores: Stores | None = None
@@ -173,6 +176,7 @@ async def start_node(
     stores = await open_stores(config, clock, backend_changed)
     try:
         closers: list[object] = []
+        admission = Admission(stores.rate_limiter or MemoryRateLimiter(clock), config.rate_limit)
 
         registry_core: RegistryCore | None = None
         delivery_core: DeliveryCore | None = None
@@ -233,7 +237,7 @@ async def start_node(
                 settings=config.delivery,
                 clock=clock,
             )
-            StreamServicer(delivery_core).register(server)
+            StreamServicer(delivery_core, admission).register(server)
             node_pb2_grpc.add_NodeServiceServicer_to_server(
                 NodeServicer(delivery_core, dispatcher), server
             )
@@ -256,7 +260,7 @@ async def start_node(
             ingest_core = IngestCore(
                 delivery_port, stores.idempotency, config.ingest, clock, templates
             )
-            IngestServicer(ingest_core).register(server)
+            IngestServicer(ingest_core, admission).register(server)
 
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(
@@ -295,6 +299,7 @@ async def start_node(
             delivery_core,
             registry_core,
             ingest_core,
+            admission,
             closers,
             dispatcher,
             stores,

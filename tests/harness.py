@@ -18,6 +18,7 @@ from services.config import (
     Config,
     DeliverySettings,
     IngestSettings,
+    RateLimitSettings,
     RegistrySettings,
     ServerSettings,
     TLSSettings,
@@ -35,6 +36,7 @@ def make_config(data_dir: Path, **overrides: object) -> Config:
     registry = overrides.pop("registry", None) or RegistrySettings()
     ingest = overrides.pop("ingest", None) or IngestSettings()
     tls = overrides.pop("tls", None) or TLSSettings(terminated_upstream=True)
+    rate_limit = overrides.pop("rate_limit", None) or RateLimitSettings()
     server = overrides.pop("server", None) or ServerSettings(
         host="127.0.0.1", port=0, data_dir=data_dir, shutdown_grace_s=2
     )
@@ -45,6 +47,7 @@ def make_config(data_dir: Path, **overrides: object) -> Config:
         registry=registry,  # type: ignore[arg-type]
         ingest=ingest,  # type: ignore[arg-type]
         tls=tls,  # type: ignore[arg-type]
+        rate_limit=rate_limit,  # type: ignore[arg-type]
     )
 
 

@@ -359,7 +359,7 @@ async def test_a_browser_subscribes_acks_and_receives_live(envoy: Envoy, herald_
         assert call.headers["content-type"].startswith("application/grpc-web"), call.headers
         assert call.headers["access-control-allow-origin"] in (ORIGIN, "*")
         exposed = {h.strip() for h in call.headers["access-control-expose-headers"].split(",")}
-        assert {"grpc-status", "grpc-message"} <= exposed
+        assert {"grpc-status", "grpc-message", "retry-after"} <= exposed
 
         first = await call.message(stream_pb2.SubscribeResponse)
         assert first.WhichOneof("event") == "session_started", first

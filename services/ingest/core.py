@@ -76,13 +76,7 @@ class IngestCore:
 
         The messages are completed in place (id, tenant, times): pass messages you own.
         """
-        if len(notifications) > self._settings.max_batch:
-            raise InvalidArgument(
-                f"a batch holds at most {self._settings.max_batch} notifications; "
-                f"got {len(notifications)}"
-            )
-        if not notifications:
-            raise InvalidArgument("the batch is empty")
+        self.check_batch_size(len(notifications))
         now = self._clock.now()
         outcomes: list[SendOutcome | HeraldError | None] = []
         valid: list[tuple[int, notification_pb2.Notification, ResolvedTarget]] = []
@@ -153,6 +147,15 @@ class IngestCore:
                 outcomes[index] = SendOutcome(a.notification_id, False, count)
             metrics.ACCEPTED.inc(len(accepted))
         return outcomes  # type: ignore[return-value]  # every None was filled in above
+
+    def check_batch_size(self, count: int) -> None:
+        """Raises INVALID_ARGUMENT for an empty batch or one over HERALD_INGEST_MAX_BATCH."""
+        if count > self._settings.max_batch:
+            raise InvalidArgument(
+                f"a batch holds at most {self._settings.max_batch} notifications; got {count}"
+            )
+        if not count:
+            raise InvalidArgument("the batch is empty")
 
     async def _duplicate(
         self, tenant: str, key: str, original: str, notification_id: str, now: float

@@ -17,6 +17,7 @@ from services.auth import current_principal
 from services.errors import HeraldError, InvalidArgument
 from services.ingest.core import IngestCore, SendOutcome
 from services.model import status_to_proto
+from services.ratelimit.admission import Admission
 
 Context = aio.ServicerContext[Any, Any]
 
@@ -44,8 +45,9 @@ def encode_results(outcomes: list[SendOutcome | HeraldError]) -> bytes:
 
 
 class IngestServicer:
-    def __init__(self, core: IngestCore) -> None:
+    def __init__(self, core: IngestCore, admission: Admission) -> None:
         self._core = core
+        self._admission = admission
 
     async def Send(
         self, request: ingest_pb2.SendRequest, context: Context
@@ -53,11 +55,15 @@ class IngestServicer:
         if not request.HasField("notification"):
             raise InvalidArgument("SendRequest.notification is required")
         principal = current_principal()
+        await self._admission.admit_send(principal, 1)
         return _response(await self._core.send(principal.tenant, request.notification))
 
     async def SendBatch(self, request: ingest_pb2.SendBatchRequest, context: Context) -> bytes:
         """Answers with an encoded `SendBatchResponse`."""
         principal = current_principal()
+        # Refused whole when over the limit: one token per notification, before any is checked.
+        self._core.check_batch_size(len(request.notifications))
+        await self._admission.admit_send(principal, len(request.notifications))
         outcomes = await self._core.send_batch(principal.tenant, list(request.notifications))
         return encode_results(outcomes)
 

@@ -33,6 +33,7 @@ from services.bounds import (
 )
 from services.errors import InvalidArgument, PermissionDenied, Unauthenticated
 from services.model import accepted_from_proto, status_to_proto, timestamp
+from services.ratelimit.admission import Admission
 from services.stream.delivery import DeliveryCore
 from services.stream.dispatch import Dispatcher
 from services.stream.session import Session
@@ -56,8 +57,9 @@ def _page_cursor(token: str) -> int:
 
 
 class StreamServicer:
-    def __init__(self, core: DeliveryCore) -> None:
+    def __init__(self, core: DeliveryCore, admission: Admission) -> None:
         self._core = core
+        self._admission = admission
 
     async def Subscribe(self, request: stream_pb2.SubscribeRequest, context: Context) -> None:
         principal = current_principal()
@@ -127,6 +129,8 @@ class StreamServicer:
             cursors[cursor.log] = cursor.cursor
             if cursor.epoch:
                 epochs[cursor.log] = cursor.epoch
+        # After the request is checked (a malformed one costs nothing), before the session opens.
+        await self._admission.admit_subscribe(principal)
         return await self._core.open(
             tenant=principal.tenant,
             user_id=principal.subject,

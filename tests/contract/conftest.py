@@ -17,8 +17,12 @@ import pytest
 import pytest_asyncio
 from redis.asyncio import Redis
 
+from services.clock import Clock
 from services.ingest.idempotency import IdempotencyStore
 from services.ingest.idempotency_memory import MemoryIdempotencyStore
+from services.ratelimit.limiter import RateLimiter
+from services.ratelimit.limiter_memory import MemoryRateLimiter
+from services.ratelimit.limiter_redis import RedisRateLimiter
 from services.registry.sessions import SessionDirectory
 from services.registry.sessions_memory import MemorySessionDirectory
 from services.registry.sessions_redis import RedisSessionDirectory
@@ -154,6 +158,41 @@ async def redis_brokers() -> AsyncIterator[BrokerBackend]:
 BROKERS: dict[str, Opener[BrokerBackend]] = {"memory": memory_brokers, "redis": redis_brokers}
 
 
+@dataclass(frozen=True)
+class LimiterBackend:
+    """Rate limiters of one backend, as the nodes of one deployment have them."""
+
+    # A new node's limiter on the given clock; the opener closes it afterwards.
+    node: Callable[[Clock], RateLimiter]
+    # Whether the nodes' limiters share their buckets (False: each node has its own).
+    shared: bool
+
+
+@asynccontextmanager
+async def memory_limiters() -> AsyncIterator[LimiterBackend]:
+    yield LimiterBackend(MemoryRateLimiter, shared=False)
+
+
+@asynccontextmanager
+async def redis_limiters() -> AsyncIterator[LimiterBackend]:
+    """Each node's limiter has a client of its own on the test's key prefix."""
+    async with scratch_keyspace() as (_, prefix):
+        clients: list[Redis] = []
+
+        def node(clock: Clock) -> RateLimiter:
+            clients.append(Redis.from_url(REDIS_URL))
+            return RedisRateLimiter(clients[-1], prefix, clock, on_failure="closed")
+
+        try:
+            yield LimiterBackend(node, shared=True)
+        finally:
+            for client in clients:
+                await client.aclose()
+
+
+LIMITERS: dict[str, Opener[LimiterBackend]] = {"memory": memory_limiters, "redis": redis_limiters}
+
+
 # A log store and the status store it creates records in, of one backend.
 PAIRED_STORES: dict[str, Opener[tuple[LogStore, StatusStore]]] = {
     "memory": in_memory(_memory_pair),
@@ -209,3 +248,9 @@ async def paired_stores(
 ) -> AsyncIterator[tuple[LogStore, StatusStore]]:
     async with PAIRED_STORES[request.param]() as stores:
         yield stores
+
+
+@pytest_asyncio.fixture(params=sorted(LIMITERS))
+async def limiters(request: pytest.FixtureRequest) -> AsyncIterator[LimiterBackend]:
+    async with LIMITERS[request.param]() as backend:
+        yield backend
