@@ -29,6 +29,12 @@ class AckState:
             self.above.discard(self.up_to)
         return True
 
+    def merge(self, other: AckState) -> None:
+        """Adds what `other` acks (the store's state, acked through another node)."""
+        self.raise_to(other.up_to)
+        for cursor in other.above:
+            self.add(cursor)
+
     def raise_to(self, cursor: int) -> None:
         if cursor <= self.up_to:
             return

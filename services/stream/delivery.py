@@ -81,6 +81,7 @@ class DeliveryCore:
         self.timers = Timers(
             hub=self.hub,
             logs=logs,
+            acks=acks,
             status=status,
             registry=registry,
             delays=self.delays,

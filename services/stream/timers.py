@@ -14,9 +14,10 @@ from services.config import DeliverySettings
 from services.domain import State, Transition
 from services.errors import Unavailable
 from services.ports import RegistryPort
+from services.stream.acks import AckStore
 from services.stream.hub import Hub
 from services.stream.log import LogStore
-from services.stream.session import Session
+from services.stream.session import Pending, Session
 from services.stream.status import StatusStore
 from services.stream.writer import AckDelays, Spawn
 
@@ -33,6 +34,7 @@ class Timers:
         *,
         hub: Hub,
         logs: LogStore,
+        acks: AckStore,
         status: StatusStore,
         registry: RegistryPort,
         delays: AckDelays,
@@ -42,6 +44,7 @@ class Timers:
     ) -> None:
         self._hub = hub
         self._logs = logs
+        self._acks = acks
         self._status = status
         self._registry = registry
         self._delays = delays
@@ -114,10 +117,14 @@ class Timers:
         failed: dict[str, list[Transition]] = {}
         max_attempts = self._settings.max_attempts
         shortest = self._delays.shortest
-        for session in self._hub.sessions.values():
+        for session in list(self._hub.sessions.values()):
             if not session.unacked:
                 continue
-            for pending in session.due(now, shortest):
+            due = session.due(now, shortest)
+            if not due:
+                continue
+            await self._refresh_acks(session, due)
+            for pending in due:
                 entry = pending.entry
                 if entry.expires_at <= now or pending.log.acks.is_acked(entry.cursor):
                     continue
@@ -135,6 +142,21 @@ class Timers:
         for tenant, transitions in failed.items():
             metrics.FAILED.inc(len(transitions))
             await self._status.apply(tenant, transitions, now)
+
+    async def _refresh_acks(self, session: Session, due: list[Pending]) -> None:
+        """Before redelivering, learns what the user acked through other nodes (acks stop
+        timers only on the node that took them): one store call per session with entries due,
+        which the ack timeout makes rare. Without the store, the session's own view decides."""
+        logs = {pending.log.log_key: pending.log for pending in due}
+        keys = list(logs)
+        try:
+            stored = await self._acks.get(session.tenant, session.user_id, keys)
+        except Exception as exc:  # never lose the due entries over it
+            if not isinstance(exc, Unavailable):
+                log.warning("could not read acks before redelivering", extra={"error": repr(exc)})
+            return
+        for key, state in zip(keys, stored, strict=True):
+            logs[key].acks.merge(state)
 
     async def sweep_expired(self) -> int:
         """Drops expired entries from every log and marks them EXPIRED for their recipients."""
