@@ -265,6 +265,10 @@ class _AckStream:
     async def ack(self, request: stream_pb2.AckStreamRequest, timeout: float) -> int | None:
         """The number acked; None when the server has no AckStream (use `Ack` instead)."""
         async with self._lock:
+            if self._call is not None and self._call.done():
+                # Ended by the server while idle (its shutdown, an expired token): writing to
+                # it would raise InvalidStateError. Not a failed attempt: open a new one.
+                self._call = None
             fresh = self._call is None
             for _ in range(2):
                 try:
@@ -288,6 +292,10 @@ class _AckStream:
             async with asyncio.timeout(timeout):
                 await call.write(request)
                 response = await call.read()
+        except asyncio.InvalidStateError:
+            # The call finished between the check in `ack` and the write.
+            self.close()
+            raise _stream_ended() from None
         except BaseException:
             # The answer to this request may still be on its way: never read it as the
             # answer to the next one.
@@ -296,19 +304,19 @@ class _AckStream:
         if not isinstance(response, stream_pb2.AckStreamResponse):
             # EOF: the server ended the stream without an error (only a client ends it).
             self.close()
-            raise aio.AioRpcError(
-                grpc.StatusCode.UNAVAILABLE,
-                aio.Metadata(),
-                aio.Metadata(),
-                "the ack stream ended",
-                None,
-            )
+            raise _stream_ended()
         return int(response.acked)
 
     def close(self) -> None:
         if self._call is not None:
             self._call.cancel()
             self._call = None
+
+
+def _stream_ended() -> aio.AioRpcError:
+    return aio.AioRpcError(
+        grpc.StatusCode.UNAVAILABLE, aio.Metadata(), aio.Metadata(), "the ack stream ended", None
+    )
 
 
 # An open ack stream ending with these is reopened once before the ack is given up on.
