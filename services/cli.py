@@ -1,14 +1,19 @@
-"""The `herald` command: run the services, mint dev tokens, send and tail notifications.
+"""The `herald` command: run the services, mint dev tokens, send and tail notifications, and
+the operator's commands (sessions, presence, status, templates, inbox: services/cli_admin.py).
 
 Server settings come from `HERALD_*` variables (services/config.py); the client commands' address,
 tenant and token flags default to `HERALD_ADDRESS`, `HERALD_TENANT` and `HERALD_TOKEN`.
+Every failure is one line on stderr, `error: ...` (a gRPC error as `error: CODE: message`), and
+exit status 2; never a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import logging
 import os
 import signal
 import socket
@@ -20,11 +25,14 @@ from typing import Any
 import grpc
 from google.protobuf import json_format
 from grpc import aio
+from pydantic import ValidationError
 
-from herald.v1 import notification_pb2
-from services import auth
-from services.client import HeraldClient
-from services.config import AuthSettings, BackendSettings, Config, ServerSettings
+from herald.v1 import notification_pb2, stream_pb2
+from services import auth, cli_admin
+from services.app_data import DataError, data_from_json, restore_notification_json
+from services.cli_connection import CliError, client_flags, connect, credentials, minter
+from services.client import Disconnected, Received
+from services.config import BackendSettings, Config, ServerSettings
 from services.logs import configure_logging
 
 _PRIORITIES = {
@@ -46,48 +54,6 @@ def _run(coro: Coroutine[Any, Any, int | None]) -> int | None:
             return runner.run(coro)
     except ImportError:  # pragma: no cover - uvloop is not available on Windows
         return asyncio.run(coro)
-
-
-def _minter() -> auth.TokenMinter:
-    settings = AuthSettings()
-    keys = auth.load_keys(settings, ServerSettings().data_dir)
-    return auth.TokenMinter(keys, settings)
-
-
-def _token(args: argparse.Namespace, scopes: list[str], subject: str) -> str:
-    if args.token:
-        return str(args.token)
-    return _minter().mint(
-        subject, args.tenant, scopes, channels=getattr(args, "channels", None) or ()
-    )
-
-
-def _client_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--address",
-        default=_env("HERALD_ADDRESS", "127.0.0.1:50051"),
-        help="server host:port (HERALD_ADDRESS)",
-    )
-    parser.add_argument(
-        "--tenant", default=_env("HERALD_TENANT", "default"), help="tenant (HERALD_TENANT)"
-    )
-    parser.add_argument(
-        "--token",
-        default=os.environ.get("HERALD_TOKEN"),
-        help="a JWT to use; without it a dev token is minted with the local dev key (HERALD_TOKEN)",
-    )
-    parser.add_argument(
-        "--tls",
-        action="store_true",
-        default=_env("HERALD_TLS", "").lower() in ("1", "true", "yes", "on"),
-        help="connect over TLS, verifying the server against --ca-file or the system roots "
-        "(HERALD_TLS=true)",
-    )
-    parser.add_argument(
-        "--ca-file",
-        default=os.environ.get("HERALD_CA_FILE") or None,
-        help="PEM CA bundle to verify the server with; implies --tls (HERALD_CA_FILE)",
-    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -129,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds")
 
     send = commands.add_parser("send", help="send one notification")
-    _client_flags(send)
+    client_flags(send, json_flag=False)
     target = send.add_mutually_exclusive_group(required=True)
     target.add_argument("--user", help="one user")
     target.add_argument("--users", help="comma-separated users")
@@ -138,21 +104,35 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--title", default="")
     send.add_argument("--body", default="")
     send.add_argument("--image", default="")
-    send.add_argument("--data", help="JSON object of app data")
+    send.add_argument("--data", help="app data, a JSON object (integers stay integers up to 2**53)")
     send.add_argument("--priority", choices=sorted(_PRIORITIES), default="normal")
     send.add_argument("--ttl", type=int, default=0, help="seconds; 0 = the server default")
     send.add_argument("--idempotency-key", default="")
-    send.add_argument("--service", default=_env("HERALD_SERVICE", "herald-cli"))
+    send.add_argument(
+        "--service",
+        default=_env("HERALD_SERVICE", "") or None,
+        help="who sends, for a minted token (HERALD_SERVICE; default herald-cli)",
+    )
 
-    tail = commands.add_parser("tail", help="subscribe as a user and print notifications")
-    _client_flags(tail)
-    tail.add_argument("--user", required=True)
+    tail = commands.add_parser(
+        "tail",
+        help="subscribe as a user and print notifications (JSON lines; connection state on stderr)",
+    )
+    client_flags(tail, json_flag=False)
+    tail.add_argument("--user", help="who subscribes (required unless --token names them)")
     tail.add_argument("--channel", dest="channels", action="append", help="join a channel")
     tail.add_argument("--count", type=int, default=0, help="exit after this many (0 = never)")
     tail.add_argument("--no-ack", action="store_true", help="do not acknowledge")
     tail.add_argument(
+        "--ack-interval",
+        type=float,
+        default=5.0,
+        help="seconds between acks of what was printed (default 5)",
+    )
+    tail.add_argument(
         "--cursor", action="append", default=[], help="resume a log: LOG=CURSOR (repeatable)"
     )
+    cli_admin.add_commands(commands)
     return parser
 
 
@@ -161,13 +141,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         code = _dispatch(args)
     except aio.AioRpcError as exc:
-        print(f"herald: {exc.code().name}: {exc.details()}{_hint(args, exc)}", file=sys.stderr)
+        _error(f"{exc.code().name}: {exc.details()}{_hint(args, exc)}")
         code = 2
-    except (ValueError, OSError) as exc:
-        print(f"herald: {exc}", file=sys.stderr)
+    except ValidationError as exc:  # a HERALD_* setting
+        _error("invalid settings: " + "; ".join(_setting_error(e) for e in exc.errors()))
+        code = 2
+    except (ValueError, OSError) as exc:  # CliError, DataError, key files
+        _error(str(exc))
         code = 2
     except KeyboardInterrupt:
         code = 130
+    except Exception as exc:
+        # A bug of the CLI: still one line, naming the exception (never a traceback).
+        _error(f"unexpected {type(exc).__name__}: {exc}")
+        code = 2
     sys.exit(code or 0)
 
 
@@ -184,8 +171,14 @@ def _hint(args: argparse.Namespace, exc: aio.AioRpcError) -> str:
     )
 
 
-def _connect(args: argparse.Namespace, token: str) -> HeraldClient:
-    return HeraldClient(args.address, token, tls=args.tls, ca_file=args.ca_file)
+def _error(message: str) -> None:
+    one_line = " ".join(part.strip() for part in message.splitlines() if part.strip())
+    print(f"error: {one_line}", file=sys.stderr)
+
+
+def _setting_error(error: Any) -> str:
+    where = ".".join(str(part) for part in error.get("loc", ())) or "value"
+    return f"{where}: {error.get('msg', 'invalid')}"
 
 
 def _dispatch(args: argparse.Namespace) -> int | None:
@@ -207,7 +200,10 @@ def _dispatch(args: argparse.Namespace) -> int | None:
     if args.command == "send":
         return _run(_send(args))
     if args.command == "tail":
+        _quiet_client_logs()
         return _run(_tail(args))
+    if args.command in cli_admin.COMMANDS:
+        return _run(cli_admin.run(args))
     return 2  # pragma: no cover - argparse rejects unknown commands
 
 
@@ -281,9 +277,7 @@ def _print_token(args: argparse.Namespace) -> int:
     else:
         subject = args.user or "dev"
         scopes = args.scope or [auth.SCOPE_SUBSCRIBE]
-    print(
-        _minter().mint(subject, args.tenant, scopes, ttl_s=args.ttl, channels=args.channels or ())
-    )
+    print(minter().mint(subject, args.tenant, scopes, ttl_s=args.ttl, channels=args.channels or ()))
     return 0
 
 
@@ -305,9 +299,18 @@ async def _send(args: argparse.Namespace) -> int:
     notification.content.body = args.body
     notification.content.image_url = args.image
     if args.data:
-        notification.content.data.update(json.loads(args.data))
-    token = _token(args, [auth.SCOPE_SEND], args.service)
-    async with _connect(args, token) as client:
+        try:
+            notification.content.data.CopyFrom(data_from_json(args.data))
+        except DataError as exc:
+            raise CliError(f"--data: {exc}") from None
+    who = credentials(
+        args,
+        [auth.SCOPE_SEND],
+        args.service,
+        subject_flag="--service",
+        default_subject="herald-cli",
+    )
+    async with connect(args, who.token) as client:
         response = await client.send(notification)
     print(json_format.MessageToJson(response, indent=None))
     return 0
@@ -318,37 +321,82 @@ async def _tail(args: argparse.Namespace) -> int:
     for item in args.cursor:
         log_name, _, value = item.rpartition("=")
         if not log_name or not value.isdigit():
-            raise ValueError(f"--cursor takes LOG=CURSOR, e.g. user=42; got {item!r}")
+            raise CliError(f"--cursor takes LOG=CURSOR, e.g. user=42; got {item!r}")
         cursors[log_name] = int(value)
-    token = _token(args, [auth.SCOPE_SUBSCRIBE], args.user)
+    who = credentials(args, [auth.SCOPE_SUBSCRIBE], args.user)
     seen = 0
-    async with _connect(args, token) as client:
+    async with connect(args, who.token) as client:
         subscription = client.subscribe(
             channels=args.channels or (),
             cursors=cursors,
             auto_ack=not args.no_ack,
+            ack_interval=args.ack_interval,
             device="cli",
-            on_connect=lambda started: print(
+            on_connect=lambda started: _state(
                 f"subscribed as {started.user_id}@{started.tenant_id}, "
-                f"session {started.session_id} on {started.node_id}",
-                file=sys.stderr,
-                flush=True,
+                f"session {started.session_id} on {started.node_id}"
             ),
+            on_disconnect=_disconnected,
         )
         try:
-            async for received in subscription:
-                line = {
-                    "log": received.log,
-                    "cursor": received.cursor,
-                    "attempt": received.attempt,
-                    "notification": json_format.MessageToDict(received.notification),
-                }
-                print(json.dumps(line), flush=True)
-                seen += 1
-                if args.count and seen >= args.count:
-                    break
+            # Closed before the client: its last acks (of what was printed) go out first.
+            async with contextlib.aclosing(aiter(subscription)) as received_all:
+                async for received in received_all:
+                    line = {
+                        "log": received.log,
+                        "cursor": received.cursor,
+                        "attempt": received.attempt,
+                        "notification": restore_notification_json(
+                            json_format.MessageToDict(received.notification)
+                        ),
+                    }
+                    print(json.dumps(line), flush=True)
+                    seen += 1
+                    if args.count and seen >= args.count:
+                        if not args.no_ack:
+                            await _ack_last(received)
+                        break
         except aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.CANCELLED:
                 return 0
             raise
+        closing = subscription.last_closing
+        if closing is not None and closing.reason == stream_pb2.Closing.REASON_DISCONNECTED:
+            _state(f"closed by the server: {closing.message}")
     return 0
+
+
+async def _ack_last(received: Received) -> None:
+    """Acks the notification tail stops on: auto-ack covers only what the loop came back from."""
+    try:
+        await received.ack()
+    except aio.AioRpcError as exc:
+        _state(
+            f"warning: could not ack {received.notification.id} ({exc.code().name}: "
+            f"{exc.details()}); it will be delivered again"
+        )
+
+
+def _state(message: str) -> None:
+    """Connection state, on stderr (stdout carries only notifications)."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def _disconnected(event: Disconnected) -> None:
+    attempt = f" (attempt {event.failures + 1})" if event.failures else ""
+    _state(f"disconnected ({event.reason}); reconnecting in {event.retry_in_s:.1f}s{attempt}")
+
+
+class _OneLine(logging.Formatter):
+    """`warning: message`, without a traceback: the CLI's stderr is for people."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{record.levelname.lower()}: {record.getMessage()}"
+
+
+def _quiet_client_logs() -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_OneLine())
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)

@@ -14,13 +14,14 @@ timeout; Kafka's consumer commits its offsets on the same cadence), one ack with
 subscription's resume cursors, and once more when the stream ends. A whole batch counts as
 handled once the loop body has had each of its notifications, so a notification is never acked
 before the app saw it, and acking costs one small message per interval however many
-notifications arrive. With
+notifications arrive. A loop that stops mid-batch (`break`, cancelled) has the ones of the batch
+it came back from acked by id as it ends, not the one it stopped on. With
 `auto_ack=False`, call `received.ack()` (or `client.ack`) when the app has handled it; unacked
 notifications come back after the server's ack timeout and on the next connect.
 
 Acks travel on one `AckStream` call per client, opened on first use and reopened after an error
-or when the server ends it (its token expired): a message on an open stream costs the server a
-fraction of a unary call. Against a server without `AckStream` (UNIMPLEMENTED), or with
+or when the server ends it (its token expired, its shutdown): a message on an open stream costs
+the server a fraction of a unary call. Against a server without `AckStream` (UNIMPLEMENTED), or with
 `ack_stream=False`, the client sends unary `Ack` calls instead.
 """
 
@@ -31,7 +32,7 @@ import contextlib
 import logging
 import random
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
+from collections.abc import AsyncGenerator, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,8 @@ from herald.v1 import (
     ingest_pb2,
     ingest_pb2_grpc,
     notification_pb2,
+    registry_pb2,
+    registry_pb2_grpc,
     stream_pb2,
     stream_pb2_grpc,
 )
@@ -143,6 +146,16 @@ def tls_credentials(
     )
 
 
+@dataclass(frozen=True)
+class Disconnected:
+    """Why a subscription's stream ended, and when it reconnects."""
+
+    reason: str
+    retry_in_s: float
+    # Failed attempts in a row (0 after an orderly Closing from the server).
+    failures: int
+
+
 class HeraldClient:
     """A connection to Herald with one token (a user's, or a backend's).
 
@@ -172,6 +185,7 @@ class HeraldClient:
         self._token = token
         self._ingest = ingest_pb2_grpc.IngestServiceStub(self._channel)
         self._stream = stream_pb2_grpc.StreamServiceStub(self._channel)
+        self._registry = registry_pb2_grpc.RegistryServiceStub(self._channel)
         self._acks = _AckStream(self) if ack_stream else None
 
     async def __aenter__(self) -> HeraldClient:
@@ -218,6 +232,102 @@ class HeraldClient:
             timeout=10.0,
         )
         return response
+
+    # -- operators: the registry's directories (a service token; `tenant_id` empty means the
+    # token's own tenant) ----------------------------------------------------------------------
+
+    async def sessions(
+        self, user_id: str = "", *, tenant_id: str = "", timeout: float = 10.0
+    ) -> list[registry_pb2.Session]:
+        """Open sessions of the tenant, or of one user (scope presence:read)."""
+        response = await self._registry.ListSessions(
+            registry_pb2.ListSessionsRequest(tenant_id=tenant_id, user_id=user_id),
+            metadata=self.metadata(),
+            timeout=timeout,
+        )
+        return list(response.sessions)
+
+    async def disconnect(
+        self,
+        *,
+        session_id: str = "",
+        user_id: str = "",
+        reason: str = "",
+        tenant_id: str = "",
+        timeout: float = 10.0,
+    ) -> int:
+        """Closes one session, or every session of a user (scope sessions:admin); returns how
+        many were closed."""
+        if bool(session_id) == bool(user_id):
+            raise ValueError("name a session_id or a user_id to disconnect, not both")
+        request = registry_pb2.DisconnectRequest(tenant_id=tenant_id, reason=reason)
+        if session_id:
+            request.session_id = session_id
+        else:
+            request.user_id = user_id
+        response = await self._registry.Disconnect(
+            request, metadata=self.metadata(), timeout=timeout
+        )
+        return int(response.disconnected)
+
+    async def presence(
+        self, user_ids: Iterable[str], *, tenant_id: str = "", timeout: float = 10.0
+    ) -> list[registry_pb2.UserPresence]:
+        """ONLINE / RECONNECTING / OFFLINE of each user (scope presence:read)."""
+        response = await self._registry.GetPresence(
+            registry_pb2.GetPresenceRequest(tenant_id=tenant_id, user_ids=list(user_ids)),
+            metadata=self.metadata(),
+            timeout=timeout,
+        )
+        return list(response.users)
+
+    async def put_template(
+        self, template: registry_pb2.Template, *, tenant_id: str = "", timeout: float = 10.0
+    ) -> registry_pb2.Template:
+        """Stores a new version of a template (scope templates:write); returns it as stored."""
+        response = await self._registry.PutTemplate(
+            registry_pb2.PutTemplateRequest(tenant_id=tenant_id, template=template),
+            metadata=self.metadata(),
+            timeout=timeout,
+        )
+        stored: registry_pb2.Template = response.template
+        return stored
+
+    async def get_template(
+        self, template_id: str, version: int = 0, *, tenant_id: str = "", timeout: float = 10.0
+    ) -> registry_pb2.Template:
+        """One version of a template, the newest by default (scope send)."""
+        response = await self._registry.GetTemplate(
+            registry_pb2.GetTemplateRequest(
+                tenant_id=tenant_id, template_id=template_id, version=version
+            ),
+            metadata=self.metadata(),
+            timeout=timeout,
+        )
+        found: registry_pb2.Template = response.template
+        return found
+
+    async def templates(
+        self, *, tenant_id: str = "", timeout: float = 10.0
+    ) -> list[registry_pb2.Template]:
+        """The newest version of every template of the tenant (scope send)."""
+        response = await self._registry.ListTemplates(
+            registry_pb2.ListTemplatesRequest(tenant_id=tenant_id),
+            metadata=self.metadata(),
+            timeout=timeout,
+        )
+        return list(response.templates)
+
+    async def delete_template(
+        self, template_id: str, *, tenant_id: str = "", timeout: float = 10.0
+    ) -> int:
+        """Deletes every version of a template (scope templates:write); returns how many."""
+        response = await self._registry.DeleteTemplate(
+            registry_pb2.DeleteTemplateRequest(tenant_id=tenant_id, template_id=template_id),
+            metadata=self.metadata(),
+            timeout=timeout,
+        )
+        return int(response.deleted_versions)
 
     # -- subscribers -----------------------------------------------------------------------
 
@@ -292,7 +402,13 @@ class HeraldClient:
         dedupe_window: int = 10_000,
         rng: random.Random | None = None,
         on_connect: Callable[[stream_pb2.SessionStarted], None] | None = None,
+        on_disconnect: Callable[[Disconnected], None] | None = None,
     ) -> Subscription:
+        """An endless iterator of notifications, across reconnects (see the module docstring).
+
+        `on_connect` is called with each SessionStarted; `on_disconnect` each time the stream
+        ends and the subscription is about to reconnect, with why and when (to show
+        connection state while it is away)."""
         if ack_interval <= 0:
             raise ValueError("ack_interval must be positive")
         return Subscription(
@@ -307,6 +423,7 @@ class HeraldClient:
             dedupe_window=dedupe_window,
             rng=rng or random.Random(),  # noqa: S311 - jitter, not security
             on_connect=on_connect,
+            on_disconnect=on_disconnect,
         )
 
     def open_stream(
@@ -330,6 +447,10 @@ class _AckStream:
     async def ack(self, request: stream_pb2.AckStreamRequest, timeout: float) -> int | None:
         """The number acked; None when the server has no AckStream (use `Ack` instead)."""
         async with self._lock:
+            if self._call is not None and self._call.done():
+                # Ended by the server while idle (its shutdown, an expired token): writing to
+                # it would raise InvalidStateError. Not a failed attempt: open a new one.
+                self._call = None
             fresh = self._call is None
             for _ in range(2):
                 try:
@@ -353,6 +474,10 @@ class _AckStream:
             async with asyncio.timeout(timeout):
                 await call.write(request)
                 response = await call.read()
+        except asyncio.InvalidStateError:
+            # The call finished between the check in `ack` and the write.
+            self.close()
+            raise _stream_ended() from None
         except BaseException:
             # The answer to this request may still be on its way: never read it as the
             # answer to the next one.
@@ -361,19 +486,19 @@ class _AckStream:
         if not isinstance(response, stream_pb2.AckStreamResponse):
             # EOF: the server ended the stream without an error (only a client ends it).
             self.close()
-            raise aio.AioRpcError(
-                grpc.StatusCode.UNAVAILABLE,
-                aio.Metadata(),
-                aio.Metadata(),
-                "the ack stream ended",
-                None,
-            )
+            raise _stream_ended()
         return int(response.acked)
 
     def close(self) -> None:
         if self._call is not None:
             self._call.cancel()
             self._call = None
+
+
+def _stream_ended() -> aio.AioRpcError:
+    return aio.AioRpcError(
+        grpc.StatusCode.UNAVAILABLE, aio.Metadata(), aio.Metadata(), "the ack stream ended", None
+    )
 
 
 # An open ack stream ending with these is reopened once before the ack is given up on.
@@ -404,6 +529,7 @@ class Subscription:
         dedupe_window: int,
         rng: random.Random,
         on_connect: Callable[[stream_pb2.SessionStarted], None] | None = None,
+        on_disconnect: Callable[[Disconnected], None] | None = None,
     ) -> None:
         self._client = client
         self.channels = channels
@@ -421,6 +547,9 @@ class Subscription:
         # the current stream. Only this stream's watermarks are acked: a cursor from before (or
         # passed in) may be beyond the log of a server that lost its embedded store.
         self._handled: dict[str, int] = {}
+        # Auto-ack, by id: deliveries of a batch the loop had before it stopped mid-batch (their
+        # batch's watermark would cover the ones it never had).
+        self._handled_ids: list[str] = []
         self._ack_due = False
         self._reconnect = reconnect
         self._backoff = backoff
@@ -428,6 +557,7 @@ class Subscription:
         self._dedupe_window = dedupe_window
         self._rng = rng
         self._on_connect = on_connect
+        self._on_disconnect = on_disconnect
         self._call: aio.UnaryStreamCall[Any, Any] | None = None
         self._dropped = False
         self.session_id = ""
@@ -435,7 +565,7 @@ class Subscription:
         self.last_closing: stream_pb2.Closing | None = None
         self.connected = asyncio.Event()
 
-    def __aiter__(self) -> AsyncIterator[Received]:
+    def __aiter__(self) -> AsyncGenerator[Received, None]:
         return self._run()
 
     def cancel(self) -> None:
@@ -477,10 +607,12 @@ class Subscription:
             return
         self._ack_due = False
         handled = dict(self._handled)
-        if not handled:
+        ids = list(self._handled_ids)
+        if not handled and not ids:
             return
         try:
-            await self._client.ack(up_to=handled, epochs=self.epochs)
+            await self._client.ack(notification_ids=ids, up_to=handled, epochs=self.epochs)
+            del self._handled_ids[: len(ids)]
         except aio.AioRpcError as exc:
             self._ack_due = True
             log.info("ack failed; retrying at the next interval", extra={"code": exc.code().name})
@@ -506,7 +638,7 @@ class Subscription:
             await asyncio.sleep(self._ack_interval * self._rng.uniform(0.8, 1.2))
             await self.flush_acks()
 
-    async def _run(self) -> AsyncIterator[Received]:
+    async def _run(self) -> AsyncGenerator[Received, None]:
         acker = asyncio.create_task(self._ack_loop()) if self._auto_ack else None
         try:
             async with contextlib.aclosing(self._deliveries()) as deliveries:
@@ -524,24 +656,36 @@ class Subscription:
         failures = 0
         while True:
             retry_after = retry_after_s = 0.0
+            reason = "the server ended the stream"
             self._call = call = self._client.open_stream(self._request())
             try:
                 async for event in call:
                     kind = event.WhichOneof("event")
                     if kind == "deliveries":
                         batch = event.deliveries.deliveries
+                        had: list[str] = []  # of this batch, what the loop was given
                         for delivery in batch:
                             notification_id = delivery.notification.id
                             if notification_id in self._seen:
                                 continue
                             self._remember(notification_id)
-                            yield Received(
-                                delivery.notification,
-                                delivery.log,
-                                delivery.cursor,
-                                delivery.attempt,
-                                self._client,
-                            )
+                            had.append(notification_id)
+                            try:
+                                yield Received(
+                                    delivery.notification,
+                                    delivery.log,
+                                    delivery.cursor,
+                                    delivery.attempt,
+                                    self._client,
+                                )
+                            except GeneratorExit:
+                                # The loop stopped mid-batch (a `break`, a cancellation): it
+                                # finished the ones it came back from, and those are acked by
+                                # id in the final flush; not the one it stopped on, nor the rest.
+                                if self._auto_ack and len(had) > 1:
+                                    self._handled_ids.extend(had[:-1])
+                                    self._ack_due = True
+                                raise
                         # A resume cursor covers its whole batch: advance only once the app
                         # has had every delivery of it. Everything at or below it was written
                         # to this stream, so with auto-ack it is what `up_to` acks. It is the
@@ -566,6 +710,10 @@ class Subscription:
                     elif kind == "closing":
                         self.last_closing = event.closing
                         retry_after = event.closing.retry_after_ms / 1000
+                        reason = (
+                            f"{stream_pb2.Closing.Reason.Name(event.closing.reason)}: "
+                            f"{event.closing.message}"
+                        )
                         if event.closing.reason == stream_pb2.Closing.REASON_DISCONNECTED:
                             return
             except aio.AioRpcError as exc:
@@ -576,12 +724,14 @@ class Subscription:
                     raise
                 failures += 1
                 retry_after_s = limited or 0.0
+                reason = f"{exc.code().name}: {exc.details()}"
             except asyncio.CancelledError:
                 # grpc raises CancelledError for a call cancelled locally: reconnect if that was
                 # `cancel()`, but let a cancellation of the task itself through.
                 task = asyncio.current_task()
                 if not self._dropped or (task is not None and task.cancelling()):
                     raise
+                reason = "the stream was dropped (cancel)"
             finally:
                 self._dropped = False
                 self.connected.clear()
@@ -595,6 +745,8 @@ class Subscription:
             if retry_after_s:
                 # Spread the clients a limit refused together (up to a fifth later).
                 delay = max(delay, retry_after_s * self._rng.uniform(1.0, 1.2))
+            if self._on_disconnect is not None:
+                self._on_disconnect(Disconnected(reason, delay, failures))
             await asyncio.sleep(delay)
 
     def _remember(self, notification_id: str) -> None:

@@ -21,7 +21,6 @@ from wsgiref.simple_server import WSGIServer
 import grpc
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
@@ -33,6 +32,7 @@ from services.breaker import BreakerState
 from services.clock import Clock, SystemClock
 from services.config import Config, StartupError, TLSSettings
 from services.domain import SessionInfo
+from services.health import NodeHealth
 from services.ingest.core import IngestCore
 from services.ingest.servicer import IngestServicer
 from services.interceptors import AuthInterceptor
@@ -81,7 +81,7 @@ class Node:
     server: aio.Server
     port: int
     roles: tuple[Role, ...]
-    health: HealthServicer
+    health: NodeHealth
     delivery: DeliveryCore | None = None
     registry: RegistryCore | None = None
     ingest: IngestCore | None = None
@@ -103,14 +103,24 @@ class Node:
         return f"127.0.0.1:{self.node_port or self.port}"
 
     async def stop(self, grace_s: float) -> None:
-        """Ordered, bounded shutdown: NOT_SERVING, drain streams, stop the server, close clients."""
+        """Ordered shutdown, all of it within `grace_s`:
+
+        1. health NOT_SERVING (Watch streams say so, then end), so balancers stop routing here;
+        2. every session gets the closing hint (Closing REASON_SHUTDOWN) and ends, then the ack
+           streams, each once idle (`DeliveryCore.shutdown`);
+        3. the server stops: new calls are refused, calls in flight (a Send, an Ack) get what
+           is left of the grace period, and are cancelled after it;
+        4. clients of other nodes close, then the stores, flushing what must persist.
+        """
         if self._stopped:
             return
         self._stopped = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_s
         await self.health.enter_graceful_shutdown()
         if self.delivery is not None:
             await self.delivery.shutdown(grace_s)
-        await self.server.stop(grace_s)
+        await self.server.stop(max(0.0, deadline - loop.time()))
         # Clients of other nodes first, then the stores (the last closer).
         for closer in self.closers:
             # Stores close with `aclose`, gRPC clients with `close`.
@@ -158,7 +168,7 @@ async def start_node(
         _node_token_source(config, keys, node_id),
         tls=node_tls.channel_credentials() if node_tls is not None else None,
     )
-    health_servicer = HealthServicer()
+    health_servicer = NodeHealth()
     names = [name for role in roles for name in SERVICE_NAMES[role]]
     # Backends whose breaker is not closed -> the services that need them.
     down: dict[str, tuple[str, ...]] = {}
@@ -313,7 +323,7 @@ async def start_node(
 
 
 async def _set_health(
-    health: HealthServicer, roles: tuple[Role, ...], down: dict[str, tuple[str, ...]]
+    health: NodeHealth, roles: tuple[Role, ...], down: dict[str, tuple[str, ...]]
 ) -> None:
     """SERVING for each service whose backends are all reachable, NOT_SERVING otherwise; the
     node as a whole ("") is SERVING only when all of its services are."""

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import socket
 import sys
 import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import jwt
 import pytest
@@ -52,6 +54,20 @@ class Cli:
             out, err = await proc.communicate()
         assert proc.returncode == 0, err.decode()
         return out.decode()
+
+    async def fail(self, *args: str, **env: str) -> str:
+        """Runs a command that must fail: exit 2 and one `error: ...` line, no traceback."""
+        proc = await self.start(*args, **env)
+        async with asyncio.timeout(20):
+            out, err = await proc.communicate()
+        assert proc.returncode == 2, (out, err)
+        lines = err.decode().strip().splitlines()
+        assert len(lines) == 1, err.decode()
+        assert lines[0].startswith("error: "), err.decode()
+        return lines[0]
+
+    async def json(self, *args: str, **env: str) -> Any:
+        return json.loads(await self.run(*args, "--json", **env))
 
     async def stop(self) -> None:
         for proc in self.procs:
@@ -151,7 +167,9 @@ async def _tail_and_send(cli: Cli, stream_address: str, ingest_address: str) -> 
         second["notificationId"],
     ]
     got = lines[0]["notification"]
-    assert got["content"] == {"title": "Hello", "body": "from the CLI", "data": {"order": 7.0}}
+    # JSON data as sent: the integer stays an integer (it travels as a Struct double).
+    assert got["content"] == {"title": "Hello", "body": "from the CLI", "data": {"order": 7}}
+    assert isinstance(got["content"]["data"]["order"], int)
     assert got["priority"] == "PRIORITY_HIGH"
     assert (lines[0]["log"], lines[0]["cursor"]) == ("user", 1)
 
@@ -200,7 +218,8 @@ async def test_cli_errors_are_one_clear_line(cli: Cli) -> None:
     async with asyncio.timeout(30):
         _, err = await proc.communicate()
     assert proc.returncode == 2
-    assert err.decode().startswith("herald: UNAVAILABLE")
+    assert err.decode().startswith("error: UNAVAILABLE: ")
+    assert len(err.decode().strip().splitlines()) == 1
     assert "Traceback" not in err.decode()
 
 
@@ -261,3 +280,151 @@ async def test_workers_need_the_shared_stores(cli: Cli) -> None:
         _, err = await proc.communicate()
     assert proc.returncode == 2
     assert "--workers needs the production profile" in err.decode()
+
+
+async def _up(cli: Cli, port: int = 0) -> str:
+    port = port or _free_port()
+    await cli.start("up", HERALD_PORT=str(port))
+    address = f"127.0.0.1:{port}"
+    await _wait_serving(address)
+    return address
+
+
+async def test_operator_commands_sessions_presence_status_templates_inbox(cli: Cli) -> None:
+    address = await _up(cli)
+    env = {"HERALD_ADDRESS": address, "HERALD_TENANT": "acme"}
+    tail = await cli.start("tail", "--user", "alice", **env)
+    session_line = await _subscribed(tail)
+
+    [session] = (await cli.json("sessions", "list", **env))["sessions"]
+    assert session["sessionId"] in session_line
+    assert (session["userId"], session["tenantId"], session["device"]) == ("alice", "acme", "cli")
+    assert session["sessionId"] in await cli.run("sessions", "list", "--user", "alice", **env)
+    assert (await cli.json("sessions", "list", "--user", "bob", **env))["sessions"] == []
+    presence = (await cli.json("presence", "alice", "bob", **env))["users"]
+    assert [(p["userId"], p["state"], p["sessionCount"]) for p in presence] == [
+        ("alice", "PRESENCE_STATE_ONLINE", 1),
+        ("bob", "PRESENCE_STATE_OFFLINE", 0),
+    ]
+    assert "alice  ONLINE  1" in await cli.run("presence", "alice", **env)
+
+    sent = json.loads(
+        await cli.run(
+            "send", "--user", "alice", "--title", "Hi", "--data", '{"n": 1, "f": 0.5}', **env
+        )
+    )
+    status = await cli.json("status", sent["notificationId"], **env)
+    assert status["notificationId"] == sent["notificationId"]
+    assert status["target"] == {"userId": "alice"}
+    [recipient] = status["recipients"]
+    assert recipient["userId"] == "alice"
+    assert recipient["state"] in ("DELIVERY_STATE_QUEUED", "DELIVERY_STATE_DELIVERED")
+    assert "RECIPIENT" in await cli.run("status", sent["notificationId"], **env)
+
+    put = await cli.json(
+        "templates", "put", "welcome", "--title", "Hi {{name}}", "--body", "Welcome", **env
+    )
+    assert (put["templateId"], put["version"], put["defaultLocale"]) == ("welcome", 1, "en")
+    assert (await cli.json("templates", "put", "welcome", "--body", "Again", **env))["version"] == 2
+    got = await cli.json("templates", "get", "welcome", "--version", "1", **env)
+    assert got["locales"]["en"]["title"] == "Hi {{name}}"
+    assert [
+        (t["templateId"], t["version"])
+        for t in (await cli.json("templates", "list", **env))["templates"]
+    ] == [("welcome", 2)]
+    # The template renders on send.
+    rendered = json.loads(await cli.run("send", "--user", "bob", "--title", "x", **env))
+    assert rendered["recipientCount"] == 1
+    assert (await cli.json("templates", "delete", "welcome", **env))["deletedVersions"] == 2
+    assert "no templates" in await cli.run("templates", "list", **env)
+
+    inbox = await cli.json("inbox", "--user", "alice", **env)
+    [item] = inbox["items"]
+    assert item["notification"]["id"] == sent["notificationId"]
+    assert item["notification"]["content"]["data"] == {"n": 1, "f": 0.5}
+    assert isinstance(item["notification"]["content"]["data"]["n"], int)
+    assert item["cursor"] == 1
+    marked = await cli.json(
+        "inbox", "--user", "alice", "--mark-read", sent["notificationId"], **env
+    )
+    assert marked == {"marked": 1}
+    assert "unread" not in await cli.run("inbox", "--user", "alice", **env)
+
+    kicked = await cli.json("sessions", "kick", "--user", "alice", "--reason", "maintenance", **env)
+    assert kicked == {"disconnected": 1}
+    assert tail.stderr is not None
+    async with asyncio.timeout(20):
+        _, err = await tail.communicate()
+    assert tail.returncode == 0
+    assert "closed by the server: maintenance" in err.decode()
+    assert "no open sessions" in await cli.run("sessions", "list", **env)
+
+
+async def test_operator_errors_are_one_line_with_the_grpc_code(cli: Cli) -> None:
+    address = await _up(cli)
+    env = {"HERALD_ADDRESS": address, "HERALD_TENANT": "acme"}
+    assert (await cli.fail("status", "no-such-id", **env)).startswith("error: NOT_FOUND: ")
+    assert (await cli.fail("templates", "get", "nope", **env)).startswith("error: NOT_FOUND: ")
+    user_token = (await cli.run("token", "--user", "alice", "--tenant", "acme")).strip()
+    denied = await cli.fail("sessions", "list", "--token", user_token, **env)
+    assert denied.startswith("error: PERMISSION_DENIED: ")
+    assert (await cli.fail("templates", "put", "t", **env)) == (
+        "error: give the template's text: --title and/or --body (or --file)"
+    )
+    assert await cli.json("sessions", "kick", "--session", "nope", **env) == {"disconnected": 0}
+
+
+async def test_tail_shows_connection_state_while_it_reconnects(cli: Cli) -> None:
+    port = _free_port()
+    address = await _up(cli, port)
+    server = cli.procs[-1]
+    env = {"HERALD_ADDRESS": address, "HERALD_TENANT": "acme"}
+    tail = await cli.start(
+        "tail", "--user", "alice", "--count", "2", "--ack-interval", "0.2", **env
+    )
+    await _subscribed(tail)
+    first = json.loads(await cli.run("send", "--user", "alice", "--title", "one", **env))
+    # Acked over the tail's AckStream, which stays open.
+    async with asyncio.timeout(20):
+        while True:
+            status = await cli.json("status", first["notificationId"], **env)
+            if status["recipients"][0]["state"] == "DELIVERY_STATE_ACKED":
+                break
+            await asyncio.sleep(0.1)
+
+    server.send_signal(signal.SIGTERM)
+    async with asyncio.timeout(5):  # the grace period is 10 s: the AckStream must not hold it
+        assert await server.wait() == 0
+    assert tail.stderr is not None
+    seen: list[str] = []
+
+    async def until(text: str) -> None:
+        assert tail.stderr is not None
+        async with asyncio.timeout(20):
+            while not any(text in line for line in seen):
+                line = (await tail.stderr.readline()).decode()
+                assert line, f"tail's stderr ended: {seen}"
+                seen.append(line)
+
+    await until("disconnected (REASON_SHUTDOWN: the server is shutting down")
+    await until("disconnected (UNAVAILABLE: ")  # while nothing listens on the port
+    assert "reconnecting in" in seen[-1]
+    await _up(cli, port)
+    await until("subscribed as alice@acme")
+    second = json.loads(await cli.run("send", "--user", "alice", "--title", "two", **env))
+    async with asyncio.timeout(20):
+        out, rest = await tail.communicate()
+    assert tail.returncode == 0
+    lines = [json.loads(line) for line in out.decode().splitlines()]
+    assert [line["notification"]["id"] for line in lines] == [
+        first["notificationId"],
+        second["notificationId"],
+    ]
+    stderr = "".join(seen) + rest.decode()
+    assert "Traceback" not in stderr
+    # Before, each ack after a reconnect wrote to the AckStream the server had ended:
+    # InvalidStateError "RPC already finished", logged with its traceback.
+    assert "ack failed" not in stderr
+    # What tail printed last is acked as it exits (before, it was not: it came again).
+    status = await cli.json("status", second["notificationId"], **env)
+    assert status["recipients"][0]["state"] == "DELIVERY_STATE_ACKED"

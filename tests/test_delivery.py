@@ -212,6 +212,23 @@ async def test_auto_ack_never_acks_a_notification_the_app_has_not_had(deploy: De
         ]
 
 
+async def test_leaving_the_loop_mid_batch_acks_the_ones_it_finished(deploy: Deploy) -> None:
+    herald, _ = await deploy("up", delivery=DeliverySettings(batch_max=8))
+    backend = herald.backend()
+    response = await backend.send_batch([to_user("alice", f"n{i}") for i in range(4)])
+    sent = [result.accepted.notification_id for result in response.results]
+    subscription = herald.user("alice").subscribe(ack_interval=3600)
+    iterator = aiter(subscription)
+    async with asyncio.timeout(15):
+        # One batch of four: the app finishes two, stops on the third (`herald tail --count 3`).
+        assert [(await anext(iterator)).notification.id for _ in range(3)] == sent[:3]
+        await iterator.aclose()
+        states = [(await backend.status(i)).recipients[0].state for i in sent]
+    # Before, none of the batch was acked: its watermark would have covered the fourth.
+    acked, delivered = ingest_pb2.DELIVERY_STATE_ACKED, ingest_pb2.DELIVERY_STATE_DELIVERED
+    assert states == [acked, acked, delivered, delivered]
+
+
 async def test_auto_ack_runs_on_its_interval(deploy: Deploy) -> None:
     herald, _ = await deploy("up")
     backend = herald.backend()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import grpc
 import pytest
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -69,3 +70,10 @@ async def test_shutdown_drains_streams_with_a_reconnect_hint(herald_up: Herald) 
     await stopping
     with pytest.raises(aio.AioRpcError):
         await _health(node.address, "herald.v1.StreamService")
+
+
+async def test_health_of_an_unknown_service_is_not_found(herald_up: Herald) -> None:
+    with pytest.raises(aio.AioRpcError) as raised:
+        await _health(herald_up.address("up"), "no.such.Service")
+    assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "no service 'no.such.Service'" in (raised.value.details() or "")

@@ -22,6 +22,7 @@ from services.config import DeliverySettings
 from services.domain import BROADCAST, LogKey, SessionInfo, channel_log, user_log
 from services.errors import InvalidArgument, ResourceExhausted, Unavailable
 from services.ports import RegistryPort
+from services.stream.ack_streams import AckStreams
 from services.stream.acking import Acker
 from services.stream.acks import AckStore
 from services.stream.broker import Broker
@@ -37,6 +38,9 @@ log = logging.getLogger(__name__)
 
 _CLOSING = stream_pb2.Closing
 _MAX_CHANNEL_LEN = 128
+# At shutdown, how long ack streams stay open once the sessions ended: a client acks what it
+# handled as soon as its stream ends (services/client.py), and that ack should land here.
+ACK_LINGER_S = 0.25
 
 
 class DeliveryCore:
@@ -78,6 +82,7 @@ class DeliveryCore:
         )
         self.acker = Acker(logs=logs, acks=acks, status=status, hub=self.hub, clock=clock)
         self.inbox = Inbox(logs=logs, status=status, clock=clock)
+        self.ack_streams = AckStreams()
         self.timers = Timers(
             hub=self.hub,
             logs=logs,
@@ -317,14 +322,26 @@ class DeliveryCore:
         self._spawn(self.timers.run())
 
     async def shutdown(self, grace_s: float) -> None:
-        """Tells every session to reconnect elsewhere, waits up to `grace_s` for them to end."""
+        """Ends the node's streams within `grace_s`, losing no ack, in this order:
+
+        1. new sessions are refused; every session is told Closing(REASON_SHUTDOWN) (reconnect
+           to any node with your cursors) and ends;
+        2. ack streams stay open a moment (`ACK_LINGER_S`) for the acks clients send as their
+           sessions end, then each ends as soon as it is idle (services/stream/ack_streams.py);
+        3. the timers stop.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_s
         self._closing = True
         for session in list(self.hub.sessions.values()):
             session.close(_CLOSING.REASON_SHUTDOWN, "the server is shutting down; reconnect")
         if self.hub.sessions:
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(grace_s):
+                async with asyncio.timeout_at(deadline):
                     await self.hub.drained.wait()
+        if self.ack_streams:
+            await asyncio.sleep(max(0.0, min(ACK_LINGER_S, deadline - loop.time())))
+        await self.ack_streams.end_all(deadline - loop.time())
         for task in list(self._tasks):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

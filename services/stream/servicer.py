@@ -7,6 +7,7 @@ close is an audit record (services/audit.py).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -31,9 +32,10 @@ from services.bounds import (
     check_length,
     quote,
 )
-from services.errors import InvalidArgument, PermissionDenied, Unauthenticated
+from services.errors import InvalidArgument, PermissionDenied, Unauthenticated, Unavailable
 from services.model import accepted_from_proto, status_to_proto, timestamp
 from services.ratelimit.admission import Admission
+from services.stream.ack_streams import SHUTTING_DOWN
 from services.stream.delivery import DeliveryCore
 from services.stream.dispatch import Dispatcher
 from services.stream.session import Session
@@ -148,16 +150,26 @@ class StreamServicer:
         self, requests: AsyncIterator[stream_pb2.AckStreamRequest], context: Context
     ) -> None:
         principal = current_principal()
+        stream = self._core.ack_streams.open()
         metrics.ACK_STREAMS.inc()
         try:
             async for request in requests:
+                stream.busy = True
                 if time.time() >= principal.expires_at:
                     raise Unauthenticated(
                         "the token has expired; open a new ack stream with a fresh token"
                     )
                 acked = await self._ack(principal, request)
                 await context.write(stream_pb2.AckStreamResponse(acked=acked))
+                stream.busy = False
+                if stream.ending:
+                    raise Unavailable(SHUTTING_DOWN)
+        except asyncio.CancelledError:
+            if not stream.ended():
+                raise
+            raise Unavailable(SHUTTING_DOWN) from None
         finally:
+            self._core.ack_streams.close(stream)
             metrics.ACK_STREAMS.dec()
 
     async def _ack(
