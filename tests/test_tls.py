@@ -538,7 +538,7 @@ async def test_the_cli_sends_and_tails_over_tls(
     async with asyncio.timeout(30):
         _, err = await plain.communicate()
     assert plain.returncode == 2
-    assert err.decode().startswith("herald: UNAVAILABLE"), err.decode()
+    assert err.decode().startswith("error: UNAVAILABLE"), err.decode()
     assert "--tls" in err.decode()
     assert "Traceback" not in err.decode()
 
@@ -555,7 +555,7 @@ async def test_herald_up_in_production_without_tls_exits_with_one_clear_line(cli
         _, err = await proc.communicate()
     assert proc.returncode == 2
     text = err.decode()
-    assert text.startswith("herald: production mode refuses plaintext"), text
+    assert text.startswith("error: production mode refuses plaintext"), text
     assert "Traceback" not in text
 
 
@@ -574,6 +574,6 @@ async def test_herald_up_with_a_mismatched_key_exits_with_one_clear_line(
         _, err = await proc.communicate()
     assert proc.returncode == 2
     text = err.decode()
-    assert text.startswith("herald: HERALD_TLS_KEY_FILE"), text
+    assert text.startswith("error: HERALD_TLS_KEY_FILE"), text
     assert "does not belong to the certificate" in text
     assert "Traceback" not in text
