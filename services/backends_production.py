@@ -161,8 +161,10 @@ async def production_stores(config: Config, clock: Clock, on_change: HealthChang
         logs=guarded(postgres.logs, pg),
         acks=guarded(postgres.acks, pg),
         # Written behind in batches: one statement per few milliseconds for every stream of the
-        # node, not one per stream message (status_buffered.py).
-        status=guarded(WriteBehindStatusStore(postgres.status), pg),
+        # node, not one per stream message (status_buffered.py). The breaker guards the writes
+        # and reads of the store, not the buffer: adding a change to it never waits, and a flush
+        # the open circuit refuses is counted as lost, as a refused write was.
+        status=WriteBehindStatusStore(guarded(postgres.status, pg)),
         # Not behind the breaker: the broker never raises (a lost publication is caught up by
         # the head check), and a refused unsubscribe would leave a session half-forgotten.
         broker=RedisBroker(client, prefix),

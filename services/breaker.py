@@ -118,11 +118,15 @@ class _Guarded:
         self._breaker = breaker
 
     def __getattr__(self, name: str) -> Any:
+        # Called once per name: the result is kept on the instance, so later lookups find it
+        # without coming here (a store call on the hot path pays for no closure).
         attribute = getattr(self._store, name)
         if name == "aclose" or not inspect.iscoroutinefunction(attribute):
             return attribute
+        breaker = self._breaker
 
         def call(*args: Any, **kwargs: Any) -> Awaitable[Any]:
-            return self._breaker.call(lambda: attribute(*args, **kwargs))
+            return breaker.call(lambda: attribute(*args, **kwargs))
 
+        setattr(self, name, call)
         return call
