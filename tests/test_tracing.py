@@ -17,7 +17,8 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.trace import SpanKind
 
 from herald.v1 import stream_pb2
-from services.config import TracingSettings
+from services.clock import ManualClock
+from services.config import DeliverySettings, TracingSettings
 from services.domain import user_log
 from services.tracing import (
     ACK,
@@ -153,6 +154,40 @@ async def test_an_ack_by_cursor_links_to_every_delivery_it_covers(
     assert {link.context.span_id for link in ack.links} == delivered
     assert ack.parent is None  # acked over the AckStream: no RPC span to be a child of
     stream.cancel()
+
+
+async def test_each_redelivery_is_a_delivery_span_of_the_same_send(
+    tmp_path: Path, exporter: InMemorySpanExporter
+) -> None:
+    clock = ManualClock()
+    herald = await start_herald(
+        "up",
+        make_config(tmp_path, delivery=DeliverySettings(ack_timeout_s=10)),
+        clock=clock,
+        traces=Tracing(_provider(exporter)),
+    )
+    try:
+        alice = herald.user("alice")
+        stream = Stream(alice)
+        await stream.start()
+        sent = await herald.backend().send(to_user("alice"))
+        [first] = await stream.deliveries(1)
+        await clock.advance(12.5)  # past the ack timeout (10 s +-20 %)
+        [second] = await stream.deliveries(1)
+        assert (first.attempt, second.attempt) == (1, 2)
+        [send] = named(exporter, SEND)
+        delivers = named(exporter, DELIVER)
+        assert [s.attributes and s.attributes["herald.attempt"] for s in delivers] == [1, 2]
+        for deliver in delivers:
+            assert context_of(deliver).trace_id == context_of(send).trace_id
+            assert [link.context.span_id for link in deliver.links] == [context_of(send).span_id]
+        assert await alice.ack([sent.notification_id]) == 1
+        [ack] = named(exporter, ACK)
+        # The ack settles the latest write: it links to the redelivery's span.
+        assert [link.context.span_id for link in ack.links] == [context_of(delivers[1]).span_id]
+        stream.cancel()
+    finally:
+        await herald.stop()
 
 
 async def test_a_send_that_is_not_sampled_stores_no_trace_and_delivers_untraced(
