@@ -2,7 +2,10 @@
 each delivery and to its ack (docs/tracing.md).
 
 When tracing is off there is no `Tracing` object at all: the cores hold None, test it once per
-batch, and create, parse and store nothing. When it is on:
+batch, and create, parse and store nothing; only the OpenTelemetry API is imported (the
+instrumentation, the SDK and the exporter are imported when a node turns tracing on).
+
+When it is on:
 
 - unary RPCs get a SERVER span from opentelemetry-instrumentation-grpc, placed before the
   AuthInterceptor (its span covers authentication, decoding and the handler). Streaming RPCs are
@@ -29,7 +32,6 @@ from typing import Any, Final
 from grpc import aio
 from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.instrumentation.grpc import aio_client_interceptors, aio_server_interceptor
 from opentelemetry.trace import Link, Span, SpanContext, SpanKind, TraceFlags
 
 from herald.node.v1 import node_pb2
@@ -91,6 +93,8 @@ class Tracing:
 
     def server_interceptor(self) -> aio.ServerInterceptor:  # type: ignore[type-arg]
         """SERVER spans for herald's unary RPCs (streams, health and reflection left out)."""
+        from opentelemetry.instrumentation.grpc import aio_server_interceptor
+
         # The instrumentation is untyped; it returns a grpc.aio.ServerInterceptor.
         interceptor: aio.ServerInterceptor = aio_server_interceptor(  # type: ignore[type-arg,no-untyped-call]
             tracer_provider=self.provider, filter_=_is_unary
@@ -99,6 +103,8 @@ class Tracing:
 
     def client_interceptors(self) -> list[aio.ClientInterceptor]:
         """CLIENT spans for node-to-node unary calls, which carry the trace to the callee."""
+        from opentelemetry.instrumentation.grpc import aio_client_interceptors
+
         interceptors: list[aio.ClientInterceptor] = aio_client_interceptors(  # type: ignore[no-untyped-call]
             tracer_provider=self.provider, filter_=_is_unary
         )
