@@ -93,6 +93,7 @@ class Tracing:
 
     def server_interceptor(self) -> aio.ServerInterceptor:  # type: ignore[type-arg]
         """SERVER spans for herald's unary RPCs (streams, health and reflection left out)."""
+        # Imported on use, as in from_settings: a node with tracing off never loads it.
         from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
         # The instrumentation is untyped; it returns a grpc.aio.ServerInterceptor.
