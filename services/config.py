@@ -241,6 +241,22 @@ class RateLimitSettings(BaseSettings):
     redis_failure: Literal["open", "closed"] = "open"
 
 
+class TracingSettings(BaseSettings):
+    """OpenTelemetry traces (docs/tracing.md): off by default, and then nothing is traced,
+    stored or exported. On: unary RPCs get server spans, each delivery and each ack a span
+    linked to the Send, exported over OTLP/gRPC."""
+
+    model_config = SettingsConfigDict(env_prefix="HERALD_OTEL_", frozen=True, extra="ignore")
+
+    enabled: bool = False
+    # OTLP/gRPC collector, e.g. http://otel-collector:4317 (http:// is plaintext, https://
+    # TLS). Empty: the exporter's own default (OTEL_EXPORTER_OTLP_ENDPOINT, else localhost:4317).
+    endpoint: str = ""
+    service_name: str = "herald"
+    # Share of traces kept, decided at the root (a Send); children follow their parent's choice.
+    sample_ratio: float = Field(default=1.0, ge=0, le=1)
+
+
 @dataclass(frozen=True)
 class Config:
     """All settings, built once in the entry point and passed down."""
@@ -253,3 +269,4 @@ class Config:
     backends: BackendSettings = field(default_factory=BackendSettings)
     tls: TLSSettings = field(default_factory=TLSSettings)
     rate_limit: RateLimitSettings = field(default_factory=RateLimitSettings)
+    tracing: TracingSettings = field(default_factory=TracingSettings)

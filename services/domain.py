@@ -106,6 +106,9 @@ class Accepted(NamedTuple):
     encoded: bytes
     # The encoded herald.v1.Target, for the status record.
     target: bytes
+    # The W3C traceparent of the Send's span, stored with the entries (services/tracing.py);
+    # "" when tracing is off.
+    trace_context: str = ""
 
 
 class State(IntEnum):

@@ -26,7 +26,7 @@ from prometheus_client import start_http_server
 
 from herald.node.v1 import node_pb2, node_pb2_grpc
 from herald.v1 import ingest_pb2, registry_pb2, registry_pb2_grpc, stream_pb2
-from services import auth, metrics, tls
+from services import auth, metrics, tls, tracing
 from services.backends import Backend, Stores, open_stores
 from services.breaker import BreakerState
 from services.clock import Clock, SystemClock
@@ -91,6 +91,8 @@ class Node:
     stores: Stores | None = None
     # The node-to-node listener's port, when it has one (HERALD_NODE_PORT).
     node_port: int | None = None
+    # The tracer provider this node made from its settings (flushed and stopped last).
+    own_tracing: tracing.Tracing | None = None
     _stopped: bool = False
 
     @property
@@ -128,6 +130,8 @@ class Node:
             if close is not None:
                 with contextlib.suppress(Exception):
                     await close()
+        with contextlib.suppress(Exception):
+            await tracing.shutdown(self.own_tracing)
 
 
 async def start_node(
@@ -136,8 +140,12 @@ async def start_node(
     *,
     clock: Clock | None = None,
     keys: auth.Keys | None = None,
+    traces: tracing.Tracing | None = None,
 ) -> Node:
-    """Builds the cores for `roles`, wires them (directly or over gRPC) and starts serving."""
+    """Builds the cores for `roles`, wires them (directly or over gRPC) and starts serving.
+
+    `traces` (tests pass one on an in-memory exporter) replaces the tracer provider that
+    HERALD_OTEL_* would make; with neither, nothing is traced."""
     roles = tuple(roles)
     clock = clock or SystemClock()
     keys = keys or auth.load_keys(config.auth, config.server.data_dir)
@@ -146,12 +154,16 @@ async def start_node(
     node_id = (
         config.server.node_id or f"{socket.gethostname()}-{roles[0] if len(roles) == 1 else 'up'}"
     )
-    server = aio.server(
-        interceptors=[
-            AuthInterceptor(verifier, node_certificates=node_tls is not None and node_tls.mutual)
-        ],
-        options=server_options(config),
-    )
+    own_tracing = None if traces is not None else tracing.from_settings(config.tracing)
+    traces = traces or own_tracing
+    interceptors: list[aio.ServerInterceptor] = [  # type: ignore[type-arg]
+        AuthInterceptor(verifier, node_certificates=node_tls is not None and node_tls.mutual)
+    ]
+    if traces is not None:
+        # First, so that its span covers authentication and decoding too: the AuthInterceptor
+        # re-registers each method (request bytes in) and this one wraps what that returns.
+        interceptors.insert(0, traces.server_interceptor())
+    server = aio.server(interceptors=interceptors, options=server_options(config))
     public = node_tls.server_credentials() if node_tls is not None else None
     listener = node_tls.node_server_credentials() if node_tls is not None else None
     host = config.server.host
@@ -167,6 +179,7 @@ async def start_node(
     credentials = NodeCredentials(
         _node_token_source(config, keys, node_id),
         tls=node_tls.channel_credentials() if node_tls is not None else None,
+        interceptors=traces.client_interceptors() if traces is not None else (),
     )
     health_servicer = NodeHealth()
     names = [name for role in roles for name in SERVICE_NAMES[role]]
@@ -224,6 +237,7 @@ async def start_node(
                 settings=config.delivery,
                 clock=clock,
                 group_window_s=config.backends.group_commit_ms / 1000 if stores.shared else 0.0,
+                tracing=traces,
             )
 
         if "stream" in roles and dispatcher is not None:
@@ -246,6 +260,7 @@ async def start_node(
                 registry=registry_port,
                 settings=config.delivery,
                 clock=clock,
+                tracing=traces,
             )
             StreamServicer(delivery_core, admission).register(server)
             node_pb2_grpc.add_NodeServiceServicer_to_server(
@@ -314,11 +329,13 @@ async def start_node(
             dispatcher,
             stores,
             node_port,
+            own_tracing,
         )
     except BaseException:
         # Nothing half-started stays behind: the pool, the Redis client, the broker task.
         await server.stop(0)
         await stores.aclose()
+        await tracing.shutdown(own_tracing)
         raise
 
 

@@ -56,6 +56,8 @@ def publication(
             1_767_225_600.123456 + cursor,
             1_767_225_600.987654 + cursor * 1e-3,
             (ALL_BYTES * (size // 256 + 2))[cursor % 256 :][:size],
+            # Odd cursors carry a traceparent (a traced Send), even ones none (tracing off).
+            f"00-{cursor:032x}-{cursor:016x}-01" if cursor % 2 else "",
         )
         for cursor in range(head - count + 1, head + 1)
     )

@@ -24,6 +24,7 @@ from services.config import (
     TLSSettings,
 )
 from services.server import Node, start_node
+from services.tracing import Tracing
 
 
 def make_config(data_dir: Path, **overrides: object) -> Config:
@@ -107,19 +108,21 @@ class Herald:
                 await self.nodes[role].stop(1.0)
 
 
-async def start_herald(topology: str, config: Config, clock: Clock | None = None) -> Herald:
+async def start_herald(
+    topology: str, config: Config, clock: Clock | None = None, traces: Tracing | None = None
+) -> Herald:
     keys = auth.load_keys(config.auth, config.server.data_dir)
     tokens = Tokens(auth.TokenMinter(keys, config.auth))
     ca_file = config.tls.ca_file if config.tls.enabled else None
     if topology == "up":
-        node = await start_node(config, clock=clock, keys=keys)
+        node = await start_node(config, clock=clock, keys=keys, traces=traces)
         return Herald(topology, {"up": node}, tokens, ca_file=ca_file)
-    registry = await start_node(config, ["registry"], clock=clock, keys=keys)
+    registry = await start_node(config, ["registry"], clock=clock, keys=keys, traces=traces)
     stream_config = replace(
         config,
         server=config.server.model_copy(update={"registry_address": registry.node_address}),
     )
-    stream = await start_node(stream_config, ["stream"], clock=clock, keys=keys)
+    stream = await start_node(stream_config, ["stream"], clock=clock, keys=keys, traces=traces)
     ingest_config = replace(
         config,
         server=config.server.model_copy(
@@ -129,7 +132,7 @@ async def start_herald(topology: str, config: Config, clock: Clock | None = None
             }
         ),
     )
-    ingest = await start_node(ingest_config, ["ingest"], clock=clock, keys=keys)
+    ingest = await start_node(ingest_config, ["ingest"], clock=clock, keys=keys, traces=traces)
     nodes = {"registry": registry, "stream": stream, "ingest": ingest}
     return Herald(topology, nodes, tokens, ca_file=ca_file)
 

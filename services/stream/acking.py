@@ -8,7 +8,8 @@ never reads payloads.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
 
 from herald.v1 import notification_pb2
 from services import metrics
@@ -20,6 +21,11 @@ from services.stream.log import Entry, LogStore
 from services.stream.session import Session
 from services.stream.status import StatusStore
 from services.stream.status_recorder import StatusRecorder
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
+
+    from services.tracing import Tracing
 
 
 def log_key_of(record: NotificationRecord, user_id: str) -> LogKey:
@@ -33,10 +39,29 @@ def log_key_of(record: NotificationRecord, user_id: str) -> LogKey:
     return user_log(user_id)
 
 
+def _settle(sessions: Iterable[Session], key: tuple[LogKey, int], span: Span | None) -> None:
+    """Stops the entry's ack timers on every session; with an ack span, links it to the
+    deliveries of the entry that these sessions wrote."""
+    for session in sessions:
+        if span is not None:
+            pending = session.unacked.get(key)
+            if pending is not None and pending.delivery is not None:
+                span.add_link(pending.delivery)
+        session.settle(key)
+
+
 class Acker:
     def __init__(
-        self, *, logs: LogStore, acks: AckStore, status: StatusStore, hub: Hub, clock: Clock
+        self,
+        *,
+        logs: LogStore,
+        acks: AckStore,
+        status: StatusStore,
+        hub: Hub,
+        clock: Clock,
+        tracing: Tracing | None = None,
     ) -> None:
+        self._tracing = tracing
         self._logs = logs
         self._acks = acks
         self._status = status
@@ -58,6 +83,22 @@ class Acker:
         Raises:
             InvalidArgument: `up_to` names a log that does not exist.
         """
+        if self._tracing is None:
+            return await self._ack(tenant, user_id, notification_ids, up_to, epochs, None)
+        with self._tracing.ack_span({"herald.tenant": tenant}) as span:
+            acked = await self._ack(tenant, user_id, notification_ids, up_to, epochs, span)
+            span.set_attribute("herald.acked", acked)
+            return acked
+
+    async def _ack(
+        self,
+        tenant: str,
+        user_id: str,
+        notification_ids: list[str],
+        up_to: Mapping[str, int],
+        epochs: Mapping[str, int],
+        span: Span | None,
+    ) -> int:
         now = self._clock.now()
         transitions: list[Transition] = []
         acked = State.ACKED
@@ -82,8 +123,7 @@ class Acker:
                 ):
                     if entry_cursor not in above:
                         transitions.append(Transition(notification_id, user_id, acked))
-                        for session in sessions:  # stop the entry's ack timers
-                            session.settle((key, entry_cursor))
+                        _settle(sessions, (key, entry_cursor), span)  # stop its ack timers
             for session in sessions:
                 state = session.logs.get(key)
                 if state is not None:
@@ -95,8 +135,8 @@ class Acker:
             key, found = located
             if await self._acks.ack(tenant, user_id, key, [found.cursor]):
                 transitions.append(Transition(notification_id, user_id, State.ACKED))
+            _settle(sessions, (key, found.cursor), span)
             for session in sessions:
-                session.settle((key, found.cursor))
                 state = session.logs.get(key)
                 if state is not None:
                     state.acks.add(found.cursor)

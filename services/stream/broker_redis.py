@@ -202,6 +202,7 @@ class RedisBroker:
                 created_at=e.created_at,
                 expires_at=e.expires_at,
                 notification_field=e.notification_field,
+                trace_context=e.trace_context,
             )
         full = message.SerializeToString()
         if len(full) - head_size <= self._max_entries_bytes:
@@ -369,6 +370,7 @@ class RedisBroker:
                 e.created_at,
                 e.expires_at,
                 e.notification_field,
+                e.trace_context,
             )
             for e in message.entries
         ]

@@ -33,6 +33,7 @@ from services.stream.session import Pending, Session, new_log_state
 from services.stream.status import StatusStore
 from services.stream.timers import Timers
 from services.stream.writer import AckDelays, SessionWriter, Write
+from services.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ class DeliveryCore:
         settings: DeliverySettings,
         clock: Clock,
         rng: random.Random | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.node_id = node_id
         self.node_address = node_address
@@ -79,8 +81,11 @@ class DeliveryCore:
             settings=settings,
             clock=clock,
             spawn=self._spawn,
+            tracing=tracing,
         )
-        self.acker = Acker(logs=logs, acks=acks, status=status, hub=self.hub, clock=clock)
+        self.acker = Acker(
+            logs=logs, acks=acks, status=status, hub=self.hub, clock=clock, tracing=tracing
+        )
         self.inbox = Inbox(logs=logs, status=status, clock=clock)
         self.ack_streams = AckStreams()
         self.timers = Timers(

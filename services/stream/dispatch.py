@@ -31,6 +31,7 @@ from services.stream.broker import Broker, Publication
 from services.stream.log import Entry, LogAppend, LogStore, NewEntry
 from services.stream.status import StatusStore
 from services.stream.status_recorder import StatusRecorder
+from services.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +54,10 @@ class Dispatcher:
         settings: DeliverySettings,
         clock: Clock,
         group_window_s: float = 0.0,
+        tracing: Tracing | None = None,
     ) -> None:
         self._logs = logs
+        self._tracing = tracing
         self._status = status
         self._recorder = StatusRecorder(status)
         self._broker = broker
@@ -75,6 +78,12 @@ class Dispatcher:
 
         With a group window, dispatches that arrive within it are appended together (one store
         call, one transaction on PostgreSQL): each caller still hears only of its own."""
+        if self._tracing is not None:
+            # The caller's span (the Send's, or the Dispatch call's that continues its trace)
+            # goes with the entries; taken here, before a group commit leaves the caller's task.
+            sent = self._tracing.current_traceparent()
+            if sent:
+                notifications = [n._replace(trace_context=sent) for n in notifications]
         if self._window_s <= 0:
             return await self._dispatch_now(notifications)
         future: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
@@ -141,6 +150,7 @@ class Dispatcher:
                 n.created_at,
                 n.expires_at,
                 wire.notification_field(n.encoded),
+                n.trace_context,
             )
             by_log = by_tenant.setdefault(n.tenant, {})
             if n.kind is TargetKind.CHANNEL:

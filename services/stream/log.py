@@ -38,6 +38,8 @@ class NewEntry:
     expires_at: float
     # The encoded Notification, already framed as the Delivery.notification field.
     notification_field: bytes
+    # The W3C traceparent of the Send's span (services/tracing.py); "" when tracing is off.
+    trace_context: str = ""
 
 
 @dataclass(slots=True)
@@ -50,6 +52,7 @@ class Entry:
     created_at: float
     expires_at: float
     notification_field: bytes
+    trace_context: str = ""
 
 
 class LogAppend(NamedTuple):

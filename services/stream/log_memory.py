@@ -13,10 +13,11 @@ from services.stream.log import AppendResult, Entry, Expired, LogAppend, LogHead
 from services.stream.status import StatusStore
 
 # Entries are stored as plain tuples of scalars, (cursor, notification_id, priority, created_at,
-# expires_at, notification_field), and handed out as `Entry` values: the collector stops tracking
-# such tuples, so the logs of a busy node (up to `inbox_limit` entries per user) do not make
-# every full collection traverse them. See docs/performance.md, "Full collections".
-_Stored = tuple[int, str, int, float, float, bytes]
+# expires_at, notification_field, trace_context), and handed out as `Entry` values: the
+# collector stops tracking such tuples, so the logs of a busy node (up to `inbox_limit`
+# entries per user) do not make every full collection traverse them. See docs/performance.md,
+# "Full collections".
+_Stored = tuple[int, str, int, float, float, bytes, str]
 _CURSOR: Final = 0
 _EXPIRES_AT: Final = 4
 
@@ -110,6 +111,7 @@ class MemoryLogStore:
                 item.created_at,
                 item.expires_at,
                 item.notification_field,
+                item.trace_context,
             )
             cursor += 1
             stored_entries.append(stored)

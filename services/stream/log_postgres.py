@@ -50,10 +50,10 @@ RETURNING l.log, l.epoch, l.next_cursor, l.live
 _INSERT: Final = """
 WITH notifications AS (
     INSERT INTO herald_notifications (
-        tenant_id, notification_id, priority, created_at, expires_at, payload
+        tenant_id, notification_id, priority, created_at, expires_at, payload, trace_context
     )
     SELECT $1, *
-    FROM unnest($2::text[], $3::integer[], $4::float8[], $5::float8[], $6::bytea[])
+    FROM unnest($2::text[], $3::integer[], $4::float8[], $5::float8[], $6::bytea[], $11::text[])
     ON CONFLICT (tenant_id, notification_id) DO NOTHING
 )
 INSERT INTO herald_log_entries (tenant_id, log, cursor, notification_id, expires_at)
@@ -86,14 +86,16 @@ WITH doomed AS (
     LEFT JOIN (SELECT log, count(*) AS n FROM doomed GROUP BY log) AS g ON g.log = d.log
     WHERE l.tenant_id = $1 AND l.log = d.log
 )
-SELECT d.log, d.cursor, d.notification_id, n.priority, n.created_at, d.expires_at, n.payload
+SELECT d.log, d.cursor, d.notification_id, n.priority, n.created_at, d.expires_at, n.payload,
+    n.trace_context
 FROM doomed AS d
 JOIN herald_notifications AS n ON n.tenant_id = $1 AND n.notification_id = d.notification_id
 ORDER BY d.log, d.cursor
 """
 
 _READ: Final = """
-SELECT e.cursor, e.notification_id, n.priority, n.created_at, e.expires_at, n.payload
+SELECT e.cursor, e.notification_id, n.priority, n.created_at, e.expires_at, n.payload,
+    n.trace_context
 FROM herald_log_entries AS e
 JOIN herald_notifications AS n
     ON n.tenant_id = e.tenant_id AND n.notification_id = e.notification_id
@@ -103,7 +105,8 @@ LIMIT $4
 """
 
 _READ_REVERSE: Final = """
-SELECT e.cursor, e.notification_id, n.priority, n.created_at, e.expires_at, n.payload
+SELECT e.cursor, e.notification_id, n.priority, n.created_at, e.expires_at, n.payload,
+    n.trace_context
 FROM herald_log_entries AS e
 JOIN herald_notifications AS n
     ON n.tenant_id = e.tenant_id AND n.notification_id = e.notification_id
@@ -128,7 +131,8 @@ ORDER BY k.i
 """
 
 _FIND: Final = """
-SELECT k.i, e.cursor, e.notification_id, n.priority, n.created_at, e.expires_at, n.payload
+SELECT k.i, e.cursor, e.notification_id, n.priority, n.created_at, e.expires_at, n.payload,
+    n.trace_context
 FROM unnest($2::text[]) WITH ORDINALITY AS k (log, i)
 JOIN herald_log_entries AS e
     ON e.tenant_id = $1 AND e.notification_id = $3 AND e.log = k.log
@@ -163,7 +167,7 @@ WITH due AS (
     WHERE l.tenant_id = c.tenant_id AND l.log = c.log
 )
 SELECT g.tenant_id, g.log, g.cursor, g.notification_id, n.priority, n.created_at,
-    g.expires_at, n.payload
+    g.expires_at, n.payload, n.trace_context
 FROM gone AS g
 JOIN herald_notifications AS n
     ON n.tenant_id = g.tenant_id AND n.notification_id = g.notification_id
@@ -187,8 +191,8 @@ WHERE (tenant_id, notification_id) IN (
 
 
 def _entry(row: asyncpg.Record, offset: int = 0) -> Entry:
-    cursor, notification_id, priority, created_at, expires_at, field_bytes = row[offset:]
-    return Entry(cursor, notification_id, priority, created_at, expires_at, field_bytes)
+    cursor, notification_id, priority, created_at, expires_at, field_bytes, trace = row[offset:]
+    return Entry(cursor, notification_id, priority, created_at, expires_at, field_bytes, trace)
 
 
 @dataclass(slots=True)
@@ -305,6 +309,7 @@ class PostgresLogStore:
                 [e.cursor for _, e in kept],
                 [e.notification_id for _, e in kept],
                 [e.expires_at for _, e in kept],
+                [e.trace_context for e in notifications],
             )
         dropping = [log for log, plan in plans.items() if plan.dropping]
         dropped: dict[str, list[Entry]] = {log: [] for log in dropping}
@@ -382,4 +387,5 @@ def _appended(cursor: int, item: NewEntry) -> Entry:
         item.created_at,
         item.expires_at,
         item.notification_field,
+        item.trace_context,
     )

@@ -23,11 +23,15 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from services import wire
 from services.domain import LogKey
 from services.stream.acks import AckState
 from services.stream.log import Entry
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import SpanContext
 
 # Lane order: HIGH, NORMAL, LOW (herald.v1.Priority 3, 2, 1; UNSPECIFIED counts as NORMAL).
 _LANE_OF_PRIORITY = {3: 0, 2: 1, 0: 1, 1: 2}
@@ -71,6 +75,9 @@ class Pending:
     # Its latest write (0: not written yet) and when that write's ack timer runs out.
     written_at: float = 0.0
     deadline: float = 0.0
+    # The span of its latest write, when tracing is on and the Send was sampled: an ack links
+    # to it (services/tracing.py).
+    delivery: SpanContext | None = None
 
 
 class Session:

@@ -25,6 +25,7 @@ from services.stream.log import LogStore
 from services.stream.session import Pending, Session
 from services.stream.status import StatusStore
 from services.stream.status_recorder import StatusRecorder
+from services.tracing import Tracing, end_spans
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +79,10 @@ class SessionWriter:
         settings: DeliverySettings,
         clock: Clock,
         spawn: Spawn,
+        tracing: Tracing | None = None,
     ) -> None:
         self._node_id = node_id
+        self._tracing = tracing
         self._logs = logs
         self._status = StatusRecorder(status)
         self._delays = delays
@@ -131,7 +134,10 @@ class SessionWriter:
                 # batch (and ack it) before this coroutine resumes after the write.
                 await self._delivered(session, taken, now)
                 session.write_started_at = time.monotonic()
-                await write(data)
+                if self._tracing is None:
+                    await write(data)
+                else:
+                    await traced_write(self._tracing, session, taken, write, data)
                 session.write_started_at = 0.0
                 session.last_write_at = self._clock.now()
             if session.heartbeat_due:
@@ -221,6 +227,39 @@ class SessionWriter:
         return stream_pb2.SubscribeResponse(
             heartbeat=stream_pb2.Heartbeat(server_time=timestamp(self._clock.now()))
         ).SerializeToString()
+
+
+async def traced_write(
+    tracing: Tracing, session: Session, taken: list[Pending], write: Write, data: bytes
+) -> None:
+    """`write(data)` with a `herald.deliver` span per entry whose Send was traced, from before
+    the write until the transport took it."""
+    traced = [p for p in taken if p.entry.trace_context]
+    spans = tracing.start_deliveries(
+        [
+            (
+                p.entry.trace_context,
+                {
+                    "herald.notification_id": p.entry.notification_id,
+                    "herald.tenant": session.tenant,
+                    "herald.session_id": session.session_id,
+                    "herald.log": p.log.log_key.client_name,
+                    "herald.cursor": p.entry.cursor,
+                    "herald.attempt": p.attempt,
+                },
+            )
+            for p in traced
+        ]
+    )
+    for p, span in zip(traced, spans, strict=True):
+        if span is not None:
+            p.delivery = span.get_span_context()
+    try:
+        await write(data)
+    except BaseException as error:
+        end_spans(spans, error)
+        raise
+    end_spans(spans)
 
 
 def closing_event(reason: int, message: str) -> bytes:

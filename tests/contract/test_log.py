@@ -330,3 +330,27 @@ async def test_append_creates_the_status_records_in_the_same_step(
     assert stored is not None
     assert (stored.created_at, sorted(stored.recipients)) == (100.0, ["alice", "bob"])
     assert await status.get(T2, "n1") is None
+
+
+async def test_the_trace_context_stays_with_the_entry_wherever_it_is_read(
+    log_store: LogStore,
+) -> None:
+    traced = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    items = [new("untraced", expires_at=50.0), new("traced", expires_at=50.0)]
+    items[1].trace_context = traced
+    appended = await append(log_store, T1, ALICE, items, BIG)
+    assert [e.trace_context for e in appended.entries] == ["", traced]
+    assert [e.trace_context for e in await log_store.read(T1, ALICE, 0, 10)] == ["", traced]
+    assert [e.trace_context for e in await log_store.read_reverse(T1, ALICE, 0, 10)] == [
+        traced,
+        "",
+    ]
+    found = await find(log_store, T1, ALICE, "traced")
+    assert found is not None
+    assert found.trace_context == traced
+    # Pushed out by the bound, and swept at expiry: still the entry's own.
+    [bumped] = await log_store.append(T1, [LogAppend(ALICE, [new("third")], 1)])
+    assert [e.trace_context for e in bumped.dropped] == ["", traced]
+    await append(log_store, T1, BOB, items, BIG)
+    swept = await sweep(log_store, 60.0)
+    assert [e.trace_context for e in swept[(T1, BOB)]] == ["", traced]

@@ -91,17 +91,19 @@ class LogPublication(_message.Message):
     def __init__(self, tenant_id: _Optional[str] = ..., log: _Optional[str] = ..., epoch: _Optional[int] = ..., head: _Optional[int] = ..., entries: _Optional[_Iterable[_Union[LogEntry, _Mapping]]] = ..., origin: _Optional[int] = ...) -> None: ...
 
 class LogEntry(_message.Message):
-    __slots__ = ("cursor", "notification_id", "priority", "created_at", "expires_at", "notification_field")
+    __slots__ = ("cursor", "notification_id", "priority", "created_at", "expires_at", "notification_field", "trace_context")
     CURSOR_FIELD_NUMBER: _ClassVar[int]
     NOTIFICATION_ID_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     NOTIFICATION_FIELD_FIELD_NUMBER: _ClassVar[int]
+    TRACE_CONTEXT_FIELD_NUMBER: _ClassVar[int]
     cursor: int
     notification_id: str
     priority: int
     created_at: float
     expires_at: float
     notification_field: bytes
-    def __init__(self, cursor: _Optional[int] = ..., notification_id: _Optional[str] = ..., priority: _Optional[int] = ..., created_at: _Optional[float] = ..., expires_at: _Optional[float] = ..., notification_field: _Optional[bytes] = ...) -> None: ...
+    trace_context: str
+    def __init__(self, cursor: _Optional[int] = ..., notification_id: _Optional[str] = ..., priority: _Optional[int] = ..., created_at: _Optional[float] = ..., expires_at: _Optional[float] = ..., notification_field: _Optional[bytes] = ..., trace_context: _Optional[str] = ...) -> None: ...
