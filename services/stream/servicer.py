@@ -148,7 +148,9 @@ class StreamServicer:
         self, requests: AsyncIterator[stream_pb2.AckStreamRequest], context: Context
     ) -> None:
         principal = current_principal()
+        open_streams = metrics.STREAMS.labels("ack", self._core.tenant_label(principal.tenant))
         metrics.ACK_STREAMS.inc()
+        open_streams.inc()
         try:
             async for request in requests:
                 if time.time() >= principal.expires_at:
@@ -159,6 +161,7 @@ class StreamServicer:
                 await context.write(stream_pb2.AckStreamResponse(acked=acked))
         finally:
             metrics.ACK_STREAMS.dec()
+            open_streams.dec()
 
     async def _ack(
         self, principal: Principal, request: stream_pb2.AckRequest | stream_pb2.AckStreamRequest

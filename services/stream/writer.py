@@ -193,6 +193,10 @@ class SessionWriter:
         (metrics.DELIVERED_FIRST if taken[0].attempt == 1 else metrics.DELIVERED_RETRY).inc(
             len(taken)
         )
+        # One call per stream message, not per delivery (metrics.TallyHistogram).
+        metrics.DELIVERY_LATENCY.observe_many(
+            [now - p.entry.created_at for p in taken if p.attempt == 1]
+        )
 
     # -- events ----------------------------------------------------------------------------
 
