@@ -77,6 +77,10 @@ class TallyHistogram(Collector):
         self.counts = [0] * (len(buckets) + 1)
         self.total = 0.0
 
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self._bounds, value)] += 1
+        self.total += value
+
     def observe_many(self, values: Iterable[float]) -> None:
         counts, bounds = self.counts, self._bounds
         total = 0.0
