@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from enum import Enum
 from typing import Any, TypeVar, cast
 
+from services import metrics
 from services.clock import Clock
 from services.errors import Unavailable
 
@@ -61,6 +62,7 @@ class CircuitBreaker:
         if state is self.state:
             return
         self.state = state
+        metrics.BREAKER_TRANSITIONS.labels(self.name, state.value).inc()
         log.warning("circuit %s", state.value, extra={"backend": self.name})
         if self._on_change is not None:
             self._on_change(state)

@@ -44,8 +44,19 @@ class ServerSettings(BaseSettings):
     # How long shutdown waits for streams to drain and stores to flush.
     shutdown_grace_s: float = Field(default=10.0, ge=0)
     log_level: str = "INFO"
-    # Prometheus /metrics on this port (same host); 0 turns it off.
+    # Prometheus /metrics on this port; 0 turns it off.
     metrics_port: int = Field(default=0, ge=0, le=65535)
+    # Where /metrics listens, apart from the gRPC host (e.g. a private interface, or 0.0.0.0
+    # for a scraper while gRPC stays on loopback behind Envoy); empty: HERALD_HOST.
+    metrics_host: str = ""
+    # Tenants whose metrics carry their own `tenant` label, comma-separated; every other
+    # tenant is counted as "other", so the number of series stays bounded (docs/metrics.md).
+    metrics_tenant_labels: str = ""
+
+    @property
+    def tenant_labels(self) -> tuple[str, ...]:
+        return tuple(t for t in (t.strip() for t in self.metrics_tenant_labels.split(",")) if t)
+
     data_dir: Path = Field(default_factory=_default_data_dir)
 
 

@@ -15,6 +15,11 @@ is decoded inside the guarded behavior, after the token and the scope were check
 A refused call (no token, a bad one, a missing scope) is also an `auth.failure` audit record
 (services/audit.py), rate-limited the same way, naming the caller's address and never the token.
 
+Every call that ends is counted by method and status code (`herald_rpc_handled_total`), and a
+unary call's duration observed (`herald_rpc_duration_seconds`); only methods with a handler get
+there, so the label set is bounded by the services served. Reflection (a public stream of its
+own) is not counted.
+
 Each herald RPC runs with the caller's `Principal` in a contextvar. Health and reflection are
 public (no token), but their requests are decoded and their failures mapped in the same way.
 """
@@ -35,7 +40,7 @@ import grpc
 from google.protobuf.message import DecodeError
 from grpc import aio
 
-from services import audit, auth
+from services import audit, auth, metrics
 from services.errors import HeraldError, InvalidArgument, PermissionDenied, Unauthenticated
 from services.tls import PEER_CERTIFICATE
 
@@ -214,6 +219,51 @@ def _guard(
     return guarded
 
 
+class RpcMetrics:
+    """The count and duration series of one method, by status code (children made once)."""
+
+    def __init__(self, method: str, *, unary: bool) -> None:
+        _, service, name = method.split("/", 2)
+        self._labels = (service, name)
+        self._unary = unary
+        self._children: dict[grpc.StatusCode, tuple[Any, Any]] = {}
+
+    def record(self, code: grpc.StatusCode, seconds: float) -> None:
+        children = self._children.get(code)
+        if children is None:
+            labels = (*self._labels, code.name)
+            children = self._children[code] = (
+                metrics.RPCS.labels(*labels),
+                metrics.RPC_DURATION.labels(*labels) if self._unary else None,
+            )
+        counter, duration = children
+        counter.inc()
+        if duration is not None:
+            duration.observe(seconds)
+
+
+def _measure(behavior: Behavior, rpc: RpcMetrics) -> Behavior:
+    """Counts each call of `behavior` by the status it ended with, and times it."""
+
+    async def measured(request: Any, context: Context) -> Any:
+        started = time.perf_counter()
+        code = grpc.StatusCode.OK
+        try:
+            return await behavior(request, context)
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except BaseException:
+            # An abort set the code; anything else becomes UNKNOWN (which _guard prevents).
+            aborted: grpc.StatusCode | None = context.code()
+            code = aborted if aborted is not None else grpc.StatusCode.UNKNOWN
+            raise
+        finally:
+            rpc.record(code, time.perf_counter() - started)
+
+    return measured
+
+
 def _guard_responses(
     behavior: Responses, method: str, decode: Decode, errors: ErrorLog
 ) -> Responses:
@@ -250,6 +300,15 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
         self._errors = errors or ErrorLog()
         self._failures = failures or audit.AuthFailures()
         self._node_certificates = node_certificates
+        # method -> its metrics; only methods with a handler are added, so it stays bounded.
+        self._rpc: dict[str, RpcMetrics] = {}
+
+    def _rpc_metrics(self, method: str, handler: grpc.RpcMethodHandler[Any, Any]) -> RpcMetrics:
+        rpc = self._rpc.get(method)
+        if rpc is None:
+            unary = handler.unary_unary is not None
+            rpc = self._rpc[method] = RpcMetrics(method, unary=unary)
+        return rpc
 
     async def intercept_service(
         self,
@@ -263,7 +322,16 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
         if handler is None:  # no such method: grpc answers UNIMPLEMENTED (grpc-stubs omits None)
             return handler  # type: ignore[unreachable]
         if method.startswith(_PUBLIC_PREFIXES):  # no token to check
-            return _rewrap(handler, method, None, None, self._errors, None, public=True)
+            return _rewrap(
+                handler,
+                method,
+                None,
+                None,
+                self._errors,
+                None,
+                rpc=self._rpc_metrics(method, handler),
+                public=True,
+            )
         principal: auth.Principal | None = None
         denial: HeraldError | None = None
         scope = REQUIRED_SCOPE.get(method)
@@ -285,7 +353,14 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
             principal, denial = None, Unauthenticated("the token could not be verified")
         needs_certificate = self._node_certificates and scope == auth.SCOPE_NODE
         return _rewrap(
-            handler, method, principal, denial, self._errors, self._failures, needs_certificate
+            handler,
+            method,
+            principal,
+            denial,
+            self._errors,
+            self._failures,
+            needs_certificate,
+            rpc=self._rpc_metrics(method, handler),
         )
 
 
@@ -298,6 +373,7 @@ def _rewrap(
     failures: audit.AuthFailures | None,
     needs_certificate: bool = False,
     *,
+    rpc: RpcMetrics | None = None,
     public: bool = False,
 ) -> grpc.RpcMethodHandler[Any, Any]:
     """The handler again, taking request bytes (`request_deserializer=None`) and guarded."""
@@ -323,6 +399,8 @@ def _rewrap(
         guarded: Any = _guard(
             behavior, method, principal, denial, decode, errors, failures, needs_certificate
         )
+        if rpc is not None:
+            guarded = _measure(guarded, rpc)
     elif public and inspect.isasyncgenfunction(behavior):
         guarded = _guard_responses(behavior, method, decode, errors)
     elif public:

@@ -261,6 +261,7 @@ async def start_node(
                 settings=config.delivery,
                 clock=clock,
                 tracing=traces,
+                tenant_labels=metrics.TenantLabels(config.server.tenant_labels),
             )
             StreamServicer(delivery_core, admission).register(server)
             node_pb2_grpc.add_NodeServiceServicer_to_server(
@@ -303,6 +304,7 @@ async def start_node(
         if delivery_core is not None:
             delivery_core.start()
         await _set_health(health_servicer, roles, down)
+        closers.insert(0, _NodeMetrics(node_id, roles, delivery_core, dispatcher, stores))
         if stores.backends:
             monitor = asyncio.ensure_future(stores.monitor(config.backends.breaker_reset_s / 2))
             closers.insert(0, _Cancel(monitor))
@@ -355,6 +357,51 @@ async def _set_health(
     await health.set("", serving if all_up else not_serving)
 
 
+class _NodeMetrics:
+    """The node's live gauges (queue depths, breaker states, node info) while it runs; a
+    closer that takes them away when it stops."""
+
+    def __init__(
+        self,
+        node_id: str,
+        roles: tuple[Role, ...],
+        delivery: DeliveryCore | None,
+        dispatcher: Dispatcher | None,
+        stores: Stores,
+    ) -> None:
+        self._delivery = delivery
+        self._dispatcher = dispatcher
+        self._stores = stores
+        self._info = (node_id, ",".join(roles))
+        metrics.NODE.labels(*self._info).set(1)
+        self._forget = metrics.LIVE.watch(self.samples)
+
+    def samples(self) -> list[metrics.LiveSample]:
+        depths: dict[str, int] = {}
+        if self._delivery is not None:
+            depths.update(self._delivery.queue_depths())
+        if self._dispatcher is not None:
+            depths["group_commit"] = self._dispatcher.waiting
+        status_waiting = getattr(self._stores.status, "waiting", None)
+        if isinstance(status_waiting, int):
+            depths["status_buffer"] = status_waiting
+        samples: list[metrics.LiveSample] = [
+            ("herald_queue_depth", (queue,), depth) for queue, depth in depths.items()
+        ]
+        for backend in self._stores.backends:
+            current = backend.breaker.state
+            samples.extend(
+                ("herald_breaker_state", (backend.name, state.value), float(state is current))
+                for state in BreakerState
+            )
+        return samples
+
+    async def aclose(self) -> None:
+        self._forget()
+        with contextlib.suppress(KeyError):
+            metrics.NODE.remove(*self._info)
+
+
 class _Cancel:
     """A closer that cancels a background task."""
 
@@ -398,7 +445,7 @@ def start_metrics_server(
         )
     else:
         server, _ = start_http_server(port, addr=host)
-    log.info("metrics serving", extra={"port": server.server_port, "tls": secure})
+    log.info("metrics serving", extra={"host": host, "port": server.server_port, "tls": secure})
     return server
 
 
@@ -479,7 +526,11 @@ async def serve_forever(config: Config, roles: Iterable[Role]) -> None:
     tune_gc()
     if config.server.metrics_port:
         # The files were checked at start-up (start_node).
-        start_metrics_server(config.server.metrics_port, config.server.host, config.tls)
+        start_metrics_server(
+            config.server.metrics_port,
+            config.server.metrics_host or config.server.host,
+            config.tls,
+        )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

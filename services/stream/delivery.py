@@ -61,8 +61,11 @@ class DeliveryCore:
         clock: Clock,
         rng: random.Random | None = None,
         tracing: Tracing | None = None,
+        tenant_labels: metrics.TenantLabels | None = None,
     ) -> None:
         self.node_id = node_id
+        # The `tenant` label of this node's per-tenant metrics (bounded: an allow-list).
+        self.tenant_label = tenant_labels or metrics.TenantLabels()
         self.node_address = node_address
         self._logs = logs
         self._acks = acks
@@ -100,6 +103,15 @@ class DeliveryCore:
             spawn=self._spawn,
         )
         self.hub.start()
+
+    def queue_depths(self) -> dict[str, int]:
+        """Entries waiting in the sessions' buffers and waiting for acks (read by a scrape, in
+        the scrape's thread: a copy of the sessions, then plain int reads)."""
+        sessions = list(self.hub.sessions.values())
+        return {
+            "session_buffer": sum(s.waiting for s in sessions),
+            "unacked": sum(len(s.unacked) for s in sessions),
+        }
 
     # -- sessions --------------------------------------------------------------------------
 
@@ -194,6 +206,7 @@ class DeliveryCore:
             )
         )
         metrics.SESSIONS.inc()
+        metrics.STREAMS.labels("subscribe", self.tenant_label(tenant)).inc()
         try:
             await self.hub.add(session)
         except BaseException:
@@ -226,6 +239,7 @@ class DeliveryCore:
         await self.hub.remove(session)
         session.forget_acks()
         metrics.SESSIONS.dec()
+        metrics.STREAMS.labels("subscribe", self.tenant_label(session.tenant)).dec()
         try:
             await self._registry.unregister(session.tenant, session.session_id)
         except Exception:

@@ -72,6 +72,11 @@ class Dispatcher:
         self._waiting_count = 0
         self._groups: set[asyncio.Task[None]] = set()
 
+    @property
+    def waiting(self) -> int:
+        """Notifications waiting for the group window (their append has not started)."""
+        return self._waiting_count
+
     async def dispatch(self, notifications: list[Accepted]) -> list[int]:
         """Appends each notification to its logs, then tells the nodes; returns the number of
         user logs each reached, once the append is durable in the store.

@@ -151,7 +151,9 @@ class StreamServicer:
     ) -> None:
         principal = current_principal()
         stream = self._core.ack_streams.open()
+        open_streams = metrics.STREAMS.labels("ack", self._core.tenant_label(principal.tenant))
         metrics.ACK_STREAMS.inc()
+        open_streams.inc()
         try:
             async for request in requests:
                 stream.busy = True
@@ -171,6 +173,7 @@ class StreamServicer:
         finally:
             self._core.ack_streams.close(stream)
             metrics.ACK_STREAMS.dec()
+            open_streams.dec()
 
     async def _ack(
         self, principal: Principal, request: stream_pb2.AckRequest | stream_pb2.AckStreamRequest

@@ -49,6 +49,11 @@ class WriteBehindStatusStore:
         self._flushes: set[asyncio.Task[None]] = set()
         self._lost = StatusRecorder(_Discard())  # counts and logs what a failed flush loses
 
+    @property
+    def waiting(self) -> int:
+        """Status changes waiting to be written."""
+        return self._count
+
     async def create(self, records: Sequence[NewRecord]) -> None:
         await self._inner.create(records)
 

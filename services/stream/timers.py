@@ -117,6 +117,7 @@ class Timers:
         failed: dict[str, list[Transition]] = {}
         max_attempts = self._settings.max_attempts
         shortest = self._delays.shortest
+        requeued = 0
         for session in list(self._hub.sessions.values()):
             if not session.unacked:
                 continue
@@ -139,6 +140,9 @@ class Timers:
                     )
                     continue
                 session.requeue(pending)
+                requeued += 1
+        if requeued:
+            metrics.REDELIVERIES.inc(requeued)
         for tenant, transitions in failed.items():
             metrics.FAILED.inc(len(transitions))
             await self._status.apply(tenant, transitions, now)

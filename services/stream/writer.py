@@ -199,6 +199,15 @@ class SessionWriter:
         (metrics.DELIVERED_FIRST if taken[0].attempt == 1 else metrics.DELIVERED_RETRY).inc(
             len(taken)
         )
+        # One call per stream message, not per delivery (metrics.TallyHistogram); a message of
+        # one delivery (the most common when a node is not loaded) skips building a list.
+        if len(taken) == 1:
+            if taken[0].attempt == 1:
+                metrics.DELIVERY_LATENCY.observe(now - taken[0].entry.created_at)
+        else:
+            metrics.DELIVERY_LATENCY.observe_many(
+                [now - p.entry.created_at for p in taken if p.attempt == 1]
+            )
 
     # -- events ----------------------------------------------------------------------------
 
