@@ -168,6 +168,10 @@ class NewRecord(NamedTuple):
     created_at: float
     expires_at: float
     user_ids: tuple[str, ...]
+    # The cursor of the notification's entry in each user's own log, in the order of
+    # `user_ids`, once appended (a store that derives status from marks needs them; empty
+    # before the append, and for users whose entry the log's bound pushed out at once: 0).
+    cursors: tuple[int, ...] = ()
 
 
 class Transition(NamedTuple):

@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import asyncpg
 import pytest
 import pytest_asyncio
 
@@ -104,3 +105,64 @@ async def test_kill_9_after_1000_accepted_loses_nothing(cluster: Cluster) -> Non
                     break
         assert [notification_id for _, notification_id in got] == sent[user]
         assert [cursor for cursor, _ in got] == list(range(1, len(sent[user]) + 1))
+
+
+async def test_status_of_deliveries_and_acks_costs_no_row_per_recipient(
+    cluster: Cluster,
+) -> None:
+    """Delivered and acked to users: GetStatus says so, with times, from runs of cursors per
+    user (herald_status_marks), not from a row per recipient; a kill -9 keeps it."""
+    node = await cluster.start("up")
+    backend = cluster.backend(node)
+    users = USERS[:4]
+    batch = [to(user, f"{user}/{i}") for i in range(25) for user in users]
+    response = await backend.send_batch(batch)
+    ids = {n.target.user_id: [] for n in batch}
+    for n, result in zip(batch, response.results, strict=True):
+        ids[n.target.user_id].append(result.accepted.notification_id)
+    for user in users:
+        client = cluster.user(node, user)
+        got = 0
+        async with asyncio.timeout(30):
+            async for _received in client.subscribe(reconnect=False, auto_ack=False):
+                got += 1
+                if got == 25:
+                    break
+        # Acks the first 20 up to their cursor; the last 5 stay delivered.
+        assert await client.ack(up_to={"user": 20}) == 20
+    first, last = ids[users[0]][0], ids[users[0]][-1]
+    acked = await backend.status(first)
+    [alice] = acked.recipients
+    assert alice.state == ingest_pb2.DELIVERY_STATE_ACKED
+    assert alice.attempts == 1
+    assert 0 < alice.delivered_at.ToNanoseconds() <= alice.acked_at.ToNanoseconds()
+    delivered = await backend.status(last)
+    assert delivered.recipients[0].state == ingest_pb2.DELIVERY_STATE_DELIVERED
+
+    connection = await asyncpg.connect(cluster.postgres_dsn)
+    try:
+        assert await connection.fetchval("SELECT count(*) FROM herald_recipients") == 0
+        runs = await connection.fetchval("SELECT count(*) FROM herald_status_marks")
+        # At most one run per stream message and one per ack call: far fewer than the 200
+        # recipient changes a row per delivery and per ack would have written.
+        assert 0 < runs < 100 + len(users)
+    finally:
+        await connection.close()
+
+    await cluster.kill(node)
+    node = await cluster.start("up")
+    backend = cluster.backend(node)
+    states = {}
+    for user in users:
+        for index, notification_id in enumerate(ids[user]):
+            [recipient] = (await backend.status(notification_id)).recipients
+            states[(user, index)] = recipient.state
+    acked_state, delivered_state = (
+        ingest_pb2.DELIVERY_STATE_ACKED,
+        ingest_pb2.DELIVERY_STATE_DELIVERED,
+    )
+    assert states == {
+        (user, index): acked_state if index < 20 else delivered_state
+        for user in users
+        for index in range(25)
+    }

@@ -5,13 +5,24 @@ from __future__ import annotations
 
 import asyncio
 
+import asyncpg
 import pytest
 
-from services.domain import NewRecord, user_log
-from services.postgres import MIGRATION_LOCK, PostgresBackend, create_pool, migrate, migrations
+from services.domain import NewRecord, RecipientRecord, State, user_log
+from services.postgres import (
+    MIGRATION_LOCK,
+    Migration,
+    PostgresBackend,
+    create_pool,
+    migrate,
+    migrations,
+)
 from services.stream.acks import AckState
 from services.stream.acks_postgres import PostgresAckStore
 from services.stream.log import LogAppend, NewEntry
+from services.stream.log_postgres import PostgresLogStore
+from services.stream.status import Mark
+from services.stream.status_postgres import PostgresStatusStore
 from tests.postgres import scratch_database
 
 
@@ -88,6 +99,22 @@ async def test_a_migration_waits_for_the_lock_beyond_the_statement_timeout() -> 
             await pool.close()
 
 
+async def _migrate_to(pool: asyncpg.Pool, migrations_done: list[Migration]) -> None:
+    """Makes the database what a release that shipped `migrations_done` left."""
+    async with pool.acquire() as connection, connection.transaction():
+        await connection.execute(
+            "CREATE TABLE herald_schema_migrations (version integer PRIMARY KEY,"
+            " name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        for migration in migrations_done:
+            await connection.execute(migration.sql)
+            await connection.execute(
+                "INSERT INTO herald_schema_migrations (version, name) VALUES ($1, $2)",
+                migration.version,
+                migration.name,
+            )
+
+
 @pytest.mark.asyncio
 async def test_a_database_at_the_previous_version_gets_only_what_it_lacks() -> None:
     """A database the previous release made (and used) is brought up to date in place."""
@@ -95,18 +122,7 @@ async def test_a_database_at_the_previous_version_gets_only_what_it_lacks() -> N
     async with scratch_database() as dsn:
         pool = await create_pool(dsn, min_size=1, max_size=1)
         try:
-            async with pool.acquire() as connection, connection.transaction():
-                await connection.execute(
-                    "CREATE TABLE herald_schema_migrations (version integer PRIMARY KEY,"
-                    " name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
-                )
-                for migration in previous:
-                    await connection.execute(migration.sql)
-                    await connection.execute(
-                        "INSERT INTO herald_schema_migrations (version, name) VALUES ($1, $2)",
-                        migration.version,
-                        migration.name,
-                    )
+            await _migrate_to(pool, previous)
             # What the previous release stored: acks of alice's inbox up to 3, and 5 above.
             await pool.execute(
                 "INSERT INTO herald_acks (tenant_id, user_id, log, up_to, above)"
@@ -118,5 +134,63 @@ async def test_a_database_at_the_previous_version_gets_only_what_it_lacks() -> N
             assert await acks.ack_up_to("acme", "alice", alice, 4) == AckState(3, {5})
             assert await acks.get("acme", "alice", [alice]) == [AckState(5, set())]
             assert await migrate(pool) == []
+        finally:
+            await pool.close()
+
+
+@pytest.mark.asyncio
+async def test_status_records_made_before_the_marks_keep_answering_as_they_did() -> None:
+    """Migration 0004 (status derived from marks): a record of the old shape, a row per
+    recipient, reads the same afterwards, and new sends take the new shape beside it."""
+    before = [m for m in migrations() if m.version < 4]
+    alice = user_log("alice")
+    async with scratch_database() as dsn:
+        pool = await create_pool(dsn, min_size=1, max_size=1)
+        try:
+            await _migrate_to(pool, before)
+            # As release 3 stored a notification to alice and bob, delivered to alice, acked by bob.
+            await pool.execute(
+                "INSERT INTO herald_status (tenant_id, notification_id, target, created_at,"
+                " expires_at) VALUES ('acme', 'old', '', 100, 900)"
+            )
+            await pool.execute(
+                "INSERT INTO herald_recipients (tenant_id, notification_id, user_id, state,"
+                " updated_at, queued_at, delivered_at, acked_at, attempts) VALUES"
+                " ('acme', 'old', 'alice', 2, 110, 100, 110, 0, 1),"
+                " ('acme', 'old', 'bob', 3, 120, 100, 105, 120, 1)"
+            )
+            applied = await migrate(pool)
+            assert applied[0] == 4
+            status = PostgresStatusStore(pool)
+            old = await status.get("acme", "old")
+            assert old is not None
+            assert old.recipients == {
+                "alice": RecipientRecord("alice", State.DELIVERED, 110, 100, 110, 0, 1),
+                "bob": RecipientRecord("bob", State.ACKED, 120, 100, 105, 120, 1),
+            }
+            # A send after the upgrade: no row per recipient, its state from the marks.
+            logs = PostgresLogStore(pool, status)
+            entry = NewEntry("new", 2, 200.0, 900.0, b"\x12\x00")
+            record = NewRecord("new", "acme", b"", 200.0, 900.0, ("alice",))
+            [result] = await logs.append("acme", [LogAppend(alice, [entry], 10)], [record])
+            cursor = result.entries[0].cursor
+            await status.record(
+                "acme", [Mark("alice", alice, State.DELIVERED, [(cursor, "new")], 210.0)]
+            )
+            new = await status.get("acme", "new")
+            assert new is not None
+            assert new.recipients["alice"] == RecipientRecord(
+                "alice", State.DELIVERED, 210.0, 200.0, 210.0, 0, 1
+            )
+            rows = await pool.fetchval(
+                "SELECT count(*) FROM herald_recipients WHERE notification_id = 'new'"
+            )
+            assert rows == 0
+            # Old and new records side by side in one inbox page.
+            page = await status.recipients("acme", "alice", ["old", "new"])
+            assert {k: v.state for k, v in page.items()} == {
+                "old": State.DELIVERED,
+                "new": State.DELIVERED,
+            }
         finally:
             await pool.close()

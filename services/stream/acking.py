@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING
 from herald.v1 import notification_pb2
 from services import metrics
 from services.clock import Clock
-from services.domain import BROADCAST, LogKey, NotificationRecord, State, Transition, user_log
+from services.domain import BROADCAST, LogKey, NotificationRecord, State, user_log
 from services.stream.acks import AckStore
 from services.stream.hub import Hub
 from services.stream.log import Entry, LogStore
 from services.stream.session import Session
-from services.stream.status import StatusStore
+from services.stream.status import Mark, StatusStore
 from services.stream.status_recorder import StatusRecorder
 
 if TYPE_CHECKING:
@@ -100,7 +100,7 @@ class Acker:
         span: Span | None,
     ) -> int:
         now = self._clock.now()
-        transitions: list[Transition] = []
+        marks: list[Mark] = []
         acked = State.ACKED
         sessions = self._hub.of_user(tenant, user_id)
         requested = {LogKey.from_client_name(name, user_id): c for name, c in up_to.items()}
@@ -118,12 +118,17 @@ class Acker:
             before = await self._acks.ack_up_to(tenant, user_id, key, cursor)
             if cursor > before.up_to:
                 above = before.above
-                for entry_cursor, notification_id in await self._named(
-                    tenant, key, before.up_to, cursor, sessions, now
-                ):
-                    if entry_cursor not in above:
-                        transitions.append(Transition(notification_id, user_id, acked))
-                        _settle(sessions, (key, entry_cursor), span)  # stop its ack timers
+                entries = [
+                    (entry_cursor, notification_id)
+                    for entry_cursor, notification_id in await self._named(
+                        tenant, key, before.up_to, cursor, sessions, now
+                    )
+                    if entry_cursor not in above
+                ]
+                for entry_cursor, _ in entries:
+                    _settle(sessions, (key, entry_cursor), span)  # stop its ack timers
+                if entries:
+                    marks.append(Mark(user_id, key, acked, entries, now))
             for session in sessions:
                 state = session.logs.get(key)
                 if state is not None:
@@ -134,15 +139,16 @@ class Acker:
                 continue
             key, found = located
             if await self._acks.ack(tenant, user_id, key, [found.cursor]):
-                transitions.append(Transition(notification_id, user_id, State.ACKED))
+                marks.append(Mark(user_id, key, acked, [(found.cursor, notification_id)], now))
             _settle(sessions, (key, found.cursor), span)
             for session in sessions:
                 state = session.logs.get(key)
                 if state is not None:
                     state.acks.add(found.cursor)
-        await self._recorder.apply(tenant, transitions, now)
-        metrics.ACKED.inc(len(transitions))
-        return len(transitions)
+        await self._recorder.record(tenant, marks)
+        count = sum(len(m.entries) for m in marks)
+        metrics.ACKED.inc(count)
+        return count
 
     async def _named(
         self,

@@ -278,7 +278,7 @@ class PostgresLogStore:
                 result.dropped = pushed_out[:overflow]
                 del pushed_out[:overflow]
         if records and self._status is not None:
-            await create_records(connection, records)
+            await create_records(connection, with_cursors(records, results))
         return results
 
     async def _write(
@@ -377,6 +377,25 @@ class PostgresLogStore:
     async def aclose(self) -> None:
         # The pool belongs to whoever made it (services.postgres.PostgresBackend).
         return None
+
+
+def with_cursors(records: Sequence[NewRecord], results: list[AppendResult]) -> list[NewRecord]:
+    """The records with the cursor of each user's entry in their own log (0 where the log's
+    bound pushed it out at once), which the status store derives states from."""
+    cursors: dict[tuple[str, str], int] = {}
+    for result in results:
+        if result.key.is_user:
+            user_id = result.key.name
+            for entry in result.entries:
+                cursors[(entry.notification_id, user_id)] = entry.cursor
+            for entry in result.dropped:
+                cursors[(entry.notification_id, user_id)] = 0
+    return [
+        r._replace(cursors=tuple(cursors.get((r.notification_id, u), 0) for u in r.user_ids))
+        if r.user_ids
+        else r
+        for r in records
+    ]
 
 
 def _appended(cursor: int, item: NewEntry) -> Entry:

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from services.domain import NewRecord, NotificationRecord, RecipientRecord, Transition
+from services.stream.status import Mark
 from services.stream.status_recorder import StatusRecorder
 
 # A flush starts early once this many changes wait.
@@ -27,6 +28,7 @@ class TimedStatusStore(Protocol):
     async def apply_timed(
         self, tenant: str, transitions: Sequence[tuple[Transition, float]]
     ) -> None: ...
+    async def record(self, tenant: str, marks: Sequence[Mark]) -> None: ...
     async def mark_read(
         self, tenant: str, user_id: str, notification_ids: list[str], at: float
     ) -> int: ...
@@ -43,6 +45,7 @@ class WriteBehindStatusStore:
         self._inner = inner
         self._interval_s = interval_s
         self._waiting: dict[str, list[tuple[Transition, float]]] = {}
+        self._marks: dict[str, list[Mark]] = {}
         self._count = 0
         self._lock = asyncio.Lock()
         self._timer: asyncio.TimerHandle | None = None
@@ -51,7 +54,7 @@ class WriteBehindStatusStore:
 
     @property
     def waiting(self) -> int:
-        """Status changes waiting to be written."""
+        """Status changes (transitions and marks) waiting to be written."""
         return self._count
 
     async def create(self, records: Sequence[NewRecord]) -> None:
@@ -61,7 +64,16 @@ class WriteBehindStatusStore:
         if not transitions:
             return
         self._waiting.setdefault(tenant, []).extend((t, at) for t in transitions)
-        self._count += len(transitions)
+        self._waited(len(transitions))
+
+    async def record(self, tenant: str, marks: Sequence[Mark]) -> None:
+        if not marks:
+            return
+        self._marks.setdefault(tenant, []).extend(marks)
+        self._waited(len(marks))
+
+    def _waited(self, count: int) -> None:
+        self._count += count
         if self._count >= _FLUSH_AT:
             self._start_flush()
         elif self._timer is None:
@@ -79,6 +91,16 @@ class WriteBehindStatusStore:
             self._timer = None
         async with self._lock:
             waiting, self._waiting, self._count = self._waiting, {}, 0
+            marks, self._marks = self._marks, {}
+            # Marks first: the transitions of one flush (EXPIRED, FAILED, redeliveries) mostly
+            # follow the writes and acks of the same entries. Where both land in one flush in
+            # the other order (an entry FAILED, then written again to a new session within
+            # `interval_s`), the status shows the older state: status only, never delivery.
+            for tenant, tenant_marks in marks.items():
+                try:
+                    await self._inner.record(tenant, tenant_marks)
+                except Exception as exc:
+                    self._lost.report(sum(len(m.entries) for m in tenant_marks), type(exc).__name__)
             for tenant, transitions in waiting.items():
                 try:
                     await self._inner.apply_timed(tenant, transitions)
@@ -115,4 +137,7 @@ class WriteBehindStatusStore:
 
 class _Discard:
     async def apply(self, tenant: str, transitions: Sequence[Transition], at: float) -> None:
+        return None
+
+    async def record(self, tenant: str, marks: Sequence[Mark]) -> None:
         return None

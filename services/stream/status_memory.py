@@ -15,6 +15,7 @@ from services.domain import (
     State,
     Transition,
 )
+from services.stream.status import Mark
 
 # Records are kept as plain tuples of scalars and dicts of such tuples, not as the dataclasses
 # the Protocol speaks: the collector stops tracking tuples and dicts that hold only scalars, so a
@@ -33,6 +34,8 @@ _STATE: Final = 1
 _READ: Final = 8
 _CREATED_AT: Final = 3
 _ALLOWED = {None if state is None else int(state): then for state, then in ALLOWED.items()}
+# The states a first write moves to DELIVERED (see status.Mark).
+_FIRST_WRITE_MOVES: Final = frozenset({int(State.QUEUED), int(State.FAILED)})
 
 
 def _recipient_record(t: _Recipient) -> RecipientRecord:
@@ -59,7 +62,7 @@ class MemoryStatusStore:
         by_tenant = self._by_tenant
         all_recipients = self._recipients
         queued = int(State.QUEUED)
-        for notification_id, tenant, target, created_at, expires_at, user_ids in records:
+        for notification_id, tenant, target, created_at, expires_at, user_ids, _ in records:
             stored = by_tenant.get(tenant)
             if stored is None:
                 stored = by_tenant[tenant] = OrderedDict()
@@ -122,6 +125,34 @@ class MemoryStatusStore:
                 reason,
                 read_at,
             )
+
+    async def record(self, tenant: str, marks: Sequence[Mark]) -> None:
+        all_recipients = self._recipients
+        delivered = int(State.DELIVERED)
+        for user_id, _key, state, entries, at in marks:
+            if state is not State.DELIVERED:
+                await self.apply(tenant, [Transition(i, user_id, state) for _, i in entries], at)
+                continue
+            for _, notification_id in entries:
+                recipients = all_recipients.get((tenant, notification_id))
+                if recipients is None:
+                    continue
+                current = recipients.get(user_id)
+                if current is None:
+                    recipients[user_id] = (user_id, delivered, at, 0.0, at, 0.0, 1, "", 0.0)
+                elif current[_STATE] in _FIRST_WRITE_MOVES:
+                    _, _, _, queued_at, delivered_at, acked_at, attempts, _, read_at = current
+                    recipients[user_id] = (
+                        user_id,
+                        delivered,
+                        at,
+                        queued_at,
+                        delivered_at or at,
+                        acked_at,
+                        attempts + 1,
+                        "",
+                        read_at,
+                    )
 
     async def mark_read(
         self, tenant: str, user_id: str, notification_ids: list[str], at: float

@@ -1,5 +1,13 @@
-"""StatusStore in PostgreSQL: a row per notification, a row per recipient (schema in
-services/migrations)."""
+"""StatusStore in PostgreSQL: a row per notification naming its users and their entries' cursors,
+runs of cursors for first writes and acks per user, and rows for the exceptions (schema in
+services/migrations, 0004 for this shape; docs/postgres.md).
+
+A recipient of a notification sent to users costs no row of its own on the hot path: its
+state is derived from the runs (`herald_status_marks`) that cover its entry's cursor in its own
+log, and from its row in `herald_recipients` if something exceptional happened to it (FAILED,
+EXPIRED, a redelivery, a read mark). Recipients of channel and broadcast notifications, known
+only as they read, keep a row each, as do records made before migration 0004.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +24,7 @@ from services.domain import (
     State,
     Transition,
 )
+from services.stream.status import Mark
 
 if TYPE_CHECKING:
     from asyncpg.pool import PoolConnectionProxy
@@ -24,27 +33,45 @@ if TYPE_CHECKING:
     Connection: TypeAlias = asyncpg.Connection | PoolConnectionProxy
 
 # The ALLOWED table as `current * 8 + new` codes, for the database to check transitions
-# against (a new recipient may enter in any state, so ALLOWED[None] needs no code).
+# against (a new recipient may enter in any state, so ALLOWED[None] needs no code; neither does
+# a row that holds only a read mark, state 0).
 _ALLOWED_CODES: Final = sorted(
-    int(current) * 8 + int(new)
-    for current, following in ALLOWED.items()
-    if current is not None
-    for new in following
+    {
+        int(current) * 8 + int(new)
+        for current, following in ALLOWED.items()
+        if current is not None
+        for new in following
+    }
+    | {int(new) for new in State}
 )
-# Notifications forgotten per statement by `purge`: bounds each transaction.
+# Notifications (and runs) forgotten per statement by `purge`: bounds each transaction.
 _PURGE_BATCH: Final = 5000
+# How far a stream node's clock may be behind the ingest node's: a run is looked for from this
+# long before the notification was made, up to this long after it expired.
+_CLOCK_SKEW_S: Final = 300.0
 
 _CREATE: Final = """
-WITH created AS (
-    INSERT INTO herald_status (tenant_id, notification_id, target, created_at, expires_at)
-    SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::float8[], $5::float8[])
-    ON CONFLICT (tenant_id, notification_id) DO NOTHING
-    RETURNING tenant_id, notification_id, created_at
+WITH users AS (
+    SELECT u.tenant_id, u.notification_id,
+        array_agg(u.user_id ORDER BY u.i) AS user_ids, array_agg(u.cursor ORDER BY u.i) AS cursors
+    FROM unnest($6::text[], $7::text[], $8::text[], $9::bigint[])
+        WITH ORDINALITY AS u (tenant_id, notification_id, user_id, cursor, i)
+    GROUP BY u.tenant_id, u.notification_id
 )
-INSERT INTO herald_recipients (tenant_id, notification_id, user_id, state, updated_at, queued_at)
-SELECT c.tenant_id, c.notification_id, r.user_id, $9::smallint, c.created_at, c.created_at
-FROM unnest($6::text[], $7::text[], $8::text[]) AS r (tenant_id, notification_id, user_id)
-JOIN created AS c ON c.tenant_id = r.tenant_id AND c.notification_id = r.notification_id
+INSERT INTO herald_status (
+    tenant_id, notification_id, target, created_at, expires_at, user_ids, cursors
+)
+SELECT n.tenant_id, n.notification_id, n.target, n.created_at, n.expires_at,
+    coalesce(u.user_ids, '{}'), coalesce(u.cursors, '{}')
+FROM unnest($1::text[], $2::text[], $3::bytea[], $4::float8[], $5::float8[])
+    AS n (tenant_id, notification_id, target, created_at, expires_at)
+LEFT JOIN users AS u ON u.tenant_id = n.tenant_id AND u.notification_id = n.notification_id
+ON CONFLICT (tenant_id, notification_id) DO NOTHING
+"""
+
+_RECORD: Final = """
+INSERT INTO herald_status_marks (tenant_id, user_id, state, lo, hi, at)
+SELECT $1, * FROM unnest($2::text[], $3::smallint[], $4::bigint[], $5::bigint[], $6::float8[])
 """
 
 # One transition per recipient: ON CONFLICT DO UPDATE cannot change a row twice in a statement,
@@ -52,17 +79,20 @@ JOIN created AS c ON c.tenant_id = r.tenant_id AND c.notification_id = r.notific
 _APPLY: Final = """
 INSERT INTO herald_recipients AS r (
     tenant_id, notification_id, user_id, state, updated_at,
-    queued_at, delivered_at, acked_at, attempts, reason
+    queued_at, delivered_at, acked_at, attempts, reason, failed_at
 )
 SELECT $1, t.notification_id, t.user_id, t.state, t.at,
     CASE WHEN t.state = $8::smallint THEN t.at ELSE 0 END,
     CASE WHEN t.state = $9::smallint THEN t.at ELSE 0 END,
     CASE WHEN t.state = $10::smallint THEN t.at ELSE 0 END,
     CASE WHEN t.state = $9::smallint THEN 1 ELSE 0 END,
-    t.reason
+    t.reason,
+    CASE WHEN t.state = $11::smallint THEN t.at ELSE 0 END
 FROM unnest($3::text[], $4::text[], $5::smallint[], $6::text[], $2::float8[])
     AS t (notification_id, user_id, state, reason, at)
 JOIN herald_status AS s ON s.tenant_id = $1 AND s.notification_id = t.notification_id
+-- A user the notification names is QUEUED from the start, and nothing goes back to QUEUED.
+WHERE t.state <> $8::smallint OR NOT t.user_id = ANY(coalesce(s.user_ids, '{}'))
 ON CONFLICT (tenant_id, notification_id, user_id) DO UPDATE SET
     state = excluded.state,
     updated_at = excluded.updated_at,
@@ -73,37 +103,113 @@ ON CONFLICT (tenant_id, notification_id, user_id) DO UPDATE SET
     END,
     acked_at = CASE WHEN excluded.state = $10 THEN excluded.updated_at ELSE r.acked_at END,
     attempts = r.attempts + excluded.attempts,
-    reason = excluded.reason
+    reason = excluded.reason,
+    failed_at = CASE WHEN excluded.state = $11 THEN excluded.updated_at ELSE r.failed_at END
 WHERE r.state * 8 + excluded.state = ANY($7::integer[])
 """
 
+# The runs that decide a recipient's derived state, for a row `p` (user_id, cursor, failed_at)
+# of notification `s`: the first write (d), the ack (a), and the first write after the
+# recipient last FAILED (f). Each is an index scan of the user's runs in time order, from the
+# notification's creation to its expiry: short, because a user's entry is written (and acked)
+# soon after the runs of the entries before it.
+_DERIVED: Final = """
+LEFT JOIN LATERAL (
+    SELECT m.at FROM herald_status_marks AS m
+    WHERE p.cursor > 0 AND m.tenant_id = $1 AND m.user_id = p.user_id AND m.state = {delivered}
+        AND m.at >= s.created_at - {skew} AND m.at <= s.expires_at + {skew}
+        AND m.lo <= p.cursor AND m.hi >= p.cursor
+    ORDER BY m.at
+    LIMIT 1
+) AS d ON true
+LEFT JOIN LATERAL (
+    SELECT m.at FROM herald_status_marks AS m
+    WHERE p.cursor > 0 AND m.tenant_id = $1 AND m.user_id = p.user_id AND m.state = {acked}
+        AND m.at >= s.created_at - {skew} AND m.at <= s.expires_at + {skew}
+        AND m.lo <= p.cursor AND m.hi >= p.cursor
+    ORDER BY m.at
+    LIMIT 1
+) AS a ON true
+LEFT JOIN LATERAL (
+    SELECT m.at FROM herald_status_marks AS m
+    WHERE p.cursor > 0 AND p.failed_at > 0 AND m.tenant_id = $1 AND m.user_id = p.user_id
+        AND m.state = {delivered} AND m.at > p.failed_at AND m.at <= s.expires_at + {skew}
+        AND m.lo <= p.cursor AND m.hi >= p.cursor
+    ORDER BY m.at
+    LIMIT 1
+) AS f ON true
+""".format(  # noqa: S608 - constants only
+    skew=_CLOCK_SKEW_S,
+    delivered=int(State.DELIVERED),
+    acked=int(State.ACKED),
+)
+
+_GET_HEAD: Final = """
+WITH s AS (
+    SELECT target, created_at, expires_at, user_ids, cursors FROM herald_status
+    WHERE tenant_id = $1 AND notification_id = $2
+), listed AS (
+    SELECT u.user_id, u.cursor FROM s, unnest(s.user_ids, s.cursors) AS u (user_id, cursor)
+), explicit AS (
+    SELECT r.user_id, r.state, r.updated_at, r.queued_at, r.delivered_at, r.acked_at,
+        r.attempts, r.reason, r.read_at, r.failed_at
+    FROM herald_recipients AS r
+    WHERE r.tenant_id = $1 AND r.notification_id = $2
+), p AS (
+    SELECT coalesce(l.user_id, e.user_id) AS user_id, l.cursor, e.state, e.updated_at,
+        e.queued_at, e.delivered_at, e.acked_at, e.attempts, e.reason, e.read_at, e.failed_at
+    FROM listed AS l FULL JOIN explicit AS e ON e.user_id = l.user_id
+)
+SELECT s.target, s.created_at, s.expires_at, p.user_id, p.cursor, p.state, p.updated_at,
+    p.queued_at, p.delivered_at, p.acked_at, p.attempts, p.reason, p.read_at, p.failed_at,
+    d.at, a.at, f.at
+FROM s
+LEFT JOIN p ON true
+"""
+_GET_TAIL: Final = """
+ORDER BY p.user_id
+"""
+_GET: Final = _GET_HEAD + _DERIVED + _GET_TAIL
+
+_RECIPIENTS_HEAD: Final = """
+SELECT s.notification_id, s.created_at, p.user_id, p.cursor, p.state, p.updated_at,
+    p.queued_at, p.delivered_at, p.acked_at, p.attempts, p.reason, p.read_at, p.failed_at,
+    d.at, a.at, f.at
+FROM herald_status AS s
+CROSS JOIN LATERAL (
+    SELECT $3::text AS user_id, s.cursors[array_position(s.user_ids, $3::text)] AS cursor,
+        r.user_id AS explicit_user, r.state, r.updated_at, r.queued_at, r.delivered_at,
+        r.acked_at, r.attempts, r.reason, r.read_at, r.failed_at
+    FROM (SELECT 1) AS one
+    LEFT JOIN herald_recipients AS r
+        ON r.tenant_id = s.tenant_id AND r.notification_id = s.notification_id
+        AND r.user_id = $3::text
+) AS p
+"""
+_RECIPIENTS_TAIL: Final = """
+WHERE s.tenant_id = $1 AND s.notification_id = ANY($2::text[])
+    AND (p.cursor IS NOT NULL OR p.explicit_user IS NOT NULL)
+"""
+_RECIPIENTS: Final = _RECIPIENTS_HEAD + _DERIVED + _RECIPIENTS_TAIL
+
+# A read mark needs the user to be a recipient: named by the notification, or with a row.
 _MARK_READ: Final = """
-WITH changed AS (
-    UPDATE herald_recipients AS r SET read_at = $4::float8
-    FROM herald_status AS s
-    WHERE r.tenant_id = $1 AND r.user_id = $2 AND r.notification_id = ANY($3::text[])
-        AND r.read_at = 0 AND s.tenant_id = $1 AND s.notification_id = r.notification_id
+WITH targets AS (
+    SELECT s.notification_id FROM herald_status AS s
+    WHERE s.tenant_id = $1 AND s.notification_id = ANY($3::text[])
+        AND ($2::text = ANY(s.user_ids) OR EXISTS (
+            SELECT 1 FROM herald_recipients AS r
+            WHERE r.tenant_id = $1 AND r.notification_id = s.notification_id AND r.user_id = $2
+        ))
+), changed AS (
+    INSERT INTO herald_recipients AS r (tenant_id, notification_id, user_id, state, updated_at,
+        read_at)
+    SELECT $1, t.notification_id, $2, 0, 0, $4::float8 FROM targets AS t
+    ON CONFLICT (tenant_id, notification_id, user_id) DO UPDATE SET read_at = excluded.read_at
+    WHERE r.read_at = 0
     RETURNING 1
 )
 SELECT count(*) FROM changed
-"""
-
-_GET: Final = """
-SELECT s.target, s.created_at, s.expires_at, r.user_id, r.state, r.updated_at, r.queued_at,
-    r.delivered_at, r.acked_at, r.attempts, r.reason, r.read_at
-FROM herald_status AS s
-LEFT JOIN herald_recipients AS r
-    ON r.tenant_id = s.tenant_id AND r.notification_id = s.notification_id
-WHERE s.tenant_id = $1 AND s.notification_id = $2
-ORDER BY r.user_id
-"""
-
-_RECIPIENTS: Final = """
-SELECT r.notification_id, r.user_id, r.state, r.updated_at, r.queued_at, r.delivered_at,
-    r.acked_at, r.attempts, r.reason, r.read_at
-FROM herald_recipients AS r
-JOIN herald_status AS s ON s.tenant_id = r.tenant_id AND s.notification_id = r.notification_id
-WHERE r.tenant_id = $1 AND r.notification_id = ANY($2::text[]) AND r.user_id = $3
 """
 
 _PURGE: Final = """
@@ -120,11 +226,81 @@ WITH gone AS (
 SELECT count(*) FROM gone
 """
 
+# A run made before `older_than` covers only entries made before it: their notifications go too.
+_PURGE_MARKS: Final = """
+WITH gone AS (
+    DELETE FROM herald_status_marks
+    WHERE ctid = ANY(ARRAY(SELECT ctid FROM herald_status_marks WHERE at < $1 LIMIT $2))
+    RETURNING 1
+)
+SELECT count(*) FROM gone
+"""
 
-def _recipient(row: asyncpg.Record, offset: int) -> RecipientRecord:
-    user_id, state, updated, queued, delivered, acked, attempts, reason, read = row[offset:]
+# An explicit row: (state, updated_at, queued_at, delivered_at, acked_at, attempts, reason,
+# read_at), state 0 when the row holds only a read mark.
+_Row = tuple[int, float, float, float, float, int, str, float]
+
+
+def derive(
+    user_id: str,
+    created_at: float,
+    listed: bool,
+    row: _Row | None,
+    written: float | None,
+    acked: float | None,
+    rewritten: float | None,
+) -> RecipientRecord:
+    """A recipient's record from its explicit row and the runs that cover its entry: the first
+    write (`written`), the ack (`acked`) and the first write after the recipient last FAILED
+    (`rewritten`).
+
+    The same states as applying every change along ALLOWED in time order: a first write moves
+    QUEUED to DELIVERED and counts an attempt; a write after a FAILED counts one more and, if
+    the recipient is still FAILED, makes it DELIVERED; an ack wins over everything but an
+    EXPIRED that came before it.
+    """
+    state, updated, queued = State.QUEUED, created_at, created_at if listed else 0.0
+    delivered_at = acked_at = read_at = 0.0
+    attempts, reason = 0, ""
+    if row is not None:
+        code, row_updated, row_queued, delivered_at, acked_at, attempts, reason, read_at = row
+        if code:
+            state, updated = State(code), row_updated
+            queued = row_queued or queued
+    if written is not None:
+        attempts += 1
+        delivered_at = min(delivered_at, written) if delivered_at else written
+        if state is State.QUEUED:
+            state, updated = State.DELIVERED, written
+    if rewritten is not None:
+        attempts += 1
+        if state is State.FAILED:
+            state, updated, reason = State.DELIVERED, rewritten, ""
+    if (
+        acked is not None
+        and state is not State.ACKED
+        and not (state is State.EXPIRED and updated <= acked)
+    ):
+        state, updated, acked_at, reason = State.ACKED, acked, acked, ""
     return RecipientRecord(
-        user_id, State(state), updated, queued, delivered, acked, attempts, reason, read
+        user_id, state, updated, queued, delivered_at, acked_at, attempts, reason, read_at
+    )
+
+
+def _derived(row: asyncpg.Record, created_at: float, offset: int) -> RecipientRecord:
+    """`derive` for a row of _GET or _RECIPIENTS from `offset` (user_id, cursor, the explicit
+    row's columns but failed_at, failed_at, then the three runs' times)."""
+    user_id, cursor, code = row[offset], row[offset + 1], row[offset + 2]
+    explicit = None if code is None else tuple(row[offset + 2 : offset + 10])
+    written, acked, rewritten = row[offset + 11 : offset + 14]
+    return derive(
+        user_id,
+        created_at,
+        cursor is not None,
+        explicit,
+        written,
+        acked,
+        rewritten,
     )
 
 
@@ -137,7 +313,20 @@ async def create_records(connection: Connection, records: Sequence[NewRecord]) -
     if not unique:
         return
     new = unique.values()
-    users = [(r.tenant, r.notification_id, u) for r in new for u in dict.fromkeys(r.user_ids)]
+    tenants: list[str] = []
+    ids: list[str] = []
+    users: list[str] = []
+    cursors: list[int] = []
+    for r in new:
+        named = r.cursors or (0,) * len(r.user_ids)
+        seen: set[str] = set()
+        for user_id, cursor in zip(r.user_ids, named, strict=True):
+            if user_id not in seen:
+                seen.add(user_id)
+                tenants.append(r.tenant)
+                ids.append(r.notification_id)
+                users.append(user_id)
+                cursors.append(cursor)
     await connection.execute(
         _CREATE,
         [r.tenant for r in new],
@@ -145,10 +334,10 @@ async def create_records(connection: Connection, records: Sequence[NewRecord]) -
         [r.target for r in new],
         [r.created_at for r in new],
         [r.expires_at for r in new],
-        [tenant for tenant, _, _ in users],
-        [notification_id for _, notification_id, _ in users],
-        [user_id for _, _, user_id in users],
-        int(State.QUEUED),
+        tenants,
+        ids,
+        users,
+        cursors,
     )
 
 
@@ -167,16 +356,43 @@ async def _apply(
         int(State.QUEUED),
         int(State.DELIVERED),
         int(State.ACKED),
+        int(State.FAILED),
     )
+
+
+def runs(marks: Sequence[Mark]) -> tuple[list[Mark], list[tuple[str, int, int, int, float]]]:
+    """Splits marks into those of channel and broadcast logs (applied as transitions) and runs
+    of consecutive cursors of users' own logs: (user_id, state, lo, hi, at), a run continued by
+    a later mark of the same user and state taking the later time."""
+    other: list[Mark] = []
+    found: list[tuple[str, int, int, int, float]] = []
+    last: dict[tuple[str, int], int] = {}  # (user, state) -> index of its newest run in found
+    for mark in marks:
+        if not mark.key.is_user:
+            other.append(mark)
+            continue
+        state = int(mark.state)
+        group = (mark.user_id, state)
+        at = mark.at
+        for cursor, _ in mark.entries:
+            index = last.get(group)
+            if index is not None:
+                user_id, _, lo, hi, run_at = found[index]
+                if cursor == hi + 1:
+                    found[index] = (user_id, state, lo, cursor, max(run_at, at))
+                    continue
+            last[group] = len(found)
+            found.append((mark.user_id, state, cursor, cursor, at))
+    return other, found
 
 
 class PostgresStatusStore:
     """Status records in PostgreSQL, on a pool it shares and does not close.
 
-    Every call is one statement (one transaction with a statement per round of repeated
-    recipients, for `apply`); nothing is written behind, so `get` reflects every `apply` made
-    by any node. Recipients are read only through their notification's row: one left behind by
-    a purge that raced an `apply` is never seen (docs/postgres.md).
+    Every call is one transaction; nothing is written behind (status_buffered.py does that), so
+    `get` reflects every `apply` and `record` made by any node. Recipients are read only through
+    their notification's row: one left behind by a purge that raced an `apply` is never seen
+    (docs/postgres.md).
     """
 
     def __init__(self, pool: asyncpg.Pool) -> None:
@@ -213,6 +429,31 @@ class PostgresStatusStore:
             for batch in rounds:
                 await _apply(connection, tenant, batch)
 
+    async def record(self, tenant: str, marks: Sequence[Mark]) -> None:
+        other, found = runs(marks)
+        if other:
+            await self.apply_timed(
+                tenant,
+                [
+                    (Transition(notification_id, m.user_id, m.state), m.at)
+                    for m in other
+                    for _, notification_id in m.entries
+                ],
+            )
+        if not found:
+            return
+        async with self._pool.acquire() as connection, connection.transaction():
+            await connection.execute("SET LOCAL synchronous_commit TO OFF")
+            await connection.execute(
+                _RECORD,
+                tenant,
+                [r[0] for r in found],
+                [r[1] for r in found],
+                [r[2] for r in found],
+                [r[3] for r in found],
+                [r[4] for r in found],
+            )
+
     async def mark_read(
         self, tenant: str, user_id: str, notification_ids: list[str], at: float
     ) -> int:
@@ -226,7 +467,7 @@ class PostgresStatusStore:
         if not rows:
             return None
         target, created_at, expires_at = rows[0][:3]
-        recipients = {row[3]: _recipient(row, 3) for row in rows if row[3] is not None}
+        recipients = {row[3]: _derived(row, created_at, 3) for row in rows if row[3] is not None}
         return NotificationRecord(
             notification_id, tenant, target, created_at, expires_at, recipients
         )
@@ -237,7 +478,7 @@ class PostgresStatusStore:
         if not notification_ids:
             return {}
         rows = await self._pool.fetch(_RECIPIENTS, tenant, list(notification_ids), user_id)
-        return {row[0]: _recipient(row, 1) for row in rows}
+        return {row[0]: _derived(row, row[1], 2) for row in rows}
 
     async def purge(self, older_than: float) -> int:
         purged = 0
@@ -245,7 +486,12 @@ class PostgresStatusStore:
             gone = int(await self._pool.fetchval(_PURGE, older_than, _PURGE_BATCH))
             purged += gone
             if gone < _PURGE_BATCH:
-                return purged
+                break
+        while int(await self._pool.fetchval(_PURGE_MARKS, older_than, _PURGE_BATCH)) == (
+            _PURGE_BATCH
+        ):
+            pass
+        return purged
 
     async def aclose(self) -> None:
         # The pool belongs to whoever made it (services.postgres.PostgresBackend).

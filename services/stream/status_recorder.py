@@ -18,7 +18,7 @@ from typing import Protocol
 from services import metrics
 from services.domain import Transition
 from services.errors import Unavailable
-from services.stream.status import StatusStore
+from services.stream.status import Mark, StatusStore
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +27,7 @@ _LOG_INTERVAL_S = 60.0
 
 class _Applies(Protocol):
     async def apply(self, tenant: str, transitions: Sequence[Transition], at: float) -> None: ...
+    async def record(self, tenant: str, marks: Sequence[Mark]) -> None: ...
 
 
 class StatusRecorder:
@@ -45,6 +46,16 @@ class StatusRecorder:
         except Exception as exc:
             # E.g. a deadlock between two writers of one recipient: still not the stream's end.
             self._lost(len(transitions), type(exc).__name__)
+
+    async def record(self, tenant: str, marks: Sequence[Mark]) -> None:
+        if not marks:
+            return
+        try:
+            await self._status.record(tenant, marks)
+        except Unavailable as exc:
+            self._lost(sum(len(m.entries) for m in marks), exc.message)
+        except Exception as exc:
+            self._lost(sum(len(m.entries) for m in marks), type(exc).__name__)
 
     def report(self, count: int, reason: str) -> None:
         """Counts and (at most once a minute) logs status changes that were lost."""

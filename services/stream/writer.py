@@ -18,12 +18,12 @@ from herald.v1 import stream_pb2
 from services import metrics
 from services.clock import Clock
 from services.config import DeliverySettings
-from services.domain import State, Transition
+from services.domain import LogKey, State, Transition
 from services.errors import Aborted
 from services.model import timestamp
 from services.stream.log import LogStore
 from services.stream.session import Pending, Session
-from services.stream.status import StatusStore
+from services.stream.status import Mark, StatusStore
 from services.stream.status_recorder import StatusRecorder
 from services.tracing import Tracing, end_spans
 
@@ -33,6 +33,7 @@ Write = Callable[[bytes], Awaitable[None]]
 Spawn = Callable[[Awaitable[None]], None]
 
 _CLOSING = stream_pb2.Closing
+_DELIVERED = State.DELIVERED
 # Ack timeouts vary by +-20 %, so that redeliveries of entries written together spread out.
 _JITTER = 0.2
 
@@ -191,11 +192,19 @@ class SessionWriter:
     async def _delivered(self, session: Session, taken: list[Pending], now: float) -> None:
         metrics.STREAM_MESSAGES.inc()
         self._delays.track(session, taken, now)
-        await self._status.apply(
-            session.tenant,
-            [Transition(p.entry.notification_id, session.user_id, State.DELIVERED) for p in taken],
-            now,
-        )
+        user_id = session.user_id
+        if len(taken) == 1:  # the most common stream message when a node is not loaded
+            p = taken[0]
+            if p.attempt == 1:
+                entries = ((p.entry.cursor, p.entry.notification_id),)
+                marks = [Mark(user_id, p.log.log_key, _DELIVERED, entries, now)]
+                await self._status.record(session.tenant, marks)
+            else:
+                await self._status.apply(
+                    session.tenant, [Transition(p.entry.notification_id, user_id, _DELIVERED)], now
+                )
+        else:
+            await self._record_batch(session, taken, now)
         (metrics.DELIVERED_FIRST if taken[0].attempt == 1 else metrics.DELIVERED_RETRY).inc(
             len(taken)
         )
@@ -208,6 +217,29 @@ class SessionWriter:
             metrics.DELIVERY_LATENCY.observe_many(
                 [now - p.entry.created_at for p in taken if p.attempt == 1]
             )
+
+    async def _record_batch(self, session: Session, taken: list[Pending], now: float) -> None:
+        """First writes as one mark per log, redeliveries as transitions (status.Mark)."""
+        by_log: dict[LogKey, list[tuple[int, str]]] = {}
+        again: list[Transition] = []
+        for p in taken:
+            if p.attempt == 1:
+                key = p.log.log_key
+                entries = by_log.get(key)
+                if entries is None:
+                    entries = by_log[key] = []
+                entries.append((p.entry.cursor, p.entry.notification_id))
+            else:
+                again.append(Transition(p.entry.notification_id, session.user_id, _DELIVERED))
+        if by_log:
+            user_id = session.user_id
+            await self._status.record(
+                session.tenant,
+                # Within a log, lanes may reorder entries of different priorities.
+                [Mark(user_id, k, _DELIVERED, sorted(e), now) for k, e in by_log.items()],
+            )
+        if again:
+            await self._status.apply(session.tenant, again, now)
 
     # -- events ----------------------------------------------------------------------------
 

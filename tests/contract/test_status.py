@@ -8,13 +8,16 @@ import pytest
 
 from services.domain import (
     ALLOWED,
+    CHANNEL,
+    LogKey,
     NewRecord,
     NotificationRecord,
     RecipientRecord,
     State,
     Transition,
+    user_log,
 )
-from services.stream.status import StatusStore
+from services.stream.status import Mark, StatusStore
 
 pytestmark = pytest.mark.asyncio
 
@@ -241,3 +244,177 @@ async def test_mark_read_sets_read_at_once_per_recipient(status_store: StatusSto
     assert found is not None
     assert found.recipients["alice"].read_at == 200.0
     assert found.recipients["bob"].read_at == 0.0
+
+
+# -- marks: first writes and acks of entries of users' own logs (status.Mark) ------------------
+
+
+def sent(notification_id: str, cursor: int, users: tuple[str, ...] = ("alice", "bob")) -> NewRecord:
+    """A notification whose entry is at `cursor` in each user's own log."""
+    return record(notification_id, users=users)._replace(cursors=(cursor,) * len(users))
+
+
+def written(user: str, entries: list[tuple[int, str]], at: float) -> Mark:
+    return Mark(user, user_log(user), State.DELIVERED, entries, at)
+
+
+def acked(user: str, entries: list[tuple[int, str]], at: float) -> Mark:
+    return Mark(user, user_log(user), State.ACKED, entries, at)
+
+
+async def test_a_first_write_delivers_and_a_replay_changes_nothing(
+    status_store: StatusStore,
+) -> None:
+    await status_store.create([sent("n1", 1)])
+    await status_store.record(T1, [written("alice", [(1, "n1")], 110.0)])
+    alice = await recipient(status_store, "alice")
+    expected = RecipientRecord(
+        "alice", State.DELIVERED, 110.0, queued_at=100.0, delivered_at=110.0, attempts=1
+    )
+    assert alice == expected
+    # The same entry written to another session of alice (a second device, a reconnect).
+    await status_store.record(T1, [written("alice", [(1, "n1")], 120.0)])
+    assert await recipient(status_store, "alice") == expected
+    assert await recipient(status_store, "bob") == stored(record()).recipients["bob"]
+
+
+async def test_marks_follow_a_life_with_redeliveries_a_failure_and_an_ack(
+    status_store: StatusStore,
+) -> None:
+    await status_store.create([sent("n1", 1)])
+    await status_store.record(T1, [written("alice", [(1, "n1")], 110.0)])
+    # Redelivered by the ack timer, then FAILED after its attempts.
+    await status_store.apply(T1, [Transition("n1", "alice", State.DELIVERED)], 120.0)
+    await status_store.apply(T1, [Transition("n1", "alice", State.FAILED, "no ack")], 130.0)
+    failed = await recipient(status_store, "alice")
+    assert (failed.state, failed.attempts, failed.reason, failed.updated_at) == (
+        State.FAILED,
+        2,
+        "no ack",
+        130.0,
+    )
+    # The next connect writes it again, and alice acks it.
+    await status_store.record(T1, [written("alice", [(1, "n1")], 140.0)])
+    again = await recipient(status_store, "alice")
+    assert (again.state, again.attempts, again.reason, again.updated_at) == (
+        State.DELIVERED,
+        3,
+        "",
+        140.0,
+    )
+    await status_store.record(T1, [acked("alice", [(1, "n1")], 150.0)])
+    # Late: an expiry after the ack changes nothing.
+    await status_store.apply(T1, [Transition("n1", "alice", State.EXPIRED, "ttl")], 170.0)
+    assert await recipient(status_store, "alice") == RecipientRecord(
+        "alice",
+        State.ACKED,
+        updated_at=150.0,
+        queued_at=100.0,
+        delivered_at=110.0,
+        acked_at=150.0,
+        attempts=3,
+        reason="",
+    )
+
+
+async def test_an_expiry_before_the_ack_stays(status_store: StatusStore) -> None:
+    await status_store.create([sent("n1", 1)])
+    await status_store.record(T1, [written("alice", [(1, "n1")], 110.0)])
+    await status_store.apply(T1, [Transition("n1", "alice", State.EXPIRED, "ttl")], 120.0)
+    await status_store.record(T1, [acked("alice", [(1, "n1")], 130.0)])
+    alice = await recipient(status_store, "alice")
+    assert (alice.state, alice.reason, alice.updated_at, alice.attempts) == (
+        State.EXPIRED,
+        "ttl",
+        120.0,
+        1,
+    )
+
+
+async def test_an_ack_without_a_write_acks(status_store: StatusStore) -> None:
+    # Acked up to a cursor from another device before this entry was written to any stream.
+    await status_store.create([sent("n1", 4)])
+    await status_store.record(T1, [acked("bob", [(4, "n1")], 120.0)])
+    bob = await recipient(status_store, "bob")
+    assert (bob.state, bob.acked_at, bob.delivered_at, bob.attempts) == (
+        State.ACKED,
+        120.0,
+        0.0,
+        0,
+    )
+
+
+async def test_marks_of_many_entries_and_users_land_on_their_own_records(
+    status_store: StatusStore,
+) -> None:
+    await status_store.create([sent(f"n{c}", c) for c in range(1, 7)])
+    # One stream message of alice's wrote 1-3 and 5 (4 is of another priority, still waiting);
+    # bob's wrote 2.
+    await status_store.record(
+        T1,
+        [
+            written("alice", [(1, "n1"), (2, "n2"), (3, "n3"), (5, "n5")], 110.0),
+            written("bob", [(2, "n2")], 111.0),
+        ],
+    )
+    await status_store.record(T1, [written("alice", [(4, "n4"), (6, "n6")], 112.0)])
+    await status_store.record(T1, [acked("alice", [(1, "n1"), (2, "n2")], 120.0)])
+    states = {}
+    for c in range(1, 7):
+        found = await status_store.get(T1, f"n{c}")
+        assert found is not None
+        states[c] = (found.recipients["alice"].state, found.recipients["bob"].state)
+    d, a, q = State.DELIVERED, State.ACKED, State.QUEUED
+    assert states == {1: (a, q), 2: (a, d), 3: (d, q), 4: (d, q), 5: (d, q), 6: (d, q)}
+    n4 = await recipient(status_store, "alice", "n4")
+    assert n4.delivered_at == 112.0
+    # The inbox's view of a page agrees with GetStatus's.
+    page = await status_store.recipients(T1, "alice", ["n1", "n3", "n6", "missing"])
+    assert {k: (v.state, v.delivered_at) for k, v in page.items()} == {
+        "n1": (a, 110.0),
+        "n3": (d, 110.0),
+        "n6": (d, 112.0),
+    }
+    # Another tenant's marks under the same user and cursors change nothing here.
+    await status_store.record(T2, [acked("bob", [(2, "n2")], 130.0)])
+    assert (await recipient(status_store, "bob", "n2")).state is d
+
+
+async def test_marks_of_channel_logs_add_their_readers(status_store: StatusStore) -> None:
+    await status_store.create([record(users=())])
+    news = LogKey(CHANNEL, "news")
+    await status_store.record(
+        T1,
+        [
+            Mark("carol", news, State.DELIVERED, [(7, "n1")], 110.0),
+            Mark("dave", news, State.DELIVERED, [(7, "n1")], 111.0),
+        ],
+    )
+    await status_store.record(T1, [Mark("dave", news, State.ACKED, [(7, "n1")], 120.0)])
+    found = await status_store.get(T1, "n1")
+    assert found is not None
+    assert {u: (r.state, r.attempts) for u, r in found.recipients.items()} == {
+        "carol": (State.DELIVERED, 1),
+        "dave": (State.ACKED, 1),
+    }
+
+
+async def test_mark_read_needs_no_other_change(status_store: StatusStore) -> None:
+    await status_store.create([sent("n1", 1)])
+    await status_store.record(T1, [written("alice", [(1, "n1")], 110.0)])
+    assert await status_store.mark_read(T1, "alice", ["n1"], 200.0) == 1
+    assert await status_store.mark_read(T1, "mallory", ["n1"], 200.0) == 0
+    alice = await recipient(status_store, "alice")
+    assert (alice.state, alice.read_at, alice.delivered_at) == (State.DELIVERED, 200.0, 110.0)
+    page = await status_store.recipients(T1, "alice", ["n1"])
+    assert page["n1"].read_at == 200.0
+    assert await status_store.recipients(T1, "mallory", ["n1"]) == {}
+
+
+async def test_purge_forgets_marks_with_their_notifications(status_store: StatusStore) -> None:
+    await status_store.create([sent("old", 1)._replace(created_at=10.0)])
+    await status_store.record(T1, [written("alice", [(1, "old")], 11.0)])
+    assert await status_store.purge(50.0) == 1
+    # The same id and cursor made again (a restored tenant) starts from QUEUED.
+    await status_store.create([sent("old", 1)])
+    assert (await recipient(status_store, "alice", "old")).state is State.QUEUED
