@@ -17,7 +17,7 @@ from services.clock import Clock
 from services.domain import BROADCAST, LogKey, NotificationRecord, State, user_log
 from services.stream.acks import AckStore
 from services.stream.hub import Hub
-from services.stream.log import Entry, LogStore
+from services.stream.log import Entry, LogHead, LogStore
 from services.stream.session import Session
 from services.stream.status import Mark, StatusStore
 from services.stream.status_recorder import StatusRecorder
@@ -107,7 +107,7 @@ class Acker:
         keys = list(requested)
         # Never beyond the log's head: a cursor from before a restart of the embedded store
         # would otherwise ack entries that do not exist yet.
-        heads = await self._logs.heads(tenant, keys) if keys else []
+        heads = await self._heads(tenant, keys, requested, sessions)
         for key, head in zip(keys, heads, strict=True):
             epoch = epochs.get(key.client_name, 0)
             if (epoch and epoch != head.epoch) or (not epoch and requested[key] > head.cursor):
@@ -149,6 +149,28 @@ class Acker:
         count = sum(len(m.entries) for m in marks)
         metrics.ACKED.inc(count)
         return count
+
+    async def _heads(
+        self,
+        tenant: str,
+        keys: list[LogKey],
+        requested: Mapping[LogKey, int],
+        sessions: set[Session] | frozenset[Session],
+    ) -> list[LogHead]:
+        """The head of each log, as far as the ack needs it: a session here that enqueued the
+        log up to the requested cursor knows the log reaches it, and its epoch (the usual ack,
+        of what was just delivered, costs no read); the store is asked for the others."""
+        known: dict[LogKey, LogHead] = {}
+        for key in keys:
+            for session in sessions:
+                state = session.logs.get(key)
+                if state is not None and state.enqueued >= requested[key]:
+                    known[key] = LogHead(state.epoch, state.enqueued)
+                    break
+        unknown = [key for key in keys if key not in known]
+        if unknown:
+            known.update(zip(unknown, await self._logs.heads(tenant, unknown), strict=True))
+        return [known[key] for key in keys]
 
     async def _named(
         self,
