@@ -94,27 +94,31 @@ def set_timestamp(ts: Timestamp, value: float) -> None:
 
 
 def status_to_proto(record: NotificationRecord) -> ingest_pb2.GetStatusResponse:
-    """The wire form of a notification's status (recipients in user id order)."""
-    return ingest_pb2.GetStatusResponse(
+    """The wire form of a notification's status (recipients in user id order). A time that did
+    not happen (0: never delivered, acked, read) is left unset, not sent as 1970-01-01."""
+    response = ingest_pb2.GetStatusResponse(
         notification_id=record.notification_id,
         target=notification_pb2.Target.FromString(record.target),
-        created_at=timestamp(record.created_at),
-        expires_at=timestamp(record.expires_at),
-        recipients=[
-            ingest_pb2.RecipientStatus(
-                user_id=r.user_id,
-                state=int(r.state),  # type: ignore[arg-type]
-                updated_at=timestamp(r.updated_at),
-                attempts=r.attempts,
-                reason=r.reason,
-                queued_at=timestamp(r.queued_at),
-                delivered_at=timestamp(r.delivered_at),
-                acked_at=timestamp(r.acked_at),
-                read_at=timestamp(r.read_at),
-            )
-            for r in sorted(record.recipients.values(), key=lambda r: r.user_id)
-        ],
     )
+    set_timestamp(response.created_at, record.created_at)
+    set_timestamp(response.expires_at, record.expires_at)
+    for r in sorted(record.recipients.values(), key=lambda r: r.user_id):
+        recipient = response.recipients.add(
+            user_id=r.user_id,
+            state=int(r.state),  # type: ignore[arg-type]
+            attempts=r.attempts,
+            reason=r.reason,
+        )
+        for field, value in (
+            ("updated_at", r.updated_at),
+            ("queued_at", r.queued_at),
+            ("delivered_at", r.delivered_at),
+            ("acked_at", r.acked_at),
+            ("read_at", r.read_at),
+        ):
+            if value:
+                set_timestamp(getattr(recipient, field), value)
+    return response
 
 
 def status_from_proto(tenant: str, message: ingest_pb2.GetStatusResponse) -> NotificationRecord:

@@ -149,6 +149,10 @@ async def test_status_follows_delivery_and_ack(herald: Herald) -> None:
     [recipient] = status.recipients
     assert recipient.user_id == "alice"
     assert recipient.state == 2  # DELIVERED
+    # What has not happened is unset, not the epoch (1970-01-01 in JSON).
+    assert recipient.HasField("delivered_at")
+    assert not recipient.HasField("acked_at")
+    assert not recipient.HasField("read_at")
     assert await alice.ack(notification_ids=[delivery.notification.id]) == 1
     assert await alice.ack(notification_ids=[delivery.notification.id]) == 0
     status = await backend.status(sent.notification_id)
