@@ -105,7 +105,7 @@ def status_to_proto(record: NotificationRecord) -> ingest_pb2.GetStatusResponse:
     for r in sorted(record.recipients.values(), key=lambda r: r.user_id):
         recipient = response.recipients.add(
             user_id=r.user_id,
-            state=int(r.state),  # type: ignore[arg-type]
+            state=int(r.state),
             attempts=r.attempts,
             reason=r.reason,
         )
