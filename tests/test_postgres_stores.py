@@ -10,13 +10,13 @@ import asyncpg
 import pytest
 import pytest_asyncio
 
-from services.domain import TemplateAction, TemplateRecord, TemplateText, user_log
+from services.domain import NewRecord, TemplateAction, TemplateRecord, TemplateText, user_log
 from services.ingest.idempotency import Claim
 from services.ingest.idempotency_postgres import PostgresIdempotencyStore
 from services.postgres import create_pool
 from services.registry.templates_postgres import PostgresTemplateStore
 from services.stream.acks_postgres import PostgresAckStore
-from services.stream.status_postgres import PostgresStatusStore
+from services.stream.status_postgres import PURGE_LOCK, PostgresStatusStore
 from tests.postgres import clean_pool, session_dsn
 
 pytestmark = pytest.mark.asyncio
@@ -129,3 +129,17 @@ async def test_a_recipient_left_without_its_notification_is_never_seen(
     assert await store.recipients(T1, "alice", ["gone"]) == {}
     assert await store.mark_read(T1, "alice", ["gone"], 5.0) == 0
     assert await store.get(T1, "gone") is None
+
+
+async def test_a_node_finding_another_purging_leaves_it_to_that_one(
+    nodes: tuple[asyncpg.Pool, asyncpg.Pool],
+) -> None:
+    first, second = (PostgresStatusStore(pool) for pool in nodes)
+    await first.create([NewRecord(f"n{i}", T1, b"", 10.0, 20.0, ("alice",)) for i in range(3)])
+    async with nodes[1].acquire() as other, other.transaction():
+        # The second node is in the middle of a purge batch.
+        await other.execute("SELECT pg_advisory_xact_lock($1)", PURGE_LOCK)
+        assert await first.purge(100.0) == 0
+        assert await first.get(T1, "n0") is not None
+    assert await first.purge(100.0) == 3
+    assert await second.get(T1, "n0") is None

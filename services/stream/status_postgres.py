@@ -44,6 +44,9 @@ _ALLOWED_CODES: Final = sorted(
     }
     | {int(new) for new in State}
 )
+# Held by the node purging (a transaction-level advisory lock; services.postgres has the
+# migrations' own).
+PURGE_LOCK: Final = 0x4845_5241_5055
 # Notifications (and runs) forgotten per statement by `purge`: bounds each transaction.
 _PURGE_BATCH: Final = 5000
 # How far a stream node's clock may be behind the ingest node's: a run is looked for from this
@@ -481,16 +484,22 @@ class PostgresStatusStore:
         return {row[0]: _derived(row, row[1], 2) for row in rows}
 
     async def purge(self, older_than: float) -> int:
+        """Forgets what is older than `older_than`, batch by batch. Every stream node runs it
+        hourly: a node finding another one purging (its advisory lock held) leaves it to that
+        one, so two nodes never delete the same rows against each other."""
         purged = 0
-        while True:
-            gone = int(await self._pool.fetchval(_PURGE, older_than, _PURGE_BATCH))
-            purged += gone
-            if gone < _PURGE_BATCH:
-                break
-        while int(await self._pool.fetchval(_PURGE_MARKS, older_than, _PURGE_BATCH)) == (
-            _PURGE_BATCH
-        ):
-            pass
+        for statement in (_PURGE, _PURGE_MARKS):
+            while True:
+                async with self._pool.acquire() as connection, connection.transaction():
+                    if not await connection.fetchval(
+                        "SELECT pg_try_advisory_xact_lock($1)", PURGE_LOCK
+                    ):
+                        return purged
+                    gone = int(await connection.fetchval(statement, older_than, _PURGE_BATCH))
+                if statement is _PURGE:
+                    purged += gone
+                if gone < _PURGE_BATCH:
+                    break
         return purged
 
     async def aclose(self) -> None:
