@@ -53,11 +53,13 @@ _PURGE_BATCH: Final = 5000
 # long before the notification was made, up to this long after it expired.
 _CLOCK_SKEW_S: Final = 300.0
 
+# A notification to one user (the common case) names it in $6/$7; the users of one sent to
+# several come flattened in $8-$11 and are gathered per notification.
 _CREATE: Final = """
-WITH users AS (
+WITH many AS (
     SELECT u.tenant_id, u.notification_id,
         array_agg(u.user_id ORDER BY u.i) AS user_ids, array_agg(u.cursor ORDER BY u.i) AS cursors
-    FROM unnest($6::text[], $7::text[], $8::text[], $9::bigint[])
+    FROM unnest($8::text[], $9::text[], $10::text[], $11::bigint[])
         WITH ORDINALITY AS u (tenant_id, notification_id, user_id, cursor, i)
     GROUP BY u.tenant_id, u.notification_id
 )
@@ -65,10 +67,12 @@ INSERT INTO herald_status (
     tenant_id, notification_id, target, created_at, expires_at, user_ids, cursors
 )
 SELECT n.tenant_id, n.notification_id, n.target, n.created_at, n.expires_at,
-    coalesce(u.user_ids, '{}'), coalesce(u.cursors, '{}')
-FROM unnest($1::text[], $2::text[], $3::bytea[], $4::float8[], $5::float8[])
-    AS n (tenant_id, notification_id, target, created_at, expires_at)
-LEFT JOIN users AS u ON u.tenant_id = n.tenant_id AND u.notification_id = n.notification_id
+    CASE WHEN n.user_id IS NULL THEN coalesce(m.user_ids, '{}') ELSE ARRAY[n.user_id] END,
+    CASE WHEN n.user_id IS NULL THEN coalesce(m.cursors, '{}') ELSE ARRAY[n.cursor] END
+FROM unnest($1::text[], $2::text[], $3::bytea[], $4::float8[], $5::float8[], $6::text[],
+        $7::bigint[])
+    AS n (tenant_id, notification_id, target, created_at, expires_at, user_id, cursor)
+LEFT JOIN many AS m ON m.tenant_id = n.tenant_id AND m.notification_id = n.notification_id
 ON CONFLICT (tenant_id, notification_id) DO NOTHING
 """
 
@@ -316,12 +320,20 @@ async def create_records(connection: Connection, records: Sequence[NewRecord]) -
     if not unique:
         return
     new = unique.values()
+    one_user: list[str | None] = []
+    one_cursor: list[int | None] = []
     tenants: list[str] = []
     ids: list[str] = []
     users: list[str] = []
     cursors: list[int] = []
     for r in new:
         named = r.cursors or (0,) * len(r.user_ids)
+        if len(r.user_ids) == 1:
+            one_user.append(r.user_ids[0])
+            one_cursor.append(named[0])
+            continue
+        one_user.append(None)
+        one_cursor.append(None)
         seen: set[str] = set()
         for user_id, cursor in zip(r.user_ids, named, strict=True):
             if user_id not in seen:
@@ -337,6 +349,8 @@ async def create_records(connection: Connection, records: Sequence[NewRecord]) -
         [r.target for r in new],
         [r.created_at for r in new],
         [r.expires_at for r in new],
+        one_user,
+        one_cursor,
         tenants,
         ids,
         users,
