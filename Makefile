@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 WEB_STAMP := web/node_modules/.installed
 
 .PHONY: install run test lint typecheck buf-lint buf-breaking gen check-gen pytest bench clean \
-	web-install web-test
+	web-install web-test web-dev
 
 $(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,10 @@ pytest: install
 # The web client's type check and unit tests (vitest).
 web-test: web-install
 	cd web && npm run --silent typecheck && npm test --silent
+
+# The demo inbox page against `herald up` behind Envoy, in one command (scripts/web-dev.sh).
+web-dev: install web-install
+	PATH="$(CURDIR)/$(BIN):$$PATH" scripts/web-dev.sh
 
 test: lint typecheck buf-lint check-gen web-test pytest
 
