@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 WEB_STAMP := web/node_modules/.installed
 
 .PHONY: install run test lint typecheck buf-lint buf-breaking gen check-gen pytest bench clean \
-	web-install web-test web-dev
+	web-install browser web-test web-dev
 
 $(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ $(WEB_STAMP): web/package.json web/package-lock.json
 	touch $(WEB_STAMP)
 
 web-install: $(WEB_STAMP)
+
+# Debian's chromium for tests/test_browser.py (apt-get as root; see the script).
+browser:
+	scripts/install-browser.sh
 
 run: install
 	$(BIN)/herald up
@@ -46,7 +50,7 @@ buf-lint: install
 	$(BIN)/buf lint
 	PATH="$(CURDIR)/$(BIN):$$PATH" scripts/buf-breaking.sh
 
-pytest: install
+pytest: install web-install browser
 	$(BIN)/pytest
 
 # The web client's type check and unit tests (vitest).
