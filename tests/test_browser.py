@@ -1,0 +1,257 @@
+"""The demo inbox page (web/) in real Chromium, through the real Envoy, in front of real Herald.
+
+Playwright drives Debian's `chromium` (Playwright's own browser download does not work here);
+`make test` installs it (scripts/install-browser.sh) and web/node_modules (`npm ci`). Missing,
+either skips with the reason; under CI=true it fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import http.server
+import os
+import shutil
+import subprocess
+import threading
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from playwright.async_api import Browser, Locator, Page, async_playwright, expect
+
+from herald.v1 import ingest_pb2
+from services.config import DeliverySettings
+from tests.harness import Herald, make_config, start_herald, to_user
+from tests.test_envoy import Envoy, running_envoy
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.slow]
+
+WEB = Path(__file__).resolve().parents[1] / "web"
+CHROMIUM = os.environ.get("HERALD_TEST_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+# Every wait on the page is bounded: no step may hang until the test timeout.
+WAIT_MS = 10_000
+# Short, so a redelivery (of what a page had but did not ack) comes within the test.
+ACK_TIMEOUT_S = 1.0
+
+
+def _missing(reason: str) -> None:
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{reason}; CI must run the browser tests")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    found = shutil.which(CHROMIUM)
+    if found is None:
+        _missing(f"{CHROMIUM} is not installed (apt-get install chromium; `make install` does it)")
+    assert found is not None
+    return found
+
+
+@pytest.fixture(scope="session")
+def built_page(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo page as `npm run build` makes it, into a directory of this test run."""
+    vite = WEB / "node_modules" / ".bin" / "vite"
+    if not vite.exists():
+        _missing("web/node_modules is missing (cd web && npm ci; `make install` does it)")
+    out = tmp_path_factory.mktemp("web-dist")
+    result = subprocess.run(  # noqa: S603 - a fixed command of this repository
+        [str(vite), "build", "--outDir", str(out), "--emptyOutDir", "--logLevel", "warn"],
+        cwd=WEB,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (out / "index.html").is_file()
+    return out
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="session")
+def page_origin(built_page: Path) -> Iterator[str]:
+    """The built page served over HTTP on loopback: an origin of its own, as an app's would be
+    (Envoy's CORS lets it call)."""
+    handler = functools.partial(_QuietHandler, directory=str(built_page))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+@dataclass
+class Stack:
+    herald: Herald
+    envoy: Envoy
+    browser: Browser
+    origin: str
+
+    def url(self, user: str = "alice", *, ack_interval_ms: int | None = None) -> str:
+        """The page's URL with the user's token in the fragment (never sent to a server)."""
+        fragment = f"token={self.herald.tokens.user('acme', user)}"
+        fragment += f"&server=http://127.0.0.1:{self.envoy.port}"
+        if ack_interval_ms is not None:
+            fragment += f"&ackIntervalMs={ack_interval_ms}"
+        return f"{self.origin}/#{fragment}"
+
+
+@pytest_asyncio.fixture
+async def stack(chromium: str, page_origin: str, tmp_path: Path) -> AsyncIterator[Stack]:
+    config = make_config(tmp_path, delivery=DeliverySettings(ack_timeout_s=ACK_TIMEOUT_S))
+    herald = await start_herald("up", config)
+    try:
+        async with (
+            running_envoy(herald, tmp_path) as envoy,
+            async_playwright() as playwright,
+        ):
+            browser = await playwright.chromium.launch(
+                executable_path=chromium, args=CHROMIUM_FLAGS
+            )
+            try:
+                yield Stack(herald, envoy, browser, page_origin)
+            finally:
+                await browser.close()
+    finally:
+        await herald.stop()
+
+
+async def expect_live(page: Page) -> None:
+    """The connection indicator says the subscription is open (SessionStarted received)."""
+    indicator = page.locator("#connection")
+    await expect(indicator).to_have_attribute("data-state", "open", timeout=WAIT_MS)
+    await expect(indicator).to_have_text("live")
+    await expect(page.locator("#sign-in")).to_be_hidden()
+
+
+async def open_inbox(stack: Stack, page: Page, *, ack_interval_ms: int | None = None) -> None:
+    await page.goto(stack.url(ack_interval_ms=ack_interval_ms))
+    await expect_live(page)
+    # The token left the address bar at once.
+    assert "token" not in page.url
+
+
+ACKED = ingest_pb2.DELIVERY_STATE_ACKED
+DELIVERED = ingest_pb2.DELIVERY_STATE_DELIVERED
+
+
+async def states_of(herald: Herald, notification_id: str, until: int) -> list[int]:
+    """The recipients' states of a notification, polled (bounded) until all are `until`."""
+    backend = herald.backend()
+    states: list[int] = []
+    for _ in range(100):
+        status = await backend.status(notification_id)
+        states = [int(recipient.state) for recipient in status.recipients]
+        if states and all(state == until for state in states):
+            break
+        await asyncio.sleep(0.05)
+    return states
+
+
+def toast(page: Page, notification_id: str) -> Locator:
+    return page.locator(f'.toast[data-id="{notification_id}"]')
+
+
+async def test_a_backend_sends_and_the_page_shows_it(stack: Stack) -> None:
+    page = await stack.browser.new_page()
+    await open_inbox(stack, page)
+    await expect(page.locator("#unread")).to_have_text("0", timeout=WAIT_MS)
+
+    sent = await stack.herald.backend().send(to_user("alice", "Your order shipped"))
+
+    await expect(toast(page, sent.notification_id)).to_contain_text(
+        "Your order shipped", timeout=WAIT_MS
+    )
+    row = page.locator(f'#inbox li[data-id="{sent.notification_id}"]')
+    await expect(row).to_have_class("unread", timeout=WAIT_MS)
+    await expect(page.locator("#unread")).to_have_text("1", timeout=WAIT_MS)
+    # The page acked it (unary Ack over gRPC-Web): the status says so.
+    assert await states_of(stack.herald, sent.notification_id, until=ACKED) == [ACKED]
+
+
+async def test_a_reloaded_page_resumes_without_a_duplicate_toast(stack: Stack) -> None:
+    # The page acks only once a minute, so what it had is still unacked when it reloads: the
+    # server redelivers it to the new session after its ack timeout, and the page must know,
+    # from the cursors and entries it kept in localStorage, that it showed it already.
+    page = await stack.browser.new_page()
+    await open_inbox(stack, page, ack_interval_ms=60_000)
+    backend = stack.herald.backend()
+    first = await backend.send(to_user("alice", "before the reload"))
+    await expect(toast(page, first.notification_id)).to_be_visible(timeout=WAIT_MS)
+    assert await states_of(stack.herald, first.notification_id, until=DELIVERED) == [DELIVERED]
+
+    await page.reload()
+    await expect_live(page)
+    # The resumed session got the unacked entry again after the ack timeout, and dropped it.
+    await page.wait_for_function(
+        "() => window.heraldDemo.subscription.stats.duplicates >= 1", timeout=WAIT_MS
+    )
+    second = await backend.send(to_user("alice", "after the reload"))
+    await expect(toast(page, second.notification_id)).to_be_visible(timeout=WAIT_MS)
+    # Toasts stay 8 s: one shown after the reload would still be there.
+    await expect(toast(page, first.notification_id)).to_have_count(0)
+    stats = await page.evaluate("() => window.heraldDemo.subscription.stats")
+    assert stats["delivered"] == 1, stats
+    # The inbox still lists both, once each.
+    await expect(page.locator("#inbox li")).to_have_count(2, timeout=WAIT_MS)
+
+
+async def test_what_was_sent_while_the_page_was_closed_appears_when_it_opens(
+    stack: Stack,
+) -> None:
+    context = await stack.browser.new_context()  # one profile: localStorage outlives the tab
+    page = await context.new_page()
+    await open_inbox(stack, page)
+    seen = await stack.herald.backend().send(to_user("alice", "while open"))
+    await expect(toast(page, seen.notification_id)).to_be_visible(timeout=WAIT_MS)
+    assert await states_of(stack.herald, seen.notification_id, until=ACKED) == [ACKED]
+    await page.close()
+
+    offline = await stack.herald.backend().send(to_user("alice", "while you were away"))
+
+    page = await context.new_page()
+    await open_inbox(stack, page)
+    await expect(toast(page, offline.notification_id)).to_contain_text(
+        "while you were away", timeout=WAIT_MS
+    )
+    await expect(page.locator(f'#inbox li[data-id="{offline.notification_id}"]')).to_have_count(1)
+    await expect(page.locator("#unread")).to_have_text("2", timeout=WAIT_MS)
+    # What the closed page had and acked is in the list, not shown again.
+    await expect(toast(page, seen.notification_id)).to_have_count(0)
+    await context.close()
+
+
+async def test_mark_read_updates_the_badge_and_the_server(stack: Stack) -> None:
+    backend = stack.herald.backend()
+    sent = [await backend.send(to_user("alice", f"unread {i}")) for i in range(3)]
+    page = await stack.browser.new_page()
+    await open_inbox(stack, page)
+    await expect(page.locator("#unread")).to_have_text("3", timeout=WAIT_MS)
+    await expect(page.locator("#inbox li.unread")).to_have_count(3)
+
+    target = sent[1].notification_id
+    await page.locator(f'#inbox li[data-id="{target}"] button.mark-read').click()
+
+    await expect(page.locator("#unread")).to_have_text("2", timeout=WAIT_MS)
+    await expect(page.locator(f'#inbox li[data-id="{target}"]')).to_have_class("read")
+    inbox = await stack.herald.user("alice").list_inbox()
+    read = {item.notification.id for item in inbox.items if item.HasField("read_at")}
+    assert read == {target}
+
+    # A fresh page counts from the server: still 2.
+    await page.reload()
+    await expect(page.locator("#unread")).to_have_text("2", timeout=WAIT_MS)

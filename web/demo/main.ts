@@ -1,0 +1,226 @@
+// The demo inbox page: the user's inbox (ListInbox, paged), an unread badge, live toasts,
+// mark read, and the connection state, on the client in ../src.
+//
+// Auth, for the demo: the page takes a user JWT from its URL fragment (`#token=...`, which the
+// browser never sends to any server, so no proxy can log it) or from the sign-in form, keeps it
+// in sessionStorage (this tab only) and removes it from the address bar. A real app gets its
+// token from its own backend (see docs/web.md). Fragment parameters:
+//   token=JWT           the user's token (scope subscribe)
+//   server=URL          Envoy's gRPC-Web listener (default VITE_HERALD_URL, else host:8080)
+//   ackIntervalMs=N     the subscription's ack cadence (tests use it)
+
+import {
+  type ConnectionState,
+  createHeraldClient,
+  type InboxItem,
+  LocalStorageResumeStore,
+  type Notification,
+  readClaims,
+  resumeKey,
+  type Subscription,
+} from "../src/index";
+
+interface Session {
+  token: string;
+  server: string;
+  ackIntervalMs?: number;
+}
+
+const SESSION_KEY = "herald.demo.session";
+const TOAST_MS = 8_000;
+
+function defaultServer(): string {
+  return import.meta.env.VITE_HERALD_URL ?? `${location.protocol}//${location.hostname}:8080`;
+}
+
+function readSession(): Session | undefined {
+  const fragment = new URLSearchParams(location.hash.slice(1));
+  const token = fragment.get("token");
+  if (token !== null) {
+    const ack = Number(fragment.get("ackIntervalMs"));
+    const session: Session = {
+      token,
+      server: fragment.get("server") ?? defaultServer(),
+      ...(ack > 0 ? { ackIntervalMs: ack } : {}),
+    };
+    sessionStorage.setItem(SESSION_KEY, JSON.stringify(session));
+    // Out of the address bar, the history and any bookmark.
+    history.replaceState(null, "", location.pathname + location.search);
+    return session;
+  }
+  const stored = sessionStorage.getItem(SESSION_KEY);
+  return stored === null ? undefined : (JSON.parse(stored) as Session);
+}
+
+function element<T extends HTMLElement>(id: string): T {
+  const found = document.getElementById(id);
+  if (found === null) throw new Error(`#${id} is missing from the page`);
+  return found as T;
+}
+
+function when(notification: Notification | undefined): string {
+  const seconds = notification?.createdAt?.seconds;
+  return seconds === undefined ? "" : new Date(Number(seconds) * 1000).toLocaleString();
+}
+
+function describe(state: ConnectionState): string {
+  switch (state.kind) {
+    case "connecting":
+      return state.attempt > 1 ? `connecting (attempt ${state.attempt})` : "connecting";
+    case "open":
+      return "live";
+    case "reconnecting":
+      return `reconnecting in ${(state.delayMs / 1000).toFixed(1)} s (${state.reason})`;
+    case "closed":
+      return `disconnected: ${state.reason}`;
+  }
+}
+
+class InboxPage {
+  readonly #list = element<HTMLUListElement>("inbox");
+  readonly #more = element<HTMLButtonElement>("more");
+  readonly #empty = element<HTMLParagraphElement>("empty");
+  readonly #badge = element<HTMLSpanElement>("unread");
+  readonly #toasts = element<HTMLDivElement>("toasts");
+  readonly #connection = element<HTMLSpanElement>("connection");
+  readonly #client: ReturnType<typeof createHeraldClient>;
+  readonly #unread = new Set<string>();
+  #nextPage = "";
+  subscription: Subscription | undefined;
+
+  constructor(session: Session) {
+    this.#client = createHeraldClient({ baseUrl: session.server, token: session.token });
+    const claims = readClaims(session.token);
+    element("who").textContent = `${claims.sub} @ ${claims.tenant}`;
+    this.#more.addEventListener("click", () => void this.loadPage());
+    this.subscription = this.#client.subscribe({
+      store: new LocalStorageResumeStore(resumeKey(session.server, claims.tenant, claims.sub)),
+      ...(session.ackIntervalMs ? { ackIntervalMs: session.ackIntervalMs } : {}),
+      onNotification: ({ notification, log }) => {
+        this.toast(notification);
+        if (log === "user") this.addLive(notification);
+      },
+    });
+    this.subscription.state.subscribe((state) => {
+      this.#connection.dataset.state = state.kind;
+      this.#connection.textContent = describe(state);
+    });
+  }
+
+  async start(): Promise<void> {
+    await this.loadPage();
+    for (const id of await this.#client.inbox.unreadIds()) this.#unread.add(id);
+    this.renderBadge();
+  }
+
+  async loadPage(): Promise<void> {
+    const page = await this.#client.inbox.page(this.#nextPage, 20);
+    for (const item of page.items) this.#list.append(this.row(item));
+    this.#nextPage = page.nextPageToken;
+    this.#more.hidden = this.#nextPage === "";
+    this.#empty.hidden = this.#list.children.length > 0;
+  }
+
+  row(item: Pick<InboxItem, "notification" | "readAt">): HTMLLIElement {
+    const notification = item.notification;
+    const id = notification?.id ?? "";
+    const read = item.readAt !== undefined;
+    const li = document.createElement("li");
+    li.dataset.id = id;
+    li.className = read ? "read" : "unread";
+    const text = document.createElement("div");
+    text.className = "text";
+    const title = document.createElement("div");
+    title.className = "title";
+    title.textContent = notification?.content?.title ?? "";
+    const body = document.createElement("div");
+    body.textContent = notification?.content?.body ?? "";
+    text.append(title, body);
+    const time = document.createElement("time");
+    time.textContent = when(notification);
+    li.append(text, time);
+    if (!read) {
+      const button = document.createElement("button");
+      button.type = "button";
+      button.className = "mark-read";
+      button.textContent = "Mark read";
+      button.addEventListener("click", () => void this.markRead(id, li, button));
+      li.append(button);
+    }
+    return li;
+  }
+
+  addLive(notification: Notification): void {
+    if (this.#list.querySelector(`li[data-id="${CSS.escape(notification.id)}"]`) === null) {
+      this.#list.prepend(this.row({ notification, readAt: undefined }));
+      this.#empty.hidden = true;
+    }
+    this.#unread.add(notification.id);
+    this.renderBadge();
+  }
+
+  async markRead(id: string, li: HTMLLIElement, button: HTMLButtonElement): Promise<void> {
+    button.disabled = true;
+    try {
+      await this.#client.inbox.markRead([id]);
+      li.className = "read";
+      button.remove();
+      this.#unread.delete(id);
+      this.renderBadge();
+    } catch (error) {
+      button.disabled = false;
+      this.toastText("Could not mark it read", String(error));
+    }
+  }
+
+  renderBadge(): void {
+    this.#badge.dataset.count = String(this.#unread.size);
+    this.#badge.textContent = String(this.#unread.size);
+  }
+
+  toast(notification: Notification): void {
+    const toast = this.toastText(notification.content?.title ?? "", notification.content?.body ?? "");
+    toast.dataset.id = notification.id;
+  }
+
+  toastText(title: string, body: string): HTMLDivElement {
+    const toast = document.createElement("div");
+    toast.className = "toast";
+    const heading = document.createElement("span");
+    heading.className = "title";
+    heading.textContent = title;
+    toast.append(heading, document.createTextNode(body));
+    this.#toasts.append(toast);
+    setTimeout(() => toast.remove(), TOAST_MS);
+    return toast;
+  }
+}
+
+function signIn(): void {
+  const form = element<HTMLFormElement>("sign-in");
+  form.hidden = false;
+  element("connection").dataset.state = "closed";
+  element("connection").textContent = "signed out";
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const token = element<HTMLInputElement>("token").value.trim();
+    sessionStorage.setItem(SESSION_KEY, JSON.stringify({ token, server: defaultServer() }));
+    location.reload();
+  });
+}
+
+declare global {
+  interface Window {
+    /** The running page, for the browser tests and a developer's console. */
+    heraldDemo?: InboxPage;
+  }
+}
+
+const session = readSession();
+if (session === undefined) {
+  signIn();
+} else {
+  const page = new InboxPage(session);
+  window.heraldDemo = page;
+  page.start().catch((error: unknown) => page.toastText("Could not load the inbox", String(error)));
+}
