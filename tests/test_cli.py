@@ -431,7 +431,7 @@ async def test_tail_shows_connection_state_while_it_reconnects(cli: Cli) -> None
     assert status["recipients"][0]["state"] == "DELIVERY_STATE_ACKED"
 
 
-async def test_tenant_settings_get_set_put_reset_list(cli: Cli, tmp_path: Path) -> None:
+async def test_tenant_get_and_set_keep_what_they_are_not_told_to_change(cli: Cli) -> None:
     address = await _up(cli)
     env = {"HERALD_ADDRESS": address, "HERALD_TENANT": "acme"}
     got = await cli.json("tenant", "get", **env)
@@ -477,15 +477,20 @@ async def test_tenant_settings_get_set_put_reset_list(cli: Cli, tmp_path: Path) 
     refused = await cli.fail("send", "--user", "alice", "--title", "two", **env)
     assert refused.startswith("error: RESOURCE_EXHAUSTED: rate limit: tenant 'acme' may make 0.001")
 
+
+async def test_tenant_put_reset_and_list_and_their_errors(cli: Cli, tmp_path: Path) -> None:
+    address = await _up(cli)
+    env = {"HERALD_ADDRESS": address, "HERALD_TENANT": "acme"}
+    await cli.run("tenant", "set", "--key-send-rate", "50", "--signing-required", "true", **env)
     file = tmp_path / "settings.json"
     file.write_text(json.dumps({"rateLimits": {"userSubscribeRate": 2}}))
-    stale = await cli.fail("tenant", "put", "--file", str(file), "--if-version", "1", **env)
+    stale = await cli.fail("tenant", "put", "--file", str(file), "--if-version", "0", **env)
     assert stale == (
-        "error: ABORTED: the settings of tenant 'acme' are at version 2, not 1: read them again "
+        "error: ABORTED: the settings of tenant 'acme' are at version 1, not 0: read them again "
         "(GetTenantSettings) and reapply the change"
     )
-    put = await cli.json("tenant", "put", "--file", str(file), "--if-version", "2", **env)
-    assert (put["version"], put["rateLimits"]) == (3, {"userSubscribeRate": 2.0})
+    put = await cli.json("tenant", "put", "--file", str(file), "--if-version", "1", **env)
+    assert (put["version"], put["rateLimits"]) == (2, {"userSubscribeRate": 2.0})
     assert "streamPolicy" not in put
     bad = await cli.fail("tenant", "set", "--user-subscribe-burst", "0", **env)
     assert (
@@ -495,10 +500,10 @@ async def test_tenant_settings_get_set_put_reset_list(cli: Cli, tmp_path: Path) 
         "error: TENANT globex disagrees with --tenant acme"
     )
     reset = await cli.json("tenant", "reset", **env)
-    assert (reset["version"], reset["rateLimits"]) == (4, {})
+    assert (reset["version"], reset["rateLimits"]) == (3, {})
     await cli.json("tenant", "set", "globex", "--key-send-rate", "1", "--address", address)
     listed = await cli.json("tenant", "list", "--address", address)
     assert [(s["tenantId"], s["version"]) for s in listed["settings"]] == [
-        ("acme", 4),
+        ("acme", 3),
         ("globex", 1),
     ]
