@@ -240,7 +240,7 @@ class RegistryServicer:
         settings: TenantSettingsRecord,
     ) -> TenantSettingsRecord:
         """Stores `settings`; the audit record gets the versions and the names of the fields
-        that changed (never their values' source: the token or the request's other bytes)."""
+        that changed, never their values."""
         expected = _expected(request)
         if expected is not None:
             details["expected_version"] = expected
