@@ -27,6 +27,8 @@ from services.cli_connection import CliError, client_flags, connect, credentials
 from services.domain import RATE_LIMIT_FIELDS
 
 OPERATOR: Final = "herald-cli"
+# TenantSettings fields `--unset` takes beside the rate limits (the last is a message).
+_TOP_FIELDS: Final = ("default_ttl_seconds", "max_users_per_send", "stream_policy")
 # Reads and reapplications `set` tries when another change comes between its read and its put.
 _SET_ATTEMPTS: Final = 3
 _BUCKETS: Final = (
@@ -55,6 +57,12 @@ def add_command(commands: Any) -> None:
             metavar="N",
         )
     change.add_argument(
+        "--default-ttl-seconds", type=int, metavar="N", help="TTL of a send that sets none"
+    )
+    change.add_argument(
+        "--max-users-per-send", type=int, metavar="N", help="users one notification may name"
+    )
+    change.add_argument(
         "--compression", metavar="LIST", help="encodings, e.g. zstd,gzip ('' for none)"
     )
     change.add_argument("--compression-min-bytes", type=int, metavar="N")
@@ -67,7 +75,8 @@ def add_command(commands: Any) -> None:
         action="append",
         default=[],
         metavar="FIELD",
-        help="back to the node default: a rate limit (e.g. tenant_send_rate) or stream_policy",
+        help="back to the node default: a rate limit (e.g. tenant_send_rate), "
+        "default_ttl_seconds, max_users_per_send or stream_policy",
     )
     put = actions.add_parser("put", help="replace the settings whole, from a JSON file")
     _common(put)
@@ -162,13 +171,17 @@ def _apply(
     for name in args.unset:
         if name in RATE_LIMIT_FIELDS:
             settings.rate_limits.ClearField(name)
-        elif name == "stream_policy":
-            settings.ClearField("stream_policy")
+        elif name in _TOP_FIELDS:
+            settings.ClearField(name)
         else:
             raise CliError(
-                f"--unset {name}: not a field; use one of {', '.join(RATE_LIMIT_FIELDS)} "
-                "or stream_policy"
+                f"--unset {name}: not a field; use one of {', '.join(RATE_LIMIT_FIELDS)}, "
+                f"{', '.join(_TOP_FIELDS)}"
             )
+    for name in _TOP_FIELDS[:-1]:
+        value = getattr(args, name)
+        if value is not None:
+            setattr(settings, name, value)
     for name in RATE_LIMIT_FIELDS:
         value = getattr(args, name)
         if value is not None:
@@ -280,7 +293,21 @@ def _settings_text(response: registry_pb2.GetTenantSettingsResponse) -> list[str
     table = [
         "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
     ]
-    return [_version_line(response.settings), *table, *_policy_lines(response.settings)]
+    return [
+        _version_line(response.settings),
+        *table,
+        *_send_lines(response.settings),
+        *_policy_lines(response.settings),
+    ]
+
+
+def _send_lines(settings: registry_pb2.TenantSettings) -> list[str]:
+    return [
+        f"{name}: {getattr(settings, name)}"
+        if settings.HasField(name)
+        else f"{name}: the ingest node's"
+        for name in _TOP_FIELDS[:-1]
+    ]
 
 
 def _stored_text(settings: registry_pb2.TenantSettings) -> list[str]:
@@ -289,6 +316,7 @@ def _stored_text(settings: registry_pb2.TenantSettings) -> list[str]:
     return [
         f"stored tenant {settings.tenant_id} settings version {settings.version}",
         f"rate limits: {shown}",
+        *_send_lines(settings),
         *_policy_lines(settings),
     ]
 

@@ -267,3 +267,6 @@ class TenantSettingsRecord:
     stream_policy: StreamPolicy | None = None
     updated_at: float = 0.0
     updated_by: str = ""
+    # What ingest applies to the tenant's sends (None: the node's HERALD_INGEST_* value).
+    default_ttl_s: int | None = None
+    max_users_per_send: int | None = None

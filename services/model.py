@@ -237,6 +237,10 @@ def tenant_settings_to_proto(settings: TenantSettingsRecord) -> registry_pb2.Ten
         rate_limits=rate_limits_to_proto(settings.rate_limits),
         updated_by=settings.updated_by,
     )
+    if settings.default_ttl_s is not None:
+        message.default_ttl_seconds = settings.default_ttl_s
+    if settings.max_users_per_send is not None:
+        message.max_users_per_send = settings.max_users_per_send
     if settings.updated_at:
         message.updated_at.CopyFrom(timestamp(settings.updated_at))
     policy = settings.stream_policy
@@ -266,7 +270,15 @@ def tenant_settings_from_proto(
             allowed_formats=tuple(p.allowed_formats),
         )
     return TenantSettingsRecord(
-        tenant, rate_limits=rate_limits_from_proto(message.rate_limits), stream_policy=policy
+        tenant,
+        rate_limits=rate_limits_from_proto(message.rate_limits),
+        stream_policy=policy,
+        default_ttl_s=(
+            message.default_ttl_seconds if message.HasField("default_ttl_seconds") else None
+        ),
+        max_users_per_send=(
+            message.max_users_per_send if message.HasField("max_users_per_send") else None
+        ),
     )
 
 

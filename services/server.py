@@ -302,7 +302,7 @@ async def start_node(
                 delivery_port = remote_node
             templates: TemplatePort | None = registry_core or remote_registry
             ingest_core = IngestCore(
-                delivery_port, stores.idempotency, config.ingest, clock, templates
+                delivery_port, stores.idempotency, config.ingest, clock, templates, tenant_settings
             )
             IngestServicer(ingest_core, admission).register(server)
 

@@ -450,9 +450,12 @@ async def test_tenant_get_and_set_keep_what_they_are_not_told_to_change(cli: Cli
         "true",
         "--compression",
         "zstd,gzip",
+        "--default-ttl-seconds",
+        "120",
         **env,
     )
     assert stored["version"] == 1
+    assert stored["defaultTtlSeconds"] == 120
     assert stored["rateLimits"] == {"tenantSendRate": 0.001, "tenantSendBurst": 1}
     assert stored["streamPolicy"]["compression"] == ["zstd", "gzip"]
     assert stored["updatedBy"] == "herald-cli"
@@ -471,6 +474,7 @@ async def test_tenant_get_and_set_keep_what_they_are_not_told_to_change(cli: Cli
     assert re.search(r"\nsend, per service key +50 +10000 +tenant settings\n", text), text
     assert re.search(r"\nsubscribe, per user +5 +30 +node\n", text), text
     assert "compression zstd,gzip; signing required; formats any" in text
+    assert "default_ttl_seconds: 120\nmax_users_per_send: the ingest node's\n" in text
 
     # In force at once on the node that stored them.
     await cli.run("send", "--user", "alice", "--title", "one", **env)

@@ -7,10 +7,10 @@ import grpc
 import pytest
 from grpc import aio
 
-from herald.v1 import registry_pb2
+from herald.v1 import notification_pb2, registry_pb2
 from services import auth
 from services.client import HeraldClient
-from services.config import RateLimitSettings, RegistrySettings, TenantRateLimits
+from services.config import IngestSettings, RateLimitSettings, RegistrySettings, TenantRateLimits
 from tests.conftest import Deploy
 from tests.harness import Herald, to_user
 from tests.streams import Stream
@@ -137,6 +137,67 @@ async def test_a_stream_policy_out_of_bounds_is_refused_by_name(
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert message in (error.details() or "")
     assert len(error.details() or "") < 300
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("default_ttl_seconds", 0, "default_ttl_seconds must be 1 to 31,536,000"),
+        ("default_ttl_seconds", 31_536_001, "default_ttl_seconds must be 1 to 31,536,000"),
+        ("max_users_per_send", 0, "max_users_per_send must be 1 to 100,000"),
+        ("max_users_per_send", 100_001, "max_users_per_send must be 1 to 100,000"),
+    ],
+)
+async def test_a_send_setting_out_of_bounds_is_refused_by_name(
+    herald_up: Herald, field: str, value: int, message: str
+) -> None:
+    put = registry_pb2.TenantSettings(**{field: value})  # type: ignore[arg-type]
+    error = await refused(admin(herald_up).put_tenant_settings(put))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == message
+
+
+@TOPOLOGIES
+async def test_the_tenants_default_ttl_and_recipient_limit_apply_to_its_sends(
+    deploy: Deploy, topology: str
+) -> None:
+    herald, clock = await deploy(
+        topology, ingest=IngestSettings(default_ttl_s=3600, max_ttl_s=7200, max_users_per_send=5)
+    )
+    await admin(herald).put_tenant_settings(
+        registry_pb2.TenantSettings(default_ttl_seconds=60, max_users_per_send=2)
+    )
+    await clock.advance(TTL_S)  # past the TTL of what ingest may have read before (split)
+    backend = herald.backend()
+    sent = await backend.send(to_user("alice"))
+    status = await backend.status(sent.notification_id)
+    assert status.expires_at.seconds - status.created_at.seconds == 60
+    three = notification_pb2.Notification()
+    three.target.users.user_ids.extend(["a", "b", "c"])
+    three.content.title = "hi"
+    error = await refused(backend.send(three))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "lists 3 users; the limit is 2" in (error.details() or "")
+    # Another tenant keeps the node's; a TTL the send sets itself is its own.
+    other = await herald.backend("globex").send(to_user("alice"))
+    status = await herald.backend("globex").status(other.notification_id)
+    assert status.expires_at.seconds - status.created_at.seconds == 3600
+    own = await backend.send(to_user("alice", ttl_seconds=600))
+    status = await backend.status(own.notification_id)
+    assert status.expires_at.seconds - status.created_at.seconds == 600
+    # Capped at the node's maximum: the tenant's settings never go beyond the node.
+    await admin(herald).put_tenant_settings(
+        registry_pb2.TenantSettings(default_ttl_seconds=86_400, max_users_per_send=1000)
+    )
+    await clock.advance(TTL_S)
+    capped = await backend.send(to_user("alice"))
+    status = await backend.status(capped.notification_id)
+    assert status.expires_at.seconds - status.created_at.seconds == 7200
+    six = notification_pb2.Notification()
+    six.target.users.user_ids.extend([f"u{i}" for i in range(6)])
+    six.content.title = "hi"
+    error = await refused(backend.send(six))
+    assert "lists 6 users; the limit is 5" in (error.details() or "")
 
 
 async def test_settings_naming_another_tenant_are_refused(herald_up: Herald) -> None:

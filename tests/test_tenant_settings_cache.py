@@ -1,16 +1,19 @@
 """Each node's copy of the tenant settings: read again after the TTL, once per tenant at a time,
-the last read kept while the source fails; a manual clock, never a sleep."""
+the last read kept while the source fails; a manual clock, never a sleep. And what a change
+changed, as the audit log names it."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 
 import pytest
 
 from services.clock import ManualClock
-from services.domain import RateLimitOverrides, TenantSettingsRecord
+from services.domain import RateLimitOverrides, StreamPolicy, TenantSettingsRecord
 from services.errors import Unavailable
+from services.registry.tenant_settings import changed_fields
 from services.tenant_settings_cache import TenantSettingsCache
 
 pytestmark = pytest.mark.asyncio
@@ -116,3 +119,22 @@ async def test_at_most_max_tenants_are_kept() -> None:
     assert source.reads == 3
     await cache.get("b")  # dropped for c, read again
     assert source.reads == 4
+
+
+async def test_a_change_names_the_fields_it_changed_in_proto_order() -> None:
+    before = TenantSettingsRecord("acme", 1, RateLimitOverrides(tenant_send_rate=1))
+    after = TenantSettingsRecord(
+        "acme",
+        2,
+        RateLimitOverrides(tenant_send_rate=1, user_subscribe_burst=3),
+        StreamPolicy(signing_required=True),
+        default_ttl_s=60,
+    )
+    assert changed_fields(before, after) == [
+        "rate_limits.user_subscribe_burst",
+        "default_ttl_seconds",
+        "stream_policy",
+    ]
+    later = dataclasses.replace(after, stream_policy=StreamPolicy(("zstd",), 0, True, ()))
+    assert changed_fields(after, later) == ["stream_policy.compression"]
+    assert changed_fields(later, later) == []

@@ -27,6 +27,13 @@ MAX_BURST: Final = 10_000_000
 COMPRESSION_ENCODINGS: Final = ("zstd", "gzip")
 FORMATS: Final = ("protobuf", "json")
 MAX_COMPRESSION_MIN_BYTES: Final = 4 * 1024 * 1024
+MAX_DEFAULT_TTL_S: Final = 365 * 86_400
+MAX_USERS_PER_SEND: Final = 100_000
+# The fields of the record beside the rate limits and the stream policy, by their proto names.
+SEND_FIELDS: Final = (
+    ("default_ttl_s", "default_ttl_seconds", MAX_DEFAULT_TTL_S),
+    ("max_users_per_send", "max_users_per_send", MAX_USERS_PER_SEND),
+)
 # A page of ListTenantSettings.
 DEFAULT_PAGE: Final = 100
 MAX_PAGE: Final = 1000
@@ -87,6 +94,10 @@ def check_settings(settings: TenantSettingsRecord) -> None:
                 raise InvalidArgument(f"{where} must be 0 to {MAX_RATE:,.0f} (0 turns it off)")
         elif not 1 <= value <= MAX_BURST:
             raise InvalidArgument(f"{where} must be 1 to {MAX_BURST:,}")
+    for name, wire_name, limit in SEND_FIELDS:
+        value = getattr(settings, name)
+        if value is not None and not 1 <= value <= limit:
+            raise InvalidArgument(f"{wire_name} must be 1 to {limit:,}")
     policy = settings.stream_policy
     if policy is None:
         return
@@ -112,12 +123,18 @@ def _check_names(values: tuple[str, ...], known: tuple[str, ...], where: str) ->
 
 def changed_fields(before: TenantSettingsRecord, after: TenantSettingsRecord) -> list[str]:
     """The names of the fields whose value differs (`rate_limits.key_send_rate`,
-    `stream_policy.signing_required`, `stream_policy` when it is set or unset), by name."""
+    `default_ttl_seconds`, `stream_policy.signing_required`, `stream_policy` when it is set or
+    unset), in the order of the proto."""
     changed = [
         f"rate_limits.{name}"
         for name in RATE_LIMIT_FIELDS
         if getattr(before.rate_limits, name) != getattr(after.rate_limits, name)
     ]
+    changed.extend(
+        wire_name
+        for name, wire_name, _ in SEND_FIELDS
+        if getattr(before, name) != getattr(after, name)
+    )
     old, new = before.stream_policy, after.stream_policy
     if (old is None) != (new is None):
         changed.append("stream_policy")

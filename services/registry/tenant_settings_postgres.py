@@ -15,7 +15,9 @@ from services.domain import (
     StreamPolicy,
     TenantSettingsRecord,
 )
-from services.registry.tenant_settings import DEFAULT_PAGE, VersionConflict
+from services.registry.tenant_settings import DEFAULT_PAGE, SEND_FIELDS, VersionConflict
+
+_SEND_FIELDS: Final = tuple(name for name, _, _ in SEND_FIELDS)
 
 _UPSERT: Final = """
 INSERT INTO herald_tenant_settings (tenant_id, version, settings, updated_at, updated_by)
@@ -57,12 +59,14 @@ def encode(settings: TenantSettingsRecord) -> str:
         if getattr(settings.rate_limits, name) is not None
     }
     policy = settings.stream_policy
-    return json.dumps(
-        {
-            "rate_limits": limits,
-            "stream_policy": None if policy is None else dataclasses.asdict(policy),
-        }
-    )
+    document: dict[str, Any] = {
+        "rate_limits": limits,
+        "stream_policy": None if policy is None else dataclasses.asdict(policy),
+    }
+    for name in _SEND_FIELDS:
+        if getattr(settings, name) is not None:
+            document[name] = getattr(settings, name)
+    return json.dumps(document)
 
 
 def decode(row: asyncpg.Record) -> TenantSettingsRecord:
@@ -86,6 +90,7 @@ def decode(row: asyncpg.Record) -> TenantSettingsRecord:
         ),
         float(updated_at),
         updated_by,
+        **{name: int(stored[name]) for name in _SEND_FIELDS if stored.get(name) is not None},
     )
 
 

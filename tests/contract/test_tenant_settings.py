@@ -45,12 +45,21 @@ async def test_a_put_is_read_back_whole_at_version_one(
         stream_policy=policy,
         updated_at=1234.25,
         updated_by="ops",
+        default_ttl_s=60,
+        max_users_per_send=3,
     )
     stored = await tenant_settings_store.put(put)
     assert stored.version == 1
     got = await tenant_settings_store.get(T1)
     assert got == TenantSettingsRecord(
-        T1, 1, put.rate_limits, policy, updated_at=1234.25, updated_by="ops"
+        T1,
+        1,
+        put.rate_limits,
+        policy,
+        updated_at=1234.25,
+        updated_by="ops",
+        default_ttl_s=60,
+        max_users_per_send=3,
     )
     assert got.rate_limits.tenant_subscribe_rate is None
     assert isinstance(got.rate_limits.tenant_send_burst, int)

@@ -294,20 +294,24 @@ class StreamPolicy(_message.Message):
     def __init__(self, compression: _Optional[_Iterable[str]] = ..., compression_min_bytes: _Optional[int] = ..., signing_required: _Optional[bool] = ..., allowed_formats: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class TenantSettings(_message.Message):
-    __slots__ = ("tenant_id", "version", "rate_limits", "stream_policy", "updated_at", "updated_by")
+    __slots__ = ("tenant_id", "version", "rate_limits", "stream_policy", "updated_at", "updated_by", "default_ttl_seconds", "max_users_per_send")
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     RATE_LIMITS_FIELD_NUMBER: _ClassVar[int]
     STREAM_POLICY_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
     UPDATED_BY_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    MAX_USERS_PER_SEND_FIELD_NUMBER: _ClassVar[int]
     tenant_id: str
     version: int
     rate_limits: TenantRateLimits
     stream_policy: StreamPolicy
     updated_at: _timestamp_pb2.Timestamp
     updated_by: str
-    def __init__(self, tenant_id: _Optional[str] = ..., version: _Optional[int] = ..., rate_limits: _Optional[_Union[TenantRateLimits, _Mapping]] = ..., stream_policy: _Optional[_Union[StreamPolicy, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_by: _Optional[str] = ...) -> None: ...
+    default_ttl_seconds: int
+    max_users_per_send: int
+    def __init__(self, tenant_id: _Optional[str] = ..., version: _Optional[int] = ..., rate_limits: _Optional[_Union[TenantRateLimits, _Mapping]] = ..., stream_policy: _Optional[_Union[StreamPolicy, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_by: _Optional[str] = ..., default_ttl_seconds: _Optional[int] = ..., max_users_per_send: _Optional[int] = ...) -> None: ...
 
 class GetTenantSettingsRequest(_message.Message):
     __slots__ = ("tenant_id",)
