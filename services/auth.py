@@ -8,6 +8,9 @@ and `aud`; user tokens may carry `channels` (the channels the user may join). Sc
 - `presence:read`: look up presence and sessions of the tenant;
 - `sessions:admin`: disconnect sessions, join them to channels (implies `presence:read`);
 - `templates:write`: store and delete templates (`send` may read them);
+- `tenant:admin`: replace and reset the tenant's settings, rate limits included (give it to
+  operators, not to a tenant's backends); `tenant:read`: read them (implied by `tenant:admin`
+  and by `send`);
 - `node`: node-to-node calls; only node tokens may use the tenant `*`.
 """
 
@@ -37,8 +40,12 @@ SCOPE_SEND = "send"
 SCOPE_PRESENCE_READ = "presence:read"
 SCOPE_SESSIONS_ADMIN = "sessions:admin"
 SCOPE_TEMPLATES_WRITE = "templates:write"
+SCOPE_TENANT_ADMIN = "tenant:admin"
+SCOPE_TENANT_READ = "tenant:read"
 SCOPE_NODE = "node"
 ANY_TENANT = "*"
+# The scopes that may read their tenant's settings besides `tenant:read` itself.
+_READS_TENANT = frozenset({SCOPE_TENANT_ADMIN, SCOPE_SEND})
 
 _DEV_KEY_FILE = "dev-signing-key"
 _MIN_SECRET_BYTES = 32
@@ -61,6 +68,8 @@ class Principal:
         if scope in self.scopes or SCOPE_NODE in self.scopes:
             return
         if scope == SCOPE_PRESENCE_READ and SCOPE_SESSIONS_ADMIN in self.scopes:
+            return
+        if scope == SCOPE_TENANT_READ and not self.scopes.isdisjoint(_READS_TENANT):
             return
 
         raise PermissionDenied(f"the token lacks the '{scope}' scope")

@@ -1,7 +1,8 @@
 """The stores a node runs on, chosen by configuration (`BackendSettings.profile`):
 
 - memory, the embedded default: every store in this process, lost when it stops;
-- production: PostgreSQL for what must last (logs, acks, status, idempotency keys, templates)
+- production: PostgreSQL for what must last (logs, acks, status, idempotency keys, templates,
+  tenant settings)
   and Redis for what is shared and short-lived (the session directory, the broker), both shared
   by every node. Each backend sits behind a circuit breaker and is probed, so a node's health
   turns NOT_SERVING while a backend it needs is unreachable, and back by itself.
@@ -27,6 +28,8 @@ from services.registry.sessions import SessionDirectory
 from services.registry.sessions_memory import MemorySessionDirectory
 from services.registry.templates import TemplateStore
 from services.registry.templates_memory import MemoryTemplateStore
+from services.registry.tenant_settings import TenantSettingsStore
+from services.registry.tenant_settings_memory import MemoryTenantSettingsStore
 from services.stream.acks import AckStore
 from services.stream.acks_memory import MemoryAckStore
 from services.stream.broker import Broker
@@ -60,6 +63,7 @@ class Stores:
     idempotency: IdempotencyStore
     sessions: SessionDirectory
     templates: TemplateStore
+    tenant_settings: TenantSettingsStore
     # Shared by every node (production); memory stores are this process's alone.
     shared: bool = False
     # The rate limiter on the shared store (production: Redis); None: each node's own buckets.
@@ -91,6 +95,7 @@ class Stores:
             self.idempotency,
             self.sessions,
             self.templates,
+            self.tenant_settings,
         ):
             await store.aclose()
         for backend in self.backends:
@@ -112,6 +117,7 @@ def memory_stores(config: Config) -> Stores:
         idempotency=MemoryIdempotencyStore(),
         sessions=MemorySessionDirectory(),
         templates=MemoryTemplateStore(),
+        tenant_settings=MemoryTenantSettingsStore(),
     )
 
 

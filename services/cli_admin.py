@@ -5,7 +5,8 @@
 - `herald presence USER...`: RegistryService GetPresence;
 - `herald status ID`: IngestService GetStatus;
 - `herald templates put|get|list|delete`: RegistryService templates;
-- `herald inbox --user U [--mark-read ID]`: StreamService ListInbox / MarkRead, as that user.
+- `herald inbox --user U [--mark-read ID]`: StreamService ListInbox / MarkRead, as that user;
+- `herald tenant get|set|put|reset|list`: RegistryService tenant settings (services/cli_tenant.py).
 
 Each prints text for people, or with `--json` one JSON document (the response message in the
 protobuf JSON mapping, every field present, 64-bit integers as numbers, app data as sent).
@@ -24,12 +25,12 @@ from google.protobuf import json_format, timestamp_pb2
 from google.protobuf.message import Message
 
 from herald.v1 import ingest_pb2, registry_pb2, stream_pb2
-from services import auth
+from services import auth, cli_tenant
 from services.app_data import restore_notification_json
 from services.cli_connection import CliError, Credentials, client_flags, connect, credentials
 from services.client import HeraldClient
 
-COMMANDS = frozenset({"sessions", "presence", "status", "templates", "inbox"})
+COMMANDS = frozenset({"sessions", "presence", "status", "templates", "inbox", "tenant"})
 OPERATOR = "herald-cli"  # the subject of a minted operator token
 
 
@@ -91,11 +92,14 @@ def add_commands(commands: Any) -> None:
     inbox.add_argument(
         "--mark-read", action="append", default=[], metavar="ID", help="mark read (repeatable)"
     )
+    cli_tenant.add_command(commands)
 
 
 async def run(args: argparse.Namespace) -> int:
     if args.command == "inbox":
         return await _inbox(args)
+    if args.command == "tenant":
+        return await cli_tenant.run(args)
     who = credentials(args, _scopes(args), None, subject_flag="--token", default_subject=OPERATOR)
     tenant = "" if who.tenant == auth.ANY_TENANT and not args.tenant else who.tenant
     async with connect(args, who.token) as client:

@@ -329,6 +329,61 @@ class HeraldClient:
         )
         return int(response.deleted_versions)
 
+    async def tenant_settings(
+        self, *, tenant_id: str = "", timeout: float = 10.0
+    ) -> registry_pb2.GetTenantSettingsResponse:
+        """The tenant's settings and the rate limits in force (scope tenant:read, or send)."""
+        response: registry_pb2.GetTenantSettingsResponse = await self._registry.GetTenantSettings(
+            registry_pb2.GetTenantSettingsRequest(tenant_id=tenant_id),
+            metadata=self.metadata(),
+            timeout=timeout,
+        )
+        return response
+
+    async def put_tenant_settings(
+        self,
+        settings: registry_pb2.TenantSettings,
+        *,
+        expected_version: int | None = None,
+        tenant_id: str = "",
+        timeout: float = 10.0,
+    ) -> registry_pb2.TenantSettings:
+        """Replaces the tenant's settings whole (scope tenant:admin); with `expected_version`
+        only if that is the stored version (ABORTED otherwise). Returns them as stored."""
+        request = registry_pb2.PutTenantSettingsRequest(tenant_id=tenant_id, settings=settings)
+        if expected_version is not None:
+            request.expected_version = expected_version
+        response = await self._registry.PutTenantSettings(
+            request, metadata=self.metadata(), timeout=timeout
+        )
+        stored: registry_pb2.TenantSettings = response.settings
+        return stored
+
+    async def reset_tenant_settings(
+        self, *, expected_version: int | None = None, tenant_id: str = "", timeout: float = 10.0
+    ) -> registry_pb2.TenantSettings:
+        """Resets the tenant's settings to the node defaults (DeleteTenantSettings, scope
+        tenant:admin); returns the empty settings at their new version."""
+        request = registry_pb2.DeleteTenantSettingsRequest(tenant_id=tenant_id)
+        if expected_version is not None:
+            request.expected_version = expected_version
+        response = await self._registry.DeleteTenantSettings(
+            request, metadata=self.metadata(), timeout=timeout
+        )
+        stored: registry_pb2.TenantSettings = response.settings
+        return stored
+
+    async def list_tenant_settings(
+        self, *, page_size: int = 0, page_token: str = "", timeout: float = 10.0
+    ) -> registry_pb2.ListTenantSettingsResponse:
+        """A page of every tenant's stored settings (a node token)."""
+        response: registry_pb2.ListTenantSettingsResponse = await self._registry.ListTenantSettings(
+            registry_pb2.ListTenantSettingsRequest(page_size=page_size, page_token=page_token),
+            metadata=self.metadata(),
+            timeout=timeout,
+        )
+        return response
+
     # -- subscribers -----------------------------------------------------------------------
 
     async def ack(

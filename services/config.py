@@ -200,7 +200,7 @@ class BackendSettings(BaseSettings):
 
 
 class RegistrySettings(BaseSettings):
-    """Session leases and presence."""
+    """Session leases and presence; how long nodes keep tenant settings."""
 
     model_config = SettingsConfigDict(env_prefix="HERALD_REGISTRY_", frozen=True, extra="ignore")
 
@@ -208,6 +208,10 @@ class RegistrySettings(BaseSettings):
     # After the last session closes, a user is RECONNECTING for this long, then OFFLINE.
     presence_grace_s: float = Field(default=30.0, ge=0)
     max_sessions_per_user: int = Field(default=5, ge=1)
+    # How long a node keeps the tenant settings it read from the registry before reading them
+    # again: the bound on how long a change takes to be in force on every node
+    # (docs/tenants.md). The node that stored the change has it in force at once.
+    tenant_settings_ttl_s: float = Field(default=5.0, gt=0, le=3600)
 
 
 class TenantRateLimits(BaseModel):
@@ -246,6 +250,7 @@ class RateLimitSettings(BaseSettings):
     user_subscribe_rate: float = Field(default=5.0, ge=0)
     user_subscribe_burst: int = Field(default=30, ge=1)
     # Per-tenant overrides, as JSON: {"acme": {"tenant_send_rate": 100, "tenant_send_burst": 200}}.
+    # The tenant's settings in the registry (PutTenantSettings) override these, field by field.
     tenants: dict[str, TenantRateLimits] = Field(default_factory=dict)
     # The production profile keeps the buckets in Redis (shared by every node). When Redis
     # cannot be reached: `open` lets the call through (counted), `closed` answers UNAVAILABLE.

@@ -231,3 +231,46 @@ class TemplateRecord:
     default_locale: str
     locales: dict[str, TemplateText] = field(default_factory=dict)
     created_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitOverrides:
+    """A tenant's own rate limits (per second, and bursts); None takes the node's value."""
+
+    tenant_send_rate: float | None = None
+    tenant_send_burst: int | None = None
+    key_send_rate: float | None = None
+    key_send_burst: int | None = None
+    tenant_subscribe_rate: float | None = None
+    tenant_subscribe_burst: int | None = None
+    user_subscribe_rate: float | None = None
+    user_subscribe_burst: int | None = None
+
+
+RATE_LIMIT_FIELDS: Final = tuple(RateLimitOverrides.__dataclass_fields__)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamPolicy:
+    """What the transformer chain may do to a tenant's streams (herald.v1.StreamPolicy)."""
+
+    compression: tuple[str, ...] = ()
+    compression_min_bytes: int = 0
+    signing_required: bool = False
+    allowed_formats: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TenantSettingsRecord:
+    """A tenant's settings at one version (0: never stored, every value the node's default)."""
+
+    tenant: str
+    version: int = 0
+    rate_limits: RateLimitOverrides = RateLimitOverrides()
+    # None: the stream nodes' defaults.
+    stream_policy: StreamPolicy | None = None
+    updated_at: float = 0.0
+    updated_by: str = ""
+    # What ingest applies to the tenant's sends (None: the node's HERALD_INGEST_* value).
+    default_ttl_s: int | None = None
+    max_users_per_send: int | None = None

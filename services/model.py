@@ -5,19 +5,25 @@ This module is the one place that turns herald.v1 messages into plain values and
 
 from __future__ import annotations
 
+import dataclasses
+
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from herald.v1 import ingest_pb2, notification_pb2, registry_pb2
 from services.domain import (
+    RATE_LIMIT_FIELDS,
     Accepted,
     NotificationRecord,
+    RateLimitOverrides,
     RecipientRecord,
     SessionInfo,
     State,
+    StreamPolicy,
     TargetKind,
     TemplateAction,
     TemplateRecord,
     TemplateText,
+    TenantSettingsRecord,
 )
 from services.errors import InvalidArgument
 
@@ -209,4 +215,82 @@ def template_from_proto(message: registry_pb2.Template) -> TemplateRecord:
             for locale, text in message.locales.items()
         },
         created_at=seconds(message.created_at),
+    )
+
+
+def rate_limits_to_proto(limits: RateLimitOverrides) -> registry_pb2.TenantRateLimits:
+    message = registry_pb2.TenantRateLimits()
+    for name in RATE_LIMIT_FIELDS:
+        value = getattr(limits, name)
+        if value is not None:
+            setattr(message, name, value)
+    return message
+
+
+def rate_limits_from_proto(message: registry_pb2.TenantRateLimits) -> RateLimitOverrides:
+    values: dict[str, float | int] = {
+        name: getattr(message, name) for name in RATE_LIMIT_FIELDS if message.HasField(name)
+    }
+    return RateLimitOverrides(**values)  # type: ignore[arg-type]
+
+
+def tenant_settings_to_proto(settings: TenantSettingsRecord) -> registry_pb2.TenantSettings:
+    message = registry_pb2.TenantSettings(
+        tenant_id=settings.tenant,
+        version=settings.version,
+        rate_limits=rate_limits_to_proto(settings.rate_limits),
+        updated_by=settings.updated_by,
+    )
+    if settings.default_ttl_s is not None:
+        message.default_ttl_seconds = settings.default_ttl_s
+    if settings.max_users_per_send is not None:
+        message.max_users_per_send = settings.max_users_per_send
+    if settings.updated_at:
+        message.updated_at.CopyFrom(timestamp(settings.updated_at))
+    policy = settings.stream_policy
+    if policy is not None:
+        message.stream_policy.CopyFrom(
+            registry_pb2.StreamPolicy(
+                compression=policy.compression,
+                compression_min_bytes=policy.compression_min_bytes,
+                signing_required=policy.signing_required,
+                allowed_formats=policy.allowed_formats,
+            )
+        )
+    return message
+
+
+def tenant_settings_from_proto(
+    tenant: str, message: registry_pb2.TenantSettings
+) -> TenantSettingsRecord:
+    """The settings a request carries, for `tenant` (version and update fields left unset)."""
+    policy = None
+    if message.HasField("stream_policy"):
+        p = message.stream_policy
+        policy = StreamPolicy(
+            compression=tuple(p.compression),
+            compression_min_bytes=p.compression_min_bytes,
+            signing_required=p.signing_required,
+            allowed_formats=tuple(p.allowed_formats),
+        )
+    return TenantSettingsRecord(
+        tenant,
+        rate_limits=rate_limits_from_proto(message.rate_limits),
+        stream_policy=policy,
+        default_ttl_s=(
+            message.default_ttl_seconds if message.HasField("default_ttl_seconds") else None
+        ),
+        max_users_per_send=(
+            message.max_users_per_send if message.HasField("max_users_per_send") else None
+        ),
+    )
+
+
+def tenant_settings_from_response(message: registry_pb2.TenantSettings) -> TenantSettingsRecord:
+    """Settings as the registry answered them (version and update fields included)."""
+    return dataclasses.replace(
+        tenant_settings_from_proto(message.tenant_id, message),
+        version=message.version,
+        updated_at=seconds(message.updated_at),
+        updated_by=message.updated_by,
     )

@@ -20,6 +20,7 @@ import asyncpg
 
 from services.ingest.idempotency_postgres import PostgresIdempotencyStore
 from services.registry.templates_postgres import PostgresTemplateStore
+from services.registry.tenant_settings_postgres import PostgresTenantSettingsStore
 from services.stream.acks_postgres import PostgresAckStore
 from services.stream.log_postgres import PostgresLogStore
 from services.stream.status_postgres import PostgresStatusStore
@@ -156,6 +157,7 @@ class PostgresBackend:
         self.acks = PostgresAckStore(pool)
         self.idempotency = PostgresIdempotencyStore(pool)
         self.templates = PostgresTemplateStore(pool)
+        self.tenant_settings = PostgresTenantSettingsStore(pool)
         self._close_timeout_s = close_timeout_s
 
     @classmethod
@@ -193,7 +195,14 @@ class PostgresBackend:
         still busy after the close timeout are cut."""
         if self.pool.is_closing():
             return
-        for store in (self.logs, self.status, self.acks, self.idempotency, self.templates):
+        for store in (
+            self.logs,
+            self.status,
+            self.acks,
+            self.idempotency,
+            self.templates,
+            self.tenant_settings,
+        ):
             await store.aclose()
         try:
             await asyncio.wait_for(self.pool.close(), self._close_timeout_s)

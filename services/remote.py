@@ -10,9 +10,20 @@ from grpc import aio
 
 from herald.node.v1 import node_pb2, node_pb2_grpc
 from herald.v1 import registry_pb2, registry_pb2_grpc
-from services.domain import Accepted, NotificationRecord, SessionInfo, TemplateRecord
+from services.domain import (
+    Accepted,
+    NotificationRecord,
+    SessionInfo,
+    TemplateRecord,
+    TenantSettingsRecord,
+)
 from services.errors import HeraldError, InvalidArgument, ResourceExhausted, Unavailable
-from services.model import session_to_proto, status_from_proto, template_from_proto
+from services.model import (
+    session_to_proto,
+    status_from_proto,
+    template_from_proto,
+    tenant_settings_from_response,
+)
 
 CHANNEL_OPTIONS = [
     ("grpc.keepalive_time_ms", 25_000),
@@ -115,6 +126,19 @@ class RegistryClient:
                 return None
             raise _translate(exc, "reading the template from the registry") from None
         return template_from_proto(response.template)
+
+    async def tenant_settings(self, tenant: str) -> TenantSettingsRecord | None:
+        """The tenant's stored settings (a TenantSettingsSource), None when there are none."""
+        try:
+            response = await self._stub.GetTenantSettings(
+                registry_pb2.GetTenantSettingsRequest(tenant_id=tenant),
+                metadata=self._credentials.metadata(),
+                timeout=_CALL_TIMEOUT_S,
+            )
+        except aio.AioRpcError as exc:
+            raise _translate(exc, "reading the tenant settings from the registry") from None
+        settings = tenant_settings_from_response(response.settings)
+        return settings if settings.version else None
 
     async def close(self) -> None:
         await self._channel.close(None)

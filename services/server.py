@@ -45,6 +45,7 @@ from services.remote import NodeClient, NodeCredentials, RegistryClient
 from services.stream.delivery import DeliveryCore
 from services.stream.dispatch import Dispatcher
 from services.stream.servicer import NodeServicer, StreamServicer
+from services.tenant_settings_cache import TenantSettingsCache, TenantSettingsSource
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,8 @@ class Node:
     registry: RegistryCore | None = None
     ingest: IngestCore | None = None
     admission: Admission | None = None
+    # The tenant settings this node uses (rate limits, stream policy), read from the registry.
+    tenant_settings: TenantSettingsCache | None = None
     closers: list[object] = field(default_factory=list)
     dispatcher: Dispatcher | None = None
     stores: Stores | None = None
@@ -199,8 +202,6 @@ async def start_node(
     stores = await open_stores(config, clock, backend_changed)
     try:
         closers: list[object] = []
-        admission = Admission(stores.rate_limiter or MemoryRateLimiter(clock), config.rate_limit)
-
         registry_core: RegistryCore | None = None
         delivery_core: DeliveryCore | None = None
         dispatcher: Dispatcher | None = None
@@ -223,12 +224,34 @@ async def start_node(
         # templates, the logs. Only the calls to a session's own node go over gRPC.
         if "registry" in roles or stores.shared:
             registry_core = RegistryCore(
-                stores.sessions, stores.templates, config.registry, clock, node_for
+                stores.sessions,
+                stores.templates,
+                config.registry,
+                clock,
+                node_for,
+                stores.tenant_settings,
             )
         if "registry" in roles and registry_core is not None:
             registry_pb2_grpc.add_RegistryServiceServicer_to_server(
-                RegistryServicer(registry_core), server
+                RegistryServicer(registry_core, config.rate_limit), server
             )
+        # Without a registry core of its own, a node reads the registry over gRPC: the stream
+        # node always, ingest when it is given the address (for templates and tenant settings).
+        remote_registry: RegistryClient | None = None
+        if registry_core is None and config.server.registry_address:
+            remote_registry = RegistryClient(config.server.registry_address, credentials)
+            closers.append(remote_registry)
+        settings_source: TenantSettingsSource | None = registry_core or remote_registry
+        tenant_settings = None
+        if settings_source is not None:
+            tenant_settings = TenantSettingsCache(
+                settings_source, clock, config.registry.tenant_settings_ttl_s
+            )
+            if registry_core is not None:
+                registry_core.watch_tenant_settings(tenant_settings.store)
+        admission = Admission(
+            stores.rate_limiter or MemoryRateLimiter(clock), config.rate_limit, tenant_settings
+        )
         if "stream" in roles or (stores.shared and "ingest" in roles):
             dispatcher = Dispatcher(
                 logs=stores.logs,
@@ -244,12 +267,10 @@ async def start_node(
             registry_port: RegistryPort
             if registry_core is not None:
                 registry_port = registry_core
-            else:
-                remote_registry = RegistryClient(
-                    _required(config.server.registry_address, "REGISTRY"), credentials
-                )
-                closers.append(remote_registry)
+            elif remote_registry is not None:
                 registry_port = remote_registry
+            else:
+                raise ValueError(_required("", "REGISTRY"))
             delivery_core = DeliveryCore(
                 node_id=node_id,
                 node_address=advertise,
@@ -279,12 +300,9 @@ async def start_node(
                 )
                 closers.append(remote_node)
                 delivery_port = remote_node
-            templates: TemplatePort | None = registry_core
-            if templates is None and config.server.registry_address:
-                templates = RegistryClient(config.server.registry_address, credentials)
-                closers.append(templates)
+            templates: TemplatePort | None = registry_core or remote_registry
             ingest_core = IngestCore(
-                delivery_port, stores.idempotency, config.ingest, clock, templates
+                delivery_port, stores.idempotency, config.ingest, clock, templates, tenant_settings
             )
             IngestServicer(ingest_core, admission).register(server)
 
@@ -327,6 +345,7 @@ async def start_node(
             registry_core,
             ingest_core,
             admission,
+            tenant_settings,
             closers,
             dispatcher,
             stores,

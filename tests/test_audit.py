@@ -313,3 +313,47 @@ def test_auth_failures_report_what_a_full_window_left_out() -> None:
         logger.removeHandler(handler)
     assert [r["left_out"] for r in handler.records("auth.failure")] == [0, 0, 3, 0]
     assert {r["peer"] for r in handler.records()} == {"ipv4:198.51.100.1:4242"}
+
+
+@pytest.mark.asyncio
+async def test_tenant_settings_changes_are_audited_with_the_fields_they_changed(
+    herald: Herald, audit_lines: AuditLines
+) -> None:
+    token = herald.tokens.backend("acme", auth.SCOPE_TENANT_ADMIN)
+    client = herald.client("registry", token)
+    first = registry_pb2.TenantSettings(
+        rate_limits=registry_pb2.TenantRateLimits(tenant_send_rate=5, key_send_burst=9)
+    )
+    await client.put_tenant_settings(first)
+    second = registry_pb2.TenantSettings(
+        rate_limits=registry_pb2.TenantRateLimits(tenant_send_rate=6, key_send_burst=9),
+        stream_policy=registry_pb2.StreamPolicy(signing_required=True),
+    )
+    await client.put_tenant_settings(second, expected_version=1)
+    with pytest.raises(aio.AioRpcError):
+        await client.put_tenant_settings(second, expected_version=1)
+    await client.reset_tenant_settings()
+    puts = audit_lines.records("tenant_settings.put")
+    assert [(r["outcome"], r.get("previous_version"), r.get("version")) for r in puts] == [
+        ("OK", 0, 1),
+        ("OK", 1, 2),
+        ("ABORTED", None, None),
+    ]
+    assert puts[0]["changed"] == ["rate_limits.tenant_send_rate", "rate_limits.key_send_burst"]
+    assert puts[1]["changed"] == ["rate_limits.tenant_send_rate", "stream_policy"]
+    assert (puts[1]["expected_version"], puts[2]["expected_version"]) == (1, 1)
+    [reset] = audit_lines.records("tenant_settings.reset")
+    assert (reset["previous_version"], reset["version"]) == (2, 3)
+    assert reset["changed"] == [
+        "rate_limits.tenant_send_rate",
+        "rate_limits.key_send_burst",
+        "stream_policy",
+    ]
+    for record in (*puts, reset):
+        assert (record["actor"], record["tenant"], record["target"]) == (
+            "billing",
+            "acme",
+            "tenant:acme",
+        )
+        _assert_loopback_peer(record)
+    _assert_nothing_secret(audit_lines, token)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import socket
 import sys
@@ -434,3 +435,85 @@ async def test_tail_shows_connection_state_while_it_reconnects(cli: Cli) -> None
     # What tail printed last is acked as it exits (before, it was not: it came again).
     status = await cli.json("status", second["notificationId"], **env)
     assert status["recipients"][0]["state"] == "DELIVERY_STATE_ACKED"
+
+
+async def test_tenant_get_and_set_keep_what_they_are_not_told_to_change(cli: Cli) -> None:
+    address = await _up(cli)
+    env = {"HERALD_ADDRESS": address, "HERALD_TENANT": "acme"}
+    got = await cli.json("tenant", "get", **env)
+    assert got["settings"]["version"] == 0
+    assert got["effectiveRateLimits"]["tenantSendRate"] == 10_000
+    assert "no settings stored" in await cli.run("tenant", "get", **env)
+
+    stored = await cli.json(
+        "tenant",
+        "set",
+        "--tenant-send-rate",
+        "0.001",
+        "--tenant-send-burst",
+        "1",
+        "--signing-required",
+        "true",
+        "--compression",
+        "zstd,gzip",
+        "--default-ttl-seconds",
+        "120",
+        **env,
+    )
+    assert stored["version"] == 1
+    assert stored["defaultTtlSeconds"] == 120
+    assert stored["rateLimits"] == {"tenantSendRate": 0.001, "tenantSendBurst": 1}
+    assert stored["streamPolicy"]["compression"] == ["zstd", "gzip"]
+    assert stored["updatedBy"] == "herald-cli"
+    # `set` keeps what it is not told to change.
+    again = await cli.json("tenant", "set", "acme", "--key-send-rate", "50", **env)
+    assert again["version"] == 2
+    assert again["rateLimits"] == {
+        "tenantSendRate": 0.001,
+        "tenantSendBurst": 1,
+        "keySendRate": 50.0,
+    }
+    assert again["streamPolicy"]["signingRequired"] is True
+    text = await cli.run("tenant", "get", **env)
+    assert "settings version 2" in text
+    assert re.search(r"\nsend, per tenant +0\.001 +1 +tenant settings\n", text), text
+    assert re.search(r"\nsend, per service key +50 +10000 +tenant settings\n", text), text
+    assert re.search(r"\nsubscribe, per user +5 +30 +node\n", text), text
+    assert "compression zstd,gzip; signing required; formats any" in text
+    assert "default_ttl_seconds: 120\nmax_users_per_send: the ingest node's\n" in text
+
+    # In force at once on the node that stored them.
+    await cli.run("send", "--user", "alice", "--title", "one", **env)
+    refused = await cli.fail("send", "--user", "alice", "--title", "two", **env)
+    assert refused.startswith("error: RESOURCE_EXHAUSTED: rate limit: tenant 'acme' may make 0.001")
+
+
+async def test_tenant_put_reset_and_list_and_their_errors(cli: Cli, tmp_path: Path) -> None:
+    address = await _up(cli)
+    env = {"HERALD_ADDRESS": address, "HERALD_TENANT": "acme"}
+    await cli.run("tenant", "set", "--key-send-rate", "50", "--signing-required", "true", **env)
+    file = tmp_path / "settings.json"
+    file.write_text(json.dumps({"rateLimits": {"userSubscribeRate": 2}}))
+    stale = await cli.fail("tenant", "put", "--file", str(file), "--if-version", "0", **env)
+    assert stale == (
+        "error: ABORTED: the settings of tenant 'acme' are at version 1, not 0: read them again "
+        "(GetTenantSettings) and reapply the change"
+    )
+    put = await cli.json("tenant", "put", "--file", str(file), "--if-version", "1", **env)
+    assert (put["version"], put["rateLimits"]) == (2, {"userSubscribeRate": 2.0})
+    assert "streamPolicy" not in put
+    bad = await cli.fail("tenant", "set", "--user-subscribe-burst", "0", **env)
+    assert (
+        bad == "error: INVALID_ARGUMENT: rate_limits.user_subscribe_burst must be 1 to 10,000,000"
+    )
+    assert (await cli.fail("tenant", "get", "globex", "--tenant", "acme")).startswith(
+        "error: TENANT globex disagrees with --tenant acme"
+    )
+    reset = await cli.json("tenant", "reset", **env)
+    assert (reset["version"], reset["rateLimits"]) == (3, {})
+    await cli.json("tenant", "set", "globex", "--key-send-rate", "1", "--address", address)
+    listed = await cli.json("tenant", "list", "--address", address)
+    assert [(s["tenantId"], s["version"]) for s in listed["settings"]] == [
+        ("acme", 3),
+        ("globex", 1),
+    ]

@@ -25,8 +25,13 @@ from services.ingest.rendering import pick_locale, render
 from services.ingest.validation import ResolvedTarget, check_payload_size, validate
 from services.model import set_timestamp
 from services.ports import DeliveryPort, TemplatePort
+from services.tenant_settings_cache import TenantSettingsCache
 
 log = logging.getLogger(__name__)
+
+
+# Tenants whose applied settings are remembered (past it, forgotten all at once).
+_APPLIED_MAX = 10_000
 
 
 def new_notification_ids(count: int) -> list[str]:
@@ -56,7 +61,11 @@ class IngestCore:
         settings: IngestSettings,
         clock: Clock,
         templates: TemplatePort | None = None,
+        tenant_settings: TenantSettingsCache | None = None,
     ) -> None:
+        self._tenant_settings = tenant_settings
+        # tenant -> (settings version, the node's settings with the tenant's applied)
+        self._applied: dict[str, tuple[int, IngestSettings]] = {}
         self._delivery = delivery
         self._templates = templates
         self._idempotency = idempotency
@@ -77,6 +86,7 @@ class IngestCore:
         The messages are completed in place (id, tenant, times): pass messages you own.
         """
         self.check_batch_size(len(notifications))
+        settings = await self._settings_for(tenant)
         # Wall time, as the caller waits it (the injected clock may stand still in tests).
         started = time.perf_counter()
         now = self._clock.now()
@@ -84,7 +94,7 @@ class IngestCore:
         valid: list[tuple[int, notification_pb2.Notification, ResolvedTarget]] = []
         for index, notification in enumerate(notifications):
             try:
-                target = validate(notification, tenant, self._settings)
+                target = validate(notification, tenant, settings)
                 if notification.HasField("template"):
                     notification = await self._render(tenant, notification)
             except HeraldError as exc:
@@ -122,7 +132,7 @@ class IngestCore:
                     if duplicate is not None:
                         outcomes[index] = duplicate
                         continue
-            priority, ttl = self._complete(notification, tenant, notification_id, now)
+            priority, ttl = self._complete(notification, tenant, notification_id, now, settings)
             accepted.append(
                 (
                     index,
@@ -210,6 +220,7 @@ class IngestCore:
         tenant: str,
         notification_id: str,
         now: float,
+        settings: IngestSettings,
     ) -> tuple[int, int]:
         """Fills the server's fields in place (ingest owns the messages it is given); returns
         the priority and TTL it settled on."""
@@ -217,13 +228,34 @@ class IngestCore:
         notification.tenant_id = tenant
         ttl = notification.ttl_seconds
         if not ttl:
-            ttl = notification.ttl_seconds = self._settings.default_ttl_s
+            ttl = notification.ttl_seconds = settings.default_ttl_s
         priority = notification.priority
         if priority == notification_pb2.PRIORITY_UNSPECIFIED:
             priority = notification.priority = notification_pb2.PRIORITY_NORMAL
         set_timestamp(notification.created_at, now)
         set_timestamp(notification.expires_at, now + ttl)
         return priority, ttl
+
+    async def _settings_for(self, tenant: str) -> IngestSettings:
+        """The node's settings with the tenant's own (tenant settings) applied, each capped at
+        the node's maximum: a tenant's settings never take it beyond what the node allows."""
+        if self._tenant_settings is None:
+            return self._settings
+        stored = await self._tenant_settings.get(tenant)
+        applied = self._applied.get(tenant)
+        if applied is not None and applied[0] == stored.version:
+            return applied[1]
+        node = self._settings
+        update: dict[str, int] = {}
+        if stored.default_ttl_s is not None:
+            update["default_ttl_s"] = min(stored.default_ttl_s, node.max_ttl_s)
+        if stored.max_users_per_send is not None:
+            update["max_users_per_send"] = min(stored.max_users_per_send, node.max_users_per_send)
+        settings = node.model_copy(update=update) if update else node
+        if len(self._applied) >= _APPLIED_MAX:
+            self._applied.clear()
+        self._applied[tenant] = (stored.version, settings)
+        return settings
 
     async def status(self, tenant: str, notification_id: str) -> NotificationRecord:
         check_id(notification_id, "notification_id")

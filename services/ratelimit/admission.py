@@ -4,8 +4,11 @@
   from the tenant's send bucket and the service key's (the backend token's `sub`);
 - Subscribe takes one token per call from the tenant's connect bucket and the user's.
 
-Limits come from `RateLimitSettings`, overridden per tenant by its `tenants` entry; a rate of 0
-turns a bucket off. Node tokens (node-to-node calls) are not limited. A refusal is
+Limits, field by field, come from the tenant's settings in the registry (`TenantSettingsCache`,
+read again every `HERALD_REGISTRY_TENANT_SETTINGS_TTL_S`), else its `HERALD_RATE_LIMIT_TENANTS`
+entry, else `RateLimitSettings`' defaults; a rate of 0 turns a bucket off, and
+`HERALD_RATE_LIMIT_ENABLED=false` turns every limit off whatever the registry holds. Node
+tokens (node-to-node calls) are not limited. A refusal is
 RESOURCE_EXHAUSTED with the delay in the message and in trailers (`RateLimited`); a batch
 larger than a bucket's burst could never pass, and says so without a delay.
 """
@@ -20,11 +23,15 @@ from services import metrics
 from services.auth import SCOPE_NODE, Principal
 from services.bounds import quote
 from services.config import RateLimitSettings
+from services.domain import RATE_LIMIT_FIELDS, RateLimitOverrides
 from services.errors import RateLimited, ResourceExhausted
 from services.ratelimit.limiter import Bucket, RateLimiter
+from services.tenant_settings_cache import TenantSettingsCache
 
 _SEND: Final = "send"
 _SUBSCRIBE: Final = "subscribe"
+# Tenants whose applied limits are remembered (past it, forgotten all at once and recomputed).
+_APPLIED_MAX: Final = 10_000
 
 
 class Limit(NamedTuple):
@@ -41,31 +48,86 @@ class TenantLimits(NamedTuple):
     user_subscribe: Limit
 
 
+def node_limits(settings: RateLimitSettings, tenant: str) -> TenantLimits:
+    """The limits of `tenant` from the node's settings alone: its `tenants` entry over the
+    defaults."""
+    own = settings.tenants.get(tenant)
+
+    def pick(name: str) -> Limit:
+        rate = getattr(own, f"{name}_rate", None) if own is not None else None
+        burst = getattr(own, f"{name}_burst", None) if own is not None else None
+        return Limit(
+            float(getattr(settings, f"{name}_rate") if rate is None else rate),
+            int(getattr(settings, f"{name}_burst") if burst is None else burst),
+        )
+
+    return TenantLimits(
+        pick("tenant_send"), pick("key_send"), pick("tenant_subscribe"), pick("user_subscribe")
+    )
+
+
+def effective_limits(base: TenantLimits, overrides: RateLimitOverrides) -> TenantLimits:
+    """`base` with every field the tenant's stored settings set replaced by it."""
+    if all(getattr(overrides, name) is None for name in RATE_LIMIT_FIELDS):
+        return base
+    limits = []
+    for prefix, limit in zip(TenantLimits._fields, base, strict=True):
+        rate = getattr(overrides, f"{prefix}_rate")
+        burst = getattr(overrides, f"{prefix}_burst")
+        limits.append(
+            Limit(
+                limit.rate if rate is None else float(rate),
+                limit.burst if burst is None else int(burst),
+            )
+        )
+    return TenantLimits(*limits)
+
+
+def as_overrides(limits: TenantLimits) -> RateLimitOverrides:
+    """Every field of `limits`, set (what GetTenantSettings answers as the effective limits)."""
+    values: dict[str, float | int] = {}
+    for prefix, limit in zip(TenantLimits._fields, limits, strict=True):
+        values[f"{prefix}_rate"] = limit.rate
+        values[f"{prefix}_burst"] = limit.burst
+    return RateLimitOverrides(**values)  # type: ignore[arg-type]
+
+
 class Admission:
-    def __init__(self, limiter: RateLimiter, settings: RateLimitSettings) -> None:
+    def __init__(
+        self,
+        limiter: RateLimiter,
+        settings: RateLimitSettings,
+        tenant_settings: TenantSettingsCache | None = None,
+    ) -> None:
         self._limiter = limiter
         self._settings = settings
+        self._tenant_settings = tenant_settings
+        # tenant -> (settings version, the limits with them applied)
+        self._applied: dict[str, tuple[int, TenantLimits]] = {}
 
     @property
     def limiter(self) -> RateLimiter:
         return self._limiter
 
     @functools.lru_cache(maxsize=4096)  # noqa: B019 - one Admission per node, lives as long
-    def limits(self, tenant: str) -> TenantLimits:
-        s = self._settings
-        own = s.tenants.get(tenant)
+    def node_limits(self, tenant: str) -> TenantLimits:
+        """The tenant's limits from this node's settings (no registry)."""
+        return node_limits(self._settings, tenant)
 
-        def pick(name: str) -> Limit:
-            rate = getattr(own, f"{name}_rate", None) if own is not None else None
-            burst = getattr(own, f"{name}_burst", None) if own is not None else None
-            return Limit(
-                float(getattr(s, f"{name}_rate") if rate is None else rate),
-                int(getattr(s, f"{name}_burst") if burst is None else burst),
-            )
-
-        return TenantLimits(
-            pick("tenant_send"), pick("key_send"), pick("tenant_subscribe"), pick("user_subscribe")
-        )
+    async def limits(self, tenant: str) -> TenantLimits:
+        """The limits `tenant` runs under now: the registry's settings over the node's."""
+        base = self.node_limits(tenant)
+        if self._tenant_settings is None:
+            return base
+        settings = await self._tenant_settings.get(tenant)
+        applied = self._applied.get(tenant)
+        if applied is not None and applied[0] == settings.version:
+            return applied[1]
+        limits = effective_limits(base, settings.rate_limits)
+        if len(self._applied) >= _APPLIED_MAX:
+            self._applied.clear()
+        self._applied[tenant] = (settings.version, limits)
+        return limits
 
     async def admit_send(self, principal: Principal, count: int) -> None:
         """Takes `count` notifications from the caller's send buckets.
@@ -78,7 +140,7 @@ class Admission:
         if not self._settings.enabled or SCOPE_NODE in principal.scopes:
             return
         tenant, key = principal.tenant, principal.subject
-        limits = self.limits(tenant)
+        limits = await self.limits(tenant)
         named = [
             ("tenant", limits.tenant_send, "send:tenant", f"tenant {quote(tenant)}"),
             ("key", limits.key_send, f"send:key:{key}", f"service key {quote(key)}"),
@@ -90,7 +152,7 @@ class Admission:
         if not self._settings.enabled or SCOPE_NODE in principal.scopes:
             return
         tenant, user = principal.tenant, principal.subject
-        limits = self.limits(tenant)
+        limits = await self.limits(tenant)
         named = [
             ("tenant", limits.tenant_subscribe, "subscribe:tenant", f"tenant {quote(tenant)}"),
             ("user", limits.user_subscribe, f"subscribe:user:{user}", f"user {quote(user)}"),

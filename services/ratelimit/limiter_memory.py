@@ -53,8 +53,9 @@ class MemoryRateLimiter:
         if state is None:
             return float(bucket.burst), now
         tokens, counted_at, _ = state
+        # min(burst, ...): a burst lowered since (tenant settings) caps the bucket at once.
         if now <= counted_at:
-            return tokens, counted_at
+            return min(float(bucket.burst), tokens), counted_at
         return min(float(bucket.burst), tokens + (now - counted_at) * bucket.rate), now
 
     def _sweep(self, now: float) -> None:

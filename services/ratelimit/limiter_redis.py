@@ -49,9 +49,13 @@ for i, key in ipairs(KEYS) do
   local tokens, at = tonumber(state[1]), tonumber(state[2])
   if tokens == nil or at == nil then
     tokens, at = burst, now
-  elseif now > at then
-    tokens = math.min(burst, tokens + (now - at) * rate)
-    at = now
+  else
+    if now > at then
+      tokens = tokens + (now - at) * rate
+      at = now
+    end
+    -- A burst lowered since (tenant settings) caps what the bucket holds at once.
+    tokens = math.min(burst, tokens)
   end
   levels[i] = {tokens, at}
   if tokens + 1e-6 < cost then

@@ -24,17 +24,29 @@ from services.bounds import (
 )
 from services.clock import Clock
 from services.config import RegistrySettings
-from services.domain import SessionInfo, TemplateRecord
+from services.domain import SessionInfo, TemplateRecord, TenantSettingsRecord
 from services.errors import InvalidArgument, NotFound, ResourceExhausted
 from services.ingest.rendering import check as check_template
 from services.ports import NodePort
 from services.registry.sessions import SessionDirectory
 from services.registry.templates import TemplateStore
+from services.registry.tenant_settings import (
+    DEFAULT_PAGE,
+    MAX_PAGE,
+    TenantSettingsStore,
+    VersionConflict,
+    check_settings,
+    empty,
+)
+from services.registry.tenant_settings_memory import MemoryTenantSettingsStore
 
 log = logging.getLogger(__name__)
 
 # The least time between two sweeps of expired session leases.
 _SWEEP_INTERVAL_S = 1.0
+# An unconditional put is a read and a conditional put (so the change it reports is exact),
+# tried again this many times when another put came between.
+_PUT_ATTEMPTS = 5
 
 
 class Presence(IntEnum):
@@ -64,9 +76,12 @@ class RegistryCore:
         settings: RegistrySettings,
         clock: Clock,
         node_for: Callable[[SessionInfo], NodePort | None],
+        tenant_settings: TenantSettingsStore | None = None,
     ) -> None:
         self._directory = directory
         self._templates = templates
+        self._tenant_settings = tenant_settings or MemoryTenantSettingsStore()
+        self._settings_watchers: list[Callable[[TenantSettingsRecord], None]] = []
         self._settings = settings
         self._clock = clock
         self._node_for = node_for
@@ -209,6 +224,60 @@ class RegistryCore:
         if not deleted:
             raise NotFound(f"no template {quote(template_id)} in this tenant")
         return deleted
+
+    # -- tenant settings -------------------------------------------------------------------
+
+    def watch_tenant_settings(self, watcher: Callable[[TenantSettingsRecord], None]) -> None:
+        """Calls `watcher` with the settings each put or reset through this core stored."""
+        self._settings_watchers.append(watcher)
+
+    async def tenant_settings(self, tenant: str) -> TenantSettingsRecord | None:
+        """The stored settings, None when there are none (a TenantSettingsSource)."""
+        return await self._tenant_settings.get(tenant)
+
+    async def get_tenant_settings(self, tenant: str) -> TenantSettingsRecord:
+        """The stored settings, or empty ones at version 0."""
+        return await self._tenant_settings.get(tenant) or empty(tenant)
+
+    async def put_tenant_settings(
+        self, settings: TenantSettingsRecord, expected_version: int | None, actor: str
+    ) -> tuple[TenantSettingsRecord, TenantSettingsRecord]:
+        """Replaces the tenant's settings (see TenantSettingsStore.put); returns the settings
+        before and after.
+
+        Raises:
+            InvalidArgument: a value is out of its bounds (the message names the field).
+            VersionConflict: `expected_version` is not the stored version (ABORTED).
+        """
+        check_settings(settings)
+        stamped = dataclasses.replace(settings, updated_at=self._clock.now(), updated_by=actor)
+        for attempt in range(1, _PUT_ATTEMPTS + 1):
+            before = await self.get_tenant_settings(settings.tenant)
+            if expected_version is not None and expected_version != before.version:
+                raise VersionConflict(settings.tenant, expected_version, before.version)
+            try:
+                stored = await self._tenant_settings.put(stamped, before.version)
+            except VersionConflict:
+                if expected_version is not None or attempt == _PUT_ATTEMPTS:
+                    raise
+                continue
+            for watcher in self._settings_watchers:
+                watcher(stored)
+            return before, stored
+        raise AssertionError("unreachable")
+
+    async def list_tenant_settings(
+        self, after: str, limit: int
+    ) -> tuple[list[TenantSettingsRecord], str]:
+        """A page of every tenant's stored settings, and the token of the next page ("")."""
+        check_length(after, MAX_ID_LEN, "page_token")
+        if limit > MAX_PAGE:
+            raise InvalidArgument(f"page_size must be at most {MAX_PAGE}")
+        limit = limit or DEFAULT_PAGE
+        page = await self._tenant_settings.list(after, limit + 1)
+        if len(page) > limit:
+            return page[:limit], page[limit - 1].tenant
+        return page, ""
 
     async def expire_stale(self) -> None:
         """Drops sessions whose lease ran out. A sweep covers every tenant, so it runs at most

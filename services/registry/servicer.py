@@ -10,16 +10,23 @@ from herald.v1 import registry_pb2
 from services.audit import admin_action, bounded
 from services.auth import current_principal
 from services.bounds import MAX_ID_LEN, check_length
+from services.config import RateLimitSettings
+from services.domain import TenantSettingsRecord
 from services.errors import InvalidArgument
 from services.model import (
+    rate_limits_to_proto,
     seconds,
     session_from_proto,
     session_to_proto,
     template_from_proto,
     template_to_proto,
+    tenant_settings_from_proto,
+    tenant_settings_to_proto,
     timestamp,
 )
+from services.ratelimit.admission import as_overrides, effective_limits, node_limits
 from services.registry.core import RegistryCore
+from services.registry.tenant_settings import changed_fields, empty
 
 Context = aio.ServicerContext[Any, Any]
 
@@ -35,9 +42,17 @@ def _tenant(requested: str) -> str:
     return tenant
 
 
+def _expected(
+    request: registry_pb2.PutTenantSettingsRequest | registry_pb2.DeleteTenantSettingsRequest,
+) -> int | None:
+    return request.expected_version if request.HasField("expected_version") else None
+
+
 class RegistryServicer:
-    def __init__(self, core: RegistryCore) -> None:
+    def __init__(self, core: RegistryCore, rate_limits: RateLimitSettings | None = None) -> None:
         self._core = core
+        # This node's own limits: what GetTenantSettings fills the unset fields with.
+        self._rate_limits = rate_limits or RateLimitSettings()
 
     async def RegisterSession(
         self, request: registry_pb2.RegisterSessionRequest, context: Context
@@ -176,3 +191,73 @@ class RegistryServicer:
             )
             details["deleted_versions"] = deleted
         return registry_pb2.DeleteTemplateResponse(deleted_versions=deleted)
+
+    async def GetTenantSettings(
+        self, request: registry_pb2.GetTenantSettingsRequest, context: Context
+    ) -> registry_pb2.GetTenantSettingsResponse:
+        tenant = _tenant(request.tenant_id)
+        stored = await self._core.get_tenant_settings(tenant)
+        limits = effective_limits(node_limits(self._rate_limits, tenant), stored.rate_limits)
+        return registry_pb2.GetTenantSettingsResponse(
+            settings=tenant_settings_to_proto(stored),
+            effective_rate_limits=rate_limits_to_proto(as_overrides(limits)),
+        )
+
+    async def PutTenantSettings(
+        self, request: registry_pb2.PutTenantSettingsRequest, context: Context
+    ) -> registry_pb2.PutTenantSettingsResponse:
+        async with admin_action(
+            "tenant_settings.put",
+            context,
+            target=f"tenant:{request.tenant_id or current_principal().tenant}",
+            target_tenant=request.tenant_id,
+        ) as details:
+            tenant = _tenant(request.tenant_id)
+            if request.settings.tenant_id not in ("", tenant):
+                raise InvalidArgument("settings.tenant_id must be empty or the request's tenant_id")
+            settings = tenant_settings_from_proto(tenant, request.settings)
+            stored = await self._put(details, tenant, request, settings)
+        return registry_pb2.PutTenantSettingsResponse(settings=tenant_settings_to_proto(stored))
+
+    async def DeleteTenantSettings(
+        self, request: registry_pb2.DeleteTenantSettingsRequest, context: Context
+    ) -> registry_pb2.DeleteTenantSettingsResponse:
+        async with admin_action(
+            "tenant_settings.reset",
+            context,
+            target=f"tenant:{request.tenant_id or current_principal().tenant}",
+            target_tenant=request.tenant_id,
+        ) as details:
+            tenant = _tenant(request.tenant_id)
+            stored = await self._put(details, tenant, request, empty(tenant))
+        return registry_pb2.DeleteTenantSettingsResponse(settings=tenant_settings_to_proto(stored))
+
+    async def _put(
+        self,
+        details: dict[str, object],
+        tenant: str,
+        request: registry_pb2.PutTenantSettingsRequest | registry_pb2.DeleteTenantSettingsRequest,
+        settings: TenantSettingsRecord,
+    ) -> TenantSettingsRecord:
+        """Stores `settings`; the audit record gets the versions and the names of the fields
+        that changed, never their values."""
+        expected = _expected(request)
+        if expected is not None:
+            details["expected_version"] = expected
+        before, stored = await self._core.put_tenant_settings(
+            settings, expected, current_principal().subject
+        )
+        details["previous_version"] = before.version
+        details["version"] = stored.version
+        details["changed"] = changed_fields(before, stored)
+        return stored
+
+    async def ListTenantSettings(
+        self, request: registry_pb2.ListTenantSettingsRequest, context: Context
+    ) -> registry_pb2.ListTenantSettingsResponse:
+        page, next_token = await self._core.list_tenant_settings(
+            request.page_token, request.page_size
+        )
+        return registry_pb2.ListTenantSettingsResponse(
+            settings=[tenant_settings_to_proto(s) for s in page], next_page_token=next_token
+        )

@@ -14,6 +14,8 @@ from services.ingest.idempotency import IdempotencyStore
 from services.ingest.idempotency_postgres import PostgresIdempotencyStore
 from services.registry.templates import TemplateStore
 from services.registry.templates_postgres import PostgresTemplateStore
+from services.registry.tenant_settings import TenantSettingsStore
+from services.registry.tenant_settings_postgres import PostgresTenantSettingsStore
 from services.stream.acks import AckStore
 from services.stream.acks_postgres import PostgresAckStore
 from services.stream.log import LogStore
@@ -62,6 +64,9 @@ idempotency_store: Callable[[], AbstractAsyncContextManager[IdempotencyStore]] =
 )
 template_store: Callable[[], AbstractAsyncContextManager[TemplateStore]] = _on_clean_pool(
     PostgresTemplateStore
+)
+tenant_settings_store: Callable[[], AbstractAsyncContextManager[TenantSettingsStore]] = (
+    _on_clean_pool(PostgresTenantSettingsStore)
 )
 
 

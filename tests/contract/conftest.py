@@ -28,6 +28,8 @@ from services.registry.sessions_memory import MemorySessionDirectory
 from services.registry.sessions_redis import RedisSessionDirectory
 from services.registry.templates import TemplateStore
 from services.registry.templates_memory import MemoryTemplateStore
+from services.registry.tenant_settings import TenantSettingsStore
+from services.registry.tenant_settings_memory import MemoryTenantSettingsStore
 from services.stream.acks import AckStore
 from services.stream.acks_memory import MemoryAckStore
 from services.stream.broker import Broker
@@ -89,6 +91,10 @@ SESSION_DIRECTORIES: dict[str, Opener[SessionDirectory]] = {
 TEMPLATE_STORES: dict[str, Opener[TemplateStore]] = {
     "memory": in_memory(MemoryTemplateStore),
     "postgres": backends_postgres.template_store,
+}
+TENANT_SETTINGS_STORES: dict[str, Opener[TenantSettingsStore]] = {
+    "memory": in_memory(MemoryTenantSettingsStore),
+    "postgres": backends_postgres.tenant_settings_store,
 }
 
 
@@ -233,6 +239,14 @@ async def session_directory(request: pytest.FixtureRequest) -> AsyncIterator[Ses
 @pytest_asyncio.fixture(params=sorted(TEMPLATE_STORES))
 async def template_store(request: pytest.FixtureRequest) -> AsyncIterator[TemplateStore]:
     async with TEMPLATE_STORES[request.param]() as store:
+        yield store
+
+
+@pytest_asyncio.fixture(params=sorted(TENANT_SETTINGS_STORES))
+async def tenant_settings_store(
+    request: pytest.FixtureRequest,
+) -> AsyncIterator[TenantSettingsStore]:
+    async with TENANT_SETTINGS_STORES[request.param]() as store:
         yield store
 
 

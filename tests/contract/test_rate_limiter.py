@@ -48,6 +48,19 @@ async def test_tokens_come_back_with_time_up_to_the_burst(limiters: LimiterBacke
     assert not (await limiter.take([b], 1)).allowed
 
 
+async def test_a_burst_lowered_caps_the_bucket_at_once(limiters: LimiterBackend) -> None:
+    """Tenant settings may lower a bucket's burst while it is full: it holds at most the new
+    burst from the next check on, even before the clock moves."""
+    clock = ManualClock()
+    limiter = limiters.node(clock)
+    assert (await limiter.take([bucket(rate=0.001, burst=100)], 1)).allowed  # 99 left
+    lowered = bucket(rate=0.001, burst=2)
+    assert (await limiter.take([lowered], 2)).allowed
+    assert not (await limiter.take([lowered], 1)).allowed
+    await clock.advance(1)
+    assert not (await limiter.take([lowered], 1)).allowed
+
+
 async def test_a_check_takes_from_every_bucket_or_from_none(limiters: LimiterBackend) -> None:
     clock = ManualClock()
     limiter = limiters.node(clock)

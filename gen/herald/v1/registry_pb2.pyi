@@ -260,3 +260,115 @@ class DeleteTemplateResponse(_message.Message):
     DELETED_VERSIONS_FIELD_NUMBER: _ClassVar[int]
     deleted_versions: int
     def __init__(self, deleted_versions: _Optional[int] = ...) -> None: ...
+
+class TenantRateLimits(_message.Message):
+    __slots__ = ("tenant_send_rate", "tenant_send_burst", "key_send_rate", "key_send_burst", "tenant_subscribe_rate", "tenant_subscribe_burst", "user_subscribe_rate", "user_subscribe_burst")
+    TENANT_SEND_RATE_FIELD_NUMBER: _ClassVar[int]
+    TENANT_SEND_BURST_FIELD_NUMBER: _ClassVar[int]
+    KEY_SEND_RATE_FIELD_NUMBER: _ClassVar[int]
+    KEY_SEND_BURST_FIELD_NUMBER: _ClassVar[int]
+    TENANT_SUBSCRIBE_RATE_FIELD_NUMBER: _ClassVar[int]
+    TENANT_SUBSCRIBE_BURST_FIELD_NUMBER: _ClassVar[int]
+    USER_SUBSCRIBE_RATE_FIELD_NUMBER: _ClassVar[int]
+    USER_SUBSCRIBE_BURST_FIELD_NUMBER: _ClassVar[int]
+    tenant_send_rate: float
+    tenant_send_burst: int
+    key_send_rate: float
+    key_send_burst: int
+    tenant_subscribe_rate: float
+    tenant_subscribe_burst: int
+    user_subscribe_rate: float
+    user_subscribe_burst: int
+    def __init__(self, tenant_send_rate: _Optional[float] = ..., tenant_send_burst: _Optional[int] = ..., key_send_rate: _Optional[float] = ..., key_send_burst: _Optional[int] = ..., tenant_subscribe_rate: _Optional[float] = ..., tenant_subscribe_burst: _Optional[int] = ..., user_subscribe_rate: _Optional[float] = ..., user_subscribe_burst: _Optional[int] = ...) -> None: ...
+
+class StreamPolicy(_message.Message):
+    __slots__ = ("compression", "compression_min_bytes", "signing_required", "allowed_formats")
+    COMPRESSION_FIELD_NUMBER: _ClassVar[int]
+    COMPRESSION_MIN_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SIGNING_REQUIRED_FIELD_NUMBER: _ClassVar[int]
+    ALLOWED_FORMATS_FIELD_NUMBER: _ClassVar[int]
+    compression: _containers.RepeatedScalarFieldContainer[str]
+    compression_min_bytes: int
+    signing_required: bool
+    allowed_formats: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, compression: _Optional[_Iterable[str]] = ..., compression_min_bytes: _Optional[int] = ..., signing_required: _Optional[bool] = ..., allowed_formats: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class TenantSettings(_message.Message):
+    __slots__ = ("tenant_id", "version", "rate_limits", "stream_policy", "updated_at", "updated_by", "default_ttl_seconds", "max_users_per_send")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    RATE_LIMITS_FIELD_NUMBER: _ClassVar[int]
+    STREAM_POLICY_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_BY_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    MAX_USERS_PER_SEND_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    version: int
+    rate_limits: TenantRateLimits
+    stream_policy: StreamPolicy
+    updated_at: _timestamp_pb2.Timestamp
+    updated_by: str
+    default_ttl_seconds: int
+    max_users_per_send: int
+    def __init__(self, tenant_id: _Optional[str] = ..., version: _Optional[int] = ..., rate_limits: _Optional[_Union[TenantRateLimits, _Mapping]] = ..., stream_policy: _Optional[_Union[StreamPolicy, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_by: _Optional[str] = ..., default_ttl_seconds: _Optional[int] = ..., max_users_per_send: _Optional[int] = ...) -> None: ...
+
+class GetTenantSettingsRequest(_message.Message):
+    __slots__ = ("tenant_id",)
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    def __init__(self, tenant_id: _Optional[str] = ...) -> None: ...
+
+class GetTenantSettingsResponse(_message.Message):
+    __slots__ = ("settings", "effective_rate_limits")
+    SETTINGS_FIELD_NUMBER: _ClassVar[int]
+    EFFECTIVE_RATE_LIMITS_FIELD_NUMBER: _ClassVar[int]
+    settings: TenantSettings
+    effective_rate_limits: TenantRateLimits
+    def __init__(self, settings: _Optional[_Union[TenantSettings, _Mapping]] = ..., effective_rate_limits: _Optional[_Union[TenantRateLimits, _Mapping]] = ...) -> None: ...
+
+class PutTenantSettingsRequest(_message.Message):
+    __slots__ = ("tenant_id", "settings", "expected_version")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    SETTINGS_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    settings: TenantSettings
+    expected_version: int
+    def __init__(self, tenant_id: _Optional[str] = ..., settings: _Optional[_Union[TenantSettings, _Mapping]] = ..., expected_version: _Optional[int] = ...) -> None: ...
+
+class PutTenantSettingsResponse(_message.Message):
+    __slots__ = ("settings",)
+    SETTINGS_FIELD_NUMBER: _ClassVar[int]
+    settings: TenantSettings
+    def __init__(self, settings: _Optional[_Union[TenantSettings, _Mapping]] = ...) -> None: ...
+
+class DeleteTenantSettingsRequest(_message.Message):
+    __slots__ = ("tenant_id", "expected_version")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    expected_version: int
+    def __init__(self, tenant_id: _Optional[str] = ..., expected_version: _Optional[int] = ...) -> None: ...
+
+class DeleteTenantSettingsResponse(_message.Message):
+    __slots__ = ("settings",)
+    SETTINGS_FIELD_NUMBER: _ClassVar[int]
+    settings: TenantSettings
+    def __init__(self, settings: _Optional[_Union[TenantSettings, _Mapping]] = ...) -> None: ...
+
+class ListTenantSettingsRequest(_message.Message):
+    __slots__ = ("page_size", "page_token")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListTenantSettingsResponse(_message.Message):
+    __slots__ = ("settings", "next_page_token")
+    SETTINGS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    settings: _containers.RepeatedCompositeFieldContainer[TenantSettings]
+    next_page_token: str
+    def __init__(self, settings: _Optional[_Iterable[_Union[TenantSettings, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...

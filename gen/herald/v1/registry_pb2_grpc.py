@@ -26,8 +26,9 @@ if _version_not_supported:
 
 
 class RegistryServiceStub:
-    """Directories shared by the nodes: open sessions (presence), channel membership, templates.
-    Stream nodes call it with a node token; operators and backends with a service token.
+    """Directories shared by the nodes: open sessions (presence), channel membership, templates,
+    tenant settings. Stream nodes call it with a node token; operators and backends with a service
+    token.
     """
 
     def __init__(self, channel):
@@ -96,11 +97,32 @@ class RegistryServiceStub:
                 request_serializer=herald_dot_v1_dot_registry__pb2.DeleteTemplateRequest.SerializeToString,
                 response_deserializer=herald_dot_v1_dot_registry__pb2.DeleteTemplateResponse.FromString,
                 _registered_method=True)
+        self.GetTenantSettings = channel.unary_unary(
+                '/herald.v1.RegistryService/GetTenantSettings',
+                request_serializer=herald_dot_v1_dot_registry__pb2.GetTenantSettingsRequest.SerializeToString,
+                response_deserializer=herald_dot_v1_dot_registry__pb2.GetTenantSettingsResponse.FromString,
+                _registered_method=True)
+        self.PutTenantSettings = channel.unary_unary(
+                '/herald.v1.RegistryService/PutTenantSettings',
+                request_serializer=herald_dot_v1_dot_registry__pb2.PutTenantSettingsRequest.SerializeToString,
+                response_deserializer=herald_dot_v1_dot_registry__pb2.PutTenantSettingsResponse.FromString,
+                _registered_method=True)
+        self.DeleteTenantSettings = channel.unary_unary(
+                '/herald.v1.RegistryService/DeleteTenantSettings',
+                request_serializer=herald_dot_v1_dot_registry__pb2.DeleteTenantSettingsRequest.SerializeToString,
+                response_deserializer=herald_dot_v1_dot_registry__pb2.DeleteTenantSettingsResponse.FromString,
+                _registered_method=True)
+        self.ListTenantSettings = channel.unary_unary(
+                '/herald.v1.RegistryService/ListTenantSettings',
+                request_serializer=herald_dot_v1_dot_registry__pb2.ListTenantSettingsRequest.SerializeToString,
+                response_deserializer=herald_dot_v1_dot_registry__pb2.ListTenantSettingsResponse.FromString,
+                _registered_method=True)
 
 
 class RegistryServiceServicer:
-    """Directories shared by the nodes: open sessions (presence), channel membership, templates.
-    Stream nodes call it with a node token; operators and backends with a service token.
+    """Directories shared by the nodes: open sessions (presence), channel membership, templates,
+    tenant settings. Stream nodes call it with a node token; operators and backends with a service
+    token.
     """
 
     def RegisterSession(self, request, context):
@@ -187,6 +209,39 @@ class RegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetTenantSettings(self, request, context):
+        """The tenant's settings (version 0 and nothing set when none were ever stored), and the rate
+        limits it runs under with the node's defaults filled in. Scope `send` or `tenant:admin`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PutTenantSettings(self, request, context):
+        """Replaces the tenant's settings whole (a field left unset takes the node's default); with
+        `expected_version`, only if they are still at that version (ABORTED otherwise). Scope
+        `tenant:admin`; audited.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteTenantSettings(self, request, context):
+        """Resets the tenant's settings to the node defaults: like a Put of empty settings, so the
+        version still grows. Scope `tenant:admin`; audited.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTenantSettings(self, request, context):
+        """The stored settings of every tenant, by tenant id, a page at a time. Node tokens only
+        (tenant `*`): a tenant's own token sees its own settings with GetTenantSettings.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegistryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -250,6 +305,26 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     request_deserializer=herald_dot_v1_dot_registry__pb2.DeleteTemplateRequest.FromString,
                     response_serializer=herald_dot_v1_dot_registry__pb2.DeleteTemplateResponse.SerializeToString,
             ),
+            'GetTenantSettings': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTenantSettings,
+                    request_deserializer=herald_dot_v1_dot_registry__pb2.GetTenantSettingsRequest.FromString,
+                    response_serializer=herald_dot_v1_dot_registry__pb2.GetTenantSettingsResponse.SerializeToString,
+            ),
+            'PutTenantSettings': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutTenantSettings,
+                    request_deserializer=herald_dot_v1_dot_registry__pb2.PutTenantSettingsRequest.FromString,
+                    response_serializer=herald_dot_v1_dot_registry__pb2.PutTenantSettingsResponse.SerializeToString,
+            ),
+            'DeleteTenantSettings': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteTenantSettings,
+                    request_deserializer=herald_dot_v1_dot_registry__pb2.DeleteTenantSettingsRequest.FromString,
+                    response_serializer=herald_dot_v1_dot_registry__pb2.DeleteTenantSettingsResponse.SerializeToString,
+            ),
+            'ListTenantSettings': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTenantSettings,
+                    request_deserializer=herald_dot_v1_dot_registry__pb2.ListTenantSettingsRequest.FromString,
+                    response_serializer=herald_dot_v1_dot_registry__pb2.ListTenantSettingsResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'herald.v1.RegistryService', rpc_method_handlers)
@@ -259,8 +334,9 @@ def add_RegistryServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class RegistryService:
-    """Directories shared by the nodes: open sessions (presence), channel membership, templates.
-    Stream nodes call it with a node token; operators and backends with a service token.
+    """Directories shared by the nodes: open sessions (presence), channel membership, templates,
+    tenant settings. Stream nodes call it with a node token; operators and backends with a service
+    token.
     """
 
     @staticmethod
@@ -577,6 +653,114 @@ class RegistryService:
             '/herald.v1.RegistryService/DeleteTemplate',
             herald_dot_v1_dot_registry__pb2.DeleteTemplateRequest.SerializeToString,
             herald_dot_v1_dot_registry__pb2.DeleteTemplateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTenantSettings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/herald.v1.RegistryService/GetTenantSettings',
+            herald_dot_v1_dot_registry__pb2.GetTenantSettingsRequest.SerializeToString,
+            herald_dot_v1_dot_registry__pb2.GetTenantSettingsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutTenantSettings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/herald.v1.RegistryService/PutTenantSettings',
+            herald_dot_v1_dot_registry__pb2.PutTenantSettingsRequest.SerializeToString,
+            herald_dot_v1_dot_registry__pb2.PutTenantSettingsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteTenantSettings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/herald.v1.RegistryService/DeleteTenantSettings',
+            herald_dot_v1_dot_registry__pb2.DeleteTenantSettingsRequest.SerializeToString,
+            herald_dot_v1_dot_registry__pb2.DeleteTenantSettingsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTenantSettings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/herald.v1.RegistryService/ListTenantSettings',
+            herald_dot_v1_dot_registry__pb2.ListTenantSettingsRequest.SerializeToString,
+            herald_dot_v1_dot_registry__pb2.ListTenantSettingsResponse.FromString,
             options,
             channel_credentials,
             insecure,

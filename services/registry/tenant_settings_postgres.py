@@ -1,0 +1,129 @@
+"""TenantSettingsStore in PostgreSQL: a row per tenant, the settings as jsonb."""
+
+from __future__ import annotations
+
+import builtins
+import dataclasses
+import json
+from typing import Any, Final
+
+import asyncpg
+
+from services.domain import (
+    RATE_LIMIT_FIELDS,
+    RateLimitOverrides,
+    StreamPolicy,
+    TenantSettingsRecord,
+)
+from services.registry.tenant_settings import DEFAULT_PAGE, SEND_FIELDS, VersionConflict
+
+_SEND_FIELDS: Final = tuple(name for name, _, _ in SEND_FIELDS)
+
+_UPSERT: Final = """
+INSERT INTO herald_tenant_settings (tenant_id, version, settings, updated_at, updated_by)
+VALUES ($1, 1, $2::jsonb, $3, $4)
+ON CONFLICT (tenant_id) DO UPDATE
+SET version = herald_tenant_settings.version + 1, settings = excluded.settings,
+    updated_at = excluded.updated_at, updated_by = excluded.updated_by
+RETURNING version
+"""
+
+_CREATE: Final = """
+INSERT INTO herald_tenant_settings (tenant_id, version, settings, updated_at, updated_by)
+VALUES ($1, 1, $2::jsonb, $3, $4)
+ON CONFLICT (tenant_id) DO NOTHING
+RETURNING version
+"""
+
+_REPLACE: Final = """
+UPDATE herald_tenant_settings
+SET version = version + 1, settings = $2::jsonb, updated_at = $3, updated_by = $4
+WHERE tenant_id = $1 AND version = $5
+RETURNING version
+"""
+
+_COLUMNS: Final = "tenant_id, version, settings::text, updated_at, updated_by"
+_GET: Final = f"SELECT {_COLUMNS} FROM herald_tenant_settings WHERE tenant_id = $1"  # noqa: S608
+_VERSION: Final = "SELECT version FROM herald_tenant_settings WHERE tenant_id = $1"
+_LIST: Final = (
+    f"SELECT {_COLUMNS} FROM herald_tenant_settings"  # noqa: S608 - constants only
+    " WHERE tenant_id > $1 ORDER BY tenant_id LIMIT $2"
+)
+
+
+def encode(settings: TenantSettingsRecord) -> str:
+    """The jsonb document of `settings`: only the fields that are set."""
+    limits = {
+        name: getattr(settings.rate_limits, name)
+        for name in RATE_LIMIT_FIELDS
+        if getattr(settings.rate_limits, name) is not None
+    }
+    policy = settings.stream_policy
+    document: dict[str, Any] = {
+        "rate_limits": limits,
+        "stream_policy": None if policy is None else dataclasses.asdict(policy),
+    }
+    for name in _SEND_FIELDS:
+        if getattr(settings, name) is not None:
+            document[name] = getattr(settings, name)
+    return json.dumps(document)
+
+
+def decode(row: asyncpg.Record) -> TenantSettingsRecord:
+    tenant, version, document, updated_at, updated_by = row
+    stored: dict[str, Any] = json.loads(document)
+    limits = {k: v for k, v in stored.get("rate_limits", {}).items() if k in RATE_LIMIT_FIELDS}
+    for name, value in limits.items():
+        limits[name] = float(value) if name.endswith("_rate") else int(value)
+    policy = stored.get("stream_policy")
+    return TenantSettingsRecord(
+        tenant,
+        int(version),
+        RateLimitOverrides(**limits),
+        None
+        if policy is None
+        else StreamPolicy(
+            compression=tuple(policy.get("compression", ())),
+            compression_min_bytes=int(policy.get("compression_min_bytes", 0)),
+            signing_required=bool(policy.get("signing_required", False)),
+            allowed_formats=tuple(policy.get("allowed_formats", ())),
+        ),
+        float(updated_at),
+        updated_by,
+        **{name: int(stored[name]) for name in _SEND_FIELDS if stored.get(name) is not None},
+    )
+
+
+class PostgresTenantSettingsStore:
+    """Tenant settings in PostgreSQL, on a pool it shares and does not close."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def get(self, tenant: str) -> TenantSettingsRecord | None:
+        row = await self._pool.fetchrow(_GET, tenant)
+        return None if row is None else decode(row)
+
+    async def put(
+        self, settings: TenantSettingsRecord, expected_version: int | None = None
+    ) -> TenantSettingsRecord:
+        values = (settings.tenant, encode(settings), settings.updated_at, settings.updated_by)
+        if expected_version is None:
+            version = await self._pool.fetchval(_UPSERT, *values)
+        elif expected_version == 0:
+            version = await self._pool.fetchval(_CREATE, *values)
+        else:
+            version = await self._pool.fetchval(_REPLACE, *values, expected_version)
+        if version is None:
+            current = await self._pool.fetchval(_VERSION, settings.tenant)
+            raise VersionConflict(settings.tenant, expected_version or 0, int(current or 0))
+        return dataclasses.replace(settings, version=int(version))
+
+    async def list(
+        self, after: str = "", limit: int = DEFAULT_PAGE
+    ) -> builtins.list[TenantSettingsRecord]:
+        return [decode(row) for row in await self._pool.fetch(_LIST, after, limit)]
+
+    async def aclose(self) -> None:
+        # The pool belongs to whoever made it (services.postgres.PostgresBackend).
+        return None
