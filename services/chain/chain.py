@@ -147,8 +147,8 @@ class Chain:
             return response
         tag = response[0]
         if tag == _TAG_DELIVERIES:
-            batch, _ = _length_delimited(response, 1)
-            return wire.batch_response(self._deliveries(batch, variant))
+            _, start = _read_varint(response, 1)
+            return wire.batch_response(self._deliveries(response, variant, start))
         if tag == _TAG_STARTED:
             started, _ = _length_delimited(response, 1)
             started += self._suffix(variant)
@@ -161,22 +161,42 @@ class Chain:
             return batch
         return wire.repeated_field_1(self._deliveries(batch, variant))
 
-    def _deliveries(self, batch: bytes, variant: Variant) -> list[bytes]:
+    def _deliveries(self, batch: bytes, variant: Variant, index: int = 0) -> list[bytes]:
+        """The deliveries of the DeliveryBatch that fills `batch` from `index` on, sealed."""
+        # The hot path of a transformed stream: run once per session and stream message, so
+        # the varints are read inline (lengths under 16 KiB take at most two bytes).
         out: list[bytes] = []
-        index, end = 0, len(batch)
+        cache = self._cache
+        end = len(batch)
         while index < end:
             if batch[index] != _TAG_DELIVERIES:
                 raise ValueError("not a DeliveryBatch")
-            delivery, index = _length_delimited(batch, index + 1)
-            out.append(self._delivery(delivery, variant))
+            byte = batch[index + 1]
+            if byte < 0x80:
+                length, index = byte, index + 2
+            else:
+                length, index = _read_varint(batch, index + 1)
+            stop = index + length
+            if stop > end:
+                raise ValueError("truncated delivery")
+            if batch[index] == _TAG_NOTIFICATION:
+                # The writer puts the notification first (wire.delivery) and never repeats it.
+                byte = batch[index + 1]
+                if byte < 0x80:
+                    size, start = byte, index + 2
+                else:
+                    size, start = _read_varint(batch, index + 1)
+                notification = batch[start : start + size]
+                field = cache.get((variant, notification))
+                if field is None:
+                    field = self.sealed_field(notification, variant)
+                else:
+                    self._hits.value += 1
+                out.append(field + batch[start + size : stop])
+            else:
+                out.append(self._delivery_any_order(batch[index:stop], variant))
+            index = stop
         return out
-
-    def _delivery(self, delivery: bytes, variant: Variant) -> bytes:
-        if delivery and delivery[0] == _TAG_NOTIFICATION:
-            # The writer puts the notification first (wire.delivery) and never repeats it.
-            notification, rest = _length_delimited(delivery, 1)
-            return self.sealed_field(notification, variant) + delivery[rest:]
-        return self._delivery_any_order(delivery, variant)
 
     def _delivery_any_order(self, delivery: bytes, variant: Variant) -> bytes:
         parts: list[bytes] = []
