@@ -171,12 +171,12 @@ async def start_node(
     ]
     chain: Chain | None = None
     if "stream" in roles:
-        chain = Chain(load_key_ring(config), config.chain.cache_entries)
         if policy_for is None:
             policy = default_policy(config.chain)
             policy_for = lambda _tenant: policy  # noqa: E731 - one policy for every tenant
+        chain = Chain(load_key_ring(config), config.chain.cache_entries, policy_for)
         # Inside the AuthInterceptor: the caller's principal is set and the request decoded.
-        interceptors.append(ChainInterceptor(chain, policy_for))
+        interceptors.append(ChainInterceptor(chain))
     if traces is not None:
         # First, so that its span covers authentication and decoding too: the AuthInterceptor
         # re-registers each method (request bytes in) and this one wraps what that returns.

@@ -26,7 +26,10 @@ from services.chain.policy import (
     IDENTITY,
     PROTOBUF,
     ChainPolicy,
+    PolicyProvider,
     Variant,
+    negotiate,
+    policy_of,
 )
 from services.chain.signing import KeyRing, signed_message
 from services.config import ChainSettings, StartupError
@@ -83,10 +86,18 @@ def _length_delimited(data: bytes, index: int) -> tuple[bytes, int]:
 
 
 class Chain:
-    """Seals notifications per variant (cached) and rewrites encoded stream messages."""
+    """Negotiates variants, seals notifications per variant (cached) and rewrites encoded
+    stream messages; one per node, shared by every transport."""
 
-    def __init__(self, keys: KeyRing | None = None, cache_entries: int = 4096) -> None:
+    def __init__(
+        self,
+        keys: KeyRing | None = None,
+        cache_entries: int = 4096,
+        policy_for: PolicyProvider | None = None,
+    ) -> None:
         self.keys = keys or KeyRing.empty()
+        default = ChainPolicy()
+        self._policy_for: PolicyProvider = policy_for or (lambda _tenant: default)
         self._codecs: dict[str, Codec] = codecs()
         self._limit = cache_entries
         self._cache: dict[tuple[Variant, bytes], bytes] = {}
@@ -98,6 +109,15 @@ class Chain:
     @property
     def can_sign(self) -> bool:
         return self.keys.active is not None
+
+    async def variant_for(self, tenant: str, accept: list[str]) -> Variant:
+        """The variant of a session of `tenant` that accepts `accept` (any transport).
+
+        Raises:
+            FailedPrecondition: the tenant requires signing and this node cannot sign.
+        """
+        policy = await policy_of(self._policy_for, tenant)
+        return negotiate(accept, policy, can_sign=self.can_sign)
 
     # -- one notification --------------------------------------------------------------------
 

@@ -21,7 +21,7 @@ from herald.v1 import stream_pb2
 from services import metrics
 from services.auth import current_principal
 from services.chain.chain import Chain
-from services.chain.policy import PolicyProvider, Variant, negotiate, policy_of
+from services.chain.policy import Variant
 
 SUBSCRIBE = "/herald.v1.StreamService/Subscribe"
 
@@ -46,19 +46,9 @@ class _TransformingContext:
 class ChainInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
     """Applies the transformer chain to every Subscribe stream that negotiated a variant."""
 
-    def __init__(self, chain: Chain, policy_for: PolicyProvider) -> None:
+    def __init__(self, chain: Chain) -> None:
         self._chain = chain
-        self._policy_for = policy_for
         self._sessions: dict[Variant, Any] = {}
-
-    async def variant_for(self, tenant: str, accept: list[str]) -> Variant:
-        """The variant of a session of `tenant` accepting `accept` (also for other transports).
-
-        Raises:
-            FailedPrecondition: the tenant requires signing and this node cannot sign.
-        """
-        policy = await policy_of(self._policy_for, tenant)
-        return negotiate(accept, policy, can_sign=self._chain.can_sign)
 
     async def intercept_service(
         self,
@@ -74,7 +64,7 @@ class ChainInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
         chain = self._chain
 
         async def subscribe(request: stream_pb2.SubscribeRequest, context: Context) -> Any:
-            variant = await self.variant_for(
+            variant = await chain.variant_for(
                 current_principal().tenant, list(request.accept_encodings)
             )
             if variant.plain:
