@@ -337,6 +337,8 @@ async def _tail(args: argparse.Namespace) -> int:
             raise CliError(f"--cursor takes LOG=CURSOR, e.g. user=42; got {item!r}")
         cursors[log_name] = int(value)
     who = credentials(args, [auth.SCOPE_SUBSCRIBE], args.user)
+    # Each rejected delivery gets a line of its own below (on_reject), not the client's log.
+    logging.getLogger("services.client_chain").setLevel(logging.ERROR)
     seen = 0
     async with connect(args, who.token) as client:
         subscription = client.subscribe(

@@ -34,12 +34,15 @@ pytestmark = pytest.mark.asyncio
 BODY = "Your order shipped. " * 30
 
 
-@pytest_asyncio.fixture
-async def signing(tmp_path: Path) -> AsyncIterator[tuple[Herald, Path]]:
+@pytest_asyncio.fixture(params=["up", "split"])
+async def signing(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[tuple[Herald, Path]]:
+    """Herald (both topologies) signing with the key ring in the returned directory."""
     keys = tmp_path / "keys"
     write_private_key(keys, "k1")
     chain = ChainSettings(signing_keys_dir=keys, keys_reload_s=0.05)
-    deployment = await start_herald("up", make_config(tmp_path, chain=chain))
+    deployment = await start_herald(request.param, make_config(tmp_path, chain=chain))
     try:
         yield deployment, keys
     finally:

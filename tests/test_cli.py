@@ -318,7 +318,12 @@ async def test_operator_commands_sessions_presence_status_templates_inbox(cli: C
     assert status["target"] == {"userId": "alice"}
     [recipient] = status["recipients"]
     assert recipient["userId"] == "alice"
-    assert recipient["state"] in ("DELIVERY_STATE_QUEUED", "DELIVERY_STATE_DELIVERED")
+    # The tail acks what it printed every 4-6 s: on a busy machine that may come first.
+    assert recipient["state"] in (
+        "DELIVERY_STATE_QUEUED",
+        "DELIVERY_STATE_DELIVERED",
+        "DELIVERY_STATE_ACKED",
+    )
     assert "RECIPIENT" in await cli.run("status", sent["notificationId"], **env)
 
     put = await cli.json(

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -148,9 +149,16 @@ def write_private_key(directory: Path, key_id: str) -> Path:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(pem)
+    # Written aside, then linked into place: a reader never sees half a key, and a key that
+    # exists already is never replaced (FileExistsError).
+    partial = directory / f".{key_id}.{os.getpid()}.partial"
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(pem)
+        os.link(partial, path)
+    finally:
+        partial.unlink()
     return path
 
 
@@ -158,8 +166,11 @@ def dev_ring(data_dir: Path) -> KeyRing:
     """Dev mode without a configured directory: a key generated once in the data dir."""
     directory = data_dir / DEV_KEYS_DIR
     if not directory.exists() or not any(directory.glob("*.pem")):
-        write_private_key(directory, "dev-1")
-        log.info("generated a dev notification signing key", extra={"path": str(directory)})
+        try:
+            write_private_key(directory, "dev-1")
+            log.info("generated a dev notification signing key", extra={"path": str(directory)})
+        except FileExistsError:  # another worker made it at the same moment
+            time.sleep(0.2)
     return load_dir(directory)
 
 
