@@ -132,6 +132,19 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument(
         "--cursor", action="append", default=[], help="resume a log: LOG=CURSOR (repeatable)"
     )
+    tail.add_argument(
+        "--accept",
+        default=_env("HERALD_ACCEPT_ENCODINGS", ""),
+        help="transformer-chain encodings to ask for, comma-separated: json, zstd, gzip, signed "
+        "(HERALD_ACCEPT_ENCODINGS; docs/transformers.md)",
+    )
+    tail.add_argument(
+        "--verify",
+        action="store_true",
+        default=_env("HERALD_VERIFY", "").lower() in ("1", "true", "yes", "on"),
+        help="ask for signed deliveries and drop (and report) any that does not verify "
+        "(HERALD_VERIFY=true)",
+    )
     cli_admin.add_commands(commands)
     return parser
 
@@ -324,6 +337,8 @@ async def _tail(args: argparse.Namespace) -> int:
             raise CliError(f"--cursor takes LOG=CURSOR, e.g. user=42; got {item!r}")
         cursors[log_name] = int(value)
     who = credentials(args, [auth.SCOPE_SUBSCRIBE], args.user)
+    # Each rejected delivery gets a line of its own below (on_reject), not the client's log.
+    logging.getLogger("services.client_chain").setLevel(logging.ERROR)
     seen = 0
     async with connect(args, who.token) as client:
         subscription = client.subscribe(
@@ -335,8 +350,15 @@ async def _tail(args: argparse.Namespace) -> int:
             on_connect=lambda started: _state(
                 f"subscribed as {started.user_id}@{started.tenant_id}, "
                 f"session {started.session_id} on {started.node_id}"
+                + (f" (encodings: {', '.join(started.encodings)})" if started.encodings else "")
             ),
             on_disconnect=_disconnected,
+            accept_encodings=[a.strip() for a in args.accept.split(",") if a.strip()],
+            verify=args.verify,
+            on_reject=lambda rejected, delivery: _state(
+                f"rejected a delivery ({rejected.reason}) of log {delivery.log[:64]} "
+                f"at cursor {delivery.cursor}"
+            ),
         )
         try:
             # Closed before the client: its last acks (of what was printed) go out first.

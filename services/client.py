@@ -49,6 +49,8 @@ from herald.v1 import (
     stream_pb2,
     stream_pb2_grpc,
 )
+from services.chain.opening import Rejected
+from services.client_chain import ClientChain
 
 log = logging.getLogger(__name__)
 
@@ -427,6 +429,13 @@ class HeraldClient:
         )
         return response
 
+    async def signing_keys(self, *, timeout: float = 10.0) -> stream_pb2.GetSigningKeysResponse:
+        """The public keys that verify signed deliveries (the active one and older ones)."""
+        response: stream_pb2.GetSigningKeysResponse = await self._stream.GetSigningKeys(
+            stream_pb2.GetSigningKeysRequest(), metadata=self.metadata(), timeout=timeout
+        )
+        return response
+
     async def mark_read(self, notification_ids: Iterable[str], *, timeout: float = 10.0) -> int:
         """Marks the caller's notifications read; returns how many were unread."""
         response: stream_pb2.MarkReadResponse = await self._stream.MarkRead(
@@ -458,14 +467,23 @@ class HeraldClient:
         rng: random.Random | None = None,
         on_connect: Callable[[stream_pb2.SessionStarted], None] | None = None,
         on_disconnect: Callable[[Disconnected], None] | None = None,
+        accept_encodings: Iterable[str] = (),
+        verify: bool = False,
+        on_reject: Callable[[Rejected, stream_pb2.Delivery], None] | None = None,
     ) -> Subscription:
         """An endless iterator of notifications, across reconnects (see the module docstring).
 
         `on_connect` is called with each SessionStarted; `on_disconnect` each time the stream
         ends and the subscription is about to reconnect, with why and when (to show
-        connection state while it is away)."""
+        connection state while it is away). `accept_encodings` asks for the transformer
+        chain's encodings ("json", "zstd", "gzip", "signed"); `verify` asks for signed
+        deliveries and rejects any that does not verify (`Subscription.chain.rejected` counts
+        them by reason; `on_reject` is called with each; docs/transformers.md)."""
         if ack_interval <= 0:
             raise ValueError("ack_interval must be positive")
+        chain = ClientChain(
+            self.signing_keys, accept=tuple(accept_encodings), verify=verify, on_reject=on_reject
+        )
         return Subscription(
             self,
             channels=tuple(channels),
@@ -479,6 +497,7 @@ class HeraldClient:
             rng=rng or random.Random(),  # noqa: S311 - jitter, not security
             on_connect=on_connect,
             on_disconnect=on_disconnect,
+            chain=chain,
         )
 
     def open_stream(
@@ -585,8 +604,11 @@ class Subscription:
         rng: random.Random,
         on_connect: Callable[[stream_pb2.SessionStarted], None] | None = None,
         on_disconnect: Callable[[Disconnected], None] | None = None,
+        chain: ClientChain | None = None,
     ) -> None:
         self._client = client
+        # Decodes and verifies the transformer chain's deliveries; counts rejections.
+        self.chain = chain or ClientChain(client.signing_keys)
         self.channels = channels
         # The resume cursor per log: pass these to a later subscribe to continue from here.
         self.cursors = cursors
@@ -637,6 +659,7 @@ class Subscription:
             ],
             channels=self.channels,
             device=self._device,
+            accept_encodings=self.chain.accept,
         )
 
     def _started(self, started: stream_pb2.SessionStarted) -> None:
@@ -712,22 +735,27 @@ class Subscription:
         while True:
             retry_after = retry_after_s = 0.0
             reason = "the server ended the stream"
-            self._call = call = self._client.open_stream(self._request())
+            call = None
             try:
+                await self.chain.connecting()
+                self._call = call = self._client.open_stream(self._request())
                 async for event in call:
                     kind = event.WhichOneof("event")
                     if kind == "deliveries":
                         batch = event.deliveries.deliveries
                         had: list[str] = []  # of this batch, what the loop was given
                         for delivery in batch:
-                            notification_id = delivery.notification.id
+                            notification = await self.chain.open(delivery)
+                            if notification is None:  # rejected (counted, logged)
+                                continue
+                            notification_id = notification.id
                             if notification_id in self._seen:
                                 continue
                             self._remember(notification_id)
                             had.append(notification_id)
                             try:
                                 yield Received(
-                                    delivery.notification,
+                                    notification,
                                     delivery.log,
                                     delivery.cursor,
                                     delivery.attempt,
@@ -790,7 +818,8 @@ class Subscription:
             finally:
                 self._dropped = False
                 self.connected.clear()
-                call.cancel()
+                if call is not None:
+                    call.cancel()
             if not self._reconnect:
                 return
             if self._auto_ack:

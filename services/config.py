@@ -273,6 +273,44 @@ class TracingSettings(BaseSettings):
     sample_ratio: float = Field(default=1.0, ge=0, le=1)
 
 
+class ChainSettings(BaseSettings):
+    """The transformer chain (docs/transformers.md): the default policy of every tenant, the
+    signing key ring and the variant cache."""
+
+    model_config = SettingsConfigDict(env_prefix="HERALD_CHAIN_", frozen=True, extra="ignore")
+
+    # Compressions subscribers may pick, comma-separated (zstd, gzip); empty: none.
+    compression: str = "zstd,gzip"
+    # Payloads shorter than this are sent uncompressed.
+    compression_min_bytes: int = Field(default=256, ge=0)
+    # Every delivery signed, whatever the subscriber asked.
+    signing_required: bool = False
+    # Formats subscribers may pick, comma-separated (protobuf, json); protobuf always is.
+    formats: str = "protobuf,json"
+    # The key ring: `<id>.pem` private keys (sign and verify), `<id>.pub.pem` public keys
+    # (verify only). Unset: dev mode generates a key in the data dir; production signs nothing.
+    signing_keys_dir: Path | None = None
+    # The key that signs; empty: the private key whose id sorts last.
+    signing_key: str = ""
+    # How often the directory is read again (rotation without a restart); 0: never.
+    keys_reload_s: float = Field(default=30.0, ge=0)
+    # Transformed notifications kept, per variant and notification, so that a fan-out to many
+    # sessions transforms each once.
+    cache_entries: int = Field(default=4096, ge=1)
+
+    @staticmethod
+    def _names(value: str) -> tuple[str, ...]:
+        return tuple(n for n in (n.strip().lower() for n in value.split(",")) if n)
+
+    @property
+    def compressions(self) -> tuple[str, ...]:
+        return self._names(self.compression)
+
+    @property
+    def format_names(self) -> tuple[str, ...]:
+        return self._names(self.formats)
+
+
 @dataclass(frozen=True)
 class Config:
     """All settings, built once in the entry point and passed down."""
@@ -286,3 +324,4 @@ class Config:
     tls: TLSSettings = field(default_factory=TLSSettings)
     rate_limit: RateLimitSettings = field(default_factory=RateLimitSettings)
     tracing: TracingSettings = field(default_factory=TracingSettings)
+    chain: ChainSettings = field(default_factory=ChainSettings)

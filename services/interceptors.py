@@ -59,6 +59,7 @@ REQUIRED_SCOPE: dict[str, str] = {
     "/herald.v1.StreamService/AckStream": auth.SCOPE_SUBSCRIBE,
     "/herald.v1.StreamService/ListInbox": auth.SCOPE_SUBSCRIBE,
     "/herald.v1.StreamService/MarkRead": auth.SCOPE_SUBSCRIBE,
+    "/herald.v1.StreamService/GetSigningKeys": auth.SCOPE_SUBSCRIBE,
     "/herald.v1.RegistryService/RegisterSession": auth.SCOPE_NODE,
     "/herald.v1.RegistryService/HeartbeatSession": auth.SCOPE_NODE,
     "/herald.v1.RegistryService/UnregisterSession": auth.SCOPE_NODE,

@@ -152,6 +152,19 @@ class TenantLabels:
 _TALLIES = _Tallies()
 REGISTRY.register(_TALLIES)
 
+
+class TallyFamily:
+    """A labelled counter of the hot path: one `Tally` per label values, made on first use."""
+
+    def __init__(self, name: str, documentation: str, labels: list[str]) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._labels = labels
+
+    def labelled_tally(self, *values: str) -> Tally:
+        return _TALLIES.labelled(self._name, self._documentation, self._labels, values)
+
+
 ACCEPTED = _TALLIES.add("herald_notifications_accepted", "Notifications accepted by ingest")
 REJECTED = Counter(
     "herald_notifications_rejected_total", "Notifications refused by ingest", ["reason"]
@@ -199,6 +212,26 @@ RATE_LIMIT_STORE_FAILURES = Counter(
     "Rate-limit checks that could not reach Redis, by what the call got "
     "(allowed: HERALD_RATE_LIMIT_REDIS_FAILURE=open; refused: closed)",
     ["outcome"],
+)
+CHAIN_TRANSFORMS = TallyFamily(
+    "herald_chain_transforms",
+    "Notifications the transformer chain built a variant of (cache misses), by variant",
+    ["variant"],
+)
+CHAIN_CACHE = TallyFamily(
+    "herald_chain_cache",
+    "Lookups of the transformer chain's variant cache, by result (hit, miss)",
+    ["result"],
+)
+CHAIN_SESSIONS = Counter(
+    "herald_chain_sessions_total",
+    "Subscribe streams opened with a transformed variant, by variant",
+    ["variant"],
+)
+CLIENT_REJECTED = Counter(
+    "herald_client_rejected_deliveries_total",
+    "Deliveries the Python client refused (bad or missing signature, undecodable), by reason",
+    ["reason"],
 )
 SESSIONS = Gauge("herald_sessions_open", "Open subscription streams on this node")
 ACK_STREAMS = Gauge("herald_ack_streams_open", "Open AckStream calls on this node")

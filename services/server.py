@@ -13,22 +13,28 @@ import logging
 import signal
 import socket
 import ssl
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
+from socketserver import ThreadingMixIn
 from typing import Literal
-from wsgiref.simple_server import WSGIServer
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import grpc
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import start_http_server
+from prometheus_client import make_wsgi_app
 
 from herald.node.v1 import node_pb2, node_pb2_grpc
 from herald.v1 import ingest_pb2, registry_pb2, registry_pb2_grpc, stream_pb2
 from services import auth, metrics, tls, tracing
 from services.backends import Backend, Stores, open_stores
 from services.breaker import BreakerState
+from services.chain import Chain, ChainInterceptor, PolicyProvider, default_policy
+from services.chain.keys_http import signing_keys_app
+from services.chain.signing import KeyRing, dev_ring, load_dir
 from services.clock import Clock, SystemClock
 from services.config import Config, StartupError, TLSSettings
 from services.domain import SessionInfo
@@ -96,6 +102,8 @@ class Node:
     node_port: int | None = None
     # The tracer provider this node made from its settings (flushed and stopped last).
     own_tracing: tracing.Tracing | None = None
+    # The transformer chain of this node's StreamService (its key ring: `chain.keys`).
+    chain: Chain | None = None
     _stopped: bool = False
 
     @property
@@ -144,11 +152,13 @@ async def start_node(
     clock: Clock | None = None,
     keys: auth.Keys | None = None,
     traces: tracing.Tracing | None = None,
+    policy_for: PolicyProvider | None = None,
 ) -> Node:
     """Builds the cores for `roles`, wires them (directly or over gRPC) and starts serving.
 
     `traces` (tests pass one on an in-memory exporter) replaces the tracer provider that
-    HERALD_OTEL_* would make; with neither, nothing is traced."""
+    HERALD_OTEL_* would make; with neither, nothing is traced. `policy_for` gives each
+    tenant's transformer-chain policy (default: HERALD_CHAIN_* for every tenant)."""
     roles = tuple(roles)
     clock = clock or SystemClock()
     keys = keys or auth.load_keys(config.auth, config.server.data_dir)
@@ -162,6 +172,14 @@ async def start_node(
     interceptors: list[aio.ServerInterceptor] = [  # type: ignore[type-arg]
         AuthInterceptor(verifier, node_certificates=node_tls is not None and node_tls.mutual)
     ]
+    chain: Chain | None = None
+    if "stream" in roles:
+        if policy_for is None:
+            policy = default_policy(config.chain)
+            policy_for = lambda _tenant: policy  # noqa: E731 - one policy for every tenant
+        chain = Chain(load_key_ring(config), config.chain.cache_entries, policy_for)
+        # Inside the AuthInterceptor: the caller's principal is set and the request decoded.
+        interceptors.append(ChainInterceptor(chain))
     if traces is not None:
         # First, so that its span covers authentication and decoding too: the AuthInterceptor
         # re-registers each method (request bytes in) and this one wraps what that returns.
@@ -284,7 +302,7 @@ async def start_node(
                 tracing=traces,
                 tenant_labels=metrics.TenantLabels(config.server.tenant_labels),
             )
-            StreamServicer(delivery_core, admission).register(server)
+            StreamServicer(delivery_core, admission, chain.keys if chain else None).register(server)
             node_pb2_grpc.add_NodeServiceServicer_to_server(
                 NodeServicer(delivery_core, dispatcher), server
             )
@@ -326,6 +344,11 @@ async def start_node(
         if stores.backends:
             monitor = asyncio.ensure_future(stores.monitor(config.backends.breaker_reset_s / 2))
             closers.insert(0, _Cancel(monitor))
+        if chain is not None and config.chain.signing_keys_dir and config.chain.keys_reload_s:
+            reloads = asyncio.ensure_future(
+                _reload_keys(chain.keys, config.chain.signing_keys_dir, config)
+            )
+            closers.insert(0, _Cancel(reloads))
         log.info(
             "herald node serving",
             extra={
@@ -351,6 +374,7 @@ async def start_node(
             stores,
             node_port,
             own_tracing,
+            chain,
         )
     except BaseException:
         # Nothing half-started stays behind: the pool, the Redis client, the broker task.
@@ -358,6 +382,41 @@ async def start_node(
         await stores.aclose()
         await tracing.shutdown(own_tracing)
         raise
+
+
+def load_key_ring(config: Config) -> KeyRing:
+    """The signing keys: HERALD_CHAIN_SIGNING_KEYS_DIR; in dev mode without it, a key kept in
+    the data dir; in production without it, none (signing is not offered).
+
+    Raises:
+        StartupError: unreadable or invalid key files.
+    """
+    settings = config.chain
+    if settings.signing_keys_dir is not None:
+        return load_dir(settings.signing_keys_dir, settings.signing_key)
+    if config.auth.mode == "dev":
+        return dev_ring(config.server.data_dir)
+    return KeyRing.empty()
+
+
+async def _reload_keys(ring: KeyRing, directory: Path, config: Config) -> None:
+    """Re-reads the key ring every HERALD_CHAIN_KEYS_RELOAD_S; a bad directory keeps the keys
+    it had (and says so), so a half-copied rotation never stops signing."""
+    while True:
+        await asyncio.sleep(config.chain.keys_reload_s)
+        try:
+            fresh = load_dir(directory, config.chain.signing_key)
+        except StartupError as exc:
+            log.warning("signing keys not reloaded: %s", exc)
+            continue
+        before = [k.key_id for k in ring.keys]
+        ring.replace(fresh)
+        after = [k.key_id for k in ring.keys]
+        if before != after:
+            log.info(
+                "signing keys reloaded",
+                extra={"keys": after, "active": ring.active.key_id if ring.active else ""},
+            )
 
 
 async def _set_health(
@@ -448,24 +507,34 @@ def tune_gc() -> None:
 
 
 def start_metrics_server(
-    port: int, host: str, tls_settings: TLSSettings | None = None
+    port: int, host: str, tls_settings: TLSSettings | None = None, keys: KeyRing | None = None
 ) -> WSGIServer:
-    """Serves Prometheus /metrics from a background thread (prometheus_client's own server);
-    over HTTPS with the node's certificate when TLS is on, like every other listener."""
-    secure = False
-    if tls_settings is not None and tls_settings.enabled:
-        secure = True
-        server, _ = start_http_server(
-            port,
-            addr=host,
-            certfile=str(tls_settings.cert_file),
-            keyfile=str(tls_settings.key_file),
-            tls_min_version=ssl.TLSVersion.TLSv1_2,
-        )
-    else:
-        server, _ = start_http_server(port, addr=host)
+    """Serves Prometheus /metrics from a background thread (a WSGI server, as prometheus_client
+    runs its own), and, with `keys`, the public signing keys as JSON at /signing-keys (for
+    browsers: services/chain/keys_http.py); over HTTPS with the node's certificate when TLS is
+    on, like every other listener."""
+    secure = tls_settings is not None and tls_settings.enabled
+    app = signing_keys_app(make_wsgi_app(), keys) if keys is not None else make_wsgi_app()
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    server_class = type("MetricsServer", (_MetricsServer,), {"address_family": family})
+    server: WSGIServer = make_server(host, port, app, server_class, handler_class=_QuietHandler)
+    if secure and tls_settings is not None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(str(tls_settings.cert_file), str(tls_settings.key_file))
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
     log.info("metrics serving", extra={"host": host, "port": server.server_port, "tls": secure})
     return server
+
+
+class _MetricsServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        """No access log: scrapes every few seconds would drown the node's own lines."""
 
 
 def _check_transport(config: Config) -> tls.NodeTLS | None:
@@ -549,6 +618,7 @@ async def serve_forever(config: Config, roles: Iterable[Role]) -> None:
             config.server.metrics_port,
             config.server.metrics_host or config.server.host,
             config.tls,
+            node.chain.keys if node.chain is not None else None,
         )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

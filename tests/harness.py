@@ -11,10 +11,12 @@ from pydantic import SecretStr
 
 from herald.v1 import notification_pb2, registry_pb2_grpc
 from services import auth
+from services.chain import PolicyProvider
 from services.client import HeraldClient
 from services.clock import Clock
 from services.config import (
     AuthSettings,
+    ChainSettings,
     Config,
     DeliverySettings,
     IngestSettings,
@@ -38,6 +40,7 @@ def make_config(data_dir: Path, **overrides: object) -> Config:
     ingest = overrides.pop("ingest", None) or IngestSettings()
     tls = overrides.pop("tls", None) or TLSSettings(terminated_upstream=True)
     rate_limit = overrides.pop("rate_limit", None) or RateLimitSettings()
+    chain = overrides.pop("chain", None) or ChainSettings()
     server = overrides.pop("server", None) or ServerSettings(
         host="127.0.0.1", port=0, data_dir=data_dir, shutdown_grace_s=2
     )
@@ -49,6 +52,7 @@ def make_config(data_dir: Path, **overrides: object) -> Config:
         ingest=ingest,  # type: ignore[arg-type]
         tls=tls,  # type: ignore[arg-type]
         rate_limit=rate_limit,  # type: ignore[arg-type]
+        chain=chain,  # type: ignore[arg-type]
     )
 
 
@@ -109,20 +113,28 @@ class Herald:
 
 
 async def start_herald(
-    topology: str, config: Config, clock: Clock | None = None, traces: Tracing | None = None
+    topology: str,
+    config: Config,
+    clock: Clock | None = None,
+    traces: Tracing | None = None,
+    policy_for: PolicyProvider | None = None,
 ) -> Herald:
     keys = auth.load_keys(config.auth, config.server.data_dir)
     tokens = Tokens(auth.TokenMinter(keys, config.auth))
     ca_file = config.tls.ca_file if config.tls.enabled else None
     if topology == "up":
-        node = await start_node(config, clock=clock, keys=keys, traces=traces)
+        node = await start_node(
+            config, clock=clock, keys=keys, traces=traces, policy_for=policy_for
+        )
         return Herald(topology, {"up": node}, tokens, ca_file=ca_file)
     registry = await start_node(config, ["registry"], clock=clock, keys=keys, traces=traces)
     stream_config = replace(
         config,
         server=config.server.model_copy(update={"registry_address": registry.node_address}),
     )
-    stream = await start_node(stream_config, ["stream"], clock=clock, keys=keys, traces=traces)
+    stream = await start_node(
+        stream_config, ["stream"], clock=clock, keys=keys, traces=traces, policy_for=policy_for
+    )
     ingest_config = replace(
         config,
         server=config.server.model_copy(

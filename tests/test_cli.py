@@ -517,3 +517,25 @@ async def test_tenant_put_reset_and_list_and_their_errors(cli: Cli, tmp_path: Pa
         ("acme", 3),
         ("globex", 1),
     ]
+
+
+async def test_tail_decodes_and_verifies_the_transformer_chain(cli: Cli) -> None:
+    # Dev mode: `herald up` signs with a key it generated in the data dir.
+    address = await _up(cli)
+    env = {"HERALD_ADDRESS": address, "HERALD_TENANT": "acme"}
+    tail = await cli.start(
+        "tail", "--user", "alice", "--accept", "json,zstd", "--verify", "--count", "1", **env
+    )
+    line = await _subscribed(tail)
+    assert "(encodings: json, zstd, signed)" in line
+    body = "long enough to be compressed " * 20
+    sent = json.loads(
+        await cli.run("send", "--user", "alice", "--title", "Signed", "--body", body, **env)
+    )
+    assert tail.stdout is not None
+    async with asyncio.timeout(20):
+        out, _ = await tail.communicate()
+    assert tail.returncode == 0
+    [printed] = [json.loads(line) for line in out.decode().splitlines()]
+    assert printed["notification"]["id"] == sent["notificationId"]
+    assert printed["notification"]["content"] == {"title": "Signed", "body": body}

@@ -20,7 +20,9 @@ import pytest_asyncio
 from google.protobuf.message import Message
 
 from herald.v1 import stream_pb2
-from services.config import DeliverySettings, TLSSettings
+from services.chain import Opener
+from services.chain.signing import write_private_key
+from services.config import ChainSettings, DeliverySettings, TLSSettings
 from tests.certificates import CertificateAuthority, Issued
 from tests.harness import Herald, make_config, start_herald, to_user
 
@@ -393,6 +395,49 @@ async def test_a_browser_subscribes_acks_and_receives_live(envoy: Envoy, herald_
         assert await ack.grpc_status() == (0, "")
     finally:
         await ack.close()
+
+
+async def test_a_browser_gets_signed_json_and_the_keys_through_envoy(tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    write_private_key(keys, "k1")
+    config = make_config(tmp_path, chain=ChainSettings(signing_keys_dir=keys))
+    herald = await start_herald("up", config)
+    try:
+        async with running_envoy(herald, tmp_path) as proxy:
+            token = herald.tokens.user("acme", "alice")
+            call = await grpc_web_call(
+                proxy.port,
+                "/herald.v1.StreamService/Subscribe",
+                stream_pb2.SubscribeRequest(device="web", accept_encodings=["json", "signed"]),
+                token,
+            )
+            try:
+                first = await call.message(stream_pb2.SubscribeResponse)
+                assert list(first.session_started.encodings) == ["json", "signed"]
+                sent = await herald.backend().send(to_user("alice", "signed for the web"))
+                event = await call.message(stream_pb2.SubscribeResponse)
+                while event.WhichOneof("event") == "heartbeat":
+                    event = await call.message(stream_pb2.SubscribeResponse)
+                [delivery] = event.deliveries.deliveries
+            finally:
+                await call.close()
+            fetched = await grpc_web_call(
+                proxy.port,
+                "/herald.v1.StreamService/GetSigningKeys",
+                stream_pb2.GetSigningKeysRequest(),
+                token,
+            )
+            try:
+                ring = await fetched.message(stream_pb2.GetSigningKeysResponse)
+                assert await fetched.grpc_status() == (0, "")
+            finally:
+                await fetched.close()
+        assert delivery.sealed.format == "json"
+        assert json.loads(delivery.sealed.payload)["id"] == sent.notification_id
+        opened = Opener(verify=True, keys=ring.keys).open(delivery)
+        assert opened.content.title == "signed for the web"
+    finally:
+        await herald.stop()
 
 
 async def test_a_cors_preflight_is_answered_by_envoy(envoy: Envoy) -> None:

@@ -89,7 +89,7 @@ SEEDS: dict[str, Message] = {
         notification_id=NOTIFICATION_ID
     ),
     "/herald.v1.StreamService/Subscribe": stream_pb2.SubscribeRequest(
-        channels=["news"], cursors=_CURSORS, device="fuzz"
+        channels=["news"], cursors=_CURSORS, device="fuzz", accept_encodings=["json", "zstd"]
     ),
     "/herald.v1.StreamService/Ack": stream_pb2.AckRequest(
         notification_ids=[NOTIFICATION_ID], up_to=_CURSORS
@@ -101,6 +101,7 @@ SEEDS: dict[str, Message] = {
     "/herald.v1.StreamService/MarkRead": stream_pb2.MarkReadRequest(
         notification_ids=[NOTIFICATION_ID]
     ),
+    "/herald.v1.StreamService/GetSigningKeys": stream_pb2.GetSigningKeysRequest(),
     "/herald.v1.RegistryService/RegisterSession": registry_pb2.RegisterSessionRequest(
         session=_SESSION
     ),

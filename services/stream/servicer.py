@@ -32,6 +32,8 @@ from services.bounds import (
     check_length,
     quote,
 )
+from services.chain.keys_http import signing_keys_response
+from services.chain.signing import KeyRing
 from services.errors import InvalidArgument, PermissionDenied, Unauthenticated, Unavailable
 from services.model import accepted_from_proto, status_to_proto, timestamp
 from services.ratelimit.admission import Admission
@@ -59,9 +61,12 @@ def _page_cursor(token: str) -> int:
 
 
 class StreamServicer:
-    def __init__(self, core: DeliveryCore, admission: Admission) -> None:
+    def __init__(
+        self, core: DeliveryCore, admission: Admission, keys: KeyRing | None = None
+    ) -> None:
         self._core = core
         self._admission = admission
+        self._keys = keys or KeyRing.empty()
 
     async def Subscribe(self, request: stream_pb2.SubscribeRequest, context: Context) -> None:
         principal = current_principal()
@@ -229,6 +234,11 @@ class StreamServicer:
         )
         return stream_pb2.MarkReadResponse(marked=marked)
 
+    async def GetSigningKeys(
+        self, request: stream_pb2.GetSigningKeysRequest, context: Context
+    ) -> stream_pb2.GetSigningKeysResponse:
+        return signing_keys_response(self._keys)
+
     def register(self, server: aio.Server) -> None:
         handlers = {
             "Subscribe": grpc.unary_stream_rpc_method_handler(
@@ -255,6 +265,11 @@ class StreamServicer:
                 self.MarkRead,
                 request_deserializer=stream_pb2.MarkReadRequest.FromString,
                 response_serializer=stream_pb2.MarkReadResponse.SerializeToString,
+            ),
+            "GetSigningKeys": grpc.unary_unary_rpc_method_handler(
+                self.GetSigningKeys,
+                request_deserializer=stream_pb2.GetSigningKeysRequest.FromString,
+                response_serializer=stream_pb2.GetSigningKeysResponse.SerializeToString,
             ),
         }
         server.add_generic_rpc_handlers(

@@ -27,7 +27,7 @@ from herald.v1 import ingest_pb2 as herald_dot_v1_dot_ingest__pb2
 from herald.v1 import notification_pb2 as herald_dot_v1_dot_notification__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16herald/v1/stream.proto\x12\therald.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16herald/v1/ingest.proto\x1a\x1cherald/v1/notification.proto\"K\n\tLogCursor\x12\x10\n\x03log\x18\x01 \x01(\tR\x03log\x12\x16\n\x06\x63ursor\x18\x02 \x01(\x04R\x06\x63ursor\x12\x14\n\x05\x65poch\x18\x03 \x01(\x04R\x05\x65poch\"g\n\x0bLogPosition\x12\x10\n\x03log\x18\x01 \x01(\tR\x03log\x12\x14\n\x05\x65poch\x18\x02 \x01(\x04R\x05\x65poch\x12\x12\n\x04head\x18\x03 \x01(\x04R\x04head\x12\x1c\n\trecovered\x18\x04 \x01(\x08R\trecovered\"\xa1\x01\n\x10SubscribeRequest\x12.\n\x07\x63ursors\x18\x01 \x03(\x0b\x32\x14.herald.v1.LogCursorR\x07\x63ursors\x12\x1a\n\x08\x63hannels\x18\x02 \x03(\tR\x08\x63hannels\x12\x16\n\x06\x64\x65vice\x18\x03 \x01(\tR\x06\x64\x65vice\x12)\n\x10\x61\x63\x63\x65pt_encodings\x18\x04 \x03(\tR\x0f\x61\x63\x63\x65ptEncodings\"\x84\x02\n\x0eSessionStarted\x12\x1d\n\nsession_id\x18\x01 \x01(\tR\tsessionId\x12\x17\n\x07node_id\x18\x02 \x01(\tR\x06nodeId\x12\x17\n\x07user_id\x18\x03 \x01(\tR\x06userId\x12\x1b\n\ttenant_id\x18\x04 \x01(\tR\x08tenantId\x12<\n\x1aheartbeat_interval_seconds\x18\x05 \x01(\rR\x18heartbeatIntervalSeconds\x12\x1a\n\x08\x63hannels\x18\x06 \x03(\tR\x08\x63hannels\x12*\n\x04logs\x18\x07 \x03(\x0b\x32\x16.herald.v1.LogPositionR\x04logs\"\xb0\x01\n\x08\x44\x65livery\x12;\n\x0cnotification\x18\x01 \x01(\x0b\x32\x17.herald.v1.NotificationR\x0cnotification\x12\x10\n\x03log\x18\x02 \x01(\tR\x03log\x12\x16\n\x06\x63ursor\x18\x03 \x01(\x04R\x06\x63ursor\x12\x18\n\x07\x61ttempt\x18\x04 \x01(\rR\x07\x61ttempt\x12#\n\rresume_cursor\x18\x05 \x01(\x04R\x0cresumeCursor\"D\n\rDeliveryBatch\x12\x33\n\ndeliveries\x18\x01 \x03(\x0b\x32\x13.herald.v1.DeliveryR\ndeliveries\"H\n\tHeartbeat\x12;\n\x0bserver_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nserverTime\"\x96\x02\n\x07\x43losing\x12\x31\n\x06reason\x18\x01 \x01(\x0e\x32\x19.herald.v1.Closing.ReasonR\x06reason\x12\x18\n\x07message\x18\x02 \x01(\tR\x07message\x12$\n\x0eretry_after_ms\x18\x03 \x01(\rR\x0cretryAfterMs\"\x97\x01\n\x06Reason\x12\x16\n\x12REASON_UNSPECIFIED\x10\x00\x12\x13\n\x0fREASON_SHUTDOWN\x10\x01\x12\x18\n\x14REASON_SLOW_CONSUMER\x10\x02\x12\x17\n\x13REASON_DISCONNECTED\x10\x03\x12\x13\n\x0fREASON_REPLACED\x10\x04\x12\x18\n\x14REASON_TOKEN_EXPIRED\x10\x05\"\x84\x02\n\x11SubscribeResponse\x12:\n\ndeliveries\x18\x01 \x01(\x0b\x32\x18.herald.v1.DeliveryBatchH\x00R\ndeliveries\x12\x34\n\theartbeat\x18\x02 \x01(\x0b\x32\x14.herald.v1.HeartbeatH\x00R\theartbeat\x12\x44\n\x0fsession_started\x18\x03 \x01(\x0b\x32\x19.herald.v1.SessionStartedH\x00R\x0esessionStarted\x12.\n\x07\x63losing\x18\x04 \x01(\x0b\x32\x12.herald.v1.ClosingH\x00R\x07\x63losingB\x07\n\x05\x65vent\"b\n\nAckRequest\x12)\n\x10notification_ids\x18\x01 \x03(\tR\x0fnotificationIds\x12)\n\x05up_to\x18\x02 \x03(\x0b\x32\x14.herald.v1.LogCursorR\x04upTo\"#\n\x0b\x41\x63kResponse\x12\x14\n\x05\x61\x63ked\x18\x01 \x01(\rR\x05\x61\x63ked\"h\n\x10\x41\x63kStreamRequest\x12)\n\x10notification_ids\x18\x01 \x03(\tR\x0fnotificationIds\x12)\n\x05up_to\x18\x02 \x03(\x0b\x32\x14.herald.v1.LogCursorR\x04upTo\")\n\x11\x41\x63kStreamResponse\x12\x14\n\x05\x61\x63ked\x18\x01 \x01(\rR\x05\x61\x63ked\"N\n\x10ListInboxRequest\x12\x1b\n\tpage_size\x18\x01 \x01(\rR\x08pageSize\x12\x1d\n\npage_token\x18\x02 \x01(\tR\tpageToken\"\xc5\x01\n\tInboxItem\x12;\n\x0cnotification\x18\x01 \x01(\x0b\x32\x17.herald.v1.NotificationR\x0cnotification\x12\x16\n\x06\x63ursor\x18\x02 \x01(\x04R\x06\x63ursor\x12.\n\x05state\x18\x03 \x01(\x0e\x32\x18.herald.v1.DeliveryStateR\x05state\x12\x33\n\x07read_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x06readAt\"g\n\x11ListInboxResponse\x12*\n\x05items\x18\x01 \x03(\x0b\x32\x14.herald.v1.InboxItemR\x05items\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"<\n\x0fMarkReadRequest\x12)\n\x10notification_ids\x18\x01 \x03(\tR\x0fnotificationIds\"*\n\x10MarkReadResponse\x12\x16\n\x06marked\x18\x01 \x01(\rR\x06marked2\xe8\x02\n\rStreamService\x12H\n\tSubscribe\x12\x1b.herald.v1.SubscribeRequest\x1a\x1c.herald.v1.SubscribeResponse0\x01\x12\x34\n\x03\x41\x63k\x12\x15.herald.v1.AckRequest\x1a\x16.herald.v1.AckResponse\x12J\n\tAckStream\x12\x1b.herald.v1.AckStreamRequest\x1a\x1c.herald.v1.AckStreamResponse(\x01\x30\x01\x12\x46\n\tListInbox\x12\x1b.herald.v1.ListInboxRequest\x1a\x1c.herald.v1.ListInboxResponse\x12\x43\n\x08MarkRead\x12\x1a.herald.v1.MarkReadRequest\x1a\x1b.herald.v1.MarkReadResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16herald/v1/stream.proto\x12\therald.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16herald/v1/ingest.proto\x1a\x1cherald/v1/notification.proto\"K\n\tLogCursor\x12\x10\n\x03log\x18\x01 \x01(\tR\x03log\x12\x16\n\x06\x63ursor\x18\x02 \x01(\x04R\x06\x63ursor\x12\x14\n\x05\x65poch\x18\x03 \x01(\x04R\x05\x65poch\"g\n\x0bLogPosition\x12\x10\n\x03log\x18\x01 \x01(\tR\x03log\x12\x14\n\x05\x65poch\x18\x02 \x01(\x04R\x05\x65poch\x12\x12\n\x04head\x18\x03 \x01(\x04R\x04head\x12\x1c\n\trecovered\x18\x04 \x01(\x08R\trecovered\"\xa1\x01\n\x10SubscribeRequest\x12.\n\x07\x63ursors\x18\x01 \x03(\x0b\x32\x14.herald.v1.LogCursorR\x07\x63ursors\x12\x1a\n\x08\x63hannels\x18\x02 \x03(\tR\x08\x63hannels\x12\x16\n\x06\x64\x65vice\x18\x03 \x01(\tR\x06\x64\x65vice\x12)\n\x10\x61\x63\x63\x65pt_encodings\x18\x04 \x03(\tR\x0f\x61\x63\x63\x65ptEncodings\"\xa2\x02\n\x0eSessionStarted\x12\x1d\n\nsession_id\x18\x01 \x01(\tR\tsessionId\x12\x17\n\x07node_id\x18\x02 \x01(\tR\x06nodeId\x12\x17\n\x07user_id\x18\x03 \x01(\tR\x06userId\x12\x1b\n\ttenant_id\x18\x04 \x01(\tR\x08tenantId\x12<\n\x1aheartbeat_interval_seconds\x18\x05 \x01(\rR\x18heartbeatIntervalSeconds\x12\x1a\n\x08\x63hannels\x18\x06 \x03(\tR\x08\x63hannels\x12*\n\x04logs\x18\x07 \x03(\x0b\x32\x16.herald.v1.LogPositionR\x04logs\x12\x1c\n\tencodings\x18\x08 \x03(\tR\tencodings\"\xe7\x01\n\x08\x44\x65livery\x12;\n\x0cnotification\x18\x01 \x01(\x0b\x32\x17.herald.v1.NotificationR\x0cnotification\x12\x10\n\x03log\x18\x02 \x01(\tR\x03log\x12\x16\n\x06\x63ursor\x18\x03 \x01(\x04R\x06\x63ursor\x12\x18\n\x07\x61ttempt\x18\x04 \x01(\rR\x07\x61ttempt\x12#\n\rresume_cursor\x18\x05 \x01(\x04R\x0cresumeCursor\x12\x35\n\x06sealed\x18\x06 \x01(\x0b\x32\x1d.herald.v1.SealedNotificationR\x06sealed\"\x97\x01\n\x12SealedNotification\x12\x16\n\x06\x66ormat\x18\x01 \x01(\tR\x06\x66ormat\x12\x1a\n\x08\x65ncoding\x18\x02 \x01(\tR\x08\x65ncoding\x12\x15\n\x06key_id\x18\x03 \x01(\tR\x05keyId\x12\x1c\n\tsignature\x18\x04 \x01(\x0cR\tsignature\x12\x18\n\x07payload\x18\x05 \x01(\x0cR\x07payload\"D\n\rDeliveryBatch\x12\x33\n\ndeliveries\x18\x01 \x03(\x0b\x32\x13.herald.v1.DeliveryR\ndeliveries\"H\n\tHeartbeat\x12;\n\x0bserver_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nserverTime\"\x96\x02\n\x07\x43losing\x12\x31\n\x06reason\x18\x01 \x01(\x0e\x32\x19.herald.v1.Closing.ReasonR\x06reason\x12\x18\n\x07message\x18\x02 \x01(\tR\x07message\x12$\n\x0eretry_after_ms\x18\x03 \x01(\rR\x0cretryAfterMs\"\x97\x01\n\x06Reason\x12\x16\n\x12REASON_UNSPECIFIED\x10\x00\x12\x13\n\x0fREASON_SHUTDOWN\x10\x01\x12\x18\n\x14REASON_SLOW_CONSUMER\x10\x02\x12\x17\n\x13REASON_DISCONNECTED\x10\x03\x12\x13\n\x0fREASON_REPLACED\x10\x04\x12\x18\n\x14REASON_TOKEN_EXPIRED\x10\x05\"\x84\x02\n\x11SubscribeResponse\x12:\n\ndeliveries\x18\x01 \x01(\x0b\x32\x18.herald.v1.DeliveryBatchH\x00R\ndeliveries\x12\x34\n\theartbeat\x18\x02 \x01(\x0b\x32\x14.herald.v1.HeartbeatH\x00R\theartbeat\x12\x44\n\x0fsession_started\x18\x03 \x01(\x0b\x32\x19.herald.v1.SessionStartedH\x00R\x0esessionStarted\x12.\n\x07\x63losing\x18\x04 \x01(\x0b\x32\x12.herald.v1.ClosingH\x00R\x07\x63losingB\x07\n\x05\x65vent\"b\n\nAckRequest\x12)\n\x10notification_ids\x18\x01 \x03(\tR\x0fnotificationIds\x12)\n\x05up_to\x18\x02 \x03(\x0b\x32\x14.herald.v1.LogCursorR\x04upTo\"#\n\x0b\x41\x63kResponse\x12\x14\n\x05\x61\x63ked\x18\x01 \x01(\rR\x05\x61\x63ked\"h\n\x10\x41\x63kStreamRequest\x12)\n\x10notification_ids\x18\x01 \x03(\tR\x0fnotificationIds\x12)\n\x05up_to\x18\x02 \x03(\x0b\x32\x14.herald.v1.LogCursorR\x04upTo\")\n\x11\x41\x63kStreamResponse\x12\x14\n\x05\x61\x63ked\x18\x01 \x01(\rR\x05\x61\x63ked\"N\n\x10ListInboxRequest\x12\x1b\n\tpage_size\x18\x01 \x01(\rR\x08pageSize\x12\x1d\n\npage_token\x18\x02 \x01(\tR\tpageToken\"\xc5\x01\n\tInboxItem\x12;\n\x0cnotification\x18\x01 \x01(\x0b\x32\x17.herald.v1.NotificationR\x0cnotification\x12\x16\n\x06\x63ursor\x18\x02 \x01(\x04R\x06\x63ursor\x12.\n\x05state\x18\x03 \x01(\x0e\x32\x18.herald.v1.DeliveryStateR\x05state\x12\x33\n\x07read_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x06readAt\"g\n\x11ListInboxResponse\x12*\n\x05items\x18\x01 \x03(\x0b\x32\x14.herald.v1.InboxItemR\x05items\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"<\n\x0fMarkReadRequest\x12)\n\x10notification_ids\x18\x01 \x03(\tR\x0fnotificationIds\"\x17\n\x15GetSigningKeysRequest\"x\n\nSigningKey\x12\x15\n\x06key_id\x18\x01 \x01(\tR\x05keyId\x12\x1c\n\talgorithm\x18\x02 \x01(\tR\talgorithm\x12\x1d\n\npublic_key\x18\x03 \x01(\x0cR\tpublicKey\x12\x16\n\x06\x61\x63tive\x18\x04 \x01(\x08R\x06\x61\x63tive\"C\n\x16GetSigningKeysResponse\x12)\n\x04keys\x18\x01 \x03(\x0b\x32\x15.herald.v1.SigningKeyR\x04keys\"*\n\x10MarkReadResponse\x12\x16\n\x06marked\x18\x01 \x01(\rR\x06marked2\xbf\x03\n\rStreamService\x12H\n\tSubscribe\x12\x1b.herald.v1.SubscribeRequest\x1a\x1c.herald.v1.SubscribeResponse0\x01\x12\x34\n\x03\x41\x63k\x12\x15.herald.v1.AckRequest\x1a\x16.herald.v1.AckResponse\x12J\n\tAckStream\x12\x1b.herald.v1.AckStreamRequest\x1a\x1c.herald.v1.AckStreamResponse(\x01\x30\x01\x12\x46\n\tListInbox\x12\x1b.herald.v1.ListInboxRequest\x1a\x1c.herald.v1.ListInboxResponse\x12\x43\n\x08MarkRead\x12\x1a.herald.v1.MarkReadRequest\x1a\x1b.herald.v1.MarkReadResponse\x12U\n\x0eGetSigningKeys\x12 .herald.v1.GetSigningKeysRequest\x1a!.herald.v1.GetSigningKeysResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,37 +41,45 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SUBSCRIBEREQUEST']._serialized_start=307
   _globals['_SUBSCRIBEREQUEST']._serialized_end=468
   _globals['_SESSIONSTARTED']._serialized_start=471
-  _globals['_SESSIONSTARTED']._serialized_end=731
-  _globals['_DELIVERY']._serialized_start=734
-  _globals['_DELIVERY']._serialized_end=910
-  _globals['_DELIVERYBATCH']._serialized_start=912
-  _globals['_DELIVERYBATCH']._serialized_end=980
-  _globals['_HEARTBEAT']._serialized_start=982
-  _globals['_HEARTBEAT']._serialized_end=1054
-  _globals['_CLOSING']._serialized_start=1057
-  _globals['_CLOSING']._serialized_end=1335
-  _globals['_CLOSING_REASON']._serialized_start=1184
-  _globals['_CLOSING_REASON']._serialized_end=1335
-  _globals['_SUBSCRIBERESPONSE']._serialized_start=1338
-  _globals['_SUBSCRIBERESPONSE']._serialized_end=1598
-  _globals['_ACKREQUEST']._serialized_start=1600
-  _globals['_ACKREQUEST']._serialized_end=1698
-  _globals['_ACKRESPONSE']._serialized_start=1700
-  _globals['_ACKRESPONSE']._serialized_end=1735
-  _globals['_ACKSTREAMREQUEST']._serialized_start=1737
-  _globals['_ACKSTREAMREQUEST']._serialized_end=1841
-  _globals['_ACKSTREAMRESPONSE']._serialized_start=1843
-  _globals['_ACKSTREAMRESPONSE']._serialized_end=1884
-  _globals['_LISTINBOXREQUEST']._serialized_start=1886
-  _globals['_LISTINBOXREQUEST']._serialized_end=1964
-  _globals['_INBOXITEM']._serialized_start=1967
-  _globals['_INBOXITEM']._serialized_end=2164
-  _globals['_LISTINBOXRESPONSE']._serialized_start=2166
-  _globals['_LISTINBOXRESPONSE']._serialized_end=2269
-  _globals['_MARKREADREQUEST']._serialized_start=2271
-  _globals['_MARKREADREQUEST']._serialized_end=2331
-  _globals['_MARKREADRESPONSE']._serialized_start=2333
-  _globals['_MARKREADRESPONSE']._serialized_end=2375
-  _globals['_STREAMSERVICE']._serialized_start=2378
-  _globals['_STREAMSERVICE']._serialized_end=2738
+  _globals['_SESSIONSTARTED']._serialized_end=761
+  _globals['_DELIVERY']._serialized_start=764
+  _globals['_DELIVERY']._serialized_end=995
+  _globals['_SEALEDNOTIFICATION']._serialized_start=998
+  _globals['_SEALEDNOTIFICATION']._serialized_end=1149
+  _globals['_DELIVERYBATCH']._serialized_start=1151
+  _globals['_DELIVERYBATCH']._serialized_end=1219
+  _globals['_HEARTBEAT']._serialized_start=1221
+  _globals['_HEARTBEAT']._serialized_end=1293
+  _globals['_CLOSING']._serialized_start=1296
+  _globals['_CLOSING']._serialized_end=1574
+  _globals['_CLOSING_REASON']._serialized_start=1423
+  _globals['_CLOSING_REASON']._serialized_end=1574
+  _globals['_SUBSCRIBERESPONSE']._serialized_start=1577
+  _globals['_SUBSCRIBERESPONSE']._serialized_end=1837
+  _globals['_ACKREQUEST']._serialized_start=1839
+  _globals['_ACKREQUEST']._serialized_end=1937
+  _globals['_ACKRESPONSE']._serialized_start=1939
+  _globals['_ACKRESPONSE']._serialized_end=1974
+  _globals['_ACKSTREAMREQUEST']._serialized_start=1976
+  _globals['_ACKSTREAMREQUEST']._serialized_end=2080
+  _globals['_ACKSTREAMRESPONSE']._serialized_start=2082
+  _globals['_ACKSTREAMRESPONSE']._serialized_end=2123
+  _globals['_LISTINBOXREQUEST']._serialized_start=2125
+  _globals['_LISTINBOXREQUEST']._serialized_end=2203
+  _globals['_INBOXITEM']._serialized_start=2206
+  _globals['_INBOXITEM']._serialized_end=2403
+  _globals['_LISTINBOXRESPONSE']._serialized_start=2405
+  _globals['_LISTINBOXRESPONSE']._serialized_end=2508
+  _globals['_MARKREADREQUEST']._serialized_start=2510
+  _globals['_MARKREADREQUEST']._serialized_end=2570
+  _globals['_GETSIGNINGKEYSREQUEST']._serialized_start=2572
+  _globals['_GETSIGNINGKEYSREQUEST']._serialized_end=2595
+  _globals['_SIGNINGKEY']._serialized_start=2597
+  _globals['_SIGNINGKEY']._serialized_end=2717
+  _globals['_GETSIGNINGKEYSRESPONSE']._serialized_start=2719
+  _globals['_GETSIGNINGKEYSRESPONSE']._serialized_end=2786
+  _globals['_MARKREADRESPONSE']._serialized_start=2788
+  _globals['_MARKREADRESPONSE']._serialized_end=2830
+  _globals['_STREAMSERVICE']._serialized_start=2833
+  _globals['_STREAMSERVICE']._serialized_end=3280
 # @@protoc_insertion_point(module_scope)

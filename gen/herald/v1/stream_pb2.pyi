@@ -47,7 +47,7 @@ class SubscribeRequest(_message.Message):
     def __init__(self, cursors: _Optional[_Iterable[_Union[LogCursor, _Mapping]]] = ..., channels: _Optional[_Iterable[str]] = ..., device: _Optional[str] = ..., accept_encodings: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SessionStarted(_message.Message):
-    __slots__ = ("session_id", "node_id", "user_id", "tenant_id", "heartbeat_interval_seconds", "channels", "logs")
+    __slots__ = ("session_id", "node_id", "user_id", "tenant_id", "heartbeat_interval_seconds", "channels", "logs", "encodings")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     USER_ID_FIELD_NUMBER: _ClassVar[int]
@@ -55,6 +55,7 @@ class SessionStarted(_message.Message):
     HEARTBEAT_INTERVAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     CHANNELS_FIELD_NUMBER: _ClassVar[int]
     LOGS_FIELD_NUMBER: _ClassVar[int]
+    ENCODINGS_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     node_id: str
     user_id: str
@@ -62,21 +63,38 @@ class SessionStarted(_message.Message):
     heartbeat_interval_seconds: int
     channels: _containers.RepeatedScalarFieldContainer[str]
     logs: _containers.RepeatedCompositeFieldContainer[LogPosition]
-    def __init__(self, session_id: _Optional[str] = ..., node_id: _Optional[str] = ..., user_id: _Optional[str] = ..., tenant_id: _Optional[str] = ..., heartbeat_interval_seconds: _Optional[int] = ..., channels: _Optional[_Iterable[str]] = ..., logs: _Optional[_Iterable[_Union[LogPosition, _Mapping]]] = ...) -> None: ...
+    encodings: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, session_id: _Optional[str] = ..., node_id: _Optional[str] = ..., user_id: _Optional[str] = ..., tenant_id: _Optional[str] = ..., heartbeat_interval_seconds: _Optional[int] = ..., channels: _Optional[_Iterable[str]] = ..., logs: _Optional[_Iterable[_Union[LogPosition, _Mapping]]] = ..., encodings: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Delivery(_message.Message):
-    __slots__ = ("notification", "log", "cursor", "attempt", "resume_cursor")
+    __slots__ = ("notification", "log", "cursor", "attempt", "resume_cursor", "sealed")
     NOTIFICATION_FIELD_NUMBER: _ClassVar[int]
     LOG_FIELD_NUMBER: _ClassVar[int]
     CURSOR_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     RESUME_CURSOR_FIELD_NUMBER: _ClassVar[int]
+    SEALED_FIELD_NUMBER: _ClassVar[int]
     notification: _notification_pb2.Notification
     log: str
     cursor: int
     attempt: int
     resume_cursor: int
-    def __init__(self, notification: _Optional[_Union[_notification_pb2.Notification, _Mapping]] = ..., log: _Optional[str] = ..., cursor: _Optional[int] = ..., attempt: _Optional[int] = ..., resume_cursor: _Optional[int] = ...) -> None: ...
+    sealed: SealedNotification
+    def __init__(self, notification: _Optional[_Union[_notification_pb2.Notification, _Mapping]] = ..., log: _Optional[str] = ..., cursor: _Optional[int] = ..., attempt: _Optional[int] = ..., resume_cursor: _Optional[int] = ..., sealed: _Optional[_Union[SealedNotification, _Mapping]] = ...) -> None: ...
+
+class SealedNotification(_message.Message):
+    __slots__ = ("format", "encoding", "key_id", "signature", "payload")
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    ENCODING_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    format: str
+    encoding: str
+    key_id: str
+    signature: bytes
+    payload: bytes
+    def __init__(self, format: _Optional[str] = ..., encoding: _Optional[str] = ..., key_id: _Optional[str] = ..., signature: _Optional[bytes] = ..., payload: _Optional[bytes] = ...) -> None: ...
 
 class DeliveryBatch(_message.Message):
     __slots__ = ("deliveries",)
@@ -187,6 +205,28 @@ class MarkReadRequest(_message.Message):
     NOTIFICATION_IDS_FIELD_NUMBER: _ClassVar[int]
     notification_ids: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, notification_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class GetSigningKeysRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class SigningKey(_message.Message):
+    __slots__ = ("key_id", "algorithm", "public_key", "active")
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    ALGORITHM_FIELD_NUMBER: _ClassVar[int]
+    PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    algorithm: str
+    public_key: bytes
+    active: bool
+    def __init__(self, key_id: _Optional[str] = ..., algorithm: _Optional[str] = ..., public_key: _Optional[bytes] = ..., active: _Optional[bool] = ...) -> None: ...
+
+class GetSigningKeysResponse(_message.Message):
+    __slots__ = ("keys",)
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    keys: _containers.RepeatedCompositeFieldContainer[SigningKey]
+    def __init__(self, keys: _Optional[_Iterable[_Union[SigningKey, _Mapping]]] = ...) -> None: ...
 
 class MarkReadResponse(_message.Message):
     __slots__ = ("marked",)

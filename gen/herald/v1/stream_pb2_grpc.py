@@ -60,6 +60,11 @@ class StreamServiceStub:
                 request_serializer=herald_dot_v1_dot_stream__pb2.MarkReadRequest.SerializeToString,
                 response_deserializer=herald_dot_v1_dot_stream__pb2.MarkReadResponse.FromString,
                 _registered_method=True)
+        self.GetSigningKeys = channel.unary_unary(
+                '/herald.v1.StreamService/GetSigningKeys',
+                request_serializer=herald_dot_v1_dot_stream__pb2.GetSigningKeysRequest.SerializeToString,
+                response_deserializer=herald_dot_v1_dot_stream__pb2.GetSigningKeysResponse.FromString,
+                _registered_method=True)
 
 
 class StreamServiceServicer:
@@ -104,6 +109,14 @@ class StreamServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetSigningKeys(self, request, context):
+        """The public keys that verify signed deliveries (SealedNotification.key_id): the key that
+        signs now and the older ones that still verify. A key missing here is retired.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_StreamServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -131,6 +144,11 @@ def add_StreamServiceServicer_to_server(servicer, server):
                     servicer.MarkRead,
                     request_deserializer=herald_dot_v1_dot_stream__pb2.MarkReadRequest.FromString,
                     response_serializer=herald_dot_v1_dot_stream__pb2.MarkReadResponse.SerializeToString,
+            ),
+            'GetSigningKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSigningKeys,
+                    request_deserializer=herald_dot_v1_dot_stream__pb2.GetSigningKeysRequest.FromString,
+                    response_serializer=herald_dot_v1_dot_stream__pb2.GetSigningKeysResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -269,6 +287,33 @@ class StreamService:
             '/herald.v1.StreamService/MarkRead',
             herald_dot_v1_dot_stream__pb2.MarkReadRequest.SerializeToString,
             herald_dot_v1_dot_stream__pb2.MarkReadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSigningKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/herald.v1.StreamService/GetSigningKeys',
+            herald_dot_v1_dot_stream__pb2.GetSigningKeysRequest.SerializeToString,
+            herald_dot_v1_dot_stream__pb2.GetSigningKeysResponse.FromString,
             options,
             channel_credentials,
             insecure,

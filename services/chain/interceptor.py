@@ -1,0 +1,82 @@
+"""The chain on StreamService: a grpc.aio server interceptor around Subscribe.
+
+Subscribe's handler writes pre-encoded `SubscribeResponse` bytes with `context.write` (an
+identity response serializer), which an interceptor cannot see by wrapping the handler's
+return value. So the interceptor hands the handler a context whose `write` passes each message
+through `Chain.transform` first. The variant is negotiated before the handler runs, from the
+request's `accept_encodings` and the tenant's policy; a plain session gets the real context and
+today's bytes. It must run inside the AuthInterceptor (listed after it), which sets the caller's
+principal and decodes the request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from grpc import aio
+
+from herald.v1 import stream_pb2
+from services import metrics
+from services.auth import current_principal
+from services.chain.chain import Chain
+from services.chain.policy import Variant
+
+SUBSCRIBE = "/herald.v1.StreamService/Subscribe"
+
+Context = aio.ServicerContext[Any, Any]
+
+
+class _TransformingContext:
+    """The servicer context with `write` going through the chain; the rest is the original."""
+
+    def __init__(self, context: Context, chain: Chain, variant: Variant) -> None:
+        self._context = context
+        self._chain = chain
+        self._variant = variant
+
+    async def write(self, message: bytes) -> None:
+        await self._context.write(self._chain.transform(message, self._variant))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+
+class ChainInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
+    """Applies the transformer chain to every Subscribe stream that negotiated a variant."""
+
+    def __init__(self, chain: Chain) -> None:
+        self._chain = chain
+        self._sessions: dict[Variant, Any] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler_call_details.method != SUBSCRIBE:
+            return handler
+        behavior: Any = handler.unary_stream
+        chain = self._chain
+
+        async def subscribe(request: stream_pb2.SubscribeRequest, context: Context) -> Any:
+            variant = await chain.variant_for(
+                current_principal().tenant, list(request.accept_encodings)
+            )
+            if variant.plain:
+                return await behavior(request, context)
+            counter = self._sessions.get(variant)
+            if counter is None:
+                counter = self._sessions[variant] = metrics.CHAIN_SESSIONS.labels(variant.label)
+            counter.inc()
+            return await behavior(request, _TransformingContext(context, chain, variant))
+
+        return grpc.unary_stream_rpc_method_handler(
+            subscribe,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
