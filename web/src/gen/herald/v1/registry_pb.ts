@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file herald/v1/registry.proto.
  */
 export const file_herald_v1_registry: GenFile = /*@__PURE__*/
-  fileDesc("ChhoZXJhbGQvdjEvcmVnaXN0cnkucHJvdG8SCWhlcmFsZC52MSLuAQoHU2Vzc2lvbhISCgpzZXNzaW9uX2lkGAEgASgJEhEKCXRlbmFudF9pZBgCIAEoCRIPCgd1c2VyX2lkGAMgASgJEg8KB25vZGVfaWQYBCABKAkSFAoMbm9kZV9hZGRyZXNzGAUgASgJEg4KBmRldmljZRgGIAEoCRIQCghjaGFubmVscxgHIAMoCRIwCgxjb25uZWN0ZWRfYXQYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjAKDGxhc3Rfc2Vlbl9hdBgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiPQoWUmVnaXN0ZXJTZXNzaW9uUmVxdWVzdBIjCgdzZXNzaW9uGAEgASgLMhIuaGVyYWxkLnYxLlNlc3Npb24iMAoXUmVnaXN0ZXJTZXNzaW9uUmVzcG9uc2USFQoNbGVhc2Vfc2Vjb25kcxgBIAEoDSJBChdIZWFydGJlYXRTZXNzaW9uUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSEwoLc2Vzc2lvbl9pZHMYAiADKAkiNwoYSGVhcnRiZWF0U2Vzc2lvblJlc3BvbnNlEhsKE3Vua25vd25fc2Vzc2lvbl9pZHMYASADKAkiQQoYVW5yZWdpc3RlclNlc3Npb25SZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRISCgpzZXNzaW9uX2lkGAIgASgJIhsKGVVucmVnaXN0ZXJTZXNzaW9uUmVzcG9uc2UiOQoSR2V0UHJlc2VuY2VSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIQCgh1c2VyX2lkcxgCIAMoCSKKAQoMVXNlclByZXNlbmNlEg8KB3VzZXJfaWQYASABKAkSJwoFc3RhdGUYAiABKA4yGC5oZXJhbGQudjEuUHJlc2VuY2VTdGF0ZRIVCg1zZXNzaW9uX2NvdW50GAMgASgNEikKBXNpbmNlGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCI9ChNHZXRQcmVzZW5jZVJlc3BvbnNlEiYKBXVzZXJzGAEgAygLMhcuaGVyYWxkLnYxLlVzZXJQcmVzZW5jZSI5ChNMaXN0U2Vzc2lvbnNSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIPCgd1c2VyX2lkGAIgASgJIjwKFExpc3RTZXNzaW9uc1Jlc3BvbnNlEiQKCHNlc3Npb25zGAEgAygLMhIuaGVyYWxkLnYxLlNlc3Npb24iawoRRGlzY29ubmVjdFJlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEhQKCnNlc3Npb25faWQYAiABKAlIABIRCgd1c2VyX2lkGAMgASgJSAASDgoGcmVhc29uGAQgASgJQgoKCHNlbGVjdG9yIioKEkRpc2Nvbm5lY3RSZXNwb25zZRIUCgxkaXNjb25uZWN0ZWQYASABKA0iTAoSSm9pbkNoYW5uZWxSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRISCgpzZXNzaW9uX2lkGAIgASgJEg8KB2NoYW5uZWwYAyABKAkiJwoTSm9pbkNoYW5uZWxSZXNwb25zZRIQCghjaGFubmVscxgBIAMoCSJNChNMZWF2ZUNoYW5uZWxSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRISCgpzZXNzaW9uX2lkGAIgASgJEg8KB2NoYW5uZWwYAyABKAkiKAoUTGVhdmVDaGFubmVsUmVzcG9uc2USEAoIY2hhbm5lbHMYASADKAkiZQoPVGVtcGxhdGVDb250ZW50Eg0KBXRpdGxlGAEgASgJEgwKBGJvZHkYAiABKAkSEQoJaW1hZ2VfdXJsGAMgASgJEiIKB2FjdGlvbnMYBCADKAsyES5oZXJhbGQudjEuQWN0aW9uIvcBCghUZW1wbGF0ZRITCgt0ZW1wbGF0ZV9pZBgBIAEoCRIPCgd2ZXJzaW9uGAIgASgNEhYKDmRlZmF1bHRfbG9jYWxlGAMgASgJEjEKB2xvY2FsZXMYBCADKAsyIC5oZXJhbGQudjEuVGVtcGxhdGUuTG9jYWxlc0VudHJ5Ei4KCmNyZWF0ZWRfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wGkoKDExvY2FsZXNFbnRyeRILCgNrZXkYASABKAkSKQoFdmFsdWUYAiABKAsyGi5oZXJhbGQudjEuVGVtcGxhdGVDb250ZW50OgI4ASJOChJQdXRUZW1wbGF0ZVJlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEiUKCHRlbXBsYXRlGAIgASgLMhMuaGVyYWxkLnYxLlRlbXBsYXRlIjwKE1B1dFRlbXBsYXRlUmVzcG9uc2USJQoIdGVtcGxhdGUYASABKAsyEy5oZXJhbGQudjEuVGVtcGxhdGUiTQoSR2V0VGVtcGxhdGVSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRITCgt0ZW1wbGF0ZV9pZBgCIAEoCRIPCgd2ZXJzaW9uGAMgASgNIjwKE0dldFRlbXBsYXRlUmVzcG9uc2USJQoIdGVtcGxhdGUYASABKAsyEy5oZXJhbGQudjEuVGVtcGxhdGUiKQoUTGlzdFRlbXBsYXRlc1JlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJIj8KFUxpc3RUZW1wbGF0ZXNSZXNwb25zZRImCgl0ZW1wbGF0ZXMYASADKAsyEy5oZXJhbGQudjEuVGVtcGxhdGUiPwoVRGVsZXRlVGVtcGxhdGVSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRITCgt0ZW1wbGF0ZV9pZBgCIAEoCSIyChZEZWxldGVUZW1wbGF0ZVJlc3BvbnNlEhgKEGRlbGV0ZWRfdmVyc2lvbnMYASABKA0qhwEKDVByZXNlbmNlU3RhdGUSHgoaUFJFU0VOQ0VfU1RBVEVfVU5TUEVDSUZJRUQQABIZChVQUkVTRU5DRV9TVEFURV9PTkxJTkUQARIaChZQUkVTRU5DRV9TVEFURV9PRkZMSU5FEAISHwobUFJFU0VOQ0VfU1RBVEVfUkVDT05ORUNUSU5HEAMy+AcKD1JlZ2lzdHJ5U2VydmljZRJYCg9SZWdpc3RlclNlc3Npb24SIS5oZXJhbGQudjEuUmVnaXN0ZXJTZXNzaW9uUmVxdWVzdBoiLmhlcmFsZC52MS5SZWdpc3RlclNlc3Npb25SZXNwb25zZRJbChBIZWFydGJlYXRTZXNzaW9uEiIuaGVyYWxkLnYxLkhlYXJ0YmVhdFNlc3Npb25SZXF1ZXN0GiMuaGVyYWxkLnYxLkhlYXJ0YmVhdFNlc3Npb25SZXNwb25zZRJeChFVbnJlZ2lzdGVyU2Vzc2lvbhIjLmhlcmFsZC52MS5VbnJlZ2lzdGVyU2Vzc2lvblJlcXVlc3QaJC5oZXJhbGQudjEuVW5yZWdpc3RlclNlc3Npb25SZXNwb25zZRJMCgtHZXRQcmVzZW5jZRIdLmhlcmFsZC52MS5HZXRQcmVzZW5jZVJlcXVlc3QaHi5oZXJhbGQudjEuR2V0UHJlc2VuY2VSZXNwb25zZRJPCgxMaXN0U2Vzc2lvbnMSHi5oZXJhbGQudjEuTGlzdFNlc3Npb25zUmVxdWVzdBofLmhlcmFsZC52MS5MaXN0U2Vzc2lvbnNSZXNwb25zZRJJCgpEaXNjb25uZWN0EhwuaGVyYWxkLnYxLkRpc2Nvbm5lY3RSZXF1ZXN0Gh0uaGVyYWxkLnYxLkRpc2Nvbm5lY3RSZXNwb25zZRJMCgtKb2luQ2hhbm5lbBIdLmhlcmFsZC52MS5Kb2luQ2hhbm5lbFJlcXVlc3QaHi5oZXJhbGQudjEuSm9pbkNoYW5uZWxSZXNwb25zZRJPCgxMZWF2ZUNoYW5uZWwSHi5oZXJhbGQudjEuTGVhdmVDaGFubmVsUmVxdWVzdBofLmhlcmFsZC52MS5MZWF2ZUNoYW5uZWxSZXNwb25zZRJMCgtQdXRUZW1wbGF0ZRIdLmhlcmFsZC52MS5QdXRUZW1wbGF0ZVJlcXVlc3QaHi5oZXJhbGQudjEuUHV0VGVtcGxhdGVSZXNwb25zZRJMCgtHZXRUZW1wbGF0ZRIdLmhlcmFsZC52MS5HZXRUZW1wbGF0ZVJlcXVlc3QaHi5oZXJhbGQudjEuR2V0VGVtcGxhdGVSZXNwb25zZRJSCg1MaXN0VGVtcGxhdGVzEh8uaGVyYWxkLnYxLkxpc3RUZW1wbGF0ZXNSZXF1ZXN0GiAuaGVyYWxkLnYxLkxpc3RUZW1wbGF0ZXNSZXNwb25zZRJVCg5EZWxldGVUZW1wbGF0ZRIgLmhlcmFsZC52MS5EZWxldGVUZW1wbGF0ZVJlcXVlc3QaIS5oZXJhbGQudjEuRGVsZXRlVGVtcGxhdGVSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp, file_herald_v1_notification]);
+  fileDesc("ChhoZXJhbGQvdjEvcmVnaXN0cnkucHJvdG8SCWhlcmFsZC52MSLuAQoHU2Vzc2lvbhISCgpzZXNzaW9uX2lkGAEgASgJEhEKCXRlbmFudF9pZBgCIAEoCRIPCgd1c2VyX2lkGAMgASgJEg8KB25vZGVfaWQYBCABKAkSFAoMbm9kZV9hZGRyZXNzGAUgASgJEg4KBmRldmljZRgGIAEoCRIQCghjaGFubmVscxgHIAMoCRIwCgxjb25uZWN0ZWRfYXQYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjAKDGxhc3Rfc2Vlbl9hdBgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiPQoWUmVnaXN0ZXJTZXNzaW9uUmVxdWVzdBIjCgdzZXNzaW9uGAEgASgLMhIuaGVyYWxkLnYxLlNlc3Npb24iMAoXUmVnaXN0ZXJTZXNzaW9uUmVzcG9uc2USFQoNbGVhc2Vfc2Vjb25kcxgBIAEoDSJBChdIZWFydGJlYXRTZXNzaW9uUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSEwoLc2Vzc2lvbl9pZHMYAiADKAkiNwoYSGVhcnRiZWF0U2Vzc2lvblJlc3BvbnNlEhsKE3Vua25vd25fc2Vzc2lvbl9pZHMYASADKAkiQQoYVW5yZWdpc3RlclNlc3Npb25SZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRISCgpzZXNzaW9uX2lkGAIgASgJIhsKGVVucmVnaXN0ZXJTZXNzaW9uUmVzcG9uc2UiOQoSR2V0UHJlc2VuY2VSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIQCgh1c2VyX2lkcxgCIAMoCSKKAQoMVXNlclByZXNlbmNlEg8KB3VzZXJfaWQYASABKAkSJwoFc3RhdGUYAiABKA4yGC5oZXJhbGQudjEuUHJlc2VuY2VTdGF0ZRIVCg1zZXNzaW9uX2NvdW50GAMgASgNEikKBXNpbmNlGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCI9ChNHZXRQcmVzZW5jZVJlc3BvbnNlEiYKBXVzZXJzGAEgAygLMhcuaGVyYWxkLnYxLlVzZXJQcmVzZW5jZSI5ChNMaXN0U2Vzc2lvbnNSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIPCgd1c2VyX2lkGAIgASgJIjwKFExpc3RTZXNzaW9uc1Jlc3BvbnNlEiQKCHNlc3Npb25zGAEgAygLMhIuaGVyYWxkLnYxLlNlc3Npb24iawoRRGlzY29ubmVjdFJlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEhQKCnNlc3Npb25faWQYAiABKAlIABIRCgd1c2VyX2lkGAMgASgJSAASDgoGcmVhc29uGAQgASgJQgoKCHNlbGVjdG9yIioKEkRpc2Nvbm5lY3RSZXNwb25zZRIUCgxkaXNjb25uZWN0ZWQYASABKA0iTAoSSm9pbkNoYW5uZWxSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRISCgpzZXNzaW9uX2lkGAIgASgJEg8KB2NoYW5uZWwYAyABKAkiJwoTSm9pbkNoYW5uZWxSZXNwb25zZRIQCghjaGFubmVscxgBIAMoCSJNChNMZWF2ZUNoYW5uZWxSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRISCgpzZXNzaW9uX2lkGAIgASgJEg8KB2NoYW5uZWwYAyABKAkiKAoUTGVhdmVDaGFubmVsUmVzcG9uc2USEAoIY2hhbm5lbHMYASADKAkiZQoPVGVtcGxhdGVDb250ZW50Eg0KBXRpdGxlGAEgASgJEgwKBGJvZHkYAiABKAkSEQoJaW1hZ2VfdXJsGAMgASgJEiIKB2FjdGlvbnMYBCADKAsyES5oZXJhbGQudjEuQWN0aW9uIvcBCghUZW1wbGF0ZRITCgt0ZW1wbGF0ZV9pZBgBIAEoCRIPCgd2ZXJzaW9uGAIgASgNEhYKDmRlZmF1bHRfbG9jYWxlGAMgASgJEjEKB2xvY2FsZXMYBCADKAsyIC5oZXJhbGQudjEuVGVtcGxhdGUuTG9jYWxlc0VudHJ5Ei4KCmNyZWF0ZWRfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wGkoKDExvY2FsZXNFbnRyeRILCgNrZXkYASABKAkSKQoFdmFsdWUYAiABKAsyGi5oZXJhbGQudjEuVGVtcGxhdGVDb250ZW50OgI4ASJOChJQdXRUZW1wbGF0ZVJlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEiUKCHRlbXBsYXRlGAIgASgLMhMuaGVyYWxkLnYxLlRlbXBsYXRlIjwKE1B1dFRlbXBsYXRlUmVzcG9uc2USJQoIdGVtcGxhdGUYASABKAsyEy5oZXJhbGQudjEuVGVtcGxhdGUiTQoSR2V0VGVtcGxhdGVSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRITCgt0ZW1wbGF0ZV9pZBgCIAEoCRIPCgd2ZXJzaW9uGAMgASgNIjwKE0dldFRlbXBsYXRlUmVzcG9uc2USJQoIdGVtcGxhdGUYASABKAsyEy5oZXJhbGQudjEuVGVtcGxhdGUiKQoUTGlzdFRlbXBsYXRlc1JlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJIj8KFUxpc3RUZW1wbGF0ZXNSZXNwb25zZRImCgl0ZW1wbGF0ZXMYASADKAsyEy5oZXJhbGQudjEuVGVtcGxhdGUiPwoVRGVsZXRlVGVtcGxhdGVSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRITCgt0ZW1wbGF0ZV9pZBgCIAEoCSIyChZEZWxldGVUZW1wbGF0ZVJlc3BvbnNlEhgKEGRlbGV0ZWRfdmVyc2lvbnMYASABKA0izgMKEFRlbmFudFJhdGVMaW1pdHMSHQoQdGVuYW50X3NlbmRfcmF0ZRgBIAEoAUgAiAEBEh4KEXRlbmFudF9zZW5kX2J1cnN0GAIgASgNSAGIAQESGgoNa2V5X3NlbmRfcmF0ZRgDIAEoAUgCiAEBEhsKDmtleV9zZW5kX2J1cnN0GAQgASgNSAOIAQESIgoVdGVuYW50X3N1YnNjcmliZV9yYXRlGAUgASgBSASIAQESIwoWdGVuYW50X3N1YnNjcmliZV9idXJzdBgGIAEoDUgFiAEBEiAKE3VzZXJfc3Vic2NyaWJlX3JhdGUYByABKAFIBogBARIhChR1c2VyX3N1YnNjcmliZV9idXJzdBgIIAEoDUgHiAEBQhMKEV90ZW5hbnRfc2VuZF9yYXRlQhQKEl90ZW5hbnRfc2VuZF9idXJzdEIQCg5fa2V5X3NlbmRfcmF0ZUIRCg9fa2V5X3NlbmRfYnVyc3RCGAoWX3RlbmFudF9zdWJzY3JpYmVfcmF0ZUIZChdfdGVuYW50X3N1YnNjcmliZV9idXJzdEIWChRfdXNlcl9zdWJzY3JpYmVfcmF0ZUIXChVfdXNlcl9zdWJzY3JpYmVfYnVyc3QidQoMU3RyZWFtUG9saWN5EhMKC2NvbXByZXNzaW9uGAEgAygJEh0KFWNvbXByZXNzaW9uX21pbl9ieXRlcxgCIAEoDRIYChBzaWduaW5nX3JlcXVpcmVkGAMgASgIEhcKD2FsbG93ZWRfZm9ybWF0cxgEIAMoCSLMAgoOVGVuYW50U2V0dGluZ3MSEQoJdGVuYW50X2lkGAEgASgJEg8KB3ZlcnNpb24YAiABKAQSMAoLcmF0ZV9saW1pdHMYAyABKAsyGy5oZXJhbGQudjEuVGVuYW50UmF0ZUxpbWl0cxIuCg1zdHJlYW1fcG9saWN5GAQgASgLMhcuaGVyYWxkLnYxLlN0cmVhbVBvbGljeRIuCgp1cGRhdGVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBISCgp1cGRhdGVkX2J5GAYgASgJEiAKE2RlZmF1bHRfdHRsX3NlY29uZHMYByABKA1IAIgBARIfChJtYXhfdXNlcnNfcGVyX3NlbmQYCCABKA1IAYgBAUIWChRfZGVmYXVsdF90dGxfc2Vjb25kc0IVChNfbWF4X3VzZXJzX3Blcl9zZW5kIi0KGEdldFRlbmFudFNldHRpbmdzUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkihAEKGUdldFRlbmFudFNldHRpbmdzUmVzcG9uc2USKwoIc2V0dGluZ3MYASABKAsyGS5oZXJhbGQudjEuVGVuYW50U2V0dGluZ3MSOgoVZWZmZWN0aXZlX3JhdGVfbGltaXRzGAIgASgLMhsuaGVyYWxkLnYxLlRlbmFudFJhdGVMaW1pdHMijgEKGFB1dFRlbmFudFNldHRpbmdzUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSKwoIc2V0dGluZ3MYAiABKAsyGS5oZXJhbGQudjEuVGVuYW50U2V0dGluZ3MSHQoQZXhwZWN0ZWRfdmVyc2lvbhgDIAEoBEgAiAEBQhMKEV9leHBlY3RlZF92ZXJzaW9uIkgKGVB1dFRlbmFudFNldHRpbmdzUmVzcG9uc2USKwoIc2V0dGluZ3MYASABKAsyGS5oZXJhbGQudjEuVGVuYW50U2V0dGluZ3MiZAobRGVsZXRlVGVuYW50U2V0dGluZ3NSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIdChBleHBlY3RlZF92ZXJzaW9uGAIgASgESACIAQFCEwoRX2V4cGVjdGVkX3ZlcnNpb24iSwocRGVsZXRlVGVuYW50U2V0dGluZ3NSZXNwb25zZRIrCghzZXR0aW5ncxgBIAEoCzIZLmhlcmFsZC52MS5UZW5hbnRTZXR0aW5ncyJCChlMaXN0VGVuYW50U2V0dGluZ3NSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoDRISCgpwYWdlX3Rva2VuGAIgASgJImIKGkxpc3RUZW5hbnRTZXR0aW5nc1Jlc3BvbnNlEisKCHNldHRpbmdzGAEgAygLMhkuaGVyYWxkLnYxLlRlbmFudFNldHRpbmdzEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSqHAQoNUHJlc2VuY2VTdGF0ZRIeChpQUkVTRU5DRV9TVEFURV9VTlNQRUNJRklFRBAAEhkKFVBSRVNFTkNFX1NUQVRFX09OTElORRABEhoKFlBSRVNFTkNFX1NUQVRFX09GRkxJTkUQAhIfChtQUkVTRU5DRV9TVEFURV9SRUNPTk5FQ1RJTkcQAzKECwoPUmVnaXN0cnlTZXJ2aWNlElgKD1JlZ2lzdGVyU2Vzc2lvbhIhLmhlcmFsZC52MS5SZWdpc3RlclNlc3Npb25SZXF1ZXN0GiIuaGVyYWxkLnYxLlJlZ2lzdGVyU2Vzc2lvblJlc3BvbnNlElsKEEhlYXJ0YmVhdFNlc3Npb24SIi5oZXJhbGQudjEuSGVhcnRiZWF0U2Vzc2lvblJlcXVlc3QaIy5oZXJhbGQudjEuSGVhcnRiZWF0U2Vzc2lvblJlc3BvbnNlEl4KEVVucmVnaXN0ZXJTZXNzaW9uEiMuaGVyYWxkLnYxLlVucmVnaXN0ZXJTZXNzaW9uUmVxdWVzdBokLmhlcmFsZC52MS5VbnJlZ2lzdGVyU2Vzc2lvblJlc3BvbnNlEkwKC0dldFByZXNlbmNlEh0uaGVyYWxkLnYxLkdldFByZXNlbmNlUmVxdWVzdBoeLmhlcmFsZC52MS5HZXRQcmVzZW5jZVJlc3BvbnNlEk8KDExpc3RTZXNzaW9ucxIeLmhlcmFsZC52MS5MaXN0U2Vzc2lvbnNSZXF1ZXN0Gh8uaGVyYWxkLnYxLkxpc3RTZXNzaW9uc1Jlc3BvbnNlEkkKCkRpc2Nvbm5lY3QSHC5oZXJhbGQudjEuRGlzY29ubmVjdFJlcXVlc3QaHS5oZXJhbGQudjEuRGlzY29ubmVjdFJlc3BvbnNlEkwKC0pvaW5DaGFubmVsEh0uaGVyYWxkLnYxLkpvaW5DaGFubmVsUmVxdWVzdBoeLmhlcmFsZC52MS5Kb2luQ2hhbm5lbFJlc3BvbnNlEk8KDExlYXZlQ2hhbm5lbBIeLmhlcmFsZC52MS5MZWF2ZUNoYW5uZWxSZXF1ZXN0Gh8uaGVyYWxkLnYxLkxlYXZlQ2hhbm5lbFJlc3BvbnNlEkwKC1B1dFRlbXBsYXRlEh0uaGVyYWxkLnYxLlB1dFRlbXBsYXRlUmVxdWVzdBoeLmhlcmFsZC52MS5QdXRUZW1wbGF0ZVJlc3BvbnNlEkwKC0dldFRlbXBsYXRlEh0uaGVyYWxkLnYxLkdldFRlbXBsYXRlUmVxdWVzdBoeLmhlcmFsZC52MS5HZXRUZW1wbGF0ZVJlc3BvbnNlElIKDUxpc3RUZW1wbGF0ZXMSHy5oZXJhbGQudjEuTGlzdFRlbXBsYXRlc1JlcXVlc3QaIC5oZXJhbGQudjEuTGlzdFRlbXBsYXRlc1Jlc3BvbnNlElUKDkRlbGV0ZVRlbXBsYXRlEiAuaGVyYWxkLnYxLkRlbGV0ZVRlbXBsYXRlUmVxdWVzdBohLmhlcmFsZC52MS5EZWxldGVUZW1wbGF0ZVJlc3BvbnNlEl4KEUdldFRlbmFudFNldHRpbmdzEiMuaGVyYWxkLnYxLkdldFRlbmFudFNldHRpbmdzUmVxdWVzdBokLmhlcmFsZC52MS5HZXRUZW5hbnRTZXR0aW5nc1Jlc3BvbnNlEl4KEVB1dFRlbmFudFNldHRpbmdzEiMuaGVyYWxkLnYxLlB1dFRlbmFudFNldHRpbmdzUmVxdWVzdBokLmhlcmFsZC52MS5QdXRUZW5hbnRTZXR0aW5nc1Jlc3BvbnNlEmcKFERlbGV0ZVRlbmFudFNldHRpbmdzEiYuaGVyYWxkLnYxLkRlbGV0ZVRlbmFudFNldHRpbmdzUmVxdWVzdBonLmhlcmFsZC52MS5EZWxldGVUZW5hbnRTZXR0aW5nc1Jlc3BvbnNlEmEKEkxpc3RUZW5hbnRTZXR0aW5ncxIkLmhlcmFsZC52MS5MaXN0VGVuYW50U2V0dGluZ3NSZXF1ZXN0GiUuaGVyYWxkLnYxLkxpc3RUZW5hbnRTZXR0aW5nc1Jlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp, file_herald_v1_notification]);
 
 /**
  * @generated from message herald.v1.Session
@@ -682,6 +682,370 @@ export const DeleteTemplateResponseSchema: GenMessage<DeleteTemplateResponse> = 
   messageDesc(file_herald_v1_registry, 27);
 
 /**
+ * A tenant's own rate limits (docs/rate-limits.md). Each field left unset takes the node's
+ * value for the tenant: its `HERALD_RATE_LIMIT_TENANTS` entry, else `HERALD_RATE_LIMIT_*`.
+ * Rates are per second, 0 to 1,000,000 (0 turns that bucket off; fractions allowed); bursts are
+ * whole tokens, 1 to 10,000,000.
+ *
+ * @generated from message herald.v1.TenantRateLimits
+ */
+export type TenantRateLimits = Message<"herald.v1.TenantRateLimits"> & {
+  /**
+   * Notifications a second the tenant may send (Send, SendBatch), all its service keys together.
+   *
+   * @generated from field: optional double tenant_send_rate = 1;
+   */
+  tenantSendRate?: number | undefined;
+
+  /**
+   * @generated from field: optional uint32 tenant_send_burst = 2;
+   */
+  tenantSendBurst?: number | undefined;
+
+  /**
+   * Notifications a second one service key (a backend token's `sub`) may send.
+   *
+   * @generated from field: optional double key_send_rate = 3;
+   */
+  keySendRate?: number | undefined;
+
+  /**
+   * @generated from field: optional uint32 key_send_burst = 4;
+   */
+  keySendBurst?: number | undefined;
+
+  /**
+   * Subscribe calls a second the tenant may open, all its users together.
+   *
+   * @generated from field: optional double tenant_subscribe_rate = 5;
+   */
+  tenantSubscribeRate?: number | undefined;
+
+  /**
+   * @generated from field: optional uint32 tenant_subscribe_burst = 6;
+   */
+  tenantSubscribeBurst?: number | undefined;
+
+  /**
+   * Subscribe calls a second one user may open (all their devices).
+   *
+   * @generated from field: optional double user_subscribe_rate = 7;
+   */
+  userSubscribeRate?: number | undefined;
+
+  /**
+   * @generated from field: optional uint32 user_subscribe_burst = 8;
+   */
+  userSubscribeBurst?: number | undefined;
+};
+
+/**
+ * Describes the message herald.v1.TenantRateLimits.
+ * Use `create(TenantRateLimitsSchema)` to create a new message.
+ */
+export const TenantRateLimitsSchema: GenMessage<TenantRateLimits> = /*@__PURE__*/
+  messageDesc(file_herald_v1_registry, 28);
+
+/**
+ * What the transformer chain may do to the tenant's outgoing streams (docs/tenants.md). Stored
+ * and served by the registry for the stream nodes; a subscriber negotiates within it.
+ *
+ * @generated from message herald.v1.StreamPolicy
+ */
+export type StreamPolicy = Message<"herald.v1.StreamPolicy"> & {
+  /**
+   * Encodings a subscriber may ask for, in the tenant's order of preference: "zstd", "gzip".
+   * Empty: no compression.
+   *
+   * @generated from field: repeated string compression = 1;
+   */
+  compression: string[];
+
+  /**
+   * Notifications smaller than this many bytes go uncompressed (0 to 4,194,304).
+   *
+   * @generated from field: uint32 compression_min_bytes = 2;
+   */
+  compressionMinBytes: number;
+
+  /**
+   * Every delivery is signed; clients reject unsigned ones.
+   *
+   * @generated from field: bool signing_required = 3;
+   */
+  signingRequired: boolean;
+
+  /**
+   * Formats a subscriber may ask for: "protobuf", "json". Empty: every format.
+   *
+   * @generated from field: repeated string allowed_formats = 4;
+   */
+  allowedFormats: string[];
+};
+
+/**
+ * Describes the message herald.v1.StreamPolicy.
+ * Use `create(StreamPolicySchema)` to create a new message.
+ */
+export const StreamPolicySchema: GenMessage<StreamPolicy> = /*@__PURE__*/
+  messageDesc(file_herald_v1_registry, 29);
+
+/**
+ * Everything Herald keeps per tenant beyond its data. A message or field left unset takes the
+ * node's default.
+ *
+ * @generated from message herald.v1.TenantSettings
+ */
+export type TenantSettings = Message<"herald.v1.TenantSettings"> & {
+  /**
+   * The tenant; in a request, empty or the request's tenant.
+   *
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * Assigned by the registry: 0 when never stored, then one more with each Put and Delete.
+   *
+   * @generated from field: uint64 version = 2;
+   */
+  version: bigint;
+
+  /**
+   * @generated from field: herald.v1.TenantRateLimits rate_limits = 3;
+   */
+  rateLimits?: TenantRateLimits | undefined;
+
+  /**
+   * Unset: the stream nodes' defaults (no compression or signing required, every format).
+   *
+   * @generated from field: herald.v1.StreamPolicy stream_policy = 4;
+   */
+  streamPolicy?: StreamPolicy | undefined;
+
+  /**
+   * Assigned by the registry: when and by whom (the token's `sub`) the version was stored.
+   *
+   * @generated from field: google.protobuf.Timestamp updated_at = 5;
+   */
+  updatedAt?: Timestamp | undefined;
+
+  /**
+   * @generated from field: string updated_by = 6;
+   */
+  updatedBy: string;
+
+  /**
+   * The TTL of a notification that sets none (1 to 31,536,000 seconds); capped at the ingest
+   * node's HERALD_INGEST_MAX_TTL_S. Unset: HERALD_INGEST_DEFAULT_TTL_S.
+   *
+   * @generated from field: optional uint32 default_ttl_seconds = 7;
+   */
+  defaultTtlSeconds?: number | undefined;
+
+  /**
+   * Users one notification may name (`user_ids`), 1 to 100,000; capped at the ingest node's
+   * HERALD_INGEST_MAX_USERS_PER_SEND. Unset: that setting.
+   *
+   * @generated from field: optional uint32 max_users_per_send = 8;
+   */
+  maxUsersPerSend?: number | undefined;
+};
+
+/**
+ * Describes the message herald.v1.TenantSettings.
+ * Use `create(TenantSettingsSchema)` to create a new message.
+ */
+export const TenantSettingsSchema: GenMessage<TenantSettings> = /*@__PURE__*/
+  messageDesc(file_herald_v1_registry, 30);
+
+/**
+ * @generated from message herald.v1.GetTenantSettingsRequest
+ */
+export type GetTenantSettingsRequest = Message<"herald.v1.GetTenantSettingsRequest"> & {
+  /**
+   * Empty: the token's tenant.
+   *
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+};
+
+/**
+ * Describes the message herald.v1.GetTenantSettingsRequest.
+ * Use `create(GetTenantSettingsRequestSchema)` to create a new message.
+ */
+export const GetTenantSettingsRequestSchema: GenMessage<GetTenantSettingsRequest> = /*@__PURE__*/
+  messageDesc(file_herald_v1_registry, 31);
+
+/**
+ * @generated from message herald.v1.GetTenantSettingsResponse
+ */
+export type GetTenantSettingsResponse = Message<"herald.v1.GetTenantSettingsResponse"> & {
+  /**
+   * @generated from field: herald.v1.TenantSettings settings = 1;
+   */
+  settings?: TenantSettings | undefined;
+
+  /**
+   * The limits the tenant runs under on the node that answered: every field set, the stored
+   * ones over the node's defaults.
+   *
+   * @generated from field: herald.v1.TenantRateLimits effective_rate_limits = 2;
+   */
+  effectiveRateLimits?: TenantRateLimits | undefined;
+};
+
+/**
+ * Describes the message herald.v1.GetTenantSettingsResponse.
+ * Use `create(GetTenantSettingsResponseSchema)` to create a new message.
+ */
+export const GetTenantSettingsResponseSchema: GenMessage<GetTenantSettingsResponse> = /*@__PURE__*/
+  messageDesc(file_herald_v1_registry, 32);
+
+/**
+ * @generated from message herald.v1.PutTenantSettingsRequest
+ */
+export type PutTenantSettingsRequest = Message<"herald.v1.PutTenantSettingsRequest"> & {
+  /**
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * Replaces what is stored; its version, updated_at and updated_by are ignored.
+   *
+   * @generated from field: herald.v1.TenantSettings settings = 2;
+   */
+  settings?: TenantSettings | undefined;
+
+  /**
+   * Unset: store unconditionally. Set: store only if the stored version is this one (0: only if
+   * none was ever stored), else ABORTED: read them again and reapply the change.
+   *
+   * @generated from field: optional uint64 expected_version = 3;
+   */
+  expectedVersion?: bigint | undefined;
+};
+
+/**
+ * Describes the message herald.v1.PutTenantSettingsRequest.
+ * Use `create(PutTenantSettingsRequestSchema)` to create a new message.
+ */
+export const PutTenantSettingsRequestSchema: GenMessage<PutTenantSettingsRequest> = /*@__PURE__*/
+  messageDesc(file_herald_v1_registry, 33);
+
+/**
+ * @generated from message herald.v1.PutTenantSettingsResponse
+ */
+export type PutTenantSettingsResponse = Message<"herald.v1.PutTenantSettingsResponse"> & {
+  /**
+   * @generated from field: herald.v1.TenantSettings settings = 1;
+   */
+  settings?: TenantSettings | undefined;
+};
+
+/**
+ * Describes the message herald.v1.PutTenantSettingsResponse.
+ * Use `create(PutTenantSettingsResponseSchema)` to create a new message.
+ */
+export const PutTenantSettingsResponseSchema: GenMessage<PutTenantSettingsResponse> = /*@__PURE__*/
+  messageDesc(file_herald_v1_registry, 34);
+
+/**
+ * @generated from message herald.v1.DeleteTenantSettingsRequest
+ */
+export type DeleteTenantSettingsRequest = Message<"herald.v1.DeleteTenantSettingsRequest"> & {
+  /**
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * As in PutTenantSettingsRequest.
+   *
+   * @generated from field: optional uint64 expected_version = 2;
+   */
+  expectedVersion?: bigint | undefined;
+};
+
+/**
+ * Describes the message herald.v1.DeleteTenantSettingsRequest.
+ * Use `create(DeleteTenantSettingsRequestSchema)` to create a new message.
+ */
+export const DeleteTenantSettingsRequestSchema: GenMessage<DeleteTenantSettingsRequest> = /*@__PURE__*/
+  messageDesc(file_herald_v1_registry, 35);
+
+/**
+ * @generated from message herald.v1.DeleteTenantSettingsResponse
+ */
+export type DeleteTenantSettingsResponse = Message<"herald.v1.DeleteTenantSettingsResponse"> & {
+  /**
+   * The empty settings now stored, at their new version.
+   *
+   * @generated from field: herald.v1.TenantSettings settings = 1;
+   */
+  settings?: TenantSettings | undefined;
+};
+
+/**
+ * Describes the message herald.v1.DeleteTenantSettingsResponse.
+ * Use `create(DeleteTenantSettingsResponseSchema)` to create a new message.
+ */
+export const DeleteTenantSettingsResponseSchema: GenMessage<DeleteTenantSettingsResponse> = /*@__PURE__*/
+  messageDesc(file_herald_v1_registry, 36);
+
+/**
+ * @generated from message herald.v1.ListTenantSettingsRequest
+ */
+export type ListTenantSettingsRequest = Message<"herald.v1.ListTenantSettingsRequest"> & {
+  /**
+   * At most this many (1 to 1000; 0: 100).
+   *
+   * @generated from field: uint32 page_size = 1;
+   */
+  pageSize: number;
+
+  /**
+   * From the previous page's next_page_token; empty: the first page.
+   *
+   * @generated from field: string page_token = 2;
+   */
+  pageToken: string;
+};
+
+/**
+ * Describes the message herald.v1.ListTenantSettingsRequest.
+ * Use `create(ListTenantSettingsRequestSchema)` to create a new message.
+ */
+export const ListTenantSettingsRequestSchema: GenMessage<ListTenantSettingsRequest> = /*@__PURE__*/
+  messageDesc(file_herald_v1_registry, 37);
+
+/**
+ * @generated from message herald.v1.ListTenantSettingsResponse
+ */
+export type ListTenantSettingsResponse = Message<"herald.v1.ListTenantSettingsResponse"> & {
+  /**
+   * @generated from field: repeated herald.v1.TenantSettings settings = 1;
+   */
+  settings: TenantSettings[];
+
+  /**
+   * Empty on the last page.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message herald.v1.ListTenantSettingsResponse.
+ * Use `create(ListTenantSettingsResponseSchema)` to create a new message.
+ */
+export const ListTenantSettingsResponseSchema: GenMessage<ListTenantSettingsResponse> = /*@__PURE__*/
+  messageDesc(file_herald_v1_registry, 38);
+
+/**
  * @generated from enum herald.v1.PresenceState
  */
 export enum PresenceState {
@@ -715,8 +1079,9 @@ export const PresenceStateSchema: GenEnum<PresenceState> = /*@__PURE__*/
   enumDesc(file_herald_v1_registry, 0);
 
 /**
- * Directories shared by the nodes: open sessions (presence), channel membership, templates.
- * Stream nodes call it with a node token; operators and backends with a service token.
+ * Directories shared by the nodes: open sessions (presence), channel membership, templates,
+ * tenant settings. Stream nodes call it with a node token; operators and backends with a service
+ * token.
  *
  * @generated from service herald.v1.RegistryService
  */
@@ -840,6 +1205,51 @@ export const RegistryService: GenService<{
     methodKind: "unary";
     input: typeof DeleteTemplateRequestSchema;
     output: typeof DeleteTemplateResponseSchema;
+  },
+  /**
+   * The tenant's settings (version 0 and nothing set when none were ever stored), and the rate
+   * limits it runs under with the node's defaults filled in. Scope `send` or `tenant:admin`.
+   *
+   * @generated from rpc herald.v1.RegistryService.GetTenantSettings
+   */
+  getTenantSettings: {
+    methodKind: "unary";
+    input: typeof GetTenantSettingsRequestSchema;
+    output: typeof GetTenantSettingsResponseSchema;
+  },
+  /**
+   * Replaces the tenant's settings whole (a field left unset takes the node's default); with
+   * `expected_version`, only if they are still at that version (ABORTED otherwise). Scope
+   * `tenant:admin`; audited.
+   *
+   * @generated from rpc herald.v1.RegistryService.PutTenantSettings
+   */
+  putTenantSettings: {
+    methodKind: "unary";
+    input: typeof PutTenantSettingsRequestSchema;
+    output: typeof PutTenantSettingsResponseSchema;
+  },
+  /**
+   * Resets the tenant's settings to the node defaults: like a Put of empty settings, so the
+   * version still grows. Scope `tenant:admin`; audited.
+   *
+   * @generated from rpc herald.v1.RegistryService.DeleteTenantSettings
+   */
+  deleteTenantSettings: {
+    methodKind: "unary";
+    input: typeof DeleteTenantSettingsRequestSchema;
+    output: typeof DeleteTenantSettingsResponseSchema;
+  },
+  /**
+   * The stored settings of every tenant, by tenant id, a page at a time. Node tokens only
+   * (tenant `*`): a tenant's own token sees its own settings with GetTenantSettings.
+   *
+   * @generated from rpc herald.v1.RegistryService.ListTenantSettings
+   */
+  listTenantSettings: {
+    methodKind: "unary";
+    input: typeof ListTenantSettingsRequestSchema;
+    output: typeof ListTenantSettingsResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_herald_v1_registry, 0);

@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file herald/v1/stream.proto.
  */
 export const file_herald_v1_stream: GenFile = /*@__PURE__*/
-  fileDesc("ChZoZXJhbGQvdjEvc3RyZWFtLnByb3RvEgloZXJhbGQudjEiNwoJTG9nQ3Vyc29yEgsKA2xvZxgBIAEoCRIOCgZjdXJzb3IYAiABKAQSDQoFZXBvY2gYAyABKAQiSgoLTG9nUG9zaXRpb24SCwoDbG9nGAEgASgJEg0KBWVwb2NoGAIgASgEEgwKBGhlYWQYAyABKAQSEQoJcmVjb3ZlcmVkGAQgASgIInUKEFN1YnNjcmliZVJlcXVlc3QSJQoHY3Vyc29ycxgBIAMoCzIULmhlcmFsZC52MS5Mb2dDdXJzb3ISEAoIY2hhbm5lbHMYAiADKAkSDgoGZGV2aWNlGAMgASgJEhgKEGFjY2VwdF9lbmNvZGluZ3MYBCADKAkitQEKDlNlc3Npb25TdGFydGVkEhIKCnNlc3Npb25faWQYASABKAkSDwoHbm9kZV9pZBgCIAEoCRIPCgd1c2VyX2lkGAMgASgJEhEKCXRlbmFudF9pZBgEIAEoCRIiChpoZWFydGJlYXRfaW50ZXJ2YWxfc2Vjb25kcxgFIAEoDRIQCghjaGFubmVscxgGIAMoCRIkCgRsb2dzGAcgAygLMhYuaGVyYWxkLnYxLkxvZ1Bvc2l0aW9uIn4KCERlbGl2ZXJ5Ei0KDG5vdGlmaWNhdGlvbhgBIAEoCzIXLmhlcmFsZC52MS5Ob3RpZmljYXRpb24SCwoDbG9nGAIgASgJEg4KBmN1cnNvchgDIAEoBBIPCgdhdHRlbXB0GAQgASgNEhUKDXJlc3VtZV9jdXJzb3IYBSABKAQiOAoNRGVsaXZlcnlCYXRjaBInCgpkZWxpdmVyaWVzGAEgAygLMhMuaGVyYWxkLnYxLkRlbGl2ZXJ5IjwKCUhlYXJ0YmVhdBIvCgtzZXJ2ZXJfdGltZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAi9wEKB0Nsb3NpbmcSKQoGcmVhc29uGAEgASgOMhkuaGVyYWxkLnYxLkNsb3NpbmcuUmVhc29uEg8KB21lc3NhZ2UYAiABKAkSFgoOcmV0cnlfYWZ0ZXJfbXMYAyABKA0ilwEKBlJlYXNvbhIWChJSRUFTT05fVU5TUEVDSUZJRUQQABITCg9SRUFTT05fU0hVVERPV04QARIYChRSRUFTT05fU0xPV19DT05TVU1FUhACEhcKE1JFQVNPTl9ESVNDT05ORUNURUQQAxITCg9SRUFTT05fUkVQTEFDRUQQBBIYChRSRUFTT05fVE9LRU5fRVhQSVJFRBAFItQBChFTdWJzY3JpYmVSZXNwb25zZRIuCgpkZWxpdmVyaWVzGAEgASgLMhguaGVyYWxkLnYxLkRlbGl2ZXJ5QmF0Y2hIABIpCgloZWFydGJlYXQYAiABKAsyFC5oZXJhbGQudjEuSGVhcnRiZWF0SAASNAoPc2Vzc2lvbl9zdGFydGVkGAMgASgLMhkuaGVyYWxkLnYxLlNlc3Npb25TdGFydGVkSAASJQoHY2xvc2luZxgEIAEoCzISLmhlcmFsZC52MS5DbG9zaW5nSABCBwoFZXZlbnQiSwoKQWNrUmVxdWVzdBIYChBub3RpZmljYXRpb25faWRzGAEgAygJEiMKBXVwX3RvGAIgAygLMhQuaGVyYWxkLnYxLkxvZ0N1cnNvciIcCgtBY2tSZXNwb25zZRINCgVhY2tlZBgBIAEoDSJRChBBY2tTdHJlYW1SZXF1ZXN0EhgKEG5vdGlmaWNhdGlvbl9pZHMYASADKAkSIwoFdXBfdG8YAiADKAsyFC5oZXJhbGQudjEuTG9nQ3Vyc29yIiIKEUFja1N0cmVhbVJlc3BvbnNlEg0KBWFja2VkGAEgASgNIjkKEExpc3RJbmJveFJlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgNEhIKCnBhZ2VfdG9rZW4YAiABKAkioAEKCUluYm94SXRlbRItCgxub3RpZmljYXRpb24YASABKAsyFy5oZXJhbGQudjEuTm90aWZpY2F0aW9uEg4KBmN1cnNvchgCIAEoBBInCgVzdGF0ZRgDIAEoDjIYLmhlcmFsZC52MS5EZWxpdmVyeVN0YXRlEisKB3JlYWRfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIlEKEUxpc3RJbmJveFJlc3BvbnNlEiMKBWl0ZW1zGAEgAygLMhQuaGVyYWxkLnYxLkluYm94SXRlbRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiKwoPTWFya1JlYWRSZXF1ZXN0EhgKEG5vdGlmaWNhdGlvbl9pZHMYASADKAkiIgoQTWFya1JlYWRSZXNwb25zZRIOCgZtYXJrZWQYASABKA0y6AIKDVN0cmVhbVNlcnZpY2USSAoJU3Vic2NyaWJlEhsuaGVyYWxkLnYxLlN1YnNjcmliZVJlcXVlc3QaHC5oZXJhbGQudjEuU3Vic2NyaWJlUmVzcG9uc2UwARI0CgNBY2sSFS5oZXJhbGQudjEuQWNrUmVxdWVzdBoWLmhlcmFsZC52MS5BY2tSZXNwb25zZRJKCglBY2tTdHJlYW0SGy5oZXJhbGQudjEuQWNrU3RyZWFtUmVxdWVzdBocLmhlcmFsZC52MS5BY2tTdHJlYW1SZXNwb25zZSgBMAESRgoJTGlzdEluYm94EhsuaGVyYWxkLnYxLkxpc3RJbmJveFJlcXVlc3QaHC5oZXJhbGQudjEuTGlzdEluYm94UmVzcG9uc2USQwoITWFya1JlYWQSGi5oZXJhbGQudjEuTWFya1JlYWRSZXF1ZXN0GhsuaGVyYWxkLnYxLk1hcmtSZWFkUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_timestamp, file_herald_v1_ingest, file_herald_v1_notification]);
+  fileDesc("ChZoZXJhbGQvdjEvc3RyZWFtLnByb3RvEgloZXJhbGQudjEiNwoJTG9nQ3Vyc29yEgsKA2xvZxgBIAEoCRIOCgZjdXJzb3IYAiABKAQSDQoFZXBvY2gYAyABKAQiSgoLTG9nUG9zaXRpb24SCwoDbG9nGAEgASgJEg0KBWVwb2NoGAIgASgEEgwKBGhlYWQYAyABKAQSEQoJcmVjb3ZlcmVkGAQgASgIInUKEFN1YnNjcmliZVJlcXVlc3QSJQoHY3Vyc29ycxgBIAMoCzIULmhlcmFsZC52MS5Mb2dDdXJzb3ISEAoIY2hhbm5lbHMYAiADKAkSDgoGZGV2aWNlGAMgASgJEhgKEGFjY2VwdF9lbmNvZGluZ3MYBCADKAkiyAEKDlNlc3Npb25TdGFydGVkEhIKCnNlc3Npb25faWQYASABKAkSDwoHbm9kZV9pZBgCIAEoCRIPCgd1c2VyX2lkGAMgASgJEhEKCXRlbmFudF9pZBgEIAEoCRIiChpoZWFydGJlYXRfaW50ZXJ2YWxfc2Vjb25kcxgFIAEoDRIQCghjaGFubmVscxgGIAMoCRIkCgRsb2dzGAcgAygLMhYuaGVyYWxkLnYxLkxvZ1Bvc2l0aW9uEhEKCWVuY29kaW5ncxgIIAMoCSKtAQoIRGVsaXZlcnkSLQoMbm90aWZpY2F0aW9uGAEgASgLMhcuaGVyYWxkLnYxLk5vdGlmaWNhdGlvbhILCgNsb2cYAiABKAkSDgoGY3Vyc29yGAMgASgEEg8KB2F0dGVtcHQYBCABKA0SFQoNcmVzdW1lX2N1cnNvchgFIAEoBBItCgZzZWFsZWQYBiABKAsyHS5oZXJhbGQudjEuU2VhbGVkTm90aWZpY2F0aW9uImoKElNlYWxlZE5vdGlmaWNhdGlvbhIOCgZmb3JtYXQYASABKAkSEAoIZW5jb2RpbmcYAiABKAkSDgoGa2V5X2lkGAMgASgJEhEKCXNpZ25hdHVyZRgEIAEoDBIPCgdwYXlsb2FkGAUgASgMIjgKDURlbGl2ZXJ5QmF0Y2gSJwoKZGVsaXZlcmllcxgBIAMoCzITLmhlcmFsZC52MS5EZWxpdmVyeSI8CglIZWFydGJlYXQSLwoLc2VydmVyX3RpbWUYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIvcBCgdDbG9zaW5nEikKBnJlYXNvbhgBIAEoDjIZLmhlcmFsZC52MS5DbG9zaW5nLlJlYXNvbhIPCgdtZXNzYWdlGAIgASgJEhYKDnJldHJ5X2FmdGVyX21zGAMgASgNIpcBCgZSZWFzb24SFgoSUkVBU09OX1VOU1BFQ0lGSUVEEAASEwoPUkVBU09OX1NIVVRET1dOEAESGAoUUkVBU09OX1NMT1dfQ09OU1VNRVIQAhIXChNSRUFTT05fRElTQ09OTkVDVEVEEAMSEwoPUkVBU09OX1JFUExBQ0VEEAQSGAoUUkVBU09OX1RPS0VOX0VYUElSRUQQBSLUAQoRU3Vic2NyaWJlUmVzcG9uc2USLgoKZGVsaXZlcmllcxgBIAEoCzIYLmhlcmFsZC52MS5EZWxpdmVyeUJhdGNoSAASKQoJaGVhcnRiZWF0GAIgASgLMhQuaGVyYWxkLnYxLkhlYXJ0YmVhdEgAEjQKD3Nlc3Npb25fc3RhcnRlZBgDIAEoCzIZLmhlcmFsZC52MS5TZXNzaW9uU3RhcnRlZEgAEiUKB2Nsb3NpbmcYBCABKAsyEi5oZXJhbGQudjEuQ2xvc2luZ0gAQgcKBWV2ZW50IksKCkFja1JlcXVlc3QSGAoQbm90aWZpY2F0aW9uX2lkcxgBIAMoCRIjCgV1cF90bxgCIAMoCzIULmhlcmFsZC52MS5Mb2dDdXJzb3IiHAoLQWNrUmVzcG9uc2USDQoFYWNrZWQYASABKA0iUQoQQWNrU3RyZWFtUmVxdWVzdBIYChBub3RpZmljYXRpb25faWRzGAEgAygJEiMKBXVwX3RvGAIgAygLMhQuaGVyYWxkLnYxLkxvZ0N1cnNvciIiChFBY2tTdHJlYW1SZXNwb25zZRINCgVhY2tlZBgBIAEoDSI5ChBMaXN0SW5ib3hSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoDRISCgpwYWdlX3Rva2VuGAIgASgJIqABCglJbmJveEl0ZW0SLQoMbm90aWZpY2F0aW9uGAEgASgLMhcuaGVyYWxkLnYxLk5vdGlmaWNhdGlvbhIOCgZjdXJzb3IYAiABKAQSJwoFc3RhdGUYAyABKA4yGC5oZXJhbGQudjEuRGVsaXZlcnlTdGF0ZRIrCgdyZWFkX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJRChFMaXN0SW5ib3hSZXNwb25zZRIjCgVpdGVtcxgBIAMoCzIULmhlcmFsZC52MS5JbmJveEl0ZW0SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIisKD01hcmtSZWFkUmVxdWVzdBIYChBub3RpZmljYXRpb25faWRzGAEgAygJIhcKFUdldFNpZ25pbmdLZXlzUmVxdWVzdCJTCgpTaWduaW5nS2V5Eg4KBmtleV9pZBgBIAEoCRIRCglhbGdvcml0aG0YAiABKAkSEgoKcHVibGljX2tleRgDIAEoDBIOCgZhY3RpdmUYBCABKAgiPQoWR2V0U2lnbmluZ0tleXNSZXNwb25zZRIjCgRrZXlzGAEgAygLMhUuaGVyYWxkLnYxLlNpZ25pbmdLZXkiIgoQTWFya1JlYWRSZXNwb25zZRIOCgZtYXJrZWQYASABKA0yvwMKDVN0cmVhbVNlcnZpY2USSAoJU3Vic2NyaWJlEhsuaGVyYWxkLnYxLlN1YnNjcmliZVJlcXVlc3QaHC5oZXJhbGQudjEuU3Vic2NyaWJlUmVzcG9uc2UwARI0CgNBY2sSFS5oZXJhbGQudjEuQWNrUmVxdWVzdBoWLmhlcmFsZC52MS5BY2tSZXNwb25zZRJKCglBY2tTdHJlYW0SGy5oZXJhbGQudjEuQWNrU3RyZWFtUmVxdWVzdBocLmhlcmFsZC52MS5BY2tTdHJlYW1SZXNwb25zZSgBMAESRgoJTGlzdEluYm94EhsuaGVyYWxkLnYxLkxpc3RJbmJveFJlcXVlc3QaHC5oZXJhbGQudjEuTGlzdEluYm94UmVzcG9uc2USQwoITWFya1JlYWQSGi5oZXJhbGQudjEuTWFya1JlYWRSZXF1ZXN0GhsuaGVyYWxkLnYxLk1hcmtSZWFkUmVzcG9uc2USVQoOR2V0U2lnbmluZ0tleXMSIC5oZXJhbGQudjEuR2V0U2lnbmluZ0tleXNSZXF1ZXN0GiEuaGVyYWxkLnYxLkdldFNpZ25pbmdLZXlzUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_timestamp, file_herald_v1_ingest, file_herald_v1_notification]);
 
 /**
  * A position in one of the logs a session reads: "user" (the user's own log), "broadcast"
@@ -121,7 +121,9 @@ export type SubscribeRequest = Message<"herald.v1.SubscribeRequest"> & {
   device: string;
 
   /**
-   * Requested encodings for the transformer chain; empty means plain protobuf.
+   * Requested encodings for the transformer chain (docs/transformers.md): "json" or "protobuf"
+   * (the format), "zstd", "gzip" or "identity" (compression, in order of preference), "signed".
+   * Unknown tokens are ignored; empty means plain protobuf, unless the tenant requires signing.
    *
    * @generated from field: repeated string accept_encodings = 4;
    */
@@ -177,6 +179,15 @@ export type SessionStarted = Message<"herald.v1.SessionStarted"> & {
    * @generated from field: repeated herald.v1.LogPosition logs = 7;
    */
   logs: LogPosition[];
+
+  /**
+   * The transformer chain's choice for this session, from accept_encodings and the tenant's
+   * policy: a subset of "json", "zstd", "gzip", "signed". Empty: deliveries are plain
+   * (Delivery.notification); otherwise each delivery carries Delivery.sealed instead.
+   *
+   * @generated from field: repeated string encodings = 8;
+   */
+  encodings: string[];
 };
 
 /**
@@ -223,6 +234,14 @@ export type Delivery = Message<"herald.v1.Delivery"> & {
    * @generated from field: uint64 resume_cursor = 5;
    */
   resumeCursor: bigint;
+
+  /**
+   * The notification after the transformer chain, set instead of `notification` when the
+   * session negotiated encodings (SessionStarted.encodings).
+   *
+   * @generated from field: herald.v1.SealedNotification sealed = 6;
+   */
+  sealed?: SealedNotification | undefined;
 };
 
 /**
@@ -231,6 +250,57 @@ export type Delivery = Message<"herald.v1.Delivery"> & {
  */
 export const DeliverySchema: GenMessage<Delivery> = /*@__PURE__*/
   messageDesc(file_herald_v1_stream, 4);
+
+/**
+ * A notification transformed by the chain: format, then signature, then compression
+ * (docs/transformers.md says exactly what each does to the bytes and how to verify).
+ *
+ * @generated from message herald.v1.SealedNotification
+ */
+export type SealedNotification = Message<"herald.v1.SealedNotification"> & {
+  /**
+   * "protobuf" (an encoded Notification) or "json" (the canonical JSON of the protobuf JSON
+   * mapping: lowerCamelCase names, keys sorted, no whitespace, UTF-8).
+   *
+   * @generated from field: string format = 1;
+   */
+  format: string;
+
+  /**
+   * How `payload` is compressed: "identity", "gzip" or "zstd".
+   *
+   * @generated from field: string encoding = 2;
+   */
+  encoding: string;
+
+  /**
+   * The key that signed it (GetSigningKeys); empty when not signed.
+   *
+   * @generated from field: string key_id = 3;
+   */
+  keyId: string;
+
+  /**
+   * Ed25519 over "herald.notification.v1\n" + format + "\n" + the payload before compression.
+   *
+   * @generated from field: bytes signature = 4;
+   */
+  signature: Uint8Array;
+
+  /**
+   * The notification in `format`, compressed with `encoding`.
+   *
+   * @generated from field: bytes payload = 5;
+   */
+  payload: Uint8Array;
+};
+
+/**
+ * Describes the message herald.v1.SealedNotification.
+ * Use `create(SealedNotificationSchema)` to create a new message.
+ */
+export const SealedNotificationSchema: GenMessage<SealedNotification> = /*@__PURE__*/
+  messageDesc(file_herald_v1_stream, 5);
 
 /**
  * Deliveries that were waiting together, coalesced into one stream message.
@@ -249,7 +319,7 @@ export type DeliveryBatch = Message<"herald.v1.DeliveryBatch"> & {
  * Use `create(DeliveryBatchSchema)` to create a new message.
  */
 export const DeliveryBatchSchema: GenMessage<DeliveryBatch> = /*@__PURE__*/
-  messageDesc(file_herald_v1_stream, 5);
+  messageDesc(file_herald_v1_stream, 6);
 
 /**
  * @generated from message herald.v1.Heartbeat
@@ -266,7 +336,7 @@ export type Heartbeat = Message<"herald.v1.Heartbeat"> & {
  * Use `create(HeartbeatSchema)` to create a new message.
  */
 export const HeartbeatSchema: GenMessage<Heartbeat> = /*@__PURE__*/
-  messageDesc(file_herald_v1_stream, 6);
+  messageDesc(file_herald_v1_stream, 7);
 
 /**
  * Why the server is ending the stream, sent just before it does.
@@ -297,7 +367,7 @@ export type Closing = Message<"herald.v1.Closing"> & {
  * Use `create(ClosingSchema)` to create a new message.
  */
 export const ClosingSchema: GenMessage<Closing> = /*@__PURE__*/
-  messageDesc(file_herald_v1_stream, 7);
+  messageDesc(file_herald_v1_stream, 8);
 
 /**
  * @generated from enum herald.v1.Closing.Reason
@@ -349,7 +419,7 @@ export enum Closing_Reason {
  * Describes the enum herald.v1.Closing.Reason.
  */
 export const Closing_ReasonSchema: GenEnum<Closing_Reason> = /*@__PURE__*/
-  enumDesc(file_herald_v1_stream, 7, 0);
+  enumDesc(file_herald_v1_stream, 8, 0);
 
 /**
  * @generated from message herald.v1.SubscribeResponse
@@ -390,7 +460,7 @@ export type SubscribeResponse = Message<"herald.v1.SubscribeResponse"> & {
  * Use `create(SubscribeResponseSchema)` to create a new message.
  */
 export const SubscribeResponseSchema: GenMessage<SubscribeResponse> = /*@__PURE__*/
-  messageDesc(file_herald_v1_stream, 8);
+  messageDesc(file_herald_v1_stream, 9);
 
 /**
  * @generated from message herald.v1.AckRequest
@@ -414,7 +484,7 @@ export type AckRequest = Message<"herald.v1.AckRequest"> & {
  * Use `create(AckRequestSchema)` to create a new message.
  */
 export const AckRequestSchema: GenMessage<AckRequest> = /*@__PURE__*/
-  messageDesc(file_herald_v1_stream, 9);
+  messageDesc(file_herald_v1_stream, 10);
 
 /**
  * @generated from message herald.v1.AckResponse
@@ -433,7 +503,7 @@ export type AckResponse = Message<"herald.v1.AckResponse"> & {
  * Use `create(AckResponseSchema)` to create a new message.
  */
 export const AckResponseSchema: GenMessage<AckResponse> = /*@__PURE__*/
-  messageDesc(file_herald_v1_stream, 10);
+  messageDesc(file_herald_v1_stream, 11);
 
 /**
  * @generated from message herald.v1.AckStreamRequest
@@ -457,7 +527,7 @@ export type AckStreamRequest = Message<"herald.v1.AckStreamRequest"> & {
  * Use `create(AckStreamRequestSchema)` to create a new message.
  */
 export const AckStreamRequestSchema: GenMessage<AckStreamRequest> = /*@__PURE__*/
-  messageDesc(file_herald_v1_stream, 11);
+  messageDesc(file_herald_v1_stream, 12);
 
 /**
  * @generated from message herald.v1.AckStreamResponse
@@ -476,7 +546,7 @@ export type AckStreamResponse = Message<"herald.v1.AckStreamResponse"> & {
  * Use `create(AckStreamResponseSchema)` to create a new message.
  */
 export const AckStreamResponseSchema: GenMessage<AckStreamResponse> = /*@__PURE__*/
-  messageDesc(file_herald_v1_stream, 12);
+  messageDesc(file_herald_v1_stream, 13);
 
 /**
  * @generated from message herald.v1.ListInboxRequest
@@ -502,7 +572,7 @@ export type ListInboxRequest = Message<"herald.v1.ListInboxRequest"> & {
  * Use `create(ListInboxRequestSchema)` to create a new message.
  */
 export const ListInboxRequestSchema: GenMessage<ListInboxRequest> = /*@__PURE__*/
-  messageDesc(file_herald_v1_stream, 13);
+  messageDesc(file_herald_v1_stream, 14);
 
 /**
  * @generated from message herald.v1.InboxItem
@@ -536,7 +606,7 @@ export type InboxItem = Message<"herald.v1.InboxItem"> & {
  * Use `create(InboxItemSchema)` to create a new message.
  */
 export const InboxItemSchema: GenMessage<InboxItem> = /*@__PURE__*/
-  messageDesc(file_herald_v1_stream, 14);
+  messageDesc(file_herald_v1_stream, 15);
 
 /**
  * @generated from message herald.v1.ListInboxResponse
@@ -560,7 +630,7 @@ export type ListInboxResponse = Message<"herald.v1.ListInboxResponse"> & {
  * Use `create(ListInboxResponseSchema)` to create a new message.
  */
 export const ListInboxResponseSchema: GenMessage<ListInboxResponse> = /*@__PURE__*/
-  messageDesc(file_herald_v1_stream, 15);
+  messageDesc(file_herald_v1_stream, 16);
 
 /**
  * @generated from message herald.v1.MarkReadRequest
@@ -577,7 +647,77 @@ export type MarkReadRequest = Message<"herald.v1.MarkReadRequest"> & {
  * Use `create(MarkReadRequestSchema)` to create a new message.
  */
 export const MarkReadRequestSchema: GenMessage<MarkReadRequest> = /*@__PURE__*/
-  messageDesc(file_herald_v1_stream, 16);
+  messageDesc(file_herald_v1_stream, 17);
+
+/**
+ * @generated from message herald.v1.GetSigningKeysRequest
+ */
+export type GetSigningKeysRequest = Message<"herald.v1.GetSigningKeysRequest"> & {
+};
+
+/**
+ * Describes the message herald.v1.GetSigningKeysRequest.
+ * Use `create(GetSigningKeysRequestSchema)` to create a new message.
+ */
+export const GetSigningKeysRequestSchema: GenMessage<GetSigningKeysRequest> = /*@__PURE__*/
+  messageDesc(file_herald_v1_stream, 18);
+
+/**
+ * A public key that verifies signed deliveries.
+ *
+ * @generated from message herald.v1.SigningKey
+ */
+export type SigningKey = Message<"herald.v1.SigningKey"> & {
+  /**
+   * @generated from field: string key_id = 1;
+   */
+  keyId: string;
+
+  /**
+   * "ed25519".
+   *
+   * @generated from field: string algorithm = 2;
+   */
+  algorithm: string;
+
+  /**
+   * The raw 32-byte Ed25519 public key.
+   *
+   * @generated from field: bytes public_key = 3;
+   */
+  publicKey: Uint8Array;
+
+  /**
+   * True for the key that signs new deliveries; the others only verify, until retired.
+   *
+   * @generated from field: bool active = 4;
+   */
+  active: boolean;
+};
+
+/**
+ * Describes the message herald.v1.SigningKey.
+ * Use `create(SigningKeySchema)` to create a new message.
+ */
+export const SigningKeySchema: GenMessage<SigningKey> = /*@__PURE__*/
+  messageDesc(file_herald_v1_stream, 19);
+
+/**
+ * @generated from message herald.v1.GetSigningKeysResponse
+ */
+export type GetSigningKeysResponse = Message<"herald.v1.GetSigningKeysResponse"> & {
+  /**
+   * @generated from field: repeated herald.v1.SigningKey keys = 1;
+   */
+  keys: SigningKey[];
+};
+
+/**
+ * Describes the message herald.v1.GetSigningKeysResponse.
+ * Use `create(GetSigningKeysResponseSchema)` to create a new message.
+ */
+export const GetSigningKeysResponseSchema: GenMessage<GetSigningKeysResponse> = /*@__PURE__*/
+  messageDesc(file_herald_v1_stream, 20);
 
 /**
  * @generated from message herald.v1.MarkReadResponse
@@ -596,7 +736,7 @@ export type MarkReadResponse = Message<"herald.v1.MarkReadResponse"> & {
  * Use `create(MarkReadResponseSchema)` to create a new message.
  */
 export const MarkReadResponseSchema: GenMessage<MarkReadResponse> = /*@__PURE__*/
-  messageDesc(file_herald_v1_stream, 17);
+  messageDesc(file_herald_v1_stream, 21);
 
 /**
  * Delivers notifications to connected devices. Callers present a user JWT.
@@ -656,6 +796,17 @@ export const StreamService: GenService<{
     methodKind: "unary";
     input: typeof MarkReadRequestSchema;
     output: typeof MarkReadResponseSchema;
+  },
+  /**
+   * The public keys that verify signed deliveries (SealedNotification.key_id): the key that
+   * signs now and the older ones that still verify. A key missing here is retired.
+   *
+   * @generated from rpc herald.v1.StreamService.GetSigningKeys
+   */
+  getSigningKeys: {
+    methodKind: "unary";
+    input: typeof GetSigningKeysRequestSchema;
+    output: typeof GetSigningKeysResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_herald_v1_stream, 0);
