@@ -34,6 +34,7 @@ from services.backends import Backend, Stores, open_stores
 from services.breaker import BreakerState
 from services.chain import Chain, ChainInterceptor, PolicyProvider, default_policy
 from services.chain.keys_http import signing_keys_app
+from services.chain.policy import ChainPolicy, tenant_policy
 from services.chain.signing import KeyRing, dev_ring, load_dir
 from services.clock import Clock, SystemClock
 from services.config import Config, StartupError, TLSSettings
@@ -173,10 +174,20 @@ async def start_node(
         AuthInterceptor(verifier, node_certificates=node_tls is not None and node_tls.mutual)
     ]
     chain: Chain | None = None
+    # The tenant settings' cache, once the registry it reads is known (below): the chain's
+    # default provider reads each tenant's StreamPolicy from it.
+    settings_cache: list[TenantSettingsCache] = []
     if "stream" in roles:
         if policy_for is None:
             policy = default_policy(config.chain)
-            policy_for = lambda _tenant: policy  # noqa: E731 - one policy for every tenant
+
+            async def registry_policy(tenant: str) -> ChainPolicy:
+                if not settings_cache:
+                    return policy
+                stored = await settings_cache[0].get(tenant)
+                return tenant_policy(policy, stored.stream_policy)
+
+            policy_for = registry_policy
         chain = Chain(load_key_ring(config), config.chain.cache_entries, policy_for)
         # Inside the AuthInterceptor: the caller's principal is set and the request decoded.
         interceptors.append(ChainInterceptor(chain))
@@ -267,6 +278,7 @@ async def start_node(
             )
             if registry_core is not None:
                 registry_core.watch_tenant_settings(tenant_settings.store)
+            settings_cache.append(tenant_settings)
         admission = Admission(
             stores.rate_limiter or MemoryRateLimiter(clock), config.rate_limit, tenant_settings
         )

@@ -18,8 +18,8 @@ import pytest_asyncio
 from google.protobuf import json_format
 from grpc import aio
 
-from herald.v1 import notification_pb2, stream_pb2
-from services import metrics
+from herald.v1 import notification_pb2, registry_pb2, stream_pb2
+from services import auth, metrics
 from services.chain import ChainPolicy, Opener, Variant
 from services.chain.signing import load_dir, write_private_key
 from services.client import Received, Subscription
@@ -354,3 +354,49 @@ async def test_public_keys_over_http_match_the_rpc(signing: tuple[Herald, Path])
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.mark.parametrize("topology", ["up", "split"])
+async def test_the_stream_policy_in_tenant_settings_rules_the_chain(
+    tmp_path: Path, topology: str
+) -> None:
+    """RegistryService's StreamPolicy of a tenant is what the stream nodes negotiate with (no
+    policy given to the node: HERALD_CHAIN_* until the tenant sets one)."""
+    keys = tmp_path / "keys"
+    write_private_key(keys, "k1")
+    config = make_config(tmp_path, chain=ChainSettings(signing_keys_dir=keys))
+    herald = await start_herald(topology, config)
+    try:
+        before = Stream(
+            herald.user("alice"), stream_pb2.SubscribeRequest(accept_encodings=["zstd"])
+        )
+        assert list((await before.start()).encodings) == ["zstd"]  # the node's default allows it
+        before.cancel()
+        registry = herald.client("registry", herald.tokens.backend("acme", auth.SCOPE_TENANT_ADMIN))
+        put = registry_pb2.TenantSettings()
+        put.stream_policy.signing_required = True
+        put.stream_policy.compression.append("gzip")
+        put.stream_policy.allowed_formats.append("json")
+        await registry.put_tenant_settings(put)
+        # The stream node reads it within the settings' TTL (at once where the registry runs).
+        asked = stream_pb2.SubscribeRequest(accept_encodings=["zstd", "gzip", "json"])
+        async with asyncio.timeout(15):
+            while True:
+                after = Stream(herald.user("alice"), asked)
+                encodings = list((await after.start()).encodings)
+                if "signed" in encodings:
+                    break
+                after.cancel()
+                await asyncio.sleep(0.2)
+        assert set(encodings) == {"json", "gzip", "signed"}
+        await herald.backend().send(_sent())
+        [delivery] = await after.deliveries(1)
+        assert (delivery.sealed.format, delivery.sealed.encoding) == ("json", "gzip")
+        assert delivery.sealed.key_id == "k1"
+        after.cancel()
+        # Other tenants keep the node's default.
+        other = Stream(herald.user("bob", tenant="globex"))
+        assert list((await other.start()).encodings) == []
+        other.cancel()
+    finally:
+        await herald.stop()

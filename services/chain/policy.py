@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from services.domain import StreamPolicy
 from services.errors import FailedPrecondition
 
 PROTOBUF = "protobuf"
@@ -44,6 +45,21 @@ class ChainPolicy:
 
 # The tenant's policy: plain, or awaitable (a policy read from the registry).
 PolicyProvider = Callable[[str], "ChainPolicy | Awaitable[ChainPolicy]"]
+
+
+def tenant_policy(default: ChainPolicy, stored: StreamPolicy | None) -> ChainPolicy:
+    """A tenant's policy from its settings in RegistryService (docs/tenants.md): the node's
+    HERALD_CHAIN_* policy while the tenant has set none; otherwise exactly what it set (no
+    compression when it lists none, every format when it lists none)."""
+    if stored is None:
+        return default
+    formats = tuple(f for f in stored.allowed_formats if f in FORMATS) or FORMATS
+    return ChainPolicy(
+        compression=tuple(c for c in stored.compression if c in COMPRESSIONS),
+        compression_min_bytes=stored.compression_min_bytes,
+        signing_required=stored.signing_required,
+        formats=formats if PROTOBUF in formats else (PROTOBUF, *formats),
+    )
 
 
 async def policy_of(provider: PolicyProvider, tenant: str) -> ChainPolicy:
