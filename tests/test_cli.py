@@ -34,7 +34,13 @@ class Cli:
     """Runs `herald` subprocesses sharing one data dir (so they share the dev key)."""
 
     def __init__(self, data_home: Path) -> None:
-        self.env = {**os.environ, "XDG_DATA_HOME": str(data_home), "HERALD_LOG_LEVEL": "WARNING"}
+        self.env = {
+            **os.environ,
+            "XDG_DATA_HOME": str(data_home),
+            "HERALD_LOG_LEVEL": "WARNING",
+            # Any free port: the default (8081) would collide with another test's node.
+            "HERALD_WS_PORT": "0",
+        }
         self.procs: list[asyncio.subprocess.Process] = []
 
     async def start(self, *args: str, **env: str) -> asyncio.subprocess.Process:
