@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import AsyncIterator, Iterable, Mapping
+from ssl import SSLContext
 from types import TracebackType
 from urllib.parse import urlsplit
 
@@ -68,6 +69,7 @@ class WebSocketSubscription:
         open_timeout: float = 10.0,
         max_queue: int | None = 16,
         receive_buffer: int | None = None,
+        ssl: SSLContext | None = None,
     ) -> WebSocketSubscription:
         """Connects, sends the subscribe frame and returns once the session started.
 
@@ -95,6 +97,7 @@ class WebSocketSubscription:
             max_size=None,
             max_queue=max_queue,
             sock=sock,
+            ssl=ssl,
         )
         subscription = cls(connection, json)
         subscribe = stream_pb2.WebSocketSubscribe(
