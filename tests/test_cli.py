@@ -19,6 +19,9 @@ import pytest_asyncio
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.client_websocket import WebSocketSubscription
+from services.config import ServerSettings
+
 pytestmark = [pytest.mark.asyncio, pytest.mark.slow]
 
 HERALD = [sys.executable, "-m", "services"]
@@ -198,6 +201,35 @@ async def test_up_then_tail_send_and_token(cli: Cli, tmp_path: Path) -> None:
     claims = jwt.decode(token, key, algorithms=["HS256"], audience="herald", issuer="herald")
     assert (claims["sub"], claims["tenant"], claims["scope"]) == ("alice", "acme", "subscribe")
     assert claims["exp"] > claims["iat"]
+
+
+async def test_up_serves_websocket_on_its_port(cli: Cli) -> None:
+    port, ws_port = _free_port(), _free_port()
+    address = f"127.0.0.1:{port}"
+    await cli.start("up", "--ws-port", str(ws_port), HERALD_PORT=str(port))
+    await _wait_serving(address)
+    token = (await cli.run("token", "--user", "alice", "--tenant", "acme")).strip()
+    sub = await WebSocketSubscription.open(f"ws://127.0.0.1:{ws_port}/ws", token)
+    try:
+        sent = json.loads(
+            await cli.run(
+                "send", "--tenant", "acme", "--user", "alice", "--title", "ws",
+                HERALD_ADDRESS=address,
+            )
+        )  # fmt: skip
+        [delivery] = await sub.take(1)
+        assert delivery.notification.id == sent["notificationId"]
+    finally:
+        await sub.close()
+
+
+async def test_the_websocket_port_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HERALD_WS_PORT", "off")
+    assert ServerSettings().ws_port is None
+    monkeypatch.setenv("HERALD_WS_PORT", "9000")
+    assert ServerSettings().ws_port == 9000
+    monkeypatch.delenv("HERALD_WS_PORT")
+    assert ServerSettings().ws_port is None  # the settings' default; the command's is 8081
 
 
 async def test_serve_each_service_on_its_own(cli: Cli) -> None:
