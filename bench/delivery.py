@@ -423,12 +423,16 @@ class LoadGenerator:
                     digits = message[2:].split("[", 1)[0]
                     state["waiting"].pop(int(digits)).set_result(None)
 
+        opening = asyncio.Lock()
+
         async def send(count: int) -> None:
-            if state["connection"] is None:
-                state["connection"] = await self._sio_open("bench-sender")
-                first = await state["connection"].recv()
-                assert first.startswith("40"), first
-                self._spawn(reader(state["connection"]))
+            async with opening:  # the concurrent senders share one connection
+                if state["connection"] is None:
+                    connection = await self._sio_open("bench-sender")
+                    first = await connection.recv()
+                    assert first.startswith("40"), first
+                    self._spawn(reader(connection))
+                    state["connection"] = connection
             stamp = f"{time.monotonic_ns():020d}"
             start = position[0]
             position[0] = (start + count) % len(users)
@@ -1273,6 +1277,8 @@ def markdown_section(args: argparse.Namespace, results: list[RunResult]) -> str:
         via = "one AckStream each" if args.ack_mode == "stream" else "Ack calls"
         acks = f"every {args.ack_interval:g} s ({via})"
     production = ", memory and production profiles" if HERALD_PG in args.targets else ""
+    if WEBSOCKET in args.targets or SOCKETIO in args.targets:
+        production += ", WebSocket and python-socketio"
     lines = [
         _marker(args, "start"),
         f"### {args.subscribers:,} subscribers, acks {acks}{production}",
@@ -1303,6 +1309,8 @@ def _mode_tag(args: argparse.Namespace) -> str:
     """What else names the section: unary acks, the production target (its runs do not replace
     the memory profile's section)."""
     tag = " ack-mode=unary" if args.ack_interval > 0 and args.ack_mode == "unary" else ""
+    if WEBSOCKET in args.targets or SOCKETIO in args.targets:
+        tag += " websocket"
     return tag + (" profile=production" if HERALD_PG in args.targets else "")
 
 

@@ -14,6 +14,7 @@ from herald.v1 import stream_pb2
 from services import auth
 from services.client_websocket import Closed, WebSocketSubscription
 from services.config import DeliverySettings, RateLimitSettings
+from services.health import NOT_SERVING, SERVING
 from tests.conftest import Deploy
 from tests.harness import Herald, to_user
 
@@ -243,6 +244,13 @@ async def test_a_token_in_the_url_health_and_unknown_paths(herald_up: Herald) ->
             return error.code, error.read()
 
     assert await asyncio.to_thread(get, "/healthz") == (200, b"SERVING\n")
+    # A backend the stream service needs is down (its breaker open): Envoy stops sending here.
+    health = herald_up.node("stream").health
+    await health.set("herald.v1.StreamService", NOT_SERVING)
+    assert await asyncio.to_thread(get, "/healthz") == (503, b"NOT_SERVING\n")
+    await health.set("herald.v1.StreamService", SERVING)
+    await health.enter_graceful_shutdown()
+    assert await asyncio.to_thread(get, "/healthz") == (503, b"NOT_SERVING\n")
 
 
 async def test_subscribes_are_rate_limited_like_subscribe_calls(deploy: Deploy) -> None:

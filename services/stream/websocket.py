@@ -55,6 +55,7 @@ from services.health import NodeHealth
 from services.stream.delivery import ACK_LINGER_S
 from services.stream.requests import StreamRequests
 from services.stream.session import Session
+from services.stream.writer import Write
 
 log = logging.getLogger(__name__)
 
@@ -330,7 +331,10 @@ class WebSocketEndpoint:
         async def write(data: bytes) -> None:
             await connection.send(outgoing(data))
 
-        writer = asyncio.ensure_future(core.run(session, write))
+        # Binary: the writer's bytes are the frame, as they are (no wrapper on the hot path).
+        writes: Write = write if isinstance(framing, _JsonFraming) else connection.send
+
+        writer = asyncio.ensure_future(core.run(session, writes))
         reader = asyncio.ensure_future(self._read_acks(connection, framing, principal))
         code: int = CloseCode.NORMAL_CLOSURE
         reason = ""
