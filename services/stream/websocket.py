@@ -35,7 +35,7 @@ import logging
 import ssl
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from urllib.parse import parse_qsl, urlsplit
 
@@ -177,6 +177,7 @@ class WebSocketEndpoint:
     ping_interval_s: float = 25.0
     ping_timeout_s: float = 10.0
     _server: Server | None = None
+    _failures: audit.AuthFailures = field(default_factory=audit.AuthFailures)
 
     async def start(
         self, host: str, port: int, tls: ssl.SSLContext | None = None, reuse_port: bool = False
@@ -273,18 +274,24 @@ class WebSocketEndpoint:
         if frame.WhichOneof("frame") != "subscribe":
             raise InvalidArgument("the first frame must be a subscribe frame")
         token = bearer_token(connection) or frame.subscribe.token
-        if not token:
-            raise Unauthenticated(
-                f"no token: send it in the subscribe frame or as a {BEARER_PREFIX}<token> "
-                "subprotocol"
-            )
+        principal: Principal | None = None
         try:
-            principal = self.verifier.verify(token)
-        except HeraldError:
+            if not token:
+                raise Unauthenticated(
+                    f"no token: send it in the subscribe frame or as a {BEARER_PREFIX}<token> "
+                    "subprotocol"
+                )
+            try:
+                principal = self.verifier.verify(token)
+            except HeraldError:
+                raise
+            except Exception:
+                raise Unauthenticated("the token could not be verified") from None
+            principal.require(auth.SCOPE_SUBSCRIBE)
+        except HeraldError as denial:
+            # As the gRPC interceptor does for a refused call: rate-limited, never the token.
+            self._failures.record(PATH, denial, principal, _peer(connection))
             raise
-        except Exception:
-            raise Unauthenticated("the token could not be verified") from None
-        principal.require(auth.SCOPE_SUBSCRIBE)
         return principal, frame.subscribe.request
 
     async def _open(
