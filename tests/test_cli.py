@@ -331,7 +331,9 @@ async def _up(cli: Cli, port: int = 0) -> str:
 async def test_operator_commands_sessions_presence_status_templates_inbox(cli: Cli) -> None:
     address = await _up(cli)
     env = {"HERALD_ADDRESS": address, "HERALD_TENANT": "acme"}
-    tail = await cli.start("tail", "--user", "alice", **env)
+    # No ack during the test: on a loaded machine the commands below can take longer than the
+    # default 5 s, and the status would be ACKED before it is read.
+    tail = await cli.start("tail", "--user", "alice", "--ack-interval", "3600", **env)
     session_line = await _subscribed(tail)
 
     [session] = (await cli.json("sessions", "list", **env))["sessions"]

@@ -58,6 +58,10 @@ from services.stream.session import Session
 from services.stream.writer import Write
 
 log = logging.getLogger(__name__)
+# websockets' own lines: one per connection opened, rejected or closed at INFO. Sessions are in
+# the audit log already; a node with 10k connections keeps only the library's warnings.
+_library_log = logging.getLogger(f"{__name__}.library")
+_library_log.setLevel(logging.WARNING)
 
 PATH = "/ws"
 HEALTH_PATH = "/healthz"
@@ -198,6 +202,7 @@ class WebSocketEndpoint:
             ssl=tls,
             reuse_port=reuse_port or None,
             server_header=None,
+            logger=_library_log,
         )
         return int(self._server.sockets[0].getsockname()[1])
 
