@@ -61,6 +61,8 @@ import baseline
 import grpc
 import production
 from grpc import aio
+from websockets.asyncio.client import connect as ws_connect
+from websockets.typing import Subprotocol
 
 from herald.v1 import ingest_pb2, notification_pb2, stream_pb2
 from services import auth
@@ -77,8 +79,12 @@ PROTOCOL = "protocol"
 HERALD_PG = "herald-pg"
 # The protocol floor made durable (baseline.py --protocol --durable-dsn), on a fresh database.
 PROTOCOL_PG = "protocol-pg"
+# Herald's WebSocket endpoint: `herald up`, subscribers over WebSocket, senders over gRPC.
+WEBSOCKET = "websocket"
+# The peer: python-socketio on uvicorn + uvloop, one room per user (bench/socketio_peer.py).
+SOCKETIO = "socketio"
 # The targets that run `herald up`, and those spoken to as Herald is.
-HERALDS = (HERALD, HERALD_PG)
+HERALDS = (HERALD, HERALD_PG, WEBSOCKET)
 PROTOCOLS = (PROTOCOL, PROTOCOL_PG)
 # The targets that get a fresh database (and Redis prefix) per run.
 DURABLE = (HERALD_PG, PROTOCOL_PG)
@@ -121,6 +127,8 @@ class RunSpec:
     # herald-pg: the run's database, watched during the maximum phase (production.PgWatch).
     pg_dsn: str = ""
     pg_database: str = ""
+    # websocket and socketio: the WebSocket URL subscribers connect to.
+    ws_url: str = ""
 
 
 @dataclass
@@ -267,6 +275,7 @@ class LoadGenerator:
         self._herald = spec.target in (*HERALDS, *PROTOCOLS)
         self._tokens: list[str] = []
         self._send_metadata: tuple[tuple[str, str], ...] = ()
+        self._sockets: list[Any] = []
 
     # subscribers
 
@@ -301,26 +310,145 @@ class LoadGenerator:
         )
         call = subscribe(stream_pb2.SubscribeRequest(device="bench"), metadata=metadata)
         self._calls.append(call)
-        cursors = self.cursors
         async for event in call:
-            items = event.deliveries.deliveries
-            count = len(items)
-            if count:
-                self.received += count
+            self._on_event(index, event)
+
+    def _on_event(self, index: int, event: stream_pb2.SubscribeResponse) -> None:
+        items = event.deliveries.deliveries
+        count = len(items)
+        if count:
+            cursors = self.cursors
+            self.received += count
+            self.messages += 1
+            cursor = items[count - 1].cursor
+            if cursor > cursors[index]:
+                cursors[index] = cursor
+            if self.latencies is not None:
+                self._record(items)
+            self._progress()
+        elif event.HasField("session_started"):
+            self._started_one()
+
+    def _progress(self) -> None:
+        if not self._room.is_set() and self.sent - self.received <= self._window // 2:
+            self._room.set()
+        if self._drained is not None and self.received >= self.sent:
+            self._drained.set()
+
+    def _started_one(self) -> None:
+        self._started += 1
+        if self._started == self.spec.subscribers:
+            self._all_started.set()
+
+    # -- WebSocket subscribers (Herald's endpoint) --------------------------------------------
+
+    async def _ws_subscriber(self, index: int) -> None:
+        """One WebSocket per subscriber: the subscribe frame, then events; acks are frames on
+        the same connection every interval (the WebSocket counterpart of one AckStream)."""
+        connection = await ws_connect(
+            self.spec.ws_url, subprotocols=[Subprotocol("herald.v1")], compression=None,
+            max_size=None, open_timeout=60,
+        )  # fmt: skip
+        self._sockets.append(connection)
+        subscribe = stream_pb2.WebSocketSubscribe(
+            token=self._tokens[index], request=stream_pb2.SubscribeRequest(device="bench")
+        )
+        await connection.send(
+            stream_pb2.WebSocketClientFrame(subscribe=subscribe).SerializeToString()
+        )
+        if self.spec.ack_interval > 0:
+            self._spawn(self._ws_acker(index, connection))
+        decode = stream_pb2.SubscribeResponse.FromString
+        async for message in connection:
+            self._on_event(index, decode(message))  # type: ignore[arg-type]
+
+    async def _ws_acker(self, index: int, connection: Any) -> None:
+        interval = self.spec.ack_interval
+        acked = 0
+        await asyncio.sleep(random.uniform(0, interval))
+        while True:
+            cursor = self.cursors[index]
+            if cursor > acked:
+                ack = stream_pb2.AckRequest(up_to=[stream_pb2.LogCursor(log="user", cursor=cursor)])
+                await connection.send(stream_pb2.WebSocketClientFrame(ack=ack).SerializeToString())
+                acked = cursor
+            await asyncio.sleep(interval * random.uniform(0.8, 1.2))
+
+    # -- socket.io subscribers and senders (the peer) ------------------------------------------
+
+    async def _sio_open(self, auth_user: str) -> Any:
+        """An Engine.IO 4 WebSocket, connected to the default namespace with `auth`."""
+        url = self.spec.ws_url + "/socket.io/?EIO=4&transport=websocket"
+        connection = await ws_connect(url, compression=None, max_size=None, open_timeout=60)
+        self._sockets.append(connection)
+        opened = await connection.recv()
+        assert isinstance(opened, str), opened
+        assert opened.startswith("0"), opened
+        await connection.send("40" + json.dumps({"user": auth_user}))
+        return connection
+
+    async def _sio_subscriber(self, index: int) -> None:
+        connection = await self._sio_open(self.users[index])
+        loads = json.loads
+        async for message in connection:
+            assert isinstance(message, str)
+            if message.startswith("42"):
+                _, notification = loads(message[2:])
+                self.received += 1
                 self.messages += 1
-                cursor = items[count - 1].cursor
-                if cursor > cursors[index]:
-                    cursors[index] = cursor
                 if self.latencies is not None:
-                    self._record(items)
-                if not self._room.is_set() and self.sent - self.received <= self._window // 2:
-                    self._room.set()
-                if self._drained is not None and self.received >= self.sent:
-                    self._drained.set()
-            elif event.HasField("session_started"):
-                self._started += 1
-                if self._started == self.spec.subscribers:
-                    self._all_started.set()
+                    sent_at = int(notification["t"])
+                    if sent_at >= self.latency_from_ns:
+                        self.latencies.append(time.monotonic_ns() - sent_at)
+                self._progress()
+            elif message == "2":
+                await connection.send("3")  # Engine.IO pong
+            elif message.startswith("40"):
+                self._started_one()
+            elif message.startswith("44"):
+                raise RuntimeError(f"socket.io refused the connection: {message}")
+
+    def _sio_sender(self) -> Callable[[int], Awaitable[None]]:
+        """`send(count)`: emits `send` with `count` notifications and waits for its ack."""
+        state: dict[str, Any] = {"connection": None, "next": 0, "waiting": {}}
+        body = "x" * max(0, self.builder.notification_bytes - 60)
+        users = self.users
+        position = [0]
+
+        async def reader(connection: Any) -> None:
+            async for message in connection:
+                if message == "2":
+                    await connection.send("3")
+                elif message.startswith("43"):
+                    digits = message[2:].split("[", 1)[0]
+                    state["waiting"].pop(int(digits)).set_result(None)
+
+        opening = asyncio.Lock()
+
+        async def send(count: int) -> None:
+            async with opening:  # the concurrent senders share one connection
+                if state["connection"] is None:
+                    connection = await self._sio_open("bench-sender")
+                    first = await connection.recv()
+                    assert first.startswith("40"), first
+                    self._spawn(reader(connection))
+                    state["connection"] = connection
+            stamp = f"{time.monotonic_ns():020d}"
+            start = position[0]
+            position[0] = (start + count) % len(users)
+            batch = [
+                [users[(start + i) % len(users)], {"title": "bench", "body": body, "t": stamp}]
+                for i in range(count)
+            ]
+            ack_id = state["next"]
+            state["next"] += 1
+            done = asyncio.get_running_loop().create_future()
+            state["waiting"][ack_id] = done
+            self.sent += count
+            await state["connection"].send(f"42{ack_id}" + json.dumps(["send", batch]))
+            await asyncio.wait_for(done, 30.0)
+
+        return send
 
     def _record(self, items: Any) -> None:
         now = time.monotonic_ns()
@@ -408,16 +536,33 @@ class LoadGenerator:
         self._mint()
         spec = self.spec
         connections = spec.connections or spec.subscribers
-        channels = [self._channel() for _ in range(connections)]
+        over_websocket = spec.target in (WEBSOCKET, SOCKETIO)
+        channels = [] if over_websocket else [self._channel() for _ in range(connections)]
         for i in range(spec.subscribers):
-            channel = channels[i % connections]
-            self._spawn(self._subscriber(i, channel))
-            if self._herald and spec.ack_interval > 0:
-                self._spawn(self._acker(i, channel))
+            if spec.target == WEBSOCKET:
+                self._spawn(self._ws_subscriber(i))
+            elif spec.target == SOCKETIO:
+                self._spawn(self._sio_subscriber(i))
+            else:
+                channel = channels[i % connections]
+                self._spawn(self._subscriber(i, channel))
+                if self._herald and spec.ack_interval > 0:
+                    self._spawn(self._acker(i, channel))
             if i % 100 == 99:
-                await asyncio.sleep(0.01)  # let connections come up in waves
+                await asyncio.sleep(0.05 if over_websocket else 0.01)  # connections in waves
         try:
-            await asyncio.wait_for(self._all_started.wait(), timeout=30 + spec.subscribers / 20)
+            started = asyncio.ensure_future(self._all_started.wait())
+            await asyncio.wait(
+                [started, *self._tasks],
+                timeout=30 + spec.subscribers / 20,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            for task in self._tasks:
+                if task.done() and task.exception() is not None:
+                    raise RuntimeError(f"a subscriber failed: {task.exception()!r}")
+            if not started.done():
+                started.cancel()
+                raise TimeoutError
         except TimeoutError:
             raise RuntimeError(
                 f"only {self._started} of {spec.subscribers} subscribers started"
@@ -429,11 +574,16 @@ class LoadGenerator:
     # senders
 
     def _send_stub(self) -> Callable[..., Any]:
+        if self.spec.target == SOCKETIO:
+            return self._sio_sender()
         channel = self._channel()
         method = _SEND_BATCH if self._herald else baseline.PUBLISH
         return channel.unary_unary(method)  # bytes in, bytes out: requests are pre-encoded
 
     async def _send(self, send: Callable[..., Any], count: int) -> None:
+        if self.spec.target == SOCKETIO:
+            await send(count)
+            return
         body = self.builder.build(count)
         self.sent += count
         answer = await send(body, metadata=self._send_metadata, timeout=30.0)
@@ -489,6 +639,8 @@ class LoadGenerator:
         self._drained = None
 
     async def close(self) -> None:
+        for socket_ in self._sockets:
+            socket_.transport.abort()
         for call in self._calls:
             call.cancel()
         for task in self._tasks:
@@ -667,6 +819,9 @@ def start_server(
         command = [str(herald), "up"]
         if not herald.exists():
             command = [sys.executable, "-m", "services", "up"]
+    elif target == SOCKETIO:
+        peer = Path(__file__).resolve().with_name("socketio_peer.py")
+        command = [sys.executable, str(peer), "--port", str(port)]
     else:
         command = [sys.executable, str(Path(baseline.__file__).resolve()), "--port", str(port)]
         if target in PROTOCOLS:
@@ -681,6 +836,8 @@ def start_server(
         # otherwise meet the default rate limits (docs/rate-limits.md).
         "HERALD_RATE_LIMIT_ENABLED": "false",
         "XDG_DATA_HOME": str(data_dir.parent),
+        # Only the websocket target's Herald listens for WebSocket (its port in extra_env).
+        "HERALD_WS_PORT": "off",
         **(extra_env or {}),
     }
     if not acks:
@@ -699,6 +856,17 @@ def start_server(
         time.sleep(0.1)
     stop_server(process)
     raise RuntimeError(f"{target} did not listen on port {port} within {limit} s")
+
+
+def _wait_listening(port: int, process: subprocess.Popen[bytes], limit_s: float = 20.0) -> None:
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the server exited with {process.returncode}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on port {port} within {limit_s:g} s")
 
 
 def stop_server(process: subprocess.Popen[bytes]) -> None:
@@ -760,6 +928,11 @@ def _run_target(
     backends: production.Backends | None,
 ) -> RunResult:
     extra_env = backends.env if backends is not None and target in HERALDS else None
+    ws_url = ""
+    if target == WEBSOCKET:
+        ws_port = free_port()
+        extra_env = {**(extra_env or {}), "HERALD_WS_PORT": str(ws_port)}
+        ws_url = f"ws://127.0.0.1:{ws_port}/ws"
     extra_args = (
         ["--durable-dsn", backends.dsn] if backends is not None and target in PROTOCOLS else []
     )
@@ -777,6 +950,8 @@ def _run_target(
         extra_env=extra_env,
         extra_args=extra_args,
     )
+    if ws_url:
+        _wait_listening(int(ws_url.rsplit(":", 1)[1].split("/", 1)[0]), server)
     context = multiprocessing.get_context("spawn")
     receive, answer = context.Pipe(duplex=False)
     profile_cmd: list[str] = []
@@ -809,6 +984,7 @@ def _run_target(
         stores=backends is not None,
         pg_dsn=args.pg_dsn,
         pg_database=backends.database if backends is not None else "",
+        ws_url=ws_url or (f"ws://127.0.0.1:{port}" if target == SOCKETIO else ""),
     )
     load = context.Process(target=_load_process, args=(spec, answer), name=f"load-{target}")
     try:
@@ -971,6 +1147,20 @@ def verdicts(results: list[RunResult]) -> list[str]:
         )
     if pg_within := ratios(HERALD_PG, PROTOCOL_PG):
         lines.append(f"- production / durable floor delivered/s: {_spread(pg_within, '.2f')}")
+    if over_sio := ratios(WEBSOCKET, SOCKETIO):
+        met = "met" if statistics.median(over_sio) >= 2 else "NOT met"
+        lines.append(
+            f"- Herald WebSocket / python-socketio delivered/s: {_spread(over_sio, '.2f')} "
+            f"(target >= 2: {met})"
+        )
+    if over_grpc := ratios(WEBSOCKET, HERALD):
+        lines.append(f"- Herald WebSocket / Herald gRPC delivered/s: {_spread(over_grpc, '.2f')}")
+    if websockets := [r.server_us_per_delivery for r in results if r.target == WEBSOCKET]:
+        met = "met" if statistics.median(websockets) <= 50 else "NOT met"
+        lines.append(
+            f"- Herald WebSocket server CPU per delivery: {_spread(websockets, '.1f', ' µs')} "
+            f"(target <= 50 µs: {met})"
+        )
     disturbed = [
         _label(r, rounds) for r in results if max(r.other_cpu_pct, r.latency_other_cpu_pct) > 25
     ]
@@ -1087,6 +1277,8 @@ def markdown_section(args: argparse.Namespace, results: list[RunResult]) -> str:
         via = "one AckStream each" if args.ack_mode == "stream" else "Ack calls"
         acks = f"every {args.ack_interval:g} s ({via})"
     production = ", memory and production profiles" if HERALD_PG in args.targets else ""
+    if WEBSOCKET in args.targets or SOCKETIO in args.targets:
+        production += ", WebSocket and python-socketio"
     lines = [
         _marker(args, "start"),
         f"### {args.subscribers:,} subscribers, acks {acks}{production}",
@@ -1117,6 +1309,8 @@ def _mode_tag(args: argparse.Namespace) -> str:
     """What else names the section: unary acks, the production target (its runs do not replace
     the memory profile's section)."""
     tag = " ack-mode=unary" if args.ack_interval > 0 and args.ack_mode == "unary" else ""
+    if WEBSOCKET in args.targets or SOCKETIO in args.targets:
+        tag += " websocket"
     return tag + (" profile=production" if HERALD_PG in args.targets else "")
 
 
@@ -1173,7 +1367,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--targets",
         default=f"{HERALD},{BASELINE}",
-        help="comma-separated: herald, baseline, protocol (the baseline plus the I/O of "
+        help="comma-separated: herald, baseline, websocket (herald up, subscribers over its "
+        "WebSocket endpoint), socketio (python-socketio on uvicorn, bench/socketio_peer.py), "
+        "protocol (the baseline plus the I/O of "
         "Herald's protocol: per-notification answers, Herald's framing, AckStream), herald-pg "
         "(herald up on the production profile: a fresh PostgreSQL database and Redis prefix), "
         "protocol-pg (the durable floor: the protocol floor committing each SendBatch and "
@@ -1221,7 +1417,7 @@ def parse_args() -> argparse.Namespace:
     )
     args = parser.parse_args()
     args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
-    unknown = set(args.targets) - {*HERALDS, BASELINE, *PROTOCOLS}
+    unknown = set(args.targets) - {*HERALDS, BASELINE, *PROTOCOLS, SOCKETIO}
     if unknown:
         parser.error(f"unknown targets: {sorted(unknown)}")
     return args

@@ -31,6 +31,7 @@ import logging
 import math
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from grpc import aio
@@ -61,9 +62,27 @@ def _now() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")
 
 
-def _where(context: Context | None) -> dict[str, str]:
+@dataclass(frozen=True)
+class Peer:
+    """Where a call came from when no gRPC context says it (the WebSocket endpoint): the
+    socket's address, and the `x-forwarded-for` header when the handshake had one."""
+
+    address: str
+    forwarded_for: str = ""
+
+
+# What a record names the caller by: a gRPC call's context, or a Peer.
+Caller = Context | Peer
+
+
+def _where(context: Caller | None) -> dict[str, str]:
     if context is None:
         return {"peer": ""}
+    if isinstance(context, Peer):
+        where = {"peer": bounded(context.address, _MAX_ADDRESS_LEN)}
+        if context.forwarded_for:
+            where["forwarded_for"] = bounded(context.forwarded_for, _MAX_ADDRESS_LEN)
+        return where
     where = {"peer": bounded(context.peer() or "", _MAX_ADDRESS_LEN)}
     for key, value in context.invocation_metadata() or ():
         if key == "x-forwarded-for":
@@ -79,7 +98,7 @@ def record(
     principal: Principal | None,
     target: str,
     outcome: str,
-    context: Context | None,
+    context: Caller | None,
     target_tenant: str = "",
     **details: object,
 ) -> None:
@@ -168,7 +187,7 @@ class AuthFailures:
         method: str,
         denial: HeraldError,
         principal: Principal | None,
-        context: Context,
+        context: Caller,
     ) -> None:
         now = self._now()
         if now - self._window_start >= self._interval_s:

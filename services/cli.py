@@ -42,6 +42,10 @@ _PRIORITIES = {
 }
 
 
+# The WebSocket port `herald up` and `herald serve stream` listen on unless told otherwise.
+DEFAULT_WS_PORT = 8081
+
+
 def _env(name: str, default: str) -> str:
     return os.environ.get(name, default)
 
@@ -73,6 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     for p in (up, serve):
         p.add_argument("--host", default=None, help="listen address (HERALD_HOST)")
         p.add_argument("--port", type=int, default=None, help="listen port (HERALD_PORT)")
+        p.add_argument(
+            "--ws-port",
+            default=None,
+            help=f"stream nodes: the WebSocket port, or `off` (HERALD_WS_PORT; default "
+            f"{DEFAULT_WS_PORT})",
+        )
 
     commands.add_parser(
         "migrate",
@@ -196,8 +206,16 @@ def _setting_error(error: Any) -> str:
 
 def _dispatch(args: argparse.Namespace) -> int | None:
     if args.command in ("up", "serve"):
-        overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
-        config = Config(server=ServerSettings(**overrides))
+        overrides: dict[str, object] = {
+            k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None
+        }
+        if args.ws_port is not None:
+            overrides["ws_port"] = args.ws_port
+        elif "HERALD_WS_PORT" not in os.environ and (
+            args.command == "up" or args.service == "stream"
+        ):
+            overrides["ws_port"] = DEFAULT_WS_PORT
+        config = Config(server=ServerSettings(**overrides))  # type: ignore[arg-type]
         configure_logging(config.server.log_level)
         from services.server import ALL_ROLES, Role, serve_forever
 
@@ -239,6 +257,9 @@ def _serve_workers(service: str, workers: int, config: Config) -> int:
                 "HERALD_WORKERS": "1",
                 "HERALD_REUSE_PORT": "true",
                 "HERALD_PORT": str(config.server.port),
+                "HERALD_WS_PORT": "off"
+                if config.server.ws_port is None
+                else str(config.server.ws_port),
                 "HERALD_HOST": config.server.host,
                 "HERALD_NODE_ID": f"{node_id}-{i}",
             },

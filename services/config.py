@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -30,6 +30,14 @@ class ServerSettings(BaseSettings):
     # HERALD_TLS_CLIENT_CA_FILE it requires client certificates, and node calls are refused
     # anywhere else; the advertise address defaults to host:node_port.
     node_port: int | None = Field(default=None, ge=0, le=65535)
+    # The WebSocket endpoint of a stream node (docs/websocket.md): its port; unset or `off`:
+    # none. `herald up` and `herald serve stream` default it to 8081 (their --ws-port flag).
+    ws_port: int | None = Field(default=None, ge=0, le=65535)
+    # The largest frame a WebSocket client may send (a subscribe or an ack), in bytes; a larger
+    # one closes the connection with 1009 (message too big).
+    ws_max_frame_bytes: int = Field(default=65_536, ge=1024, le=4 * 1024 * 1024)
+    # How long a WebSocket client has, once connected, to send its subscribe frame.
+    ws_subscribe_timeout_s: float = Field(default=10.0, gt=0)
     # Split topology: where the other services are (empty in `herald up`).
     registry_address: str = ""
     stream_address: str = ""
@@ -52,6 +60,14 @@ class ServerSettings(BaseSettings):
     # Tenants whose metrics carry their own `tenant` label, comma-separated; every other
     # tenant is counted as "other", so the number of series stays bounded (docs/metrics.md).
     metrics_tenant_labels: str = ""
+
+    @field_validator("ws_port", mode="before")
+    @classmethod
+    def _ws_port_off(cls, value: object) -> object:
+        # HERALD_WS_PORT=off (or empty): no WebSocket endpoint, also where a command defaults one.
+        if isinstance(value, str) and value.strip().lower() in ("", "off"):
+            return None
+        return value
 
     @property
     def tenant_labels(self) -> tuple[str, ...]:

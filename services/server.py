@@ -51,7 +51,9 @@ from services.registry.servicer import RegistryServicer
 from services.remote import NodeClient, NodeCredentials, RegistryClient
 from services.stream.delivery import DeliveryCore
 from services.stream.dispatch import Dispatcher
+from services.stream.requests import StreamRequests
 from services.stream.servicer import NodeServicer, StreamServicer
+from services.stream.websocket import WebSocketEndpoint, tls_context
 from services.tenant_settings_cache import TenantSettingsCache, TenantSettingsSource
 
 log = logging.getLogger(__name__)
@@ -105,6 +107,9 @@ class Node:
     own_tracing: tracing.Tracing | None = None
     # The transformer chain of this node's StreamService (its key ring: `chain.keys`).
     chain: Chain | None = None
+    # The WebSocket endpoint and its port, when the node has one (HERALD_WS_PORT).
+    websocket: WebSocketEndpoint | None = None
+    ws_port: int | None = None
     _stopped: bool = False
 
     @property
@@ -121,7 +126,8 @@ class Node:
 
         1. health NOT_SERVING (Watch streams say so, then end), so balancers stop routing here;
         2. every session gets the closing hint (Closing REASON_SHUTDOWN) and ends, then the ack
-           streams, each once idle (`DeliveryCore.shutdown`);
+           streams, each once idle (`DeliveryCore.shutdown`); on WebSocket, each session's
+           connection closes with 1012, then the WebSocket listener stops;
         3. the server stops: new calls are refused, calls in flight (a Send, an Ack) get what
            is left of the grace period, and are cancelled after it;
         4. clients of other nodes close, then the stores, flushing what must persist.
@@ -134,6 +140,8 @@ class Node:
         await self.health.enter_graceful_shutdown()
         if self.delivery is not None:
             await self.delivery.shutdown(grace_s)
+        if self.websocket is not None:
+            await self.websocket.stop(deadline - loop.time())
         await self.server.stop(max(0.0, deadline - loop.time()))
         # Clients of other nodes first, then the stores (the last closer).
         for closer in self.closers:
@@ -233,6 +241,8 @@ async def start_node(
         closers: list[object] = []
         registry_core: RegistryCore | None = None
         delivery_core: DeliveryCore | None = None
+        websocket: WebSocketEndpoint | None = None
+        ws_port: int | None = None
         dispatcher: Dispatcher | None = None
         node_clients: dict[str, NodeClient] = {}
 
@@ -315,6 +325,16 @@ async def start_node(
                 tenant_labels=metrics.TenantLabels(config.server.tenant_labels),
             )
             StreamServicer(delivery_core, admission, chain.keys if chain else None).register(server)
+            if config.server.ws_port is not None:
+                websocket = WebSocketEndpoint(
+                    StreamRequests(delivery_core, admission),
+                    verifier,
+                    health_servicer,
+                    max_frame_bytes=config.server.ws_max_frame_bytes,
+                    subscribe_timeout_s=config.server.ws_subscribe_timeout_s,
+                    ping_interval_s=config.server.keepalive_time_s,
+                    ping_timeout_s=config.server.keepalive_timeout_s,
+                )
             node_pb2_grpc.add_NodeServiceServicer_to_server(
                 NodeServicer(delivery_core, dispatcher), server
             )
@@ -349,6 +369,8 @@ async def start_node(
             closers.append(dispatcher)  # its group commits finish before the stores close
         closers.append(stores)
         await server.start()
+        if websocket is not None and config.server.ws_port is not None:
+            ws_port = await _start_websocket(websocket, config, host)
         if delivery_core is not None:
             delivery_core.start()
         await _set_health(health_servicer, roles, down)
@@ -367,6 +389,7 @@ async def start_node(
                 "roles": list(roles),
                 "port": port,
                 "node_port": node_port,
+                "ws_port": ws_port,
                 "node_id": node_id,
                 "tls": "off" if node_tls is None else "mtls" if node_tls.mutual else "on",
             },
@@ -387,9 +410,13 @@ async def start_node(
             node_port,
             own_tracing,
             chain,
+            websocket,
+            ws_port,
         )
     except BaseException:
         # Nothing half-started stays behind: the pool, the Redis client, the broker task.
+        if websocket is not None:
+            await websocket.stop(0)
         await server.stop(0)
         await stores.aclose()
         await tracing.shutdown(own_tracing)
@@ -595,6 +622,21 @@ def _bind(
         raise StartupError(
             f"cannot listen on {host}:{port}: the port is in use (another herald on it?). "
             f"Stop it, or choose another port with {setting}"
+        ) from None
+
+
+async def _start_websocket(websocket: WebSocketEndpoint, config: Config, host: str) -> int:
+    """Listens for WebSocket clients on HERALD_WS_PORT, over TLS when the node serves TLS."""
+    port = config.server.ws_port or 0
+    context = None
+    if config.tls.cert_file is not None and config.tls.key_file is not None:
+        context = tls_context(str(config.tls.cert_file), str(config.tls.key_file))
+    try:
+        return await websocket.start(host, port, context, reuse_port=config.server.reuse_port)
+    except OSError:
+        raise StartupError(
+            f"cannot listen on {host}:{port} for WebSocket: the port is in use (another herald "
+            "on it?). Stop it, or choose another port with --ws-port / HERALD_WS_PORT"
         ) from None
 
 

@@ -94,6 +94,8 @@ class Cluster:
             "HERALD_REDIS_URL": self.redis_url,
             "HERALD_REDIS_PREFIX": self.redis_prefix,
             "HERALD_SHUTDOWN_GRACE_S": "2",
+            # Any free port unless a test names one: the default (8081) would collide.
+            "HERALD_WS_PORT": "0",
             **self.extra_env,
             **more,
         }

@@ -42,7 +42,7 @@ def make_config(data_dir: Path, **overrides: object) -> Config:
     rate_limit = overrides.pop("rate_limit", None) or RateLimitSettings()
     chain = overrides.pop("chain", None) or ChainSettings()
     server = overrides.pop("server", None) or ServerSettings(
-        host="127.0.0.1", port=0, data_dir=data_dir, shutdown_grace_s=2
+        host="127.0.0.1", port=0, ws_port=0, data_dir=data_dir, shutdown_grace_s=2
     )
     return Config(
         server=server,  # type: ignore[arg-type]
@@ -88,6 +88,13 @@ class Herald:
     def address(self, role: str) -> str:
         node = self.nodes.get(role) or self.nodes["up"]
         return node.address
+
+    def ws_url(self, role: str = "stream") -> str:
+        """The WebSocket endpoint of the node serving `role`."""
+        node = self.node(role)
+        assert node.ws_port is not None, "this node has no WebSocket endpoint"
+        scheme = "wss" if self.ca_file is not None else "ws"
+        return f"{scheme}://127.0.0.1:{node.ws_port}/ws"
 
     def node(self, role: str) -> Node:
         return self.nodes.get(role) or self.nodes["up"]

@@ -16,6 +16,7 @@ from grpc import aio
 
 from herald.v1 import ingest_pb2, registry_pb2, stream_pb2
 from services import audit, auth
+from services.client_websocket import Closed, WebSocketSubscription
 from services.errors import Unauthenticated
 from services.logs import json_formatter
 from tests import raw_calls
@@ -357,3 +358,31 @@ async def test_tenant_settings_changes_are_audited_with_the_fields_they_changed(
         )
         _assert_loopback_peer(record)
     _assert_nothing_secret(audit_lines, token)
+
+
+@pytest.mark.asyncio
+async def test_websocket_sessions_and_refusals_are_audited_without_the_token(
+    herald_up: Herald, audit_lines: AuditLines
+) -> None:
+    forged = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJtYWxsb3J5In0.c2lnbmF0dXJlLXRoYXQtZmFpbHM"
+    with pytest.raises(Closed):
+        await WebSocketSubscription.open(herald_up.ws_url(), forged, token_in_subprotocol=True)
+    [refused] = audit_lines.records("auth.failure")
+    assert (refused["target"], refused["outcome"], refused["actor"]) == (
+        "/ws",
+        "UNAUTHENTICATED",
+        "",
+    )
+    assert refused["peer"].startswith("127.0.0.1:"), refused["peer"]
+
+    token = herald_up.tokens.user("acme", "alice")
+    sub = await WebSocketSubscription.open(
+        herald_up.ws_url(), token, stream_pb2.SubscribeRequest(device="web")
+    )
+    [opened] = audit_lines.records("session.open")
+    assert (opened["outcome"], opened["transport"], opened["device"]) == ("OK", "websocket", "web")
+    assert opened["target"] == f"session:{sub.started.session_id}"  # type: ignore[union-attr]
+    await sub.close()
+    [closed] = await audit_lines.wait_for("session.close")
+    assert (closed["outcome"], closed["transport"]) == ("CANCELLED", "websocket")
+    _assert_nothing_secret(audit_lines, forged, token, "mallory")

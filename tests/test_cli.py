@@ -20,6 +20,9 @@ import pytest_asyncio
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.client_websocket import WebSocketSubscription
+from services.config import ServerSettings
+
 pytestmark = [pytest.mark.asyncio, pytest.mark.slow]
 
 HERALD = [sys.executable, "-m", "services"]
@@ -35,7 +38,13 @@ class Cli:
     """Runs `herald` subprocesses sharing one data dir (so they share the dev key)."""
 
     def __init__(self, data_home: Path) -> None:
-        self.env = {**os.environ, "XDG_DATA_HOME": str(data_home), "HERALD_LOG_LEVEL": "WARNING"}
+        self.env = {
+            **os.environ,
+            "XDG_DATA_HOME": str(data_home),
+            "HERALD_LOG_LEVEL": "WARNING",
+            # Any free port: the default (8081) would collide with another test's node.
+            "HERALD_WS_PORT": "0",
+        }
         self.procs: list[asyncio.subprocess.Process] = []
 
     async def start(self, *args: str, **env: str) -> asyncio.subprocess.Process:
@@ -195,6 +204,35 @@ async def test_up_then_tail_send_and_token(cli: Cli, tmp_path: Path) -> None:
     assert claims["exp"] > claims["iat"]
 
 
+async def test_up_serves_websocket_on_its_port(cli: Cli) -> None:
+    port, ws_port = _free_port(), _free_port()
+    address = f"127.0.0.1:{port}"
+    await cli.start("up", "--ws-port", str(ws_port), HERALD_PORT=str(port))
+    await _wait_serving(address)
+    token = (await cli.run("token", "--user", "alice", "--tenant", "acme")).strip()
+    sub = await WebSocketSubscription.open(f"ws://127.0.0.1:{ws_port}/ws", token)
+    try:
+        sent = json.loads(
+            await cli.run(
+                "send", "--tenant", "acme", "--user", "alice", "--title", "ws",
+                HERALD_ADDRESS=address,
+            )
+        )  # fmt: skip
+        [delivery] = await sub.take(1)
+        assert delivery.notification.id == sent["notificationId"]
+    finally:
+        await sub.close()
+
+
+async def test_the_websocket_port_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HERALD_WS_PORT", "off")
+    assert ServerSettings().ws_port is None
+    monkeypatch.setenv("HERALD_WS_PORT", "9000")
+    assert ServerSettings().ws_port == 9000
+    monkeypatch.delenv("HERALD_WS_PORT")
+    assert ServerSettings().ws_port is None  # the settings' default; the command's is 8081
+
+
 async def test_serve_each_service_on_its_own(cli: Cli) -> None:
     ports = {role: _free_port() for role in ("registry", "stream", "ingest")}
     addr = {role: f"127.0.0.1:{port}" for role, port in ports.items()}
@@ -294,7 +332,9 @@ async def _up(cli: Cli, port: int = 0) -> str:
 async def test_operator_commands_sessions_presence_status_templates_inbox(cli: Cli) -> None:
     address = await _up(cli)
     env = {"HERALD_ADDRESS": address, "HERALD_TENANT": "acme"}
-    tail = await cli.start("tail", "--user", "alice", **env)
+    # No ack during the test: on a loaded machine the commands below can take longer than the
+    # default 5 s, and the status would be ACKED before it is read.
+    tail = await cli.start("tail", "--user", "alice", "--ack-interval", "3600", **env)
     session_line = await _subscribed(tail)
 
     [session] = (await cli.json("sessions", "list", **env))["sessions"]

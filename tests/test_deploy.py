@@ -201,8 +201,8 @@ def _envoy_base() -> dict[str, Any]:
     return doc  # type: ignore[no-any-return]
 
 
-def _endpoints(envoy: dict[str, Any]) -> list[tuple[str, int]]:
-    [cluster] = envoy["static_resources"]["clusters"]
+def _endpoints(envoy: dict[str, Any], name: str = "herald") -> list[tuple[str, int]]:
+    [cluster] = [c for c in envoy["static_resources"]["clusters"] if c["name"] == name]
     return [
         (e["endpoint"]["address"]["socket_address"]["address"],
          e["endpoint"]["address"]["socket_address"]["port_value"])
@@ -234,6 +234,13 @@ def test_compose_envoy_is_the_base_config_pointed_at_the_stream_nodes() -> None:
         if s["command"] == ["serve", "stream"]
     }
     assert set(_endpoints(compose_envoy)) == streams
+    # The WebSocket cluster: the same nodes, on their WebSocket port.
+    ws_streams = {
+        (name, int(s["environment"]["HERALD_WS_PORT"]))
+        for name, s in _herald_services().items()
+        if s["command"] == ["serve", "stream"]
+    }
+    assert set(_endpoints(compose_envoy, "herald_websocket")) == ws_streams
     envoy = _compose()["services"]["envoy"]
     [listener] = compose_envoy["static_resources"]["listeners"]
     port = listener["address"]["socket_address"]["port_value"]
@@ -251,8 +258,11 @@ def test_kubernetes_envoy_is_the_base_config_pointed_at_the_stream_pods() -> Non
     ]
     assert headless["spec"]["clusterIP"] == "None"
     assert headless["spec"]["selector"] == {"app.kubernetes.io/name": "herald-stream"}
-    assert [p["port"] for p in headless["spec"]["ports"]] == [port]
+    [(ws_host, ws_port)] = _endpoints(envoy, "herald_websocket")
+    assert ws_host == host
+    assert [p["port"] for p in headless["spec"]["ports"]] == [port, ws_port]
     assert port == int(_container_env(_deployment("stream"))["HERALD_PORT"])
+    assert ws_port == int(_container_env(_deployment("stream"))["HERALD_WS_PORT"])
 
 
 @pytest.mark.parametrize("where", ["compose", "kubernetes"])

@@ -22,6 +22,7 @@ from google.protobuf.message import Message
 from herald.v1 import stream_pb2
 from services.chain import Opener
 from services.chain.signing import write_private_key
+from services.client_websocket import Closed, WebSocketSubscription
 from services.config import ChainSettings, DeliverySettings, TLSSettings
 from tests.certificates import CertificateAuthority, Issued
 from tests.harness import Herald, make_config, start_herald, to_user
@@ -213,9 +214,10 @@ class EnvoyTLS:
     envoy: Issued
 
 
-def render_config(herald_port: int, tls: EnvoyTLS | None = None) -> str:
-    """envoy.yaml (envoy-tls.yaml with `tls`) for a test: Herald's port upstream; port 0 (any
-    free one) for the rest; with TLS, the test CA's files and `localhost` as Herald's name."""
+def render_config(herald_port: int, tls: EnvoyTLS | None = None, ws_port: int = 8081) -> str:
+    """envoy.yaml (envoy-tls.yaml with `tls`) for a test: Herald's ports upstream (gRPC and
+    WebSocket); port 0 (any free one) for the rest; with TLS, the test CA's files and
+    `localhost` as Herald's name."""
     source = CONFIG if tls is None else TLS_CONFIG
     text = source.read_text()
     listener_port = 8080 if tls is None else 8443
@@ -227,14 +229,15 @@ def render_config(herald_port: int, tls: EnvoyTLS | None = None) -> str:
             1,
         ),
         (r"port_value: 50051\b", f"port_value: {herald_port}", 1),
+        (r"port_value: 8081\b", f"port_value: {ws_port}", 1),
     ]
     if tls is not None:
         substitutions += [
             (r"/etc/herald/tls/envoy\.crt\b", str(tls.envoy.cert_file), 1),
             (r"/etc/herald/tls/envoy\.key\b", str(tls.envoy.key_file), 1),
-            (r"/etc/herald/tls/ca\.crt\b", str(tls.ca.cert_file), 1),
-            # The name Envoy sends (SNI) and requires in Herald's certificate.
-            (r"\bherald\.internal\b", "localhost", 2),
+            (r"/etc/herald/tls/ca\.crt\b", str(tls.ca.cert_file), 2),
+            # The name Envoy sends (SNI) and requires in Herald's certificate, on both clusters.
+            (r"\bherald\.internal\b", "localhost", 4),
         ]
     for pattern, replacement, expected in substitutions:
         text, count = re.subn(pattern, replacement, text)
@@ -295,8 +298,10 @@ async def running_envoy(
 ) -> AsyncIterator[Envoy]:
     binary = envoy_binary()
     herald_port = int(herald.address("stream").rsplit(":", 1)[1])
+    ws_port = herald.node("stream").ws_port
+    assert ws_port is not None, "Herald serves no WebSocket endpoint"
     config = workdir / "envoy.yaml"
-    config.write_text(render_config(herald_port, tls))
+    config.write_text(render_config(herald_port, tls, ws_port))
     address_file = workdir / "envoy-admin-address"
     process = await asyncio.create_subprocess_exec(
         binary,
@@ -497,6 +502,63 @@ async def test_only_the_public_api_is_routed(envoy: Envoy, herald_up: Herald, pa
         await call.close()
 
 
+async def test_a_websocket_subscription_through_envoy_delivers_acks_and_resumes(
+    envoy: Envoy, herald_up: Herald
+) -> None:
+    url = f"ws://127.0.0.1:{envoy.port}/ws"
+    token = herald_up.tokens.user("acme", "alice")
+    backend = herald_up.backend()
+    sub = await WebSocketSubscription.open(
+        url, token, stream_pb2.SubscribeRequest(device="web"), token_in_subprotocol=True
+    )
+    assert sub.connection.subprotocol == "herald.v1"
+    assert sub.started is not None
+    assert sub.started.user_id == "alice"
+    first = await backend.send(to_user("alice", "one"))
+    second = await backend.send(to_user("alice", "two"))
+    got = await sub.take(2)
+    assert [d.notification.id for d in got] == [first.notification_id, second.notification_id]
+    await sub.ack(notification_ids=[first.notification_id])
+    resume = sub.resume_request()
+    await asyncio.sleep(0.2)  # the ack frame is taken before the close
+    await sub.close()
+
+    # Sent while the tab was closed: it comes after the reconnect, and nothing is lost.
+    third = await backend.send(to_user("alice", "three"))
+    again = await WebSocketSubscription.open(url, token, resume)
+    [delivery] = await again.take(1)
+    assert delivery.notification.id == third.notification_id
+    await again.close()
+    # Without cursors, what was never acked comes back (the second and the third), not the first.
+    fresh = await WebSocketSubscription.open(url, token)
+    ids = {d.notification.id for d in await fresh.take(2)}
+    assert ids == {second.notification_id, third.notification_id}
+    await fresh.close()
+
+
+async def test_a_websocket_refusal_reaches_the_browser_through_envoy(
+    envoy: Envoy, herald_up: Herald
+) -> None:
+    with pytest.raises(Closed) as refused:
+        await WebSocketSubscription.open(f"ws://127.0.0.1:{envoy.port}/ws", "not-a-token")
+    assert refused.value.code == 4016  # 4000 + UNAUTHENTICATED, from Herald through Envoy
+
+
+async def test_envoy_health_checks_the_websocket_cluster(envoy: Envoy) -> None:
+    async with asyncio.timeout(READ_TIMEOUT_S):
+        while True:
+            _, body = await admin_get(envoy.admin_port, "/clusters?format=json")
+            [cluster] = [
+                c for c in json.loads(body)["cluster_statuses"] if c["name"] == "herald_websocket"
+            ]
+            [host] = cluster["host_statuses"]
+            if host["health_status"].get("eds_health_status") == "HEALTHY" and not any(
+                key.startswith("failed") for key in host["health_status"]
+            ):
+                break
+            await asyncio.sleep(0.1)
+
+
 async def test_a_stream_outlives_envoys_default_route_timeout(tmp_path: Path) -> None:
     # Envoy's default route timeout (15 s) cuts streams; envoy.yaml turns it off. Heartbeats
     # every 2 s show the stream alive well past 15 s; then a delivery still arrives.
@@ -509,6 +571,10 @@ async def test_a_stream_outlives_envoys_default_route_timeout(tmp_path: Path) ->
                 "/herald.v1.StreamService/Subscribe",
                 stream_pb2.SubscribeRequest(device="web"),
                 herald.tokens.user("acme", "alice"),
+            )
+            # A WebSocket through the same proxy, the same 17 s.
+            ws = await WebSocketSubscription.open(
+                f"ws://127.0.0.1:{proxy.port}/ws", herald.tokens.user("acme", "bob")
             )
             try:
                 loop = asyncio.get_running_loop()
@@ -524,8 +590,13 @@ async def test_a_stream_outlives_envoys_default_route_timeout(tmp_path: Path) ->
                     event = await call.message(stream_pb2.SubscribeResponse)
                 [delivery] = event.deliveries.deliveries
                 assert delivery.notification.id == sent.notification_id
+                to_bob = await herald.backend().send(to_user("bob", "after 17 s"))
+                [ws_delivery] = await ws.take(1)
+                assert ws_delivery.notification.id == to_bob.notification_id
+                assert ws.heartbeats >= 7  # every 2 s for 17 s, all through Envoy
             finally:
                 await call.close()
+                await ws.close()
     finally:
         await herald.stop()
 
@@ -626,6 +697,19 @@ async def test_a_browser_subscribes_over_tls_through_envoy_to_herald_over_tls(
             assert delivery.notification.content.title == "TLS all the way"
         finally:
             await call.close()
+
+        # A WebSocket over wss:// to Envoy, and TLS from Envoy to Herald's WebSocket port.
+        ws = await WebSocketSubscription.open(
+            f"wss://localhost:{proxy.port}/ws",
+            herald_tls.tokens.user("acme", "bob"),
+            ssl=browser_tls(envoy_tls.ca),
+        )
+        try:
+            sent = await herald_tls.backend().send(to_user("bob", "wss all the way"))
+            [delivery] = await ws.take(1)
+            assert delivery.notification.id == sent.notification_id
+        finally:
+            await ws.close()
 
         # Plain HTTP to the TLS listener gets no gRPC-Web answer at all.
         with pytest.raises((ConnectionError, asyncio.IncompleteReadError, ValueError)):

@@ -18,29 +18,25 @@ from grpc import aio
 from herald.node.v1 import node_pb2
 from herald.v1 import stream_pb2
 from services import audit, metrics
-from services.auth import Principal, current_principal
+from services.auth import current_principal
 from services.bounds import (
     MAX_CHANNEL_LEN,
-    MAX_DEVICE_LEN,
-    MAX_ENCODING_LEN,
     MAX_ID_LEN,
-    MAX_LOG_NAME_LEN,
     MAX_PAGE_TOKEN_LEN,
     MAX_REASON_LEN,
     check_count,
     check_each,
     check_length,
-    quote,
 )
 from services.chain.keys_http import signing_keys_response
 from services.chain.signing import KeyRing
-from services.errors import InvalidArgument, PermissionDenied, Unauthenticated, Unavailable
+from services.errors import InvalidArgument, Unauthenticated, Unavailable
 from services.model import accepted_from_proto, status_to_proto, timestamp
 from services.ratelimit.admission import Admission
 from services.stream.ack_streams import SHUTTING_DOWN
 from services.stream.delivery import DeliveryCore
 from services.stream.dispatch import Dispatcher
-from services.stream.session import Session
+from services.stream.requests import StreamRequests
 
 Context = aio.ServicerContext[Any, Any]
 
@@ -65,13 +61,13 @@ class StreamServicer:
         self, core: DeliveryCore, admission: Admission, keys: KeyRing | None = None
     ) -> None:
         self._core = core
-        self._admission = admission
+        self._requests = StreamRequests(core, admission)
         self._keys = keys or KeyRing.empty()
 
     async def Subscribe(self, request: stream_pb2.SubscribeRequest, context: Context) -> None:
         principal = current_principal()
         try:
-            session = await self._open(principal, request)
+            session = await self._requests.open(principal, request)
         except BaseException as exc:
             audit.record(
                 "session.open",
@@ -116,40 +112,8 @@ class StreamServicer:
                     duration_s=round(time.monotonic() - opened, 3),
                 )
 
-    async def _open(self, principal: Principal, request: stream_pb2.SubscribeRequest) -> Session:
-        check_count(request.channels, "channels")
-        check_count(request.cursors, "cursors")
-        check_each(request.channels, MAX_CHANNEL_LEN, "channels")
-        for channel in request.channels:
-            if not principal.may_join(channel):
-                raise PermissionDenied(
-                    f"the token's 'channels' claim does not allow joining channel {quote(channel)}"
-                )
-        check_length(request.device, MAX_DEVICE_LEN, "device")
-        check_each(request.accept_encodings, MAX_ENCODING_LEN, "accept_encodings")
-        cursors: dict[str, int] = {}
-        epochs: dict[str, int] = {}
-        for cursor in request.cursors:
-            if not cursor.log:
-                raise InvalidArgument("every cursor needs a log name ('user', 'broadcast', ...)")
-            check_length(cursor.log, MAX_LOG_NAME_LEN, "a cursor's log name")
-            cursors[cursor.log] = cursor.cursor
-            if cursor.epoch:
-                epochs[cursor.log] = cursor.epoch
-        # After the request is checked (a malformed one costs nothing), before the session opens.
-        await self._admission.admit_subscribe(principal)
-        return await self._core.open(
-            tenant=principal.tenant,
-            user_id=principal.subject,
-            device=request.device[:64],
-            channels=list(request.channels),
-            cursors=cursors,
-            epochs=epochs,
-            expires_at=principal.expires_at,
-        )
-
     async def Ack(self, request: stream_pb2.AckRequest, context: Context) -> stream_pb2.AckResponse:
-        return stream_pb2.AckResponse(acked=await self._ack(current_principal(), request))
+        return stream_pb2.AckResponse(acked=await self._requests.ack(current_principal(), request))
 
     async def AckStream(
         self, requests: AsyncIterator[stream_pb2.AckStreamRequest], context: Context
@@ -166,7 +130,7 @@ class StreamServicer:
                     raise Unauthenticated(
                         "the token has expired; open a new ack stream with a fresh token"
                     )
-                acked = await self._ack(principal, request)
+                acked = await self._requests.ack(principal, request)
                 await context.write(stream_pb2.AckStreamResponse(acked=acked))
                 stream.busy = False
                 if stream.ending:
@@ -179,27 +143,6 @@ class StreamServicer:
             self._core.ack_streams.close(stream)
             metrics.ACK_STREAMS.dec()
             open_streams.dec()
-
-    async def _ack(
-        self, principal: Principal, request: stream_pb2.AckRequest | stream_pb2.AckStreamRequest
-    ) -> int:
-        if not request.notification_ids and not request.up_to:
-            raise InvalidArgument("name notification_ids or up_to cursors to acknowledge")
-        check_count(request.notification_ids, "notification_ids")
-        check_each(request.notification_ids, MAX_ID_LEN, "notification_ids")
-        up_to: dict[str, int] = {}
-        epochs: dict[str, int] = {}
-        check_count(request.up_to, "up_to")
-        for cursor in request.up_to:
-            if not cursor.log:
-                raise InvalidArgument("every up_to cursor needs a log name")
-            check_length(cursor.log, MAX_LOG_NAME_LEN, "an up_to cursor's log name")
-            up_to[cursor.log] = max(cursor.cursor, up_to.get(cursor.log, 0))
-            if cursor.epoch:
-                epochs[cursor.log] = cursor.epoch
-        return await self._core.ack(
-            principal.tenant, principal.subject, list(request.notification_ids), up_to, epochs
-        )
 
     async def ListInbox(
         self, request: stream_pb2.ListInboxRequest, context: Context

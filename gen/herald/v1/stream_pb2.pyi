@@ -233,3 +233,19 @@ class MarkReadResponse(_message.Message):
     MARKED_FIELD_NUMBER: _ClassVar[int]
     marked: int
     def __init__(self, marked: _Optional[int] = ...) -> None: ...
+
+class WebSocketClientFrame(_message.Message):
+    __slots__ = ("subscribe", "ack")
+    SUBSCRIBE_FIELD_NUMBER: _ClassVar[int]
+    ACK_FIELD_NUMBER: _ClassVar[int]
+    subscribe: WebSocketSubscribe
+    ack: AckRequest
+    def __init__(self, subscribe: _Optional[_Union[WebSocketSubscribe, _Mapping]] = ..., ack: _Optional[_Union[AckRequest, _Mapping]] = ...) -> None: ...
+
+class WebSocketSubscribe(_message.Message):
+    __slots__ = ("token", "request")
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    token: str
+    request: SubscribeRequest
+    def __init__(self, token: _Optional[str] = ..., request: _Optional[_Union[SubscribeRequest, _Mapping]] = ...) -> None: ...
