@@ -334,6 +334,7 @@ async def start_node(
                     subscribe_timeout_s=config.server.ws_subscribe_timeout_s,
                     ping_interval_s=config.server.keepalive_time_s,
                     ping_timeout_s=config.server.keepalive_timeout_s,
+                    chain=chain,
                 )
             node_pb2_grpc.add_NodeServiceServicer_to_server(
                 NodeServicer(delivery_core, dispatcher), server

@@ -23,6 +23,7 @@ from services import auth, metrics
 from services.chain import ChainPolicy, Opener, Variant
 from services.chain.signing import load_dir, write_private_key
 from services.client import Received, Subscription
+from services.client_websocket import Closed, WebSocketSubscription
 from services.config import ChainSettings
 from services.server import start_metrics_server
 from tests.harness import Herald, make_config, start_herald, to_user
@@ -398,5 +399,60 @@ async def test_the_stream_policy_in_tenant_settings_rules_the_chain(
         other = Stream(herald.user("bob", tenant="globex"))
         assert list((await other.start()).encodings) == []
         other.cancel()
+    finally:
+        await herald.stop()
+
+
+@pytest.mark.parametrize("json_frames", [False, True])
+async def test_the_websocket_path_runs_the_same_chain(
+    signing: tuple[Herald, Path], json_frames: bool
+) -> None:
+    """A WebSocket subscriber negotiates as a gRPC one does and gets the same sealed bytes
+    (one build per variant for both transports); plain WebSocket frames stay as they were."""
+    herald, _ = signing
+    token = herald.tokens.user("acme", "alice")
+    accept = stream_pb2.SubscribeRequest(accept_encodings=["zstd", "signed"])
+    ws = await WebSocketSubscription.open(herald.ws_url(), token, accept, json=json_frames)
+    plain_ws = await WebSocketSubscription.open(herald.ws_url(), token)
+    grpc_stream = Stream(herald.user("alice"), accept)
+    try:
+        assert ws.started is not None
+        assert list(ws.started.encodings) == ["zstd", "signed"]
+        assert list(plain_ws.started.encodings) == []  # type: ignore[union-attr]
+        assert list((await grpc_stream.start()).encodings) == list(ws.started.encodings)
+        await herald.backend().send(_sent())
+        [delivery] = await ws.take(1)
+        [plain] = await plain_ws.take(1)
+        [over_grpc] = await grpc_stream.deliveries(1)
+        assert plain.HasField("notification")
+        assert not plain.HasField("sealed")
+        assert (delivery.sealed.encoding, delivery.sealed.key_id) == ("zstd", "k1")
+        assert delivery.sealed == over_grpc.sealed
+        keys = (await herald.user("alice").signing_keys()).keys
+        assert Opener(verify=True, keys=keys).open(delivery) == plain.notification
+        # A tampered payload does not verify.
+        tampered = stream_pb2.Delivery()
+        tampered.CopyFrom(delivery)
+        tampered.sealed.signature = bytes(64)
+        with pytest.raises(Exception, match="signature"):
+            Opener(verify=True, keys=keys).open(tampered)
+    finally:
+        grpc_stream.cancel()
+        await ws.close()
+        await plain_ws.close()
+
+
+async def test_a_websocket_subscriber_of_a_tenant_requiring_signing_without_a_key_is_refused(
+    tmp_path: Path,
+) -> None:
+    herald = await start_herald(
+        "up", make_config(tmp_path), policy_for=lambda _t: ChainPolicy(signing_required=True)
+    )
+    try:
+        token = herald.tokens.user("acme", "alice")
+        with pytest.raises(Closed) as refused:
+            await WebSocketSubscription.open(herald.ws_url(), token)
+        assert refused.value.code == 4000 + grpc.StatusCode.FAILED_PRECONDITION.value[0]
+        assert "requires signed deliveries" in refused.value.reason
     finally:
         await herald.stop()

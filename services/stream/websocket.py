@@ -48,8 +48,10 @@ from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
 from herald.v1 import stream_pb2
-from services import audit, auth
+from services import audit, auth, metrics
 from services.auth import Principal
+from services.chain.chain import Chain
+from services.chain.policy import Variant
 from services.errors import HeraldError, InvalidArgument, Unauthenticated
 from services.health import NodeHealth
 from services.stream.delivery import ACK_LINGER_S
@@ -180,6 +182,8 @@ class WebSocketEndpoint:
     subscribe_timeout_s: float = 10.0
     ping_interval_s: float = 25.0
     ping_timeout_s: float = 10.0
+    # The transformer chain (services/chain/): None serves every session plain.
+    chain: Chain | None = None
     _server: Server | None = None
     _failures: audit.AuthFailures = field(default_factory=audit.AuthFailures)
 
@@ -251,6 +255,15 @@ class WebSocketEndpoint:
         principal: Principal | None = None
         try:
             principal, request = await self._subscribe_frame(connection, framing)
+            variant = None
+            if self.chain is not None:
+                # As on gRPC (services/chain/interceptor.py): negotiated before the session
+                # opens, so a tenant requiring signatures on a node without a key is refused.
+                variant = await self.chain.variant_for(
+                    principal.tenant, list(request.accept_encodings)
+                )
+                if variant.plain:
+                    variant = None
             session = await self._open(principal, request, peer)
         except HeraldError as exc:
             await self._refuse(connection, exc)
@@ -263,7 +276,7 @@ class WebSocketEndpoint:
             )
             await self._refuse(connection, _Internal(INTERNAL))
             return
-        await self._serve(connection, framing, principal, session, peer)
+        await self._serve(connection, framing, principal, session, peer, variant)
 
     async def _subscribe_frame(
         self, connection: ServerConnection, framing: _Framing
@@ -334,6 +347,7 @@ class WebSocketEndpoint:
         principal: Principal,
         session: Session,
         peer: audit.Peer,
+        variant: Variant | None = None,
     ) -> None:
         core = self.requests.core
         opened = time.monotonic()
@@ -345,6 +359,16 @@ class WebSocketEndpoint:
 
         # Binary: the writer's bytes are the frame, as they are (no wrapper on the hot path).
         writes: Write = write if isinstance(framing, _JsonFraming) else connection.send
+        if variant is not None and self.chain is not None:
+            # The same chain as gRPC's: each variant of a notification built once, for every
+            # session and transport (docs/transformers.md).
+            chain, plain_write = self.chain, writes
+            metrics.CHAIN_SESSIONS.labels(variant.label).inc()
+
+            async def transformed(data: bytes) -> None:
+                await plain_write(chain.transform(data, variant))
+
+            writes = transformed
 
         writer = asyncio.ensure_future(core.run(session, writes))
         reader = asyncio.ensure_future(self._read_acks(connection, framing, principal))
