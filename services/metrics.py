@@ -200,6 +200,12 @@ RATE_LIMIT_STORE_FAILURES = Counter(
     "(allowed: HERALD_RATE_LIMIT_REDIS_FAILURE=open; refused: closed)",
     ["outcome"],
 )
+SOURCE_MESSAGES = Counter(
+    "herald_ingest_source_messages_total",
+    "Messages of the ingestion sources (JetStream, outbox) by outcome: consumed, redelivered, "
+    "accepted, retry (failed, tried again), pushback (Herald refused the load), dead_lettered",
+    ["source", "outcome"],
+)
 SESSIONS = Gauge("herald_sessions_open", "Open subscription streams on this node")
 ACK_STREAMS = Gauge("herald_ack_streams_open", "Open AckStream calls on this node")
 SLOW_CONSUMERS = Counter("herald_slow_consumers_total", "Sessions closed for not reading")

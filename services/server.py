@@ -35,6 +35,7 @@ from services.domain import SessionInfo
 from services.health import NodeHealth
 from services.ingest.core import IngestCore
 from services.ingest.servicer import IngestServicer
+from services.ingest.sources import Source, start_sources
 from services.interceptors import AuthInterceptor
 from services.ports import DeliveryPort, NodePort, RegistryPort, TemplatePort
 from services.ratelimit.admission import Admission
@@ -93,6 +94,8 @@ class Node:
     node_port: int | None = None
     # The tracer provider this node made from its settings (flushed and stopped last).
     own_tracing: tracing.Tracing | None = None
+    # Ingestion sources (JetStream, the outbox): stopped first.
+    sources: list[Source] = field(default_factory=list)
     _stopped: bool = False
 
     @property
@@ -107,6 +110,7 @@ class Node:
     async def stop(self, grace_s: float) -> None:
         """Ordered shutdown, all of it within `grace_s`:
 
+        0. the ingestion sources stop taking (what they hold is settled or comes back);
         1. health NOT_SERVING (Watch streams say so, then end), so balancers stop routing here;
         2. every session gets the closing hint (Closing REASON_SHUTDOWN) and ends, then the ack
            streams, each once idle (`DeliveryCore.shutdown`);
@@ -119,6 +123,9 @@ class Node:
         self._stopped = True
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace_s
+        for source in self.sources:
+            with contextlib.suppress(Exception):
+                await source.aclose(max(0.0, min(5.0, deadline - loop.time())))
         await self.health.enter_graceful_shutdown()
         if self.delivery is not None:
             await self.delivery.shutdown(grace_s)
@@ -303,6 +310,9 @@ async def start_node(
         await server.start()
         if delivery_core is not None:
             delivery_core.start()
+        sources: list[Source] = []
+        if ingest_core is not None:
+            sources = await start_sources(config, ingest_core, admission)
         await _set_health(health_servicer, roles, down)
         closers.insert(0, _NodeMetrics(node_id, roles, delivery_core, dispatcher, stores))
         if stores.backends:
@@ -332,6 +342,7 @@ async def start_node(
             stores,
             node_port,
             own_tracing,
+            sources,
         )
     except BaseException:
         # Nothing half-started stays behind: the pool, the Redis client, the broker task.
