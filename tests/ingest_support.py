@@ -36,3 +36,24 @@ async def inbox_titles(user: HeraldClient) -> list[str]:
         token = page.next_page_token
         if not token:
             return titles[::-1]
+
+
+class Titles:
+    """What a reconnecting subscriber (HeraldClient.subscribe) received, by title."""
+
+    def __init__(self) -> None:
+        self.titles: list[str] = []
+        self.arrived = asyncio.Event()
+        self.connected = asyncio.Event()
+
+    async def collect(self, client: HeraldClient) -> None:
+        subscription = client.subscribe(on_connect=lambda _started: self.connected.set())
+        async for received in subscription:
+            self.titles.append(received.notification.content.title)
+            self.arrived.set()
+
+    async def until_has(self, titles: list[str], within: float = 30) -> None:
+        async with asyncio.timeout(within):
+            while not set(titles) <= set(self.titles):
+                self.arrived.clear()
+                await self.arrived.wait()
