@@ -3,7 +3,7 @@ into durable logs (the production profile, one `herald up` node in this process)
 
     .venv/bin/python bench/ingest_sources.py [--count 20000] [--batch 500] [--users 1000]
         [--dsn postgresql://postgres@127.0.0.1:5432/postgres] [--redis redis://127.0.0.1:6379/0]
-        [--nats nats://127.0.0.1:4222] [--only jetstream|outbox]
+        [--nats nats://127.0.0.1:4222] [--only jetstream|outbox] [--concurrency 1]
 
 For each source it first writes `--count` notifications (to `--users` users round-robin, ~100 B
 of content each): published to a fresh JetStream stream, or inserted into `herald_outbox` in one
@@ -77,6 +77,7 @@ async def bench_jetstream(args: argparse.Namespace, config: Config) -> float:
         durable=f"herald-bench-{tag}",
         dead_letter_subject=f"herald-bench.{tag}-dead",
         batch=args.batch,
+        concurrency=args.concurrency,
     )
     client = await nats.connect(args.nats)
     js = client.jetstream()
@@ -135,6 +136,7 @@ async def main() -> None:
     parser.add_argument("--count", type=int, default=20_000)
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--users", type=int, default=1000)
+    parser.add_argument("--concurrency", type=int, default=1, help="JetStream batches in flight")
     parser.add_argument("--dsn", default="postgresql://postgres@127.0.0.1:5432/postgres")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--nats", default="nats://127.0.0.1:4222")

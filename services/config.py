@@ -286,6 +286,9 @@ class JetStreamSettings(BaseSettings):
     durable: str = "herald-ingest"
     # Messages fetched (and accepted together) per pull request.
     batch: int = Field(default=100, ge=1, le=1000)
+    # Batches in flight at once per node (pull requests of their own on the consumer). Above 1,
+    # notifications of different batches may be appended out of publication order.
+    concurrency: int = Field(default=1, ge=1, le=16)
     # How long a pull waits for messages before it asks again.
     fetch_timeout_s: float = Field(default=1.0, gt=0)
     # The consumer's ack wait: a message neither acked nor NAKed in this time is redelivered.

@@ -232,3 +232,18 @@ async def test_a_stopped_consumer_leaves_unconsumed_messages_for_the_next(
         stream.cancel()
     finally:
         await again.stop()
+
+
+async def test_concurrent_batches_deliver_each_message_once(tmp_path: Path) -> None:
+    async with scratch_jetstream(concurrency=3, batch=4) as scratch:
+        herald = await start(scratch, tmp_path)
+        try:
+            titles = [f"m{i}" for i in range(40)]
+            for title in titles:
+                await scratch.js.publish(
+                    scratch.subject("acme"), to_user("gina", title).SerializeToString()
+                )
+            await until(lambda: settled(scratch))
+            assert sorted(await inbox_titles(herald.user("gina"))) == sorted(titles)
+        finally:
+            await herald.stop()

@@ -65,9 +65,10 @@ class JetStreamSource:
         self._tenant_at = tenant_position(settings.subject)
         self._client: NatsClient | None = None
         self._js: JetStreamContext | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
-        self._busy = False
+        # The workers settling a batch now (the others wait in a fetch: cancelled at once).
+        self._busy: set[asyncio.Task[None] | None] = set()
 
     async def start(self) -> None:
         """Connects, makes the streams and consumer when told to, and starts consuming.
@@ -106,16 +107,24 @@ class JetStreamSource:
                     # Push-back never uses up deliveries: Herald dead-letters, JetStream never
                     # drops a message on its own.
                     max_deliver=-1,
-                    max_ack_pending=max(1000, 4 * s.batch),
+                    max_ack_pending=max(1000, 4 * s.batch * s.concurrency),
                 ),
             )
+            # More workers: pull requests of their own on the same durable consumer.
+            subscriptions = [subscription]
+            for _ in range(s.concurrency - 1):
+                bound = await self._js.pull_subscribe_bind(durable=s.durable, stream=s.stream)
+                subscriptions.append(bound)
         except (*_NATS_FAILURES, nats.js.errors.Error) as exc:
             await self._client.close()
             raise StartupError(
                 f"cannot set up JetStream consumer {quote(s.durable)} on stream "
                 f"{quote(s.stream)} ({type(exc).__name__}: {exc})"
             ) from None
-        self._task = asyncio.create_task(self._run(subscription), name="herald-jetstream")
+        self._tasks = [
+            asyncio.create_task(self._run(one), name=f"herald-jetstream-{index}")
+            for index, one in enumerate(subscriptions)
+        ]
         log.info(
             "jetstream source consuming",
             extra={"stream": s.stream, "subject": s.subject, "durable": s.durable},
@@ -146,7 +155,8 @@ class JetStreamSource:
                 )
                 await asyncio.sleep(s.retry_delay_s)
                 continue
-            self._busy = True
+            me = asyncio.current_task()
+            self._busy.add(me)
             try:
                 pause = await self.handle(messages)
             except Exception as exc:
@@ -158,7 +168,7 @@ class JetStreamSource:
                 )
                 pause = s.retry_delay_s
             finally:
-                self._busy = False
+                self._busy.discard(me)
             if pause > 0 and not self._stopping:
                 await asyncio.sleep(pause)
 
@@ -259,12 +269,13 @@ class JetStreamSource:
         """Stops fetching; a batch in hand is settled within `grace_s` (what is not, JetStream
         redelivers after the ack wait), then the connection is drained and closed."""
         self._stopping = True
-        task, self._task = self._task, None
-        if task is not None:
-            if not self._busy:
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            if task not in self._busy:
                 task.cancel()
+        if tasks:
             with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(task, grace_s)
+                await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), grace_s)
         client, self._client = self._client, None
         if client is not None:
             with contextlib.suppress(*_NATS_FAILURES):
