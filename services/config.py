@@ -327,6 +327,68 @@ class ChainSettings(BaseSettings):
         return self._names(self.formats)
 
 
+class JetStreamSettings(BaseSettings):
+    """Ingestion from a NATS JetStream durable pull consumer (docs/ingestion.md); off by default.
+
+    The tenant of a message is the subject token where `subject` has its first wildcard
+    (`herald.ingest.acme` under `herald.ingest.*`), or, for a subject without one, the
+    `Herald-Tenant` header."""
+
+    model_config = SettingsConfigDict(env_prefix="HERALD_JETSTREAM_", frozen=True, extra="ignore")
+
+    enabled: bool = False
+    # nats://[user:password@]host:4222, comma-separated for a cluster (a secret: it may hold a
+    # password).
+    url: SecretStr = SecretStr("nats://127.0.0.1:4222")
+    stream: str = "HERALD_INGEST"
+    subject: str = "herald.ingest.*"
+    durable: str = "herald-ingest"
+    # Messages fetched (and accepted together) per pull request.
+    batch: int = Field(default=100, ge=1, le=1000)
+    # Batches in flight at once per node (pull requests of their own on the consumer). Above 1,
+    # notifications of different batches may be appended out of publication order.
+    concurrency: int = Field(default=1, ge=1, le=16)
+    # How long a pull waits for messages before it asks again.
+    fetch_timeout_s: float = Field(default=1.0, gt=0)
+    # The consumer's ack wait: a message neither acked nor NAKed in this time is redelivered.
+    ack_wait_s: float = Field(default=30.0, gt=0)
+    # Where messages that can never be accepted go, with the reason in headers.
+    dead_letter_subject: str = "herald.dead-letter.ingest"
+    # Make the stream, the dead-letter stream (`<stream>_DEAD`) and the consumer when missing.
+    create_streams: bool = True
+    # Tenants the consumer may send for, comma-separated; `*`: any tenant.
+    tenants: str = "*"
+    # The service principal the consumer acts as (its service-key rate limit bucket).
+    service: str = "jetstream"
+    # Deliveries of a message that failed for a reason of its own before it is dead-lettered.
+    max_attempts: int = Field(default=5, ge=1)
+    # The first redelivery delay after a failure or push-back (doubled per delivery, capped).
+    retry_delay_s: float = Field(default=0.5, gt=0)
+    retry_delay_max_s: float = Field(default=30.0, gt=0)
+
+
+class OutboxSettings(BaseSettings):
+    """Ingestion from the transactional outbox table `herald_outbox` on PostgreSQL
+    (docs/ingestion.md); off by default."""
+
+    model_config = SettingsConfigDict(env_prefix="HERALD_OUTBOX_", frozen=True, extra="ignore")
+
+    enabled: bool = False
+    # The database holding herald_outbox (the backend's own); empty: HERALD_POSTGRES_DSN.
+    dsn: SecretStr | None = None
+    # Rows taken (locked, accepted and deleted) per transaction.
+    batch: int = Field(default=100, ge=1, le=1000)
+    # The safety net under LISTEN/NOTIFY (not durable): how often the table is read anyway.
+    poll_interval_s: float = Field(default=5.0, gt=0)
+    # Tenants rows may name, comma-separated; `*`: any tenant.
+    tenants: str = "*"
+    service: str = "outbox"
+    # Failed attempts of a row (for a reason of its own) before it is dead-lettered.
+    max_attempts: int = Field(default=5, ge=1)
+    retry_delay_s: float = Field(default=0.5, gt=0)
+    retry_delay_max_s: float = Field(default=30.0, gt=0)
+
+
 @dataclass(frozen=True)
 class Config:
     """All settings, built once in the entry point and passed down."""
@@ -341,3 +403,5 @@ class Config:
     rate_limit: RateLimitSettings = field(default_factory=RateLimitSettings)
     tracing: TracingSettings = field(default_factory=TracingSettings)
     chain: ChainSettings = field(default_factory=ChainSettings)
+    jetstream: JetStreamSettings = field(default_factory=JetStreamSettings)
+    outbox: OutboxSettings = field(default_factory=OutboxSettings)

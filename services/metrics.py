@@ -233,6 +233,12 @@ CLIENT_REJECTED = Counter(
     "Deliveries the Python client refused (bad or missing signature, undecodable), by reason",
     ["reason"],
 )
+SOURCE_MESSAGES = Counter(
+    "herald_ingest_source_messages_total",
+    "Messages of the ingestion sources (JetStream, outbox) by outcome: consumed, redelivered, "
+    "accepted, retry (failed, tried again), pushback (Herald refused the load), dead_lettered",
+    ["source", "outcome"],
+)
 SESSIONS = Gauge("herald_sessions_open", "Open subscription streams on this node")
 ACK_STREAMS = Gauge("herald_ack_streams_open", "Open AckStream calls on this node")
 SLOW_CONSUMERS = Counter("herald_slow_consumers_total", "Sessions closed for not reading")

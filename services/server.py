@@ -42,6 +42,7 @@ from services.domain import SessionInfo
 from services.health import NodeHealth
 from services.ingest.core import IngestCore
 from services.ingest.servicer import IngestServicer
+from services.ingest.sources import Source, start_sources
 from services.interceptors import AuthInterceptor
 from services.ports import DeliveryPort, NodePort, RegistryPort, TemplatePort
 from services.ratelimit.admission import Admission
@@ -110,6 +111,8 @@ class Node:
     # The WebSocket endpoint and its port, when the node has one (HERALD_WS_PORT).
     websocket: WebSocketEndpoint | None = None
     ws_port: int | None = None
+    # Ingestion sources (JetStream, the outbox): stopped first.
+    sources: list[Source] = field(default_factory=list)
     _stopped: bool = False
 
     @property
@@ -124,6 +127,7 @@ class Node:
     async def stop(self, grace_s: float) -> None:
         """Ordered shutdown, all of it within `grace_s`:
 
+        0. the ingestion sources stop taking (what they hold is settled or comes back);
         1. health NOT_SERVING (Watch streams say so, then end), so balancers stop routing here;
         2. every session gets the closing hint (Closing REASON_SHUTDOWN) and ends, then the ack
            streams, each once idle (`DeliveryCore.shutdown`); on WebSocket, each session's
@@ -137,6 +141,9 @@ class Node:
         self._stopped = True
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace_s
+        for source in self.sources:
+            with contextlib.suppress(Exception):
+                await source.aclose(max(0.0, min(5.0, deadline - loop.time())))
         await self.health.enter_graceful_shutdown()
         if self.delivery is not None:
             await self.delivery.shutdown(grace_s)
@@ -374,6 +381,9 @@ async def start_node(
             ws_port = await _start_websocket(websocket, config, host)
         if delivery_core is not None:
             delivery_core.start()
+        sources: list[Source] = []
+        if ingest_core is not None:
+            sources = await start_sources(config, ingest_core, admission)
         await _set_health(health_servicer, roles, down)
         closers.insert(0, _NodeMetrics(node_id, roles, delivery_core, dispatcher, stores))
         if stores.backends:
@@ -413,6 +423,7 @@ async def start_node(
             chain,
             websocket,
             ws_port,
+            sources,
         )
     except BaseException:
         # Nothing half-started stays behind: the pool, the Redis client, the broker task.
