@@ -15,7 +15,8 @@
 import { Inbox } from "./inbox";
 import { type SubscribeOptions, Subscription } from "./subscription";
 import type { TokenSource } from "./token";
-import { GrpcWebTransport } from "./transport";
+import { GrpcWebTransport, type StreamTransport } from "./transport";
+import { WebSocketTransport } from "./websocket";
 
 export { Backoff, type BackoffOptions, type Random } from "./backoff";
 export { type ConnectionState, type Listener, Observable } from "./connection";
@@ -47,6 +48,14 @@ export {
   type StreamTransport,
   TransportError,
 } from "./transport";
+export {
+  closeError,
+  WebSocketTransport,
+  type WebSocketTransportOptions,
+  type WebSocketConstructor,
+  type WebSocketLike,
+  webSocketTransport,
+} from "./websocket";
 export { DeliveryState } from "./gen/herald/v1/ingest_pb";
 export * from "./gen/herald/v1/notification_pb";
 export * from "./gen/herald/v1/stream_pb";
@@ -55,10 +64,18 @@ export interface HeraldClientOptions {
   /** Envoy's gRPC-Web listener. */
   readonly baseUrl: string;
   readonly token: TokenSource;
+  /** How subscriptions reach the server: gRPC-Web (default) or Herald's WebSocket endpoint.
+   * The inbox calls are unary gRPC-Web either way. */
+  readonly stream?: "grpc-web" | "websocket";
+  /** The WebSocket endpoint (default: `baseUrl` with ws(s):// and the path /ws, which Envoy
+   * routes to the stream nodes). */
+  readonly webSocketUrl?: string;
 }
 
 export interface HeraldClient {
   readonly transport: GrpcWebTransport;
+  /** What subscriptions use: `transport`, or a WebSocketTransport. */
+  readonly streamTransport: StreamTransport;
   readonly inbox: Inbox;
   subscribe(options: Omit<SubscribeOptions, "transport" | "token">): Subscription;
 }
@@ -66,10 +83,25 @@ export interface HeraldClient {
 /** One transport for the stream and the inbox, with one token source. */
 export function createHeraldClient(options: HeraldClientOptions): HeraldClient {
   const transport = new GrpcWebTransport({ baseUrl: options.baseUrl });
+  const streamTransport: StreamTransport =
+    options.stream === "websocket"
+      ? new WebSocketTransport({ url: options.webSocketUrl ?? webSocketUrlOf(options.baseUrl) })
+      : transport;
   return {
     transport,
+    streamTransport,
     inbox: new Inbox(transport, options.token),
     subscribe: (subscribeOptions) =>
-      new Subscription({ ...subscribeOptions, transport, token: options.token }),
+      new Subscription({ transport: streamTransport, ...subscribeOptions, token: options.token }),
   };
+}
+
+/** "https://h:8080/x" -> "wss://h:8080/ws": Envoy's WebSocket route on the gRPC-Web listener. */
+export function webSocketUrlOf(baseUrl: string): string {
+  const url = new URL(baseUrl);
+  url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+  url.pathname = "/ws";
+  url.search = "";
+  url.hash = "";
+  return url.toString();
 }

@@ -232,6 +232,9 @@ export class Subscription {
             } else if (event.case === "closing") {
               retryAfterMs = event.value.retryAfterMs;
               reason = `${Closing_Reason[event.value.reason]}: ${event.value.message}`;
+              // Ack now, while the stream is still there: a WebSocket session reads acks for a
+              // moment after Closing, then closes (docs/websocket.md, 5).
+              await this.flushAcks();
               if (event.value.reason === Closing_Reason.DISCONNECTED) {
                 await this.#end(reason);
                 return;
