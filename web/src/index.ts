@@ -12,15 +12,30 @@
  * docs/web.md has the whole of it.
  */
 
+import { keysOf, SigningKeys } from "./chain";
 import { Inbox } from "./inbox";
 import { type SubscribeOptions, Subscription } from "./subscription";
-import type { TokenSource } from "./token";
+import { resolveToken, type TokenSource } from "./token";
 import { GrpcWebTransport, type StreamTransport } from "./transport";
 import { WebSocketTransport } from "./websocket";
 
 export { Backoff, type BackoffOptions, type Random } from "./backoff";
 export { type ConnectionState, type Listener, Observable } from "./connection";
-export { DeliveryRejected, type DeliveryDecoder, type VerificationKeys } from "./chain";
+export {
+  ChainDecoder,
+  type ChainDecoderOptions,
+  DeliveryRejected,
+  type DeliveryDecoder,
+  fetchSigningKeysHttp,
+  gunzip,
+  keysOf,
+  MAX_DECOMPRESSED_BYTES,
+  type PublishedKey,
+  type RejectReason,
+  SigningKeys,
+  signedMessage,
+  type VerificationKeys,
+} from "./chain";
 export { Inbox, type InboxPage } from "./inbox";
 export {
   type LogResume,
@@ -77,6 +92,9 @@ export interface HeraldClient {
   /** What subscriptions use: `transport`, or a WebSocketTransport. */
   readonly streamTransport: StreamTransport;
   readonly inbox: Inbox;
+  /** The signing keys from GetSigningKeys (fetched on first use, again for an unseen key id),
+   * for a `ChainDecoder`. */
+  readonly signingKeys: SigningKeys;
   subscribe(options: Omit<SubscribeOptions, "transport" | "token">): Subscription;
 }
 
@@ -91,6 +109,9 @@ export function createHeraldClient(options: HeraldClientOptions): HeraldClient {
     transport,
     streamTransport,
     inbox: new Inbox(transport, options.token),
+    signingKeys: new SigningKeys(async () =>
+      keysOf(await transport.getSigningKeys({ token: await resolveToken(options.token) })),
+    ),
     subscribe: (subscribeOptions) =>
       new Subscription({ transport: streamTransport, ...subscribeOptions, token: options.token }),
   };

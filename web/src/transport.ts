@@ -12,6 +12,7 @@ import { type Client, Code, ConnectError, createClient, type Transport } from "@
 import { createGrpcWebTransport } from "@connectrpc/connect-web";
 import {
   type AckRequest,
+  type GetSigningKeysResponse,
   type ListInboxRequest,
   type ListInboxResponse,
   type MarkReadRequest,
@@ -143,6 +144,18 @@ export class GrpcWebTransport implements StreamTransport, InboxTransport {
         timeoutMs: options.timeoutMs,
       });
       return response.acked;
+    } catch (error) {
+      throw fromConnectError(error);
+    }
+  }
+
+  /** The public keys that verify signed deliveries (any user token). */
+  async getSigningKeys(options: CallOptions): Promise<GetSigningKeysResponse> {
+    try {
+      return await this.#client.getSigningKeys(
+        {},
+        { headers: headers(options), signal: options.signal, timeoutMs: options.timeoutMs },
+      );
     } catch (error) {
       throw fromConnectError(error);
     }
