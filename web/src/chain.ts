@@ -111,6 +111,8 @@ export interface ChainDecoderOptions {
 export class ChainDecoder implements DeliveryDecoder {
   readonly acceptEncodings: readonly string[];
   readonly requireSignature: boolean;
+  /** Sealed deliveries opened, by "format/encoding" (e.g. "protobuf/gzip"). */
+  readonly opened: Record<string, number> = {};
   readonly #keys: VerificationKeys;
 
   constructor(options: ChainDecoderOptions) {
@@ -133,6 +135,8 @@ export class ChainDecoder implements DeliveryDecoder {
       return delivery;
     }
     const notification = await this.open(sealed);
+    const kind = `${sealed.format}/${sealed.encoding}`;
+    this.opened[kind] = (this.opened[kind] ?? 0) + 1;
     return create(DeliverySchema, {
       notification,
       log: delivery.log,
