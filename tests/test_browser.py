@@ -293,12 +293,13 @@ async def test_a_reloaded_page_resumes_without_a_duplicate_toast(stack: Stack, m
         await expect_opened_sealed(page, mode, 1)
 
 
+@pytest.mark.parametrize("mode", MODES)
 async def test_what_was_sent_while_the_page_was_closed_appears_when_it_opens(
-    stack: Stack,
+    stack: Stack, mode: Mode
 ) -> None:
     context = await stack.browser.new_context()  # one profile: localStorage outlives the tab
     page = await context.new_page()
-    await open_inbox(stack, page)
+    await open_inbox(stack, page, mode=mode)
     seen = await stack.herald.backend().send(to_user("alice", "while open"))
     await expect(toast(page, seen.notification_id)).to_be_visible(timeout=WAIT_MS)
     assert await states_of(stack.herald, seen.notification_id, until=ACKED) == [ACKED]
@@ -307,7 +308,7 @@ async def test_what_was_sent_while_the_page_was_closed_appears_when_it_opens(
     offline = await stack.herald.backend().send(to_user("alice", "while you were away"))
 
     page = await context.new_page()
-    await open_inbox(stack, page)
+    await open_inbox(stack, page, mode=mode)
     await expect(toast(page, offline.notification_id)).to_contain_text(
         "while you were away", timeout=WAIT_MS
     )

@@ -1,6 +1,7 @@
 /**
- * Herald's browser client: subscribe (gRPC-Web through Envoy), with reconnects, resume across
- * page reloads, acks and duplicate drop; the inbox (list, unread count, mark read).
+ * Herald's browser client: subscribe (gRPC-Web or WebSocket, through Envoy), with reconnects,
+ * resume across page reloads, acks, duplicate drop and the transformer chain's verification;
+ * the inbox (list, unread count, mark read).
  *
  *     const herald = createHeraldClient({ baseUrl: "https://herald.example.com", token });
  *     const subscription = herald.subscribe({
