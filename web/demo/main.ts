@@ -119,7 +119,7 @@ class InboxPage {
         })
       : undefined;
     element("transport").textContent =
-      this.#client.streamTransport.name + (this.decoder ? ", verified" : "");
+      this.#client.stream + (this.decoder ? ", verified" : "");
     const claims = readClaims(session.token);
     element("who").textContent = `${claims.sub} @ ${claims.tenant}`;
     this.#more.addEventListener("click", () => void this.loadPage());

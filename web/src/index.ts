@@ -90,8 +90,9 @@ export interface HeraldClientOptions {
 
 export interface HeraldClient {
   readonly transport: GrpcWebTransport;
-  /** What subscriptions use: `transport`, or a WebSocketTransport. */
-  readonly streamTransport: StreamTransport;
+  /** How subscriptions reach the server; over WebSocket each subscription has a
+   * WebSocketTransport (its socket) of its own. */
+  readonly stream: "grpc-web" | "websocket";
   readonly inbox: Inbox;
   /** The signing keys from GetSigningKeys (fetched on first use, again for an unseen key id),
    * for a `ChainDecoder`. */
@@ -102,19 +103,21 @@ export interface HeraldClient {
 /** One transport for the stream and the inbox, with one token source. */
 export function createHeraldClient(options: HeraldClientOptions): HeraldClient {
   const transport = new GrpcWebTransport({ baseUrl: options.baseUrl });
-  const streamTransport: StreamTransport =
-    options.stream === "websocket"
+  const stream = options.stream ?? "grpc-web";
+  // A WebSocket subscription acks on its own socket: one transport per subscription.
+  const streamTransport = (): StreamTransport =>
+    stream === "websocket"
       ? new WebSocketTransport({ url: options.webSocketUrl ?? webSocketUrlOf(options.baseUrl) })
       : transport;
   return {
     transport,
-    streamTransport,
+    stream,
     inbox: new Inbox(transport, options.token),
     signingKeys: new SigningKeys(async () =>
       keysOf(await transport.getSigningKeys({ token: await resolveToken(options.token) })),
     ),
     subscribe: (subscribeOptions) =>
-      new Subscription({ transport: streamTransport, ...subscribeOptions, token: options.token }),
+      new Subscription({ transport: streamTransport(), ...subscribeOptions, token: options.token }),
   };
 }
 

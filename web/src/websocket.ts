@@ -73,7 +73,8 @@ export function closeError(code: number, reason: string): TransportError | undef
   return new TransportError("UNAVAILABLE", `WebSocket closed with ${code} ${reason}`.trim());
 }
 
-/** A StreamTransport over Herald's WebSocket endpoint. Acks travel on the open socket. */
+/** A StreamTransport over Herald's WebSocket endpoint. Acks travel on the open socket, so a
+ * transport serves one subscription (one stream at a time): give each its own. */
 export class WebSocketTransport implements StreamTransport {
   readonly name = "websocket";
   readonly #url: string;
@@ -81,6 +82,7 @@ export class WebSocketTransport implements StreamTransport {
   readonly #WebSocket: WebSocketConstructor;
   /** The socket of the stream being read, once it has sent its subscribe frame. */
   #socket: WebSocketLike | undefined;
+  #streaming = false;
 
   constructor(options: WebSocketTransportOptions) {
     if (/[?&]token=/i.test(options.url)) throw new Error("never put a token in a URL");
@@ -98,6 +100,11 @@ export class WebSocketTransport implements StreamTransport {
     options: CallOptions,
   ): AsyncIterable<SubscribeResponse> {
     if (options.signal?.aborted) return;
+    if (this.#streaming) {
+      // Its acks would go to the other stream's socket: one subscription per transport.
+      throw new Error("this WebSocketTransport has a stream open already; use one per subscription");
+    }
+    this.#streaming = true;
     const protocols = [PROTOBUF_SUBPROTOCOL];
     if (this.#tokenIn === "subprotocol") protocols.push(BEARER_SUBPROTOCOL_PREFIX + options.token);
     const socket = new this.#WebSocket(this.#url, protocols);
@@ -165,6 +172,7 @@ export class WebSocketTransport implements StreamTransport {
         await new Promise<void>((resolve) => (wake = resolve));
       }
     } finally {
+      this.#streaming = false;
       options.signal?.removeEventListener("abort", abort);
       if (this.#socket === socket) this.#socket = undefined;
       if (socket.readyState !== CLOSED) socket.close(1000);

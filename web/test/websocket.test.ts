@@ -8,11 +8,12 @@ import {
   type AckRequest,
   Closing_Reason,
   type SubscribeRequest,
+  SubscribeRequestSchema,
   SubscribeResponseSchema,
   type WebSocketClientFrame,
   WebSocketClientFrameSchema,
 } from "../src/gen/herald/v1/stream_pb";
-import { webSocketUrlOf } from "../src/index";
+import { createHeraldClient, webSocketUrlOf } from "../src/index";
 import { type Received, Subscription } from "../src/subscription";
 import { TransportError } from "../src/transport";
 import { closeError, type WebSocketLike, WebSocketTransport } from "../src/websocket";
@@ -241,6 +242,19 @@ describe("WebSocketTransport", () => {
     expect(limited?.code).toBe("RESOURCE_EXHAUSTED");
     expect(limited?.retryAfterMs).toBe(250);
     expect(closeError(4008, "too many sessions")?.retryAfterMs).toBeUndefined();
+  });
+
+  it("serves one stream at a time, and createHeraldClient gives each subscription its own", async () => {
+    const server = new FakeWsServer([async (socket) => socket.emit(started())]);
+    const transport = server.transport();
+    const request = create(SubscribeRequestSchema, {});
+    const first = transport.subscribe(request, { token: "t" })[Symbol.asyncIterator]();
+    await first.next();
+    const second = transport.subscribe(request, { token: "t" })[Symbol.asyncIterator]();
+    await expect(second.next()).rejects.toThrow(/one per subscription/);
+    await first.return?.();
+    const client = createHeraldClient({ baseUrl: "http://envoy.test", token: "t", stream: "websocket" });
+    expect(client.stream).toBe("websocket");
   });
 
   it("derives the WebSocket URL from Envoy's gRPC-Web URL", () => {
