@@ -8,8 +8,10 @@ either skips with the reason; under CI=true it fails.
 from __future__ import annotations
 
 import asyncio
+import base64
 import functools
 import http.server
+import json
 import os
 import shutil
 import subprocess
@@ -20,10 +22,13 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from playwright.async_api import Browser, Locator, Page, async_playwright, expect
 
 from herald.v1 import ingest_pb2
-from services.config import DeliverySettings
+from services.chain.signing import write_private_key
+from services.config import ChainSettings, DeliverySettings
 from tests.harness import Herald, make_config, start_herald, to_user
 from tests.test_envoy import Envoy, running_envoy
 
@@ -36,6 +41,8 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-back
 WAIT_MS = 10_000
 # Short, so a redelivery (of what a page had but did not ack) comes within the test.
 ACK_TIMEOUT_S = 1.0
+# The id of the stack's signing key (a real Ed25519 key ring, docs/transformers.md).
+KEY_ID = "browser-k1"
 
 
 def _missing(reason: str) -> None:
@@ -101,18 +108,57 @@ class Stack:
     browser: Browser
     origin: str
 
-    def url(self, user: str = "alice", *, ack_interval_ms: int | None = None) -> str:
+    def url(
+        self,
+        user: str = "alice",
+        *,
+        ack_interval_ms: int | None = None,
+        mode: Mode | None = None,
+        keys_url: str | None = None,
+    ) -> str:
         """The page's URL with the user's token in the fragment (never sent to a server)."""
         fragment = f"token={self.herald.tokens.user('acme', user)}"
         fragment += f"&server=http://127.0.0.1:{self.envoy.port}"
         if ack_interval_ms is not None:
             fragment += f"&ackIntervalMs={ack_interval_ms}"
+        if mode is not None and mode.websocket:
+            fragment += "&transport=websocket"
+        if mode is not None and mode.verify:
+            fragment += "&verify=1"
+        if keys_url is not None:
+            fragment += f"&keys={keys_url}"
         return f"{self.origin}/#{fragment}"
+
+
+@dataclass(frozen=True)
+class Mode:
+    """How the page subscribes: gRPC-Web or WebSocket (Envoy's /ws), plain or asking for gzip +
+    signed deliveries and verifying each (Ed25519 in the page, keys from GetSigningKeys)."""
+
+    websocket: bool
+    verify: bool
+
+    @property
+    def transport(self) -> str:
+        return "websocket" if self.websocket else "grpc-web"
+
+
+GRPC_WEB = Mode(websocket=False, verify=False)
+WEBSOCKET = Mode(websocket=True, verify=False)
+WEBSOCKET_SIGNED = Mode(websocket=True, verify=True)
 
 
 @pytest_asyncio.fixture
 async def stack(chromium: str, page_origin: str, tmp_path: Path) -> AsyncIterator[Stack]:
-    config = make_config(tmp_path, delivery=DeliverySettings(ack_timeout_s=ACK_TIMEOUT_S))
+    keys = tmp_path / "keys"
+    write_private_key(keys, KEY_ID)
+    config = make_config(
+        tmp_path,
+        delivery=DeliverySettings(ack_timeout_s=ACK_TIMEOUT_S),
+        # Every payload compressed, so a page asking for gzip gets gzip (the default threshold
+        # would leave these short notifications identity).
+        chain=ChainSettings(signing_keys_dir=keys, compression_min_bytes=0),
+    )
     herald = await start_herald("up", config)
     try:
         async with (
@@ -138,11 +184,30 @@ async def expect_live(page: Page) -> None:
     await expect(page.locator("#sign-in")).to_be_hidden()
 
 
-async def open_inbox(stack: Stack, page: Page, *, ack_interval_ms: int | None = None) -> None:
-    await page.goto(stack.url(ack_interval_ms=ack_interval_ms))
+async def open_inbox(
+    stack: Stack,
+    page: Page,
+    *,
+    ack_interval_ms: int | None = None,
+    mode: Mode = GRPC_WEB,
+    keys_url: str | None = None,
+) -> None:
+    await page.goto(stack.url(ack_interval_ms=ack_interval_ms, mode=mode, keys_url=keys_url))
     await expect_live(page)
     # The token left the address bar at once.
     assert "token" not in page.url
+    assert await page.evaluate("() => window.heraldDemo.subscription.state.value.kind") == "open"
+    transport = await page.locator("#transport").text_content()
+    assert transport == mode.transport + (", verified" if mode.verify else "")
+
+
+async def expect_opened_sealed(page: Page, mode: Mode, count: int) -> None:
+    """A verifying page opened `count` deliveries that were sealed, signed and gzipped by the
+    server; a plain one got none sealed."""
+    opened = await page.evaluate("() => window.heraldDemo.decoder?.opened ?? {}")
+    assert opened == ({"protobuf/gzip": count} if mode.verify else {}), opened
+    stats = await page.evaluate("() => window.heraldDemo.subscription.stats")
+    assert stats["rejected"] == 0, stats
 
 
 ACKED = ingest_pb2.DELIVERY_STATE_ACKED
@@ -166,9 +231,17 @@ def toast(page: Page, notification_id: str) -> Locator:
     return page.locator(f'.toast[data-id="{notification_id}"]')
 
 
-async def test_a_backend_sends_and_the_page_shows_it(stack: Stack) -> None:
+MODES = [
+    pytest.param(GRPC_WEB, id="grpc-web"),
+    pytest.param(WEBSOCKET, id="websocket"),
+    pytest.param(WEBSOCKET_SIGNED, id="websocket-signed"),
+]
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_backend_sends_and_the_page_shows_it(stack: Stack, mode: Mode) -> None:
     page = await stack.browser.new_page()
-    await open_inbox(stack, page)
+    await open_inbox(stack, page, mode=mode)
     await expect(page.locator("#unread")).to_have_text("0", timeout=WAIT_MS)
 
     sent = await stack.herald.backend().send(to_user("alice", "Your order shipped"))
@@ -179,16 +252,19 @@ async def test_a_backend_sends_and_the_page_shows_it(stack: Stack) -> None:
     row = page.locator(f'#inbox li[data-id="{sent.notification_id}"]')
     await expect(row).to_have_class("unread", timeout=WAIT_MS)
     await expect(page.locator("#unread")).to_have_text("1", timeout=WAIT_MS)
-    # The page acked it (unary Ack over gRPC-Web): the status says so.
+    # The page acked it (a unary Ack over gRPC-Web, an ack frame on the WebSocket): the
+    # status says so.
     assert await states_of(stack.herald, sent.notification_id, until=ACKED) == [ACKED]
+    await expect_opened_sealed(page, mode, 1)
 
 
-async def test_a_reloaded_page_resumes_without_a_duplicate_toast(stack: Stack) -> None:
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_reloaded_page_resumes_without_a_duplicate_toast(stack: Stack, mode: Mode) -> None:
     # The page acks only once a minute, so what it had is still unacked when it reloads: the
     # server redelivers it to the new session after its ack timeout, and the page must know,
     # from the cursors and entries it kept in localStorage, that it showed it already.
     page = await stack.browser.new_page()
-    await open_inbox(stack, page, ack_interval_ms=60_000)
+    await open_inbox(stack, page, ack_interval_ms=60_000, mode=mode)
     backend = stack.herald.backend()
     first = await backend.send(to_user("alice", "before the reload"))
     await expect(toast(page, first.notification_id)).to_be_visible(timeout=WAIT_MS)
@@ -196,6 +272,9 @@ async def test_a_reloaded_page_resumes_without_a_duplicate_toast(stack: Stack) -
 
     await page.reload()
     await expect_live(page)
+    assert await page.locator("#transport").text_content() == mode.transport + (
+        ", verified" if mode.verify else ""
+    )
     # The resumed session got the unacked entry again after the ack timeout, and dropped it.
     await page.wait_for_function(
         "() => window.heraldDemo.subscription.stats.duplicates >= 1", timeout=WAIT_MS
@@ -208,14 +287,19 @@ async def test_a_reloaded_page_resumes_without_a_duplicate_toast(stack: Stack) -
     assert stats["delivered"] == 1, stats
     # The inbox still lists both, once each.
     await expect(page.locator("#inbox li")).to_have_count(2, timeout=WAIT_MS)
+    if mode.verify:
+        # The redelivery was dropped as a duplicate before it was opened: one sealed delivery
+        # opened on this page load, and it verified.
+        await expect_opened_sealed(page, mode, 1)
 
 
+@pytest.mark.parametrize("mode", MODES)
 async def test_what_was_sent_while_the_page_was_closed_appears_when_it_opens(
-    stack: Stack,
+    stack: Stack, mode: Mode
 ) -> None:
     context = await stack.browser.new_context()  # one profile: localStorage outlives the tab
     page = await context.new_page()
-    await open_inbox(stack, page)
+    await open_inbox(stack, page, mode=mode)
     seen = await stack.herald.backend().send(to_user("alice", "while open"))
     await expect(toast(page, seen.notification_id)).to_be_visible(timeout=WAIT_MS)
     assert await states_of(stack.herald, seen.notification_id, until=ACKED) == [ACKED]
@@ -224,7 +308,7 @@ async def test_what_was_sent_while_the_page_was_closed_appears_when_it_opens(
     offline = await stack.herald.backend().send(to_user("alice", "while you were away"))
 
     page = await context.new_page()
-    await open_inbox(stack, page)
+    await open_inbox(stack, page, mode=mode)
     await expect(toast(page, offline.notification_id)).to_contain_text(
         "while you were away", timeout=WAIT_MS
     )
@@ -255,3 +339,73 @@ async def test_mark_read_updates_the_badge_and_the_server(stack: Stack) -> None:
     # A fresh page counts from the server: still 2.
     await page.reload()
     await expect(page.locator("#unread")).to_have_text("2", timeout=WAIT_MS)
+
+
+@pytest.fixture
+def wrong_keys() -> Iterator[str]:
+    """A /signing-keys document (the JSON of a node's metrics port, with CORS) that publishes
+    the stack's key id with the public half of a different key: what a page would see if a
+    delivery's signature were forged, or its key source pointed elsewhere. The deliveries stay
+    the real ones, signed by the node's real key, so the page's real verification must fail."""
+    other = Ed25519PrivateKey.generate().public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    body = json.dumps(
+        {
+            "keys": [
+                {
+                    "keyId": KEY_ID,
+                    "algorithm": "ed25519",
+                    "publicKey": base64.b64encode(other).decode(),
+                    "active": True,
+                }
+            ]
+        }
+    ).encode()
+    fetched: list[str] = []
+
+    class Keys(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            fetched.append(self.path)
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("access-control-allow-origin", "*")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Keys)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/signing-keys"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+    assert fetched, "the page never fetched its keys"
+
+
+async def test_a_delivery_that_does_not_verify_is_shown_as_rejected(
+    stack: Stack, wrong_keys: str
+) -> None:
+    page = await stack.browser.new_page()
+    await open_inbox(stack, page, mode=WEBSOCKET_SIGNED, keys_url=wrong_keys)
+
+    sent = await stack.herald.backend().send(to_user("alice", "forged?"))
+
+    rejected = page.locator('#rejections li.rejected[data-reason="bad_signature"]')
+    await expect(rejected).to_have_count(1, timeout=WAIT_MS)
+    await expect(rejected).to_contain_text(f"key {KEY_ID}")
+    await expect(page.locator("#rejections")).to_be_visible()
+    # Never handed to the app: no toast, no live row, the badge unchanged.
+    await expect(toast(page, sent.notification_id)).to_have_count(0)
+    await expect(page.locator(f'#inbox li[data-id="{sent.notification_id}"]')).to_have_count(0)
+    await expect(page.locator("#unread")).to_have_text("0")
+    stats = await page.evaluate("() => window.heraldDemo.subscription.stats")
+    assert stats["rejected"] == 1, stats
+    assert stats["rejectedBy"]["bad_signature"] == 1, stats
+    assert stats["delivered"] == 0, stats
+    # Acked past all the same (the batch's watermark), so it is not redelivered forever.
+    assert await states_of(stack.herald, sent.notification_id, until=ACKED) == [ACKED]

@@ -8,9 +8,19 @@
 //   token=JWT           the user's token (scope subscribe)
 //   server=URL          Envoy's gRPC-Web listener (default VITE_HERALD_URL, else host:8080)
 //   ackIntervalMs=N     the subscription's ack cadence (tests use it)
+//   transport=websocket subscribe over Herald's WebSocket endpoint (Envoy's /ws) instead of
+//                       gRPC-Web; the inbox calls stay gRPC-Web
+//   verify=1            ask for gzip + signed deliveries and verify every one (Ed25519,
+//                       WebCrypto); rejected ones are listed, never shown as notifications
+//   keys=URL            where the verification keys come from: a /signing-keys JSON URL
+//                       (default: GetSigningKeys through Envoy)
 
 import {
+  ChainDecoder,
   type ConnectionState,
+  type DeliveryRejected,
+  fetchSigningKeysHttp,
+  SigningKeys,
   createHeraldClient,
   type InboxItem,
   LocalStorageResumeStore,
@@ -24,6 +34,9 @@ interface Session {
   token: string;
   server: string;
   ackIntervalMs?: number;
+  transport?: "websocket";
+  verify?: boolean;
+  keys?: string;
 }
 
 const SESSION_KEY = "herald.demo.session";
@@ -42,6 +55,9 @@ function readSession(): Session | undefined {
       token,
       server: fragment.get("server") ?? defaultServer(),
       ...(ack > 0 ? { ackIntervalMs: ack } : {}),
+      ...(fragment.get("transport") === "websocket" ? { transport: "websocket" as const } : {}),
+      ...(fragment.get("verify") === "1" ? { verify: true } : {}),
+      ...(fragment.get("keys") ? { keys: fragment.get("keys") ?? "" } : {}),
     };
     sessionStorage.setItem(SESSION_KEY, JSON.stringify(session));
     // Out of the address bar, the history and any bookmark.
@@ -83,19 +99,35 @@ class InboxPage {
   readonly #badge = element<HTMLSpanElement>("unread");
   readonly #toasts = element<HTMLDivElement>("toasts");
   readonly #connection = element<HTMLSpanElement>("connection");
+  readonly #rejections = element<HTMLUListElement>("rejections");
+  readonly decoder: ChainDecoder | undefined;
   readonly #client: ReturnType<typeof createHeraldClient>;
   readonly #unread = new Set<string>();
   #nextPage = "";
   subscription: Subscription | undefined;
 
   constructor(session: Session) {
-    this.#client = createHeraldClient({ baseUrl: session.server, token: session.token });
+    this.#client = createHeraldClient({
+      baseUrl: session.server,
+      token: session.token,
+      ...(session.transport === "websocket" ? { stream: "websocket" as const } : {}),
+    });
+    const keysUrl = session.keys;
+    this.decoder = session.verify
+      ? new ChainDecoder({
+          keys: keysUrl ? new SigningKeys(() => fetchSigningKeysHttp(keysUrl)) : this.#client.signingKeys,
+        })
+      : undefined;
+    element("transport").textContent =
+      this.#client.stream + (this.decoder ? ", verified" : "");
     const claims = readClaims(session.token);
     element("who").textContent = `${claims.sub} @ ${claims.tenant}`;
     this.#more.addEventListener("click", () => void this.loadPage());
     this.subscription = this.#client.subscribe({
       store: new LocalStorageResumeStore(resumeKey(session.server, claims.tenant, claims.sub)),
       ...(session.ackIntervalMs ? { ackIntervalMs: session.ackIntervalMs } : {}),
+      ...(this.decoder ? { decoder: this.decoder } : {}),
+      onReject: (rejected) => this.rejected(rejected),
       onNotification: ({ notification, log }) => {
         this.toast(notification);
         if (log === "user") this.addLive(notification);
@@ -171,6 +203,16 @@ class InboxPage {
       button.disabled = false;
       this.toastText("Could not mark it read", String(error));
     }
+  }
+
+  /** A delivery that failed verification: listed as rejected, never shown as a notification. */
+  rejected(rejected: DeliveryRejected): void {
+    const li = document.createElement("li");
+    li.className = "rejected";
+    li.dataset.reason = rejected.reason;
+    li.textContent = `Rejected a delivery: ${rejected.message}`;
+    this.#rejections.append(li);
+    this.#rejections.hidden = false;
   }
 
   renderBadge(): void {

@@ -17,6 +17,7 @@
 
 import { create } from "@bufbuild/protobuf";
 import { Backoff, type Random } from "./backoff";
+import { type DeliveryDecoder, DeliveryRejected, type RejectReason } from "./chain";
 import { type ConnectionState, Observable } from "./connection";
 import {
   AckRequestSchema,
@@ -60,6 +61,11 @@ export interface SubscribeOptions {
   readonly onError?: (error: unknown) => void;
   readonly onSessionStarted?: (started: SessionStarted) => void;
   readonly random?: Random;
+  /** Opens and verifies the transformer chain's sealed deliveries (`ChainDecoder`); its
+   * `acceptEncodings` are what the subscription asks for. Default: none (plain protobuf). */
+  readonly decoder?: DeliveryDecoder;
+  /** Told of every delivery the decoder rejected (tampered, unsigned where required). */
+  readonly onReject?: (rejected: DeliveryRejected, delivery: Delivery) => void;
 }
 
 export interface SubscriptionStats {
@@ -73,6 +79,9 @@ export interface SubscriptionStats {
   ackCalls: number;
   /** SessionStarted events: 1 + successful reconnects. */
   connects: number;
+  /** Deliveries the decoder rejected, never handed to the app. */
+  rejected: number;
+  rejectedBy: Record<RejectReason, number>;
 }
 
 const ACK_TIMEOUT_MS = 5_000;
@@ -99,6 +108,8 @@ export class Subscription {
     acked: 0,
     ackCalls: 0,
     connects: 0,
+    rejected: 0,
+    rejectedBy: { unsigned: 0, unknown_key: 0, bad_signature: 0, undecodable: 0 },
   };
   readonly resume: ResumeState;
   /** Resolves when the subscription has ended (closed, kicked, or a fatal error). */
@@ -209,8 +220,7 @@ export class Subscription {
             cursors: this.resume.cursors(),
             channels: [...(this.#options.channels ?? [])],
             device: this.#options.device ?? "web",
-            // NOT YET WIRED: a DeliveryDecoder's acceptEncodings (chain.ts) go here.
-            acceptEncodings: [],
+            acceptEncodings: [...(this.#options.decoder?.acceptEncodings ?? [])],
           });
           const events = this.#options.transport.subscribe(request, {
             token,
@@ -232,6 +242,9 @@ export class Subscription {
             } else if (event.case === "closing") {
               retryAfterMs = event.value.retryAfterMs;
               reason = `${Closing_Reason[event.value.reason]}: ${event.value.message}`;
+              // Ack now, while the stream is still there: a WebSocket session reads acks for a
+              // moment after Closing, then closes (docs/websocket.md, 5).
+              await this.flushAcks();
               if (event.value.reason === Closing_Reason.DISCONNECTED) {
                 await this.#end(reason);
                 return;
@@ -284,27 +297,49 @@ export class Subscription {
     this.state.set(error === undefined ? { kind: "closed", reason } : { kind: "closed", reason, error });
   }
 
+  /** The delivery through the decoder; undefined when it rejected it. */
+  async #open(delivery: Delivery): Promise<Delivery | undefined> {
+    const decoder = this.#options.decoder;
+    if (decoder === undefined) return delivery.notification !== undefined ? delivery : undefined;
+    try {
+      return await decoder.decode(delivery);
+    } catch (error) {
+      const rejected =
+        error instanceof DeliveryRejected ? error : new DeliveryRejected("", "undecodable", String(error));
+      this.stats.rejected += 1;
+      this.stats.rejectedBy[rejected.reason] += 1;
+      if (this.#options.onReject) this.#options.onReject(rejected, delivery);
+      else this.#report(rejected);
+      return undefined;
+    }
+  }
+
   async #deliver(batch: readonly Delivery[]): Promise<void> {
     const watermarks = new Map<string, bigint>();
     for (const delivery of batch) {
-      // NOT YET WIRED: the transformer chain's DeliveryDecoder.decode (chain.ts) runs here,
-      // before the duplicate check; a DeliveryRejected is counted and reported, not handed on.
+      // The duplicate check first (log, epoch and cursor are transport state, not sealed): a
+      // redelivery costs no decompression or signature check. Then the decoder: a rejected
+      // delivery is counted and reported, not remembered (a good copy may still come) and not
+      // handed on; the watermark moves past it all the same.
       const { log, cursor } = delivery;
       if (this.resume.isDuplicate(log, cursor)) {
         this.stats.duplicates += 1;
-      } else if (delivery.notification !== undefined) {
-        this.resume.remember(log, cursor);
-        this.stats.delivered += 1;
-        try {
-          await this.#options.onNotification({
-            notification: delivery.notification,
-            log,
-            cursor,
-            attempt: delivery.attempt,
-          });
-        } catch (error) {
-          // The app had it; its failure is its own. Stopping here would redeliver it forever.
-          this.#report(error);
+      } else {
+        const opened = await this.#open(delivery);
+        if (opened?.notification !== undefined) {
+          this.resume.remember(log, cursor);
+          this.stats.delivered += 1;
+          try {
+            await this.#options.onNotification({
+              notification: opened.notification,
+              log,
+              cursor,
+              attempt: delivery.attempt,
+            });
+          } catch (error) {
+            // The app had it; its failure is its own. Stopping here would redeliver it forever.
+            this.#report(error);
+          }
         }
       }
       const mark = watermarks.get(log);

@@ -1,17 +1,17 @@
 /**
  * The transport seam: how a subscription opens its stream and sends its acks.
  *
- * `grpcWebTransport` (gRPC-Web through Envoy, Connect-ES) is the one implementation today. A
- * WebSocket transport (Herald's WebSocket endpoint behind Envoy, issue #11 part 2) is to
- * implement the same interface: its first frame carries the token and the SubscribeRequest, its
- * frames decode to the same SubscribeResponse events, and it acks on the socket itself.
- * NOT YET WIRED: that endpoint is not on main, so no WebSocket transport exists here yet.
+ * Two implementations: `GrpcWebTransport` here (gRPC-Web through Envoy, Connect-ES) and
+ * `WebSocketTransport` (websocket.ts: Herald's WebSocket endpoint behind Envoy; its first frame
+ * carries the token and the SubscribeRequest, its frames decode to the same SubscribeResponse
+ * events, and it acks on the socket itself).
  */
 
 import { type Client, Code, ConnectError, createClient, type Transport } from "@connectrpc/connect";
 import { createGrpcWebTransport } from "@connectrpc/connect-web";
 import {
   type AckRequest,
+  type GetSigningKeysResponse,
   type ListInboxRequest,
   type ListInboxResponse,
   type MarkReadRequest,
@@ -143,6 +143,18 @@ export class GrpcWebTransport implements StreamTransport, InboxTransport {
         timeoutMs: options.timeoutMs,
       });
       return response.acked;
+    } catch (error) {
+      throw fromConnectError(error);
+    }
+  }
+
+  /** The public keys that verify signed deliveries (any user token). */
+  async getSigningKeys(options: CallOptions): Promise<GetSigningKeysResponse> {
+    try {
+      return await this.#client.getSigningKeys(
+        {},
+        { headers: headers(options), signal: options.signal, timeoutMs: options.timeoutMs },
+      );
     } catch (error) {
       throw fromConnectError(error);
     }

@@ -76,6 +76,8 @@ export class FakeServer {
   ackError: ConnectError | undefined;
   readonly #scripts: Script[];
   inbox: Array<{ id: string; read: boolean }> = [];
+  signingKeys: Array<{ keyId: string; algorithm: string; publicKey: Uint8Array; active: boolean }> = [];
+  keyFetches = 0;
 
   constructor(scripts: Script[]) {
     this.#scripts = scripts;
@@ -94,6 +96,10 @@ export class FakeServer {
           if (this.ackError) throw this.ackError;
           this.acks.push(request);
           return { acked: request.upTo.length };
+        },
+        getSigningKeys: () => {
+          this.keyFetches += 1;
+          return { keys: this.signingKeys };
         },
         ackStream: () => {
           throw new ConnectError("browsers use Ack", Code.Unimplemented);
