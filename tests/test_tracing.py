@@ -3,6 +3,7 @@ real gRPC, with the spans caught by an in-memory exporter (docs/tracing.md)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -68,6 +69,20 @@ async def traced(
 
 def named(exporter: InMemorySpanExporter, name: str) -> list[ReadableSpan]:
     return [s for s in exporter.get_finished_spans() if s.name == name]
+
+
+async def ended(
+    exporter: InMemorySpanExporter, name: str, within: float = 5.0
+) -> list[ReadableSpan]:
+    """The spans named so, once there is one: a server span ends when its handler returns,
+    which may be just after the client has the answer."""
+    async with asyncio.timeout(within):
+        for _ in range(int(within / 0.01) + 1):
+            spans = named(exporter, name)
+            if spans:
+                return spans
+            await asyncio.sleep(0.01)
+    return named(exporter, name)
 
 
 def context_of(span: ReadableSpan) -> trace.SpanContext:
@@ -259,7 +274,7 @@ async def test_a_refused_call_is_a_span_with_its_status(
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await client.send(to_user("alice"))
     assert refused.value.code() is grpc.StatusCode.UNAUTHENTICATED
-    [send] = named(exporter, SEND)
+    [send] = await ended(exporter, SEND)
     assert send.attributes is not None
     # The code is the span's attribute; by the semantic conventions a server span's status is
     # an error only for codes that are the server's fault (INTERNAL, UNAVAILABLE, ...).
