@@ -155,6 +155,13 @@ class DeliverySettings(BaseSettings):
     batch_max: int = Field(default=64, ge=1, le=1024)
     # Deliveries a session may have waiting before it counts as a slow consumer.
     session_buffer: int = Field(default=4096, ge=1)
+    # ... and at most this many bytes of them (the notifications' encoded size plus a fixed
+    # overhead per entry, session.ENTRY_OVERHEAD); past either bound the session reads the log
+    # later instead, so a full buffer costs no memory and loses nothing.
+    session_buffer_bytes: int = Field(default=1024 * 1024, ge=1024)
+    # The bytes all sessions of the node may have waiting together; past it a session takes
+    # at most one entry at a time (so none starves) until writes free room.
+    node_buffer_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)
     # A write that does not complete in this time closes the session as a slow consumer.
     write_timeout_s: float = Field(default=10.0, gt=0)
     ack_timeout_s: float = Field(default=30.0, gt=0)

@@ -297,6 +297,12 @@ LIVE = _Live(
             "append), status_buffer (status changes waiting to be written)",
             ["queue"],
         ),
+        "herald_buffered_bytes": (
+            "Bytes waiting in this node's session buffers (notifications to be written to "
+            "streams, with a fixed overhead per entry), against HERALD_DELIVERY_NODE_BUFFER_BYTES "
+            "(limit)",
+            ["kind"],
+        ),
         "herald_breaker_state": (
             "1 for the state each backend's circuit breaker is in (closed, open, half_open)",
             ["backend", "state"],

@@ -517,6 +517,10 @@ class _NodeMetrics:
         samples: list[metrics.LiveSample] = [
             ("herald_queue_depth", (queue,), depth) for queue, depth in depths.items()
         ]
+        if self._delivery is not None:
+            budget = self._delivery.budget
+            samples.append(("herald_buffered_bytes", ("used",), budget.used))
+            samples.append(("herald_buffered_bytes", ("limit",), budget.limit))
         for backend in self._stores.backends:
             current = backend.breaker.state
             samples.extend(

@@ -7,7 +7,7 @@ import os
 import random
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import pytest
 from hypothesis import HealthCheck, event, settings
@@ -37,7 +37,7 @@ from services.stream.broker_memory import MemoryBroker
 from services.stream.delivery import DeliveryCore
 from services.stream.dispatch import Dispatcher
 from services.stream.log_memory import MemoryLogStore
-from services.stream.session import Session
+from services.stream.session import Session, entry_size
 from services.stream.status_memory import MemoryStatusStore
 
 # The model names logs by their stored strings ("user:alice", "broadcast", "channel:news").
@@ -233,10 +233,13 @@ class DeliveryMachine(RuleBasedStateMachine):
     its buffer while other calls go on: offers then overflow, expire or get acked in the buffer.
     """
 
+    # DeliverySettings of the core under test, over new_core's.
+    SETTINGS: ClassVar[dict[str, Any]] = {}
+
     def __init__(self) -> None:
         super().__init__()
         self.clock = ManualClock()
-        self.core, self.dispatcher, self.logs = new_core(self.clock)
+        self.core, self.dispatcher, self.logs = new_core(self.clock, **self.SETTINGS)
         self.step = 0
         self.next_id = 0
         self.sent: dict[str, Sent] = {}
@@ -760,6 +763,15 @@ class DeliveryMachine(RuleBasedStateMachine):
     def sessions_are_counted(self) -> None:
         assert self.core.session_count == len(self.clients)
 
+    @invariant()
+    def buffered_bytes_are_counted_exactly(self) -> None:
+        sessions = list(self.core.hub.sessions.values())
+        for session in sessions:
+            waiting = [p for lane in session.lanes for p in lane]
+            assert session.waiting == len(waiting)
+            assert session.waiting_bytes == sum(entry_size(p.entry) for p in waiting)
+        assert self.core.budget.used == sum(s.waiting_bytes for s in sessions)
+
 
 DeliveryMachine.TestCase.settings = settings(
     max_examples=EXAMPLES,
@@ -768,6 +780,21 @@ DeliveryMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 TestDelivery = DeliveryMachine.TestCase
+
+
+class ByteBoundDeliveryMachine(DeliveryMachine):
+    """The same machine with buffers bounded by bytes before entries: a few entries per
+    session and fewer on the node than its sessions together, so both bounds hold streams back."""
+
+    SETTINGS: ClassVar[dict[str, Any]] = {
+        "session_buffer": 1000,
+        "session_buffer_bytes": 2048,
+        "node_buffer_bytes": 3072,
+    }
+
+
+ByteBoundDeliveryMachine.TestCase.settings = DeliveryMachine.TestCase.settings
+TestByteBoundDelivery = ByteBoundDeliveryMachine.TestCase
 
 
 @pytest.mark.asyncio

@@ -12,8 +12,10 @@ from herald.v1 import registry_pb2, stream_pb2
 from services import auth
 from services.client import Backoff, HeraldClient
 from services.config import DeliverySettings, RegistrySettings
+from services.stream.session import ENTRY_OVERHEAD
 from tests.conftest import Deploy
 from tests.harness import Herald, to_user
+from tests.metrics_support import metrics_server
 from tests.streams import Stream
 
 pytestmark = pytest.mark.asyncio
@@ -153,6 +155,73 @@ async def test_a_slow_consumer_is_closed_without_slowing_others_or_growing_memor
     [after] = await fast.deliveries(1)
     assert after.notification.content.title == "after"
     fast.cancel()
+
+
+async def test_stalled_streams_hold_bounded_bytes_per_session_and_per_node(
+    deploy: Deploy,
+) -> None:
+    """Buffers are bounded in bytes: stalled clients never make the node hold more than its
+    bound, a reading client keeps moving, and nothing is lost (the rest is read from the log)."""
+    per_session, per_node = 48 * 1024, 128 * 1024
+    settings = DeliverySettings(
+        session_buffer=4096,
+        session_buffer_bytes=per_session,
+        node_buffer_bytes=per_node,
+        batch_max=8,
+        write_timeout_s=60,  # not closed as slow consumers here: they read again below
+    )
+    herald, _ = await deploy("up", delivery=settings)
+    core = herald.node("stream").delivery
+    assert core is not None
+    stalled_users = [f"stalled{i}" for i in range(5)]
+    stalled = []
+    for user in stalled_users:  # never read; small windows, so the server's writes block
+        client = HeraldClient(
+            herald.address("stream"),
+            herald.tokens.user("acme", user),
+            options=[("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 16384)],
+        )
+        herald.clients.append(client)
+        stalled.append(Stream(client))
+        await stalled[-1].start()
+    fast = Stream(herald.user("fast"))
+    await fast.start()
+    backend = herald.backend()
+    body = "x" * 3000
+    rounds, per_round = 8, 24
+    entry_bytes = 3000 + ENTRY_OVERHEAD  # at least, per entry
+    with metrics_server() as scrape:
+        for round_ in range(rounds):
+            batch = [
+                to_user(user, f"{user}-{round_}-{i}", content={"title": "s", "body": body})
+                for user in stalled_users
+                for i in range(per_round)
+            ]
+            batch.append(to_user("fast", f"f{round_}"))
+            await backend.send_batch(batch)
+            [delivery] = await fast.deliveries(1)  # held up by nobody
+            assert delivery.notification.content.title == f"f{round_}"
+            sessions = [s for s in core.hub.sessions.values() if s.user_id != "fast"]
+            for session in sessions:
+                # The bound, or one entry: a session with nothing waiting may always take one.
+                assert session.waiting_bytes <= max(per_session, 2 * entry_bytes * 2)
+            assert core.budget.used <= per_node + len(sessions) * 2 * entry_bytes
+            assert core.budget.used == sum(s.waiting_bytes for s in core.hub.sessions.values())
+        # Far more was sent than the node holds: 5 x 192 entries of 3 KB = 2.9 MB.
+        assert rounds * per_round * len(stalled_users) * entry_bytes > 20 * per_node
+        held = await scrape.value("herald_buffered_bytes", kind="used")
+        assert 0 < held <= per_node + len(stalled_users) * 2 * entry_bytes
+        assert await scrape.value("herald_buffered_bytes", kind="limit") == per_node
+        # Reading again, every stalled client gets everything in order: what did not fit was
+        # left in the log and read from it later.
+        for user, stream in zip(stalled_users, stalled, strict=True):
+            got = await stream.deliveries(rounds * per_round, within=30)
+            expected = [f"{user}-{r}-{i}" for r in range(rounds) for i in range(per_round)]
+            assert [d.notification.content.title for d in got] == expected
+            assert [d.cursor for d in got] == list(range(1, rounds * per_round + 1)), user
+        assert await scrape.value("herald_buffered_bytes", kind="used") == 0
+    for stream in [*stalled, fast]:
+        stream.cancel()
 
 
 async def test_a_stream_ends_when_its_token_expires_and_the_client_reconnects(

@@ -29,7 +29,7 @@ from services.stream.broker import Broker
 from services.stream.hub import Hub
 from services.stream.inbox import Inbox, InboxItem
 from services.stream.log import Entry, LogStore
-from services.stream.session import Pending, Session, new_log_state
+from services.stream.session import BufferBudget, Pending, Session, new_log_state
 from services.stream.status import StatusStore
 from services.stream.timers import Timers
 from services.stream.writer import AckDelays, SessionWriter, Write
@@ -75,6 +75,8 @@ class DeliveryCore:
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
         self.hub = Hub(broker, clock)
+        # The bytes every session's buffer holds, against HERALD_DELIVERY_NODE_BUFFER_BYTES.
+        self.budget = BufferBudget(settings.node_buffer_bytes)
         self.delays = AckDelays(settings, rng or random.Random())  # noqa: S311 - jitter
         self.writer = SessionWriter(
             node_id=node_id,
@@ -189,6 +191,8 @@ class DeliveryCore:
             channels=unique_channels,
             logs=states,
             buffer_limit=self._settings.session_buffer,
+            buffer_bytes=self._settings.session_buffer_bytes,
+            budget=self.budget,
             connected_at=now,
             expires_at=expires_at,
         )
@@ -238,6 +242,7 @@ class DeliveryCore:
         session.unregistering = True
         await self.hub.remove(session)
         session.forget_acks()
+        session.release()
         metrics.SESSIONS.dec()
         metrics.STREAMS.labels("subscribe", self.tenant_label(session.tenant)).dec()
         try:

@@ -10,6 +10,10 @@ Invariants (docs/delivery.md states them for users):
 - Writing order: within one priority, cursor order; across priorities, weighted round-robin
   (HIGH 4 : NORMAL 2 : LOW 1 of every 7 picks while all three wait), so a waiting LOW is sent
   within 7 deliveries.
+- Buffers are bounded in entries and in bytes, per session and per node (`BufferBudget`): an
+  entry is enqueued only if it fits both, except that an empty session always takes one (so a
+  node full of stalled sessions still moves every other session forward, one entry at a time).
+  An entry counts from its enqueue until it is taken for writing (or the session ends).
 - `resume_cursor` of a delivery of log L: every entry of L at or below it was written to this
   stream before (or together with) that delivery, or was acked or expired.
 """
@@ -37,6 +41,23 @@ if TYPE_CHECKING:
 _LANE_OF_PRIORITY = {3: 0, 2: 1, 0: 1, 1: 2}
 # Weighted round-robin over the lanes: 4 HIGH, 2 NORMAL, 1 LOW per cycle.
 _PICK_CYCLE = (0, 1, 0, 2, 0, 1, 0)
+# What a waiting entry costs besides its notification's bytes: the Entry with its id, the
+# Pending, its lane and heap slots (tracemalloc, 100,000 of them on CPython 3.11: 248 bytes).
+ENTRY_OVERHEAD = 256
+
+
+class BufferBudget:
+    """The bytes every session of a node has waiting, against the node's bound."""
+
+    __slots__ = ("limit", "used")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+
+def entry_size(entry: Entry) -> int:
+    return len(entry.notification_field) + ENTRY_OVERHEAD
 
 
 @dataclass(slots=True)
@@ -92,6 +113,8 @@ class Session:
         channels: tuple[str, ...],
         logs: dict[LogKey, LogCursorState],
         buffer_limit: int,
+        buffer_bytes: int = 1 << 62,
+        budget: BufferBudget | None = None,
         connected_at: float,
         expires_at: float = math.inf,
     ) -> None:
@@ -102,6 +125,10 @@ class Session:
         self.channels = channels
         self.logs = logs
         self.buffer_limit = buffer_limit
+        self.buffer_bytes = buffer_bytes
+        self.budget = budget if budget is not None else BufferBudget(1 << 62)
+        # Bytes of the entries waiting (see entry_size); also counted in the node's budget.
+        self.waiting_bytes = 0
         self.connected_at = connected_at
         # When the token the stream was opened with stops verifying (wall clock).
         self.expires_at = expires_at
@@ -153,7 +180,8 @@ class Session:
             # Not the next entries, or no room: read them from the log later instead.
             self.fall_behind(state)
             return
-        self.enqueue(state, fresh, now)
+        if not self.enqueue(state, fresh, now):
+            self.fall_behind(state)
 
     def fall_behind(self, state: LogCursorState) -> None:
         """The session must read this log to continue (the writer catches up)."""
@@ -161,28 +189,67 @@ class Session:
         self.lagging = True
         self.wakeup.set()
 
-    def enqueue(self, state: LogCursorState, entries: Sequence[Entry], now: float) -> None:
-        """Queues entries that continue `state`'s sequence, skipping acked and expired ones."""
+    def enqueue(self, state: LogCursorState, entries: Sequence[Entry], now: float) -> bool:
+        """Queues entries that continue `state`'s sequence, skipping acked and expired ones.
+
+        Stops at the first entry that does not fit the byte bounds and returns False: the
+        entries from it on are read from the log again later (`state.enqueued` stays before it).
+        """
+        budget = self.budget
+        session_room = self.buffer_bytes - self.waiting_bytes
+        node_room = budget.limit - budget.used
+        added = 0
+        complete = True
         for entry in entries:
             if entry.cursor <= state.enqueued:
                 continue
-            state.enqueued = entry.cursor
             if entry.expires_at <= now or state.acks.is_acked(entry.cursor):
+                state.enqueued = entry.cursor
                 continue
+            size = len(entry.notification_field) + ENTRY_OVERHEAD
+            if (size > session_room or size > node_room) and (self.waiting or added):
+                complete = False
+                break
+            state.enqueued = entry.cursor
+            session_room -= size
+            node_room -= size
+            added += size
             self.lanes[_LANE_OF_PRIORITY.get(entry.priority, 1)].append(Pending(entry, state))
             heapq.heappush(state.waiting, entry.cursor)
             self.waiting += 1
+        self.waiting_bytes += added
+        budget.used += added
         self.wakeup.set()
+        return complete
 
     def requeue(self, pending: Pending) -> None:
         """Puts an unacked entry back for redelivery, ahead of its lane."""
         pending.attempt += 1
         self.lanes[_LANE_OF_PRIORITY.get(pending.entry.priority, 1)].appendleft(pending)
         self.waiting += 1
+        # Counted whatever the bounds: it is held for its ack timer anyway.
+        size = entry_size(pending.entry)
+        self.waiting_bytes += size
+        self.budget.used += size
         self.wakeup.set()
 
     def room(self) -> int:
+        """Entries the session may still enqueue (0 once either bound is reached; an empty
+        session always has room for one)."""
+        if not self.waiting:
+            return self.buffer_limit
+        budget = self.budget
+        if self.waiting_bytes >= self.buffer_bytes or budget.used >= budget.limit:
+            return 0
         return self.buffer_limit - self.waiting
+
+    def release(self) -> None:
+        """Drops what still waits and gives the node back its bytes (the session ended)."""
+        for lane in self.lanes:
+            lane.clear()
+        self.waiting = 0
+        self.budget.used -= self.waiting_bytes
+        self.waiting_bytes = 0
 
     # -- ack timers ------------------------------------------------------------------------
 
@@ -244,14 +311,20 @@ class Session:
         """Up to `limit` waiting entries in writing order (see the module invariants)."""
         taken: list[Pending] = []
         lanes = self.lanes
+        size = 0
         while len(taken) < limit and self.waiting:
             for _ in range(len(_PICK_CYCLE)):
                 lane = lanes[_PICK_CYCLE[self._pick]]
                 self._pick = (self._pick + 1) % len(_PICK_CYCLE)
                 if lane:
-                    taken.append(lane.popleft())
+                    pending = lane.popleft()
+                    taken.append(pending)
+                    size += len(pending.entry.notification_field)
                     self.waiting -= 1
                     break
+        size += ENTRY_OVERHEAD * len(taken)
+        self.waiting_bytes -= size
+        self.budget.used -= size
         return taken
 
     def encode(self, taken: list[Pending]) -> bytes:

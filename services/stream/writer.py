@@ -156,8 +156,9 @@ class SessionWriter:
                 state.behind = False
                 limit = min(session.room(), self._settings.batch_max * 8)
                 entries = await self._logs.read(session.tenant, key, state.enqueued, limit)
-                if entries:
-                    session.enqueue(state, entries, now)
+                if entries and not session.enqueue(state, entries, now):
+                    state.behind = True  # the byte bounds stopped it: read the rest later
+                    break
                 if len(entries) == limit:
                     state.behind = True
         session.lagging = any(state.behind for state in session.logs.values())
