@@ -49,6 +49,9 @@ class ServerSettings(BaseSettings):
     # does on purpose. Off otherwise: a port already in use is a start-up error, not a silent
     # split of the clients between two servers.
     reuse_port: bool = False
+    # Calls grpc core holds while the server is busy taking earlier ones (a connect storm):
+    # past it the oldest are cancelled, past twice it every new one (grpc's defaults: 1,000, 3,000).
+    max_pending_calls: int = Field(default=20_000, ge=100)
     # How long shutdown waits for streams to drain and stores to flush.
     shutdown_grace_s: float = Field(default=10.0, ge=0)
     log_level: str = "INFO"

@@ -82,6 +82,13 @@ def server_options(config: Config) -> list[tuple[str, int]]:
         ("grpc.http2.max_pings_without_data", 0),
         ("grpc.max_receive_message_length", 4 * 1024 * 1024),
         ("grpc.so_reuseport", 1 if s.reuse_port else 0),
+        # Calls that arrived and wait for the application to take them: past the soft bound
+        # grpc core cancels the ones that waited too long, past the hard bound every new one,
+        # with CANCELLED and no details (grpc's defaults, 1,000 and 3,000, cancelled 879 of a
+        # storm of 3,200 Subscribes in the test below and 150 of 2,000 in bench/memory.py).
+        # Test: test_a_connect_storm_past_grpcs_default_pending_bound_opens_every_stream.
+        ("grpc.server.max_pending_requests", s.max_pending_calls),
+        ("grpc.server.max_pending_requests_hard_limit", 2 * s.max_pending_calls),
     ]
 
 

@@ -157,6 +157,48 @@ async def test_a_slow_consumer_is_closed_without_slowing_others_or_growing_memor
     fast.cancel()
 
 
+async def test_a_connect_storm_past_grpcs_default_pending_bound_opens_every_stream(
+    deploy: Deploy,
+) -> None:
+    """3,200 Subscribes at once (grpc core's defaults hold 1,000 calls the server has not taken
+    yet, and cancel past 3,000): every one gets its session (HERALD_MAX_PENDING_CALLS)."""
+    herald, _ = await deploy("up")
+    streams, connections = 3200, 16
+    channels = [
+        aio.insecure_channel(
+            herald.address("stream"), options=[("grpc.use_local_subchannel_pool", 1)]
+        )
+        for _ in range(connections)
+    ]
+    try:
+        calls = []
+        for index in range(streams):
+            subscribe = channels[index % connections].unary_stream(
+                "/herald.v1.StreamService/Subscribe",
+                request_serializer=stream_pb2.SubscribeRequest.SerializeToString,
+                response_deserializer=stream_pb2.SubscribeResponse.FromString,
+            )
+            token = herald.tokens.user("acme", f"storm{index}")
+            calls.append(
+                subscribe(
+                    stream_pb2.SubscribeRequest(), metadata=(("authorization", f"Bearer {token}"),)
+                )
+            )
+        async with asyncio.timeout(120):
+            events = await asyncio.gather(*(c.read() for c in calls), return_exceptions=True)
+        failed = [e for e in events if isinstance(e, BaseException)]
+        assert not failed, f"{len(failed)} of {streams} failed, first: {failed[0]!r}"
+        assert all(e.WhichOneof("event") == "session_started" for e in events)
+        core = herald.node("stream").delivery
+        assert core is not None
+        assert core.session_count == streams
+        for call in calls:
+            call.cancel()
+    finally:
+        for channel in channels:
+            await channel.close()
+
+
 async def test_stalled_streams_hold_bounded_bytes_per_session_and_per_node(
     deploy: Deploy,
 ) -> None:
