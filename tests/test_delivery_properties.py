@@ -767,7 +767,7 @@ class DeliveryMachine(RuleBasedStateMachine):
     def buffered_bytes_are_counted_exactly(self) -> None:
         sessions = list(self.core.hub.sessions.values())
         for session in sessions:
-            waiting = [p for lane in session.lanes for p in lane]
+            waiting = [p for lane in session.lanes or () for p in lane]
             assert session.waiting == len(waiting)
             assert session.waiting_bytes == sum(entry_size(p.entry) for p in waiting)
         assert self.core.budget.used == sum(s.waiting_bytes for s in sessions)

@@ -132,11 +132,9 @@ class Session:
         self.connected_at = connected_at
         # When the token the stream was opened with stops verifying (wall clock).
         self.expires_at = expires_at
-        self.lanes: tuple[deque[Pending], deque[Pending], deque[Pending]] = (
-            deque(),
-            deque(),
-            deque(),
-        )
+        # Made when the first entry waits and dropped when the last is taken: an idle session
+        # does not hold three empty deques (760 bytes each).
+        self.lanes: tuple[deque[Pending], deque[Pending], deque[Pending]] | None = None
         self.waiting = 0
         self.wakeup = asyncio.Event()
         # Every log starts `behind`: the first wakeup replays the backlog.
@@ -200,6 +198,7 @@ class Session:
         node_room = budget.limit - budget.used
         added = 0
         complete = True
+        lanes = self.lanes or self._make_lanes()
         for entry in entries:
             if entry.cursor <= state.enqueued:
                 continue
@@ -214,7 +213,7 @@ class Session:
             session_room -= size
             node_room -= size
             added += size
-            self.lanes[_LANE_OF_PRIORITY.get(entry.priority, 1)].append(Pending(entry, state))
+            lanes[_LANE_OF_PRIORITY.get(entry.priority, 1)].append(Pending(entry, state))
             heapq.heappush(state.waiting, entry.cursor)
             self.waiting += 1
         self.waiting_bytes += added
@@ -225,13 +224,18 @@ class Session:
     def requeue(self, pending: Pending) -> None:
         """Puts an unacked entry back for redelivery, ahead of its lane."""
         pending.attempt += 1
-        self.lanes[_LANE_OF_PRIORITY.get(pending.entry.priority, 1)].appendleft(pending)
+        lanes = self.lanes or self._make_lanes()
+        lanes[_LANE_OF_PRIORITY.get(pending.entry.priority, 1)].appendleft(pending)
         self.waiting += 1
         # Counted whatever the bounds: it is held for its ack timer anyway.
         size = entry_size(pending.entry)
         self.waiting_bytes += size
         self.budget.used += size
         self.wakeup.set()
+
+    def _make_lanes(self) -> tuple[deque[Pending], deque[Pending], deque[Pending]]:
+        self.lanes = (deque(), deque(), deque())
+        return self.lanes
 
     def room(self) -> int:
         """Entries the session may still enqueue (0 once either bound is reached; an empty
@@ -245,8 +249,7 @@ class Session:
 
     def release(self) -> None:
         """Drops what still waits and gives the node back its bytes (the session ended)."""
-        for lane in self.lanes:
-            lane.clear()
+        self.lanes = None
         self.waiting = 0
         self.budget.used -= self.waiting_bytes
         self.waiting_bytes = 0
@@ -311,6 +314,8 @@ class Session:
         """Up to `limit` waiting entries in writing order (see the module invariants)."""
         taken: list[Pending] = []
         lanes = self.lanes
+        if lanes is None:
+            return taken
         size = 0
         while len(taken) < limit and self.waiting:
             for _ in range(len(_PICK_CYCLE)):
@@ -325,6 +330,8 @@ class Session:
         size += ENTRY_OVERHEAD * len(taken)
         self.waiting_bytes -= size
         self.budget.used -= size
+        if not self.waiting:
+            self.lanes = None
         return taken
 
     def encode(self, taken: list[Pending]) -> bytes:
