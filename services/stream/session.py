@@ -56,6 +56,48 @@ class BufferBudget:
         self.used = 0
 
 
+class Flag:
+    """asyncio.Event's set / clear / is_set / wait, without its 760-byte deque of waiters: a
+    session holds two for as long as it is open, and a node holds thousands of sessions."""
+
+    __slots__ = ("_value", "_waiters")
+
+    def __init__(self) -> None:
+        self._value = False
+        self._waiters: list[asyncio.Future[None]] | None = None
+
+    def is_set(self) -> bool:
+        return self._value
+
+    def set(self) -> None:
+        if self._value:
+            return
+        self._value = True
+        waiters, self._waiters = self._waiters, None
+        if waiters:
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._value = False
+
+    async def wait(self) -> bool:
+        if self._value:
+            return True
+        waiter = asyncio.get_running_loop().create_future()
+        if self._waiters is None:
+            self._waiters = [waiter]
+        else:
+            self._waiters.append(waiter)
+        try:
+            await waiter
+            return True
+        finally:
+            if self._waiters is not None and waiter in self._waiters:
+                self._waiters.remove(waiter)
+
+
 def entry_size(entry: Entry) -> int:
     return len(entry.notification_field) + ENTRY_OVERHEAD
 
@@ -136,7 +178,7 @@ class Session:
         # does not hold three empty deques (760 bytes each).
         self.lanes: tuple[deque[Pending], deque[Pending], deque[Pending]] | None = None
         self.waiting = 0
-        self.wakeup = asyncio.Event()
+        self.wakeup = Flag()
         # Every log starts `behind`: the first wakeup replays the backlog.
         self.lagging = True  # some log is behind (a cheap check for the writer)
         self.wakeup.set()
@@ -149,7 +191,7 @@ class Session:
         self.unacked: dict[tuple[LogKey, int], Pending] = {}
         # The ack timers: the same entries by attempt, each in write order (see `due`).
         self._timers: dict[int, dict[tuple[LogKey, int], Pending]] = {}
-        self.closed = asyncio.Event()
+        self.closed = Flag()
         # Set once the node began to forget the session (close runs once).
         self.unregistering = False
         self.last_write_at = connected_at
