@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 from dataclasses import replace
+
 from services.push.targets import PushTargetRecord
 
 

@@ -26,7 +26,9 @@ async def test_register_and_list_oldest_first(push_target_store: PushTargetStore
     first = await push_target_store.register(T1, webpush("alice", "https://push/1", 100.0))
     await push_target_store.register(T1, fcm("bob", "tok-c"))
     assert await push_target_store.list(T1, "alice") == [first, second]
-    assert first.p256dh == "pk" and first.auth == "au" and first.kind is PushKind.WEBPUSH
+    assert first.p256dh == "pk"
+    assert first.auth == "au"
+    assert first.kind is PushKind.WEBPUSH
 
 
 async def test_same_token_again_is_one_target(push_target_store: PushTargetStore) -> None:
