@@ -20,6 +20,8 @@ from redis.asyncio import Redis
 from services.clock import Clock
 from services.ingest.idempotency import IdempotencyStore
 from services.ingest.idempotency_memory import MemoryIdempotencyStore
+from services.push.pending import PendingPushStore
+from services.push.pending_memory import MemoryPendingPushStore
 from services.push.targets import PushTargetStore
 from services.push.targets_memory import MemoryPushTargetStore
 from services.ratelimit.limiter import RateLimiter
@@ -97,6 +99,10 @@ TEMPLATE_STORES: dict[str, Opener[TemplateStore]] = {
 PUSH_TARGET_STORES: dict[str, Opener[PushTargetStore]] = {
     "memory": in_memory(MemoryPushTargetStore),
     "postgres": backends_postgres.push_target_store,
+}
+PENDING_PUSH_STORES: dict[str, Opener[PendingPushStore]] = {
+    "memory": in_memory(MemoryPendingPushStore),
+    "postgres": backends_postgres.pending_push_store,
 }
 TENANT_SETTINGS_STORES: dict[str, Opener[TenantSettingsStore]] = {
     "memory": in_memory(MemoryTenantSettingsStore),
@@ -251,6 +257,12 @@ async def template_store(request: pytest.FixtureRequest) -> AsyncIterator[Templa
 @pytest_asyncio.fixture(params=sorted(PUSH_TARGET_STORES))
 async def push_target_store(request: pytest.FixtureRequest) -> AsyncIterator[PushTargetStore]:
     async with PUSH_TARGET_STORES[request.param]() as store:
+        yield store
+
+
+@pytest_asyncio.fixture(params=sorted(PENDING_PUSH_STORES))
+async def pending_push_store(request: pytest.FixtureRequest) -> AsyncIterator[PendingPushStore]:
+    async with PENDING_PUSH_STORES[request.param]() as store:
         yield store
 
 
