@@ -17,9 +17,9 @@ class MemoryPendingPushStore:
             self._pushes[(push.tenant, push.user_id, push.notification_id)] = push
 
     async def claim(self, now: float, limit: int, lease_s: float) -> list[PendingPush]:
-        due = sorted(
-            (p for p in self._pushes.values() if p.due_at <= now), key=lambda p: p.due_at
-        )[:limit]
+        due = sorted((p for p in self._pushes.values() if p.due_at <= now), key=lambda p: p.due_at)[
+            :limit
+        ]
         claimed = []
         for push in due:
             moved = dataclasses.replace(push, due_at=now + lease_s)
