@@ -85,9 +85,11 @@ async def paired_stores() -> AsyncIterator[tuple[LogStore, StatusStore]]:
         finally:
             await logs.aclose()
             await status.aclose()
+
+
 push_target_store: Callable[[], AbstractAsyncContextManager[PushTargetStore]] = _on_clean_pool(
     PostgresPushTargetStore
 )
-pending_push_store: Callable[[], AbstractAsyncContextManager[PendingPushStore]] = (
-    _on_clean_pool(PostgresPendingPushStore)
+pending_push_store: Callable[[], AbstractAsyncContextManager[PendingPushStore]] = _on_clean_pool(
+    PostgresPendingPushStore
 )
