@@ -168,7 +168,7 @@ class PushFallbackWorker:
     async def _send(
         self, tenant: str, settings: PushFallback, target: PushTargetRecord, message: PushMessage
     ) -> PushResult:
-        provider: PushProvider | None = self._providers.get(tenant, settings, target.kind)
+        provider: PushProvider | None = await self._providers.get(tenant, settings, target.kind)
         if provider is None:
             return PushResult(Outcome.FAILED, 0, "provider not configured")
         result = PushResult(Outcome.FAILED)

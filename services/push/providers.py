@@ -34,11 +34,14 @@ class ProviderSet:
         # (tenant, kind) -> (the settings it was built from, the provider)
         self._built: dict[tuple[str, PushKind], tuple[PushFallback, PushProvider | None]] = {}
 
-    def get(self, tenant: str, settings: PushFallback, kind: PushKind) -> PushProvider | None:
-        """The tenant's provider for `kind`, None when its settings configure none."""
+    async def get(self, tenant: str, settings: PushFallback, kind: PushKind) -> PushProvider | None:
+        """The tenant's provider for `kind`, None when its settings configure none; built anew
+        (the old one closed) when the settings changed."""
         built = self._built.get((tenant, kind))
         if built is not None and built[0] == settings:
             return built[1]
+        if built is not None and built[1] is not None:
+            await built[1].aclose()
         provider = self._build(settings, kind)
         self._built[(tenant, kind)] = (settings, provider)
         return provider
