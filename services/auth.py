@@ -43,6 +43,10 @@ SCOPE_TEMPLATES_WRITE = "templates:write"
 SCOPE_TENANT_ADMIN = "tenant:admin"
 SCOPE_TENANT_READ = "tenant:read"
 SCOPE_NODE = "node"
+# The push-target RPCs (docs/push.md): a user token (`subscribe`) for its own user, a backend
+# token (`send`) for any user of its tenant. Not a scope a token carries.
+SCOPE_PUSH_TARGETS = "push:targets"
+_PUSH_TARGETS = frozenset({SCOPE_SUBSCRIBE, SCOPE_SEND})
 ANY_TENANT = "*"
 # The scopes that may read their tenant's settings besides `tenant:read` itself.
 _READS_TENANT = frozenset({SCOPE_TENANT_ADMIN, SCOPE_SEND})
@@ -70,6 +74,8 @@ class Principal:
         if scope == SCOPE_PRESENCE_READ and SCOPE_SESSIONS_ADMIN in self.scopes:
             return
         if scope == SCOPE_TENANT_READ and not self.scopes.isdisjoint(_READS_TENANT):
+            return
+        if scope == SCOPE_PUSH_TARGETS and not self.scopes.isdisjoint(_PUSH_TARGETS):
             return
 
         raise PermissionDenied(f"the token lacks the '{scope}' scope")

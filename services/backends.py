@@ -23,6 +23,10 @@ from services.config import Config
 from services.errors import Unavailable
 from services.ingest.idempotency import IdempotencyStore
 from services.ingest.idempotency_memory import MemoryIdempotencyStore
+from services.push.pending import PendingPushStore
+from services.push.pending_memory import MemoryPendingPushStore
+from services.push.targets import PushTargetStore
+from services.push.targets_memory import MemoryPushTargetStore
 from services.ratelimit.limiter import RateLimiter
 from services.registry.sessions import SessionDirectory
 from services.registry.sessions_memory import MemorySessionDirectory
@@ -69,6 +73,9 @@ class Stores:
     # The rate limiter on the shared store (production: Redis); None: each node's own buckets.
     rate_limiter: RateLimiter | None = None
     backends: tuple[Backend, ...] = field(default=())
+    # The offline fallback (docs/push.md).
+    push_targets: PushTargetStore = field(default_factory=MemoryPushTargetStore)
+    push_pending: PendingPushStore = field(default_factory=MemoryPendingPushStore)
 
     async def monitor(self, interval_s: float) -> None:
         """Probes every backend through its breaker, forever: a backend that went away opens
@@ -96,6 +103,8 @@ class Stores:
             self.sessions,
             self.templates,
             self.tenant_settings,
+            self.push_targets,
+            self.push_pending,
         ):
             await store.aclose()
         for backend in self.backends:

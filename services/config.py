@@ -399,6 +399,31 @@ class OutboxSettings(BaseSettings):
     retry_delay_max_s: float = Field(default=30.0, gt=0)
 
 
+class PushSettings(BaseSettings):
+    """The offline fallback's worker on ingest nodes (docs/push.md). Whether a tenant gets
+    pushes, and with which credentials, is in its tenant settings (push_fallback)."""
+
+    model_config = SettingsConfigDict(env_prefix="HERALD_PUSH_", frozen=True, extra="ignore")
+
+    # How often the pending pushes are looked at.
+    poll_interval_s: float = Field(default=0.5, gt=0)
+    # Pending pushes one round claims, and how long a claim holds before another node takes it.
+    batch: int = Field(default=100, ge=1, le=1000)
+    lease_s: float = Field(default=60.0, gt=0)
+    max_attempts: int = Field(default=5, ge=1)
+    retry_delay_s: float = Field(default=0.5, gt=0)
+    retry_delay_max_s: float = Field(default=30.0, gt=0)
+    # The providers' addresses; only tests and proxies change them.
+    fcm_base_url: str = "https://fcm.googleapis.com"
+    fcm_token_url: str = ""
+    apns_base_url: str = ""
+    apns_cleartext_h2: bool = False
+    # Web Push endpoints over plain http accepted at registration (local test servers only).
+    webpush_allow_http: bool = False
+    # Off: pending pushes are stored but handled only by `PushFallbackWorker.run_once` (tests).
+    worker: bool = True
+
+
 @dataclass(frozen=True)
 class Config:
     """All settings, built once in the entry point and passed down."""
@@ -415,3 +440,4 @@ class Config:
     chain: ChainSettings = field(default_factory=ChainSettings)
     jetstream: JetStreamSettings = field(default_factory=JetStreamSettings)
     outbox: OutboxSettings = field(default_factory=OutboxSettings)
+    push: PushSettings = field(default_factory=PushSettings)

@@ -250,6 +250,37 @@ class RateLimitOverrides:
 RATE_LIMIT_FIELDS: Final = tuple(RateLimitOverrides.__dataclass_fields__)
 
 
+# The secrets of PushFallback: write-only on the API (docs/push.md), never in a repr or a log.
+PUSH_SECRET_FIELDS: Final = ("fcm_service_account_json", "apns_private_key_p8", "vapid_private_key")
+
+
+@dataclass(frozen=True, slots=True)
+class PushFallback:
+    """A tenant's offline fallback to push providers (herald.v1.PushFallbackSettings)."""
+
+    enabled: bool = False
+    # 0: DEFAULT_PUSH_DELAY_S.
+    delay_s: int = 0
+    fcm_project_id: str = ""
+    fcm_service_account_json: str = field(default="", repr=False)
+    apns_team_id: str = ""
+    apns_key_id: str = ""
+    apns_private_key_p8: str = field(default="", repr=False)
+    apns_topic: str = ""
+    apns_production: bool = False
+    vapid_private_key: str = field(default="", repr=False)
+    vapid_public_key: str = ""
+    vapid_subject: str = ""
+
+    @property
+    def delay(self) -> int:
+        return self.delay_s or DEFAULT_PUSH_DELAY_S
+
+
+DEFAULT_PUSH_DELAY_S: Final = 30
+MAX_PUSH_DELAY_S: Final = 86_400
+
+
 @dataclass(frozen=True, slots=True)
 class StreamPolicy:
     """What the transformer chain may do to a tenant's streams (herald.v1.StreamPolicy)."""
@@ -274,3 +305,5 @@ class TenantSettingsRecord:
     # What ingest applies to the tenant's sends (None: the node's HERALD_INGEST_* value).
     default_ttl_s: int | None = None
     max_users_per_send: int | None = None
+    # None: no push fallback.
+    push_fallback: PushFallback | None = None

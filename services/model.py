@@ -14,6 +14,7 @@ from services.domain import (
     RATE_LIMIT_FIELDS,
     Accepted,
     NotificationRecord,
+    PushFallback,
     RateLimitOverrides,
     RecipientRecord,
     SessionInfo,
@@ -234,7 +235,11 @@ def rate_limits_from_proto(message: registry_pb2.TenantRateLimits) -> RateLimitO
     return RateLimitOverrides(**values)  # type: ignore[arg-type]
 
 
-def tenant_settings_to_proto(settings: TenantSettingsRecord) -> registry_pb2.TenantSettings:
+def tenant_settings_to_proto(
+    settings: TenantSettingsRecord, secrets: bool = False
+) -> registry_pb2.TenantSettings:
+    """The wire form; the push secrets only with `secrets` (for other Herald nodes), else
+    empty with their `*_set` flags."""
     message = registry_pb2.TenantSettings(
         tenant_id=settings.tenant,
         version=settings.version,
@@ -247,6 +252,8 @@ def tenant_settings_to_proto(settings: TenantSettingsRecord) -> registry_pb2.Ten
         message.max_users_per_send = settings.max_users_per_send
     if settings.updated_at:
         message.updated_at.CopyFrom(timestamp(settings.updated_at))
+    if settings.push_fallback is not None:
+        message.push_fallback.CopyFrom(push_fallback_to_proto(settings.push_fallback, secrets))
     policy = settings.stream_policy
     if policy is not None:
         message.stream_policy.CopyFrom(
@@ -277,6 +284,11 @@ def tenant_settings_from_proto(
         tenant,
         rate_limits=rate_limits_from_proto(message.rate_limits),
         stream_policy=policy,
+        push_fallback=(
+            push_fallback_from_proto(message.push_fallback)
+            if message.HasField("push_fallback")
+            else None
+        ),
         default_ttl_s=(
             message.default_ttl_seconds if message.HasField("default_ttl_seconds") else None
         ),
@@ -294,3 +306,66 @@ def tenant_settings_from_response(message: registry_pb2.TenantSettings) -> Tenan
         updated_at=seconds(message.updated_at),
         updated_by=message.updated_by,
     )
+
+
+def push_fallback_to_proto(
+    push: PushFallback, secrets: bool = False
+) -> registry_pb2.PushFallbackSettings:
+    return registry_pb2.PushFallbackSettings(
+        enabled=push.enabled,
+        delay_seconds=push.delay_s,
+        fcm=registry_pb2.FcmCredentials(
+            project_id=push.fcm_project_id,
+            service_account_json=push.fcm_service_account_json if secrets else "",
+            service_account_json_set=bool(push.fcm_service_account_json),
+        ),
+        apns=registry_pb2.ApnsCredentials(
+            team_id=push.apns_team_id,
+            key_id=push.apns_key_id,
+            private_key_p8=push.apns_private_key_p8 if secrets else "",
+            private_key_p8_set=bool(push.apns_private_key_p8),
+            topic=push.apns_topic,
+            production=push.apns_production,
+        ),
+        web_push=registry_pb2.WebPushCredentials(
+            vapid_private_key=push.vapid_private_key if secrets else "",
+            vapid_private_key_set=bool(push.vapid_private_key),
+            vapid_public_key=push.vapid_public_key,
+            subject=push.vapid_subject,
+        ),
+    )
+
+
+def push_fallback_from_proto(message: registry_pb2.PushFallbackSettings) -> PushFallback:
+    return PushFallback(
+        enabled=message.enabled,
+        delay_s=message.delay_seconds,
+        fcm_project_id=message.fcm.project_id,
+        fcm_service_account_json=message.fcm.service_account_json,
+        apns_team_id=message.apns.team_id,
+        apns_key_id=message.apns.key_id,
+        apns_private_key_p8=message.apns.private_key_p8,
+        apns_topic=message.apns.topic,
+        apns_production=message.apns.production,
+        vapid_private_key=message.web_push.vapid_private_key,
+        vapid_public_key=message.web_push.vapid_public_key,
+        vapid_subject=message.web_push.subject,
+    )
+
+
+def keep_push_secrets(
+    message: registry_pb2.PushFallbackSettings, new: PushFallback, stored: PushFallback | None
+) -> PushFallback:
+    """`new` with each secret sent empty but flagged as set taken from `stored` (a client that
+    read the settings and puts them back does not erase the secrets it could not read)."""
+    if stored is None:
+        return new
+    kept = {}
+    for name, flag in (
+        ("fcm_service_account_json", message.fcm.service_account_json_set),
+        ("apns_private_key_p8", message.apns.private_key_p8_set),
+        ("vapid_private_key", message.web_push.vapid_private_key_set),
+    ):
+        if flag and not getattr(new, name):
+            kept[name] = getattr(stored, name)
+    return dataclasses.replace(new, **kept)

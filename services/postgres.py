@@ -19,6 +19,8 @@ from typing import Final
 import asyncpg
 
 from services.ingest.idempotency_postgres import PostgresIdempotencyStore
+from services.push.pending_postgres import PostgresPendingPushStore
+from services.push.targets_postgres import PostgresPushTargetStore
 from services.registry.templates_postgres import PostgresTemplateStore
 from services.registry.tenant_settings_postgres import PostgresTenantSettingsStore
 from services.stream.acks_postgres import PostgresAckStore
@@ -158,6 +160,8 @@ class PostgresBackend:
         self.idempotency = PostgresIdempotencyStore(pool)
         self.templates = PostgresTemplateStore(pool)
         self.tenant_settings = PostgresTenantSettingsStore(pool)
+        self.push_targets = PostgresPushTargetStore(pool)
+        self.push_pending = PostgresPendingPushStore(pool)
         self._close_timeout_s = close_timeout_s
 
     @classmethod

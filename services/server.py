@@ -38,16 +38,19 @@ from services.chain.policy import ChainPolicy, tenant_policy
 from services.chain.signing import KeyRing, dev_ring, load_dir
 from services.clock import Clock, SystemClock
 from services.config import Config, StartupError, TLSSettings
-from services.domain import SessionInfo
+from services.domain import SessionInfo, State
 from services.health import NodeHealth
 from services.ingest.core import IngestCore
 from services.ingest.servicer import IngestServicer
 from services.ingest.sources import Source, start_sources
 from services.interceptors import AuthInterceptor
 from services.ports import DeliveryPort, NodePort, RegistryPort, TemplatePort
+from services.push.fallback import PushFallbackWorker
+from services.push.providers import ProviderEndpoints, ProviderSet
+from services.push.registration import PushRegistration
 from services.ratelimit.admission import Admission
 from services.ratelimit.limiter_memory import MemoryRateLimiter
-from services.registry.core import RegistryCore
+from services.registry.core import Presence, RegistryCore
 from services.registry.servicer import RegistryServicer
 from services.remote import NodeClient, NodeCredentials, RegistryClient
 from services.stream.delivery import DeliveryCore
@@ -120,6 +123,8 @@ class Node:
     ws_port: int | None = None
     # Ingestion sources (JetStream, the outbox): stopped first.
     sources: list[Source] = field(default_factory=list)
+    # The offline fallback's worker (docs/push.md), on ingest nodes with a registry core.
+    push: PushFallbackWorker | None = None
     _stopped: bool = False
 
     @property
@@ -285,8 +290,13 @@ async def start_node(
                 stores.tenant_settings,
             )
         if "registry" in roles and registry_core is not None:
+            push_registration = PushRegistration(
+                stores.push_targets,
+                clock,
+                allow_http_endpoints=config.push.webpush_allow_http,
+            )
             registry_pb2_grpc.add_RegistryServiceServicer_to_server(
-                RegistryServicer(registry_core, config.rate_limit), server
+                RegistryServicer(registry_core, config.rate_limit, push_registration), server
             )
         # Without a registry core of its own, a node reads the registry over gRPC: the stream
         # node always, ingest when it is given the address (for templates and tenant settings).
@@ -355,6 +365,7 @@ async def start_node(
             )
 
         ingest_core: IngestCore | None = None
+        push_worker: PushFallbackWorker | None = None
         if "ingest" in roles:
             delivery_port: DeliveryPort
             if dispatcher is not None:
@@ -366,8 +377,19 @@ async def start_node(
                 closers.append(remote_node)
                 delivery_port = remote_node
             templates: TemplatePort | None = registry_core or remote_registry
+            if registry_core is not None and tenant_settings is not None:
+                push_worker = _push_worker(
+                    config, clock, stores, registry_core, tenant_settings, delivery_port
+                )
+                closers.append(push_worker)
             ingest_core = IngestCore(
-                delivery_port, stores.idempotency, config.ingest, clock, templates, tenant_settings
+                delivery_port,
+                stores.idempotency,
+                config.ingest,
+                clock,
+                templates,
+                tenant_settings,
+                push=push_worker,
             )
             IngestServicer(ingest_core, admission).register(server)
 
@@ -396,6 +418,9 @@ async def start_node(
         if stores.backends:
             monitor = asyncio.ensure_future(stores.monitor(config.backends.breaker_reset_s / 2))
             closers.insert(0, _Cancel(monitor))
+        if push_worker is not None and config.push.worker:
+            pushes = asyncio.ensure_future(push_worker.run(config.push.poll_interval_s))
+            closers.insert(0, _Cancel(pushes))
         if chain is not None and config.chain.signing_keys_dir and config.chain.keys_reload_s:
             reloads = asyncio.ensure_future(
                 _reload_keys(chain.keys, config.chain.signing_keys_dir, config)
@@ -431,6 +456,7 @@ async def start_node(
             websocket,
             ws_port,
             sources,
+            push_worker,
         )
     except BaseException:
         # Nothing half-started stays behind: the pool, the Redis client, the broker task.
@@ -440,6 +466,49 @@ async def start_node(
         await stores.aclose()
         await tracing.shutdown(own_tracing)
         raise
+
+
+def _push_worker(
+    config: Config,
+    clock: Clock,
+    stores: Stores,
+    registry: RegistryCore,
+    tenant_settings: TenantSettingsCache,
+    delivery: DeliveryPort,
+) -> PushFallbackWorker:
+    """The offline fallback's worker: presence from the registry, acks from the status store."""
+    settings = config.push
+
+    async def online(tenant: str, user_ids: list[str]) -> set[str]:
+        views = await registry.presence(tenant, user_ids)
+        return {v.user_id for v in views if v.state is Presence.ONLINE}
+
+    async def acked(tenant: str, notification_id: str, user_id: str) -> bool:
+        record = await delivery.status(tenant, notification_id)
+        recipient = None if record is None else record.recipients.get(user_id)
+        return recipient is not None and recipient.state is State.ACKED
+
+    return PushFallbackWorker(
+        pending=stores.push_pending,
+        targets=stores.push_targets,
+        providers=ProviderSet(
+            ProviderEndpoints(
+                fcm_base_url=settings.fcm_base_url,
+                fcm_token_url=settings.fcm_token_url,
+                apns_base_url=settings.apns_base_url,
+                apns_cleartext_h2=settings.apns_cleartext_h2,
+            )
+        ),
+        settings_for=tenant_settings.get,
+        online=online,
+        acked=acked,
+        clock=clock,
+        lease_s=settings.lease_s,
+        batch=settings.batch,
+        max_attempts=settings.max_attempts,
+        backoff_s=settings.retry_delay_s,
+        max_backoff_s=settings.retry_delay_max_s,
+    )
 
 
 def load_key_ring(config: Config) -> KeyRing:

@@ -20,6 +20,7 @@ from services.config import (
     Config,
     DeliverySettings,
     IngestSettings,
+    PushSettings,
     RateLimitSettings,
     RegistrySettings,
     ServerSettings,
@@ -41,6 +42,7 @@ def make_config(data_dir: Path, **overrides: object) -> Config:
     tls = overrides.pop("tls", None) or TLSSettings(terminated_upstream=True)
     rate_limit = overrides.pop("rate_limit", None) or RateLimitSettings()
     chain = overrides.pop("chain", None) or ChainSettings()
+    push = overrides.pop("push", None) or PushSettings()
     server = overrides.pop("server", None) or ServerSettings(
         host="127.0.0.1", port=0, ws_port=0, data_dir=data_dir, shutdown_grace_s=2
     )
@@ -53,6 +55,7 @@ def make_config(data_dir: Path, **overrides: object) -> Config:
         tls=tls,  # type: ignore[arg-type]
         rate_limit=rate_limit,  # type: ignore[arg-type]
         chain=chain,  # type: ignore[arg-type]
+        push=push,  # type: ignore[arg-type]
     )
 
 

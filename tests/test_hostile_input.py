@@ -146,6 +146,18 @@ SEEDS: dict[str, Message] = {
     "/herald.v1.RegistryService/ListTenantSettings": registry_pb2.ListTenantSettingsRequest(
         page_size=10
     ),
+    "/herald.v1.RegistryService/RegisterPushTarget": registry_pb2.RegisterPushTargetRequest(
+        kind=registry_pb2.PUSH_KIND_WEBPUSH,
+        web_push=registry_pb2.WebPushSubscription(
+            endpoint="https://push.example/sub",
+            p256dh="BPkSu2x9lJcgS1oz0gaoj8cFf2t6hD3eo6N2h_ezn3aAbyz8VZs2x7EVC1hLbHEIGrrm-Pq6FuJlTLUnT6kFnRo",
+            auth="AAECAwQFBgcICQoLDA0ODw",
+        ),
+    ),
+    "/herald.v1.RegistryService/UnregisterPushTarget": registry_pb2.UnregisterPushTargetRequest(
+        target_id="fcm-0123456789abcdef01234567"
+    ),
+    "/herald.v1.RegistryService/ListPushTargets": registry_pb2.ListPushTargetsRequest(),
     "/herald.node.v1.NodeService/Dispatch": node_pb2.DispatchRequest(notifications=[_dispatched()]),
     "/herald.node.v1.NodeService/GetDeliveryStatus": node_pb2.GetDeliveryStatusRequest(
         tenant_id=NODE_TENANT, notification_id=NOTIFICATION_ID
@@ -265,11 +277,15 @@ def _tokens(herald: Herald, path: str) -> dict[str, str | None]:
     scope = REQUIRED_SCOPE[path]
     if scope == auth.SCOPE_NODE:
         valid = minter.node_token("fuzz-node")
-    elif scope == auth.SCOPE_SUBSCRIBE:
+    elif scope in (auth.SCOPE_SUBSCRIBE, auth.SCOPE_PUSH_TARGETS):
+        # The push-target RPCs take a user token (or a backend's `send`).
         valid = herald.tokens.user("acme", "fuzz-alice", channels=["news*"])
     else:
         valid = minter.mint("fuzz-backend", "acme", [scope])
-    other_scope = auth.SCOPE_SEND if scope == auth.SCOPE_SUBSCRIBE else auth.SCOPE_SUBSCRIBE
+    other_scope = {
+        auth.SCOPE_SUBSCRIBE: auth.SCOPE_SEND,
+        auth.SCOPE_PUSH_TARGETS: auth.SCOPE_PRESENCE_READ,
+    }.get(scope, auth.SCOPE_SUBSCRIBE)
     claims = jwt.decode(valid, options={"verify_signature": False})
     return {
         "valid": f"Bearer {valid}",

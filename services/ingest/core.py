@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from herald.v1 import notification_pb2
 from services import metrics
@@ -26,6 +26,9 @@ from services.ingest.validation import ResolvedTarget, check_payload_size, valid
 from services.model import set_timestamp
 from services.ports import DeliveryPort, TemplatePort
 from services.tenant_settings_cache import TenantSettingsCache
+
+if TYPE_CHECKING:
+    from services.push.fallback import PushFallbackWorker
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +65,13 @@ class IngestCore:
         clock: Clock,
         templates: TemplatePort | None = None,
         tenant_settings: TenantSettingsCache | None = None,
+        *,
+        push: PushFallbackWorker | None = None,
     ) -> None:
         self._tenant_settings = tenant_settings
+        # The offline fallback (docs/push.md): None, or a tenant with it disabled, costs nothing
+        # but the cached settings lookup.
+        self._push = push
         # tenant -> (settings version, the node's settings with the tenant's applied)
         self._applied: dict[str, tuple[int, IngestSettings]] = {}
         self._delivery = delivery
@@ -158,6 +166,10 @@ class IngestCore:
             for (index, a), count in zip(accepted, counts, strict=True):
                 outcomes[index] = SendOutcome(a.notification_id, False, count)
             metrics.ACCEPTED.inc(len(accepted))
+            if self._push is not None and self._tenant_settings is not None:
+                await _schedule_pushes(
+                    self._push, self._tenant_settings, tenant, [a for _, a in accepted]
+                )
         metrics.INGEST_LATENCY.observe(time.perf_counter() - started)
         return outcomes  # type: ignore[return-value]  # every None was filled in above
 
@@ -263,3 +275,21 @@ class IngestCore:
         if record is None:
             raise NotFound(f"no notification {quote(notification_id)} in this tenant")
         return record
+
+
+async def _schedule_pushes(
+    push: PushFallbackWorker, cache: TenantSettingsCache, tenant: str, accepted: list[Accepted]
+) -> None:
+    """Adds the pending pushes of a tenant whose fallback is on. The notifications are stored
+    already: a failure here costs their pushes, never the send."""
+    fallback = (await cache.get(tenant)).push_fallback
+    if fallback is None or not fallback.enabled:
+        return
+    try:
+        await push.schedule(fallback, accepted)
+    except Exception:
+        log.warning(
+            "pending pushes not stored",
+            extra={"tenant": tenant, "count": len(accepted)},
+            exc_info=True,
+        )

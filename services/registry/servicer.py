@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from grpc import aio
 
 from herald.v1 import registry_pb2
 from services.audit import admin_action, bounded
-from services.auth import current_principal
+from services.auth import SCOPE_NODE, SCOPE_SEND, current_principal
 from services.bounds import MAX_ID_LEN, check_length
 from services.config import RateLimitSettings
 from services.domain import TenantSettingsRecord
-from services.errors import InvalidArgument
+from services.errors import FailedPrecondition, InvalidArgument, PermissionDenied
 from services.model import (
+    keep_push_secrets,
     rate_limits_to_proto,
     seconds,
     session_from_proto,
@@ -24,6 +26,8 @@ from services.model import (
     tenant_settings_to_proto,
     timestamp,
 )
+from services.push.registration import PushRegistration
+from services.push.targets import PushKind, PushTargetRecord
 from services.ratelimit.admission import as_overrides, effective_limits, node_limits
 from services.registry.core import RegistryCore
 from services.registry.tenant_settings import changed_fields, empty
@@ -48,9 +52,50 @@ def _expected(
     return request.expected_version if request.HasField("expected_version") else None
 
 
+def _push_user(requested: str) -> str:
+    """The user a push-target call acts on: a user token's own (user_id empty or its `sub`), any
+    user of the tenant for a backend token (scope `send`), which must name one."""
+    check_length(requested, MAX_ID_LEN, "user_id")
+    principal = current_principal()
+    if SCOPE_SEND in principal.scopes or SCOPE_NODE in principal.scopes:
+        if not requested:
+            raise InvalidArgument("user_id is required with a backend token")
+        return requested
+    if requested and requested != principal.subject:
+        raise PermissionDenied("a user token registers push targets for its own user only")
+    return principal.subject
+
+
+def _target_to_proto(target: PushTargetRecord) -> registry_pb2.PushTarget:
+    message = registry_pb2.PushTarget(
+        target_id=target.target_id,
+        user_id=target.user_id,
+        kind=registry_pb2.PushKind.Name(target.kind.value),
+    )
+    if target.kind is PushKind.WEBPUSH:
+        message.web_push.endpoint = target.token
+        message.web_push.p256dh = target.p256dh
+        message.web_push.auth = target.auth
+    else:
+        message.token = target.token
+    message.registered_at.CopyFrom(timestamp(target.registered_at))
+    return message
+
+
+def _with_secrets() -> bool:
+    """Only other Herald nodes (node tokens) read the push secrets: they send the pushes."""
+    return SCOPE_NODE in current_principal().scopes
+
+
 class RegistryServicer:
-    def __init__(self, core: RegistryCore, rate_limits: RateLimitSettings | None = None) -> None:
+    def __init__(
+        self,
+        core: RegistryCore,
+        rate_limits: RateLimitSettings | None = None,
+        push: PushRegistration | None = None,
+    ) -> None:
         self._core = core
+        self._push = push
         # This node's own limits: what GetTenantSettings fills the unset fields with.
         self._rate_limits = rate_limits or RateLimitSettings()
 
@@ -199,7 +244,7 @@ class RegistryServicer:
         stored = await self._core.get_tenant_settings(tenant)
         limits = effective_limits(node_limits(self._rate_limits, tenant), stored.rate_limits)
         return registry_pb2.GetTenantSettingsResponse(
-            settings=tenant_settings_to_proto(stored),
+            settings=tenant_settings_to_proto(stored, _with_secrets()),
             effective_rate_limits=rate_limits_to_proto(as_overrides(limits)),
         )
 
@@ -216,6 +261,16 @@ class RegistryServicer:
             if request.settings.tenant_id not in ("", tenant):
                 raise InvalidArgument("settings.tenant_id must be empty or the request's tenant_id")
             settings = tenant_settings_from_proto(tenant, request.settings)
+            if settings.push_fallback is not None:
+                before = await self._core.get_tenant_settings(tenant)
+                settings = dataclasses.replace(
+                    settings,
+                    push_fallback=keep_push_secrets(
+                        request.settings.push_fallback,
+                        settings.push_fallback,
+                        before.push_fallback,
+                    ),
+                )
             stored = await self._put(details, tenant, request, settings)
         return registry_pb2.PutTenantSettingsResponse(settings=tenant_settings_to_proto(stored))
 
@@ -259,5 +314,38 @@ class RegistryServicer:
             request.page_token, request.page_size
         )
         return registry_pb2.ListTenantSettingsResponse(
-            settings=[tenant_settings_to_proto(s) for s in page], next_page_token=next_token
+            settings=[tenant_settings_to_proto(s, _with_secrets()) for s in page],
+            next_page_token=next_token,
         )
+
+    def _registration(self) -> PushRegistration:
+        if self._push is None:
+            raise FailedPrecondition("push targets are not served by this registry node")
+        return self._push
+
+    async def RegisterPushTarget(
+        self, request: registry_pb2.RegisterPushTargetRequest, context: Context
+    ) -> registry_pb2.RegisterPushTargetResponse:
+        tenant = current_principal().tenant
+        user = _push_user(request.user_id)
+        web = request.web_push
+        stored = await self._registration().register(
+            tenant, user, request.kind, request.token, web.endpoint, web.p256dh, web.auth
+        )
+        return registry_pb2.RegisterPushTargetResponse(target=_target_to_proto(stored))
+
+    async def UnregisterPushTarget(
+        self, request: registry_pb2.UnregisterPushTargetRequest, context: Context
+    ) -> registry_pb2.UnregisterPushTargetResponse:
+        tenant = current_principal().tenant
+        await self._registration().unregister(
+            tenant, _push_user(request.user_id), request.target_id
+        )
+        return registry_pb2.UnregisterPushTargetResponse()
+
+    async def ListPushTargets(
+        self, request: registry_pb2.ListPushTargetsRequest, context: Context
+    ) -> registry_pb2.ListPushTargetsResponse:
+        tenant = current_principal().tenant
+        found = await self._registration().targets(tenant, _push_user(request.user_id))
+        return registry_pb2.ListPushTargetsResponse(targets=[_target_to_proto(t) for t in found])

@@ -10,12 +10,18 @@ from __future__ import annotations
 
 import builtins
 import dataclasses
+import json
 import math
 from typing import Final, Protocol
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
 from services.bounds import quote
 from services.domain import (
+    MAX_PUSH_DELAY_S,
     RATE_LIMIT_FIELDS,
+    PushFallback,
     RateLimitOverrides,
     StreamPolicy,
     TenantSettingsRecord,
@@ -98,6 +104,8 @@ def check_settings(settings: TenantSettingsRecord) -> None:
         value = getattr(settings, name)
         if value is not None and not 1 <= value <= limit:
             raise InvalidArgument(f"{wire_name} must be 1 to {limit:,}")
+    if settings.push_fallback is not None:
+        check_push_fallback(settings.push_fallback)
     policy = settings.stream_policy
     if policy is None:
         return
@@ -135,6 +143,16 @@ def changed_fields(before: TenantSettingsRecord, after: TenantSettingsRecord) ->
         for name, wire_name, _ in SEND_FIELDS
         if getattr(before, name) != getattr(after, name)
     )
+    old_push, new_push = before.push_fallback, after.push_fallback
+    if (old_push is None) != (new_push is None):
+        changed.append("push_fallback")
+    elif old_push is not None and new_push is not None:
+        # Names only: a secret's value never reaches the audit log.
+        changed.extend(
+            f"push_fallback.{f.name}"
+            for f in dataclasses.fields(PushFallback)
+            if getattr(old_push, f.name) != getattr(new_push, f.name)
+        )
     old, new = before.stream_policy, after.stream_policy
     if (old is None) != (new is None):
         changed.append("stream_policy")
@@ -150,3 +168,60 @@ def changed_fields(before: TenantSettingsRecord, after: TenantSettingsRecord) ->
 def empty(tenant: str) -> TenantSettingsRecord:
     """Settings that set nothing: every value the node's default."""
     return TenantSettingsRecord(tenant, rate_limits=RateLimitOverrides())
+
+
+def check_push_fallback(push: PushFallback) -> None:
+    """Raises InvalidArgument for a delay out of bounds or credentials that cannot be used (a
+    key that does not load, a service account without its fields), naming the field and never
+    echoing a secret."""
+    if not 0 <= push.delay_s <= MAX_PUSH_DELAY_S:
+        raise InvalidArgument(
+            f"push_fallback.delay_seconds must be 0 to {MAX_PUSH_DELAY_S:,} (0: 30 seconds)"
+        )
+    if push.fcm_service_account_json:
+        try:
+            account = json.loads(push.fcm_service_account_json)
+        except ValueError:
+            raise InvalidArgument(
+                "push_fallback.fcm.service_account_json is not JSON: give the key file as issued"
+            ) from None
+        if not isinstance(account, dict) or not all(
+            isinstance(account.get(k), str) for k in ("client_email", "private_key")
+        ):
+            raise InvalidArgument(
+                "push_fallback.fcm.service_account_json needs client_email and private_key"
+            )
+        _check_key(account["private_key"], "push_fallback.fcm.service_account_json private_key")
+        if not push.fcm_project_id:
+            raise InvalidArgument("push_fallback.fcm.project_id is required with a service account")
+    if push.apns_private_key_p8:
+        _check_key(push.apns_private_key_p8, "push_fallback.apns.private_key_p8", ec_only=True)
+        for value, name in (
+            (push.apns_team_id, "team_id"),
+            (push.apns_key_id, "key_id"),
+            (push.apns_topic, "topic"),
+        ):
+            if not value:
+                raise InvalidArgument(f"push_fallback.apns.{name} is required with a key")
+    if push.vapid_private_key:
+        from services.push.webpush import load_vapid_key
+
+        try:
+            load_vapid_key(push.vapid_private_key)
+        except ValueError:
+            raise InvalidArgument(
+                "push_fallback.web_push.vapid_private_key is not a P-256 key (PEM or base64url)"
+            ) from None
+        if not push.vapid_subject.startswith(("mailto:", "https://")):
+            raise InvalidArgument(
+                "push_fallback.web_push.subject must be a mailto: or https: URL (RFC 8292)"
+            )
+
+
+def _check_key(pem: str, where: str, ec_only: bool = False) -> None:
+    try:
+        key = serialization.load_pem_private_key(pem.encode(), password=None)
+    except (ValueError, TypeError):
+        raise InvalidArgument(f"{where} is not an unencrypted PEM private key") from None
+    if ec_only and not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise InvalidArgument(f"{where} must be a P-256 (ES256) key")

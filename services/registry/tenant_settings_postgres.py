@@ -11,6 +11,7 @@ import asyncpg
 
 from services.domain import (
     RATE_LIMIT_FIELDS,
+    PushFallback,
     RateLimitOverrides,
     StreamPolicy,
     TenantSettingsRecord,
@@ -66,6 +67,8 @@ def encode(settings: TenantSettingsRecord) -> str:
     for name in _SEND_FIELDS:
         if getattr(settings, name) is not None:
             document[name] = getattr(settings, name)
+    if settings.push_fallback is not None:
+        document["push_fallback"] = dataclasses.asdict(settings.push_fallback)
     return json.dumps(document)
 
 
@@ -76,6 +79,8 @@ def decode(row: asyncpg.Record) -> TenantSettingsRecord:
     for name, value in limits.items():
         limits[name] = float(value) if name.endswith("_rate") else int(value)
     policy = stored.get("stream_policy")
+    push = stored.get("push_fallback")
+    push_fields = {f.name for f in dataclasses.fields(PushFallback)}
     return TenantSettingsRecord(
         tenant,
         int(version),
@@ -91,6 +96,11 @@ def decode(row: asyncpg.Record) -> TenantSettingsRecord:
         float(updated_at),
         updated_by,
         **{name: int(stored[name]) for name in _SEND_FIELDS if stored.get(name) is not None},
+        push_fallback=(
+            None
+            if push is None
+            else PushFallback(**{k: v for k, v in push.items() if k in push_fields})
+        ),
     )
 
 

@@ -12,6 +12,10 @@ import asyncpg
 
 from services.ingest.idempotency import IdempotencyStore
 from services.ingest.idempotency_postgres import PostgresIdempotencyStore
+from services.push.pending import PendingPushStore
+from services.push.pending_postgres import PostgresPendingPushStore
+from services.push.targets import PushTargetStore
+from services.push.targets_postgres import PostgresPushTargetStore
 from services.registry.templates import TemplateStore
 from services.registry.templates_postgres import PostgresTemplateStore
 from services.registry.tenant_settings import TenantSettingsStore
@@ -81,3 +85,11 @@ async def paired_stores() -> AsyncIterator[tuple[LogStore, StatusStore]]:
         finally:
             await logs.aclose()
             await status.aclose()
+
+
+push_target_store: Callable[[], AbstractAsyncContextManager[PushTargetStore]] = _on_clean_pool(
+    PostgresPushTargetStore
+)
+pending_push_store: Callable[[], AbstractAsyncContextManager[PendingPushStore]] = _on_clean_pool(
+    PostgresPendingPushStore
+)

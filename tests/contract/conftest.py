@@ -20,6 +20,10 @@ from redis.asyncio import Redis
 from services.clock import Clock
 from services.ingest.idempotency import IdempotencyStore
 from services.ingest.idempotency_memory import MemoryIdempotencyStore
+from services.push.pending import PendingPushStore
+from services.push.pending_memory import MemoryPendingPushStore
+from services.push.targets import PushTargetStore
+from services.push.targets_memory import MemoryPushTargetStore
 from services.ratelimit.limiter import RateLimiter
 from services.ratelimit.limiter_memory import MemoryRateLimiter
 from services.ratelimit.limiter_redis import RedisRateLimiter
@@ -91,6 +95,14 @@ SESSION_DIRECTORIES: dict[str, Opener[SessionDirectory]] = {
 TEMPLATE_STORES: dict[str, Opener[TemplateStore]] = {
     "memory": in_memory(MemoryTemplateStore),
     "postgres": backends_postgres.template_store,
+}
+PUSH_TARGET_STORES: dict[str, Opener[PushTargetStore]] = {
+    "memory": in_memory(MemoryPushTargetStore),
+    "postgres": backends_postgres.push_target_store,
+}
+PENDING_PUSH_STORES: dict[str, Opener[PendingPushStore]] = {
+    "memory": in_memory(MemoryPendingPushStore),
+    "postgres": backends_postgres.pending_push_store,
 }
 TENANT_SETTINGS_STORES: dict[str, Opener[TenantSettingsStore]] = {
     "memory": in_memory(MemoryTenantSettingsStore),
@@ -239,6 +251,18 @@ async def session_directory(request: pytest.FixtureRequest) -> AsyncIterator[Ses
 @pytest_asyncio.fixture(params=sorted(TEMPLATE_STORES))
 async def template_store(request: pytest.FixtureRequest) -> AsyncIterator[TemplateStore]:
     async with TEMPLATE_STORES[request.param]() as store:
+        yield store
+
+
+@pytest_asyncio.fixture(params=sorted(PUSH_TARGET_STORES))
+async def push_target_store(request: pytest.FixtureRequest) -> AsyncIterator[PushTargetStore]:
+    async with PUSH_TARGET_STORES[request.param]() as store:
+        yield store
+
+
+@pytest_asyncio.fixture(params=sorted(PENDING_PUSH_STORES))
+async def pending_push_store(request: pytest.FixtureRequest) -> AsyncIterator[PendingPushStore]:
+    async with PENDING_PUSH_STORES[request.param]() as store:
         yield store
 
 

@@ -17,10 +17,21 @@ class PresenceState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PRESENCE_STATE_ONLINE: _ClassVar[PresenceState]
     PRESENCE_STATE_OFFLINE: _ClassVar[PresenceState]
     PRESENCE_STATE_RECONNECTING: _ClassVar[PresenceState]
+
+class PushKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PUSH_KIND_UNSPECIFIED: _ClassVar[PushKind]
+    PUSH_KIND_FCM: _ClassVar[PushKind]
+    PUSH_KIND_APNS: _ClassVar[PushKind]
+    PUSH_KIND_WEBPUSH: _ClassVar[PushKind]
 PRESENCE_STATE_UNSPECIFIED: PresenceState
 PRESENCE_STATE_ONLINE: PresenceState
 PRESENCE_STATE_OFFLINE: PresenceState
 PRESENCE_STATE_RECONNECTING: PresenceState
+PUSH_KIND_UNSPECIFIED: PushKind
+PUSH_KIND_FCM: PushKind
+PUSH_KIND_APNS: PushKind
+PUSH_KIND_WEBPUSH: PushKind
 
 class Session(_message.Message):
     __slots__ = ("session_id", "tenant_id", "user_id", "node_id", "node_address", "device", "channels", "connected_at", "last_seen_at")
@@ -294,7 +305,7 @@ class StreamPolicy(_message.Message):
     def __init__(self, compression: _Optional[_Iterable[str]] = ..., compression_min_bytes: _Optional[int] = ..., signing_required: _Optional[bool] = ..., allowed_formats: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class TenantSettings(_message.Message):
-    __slots__ = ("tenant_id", "version", "rate_limits", "stream_policy", "updated_at", "updated_by", "default_ttl_seconds", "max_users_per_send")
+    __slots__ = ("tenant_id", "version", "rate_limits", "stream_policy", "updated_at", "updated_by", "default_ttl_seconds", "max_users_per_send", "push_fallback")
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     RATE_LIMITS_FIELD_NUMBER: _ClassVar[int]
@@ -303,6 +314,7 @@ class TenantSettings(_message.Message):
     UPDATED_BY_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     MAX_USERS_PER_SEND_FIELD_NUMBER: _ClassVar[int]
+    PUSH_FALLBACK_FIELD_NUMBER: _ClassVar[int]
     tenant_id: str
     version: int
     rate_limits: TenantRateLimits
@@ -311,7 +323,128 @@ class TenantSettings(_message.Message):
     updated_by: str
     default_ttl_seconds: int
     max_users_per_send: int
-    def __init__(self, tenant_id: _Optional[str] = ..., version: _Optional[int] = ..., rate_limits: _Optional[_Union[TenantRateLimits, _Mapping]] = ..., stream_policy: _Optional[_Union[StreamPolicy, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_by: _Optional[str] = ..., default_ttl_seconds: _Optional[int] = ..., max_users_per_send: _Optional[int] = ...) -> None: ...
+    push_fallback: PushFallbackSettings
+    def __init__(self, tenant_id: _Optional[str] = ..., version: _Optional[int] = ..., rate_limits: _Optional[_Union[TenantRateLimits, _Mapping]] = ..., stream_policy: _Optional[_Union[StreamPolicy, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_by: _Optional[str] = ..., default_ttl_seconds: _Optional[int] = ..., max_users_per_send: _Optional[int] = ..., push_fallback: _Optional[_Union[PushFallbackSettings, _Mapping]] = ...) -> None: ...
+
+class PushFallbackSettings(_message.Message):
+    __slots__ = ("enabled", "delay_seconds", "fcm", "apns", "web_push")
+    ENABLED_FIELD_NUMBER: _ClassVar[int]
+    DELAY_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    FCM_FIELD_NUMBER: _ClassVar[int]
+    APNS_FIELD_NUMBER: _ClassVar[int]
+    WEB_PUSH_FIELD_NUMBER: _ClassVar[int]
+    enabled: bool
+    delay_seconds: int
+    fcm: FcmCredentials
+    apns: ApnsCredentials
+    web_push: WebPushCredentials
+    def __init__(self, enabled: _Optional[bool] = ..., delay_seconds: _Optional[int] = ..., fcm: _Optional[_Union[FcmCredentials, _Mapping]] = ..., apns: _Optional[_Union[ApnsCredentials, _Mapping]] = ..., web_push: _Optional[_Union[WebPushCredentials, _Mapping]] = ...) -> None: ...
+
+class FcmCredentials(_message.Message):
+    __slots__ = ("project_id", "service_account_json", "service_account_json_set")
+    PROJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_ACCOUNT_JSON_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_ACCOUNT_JSON_SET_FIELD_NUMBER: _ClassVar[int]
+    project_id: str
+    service_account_json: str
+    service_account_json_set: bool
+    def __init__(self, project_id: _Optional[str] = ..., service_account_json: _Optional[str] = ..., service_account_json_set: _Optional[bool] = ...) -> None: ...
+
+class ApnsCredentials(_message.Message):
+    __slots__ = ("team_id", "key_id", "private_key_p8", "private_key_p8_set", "topic", "production")
+    TEAM_ID_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    PRIVATE_KEY_P8_FIELD_NUMBER: _ClassVar[int]
+    PRIVATE_KEY_P8_SET_FIELD_NUMBER: _ClassVar[int]
+    TOPIC_FIELD_NUMBER: _ClassVar[int]
+    PRODUCTION_FIELD_NUMBER: _ClassVar[int]
+    team_id: str
+    key_id: str
+    private_key_p8: str
+    private_key_p8_set: bool
+    topic: str
+    production: bool
+    def __init__(self, team_id: _Optional[str] = ..., key_id: _Optional[str] = ..., private_key_p8: _Optional[str] = ..., private_key_p8_set: _Optional[bool] = ..., topic: _Optional[str] = ..., production: _Optional[bool] = ...) -> None: ...
+
+class WebPushCredentials(_message.Message):
+    __slots__ = ("vapid_private_key", "vapid_private_key_set", "vapid_public_key", "subject")
+    VAPID_PRIVATE_KEY_FIELD_NUMBER: _ClassVar[int]
+    VAPID_PRIVATE_KEY_SET_FIELD_NUMBER: _ClassVar[int]
+    VAPID_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    vapid_private_key: str
+    vapid_private_key_set: bool
+    vapid_public_key: str
+    subject: str
+    def __init__(self, vapid_private_key: _Optional[str] = ..., vapid_private_key_set: _Optional[bool] = ..., vapid_public_key: _Optional[str] = ..., subject: _Optional[str] = ...) -> None: ...
+
+class WebPushSubscription(_message.Message):
+    __slots__ = ("endpoint", "p256dh", "auth")
+    ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    P256DH_FIELD_NUMBER: _ClassVar[int]
+    AUTH_FIELD_NUMBER: _ClassVar[int]
+    endpoint: str
+    p256dh: str
+    auth: str
+    def __init__(self, endpoint: _Optional[str] = ..., p256dh: _Optional[str] = ..., auth: _Optional[str] = ...) -> None: ...
+
+class PushTarget(_message.Message):
+    __slots__ = ("target_id", "user_id", "kind", "token", "web_push", "registered_at")
+    TARGET_ID_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    WEB_PUSH_FIELD_NUMBER: _ClassVar[int]
+    REGISTERED_AT_FIELD_NUMBER: _ClassVar[int]
+    target_id: str
+    user_id: str
+    kind: PushKind
+    token: str
+    web_push: WebPushSubscription
+    registered_at: _timestamp_pb2.Timestamp
+    def __init__(self, target_id: _Optional[str] = ..., user_id: _Optional[str] = ..., kind: _Optional[_Union[PushKind, str]] = ..., token: _Optional[str] = ..., web_push: _Optional[_Union[WebPushSubscription, _Mapping]] = ..., registered_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class RegisterPushTargetRequest(_message.Message):
+    __slots__ = ("user_id", "kind", "token", "web_push")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    WEB_PUSH_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    kind: PushKind
+    token: str
+    web_push: WebPushSubscription
+    def __init__(self, user_id: _Optional[str] = ..., kind: _Optional[_Union[PushKind, str]] = ..., token: _Optional[str] = ..., web_push: _Optional[_Union[WebPushSubscription, _Mapping]] = ...) -> None: ...
+
+class RegisterPushTargetResponse(_message.Message):
+    __slots__ = ("target",)
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    target: PushTarget
+    def __init__(self, target: _Optional[_Union[PushTarget, _Mapping]] = ...) -> None: ...
+
+class UnregisterPushTargetRequest(_message.Message):
+    __slots__ = ("user_id", "target_id")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    TARGET_ID_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    target_id: str
+    def __init__(self, user_id: _Optional[str] = ..., target_id: _Optional[str] = ...) -> None: ...
+
+class UnregisterPushTargetResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListPushTargetsRequest(_message.Message):
+    __slots__ = ("user_id",)
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    def __init__(self, user_id: _Optional[str] = ...) -> None: ...
+
+class ListPushTargetsResponse(_message.Message):
+    __slots__ = ("targets",)
+    TARGETS_FIELD_NUMBER: _ClassVar[int]
+    targets: _containers.RepeatedCompositeFieldContainer[PushTarget]
+    def __init__(self, targets: _Optional[_Iterable[_Union[PushTarget, _Mapping]]] = ...) -> None: ...
 
 class GetTenantSettingsRequest(_message.Message):
     __slots__ = ("tenant_id",)

@@ -117,6 +117,21 @@ class RegistryServiceStub:
                 request_serializer=herald_dot_v1_dot_registry__pb2.ListTenantSettingsRequest.SerializeToString,
                 response_deserializer=herald_dot_v1_dot_registry__pb2.ListTenantSettingsResponse.FromString,
                 _registered_method=True)
+        self.RegisterPushTarget = channel.unary_unary(
+                '/herald.v1.RegistryService/RegisterPushTarget',
+                request_serializer=herald_dot_v1_dot_registry__pb2.RegisterPushTargetRequest.SerializeToString,
+                response_deserializer=herald_dot_v1_dot_registry__pb2.RegisterPushTargetResponse.FromString,
+                _registered_method=True)
+        self.UnregisterPushTarget = channel.unary_unary(
+                '/herald.v1.RegistryService/UnregisterPushTarget',
+                request_serializer=herald_dot_v1_dot_registry__pb2.UnregisterPushTargetRequest.SerializeToString,
+                response_deserializer=herald_dot_v1_dot_registry__pb2.UnregisterPushTargetResponse.FromString,
+                _registered_method=True)
+        self.ListPushTargets = channel.unary_unary(
+                '/herald.v1.RegistryService/ListPushTargets',
+                request_serializer=herald_dot_v1_dot_registry__pb2.ListPushTargetsRequest.SerializeToString,
+                response_deserializer=herald_dot_v1_dot_registry__pb2.ListPushTargetsResponse.FromString,
+                _registered_method=True)
 
 
 class RegistryServiceServicer:
@@ -242,6 +257,29 @@ class RegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RegisterPushTarget(self, request, context):
+        """Registers a push target (FCM or APNs device token, Web Push subscription) for a user, for the
+        offline fallback (docs/push.md). The same target again is the same target_id. Users register
+        their own (scope `subscribe`); backends any user of their tenant (scope `send`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnregisterPushTarget(self, request, context):
+        """Removes one push target; NOT_FOUND when the user has none with that id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPushTargets(self, request, context):
+        """The user's push targets, oldest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegistryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -324,6 +362,21 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.ListTenantSettings,
                     request_deserializer=herald_dot_v1_dot_registry__pb2.ListTenantSettingsRequest.FromString,
                     response_serializer=herald_dot_v1_dot_registry__pb2.ListTenantSettingsResponse.SerializeToString,
+            ),
+            'RegisterPushTarget': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegisterPushTarget,
+                    request_deserializer=herald_dot_v1_dot_registry__pb2.RegisterPushTargetRequest.FromString,
+                    response_serializer=herald_dot_v1_dot_registry__pb2.RegisterPushTargetResponse.SerializeToString,
+            ),
+            'UnregisterPushTarget': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnregisterPushTarget,
+                    request_deserializer=herald_dot_v1_dot_registry__pb2.UnregisterPushTargetRequest.FromString,
+                    response_serializer=herald_dot_v1_dot_registry__pb2.UnregisterPushTargetResponse.SerializeToString,
+            ),
+            'ListPushTargets': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPushTargets,
+                    request_deserializer=herald_dot_v1_dot_registry__pb2.ListPushTargetsRequest.FromString,
+                    response_serializer=herald_dot_v1_dot_registry__pb2.ListPushTargetsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -761,6 +814,87 @@ class RegistryService:
             '/herald.v1.RegistryService/ListTenantSettings',
             herald_dot_v1_dot_registry__pb2.ListTenantSettingsRequest.SerializeToString,
             herald_dot_v1_dot_registry__pb2.ListTenantSettingsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RegisterPushTarget(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/herald.v1.RegistryService/RegisterPushTarget',
+            herald_dot_v1_dot_registry__pb2.RegisterPushTargetRequest.SerializeToString,
+            herald_dot_v1_dot_registry__pb2.RegisterPushTargetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnregisterPushTarget(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/herald.v1.RegistryService/UnregisterPushTarget',
+            herald_dot_v1_dot_registry__pb2.UnregisterPushTargetRequest.SerializeToString,
+            herald_dot_v1_dot_registry__pb2.UnregisterPushTargetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPushTargets(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/herald.v1.RegistryService/ListPushTargets',
+            herald_dot_v1_dot_registry__pb2.ListPushTargetsRequest.SerializeToString,
+            herald_dot_v1_dot_registry__pb2.ListPushTargetsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file herald/v1/registry.proto.
  */
 export const file_herald_v1_registry: GenFile = /*@__PURE__*/
-  fileDesc("ChhoZXJhbGQvdjEvcmVnaXN0cnkucHJvdG8SCWhlcmFsZC52MSLuAQoHU2Vzc2lvbhISCgpzZXNzaW9uX2lkGAEgASgJEhEKCXRlbmFudF9pZBgCIAEoCRIPCgd1c2VyX2lkGAMgASgJEg8KB25vZGVfaWQYBCABKAkSFAoMbm9kZV9hZGRyZXNzGAUgASgJEg4KBmRldmljZRgGIAEoCRIQCghjaGFubmVscxgHIAMoCRIwCgxjb25uZWN0ZWRfYXQYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjAKDGxhc3Rfc2Vlbl9hdBgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiPQoWUmVnaXN0ZXJTZXNzaW9uUmVxdWVzdBIjCgdzZXNzaW9uGAEgASgLMhIuaGVyYWxkLnYxLlNlc3Npb24iMAoXUmVnaXN0ZXJTZXNzaW9uUmVzcG9uc2USFQoNbGVhc2Vfc2Vjb25kcxgBIAEoDSJBChdIZWFydGJlYXRTZXNzaW9uUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSEwoLc2Vzc2lvbl9pZHMYAiADKAkiNwoYSGVhcnRiZWF0U2Vzc2lvblJlc3BvbnNlEhsKE3Vua25vd25fc2Vzc2lvbl9pZHMYASADKAkiQQoYVW5yZWdpc3RlclNlc3Npb25SZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRISCgpzZXNzaW9uX2lkGAIgASgJIhsKGVVucmVnaXN0ZXJTZXNzaW9uUmVzcG9uc2UiOQoSR2V0UHJlc2VuY2VSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIQCgh1c2VyX2lkcxgCIAMoCSKKAQoMVXNlclByZXNlbmNlEg8KB3VzZXJfaWQYASABKAkSJwoFc3RhdGUYAiABKA4yGC5oZXJhbGQudjEuUHJlc2VuY2VTdGF0ZRIVCg1zZXNzaW9uX2NvdW50GAMgASgNEikKBXNpbmNlGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCI9ChNHZXRQcmVzZW5jZVJlc3BvbnNlEiYKBXVzZXJzGAEgAygLMhcuaGVyYWxkLnYxLlVzZXJQcmVzZW5jZSI5ChNMaXN0U2Vzc2lvbnNSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIPCgd1c2VyX2lkGAIgASgJIjwKFExpc3RTZXNzaW9uc1Jlc3BvbnNlEiQKCHNlc3Npb25zGAEgAygLMhIuaGVyYWxkLnYxLlNlc3Npb24iawoRRGlzY29ubmVjdFJlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEhQKCnNlc3Npb25faWQYAiABKAlIABIRCgd1c2VyX2lkGAMgASgJSAASDgoGcmVhc29uGAQgASgJQgoKCHNlbGVjdG9yIioKEkRpc2Nvbm5lY3RSZXNwb25zZRIUCgxkaXNjb25uZWN0ZWQYASABKA0iTAoSSm9pbkNoYW5uZWxSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRISCgpzZXNzaW9uX2lkGAIgASgJEg8KB2NoYW5uZWwYAyABKAkiJwoTSm9pbkNoYW5uZWxSZXNwb25zZRIQCghjaGFubmVscxgBIAMoCSJNChNMZWF2ZUNoYW5uZWxSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRISCgpzZXNzaW9uX2lkGAIgASgJEg8KB2NoYW5uZWwYAyABKAkiKAoUTGVhdmVDaGFubmVsUmVzcG9uc2USEAoIY2hhbm5lbHMYASADKAkiZQoPVGVtcGxhdGVDb250ZW50Eg0KBXRpdGxlGAEgASgJEgwKBGJvZHkYAiABKAkSEQoJaW1hZ2VfdXJsGAMgASgJEiIKB2FjdGlvbnMYBCADKAsyES5oZXJhbGQudjEuQWN0aW9uIvcBCghUZW1wbGF0ZRITCgt0ZW1wbGF0ZV9pZBgBIAEoCRIPCgd2ZXJzaW9uGAIgASgNEhYKDmRlZmF1bHRfbG9jYWxlGAMgASgJEjEKB2xvY2FsZXMYBCADKAsyIC5oZXJhbGQudjEuVGVtcGxhdGUuTG9jYWxlc0VudHJ5Ei4KCmNyZWF0ZWRfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wGkoKDExvY2FsZXNFbnRyeRILCgNrZXkYASABKAkSKQoFdmFsdWUYAiABKAsyGi5oZXJhbGQudjEuVGVtcGxhdGVDb250ZW50OgI4ASJOChJQdXRUZW1wbGF0ZVJlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEiUKCHRlbXBsYXRlGAIgASgLMhMuaGVyYWxkLnYxLlRlbXBsYXRlIjwKE1B1dFRlbXBsYXRlUmVzcG9uc2USJQoIdGVtcGxhdGUYASABKAsyEy5oZXJhbGQudjEuVGVtcGxhdGUiTQoSR2V0VGVtcGxhdGVSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRITCgt0ZW1wbGF0ZV9pZBgCIAEoCRIPCgd2ZXJzaW9uGAMgASgNIjwKE0dldFRlbXBsYXRlUmVzcG9uc2USJQoIdGVtcGxhdGUYASABKAsyEy5oZXJhbGQudjEuVGVtcGxhdGUiKQoUTGlzdFRlbXBsYXRlc1JlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJIj8KFUxpc3RUZW1wbGF0ZXNSZXNwb25zZRImCgl0ZW1wbGF0ZXMYASADKAsyEy5oZXJhbGQudjEuVGVtcGxhdGUiPwoVRGVsZXRlVGVtcGxhdGVSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRITCgt0ZW1wbGF0ZV9pZBgCIAEoCSIyChZEZWxldGVUZW1wbGF0ZVJlc3BvbnNlEhgKEGRlbGV0ZWRfdmVyc2lvbnMYASABKA0izgMKEFRlbmFudFJhdGVMaW1pdHMSHQoQdGVuYW50X3NlbmRfcmF0ZRgBIAEoAUgAiAEBEh4KEXRlbmFudF9zZW5kX2J1cnN0GAIgASgNSAGIAQESGgoNa2V5X3NlbmRfcmF0ZRgDIAEoAUgCiAEBEhsKDmtleV9zZW5kX2J1cnN0GAQgASgNSAOIAQESIgoVdGVuYW50X3N1YnNjcmliZV9yYXRlGAUgASgBSASIAQESIwoWdGVuYW50X3N1YnNjcmliZV9idXJzdBgGIAEoDUgFiAEBEiAKE3VzZXJfc3Vic2NyaWJlX3JhdGUYByABKAFIBogBARIhChR1c2VyX3N1YnNjcmliZV9idXJzdBgIIAEoDUgHiAEBQhMKEV90ZW5hbnRfc2VuZF9yYXRlQhQKEl90ZW5hbnRfc2VuZF9idXJzdEIQCg5fa2V5X3NlbmRfcmF0ZUIRCg9fa2V5X3NlbmRfYnVyc3RCGAoWX3RlbmFudF9zdWJzY3JpYmVfcmF0ZUIZChdfdGVuYW50X3N1YnNjcmliZV9idXJzdEIWChRfdXNlcl9zdWJzY3JpYmVfcmF0ZUIXChVfdXNlcl9zdWJzY3JpYmVfYnVyc3QidQoMU3RyZWFtUG9saWN5EhMKC2NvbXByZXNzaW9uGAEgAygJEh0KFWNvbXByZXNzaW9uX21pbl9ieXRlcxgCIAEoDRIYChBzaWduaW5nX3JlcXVpcmVkGAMgASgIEhcKD2FsbG93ZWRfZm9ybWF0cxgEIAMoCSLMAgoOVGVuYW50U2V0dGluZ3MSEQoJdGVuYW50X2lkGAEgASgJEg8KB3ZlcnNpb24YAiABKAQSMAoLcmF0ZV9saW1pdHMYAyABKAsyGy5oZXJhbGQudjEuVGVuYW50UmF0ZUxpbWl0cxIuCg1zdHJlYW1fcG9saWN5GAQgASgLMhcuaGVyYWxkLnYxLlN0cmVhbVBvbGljeRIuCgp1cGRhdGVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBISCgp1cGRhdGVkX2J5GAYgASgJEiAKE2RlZmF1bHRfdHRsX3NlY29uZHMYByABKA1IAIgBARIfChJtYXhfdXNlcnNfcGVyX3NlbmQYCCABKA1IAYgBAUIWChRfZGVmYXVsdF90dGxfc2Vjb25kc0IVChNfbWF4X3VzZXJzX3Blcl9zZW5kIi0KGEdldFRlbmFudFNldHRpbmdzUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkihAEKGUdldFRlbmFudFNldHRpbmdzUmVzcG9uc2USKwoIc2V0dGluZ3MYASABKAsyGS5oZXJhbGQudjEuVGVuYW50U2V0dGluZ3MSOgoVZWZmZWN0aXZlX3JhdGVfbGltaXRzGAIgASgLMhsuaGVyYWxkLnYxLlRlbmFudFJhdGVMaW1pdHMijgEKGFB1dFRlbmFudFNldHRpbmdzUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSKwoIc2V0dGluZ3MYAiABKAsyGS5oZXJhbGQudjEuVGVuYW50U2V0dGluZ3MSHQoQZXhwZWN0ZWRfdmVyc2lvbhgDIAEoBEgAiAEBQhMKEV9leHBlY3RlZF92ZXJzaW9uIkgKGVB1dFRlbmFudFNldHRpbmdzUmVzcG9uc2USKwoIc2V0dGluZ3MYASABKAsyGS5oZXJhbGQudjEuVGVuYW50U2V0dGluZ3MiZAobRGVsZXRlVGVuYW50U2V0dGluZ3NSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIdChBleHBlY3RlZF92ZXJzaW9uGAIgASgESACIAQFCEwoRX2V4cGVjdGVkX3ZlcnNpb24iSwocRGVsZXRlVGVuYW50U2V0dGluZ3NSZXNwb25zZRIrCghzZXR0aW5ncxgBIAEoCzIZLmhlcmFsZC52MS5UZW5hbnRTZXR0aW5ncyJCChlMaXN0VGVuYW50U2V0dGluZ3NSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoDRISCgpwYWdlX3Rva2VuGAIgASgJImIKGkxpc3RUZW5hbnRTZXR0aW5nc1Jlc3BvbnNlEisKCHNldHRpbmdzGAEgAygLMhkuaGVyYWxkLnYxLlRlbmFudFNldHRpbmdzEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSqHAQoNUHJlc2VuY2VTdGF0ZRIeChpQUkVTRU5DRV9TVEFURV9VTlNQRUNJRklFRBAAEhkKFVBSRVNFTkNFX1NUQVRFX09OTElORRABEhoKFlBSRVNFTkNFX1NUQVRFX09GRkxJTkUQAhIfChtQUkVTRU5DRV9TVEFURV9SRUNPTk5FQ1RJTkcQAzKECwoPUmVnaXN0cnlTZXJ2aWNlElgKD1JlZ2lzdGVyU2Vzc2lvbhIhLmhlcmFsZC52MS5SZWdpc3RlclNlc3Npb25SZXF1ZXN0GiIuaGVyYWxkLnYxLlJlZ2lzdGVyU2Vzc2lvblJlc3BvbnNlElsKEEhlYXJ0YmVhdFNlc3Npb24SIi5oZXJhbGQudjEuSGVhcnRiZWF0U2Vzc2lvblJlcXVlc3QaIy5oZXJhbGQudjEuSGVhcnRiZWF0U2Vzc2lvblJlc3BvbnNlEl4KEVVucmVnaXN0ZXJTZXNzaW9uEiMuaGVyYWxkLnYxLlVucmVnaXN0ZXJTZXNzaW9uUmVxdWVzdBokLmhlcmFsZC52MS5VbnJlZ2lzdGVyU2Vzc2lvblJlc3BvbnNlEkwKC0dldFByZXNlbmNlEh0uaGVyYWxkLnYxLkdldFByZXNlbmNlUmVxdWVzdBoeLmhlcmFsZC52MS5HZXRQcmVzZW5jZVJlc3BvbnNlEk8KDExpc3RTZXNzaW9ucxIeLmhlcmFsZC52MS5MaXN0U2Vzc2lvbnNSZXF1ZXN0Gh8uaGVyYWxkLnYxLkxpc3RTZXNzaW9uc1Jlc3BvbnNlEkkKCkRpc2Nvbm5lY3QSHC5oZXJhbGQudjEuRGlzY29ubmVjdFJlcXVlc3QaHS5oZXJhbGQudjEuRGlzY29ubmVjdFJlc3BvbnNlEkwKC0pvaW5DaGFubmVsEh0uaGVyYWxkLnYxLkpvaW5DaGFubmVsUmVxdWVzdBoeLmhlcmFsZC52MS5Kb2luQ2hhbm5lbFJlc3BvbnNlEk8KDExlYXZlQ2hhbm5lbBIeLmhlcmFsZC52MS5MZWF2ZUNoYW5uZWxSZXF1ZXN0Gh8uaGVyYWxkLnYxLkxlYXZlQ2hhbm5lbFJlc3BvbnNlEkwKC1B1dFRlbXBsYXRlEh0uaGVyYWxkLnYxLlB1dFRlbXBsYXRlUmVxdWVzdBoeLmhlcmFsZC52MS5QdXRUZW1wbGF0ZVJlc3BvbnNlEkwKC0dldFRlbXBsYXRlEh0uaGVyYWxkLnYxLkdldFRlbXBsYXRlUmVxdWVzdBoeLmhlcmFsZC52MS5HZXRUZW1wbGF0ZVJlc3BvbnNlElIKDUxpc3RUZW1wbGF0ZXMSHy5oZXJhbGQudjEuTGlzdFRlbXBsYXRlc1JlcXVlc3QaIC5oZXJhbGQudjEuTGlzdFRlbXBsYXRlc1Jlc3BvbnNlElUKDkRlbGV0ZVRlbXBsYXRlEiAuaGVyYWxkLnYxLkRlbGV0ZVRlbXBsYXRlUmVxdWVzdBohLmhlcmFsZC52MS5EZWxldGVUZW1wbGF0ZVJlc3BvbnNlEl4KEUdldFRlbmFudFNldHRpbmdzEiMuaGVyYWxkLnYxLkdldFRlbmFudFNldHRpbmdzUmVxdWVzdBokLmhlcmFsZC52MS5HZXRUZW5hbnRTZXR0aW5nc1Jlc3BvbnNlEl4KEVB1dFRlbmFudFNldHRpbmdzEiMuaGVyYWxkLnYxLlB1dFRlbmFudFNldHRpbmdzUmVxdWVzdBokLmhlcmFsZC52MS5QdXRUZW5hbnRTZXR0aW5nc1Jlc3BvbnNlEmcKFERlbGV0ZVRlbmFudFNldHRpbmdzEiYuaGVyYWxkLnYxLkRlbGV0ZVRlbmFudFNldHRpbmdzUmVxdWVzdBonLmhlcmFsZC52MS5EZWxldGVUZW5hbnRTZXR0aW5nc1Jlc3BvbnNlEmEKEkxpc3RUZW5hbnRTZXR0aW5ncxIkLmhlcmFsZC52MS5MaXN0VGVuYW50U2V0dGluZ3NSZXF1ZXN0GiUuaGVyYWxkLnYxLkxpc3RUZW5hbnRTZXR0aW5nc1Jlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp, file_herald_v1_notification]);
+  fileDesc("ChhoZXJhbGQvdjEvcmVnaXN0cnkucHJvdG8SCWhlcmFsZC52MSLuAQoHU2Vzc2lvbhISCgpzZXNzaW9uX2lkGAEgASgJEhEKCXRlbmFudF9pZBgCIAEoCRIPCgd1c2VyX2lkGAMgASgJEg8KB25vZGVfaWQYBCABKAkSFAoMbm9kZV9hZGRyZXNzGAUgASgJEg4KBmRldmljZRgGIAEoCRIQCghjaGFubmVscxgHIAMoCRIwCgxjb25uZWN0ZWRfYXQYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjAKDGxhc3Rfc2Vlbl9hdBgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiPQoWUmVnaXN0ZXJTZXNzaW9uUmVxdWVzdBIjCgdzZXNzaW9uGAEgASgLMhIuaGVyYWxkLnYxLlNlc3Npb24iMAoXUmVnaXN0ZXJTZXNzaW9uUmVzcG9uc2USFQoNbGVhc2Vfc2Vjb25kcxgBIAEoDSJBChdIZWFydGJlYXRTZXNzaW9uUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSEwoLc2Vzc2lvbl9pZHMYAiADKAkiNwoYSGVhcnRiZWF0U2Vzc2lvblJlc3BvbnNlEhsKE3Vua25vd25fc2Vzc2lvbl9pZHMYASADKAkiQQoYVW5yZWdpc3RlclNlc3Npb25SZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRISCgpzZXNzaW9uX2lkGAIgASgJIhsKGVVucmVnaXN0ZXJTZXNzaW9uUmVzcG9uc2UiOQoSR2V0UHJlc2VuY2VSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIQCgh1c2VyX2lkcxgCIAMoCSKKAQoMVXNlclByZXNlbmNlEg8KB3VzZXJfaWQYASABKAkSJwoFc3RhdGUYAiABKA4yGC5oZXJhbGQudjEuUHJlc2VuY2VTdGF0ZRIVCg1zZXNzaW9uX2NvdW50GAMgASgNEikKBXNpbmNlGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCI9ChNHZXRQcmVzZW5jZVJlc3BvbnNlEiYKBXVzZXJzGAEgAygLMhcuaGVyYWxkLnYxLlVzZXJQcmVzZW5jZSI5ChNMaXN0U2Vzc2lvbnNSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIPCgd1c2VyX2lkGAIgASgJIjwKFExpc3RTZXNzaW9uc1Jlc3BvbnNlEiQKCHNlc3Npb25zGAEgAygLMhIuaGVyYWxkLnYxLlNlc3Npb24iawoRRGlzY29ubmVjdFJlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEhQKCnNlc3Npb25faWQYAiABKAlIABIRCgd1c2VyX2lkGAMgASgJSAASDgoGcmVhc29uGAQgASgJQgoKCHNlbGVjdG9yIioKEkRpc2Nvbm5lY3RSZXNwb25zZRIUCgxkaXNjb25uZWN0ZWQYASABKA0iTAoSSm9pbkNoYW5uZWxSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRISCgpzZXNzaW9uX2lkGAIgASgJEg8KB2NoYW5uZWwYAyABKAkiJwoTSm9pbkNoYW5uZWxSZXNwb25zZRIQCghjaGFubmVscxgBIAMoCSJNChNMZWF2ZUNoYW5uZWxSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRISCgpzZXNzaW9uX2lkGAIgASgJEg8KB2NoYW5uZWwYAyABKAkiKAoUTGVhdmVDaGFubmVsUmVzcG9uc2USEAoIY2hhbm5lbHMYASADKAkiZQoPVGVtcGxhdGVDb250ZW50Eg0KBXRpdGxlGAEgASgJEgwKBGJvZHkYAiABKAkSEQoJaW1hZ2VfdXJsGAMgASgJEiIKB2FjdGlvbnMYBCADKAsyES5oZXJhbGQudjEuQWN0aW9uIvcBCghUZW1wbGF0ZRITCgt0ZW1wbGF0ZV9pZBgBIAEoCRIPCgd2ZXJzaW9uGAIgASgNEhYKDmRlZmF1bHRfbG9jYWxlGAMgASgJEjEKB2xvY2FsZXMYBCADKAsyIC5oZXJhbGQudjEuVGVtcGxhdGUuTG9jYWxlc0VudHJ5Ei4KCmNyZWF0ZWRfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wGkoKDExvY2FsZXNFbnRyeRILCgNrZXkYASABKAkSKQoFdmFsdWUYAiABKAsyGi5oZXJhbGQudjEuVGVtcGxhdGVDb250ZW50OgI4ASJOChJQdXRUZW1wbGF0ZVJlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEiUKCHRlbXBsYXRlGAIgASgLMhMuaGVyYWxkLnYxLlRlbXBsYXRlIjwKE1B1dFRlbXBsYXRlUmVzcG9uc2USJQoIdGVtcGxhdGUYASABKAsyEy5oZXJhbGQudjEuVGVtcGxhdGUiTQoSR2V0VGVtcGxhdGVSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRITCgt0ZW1wbGF0ZV9pZBgCIAEoCRIPCgd2ZXJzaW9uGAMgASgNIjwKE0dldFRlbXBsYXRlUmVzcG9uc2USJQoIdGVtcGxhdGUYASABKAsyEy5oZXJhbGQudjEuVGVtcGxhdGUiKQoUTGlzdFRlbXBsYXRlc1JlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJIj8KFUxpc3RUZW1wbGF0ZXNSZXNwb25zZRImCgl0ZW1wbGF0ZXMYASADKAsyEy5oZXJhbGQudjEuVGVtcGxhdGUiPwoVRGVsZXRlVGVtcGxhdGVSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRITCgt0ZW1wbGF0ZV9pZBgCIAEoCSIyChZEZWxldGVUZW1wbGF0ZVJlc3BvbnNlEhgKEGRlbGV0ZWRfdmVyc2lvbnMYASABKA0izgMKEFRlbmFudFJhdGVMaW1pdHMSHQoQdGVuYW50X3NlbmRfcmF0ZRgBIAEoAUgAiAEBEh4KEXRlbmFudF9zZW5kX2J1cnN0GAIgASgNSAGIAQESGgoNa2V5X3NlbmRfcmF0ZRgDIAEoAUgCiAEBEhsKDmtleV9zZW5kX2J1cnN0GAQgASgNSAOIAQESIgoVdGVuYW50X3N1YnNjcmliZV9yYXRlGAUgASgBSASIAQESIwoWdGVuYW50X3N1YnNjcmliZV9idXJzdBgGIAEoDUgFiAEBEiAKE3VzZXJfc3Vic2NyaWJlX3JhdGUYByABKAFIBogBARIhChR1c2VyX3N1YnNjcmliZV9idXJzdBgIIAEoDUgHiAEBQhMKEV90ZW5hbnRfc2VuZF9yYXRlQhQKEl90ZW5hbnRfc2VuZF9idXJzdEIQCg5fa2V5X3NlbmRfcmF0ZUIRCg9fa2V5X3NlbmRfYnVyc3RCGAoWX3RlbmFudF9zdWJzY3JpYmVfcmF0ZUIZChdfdGVuYW50X3N1YnNjcmliZV9idXJzdEIWChRfdXNlcl9zdWJzY3JpYmVfcmF0ZUIXChVfdXNlcl9zdWJzY3JpYmVfYnVyc3QidQoMU3RyZWFtUG9saWN5EhMKC2NvbXByZXNzaW9uGAEgAygJEh0KFWNvbXByZXNzaW9uX21pbl9ieXRlcxgCIAEoDRIYChBzaWduaW5nX3JlcXVpcmVkGAMgASgIEhcKD2FsbG93ZWRfZm9ybWF0cxgEIAMoCSKEAwoOVGVuYW50U2V0dGluZ3MSEQoJdGVuYW50X2lkGAEgASgJEg8KB3ZlcnNpb24YAiABKAQSMAoLcmF0ZV9saW1pdHMYAyABKAsyGy5oZXJhbGQudjEuVGVuYW50UmF0ZUxpbWl0cxIuCg1zdHJlYW1fcG9saWN5GAQgASgLMhcuaGVyYWxkLnYxLlN0cmVhbVBvbGljeRIuCgp1cGRhdGVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBISCgp1cGRhdGVkX2J5GAYgASgJEiAKE2RlZmF1bHRfdHRsX3NlY29uZHMYByABKA1IAIgBARIfChJtYXhfdXNlcnNfcGVyX3NlbmQYCCABKA1IAYgBARI2Cg1wdXNoX2ZhbGxiYWNrGAogASgLMh8uaGVyYWxkLnYxLlB1c2hGYWxsYmFja1NldHRpbmdzQhYKFF9kZWZhdWx0X3R0bF9zZWNvbmRzQhUKE19tYXhfdXNlcnNfcGVyX3NlbmQiwQEKFFB1c2hGYWxsYmFja1NldHRpbmdzEg8KB2VuYWJsZWQYASABKAgSFQoNZGVsYXlfc2Vjb25kcxgCIAEoDRImCgNmY20YAyABKAsyGS5oZXJhbGQudjEuRmNtQ3JlZGVudGlhbHMSKAoEYXBucxgEIAEoCzIaLmhlcmFsZC52MS5BcG5zQ3JlZGVudGlhbHMSLwoId2ViX3B1c2gYBSABKAsyHS5oZXJhbGQudjEuV2ViUHVzaENyZWRlbnRpYWxzImQKDkZjbUNyZWRlbnRpYWxzEhIKCnByb2plY3RfaWQYASABKAkSHAoUc2VydmljZV9hY2NvdW50X2pzb24YAiABKAkSIAoYc2VydmljZV9hY2NvdW50X2pzb25fc2V0GAMgASgIIokBCg9BcG5zQ3JlZGVudGlhbHMSDwoHdGVhbV9pZBgBIAEoCRIOCgZrZXlfaWQYAiABKAkSFgoOcHJpdmF0ZV9rZXlfcDgYAyABKAkSGgoScHJpdmF0ZV9rZXlfcDhfc2V0GAQgASgIEg0KBXRvcGljGAUgASgJEhIKCnByb2R1Y3Rpb24YBiABKAgieQoSV2ViUHVzaENyZWRlbnRpYWxzEhkKEXZhcGlkX3ByaXZhdGVfa2V5GAEgASgJEh0KFXZhcGlkX3ByaXZhdGVfa2V5X3NldBgCIAEoCBIYChB2YXBpZF9wdWJsaWNfa2V5GAMgASgJEg8KB3N1YmplY3QYBCABKAkiRQoTV2ViUHVzaFN1YnNjcmlwdGlvbhIQCghlbmRwb2ludBgBIAEoCRIOCgZwMjU2ZGgYAiABKAkSDAoEYXV0aBgDIAEoCSLHAQoKUHVzaFRhcmdldBIRCgl0YXJnZXRfaWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCRIhCgRraW5kGAMgASgOMhMuaGVyYWxkLnYxLlB1c2hLaW5kEg0KBXRva2VuGAQgASgJEjAKCHdlYl9wdXNoGAUgASgLMh4uaGVyYWxkLnYxLldlYlB1c2hTdWJzY3JpcHRpb24SMQoNcmVnaXN0ZXJlZF9hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAikAEKGVJlZ2lzdGVyUHVzaFRhcmdldFJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCRIhCgRraW5kGAIgASgOMhMuaGVyYWxkLnYxLlB1c2hLaW5kEg0KBXRva2VuGAMgASgJEjAKCHdlYl9wdXNoGAQgASgLMh4uaGVyYWxkLnYxLldlYlB1c2hTdWJzY3JpcHRpb24iQwoaUmVnaXN0ZXJQdXNoVGFyZ2V0UmVzcG9uc2USJQoGdGFyZ2V0GAEgASgLMhUuaGVyYWxkLnYxLlB1c2hUYXJnZXQiQQobVW5yZWdpc3RlclB1c2hUYXJnZXRSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSEQoJdGFyZ2V0X2lkGAIgASgJIh4KHFVucmVnaXN0ZXJQdXNoVGFyZ2V0UmVzcG9uc2UiKQoWTGlzdFB1c2hUYXJnZXRzUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJIkEKF0xpc3RQdXNoVGFyZ2V0c1Jlc3BvbnNlEiYKB3RhcmdldHMYASADKAsyFS5oZXJhbGQudjEuUHVzaFRhcmdldCItChhHZXRUZW5hbnRTZXR0aW5nc1JlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJIoQBChlHZXRUZW5hbnRTZXR0aW5nc1Jlc3BvbnNlEisKCHNldHRpbmdzGAEgASgLMhkuaGVyYWxkLnYxLlRlbmFudFNldHRpbmdzEjoKFWVmZmVjdGl2ZV9yYXRlX2xpbWl0cxgCIAEoCzIbLmhlcmFsZC52MS5UZW5hbnRSYXRlTGltaXRzIo4BChhQdXRUZW5hbnRTZXR0aW5nc1JlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEisKCHNldHRpbmdzGAIgASgLMhkuaGVyYWxkLnYxLlRlbmFudFNldHRpbmdzEh0KEGV4cGVjdGVkX3ZlcnNpb24YAyABKARIAIgBAUITChFfZXhwZWN0ZWRfdmVyc2lvbiJIChlQdXRUZW5hbnRTZXR0aW5nc1Jlc3BvbnNlEisKCHNldHRpbmdzGAEgASgLMhkuaGVyYWxkLnYxLlRlbmFudFNldHRpbmdzImQKG0RlbGV0ZVRlbmFudFNldHRpbmdzUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSHQoQZXhwZWN0ZWRfdmVyc2lvbhgCIAEoBEgAiAEBQhMKEV9leHBlY3RlZF92ZXJzaW9uIksKHERlbGV0ZVRlbmFudFNldHRpbmdzUmVzcG9uc2USKwoIc2V0dGluZ3MYASABKAsyGS5oZXJhbGQudjEuVGVuYW50U2V0dGluZ3MiQgoZTGlzdFRlbmFudFNldHRpbmdzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKA0SEgoKcGFnZV90b2tlbhgCIAEoCSJiChpMaXN0VGVuYW50U2V0dGluZ3NSZXNwb25zZRIrCghzZXR0aW5ncxgBIAMoCzIZLmhlcmFsZC52MS5UZW5hbnRTZXR0aW5ncxIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkqhwEKDVByZXNlbmNlU3RhdGUSHgoaUFJFU0VOQ0VfU1RBVEVfVU5TUEVDSUZJRUQQABIZChVQUkVTRU5DRV9TVEFURV9PTkxJTkUQARIaChZQUkVTRU5DRV9TVEFURV9PRkZMSU5FEAISHwobUFJFU0VOQ0VfU1RBVEVfUkVDT05ORUNUSU5HEAMqYwoIUHVzaEtpbmQSGQoVUFVTSF9LSU5EX1VOU1BFQ0lGSUVEEAASEQoNUFVTSF9LSU5EX0ZDTRABEhIKDlBVU0hfS0lORF9BUE5TEAISFQoRUFVTSF9LSU5EX1dFQlBVU0gQAzKqDQoPUmVnaXN0cnlTZXJ2aWNlElgKD1JlZ2lzdGVyU2Vzc2lvbhIhLmhlcmFsZC52MS5SZWdpc3RlclNlc3Npb25SZXF1ZXN0GiIuaGVyYWxkLnYxLlJlZ2lzdGVyU2Vzc2lvblJlc3BvbnNlElsKEEhlYXJ0YmVhdFNlc3Npb24SIi5oZXJhbGQudjEuSGVhcnRiZWF0U2Vzc2lvblJlcXVlc3QaIy5oZXJhbGQudjEuSGVhcnRiZWF0U2Vzc2lvblJlc3BvbnNlEl4KEVVucmVnaXN0ZXJTZXNzaW9uEiMuaGVyYWxkLnYxLlVucmVnaXN0ZXJTZXNzaW9uUmVxdWVzdBokLmhlcmFsZC52MS5VbnJlZ2lzdGVyU2Vzc2lvblJlc3BvbnNlEkwKC0dldFByZXNlbmNlEh0uaGVyYWxkLnYxLkdldFByZXNlbmNlUmVxdWVzdBoeLmhlcmFsZC52MS5HZXRQcmVzZW5jZVJlc3BvbnNlEk8KDExpc3RTZXNzaW9ucxIeLmhlcmFsZC52MS5MaXN0U2Vzc2lvbnNSZXF1ZXN0Gh8uaGVyYWxkLnYxLkxpc3RTZXNzaW9uc1Jlc3BvbnNlEkkKCkRpc2Nvbm5lY3QSHC5oZXJhbGQudjEuRGlzY29ubmVjdFJlcXVlc3QaHS5oZXJhbGQudjEuRGlzY29ubmVjdFJlc3BvbnNlEkwKC0pvaW5DaGFubmVsEh0uaGVyYWxkLnYxLkpvaW5DaGFubmVsUmVxdWVzdBoeLmhlcmFsZC52MS5Kb2luQ2hhbm5lbFJlc3BvbnNlEk8KDExlYXZlQ2hhbm5lbBIeLmhlcmFsZC52MS5MZWF2ZUNoYW5uZWxSZXF1ZXN0Gh8uaGVyYWxkLnYxLkxlYXZlQ2hhbm5lbFJlc3BvbnNlEkwKC1B1dFRlbXBsYXRlEh0uaGVyYWxkLnYxLlB1dFRlbXBsYXRlUmVxdWVzdBoeLmhlcmFsZC52MS5QdXRUZW1wbGF0ZVJlc3BvbnNlEkwKC0dldFRlbXBsYXRlEh0uaGVyYWxkLnYxLkdldFRlbXBsYXRlUmVxdWVzdBoeLmhlcmFsZC52MS5HZXRUZW1wbGF0ZVJlc3BvbnNlElIKDUxpc3RUZW1wbGF0ZXMSHy5oZXJhbGQudjEuTGlzdFRlbXBsYXRlc1JlcXVlc3QaIC5oZXJhbGQudjEuTGlzdFRlbXBsYXRlc1Jlc3BvbnNlElUKDkRlbGV0ZVRlbXBsYXRlEiAuaGVyYWxkLnYxLkRlbGV0ZVRlbXBsYXRlUmVxdWVzdBohLmhlcmFsZC52MS5EZWxldGVUZW1wbGF0ZVJlc3BvbnNlEl4KEUdldFRlbmFudFNldHRpbmdzEiMuaGVyYWxkLnYxLkdldFRlbmFudFNldHRpbmdzUmVxdWVzdBokLmhlcmFsZC52MS5HZXRUZW5hbnRTZXR0aW5nc1Jlc3BvbnNlEl4KEVB1dFRlbmFudFNldHRpbmdzEiMuaGVyYWxkLnYxLlB1dFRlbmFudFNldHRpbmdzUmVxdWVzdBokLmhlcmFsZC52MS5QdXRUZW5hbnRTZXR0aW5nc1Jlc3BvbnNlEmcKFERlbGV0ZVRlbmFudFNldHRpbmdzEiYuaGVyYWxkLnYxLkRlbGV0ZVRlbmFudFNldHRpbmdzUmVxdWVzdBonLmhlcmFsZC52MS5EZWxldGVUZW5hbnRTZXR0aW5nc1Jlc3BvbnNlEmEKEkxpc3RUZW5hbnRTZXR0aW5ncxIkLmhlcmFsZC52MS5MaXN0VGVuYW50U2V0dGluZ3NSZXF1ZXN0GiUuaGVyYWxkLnYxLkxpc3RUZW5hbnRTZXR0aW5nc1Jlc3BvbnNlEmEKElJlZ2lzdGVyUHVzaFRhcmdldBIkLmhlcmFsZC52MS5SZWdpc3RlclB1c2hUYXJnZXRSZXF1ZXN0GiUuaGVyYWxkLnYxLlJlZ2lzdGVyUHVzaFRhcmdldFJlc3BvbnNlEmcKFFVucmVnaXN0ZXJQdXNoVGFyZ2V0EiYuaGVyYWxkLnYxLlVucmVnaXN0ZXJQdXNoVGFyZ2V0UmVxdWVzdBonLmhlcmFsZC52MS5VbnJlZ2lzdGVyUHVzaFRhcmdldFJlc3BvbnNlElgKD0xpc3RQdXNoVGFyZ2V0cxIhLmhlcmFsZC52MS5MaXN0UHVzaFRhcmdldHNSZXF1ZXN0GiIuaGVyYWxkLnYxLkxpc3RQdXNoVGFyZ2V0c1Jlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp, file_herald_v1_notification]);
 
 /**
  * @generated from message herald.v1.Session
@@ -850,6 +850,14 @@ export type TenantSettings = Message<"herald.v1.TenantSettings"> & {
    * @generated from field: optional uint32 max_users_per_send = 8;
    */
   maxUsersPerSend?: number | undefined;
+
+  /**
+   * Field 9 is left free for the webhook settings.
+   * Unset or not enabled: no push fallback (docs/push.md).
+   *
+   * @generated from field: herald.v1.PushFallbackSettings push_fallback = 10;
+   */
+  pushFallback?: PushFallbackSettings | undefined;
 };
 
 /**
@@ -858,6 +866,366 @@ export type TenantSettings = Message<"herald.v1.TenantSettings"> & {
  */
 export const TenantSettingsSchema: GenMessage<TenantSettings> = /*@__PURE__*/
   messageDesc(file_herald_v1_registry, 30);
+
+/**
+ * The offline fallback: a notification for a user with no open session, or not acked within
+ * delay_seconds, goes to the user's push targets. Secrets are write-only: read RPCs return them
+ * empty with their `*_set` flag true; a Put with a secret empty and its flag true keeps the
+ * stored one.
+ *
+ * @generated from message herald.v1.PushFallbackSettings
+ */
+export type PushFallbackSettings = Message<"herald.v1.PushFallbackSettings"> & {
+  /**
+   * @generated from field: bool enabled = 1;
+   */
+  enabled: boolean;
+
+  /**
+   * How long an online user has to ack before the push goes out (0 to 86,400; 0: 30 seconds).
+   *
+   * @generated from field: uint32 delay_seconds = 2;
+   */
+  delaySeconds: number;
+
+  /**
+   * @generated from field: herald.v1.FcmCredentials fcm = 3;
+   */
+  fcm?: FcmCredentials | undefined;
+
+  /**
+   * @generated from field: herald.v1.ApnsCredentials apns = 4;
+   */
+  apns?: ApnsCredentials | undefined;
+
+  /**
+   * @generated from field: herald.v1.WebPushCredentials web_push = 5;
+   */
+  webPush?: WebPushCredentials | undefined;
+};
+
+/**
+ * Describes the message herald.v1.PushFallbackSettings.
+ * Use `create(PushFallbackSettingsSchema)` to create a new message.
+ */
+export const PushFallbackSettingsSchema: GenMessage<PushFallbackSettings> = /*@__PURE__*/
+  messageDesc(file_herald_v1_registry, 31);
+
+/**
+ * @generated from message herald.v1.FcmCredentials
+ */
+export type FcmCredentials = Message<"herald.v1.FcmCredentials"> & {
+  /**
+   * @generated from field: string project_id = 1;
+   */
+  projectId: string;
+
+  /**
+   * The service account key file (JSON) as issued by Google Cloud. Write-only.
+   *
+   * @generated from field: string service_account_json = 2;
+   */
+  serviceAccountJson: string;
+
+  /**
+   * Output: a service account key is stored.
+   *
+   * @generated from field: bool service_account_json_set = 3;
+   */
+  serviceAccountJsonSet: boolean;
+};
+
+/**
+ * Describes the message herald.v1.FcmCredentials.
+ * Use `create(FcmCredentialsSchema)` to create a new message.
+ */
+export const FcmCredentialsSchema: GenMessage<FcmCredentials> = /*@__PURE__*/
+  messageDesc(file_herald_v1_registry, 32);
+
+/**
+ * @generated from message herald.v1.ApnsCredentials
+ */
+export type ApnsCredentials = Message<"herald.v1.ApnsCredentials"> & {
+  /**
+   * @generated from field: string team_id = 1;
+   */
+  teamId: string;
+
+  /**
+   * @generated from field: string key_id = 2;
+   */
+  keyId: string;
+
+  /**
+   * The .p8 signing key (PEM). Write-only.
+   *
+   * @generated from field: string private_key_p8 = 3;
+   */
+  privateKeyP8: string;
+
+  /**
+   * @generated from field: bool private_key_p8_set = 4;
+   */
+  privateKeyP8Set: boolean;
+
+  /**
+   * The app's bundle id (apns-topic).
+   *
+   * @generated from field: string topic = 5;
+   */
+  topic: string;
+
+  /**
+   * false: api.sandbox.push.apple.com; true: api.push.apple.com.
+   *
+   * @generated from field: bool production = 6;
+   */
+  production: boolean;
+};
+
+/**
+ * Describes the message herald.v1.ApnsCredentials.
+ * Use `create(ApnsCredentialsSchema)` to create a new message.
+ */
+export const ApnsCredentialsSchema: GenMessage<ApnsCredentials> = /*@__PURE__*/
+  messageDesc(file_herald_v1_registry, 33);
+
+/**
+ * @generated from message herald.v1.WebPushCredentials
+ */
+export type WebPushCredentials = Message<"herald.v1.WebPushCredentials"> & {
+  /**
+   * The VAPID key pair: the P-256 private key (PEM or base64url raw). Write-only.
+   *
+   * @generated from field: string vapid_private_key = 1;
+   */
+  vapidPrivateKey: string;
+
+  /**
+   * @generated from field: bool vapid_private_key_set = 2;
+   */
+  vapidPrivateKeySet: boolean;
+
+  /**
+   * The application server key browsers subscribe with (base64url uncompressed point).
+   *
+   * @generated from field: string vapid_public_key = 3;
+   */
+  vapidPublicKey: string;
+
+  /**
+   * The VAPID `sub` claim: "mailto:ops@example.com" or an https URL.
+   *
+   * @generated from field: string subject = 4;
+   */
+  subject: string;
+};
+
+/**
+ * Describes the message herald.v1.WebPushCredentials.
+ * Use `create(WebPushCredentialsSchema)` to create a new message.
+ */
+export const WebPushCredentialsSchema: GenMessage<WebPushCredentials> = /*@__PURE__*/
+  messageDesc(file_herald_v1_registry, 34);
+
+/**
+ * A browser's PushSubscription (its toJSON()): endpoint and keys.
+ *
+ * @generated from message herald.v1.WebPushSubscription
+ */
+export type WebPushSubscription = Message<"herald.v1.WebPushSubscription"> & {
+  /**
+   * @generated from field: string endpoint = 1;
+   */
+  endpoint: string;
+
+  /**
+   * The user agent's P-256 public key (base64url).
+   *
+   * @generated from field: string p256dh = 2;
+   */
+  p256dh: string;
+
+  /**
+   * The 16-byte authentication secret (base64url).
+   *
+   * @generated from field: string auth = 3;
+   */
+  auth: string;
+};
+
+/**
+ * Describes the message herald.v1.WebPushSubscription.
+ * Use `create(WebPushSubscriptionSchema)` to create a new message.
+ */
+export const WebPushSubscriptionSchema: GenMessage<WebPushSubscription> = /*@__PURE__*/
+  messageDesc(file_herald_v1_registry, 35);
+
+/**
+ * @generated from message herald.v1.PushTarget
+ */
+export type PushTarget = Message<"herald.v1.PushTarget"> & {
+  /**
+   * Assigned by the registry from kind and token (or endpoint).
+   *
+   * @generated from field: string target_id = 1;
+   */
+  targetId: string;
+
+  /**
+   * @generated from field: string user_id = 2;
+   */
+  userId: string;
+
+  /**
+   * @generated from field: herald.v1.PushKind kind = 3;
+   */
+  kind: PushKind;
+
+  /**
+   * FCM registration token or APNs device token (hex); empty for Web Push.
+   *
+   * @generated from field: string token = 4;
+   */
+  token: string;
+
+  /**
+   * @generated from field: herald.v1.WebPushSubscription web_push = 5;
+   */
+  webPush?: WebPushSubscription | undefined;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp registered_at = 6;
+   */
+  registeredAt?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message herald.v1.PushTarget.
+ * Use `create(PushTargetSchema)` to create a new message.
+ */
+export const PushTargetSchema: GenMessage<PushTarget> = /*@__PURE__*/
+  messageDesc(file_herald_v1_registry, 36);
+
+/**
+ * @generated from message herald.v1.RegisterPushTargetRequest
+ */
+export type RegisterPushTargetRequest = Message<"herald.v1.RegisterPushTargetRequest"> & {
+  /**
+   * Empty: the token's user.
+   *
+   * @generated from field: string user_id = 1;
+   */
+  userId: string;
+
+  /**
+   * @generated from field: herald.v1.PushKind kind = 2;
+   */
+  kind: PushKind;
+
+  /**
+   * @generated from field: string token = 3;
+   */
+  token: string;
+
+  /**
+   * @generated from field: herald.v1.WebPushSubscription web_push = 4;
+   */
+  webPush?: WebPushSubscription | undefined;
+};
+
+/**
+ * Describes the message herald.v1.RegisterPushTargetRequest.
+ * Use `create(RegisterPushTargetRequestSchema)` to create a new message.
+ */
+export const RegisterPushTargetRequestSchema: GenMessage<RegisterPushTargetRequest> = /*@__PURE__*/
+  messageDesc(file_herald_v1_registry, 37);
+
+/**
+ * @generated from message herald.v1.RegisterPushTargetResponse
+ */
+export type RegisterPushTargetResponse = Message<"herald.v1.RegisterPushTargetResponse"> & {
+  /**
+   * @generated from field: herald.v1.PushTarget target = 1;
+   */
+  target?: PushTarget | undefined;
+};
+
+/**
+ * Describes the message herald.v1.RegisterPushTargetResponse.
+ * Use `create(RegisterPushTargetResponseSchema)` to create a new message.
+ */
+export const RegisterPushTargetResponseSchema: GenMessage<RegisterPushTargetResponse> = /*@__PURE__*/
+  messageDesc(file_herald_v1_registry, 38);
+
+/**
+ * @generated from message herald.v1.UnregisterPushTargetRequest
+ */
+export type UnregisterPushTargetRequest = Message<"herald.v1.UnregisterPushTargetRequest"> & {
+  /**
+   * @generated from field: string user_id = 1;
+   */
+  userId: string;
+
+  /**
+   * @generated from field: string target_id = 2;
+   */
+  targetId: string;
+};
+
+/**
+ * Describes the message herald.v1.UnregisterPushTargetRequest.
+ * Use `create(UnregisterPushTargetRequestSchema)` to create a new message.
+ */
+export const UnregisterPushTargetRequestSchema: GenMessage<UnregisterPushTargetRequest> = /*@__PURE__*/
+  messageDesc(file_herald_v1_registry, 39);
+
+/**
+ * @generated from message herald.v1.UnregisterPushTargetResponse
+ */
+export type UnregisterPushTargetResponse = Message<"herald.v1.UnregisterPushTargetResponse"> & {
+};
+
+/**
+ * Describes the message herald.v1.UnregisterPushTargetResponse.
+ * Use `create(UnregisterPushTargetResponseSchema)` to create a new message.
+ */
+export const UnregisterPushTargetResponseSchema: GenMessage<UnregisterPushTargetResponse> = /*@__PURE__*/
+  messageDesc(file_herald_v1_registry, 40);
+
+/**
+ * @generated from message herald.v1.ListPushTargetsRequest
+ */
+export type ListPushTargetsRequest = Message<"herald.v1.ListPushTargetsRequest"> & {
+  /**
+   * @generated from field: string user_id = 1;
+   */
+  userId: string;
+};
+
+/**
+ * Describes the message herald.v1.ListPushTargetsRequest.
+ * Use `create(ListPushTargetsRequestSchema)` to create a new message.
+ */
+export const ListPushTargetsRequestSchema: GenMessage<ListPushTargetsRequest> = /*@__PURE__*/
+  messageDesc(file_herald_v1_registry, 41);
+
+/**
+ * @generated from message herald.v1.ListPushTargetsResponse
+ */
+export type ListPushTargetsResponse = Message<"herald.v1.ListPushTargetsResponse"> & {
+  /**
+   * @generated from field: repeated herald.v1.PushTarget targets = 1;
+   */
+  targets: PushTarget[];
+};
+
+/**
+ * Describes the message herald.v1.ListPushTargetsResponse.
+ * Use `create(ListPushTargetsResponseSchema)` to create a new message.
+ */
+export const ListPushTargetsResponseSchema: GenMessage<ListPushTargetsResponse> = /*@__PURE__*/
+  messageDesc(file_herald_v1_registry, 42);
 
 /**
  * @generated from message herald.v1.GetTenantSettingsRequest
@@ -876,7 +1244,7 @@ export type GetTenantSettingsRequest = Message<"herald.v1.GetTenantSettingsReque
  * Use `create(GetTenantSettingsRequestSchema)` to create a new message.
  */
 export const GetTenantSettingsRequestSchema: GenMessage<GetTenantSettingsRequest> = /*@__PURE__*/
-  messageDesc(file_herald_v1_registry, 31);
+  messageDesc(file_herald_v1_registry, 43);
 
 /**
  * @generated from message herald.v1.GetTenantSettingsResponse
@@ -901,7 +1269,7 @@ export type GetTenantSettingsResponse = Message<"herald.v1.GetTenantSettingsResp
  * Use `create(GetTenantSettingsResponseSchema)` to create a new message.
  */
 export const GetTenantSettingsResponseSchema: GenMessage<GetTenantSettingsResponse> = /*@__PURE__*/
-  messageDesc(file_herald_v1_registry, 32);
+  messageDesc(file_herald_v1_registry, 44);
 
 /**
  * @generated from message herald.v1.PutTenantSettingsRequest
@@ -933,7 +1301,7 @@ export type PutTenantSettingsRequest = Message<"herald.v1.PutTenantSettingsReque
  * Use `create(PutTenantSettingsRequestSchema)` to create a new message.
  */
 export const PutTenantSettingsRequestSchema: GenMessage<PutTenantSettingsRequest> = /*@__PURE__*/
-  messageDesc(file_herald_v1_registry, 33);
+  messageDesc(file_herald_v1_registry, 45);
 
 /**
  * @generated from message herald.v1.PutTenantSettingsResponse
@@ -950,7 +1318,7 @@ export type PutTenantSettingsResponse = Message<"herald.v1.PutTenantSettingsResp
  * Use `create(PutTenantSettingsResponseSchema)` to create a new message.
  */
 export const PutTenantSettingsResponseSchema: GenMessage<PutTenantSettingsResponse> = /*@__PURE__*/
-  messageDesc(file_herald_v1_registry, 34);
+  messageDesc(file_herald_v1_registry, 46);
 
 /**
  * @generated from message herald.v1.DeleteTenantSettingsRequest
@@ -974,7 +1342,7 @@ export type DeleteTenantSettingsRequest = Message<"herald.v1.DeleteTenantSetting
  * Use `create(DeleteTenantSettingsRequestSchema)` to create a new message.
  */
 export const DeleteTenantSettingsRequestSchema: GenMessage<DeleteTenantSettingsRequest> = /*@__PURE__*/
-  messageDesc(file_herald_v1_registry, 35);
+  messageDesc(file_herald_v1_registry, 47);
 
 /**
  * @generated from message herald.v1.DeleteTenantSettingsResponse
@@ -993,7 +1361,7 @@ export type DeleteTenantSettingsResponse = Message<"herald.v1.DeleteTenantSettin
  * Use `create(DeleteTenantSettingsResponseSchema)` to create a new message.
  */
 export const DeleteTenantSettingsResponseSchema: GenMessage<DeleteTenantSettingsResponse> = /*@__PURE__*/
-  messageDesc(file_herald_v1_registry, 36);
+  messageDesc(file_herald_v1_registry, 48);
 
 /**
  * @generated from message herald.v1.ListTenantSettingsRequest
@@ -1019,7 +1387,7 @@ export type ListTenantSettingsRequest = Message<"herald.v1.ListTenantSettingsReq
  * Use `create(ListTenantSettingsRequestSchema)` to create a new message.
  */
 export const ListTenantSettingsRequestSchema: GenMessage<ListTenantSettingsRequest> = /*@__PURE__*/
-  messageDesc(file_herald_v1_registry, 37);
+  messageDesc(file_herald_v1_registry, 49);
 
 /**
  * @generated from message herald.v1.ListTenantSettingsResponse
@@ -1043,7 +1411,7 @@ export type ListTenantSettingsResponse = Message<"herald.v1.ListTenantSettingsRe
  * Use `create(ListTenantSettingsResponseSchema)` to create a new message.
  */
 export const ListTenantSettingsResponseSchema: GenMessage<ListTenantSettingsResponse> = /*@__PURE__*/
-  messageDesc(file_herald_v1_registry, 38);
+  messageDesc(file_herald_v1_registry, 50);
 
 /**
  * @generated from enum herald.v1.PresenceState
@@ -1077,6 +1445,37 @@ export enum PresenceState {
  */
 export const PresenceStateSchema: GenEnum<PresenceState> = /*@__PURE__*/
   enumDesc(file_herald_v1_registry, 0);
+
+/**
+ * @generated from enum herald.v1.PushKind
+ */
+export enum PushKind {
+  /**
+   * @generated from enum value: PUSH_KIND_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * @generated from enum value: PUSH_KIND_FCM = 1;
+   */
+  FCM = 1,
+
+  /**
+   * @generated from enum value: PUSH_KIND_APNS = 2;
+   */
+  APNS = 2,
+
+  /**
+   * @generated from enum value: PUSH_KIND_WEBPUSH = 3;
+   */
+  WEBPUSH = 3,
+}
+
+/**
+ * Describes the enum herald.v1.PushKind.
+ */
+export const PushKindSchema: GenEnum<PushKind> = /*@__PURE__*/
+  enumDesc(file_herald_v1_registry, 1);
 
 /**
  * Directories shared by the nodes: open sessions (presence), channel membership, templates,
@@ -1250,6 +1649,38 @@ export const RegistryService: GenService<{
     methodKind: "unary";
     input: typeof ListTenantSettingsRequestSchema;
     output: typeof ListTenantSettingsResponseSchema;
+  },
+  /**
+   * Registers a push target (FCM or APNs device token, Web Push subscription) for a user, for the
+   * offline fallback (docs/push.md). The same target again is the same target_id. Users register
+   * their own (scope `subscribe`); backends any user of their tenant (scope `send`).
+   *
+   * @generated from rpc herald.v1.RegistryService.RegisterPushTarget
+   */
+  registerPushTarget: {
+    methodKind: "unary";
+    input: typeof RegisterPushTargetRequestSchema;
+    output: typeof RegisterPushTargetResponseSchema;
+  },
+  /**
+   * Removes one push target; NOT_FOUND when the user has none with that id.
+   *
+   * @generated from rpc herald.v1.RegistryService.UnregisterPushTarget
+   */
+  unregisterPushTarget: {
+    methodKind: "unary";
+    input: typeof UnregisterPushTargetRequestSchema;
+    output: typeof UnregisterPushTargetResponseSchema;
+  },
+  /**
+   * The user's push targets, oldest first.
+   *
+   * @generated from rpc herald.v1.RegistryService.ListPushTargets
+   */
+  listPushTargets: {
+    methodKind: "unary";
+    input: typeof ListPushTargetsRequestSchema;
+    output: typeof ListPushTargetsResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_herald_v1_registry, 0);

@@ -1,0 +1,1 @@
+"""Offline fallback to push providers (docs/push.md): targets, providers, pending pushes."""
