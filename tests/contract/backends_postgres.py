@@ -12,6 +12,8 @@ import asyncpg
 
 from services.ingest.idempotency import IdempotencyStore
 from services.ingest.idempotency_postgres import PostgresIdempotencyStore
+from services.registry.segments import SegmentStore
+from services.registry.segments_postgres import PostgresSegmentStore
 from services.registry.templates import TemplateStore
 from services.registry.templates_postgres import PostgresTemplateStore
 from services.registry.tenant_settings import TenantSettingsStore
@@ -64,6 +66,9 @@ idempotency_store: Callable[[], AbstractAsyncContextManager[IdempotencyStore]] =
 )
 template_store: Callable[[], AbstractAsyncContextManager[TemplateStore]] = _on_clean_pool(
     PostgresTemplateStore
+)
+segment_store: Callable[[], AbstractAsyncContextManager[SegmentStore]] = _on_clean_pool(
+    PostgresSegmentStore
 )
 tenant_settings_store: Callable[[], AbstractAsyncContextManager[TenantSettingsStore]] = (
     _on_clean_pool(PostgresTenantSettingsStore)

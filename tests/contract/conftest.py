@@ -23,6 +23,8 @@ from services.ingest.idempotency_memory import MemoryIdempotencyStore
 from services.ratelimit.limiter import RateLimiter
 from services.ratelimit.limiter_memory import MemoryRateLimiter
 from services.ratelimit.limiter_redis import RedisRateLimiter
+from services.registry.segments import SegmentStore
+from services.registry.segments_memory import MemorySegmentStore
 from services.registry.sessions import SessionDirectory
 from services.registry.sessions_memory import MemorySessionDirectory
 from services.registry.sessions_redis import RedisSessionDirectory
@@ -91,6 +93,10 @@ SESSION_DIRECTORIES: dict[str, Opener[SessionDirectory]] = {
 TEMPLATE_STORES: dict[str, Opener[TemplateStore]] = {
     "memory": in_memory(MemoryTemplateStore),
     "postgres": backends_postgres.template_store,
+}
+SEGMENT_STORES: dict[str, Opener[SegmentStore]] = {
+    "memory": in_memory(MemorySegmentStore),
+    "postgres": backends_postgres.segment_store,
 }
 TENANT_SETTINGS_STORES: dict[str, Opener[TenantSettingsStore]] = {
     "memory": in_memory(MemoryTenantSettingsStore),
@@ -239,6 +245,12 @@ async def session_directory(request: pytest.FixtureRequest) -> AsyncIterator[Ses
 @pytest_asyncio.fixture(params=sorted(TEMPLATE_STORES))
 async def template_store(request: pytest.FixtureRequest) -> AsyncIterator[TemplateStore]:
     async with TEMPLATE_STORES[request.param]() as store:
+        yield store
+
+
+@pytest_asyncio.fixture(params=sorted(SEGMENT_STORES))
+async def segment_store(request: pytest.FixtureRequest) -> AsyncIterator[SegmentStore]:
+    async with SEGMENT_STORES[request.param]() as store:
         yield store
 
 
