@@ -24,6 +24,8 @@ from services.errors import Unavailable
 from services.ingest.idempotency import IdempotencyStore
 from services.ingest.idempotency_memory import MemoryIdempotencyStore
 from services.ratelimit.limiter import RateLimiter
+from services.registry.segments import SegmentStore
+from services.registry.segments_memory import MemorySegmentStore
 from services.registry.sessions import SessionDirectory
 from services.registry.sessions_memory import MemorySessionDirectory
 from services.registry.templates import TemplateStore
@@ -68,6 +70,7 @@ class Stores:
     shared: bool = False
     # The rate limiter on the shared store (production: Redis); None: each node's own buckets.
     rate_limiter: RateLimiter | None = None
+    segments: SegmentStore = field(default_factory=MemorySegmentStore)
     backends: tuple[Backend, ...] = field(default=())
 
     async def monitor(self, interval_s: float) -> None:
@@ -96,6 +99,7 @@ class Stores:
             self.sessions,
             self.templates,
             self.tenant_settings,
+            self.segments,
         ):
             await store.aclose()
         for backend in self.backends:

@@ -172,6 +172,7 @@ async def production_stores(config: Config, clock: Clock, on_change: HealthChang
         sessions=guarded(RedisSessionDirectory(client, prefix), rd),
         templates=guarded(postgres.templates, pg),
         tenant_settings=guarded(postgres.tenant_settings, pg),
+        segments=guarded(postgres.segments, pg),
         shared=True,
         # Behind the Redis breaker: an open circuit answers at once (open or closed, as set).
         rate_limiter=RedisRateLimiter(

@@ -76,6 +76,17 @@ REQUIRED_SCOPE: dict[str, str] = {
     "/herald.v1.RegistryService/PutTenantSettings": auth.SCOPE_TENANT_ADMIN,
     "/herald.v1.RegistryService/DeleteTenantSettings": auth.SCOPE_TENANT_ADMIN,
     "/herald.v1.RegistryService/ListTenantSettings": auth.SCOPE_NODE,
+    **{
+        f"/herald.v1.RegistryService/{method}": auth.SCOPE_TENANT_ADMIN
+        for method in (
+            "CreateSegment",
+            "AddSegmentMembers",
+            "RemoveSegmentMembers",
+            "ListSegmentMembers",
+            "ListSegments",
+            "DeleteSegment",
+        )
+    },
     "/herald.node.v1.NodeService/Dispatch": auth.SCOPE_NODE,
     "/herald.node.v1.NodeService/GetDeliveryStatus": auth.SCOPE_NODE,
     "/herald.node.v1.NodeService/CloseSessions": auth.SCOPE_NODE,

@@ -19,6 +19,7 @@ from typing import Final
 import asyncpg
 
 from services.ingest.idempotency_postgres import PostgresIdempotencyStore
+from services.registry.segments_postgres import PostgresSegmentStore
 from services.registry.templates_postgres import PostgresTemplateStore
 from services.registry.tenant_settings_postgres import PostgresTenantSettingsStore
 from services.stream.acks_postgres import PostgresAckStore
@@ -158,6 +159,7 @@ class PostgresBackend:
         self.idempotency = PostgresIdempotencyStore(pool)
         self.templates = PostgresTemplateStore(pool)
         self.tenant_settings = PostgresTenantSettingsStore(pool)
+        self.segments = PostgresSegmentStore(pool)
         self._close_timeout_s = close_timeout_s
 
     @classmethod
@@ -202,6 +204,7 @@ class PostgresBackend:
             self.idempotency,
             self.templates,
             self.tenant_settings,
+            self.segments,
         ):
             await store.aclose()
         try:

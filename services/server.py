@@ -279,7 +279,8 @@ async def start_node(
             )
         if "registry" in roles and registry_core is not None:
             registry_pb2_grpc.add_RegistryServiceServicer_to_server(
-                RegistryServicer(registry_core, config.rate_limit), server
+                RegistryServicer(registry_core, config.rate_limit, stores.segments, clock),
+                server,
             )
         # Without a registry core of its own, a node reads the registry over gRPC: the stream
         # node always, ingest when it is given the address (for templates and tenant settings).

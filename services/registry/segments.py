@@ -16,6 +16,7 @@ from services.bounds import quote
 from services.errors import NotFound, ResourceExhausted
 
 MAX_MEMBERS: Final = 100_000
+MAX_NAME_LEN: Final = 128
 # Users per AddSegmentMembers / RemoveSegmentMembers call.
 MAX_BATCH: Final = 10_000
 DEFAULT_PAGE: Final = 1000

@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file herald/v1/registry.proto.
  */
 export const file_herald_v1_registry: GenFile = /*@__PURE__*/
-  fileDesc("ChhoZXJhbGQvdjEvcmVnaXN0cnkucHJvdG8SCWhlcmFsZC52MSLuAQoHU2Vzc2lvbhISCgpzZXNzaW9uX2lkGAEgASgJEhEKCXRlbmFudF9pZBgCIAEoCRIPCgd1c2VyX2lkGAMgASgJEg8KB25vZGVfaWQYBCABKAkSFAoMbm9kZV9hZGRyZXNzGAUgASgJEg4KBmRldmljZRgGIAEoCRIQCghjaGFubmVscxgHIAMoCRIwCgxjb25uZWN0ZWRfYXQYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjAKDGxhc3Rfc2Vlbl9hdBgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiPQoWUmVnaXN0ZXJTZXNzaW9uUmVxdWVzdBIjCgdzZXNzaW9uGAEgASgLMhIuaGVyYWxkLnYxLlNlc3Npb24iMAoXUmVnaXN0ZXJTZXNzaW9uUmVzcG9uc2USFQoNbGVhc2Vfc2Vjb25kcxgBIAEoDSJBChdIZWFydGJlYXRTZXNzaW9uUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSEwoLc2Vzc2lvbl9pZHMYAiADKAkiNwoYSGVhcnRiZWF0U2Vzc2lvblJlc3BvbnNlEhsKE3Vua25vd25fc2Vzc2lvbl9pZHMYASADKAkiQQoYVW5yZWdpc3RlclNlc3Npb25SZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRISCgpzZXNzaW9uX2lkGAIgASgJIhsKGVVucmVnaXN0ZXJTZXNzaW9uUmVzcG9uc2UiOQoSR2V0UHJlc2VuY2VSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIQCgh1c2VyX2lkcxgCIAMoCSKKAQoMVXNlclByZXNlbmNlEg8KB3VzZXJfaWQYASABKAkSJwoFc3RhdGUYAiABKA4yGC5oZXJhbGQudjEuUHJlc2VuY2VTdGF0ZRIVCg1zZXNzaW9uX2NvdW50GAMgASgNEikKBXNpbmNlGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCI9ChNHZXRQcmVzZW5jZVJlc3BvbnNlEiYKBXVzZXJzGAEgAygLMhcuaGVyYWxkLnYxLlVzZXJQcmVzZW5jZSI5ChNMaXN0U2Vzc2lvbnNSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIPCgd1c2VyX2lkGAIgASgJIjwKFExpc3RTZXNzaW9uc1Jlc3BvbnNlEiQKCHNlc3Npb25zGAEgAygLMhIuaGVyYWxkLnYxLlNlc3Npb24iawoRRGlzY29ubmVjdFJlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEhQKCnNlc3Npb25faWQYAiABKAlIABIRCgd1c2VyX2lkGAMgASgJSAASDgoGcmVhc29uGAQgASgJQgoKCHNlbGVjdG9yIioKEkRpc2Nvbm5lY3RSZXNwb25zZRIUCgxkaXNjb25uZWN0ZWQYASABKA0iTAoSSm9pbkNoYW5uZWxSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRISCgpzZXNzaW9uX2lkGAIgASgJEg8KB2NoYW5uZWwYAyABKAkiJwoTSm9pbkNoYW5uZWxSZXNwb25zZRIQCghjaGFubmVscxgBIAMoCSJNChNMZWF2ZUNoYW5uZWxSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRISCgpzZXNzaW9uX2lkGAIgASgJEg8KB2NoYW5uZWwYAyABKAkiKAoUTGVhdmVDaGFubmVsUmVzcG9uc2USEAoIY2hhbm5lbHMYASADKAkiZQoPVGVtcGxhdGVDb250ZW50Eg0KBXRpdGxlGAEgASgJEgwKBGJvZHkYAiABKAkSEQoJaW1hZ2VfdXJsGAMgASgJEiIKB2FjdGlvbnMYBCADKAsyES5oZXJhbGQudjEuQWN0aW9uIvcBCghUZW1wbGF0ZRITCgt0ZW1wbGF0ZV9pZBgBIAEoCRIPCgd2ZXJzaW9uGAIgASgNEhYKDmRlZmF1bHRfbG9jYWxlGAMgASgJEjEKB2xvY2FsZXMYBCADKAsyIC5oZXJhbGQudjEuVGVtcGxhdGUuTG9jYWxlc0VudHJ5Ei4KCmNyZWF0ZWRfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wGkoKDExvY2FsZXNFbnRyeRILCgNrZXkYASABKAkSKQoFdmFsdWUYAiABKAsyGi5oZXJhbGQudjEuVGVtcGxhdGVDb250ZW50OgI4ASJOChJQdXRUZW1wbGF0ZVJlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEiUKCHRlbXBsYXRlGAIgASgLMhMuaGVyYWxkLnYxLlRlbXBsYXRlIjwKE1B1dFRlbXBsYXRlUmVzcG9uc2USJQoIdGVtcGxhdGUYASABKAsyEy5oZXJhbGQudjEuVGVtcGxhdGUiTQoSR2V0VGVtcGxhdGVSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRITCgt0ZW1wbGF0ZV9pZBgCIAEoCRIPCgd2ZXJzaW9uGAMgASgNIjwKE0dldFRlbXBsYXRlUmVzcG9uc2USJQoIdGVtcGxhdGUYASABKAsyEy5oZXJhbGQudjEuVGVtcGxhdGUiKQoUTGlzdFRlbXBsYXRlc1JlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJIj8KFUxpc3RUZW1wbGF0ZXNSZXNwb25zZRImCgl0ZW1wbGF0ZXMYASADKAsyEy5oZXJhbGQudjEuVGVtcGxhdGUiPwoVRGVsZXRlVGVtcGxhdGVSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRITCgt0ZW1wbGF0ZV9pZBgCIAEoCSIyChZEZWxldGVUZW1wbGF0ZVJlc3BvbnNlEhgKEGRlbGV0ZWRfdmVyc2lvbnMYASABKA0izgMKEFRlbmFudFJhdGVMaW1pdHMSHQoQdGVuYW50X3NlbmRfcmF0ZRgBIAEoAUgAiAEBEh4KEXRlbmFudF9zZW5kX2J1cnN0GAIgASgNSAGIAQESGgoNa2V5X3NlbmRfcmF0ZRgDIAEoAUgCiAEBEhsKDmtleV9zZW5kX2J1cnN0GAQgASgNSAOIAQESIgoVdGVuYW50X3N1YnNjcmliZV9yYXRlGAUgASgBSASIAQESIwoWdGVuYW50X3N1YnNjcmliZV9idXJzdBgGIAEoDUgFiAEBEiAKE3VzZXJfc3Vic2NyaWJlX3JhdGUYByABKAFIBogBARIhChR1c2VyX3N1YnNjcmliZV9idXJzdBgIIAEoDUgHiAEBQhMKEV90ZW5hbnRfc2VuZF9yYXRlQhQKEl90ZW5hbnRfc2VuZF9idXJzdEIQCg5fa2V5X3NlbmRfcmF0ZUIRCg9fa2V5X3NlbmRfYnVyc3RCGAoWX3RlbmFudF9zdWJzY3JpYmVfcmF0ZUIZChdfdGVuYW50X3N1YnNjcmliZV9idXJzdEIWChRfdXNlcl9zdWJzY3JpYmVfcmF0ZUIXChVfdXNlcl9zdWJzY3JpYmVfYnVyc3QidQoMU3RyZWFtUG9saWN5EhMKC2NvbXByZXNzaW9uGAEgAygJEh0KFWNvbXByZXNzaW9uX21pbl9ieXRlcxgCIAEoDRIYChBzaWduaW5nX3JlcXVpcmVkGAMgASgIEhcKD2FsbG93ZWRfZm9ybWF0cxgEIAMoCSLMAgoOVGVuYW50U2V0dGluZ3MSEQoJdGVuYW50X2lkGAEgASgJEg8KB3ZlcnNpb24YAiABKAQSMAoLcmF0ZV9saW1pdHMYAyABKAsyGy5oZXJhbGQudjEuVGVuYW50UmF0ZUxpbWl0cxIuCg1zdHJlYW1fcG9saWN5GAQgASgLMhcuaGVyYWxkLnYxLlN0cmVhbVBvbGljeRIuCgp1cGRhdGVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBISCgp1cGRhdGVkX2J5GAYgASgJEiAKE2RlZmF1bHRfdHRsX3NlY29uZHMYByABKA1IAIgBARIfChJtYXhfdXNlcnNfcGVyX3NlbmQYCCABKA1IAYgBAUIWChRfZGVmYXVsdF90dGxfc2Vjb25kc0IVChNfbWF4X3VzZXJzX3Blcl9zZW5kIi0KGEdldFRlbmFudFNldHRpbmdzUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkihAEKGUdldFRlbmFudFNldHRpbmdzUmVzcG9uc2USKwoIc2V0dGluZ3MYASABKAsyGS5oZXJhbGQudjEuVGVuYW50U2V0dGluZ3MSOgoVZWZmZWN0aXZlX3JhdGVfbGltaXRzGAIgASgLMhsuaGVyYWxkLnYxLlRlbmFudFJhdGVMaW1pdHMijgEKGFB1dFRlbmFudFNldHRpbmdzUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSKwoIc2V0dGluZ3MYAiABKAsyGS5oZXJhbGQudjEuVGVuYW50U2V0dGluZ3MSHQoQZXhwZWN0ZWRfdmVyc2lvbhgDIAEoBEgAiAEBQhMKEV9leHBlY3RlZF92ZXJzaW9uIkgKGVB1dFRlbmFudFNldHRpbmdzUmVzcG9uc2USKwoIc2V0dGluZ3MYASABKAsyGS5oZXJhbGQudjEuVGVuYW50U2V0dGluZ3MiZAobRGVsZXRlVGVuYW50U2V0dGluZ3NSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIdChBleHBlY3RlZF92ZXJzaW9uGAIgASgESACIAQFCEwoRX2V4cGVjdGVkX3ZlcnNpb24iSwocRGVsZXRlVGVuYW50U2V0dGluZ3NSZXNwb25zZRIrCghzZXR0aW5ncxgBIAEoCzIZLmhlcmFsZC52MS5UZW5hbnRTZXR0aW5ncyJCChlMaXN0VGVuYW50U2V0dGluZ3NSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoDRISCgpwYWdlX3Rva2VuGAIgASgJImIKGkxpc3RUZW5hbnRTZXR0aW5nc1Jlc3BvbnNlEisKCHNldHRpbmdzGAEgAygLMhkuaGVyYWxkLnYxLlRlbmFudFNldHRpbmdzEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSqHAQoNUHJlc2VuY2VTdGF0ZRIeChpQUkVTRU5DRV9TVEFURV9VTlNQRUNJRklFRBAAEhkKFVBSRVNFTkNFX1NUQVRFX09OTElORRABEhoKFlBSRVNFTkNFX1NUQVRFX09GRkxJTkUQAhIfChtQUkVTRU5DRV9TVEFURV9SRUNPTk5FQ1RJTkcQAzKECwoPUmVnaXN0cnlTZXJ2aWNlElgKD1JlZ2lzdGVyU2Vzc2lvbhIhLmhlcmFsZC52MS5SZWdpc3RlclNlc3Npb25SZXF1ZXN0GiIuaGVyYWxkLnYxLlJlZ2lzdGVyU2Vzc2lvblJlc3BvbnNlElsKEEhlYXJ0YmVhdFNlc3Npb24SIi5oZXJhbGQudjEuSGVhcnRiZWF0U2Vzc2lvblJlcXVlc3QaIy5oZXJhbGQudjEuSGVhcnRiZWF0U2Vzc2lvblJlc3BvbnNlEl4KEVVucmVnaXN0ZXJTZXNzaW9uEiMuaGVyYWxkLnYxLlVucmVnaXN0ZXJTZXNzaW9uUmVxdWVzdBokLmhlcmFsZC52MS5VbnJlZ2lzdGVyU2Vzc2lvblJlc3BvbnNlEkwKC0dldFByZXNlbmNlEh0uaGVyYWxkLnYxLkdldFByZXNlbmNlUmVxdWVzdBoeLmhlcmFsZC52MS5HZXRQcmVzZW5jZVJlc3BvbnNlEk8KDExpc3RTZXNzaW9ucxIeLmhlcmFsZC52MS5MaXN0U2Vzc2lvbnNSZXF1ZXN0Gh8uaGVyYWxkLnYxLkxpc3RTZXNzaW9uc1Jlc3BvbnNlEkkKCkRpc2Nvbm5lY3QSHC5oZXJhbGQudjEuRGlzY29ubmVjdFJlcXVlc3QaHS5oZXJhbGQudjEuRGlzY29ubmVjdFJlc3BvbnNlEkwKC0pvaW5DaGFubmVsEh0uaGVyYWxkLnYxLkpvaW5DaGFubmVsUmVxdWVzdBoeLmhlcmFsZC52MS5Kb2luQ2hhbm5lbFJlc3BvbnNlEk8KDExlYXZlQ2hhbm5lbBIeLmhlcmFsZC52MS5MZWF2ZUNoYW5uZWxSZXF1ZXN0Gh8uaGVyYWxkLnYxLkxlYXZlQ2hhbm5lbFJlc3BvbnNlEkwKC1B1dFRlbXBsYXRlEh0uaGVyYWxkLnYxLlB1dFRlbXBsYXRlUmVxdWVzdBoeLmhlcmFsZC52MS5QdXRUZW1wbGF0ZVJlc3BvbnNlEkwKC0dldFRlbXBsYXRlEh0uaGVyYWxkLnYxLkdldFRlbXBsYXRlUmVxdWVzdBoeLmhlcmFsZC52MS5HZXRUZW1wbGF0ZVJlc3BvbnNlElIKDUxpc3RUZW1wbGF0ZXMSHy5oZXJhbGQudjEuTGlzdFRlbXBsYXRlc1JlcXVlc3QaIC5oZXJhbGQudjEuTGlzdFRlbXBsYXRlc1Jlc3BvbnNlElUKDkRlbGV0ZVRlbXBsYXRlEiAuaGVyYWxkLnYxLkRlbGV0ZVRlbXBsYXRlUmVxdWVzdBohLmhlcmFsZC52MS5EZWxldGVUZW1wbGF0ZVJlc3BvbnNlEl4KEUdldFRlbmFudFNldHRpbmdzEiMuaGVyYWxkLnYxLkdldFRlbmFudFNldHRpbmdzUmVxdWVzdBokLmhlcmFsZC52MS5HZXRUZW5hbnRTZXR0aW5nc1Jlc3BvbnNlEl4KEVB1dFRlbmFudFNldHRpbmdzEiMuaGVyYWxkLnYxLlB1dFRlbmFudFNldHRpbmdzUmVxdWVzdBokLmhlcmFsZC52MS5QdXRUZW5hbnRTZXR0aW5nc1Jlc3BvbnNlEmcKFERlbGV0ZVRlbmFudFNldHRpbmdzEiYuaGVyYWxkLnYxLkRlbGV0ZVRlbmFudFNldHRpbmdzUmVxdWVzdBonLmhlcmFsZC52MS5EZWxldGVUZW5hbnRTZXR0aW5nc1Jlc3BvbnNlEmEKEkxpc3RUZW5hbnRTZXR0aW5ncxIkLmhlcmFsZC52MS5MaXN0VGVuYW50U2V0dGluZ3NSZXF1ZXN0GiUuaGVyYWxkLnYxLkxpc3RUZW5hbnRTZXR0aW5nc1Jlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp, file_herald_v1_notification]);
+  fileDesc("ChhoZXJhbGQvdjEvcmVnaXN0cnkucHJvdG8SCWhlcmFsZC52MSLuAQoHU2Vzc2lvbhISCgpzZXNzaW9uX2lkGAEgASgJEhEKCXRlbmFudF9pZBgCIAEoCRIPCgd1c2VyX2lkGAMgASgJEg8KB25vZGVfaWQYBCABKAkSFAoMbm9kZV9hZGRyZXNzGAUgASgJEg4KBmRldmljZRgGIAEoCRIQCghjaGFubmVscxgHIAMoCRIwCgxjb25uZWN0ZWRfYXQYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjAKDGxhc3Rfc2Vlbl9hdBgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiPQoWUmVnaXN0ZXJTZXNzaW9uUmVxdWVzdBIjCgdzZXNzaW9uGAEgASgLMhIuaGVyYWxkLnYxLlNlc3Npb24iMAoXUmVnaXN0ZXJTZXNzaW9uUmVzcG9uc2USFQoNbGVhc2Vfc2Vjb25kcxgBIAEoDSJBChdIZWFydGJlYXRTZXNzaW9uUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSEwoLc2Vzc2lvbl9pZHMYAiADKAkiNwoYSGVhcnRiZWF0U2Vzc2lvblJlc3BvbnNlEhsKE3Vua25vd25fc2Vzc2lvbl9pZHMYASADKAkiQQoYVW5yZWdpc3RlclNlc3Npb25SZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRISCgpzZXNzaW9uX2lkGAIgASgJIhsKGVVucmVnaXN0ZXJTZXNzaW9uUmVzcG9uc2UiOQoSR2V0UHJlc2VuY2VSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIQCgh1c2VyX2lkcxgCIAMoCSKKAQoMVXNlclByZXNlbmNlEg8KB3VzZXJfaWQYASABKAkSJwoFc3RhdGUYAiABKA4yGC5oZXJhbGQudjEuUHJlc2VuY2VTdGF0ZRIVCg1zZXNzaW9uX2NvdW50GAMgASgNEikKBXNpbmNlGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCI9ChNHZXRQcmVzZW5jZVJlc3BvbnNlEiYKBXVzZXJzGAEgAygLMhcuaGVyYWxkLnYxLlVzZXJQcmVzZW5jZSI5ChNMaXN0U2Vzc2lvbnNSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIPCgd1c2VyX2lkGAIgASgJIjwKFExpc3RTZXNzaW9uc1Jlc3BvbnNlEiQKCHNlc3Npb25zGAEgAygLMhIuaGVyYWxkLnYxLlNlc3Npb24iawoRRGlzY29ubmVjdFJlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEhQKCnNlc3Npb25faWQYAiABKAlIABIRCgd1c2VyX2lkGAMgASgJSAASDgoGcmVhc29uGAQgASgJQgoKCHNlbGVjdG9yIioKEkRpc2Nvbm5lY3RSZXNwb25zZRIUCgxkaXNjb25uZWN0ZWQYASABKA0iTAoSSm9pbkNoYW5uZWxSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRISCgpzZXNzaW9uX2lkGAIgASgJEg8KB2NoYW5uZWwYAyABKAkiJwoTSm9pbkNoYW5uZWxSZXNwb25zZRIQCghjaGFubmVscxgBIAMoCSJNChNMZWF2ZUNoYW5uZWxSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRISCgpzZXNzaW9uX2lkGAIgASgJEg8KB2NoYW5uZWwYAyABKAkiKAoUTGVhdmVDaGFubmVsUmVzcG9uc2USEAoIY2hhbm5lbHMYASADKAkiZQoPVGVtcGxhdGVDb250ZW50Eg0KBXRpdGxlGAEgASgJEgwKBGJvZHkYAiABKAkSEQoJaW1hZ2VfdXJsGAMgASgJEiIKB2FjdGlvbnMYBCADKAsyES5oZXJhbGQudjEuQWN0aW9uIvcBCghUZW1wbGF0ZRITCgt0ZW1wbGF0ZV9pZBgBIAEoCRIPCgd2ZXJzaW9uGAIgASgNEhYKDmRlZmF1bHRfbG9jYWxlGAMgASgJEjEKB2xvY2FsZXMYBCADKAsyIC5oZXJhbGQudjEuVGVtcGxhdGUuTG9jYWxlc0VudHJ5Ei4KCmNyZWF0ZWRfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wGkoKDExvY2FsZXNFbnRyeRILCgNrZXkYASABKAkSKQoFdmFsdWUYAiABKAsyGi5oZXJhbGQudjEuVGVtcGxhdGVDb250ZW50OgI4ASJOChJQdXRUZW1wbGF0ZVJlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEiUKCHRlbXBsYXRlGAIgASgLMhMuaGVyYWxkLnYxLlRlbXBsYXRlIjwKE1B1dFRlbXBsYXRlUmVzcG9uc2USJQoIdGVtcGxhdGUYASABKAsyEy5oZXJhbGQudjEuVGVtcGxhdGUiTQoSR2V0VGVtcGxhdGVSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRITCgt0ZW1wbGF0ZV9pZBgCIAEoCRIPCgd2ZXJzaW9uGAMgASgNIjwKE0dldFRlbXBsYXRlUmVzcG9uc2USJQoIdGVtcGxhdGUYASABKAsyEy5oZXJhbGQudjEuVGVtcGxhdGUiKQoUTGlzdFRlbXBsYXRlc1JlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJIj8KFUxpc3RUZW1wbGF0ZXNSZXNwb25zZRImCgl0ZW1wbGF0ZXMYASADKAsyEy5oZXJhbGQudjEuVGVtcGxhdGUiPwoVRGVsZXRlVGVtcGxhdGVSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRITCgt0ZW1wbGF0ZV9pZBgCIAEoCSIyChZEZWxldGVUZW1wbGF0ZVJlc3BvbnNlEhgKEGRlbGV0ZWRfdmVyc2lvbnMYASABKA0izgMKEFRlbmFudFJhdGVMaW1pdHMSHQoQdGVuYW50X3NlbmRfcmF0ZRgBIAEoAUgAiAEBEh4KEXRlbmFudF9zZW5kX2J1cnN0GAIgASgNSAGIAQESGgoNa2V5X3NlbmRfcmF0ZRgDIAEoAUgCiAEBEhsKDmtleV9zZW5kX2J1cnN0GAQgASgNSAOIAQESIgoVdGVuYW50X3N1YnNjcmliZV9yYXRlGAUgASgBSASIAQESIwoWdGVuYW50X3N1YnNjcmliZV9idXJzdBgGIAEoDUgFiAEBEiAKE3VzZXJfc3Vic2NyaWJlX3JhdGUYByABKAFIBogBARIhChR1c2VyX3N1YnNjcmliZV9idXJzdBgIIAEoDUgHiAEBQhMKEV90ZW5hbnRfc2VuZF9yYXRlQhQKEl90ZW5hbnRfc2VuZF9idXJzdEIQCg5fa2V5X3NlbmRfcmF0ZUIRCg9fa2V5X3NlbmRfYnVyc3RCGAoWX3RlbmFudF9zdWJzY3JpYmVfcmF0ZUIZChdfdGVuYW50X3N1YnNjcmliZV9idXJzdEIWChRfdXNlcl9zdWJzY3JpYmVfcmF0ZUIXChVfdXNlcl9zdWJzY3JpYmVfYnVyc3QidQoMU3RyZWFtUG9saWN5EhMKC2NvbXByZXNzaW9uGAEgAygJEh0KFWNvbXByZXNzaW9uX21pbl9ieXRlcxgCIAEoDRIYChBzaWduaW5nX3JlcXVpcmVkGAMgASgIEhcKD2FsbG93ZWRfZm9ybWF0cxgEIAMoCSLMAgoOVGVuYW50U2V0dGluZ3MSEQoJdGVuYW50X2lkGAEgASgJEg8KB3ZlcnNpb24YAiABKAQSMAoLcmF0ZV9saW1pdHMYAyABKAsyGy5oZXJhbGQudjEuVGVuYW50UmF0ZUxpbWl0cxIuCg1zdHJlYW1fcG9saWN5GAQgASgLMhcuaGVyYWxkLnYxLlN0cmVhbVBvbGljeRIuCgp1cGRhdGVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBISCgp1cGRhdGVkX2J5GAYgASgJEiAKE2RlZmF1bHRfdHRsX3NlY29uZHMYByABKA1IAIgBARIfChJtYXhfdXNlcnNfcGVyX3NlbmQYCCABKA1IAYgBAUIWChRfZGVmYXVsdF90dGxfc2Vjb25kc0IVChNfbWF4X3VzZXJzX3Blcl9zZW5kIi0KGEdldFRlbmFudFNldHRpbmdzUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkihAEKGUdldFRlbmFudFNldHRpbmdzUmVzcG9uc2USKwoIc2V0dGluZ3MYASABKAsyGS5oZXJhbGQudjEuVGVuYW50U2V0dGluZ3MSOgoVZWZmZWN0aXZlX3JhdGVfbGltaXRzGAIgASgLMhsuaGVyYWxkLnYxLlRlbmFudFJhdGVMaW1pdHMijgEKGFB1dFRlbmFudFNldHRpbmdzUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSKwoIc2V0dGluZ3MYAiABKAsyGS5oZXJhbGQudjEuVGVuYW50U2V0dGluZ3MSHQoQZXhwZWN0ZWRfdmVyc2lvbhgDIAEoBEgAiAEBQhMKEV9leHBlY3RlZF92ZXJzaW9uIkgKGVB1dFRlbmFudFNldHRpbmdzUmVzcG9uc2USKwoIc2V0dGluZ3MYASABKAsyGS5oZXJhbGQudjEuVGVuYW50U2V0dGluZ3MiZAobRGVsZXRlVGVuYW50U2V0dGluZ3NSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIdChBleHBlY3RlZF92ZXJzaW9uGAIgASgESACIAQFCEwoRX2V4cGVjdGVkX3ZlcnNpb24iSwocRGVsZXRlVGVuYW50U2V0dGluZ3NSZXNwb25zZRIrCghzZXR0aW5ncxgBIAEoCzIZLmhlcmFsZC52MS5UZW5hbnRTZXR0aW5ncyJCChlMaXN0VGVuYW50U2V0dGluZ3NSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoDRISCgpwYWdlX3Rva2VuGAIgASgJImIKGkxpc3RUZW5hbnRTZXR0aW5nc1Jlc3BvbnNlEisKCHNldHRpbmdzGAEgAygLMhkuaGVyYWxkLnYxLlRlbmFudFNldHRpbmdzEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSJdCgdTZWdtZW50EgwKBG5hbWUYASABKAkSFAoMbWVtYmVyX2NvdW50GAIgASgNEi4KCmNyZWF0ZWRfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIjcKFENyZWF0ZVNlZ21lbnRSZXF1ZXN0EgwKBG5hbWUYASABKAkSEQoJdGVuYW50X2lkGAIgASgJIjwKFUNyZWF0ZVNlZ21lbnRSZXNwb25zZRIjCgdzZWdtZW50GAEgASgLMhIuaGVyYWxkLnYxLlNlZ21lbnQiTQoYQWRkU2VnbWVudE1lbWJlcnNSZXF1ZXN0EgwKBG5hbWUYASABKAkSEAoIdXNlcl9pZHMYAiADKAkSEQoJdGVuYW50X2lkGAMgASgJIkAKGUFkZFNlZ21lbnRNZW1iZXJzUmVzcG9uc2USDQoFYWRkZWQYASABKA0SFAoMbWVtYmVyX2NvdW50GAIgASgNIlAKG1JlbW92ZVNlZ21lbnRNZW1iZXJzUmVxdWVzdBIMCgRuYW1lGAEgASgJEhAKCHVzZXJfaWRzGAIgAygJEhEKCXRlbmFudF9pZBgDIAEoCSIvChxSZW1vdmVTZWdtZW50TWVtYmVyc1Jlc3BvbnNlEg8KB3JlbW92ZWQYASABKA0iYwoZTGlzdFNlZ21lbnRNZW1iZXJzUmVxdWVzdBIMCgRuYW1lGAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoDRISCgpwYWdlX3Rva2VuGAMgASgJEhEKCXRlbmFudF9pZBgEIAEoCSJHChpMaXN0U2VnbWVudE1lbWJlcnNSZXNwb25zZRIQCgh1c2VyX2lkcxgBIAMoCRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiKAoTTGlzdFNlZ21lbnRzUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkiPAoUTGlzdFNlZ21lbnRzUmVzcG9uc2USJAoIc2VnbWVudHMYASADKAsyEi5oZXJhbGQudjEuU2VnbWVudCI3ChREZWxldGVTZWdtZW50UmVxdWVzdBIMCgRuYW1lGAEgASgJEhEKCXRlbmFudF9pZBgCIAEoCSIXChVEZWxldGVTZWdtZW50UmVzcG9uc2UqhwEKDVByZXNlbmNlU3RhdGUSHgoaUFJFU0VOQ0VfU1RBVEVfVU5TUEVDSUZJRUQQABIZChVQUkVTRU5DRV9TVEFURV9PTkxJTkUQARIaChZQUkVTRU5DRV9TVEFURV9PRkZMSU5FEAISHwobUFJFU0VOQ0VfU1RBVEVfUkVDT05ORUNUSU5HEAMyqQ8KD1JlZ2lzdHJ5U2VydmljZRJYCg9SZWdpc3RlclNlc3Npb24SIS5oZXJhbGQudjEuUmVnaXN0ZXJTZXNzaW9uUmVxdWVzdBoiLmhlcmFsZC52MS5SZWdpc3RlclNlc3Npb25SZXNwb25zZRJbChBIZWFydGJlYXRTZXNzaW9uEiIuaGVyYWxkLnYxLkhlYXJ0YmVhdFNlc3Npb25SZXF1ZXN0GiMuaGVyYWxkLnYxLkhlYXJ0YmVhdFNlc3Npb25SZXNwb25zZRJeChFVbnJlZ2lzdGVyU2Vzc2lvbhIjLmhlcmFsZC52MS5VbnJlZ2lzdGVyU2Vzc2lvblJlcXVlc3QaJC5oZXJhbGQudjEuVW5yZWdpc3RlclNlc3Npb25SZXNwb25zZRJMCgtHZXRQcmVzZW5jZRIdLmhlcmFsZC52MS5HZXRQcmVzZW5jZVJlcXVlc3QaHi5oZXJhbGQudjEuR2V0UHJlc2VuY2VSZXNwb25zZRJPCgxMaXN0U2Vzc2lvbnMSHi5oZXJhbGQudjEuTGlzdFNlc3Npb25zUmVxdWVzdBofLmhlcmFsZC52MS5MaXN0U2Vzc2lvbnNSZXNwb25zZRJJCgpEaXNjb25uZWN0EhwuaGVyYWxkLnYxLkRpc2Nvbm5lY3RSZXF1ZXN0Gh0uaGVyYWxkLnYxLkRpc2Nvbm5lY3RSZXNwb25zZRJMCgtKb2luQ2hhbm5lbBIdLmhlcmFsZC52MS5Kb2luQ2hhbm5lbFJlcXVlc3QaHi5oZXJhbGQudjEuSm9pbkNoYW5uZWxSZXNwb25zZRJPCgxMZWF2ZUNoYW5uZWwSHi5oZXJhbGQudjEuTGVhdmVDaGFubmVsUmVxdWVzdBofLmhlcmFsZC52MS5MZWF2ZUNoYW5uZWxSZXNwb25zZRJMCgtQdXRUZW1wbGF0ZRIdLmhlcmFsZC52MS5QdXRUZW1wbGF0ZVJlcXVlc3QaHi5oZXJhbGQudjEuUHV0VGVtcGxhdGVSZXNwb25zZRJMCgtHZXRUZW1wbGF0ZRIdLmhlcmFsZC52MS5HZXRUZW1wbGF0ZVJlcXVlc3QaHi5oZXJhbGQudjEuR2V0VGVtcGxhdGVSZXNwb25zZRJSCg1MaXN0VGVtcGxhdGVzEh8uaGVyYWxkLnYxLkxpc3RUZW1wbGF0ZXNSZXF1ZXN0GiAuaGVyYWxkLnYxLkxpc3RUZW1wbGF0ZXNSZXNwb25zZRJVCg5EZWxldGVUZW1wbGF0ZRIgLmhlcmFsZC52MS5EZWxldGVUZW1wbGF0ZVJlcXVlc3QaIS5oZXJhbGQudjEuRGVsZXRlVGVtcGxhdGVSZXNwb25zZRJeChFHZXRUZW5hbnRTZXR0aW5ncxIjLmhlcmFsZC52MS5HZXRUZW5hbnRTZXR0aW5nc1JlcXVlc3QaJC5oZXJhbGQudjEuR2V0VGVuYW50U2V0dGluZ3NSZXNwb25zZRJeChFQdXRUZW5hbnRTZXR0aW5ncxIjLmhlcmFsZC52MS5QdXRUZW5hbnRTZXR0aW5nc1JlcXVlc3QaJC5oZXJhbGQudjEuUHV0VGVuYW50U2V0dGluZ3NSZXNwb25zZRJnChREZWxldGVUZW5hbnRTZXR0aW5ncxImLmhlcmFsZC52MS5EZWxldGVUZW5hbnRTZXR0aW5nc1JlcXVlc3QaJy5oZXJhbGQudjEuRGVsZXRlVGVuYW50U2V0dGluZ3NSZXNwb25zZRJhChJMaXN0VGVuYW50U2V0dGluZ3MSJC5oZXJhbGQudjEuTGlzdFRlbmFudFNldHRpbmdzUmVxdWVzdBolLmhlcmFsZC52MS5MaXN0VGVuYW50U2V0dGluZ3NSZXNwb25zZRJSCg1DcmVhdGVTZWdtZW50Eh8uaGVyYWxkLnYxLkNyZWF0ZVNlZ21lbnRSZXF1ZXN0GiAuaGVyYWxkLnYxLkNyZWF0ZVNlZ21lbnRSZXNwb25zZRJeChFBZGRTZWdtZW50TWVtYmVycxIjLmhlcmFsZC52MS5BZGRTZWdtZW50TWVtYmVyc1JlcXVlc3QaJC5oZXJhbGQudjEuQWRkU2VnbWVudE1lbWJlcnNSZXNwb25zZRJnChRSZW1vdmVTZWdtZW50TWVtYmVycxImLmhlcmFsZC52MS5SZW1vdmVTZWdtZW50TWVtYmVyc1JlcXVlc3QaJy5oZXJhbGQudjEuUmVtb3ZlU2VnbWVudE1lbWJlcnNSZXNwb25zZRJhChJMaXN0U2VnbWVudE1lbWJlcnMSJC5oZXJhbGQudjEuTGlzdFNlZ21lbnRNZW1iZXJzUmVxdWVzdBolLmhlcmFsZC52MS5MaXN0U2VnbWVudE1lbWJlcnNSZXNwb25zZRJPCgxMaXN0U2VnbWVudHMSHi5oZXJhbGQudjEuTGlzdFNlZ21lbnRzUmVxdWVzdBofLmhlcmFsZC52MS5MaXN0U2VnbWVudHNSZXNwb25zZRJSCg1EZWxldGVTZWdtZW50Eh8uaGVyYWxkLnYxLkRlbGV0ZVNlZ21lbnRSZXF1ZXN0GiAuaGVyYWxkLnYxLkRlbGV0ZVNlZ21lbnRSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp, file_herald_v1_notification]);
 
 /**
  * @generated from message herald.v1.Session
@@ -1046,6 +1046,316 @@ export const ListTenantSettingsResponseSchema: GenMessage<ListTenantSettingsResp
   messageDesc(file_herald_v1_registry, 38);
 
 /**
+ * @generated from message herald.v1.Segment
+ */
+export type Segment = Message<"herald.v1.Segment"> & {
+  /**
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * @generated from field: uint32 member_count = 2;
+   */
+  memberCount: number;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp created_at = 3;
+   */
+  createdAt?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message herald.v1.Segment.
+ * Use `create(SegmentSchema)` to create a new message.
+ */
+export const SegmentSchema: GenMessage<Segment> = /*@__PURE__*/
+  messageDesc(file_herald_v1_registry, 39);
+
+/**
+ * @generated from message herald.v1.CreateSegmentRequest
+ */
+export type CreateSegmentRequest = Message<"herald.v1.CreateSegmentRequest"> & {
+  /**
+   * 1 to 128 characters.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * The tenant to act on; empty: the token's own.
+   *
+   * @generated from field: string tenant_id = 2;
+   */
+  tenantId: string;
+};
+
+/**
+ * Describes the message herald.v1.CreateSegmentRequest.
+ * Use `create(CreateSegmentRequestSchema)` to create a new message.
+ */
+export const CreateSegmentRequestSchema: GenMessage<CreateSegmentRequest> = /*@__PURE__*/
+  messageDesc(file_herald_v1_registry, 40);
+
+/**
+ * @generated from message herald.v1.CreateSegmentResponse
+ */
+export type CreateSegmentResponse = Message<"herald.v1.CreateSegmentResponse"> & {
+  /**
+   * @generated from field: herald.v1.Segment segment = 1;
+   */
+  segment?: Segment | undefined;
+};
+
+/**
+ * Describes the message herald.v1.CreateSegmentResponse.
+ * Use `create(CreateSegmentResponseSchema)` to create a new message.
+ */
+export const CreateSegmentResponseSchema: GenMessage<CreateSegmentResponse> = /*@__PURE__*/
+  messageDesc(file_herald_v1_registry, 41);
+
+/**
+ * @generated from message herald.v1.AddSegmentMembersRequest
+ */
+export type AddSegmentMembersRequest = Message<"herald.v1.AddSegmentMembersRequest"> & {
+  /**
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * 1 to 10,000 user ids.
+   *
+   * @generated from field: repeated string user_ids = 2;
+   */
+  userIds: string[];
+
+  /**
+   * The tenant to act on; empty: the token's own.
+   *
+   * @generated from field: string tenant_id = 3;
+   */
+  tenantId: string;
+};
+
+/**
+ * Describes the message herald.v1.AddSegmentMembersRequest.
+ * Use `create(AddSegmentMembersRequestSchema)` to create a new message.
+ */
+export const AddSegmentMembersRequestSchema: GenMessage<AddSegmentMembersRequest> = /*@__PURE__*/
+  messageDesc(file_herald_v1_registry, 42);
+
+/**
+ * @generated from message herald.v1.AddSegmentMembersResponse
+ */
+export type AddSegmentMembersResponse = Message<"herald.v1.AddSegmentMembersResponse"> & {
+  /**
+   * How many of user_ids were not members before.
+   *
+   * @generated from field: uint32 added = 1;
+   */
+  added: number;
+
+  /**
+   * @generated from field: uint32 member_count = 2;
+   */
+  memberCount: number;
+};
+
+/**
+ * Describes the message herald.v1.AddSegmentMembersResponse.
+ * Use `create(AddSegmentMembersResponseSchema)` to create a new message.
+ */
+export const AddSegmentMembersResponseSchema: GenMessage<AddSegmentMembersResponse> = /*@__PURE__*/
+  messageDesc(file_herald_v1_registry, 43);
+
+/**
+ * @generated from message herald.v1.RemoveSegmentMembersRequest
+ */
+export type RemoveSegmentMembersRequest = Message<"herald.v1.RemoveSegmentMembersRequest"> & {
+  /**
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * 1 to 10,000 user ids.
+   *
+   * @generated from field: repeated string user_ids = 2;
+   */
+  userIds: string[];
+
+  /**
+   * The tenant to act on; empty: the token's own.
+   *
+   * @generated from field: string tenant_id = 3;
+   */
+  tenantId: string;
+};
+
+/**
+ * Describes the message herald.v1.RemoveSegmentMembersRequest.
+ * Use `create(RemoveSegmentMembersRequestSchema)` to create a new message.
+ */
+export const RemoveSegmentMembersRequestSchema: GenMessage<RemoveSegmentMembersRequest> = /*@__PURE__*/
+  messageDesc(file_herald_v1_registry, 44);
+
+/**
+ * @generated from message herald.v1.RemoveSegmentMembersResponse
+ */
+export type RemoveSegmentMembersResponse = Message<"herald.v1.RemoveSegmentMembersResponse"> & {
+  /**
+   * How many of user_ids were members.
+   *
+   * @generated from field: uint32 removed = 1;
+   */
+  removed: number;
+};
+
+/**
+ * Describes the message herald.v1.RemoveSegmentMembersResponse.
+ * Use `create(RemoveSegmentMembersResponseSchema)` to create a new message.
+ */
+export const RemoveSegmentMembersResponseSchema: GenMessage<RemoveSegmentMembersResponse> = /*@__PURE__*/
+  messageDesc(file_herald_v1_registry, 45);
+
+/**
+ * @generated from message herald.v1.ListSegmentMembersRequest
+ */
+export type ListSegmentMembersRequest = Message<"herald.v1.ListSegmentMembersRequest"> & {
+  /**
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * At most this many (1 to 10,000; 0: 1000).
+   *
+   * @generated from field: uint32 page_size = 2;
+   */
+  pageSize: number;
+
+  /**
+   * From the previous page's next_page_token; empty: the first page.
+   *
+   * @generated from field: string page_token = 3;
+   */
+  pageToken: string;
+
+  /**
+   * The tenant to act on; empty: the token's own.
+   *
+   * @generated from field: string tenant_id = 4;
+   */
+  tenantId: string;
+};
+
+/**
+ * Describes the message herald.v1.ListSegmentMembersRequest.
+ * Use `create(ListSegmentMembersRequestSchema)` to create a new message.
+ */
+export const ListSegmentMembersRequestSchema: GenMessage<ListSegmentMembersRequest> = /*@__PURE__*/
+  messageDesc(file_herald_v1_registry, 46);
+
+/**
+ * @generated from message herald.v1.ListSegmentMembersResponse
+ */
+export type ListSegmentMembersResponse = Message<"herald.v1.ListSegmentMembersResponse"> & {
+  /**
+   * @generated from field: repeated string user_ids = 1;
+   */
+  userIds: string[];
+
+  /**
+   * Empty on the last page.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message herald.v1.ListSegmentMembersResponse.
+ * Use `create(ListSegmentMembersResponseSchema)` to create a new message.
+ */
+export const ListSegmentMembersResponseSchema: GenMessage<ListSegmentMembersResponse> = /*@__PURE__*/
+  messageDesc(file_herald_v1_registry, 47);
+
+/**
+ * @generated from message herald.v1.ListSegmentsRequest
+ */
+export type ListSegmentsRequest = Message<"herald.v1.ListSegmentsRequest"> & {
+  /**
+   * The tenant to act on; empty: the token's own.
+   *
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+};
+
+/**
+ * Describes the message herald.v1.ListSegmentsRequest.
+ * Use `create(ListSegmentsRequestSchema)` to create a new message.
+ */
+export const ListSegmentsRequestSchema: GenMessage<ListSegmentsRequest> = /*@__PURE__*/
+  messageDesc(file_herald_v1_registry, 48);
+
+/**
+ * @generated from message herald.v1.ListSegmentsResponse
+ */
+export type ListSegmentsResponse = Message<"herald.v1.ListSegmentsResponse"> & {
+  /**
+   * @generated from field: repeated herald.v1.Segment segments = 1;
+   */
+  segments: Segment[];
+};
+
+/**
+ * Describes the message herald.v1.ListSegmentsResponse.
+ * Use `create(ListSegmentsResponseSchema)` to create a new message.
+ */
+export const ListSegmentsResponseSchema: GenMessage<ListSegmentsResponse> = /*@__PURE__*/
+  messageDesc(file_herald_v1_registry, 49);
+
+/**
+ * @generated from message herald.v1.DeleteSegmentRequest
+ */
+export type DeleteSegmentRequest = Message<"herald.v1.DeleteSegmentRequest"> & {
+  /**
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * The tenant to act on; empty: the token's own.
+   *
+   * @generated from field: string tenant_id = 2;
+   */
+  tenantId: string;
+};
+
+/**
+ * Describes the message herald.v1.DeleteSegmentRequest.
+ * Use `create(DeleteSegmentRequestSchema)` to create a new message.
+ */
+export const DeleteSegmentRequestSchema: GenMessage<DeleteSegmentRequest> = /*@__PURE__*/
+  messageDesc(file_herald_v1_registry, 50);
+
+/**
+ * @generated from message herald.v1.DeleteSegmentResponse
+ */
+export type DeleteSegmentResponse = Message<"herald.v1.DeleteSegmentResponse"> & {
+};
+
+/**
+ * Describes the message herald.v1.DeleteSegmentResponse.
+ * Use `create(DeleteSegmentResponseSchema)` to create a new message.
+ */
+export const DeleteSegmentResponseSchema: GenMessage<DeleteSegmentResponse> = /*@__PURE__*/
+  messageDesc(file_herald_v1_registry, 51);
+
+/**
  * @generated from enum herald.v1.PresenceState
  */
 export enum PresenceState {
@@ -1250,6 +1560,69 @@ export const RegistryService: GenService<{
     methodKind: "unary";
     input: typeof ListTenantSettingsRequestSchema;
     output: typeof ListTenantSettingsResponseSchema;
+  },
+  /**
+   * Creates an empty segment (a named set of users of the tenant, up to 100,000); ALREADY_EXISTS
+   * when it exists. Scope `tenant:admin`.
+   *
+   * @generated from rpc herald.v1.RegistryService.CreateSegment
+   */
+  createSegment: {
+    methodKind: "unary";
+    input: typeof CreateSegmentRequestSchema;
+    output: typeof CreateSegmentResponseSchema;
+  },
+  /**
+   * Adds up to 10,000 users per call (members already in are skipped); RESOURCE_EXHAUSTED (and
+   * nothing added) past 100,000 members. Scope `tenant:admin`.
+   *
+   * @generated from rpc herald.v1.RegistryService.AddSegmentMembers
+   */
+  addSegmentMembers: {
+    methodKind: "unary";
+    input: typeof AddSegmentMembersRequestSchema;
+    output: typeof AddSegmentMembersResponseSchema;
+  },
+  /**
+   * Removes up to 10,000 users per call. Scope `tenant:admin`.
+   *
+   * @generated from rpc herald.v1.RegistryService.RemoveSegmentMembers
+   */
+  removeSegmentMembers: {
+    methodKind: "unary";
+    input: typeof RemoveSegmentMembersRequestSchema;
+    output: typeof RemoveSegmentMembersResponseSchema;
+  },
+  /**
+   * The members by user id, a page at a time. Scope `tenant:admin`.
+   *
+   * @generated from rpc herald.v1.RegistryService.ListSegmentMembers
+   */
+  listSegmentMembers: {
+    methodKind: "unary";
+    input: typeof ListSegmentMembersRequestSchema;
+    output: typeof ListSegmentMembersResponseSchema;
+  },
+  /**
+   * The tenant's segments by name, with their member counts. Scope `tenant:admin`.
+   *
+   * @generated from rpc herald.v1.RegistryService.ListSegments
+   */
+  listSegments: {
+    methodKind: "unary";
+    input: typeof ListSegmentsRequestSchema;
+    output: typeof ListSegmentsResponseSchema;
+  },
+  /**
+   * Deletes a segment and its members; sends already made to it are not affected. Scope
+   * `tenant:admin`.
+   *
+   * @generated from rpc herald.v1.RegistryService.DeleteSegment
+   */
+  deleteSegment: {
+    methodKind: "unary";
+    input: typeof DeleteSegmentRequestSchema;
+    output: typeof DeleteSegmentResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_herald_v1_registry, 0);
