@@ -28,6 +28,8 @@ from services.push.pending_memory import MemoryPendingPushStore
 from services.push.targets import PushTargetStore
 from services.push.targets_memory import MemoryPushTargetStore
 from services.ratelimit.limiter import RateLimiter
+from services.registry.segments import SegmentStore
+from services.registry.segments_memory import MemorySegmentStore
 from services.registry.sessions import SessionDirectory
 from services.registry.sessions_memory import MemorySessionDirectory
 from services.registry.templates import TemplateStore
@@ -72,6 +74,7 @@ class Stores:
     shared: bool = False
     # The rate limiter on the shared store (production: Redis); None: each node's own buckets.
     rate_limiter: RateLimiter | None = None
+    segments: SegmentStore = field(default_factory=MemorySegmentStore)
     backends: tuple[Backend, ...] = field(default=())
     # The offline fallback (docs/push.md).
     push_targets: PushTargetStore = field(default_factory=MemoryPushTargetStore)
@@ -105,6 +108,7 @@ class Stores:
             self.tenant_settings,
             self.push_targets,
             self.push_pending,
+            self.segments,
         ):
             await store.aclose()
         for backend in self.backends:

@@ -65,6 +65,10 @@ class RateLimited(ResourceExhausted):
         )
 
 
+class AlreadyExists(HeraldError):
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
 class FailedPrecondition(HeraldError):
     code = grpc.StatusCode.FAILED_PRECONDITION
 

@@ -79,6 +79,17 @@ REQUIRED_SCOPE: dict[str, str] = {
     "/herald.v1.RegistryService/RegisterPushTarget": auth.SCOPE_PUSH_TARGETS,
     "/herald.v1.RegistryService/UnregisterPushTarget": auth.SCOPE_PUSH_TARGETS,
     "/herald.v1.RegistryService/ListPushTargets": auth.SCOPE_PUSH_TARGETS,
+    **{
+        f"/herald.v1.RegistryService/{method}": auth.SCOPE_TENANT_ADMIN
+        for method in (
+            "CreateSegment",
+            "AddSegmentMembers",
+            "RemoveSegmentMembers",
+            "ListSegmentMembers",
+            "ListSegments",
+            "DeleteSegment",
+        )
+    },
     "/herald.node.v1.NodeService/Dispatch": auth.SCOPE_NODE,
     "/herald.node.v1.NodeService/GetDeliveryStatus": auth.SCOPE_NODE,
     "/herald.node.v1.NodeService/CloseSessions": auth.SCOPE_NODE,

@@ -21,6 +21,7 @@ import asyncpg
 from services.ingest.idempotency_postgres import PostgresIdempotencyStore
 from services.push.pending_postgres import PostgresPendingPushStore
 from services.push.targets_postgres import PostgresPushTargetStore
+from services.registry.segments_postgres import PostgresSegmentStore
 from services.registry.templates_postgres import PostgresTemplateStore
 from services.registry.tenant_settings_postgres import PostgresTenantSettingsStore
 from services.stream.acks_postgres import PostgresAckStore
@@ -162,6 +163,7 @@ class PostgresBackend:
         self.tenant_settings = PostgresTenantSettingsStore(pool)
         self.push_targets = PostgresPushTargetStore(pool)
         self.push_pending = PostgresPendingPushStore(pool)
+        self.segments = PostgresSegmentStore(pool)
         self._close_timeout_s = close_timeout_s
 
     @classmethod
@@ -206,6 +208,7 @@ class PostgresBackend:
             self.idempotency,
             self.templates,
             self.tenant_settings,
+            self.segments,
         ):
             await store.aclose()
         try:

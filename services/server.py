@@ -296,7 +296,10 @@ async def start_node(
                 allow_http_endpoints=config.push.webpush_allow_http,
             )
             registry_pb2_grpc.add_RegistryServiceServicer_to_server(
-                RegistryServicer(registry_core, config.rate_limit, push_registration), server
+                RegistryServicer(
+                    registry_core, config.rate_limit, push_registration, stores.segments, clock
+                ),
+                server,
             )
         # Without a registry core of its own, a node reads the registry over gRPC: the stream
         # node always, ingest when it is given the address (for templates and tenant settings).

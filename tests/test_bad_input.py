@@ -112,6 +112,14 @@ async def test_send_refuses_malformed_notifications(herald_up: Herald, case: str
     assert message in details
 
 
+async def test_a_segment_target_is_refused_with_a_reason_not_unknown(herald_up: Herald) -> None:
+    notification = to_user("x")
+    notification.target.segment = "beta-testers"
+    code, details = await _status_of(herald_up.backend().send(notification))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION
+    assert "target.segment is not served by this node yet" in details
+
+
 async def test_send_without_a_notification_is_invalid(herald_up: Herald) -> None:
     client = herald_up.backend()
     stub = ingest_pb2_grpc.IngestServiceStub(client._channel)

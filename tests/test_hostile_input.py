@@ -50,6 +50,8 @@ DOCUMENTED = {
     Code.FAILED_PRECONDITION,
     # A conditional PutTenantSettings / DeleteTenantSettings on another version.
     Code.ABORTED,
+    # CreateSegment of a segment that exists.
+    Code.ALREADY_EXISTS,
 }
 MAX_DETAILS = 512
 
@@ -158,6 +160,18 @@ SEEDS: dict[str, Message] = {
         target_id="fcm-0123456789abcdef01234567"
     ),
     "/herald.v1.RegistryService/ListPushTargets": registry_pb2.ListPushTargetsRequest(),
+    "/herald.v1.RegistryService/CreateSegment": registry_pb2.CreateSegmentRequest(name="s"),
+    "/herald.v1.RegistryService/AddSegmentMembers": registry_pb2.AddSegmentMembersRequest(
+        name="s", user_ids=["alice"]
+    ),
+    "/herald.v1.RegistryService/RemoveSegmentMembers": registry_pb2.RemoveSegmentMembersRequest(
+        name="s", user_ids=["alice"]
+    ),
+    "/herald.v1.RegistryService/ListSegmentMembers": registry_pb2.ListSegmentMembersRequest(
+        name="s", page_size=10
+    ),
+    "/herald.v1.RegistryService/ListSegments": registry_pb2.ListSegmentsRequest(),
+    "/herald.v1.RegistryService/DeleteSegment": registry_pb2.DeleteSegmentRequest(name="s"),
     "/herald.node.v1.NodeService/Dispatch": node_pb2.DispatchRequest(notifications=[_dispatched()]),
     "/herald.node.v1.NodeService/GetDeliveryStatus": node_pb2.GetDeliveryStatusRequest(
         tenant_id=NODE_TENANT, notification_id=NOTIFICATION_ID

@@ -16,7 +16,7 @@ from services.bounds import (
 )
 from services.config import IngestSettings
 from services.domain import TargetKind
-from services.errors import InvalidArgument, PermissionDenied
+from services.errors import FailedPrecondition, InvalidArgument, PermissionDenied
 from services.model import target_kind
 
 MAX_METADATA_ENTRIES = 32
@@ -104,6 +104,13 @@ def _check_size(size: int, settings: IngestSettings) -> None:
 
 
 def _validate_target(target: notification_pb2.Target, settings: IngestSettings) -> ResolvedTarget:
+    if target.WhichOneof("kind") == "segment":
+        # The field is in the protocol; resolving a segment's members at send time is not
+        # wired into ingest yet (services/registry/segments.py holds the store).
+        raise FailedPrecondition(
+            "target.segment is not served by this node yet: send to the segment's members "
+            "with target.users (ListSegmentMembers pages them)"
+        )
     kind = target_kind(target)
     if kind is None:
         raise InvalidArgument(

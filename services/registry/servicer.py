@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
 from grpc import aio
@@ -10,10 +11,11 @@ from grpc import aio
 from herald.v1 import registry_pb2
 from services.audit import admin_action, bounded
 from services.auth import SCOPE_NODE, SCOPE_SEND, current_principal
-from services.bounds import MAX_ID_LEN, check_length
+from services.bounds import MAX_ID_LEN, check_id, check_length, quote
+from services.clock import Clock, SystemClock
 from services.config import RateLimitSettings
 from services.domain import TenantSettingsRecord
-from services.errors import FailedPrecondition, InvalidArgument, PermissionDenied
+from services.errors import AlreadyExists, FailedPrecondition, InvalidArgument, PermissionDenied
 from services.model import (
     keep_push_secrets,
     rate_limits_to_proto,
@@ -29,7 +31,10 @@ from services.model import (
 from services.push.registration import PushRegistration
 from services.push.targets import PushKind, PushTargetRecord
 from services.ratelimit.admission import as_overrides, effective_limits, node_limits
+from services.registry import segments
 from services.registry.core import RegistryCore
+from services.registry.segments import SegmentStore
+from services.registry.segments_memory import MemorySegmentStore
 from services.registry.tenant_settings import changed_fields, empty
 
 Context = aio.ServicerContext[Any, Any]
@@ -93,9 +98,13 @@ class RegistryServicer:
         core: RegistryCore,
         rate_limits: RateLimitSettings | None = None,
         push: PushRegistration | None = None,
+        segment_store: SegmentStore | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self._core = core
         self._push = push
+        self._segments = segment_store or MemorySegmentStore()
+        self._clock = clock or SystemClock()
         # This node's own limits: what GetTenantSettings fills the unset fields with.
         self._rate_limits = rate_limits or RateLimitSettings()
 
@@ -349,3 +358,91 @@ class RegistryServicer:
         tenant = current_principal().tenant
         found = await self._registration().targets(tenant, _push_user(request.user_id))
         return registry_pb2.ListPushTargetsResponse(targets=[_target_to_proto(t) for t in found])
+
+    async def CreateSegment(
+        self, request: registry_pb2.CreateSegmentRequest, context: Context
+    ) -> registry_pb2.CreateSegmentResponse:
+        tenant = _tenant(request.tenant_id)
+        _check_segment_name(request.name)
+        created_at = self._clock.now()
+        if not await self._segments.create(tenant, request.name, created_at):
+            raise AlreadyExists(
+                f"segment {quote(request.name)} exists: add members to it (AddSegmentMembers) "
+                "or delete it first"
+            )
+        return registry_pb2.CreateSegmentResponse(
+            segment=registry_pb2.Segment(
+                name=request.name, member_count=0, created_at=timestamp(created_at)
+            )
+        )
+
+    async def AddSegmentMembers(
+        self, request: registry_pb2.AddSegmentMembersRequest, context: Context
+    ) -> registry_pb2.AddSegmentMembersResponse:
+        tenant = _tenant(request.tenant_id)
+        _check_segment_name(request.name)
+        _check_batch(request.user_ids)
+        added = await self._segments.add(tenant, request.name, list(request.user_ids))
+        count = next(s.members for s in await self._segments.list(tenant) if s.name == request.name)
+        return registry_pb2.AddSegmentMembersResponse(added=added, member_count=count)
+
+    async def RemoveSegmentMembers(
+        self, request: registry_pb2.RemoveSegmentMembersRequest, context: Context
+    ) -> registry_pb2.RemoveSegmentMembersResponse:
+        tenant = _tenant(request.tenant_id)
+        _check_segment_name(request.name)
+        _check_batch(request.user_ids)
+        removed = await self._segments.remove(tenant, request.name, list(request.user_ids))
+        return registry_pb2.RemoveSegmentMembersResponse(removed=removed)
+
+    async def ListSegmentMembers(
+        self, request: registry_pb2.ListSegmentMembersRequest, context: Context
+    ) -> registry_pb2.ListSegmentMembersResponse:
+        tenant = _tenant(request.tenant_id)
+        _check_segment_name(request.name)
+        if request.page_size > segments.MAX_PAGE:
+            raise InvalidArgument(f"page_size must be at most {segments.MAX_PAGE}")
+        size = request.page_size or segments.DEFAULT_PAGE
+        # The page token is the last user id of the previous page.
+        check_length(request.page_token, MAX_ID_LEN, "page_token")
+        page = await self._segments.members(tenant, request.name, request.page_token, size)
+        token = page[-1] if len(page) == size else ""
+        return registry_pb2.ListSegmentMembersResponse(user_ids=page, next_page_token=token)
+
+    async def ListSegments(
+        self, request: registry_pb2.ListSegmentsRequest, context: Context
+    ) -> registry_pb2.ListSegmentsResponse:
+        found = await self._segments.list(_tenant(request.tenant_id))
+        return registry_pb2.ListSegmentsResponse(
+            segments=[
+                registry_pb2.Segment(
+                    name=s.name, member_count=s.members, created_at=timestamp(s.created_at)
+                )
+                for s in found
+            ]
+        )
+
+    async def DeleteSegment(
+        self, request: registry_pb2.DeleteSegmentRequest, context: Context
+    ) -> registry_pb2.DeleteSegmentResponse:
+        tenant = _tenant(request.tenant_id)
+        _check_segment_name(request.name)
+        if not await self._segments.delete(tenant, request.name):
+            raise segments.SegmentNotFound(tenant, request.name)
+        return registry_pb2.DeleteSegmentResponse()
+
+
+def _check_segment_name(name: str) -> None:
+    check_id(name, "name", segments.MAX_NAME_LEN)
+
+
+def _check_batch(user_ids: Sequence[str]) -> None:
+    if not user_ids:
+        raise InvalidArgument("user_ids must list at least one user id")
+    if len(user_ids) > segments.MAX_BATCH:
+        raise InvalidArgument(
+            f"user_ids lists {len(user_ids)} users; the limit is {segments.MAX_BATCH} per call "
+            "(send the rest in further calls)"
+        )
+    for user_id in user_ids:
+        check_id(user_id, "every user id in user_ids")

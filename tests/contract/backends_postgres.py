@@ -16,6 +16,8 @@ from services.push.pending import PendingPushStore
 from services.push.pending_postgres import PostgresPendingPushStore
 from services.push.targets import PushTargetStore
 from services.push.targets_postgres import PostgresPushTargetStore
+from services.registry.segments import SegmentStore
+from services.registry.segments_postgres import PostgresSegmentStore
 from services.registry.templates import TemplateStore
 from services.registry.templates_postgres import PostgresTemplateStore
 from services.registry.tenant_settings import TenantSettingsStore
@@ -68,6 +70,9 @@ idempotency_store: Callable[[], AbstractAsyncContextManager[IdempotencyStore]] =
 )
 template_store: Callable[[], AbstractAsyncContextManager[TemplateStore]] = _on_clean_pool(
     PostgresTemplateStore
+)
+segment_store: Callable[[], AbstractAsyncContextManager[SegmentStore]] = _on_clean_pool(
+    PostgresSegmentStore
 )
 tenant_settings_store: Callable[[], AbstractAsyncContextManager[TenantSettingsStore]] = (
     _on_clean_pool(PostgresTenantSettingsStore)

@@ -27,6 +27,8 @@ from services.push.targets_memory import MemoryPushTargetStore
 from services.ratelimit.limiter import RateLimiter
 from services.ratelimit.limiter_memory import MemoryRateLimiter
 from services.ratelimit.limiter_redis import RedisRateLimiter
+from services.registry.segments import SegmentStore
+from services.registry.segments_memory import MemorySegmentStore
 from services.registry.sessions import SessionDirectory
 from services.registry.sessions_memory import MemorySessionDirectory
 from services.registry.sessions_redis import RedisSessionDirectory
@@ -103,6 +105,10 @@ PUSH_TARGET_STORES: dict[str, Opener[PushTargetStore]] = {
 PENDING_PUSH_STORES: dict[str, Opener[PendingPushStore]] = {
     "memory": in_memory(MemoryPendingPushStore),
     "postgres": backends_postgres.pending_push_store,
+}
+SEGMENT_STORES: dict[str, Opener[SegmentStore]] = {
+    "memory": in_memory(MemorySegmentStore),
+    "postgres": backends_postgres.segment_store,
 }
 TENANT_SETTINGS_STORES: dict[str, Opener[TenantSettingsStore]] = {
     "memory": in_memory(MemoryTenantSettingsStore),
@@ -263,6 +269,12 @@ async def push_target_store(request: pytest.FixtureRequest) -> AsyncIterator[Pus
 @pytest_asyncio.fixture(params=sorted(PENDING_PUSH_STORES))
 async def pending_push_store(request: pytest.FixtureRequest) -> AsyncIterator[PendingPushStore]:
     async with PENDING_PUSH_STORES[request.param]() as store:
+        yield store
+
+
+@pytest_asyncio.fixture(params=sorted(SEGMENT_STORES))
+async def segment_store(request: pytest.FixtureRequest) -> AsyncIterator[SegmentStore]:
+    async with SEGMENT_STORES[request.param]() as store:
         yield store
 
 

@@ -26,7 +26,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cherald/v1/notification.proto\x12\therald.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"%\n\x08UserList\x12\x19\n\x08user_ids\x18\x01 \x03(\tR\x07userIds\"\x94\x01\n\x06Target\x12\x19\n\x07user_id\x18\x01 \x01(\tH\x00R\x06userId\x12+\n\x05users\x18\x02 \x01(\x0b\x32\x13.herald.v1.UserListH\x00R\x05users\x12\x1a\n\x07\x63hannel\x18\x03 \x01(\tH\x00R\x07\x63hannel\x12\x1e\n\tbroadcast\x18\x04 \x01(\x08H\x00R\tbroadcastB\x06\n\x04kind\"@\n\x06\x41\x63tion\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n\x05label\x18\x02 \x01(\tR\x05label\x12\x10\n\x03url\x18\x03 \x01(\tR\x03url\"\xaa\x01\n\x07\x43ontent\x12\x14\n\x05title\x18\x01 \x01(\tR\x05title\x12\x12\n\x04\x62ody\x18\x02 \x01(\tR\x04\x62ody\x12\x1b\n\timage_url\x18\x03 \x01(\tR\x08imageUrl\x12+\n\x07\x61\x63tions\x18\x04 \x03(\x0b\x32\x11.herald.v1.ActionR\x07\x61\x63tions\x12+\n\x04\x64\x61ta\x18\x05 \x01(\x0b\x32\x17.google.protobuf.StructR\x04\x64\x61ta\"\xe3\x01\n\x0bTemplateRef\x12\x1f\n\x0btemplate_id\x18\x01 \x01(\tR\ntemplateId\x12\x43\n\tvariables\x18\x02 \x03(\x0b\x32%.herald.v1.TemplateRef.VariablesEntryR\tvariables\x12\x16\n\x06locale\x18\x03 \x01(\tR\x06locale\x12\x18\n\x07version\x18\x04 \x01(\rR\x07version\x1a<\n\x0eVariablesEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x02\x38\x01\"\xb9\x04\n\x0cNotification\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n\ttenant_id\x18\x02 \x01(\tR\x08tenantId\x12)\n\x06target\x18\x03 \x01(\x0b\x32\x11.herald.v1.TargetR\x06target\x12/\n\x08priority\x18\x04 \x01(\x0e\x32\x13.herald.v1.PriorityR\x08priority\x12\x1f\n\x0bttl_seconds\x18\x05 \x01(\rR\nttlSeconds\x12,\n\x07\x63ontent\x18\x06 \x01(\x0b\x32\x12.herald.v1.ContentR\x07\x63ontent\x12\x32\n\x08template\x18\x07 \x01(\x0b\x32\x16.herald.v1.TemplateRefR\x08template\x12\'\n\x0fidempotency_key\x18\x08 \x01(\tR\x0eidempotencyKey\x12\x41\n\x08metadata\x18\t \x03(\x0b\x32%.herald.v1.Notification.MetadataEntryR\x08metadata\x12\x39\n\ncreated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x39\n\nexpires_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.TimestampR\texpiresAt\x1a;\n\rMetadataEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x02\x38\x01*^\n\x08Priority\x12\x18\n\x14PRIORITY_UNSPECIFIED\x10\x00\x12\x10\n\x0cPRIORITY_LOW\x10\x01\x12\x13\n\x0fPRIORITY_NORMAL\x10\x02\x12\x11\n\rPRIORITY_HIGH\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cherald/v1/notification.proto\x12\therald.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"%\n\x08UserList\x12\x19\n\x08user_ids\x18\x01 \x03(\tR\x07userIds\"\xb0\x01\n\x06Target\x12\x19\n\x07user_id\x18\x01 \x01(\tH\x00R\x06userId\x12+\n\x05users\x18\x02 \x01(\x0b\x32\x13.herald.v1.UserListH\x00R\x05users\x12\x1a\n\x07\x63hannel\x18\x03 \x01(\tH\x00R\x07\x63hannel\x12\x1e\n\tbroadcast\x18\x04 \x01(\x08H\x00R\tbroadcast\x12\x1a\n\x07segment\x18\x05 \x01(\tH\x00R\x07segmentB\x06\n\x04kind\"@\n\x06\x41\x63tion\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n\x05label\x18\x02 \x01(\tR\x05label\x12\x10\n\x03url\x18\x03 \x01(\tR\x03url\"\xaa\x01\n\x07\x43ontent\x12\x14\n\x05title\x18\x01 \x01(\tR\x05title\x12\x12\n\x04\x62ody\x18\x02 \x01(\tR\x04\x62ody\x12\x1b\n\timage_url\x18\x03 \x01(\tR\x08imageUrl\x12+\n\x07\x61\x63tions\x18\x04 \x03(\x0b\x32\x11.herald.v1.ActionR\x07\x61\x63tions\x12+\n\x04\x64\x61ta\x18\x05 \x01(\x0b\x32\x17.google.protobuf.StructR\x04\x64\x61ta\"\xe3\x01\n\x0bTemplateRef\x12\x1f\n\x0btemplate_id\x18\x01 \x01(\tR\ntemplateId\x12\x43\n\tvariables\x18\x02 \x03(\x0b\x32%.herald.v1.TemplateRef.VariablesEntryR\tvariables\x12\x16\n\x06locale\x18\x03 \x01(\tR\x06locale\x12\x18\n\x07version\x18\x04 \x01(\rR\x07version\x1a<\n\x0eVariablesEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x02\x38\x01\"\xb9\x04\n\x0cNotification\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n\ttenant_id\x18\x02 \x01(\tR\x08tenantId\x12)\n\x06target\x18\x03 \x01(\x0b\x32\x11.herald.v1.TargetR\x06target\x12/\n\x08priority\x18\x04 \x01(\x0e\x32\x13.herald.v1.PriorityR\x08priority\x12\x1f\n\x0bttl_seconds\x18\x05 \x01(\rR\nttlSeconds\x12,\n\x07\x63ontent\x18\x06 \x01(\x0b\x32\x12.herald.v1.ContentR\x07\x63ontent\x12\x32\n\x08template\x18\x07 \x01(\x0b\x32\x16.herald.v1.TemplateRefR\x08template\x12\'\n\x0fidempotency_key\x18\x08 \x01(\tR\x0eidempotencyKey\x12\x41\n\x08metadata\x18\t \x03(\x0b\x32%.herald.v1.Notification.MetadataEntryR\x08metadata\x12\x39\n\ncreated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x39\n\nexpires_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.TimestampR\texpiresAt\x1a;\n\rMetadataEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x02\x38\x01*^\n\x08Priority\x12\x18\n\x14PRIORITY_UNSPECIFIED\x10\x00\x12\x10\n\x0cPRIORITY_LOW\x10\x01\x12\x13\n\x0fPRIORITY_NORMAL\x10\x02\x12\x11\n\rPRIORITY_HIGH\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,22 +37,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TEMPLATEREF_VARIABLESENTRY']._serialized_options = b'8\001'
   _globals['_NOTIFICATION_METADATAENTRY']._loaded_options = None
   _globals['_NOTIFICATION_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_PRIORITY']._serialized_start=1337
-  _globals['_PRIORITY']._serialized_end=1431
+  _globals['_PRIORITY']._serialized_start=1365
+  _globals['_PRIORITY']._serialized_end=1459
   _globals['_USERLIST']._serialized_start=106
   _globals['_USERLIST']._serialized_end=143
   _globals['_TARGET']._serialized_start=146
-  _globals['_TARGET']._serialized_end=294
-  _globals['_ACTION']._serialized_start=296
-  _globals['_ACTION']._serialized_end=360
-  _globals['_CONTENT']._serialized_start=363
-  _globals['_CONTENT']._serialized_end=533
-  _globals['_TEMPLATEREF']._serialized_start=536
-  _globals['_TEMPLATEREF']._serialized_end=763
-  _globals['_TEMPLATEREF_VARIABLESENTRY']._serialized_start=703
-  _globals['_TEMPLATEREF_VARIABLESENTRY']._serialized_end=763
-  _globals['_NOTIFICATION']._serialized_start=766
-  _globals['_NOTIFICATION']._serialized_end=1335
-  _globals['_NOTIFICATION_METADATAENTRY']._serialized_start=1276
-  _globals['_NOTIFICATION_METADATAENTRY']._serialized_end=1335
+  _globals['_TARGET']._serialized_end=322
+  _globals['_ACTION']._serialized_start=324
+  _globals['_ACTION']._serialized_end=388
+  _globals['_CONTENT']._serialized_start=391
+  _globals['_CONTENT']._serialized_end=561
+  _globals['_TEMPLATEREF']._serialized_start=564
+  _globals['_TEMPLATEREF']._serialized_end=791
+  _globals['_TEMPLATEREF_VARIABLESENTRY']._serialized_start=731
+  _globals['_TEMPLATEREF_VARIABLESENTRY']._serialized_end=791
+  _globals['_NOTIFICATION']._serialized_start=794
+  _globals['_NOTIFICATION']._serialized_end=1363
+  _globals['_NOTIFICATION_METADATAENTRY']._serialized_start=1304
+  _globals['_NOTIFICATION_METADATAENTRY']._serialized_end=1363
 # @@protoc_insertion_point(module_scope)

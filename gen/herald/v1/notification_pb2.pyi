@@ -29,16 +29,18 @@ class UserList(_message.Message):
     def __init__(self, user_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Target(_message.Message):
-    __slots__ = ("user_id", "users", "channel", "broadcast")
+    __slots__ = ("user_id", "users", "channel", "broadcast", "segment")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     USERS_FIELD_NUMBER: _ClassVar[int]
     CHANNEL_FIELD_NUMBER: _ClassVar[int]
     BROADCAST_FIELD_NUMBER: _ClassVar[int]
+    SEGMENT_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     users: UserList
     channel: str
     broadcast: bool
-    def __init__(self, user_id: _Optional[str] = ..., users: _Optional[_Union[UserList, _Mapping]] = ..., channel: _Optional[str] = ..., broadcast: _Optional[bool] = ...) -> None: ...
+    segment: str
+    def __init__(self, user_id: _Optional[str] = ..., users: _Optional[_Union[UserList, _Mapping]] = ..., channel: _Optional[str] = ..., broadcast: _Optional[bool] = ..., segment: _Optional[str] = ...) -> None: ...
 
 class Action(_message.Message):
     __slots__ = ("id", "label", "url")

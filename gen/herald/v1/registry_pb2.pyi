@@ -505,3 +505,105 @@ class ListTenantSettingsResponse(_message.Message):
     settings: _containers.RepeatedCompositeFieldContainer[TenantSettings]
     next_page_token: str
     def __init__(self, settings: _Optional[_Iterable[_Union[TenantSettings, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class Segment(_message.Message):
+    __slots__ = ("name", "member_count", "created_at")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MEMBER_COUNT_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    member_count: int
+    created_at: _timestamp_pb2.Timestamp
+    def __init__(self, name: _Optional[str] = ..., member_count: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class CreateSegmentRequest(_message.Message):
+    __slots__ = ("name", "tenant_id")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    tenant_id: str
+    def __init__(self, name: _Optional[str] = ..., tenant_id: _Optional[str] = ...) -> None: ...
+
+class CreateSegmentResponse(_message.Message):
+    __slots__ = ("segment",)
+    SEGMENT_FIELD_NUMBER: _ClassVar[int]
+    segment: Segment
+    def __init__(self, segment: _Optional[_Union[Segment, _Mapping]] = ...) -> None: ...
+
+class AddSegmentMembersRequest(_message.Message):
+    __slots__ = ("name", "user_ids", "tenant_id")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    USER_IDS_FIELD_NUMBER: _ClassVar[int]
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    user_ids: _containers.RepeatedScalarFieldContainer[str]
+    tenant_id: str
+    def __init__(self, name: _Optional[str] = ..., user_ids: _Optional[_Iterable[str]] = ..., tenant_id: _Optional[str] = ...) -> None: ...
+
+class AddSegmentMembersResponse(_message.Message):
+    __slots__ = ("added", "member_count")
+    ADDED_FIELD_NUMBER: _ClassVar[int]
+    MEMBER_COUNT_FIELD_NUMBER: _ClassVar[int]
+    added: int
+    member_count: int
+    def __init__(self, added: _Optional[int] = ..., member_count: _Optional[int] = ...) -> None: ...
+
+class RemoveSegmentMembersRequest(_message.Message):
+    __slots__ = ("name", "user_ids", "tenant_id")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    USER_IDS_FIELD_NUMBER: _ClassVar[int]
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    user_ids: _containers.RepeatedScalarFieldContainer[str]
+    tenant_id: str
+    def __init__(self, name: _Optional[str] = ..., user_ids: _Optional[_Iterable[str]] = ..., tenant_id: _Optional[str] = ...) -> None: ...
+
+class RemoveSegmentMembersResponse(_message.Message):
+    __slots__ = ("removed",)
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
+    removed: int
+    def __init__(self, removed: _Optional[int] = ...) -> None: ...
+
+class ListSegmentMembersRequest(_message.Message):
+    __slots__ = ("name", "page_size", "page_token", "tenant_id")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    page_size: int
+    page_token: str
+    tenant_id: str
+    def __init__(self, name: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., tenant_id: _Optional[str] = ...) -> None: ...
+
+class ListSegmentMembersResponse(_message.Message):
+    __slots__ = ("user_ids", "next_page_token")
+    USER_IDS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    user_ids: _containers.RepeatedScalarFieldContainer[str]
+    next_page_token: str
+    def __init__(self, user_ids: _Optional[_Iterable[str]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class ListSegmentsRequest(_message.Message):
+    __slots__ = ("tenant_id",)
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    def __init__(self, tenant_id: _Optional[str] = ...) -> None: ...
+
+class ListSegmentsResponse(_message.Message):
+    __slots__ = ("segments",)
+    SEGMENTS_FIELD_NUMBER: _ClassVar[int]
+    segments: _containers.RepeatedCompositeFieldContainer[Segment]
+    def __init__(self, segments: _Optional[_Iterable[_Union[Segment, _Mapping]]] = ...) -> None: ...
+
+class DeleteSegmentRequest(_message.Message):
+    __slots__ = ("name", "tenant_id")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    tenant_id: str
+    def __init__(self, name: _Optional[str] = ..., tenant_id: _Optional[str] = ...) -> None: ...
+
+class DeleteSegmentResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

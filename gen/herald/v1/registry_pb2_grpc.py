@@ -132,6 +132,36 @@ class RegistryServiceStub:
                 request_serializer=herald_dot_v1_dot_registry__pb2.ListPushTargetsRequest.SerializeToString,
                 response_deserializer=herald_dot_v1_dot_registry__pb2.ListPushTargetsResponse.FromString,
                 _registered_method=True)
+        self.CreateSegment = channel.unary_unary(
+                '/herald.v1.RegistryService/CreateSegment',
+                request_serializer=herald_dot_v1_dot_registry__pb2.CreateSegmentRequest.SerializeToString,
+                response_deserializer=herald_dot_v1_dot_registry__pb2.CreateSegmentResponse.FromString,
+                _registered_method=True)
+        self.AddSegmentMembers = channel.unary_unary(
+                '/herald.v1.RegistryService/AddSegmentMembers',
+                request_serializer=herald_dot_v1_dot_registry__pb2.AddSegmentMembersRequest.SerializeToString,
+                response_deserializer=herald_dot_v1_dot_registry__pb2.AddSegmentMembersResponse.FromString,
+                _registered_method=True)
+        self.RemoveSegmentMembers = channel.unary_unary(
+                '/herald.v1.RegistryService/RemoveSegmentMembers',
+                request_serializer=herald_dot_v1_dot_registry__pb2.RemoveSegmentMembersRequest.SerializeToString,
+                response_deserializer=herald_dot_v1_dot_registry__pb2.RemoveSegmentMembersResponse.FromString,
+                _registered_method=True)
+        self.ListSegmentMembers = channel.unary_unary(
+                '/herald.v1.RegistryService/ListSegmentMembers',
+                request_serializer=herald_dot_v1_dot_registry__pb2.ListSegmentMembersRequest.SerializeToString,
+                response_deserializer=herald_dot_v1_dot_registry__pb2.ListSegmentMembersResponse.FromString,
+                _registered_method=True)
+        self.ListSegments = channel.unary_unary(
+                '/herald.v1.RegistryService/ListSegments',
+                request_serializer=herald_dot_v1_dot_registry__pb2.ListSegmentsRequest.SerializeToString,
+                response_deserializer=herald_dot_v1_dot_registry__pb2.ListSegmentsResponse.FromString,
+                _registered_method=True)
+        self.DeleteSegment = channel.unary_unary(
+                '/herald.v1.RegistryService/DeleteSegment',
+                request_serializer=herald_dot_v1_dot_registry__pb2.DeleteSegmentRequest.SerializeToString,
+                response_deserializer=herald_dot_v1_dot_registry__pb2.DeleteSegmentResponse.FromString,
+                _registered_method=True)
 
 
 class RegistryServiceServicer:
@@ -280,6 +310,51 @@ class RegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateSegment(self, request, context):
+        """Creates an empty segment (a named set of users of the tenant, up to 100,000); ALREADY_EXISTS
+        when it exists. Scope `tenant:admin`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AddSegmentMembers(self, request, context):
+        """Adds up to 10,000 users per call (members already in are skipped); RESOURCE_EXHAUSTED (and
+        nothing added) past 100,000 members. Scope `tenant:admin`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveSegmentMembers(self, request, context):
+        """Removes up to 10,000 users per call. Scope `tenant:admin`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSegmentMembers(self, request, context):
+        """The members by user id, a page at a time. Scope `tenant:admin`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSegments(self, request, context):
+        """The tenant's segments by name, with their member counts. Scope `tenant:admin`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteSegment(self, request, context):
+        """Deletes a segment and its members; sends already made to it are not affected. Scope
+        `tenant:admin`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegistryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -377,6 +452,36 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.ListPushTargets,
                     request_deserializer=herald_dot_v1_dot_registry__pb2.ListPushTargetsRequest.FromString,
                     response_serializer=herald_dot_v1_dot_registry__pb2.ListPushTargetsResponse.SerializeToString,
+            ),
+            'CreateSegment': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateSegment,
+                    request_deserializer=herald_dot_v1_dot_registry__pb2.CreateSegmentRequest.FromString,
+                    response_serializer=herald_dot_v1_dot_registry__pb2.CreateSegmentResponse.SerializeToString,
+            ),
+            'AddSegmentMembers': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddSegmentMembers,
+                    request_deserializer=herald_dot_v1_dot_registry__pb2.AddSegmentMembersRequest.FromString,
+                    response_serializer=herald_dot_v1_dot_registry__pb2.AddSegmentMembersResponse.SerializeToString,
+            ),
+            'RemoveSegmentMembers': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveSegmentMembers,
+                    request_deserializer=herald_dot_v1_dot_registry__pb2.RemoveSegmentMembersRequest.FromString,
+                    response_serializer=herald_dot_v1_dot_registry__pb2.RemoveSegmentMembersResponse.SerializeToString,
+            ),
+            'ListSegmentMembers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSegmentMembers,
+                    request_deserializer=herald_dot_v1_dot_registry__pb2.ListSegmentMembersRequest.FromString,
+                    response_serializer=herald_dot_v1_dot_registry__pb2.ListSegmentMembersResponse.SerializeToString,
+            ),
+            'ListSegments': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSegments,
+                    request_deserializer=herald_dot_v1_dot_registry__pb2.ListSegmentsRequest.FromString,
+                    response_serializer=herald_dot_v1_dot_registry__pb2.ListSegmentsResponse.SerializeToString,
+            ),
+            'DeleteSegment': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteSegment,
+                    request_deserializer=herald_dot_v1_dot_registry__pb2.DeleteSegmentRequest.FromString,
+                    response_serializer=herald_dot_v1_dot_registry__pb2.DeleteSegmentResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -895,6 +1000,168 @@ class RegistryService:
             '/herald.v1.RegistryService/ListPushTargets',
             herald_dot_v1_dot_registry__pb2.ListPushTargetsRequest.SerializeToString,
             herald_dot_v1_dot_registry__pb2.ListPushTargetsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateSegment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/herald.v1.RegistryService/CreateSegment',
+            herald_dot_v1_dot_registry__pb2.CreateSegmentRequest.SerializeToString,
+            herald_dot_v1_dot_registry__pb2.CreateSegmentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddSegmentMembers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/herald.v1.RegistryService/AddSegmentMembers',
+            herald_dot_v1_dot_registry__pb2.AddSegmentMembersRequest.SerializeToString,
+            herald_dot_v1_dot_registry__pb2.AddSegmentMembersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveSegmentMembers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/herald.v1.RegistryService/RemoveSegmentMembers',
+            herald_dot_v1_dot_registry__pb2.RemoveSegmentMembersRequest.SerializeToString,
+            herald_dot_v1_dot_registry__pb2.RemoveSegmentMembersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSegmentMembers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/herald.v1.RegistryService/ListSegmentMembers',
+            herald_dot_v1_dot_registry__pb2.ListSegmentMembersRequest.SerializeToString,
+            herald_dot_v1_dot_registry__pb2.ListSegmentMembersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSegments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/herald.v1.RegistryService/ListSegments',
+            herald_dot_v1_dot_registry__pb2.ListSegmentsRequest.SerializeToString,
+            herald_dot_v1_dot_registry__pb2.ListSegmentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteSegment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/herald.v1.RegistryService/DeleteSegment',
+            herald_dot_v1_dot_registry__pb2.DeleteSegmentRequest.SerializeToString,
+            herald_dot_v1_dot_registry__pb2.DeleteSegmentResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file herald/v1/registry.proto.
  */
 export const file_herald_v1_registry: GenFile = /*@__PURE__*/
-  fileDesc("ChhoZXJhbGQvdjEvcmVnaXN0cnkucHJvdG8SCWhlcmFsZC52MSLuAQoHU2Vzc2lvbhISCgpzZXNzaW9uX2lkGAEgASgJEhEKCXRlbmFudF9pZBgCIAEoCRIPCgd1c2VyX2lkGAMgASgJEg8KB25vZGVfaWQYBCABKAkSFAoMbm9kZV9hZGRyZXNzGAUgASgJEg4KBmRldmljZRgGIAEoCRIQCghjaGFubmVscxgHIAMoCRIwCgxjb25uZWN0ZWRfYXQYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjAKDGxhc3Rfc2Vlbl9hdBgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiPQoWUmVnaXN0ZXJTZXNzaW9uUmVxdWVzdBIjCgdzZXNzaW9uGAEgASgLMhIuaGVyYWxkLnYxLlNlc3Npb24iMAoXUmVnaXN0ZXJTZXNzaW9uUmVzcG9uc2USFQoNbGVhc2Vfc2Vjb25kcxgBIAEoDSJBChdIZWFydGJlYXRTZXNzaW9uUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSEwoLc2Vzc2lvbl9pZHMYAiADKAkiNwoYSGVhcnRiZWF0U2Vzc2lvblJlc3BvbnNlEhsKE3Vua25vd25fc2Vzc2lvbl9pZHMYASADKAkiQQoYVW5yZWdpc3RlclNlc3Npb25SZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRISCgpzZXNzaW9uX2lkGAIgASgJIhsKGVVucmVnaXN0ZXJTZXNzaW9uUmVzcG9uc2UiOQoSR2V0UHJlc2VuY2VSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIQCgh1c2VyX2lkcxgCIAMoCSKKAQoMVXNlclByZXNlbmNlEg8KB3VzZXJfaWQYASABKAkSJwoFc3RhdGUYAiABKA4yGC5oZXJhbGQudjEuUHJlc2VuY2VTdGF0ZRIVCg1zZXNzaW9uX2NvdW50GAMgASgNEikKBXNpbmNlGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCI9ChNHZXRQcmVzZW5jZVJlc3BvbnNlEiYKBXVzZXJzGAEgAygLMhcuaGVyYWxkLnYxLlVzZXJQcmVzZW5jZSI5ChNMaXN0U2Vzc2lvbnNSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIPCgd1c2VyX2lkGAIgASgJIjwKFExpc3RTZXNzaW9uc1Jlc3BvbnNlEiQKCHNlc3Npb25zGAEgAygLMhIuaGVyYWxkLnYxLlNlc3Npb24iawoRRGlzY29ubmVjdFJlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEhQKCnNlc3Npb25faWQYAiABKAlIABIRCgd1c2VyX2lkGAMgASgJSAASDgoGcmVhc29uGAQgASgJQgoKCHNlbGVjdG9yIioKEkRpc2Nvbm5lY3RSZXNwb25zZRIUCgxkaXNjb25uZWN0ZWQYASABKA0iTAoSSm9pbkNoYW5uZWxSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRISCgpzZXNzaW9uX2lkGAIgASgJEg8KB2NoYW5uZWwYAyABKAkiJwoTSm9pbkNoYW5uZWxSZXNwb25zZRIQCghjaGFubmVscxgBIAMoCSJNChNMZWF2ZUNoYW5uZWxSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRISCgpzZXNzaW9uX2lkGAIgASgJEg8KB2NoYW5uZWwYAyABKAkiKAoUTGVhdmVDaGFubmVsUmVzcG9uc2USEAoIY2hhbm5lbHMYASADKAkiZQoPVGVtcGxhdGVDb250ZW50Eg0KBXRpdGxlGAEgASgJEgwKBGJvZHkYAiABKAkSEQoJaW1hZ2VfdXJsGAMgASgJEiIKB2FjdGlvbnMYBCADKAsyES5oZXJhbGQudjEuQWN0aW9uIvcBCghUZW1wbGF0ZRITCgt0ZW1wbGF0ZV9pZBgBIAEoCRIPCgd2ZXJzaW9uGAIgASgNEhYKDmRlZmF1bHRfbG9jYWxlGAMgASgJEjEKB2xvY2FsZXMYBCADKAsyIC5oZXJhbGQudjEuVGVtcGxhdGUuTG9jYWxlc0VudHJ5Ei4KCmNyZWF0ZWRfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wGkoKDExvY2FsZXNFbnRyeRILCgNrZXkYASABKAkSKQoFdmFsdWUYAiABKAsyGi5oZXJhbGQudjEuVGVtcGxhdGVDb250ZW50OgI4ASJOChJQdXRUZW1wbGF0ZVJlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEiUKCHRlbXBsYXRlGAIgASgLMhMuaGVyYWxkLnYxLlRlbXBsYXRlIjwKE1B1dFRlbXBsYXRlUmVzcG9uc2USJQoIdGVtcGxhdGUYASABKAsyEy5oZXJhbGQudjEuVGVtcGxhdGUiTQoSR2V0VGVtcGxhdGVSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRITCgt0ZW1wbGF0ZV9pZBgCIAEoCRIPCgd2ZXJzaW9uGAMgASgNIjwKE0dldFRlbXBsYXRlUmVzcG9uc2USJQoIdGVtcGxhdGUYASABKAsyEy5oZXJhbGQudjEuVGVtcGxhdGUiKQoUTGlzdFRlbXBsYXRlc1JlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJIj8KFUxpc3RUZW1wbGF0ZXNSZXNwb25zZRImCgl0ZW1wbGF0ZXMYASADKAsyEy5oZXJhbGQudjEuVGVtcGxhdGUiPwoVRGVsZXRlVGVtcGxhdGVSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRITCgt0ZW1wbGF0ZV9pZBgCIAEoCSIyChZEZWxldGVUZW1wbGF0ZVJlc3BvbnNlEhgKEGRlbGV0ZWRfdmVyc2lvbnMYASABKA0izgMKEFRlbmFudFJhdGVMaW1pdHMSHQoQdGVuYW50X3NlbmRfcmF0ZRgBIAEoAUgAiAEBEh4KEXRlbmFudF9zZW5kX2J1cnN0GAIgASgNSAGIAQESGgoNa2V5X3NlbmRfcmF0ZRgDIAEoAUgCiAEBEhsKDmtleV9zZW5kX2J1cnN0GAQgASgNSAOIAQESIgoVdGVuYW50X3N1YnNjcmliZV9yYXRlGAUgASgBSASIAQESIwoWdGVuYW50X3N1YnNjcmliZV9idXJzdBgGIAEoDUgFiAEBEiAKE3VzZXJfc3Vic2NyaWJlX3JhdGUYByABKAFIBogBARIhChR1c2VyX3N1YnNjcmliZV9idXJzdBgIIAEoDUgHiAEBQhMKEV90ZW5hbnRfc2VuZF9yYXRlQhQKEl90ZW5hbnRfc2VuZF9idXJzdEIQCg5fa2V5X3NlbmRfcmF0ZUIRCg9fa2V5X3NlbmRfYnVyc3RCGAoWX3RlbmFudF9zdWJzY3JpYmVfcmF0ZUIZChdfdGVuYW50X3N1YnNjcmliZV9idXJzdEIWChRfdXNlcl9zdWJzY3JpYmVfcmF0ZUIXChVfdXNlcl9zdWJzY3JpYmVfYnVyc3QidQoMU3RyZWFtUG9saWN5EhMKC2NvbXByZXNzaW9uGAEgAygJEh0KFWNvbXByZXNzaW9uX21pbl9ieXRlcxgCIAEoDRIYChBzaWduaW5nX3JlcXVpcmVkGAMgASgIEhcKD2FsbG93ZWRfZm9ybWF0cxgEIAMoCSKEAwoOVGVuYW50U2V0dGluZ3MSEQoJdGVuYW50X2lkGAEgASgJEg8KB3ZlcnNpb24YAiABKAQSMAoLcmF0ZV9saW1pdHMYAyABKAsyGy5oZXJhbGQudjEuVGVuYW50UmF0ZUxpbWl0cxIuCg1zdHJlYW1fcG9saWN5GAQgASgLMhcuaGVyYWxkLnYxLlN0cmVhbVBvbGljeRIuCgp1cGRhdGVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBISCgp1cGRhdGVkX2J5GAYgASgJEiAKE2RlZmF1bHRfdHRsX3NlY29uZHMYByABKA1IAIgBARIfChJtYXhfdXNlcnNfcGVyX3NlbmQYCCABKA1IAYgBARI2Cg1wdXNoX2ZhbGxiYWNrGAogASgLMh8uaGVyYWxkLnYxLlB1c2hGYWxsYmFja1NldHRpbmdzQhYKFF9kZWZhdWx0X3R0bF9zZWNvbmRzQhUKE19tYXhfdXNlcnNfcGVyX3NlbmQiwQEKFFB1c2hGYWxsYmFja1NldHRpbmdzEg8KB2VuYWJsZWQYASABKAgSFQoNZGVsYXlfc2Vjb25kcxgCIAEoDRImCgNmY20YAyABKAsyGS5oZXJhbGQudjEuRmNtQ3JlZGVudGlhbHMSKAoEYXBucxgEIAEoCzIaLmhlcmFsZC52MS5BcG5zQ3JlZGVudGlhbHMSLwoId2ViX3B1c2gYBSABKAsyHS5oZXJhbGQudjEuV2ViUHVzaENyZWRlbnRpYWxzImQKDkZjbUNyZWRlbnRpYWxzEhIKCnByb2plY3RfaWQYASABKAkSHAoUc2VydmljZV9hY2NvdW50X2pzb24YAiABKAkSIAoYc2VydmljZV9hY2NvdW50X2pzb25fc2V0GAMgASgIIokBCg9BcG5zQ3JlZGVudGlhbHMSDwoHdGVhbV9pZBgBIAEoCRIOCgZrZXlfaWQYAiABKAkSFgoOcHJpdmF0ZV9rZXlfcDgYAyABKAkSGgoScHJpdmF0ZV9rZXlfcDhfc2V0GAQgASgIEg0KBXRvcGljGAUgASgJEhIKCnByb2R1Y3Rpb24YBiABKAgieQoSV2ViUHVzaENyZWRlbnRpYWxzEhkKEXZhcGlkX3ByaXZhdGVfa2V5GAEgASgJEh0KFXZhcGlkX3ByaXZhdGVfa2V5X3NldBgCIAEoCBIYChB2YXBpZF9wdWJsaWNfa2V5GAMgASgJEg8KB3N1YmplY3QYBCABKAkiRQoTV2ViUHVzaFN1YnNjcmlwdGlvbhIQCghlbmRwb2ludBgBIAEoCRIOCgZwMjU2ZGgYAiABKAkSDAoEYXV0aBgDIAEoCSLHAQoKUHVzaFRhcmdldBIRCgl0YXJnZXRfaWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCRIhCgRraW5kGAMgASgOMhMuaGVyYWxkLnYxLlB1c2hLaW5kEg0KBXRva2VuGAQgASgJEjAKCHdlYl9wdXNoGAUgASgLMh4uaGVyYWxkLnYxLldlYlB1c2hTdWJzY3JpcHRpb24SMQoNcmVnaXN0ZXJlZF9hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAikAEKGVJlZ2lzdGVyUHVzaFRhcmdldFJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCRIhCgRraW5kGAIgASgOMhMuaGVyYWxkLnYxLlB1c2hLaW5kEg0KBXRva2VuGAMgASgJEjAKCHdlYl9wdXNoGAQgASgLMh4uaGVyYWxkLnYxLldlYlB1c2hTdWJzY3JpcHRpb24iQwoaUmVnaXN0ZXJQdXNoVGFyZ2V0UmVzcG9uc2USJQoGdGFyZ2V0GAEgASgLMhUuaGVyYWxkLnYxLlB1c2hUYXJnZXQiQQobVW5yZWdpc3RlclB1c2hUYXJnZXRSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSEQoJdGFyZ2V0X2lkGAIgASgJIh4KHFVucmVnaXN0ZXJQdXNoVGFyZ2V0UmVzcG9uc2UiKQoWTGlzdFB1c2hUYXJnZXRzUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJIkEKF0xpc3RQdXNoVGFyZ2V0c1Jlc3BvbnNlEiYKB3RhcmdldHMYASADKAsyFS5oZXJhbGQudjEuUHVzaFRhcmdldCItChhHZXRUZW5hbnRTZXR0aW5nc1JlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJIoQBChlHZXRUZW5hbnRTZXR0aW5nc1Jlc3BvbnNlEisKCHNldHRpbmdzGAEgASgLMhkuaGVyYWxkLnYxLlRlbmFudFNldHRpbmdzEjoKFWVmZmVjdGl2ZV9yYXRlX2xpbWl0cxgCIAEoCzIbLmhlcmFsZC52MS5UZW5hbnRSYXRlTGltaXRzIo4BChhQdXRUZW5hbnRTZXR0aW5nc1JlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEisKCHNldHRpbmdzGAIgASgLMhkuaGVyYWxkLnYxLlRlbmFudFNldHRpbmdzEh0KEGV4cGVjdGVkX3ZlcnNpb24YAyABKARIAIgBAUITChFfZXhwZWN0ZWRfdmVyc2lvbiJIChlQdXRUZW5hbnRTZXR0aW5nc1Jlc3BvbnNlEisKCHNldHRpbmdzGAEgASgLMhkuaGVyYWxkLnYxLlRlbmFudFNldHRpbmdzImQKG0RlbGV0ZVRlbmFudFNldHRpbmdzUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSHQoQZXhwZWN0ZWRfdmVyc2lvbhgCIAEoBEgAiAEBQhMKEV9leHBlY3RlZF92ZXJzaW9uIksKHERlbGV0ZVRlbmFudFNldHRpbmdzUmVzcG9uc2USKwoIc2V0dGluZ3MYASABKAsyGS5oZXJhbGQudjEuVGVuYW50U2V0dGluZ3MiQgoZTGlzdFRlbmFudFNldHRpbmdzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKA0SEgoKcGFnZV90b2tlbhgCIAEoCSJiChpMaXN0VGVuYW50U2V0dGluZ3NSZXNwb25zZRIrCghzZXR0aW5ncxgBIAMoCzIZLmhlcmFsZC52MS5UZW5hbnRTZXR0aW5ncxIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkqhwEKDVByZXNlbmNlU3RhdGUSHgoaUFJFU0VOQ0VfU1RBVEVfVU5TUEVDSUZJRUQQABIZChVQUkVTRU5DRV9TVEFURV9PTkxJTkUQARIaChZQUkVTRU5DRV9TVEFURV9PRkZMSU5FEAISHwobUFJFU0VOQ0VfU1RBVEVfUkVDT05ORUNUSU5HEAMqYwoIUHVzaEtpbmQSGQoVUFVTSF9LSU5EX1VOU1BFQ0lGSUVEEAASEQoNUFVTSF9LSU5EX0ZDTRABEhIKDlBVU0hfS0lORF9BUE5TEAISFQoRUFVTSF9LSU5EX1dFQlBVU0gQAzKqDQoPUmVnaXN0cnlTZXJ2aWNlElgKD1JlZ2lzdGVyU2Vzc2lvbhIhLmhlcmFsZC52MS5SZWdpc3RlclNlc3Npb25SZXF1ZXN0GiIuaGVyYWxkLnYxLlJlZ2lzdGVyU2Vzc2lvblJlc3BvbnNlElsKEEhlYXJ0YmVhdFNlc3Npb24SIi5oZXJhbGQudjEuSGVhcnRiZWF0U2Vzc2lvblJlcXVlc3QaIy5oZXJhbGQudjEuSGVhcnRiZWF0U2Vzc2lvblJlc3BvbnNlEl4KEVVucmVnaXN0ZXJTZXNzaW9uEiMuaGVyYWxkLnYxLlVucmVnaXN0ZXJTZXNzaW9uUmVxdWVzdBokLmhlcmFsZC52MS5VbnJlZ2lzdGVyU2Vzc2lvblJlc3BvbnNlEkwKC0dldFByZXNlbmNlEh0uaGVyYWxkLnYxLkdldFByZXNlbmNlUmVxdWVzdBoeLmhlcmFsZC52MS5HZXRQcmVzZW5jZVJlc3BvbnNlEk8KDExpc3RTZXNzaW9ucxIeLmhlcmFsZC52MS5MaXN0U2Vzc2lvbnNSZXF1ZXN0Gh8uaGVyYWxkLnYxLkxpc3RTZXNzaW9uc1Jlc3BvbnNlEkkKCkRpc2Nvbm5lY3QSHC5oZXJhbGQudjEuRGlzY29ubmVjdFJlcXVlc3QaHS5oZXJhbGQudjEuRGlzY29ubmVjdFJlc3BvbnNlEkwKC0pvaW5DaGFubmVsEh0uaGVyYWxkLnYxLkpvaW5DaGFubmVsUmVxdWVzdBoeLmhlcmFsZC52MS5Kb2luQ2hhbm5lbFJlc3BvbnNlEk8KDExlYXZlQ2hhbm5lbBIeLmhlcmFsZC52MS5MZWF2ZUNoYW5uZWxSZXF1ZXN0Gh8uaGVyYWxkLnYxLkxlYXZlQ2hhbm5lbFJlc3BvbnNlEkwKC1B1dFRlbXBsYXRlEh0uaGVyYWxkLnYxLlB1dFRlbXBsYXRlUmVxdWVzdBoeLmhlcmFsZC52MS5QdXRUZW1wbGF0ZVJlc3BvbnNlEkwKC0dldFRlbXBsYXRlEh0uaGVyYWxkLnYxLkdldFRlbXBsYXRlUmVxdWVzdBoeLmhlcmFsZC52MS5HZXRUZW1wbGF0ZVJlc3BvbnNlElIKDUxpc3RUZW1wbGF0ZXMSHy5oZXJhbGQudjEuTGlzdFRlbXBsYXRlc1JlcXVlc3QaIC5oZXJhbGQudjEuTGlzdFRlbXBsYXRlc1Jlc3BvbnNlElUKDkRlbGV0ZVRlbXBsYXRlEiAuaGVyYWxkLnYxLkRlbGV0ZVRlbXBsYXRlUmVxdWVzdBohLmhlcmFsZC52MS5EZWxldGVUZW1wbGF0ZVJlc3BvbnNlEl4KEUdldFRlbmFudFNldHRpbmdzEiMuaGVyYWxkLnYxLkdldFRlbmFudFNldHRpbmdzUmVxdWVzdBokLmhlcmFsZC52MS5HZXRUZW5hbnRTZXR0aW5nc1Jlc3BvbnNlEl4KEVB1dFRlbmFudFNldHRpbmdzEiMuaGVyYWxkLnYxLlB1dFRlbmFudFNldHRpbmdzUmVxdWVzdBokLmhlcmFsZC52MS5QdXRUZW5hbnRTZXR0aW5nc1Jlc3BvbnNlEmcKFERlbGV0ZVRlbmFudFNldHRpbmdzEiYuaGVyYWxkLnYxLkRlbGV0ZVRlbmFudFNldHRpbmdzUmVxdWVzdBonLmhlcmFsZC52MS5EZWxldGVUZW5hbnRTZXR0aW5nc1Jlc3BvbnNlEmEKEkxpc3RUZW5hbnRTZXR0aW5ncxIkLmhlcmFsZC52MS5MaXN0VGVuYW50U2V0dGluZ3NSZXF1ZXN0GiUuaGVyYWxkLnYxLkxpc3RUZW5hbnRTZXR0aW5nc1Jlc3BvbnNlEmEKElJlZ2lzdGVyUHVzaFRhcmdldBIkLmhlcmFsZC52MS5SZWdpc3RlclB1c2hUYXJnZXRSZXF1ZXN0GiUuaGVyYWxkLnYxLlJlZ2lzdGVyUHVzaFRhcmdldFJlc3BvbnNlEmcKFFVucmVnaXN0ZXJQdXNoVGFyZ2V0EiYuaGVyYWxkLnYxLlVucmVnaXN0ZXJQdXNoVGFyZ2V0UmVxdWVzdBonLmhlcmFsZC52MS5VbnJlZ2lzdGVyUHVzaFRhcmdldFJlc3BvbnNlElgKD0xpc3RQdXNoVGFyZ2V0cxIhLmhlcmFsZC52MS5MaXN0UHVzaFRhcmdldHNSZXF1ZXN0GiIuaGVyYWxkLnYxLkxpc3RQdXNoVGFyZ2V0c1Jlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp, file_herald_v1_notification]);
+  fileDesc("ChhoZXJhbGQvdjEvcmVnaXN0cnkucHJvdG8SCWhlcmFsZC52MSLuAQoHU2Vzc2lvbhISCgpzZXNzaW9uX2lkGAEgASgJEhEKCXRlbmFudF9pZBgCIAEoCRIPCgd1c2VyX2lkGAMgASgJEg8KB25vZGVfaWQYBCABKAkSFAoMbm9kZV9hZGRyZXNzGAUgASgJEg4KBmRldmljZRgGIAEoCRIQCghjaGFubmVscxgHIAMoCRIwCgxjb25uZWN0ZWRfYXQYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjAKDGxhc3Rfc2Vlbl9hdBgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiPQoWUmVnaXN0ZXJTZXNzaW9uUmVxdWVzdBIjCgdzZXNzaW9uGAEgASgLMhIuaGVyYWxkLnYxLlNlc3Npb24iMAoXUmVnaXN0ZXJTZXNzaW9uUmVzcG9uc2USFQoNbGVhc2Vfc2Vjb25kcxgBIAEoDSJBChdIZWFydGJlYXRTZXNzaW9uUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSEwoLc2Vzc2lvbl9pZHMYAiADKAkiNwoYSGVhcnRiZWF0U2Vzc2lvblJlc3BvbnNlEhsKE3Vua25vd25fc2Vzc2lvbl9pZHMYASADKAkiQQoYVW5yZWdpc3RlclNlc3Npb25SZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRISCgpzZXNzaW9uX2lkGAIgASgJIhsKGVVucmVnaXN0ZXJTZXNzaW9uUmVzcG9uc2UiOQoSR2V0UHJlc2VuY2VSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIQCgh1c2VyX2lkcxgCIAMoCSKKAQoMVXNlclByZXNlbmNlEg8KB3VzZXJfaWQYASABKAkSJwoFc3RhdGUYAiABKA4yGC5oZXJhbGQudjEuUHJlc2VuY2VTdGF0ZRIVCg1zZXNzaW9uX2NvdW50GAMgASgNEikKBXNpbmNlGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCI9ChNHZXRQcmVzZW5jZVJlc3BvbnNlEiYKBXVzZXJzGAEgAygLMhcuaGVyYWxkLnYxLlVzZXJQcmVzZW5jZSI5ChNMaXN0U2Vzc2lvbnNSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIPCgd1c2VyX2lkGAIgASgJIjwKFExpc3RTZXNzaW9uc1Jlc3BvbnNlEiQKCHNlc3Npb25zGAEgAygLMhIuaGVyYWxkLnYxLlNlc3Npb24iawoRRGlzY29ubmVjdFJlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEhQKCnNlc3Npb25faWQYAiABKAlIABIRCgd1c2VyX2lkGAMgASgJSAASDgoGcmVhc29uGAQgASgJQgoKCHNlbGVjdG9yIioKEkRpc2Nvbm5lY3RSZXNwb25zZRIUCgxkaXNjb25uZWN0ZWQYASABKA0iTAoSSm9pbkNoYW5uZWxSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRISCgpzZXNzaW9uX2lkGAIgASgJEg8KB2NoYW5uZWwYAyABKAkiJwoTSm9pbkNoYW5uZWxSZXNwb25zZRIQCghjaGFubmVscxgBIAMoCSJNChNMZWF2ZUNoYW5uZWxSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRISCgpzZXNzaW9uX2lkGAIgASgJEg8KB2NoYW5uZWwYAyABKAkiKAoUTGVhdmVDaGFubmVsUmVzcG9uc2USEAoIY2hhbm5lbHMYASADKAkiZQoPVGVtcGxhdGVDb250ZW50Eg0KBXRpdGxlGAEgASgJEgwKBGJvZHkYAiABKAkSEQoJaW1hZ2VfdXJsGAMgASgJEiIKB2FjdGlvbnMYBCADKAsyES5oZXJhbGQudjEuQWN0aW9uIvcBCghUZW1wbGF0ZRITCgt0ZW1wbGF0ZV9pZBgBIAEoCRIPCgd2ZXJzaW9uGAIgASgNEhYKDmRlZmF1bHRfbG9jYWxlGAMgASgJEjEKB2xvY2FsZXMYBCADKAsyIC5oZXJhbGQudjEuVGVtcGxhdGUuTG9jYWxlc0VudHJ5Ei4KCmNyZWF0ZWRfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wGkoKDExvY2FsZXNFbnRyeRILCgNrZXkYASABKAkSKQoFdmFsdWUYAiABKAsyGi5oZXJhbGQudjEuVGVtcGxhdGVDb250ZW50OgI4ASJOChJQdXRUZW1wbGF0ZVJlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEiUKCHRlbXBsYXRlGAIgASgLMhMuaGVyYWxkLnYxLlRlbXBsYXRlIjwKE1B1dFRlbXBsYXRlUmVzcG9uc2USJQoIdGVtcGxhdGUYASABKAsyEy5oZXJhbGQudjEuVGVtcGxhdGUiTQoSR2V0VGVtcGxhdGVSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRITCgt0ZW1wbGF0ZV9pZBgCIAEoCRIPCgd2ZXJzaW9uGAMgASgNIjwKE0dldFRlbXBsYXRlUmVzcG9uc2USJQoIdGVtcGxhdGUYASABKAsyEy5oZXJhbGQudjEuVGVtcGxhdGUiKQoUTGlzdFRlbXBsYXRlc1JlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJIj8KFUxpc3RUZW1wbGF0ZXNSZXNwb25zZRImCgl0ZW1wbGF0ZXMYASADKAsyEy5oZXJhbGQudjEuVGVtcGxhdGUiPwoVRGVsZXRlVGVtcGxhdGVSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRITCgt0ZW1wbGF0ZV9pZBgCIAEoCSIyChZEZWxldGVUZW1wbGF0ZVJlc3BvbnNlEhgKEGRlbGV0ZWRfdmVyc2lvbnMYASABKA0izgMKEFRlbmFudFJhdGVMaW1pdHMSHQoQdGVuYW50X3NlbmRfcmF0ZRgBIAEoAUgAiAEBEh4KEXRlbmFudF9zZW5kX2J1cnN0GAIgASgNSAGIAQESGgoNa2V5X3NlbmRfcmF0ZRgDIAEoAUgCiAEBEhsKDmtleV9zZW5kX2J1cnN0GAQgASgNSAOIAQESIgoVdGVuYW50X3N1YnNjcmliZV9yYXRlGAUgASgBSASIAQESIwoWdGVuYW50X3N1YnNjcmliZV9idXJzdBgGIAEoDUgFiAEBEiAKE3VzZXJfc3Vic2NyaWJlX3JhdGUYByABKAFIBogBARIhChR1c2VyX3N1YnNjcmliZV9idXJzdBgIIAEoDUgHiAEBQhMKEV90ZW5hbnRfc2VuZF9yYXRlQhQKEl90ZW5hbnRfc2VuZF9idXJzdEIQCg5fa2V5X3NlbmRfcmF0ZUIRCg9fa2V5X3NlbmRfYnVyc3RCGAoWX3RlbmFudF9zdWJzY3JpYmVfcmF0ZUIZChdfdGVuYW50X3N1YnNjcmliZV9idXJzdEIWChRfdXNlcl9zdWJzY3JpYmVfcmF0ZUIXChVfdXNlcl9zdWJzY3JpYmVfYnVyc3QidQoMU3RyZWFtUG9saWN5EhMKC2NvbXByZXNzaW9uGAEgAygJEh0KFWNvbXByZXNzaW9uX21pbl9ieXRlcxgCIAEoDRIYChBzaWduaW5nX3JlcXVpcmVkGAMgASgIEhcKD2FsbG93ZWRfZm9ybWF0cxgEIAMoCSKEAwoOVGVuYW50U2V0dGluZ3MSEQoJdGVuYW50X2lkGAEgASgJEg8KB3ZlcnNpb24YAiABKAQSMAoLcmF0ZV9saW1pdHMYAyABKAsyGy5oZXJhbGQudjEuVGVuYW50UmF0ZUxpbWl0cxIuCg1zdHJlYW1fcG9saWN5GAQgASgLMhcuaGVyYWxkLnYxLlN0cmVhbVBvbGljeRIuCgp1cGRhdGVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBISCgp1cGRhdGVkX2J5GAYgASgJEiAKE2RlZmF1bHRfdHRsX3NlY29uZHMYByABKA1IAIgBARIfChJtYXhfdXNlcnNfcGVyX3NlbmQYCCABKA1IAYgBARI2Cg1wdXNoX2ZhbGxiYWNrGAogASgLMh8uaGVyYWxkLnYxLlB1c2hGYWxsYmFja1NldHRpbmdzQhYKFF9kZWZhdWx0X3R0bF9zZWNvbmRzQhUKE19tYXhfdXNlcnNfcGVyX3NlbmQiwQEKFFB1c2hGYWxsYmFja1NldHRpbmdzEg8KB2VuYWJsZWQYASABKAgSFQoNZGVsYXlfc2Vjb25kcxgCIAEoDRImCgNmY20YAyABKAsyGS5oZXJhbGQudjEuRmNtQ3JlZGVudGlhbHMSKAoEYXBucxgEIAEoCzIaLmhlcmFsZC52MS5BcG5zQ3JlZGVudGlhbHMSLwoId2ViX3B1c2gYBSABKAsyHS5oZXJhbGQudjEuV2ViUHVzaENyZWRlbnRpYWxzImQKDkZjbUNyZWRlbnRpYWxzEhIKCnByb2plY3RfaWQYASABKAkSHAoUc2VydmljZV9hY2NvdW50X2pzb24YAiABKAkSIAoYc2VydmljZV9hY2NvdW50X2pzb25fc2V0GAMgASgIIokBCg9BcG5zQ3JlZGVudGlhbHMSDwoHdGVhbV9pZBgBIAEoCRIOCgZrZXlfaWQYAiABKAkSFgoOcHJpdmF0ZV9rZXlfcDgYAyABKAkSGgoScHJpdmF0ZV9rZXlfcDhfc2V0GAQgASgIEg0KBXRvcGljGAUgASgJEhIKCnByb2R1Y3Rpb24YBiABKAgieQoSV2ViUHVzaENyZWRlbnRpYWxzEhkKEXZhcGlkX3ByaXZhdGVfa2V5GAEgASgJEh0KFXZhcGlkX3ByaXZhdGVfa2V5X3NldBgCIAEoCBIYChB2YXBpZF9wdWJsaWNfa2V5GAMgASgJEg8KB3N1YmplY3QYBCABKAkiRQoTV2ViUHVzaFN1YnNjcmlwdGlvbhIQCghlbmRwb2ludBgBIAEoCRIOCgZwMjU2ZGgYAiABKAkSDAoEYXV0aBgDIAEoCSLHAQoKUHVzaFRhcmdldBIRCgl0YXJnZXRfaWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCRIhCgRraW5kGAMgASgOMhMuaGVyYWxkLnYxLlB1c2hLaW5kEg0KBXRva2VuGAQgASgJEjAKCHdlYl9wdXNoGAUgASgLMh4uaGVyYWxkLnYxLldlYlB1c2hTdWJzY3JpcHRpb24SMQoNcmVnaXN0ZXJlZF9hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAikAEKGVJlZ2lzdGVyUHVzaFRhcmdldFJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCRIhCgRraW5kGAIgASgOMhMuaGVyYWxkLnYxLlB1c2hLaW5kEg0KBXRva2VuGAMgASgJEjAKCHdlYl9wdXNoGAQgASgLMh4uaGVyYWxkLnYxLldlYlB1c2hTdWJzY3JpcHRpb24iQwoaUmVnaXN0ZXJQdXNoVGFyZ2V0UmVzcG9uc2USJQoGdGFyZ2V0GAEgASgLMhUuaGVyYWxkLnYxLlB1c2hUYXJnZXQiQQobVW5yZWdpc3RlclB1c2hUYXJnZXRSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSEQoJdGFyZ2V0X2lkGAIgASgJIh4KHFVucmVnaXN0ZXJQdXNoVGFyZ2V0UmVzcG9uc2UiKQoWTGlzdFB1c2hUYXJnZXRzUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJIkEKF0xpc3RQdXNoVGFyZ2V0c1Jlc3BvbnNlEiYKB3RhcmdldHMYASADKAsyFS5oZXJhbGQudjEuUHVzaFRhcmdldCItChhHZXRUZW5hbnRTZXR0aW5nc1JlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJIoQBChlHZXRUZW5hbnRTZXR0aW5nc1Jlc3BvbnNlEisKCHNldHRpbmdzGAEgASgLMhkuaGVyYWxkLnYxLlRlbmFudFNldHRpbmdzEjoKFWVmZmVjdGl2ZV9yYXRlX2xpbWl0cxgCIAEoCzIbLmhlcmFsZC52MS5UZW5hbnRSYXRlTGltaXRzIo4BChhQdXRUZW5hbnRTZXR0aW5nc1JlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEisKCHNldHRpbmdzGAIgASgLMhkuaGVyYWxkLnYxLlRlbmFudFNldHRpbmdzEh0KEGV4cGVjdGVkX3ZlcnNpb24YAyABKARIAIgBAUITChFfZXhwZWN0ZWRfdmVyc2lvbiJIChlQdXRUZW5hbnRTZXR0aW5nc1Jlc3BvbnNlEisKCHNldHRpbmdzGAEgASgLMhkuaGVyYWxkLnYxLlRlbmFudFNldHRpbmdzImQKG0RlbGV0ZVRlbmFudFNldHRpbmdzUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSHQoQZXhwZWN0ZWRfdmVyc2lvbhgCIAEoBEgAiAEBQhMKEV9leHBlY3RlZF92ZXJzaW9uIksKHERlbGV0ZVRlbmFudFNldHRpbmdzUmVzcG9uc2USKwoIc2V0dGluZ3MYASABKAsyGS5oZXJhbGQudjEuVGVuYW50U2V0dGluZ3MiQgoZTGlzdFRlbmFudFNldHRpbmdzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKA0SEgoKcGFnZV90b2tlbhgCIAEoCSJiChpMaXN0VGVuYW50U2V0dGluZ3NSZXNwb25zZRIrCghzZXR0aW5ncxgBIAMoCzIZLmhlcmFsZC52MS5UZW5hbnRTZXR0aW5ncxIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiXQoHU2VnbWVudBIMCgRuYW1lGAEgASgJEhQKDG1lbWJlcl9jb3VudBgCIAEoDRIuCgpjcmVhdGVkX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCI3ChRDcmVhdGVTZWdtZW50UmVxdWVzdBIMCgRuYW1lGAEgASgJEhEKCXRlbmFudF9pZBgCIAEoCSI8ChVDcmVhdGVTZWdtZW50UmVzcG9uc2USIwoHc2VnbWVudBgBIAEoCzISLmhlcmFsZC52MS5TZWdtZW50Ik0KGEFkZFNlZ21lbnRNZW1iZXJzUmVxdWVzdBIMCgRuYW1lGAEgASgJEhAKCHVzZXJfaWRzGAIgAygJEhEKCXRlbmFudF9pZBgDIAEoCSJAChlBZGRTZWdtZW50TWVtYmVyc1Jlc3BvbnNlEg0KBWFkZGVkGAEgASgNEhQKDG1lbWJlcl9jb3VudBgCIAEoDSJQChtSZW1vdmVTZWdtZW50TWVtYmVyc1JlcXVlc3QSDAoEbmFtZRgBIAEoCRIQCgh1c2VyX2lkcxgCIAMoCRIRCgl0ZW5hbnRfaWQYAyABKAkiLwocUmVtb3ZlU2VnbWVudE1lbWJlcnNSZXNwb25zZRIPCgdyZW1vdmVkGAEgASgNImMKGUxpc3RTZWdtZW50TWVtYmVyc1JlcXVlc3QSDAoEbmFtZRgBIAEoCRIRCglwYWdlX3NpemUYAiABKA0SEgoKcGFnZV90b2tlbhgDIAEoCRIRCgl0ZW5hbnRfaWQYBCABKAkiRwoaTGlzdFNlZ21lbnRNZW1iZXJzUmVzcG9uc2USEAoIdXNlcl9pZHMYASADKAkSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIigKE0xpc3RTZWdtZW50c1JlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJIjwKFExpc3RTZWdtZW50c1Jlc3BvbnNlEiQKCHNlZ21lbnRzGAEgAygLMhIuaGVyYWxkLnYxLlNlZ21lbnQiNwoURGVsZXRlU2VnbWVudFJlcXVlc3QSDAoEbmFtZRgBIAEoCRIRCgl0ZW5hbnRfaWQYAiABKAkiFwoVRGVsZXRlU2VnbWVudFJlc3BvbnNlKocBCg1QcmVzZW5jZVN0YXRlEh4KGlBSRVNFTkNFX1NUQVRFX1VOU1BFQ0lGSUVEEAASGQoVUFJFU0VOQ0VfU1RBVEVfT05MSU5FEAESGgoWUFJFU0VOQ0VfU1RBVEVfT0ZGTElORRACEh8KG1BSRVNFTkNFX1NUQVRFX1JFQ09OTkVDVElORxADKmMKCFB1c2hLaW5kEhkKFVBVU0hfS0lORF9VTlNQRUNJRklFRBAAEhEKDVBVU0hfS0lORF9GQ00QARISCg5QVVNIX0tJTkRfQVBOUxACEhUKEVBVU0hfS0lORF9XRUJQVVNIEAMyzxEKD1JlZ2lzdHJ5U2VydmljZRJYCg9SZWdpc3RlclNlc3Npb24SIS5oZXJhbGQudjEuUmVnaXN0ZXJTZXNzaW9uUmVxdWVzdBoiLmhlcmFsZC52MS5SZWdpc3RlclNlc3Npb25SZXNwb25zZRJbChBIZWFydGJlYXRTZXNzaW9uEiIuaGVyYWxkLnYxLkhlYXJ0YmVhdFNlc3Npb25SZXF1ZXN0GiMuaGVyYWxkLnYxLkhlYXJ0YmVhdFNlc3Npb25SZXNwb25zZRJeChFVbnJlZ2lzdGVyU2Vzc2lvbhIjLmhlcmFsZC52MS5VbnJlZ2lzdGVyU2Vzc2lvblJlcXVlc3QaJC5oZXJhbGQudjEuVW5yZWdpc3RlclNlc3Npb25SZXNwb25zZRJMCgtHZXRQcmVzZW5jZRIdLmhlcmFsZC52MS5HZXRQcmVzZW5jZVJlcXVlc3QaHi5oZXJhbGQudjEuR2V0UHJlc2VuY2VSZXNwb25zZRJPCgxMaXN0U2Vzc2lvbnMSHi5oZXJhbGQudjEuTGlzdFNlc3Npb25zUmVxdWVzdBofLmhlcmFsZC52MS5MaXN0U2Vzc2lvbnNSZXNwb25zZRJJCgpEaXNjb25uZWN0EhwuaGVyYWxkLnYxLkRpc2Nvbm5lY3RSZXF1ZXN0Gh0uaGVyYWxkLnYxLkRpc2Nvbm5lY3RSZXNwb25zZRJMCgtKb2luQ2hhbm5lbBIdLmhlcmFsZC52MS5Kb2luQ2hhbm5lbFJlcXVlc3QaHi5oZXJhbGQudjEuSm9pbkNoYW5uZWxSZXNwb25zZRJPCgxMZWF2ZUNoYW5uZWwSHi5oZXJhbGQudjEuTGVhdmVDaGFubmVsUmVxdWVzdBofLmhlcmFsZC52MS5MZWF2ZUNoYW5uZWxSZXNwb25zZRJMCgtQdXRUZW1wbGF0ZRIdLmhlcmFsZC52MS5QdXRUZW1wbGF0ZVJlcXVlc3QaHi5oZXJhbGQudjEuUHV0VGVtcGxhdGVSZXNwb25zZRJMCgtHZXRUZW1wbGF0ZRIdLmhlcmFsZC52MS5HZXRUZW1wbGF0ZVJlcXVlc3QaHi5oZXJhbGQudjEuR2V0VGVtcGxhdGVSZXNwb25zZRJSCg1MaXN0VGVtcGxhdGVzEh8uaGVyYWxkLnYxLkxpc3RUZW1wbGF0ZXNSZXF1ZXN0GiAuaGVyYWxkLnYxLkxpc3RUZW1wbGF0ZXNSZXNwb25zZRJVCg5EZWxldGVUZW1wbGF0ZRIgLmhlcmFsZC52MS5EZWxldGVUZW1wbGF0ZVJlcXVlc3QaIS5oZXJhbGQudjEuRGVsZXRlVGVtcGxhdGVSZXNwb25zZRJeChFHZXRUZW5hbnRTZXR0aW5ncxIjLmhlcmFsZC52MS5HZXRUZW5hbnRTZXR0aW5nc1JlcXVlc3QaJC5oZXJhbGQudjEuR2V0VGVuYW50U2V0dGluZ3NSZXNwb25zZRJeChFQdXRUZW5hbnRTZXR0aW5ncxIjLmhlcmFsZC52MS5QdXRUZW5hbnRTZXR0aW5nc1JlcXVlc3QaJC5oZXJhbGQudjEuUHV0VGVuYW50U2V0dGluZ3NSZXNwb25zZRJnChREZWxldGVUZW5hbnRTZXR0aW5ncxImLmhlcmFsZC52MS5EZWxldGVUZW5hbnRTZXR0aW5nc1JlcXVlc3QaJy5oZXJhbGQudjEuRGVsZXRlVGVuYW50U2V0dGluZ3NSZXNwb25zZRJhChJMaXN0VGVuYW50U2V0dGluZ3MSJC5oZXJhbGQudjEuTGlzdFRlbmFudFNldHRpbmdzUmVxdWVzdBolLmhlcmFsZC52MS5MaXN0VGVuYW50U2V0dGluZ3NSZXNwb25zZRJhChJSZWdpc3RlclB1c2hUYXJnZXQSJC5oZXJhbGQudjEuUmVnaXN0ZXJQdXNoVGFyZ2V0UmVxdWVzdBolLmhlcmFsZC52MS5SZWdpc3RlclB1c2hUYXJnZXRSZXNwb25zZRJnChRVbnJlZ2lzdGVyUHVzaFRhcmdldBImLmhlcmFsZC52MS5VbnJlZ2lzdGVyUHVzaFRhcmdldFJlcXVlc3QaJy5oZXJhbGQudjEuVW5yZWdpc3RlclB1c2hUYXJnZXRSZXNwb25zZRJYCg9MaXN0UHVzaFRhcmdldHMSIS5oZXJhbGQudjEuTGlzdFB1c2hUYXJnZXRzUmVxdWVzdBoiLmhlcmFsZC52MS5MaXN0UHVzaFRhcmdldHNSZXNwb25zZRJSCg1DcmVhdGVTZWdtZW50Eh8uaGVyYWxkLnYxLkNyZWF0ZVNlZ21lbnRSZXF1ZXN0GiAuaGVyYWxkLnYxLkNyZWF0ZVNlZ21lbnRSZXNwb25zZRJeChFBZGRTZWdtZW50TWVtYmVycxIjLmhlcmFsZC52MS5BZGRTZWdtZW50TWVtYmVyc1JlcXVlc3QaJC5oZXJhbGQudjEuQWRkU2VnbWVudE1lbWJlcnNSZXNwb25zZRJnChRSZW1vdmVTZWdtZW50TWVtYmVycxImLmhlcmFsZC52MS5SZW1vdmVTZWdtZW50TWVtYmVyc1JlcXVlc3QaJy5oZXJhbGQudjEuUmVtb3ZlU2VnbWVudE1lbWJlcnNSZXNwb25zZRJhChJMaXN0U2VnbWVudE1lbWJlcnMSJC5oZXJhbGQudjEuTGlzdFNlZ21lbnRNZW1iZXJzUmVxdWVzdBolLmhlcmFsZC52MS5MaXN0U2VnbWVudE1lbWJlcnNSZXNwb25zZRJPCgxMaXN0U2VnbWVudHMSHi5oZXJhbGQudjEuTGlzdFNlZ21lbnRzUmVxdWVzdBofLmhlcmFsZC52MS5MaXN0U2VnbWVudHNSZXNwb25zZRJSCg1EZWxldGVTZWdtZW50Eh8uaGVyYWxkLnYxLkRlbGV0ZVNlZ21lbnRSZXF1ZXN0GiAuaGVyYWxkLnYxLkRlbGV0ZVNlZ21lbnRSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp, file_herald_v1_notification]);
 
 /**
  * @generated from message herald.v1.Session
@@ -1414,6 +1414,316 @@ export const ListTenantSettingsResponseSchema: GenMessage<ListTenantSettingsResp
   messageDesc(file_herald_v1_registry, 50);
 
 /**
+ * @generated from message herald.v1.Segment
+ */
+export type Segment = Message<"herald.v1.Segment"> & {
+  /**
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * @generated from field: uint32 member_count = 2;
+   */
+  memberCount: number;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp created_at = 3;
+   */
+  createdAt?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message herald.v1.Segment.
+ * Use `create(SegmentSchema)` to create a new message.
+ */
+export const SegmentSchema: GenMessage<Segment> = /*@__PURE__*/
+  messageDesc(file_herald_v1_registry, 51);
+
+/**
+ * @generated from message herald.v1.CreateSegmentRequest
+ */
+export type CreateSegmentRequest = Message<"herald.v1.CreateSegmentRequest"> & {
+  /**
+   * 1 to 128 characters.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * The tenant to act on; empty: the token's own.
+   *
+   * @generated from field: string tenant_id = 2;
+   */
+  tenantId: string;
+};
+
+/**
+ * Describes the message herald.v1.CreateSegmentRequest.
+ * Use `create(CreateSegmentRequestSchema)` to create a new message.
+ */
+export const CreateSegmentRequestSchema: GenMessage<CreateSegmentRequest> = /*@__PURE__*/
+  messageDesc(file_herald_v1_registry, 52);
+
+/**
+ * @generated from message herald.v1.CreateSegmentResponse
+ */
+export type CreateSegmentResponse = Message<"herald.v1.CreateSegmentResponse"> & {
+  /**
+   * @generated from field: herald.v1.Segment segment = 1;
+   */
+  segment?: Segment | undefined;
+};
+
+/**
+ * Describes the message herald.v1.CreateSegmentResponse.
+ * Use `create(CreateSegmentResponseSchema)` to create a new message.
+ */
+export const CreateSegmentResponseSchema: GenMessage<CreateSegmentResponse> = /*@__PURE__*/
+  messageDesc(file_herald_v1_registry, 53);
+
+/**
+ * @generated from message herald.v1.AddSegmentMembersRequest
+ */
+export type AddSegmentMembersRequest = Message<"herald.v1.AddSegmentMembersRequest"> & {
+  /**
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * 1 to 10,000 user ids.
+   *
+   * @generated from field: repeated string user_ids = 2;
+   */
+  userIds: string[];
+
+  /**
+   * The tenant to act on; empty: the token's own.
+   *
+   * @generated from field: string tenant_id = 3;
+   */
+  tenantId: string;
+};
+
+/**
+ * Describes the message herald.v1.AddSegmentMembersRequest.
+ * Use `create(AddSegmentMembersRequestSchema)` to create a new message.
+ */
+export const AddSegmentMembersRequestSchema: GenMessage<AddSegmentMembersRequest> = /*@__PURE__*/
+  messageDesc(file_herald_v1_registry, 54);
+
+/**
+ * @generated from message herald.v1.AddSegmentMembersResponse
+ */
+export type AddSegmentMembersResponse = Message<"herald.v1.AddSegmentMembersResponse"> & {
+  /**
+   * How many of user_ids were not members before.
+   *
+   * @generated from field: uint32 added = 1;
+   */
+  added: number;
+
+  /**
+   * @generated from field: uint32 member_count = 2;
+   */
+  memberCount: number;
+};
+
+/**
+ * Describes the message herald.v1.AddSegmentMembersResponse.
+ * Use `create(AddSegmentMembersResponseSchema)` to create a new message.
+ */
+export const AddSegmentMembersResponseSchema: GenMessage<AddSegmentMembersResponse> = /*@__PURE__*/
+  messageDesc(file_herald_v1_registry, 55);
+
+/**
+ * @generated from message herald.v1.RemoveSegmentMembersRequest
+ */
+export type RemoveSegmentMembersRequest = Message<"herald.v1.RemoveSegmentMembersRequest"> & {
+  /**
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * 1 to 10,000 user ids.
+   *
+   * @generated from field: repeated string user_ids = 2;
+   */
+  userIds: string[];
+
+  /**
+   * The tenant to act on; empty: the token's own.
+   *
+   * @generated from field: string tenant_id = 3;
+   */
+  tenantId: string;
+};
+
+/**
+ * Describes the message herald.v1.RemoveSegmentMembersRequest.
+ * Use `create(RemoveSegmentMembersRequestSchema)` to create a new message.
+ */
+export const RemoveSegmentMembersRequestSchema: GenMessage<RemoveSegmentMembersRequest> = /*@__PURE__*/
+  messageDesc(file_herald_v1_registry, 56);
+
+/**
+ * @generated from message herald.v1.RemoveSegmentMembersResponse
+ */
+export type RemoveSegmentMembersResponse = Message<"herald.v1.RemoveSegmentMembersResponse"> & {
+  /**
+   * How many of user_ids were members.
+   *
+   * @generated from field: uint32 removed = 1;
+   */
+  removed: number;
+};
+
+/**
+ * Describes the message herald.v1.RemoveSegmentMembersResponse.
+ * Use `create(RemoveSegmentMembersResponseSchema)` to create a new message.
+ */
+export const RemoveSegmentMembersResponseSchema: GenMessage<RemoveSegmentMembersResponse> = /*@__PURE__*/
+  messageDesc(file_herald_v1_registry, 57);
+
+/**
+ * @generated from message herald.v1.ListSegmentMembersRequest
+ */
+export type ListSegmentMembersRequest = Message<"herald.v1.ListSegmentMembersRequest"> & {
+  /**
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * At most this many (1 to 10,000; 0: 1000).
+   *
+   * @generated from field: uint32 page_size = 2;
+   */
+  pageSize: number;
+
+  /**
+   * From the previous page's next_page_token; empty: the first page.
+   *
+   * @generated from field: string page_token = 3;
+   */
+  pageToken: string;
+
+  /**
+   * The tenant to act on; empty: the token's own.
+   *
+   * @generated from field: string tenant_id = 4;
+   */
+  tenantId: string;
+};
+
+/**
+ * Describes the message herald.v1.ListSegmentMembersRequest.
+ * Use `create(ListSegmentMembersRequestSchema)` to create a new message.
+ */
+export const ListSegmentMembersRequestSchema: GenMessage<ListSegmentMembersRequest> = /*@__PURE__*/
+  messageDesc(file_herald_v1_registry, 58);
+
+/**
+ * @generated from message herald.v1.ListSegmentMembersResponse
+ */
+export type ListSegmentMembersResponse = Message<"herald.v1.ListSegmentMembersResponse"> & {
+  /**
+   * @generated from field: repeated string user_ids = 1;
+   */
+  userIds: string[];
+
+  /**
+   * Empty on the last page.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message herald.v1.ListSegmentMembersResponse.
+ * Use `create(ListSegmentMembersResponseSchema)` to create a new message.
+ */
+export const ListSegmentMembersResponseSchema: GenMessage<ListSegmentMembersResponse> = /*@__PURE__*/
+  messageDesc(file_herald_v1_registry, 59);
+
+/**
+ * @generated from message herald.v1.ListSegmentsRequest
+ */
+export type ListSegmentsRequest = Message<"herald.v1.ListSegmentsRequest"> & {
+  /**
+   * The tenant to act on; empty: the token's own.
+   *
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+};
+
+/**
+ * Describes the message herald.v1.ListSegmentsRequest.
+ * Use `create(ListSegmentsRequestSchema)` to create a new message.
+ */
+export const ListSegmentsRequestSchema: GenMessage<ListSegmentsRequest> = /*@__PURE__*/
+  messageDesc(file_herald_v1_registry, 60);
+
+/**
+ * @generated from message herald.v1.ListSegmentsResponse
+ */
+export type ListSegmentsResponse = Message<"herald.v1.ListSegmentsResponse"> & {
+  /**
+   * @generated from field: repeated herald.v1.Segment segments = 1;
+   */
+  segments: Segment[];
+};
+
+/**
+ * Describes the message herald.v1.ListSegmentsResponse.
+ * Use `create(ListSegmentsResponseSchema)` to create a new message.
+ */
+export const ListSegmentsResponseSchema: GenMessage<ListSegmentsResponse> = /*@__PURE__*/
+  messageDesc(file_herald_v1_registry, 61);
+
+/**
+ * @generated from message herald.v1.DeleteSegmentRequest
+ */
+export type DeleteSegmentRequest = Message<"herald.v1.DeleteSegmentRequest"> & {
+  /**
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * The tenant to act on; empty: the token's own.
+   *
+   * @generated from field: string tenant_id = 2;
+   */
+  tenantId: string;
+};
+
+/**
+ * Describes the message herald.v1.DeleteSegmentRequest.
+ * Use `create(DeleteSegmentRequestSchema)` to create a new message.
+ */
+export const DeleteSegmentRequestSchema: GenMessage<DeleteSegmentRequest> = /*@__PURE__*/
+  messageDesc(file_herald_v1_registry, 62);
+
+/**
+ * @generated from message herald.v1.DeleteSegmentResponse
+ */
+export type DeleteSegmentResponse = Message<"herald.v1.DeleteSegmentResponse"> & {
+};
+
+/**
+ * Describes the message herald.v1.DeleteSegmentResponse.
+ * Use `create(DeleteSegmentResponseSchema)` to create a new message.
+ */
+export const DeleteSegmentResponseSchema: GenMessage<DeleteSegmentResponse> = /*@__PURE__*/
+  messageDesc(file_herald_v1_registry, 63);
+
+/**
  * @generated from enum herald.v1.PresenceState
  */
 export enum PresenceState {
@@ -1681,6 +1991,69 @@ export const RegistryService: GenService<{
     methodKind: "unary";
     input: typeof ListPushTargetsRequestSchema;
     output: typeof ListPushTargetsResponseSchema;
+  },
+  /**
+   * Creates an empty segment (a named set of users of the tenant, up to 100,000); ALREADY_EXISTS
+   * when it exists. Scope `tenant:admin`.
+   *
+   * @generated from rpc herald.v1.RegistryService.CreateSegment
+   */
+  createSegment: {
+    methodKind: "unary";
+    input: typeof CreateSegmentRequestSchema;
+    output: typeof CreateSegmentResponseSchema;
+  },
+  /**
+   * Adds up to 10,000 users per call (members already in are skipped); RESOURCE_EXHAUSTED (and
+   * nothing added) past 100,000 members. Scope `tenant:admin`.
+   *
+   * @generated from rpc herald.v1.RegistryService.AddSegmentMembers
+   */
+  addSegmentMembers: {
+    methodKind: "unary";
+    input: typeof AddSegmentMembersRequestSchema;
+    output: typeof AddSegmentMembersResponseSchema;
+  },
+  /**
+   * Removes up to 10,000 users per call. Scope `tenant:admin`.
+   *
+   * @generated from rpc herald.v1.RegistryService.RemoveSegmentMembers
+   */
+  removeSegmentMembers: {
+    methodKind: "unary";
+    input: typeof RemoveSegmentMembersRequestSchema;
+    output: typeof RemoveSegmentMembersResponseSchema;
+  },
+  /**
+   * The members by user id, a page at a time. Scope `tenant:admin`.
+   *
+   * @generated from rpc herald.v1.RegistryService.ListSegmentMembers
+   */
+  listSegmentMembers: {
+    methodKind: "unary";
+    input: typeof ListSegmentMembersRequestSchema;
+    output: typeof ListSegmentMembersResponseSchema;
+  },
+  /**
+   * The tenant's segments by name, with their member counts. Scope `tenant:admin`.
+   *
+   * @generated from rpc herald.v1.RegistryService.ListSegments
+   */
+  listSegments: {
+    methodKind: "unary";
+    input: typeof ListSegmentsRequestSchema;
+    output: typeof ListSegmentsResponseSchema;
+  },
+  /**
+   * Deletes a segment and its members; sends already made to it are not affected. Scope
+   * `tenant:admin`.
+   *
+   * @generated from rpc herald.v1.RegistryService.DeleteSegment
+   */
+  deleteSegment: {
+    methodKind: "unary";
+    input: typeof DeleteSegmentRequestSchema;
+    output: typeof DeleteSegmentResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_herald_v1_registry, 0);
