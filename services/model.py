@@ -31,7 +31,8 @@ from services.errors import InvalidArgument
 
 def target_kind(target: notification_pb2.Target) -> TargetKind | None:
     kind = target.WhichOneof("kind")
-    return None if kind is None else _KINDS[kind]
+    # None too for a kind this node does not resolve (a segment, which ingest refuses).
+    return None if kind is None else _KINDS.get(kind)
 
 
 _KINDS = {
