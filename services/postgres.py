@@ -25,6 +25,7 @@ from services.registry.segments_postgres import PostgresSegmentStore
 from services.registry.templates_postgres import PostgresTemplateStore
 from services.registry.tenant_settings_postgres import PostgresTenantSettingsStore
 from services.stream.acks_postgres import PostgresAckStore
+from services.stream.inbox_state_postgres import PostgresInboxStateStore
 from services.stream.log_postgres import PostgresLogStore
 from services.stream.status_postgres import PostgresStatusStore
 
@@ -164,6 +165,7 @@ class PostgresBackend:
         self.push_targets = PostgresPushTargetStore(pool)
         self.push_pending = PostgresPendingPushStore(pool)
         self.segments = PostgresSegmentStore(pool)
+        self.inbox_states = PostgresInboxStateStore(pool)
         self._close_timeout_s = close_timeout_s
 
     @classmethod
@@ -209,6 +211,7 @@ class PostgresBackend:
             self.templates,
             self.tenant_settings,
             self.segments,
+            self.inbox_states,
         ):
             await store.aclose()
         try:
