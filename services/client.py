@@ -419,15 +419,57 @@ class HeraldClient:
         return int(response.acked)
 
     async def list_inbox(
-        self, *, page_size: int = 20, page_token: str = "", timeout: float = 10.0
+        self,
+        *,
+        page_size: int = 20,
+        page_token: str = "",
+        filter: stream_pb2.InboxFilter = stream_pb2.INBOX_FILTER_UNSPECIFIED,
+        timeout: float = 10.0,
     ) -> stream_pb2.ListInboxResponse:
-        """A page of the caller's own notifications, newest first."""
+        """A page of the caller's own notifications, newest first (not archived ones, unless
+        `filter` says otherwise)."""
         response: stream_pb2.ListInboxResponse = await self._stream.ListInbox(
-            stream_pb2.ListInboxRequest(page_size=page_size, page_token=page_token),
+            stream_pb2.ListInboxRequest(page_size=page_size, page_token=page_token, filter=filter),
             metadata=self.metadata(),
             timeout=timeout,
         )
         return response
+
+    async def update_inbox_state(
+        self,
+        notification_ids: Iterable[str],
+        action: stream_pb2.InboxAction,
+        *,
+        timeout: float = 10.0,
+    ) -> stream_pb2.UpdateInboxStateResponse:
+        """Marks the caller's notifications seen, read, unread, archived or unarchived; the
+        response says how many changed and the counts after."""
+        response: stream_pb2.UpdateInboxStateResponse = await self._stream.UpdateInboxState(
+            stream_pb2.UpdateInboxStateRequest(
+                notification_ids=list(notification_ids), action=action
+            ),
+            metadata=self.metadata(),
+            timeout=timeout,
+        )
+        return response
+
+    async def mark_all_read(
+        self, *, up_to_cursor: int = 0, timeout: float = 10.0
+    ) -> stream_pb2.MarkAllReadResponse:
+        """Marks every notification of the caller's inbox read (or every one up to a cursor)."""
+        response: stream_pb2.MarkAllReadResponse = await self._stream.MarkAllRead(
+            stream_pb2.MarkAllReadRequest(up_to_cursor=up_to_cursor),
+            metadata=self.metadata(),
+            timeout=timeout,
+        )
+        return response
+
+    async def inbox_counts(self, *, timeout: float = 10.0) -> stream_pb2.InboxCounts:
+        """The caller's unseen, unread and total (not archived) counts."""
+        response: stream_pb2.GetInboxCountsResponse = await self._stream.GetInboxCounts(
+            stream_pb2.GetInboxCountsRequest(), metadata=self.metadata(), timeout=timeout
+        )
+        return response.counts
 
     async def signing_keys(self, *, timeout: float = 10.0) -> stream_pb2.GetSigningKeysResponse:
         """The public keys that verify signed deliveries (the active one and older ones)."""

@@ -3,8 +3,9 @@
 A publication is one PUBLISH (a batch of them in one script call) on
 `<prefix>{<tenant>}:log:<log key>` (services/redis_keys.py) of a format byte, 1, and a
 herald.node.v1.LogPublication (a user event: format byte 2 and a
-herald.node.v1.UserEventPublication, on the channel of the user's own log). Its entries travel with it while they take at most
-`max_entries_bytes` encoded; beyond that it carries the head only and the nodes read the log.
+herald.node.v1.UserEventPublication, on the channel of the user's own log). Its entries travel
+with it while they take at most `max_entries_bytes` encoded; beyond that it carries the head
+only and the nodes read the log.
 Pub/sub is a wake-up, never the record: Redis drops a subscriber whose output buffer
 overflows, and a subscriber misses, silently, whatever was sent while it reconnected. So every
 reconnection ends with `on_reset`, and the catch-up check (services/stream/timers.py) covers a

@@ -25,8 +25,11 @@ Invariants every implementation keeps (tests/contract/test_inbox_states.py):
 from __future__ import annotations
 
 import enum
+import logging
 from collections.abc import Sequence
 from typing import NamedTuple, Protocol
+
+log = logging.getLogger(__name__)
 
 
 class Action(enum.IntEnum):
@@ -81,9 +84,7 @@ class InboxCounters(NamedTuple):
     def plus(self, before: InboxState, after: InboxState) -> InboxCounters:
         """The counters after one row changed from `before` to `after`."""
         (a0, r0, s0), (a1, r1, s1) = before.share, after.share
-        return InboxCounters(
-            self.archived + a1 - a0, self.read + r1 - r0, self.seen + s1 - s0
-        )
+        return InboxCounters(self.archived + a1 - a0, self.read + r1 - r0, self.seen + s1 - s0)
 
 
 def next_state(state: InboxState, action: Action, at: float) -> InboxState:
@@ -125,3 +126,18 @@ class InboxStateStore(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+async def forget_inbox_states(
+    states: InboxStateStore, tenant: str, user_id: str, notification_ids: list[str]
+) -> None:
+    """Forgets the inbox states of entries that left a user's log. A failure is logged, not
+    raised: the entries are gone either way, and the counts are off by those rows until the
+    rows are forgotten (docs/inbox.md)."""
+    try:
+        await states.forget(tenant, [(user_id, i) for i in notification_ids])
+    except Exception as exc:
+        log.warning(
+            "could not forget the inbox states of entries that left a log",
+            extra={"count": len(notification_ids), "error": type(exc).__name__},
+        )

@@ -90,7 +90,9 @@ class PostgresInboxStateStore:
     ) -> tuple[list[str], InboxCounters]:
         ids = list(dict.fromkeys(notification_ids))
         async with self._pool.acquire() as connection, connection.transaction():
-            counters = InboxCounters(*await connection.fetchrow(_LOCK_COUNTERS, tenant, user_id))
+            # An upsert with RETURNING returns its row, inserted or not.
+            [row] = await connection.fetch(_LOCK_COUNTERS, tenant, user_id)
+            counters = InboxCounters(row[0], row[1], row[2])
             if not ids:
                 return [], counters
             stored = {
