@@ -243,10 +243,10 @@ async def _inbox(args: argparse.Namespace) -> int:
                 )
                 return 0
         if args.mark_all_read:
-            marked = await client.mark_all_read()
+            all_read = await client.mark_all_read()
             _print(
                 args,
-                marked,
+                all_read,
                 lambda r: [f"marked {r.marked} notification(s) read", *_counts_text(r.counts)],
             )
             return 0
