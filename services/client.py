@@ -512,6 +512,7 @@ class HeraldClient:
         accept_encodings: Iterable[str] = (),
         verify: bool = False,
         on_reject: Callable[[Rejected, stream_pb2.Delivery], None] | None = None,
+        on_inbox_event: Callable[[stream_pb2.InboxEvent], None] | None = None,
     ) -> Subscription:
         """An endless iterator of notifications, across reconnects (see the module docstring).
 
@@ -520,7 +521,9 @@ class HeraldClient:
         connection state while it is away). `accept_encodings` asks for the transformer
         chain's encodings ("json", "zstd", "gzip", "signed"); `verify` asks for signed
         deliveries and rejects any that does not verify (`Subscription.chain.rejected` counts
-        them by reason; `on_reject` is called with each; docs/transformers.md)."""
+        them by reason; `on_reject` is called with each; docs/transformers.md).
+        `on_inbox_event` is called with each InboxEvent: the user's inbox states changed on some
+        device (docs/inbox.md)."""
         if ack_interval <= 0:
             raise ValueError("ack_interval must be positive")
         chain = ClientChain(
@@ -540,6 +543,7 @@ class HeraldClient:
             on_connect=on_connect,
             on_disconnect=on_disconnect,
             chain=chain,
+            on_inbox_event=on_inbox_event,
         )
 
     def open_stream(
@@ -647,6 +651,7 @@ class Subscription:
         on_connect: Callable[[stream_pb2.SessionStarted], None] | None = None,
         on_disconnect: Callable[[Disconnected], None] | None = None,
         chain: ClientChain | None = None,
+        on_inbox_event: Callable[[stream_pb2.InboxEvent], None] | None = None,
     ) -> None:
         self._client = client
         # Decodes and verifies the transformer chain's deliveries; counts rejections.
@@ -677,6 +682,7 @@ class Subscription:
         self._rng = rng
         self._on_connect = on_connect
         self._on_disconnect = on_disconnect
+        self._on_inbox_event = on_inbox_event
         self._call: aio.UnaryStreamCall[Any, Any] | None = None
         self._dropped = False
         self.session_id = ""
@@ -832,6 +838,9 @@ class Subscription:
                         self.connected.set()
                         if self._on_connect is not None:
                             self._on_connect(event.session_started)
+                    elif kind == "inbox_event":
+                        if self._on_inbox_event is not None:
+                            self._on_inbox_event(event.inbox_event)
                     elif kind == "closing":
                         self.last_closing = event.closing
                         retry_after = event.closing.retry_after_ms / 1000

@@ -271,3 +271,26 @@ async def test_a_websocket_session_gets_inbox_events_too(herald_up: Herald) -> N
         assert (event.action, list(event.notification_ids)) == (ARCHIVE, [n1])
         assert event.counts == counts(0, 0, 0)
         await sub.close()
+
+
+async def test_the_python_client_hands_inbox_events_to_a_callback(herald_up: Herald) -> None:
+    events: list[stream_pb2.InboxEvent] = []
+    heard = asyncio.Event()
+
+    def on_inbox_event(event: stream_pb2.InboxEvent) -> None:
+        events.append(event)
+        heard.set()
+
+    subscription = herald_up.user("alice").subscribe(on_inbox_event=on_inbox_event)
+    notifications = subscription.__aiter__()
+    [n1] = await send(herald_up, "alice", "one")
+    received = await asyncio.wait_for(notifications.__anext__(), 10)
+    assert received.notification.id == n1
+    reading = asyncio.ensure_future(notifications.__anext__())  # the stream is read as pulled
+    await herald_up.user("alice").update_inbox_state([n1], SEEN)
+    await asyncio.wait_for(heard.wait(), 10)
+    assert [(e.action, list(e.notification_ids)) for e in events] == [(SEEN, [n1])]
+    reading.cancel()
+    subscription.cancel()
+    await asyncio.gather(reading, return_exceptions=True)
+    await notifications.aclose()
