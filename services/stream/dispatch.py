@@ -210,7 +210,7 @@ class Dispatcher:
             )
             if self._inbox_states is not None:
                 await forget_inbox_states(
-                    self._inbox_states, tenant, key.name, [e.notification_id for e in dropped]
+                    self._inbox_states, tenant, [(key.name, e.notification_id) for e in dropped]
                 )
         logged_at, unlogged = self._drops.get((tenant, kind), (-math.inf, 0))
         unlogged += len(dropped)

@@ -87,8 +87,9 @@ class Inbox:
         items: list[InboxItem] = []
         scanned = 0
         budget = page_size * (_SCAN_FACTOR if filter_ is not Filter.ALL else 1)
+        # One more than the page, each round: whether the log goes on is known without a read.
+        want = page_size + 1
         while True:
-            want = page_size - len(items) + 1
             entries = await self._logs.read_reverse(tenant, key, before, want)
             now = self._clock.now()
             live = [e for e in entries if e.expires_at > now]

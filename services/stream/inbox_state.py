@@ -129,15 +129,17 @@ class InboxStateStore(Protocol):
 
 
 async def forget_inbox_states(
-    states: InboxStateStore, tenant: str, user_id: str, notification_ids: list[str]
+    states: InboxStateStore, tenant: str, entries: Sequence[tuple[str, str]]
 ) -> None:
-    """Forgets the inbox states of entries that left a user's log. A failure is logged, not
-    raised: the entries are gone either way, and the counts are off by those rows until the
-    rows are forgotten (docs/inbox.md)."""
+    """Forgets the inbox states of entries, (user_id, notification_id), that left users' own
+    logs. A failure is logged, not raised: the entries are gone either way, and the counts are
+    off by those rows until the rows are forgotten (docs/inbox.md)."""
+    if not entries:
+        return
     try:
-        await states.forget(tenant, [(user_id, i) for i in notification_ids])
+        await states.forget(tenant, entries)
     except Exception as exc:
         log.warning(
             "could not forget the inbox states of entries that left a log",
-            extra={"count": len(notification_ids), "error": type(exc).__name__},
+            extra={"count": len(entries), "error": type(exc).__name__},
         )

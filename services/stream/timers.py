@@ -172,6 +172,8 @@ class Timers:
         while True:
             swept = await self._logs.drop_expired(now, _SWEEP_BATCH)
             batch = 0
+            # Per tenant, the entries of users' own logs: their inbox states go, one call each.
+            left: dict[str, list[tuple[str, str]]] = {}
             for tenant, key, entries in swept:
                 transitions: list[Transition] = []
                 for entry in entries:
@@ -185,11 +187,14 @@ class Timers:
                     )
                 if transitions:
                     await self._status.apply(tenant, transitions, now)
-                if key.is_user and self._inbox_states is not None:
-                    await forget_inbox_states(
-                        self._inbox_states, tenant, key.name, [e.notification_id for e in entries]
+                if key.is_user:
+                    left.setdefault(tenant, []).extend(
+                        (key.name, e.notification_id) for e in entries
                     )
                 batch += len(entries)
+            if self._inbox_states is not None:
+                for tenant, gone in left.items():
+                    await forget_inbox_states(self._inbox_states, tenant, gone)
             count += batch
             if batch < _SWEEP_BATCH:
                 break
