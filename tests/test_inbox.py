@@ -11,7 +11,16 @@ from grpc import aio
 
 from herald.v1 import stream_pb2, stream_pb2_grpc
 from services.client_websocket import WebSocketSubscription
+from services.clock import ManualClock
 from services.config import DeliverySettings
+from services.domain import user_log
+from services.stream.broker_memory import MemoryBroker
+from services.stream.inbox import Inbox
+from services.stream.inbox_state import Action, Counts, InboxCounters
+from services.stream.inbox_state_memory import MemoryInboxStateStore
+from services.stream.log import LogAppend, NewEntry
+from services.stream.log_memory import MemoryLogStore
+from services.stream.status_memory import MemoryStatusStore
 from tests.conftest import Deploy
 from tests.harness import Herald, to_user
 from tests.streams import Stream
@@ -315,3 +324,30 @@ async def test_a_filtered_page_reads_a_bounded_part_of_the_log_and_paging_finds_
     assert any(len(page) < 3 for page in pages[:-1])
     assert all(len(page) <= 3 for page in pages)
     assert await alice.inbox_counts() == counts(10, 10, 10)
+
+
+async def test_a_state_written_while_its_entry_left_the_log_does_not_outlive_it() -> None:
+    """The core, on the real stores, with the bound pushing the entry out between the check and
+    the write (and the dispatcher forgetting its state before the state exists)."""
+    clock = ManualClock()
+    status = MemoryStatusStore()
+    logs = MemoryLogStore(status)
+    states = MemoryInboxStateStore()
+    inbox = Inbox(logs=logs, status=status, states=states, broker=MemoryBroker(), clock=clock)
+    alice = user_log("alice")
+
+    def entry(notification_id: str) -> NewEntry:
+        return NewEntry(notification_id, 2, clock.now(), clock.now() + 3600, b"\x12\x00")
+
+    await logs.append("acme", [LogAppend(alice, [entry("n1")], 1)])
+    change = states.change
+
+    async def change_after_the_bound_dropped_it(*args: object) -> tuple[list[str], InboxCounters]:
+        [result] = await logs.append("acme", [LogAppend(alice, [entry("n2")], 1)])
+        await states.forget("acme", [("alice", e.notification_id) for e in result.dropped])
+        return await change(*args)  # type: ignore[arg-type]
+
+    states.change = change_after_the_bound_dropped_it  # type: ignore[method-assign]
+    assert await inbox.change("acme", "alice", ["n1"], Action.READ) == (1, Counts(1, 1, 1))
+    assert await states.counters("acme", "alice") == InboxCounters()
+    assert await states.get("acme", "alice", ["n1"]) == {}

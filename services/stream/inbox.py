@@ -4,8 +4,9 @@ and inbox state (seen, read, archived), the counts, and the changes (docs/inbox.
 Invariants:
 
 - The inbox is the user's own log: an entry that expired or that the log's bound pushed out is
-  not in it, and its inbox state is forgotten (the dispatcher and the expiry sweep call
-  `InboxStateStore.forget` with every entry that leaves).
+  not in it, and its inbox state is forgotten: the dispatcher and the expiry sweep call
+  `InboxStateStore.forget` with every entry that leaves, and a change looks again after it
+  wrote (`_settle`), so a row written while its entry left does not outlive it.
 - Only the user's own entries change state: every named notification is checked against the
   user's log first, and a change names none of another user's (NOT_FOUND, nothing changes).
 - Counts cost two reads whatever the inbox holds: the log's size and the user's counters.
@@ -179,6 +180,7 @@ class Inbox:
             changed.extend(done)
         if counters is None:
             counters = await self._states.counters(tenant, user_id)
+        counters = await self._settle(tenant, user_id, changed, counters)
         counts = await self._counts(tenant, user_id, counters)
         if changed:
             await self._status.mark_read(tenant, user_id, changed, now)
@@ -203,6 +205,7 @@ class Inbox:
         self, tenant: str, user_id: str, ids: list[str], action: Action, now: float
     ) -> tuple[int, Counts]:
         changed, counters = await self._states.change(tenant, user_id, ids, action, now)
+        counters = await self._settle(tenant, user_id, changed, counters)
         counts = await self._counts(tenant, user_id, counters)
         if changed:
             if action is Action.READ:
@@ -216,6 +219,21 @@ class Inbox:
                 now,
             )
         return len(changed), counts
+
+    async def _settle(
+        self, tenant: str, user_id: str, changed: list[str], counters: InboxCounters
+    ) -> InboxCounters:
+        """Forgets the rows just written for entries that left the log meanwhile (between the
+        check and the write, the bound or the sweep removed them and forgot their rows before
+        these existed): no row outlives its entry, whichever order the two ran in."""
+        if not changed:
+            return counters
+        still = await self._logs.locate(tenant, user_log(user_id), changed)
+        gone = [(user_id, i) for i in changed if i not in still]
+        if not gone:
+            return counters
+        await self._states.forget(tenant, gone)
+        return await self._states.counters(tenant, user_id)
 
     async def _publish(
         self, tenant: str, user_id: str, event: stream_pb2.InboxEvent, counts: Counts, now: float
