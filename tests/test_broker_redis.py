@@ -239,6 +239,7 @@ async def test_after_redis_restarts_the_broker_resubscribes_and_resets() -> None
         await server.stop()
         # Lost: Redis is down. The log still has it, and the reset makes the node read it.
         await publisher.publish([publication(T1, NEWS, 2)])
+        await publisher.flush()  # sent in the background: it has failed before Redis is back
         await broker.subscribe(T1, ALICE)
         await server.start()
         await seen.until(lambda: seen.resets >= 1)
@@ -289,3 +290,54 @@ async def test_a_publication_it_cannot_encode_is_logged_not_raised(
         await broker.publish([publication(T1, NEWS, 2)])
         await seen.until_count(1)
         assert seen.publications == [publication(T1, NEWS, 2)]
+
+
+async def test_publish_never_waits_for_a_redis_that_stopped_answering() -> None:
+    """A Redis that accepts and never answers (a host gone, no RST): `publish` returns at once,
+    the node's own readers have the publication, and what waits for Redis is bounded (the
+    oldest dropped and counted: the catch-up check delivers them)."""
+    stuck: list[asyncio.StreamWriter] = []
+
+    async def never_answer(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        stuck.append(writer)
+
+    server = await asyncio.start_server(never_answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = Redis.from_url(f"redis://127.0.0.1:{port}/0", retry=NO_RETRY)
+    broker = RedisBroker(client, "herald-test:", owns_client=True, outbox_limit=3)
+    recorder = Recorder()
+    # Not started: the reader would wait for the silent server too; the own hand-over needs a
+    # handler and a subscription, so the handler is set the way `start` sets it.
+    broker._on_publication = recorder.on_publication
+    broker._channels[broker.channel(T1, NEWS).encode()] = (T1, NEWS)
+    failed = metrics_value("herald_broker_publish_failed_total")
+    try:
+        async with asyncio.timeout(1.0):
+            await broker.publish([publication(T1, NEWS, 1)])
+            await asyncio.sleep(0.05)  # the publisher task took it, and waits for an answer
+            for head in range(2, 7):
+                await broker.publish([publication(T1, NEWS, head)])
+        assert [p.head for p in recorder.publications] == [1, 2, 3, 4, 5, 6]
+        # The first is in the script call that hangs; of the five behind it, three wait.
+        assert metrics_value("herald_broker_publish_failed_total") - failed == 2
+        assert [head for _, head in _queued_heads(broker)] == [4, 5, 6]
+    finally:
+        await broker.aclose()  # gives up on the silent server after its flush bound
+        for writer in stuck:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+
+def metrics_value(name: str) -> float:
+    from prometheus_client import REGISTRY
+
+    value = REGISTRY.get_sample_value(name)
+    return 0.0 if value is None else value
+
+
+def _queued_heads(broker: RedisBroker) -> list[tuple[str, int]]:
+    return [
+        (channel, node_pb2.LogPublication.FromString(data[1:]).head)
+        for channel, data in broker._outbox
+    ]

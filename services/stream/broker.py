@@ -68,8 +68,10 @@ class Broker(Protocol):
         ...
 
     async def publish(self, publications: Sequence[Publication]) -> None:
-        """Tells the subscribed nodes, in one round trip; a failure is logged, not raised (the
-        catch-up check delivers what it could not announce)."""
+        """Hands the publications to this node's readers at once and tells the other
+        subscribed nodes without making the caller wait for them (a networked broker queues
+        them for a task of its own); a failure is logged, not raised (the catch-up check
+        delivers what it could not announce)."""
         ...
 
     async def publish_user_events(self, events: Sequence[UserEvent]) -> None:

@@ -1,6 +1,7 @@
 """Broker on Redis pub/sub: a channel per (tenant, log), one pub/sub connection per node.
 
-A publication is one PUBLISH (a batch of them in one script call) on
+A publication is one PUBLISH (a batch of them in one script call, sent by a publisher task of
+the broker's own: `publish` hands them to this node's readers, queues them and returns) on
 `<prefix>{<tenant>}:log:<log key>` (services/redis_keys.py) of a format byte, 1, and a
 herald.node.v1.LogPublication (a user event: format byte 2 and a
 herald.node.v1.UserEventPublication, on the channel of the user's own log). Its entries travel
@@ -80,6 +81,10 @@ return 0
 """
 # Publications per script call: a call holds Redis for its whole length.
 _PUBLISH_CHUNK: Final = 500
+# Messages queued for Redis at most: beyond, the oldest are dropped (and counted as failed).
+_OUTBOX_LIMIT: Final = 100_000
+# How long closing waits for queued publications to go out.
+_CLOSE_FLUSH_S: Final = 1.0
 # One warning per this many seconds about failed publishes or unreadable messages.
 _WARN_INTERVAL_S: Final = 10.0
 
@@ -95,6 +100,7 @@ class RedisBroker:
             publications are sent head-only.
         owns_client: close the client in `aclose`; leave False when the client is shared.
         subscribe_timeout_s: how long `subscribe` waits for Redis to confirm.
+        outbox_limit: messages waiting for Redis at most; beyond, the oldest are dropped.
         reconnect_min_s, reconnect_max_s: the bounds of the reconnection backoff (doubling,
             with jitter).
     """
@@ -107,11 +113,16 @@ class RedisBroker:
         *,
         owns_client: bool = False,
         subscribe_timeout_s: float = 5.0,
+        outbox_limit: int = _OUTBOX_LIMIT,
         reconnect_min_s: float = 0.05,
         reconnect_max_s: float = 5.0,
     ) -> None:
         self._client = checked_client(client)
         self._publish_many = self._client.register_script(_PUBLISH_MANY)
+        # Messages waiting for the publisher task (FIFO), and the task while it runs.
+        self._outbox: deque[tuple[str, bytes]] = deque()
+        self._outbox_limit = outbox_limit
+        self._publisher: asyncio.Task[None] | None = None
         # This broker's tag on what it publishes, and how an encoding carrying it ends (field 6,
         # fixed64: the last field, see node.proto).
         self._origin = secrets.randbits(64) | 1
@@ -182,21 +193,54 @@ class RedisBroker:
         await self._send(messages, len(events))
 
     async def _send(self, messages: list[tuple[str, bytes]], count: int) -> None:
-        """PUBLISHes (channel, message) pairs, a chunk per script call."""
+        """Queues (channel, message) pairs for the publisher task and returns at once: the
+        dispatcher's caller waits for its durable append, never for Redis (a publication is a
+        wake-up; what it fails to announce, the catch-up check delivers). One task sends the
+        queue in order, a chunk per script call, so what waits while a call is in flight goes
+        out together in the next one."""
+        outbox = self._outbox
+        outbox.extend(messages)
+        overflow = len(outbox) - self._outbox_limit
+        if overflow > 0:
+            for _ in range(overflow):
+                outbox.popleft()
+            metrics.BROKER_PUBLISH_FAILED.inc(overflow)
+            self._warn(
+                "outbox",
+                "Redis takes publications slower than they come; dropped the oldest (the "
+                "catch-up check delivers them)",
+                None,
+            )
+        if self._publisher is None:
+            self._publisher = asyncio.get_running_loop().create_task(
+                self._publish_queued(), name="redis-broker-publisher"
+            )
+
+    async def _publish_queued(self) -> None:
+        outbox = self._outbox
         try:
-            for start in range(0, len(messages), _PUBLISH_CHUNK):
+            while outbox:
+                chunk = [outbox.popleft() for _ in range(min(len(outbox), _PUBLISH_CHUNK))]
                 args: list[str | bytes] = []
-                for channel, data in messages[start : start + _PUBLISH_CHUNK]:
+                for channel, data in chunk:
                     args.append(channel)
                     args.append(data)
-                await self._publish_many(args=args)
-        except (RedisError, OSError) as error:
-            metrics.BROKER_PUBLISH_FAILED.inc(count)
-            self._warn(
-                "publish",
-                "could not publish log updates to Redis; the catch-up check delivers them",
-                error,
-            )
+                try:
+                    await self._publish_many(args=args)
+                except (RedisError, OSError) as error:
+                    metrics.BROKER_PUBLISH_FAILED.inc(len(chunk))
+                    self._warn(
+                        "publish",
+                        "could not publish log updates to Redis; the catch-up check delivers them",
+                        error,
+                    )
+        finally:
+            self._publisher = None
+
+    async def flush(self) -> None:
+        """Waits until everything published so far was sent to Redis (or failed to be)."""
+        while self._publisher is not None:
+            await asyncio.shield(self._publisher)
 
     def _deliver_own(self, publications: Sequence[Publication]) -> None:
         """Hands this node's own publications of the logs it hears to its handler at once, as
@@ -476,6 +520,13 @@ class RedisBroker:
         log.warning(message, extra={"error": repr(error)} if error is not None else None)
 
     async def aclose(self) -> None:
+        publisher = self._publisher
+        if publisher is not None:
+            # What was published before closing goes out, unless Redis cannot take it soon.
+            done, _ = await asyncio.wait([publisher], timeout=_CLOSE_FLUSH_S)
+            if not done:
+                publisher.cancel()
+                await asyncio.wait([publisher])
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
