@@ -25,6 +25,7 @@ from services.ingest.rendering import pick_locale, render
 from services.ingest.validation import ResolvedTarget, check_payload_size, validate
 from services.model import set_timestamp
 from services.ports import DeliveryPort, TemplatePort
+from services.preferences.gate import PreferenceGate, Split, split
 from services.tenant_settings_cache import TenantSettingsCache
 
 if TYPE_CHECKING:
@@ -67,8 +68,12 @@ class IngestCore:
         tenant_settings: TenantSettingsCache | None = None,
         *,
         push: PushFallbackWorker | None = None,
+        preferences: PreferenceGate | None = None,
     ) -> None:
         self._tenant_settings = tenant_settings
+        # Users' preferences (docs/preferences.md): None, or a tenant without any, costs
+        # nothing but a lookup in memory per batch.
+        self._preferences = preferences
         # The offline fallback (docs/push.md): None, or a tenant with it disabled, costs nothing
         # but the cached settings lookup.
         self._push = push
@@ -125,6 +130,14 @@ class IngestCore:
             if claims
             else ()
         )
+        # One read of the preferences of every recipient of the batch.
+        choices = (
+            await self._preferences.load(
+                tenant, [u for _, n, t in valid if not n.critical for u in t.user_ids]
+            )
+            if self._preferences is not None and valid
+            else {}
+        )
         accepted: list[tuple[int, Accepted]] = []
         for (index, notification, target), notification_id in zip(valid, ids, strict=True):
             key = notification.idempotency_key
@@ -141,6 +154,9 @@ class IngestCore:
                         outcomes[index] = duplicate
                         continue
             priority, ttl = self._complete(notification, tenant, notification_id, now, settings)
+            users = Split(target.user_ids, (), frozenset())
+            if choices and not notification.critical:
+                users = split(target.user_ids, notification.category, choices)
             accepted.append(
                 (
                     index,
@@ -148,13 +164,15 @@ class IngestCore:
                         notification_id,
                         tenant,
                         target.kind,
-                        target.user_ids,
+                        users.in_app,
                         target.channel,
                         priority,
                         now,
                         now + ttl,
                         notification.SerializeToString(),
                         notification.target.SerializeToString(),
+                        muted=users.muted,
+                        no_push=users.no_push,
                     ),
                 )
             )
