@@ -12,6 +12,8 @@ import asyncpg
 
 from services.ingest.idempotency import IdempotencyStore
 from services.ingest.idempotency_postgres import PostgresIdempotencyStore
+from services.preferences.store import PreferenceStore
+from services.preferences.store_postgres import PostgresPreferenceStore
 from services.push.pending import PendingPushStore
 from services.push.pending_postgres import PostgresPendingPushStore
 from services.push.targets import PushTargetStore
@@ -97,4 +99,7 @@ push_target_store: Callable[[], AbstractAsyncContextManager[PushTargetStore]] = 
 )
 pending_push_store: Callable[[], AbstractAsyncContextManager[PendingPushStore]] = _on_clean_pool(
     PostgresPendingPushStore
+)
+preference_store: Callable[[], AbstractAsyncContextManager[PreferenceStore]] = _on_clean_pool(
+    PostgresPreferenceStore
 )

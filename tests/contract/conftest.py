@@ -20,6 +20,8 @@ from redis.asyncio import Redis
 from services.clock import Clock
 from services.ingest.idempotency import IdempotencyStore
 from services.ingest.idempotency_memory import MemoryIdempotencyStore
+from services.preferences.store import PreferenceStore
+from services.preferences.store_memory import MemoryPreferenceStore
 from services.push.pending import PendingPushStore
 from services.push.pending_memory import MemoryPendingPushStore
 from services.push.targets import PushTargetStore
@@ -105,6 +107,10 @@ PUSH_TARGET_STORES: dict[str, Opener[PushTargetStore]] = {
 PENDING_PUSH_STORES: dict[str, Opener[PendingPushStore]] = {
     "memory": in_memory(MemoryPendingPushStore),
     "postgres": backends_postgres.pending_push_store,
+}
+PREFERENCE_STORES: dict[str, Opener[PreferenceStore]] = {
+    "memory": in_memory(MemoryPreferenceStore),
+    "postgres": backends_postgres.preference_store,
 }
 SEGMENT_STORES: dict[str, Opener[SegmentStore]] = {
     "memory": in_memory(MemorySegmentStore),
@@ -269,6 +275,12 @@ async def push_target_store(request: pytest.FixtureRequest) -> AsyncIterator[Pus
 @pytest_asyncio.fixture(params=sorted(PENDING_PUSH_STORES))
 async def pending_push_store(request: pytest.FixtureRequest) -> AsyncIterator[PendingPushStore]:
     async with PENDING_PUSH_STORES[request.param]() as store:
+        yield store
+
+
+@pytest_asyncio.fixture(params=sorted(PREFERENCE_STORES))
+async def preference_store(request: pytest.FixtureRequest) -> AsyncIterator[PreferenceStore]:
+    async with PREFERENCE_STORES[request.param]() as store:
         yield store
 
 
