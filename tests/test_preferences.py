@@ -5,8 +5,10 @@ provider servers (the `setup` fixture of tests/test_push_fallback.py, worker dri
 
 from __future__ import annotations
 
+import asyncpg
 import grpc
 import pytest
+from google.protobuf import json_format
 from grpc import aio
 
 from herald.v1 import ingest_pb2, notification_pb2, registry_pb2, registry_pb2_grpc
@@ -14,10 +16,13 @@ from services import auth
 from services.client import HeraldClient
 from services.preferences.store import MAX_CATEGORIES
 from tests.harness import Herald, to_user
-from tests.ingest_support import inbox_titles
+from tests.ingest_support import inbox_titles, until
 from tests.streams import Stream
+from tests.test_ingest_outbox import INSERT_JSON, Start
+from tests.test_ingest_outbox import outbox_db as outbox_db  # the fixtures, reused
+from tests.test_ingest_outbox import start as start
 from tests.test_push_fallback import Setup, fcm_target
-from tests.test_push_fallback import setup as setup  # the fixture, reused
+from tests.test_push_fallback import setup as setup
 
 pytestmark = pytest.mark.asyncio
 
@@ -252,3 +257,30 @@ async def test_a_send_with_a_bad_category_is_invalid_argument(
     error = await refused(herald_up.backend().send(of(category, "Hi", "alice")))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "category" in (error.details() or "")
+
+
+async def test_a_send_through_the_outbox_respects_preferences(
+    start: Start, outbox_db: tuple[str, str]
+) -> None:
+    """The ingestion sources go through the same path as Send."""
+    herald = await start()
+    await put(herald, "alice", MUTE_IN_APP)
+    stream = Stream(herald.user("alice"))
+    await stream.start()
+    backend = await asyncpg.connect(outbox_db[0])
+    try:
+        async with backend.transaction():
+            for category, title in (("marketing", "Sale"), ("billing", "Invoice")):
+                payload = json_format.MessageToJson(of(category, title, "alice"), indent=None)
+                await backend.execute(INSERT_JSON, "acme", payload)
+        (delivery,) = await stream.deliveries(1, within=10)
+        assert delivery.notification.content.title == "Invoice"
+        await until(lambda: _outbox_empty(backend))
+        assert await inbox_titles(herald.user("alice")) == ["Invoice"]
+    finally:
+        stream.cancel()
+        await backend.close()
+
+
+async def _outbox_empty(connection: asyncpg.Connection) -> bool:
+    return await connection.fetchval("SELECT count(*) FROM herald_outbox") == 0
