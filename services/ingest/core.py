@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, NamedTuple
 
 from herald.v1 import notification_pb2
@@ -25,7 +26,8 @@ from services.ingest.rendering import pick_locale, render
 from services.ingest.validation import ResolvedTarget, check_payload_size, validate
 from services.model import set_timestamp
 from services.ports import DeliveryPort, TemplatePort
-from services.preferences.gate import PreferenceGate, Split, split
+from services.preferences.gate import PreferenceGate, split
+from services.preferences.store import UserPreferences
 from services.tenant_settings_cache import TenantSettingsCache
 
 if TYPE_CHECKING:
@@ -36,6 +38,9 @@ log = logging.getLogger(__name__)
 
 # Tenants whose applied settings are remembered (past it, forgotten all at once).
 _APPLIED_MAX = 10_000
+# What a notification nobody's preferences touch has for muted users and users without push.
+_NOBODY: tuple[str, ...] = ()
+_NOBODY_SET: frozenset[str] = frozenset()
 
 
 def new_notification_ids(count: int) -> list[str]:
@@ -130,14 +135,14 @@ class IngestCore:
             if claims
             else ()
         )
-        # One read of the preferences of every recipient of the batch.
-        choices = (
-            await self._preferences.load(
+        # One read of the preferences of every recipient of the batch; for a tenant without
+        # any, a lookup in memory (and not even a list of the recipients).
+        choices: Mapping[str, UserPreferences] = {}
+        gate = self._preferences
+        if gate is not None and valid and await gate.tenant_has_any(tenant):
+            choices = await gate.load(
                 tenant, [u for _, n, t in valid if not n.critical for u in t.user_ids]
             )
-            if self._preferences is not None and valid
-            else {}
-        )
         accepted: list[tuple[int, Accepted]] = []
         for (index, notification, target), notification_id in zip(valid, ids, strict=True):
             key = notification.idempotency_key
@@ -154,9 +159,9 @@ class IngestCore:
                         outcomes[index] = duplicate
                         continue
             priority, ttl = self._complete(notification, tenant, notification_id, now, settings)
-            users = Split(target.user_ids, (), frozenset())
+            in_app, muted, no_push = target.user_ids, _NOBODY, _NOBODY_SET
             if choices and not notification.critical:
-                users = split(target.user_ids, notification.category, choices)
+                in_app, muted, no_push = split(target.user_ids, notification.category, choices)
             accepted.append(
                 (
                     index,
@@ -164,15 +169,15 @@ class IngestCore:
                         notification_id,
                         tenant,
                         target.kind,
-                        users.in_app,
+                        in_app,
                         target.channel,
                         priority,
                         now,
                         now + ttl,
                         notification.SerializeToString(),
                         notification.target.SerializeToString(),
-                        muted=users.muted,
-                        no_push=users.no_push,
+                        muted=muted,
+                        no_push=no_push,
                     ),
                 )
             )
