@@ -132,7 +132,11 @@ class State(IntEnum):
 # Which state may follow which; anything else is ignored (e.g. a late DELIVERED after ACKED).
 ALLOWED: dict[State | None, frozenset[State]] = {
     None: frozenset(State),
-    State.QUEUED: frozenset({State.DELIVERED, State.ACKED, State.EXPIRED, State.FAILED}),
+    # SUPPRESSED follows QUEUED only as every state may (a suppressed recipient is never
+    # queued: it starts SUPPRESSED); it is final.
+    State.QUEUED: frozenset(
+        {State.DELIVERED, State.ACKED, State.EXPIRED, State.FAILED, State.SUPPRESSED}
+    ),
     State.DELIVERED: frozenset({State.DELIVERED, State.ACKED, State.EXPIRED, State.FAILED}),
     State.FAILED: frozenset({State.DELIVERED, State.ACKED, State.EXPIRED}),
     State.ACKED: frozenset(),

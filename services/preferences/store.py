@@ -84,7 +84,7 @@ def check_preferences(categories: Sequence[tuple[str, Choice]]) -> dict[str, Cho
         )
     found: dict[str, Choice] = {}
     for name, choice in categories:
-        check_category(name, "every categories[].category: ")
+        check_category(name, "categories[].category")
         if name in found:
             raise InvalidArgument(f"category {quote(name)} is listed twice")
         found[name] = choice
