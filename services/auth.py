@@ -47,6 +47,9 @@ SCOPE_NODE = "node"
 # token (`send`) for any user of its tenant. Not a scope a token carries.
 SCOPE_PUSH_TARGETS = "push:targets"
 _PUSH_TARGETS = frozenset({SCOPE_SUBSCRIBE, SCOPE_SEND})
+# The preference RPCs (docs/preferences.md): the same callers as the push targets'. Not a scope
+# a token carries.
+SCOPE_PREFERENCES = "preferences"
 ANY_TENANT = "*"
 # The scopes that may read their tenant's settings besides `tenant:read` itself.
 _READS_TENANT = frozenset({SCOPE_TENANT_ADMIN, SCOPE_SEND})
@@ -75,7 +78,9 @@ class Principal:
             return
         if scope == SCOPE_TENANT_READ and not self.scopes.isdisjoint(_READS_TENANT):
             return
-        if scope == SCOPE_PUSH_TARGETS and not self.scopes.isdisjoint(_PUSH_TARGETS):
+        if scope in (SCOPE_PUSH_TARGETS, SCOPE_PREFERENCES) and not self.scopes.isdisjoint(
+            _PUSH_TARGETS
+        ):
             return
 
         raise PermissionDenied(f"the token lacks the '{scope}' scope")

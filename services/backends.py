@@ -23,6 +23,8 @@ from services.config import Config
 from services.errors import Unavailable
 from services.ingest.idempotency import IdempotencyStore
 from services.ingest.idempotency_memory import MemoryIdempotencyStore
+from services.preferences.store import PreferenceStore
+from services.preferences.store_memory import MemoryPreferenceStore
 from services.push.pending import PendingPushStore
 from services.push.pending_memory import MemoryPendingPushStore
 from services.push.targets import PushTargetStore
@@ -83,6 +85,8 @@ class Stores:
     push_pending: PendingPushStore = field(default_factory=MemoryPendingPushStore)
     # Seen / read / archived per user and notification (docs/inbox.md).
     inbox_states: InboxStateStore = field(default_factory=MemoryInboxStateStore)
+    # Users' notification preferences (docs/preferences.md).
+    preferences: PreferenceStore = field(default_factory=MemoryPreferenceStore)
 
     async def monitor(self, interval_s: float) -> None:
         """Probes every backend through its breaker, forever: a backend that went away opens
@@ -114,6 +118,7 @@ class Stores:
             self.push_pending,
             self.segments,
             self.inbox_states,
+            self.preferences,
         ):
             await store.aclose()
         for backend in self.backends:

@@ -5,7 +5,8 @@ herald.v1 messages), no imports from the service packages, which all import from
 
 Status states only move forward along QUEUED -> DELIVERED -> ACKED; EXPIRED and FAILED end a
 delivery attempt (a FAILED notification stays in the log and may still be DELIVERED and ACKED on
-the next connect; an EXPIRED one never changes again).
+the next connect; an EXPIRED one never changes again). SUPPRESSED is where a recipient whose
+preferences turned the notification off in-app starts and stays.
 """
 
 from __future__ import annotations
@@ -109,6 +110,11 @@ class Accepted(NamedTuple):
     # The W3C traceparent of the Send's span, stored with the entries (services/tracing.py);
     # "" when tracing is off.
     trace_context: str = ""
+    # Users of the target whose preferences turn the notification off in-app: not in
+    # `user_ids`, no log entry, status SUPPRESSED (docs/preferences.md).
+    muted: tuple[str, ...] = ()
+    # Users of `user_ids` and `muted` whose preferences turn it off for push.
+    no_push: frozenset[str] = frozenset()
 
 
 class State(IntEnum):
@@ -119,16 +125,23 @@ class State(IntEnum):
     ACKED = 3
     EXPIRED = 4
     FAILED = 5
+    # Never in the recipient's log: its preferences turned the category off in-app.
+    SUPPRESSED = 6
 
 
 # Which state may follow which; anything else is ignored (e.g. a late DELIVERED after ACKED).
 ALLOWED: dict[State | None, frozenset[State]] = {
     None: frozenset(State),
-    State.QUEUED: frozenset({State.DELIVERED, State.ACKED, State.EXPIRED, State.FAILED}),
+    # SUPPRESSED follows QUEUED only as every state may (a suppressed recipient is never
+    # queued: it starts SUPPRESSED); it is final.
+    State.QUEUED: frozenset(
+        {State.DELIVERED, State.ACKED, State.EXPIRED, State.FAILED, State.SUPPRESSED}
+    ),
     State.DELIVERED: frozenset({State.DELIVERED, State.ACKED, State.EXPIRED, State.FAILED}),
     State.FAILED: frozenset({State.DELIVERED, State.ACKED, State.EXPIRED}),
     State.ACKED: frozenset(),
     State.EXPIRED: frozenset(),
+    State.SUPPRESSED: frozenset(),
 }
 
 

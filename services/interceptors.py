@@ -82,6 +82,8 @@ REQUIRED_SCOPE: dict[str, str] = {
     "/herald.v1.RegistryService/RegisterPushTarget": auth.SCOPE_PUSH_TARGETS,
     "/herald.v1.RegistryService/UnregisterPushTarget": auth.SCOPE_PUSH_TARGETS,
     "/herald.v1.RegistryService/ListPushTargets": auth.SCOPE_PUSH_TARGETS,
+    "/herald.v1.RegistryService/GetPreferences": auth.SCOPE_PREFERENCES,
+    "/herald.v1.RegistryService/PutPreferences": auth.SCOPE_PREFERENCES,
     **{
         f"/herald.v1.RegistryService/{method}": auth.SCOPE_TENANT_ADMIN
         for method in (

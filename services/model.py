@@ -27,6 +27,7 @@ from services.domain import (
     TenantSettingsRecord,
 )
 from services.errors import InvalidArgument
+from services.preferences.store import Choice, UserPreferences, check_preferences
 
 
 def target_kind(target: notification_pb2.Target) -> TargetKind | None:
@@ -370,3 +371,51 @@ def keep_push_secrets(
         if flag and not getattr(new, name):
             kept[name] = getattr(stored, name)
     return dataclasses.replace(new, **kept)
+
+
+def _choice_from_proto(message: registry_pb2.DeliveryPreference) -> Choice:
+    return Choice(
+        message.in_app if message.HasField("in_app") else None,
+        message.push if message.HasField("push") else None,
+        message.webhook if message.HasField("webhook") else None,
+    )
+
+
+def _choice_to_proto(category: str, choice: Choice) -> registry_pb2.DeliveryPreference:
+    message = registry_pb2.DeliveryPreference(category=category)
+    if choice.in_app is not None:
+        message.in_app = choice.in_app
+    if choice.push is not None:
+        message.push = choice.push
+    if choice.webhook is not None:
+        message.webhook = choice.webhook
+    return message
+
+
+def preferences_from_proto(user_id: str, message: registry_pb2.Preferences) -> UserPreferences:
+    """A user's preferences as a PutPreferences request states them, checked.
+
+    Raises:
+        InvalidArgument: a bad category name, one listed twice, too many, or a category on
+            the default.
+    """
+    if message.defaults.category:
+        raise InvalidArgument("preferences.defaults.category must be empty (it is the default)")
+    categories = check_preferences(
+        [(entry.category, _choice_from_proto(entry)) for entry in message.categories]
+    )
+    return UserPreferences(user_id, _choice_from_proto(message.defaults), categories)
+
+
+def preferences_to_proto(preferences: UserPreferences) -> registry_pb2.Preferences:
+    message = registry_pb2.Preferences(
+        user_id=preferences.user_id,
+        defaults=_choice_to_proto("", preferences.defaults),
+        categories=[
+            _choice_to_proto(name, choice)
+            for name, choice in sorted(preferences.categories.items())
+        ],
+    )
+    if preferences.updated_at:
+        set_timestamp(message.updated_at, preferences.updated_at)
+    return message

@@ -19,6 +19,7 @@ from typing import Final
 import asyncpg
 
 from services.ingest.idempotency_postgres import PostgresIdempotencyStore
+from services.preferences.store_postgres import PostgresPreferenceStore
 from services.push.pending_postgres import PostgresPendingPushStore
 from services.push.targets_postgres import PostgresPushTargetStore
 from services.registry.segments_postgres import PostgresSegmentStore
@@ -166,6 +167,7 @@ class PostgresBackend:
         self.push_pending = PostgresPendingPushStore(pool)
         self.segments = PostgresSegmentStore(pool)
         self.inbox_states = PostgresInboxStateStore(pool)
+        self.preferences = PostgresPreferenceStore(pool)
         self._close_timeout_s = close_timeout_s
 
     @classmethod
@@ -212,6 +214,7 @@ class PostgresBackend:
             self.tenant_settings,
             self.segments,
             self.inbox_states,
+            self.preferences,
         ):
             await store.aclose()
         try:

@@ -45,6 +45,7 @@ from services.ingest.servicer import IngestServicer
 from services.ingest.sources import Source, start_sources
 from services.interceptors import AuthInterceptor
 from services.ports import DeliveryPort, NodePort, RegistryPort, TemplatePort
+from services.preferences.gate import PreferenceGate
 from services.push.fallback import PushFallbackWorker
 from services.push.providers import ProviderEndpoints, ProviderSet
 from services.push.registration import PushRegistration
@@ -264,6 +265,9 @@ async def start_node(
         ws_port: int | None = None
         dispatcher: Dispatcher | None = None
         node_clients: dict[str, NodeClient] = {}
+        # Preferences (docs/preferences.md) where the registry's stores are this node's too:
+        # `herald up` and every node on shared stores (as the push fallback).
+        preferences: PreferenceGate | None = None
 
         def node_for(session: SessionInfo) -> NodePort | None:
             if delivery_core is not None and session.node_id == delivery_core.node_id:
@@ -289,6 +293,9 @@ async def start_node(
                 node_for,
                 stores.tenant_settings,
             )
+            preferences = PreferenceGate(
+                stores.preferences, clock, config.registry.tenant_settings_ttl_s
+            )
         if "registry" in roles and registry_core is not None:
             push_registration = PushRegistration(
                 stores.push_targets,
@@ -297,7 +304,12 @@ async def start_node(
             )
             registry_pb2_grpc.add_RegistryServiceServicer_to_server(
                 RegistryServicer(
-                    registry_core, config.rate_limit, push_registration, stores.segments, clock
+                    registry_core,
+                    config.rate_limit,
+                    push_registration,
+                    stores.segments,
+                    clock,
+                    preferences,
                 ),
                 server,
             )
@@ -395,6 +407,7 @@ async def start_node(
                 templates,
                 tenant_settings,
                 push=push_worker,
+                preferences=preferences,
             )
             IngestServicer(ingest_core, admission).register(server)
 

@@ -85,7 +85,7 @@ _SESSION = registry_pb2.Session(
 SEEDS: dict[str, Message] = {
     "/herald.v1.IngestService/Send": ingest_pb2.SendRequest(notification=to_user("fuzz-alice")),
     "/herald.v1.IngestService/SendBatch": ingest_pb2.SendBatchRequest(
-        notifications=[to_user("fuzz-alice"), to_user("fuzz-carol", priority=3)]
+        notifications=[to_user("fuzz-alice"), to_user("fuzz-carol", priority=3, category="billing")]
     ),
     "/herald.v1.IngestService/GetStatus": ingest_pb2.GetStatusRequest(
         notification_id=NOTIFICATION_ID
@@ -177,6 +177,16 @@ SEEDS: dict[str, Message] = {
     ),
     "/herald.v1.RegistryService/ListSegments": registry_pb2.ListSegmentsRequest(),
     "/herald.v1.RegistryService/DeleteSegment": registry_pb2.DeleteSegmentRequest(name="s"),
+    "/herald.v1.RegistryService/GetPreferences": registry_pb2.GetPreferencesRequest(
+        user_id="alice"
+    ),
+    "/herald.v1.RegistryService/PutPreferences": registry_pb2.PutPreferencesRequest(
+        user_id="alice",
+        preferences=registry_pb2.Preferences(
+            defaults=registry_pb2.DeliveryPreference(push=False),
+            categories=[registry_pb2.DeliveryPreference(category="marketing", in_app=False)],
+        ),
+    ),
     "/herald.node.v1.NodeService/Dispatch": node_pb2.DispatchRequest(notifications=[_dispatched()]),
     "/herald.node.v1.NodeService/GetDeliveryStatus": node_pb2.GetDeliveryStatusRequest(
         tenant_id=NODE_TENANT, notification_id=NOTIFICATION_ID

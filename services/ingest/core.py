@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, NamedTuple
 
 from herald.v1 import notification_pb2
@@ -25,6 +26,8 @@ from services.ingest.rendering import pick_locale, render
 from services.ingest.validation import ResolvedTarget, check_payload_size, validate
 from services.model import set_timestamp
 from services.ports import DeliveryPort, TemplatePort
+from services.preferences.gate import PreferenceGate, split
+from services.preferences.store import UserPreferences
 from services.tenant_settings_cache import TenantSettingsCache
 
 if TYPE_CHECKING:
@@ -35,6 +38,9 @@ log = logging.getLogger(__name__)
 
 # Tenants whose applied settings are remembered (past it, forgotten all at once).
 _APPLIED_MAX = 10_000
+# What a notification nobody's preferences touch has for muted users and users without push.
+_NOBODY: tuple[str, ...] = ()
+_NOBODY_SET: frozenset[str] = frozenset()
 
 
 def new_notification_ids(count: int) -> list[str]:
@@ -67,8 +73,12 @@ class IngestCore:
         tenant_settings: TenantSettingsCache | None = None,
         *,
         push: PushFallbackWorker | None = None,
+        preferences: PreferenceGate | None = None,
     ) -> None:
         self._tenant_settings = tenant_settings
+        # Users' preferences (docs/preferences.md): None, or a tenant without any, costs
+        # nothing but a lookup in memory per batch.
+        self._preferences = preferences
         # The offline fallback (docs/push.md): None, or a tenant with it disabled, costs nothing
         # but the cached settings lookup.
         self._push = push
@@ -125,6 +135,14 @@ class IngestCore:
             if claims
             else ()
         )
+        # One read of the preferences of every recipient of the batch; for a tenant without
+        # any, a lookup in memory (and not even a list of the recipients).
+        choices: Mapping[str, UserPreferences] = {}
+        gate = self._preferences
+        if gate is not None and valid and await gate.tenant_has_any(tenant):
+            choices = await gate.load(
+                tenant, [u for _, n, t in valid if not n.critical for u in t.user_ids]
+            )
         accepted: list[tuple[int, Accepted]] = []
         for (index, notification, target), notification_id in zip(valid, ids, strict=True):
             key = notification.idempotency_key
@@ -141,6 +159,9 @@ class IngestCore:
                         outcomes[index] = duplicate
                         continue
             priority, ttl = self._complete(notification, tenant, notification_id, now, settings)
+            in_app, muted, no_push = target.user_ids, _NOBODY, _NOBODY_SET
+            if choices and not notification.critical:
+                in_app, muted, no_push = split(target.user_ids, notification.category, choices)
             accepted.append(
                 (
                     index,
@@ -148,13 +169,15 @@ class IngestCore:
                         notification_id,
                         tenant,
                         target.kind,
-                        target.user_ids,
+                        in_app,
                         target.channel,
                         priority,
                         now,
                         now + ttl,
                         notification.SerializeToString(),
                         notification.target.SerializeToString(),
+                        muted=muted,
+                        no_push=no_push,
                     ),
                 )
             )

@@ -18,6 +18,7 @@ from services.config import IngestSettings
 from services.domain import TargetKind
 from services.errors import FailedPrecondition, InvalidArgument, PermissionDenied
 from services.model import target_kind
+from services.preferences.store import check_category
 
 MAX_METADATA_ENTRIES = 32
 _PRIORITIES = frozenset(notification_pb2.Priority.values())
@@ -61,6 +62,8 @@ def validate(
             f"ttl_seconds {notification.ttl_seconds} is over the maximum of {settings.max_ttl_s}"
         )
     check_length(notification.idempotency_key, MAX_ID_LEN, "idempotency_key")
+    if notification.category:
+        check_category(notification.category)
     metadata = notification.metadata
     if len(metadata) > MAX_METADATA_ENTRIES:
         raise InvalidArgument(f"metadata has more than {MAX_METADATA_ENTRIES} entries")

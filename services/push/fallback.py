@@ -5,6 +5,8 @@ Invariants:
 
 - Ingest adds one pending push per (user, notification) of a user-targeted send, only for a
   tenant whose fallback is enabled; a disabled tenant costs ingest one cached settings lookup.
+  A user whose preferences turn the notification's category off for push gets none; one who
+  turned it off in-app only gets it at once (there is nothing in-app to ack).
 - A pending push is looked at twice at most: at once (the user has no open session: push now;
   else wait for the deadline), then at the deadline (acked by then: no push).
 - It is forgotten only once handled (sent to every target, or not wanted); a node that dies
@@ -114,7 +116,15 @@ class PushFallbackWorker:
             pending.extend(
                 PendingPush(a.tenant, user, a.notification_id, a.created_at, payload)
                 for user in a.user_ids
+                if user not in a.no_push
             )
+            if a.muted:
+                at_once = encode(message, a.created_at)
+                pending.extend(
+                    PendingPush(a.tenant, user, a.notification_id, a.created_at, at_once)
+                    for user in a.muted
+                    if user not in a.no_push
+                )
         if pending:
             await self._pending.add(pending)
 

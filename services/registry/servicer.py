@@ -18,6 +18,8 @@ from services.domain import TenantSettingsRecord
 from services.errors import AlreadyExists, FailedPrecondition, InvalidArgument, PermissionDenied
 from services.model import (
     keep_push_secrets,
+    preferences_from_proto,
+    preferences_to_proto,
     rate_limits_to_proto,
     seconds,
     session_from_proto,
@@ -28,6 +30,7 @@ from services.model import (
     tenant_settings_to_proto,
     timestamp,
 )
+from services.preferences.gate import PreferenceGate
 from services.push.registration import PushRegistration
 from services.push.targets import PushKind, PushTargetRecord
 from services.ratelimit.admission import as_overrides, effective_limits, node_limits
@@ -57,9 +60,10 @@ def _expected(
     return request.expected_version if request.HasField("expected_version") else None
 
 
-def _push_user(requested: str) -> str:
-    """The user a push-target call acts on: a user token's own (user_id empty or its `sub`), any
-    user of the tenant for a backend token (scope `send`), which must name one."""
+def _push_user(requested: str, what: str = "registers push targets") -> str:
+    """The user a push-target (or preference) call acts on: a user token's own (user_id empty
+    or its `sub`), any user of the tenant for a backend token (scope `send`), which must name
+    one."""
     check_length(requested, MAX_ID_LEN, "user_id")
     principal = current_principal()
     if SCOPE_SEND in principal.scopes or SCOPE_NODE in principal.scopes:
@@ -67,7 +71,7 @@ def _push_user(requested: str) -> str:
             raise InvalidArgument("user_id is required with a backend token")
         return requested
     if requested and requested != principal.subject:
-        raise PermissionDenied("a user token registers push targets for its own user only")
+        raise PermissionDenied(f"a user token {what} for its own user only")
     return principal.subject
 
 
@@ -100,8 +104,10 @@ class RegistryServicer:
         push: PushRegistration | None = None,
         segment_store: SegmentStore | None = None,
         clock: Clock | None = None,
+        preferences: PreferenceGate | None = None,
     ) -> None:
         self._core = core
+        self._preferences = preferences
         self._push = push
         self._segments = segment_store or MemorySegmentStore()
         self._clock = clock or SystemClock()
@@ -430,6 +436,32 @@ class RegistryServicer:
         if not await self._segments.delete(tenant, request.name):
             raise segments.SegmentNotFound(tenant, request.name)
         return registry_pb2.DeleteSegmentResponse()
+
+    def _preference_gate(self) -> PreferenceGate:
+        if self._preferences is None:
+            raise FailedPrecondition("preferences are not served by this registry node")
+        return self._preferences
+
+    async def GetPreferences(
+        self, request: registry_pb2.GetPreferencesRequest, context: Context
+    ) -> registry_pb2.GetPreferencesResponse:
+        tenant = current_principal().tenant
+        user = _push_user(request.user_id, "reads preferences")
+        check_id(user, "user_id")
+        found = await self._preference_gate().get(tenant, user)
+        return registry_pb2.GetPreferencesResponse(preferences=preferences_to_proto(found))
+
+    async def PutPreferences(
+        self, request: registry_pb2.PutPreferencesRequest, context: Context
+    ) -> registry_pb2.PutPreferencesResponse:
+        tenant = current_principal().tenant
+        user = _push_user(request.user_id, "stores preferences")
+        check_id(user, "user_id")
+        if request.preferences.user_id not in ("", user):
+            raise InvalidArgument("preferences.user_id must be empty or the request's user_id")
+        preferences = preferences_from_proto(user, request.preferences)
+        stored = await self._preference_gate().put(tenant, preferences)
+        return registry_pb2.PutPreferencesResponse(preferences=preferences_to_proto(stored))
 
 
 def _check_segment_name(name: str) -> None:

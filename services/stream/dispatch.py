@@ -41,6 +41,7 @@ _GROUP_MAX = 2000
 # A full log drops its oldest entry on every append: say so in the log at most this often per
 # tenant and kind of log, with the count since the last time (the metric counts every drop).
 _DROP_LOG_INTERVAL_S = 60.0
+SUPPRESSED_REASON = "the recipient's preferences turn this category off in-app"
 
 
 class Dispatcher:
@@ -192,7 +193,20 @@ class Dispatcher:
             for result in results:
                 if result.dropped:
                     await self._record_dropped(tenant, result.key, result.dropped)
+            await self._record_suppressed(tenant, notifications)
         return counts
+
+    async def _record_suppressed(self, tenant: str, notifications: list[Accepted]) -> None:
+        """Marks the users whose preferences kept a notification out of their log SUPPRESSED.
+        After the append, like a drop: a lost status change must not fail the send."""
+        suppressed = [
+            Transition(n.notification_id, user, State.SUPPRESSED, SUPPRESSED_REASON)
+            for n in notifications
+            if n.muted and n.tenant == tenant
+            for user in n.muted
+        ]
+        if suppressed:
+            await self._recorder.apply(tenant, suppressed, self._clock.now())
 
     async def _record_dropped(self, tenant: str, key: LogKey, dropped: list[Entry]) -> None:
         now = self._clock.now()

@@ -12,6 +12,8 @@ import asyncpg
 
 from services.ingest.idempotency import IdempotencyStore
 from services.ingest.idempotency_postgres import PostgresIdempotencyStore
+from services.preferences.store import PreferenceStore
+from services.preferences.store_postgres import PostgresPreferenceStore
 from services.push.pending import PendingPushStore
 from services.push.pending_postgres import PostgresPendingPushStore
 from services.push.targets import PushTargetStore
@@ -102,4 +104,7 @@ pending_push_store: Callable[[], AbstractAsyncContextManager[PendingPushStore]] 
 )
 inbox_state_store: Callable[[], AbstractAsyncContextManager[InboxStateStore]] = _on_clean_pool(
     PostgresInboxStateStore
+)
+preference_store: Callable[[], AbstractAsyncContextManager[PreferenceStore]] = _on_clean_pool(
+    PostgresPreferenceStore
 )

@@ -20,6 +20,8 @@ from redis.asyncio import Redis
 from services.clock import Clock
 from services.ingest.idempotency import IdempotencyStore
 from services.ingest.idempotency_memory import MemoryIdempotencyStore
+from services.preferences.store import PreferenceStore
+from services.preferences.store_memory import MemoryPreferenceStore
 from services.push.pending import PendingPushStore
 from services.push.pending_memory import MemoryPendingPushStore
 from services.push.targets import PushTargetStore
@@ -111,6 +113,10 @@ PENDING_PUSH_STORES: dict[str, Opener[PendingPushStore]] = {
 INBOX_STATE_STORES: dict[str, Opener[InboxStateStore]] = {
     "memory": in_memory(MemoryInboxStateStore),
     "postgres": backends_postgres.inbox_state_store,
+}
+PREFERENCE_STORES: dict[str, Opener[PreferenceStore]] = {
+    "memory": in_memory(MemoryPreferenceStore),
+    "postgres": backends_postgres.preference_store,
 }
 SEGMENT_STORES: dict[str, Opener[SegmentStore]] = {
     "memory": in_memory(MemorySegmentStore),
@@ -275,6 +281,12 @@ async def push_target_store(request: pytest.FixtureRequest) -> AsyncIterator[Pus
 @pytest_asyncio.fixture(params=sorted(PENDING_PUSH_STORES))
 async def pending_push_store(request: pytest.FixtureRequest) -> AsyncIterator[PendingPushStore]:
     async with PENDING_PUSH_STORES[request.param]() as store:
+        yield store
+
+
+@pytest_asyncio.fixture(params=sorted(PREFERENCE_STORES))
+async def preference_store(request: pytest.FixtureRequest) -> AsyncIterator[PreferenceStore]:
+    async with PREFERENCE_STORES[request.param]() as store:
         yield store
 
 

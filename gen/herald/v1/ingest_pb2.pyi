@@ -19,12 +19,14 @@ class DeliveryState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DELIVERY_STATE_ACKED: _ClassVar[DeliveryState]
     DELIVERY_STATE_EXPIRED: _ClassVar[DeliveryState]
     DELIVERY_STATE_FAILED: _ClassVar[DeliveryState]
+    DELIVERY_STATE_SUPPRESSED: _ClassVar[DeliveryState]
 DELIVERY_STATE_UNSPECIFIED: DeliveryState
 DELIVERY_STATE_QUEUED: DeliveryState
 DELIVERY_STATE_DELIVERED: DeliveryState
 DELIVERY_STATE_ACKED: DeliveryState
 DELIVERY_STATE_EXPIRED: DeliveryState
 DELIVERY_STATE_FAILED: DeliveryState
+DELIVERY_STATE_SUPPRESSED: DeliveryState
 
 class SendRequest(_message.Message):
     __slots__ = ("notification",)

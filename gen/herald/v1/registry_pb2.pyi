@@ -607,3 +607,53 @@ class DeleteSegmentRequest(_message.Message):
 class DeleteSegmentResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class DeliveryPreference(_message.Message):
+    __slots__ = ("category", "in_app", "push", "webhook")
+    CATEGORY_FIELD_NUMBER: _ClassVar[int]
+    IN_APP_FIELD_NUMBER: _ClassVar[int]
+    PUSH_FIELD_NUMBER: _ClassVar[int]
+    WEBHOOK_FIELD_NUMBER: _ClassVar[int]
+    category: str
+    in_app: bool
+    push: bool
+    webhook: bool
+    def __init__(self, category: _Optional[str] = ..., in_app: _Optional[bool] = ..., push: _Optional[bool] = ..., webhook: _Optional[bool] = ...) -> None: ...
+
+class Preferences(_message.Message):
+    __slots__ = ("user_id", "defaults", "categories", "updated_at")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    DEFAULTS_FIELD_NUMBER: _ClassVar[int]
+    CATEGORIES_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    defaults: DeliveryPreference
+    categories: _containers.RepeatedCompositeFieldContainer[DeliveryPreference]
+    updated_at: _timestamp_pb2.Timestamp
+    def __init__(self, user_id: _Optional[str] = ..., defaults: _Optional[_Union[DeliveryPreference, _Mapping]] = ..., categories: _Optional[_Iterable[_Union[DeliveryPreference, _Mapping]]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class GetPreferencesRequest(_message.Message):
+    __slots__ = ("user_id",)
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    def __init__(self, user_id: _Optional[str] = ...) -> None: ...
+
+class GetPreferencesResponse(_message.Message):
+    __slots__ = ("preferences",)
+    PREFERENCES_FIELD_NUMBER: _ClassVar[int]
+    preferences: Preferences
+    def __init__(self, preferences: _Optional[_Union[Preferences, _Mapping]] = ...) -> None: ...
+
+class PutPreferencesRequest(_message.Message):
+    __slots__ = ("user_id", "preferences")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    PREFERENCES_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    preferences: Preferences
+    def __init__(self, user_id: _Optional[str] = ..., preferences: _Optional[_Union[Preferences, _Mapping]] = ...) -> None: ...
+
+class PutPreferencesResponse(_message.Message):
+    __slots__ = ("preferences",)
+    PREFERENCES_FIELD_NUMBER: _ClassVar[int]
+    preferences: Preferences
+    def __init__(self, preferences: _Optional[_Union[Preferences, _Mapping]] = ...) -> None: ...

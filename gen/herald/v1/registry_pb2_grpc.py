@@ -162,6 +162,16 @@ class RegistryServiceStub:
                 request_serializer=herald_dot_v1_dot_registry__pb2.DeleteSegmentRequest.SerializeToString,
                 response_deserializer=herald_dot_v1_dot_registry__pb2.DeleteSegmentResponse.FromString,
                 _registered_method=True)
+        self.GetPreferences = channel.unary_unary(
+                '/herald.v1.RegistryService/GetPreferences',
+                request_serializer=herald_dot_v1_dot_registry__pb2.GetPreferencesRequest.SerializeToString,
+                response_deserializer=herald_dot_v1_dot_registry__pb2.GetPreferencesResponse.FromString,
+                _registered_method=True)
+        self.PutPreferences = channel.unary_unary(
+                '/herald.v1.RegistryService/PutPreferences',
+                request_serializer=herald_dot_v1_dot_registry__pb2.PutPreferencesRequest.SerializeToString,
+                response_deserializer=herald_dot_v1_dot_registry__pb2.PutPreferencesResponse.FromString,
+                _registered_method=True)
 
 
 class RegistryServiceServicer:
@@ -355,6 +365,23 @@ class RegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetPreferences(self, request, context):
+        """A user's notification preferences (docs/preferences.md): every path on, no categories,
+        when none were stored. Users read their own (scope `subscribe`); backends any user of
+        their tenant (scope `send`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PutPreferences(self, request, context):
+        """Replaces a user's preferences whole; applied to every send accepted after it (critical
+        notifications excepted). Same callers as GetPreferences.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegistryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -482,6 +509,16 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.DeleteSegment,
                     request_deserializer=herald_dot_v1_dot_registry__pb2.DeleteSegmentRequest.FromString,
                     response_serializer=herald_dot_v1_dot_registry__pb2.DeleteSegmentResponse.SerializeToString,
+            ),
+            'GetPreferences': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPreferences,
+                    request_deserializer=herald_dot_v1_dot_registry__pb2.GetPreferencesRequest.FromString,
+                    response_serializer=herald_dot_v1_dot_registry__pb2.GetPreferencesResponse.SerializeToString,
+            ),
+            'PutPreferences': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutPreferences,
+                    request_deserializer=herald_dot_v1_dot_registry__pb2.PutPreferencesRequest.FromString,
+                    response_serializer=herald_dot_v1_dot_registry__pb2.PutPreferencesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1162,6 +1199,60 @@ class RegistryService:
             '/herald.v1.RegistryService/DeleteSegment',
             herald_dot_v1_dot_registry__pb2.DeleteSegmentRequest.SerializeToString,
             herald_dot_v1_dot_registry__pb2.DeleteSegmentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPreferences(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/herald.v1.RegistryService/GetPreferences',
+            herald_dot_v1_dot_registry__pb2.GetPreferencesRequest.SerializeToString,
+            herald_dot_v1_dot_registry__pb2.GetPreferencesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutPreferences(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/herald.v1.RegistryService/PutPreferences',
+            herald_dot_v1_dot_registry__pb2.PutPreferencesRequest.SerializeToString,
+            herald_dot_v1_dot_registry__pb2.PutPreferencesResponse.FromString,
             options,
             channel_credentials,
             insecure,

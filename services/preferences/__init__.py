@@ -1,0 +1,1 @@
+"""Notification preferences: per user, category and delivery path (docs/preferences.md)."""
