@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file herald/v1/registry.proto.
  */
 export const file_herald_v1_registry: GenFile = /*@__PURE__*/
-  fileDesc("ChhoZXJhbGQvdjEvcmVnaXN0cnkucHJvdG8SCWhlcmFsZC52MSLuAQoHU2Vzc2lvbhISCgpzZXNzaW9uX2lkGAEgASgJEhEKCXRlbmFudF9pZBgCIAEoCRIPCgd1c2VyX2lkGAMgASgJEg8KB25vZGVfaWQYBCABKAkSFAoMbm9kZV9hZGRyZXNzGAUgASgJEg4KBmRldmljZRgGIAEoCRIQCghjaGFubmVscxgHIAMoCRIwCgxjb25uZWN0ZWRfYXQYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjAKDGxhc3Rfc2Vlbl9hdBgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiPQoWUmVnaXN0ZXJTZXNzaW9uUmVxdWVzdBIjCgdzZXNzaW9uGAEgASgLMhIuaGVyYWxkLnYxLlNlc3Npb24iMAoXUmVnaXN0ZXJTZXNzaW9uUmVzcG9uc2USFQoNbGVhc2Vfc2Vjb25kcxgBIAEoDSJBChdIZWFydGJlYXRTZXNzaW9uUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSEwoLc2Vzc2lvbl9pZHMYAiADKAkiNwoYSGVhcnRiZWF0U2Vzc2lvblJlc3BvbnNlEhsKE3Vua25vd25fc2Vzc2lvbl9pZHMYASADKAkiQQoYVW5yZWdpc3RlclNlc3Npb25SZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRISCgpzZXNzaW9uX2lkGAIgASgJIhsKGVVucmVnaXN0ZXJTZXNzaW9uUmVzcG9uc2UiOQoSR2V0UHJlc2VuY2VSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIQCgh1c2VyX2lkcxgCIAMoCSKKAQoMVXNlclByZXNlbmNlEg8KB3VzZXJfaWQYASABKAkSJwoFc3RhdGUYAiABKA4yGC5oZXJhbGQudjEuUHJlc2VuY2VTdGF0ZRIVCg1zZXNzaW9uX2NvdW50GAMgASgNEikKBXNpbmNlGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCI9ChNHZXRQcmVzZW5jZVJlc3BvbnNlEiYKBXVzZXJzGAEgAygLMhcuaGVyYWxkLnYxLlVzZXJQcmVzZW5jZSI5ChNMaXN0U2Vzc2lvbnNSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIPCgd1c2VyX2lkGAIgASgJIjwKFExpc3RTZXNzaW9uc1Jlc3BvbnNlEiQKCHNlc3Npb25zGAEgAygLMhIuaGVyYWxkLnYxLlNlc3Npb24iawoRRGlzY29ubmVjdFJlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEhQKCnNlc3Npb25faWQYAiABKAlIABIRCgd1c2VyX2lkGAMgASgJSAASDgoGcmVhc29uGAQgASgJQgoKCHNlbGVjdG9yIioKEkRpc2Nvbm5lY3RSZXNwb25zZRIUCgxkaXNjb25uZWN0ZWQYASABKA0iTAoSSm9pbkNoYW5uZWxSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRISCgpzZXNzaW9uX2lkGAIgASgJEg8KB2NoYW5uZWwYAyABKAkiJwoTSm9pbkNoYW5uZWxSZXNwb25zZRIQCghjaGFubmVscxgBIAMoCSJNChNMZWF2ZUNoYW5uZWxSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRISCgpzZXNzaW9uX2lkGAIgASgJEg8KB2NoYW5uZWwYAyABKAkiKAoUTGVhdmVDaGFubmVsUmVzcG9uc2USEAoIY2hhbm5lbHMYASADKAkiZQoPVGVtcGxhdGVDb250ZW50Eg0KBXRpdGxlGAEgASgJEgwKBGJvZHkYAiABKAkSEQoJaW1hZ2VfdXJsGAMgASgJEiIKB2FjdGlvbnMYBCADKAsyES5oZXJhbGQudjEuQWN0aW9uIvcBCghUZW1wbGF0ZRITCgt0ZW1wbGF0ZV9pZBgBIAEoCRIPCgd2ZXJzaW9uGAIgASgNEhYKDmRlZmF1bHRfbG9jYWxlGAMgASgJEjEKB2xvY2FsZXMYBCADKAsyIC5oZXJhbGQudjEuVGVtcGxhdGUuTG9jYWxlc0VudHJ5Ei4KCmNyZWF0ZWRfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wGkoKDExvY2FsZXNFbnRyeRILCgNrZXkYASABKAkSKQoFdmFsdWUYAiABKAsyGi5oZXJhbGQudjEuVGVtcGxhdGVDb250ZW50OgI4ASJOChJQdXRUZW1wbGF0ZVJlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEiUKCHRlbXBsYXRlGAIgASgLMhMuaGVyYWxkLnYxLlRlbXBsYXRlIjwKE1B1dFRlbXBsYXRlUmVzcG9uc2USJQoIdGVtcGxhdGUYASABKAsyEy5oZXJhbGQudjEuVGVtcGxhdGUiTQoSR2V0VGVtcGxhdGVSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRITCgt0ZW1wbGF0ZV9pZBgCIAEoCRIPCgd2ZXJzaW9uGAMgASgNIjwKE0dldFRlbXBsYXRlUmVzcG9uc2USJQoIdGVtcGxhdGUYASABKAsyEy5oZXJhbGQudjEuVGVtcGxhdGUiKQoUTGlzdFRlbXBsYXRlc1JlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJIj8KFUxpc3RUZW1wbGF0ZXNSZXNwb25zZRImCgl0ZW1wbGF0ZXMYASADKAsyEy5oZXJhbGQudjEuVGVtcGxhdGUiPwoVRGVsZXRlVGVtcGxhdGVSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRITCgt0ZW1wbGF0ZV9pZBgCIAEoCSIyChZEZWxldGVUZW1wbGF0ZVJlc3BvbnNlEhgKEGRlbGV0ZWRfdmVyc2lvbnMYASABKA0izgMKEFRlbmFudFJhdGVMaW1pdHMSHQoQdGVuYW50X3NlbmRfcmF0ZRgBIAEoAUgAiAEBEh4KEXRlbmFudF9zZW5kX2J1cnN0GAIgASgNSAGIAQESGgoNa2V5X3NlbmRfcmF0ZRgDIAEoAUgCiAEBEhsKDmtleV9zZW5kX2J1cnN0GAQgASgNSAOIAQESIgoVdGVuYW50X3N1YnNjcmliZV9yYXRlGAUgASgBSASIAQESIwoWdGVuYW50X3N1YnNjcmliZV9idXJzdBgGIAEoDUgFiAEBEiAKE3VzZXJfc3Vic2NyaWJlX3JhdGUYByABKAFIBogBARIhChR1c2VyX3N1YnNjcmliZV9idXJzdBgIIAEoDUgHiAEBQhMKEV90ZW5hbnRfc2VuZF9yYXRlQhQKEl90ZW5hbnRfc2VuZF9idXJzdEIQCg5fa2V5X3NlbmRfcmF0ZUIRCg9fa2V5X3NlbmRfYnVyc3RCGAoWX3RlbmFudF9zdWJzY3JpYmVfcmF0ZUIZChdfdGVuYW50X3N1YnNjcmliZV9idXJzdEIWChRfdXNlcl9zdWJzY3JpYmVfcmF0ZUIXChVfdXNlcl9zdWJzY3JpYmVfYnVyc3QidQoMU3RyZWFtUG9saWN5EhMKC2NvbXByZXNzaW9uGAEgAygJEh0KFWNvbXByZXNzaW9uX21pbl9ieXRlcxgCIAEoDRIYChBzaWduaW5nX3JlcXVpcmVkGAMgASgIEhcKD2FsbG93ZWRfZm9ybWF0cxgEIAMoCSKEAwoOVGVuYW50U2V0dGluZ3MSEQoJdGVuYW50X2lkGAEgASgJEg8KB3ZlcnNpb24YAiABKAQSMAoLcmF0ZV9saW1pdHMYAyABKAsyGy5oZXJhbGQudjEuVGVuYW50UmF0ZUxpbWl0cxIuCg1zdHJlYW1fcG9saWN5GAQgASgLMhcuaGVyYWxkLnYxLlN0cmVhbVBvbGljeRIuCgp1cGRhdGVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBISCgp1cGRhdGVkX2J5GAYgASgJEiAKE2RlZmF1bHRfdHRsX3NlY29uZHMYByABKA1IAIgBARIfChJtYXhfdXNlcnNfcGVyX3NlbmQYCCABKA1IAYgBARI2Cg1wdXNoX2ZhbGxiYWNrGAogASgLMh8uaGVyYWxkLnYxLlB1c2hGYWxsYmFja1NldHRpbmdzQhYKFF9kZWZhdWx0X3R0bF9zZWNvbmRzQhUKE19tYXhfdXNlcnNfcGVyX3NlbmQiwQEKFFB1c2hGYWxsYmFja1NldHRpbmdzEg8KB2VuYWJsZWQYASABKAgSFQoNZGVsYXlfc2Vjb25kcxgCIAEoDRImCgNmY20YAyABKAsyGS5oZXJhbGQudjEuRmNtQ3JlZGVudGlhbHMSKAoEYXBucxgEIAEoCzIaLmhlcmFsZC52MS5BcG5zQ3JlZGVudGlhbHMSLwoId2ViX3B1c2gYBSABKAsyHS5oZXJhbGQudjEuV2ViUHVzaENyZWRlbnRpYWxzImQKDkZjbUNyZWRlbnRpYWxzEhIKCnByb2plY3RfaWQYASABKAkSHAoUc2VydmljZV9hY2NvdW50X2pzb24YAiABKAkSIAoYc2VydmljZV9hY2NvdW50X2pzb25fc2V0GAMgASgIIokBCg9BcG5zQ3JlZGVudGlhbHMSDwoHdGVhbV9pZBgBIAEoCRIOCgZrZXlfaWQYAiABKAkSFgoOcHJpdmF0ZV9rZXlfcDgYAyABKAkSGgoScHJpdmF0ZV9rZXlfcDhfc2V0GAQgASgIEg0KBXRvcGljGAUgASgJEhIKCnByb2R1Y3Rpb24YBiABKAgieQoSV2ViUHVzaENyZWRlbnRpYWxzEhkKEXZhcGlkX3ByaXZhdGVfa2V5GAEgASgJEh0KFXZhcGlkX3ByaXZhdGVfa2V5X3NldBgCIAEoCBIYChB2YXBpZF9wdWJsaWNfa2V5GAMgASgJEg8KB3N1YmplY3QYBCABKAkiRQoTV2ViUHVzaFN1YnNjcmlwdGlvbhIQCghlbmRwb2ludBgBIAEoCRIOCgZwMjU2ZGgYAiABKAkSDAoEYXV0aBgDIAEoCSLHAQoKUHVzaFRhcmdldBIRCgl0YXJnZXRfaWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCRIhCgRraW5kGAMgASgOMhMuaGVyYWxkLnYxLlB1c2hLaW5kEg0KBXRva2VuGAQgASgJEjAKCHdlYl9wdXNoGAUgASgLMh4uaGVyYWxkLnYxLldlYlB1c2hTdWJzY3JpcHRpb24SMQoNcmVnaXN0ZXJlZF9hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAikAEKGVJlZ2lzdGVyUHVzaFRhcmdldFJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCRIhCgRraW5kGAIgASgOMhMuaGVyYWxkLnYxLlB1c2hLaW5kEg0KBXRva2VuGAMgASgJEjAKCHdlYl9wdXNoGAQgASgLMh4uaGVyYWxkLnYxLldlYlB1c2hTdWJzY3JpcHRpb24iQwoaUmVnaXN0ZXJQdXNoVGFyZ2V0UmVzcG9uc2USJQoGdGFyZ2V0GAEgASgLMhUuaGVyYWxkLnYxLlB1c2hUYXJnZXQiQQobVW5yZWdpc3RlclB1c2hUYXJnZXRSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSEQoJdGFyZ2V0X2lkGAIgASgJIh4KHFVucmVnaXN0ZXJQdXNoVGFyZ2V0UmVzcG9uc2UiKQoWTGlzdFB1c2hUYXJnZXRzUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJIkEKF0xpc3RQdXNoVGFyZ2V0c1Jlc3BvbnNlEiYKB3RhcmdldHMYASADKAsyFS5oZXJhbGQudjEuUHVzaFRhcmdldCItChhHZXRUZW5hbnRTZXR0aW5nc1JlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJIoQBChlHZXRUZW5hbnRTZXR0aW5nc1Jlc3BvbnNlEisKCHNldHRpbmdzGAEgASgLMhkuaGVyYWxkLnYxLlRlbmFudFNldHRpbmdzEjoKFWVmZmVjdGl2ZV9yYXRlX2xpbWl0cxgCIAEoCzIbLmhlcmFsZC52MS5UZW5hbnRSYXRlTGltaXRzIo4BChhQdXRUZW5hbnRTZXR0aW5nc1JlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEisKCHNldHRpbmdzGAIgASgLMhkuaGVyYWxkLnYxLlRlbmFudFNldHRpbmdzEh0KEGV4cGVjdGVkX3ZlcnNpb24YAyABKARIAIgBAUITChFfZXhwZWN0ZWRfdmVyc2lvbiJIChlQdXRUZW5hbnRTZXR0aW5nc1Jlc3BvbnNlEisKCHNldHRpbmdzGAEgASgLMhkuaGVyYWxkLnYxLlRlbmFudFNldHRpbmdzImQKG0RlbGV0ZVRlbmFudFNldHRpbmdzUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSHQoQZXhwZWN0ZWRfdmVyc2lvbhgCIAEoBEgAiAEBQhMKEV9leHBlY3RlZF92ZXJzaW9uIksKHERlbGV0ZVRlbmFudFNldHRpbmdzUmVzcG9uc2USKwoIc2V0dGluZ3MYASABKAsyGS5oZXJhbGQudjEuVGVuYW50U2V0dGluZ3MiQgoZTGlzdFRlbmFudFNldHRpbmdzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKA0SEgoKcGFnZV90b2tlbhgCIAEoCSJiChpMaXN0VGVuYW50U2V0dGluZ3NSZXNwb25zZRIrCghzZXR0aW5ncxgBIAMoCzIZLmhlcmFsZC52MS5UZW5hbnRTZXR0aW5ncxIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiXQoHU2VnbWVudBIMCgRuYW1lGAEgASgJEhQKDG1lbWJlcl9jb3VudBgCIAEoDRIuCgpjcmVhdGVkX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCI3ChRDcmVhdGVTZWdtZW50UmVxdWVzdBIMCgRuYW1lGAEgASgJEhEKCXRlbmFudF9pZBgCIAEoCSI8ChVDcmVhdGVTZWdtZW50UmVzcG9uc2USIwoHc2VnbWVudBgBIAEoCzISLmhlcmFsZC52MS5TZWdtZW50Ik0KGEFkZFNlZ21lbnRNZW1iZXJzUmVxdWVzdBIMCgRuYW1lGAEgASgJEhAKCHVzZXJfaWRzGAIgAygJEhEKCXRlbmFudF9pZBgDIAEoCSJAChlBZGRTZWdtZW50TWVtYmVyc1Jlc3BvbnNlEg0KBWFkZGVkGAEgASgNEhQKDG1lbWJlcl9jb3VudBgCIAEoDSJQChtSZW1vdmVTZWdtZW50TWVtYmVyc1JlcXVlc3QSDAoEbmFtZRgBIAEoCRIQCgh1c2VyX2lkcxgCIAMoCRIRCgl0ZW5hbnRfaWQYAyABKAkiLwocUmVtb3ZlU2VnbWVudE1lbWJlcnNSZXNwb25zZRIPCgdyZW1vdmVkGAEgASgNImMKGUxpc3RTZWdtZW50TWVtYmVyc1JlcXVlc3QSDAoEbmFtZRgBIAEoCRIRCglwYWdlX3NpemUYAiABKA0SEgoKcGFnZV90b2tlbhgDIAEoCRIRCgl0ZW5hbnRfaWQYBCABKAkiRwoaTGlzdFNlZ21lbnRNZW1iZXJzUmVzcG9uc2USEAoIdXNlcl9pZHMYASADKAkSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIigKE0xpc3RTZWdtZW50c1JlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJIjwKFExpc3RTZWdtZW50c1Jlc3BvbnNlEiQKCHNlZ21lbnRzGAEgAygLMhIuaGVyYWxkLnYxLlNlZ21lbnQiNwoURGVsZXRlU2VnbWVudFJlcXVlc3QSDAoEbmFtZRgBIAEoCRIRCgl0ZW5hbnRfaWQYAiABKAkiFwoVRGVsZXRlU2VnbWVudFJlc3BvbnNlKocBCg1QcmVzZW5jZVN0YXRlEh4KGlBSRVNFTkNFX1NUQVRFX1VOU1BFQ0lGSUVEEAASGQoVUFJFU0VOQ0VfU1RBVEVfT05MSU5FEAESGgoWUFJFU0VOQ0VfU1RBVEVfT0ZGTElORRACEh8KG1BSRVNFTkNFX1NUQVRFX1JFQ09OTkVDVElORxADKmMKCFB1c2hLaW5kEhkKFVBVU0hfS0lORF9VTlNQRUNJRklFRBAAEhEKDVBVU0hfS0lORF9GQ00QARISCg5QVVNIX0tJTkRfQVBOUxACEhUKEVBVU0hfS0lORF9XRUJQVVNIEAMyzxEKD1JlZ2lzdHJ5U2VydmljZRJYCg9SZWdpc3RlclNlc3Npb24SIS5oZXJhbGQudjEuUmVnaXN0ZXJTZXNzaW9uUmVxdWVzdBoiLmhlcmFsZC52MS5SZWdpc3RlclNlc3Npb25SZXNwb25zZRJbChBIZWFydGJlYXRTZXNzaW9uEiIuaGVyYWxkLnYxLkhlYXJ0YmVhdFNlc3Npb25SZXF1ZXN0GiMuaGVyYWxkLnYxLkhlYXJ0YmVhdFNlc3Npb25SZXNwb25zZRJeChFVbnJlZ2lzdGVyU2Vzc2lvbhIjLmhlcmFsZC52MS5VbnJlZ2lzdGVyU2Vzc2lvblJlcXVlc3QaJC5oZXJhbGQudjEuVW5yZWdpc3RlclNlc3Npb25SZXNwb25zZRJMCgtHZXRQcmVzZW5jZRIdLmhlcmFsZC52MS5HZXRQcmVzZW5jZVJlcXVlc3QaHi5oZXJhbGQudjEuR2V0UHJlc2VuY2VSZXNwb25zZRJPCgxMaXN0U2Vzc2lvbnMSHi5oZXJhbGQudjEuTGlzdFNlc3Npb25zUmVxdWVzdBofLmhlcmFsZC52MS5MaXN0U2Vzc2lvbnNSZXNwb25zZRJJCgpEaXNjb25uZWN0EhwuaGVyYWxkLnYxLkRpc2Nvbm5lY3RSZXF1ZXN0Gh0uaGVyYWxkLnYxLkRpc2Nvbm5lY3RSZXNwb25zZRJMCgtKb2luQ2hhbm5lbBIdLmhlcmFsZC52MS5Kb2luQ2hhbm5lbFJlcXVlc3QaHi5oZXJhbGQudjEuSm9pbkNoYW5uZWxSZXNwb25zZRJPCgxMZWF2ZUNoYW5uZWwSHi5oZXJhbGQudjEuTGVhdmVDaGFubmVsUmVxdWVzdBofLmhlcmFsZC52MS5MZWF2ZUNoYW5uZWxSZXNwb25zZRJMCgtQdXRUZW1wbGF0ZRIdLmhlcmFsZC52MS5QdXRUZW1wbGF0ZVJlcXVlc3QaHi5oZXJhbGQudjEuUHV0VGVtcGxhdGVSZXNwb25zZRJMCgtHZXRUZW1wbGF0ZRIdLmhlcmFsZC52MS5HZXRUZW1wbGF0ZVJlcXVlc3QaHi5oZXJhbGQudjEuR2V0VGVtcGxhdGVSZXNwb25zZRJSCg1MaXN0VGVtcGxhdGVzEh8uaGVyYWxkLnYxLkxpc3RUZW1wbGF0ZXNSZXF1ZXN0GiAuaGVyYWxkLnYxLkxpc3RUZW1wbGF0ZXNSZXNwb25zZRJVCg5EZWxldGVUZW1wbGF0ZRIgLmhlcmFsZC52MS5EZWxldGVUZW1wbGF0ZVJlcXVlc3QaIS5oZXJhbGQudjEuRGVsZXRlVGVtcGxhdGVSZXNwb25zZRJeChFHZXRUZW5hbnRTZXR0aW5ncxIjLmhlcmFsZC52MS5HZXRUZW5hbnRTZXR0aW5nc1JlcXVlc3QaJC5oZXJhbGQudjEuR2V0VGVuYW50U2V0dGluZ3NSZXNwb25zZRJeChFQdXRUZW5hbnRTZXR0aW5ncxIjLmhlcmFsZC52MS5QdXRUZW5hbnRTZXR0aW5nc1JlcXVlc3QaJC5oZXJhbGQudjEuUHV0VGVuYW50U2V0dGluZ3NSZXNwb25zZRJnChREZWxldGVUZW5hbnRTZXR0aW5ncxImLmhlcmFsZC52MS5EZWxldGVUZW5hbnRTZXR0aW5nc1JlcXVlc3QaJy5oZXJhbGQudjEuRGVsZXRlVGVuYW50U2V0dGluZ3NSZXNwb25zZRJhChJMaXN0VGVuYW50U2V0dGluZ3MSJC5oZXJhbGQudjEuTGlzdFRlbmFudFNldHRpbmdzUmVxdWVzdBolLmhlcmFsZC52MS5MaXN0VGVuYW50U2V0dGluZ3NSZXNwb25zZRJhChJSZWdpc3RlclB1c2hUYXJnZXQSJC5oZXJhbGQudjEuUmVnaXN0ZXJQdXNoVGFyZ2V0UmVxdWVzdBolLmhlcmFsZC52MS5SZWdpc3RlclB1c2hUYXJnZXRSZXNwb25zZRJnChRVbnJlZ2lzdGVyUHVzaFRhcmdldBImLmhlcmFsZC52MS5VbnJlZ2lzdGVyUHVzaFRhcmdldFJlcXVlc3QaJy5oZXJhbGQudjEuVW5yZWdpc3RlclB1c2hUYXJnZXRSZXNwb25zZRJYCg9MaXN0UHVzaFRhcmdldHMSIS5oZXJhbGQudjEuTGlzdFB1c2hUYXJnZXRzUmVxdWVzdBoiLmhlcmFsZC52MS5MaXN0UHVzaFRhcmdldHNSZXNwb25zZRJSCg1DcmVhdGVTZWdtZW50Eh8uaGVyYWxkLnYxLkNyZWF0ZVNlZ21lbnRSZXF1ZXN0GiAuaGVyYWxkLnYxLkNyZWF0ZVNlZ21lbnRSZXNwb25zZRJeChFBZGRTZWdtZW50TWVtYmVycxIjLmhlcmFsZC52MS5BZGRTZWdtZW50TWVtYmVyc1JlcXVlc3QaJC5oZXJhbGQudjEuQWRkU2VnbWVudE1lbWJlcnNSZXNwb25zZRJnChRSZW1vdmVTZWdtZW50TWVtYmVycxImLmhlcmFsZC52MS5SZW1vdmVTZWdtZW50TWVtYmVyc1JlcXVlc3QaJy5oZXJhbGQudjEuUmVtb3ZlU2VnbWVudE1lbWJlcnNSZXNwb25zZRJhChJMaXN0U2VnbWVudE1lbWJlcnMSJC5oZXJhbGQudjEuTGlzdFNlZ21lbnRNZW1iZXJzUmVxdWVzdBolLmhlcmFsZC52MS5MaXN0U2VnbWVudE1lbWJlcnNSZXNwb25zZRJPCgxMaXN0U2VnbWVudHMSHi5oZXJhbGQudjEuTGlzdFNlZ21lbnRzUmVxdWVzdBofLmhlcmFsZC52MS5MaXN0U2VnbWVudHNSZXNwb25zZRJSCg1EZWxldGVTZWdtZW50Eh8uaGVyYWxkLnYxLkRlbGV0ZVNlZ21lbnRSZXF1ZXN0GiAuaGVyYWxkLnYxLkRlbGV0ZVNlZ21lbnRSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp, file_herald_v1_notification]);
+  fileDesc("ChhoZXJhbGQvdjEvcmVnaXN0cnkucHJvdG8SCWhlcmFsZC52MSLuAQoHU2Vzc2lvbhISCgpzZXNzaW9uX2lkGAEgASgJEhEKCXRlbmFudF9pZBgCIAEoCRIPCgd1c2VyX2lkGAMgASgJEg8KB25vZGVfaWQYBCABKAkSFAoMbm9kZV9hZGRyZXNzGAUgASgJEg4KBmRldmljZRgGIAEoCRIQCghjaGFubmVscxgHIAMoCRIwCgxjb25uZWN0ZWRfYXQYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjAKDGxhc3Rfc2Vlbl9hdBgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiPQoWUmVnaXN0ZXJTZXNzaW9uUmVxdWVzdBIjCgdzZXNzaW9uGAEgASgLMhIuaGVyYWxkLnYxLlNlc3Npb24iMAoXUmVnaXN0ZXJTZXNzaW9uUmVzcG9uc2USFQoNbGVhc2Vfc2Vjb25kcxgBIAEoDSJBChdIZWFydGJlYXRTZXNzaW9uUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSEwoLc2Vzc2lvbl9pZHMYAiADKAkiNwoYSGVhcnRiZWF0U2Vzc2lvblJlc3BvbnNlEhsKE3Vua25vd25fc2Vzc2lvbl9pZHMYASADKAkiQQoYVW5yZWdpc3RlclNlc3Npb25SZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRISCgpzZXNzaW9uX2lkGAIgASgJIhsKGVVucmVnaXN0ZXJTZXNzaW9uUmVzcG9uc2UiOQoSR2V0UHJlc2VuY2VSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIQCgh1c2VyX2lkcxgCIAMoCSKKAQoMVXNlclByZXNlbmNlEg8KB3VzZXJfaWQYASABKAkSJwoFc3RhdGUYAiABKA4yGC5oZXJhbGQudjEuUHJlc2VuY2VTdGF0ZRIVCg1zZXNzaW9uX2NvdW50GAMgASgNEikKBXNpbmNlGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCI9ChNHZXRQcmVzZW5jZVJlc3BvbnNlEiYKBXVzZXJzGAEgAygLMhcuaGVyYWxkLnYxLlVzZXJQcmVzZW5jZSI5ChNMaXN0U2Vzc2lvbnNSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIPCgd1c2VyX2lkGAIgASgJIjwKFExpc3RTZXNzaW9uc1Jlc3BvbnNlEiQKCHNlc3Npb25zGAEgAygLMhIuaGVyYWxkLnYxLlNlc3Npb24iawoRRGlzY29ubmVjdFJlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEhQKCnNlc3Npb25faWQYAiABKAlIABIRCgd1c2VyX2lkGAMgASgJSAASDgoGcmVhc29uGAQgASgJQgoKCHNlbGVjdG9yIioKEkRpc2Nvbm5lY3RSZXNwb25zZRIUCgxkaXNjb25uZWN0ZWQYASABKA0iTAoSSm9pbkNoYW5uZWxSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRISCgpzZXNzaW9uX2lkGAIgASgJEg8KB2NoYW5uZWwYAyABKAkiJwoTSm9pbkNoYW5uZWxSZXNwb25zZRIQCghjaGFubmVscxgBIAMoCSJNChNMZWF2ZUNoYW5uZWxSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRISCgpzZXNzaW9uX2lkGAIgASgJEg8KB2NoYW5uZWwYAyABKAkiKAoUTGVhdmVDaGFubmVsUmVzcG9uc2USEAoIY2hhbm5lbHMYASADKAkiZQoPVGVtcGxhdGVDb250ZW50Eg0KBXRpdGxlGAEgASgJEgwKBGJvZHkYAiABKAkSEQoJaW1hZ2VfdXJsGAMgASgJEiIKB2FjdGlvbnMYBCADKAsyES5oZXJhbGQudjEuQWN0aW9uIvcBCghUZW1wbGF0ZRITCgt0ZW1wbGF0ZV9pZBgBIAEoCRIPCgd2ZXJzaW9uGAIgASgNEhYKDmRlZmF1bHRfbG9jYWxlGAMgASgJEjEKB2xvY2FsZXMYBCADKAsyIC5oZXJhbGQudjEuVGVtcGxhdGUuTG9jYWxlc0VudHJ5Ei4KCmNyZWF0ZWRfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wGkoKDExvY2FsZXNFbnRyeRILCgNrZXkYASABKAkSKQoFdmFsdWUYAiABKAsyGi5oZXJhbGQudjEuVGVtcGxhdGVDb250ZW50OgI4ASJOChJQdXRUZW1wbGF0ZVJlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEiUKCHRlbXBsYXRlGAIgASgLMhMuaGVyYWxkLnYxLlRlbXBsYXRlIjwKE1B1dFRlbXBsYXRlUmVzcG9uc2USJQoIdGVtcGxhdGUYASABKAsyEy5oZXJhbGQudjEuVGVtcGxhdGUiTQoSR2V0VGVtcGxhdGVSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRITCgt0ZW1wbGF0ZV9pZBgCIAEoCRIPCgd2ZXJzaW9uGAMgASgNIjwKE0dldFRlbXBsYXRlUmVzcG9uc2USJQoIdGVtcGxhdGUYASABKAsyEy5oZXJhbGQudjEuVGVtcGxhdGUiKQoUTGlzdFRlbXBsYXRlc1JlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJIj8KFUxpc3RUZW1wbGF0ZXNSZXNwb25zZRImCgl0ZW1wbGF0ZXMYASADKAsyEy5oZXJhbGQudjEuVGVtcGxhdGUiPwoVRGVsZXRlVGVtcGxhdGVSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRITCgt0ZW1wbGF0ZV9pZBgCIAEoCSIyChZEZWxldGVUZW1wbGF0ZVJlc3BvbnNlEhgKEGRlbGV0ZWRfdmVyc2lvbnMYASABKA0izgMKEFRlbmFudFJhdGVMaW1pdHMSHQoQdGVuYW50X3NlbmRfcmF0ZRgBIAEoAUgAiAEBEh4KEXRlbmFudF9zZW5kX2J1cnN0GAIgASgNSAGIAQESGgoNa2V5X3NlbmRfcmF0ZRgDIAEoAUgCiAEBEhsKDmtleV9zZW5kX2J1cnN0GAQgASgNSAOIAQESIgoVdGVuYW50X3N1YnNjcmliZV9yYXRlGAUgASgBSASIAQESIwoWdGVuYW50X3N1YnNjcmliZV9idXJzdBgGIAEoDUgFiAEBEiAKE3VzZXJfc3Vic2NyaWJlX3JhdGUYByABKAFIBogBARIhChR1c2VyX3N1YnNjcmliZV9idXJzdBgIIAEoDUgHiAEBQhMKEV90ZW5hbnRfc2VuZF9yYXRlQhQKEl90ZW5hbnRfc2VuZF9idXJzdEIQCg5fa2V5X3NlbmRfcmF0ZUIRCg9fa2V5X3NlbmRfYnVyc3RCGAoWX3RlbmFudF9zdWJzY3JpYmVfcmF0ZUIZChdfdGVuYW50X3N1YnNjcmliZV9idXJzdEIWChRfdXNlcl9zdWJzY3JpYmVfcmF0ZUIXChVfdXNlcl9zdWJzY3JpYmVfYnVyc3QidQoMU3RyZWFtUG9saWN5EhMKC2NvbXByZXNzaW9uGAEgAygJEh0KFWNvbXByZXNzaW9uX21pbl9ieXRlcxgCIAEoDRIYChBzaWduaW5nX3JlcXVpcmVkGAMgASgIEhcKD2FsbG93ZWRfZm9ybWF0cxgEIAMoCSKyAwoOVGVuYW50U2V0dGluZ3MSEQoJdGVuYW50X2lkGAEgASgJEg8KB3ZlcnNpb24YAiABKAQSMAoLcmF0ZV9saW1pdHMYAyABKAsyGy5oZXJhbGQudjEuVGVuYW50UmF0ZUxpbWl0cxIuCg1zdHJlYW1fcG9saWN5GAQgASgLMhcuaGVyYWxkLnYxLlN0cmVhbVBvbGljeRIuCgp1cGRhdGVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBISCgp1cGRhdGVkX2J5GAYgASgJEiAKE2RlZmF1bHRfdHRsX3NlY29uZHMYByABKA1IAIgBARIfChJtYXhfdXNlcnNfcGVyX3NlbmQYCCABKA1IAYgBARIsCgh3ZWJob29rcxgJIAEoCzIaLmhlcmFsZC52MS5XZWJob29rU2V0dGluZ3MSNgoNcHVzaF9mYWxsYmFjaxgKIAEoCzIfLmhlcmFsZC52MS5QdXNoRmFsbGJhY2tTZXR0aW5nc0IWChRfZGVmYXVsdF90dGxfc2Vjb25kc0IVChNfbWF4X3VzZXJzX3Blcl9zZW5kIsEBChRQdXNoRmFsbGJhY2tTZXR0aW5ncxIPCgdlbmFibGVkGAEgASgIEhUKDWRlbGF5X3NlY29uZHMYAiABKA0SJgoDZmNtGAMgASgLMhkuaGVyYWxkLnYxLkZjbUNyZWRlbnRpYWxzEigKBGFwbnMYBCABKAsyGi5oZXJhbGQudjEuQXBuc0NyZWRlbnRpYWxzEi8KCHdlYl9wdXNoGAUgASgLMh0uaGVyYWxkLnYxLldlYlB1c2hDcmVkZW50aWFscyJkCg5GY21DcmVkZW50aWFscxISCgpwcm9qZWN0X2lkGAEgASgJEhwKFHNlcnZpY2VfYWNjb3VudF9qc29uGAIgASgJEiAKGHNlcnZpY2VfYWNjb3VudF9qc29uX3NldBgDIAEoCCKJAQoPQXBuc0NyZWRlbnRpYWxzEg8KB3RlYW1faWQYASABKAkSDgoGa2V5X2lkGAIgASgJEhYKDnByaXZhdGVfa2V5X3A4GAMgASgJEhoKEnByaXZhdGVfa2V5X3A4X3NldBgEIAEoCBINCgV0b3BpYxgFIAEoCRISCgpwcm9kdWN0aW9uGAYgASgIInkKEldlYlB1c2hDcmVkZW50aWFscxIZChF2YXBpZF9wcml2YXRlX2tleRgBIAEoCRIdChV2YXBpZF9wcml2YXRlX2tleV9zZXQYAiABKAgSGAoQdmFwaWRfcHVibGljX2tleRgDIAEoCRIPCgdzdWJqZWN0GAQgASgJIkUKE1dlYlB1c2hTdWJzY3JpcHRpb24SEAoIZW5kcG9pbnQYASABKAkSDgoGcDI1NmRoGAIgASgJEgwKBGF1dGgYAyABKAkixwEKClB1c2hUYXJnZXQSEQoJdGFyZ2V0X2lkGAEgASgJEg8KB3VzZXJfaWQYAiABKAkSIQoEa2luZBgDIAEoDjITLmhlcmFsZC52MS5QdXNoS2luZBINCgV0b2tlbhgEIAEoCRIwCgh3ZWJfcHVzaBgFIAEoCzIeLmhlcmFsZC52MS5XZWJQdXNoU3Vic2NyaXB0aW9uEjEKDXJlZ2lzdGVyZWRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIpABChlSZWdpc3RlclB1c2hUYXJnZXRSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSIQoEa2luZBgCIAEoDjITLmhlcmFsZC52MS5QdXNoS2luZBINCgV0b2tlbhgDIAEoCRIwCgh3ZWJfcHVzaBgEIAEoCzIeLmhlcmFsZC52MS5XZWJQdXNoU3Vic2NyaXB0aW9uIkMKGlJlZ2lzdGVyUHVzaFRhcmdldFJlc3BvbnNlEiUKBnRhcmdldBgBIAEoCzIVLmhlcmFsZC52MS5QdXNoVGFyZ2V0IkEKG1VucmVnaXN0ZXJQdXNoVGFyZ2V0UmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJEhEKCXRhcmdldF9pZBgCIAEoCSIeChxVbnJlZ2lzdGVyUHVzaFRhcmdldFJlc3BvbnNlIikKFkxpc3RQdXNoVGFyZ2V0c1JlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCSJBChdMaXN0UHVzaFRhcmdldHNSZXNwb25zZRImCgd0YXJnZXRzGAEgAygLMhUuaGVyYWxkLnYxLlB1c2hUYXJnZXQiLQoYR2V0VGVuYW50U2V0dGluZ3NSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCSKEAQoZR2V0VGVuYW50U2V0dGluZ3NSZXNwb25zZRIrCghzZXR0aW5ncxgBIAEoCzIZLmhlcmFsZC52MS5UZW5hbnRTZXR0aW5ncxI6ChVlZmZlY3RpdmVfcmF0ZV9saW1pdHMYAiABKAsyGy5oZXJhbGQudjEuVGVuYW50UmF0ZUxpbWl0cyKOAQoYUHV0VGVuYW50U2V0dGluZ3NSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIrCghzZXR0aW5ncxgCIAEoCzIZLmhlcmFsZC52MS5UZW5hbnRTZXR0aW5ncxIdChBleHBlY3RlZF92ZXJzaW9uGAMgASgESACIAQFCEwoRX2V4cGVjdGVkX3ZlcnNpb24iSAoZUHV0VGVuYW50U2V0dGluZ3NSZXNwb25zZRIrCghzZXR0aW5ncxgBIAEoCzIZLmhlcmFsZC52MS5UZW5hbnRTZXR0aW5ncyJkChtEZWxldGVUZW5hbnRTZXR0aW5nc1JlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEh0KEGV4cGVjdGVkX3ZlcnNpb24YAiABKARIAIgBAUITChFfZXhwZWN0ZWRfdmVyc2lvbiJLChxEZWxldGVUZW5hbnRTZXR0aW5nc1Jlc3BvbnNlEisKCHNldHRpbmdzGAEgASgLMhkuaGVyYWxkLnYxLlRlbmFudFNldHRpbmdzIkIKGUxpc3RUZW5hbnRTZXR0aW5nc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgNEhIKCnBhZ2VfdG9rZW4YAiABKAkiYgoaTGlzdFRlbmFudFNldHRpbmdzUmVzcG9uc2USKwoIc2V0dGluZ3MYASADKAsyGS5oZXJhbGQudjEuVGVuYW50U2V0dGluZ3MSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIl0KB1NlZ21lbnQSDAoEbmFtZRgBIAEoCRIUCgxtZW1iZXJfY291bnQYAiABKA0SLgoKY3JlYXRlZF9hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiNwoUQ3JlYXRlU2VnbWVudFJlcXVlc3QSDAoEbmFtZRgBIAEoCRIRCgl0ZW5hbnRfaWQYAiABKAkiPAoVQ3JlYXRlU2VnbWVudFJlc3BvbnNlEiMKB3NlZ21lbnQYASABKAsyEi5oZXJhbGQudjEuU2VnbWVudCJNChhBZGRTZWdtZW50TWVtYmVyc1JlcXVlc3QSDAoEbmFtZRgBIAEoCRIQCgh1c2VyX2lkcxgCIAMoCRIRCgl0ZW5hbnRfaWQYAyABKAkiQAoZQWRkU2VnbWVudE1lbWJlcnNSZXNwb25zZRINCgVhZGRlZBgBIAEoDRIUCgxtZW1iZXJfY291bnQYAiABKA0iUAobUmVtb3ZlU2VnbWVudE1lbWJlcnNSZXF1ZXN0EgwKBG5hbWUYASABKAkSEAoIdXNlcl9pZHMYAiADKAkSEQoJdGVuYW50X2lkGAMgASgJIi8KHFJlbW92ZVNlZ21lbnRNZW1iZXJzUmVzcG9uc2USDwoHcmVtb3ZlZBgBIAEoDSJjChlMaXN0U2VnbWVudE1lbWJlcnNSZXF1ZXN0EgwKBG5hbWUYASABKAkSEQoJcGFnZV9zaXplGAIgASgNEhIKCnBhZ2VfdG9rZW4YAyABKAkSEQoJdGVuYW50X2lkGAQgASgJIkcKGkxpc3RTZWdtZW50TWVtYmVyc1Jlc3BvbnNlEhAKCHVzZXJfaWRzGAEgAygJEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIoChNMaXN0U2VnbWVudHNSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCSI8ChRMaXN0U2VnbWVudHNSZXNwb25zZRIkCghzZWdtZW50cxgBIAMoCzISLmhlcmFsZC52MS5TZWdtZW50IjcKFERlbGV0ZVNlZ21lbnRSZXF1ZXN0EgwKBG5hbWUYASABKAkSEQoJdGVuYW50X2lkGAIgASgJIhcKFURlbGV0ZVNlZ21lbnRSZXNwb25zZSKwAQoPV2ViaG9va1NldHRpbmdzEg8KB2VuYWJsZWQYASABKAgSCwoDdXJsGAIgASgJEg4KBnNlY3JldBgDIAEoCRISCgpzZWNyZXRfc2V0GAQgASgIEisKBmV2ZW50cxgFIAMoDjIbLmhlcmFsZC52MS5XZWJob29rRXZlbnRLaW5kEhgKEG1heF9iYXRjaF9ldmVudHMYBiABKA0SFAoMbWF4X2RlbGF5X21zGAcgASgNIs8BCg1QYXJrZWRXZWJob29rEhAKCGJhdGNoX2lkGAEgASgJEhMKC2V2ZW50X2NvdW50GAIgASgNEg4KBnJlYXNvbhgDIAEoCRIQCghhdHRlbXB0cxgEIAEoDRIuCgpjcmVhdGVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBItCglwYXJrZWRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhYKDnJlcGxheV9wZW5kaW5nGAcgASgIIlUKGUxpc3RQYXJrZWRXZWJob29rc1JlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoDRISCgpwYWdlX3Rva2VuGAMgASgJImAKGkxpc3RQYXJrZWRXZWJob29rc1Jlc3BvbnNlEikKB2JhdGNoZXMYASADKAsyGC5oZXJhbGQudjEuUGFya2VkV2ViaG9vaxIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiSgoVUmVwbGF5V2ViaG9va3NSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIRCgliYXRjaF9pZHMYAiADKAkSCwoDYWxsGAMgASgIIioKFlJlcGxheVdlYmhvb2tzUmVzcG9uc2USEAoIcmVwbGF5ZWQYASABKA0iUAobRGVsZXRlUGFya2VkV2ViaG9va3NSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIRCgliYXRjaF9pZHMYAiADKAkSCwoDYWxsGAMgASgIIi8KHERlbGV0ZVBhcmtlZFdlYmhvb2tzUmVzcG9uc2USDwoHZGVsZXRlZBgBIAEoDSqHAQoNUHJlc2VuY2VTdGF0ZRIeChpQUkVTRU5DRV9TVEFURV9VTlNQRUNJRklFRBAAEhkKFVBSRVNFTkNFX1NUQVRFX09OTElORRABEhoKFlBSRVNFTkNFX1NUQVRFX09GRkxJTkUQAhIfChtQUkVTRU5DRV9TVEFURV9SRUNPTk5FQ1RJTkcQAypjCghQdXNoS2luZBIZChVQVVNIX0tJTkRfVU5TUEVDSUZJRUQQABIRCg1QVVNIX0tJTkRfRkNNEAESEgoOUFVTSF9LSU5EX0FQTlMQAhIVChFQVVNIX0tJTkRfV0VCUFVTSBADKrUBChBXZWJob29rRXZlbnRLaW5kEiIKHldFQkhPT0tfRVZFTlRfS0lORF9VTlNQRUNJRklFRBAAEiAKHFdFQkhPT0tfRVZFTlRfS0lORF9ERUxJVkVSRUQQARIcChhXRUJIT09LX0VWRU5UX0tJTkRfQUNLRUQQAhIdChlXRUJIT09LX0VWRU5UX0tJTkRfRkFJTEVEEAMSHgoaV0VCSE9PS19FVkVOVF9LSU5EX0VYUElSRUQQBDLyEwoPUmVnaXN0cnlTZXJ2aWNlElgKD1JlZ2lzdGVyU2Vzc2lvbhIhLmhlcmFsZC52MS5SZWdpc3RlclNlc3Npb25SZXF1ZXN0GiIuaGVyYWxkLnYxLlJlZ2lzdGVyU2Vzc2lvblJlc3BvbnNlElsKEEhlYXJ0YmVhdFNlc3Npb24SIi5oZXJhbGQudjEuSGVhcnRiZWF0U2Vzc2lvblJlcXVlc3QaIy5oZXJhbGQudjEuSGVhcnRiZWF0U2Vzc2lvblJlc3BvbnNlEl4KEVVucmVnaXN0ZXJTZXNzaW9uEiMuaGVyYWxkLnYxLlVucmVnaXN0ZXJTZXNzaW9uUmVxdWVzdBokLmhlcmFsZC52MS5VbnJlZ2lzdGVyU2Vzc2lvblJlc3BvbnNlEkwKC0dldFByZXNlbmNlEh0uaGVyYWxkLnYxLkdldFByZXNlbmNlUmVxdWVzdBoeLmhlcmFsZC52MS5HZXRQcmVzZW5jZVJlc3BvbnNlEk8KDExpc3RTZXNzaW9ucxIeLmhlcmFsZC52MS5MaXN0U2Vzc2lvbnNSZXF1ZXN0Gh8uaGVyYWxkLnYxLkxpc3RTZXNzaW9uc1Jlc3BvbnNlEkkKCkRpc2Nvbm5lY3QSHC5oZXJhbGQudjEuRGlzY29ubmVjdFJlcXVlc3QaHS5oZXJhbGQudjEuRGlzY29ubmVjdFJlc3BvbnNlEkwKC0pvaW5DaGFubmVsEh0uaGVyYWxkLnYxLkpvaW5DaGFubmVsUmVxdWVzdBoeLmhlcmFsZC52MS5Kb2luQ2hhbm5lbFJlc3BvbnNlEk8KDExlYXZlQ2hhbm5lbBIeLmhlcmFsZC52MS5MZWF2ZUNoYW5uZWxSZXF1ZXN0Gh8uaGVyYWxkLnYxLkxlYXZlQ2hhbm5lbFJlc3BvbnNlEkwKC1B1dFRlbXBsYXRlEh0uaGVyYWxkLnYxLlB1dFRlbXBsYXRlUmVxdWVzdBoeLmhlcmFsZC52MS5QdXRUZW1wbGF0ZVJlc3BvbnNlEkwKC0dldFRlbXBsYXRlEh0uaGVyYWxkLnYxLkdldFRlbXBsYXRlUmVxdWVzdBoeLmhlcmFsZC52MS5HZXRUZW1wbGF0ZVJlc3BvbnNlElIKDUxpc3RUZW1wbGF0ZXMSHy5oZXJhbGQudjEuTGlzdFRlbXBsYXRlc1JlcXVlc3QaIC5oZXJhbGQudjEuTGlzdFRlbXBsYXRlc1Jlc3BvbnNlElUKDkRlbGV0ZVRlbXBsYXRlEiAuaGVyYWxkLnYxLkRlbGV0ZVRlbXBsYXRlUmVxdWVzdBohLmhlcmFsZC52MS5EZWxldGVUZW1wbGF0ZVJlc3BvbnNlEl4KEUdldFRlbmFudFNldHRpbmdzEiMuaGVyYWxkLnYxLkdldFRlbmFudFNldHRpbmdzUmVxdWVzdBokLmhlcmFsZC52MS5HZXRUZW5hbnRTZXR0aW5nc1Jlc3BvbnNlEl4KEVB1dFRlbmFudFNldHRpbmdzEiMuaGVyYWxkLnYxLlB1dFRlbmFudFNldHRpbmdzUmVxdWVzdBokLmhlcmFsZC52MS5QdXRUZW5hbnRTZXR0aW5nc1Jlc3BvbnNlEmcKFERlbGV0ZVRlbmFudFNldHRpbmdzEiYuaGVyYWxkLnYxLkRlbGV0ZVRlbmFudFNldHRpbmdzUmVxdWVzdBonLmhlcmFsZC52MS5EZWxldGVUZW5hbnRTZXR0aW5nc1Jlc3BvbnNlEmEKEkxpc3RUZW5hbnRTZXR0aW5ncxIkLmhlcmFsZC52MS5MaXN0VGVuYW50U2V0dGluZ3NSZXF1ZXN0GiUuaGVyYWxkLnYxLkxpc3RUZW5hbnRTZXR0aW5nc1Jlc3BvbnNlEmEKElJlZ2lzdGVyUHVzaFRhcmdldBIkLmhlcmFsZC52MS5SZWdpc3RlclB1c2hUYXJnZXRSZXF1ZXN0GiUuaGVyYWxkLnYxLlJlZ2lzdGVyUHVzaFRhcmdldFJlc3BvbnNlEmcKFFVucmVnaXN0ZXJQdXNoVGFyZ2V0EiYuaGVyYWxkLnYxLlVucmVnaXN0ZXJQdXNoVGFyZ2V0UmVxdWVzdBonLmhlcmFsZC52MS5VbnJlZ2lzdGVyUHVzaFRhcmdldFJlc3BvbnNlElgKD0xpc3RQdXNoVGFyZ2V0cxIhLmhlcmFsZC52MS5MaXN0UHVzaFRhcmdldHNSZXF1ZXN0GiIuaGVyYWxkLnYxLkxpc3RQdXNoVGFyZ2V0c1Jlc3BvbnNlElIKDUNyZWF0ZVNlZ21lbnQSHy5oZXJhbGQudjEuQ3JlYXRlU2VnbWVudFJlcXVlc3QaIC5oZXJhbGQudjEuQ3JlYXRlU2VnbWVudFJlc3BvbnNlEl4KEUFkZFNlZ21lbnRNZW1iZXJzEiMuaGVyYWxkLnYxLkFkZFNlZ21lbnRNZW1iZXJzUmVxdWVzdBokLmhlcmFsZC52MS5BZGRTZWdtZW50TWVtYmVyc1Jlc3BvbnNlEmcKFFJlbW92ZVNlZ21lbnRNZW1iZXJzEiYuaGVyYWxkLnYxLlJlbW92ZVNlZ21lbnRNZW1iZXJzUmVxdWVzdBonLmhlcmFsZC52MS5SZW1vdmVTZWdtZW50TWVtYmVyc1Jlc3BvbnNlEmEKEkxpc3RTZWdtZW50TWVtYmVycxIkLmhlcmFsZC52MS5MaXN0U2VnbWVudE1lbWJlcnNSZXF1ZXN0GiUuaGVyYWxkLnYxLkxpc3RTZWdtZW50TWVtYmVyc1Jlc3BvbnNlEk8KDExpc3RTZWdtZW50cxIeLmhlcmFsZC52MS5MaXN0U2VnbWVudHNSZXF1ZXN0Gh8uaGVyYWxkLnYxLkxpc3RTZWdtZW50c1Jlc3BvbnNlElIKDURlbGV0ZVNlZ21lbnQSHy5oZXJhbGQudjEuRGVsZXRlU2VnbWVudFJlcXVlc3QaIC5oZXJhbGQudjEuRGVsZXRlU2VnbWVudFJlc3BvbnNlEmEKEkxpc3RQYXJrZWRXZWJob29rcxIkLmhlcmFsZC52MS5MaXN0UGFya2VkV2ViaG9va3NSZXF1ZXN0GiUuaGVyYWxkLnYxLkxpc3RQYXJrZWRXZWJob29rc1Jlc3BvbnNlElUKDlJlcGxheVdlYmhvb2tzEiAuaGVyYWxkLnYxLlJlcGxheVdlYmhvb2tzUmVxdWVzdBohLmhlcmFsZC52MS5SZXBsYXlXZWJob29rc1Jlc3BvbnNlEmcKFERlbGV0ZVBhcmtlZFdlYmhvb2tzEiYuaGVyYWxkLnYxLkRlbGV0ZVBhcmtlZFdlYmhvb2tzUmVxdWVzdBonLmhlcmFsZC52MS5EZWxldGVQYXJrZWRXZWJob29rc1Jlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp, file_herald_v1_notification]);
 
 /**
  * @generated from message herald.v1.Session
@@ -852,7 +852,13 @@ export type TenantSettings = Message<"herald.v1.TenantSettings"> & {
   maxUsersPerSend?: number | undefined;
 
   /**
-   * Field 9 is left free for the webhook settings.
+   * Unset or not enabled: no webhooks (docs/webhooks.md).
+   *
+   * @generated from field: herald.v1.WebhookSettings webhooks = 9;
+   */
+  webhooks?: WebhookSettings | undefined;
+
+  /**
    * Unset or not enabled: no push fallback (docs/push.md).
    *
    * @generated from field: herald.v1.PushFallbackSettings push_fallback = 10;
@@ -1724,6 +1730,281 @@ export const DeleteSegmentResponseSchema: GenMessage<DeleteSegmentResponse> = /*
   messageDesc(file_herald_v1_registry, 63);
 
 /**
+ * Delivery-state events POSTed to the tenant's endpoint in signed batches (docs/webhooks.md).
+ * The secret is write-only, as push_fallback's are: read RPCs return it empty with secret_set
+ * true; a Put with it empty and secret_set true keeps the stored one.
+ *
+ * @generated from message herald.v1.WebhookSettings
+ */
+export type WebhookSettings = Message<"herald.v1.WebhookSettings"> & {
+  /**
+   * @generated from field: bool enabled = 1;
+   */
+  enabled: boolean;
+
+  /**
+   * An https:// URL (http:// only to a loopback host), up to 2,048 characters; required when
+   * enabled.
+   *
+   * @generated from field: string url = 2;
+   */
+  url: string;
+
+  /**
+   * The HMAC-SHA256 key the batches are signed with, 16 to 256 characters; required when
+   * enabled. Write-only.
+   *
+   * @generated from field: string secret = 3;
+   */
+  secret: string;
+
+  /**
+   * Output: a secret is stored.
+   *
+   * @generated from field: bool secret_set = 4;
+   */
+  secretSet: boolean;
+
+  /**
+   * The events sent; empty: every kind.
+   *
+   * @generated from field: repeated herald.v1.WebhookEventKind events = 5;
+   */
+  events: WebhookEventKind[];
+
+  /**
+   * Events per POST at most (1 to 1,000; 0: 100).
+   *
+   * @generated from field: uint32 max_batch_events = 6;
+   */
+  maxBatchEvents: number;
+
+  /**
+   * How long an event may wait for others to share its POST (0 to 60,000 ms; 0: 1,000 ms).
+   *
+   * @generated from field: uint32 max_delay_ms = 7;
+   */
+  maxDelayMs: number;
+};
+
+/**
+ * Describes the message herald.v1.WebhookSettings.
+ * Use `create(WebhookSettingsSchema)` to create a new message.
+ */
+export const WebhookSettingsSchema: GenMessage<WebhookSettings> = /*@__PURE__*/
+  messageDesc(file_herald_v1_registry, 64);
+
+/**
+ * A webhook batch that was not delivered, kept for an operator to replay or delete.
+ *
+ * @generated from message herald.v1.ParkedWebhook
+ */
+export type ParkedWebhook = Message<"herald.v1.ParkedWebhook"> & {
+  /**
+   * The batch's id, sent as the Herald-Webhook-Id header (the same on every attempt and replay).
+   *
+   * @generated from field: string batch_id = 1;
+   */
+  batchId: string;
+
+  /**
+   * @generated from field: uint32 event_count = 2;
+   */
+  eventCount: number;
+
+  /**
+   * Why it was parked: the last answer or error, e.g. "HTTP 503 after 8 attempts".
+   *
+   * @generated from field: string reason = 3;
+   */
+  reason: string;
+
+  /**
+   * @generated from field: uint32 attempts = 4;
+   */
+  attempts: number;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp created_at = 5;
+   */
+  createdAt?: Timestamp | undefined;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp parked_at = 6;
+   */
+  parkedAt?: Timestamp | undefined;
+
+  /**
+   * A replay was asked for and has not finished yet.
+   *
+   * @generated from field: bool replay_pending = 7;
+   */
+  replayPending: boolean;
+};
+
+/**
+ * Describes the message herald.v1.ParkedWebhook.
+ * Use `create(ParkedWebhookSchema)` to create a new message.
+ */
+export const ParkedWebhookSchema: GenMessage<ParkedWebhook> = /*@__PURE__*/
+  messageDesc(file_herald_v1_registry, 65);
+
+/**
+ * @generated from message herald.v1.ListParkedWebhooksRequest
+ */
+export type ListParkedWebhooksRequest = Message<"herald.v1.ListParkedWebhooksRequest"> & {
+  /**
+   * The tenant to act on; empty: the token's own.
+   *
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * At most this many (1 to 1000; 0: 100).
+   *
+   * @generated from field: uint32 page_size = 2;
+   */
+  pageSize: number;
+
+  /**
+   * From the previous page's next_page_token; empty: the first page.
+   *
+   * @generated from field: string page_token = 3;
+   */
+  pageToken: string;
+};
+
+/**
+ * Describes the message herald.v1.ListParkedWebhooksRequest.
+ * Use `create(ListParkedWebhooksRequestSchema)` to create a new message.
+ */
+export const ListParkedWebhooksRequestSchema: GenMessage<ListParkedWebhooksRequest> = /*@__PURE__*/
+  messageDesc(file_herald_v1_registry, 66);
+
+/**
+ * @generated from message herald.v1.ListParkedWebhooksResponse
+ */
+export type ListParkedWebhooksResponse = Message<"herald.v1.ListParkedWebhooksResponse"> & {
+  /**
+   * @generated from field: repeated herald.v1.ParkedWebhook batches = 1;
+   */
+  batches: ParkedWebhook[];
+
+  /**
+   * Empty on the last page.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message herald.v1.ListParkedWebhooksResponse.
+ * Use `create(ListParkedWebhooksResponseSchema)` to create a new message.
+ */
+export const ListParkedWebhooksResponseSchema: GenMessage<ListParkedWebhooksResponse> = /*@__PURE__*/
+  messageDesc(file_herald_v1_registry, 67);
+
+/**
+ * @generated from message herald.v1.ReplayWebhooksRequest
+ */
+export type ReplayWebhooksRequest = Message<"herald.v1.ReplayWebhooksRequest"> & {
+  /**
+   * The tenant to act on; empty: the token's own.
+   *
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * Up to 1,000 batch ids; or `all`.
+   *
+   * @generated from field: repeated string batch_ids = 2;
+   */
+  batchIds: string[];
+
+  /**
+   * @generated from field: bool all = 3;
+   */
+  all: boolean;
+};
+
+/**
+ * Describes the message herald.v1.ReplayWebhooksRequest.
+ * Use `create(ReplayWebhooksRequestSchema)` to create a new message.
+ */
+export const ReplayWebhooksRequestSchema: GenMessage<ReplayWebhooksRequest> = /*@__PURE__*/
+  messageDesc(file_herald_v1_registry, 68);
+
+/**
+ * @generated from message herald.v1.ReplayWebhooksResponse
+ */
+export type ReplayWebhooksResponse = Message<"herald.v1.ReplayWebhooksResponse"> & {
+  /**
+   * The parked batches now due to be sent again.
+   *
+   * @generated from field: uint32 replayed = 1;
+   */
+  replayed: number;
+};
+
+/**
+ * Describes the message herald.v1.ReplayWebhooksResponse.
+ * Use `create(ReplayWebhooksResponseSchema)` to create a new message.
+ */
+export const ReplayWebhooksResponseSchema: GenMessage<ReplayWebhooksResponse> = /*@__PURE__*/
+  messageDesc(file_herald_v1_registry, 69);
+
+/**
+ * @generated from message herald.v1.DeleteParkedWebhooksRequest
+ */
+export type DeleteParkedWebhooksRequest = Message<"herald.v1.DeleteParkedWebhooksRequest"> & {
+  /**
+   * The tenant to act on; empty: the token's own.
+   *
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * Up to 1,000 batch ids; or `all`.
+   *
+   * @generated from field: repeated string batch_ids = 2;
+   */
+  batchIds: string[];
+
+  /**
+   * @generated from field: bool all = 3;
+   */
+  all: boolean;
+};
+
+/**
+ * Describes the message herald.v1.DeleteParkedWebhooksRequest.
+ * Use `create(DeleteParkedWebhooksRequestSchema)` to create a new message.
+ */
+export const DeleteParkedWebhooksRequestSchema: GenMessage<DeleteParkedWebhooksRequest> = /*@__PURE__*/
+  messageDesc(file_herald_v1_registry, 70);
+
+/**
+ * @generated from message herald.v1.DeleteParkedWebhooksResponse
+ */
+export type DeleteParkedWebhooksResponse = Message<"herald.v1.DeleteParkedWebhooksResponse"> & {
+  /**
+   * @generated from field: uint32 deleted = 1;
+   */
+  deleted: number;
+};
+
+/**
+ * Describes the message herald.v1.DeleteParkedWebhooksResponse.
+ * Use `create(DeleteParkedWebhooksResponseSchema)` to create a new message.
+ */
+export const DeleteParkedWebhooksResponseSchema: GenMessage<DeleteParkedWebhooksResponse> = /*@__PURE__*/
+  messageDesc(file_herald_v1_registry, 71);
+
+/**
  * @generated from enum herald.v1.PresenceState
  */
 export enum PresenceState {
@@ -1786,6 +2067,48 @@ export enum PushKind {
  */
 export const PushKindSchema: GenEnum<PushKind> = /*@__PURE__*/
   enumDesc(file_herald_v1_registry, 1);
+
+/**
+ * @generated from enum herald.v1.WebhookEventKind
+ */
+export enum WebhookEventKind {
+  /**
+   * @generated from enum value: WEBHOOK_EVENT_KIND_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Written to one of the user's streams (again, for a redelivery).
+   *
+   * @generated from enum value: WEBHOOK_EVENT_KIND_DELIVERED = 1;
+   */
+  DELIVERED = 1,
+
+  /**
+   * @generated from enum value: WEBHOOK_EVENT_KIND_ACKED = 2;
+   */
+  ACKED = 2,
+
+  /**
+   * Not acked after every attempt, or dropped from a full inbox.
+   *
+   * @generated from enum value: WEBHOOK_EVENT_KIND_FAILED = 3;
+   */
+  FAILED = 3,
+
+  /**
+   * Its TTL passed before it was acked.
+   *
+   * @generated from enum value: WEBHOOK_EVENT_KIND_EXPIRED = 4;
+   */
+  EXPIRED = 4,
+}
+
+/**
+ * Describes the enum herald.v1.WebhookEventKind.
+ */
+export const WebhookEventKindSchema: GenEnum<WebhookEventKind> = /*@__PURE__*/
+  enumDesc(file_herald_v1_registry, 2);
 
 /**
  * Directories shared by the nodes: open sessions (presence), channel membership, templates,
@@ -2054,6 +2377,39 @@ export const RegistryService: GenService<{
     methodKind: "unary";
     input: typeof DeleteSegmentRequestSchema;
     output: typeof DeleteSegmentResponseSchema;
+  },
+  /**
+   * The tenant's webhook batches that were parked (not delivered after every retry, or refused
+   * by the receiver), oldest first, a page at a time (docs/webhooks.md). Scope `tenant:admin`.
+   *
+   * @generated from rpc herald.v1.RegistryService.ListParkedWebhooks
+   */
+  listParkedWebhooks: {
+    methodKind: "unary";
+    input: typeof ListParkedWebhooksRequestSchema;
+    output: typeof ListParkedWebhooksResponseSchema;
+  },
+  /**
+   * Sends parked batches again, to the tenant's current URL with its current secret: those
+   * named, or all of them. A batch that fails again is parked again. Scope `tenant:admin`;
+   * audited.
+   *
+   * @generated from rpc herald.v1.RegistryService.ReplayWebhooks
+   */
+  replayWebhooks: {
+    methodKind: "unary";
+    input: typeof ReplayWebhooksRequestSchema;
+    output: typeof ReplayWebhooksResponseSchema;
+  },
+  /**
+   * Forgets parked batches: those named, or all of them. Scope `tenant:admin`; audited.
+   *
+   * @generated from rpc herald.v1.RegistryService.DeleteParkedWebhooks
+   */
+  deleteParkedWebhooks: {
+    methodKind: "unary";
+    input: typeof DeleteParkedWebhooksRequestSchema;
+    output: typeof DeleteParkedWebhooksResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_herald_v1_registry, 0);
