@@ -44,6 +44,8 @@ from services.stream.log import LogStore
 from services.stream.log_memory import MemoryLogStore
 from services.stream.status import StatusStore
 from services.stream.status_memory import MemoryStatusStore
+from services.webhooks.parked import ParkedWebhookStore
+from services.webhooks.parked_memory import MemoryParkedWebhookStore
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +81,8 @@ class Stores:
     # The offline fallback (docs/push.md).
     push_targets: PushTargetStore = field(default_factory=MemoryPushTargetStore)
     push_pending: PendingPushStore = field(default_factory=MemoryPendingPushStore)
+    # Webhook batches not delivered (docs/webhooks.md).
+    webhooks_parked: ParkedWebhookStore = field(default_factory=MemoryParkedWebhookStore)
 
     async def monitor(self, interval_s: float) -> None:
         """Probes every backend through its breaker, forever: a backend that went away opens
@@ -109,6 +113,7 @@ class Stores:
             self.push_targets,
             self.push_pending,
             self.segments,
+            self.webhooks_parked,
         ):
             await store.aclose()
         for backend in self.backends:

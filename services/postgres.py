@@ -27,6 +27,7 @@ from services.registry.tenant_settings_postgres import PostgresTenantSettingsSto
 from services.stream.acks_postgres import PostgresAckStore
 from services.stream.log_postgres import PostgresLogStore
 from services.stream.status_postgres import PostgresStatusStore
+from services.webhooks.parked_postgres import PostgresParkedWebhookStore
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +165,7 @@ class PostgresBackend:
         self.push_targets = PostgresPushTargetStore(pool)
         self.push_pending = PostgresPendingPushStore(pool)
         self.segments = PostgresSegmentStore(pool)
+        self.webhooks_parked = PostgresParkedWebhookStore(pool)
         self._close_timeout_s = close_timeout_s
 
     @classmethod

@@ -31,6 +31,7 @@ from services.stream.inbox import Inbox, InboxItem
 from services.stream.log import Entry, LogStore
 from services.stream.session import BufferBudget, Pending, Session, new_log_state
 from services.stream.status import StatusStore
+from services.stream.status_recorder import StatusEvents
 from services.stream.timers import Timers
 from services.stream.writer import AckDelays, SessionWriter, Write
 from services.tracing import Tracing
@@ -62,6 +63,7 @@ class DeliveryCore:
         rng: random.Random | None = None,
         tracing: Tracing | None = None,
         tenant_labels: metrics.TenantLabels | None = None,
+        events: StatusEvents | None = None,
     ) -> None:
         self.node_id = node_id
         # The `tenant` label of this node's per-tenant metrics (bounded: an allow-list).
@@ -87,9 +89,16 @@ class DeliveryCore:
             clock=clock,
             spawn=self._spawn,
             tracing=tracing,
+            events=events,
         )
         self.acker = Acker(
-            logs=logs, acks=acks, status=status, hub=self.hub, clock=clock, tracing=tracing
+            logs=logs,
+            acks=acks,
+            status=status,
+            hub=self.hub,
+            clock=clock,
+            tracing=tracing,
+            events=events,
         )
         self.inbox = Inbox(logs=logs, status=status, clock=clock)
         self.ack_streams = AckStreams()
@@ -103,6 +112,7 @@ class DeliveryCore:
             settings=settings,
             clock=clock,
             spawn=self._spawn,
+            events=events,
         )
         self.hub.start()
 

@@ -30,7 +30,7 @@ from services.errors import HeraldError
 from services.stream.broker import Broker, Publication
 from services.stream.log import Entry, LogAppend, LogStore, NewEntry
 from services.stream.status import StatusStore
-from services.stream.status_recorder import StatusRecorder
+from services.stream.status_recorder import StatusEvents, StatusRecorder
 from services.tracing import Tracing
 
 log = logging.getLogger(__name__)
@@ -55,11 +55,12 @@ class Dispatcher:
         clock: Clock,
         group_window_s: float = 0.0,
         tracing: Tracing | None = None,
+        events: StatusEvents | None = None,
     ) -> None:
         self._logs = logs
         self._tracing = tracing
         self._status = status
-        self._recorder = StatusRecorder(status)
+        self._recorder = StatusRecorder(status, events)
         self._broker = broker
         self._settings = settings
         self._clock = clock

@@ -1,0 +1,1 @@
+"""Per-tenant webhooks for delivery-state events (docs/webhooks.md)."""
