@@ -109,12 +109,9 @@ def decode(row: asyncpg.Record) -> TenantSettingsRecord:
         webhooks=(
             None
             if hooks is None
-            else Webhooks(
-                **{
-                    k: tuple(v) if k == "events" else v
-                    for k, v in hooks.items()
-                    if k in hook_fields
-                }
+            else dataclasses.replace(
+                Webhooks(**{k: v for k, v in hooks.items() if k in hook_fields}),
+                events=tuple(hooks.get("events", ())),
             )
         ),
     )

@@ -13,7 +13,13 @@ from services.bounds import MAX_ID_LEN, check_length
 from services.clock import Clock
 from services.errors import InvalidArgument
 from services.model import timestamp
-from services.webhooks.parked import DEFAULT_PAGE, MAX_IDS, MAX_PAGE, ParkedBatch, ParkedWebhookStore
+from services.webhooks.parked import (
+    DEFAULT_PAGE,
+    MAX_IDS,
+    MAX_PAGE,
+    ParkedBatch,
+    ParkedWebhookStore,
+)
 
 
 def to_proto(batch: ParkedBatch) -> registry_pb2.ParkedWebhook:

@@ -176,7 +176,8 @@ class WebhookEvents:
         for tenant in [*self._on, *self._off]:
             try:
                 record = await self._settings_for(tenant)
-            except Exception:
+            except Exception:  # the cache never raises; keep what is in force
+                log.warning("webhook settings could not be read", extra={"tenant": tenant})
                 continue
             self.configure(tenant, record.webhooks)
 

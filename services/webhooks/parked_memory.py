@@ -47,11 +47,10 @@ class MemoryParkedWebhookStore:
             ),
             key=lambda b: (b.replay_at or 0.0, b.tenant, b.batch_id),
         )[:limit]
-        for batch in due:
-            self._batches[batch.tenant][batch.batch_id] = dataclasses.replace(
-                batch, replay_at=now + lease_s
-            )
-        return due
+        claimed = [dataclasses.replace(batch, replay_at=now + lease_s) for batch in due]
+        for batch in claimed:
+            self._batches[batch.tenant][batch.batch_id] = batch
+        return claimed
 
     async def delete(self, tenant: str, batch_ids: Sequence[str] | None) -> int:
         found = self._batches.get(tenant, {})

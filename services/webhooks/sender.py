@@ -218,9 +218,7 @@ class WebhookSender:
             elif outcome == _Outcome.RETRY:
                 out.reason = f"{out.reason} after {out.attempts} attempts"
                 park.append(out)
-            elif outcome == _Outcome.PARK:
-                park.append(out)
-            elif out.replay:  # DROP cannot be a replay (see _attempt); kept for safety
+            elif outcome == _Outcome.PARK or out.replay:  # a replay is never dropped
                 park.append(out)
         for tenant, ids in replayed.items():
             await self._parked.delete(tenant, ids)

@@ -115,7 +115,7 @@ def to_proto(webhooks: Webhooks, secrets: bool = False) -> registry_pb2.WebhookS
         url=webhooks.url,
         secret=webhooks.secret if secrets else "",
         secret_set=bool(webhooks.secret),
-        events=[_KINDS[name] for name in webhooks.events],  # type: ignore[misc]
+        events=[_KINDS[name] for name in webhooks.events],
         max_batch_events=webhooks.max_batch_events,
         max_delay_ms=webhooks.max_delay_ms,
     )

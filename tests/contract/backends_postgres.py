@@ -29,6 +29,8 @@ from services.stream.log_postgres import PostgresLogStore
 from services.stream.status import StatusStore
 from services.stream.status_buffered import WriteBehindStatusStore
 from services.stream.status_postgres import PostgresStatusStore
+from services.webhooks.parked import ParkedWebhookStore
+from services.webhooks.parked_postgres import PostgresParkedWebhookStore
 from tests.postgres import clean_pool
 
 
@@ -97,4 +99,7 @@ push_target_store: Callable[[], AbstractAsyncContextManager[PushTargetStore]] = 
 )
 pending_push_store: Callable[[], AbstractAsyncContextManager[PendingPushStore]] = _on_clean_pool(
     PostgresPendingPushStore
+)
+parked_webhook_store: Callable[[], AbstractAsyncContextManager[ParkedWebhookStore]] = (
+    _on_clean_pool(PostgresParkedWebhookStore)
 )
