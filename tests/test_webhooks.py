@@ -6,6 +6,7 @@ hand (`run_once`) on the injected clock: no test sleeps a backoff."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -19,7 +20,7 @@ from pydantic import SecretStr
 
 from herald.v1 import registry_pb2
 from services import auth
-from services.clock import ManualClock
+from services.clock import ManualClock, SystemClock
 from services.config import BackendSettings, WebhooksSettings
 from services.domain import State, TenantSettingsRecord, Transition, Webhooks
 from services.webhooks import WebhookVerificationError, signing, verify
@@ -31,6 +32,7 @@ from tests.ingest_support import until
 from tests.postgres import scratch_database
 from tests.redis_support import REDIS_URL, delete_prefix, new_prefix, redis_client, require_redis
 from tests.streams import Stream
+from tests.test_cli import Cli, _subscribed, _up
 from tests.webhook_receiver import Receiver, webhook_receiver
 
 pytestmark = pytest.mark.asyncio
@@ -476,3 +478,69 @@ async def test_a_clean_stop_parks_what_was_not_delivered(tmp_path: Path) -> None
         finally:
             async with redis_client() as client:
                 await delete_prefix(client, prefix)
+
+
+# -- the CLI ----------------------------------------------------------------------------------
+
+
+@pytest_asyncio.fixture
+async def cli(tmp_path: Path) -> AsyncIterator[Cli]:
+    runner = Cli(tmp_path / "data")
+    try:
+        yield runner
+    finally:
+        await runner.stop()
+
+
+async def test_herald_webhooks_lists_replays_and_deletes(cli: Cli, tmp_path: Path) -> None:
+    """`herald up` in a process of its own, on the real clock: one attempt, then parked."""
+    async with webhook_receiver(SECRET, SystemClock()) as receiver:
+        receiver.answer = 500
+        cli.env["HERALD_WEBHOOKS_MAX_ATTEMPTS"] = "1"
+        address = await _up(cli)
+        env = {"HERALD_ADDRESS": address, "HERALD_TENANT": "acme"}
+        settings = tmp_path / "settings.json"
+        settings.write_text(
+            json.dumps(
+                {
+                    "webhooks": {
+                        "enabled": True,
+                        "url": receiver.url,
+                        "secret": SECRET,
+                        "maxDelayMs": 50,
+                        "events": ["WEBHOOK_EVENT_KIND_DELIVERED"],
+                    }
+                }
+            )
+        )
+        await cli.run("tenant", "put", "--file", str(settings), **env)
+        assert "no parked webhook batches" in await cli.run("webhooks", "list", **env)
+        tail = await cli.start("tail", "--user", "alice", "--count", "1", **env)
+        await _subscribed(tail)
+        await cli.run("send", "--user", "alice", "--title", "hi", **env)
+
+        async def parked() -> bool:
+            return bool((await cli.json("webhooks", "list", **env))["batches"])
+
+        await until(parked, within=20)
+        (batch,) = (await cli.json("webhooks", "list", **env))["batches"]
+        assert batch["reason"] == "HTTP 500 after 1 attempts"
+        assert batch["eventCount"] == 1
+        text = await cli.run("webhooks", "list", **env)
+        assert batch["batchId"] in text
+        assert "HTTP 500" in text
+        error = await cli.fail("webhooks", "replay", **env)
+        assert "BATCH_ID" in error
+        assert "--all" in error
+
+        receiver.answer = 200
+        replay = await cli.json("webhooks", "replay", batch["batchId"], **env)
+        assert replay == {"replayed": 1}
+
+        async def delivered() -> bool:
+            return len(receiver.delivered) == 1
+
+        await until(delivered, within=20)
+        assert receiver.delivered[0].batch_id == batch["batchId"]
+        assert receiver.rejected == []
+        assert await cli.json("webhooks", "delete", "--all", **env) == {"deleted": 0}
