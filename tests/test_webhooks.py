@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
 
@@ -23,8 +23,10 @@ from services import auth
 from services.clock import ManualClock, SystemClock
 from services.config import BackendSettings, WebhooksSettings
 from services.domain import State, TenantSettingsRecord, Transition, Webhooks
+from services.errors import Unavailable
 from services.webhooks import WebhookVerificationError, signing, verify
 from services.webhooks.events import WebhookEvents
+from services.webhooks.parked import ParkedBatch
 from services.webhooks.parked_memory import MemoryParkedWebhookStore
 from services.webhooks.sender import WebhookSender
 from tests.harness import Herald, make_config, start_herald, to_user
@@ -544,3 +546,53 @@ async def test_herald_webhooks_lists_replays_and_deletes(cli: Cli, tmp_path: Pat
         assert receiver.delivered[0].batch_id == batch["batchId"]
         assert receiver.rejected == []
         assert await cli.json("webhooks", "delete", "--all", **env) == {"deleted": 0}
+
+
+async def test_a_batch_the_store_could_not_park_is_parked_next_round() -> None:
+    """PostgreSQL out of reach (its breaker open) when a batch is to be parked: it stays in
+    memory and is parked once the store answers again."""
+    clock = ManualClock()
+
+    class Outage(MemoryParkedWebhookStore):
+        down = True
+
+        async def park(self, batches: Sequence[ParkedBatch]) -> None:
+            if self.down:
+                raise Unavailable("PostgreSQL is unavailable")
+            await super().park(batches)
+
+        async def claim(self, now: float, limit: int, lease_s: float) -> list[ParkedBatch]:
+            if self.down:
+                raise Unavailable("PostgreSQL is unavailable")
+            return await super().claim(now, limit, lease_s)
+
+    async def refused(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(400)
+
+    webhooks = Webhooks(True, "https://hooks.example.com/h", SECRET, max_delay_ms=1)
+
+    async def settings_for(tenant: str) -> TenantSettingsRecord:
+        return TenantSettingsRecord(tenant, webhooks=webhooks)
+
+    events = WebhookEvents(settings_for)
+    events.configure("acme", webhooks)
+    store = Outage()
+    sender = WebhookSender(
+        events=events,
+        parked=store,
+        settings_for=settings_for,
+        clock=clock,
+        settings=SENDER,
+        transport=httpx.MockTransport(refused),
+    )
+    try:
+        events.transitions("acme", [Transition("n1", "bob", State.EXPIRED, "ttl")], clock.now())
+        await clock.advance(0.01)
+        assert await sender.run_once() == 1
+        assert await store.list("acme") == []
+        store.down = False
+        await sender.run_once()
+        (parked,) = await store.list("acme")
+        assert parked.reason.startswith("HTTP 400")
+    finally:
+        await sender.aclose()

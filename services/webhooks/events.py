@@ -39,6 +39,7 @@ _NAMES: Final = {
     State.FAILED: "failed",
     State.EXPIRED: "expired",
 }
+_ALL: Final = frozenset(_NAMES.values())
 _WARN_INTERVAL_S: Final = 60.0
 # Tenants remembered as having no webhooks; past it the set starts again (a lookup each).
 _MAX_OFF: Final = 100_000
@@ -96,12 +97,15 @@ class WebhookEvents:
         )
 
     def marks(self, tenant: str, marks: Sequence[Mark]) -> None:
+        known = self._on.get(tenant)
+        # A tenant that does not want this kind (e.g. only failures) builds no event for it.
+        kinds = known.kinds if known is not None else _ALL
         self._add(
             tenant,
             [
                 Event(_NAMES[m.state], notification_id, m.user_id, m.at)
                 for m in marks
-                if m.state in _NAMES
+                if m.state in _NAMES and _NAMES[m.state] in kinds
                 for _, notification_id in m.entries
             ],
         )

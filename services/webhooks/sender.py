@@ -23,7 +23,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
@@ -41,6 +43,7 @@ log = logging.getLogger(__name__)
 
 USER_AGENT: Final = "Herald-Webhooks/1"
 _RETRIED_STATUS: Final = frozenset({408, 429})
+_WARN_INTERVAL_S: Final = 60.0
 
 
 @dataclass
@@ -93,6 +96,9 @@ class WebhookSender:
             headers={"user-agent": USER_AGENT, "content-type": "application/json"},
         )
         self._out: list[Outgoing] = []
+        # Batches to park that the store refused (it was out of reach): parked next round.
+        self._unparked: list[Outgoing] = []
+        self._store_warned_at = -math.inf
         self._in_flight = asyncio.Semaphore(settings.max_in_flight)
         self._refreshed_at = clock.now()
         self.delivered = 0
@@ -110,9 +116,18 @@ class WebhookSender:
             self._refreshed_at = now
             await self.events.refresh()
         self._cut(now)
-        for batch in await self._parked.claim(
-            now, self._settings.replay_batch, self._settings.replay_lease_s
-        ):
+        if self._unparked:
+            # Parking failed last time (the store was out of reach): again, before anything.
+            unparked, self._unparked = self._unparked, []
+            await self._park(unparked, now)
+        try:
+            claimed = await self._parked.claim(
+                now, self._settings.replay_batch, self._settings.replay_lease_s
+            )
+        except Exception as exc:  # the store is down: replays wait, sending goes on
+            self._store_failed("claim replays", exc)
+            claimed = []
+        for batch in claimed:
             self._out.append(
                 Outgoing(
                     batch.tenant,
@@ -221,27 +236,45 @@ class WebhookSender:
             elif outcome == _Outcome.PARK or out.replay:  # a replay is never dropped
                 park.append(out)
         for tenant, ids in replayed.items():
-            await self._parked.delete(tenant, ids)
+            try:
+                await self._parked.delete(tenant, ids)
+            except Exception as exc:
+                # Left parked with its replay mark: sent again after the lease (at least once).
+                self._store_failed("forget replayed batches", exc)
         await self._park(park, now)
+
+    def _store_failed(self, what: str, exc: Exception) -> None:
+        now = time.monotonic()
+        if now - self._store_warned_at >= _WARN_INTERVAL_S:
+            self._store_warned_at = now
+            log.warning(
+                "webhook store call failed; retrying",
+                extra={"action": what, "error": type(exc).__name__},
+            )
 
     async def _park(self, outs: Sequence[Outgoing], now: float) -> None:
         if not outs:
             return
-        await self._parked.park(
-            [
-                ParkedBatch(
-                    o.tenant,
-                    o.batch_id,
-                    o.body,
-                    o.event_count,
-                    o.attempts,
-                    o.reason,
-                    o.created_at,
-                    now,
-                )
-                for o in outs
-            ]
-        )
+        try:
+            await self._parked.park(
+                [
+                    ParkedBatch(
+                        o.tenant,
+                        o.batch_id,
+                        o.body,
+                        o.event_count,
+                        o.attempts,
+                        o.reason,
+                        o.created_at,
+                        now,
+                    )
+                    for o in outs
+                ]
+            )
+        except Exception as exc:
+            self._store_failed("park batches", exc)
+            self._unparked.extend(outs)
+            return
         for o in outs:
             # The tenant, never the URL or the body.
             log.warning(
