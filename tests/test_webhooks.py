@@ -16,6 +16,7 @@ import httpx
 import pytest
 import pytest_asyncio
 from grpc import aio
+from prometheus_client import REGISTRY
 from pydantic import SecretStr
 
 from herald.v1 import registry_pb2
@@ -88,6 +89,10 @@ class Setup:
             registry_pb2.ListParkedWebhooksRequest(), metadata=self.metadata
         )
         return list(answer.batches)
+
+
+def batches_counted(outcome: str) -> float:
+    return REGISTRY.get_sample_value("herald_webhook_batches_total", {"outcome": outcome}) or 0.0
 
 
 async def known_without_webhooks(sender: WebhookSender, tenant: str) -> bool:
@@ -168,6 +173,8 @@ async def test_a_failing_receiver_gets_retries_then_parking_then_a_replay(setup:
     await setup.put(events=[registry_pb2.WEBHOOK_EVENT_KIND_DELIVERED], max_delay_ms=100)
     receiver = setup.receiver
     receiver.answer = 503
+    parked_before = batches_counted("parked")
+    retried_before = batches_counted("retried")
     client = setup.herald.user("alice")
     stream = Stream(client)
     await stream.start()
@@ -188,6 +195,8 @@ async def test_a_failing_receiver_gets_retries_then_parking_then_a_replay(setup:
         1,
     )
     assert not parked.replay_pending
+    assert batches_counted("parked") - parked_before == 1
+    assert batches_counted("retried") - retried_before == 2
     # Parked: nothing more is tried until an operator replays it.
     await setup.clock.advance(60)
     await setup.sender.run_once()

@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final, NamedTuple
 
+from services import metrics
 from services.domain import State, TenantSettingsRecord, Transition, Webhooks
 from services.stream.status import Mark
 from services.webhooks import settings as webhook_settings
@@ -132,6 +133,7 @@ class WebhookEvents:
         self.queued += len(events)
 
     def _drop(self, count: int) -> None:
+        metrics.WEBHOOK_EVENTS_DROPPED.inc(count)
         self.dropped += count
         now = time.monotonic()
         if now - self._warned_at >= _WARN_INTERVAL_S:

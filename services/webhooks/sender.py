@@ -33,6 +33,7 @@ from typing import Final
 
 import httpx
 
+from services import metrics
 from services.clock import Clock
 from services.config import WebhooksSettings
 from services.webhooks import batches, signing
@@ -227,14 +228,21 @@ class WebhookSender:
                 self.delivered += 1
                 if out.replay:
                     replayed.setdefault(out.tenant, []).append(out.batch_id)
+                counted = "delivered"
             elif outcome == _Outcome.RETRY and out.attempts < self._settings.max_attempts:
                 out.next_at = max(out.next_at, now + self._backoff(out.attempts))
                 self._out.append(out)
+                counted = "retried"
             elif outcome == _Outcome.RETRY:
                 out.reason = f"{out.reason} after {out.attempts} attempts"
                 park.append(out)
+                counted = "parked"
             elif outcome == _Outcome.PARK or out.replay:  # a replay is never dropped
                 park.append(out)
+                counted = "parked"
+            else:
+                counted = "dropped"
+            metrics.WEBHOOK_BATCHES.labels(counted).inc()
         for tenant, ids in replayed.items():
             try:
                 await self._parked.delete(tenant, ids)
