@@ -13,7 +13,9 @@ Invariants:
 - A parked batch is durable (ParkedWebhookStore) and stays until an operator replays or
   deletes it; a replay claims it for a lease, sends it through the same retries, then deletes
   it, or parks it again.
-- Nothing here runs on the delivery path: events reach it through WebhookEvents' queues.
+- Nothing here runs on the delivery path: events reach it through WebhookEvents' queues. Each
+  attempt is a task of its own (at most `max_in_flight` POSTs at once): a slow receiver holds
+  up its own batches, not the other tenants'.
 - `aclose` sends what is queued once more (bounded by `shutdown_s`) and parks whatever is not
   delivered, so a clean stop loses no batch.
 """
@@ -97,21 +99,35 @@ class WebhookSender:
             headers={"user-agent": USER_AGENT, "content-type": "application/json"},
         )
         self._out: list[Outgoing] = []
+        # Attempts in flight, and their batches (parked at shutdown if they do not finish).
+        self._sending: dict[asyncio.Task[None], Outgoing] = {}
         # Batches to park that the store refused (it was out of reach): parked next round.
         self._unparked: list[Outgoing] = []
         self._store_warned_at = -math.inf
         self._in_flight = asyncio.Semaphore(settings.max_in_flight)
         self._refreshed_at = clock.now()
+        # Batches delivered since the start (tests read it; the metric counts them too).
         self.delivered = 0
 
-    @property
-    def waiting(self) -> list[Outgoing]:
-        """Batches waiting for their next attempt (oldest first)."""
-        return list(self._out)
-
     async def run_once(self) -> int:
-        """Cuts the batches that are ready, claims replays, and makes every attempt that is
-        due now; returns how many attempts were made."""
+        """One round: cuts the batches that are ready, claims replays, and makes every attempt
+        that is due now, waiting for them; returns how many attempts were made."""
+        started = await self._round()
+        if started:
+            await asyncio.gather(*started, return_exceptions=True)
+        return len(started)
+
+    async def run(self) -> None:
+        """Rounds every `tick_s`, each starting the attempts due without waiting for them: a
+        slow receiver holds up its own batches only."""
+        while True:
+            try:
+                await self._round()
+            except Exception:
+                log.warning("webhook round failed; trying again", exc_info=True)
+            await self._clock.sleep(self._settings.tick_s)
+
+    async def _round(self) -> list[asyncio.Task[None]]:
         now = self._clock.now()
         if now - self._refreshed_at >= self._refresh_s:
             self._refreshed_at = now
@@ -141,19 +157,19 @@ class WebhookSender:
             )
         due = [o for o in self._out if o.next_at <= now]
         if not due:
-            return 0
+            return []
         self._out = [o for o in self._out if o.next_at > now]
-        outcomes = await asyncio.gather(*(self._attempt(o) for o in due))
-        await self._settle(list(zip(due, outcomes, strict=True)), self._clock.now())
-        return len(due)
+        started = []
+        for out in due:
+            task = asyncio.get_running_loop().create_task(self._send(out))
+            self._sending[task] = out
+            task.add_done_callback(self._sending.pop)
+            started.append(task)
+        return started
 
-    async def run(self) -> None:
-        while True:
-            try:
-                await self.run_once()
-            except Exception:
-                log.warning("webhook round failed; trying again", exc_info=True)
-            await self._clock.sleep(self._settings.tick_s)
+    async def _send(self, out: Outgoing) -> None:
+        outcome = await self._attempt(out)
+        await self._settle([(out, outcome)], self._clock.now())
 
     def _cut(self, now: float, flush: bool = False) -> None:
         for batch in self.events.take(now, flush):
@@ -296,8 +312,9 @@ class WebhookSender:
             )
 
     async def aclose(self) -> None:
-        """Sends what is queued once more, within `shutdown_s`, then parks every batch not
-        delivered (reason: the node stopped), and closes the HTTP client."""
+        """Lets the attempts in flight finish and sends what is queued once more, within
+        `shutdown_s`; then parks every batch not delivered (reason: the node stopped), and
+        closes the HTTP client."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._settings.shutdown_s
         with contextlib.suppress(TimeoutError):
@@ -306,23 +323,22 @@ class WebhookSender:
         now = self._clock.now()
         self._cut(now, flush=True)
         pending, self._out = self._out, []
-        tried: list[tuple[Outgoing, str]] = []
-        if pending:
-            attempts = [asyncio.ensure_future(self._attempt(o)) for o in pending]
-            done, _ = await asyncio.wait(attempts, timeout=max(0.0, deadline - loop.time()))
-            for out, task in zip(pending, attempts, strict=True):
-                if task in done and task.exception() is None:
-                    tried.append((out, task.result()))
-                else:
-                    task.cancel()
-                    out.reason = out.reason or "not sent before the node stopped"
-                    tried.append((out, _Outcome.RETRY))
+        for out in pending:
+            task = loop.create_task(self._send(out))
+            self._sending[task] = out
+            task.add_done_callback(self._sending.pop)
         try:
-            await self._settle(tried, now)
-            # Whatever is left waiting for a retry is parked too: it would be lost otherwise.
-            left, self._out = self._out, []
+            if self._sending:
+                await asyncio.wait(list(self._sending), timeout=max(0.0, deadline - loop.time()))
+            unfinished = dict(self._sending)
+            for task in unfinished:
+                task.cancel()
+            await asyncio.gather(*unfinished, return_exceptions=True)
+            # Cut short, or waiting for a retry: parked, as they would be lost otherwise.
+            left = [*unfinished.values(), *self._out]
+            self._out = []
             for out in left:
-                out.reason = f"{out.reason or 'not sent'}; the node stopped before its retry"
-            await self._park(left, now)
+                out.reason = f"{out.reason or 'not sent'}; the node stopped before it was sent"
+            await self._park([*self._unparked, *left], now)
         finally:
             await self._client.aclose()
