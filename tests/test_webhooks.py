@@ -5,6 +5,7 @@ hand (`run_once`) on the injected clock: no test sleeps a backoff."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -605,3 +606,50 @@ async def test_a_batch_the_store_could_not_park_is_parked_next_round() -> None:
         assert parked.reason.startswith("HTTP 400")
     finally:
         await sender.aclose()
+
+
+async def test_a_slow_receiver_holds_up_only_its_own_tenant() -> None:
+    clock = ManualClock()
+    release = asyncio.Event()
+    fast_done = asyncio.Event()
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "slow.example.com":
+            await release.wait()
+        else:
+            fast_done.set()
+        return httpx.Response(204)
+
+    hooks = {
+        tenant: Webhooks(True, f"https://{tenant}.example.com/h", SECRET, max_delay_ms=1)
+        for tenant in ("slow", "fast")
+    }
+
+    async def settings_for(tenant: str) -> TenantSettingsRecord:
+        return TenantSettingsRecord(tenant, webhooks=hooks[tenant])
+
+    events = WebhookEvents(settings_for)
+    for tenant, webhooks in hooks.items():
+        events.configure(tenant, webhooks)
+    sender = WebhookSender(
+        events=events,
+        parked=MemoryParkedWebhookStore(),
+        settings_for=settings_for,
+        clock=clock,
+        settings=SENDER,
+        transport=httpx.MockTransport(handler),
+    )
+    loop = asyncio.ensure_future(sender.run())
+    try:
+        failed = [Transition("n1", "alice", State.FAILED, "no ack")]
+        events.transitions("slow", failed, clock.now())
+        await clock.advance(0.5)  # a round: the slow POST starts and hangs
+        events.transitions("fast", failed, clock.now())
+        await clock.advance(0.5)
+        async with asyncio.timeout(5):
+            await fast_done.wait()
+        release.set()
+    finally:
+        loop.cancel()
+        await sender.aclose()
+    assert sender.delivered == 2
