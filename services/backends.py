@@ -48,6 +48,8 @@ from services.stream.log import LogStore
 from services.stream.log_memory import MemoryLogStore
 from services.stream.status import StatusStore
 from services.stream.status_memory import MemoryStatusStore
+from services.webhooks.parked import ParkedWebhookStore
+from services.webhooks.parked_memory import MemoryParkedWebhookStore
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +89,8 @@ class Stores:
     inbox_states: InboxStateStore = field(default_factory=MemoryInboxStateStore)
     # Users' notification preferences (docs/preferences.md).
     preferences: PreferenceStore = field(default_factory=MemoryPreferenceStore)
+    # Webhook batches not delivered (docs/webhooks.md).
+    webhooks_parked: ParkedWebhookStore = field(default_factory=MemoryParkedWebhookStore)
 
     async def monitor(self, interval_s: float) -> None:
         """Probes every backend through its breaker, forever: a backend that went away opens
@@ -119,6 +123,7 @@ class Stores:
             self.segments,
             self.inbox_states,
             self.preferences,
+            self.webhooks_parked,
         ):
             await store.aclose()
         for backend in self.backends:

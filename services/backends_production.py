@@ -177,6 +177,7 @@ async def production_stores(config: Config, clock: Clock, on_change: HealthChang
         segments=guarded(postgres.segments, pg),
         inbox_states=guarded(postgres.inbox_states, pg),
         preferences=guarded(postgres.preferences, pg),
+        webhooks_parked=guarded(postgres.webhooks_parked, pg),
         shared=True,
         # Behind the Redis breaker: an open circuit answers at once (open or closed, as set).
         rate_limiter=RedisRateLimiter(

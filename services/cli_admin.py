@@ -8,7 +8,8 @@
 - `herald inbox --user U [--filter F] [--mark-read ID | --seen ID | --unread ID | --archive ID |
   --unarchive ID | --mark-all-read | --counts]`: StreamService ListInbox, MarkRead,
   UpdateInboxState, MarkAllRead, GetInboxCounts, as that user;
-- `herald tenant get|set|put|reset|list`: RegistryService tenant settings (services/cli_tenant.py).
+- `herald tenant get|set|put|reset|list`: RegistryService tenant settings (services/cli_tenant.py);
+- `herald webhooks list|replay|delete`: parked webhook batches (services/webhooks/cli.py).
 
 Each prints text for people, or with `--json` one JSON document (the response message in the
 protobuf JSON mapping, every field present, 64-bit integers as numbers, app data as sent).
@@ -31,8 +32,9 @@ from services import auth, cli_tenant
 from services.app_data import restore_notification_json
 from services.cli_connection import CliError, Credentials, client_flags, connect, credentials
 from services.client import HeraldClient
+from services.webhooks import cli as webhooks_cli
 
-COMMANDS = frozenset({"sessions", "presence", "status", "templates", "inbox", "tenant"})
+COMMANDS = frozenset({"sessions", "presence", "status", "templates", "inbox", "tenant", "webhooks"})
 OPERATOR = "herald-cli"  # the subject of a minted operator token
 
 
@@ -107,6 +109,7 @@ def add_commands(commands: Any) -> None:
         help="which items to list (default: those not archived)",
     )
     cli_tenant.add_command(commands)
+    webhooks_cli.add_command(commands)
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -114,6 +117,8 @@ async def run(args: argparse.Namespace) -> int:
         return await _inbox(args)
     if args.command == "tenant":
         return await cli_tenant.run(args)
+    if args.command == "webhooks":
+        return await webhooks_cli.run(args)
     who = credentials(args, _scopes(args), None, subject_flag="--token", default_subject=OPERATOR)
     tenant = "" if who.tenant == auth.ANY_TENANT and not args.tenant else who.tenant
     async with connect(args, who.token) as client:

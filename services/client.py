@@ -386,6 +386,61 @@ class HeraldClient:
         )
         return response
 
+    async def parked_webhooks(
+        self,
+        *,
+        tenant_id: str = "",
+        page_size: int = 0,
+        page_token: str = "",
+        timeout: float = 10.0,
+    ) -> registry_pb2.ListParkedWebhooksResponse:
+        """A page of the tenant's parked webhook batches, oldest first (scope tenant:admin)."""
+        response: registry_pb2.ListParkedWebhooksResponse = await self._registry.ListParkedWebhooks(
+            registry_pb2.ListParkedWebhooksRequest(
+                tenant_id=tenant_id, page_size=page_size, page_token=page_token
+            ),
+            metadata=self.metadata(),
+            timeout=timeout,
+        )
+        return response
+
+    async def replay_webhooks(
+        self,
+        batch_ids: Iterable[str] = (),
+        *,
+        all_batches: bool = False,
+        tenant_id: str = "",
+        timeout: float = 10.0,
+    ) -> int:
+        """Sends parked batches again: those named, or all of them; returns how many are now
+        due (scope tenant:admin)."""
+        response = await self._registry.ReplayWebhooks(
+            registry_pb2.ReplayWebhooksRequest(
+                tenant_id=tenant_id, batch_ids=list(batch_ids), all=all_batches
+            ),
+            metadata=self.metadata(),
+            timeout=timeout,
+        )
+        return int(response.replayed)
+
+    async def delete_parked_webhooks(
+        self,
+        batch_ids: Iterable[str] = (),
+        *,
+        all_batches: bool = False,
+        tenant_id: str = "",
+        timeout: float = 10.0,
+    ) -> int:
+        """Forgets parked batches: those named, or all of them (scope tenant:admin)."""
+        response = await self._registry.DeleteParkedWebhooks(
+            registry_pb2.DeleteParkedWebhooksRequest(
+                tenant_id=tenant_id, batch_ids=list(batch_ids), all=all_batches
+            ),
+            metadata=self.metadata(),
+            timeout=timeout,
+        )
+        return int(response.deleted)
+
     # -- subscribers -----------------------------------------------------------------------
 
     async def ack(

@@ -424,6 +424,34 @@ class PushSettings(BaseSettings):
     worker: bool = True
 
 
+class WebhooksSettings(BaseSettings):
+    """The webhook sender on stream nodes (docs/webhooks.md). Whether a tenant gets webhooks,
+    where, and which events, is in its tenant settings (webhooks)."""
+
+    model_config = SettingsConfigDict(env_prefix="HERALD_WEBHOOKS_", frozen=True, extra="ignore")
+
+    # How often the sender looks for batches that are ready or due for a retry.
+    tick_s: float = Field(default=0.2, gt=0)
+    # One POST's time limit (connect, write, answer).
+    timeout_s: float = Field(default=10.0, gt=0)
+    # Attempts before a batch is parked; the delays between them double from retry_delay_s.
+    max_attempts: int = Field(default=8, ge=1, le=100)
+    retry_delay_s: float = Field(default=1.0, gt=0)
+    retry_delay_max_s: float = Field(default=300.0, gt=0)
+    # Events waiting in a node's queues at most (more are dropped and counted).
+    max_queued_events: int = Field(default=100_000, ge=1)
+    # POSTs in flight at once, all tenants together.
+    max_in_flight: int = Field(default=16, ge=1)
+    # Parked batches one round takes for replay, and how long it holds them (longer than the
+    # whole retry schedule, so that no other node takes one while it is being retried).
+    replay_batch: int = Field(default=100, ge=1, le=1000)
+    replay_lease_s: float = Field(default=900.0, gt=0)
+    # At shutdown: how long the last attempt of what is queued may take before it is parked.
+    shutdown_s: float = Field(default=5.0, ge=0)
+    # Off: the sender runs only when `WebhookSender.run_once` is called (tests).
+    worker: bool = True
+
+
 @dataclass(frozen=True)
 class Config:
     """All settings, built once in the entry point and passed down."""
@@ -441,3 +469,4 @@ class Config:
     jetstream: JetStreamSettings = field(default_factory=JetStreamSettings)
     outbox: OutboxSettings = field(default_factory=OutboxSettings)
     push: PushSettings = field(default_factory=PushSettings)
+    webhooks: WebhooksSettings = field(default_factory=WebhooksSettings)

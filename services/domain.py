@@ -293,6 +293,23 @@ class PushFallback:
 DEFAULT_PUSH_DELAY_S: Final = 30
 MAX_PUSH_DELAY_S: Final = 86_400
 
+# The delivery-state events a tenant's webhook may get, by name (herald.v1.WebhookEventKind).
+WEBHOOK_EVENTS: Final = ("delivered", "acked", "failed", "expired")
+
+
+@dataclass(frozen=True, slots=True)
+class Webhooks:
+    """A tenant's webhook for delivery-state events (herald.v1.WebhookSettings)."""
+
+    enabled: bool = False
+    url: str = ""
+    secret: str = field(default="", repr=False)
+    # Names from WEBHOOK_EVENTS; empty: every kind.
+    events: tuple[str, ...] = ()
+    # 0: the defaults (services/webhooks/settings.py).
+    max_batch_events: int = 0
+    max_delay_ms: int = 0
+
 
 @dataclass(frozen=True, slots=True)
 class StreamPolicy:
@@ -320,3 +337,5 @@ class TenantSettingsRecord:
     max_users_per_send: int | None = None
     # None: no push fallback.
     push_fallback: PushFallback | None = None
+    # None: no webhooks.
+    webhooks: Webhooks | None = None

@@ -93,6 +93,9 @@ REQUIRED_SCOPE: dict[str, str] = {
             "ListSegmentMembers",
             "ListSegments",
             "DeleteSegment",
+            "ListParkedWebhooks",
+            "ReplayWebhooks",
+            "DeleteParkedWebhooks",
         )
     },
     "/herald.node.v1.NodeService/Dispatch": auth.SCOPE_NODE,

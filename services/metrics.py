@@ -239,6 +239,16 @@ SOURCE_MESSAGES = Counter(
     "accepted, retry (failed, tried again), pushback (Herald refused the load), dead_lettered",
     ["source", "outcome"],
 )
+WEBHOOK_BATCHES = Counter(
+    "herald_webhook_batches_total",
+    "Webhook batch attempts by outcome: delivered, retried, parked, dropped (the tenant turned "
+    "webhooks off)",
+    ["outcome"],
+)
+WEBHOOK_EVENTS_DROPPED = Counter(
+    "herald_webhook_events_dropped_total",
+    "Webhook events dropped because too many were waiting on the node",
+)
 SESSIONS = Gauge("herald_sessions_open", "Open subscription streams on this node")
 ACK_STREAMS = Gauge("herald_ack_streams_open", "Open AckStream calls on this node")
 SLOW_CONSUMERS = Counter("herald_slow_consumers_total", "Sessions closed for not reading")

@@ -28,6 +28,7 @@ from services.domain import (
 )
 from services.errors import InvalidArgument
 from services.preferences.store import Choice, UserPreferences, check_preferences
+from services.webhooks import settings as webhook_settings
 
 
 def target_kind(target: notification_pb2.Target) -> TargetKind | None:
@@ -256,6 +257,8 @@ def tenant_settings_to_proto(
         message.updated_at.CopyFrom(timestamp(settings.updated_at))
     if settings.push_fallback is not None:
         message.push_fallback.CopyFrom(push_fallback_to_proto(settings.push_fallback, secrets))
+    if settings.webhooks is not None:
+        message.webhooks.CopyFrom(webhook_settings.to_proto(settings.webhooks, secrets))
     policy = settings.stream_policy
     if policy is not None:
         message.stream_policy.CopyFrom(
@@ -290,6 +293,9 @@ def tenant_settings_from_proto(
             push_fallback_from_proto(message.push_fallback)
             if message.HasField("push_fallback")
             else None
+        ),
+        webhooks=(
+            webhook_settings.from_proto(message.webhooks) if message.HasField("webhooks") else None
         ),
         default_ttl_s=(
             message.default_ttl_seconds if message.HasField("default_ttl_seconds") else None

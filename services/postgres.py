@@ -29,6 +29,7 @@ from services.stream.acks_postgres import PostgresAckStore
 from services.stream.inbox_state_postgres import PostgresInboxStateStore
 from services.stream.log_postgres import PostgresLogStore
 from services.stream.status_postgres import PostgresStatusStore
+from services.webhooks.parked_postgres import PostgresParkedWebhookStore
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +169,7 @@ class PostgresBackend:
         self.segments = PostgresSegmentStore(pool)
         self.inbox_states = PostgresInboxStateStore(pool)
         self.preferences = PostgresPreferenceStore(pool)
+        self.webhooks_parked = PostgresParkedWebhookStore(pool)
         self._close_timeout_s = close_timeout_s
 
     @classmethod

@@ -60,6 +60,8 @@ from services.stream.requests import StreamRequests
 from services.stream.servicer import NodeServicer, StreamServicer
 from services.stream.websocket import WebSocketEndpoint, tls_context
 from services.tenant_settings_cache import TenantSettingsCache, TenantSettingsSource
+from services.webhooks.events import WebhookEvents
+from services.webhooks.sender import WebhookSender
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +128,8 @@ class Node:
     sources: list[Source] = field(default_factory=list)
     # The offline fallback's worker (docs/push.md), on ingest nodes with a registry core.
     push: PushFallbackWorker | None = None
+    # The webhook sender (docs/webhooks.md), on stream nodes.
+    webhooks: WebhookSender | None = None
     _stopped: bool = False
 
     @property
@@ -310,6 +314,7 @@ async def start_node(
                     stores.segments,
                     clock,
                     preferences,
+                    parked_webhooks=stores.webhooks_parked,
                 ),
                 server,
             )
@@ -331,6 +336,12 @@ async def start_node(
         admission = Admission(
             stores.rate_limiter or MemoryRateLimiter(clock), config.rate_limit, tenant_settings
         )
+        # The delivery path's state changes go to the webhooks' queues (docs/webhooks.md).
+        webhook_events: WebhookEvents | None = None
+        if "stream" in roles and tenant_settings is not None:
+            webhook_events = WebhookEvents(
+                tenant_settings.get, max_queued=config.webhooks.max_queued_events
+            )
         if "stream" in roles or (stores.shared and "ingest" in roles):
             dispatcher = Dispatcher(
                 logs=stores.logs,
@@ -341,6 +352,7 @@ async def start_node(
                 group_window_s=config.backends.group_commit_ms / 1000 if stores.shared else 0.0,
                 tracing=traces,
                 inbox_states=stores.inbox_states,
+                events=webhook_events,
             )
 
         if "stream" in roles and dispatcher is not None:
@@ -364,6 +376,7 @@ async def start_node(
                 tracing=traces,
                 tenant_labels=metrics.TenantLabels(config.server.tenant_labels),
                 inbox_states=stores.inbox_states,
+                events=webhook_events,
             )
             StreamServicer(delivery_core, admission, chain.keys if chain else None).register(server)
             if config.server.ws_port is not None:
@@ -420,6 +433,18 @@ async def start_node(
             ],
             server,
         )
+        webhooks: WebhookSender | None = None
+        if webhook_events is not None and tenant_settings is not None:
+            webhooks = WebhookSender(
+                events=webhook_events,
+                parked=stores.webhooks_parked,
+                settings_for=tenant_settings.get,
+                clock=clock,
+                settings=config.webhooks,
+                refresh_s=config.registry.tenant_settings_ttl_s,
+            )
+            # After the sessions ended (their last acks are queued), before the stores close.
+            closers.append(webhooks)
         if dispatcher is not None:
             closers.append(dispatcher)  # its group commits finish before the stores close
         closers.append(stores)
@@ -436,6 +461,8 @@ async def start_node(
         if stores.backends:
             monitor = asyncio.ensure_future(stores.monitor(config.backends.breaker_reset_s / 2))
             closers.insert(0, _Cancel(monitor))
+        if webhooks is not None and config.webhooks.worker:
+            closers.insert(0, _Cancel(asyncio.ensure_future(webhooks.run())))
         if push_worker is not None and config.push.worker:
             pushes = asyncio.ensure_future(push_worker.run(config.push.poll_interval_s))
             closers.insert(0, _Cancel(pushes))
@@ -475,6 +502,7 @@ async def start_node(
             ws_port,
             sources,
             push_worker,
+            webhooks,
         )
     except BaseException:
         # Nothing half-started stays behind: the pool, the Redis client, the broker task.

@@ -187,6 +187,15 @@ SEEDS: dict[str, Message] = {
             categories=[registry_pb2.DeliveryPreference(category="marketing", in_app=False)],
         ),
     ),
+    "/herald.v1.RegistryService/ListParkedWebhooks": registry_pb2.ListParkedWebhooksRequest(
+        page_size=10
+    ),
+    "/herald.v1.RegistryService/ReplayWebhooks": registry_pb2.ReplayWebhooksRequest(
+        batch_ids=["whb_0"]
+    ),
+    "/herald.v1.RegistryService/DeleteParkedWebhooks": registry_pb2.DeleteParkedWebhooksRequest(
+        all=True
+    ),
     "/herald.node.v1.NodeService/Dispatch": node_pb2.DispatchRequest(notifications=[_dispatched()]),
     "/herald.node.v1.NodeService/GetDeliveryStatus": node_pb2.GetDeliveryStatusRequest(
         tenant_id=NODE_TENANT, notification_id=NOTIFICATION_ID

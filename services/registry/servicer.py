@@ -39,6 +39,10 @@ from services.registry.core import RegistryCore
 from services.registry.segments import SegmentStore
 from services.registry.segments_memory import MemorySegmentStore
 from services.registry.tenant_settings import changed_fields, empty
+from services.webhooks import settings as webhook_settings
+from services.webhooks.admin import ParkedWebhooks
+from services.webhooks.parked import ParkedWebhookStore
+from services.webhooks.parked_memory import MemoryParkedWebhookStore
 
 Context = aio.ServicerContext[Any, Any]
 
@@ -105,12 +109,14 @@ class RegistryServicer:
         segment_store: SegmentStore | None = None,
         clock: Clock | None = None,
         preferences: PreferenceGate | None = None,
+        parked_webhooks: ParkedWebhookStore | None = None,
     ) -> None:
         self._core = core
         self._preferences = preferences
         self._push = push
         self._segments = segment_store or MemorySegmentStore()
         self._clock = clock or SystemClock()
+        self._parked = ParkedWebhooks(parked_webhooks or MemoryParkedWebhookStore(), self._clock)
         # This node's own limits: what GetTenantSettings fills the unset fields with.
         self._rate_limits = rate_limits or RateLimitSettings()
 
@@ -284,6 +290,14 @@ class RegistryServicer:
                         request.settings.push_fallback,
                         settings.push_fallback,
                         before.push_fallback,
+                    ),
+                )
+            if settings.webhooks is not None:
+                before = await self._core.get_tenant_settings(tenant)
+                settings = dataclasses.replace(
+                    settings,
+                    webhooks=webhook_settings.keep_secret(
+                        request.settings.webhooks, settings.webhooks, before.webhooks
                     ),
                 )
             stored = await self._put(details, tenant, request, settings)
@@ -462,6 +476,37 @@ class RegistryServicer:
         preferences = preferences_from_proto(user, request.preferences)
         stored = await self._preference_gate().put(tenant, preferences)
         return registry_pb2.PutPreferencesResponse(preferences=preferences_to_proto(stored))
+
+    async def ListParkedWebhooks(
+        self, request: registry_pb2.ListParkedWebhooksRequest, context: Context
+    ) -> registry_pb2.ListParkedWebhooksResponse:
+        return await self._parked.list(_tenant(request.tenant_id), request)
+
+    async def ReplayWebhooks(
+        self, request: registry_pb2.ReplayWebhooksRequest, context: Context
+    ) -> registry_pb2.ReplayWebhooksResponse:
+        async with admin_action(
+            "webhooks.replay",
+            context,
+            target="webhooks:" + ("all" if request.all else f"{len(request.batch_ids)} batches"),
+            target_tenant=request.tenant_id,
+        ) as details:
+            replayed = await self._parked.replay(_tenant(request.tenant_id), request)
+            details["replayed"] = replayed
+        return registry_pb2.ReplayWebhooksResponse(replayed=replayed)
+
+    async def DeleteParkedWebhooks(
+        self, request: registry_pb2.DeleteParkedWebhooksRequest, context: Context
+    ) -> registry_pb2.DeleteParkedWebhooksResponse:
+        async with admin_action(
+            "webhooks.delete",
+            context,
+            target="webhooks:" + ("all" if request.all else f"{len(request.batch_ids)} batches"),
+            target_tenant=request.tenant_id,
+        ) as details:
+            deleted = await self._parked.delete(_tenant(request.tenant_id), request)
+            details["deleted"] = deleted
+        return registry_pb2.DeleteParkedWebhooksResponse(deleted=deleted)
 
 
 def _check_segment_name(name: str) -> None:

@@ -27,6 +27,7 @@ from services.domain import (
     TenantSettingsRecord,
 )
 from services.errors import Aborted, InvalidArgument
+from services.webhooks import settings as webhook_settings
 
 MAX_RATE: Final = 1_000_000.0
 MAX_BURST: Final = 10_000_000
@@ -106,6 +107,8 @@ def check_settings(settings: TenantSettingsRecord) -> None:
             raise InvalidArgument(f"{wire_name} must be 1 to {limit:,}")
     if settings.push_fallback is not None:
         check_push_fallback(settings.push_fallback)
+    if settings.webhooks is not None:
+        webhook_settings.check(settings.webhooks)
     policy = settings.stream_policy
     if policy is None:
         return
@@ -153,6 +156,7 @@ def changed_fields(before: TenantSettingsRecord, after: TenantSettingsRecord) ->
             for f in dataclasses.fields(PushFallback)
             if getattr(old_push, f.name) != getattr(new_push, f.name)
         )
+    changed.extend(webhook_settings.changed(before.webhooks, after.webhooks))
     old, new = before.stream_policy, after.stream_policy
     if (old is None) != (new is None):
         changed.append("stream_policy")

@@ -15,6 +15,7 @@ from services.domain import (
     RateLimitOverrides,
     StreamPolicy,
     TenantSettingsRecord,
+    Webhooks,
 )
 from services.registry.tenant_settings import DEFAULT_PAGE, SEND_FIELDS, VersionConflict
 
@@ -69,6 +70,8 @@ def encode(settings: TenantSettingsRecord) -> str:
             document[name] = getattr(settings, name)
     if settings.push_fallback is not None:
         document["push_fallback"] = dataclasses.asdict(settings.push_fallback)
+    if settings.webhooks is not None:
+        document["webhooks"] = dataclasses.asdict(settings.webhooks)
     return json.dumps(document)
 
 
@@ -81,6 +84,8 @@ def decode(row: asyncpg.Record) -> TenantSettingsRecord:
     policy = stored.get("stream_policy")
     push = stored.get("push_fallback")
     push_fields = {f.name for f in dataclasses.fields(PushFallback)}
+    hooks = stored.get("webhooks")
+    hook_fields = {f.name for f in dataclasses.fields(Webhooks)}
     return TenantSettingsRecord(
         tenant,
         int(version),
@@ -100,6 +105,14 @@ def decode(row: asyncpg.Record) -> TenantSettingsRecord:
             None
             if push is None
             else PushFallback(**{k: v for k, v in push.items() if k in push_fields})
+        ),
+        webhooks=(
+            None
+            if hooks is None
+            else dataclasses.replace(
+                Webhooks(**{k: v for k, v in hooks.items() if k in hook_fields}),
+                events=tuple(hooks.get("events", ())),
+            )
         ),
     )
 

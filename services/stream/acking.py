@@ -20,7 +20,7 @@ from services.stream.hub import Hub
 from services.stream.log import Entry, LogHead, LogStore
 from services.stream.session import Session
 from services.stream.status import Mark, StatusStore
-from services.stream.status_recorder import StatusRecorder
+from services.stream.status_recorder import StatusEvents, StatusRecorder
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
@@ -60,12 +60,13 @@ class Acker:
         hub: Hub,
         clock: Clock,
         tracing: Tracing | None = None,
+        events: StatusEvents | None = None,
     ) -> None:
         self._tracing = tracing
         self._logs = logs
         self._acks = acks
         self._status = status
-        self._recorder = StatusRecorder(status)
+        self._recorder = StatusRecorder(status, events)
         self._hub = hub
         self._clock = clock
 

@@ -33,6 +33,7 @@ from services.stream.inbox_state_memory import MemoryInboxStateStore
 from services.stream.log import Entry, LogStore
 from services.stream.session import BufferBudget, Pending, Session, new_log_state
 from services.stream.status import StatusStore
+from services.stream.status_recorder import StatusEvents
 from services.stream.timers import Timers
 from services.stream.writer import AckDelays, SessionWriter, Write
 from services.tracing import Tracing
@@ -65,6 +66,7 @@ class DeliveryCore:
         tracing: Tracing | None = None,
         tenant_labels: metrics.TenantLabels | None = None,
         inbox_states: InboxStateStore | None = None,
+        events: StatusEvents | None = None,
     ) -> None:
         self.node_id = node_id
         # The `tenant` label of this node's per-tenant metrics (bounded: an allow-list).
@@ -90,9 +92,16 @@ class DeliveryCore:
             clock=clock,
             spawn=self._spawn,
             tracing=tracing,
+            events=events,
         )
         self.acker = Acker(
-            logs=logs, acks=acks, status=status, hub=self.hub, clock=clock, tracing=tracing
+            logs=logs,
+            acks=acks,
+            status=status,
+            hub=self.hub,
+            clock=clock,
+            tracing=tracing,
+            events=events,
         )
         inbox_states = inbox_states if inbox_states is not None else MemoryInboxStateStore()
         self.inbox = Inbox(
@@ -110,6 +119,7 @@ class DeliveryCore:
             clock=clock,
             spawn=self._spawn,
             inbox_states=inbox_states,
+            events=events,
         )
         self.hub.start()
 

@@ -31,7 +31,7 @@ from services.stream.broker import Broker, Publication
 from services.stream.inbox_state import InboxStateStore, forget_inbox_states
 from services.stream.log import Entry, LogAppend, LogStore, NewEntry
 from services.stream.status import StatusStore
-from services.stream.status_recorder import StatusRecorder
+from services.stream.status_recorder import StatusEvents, StatusRecorder
 from services.tracing import Tracing
 
 log = logging.getLogger(__name__)
@@ -58,12 +58,13 @@ class Dispatcher:
         group_window_s: float = 0.0,
         tracing: Tracing | None = None,
         inbox_states: InboxStateStore | None = None,
+        events: StatusEvents | None = None,
     ) -> None:
         self._logs = logs
         self._inbox_states = inbox_states
         self._tracing = tracing
         self._status = status
-        self._recorder = StatusRecorder(status)
+        self._recorder = StatusRecorder(status, events)
         self._broker = broker
         self._settings = settings
         self._clock = clock

@@ -30,15 +30,29 @@ class _Applies(Protocol):
     async def record(self, tenant: str, marks: Sequence[Mark]) -> None: ...
 
 
+class StatusEvents(Protocol):
+    """Where state changes go besides the status store: the webhooks' queues
+    (services/webhooks/events.py). Called on the delivery path, so `wants` is a cheap
+    synchronous check and the others only enqueue: no await, no I/O."""
+
+    def wants(self, tenant: str) -> bool: ...
+    def transitions(self, tenant: str, transitions: Sequence[Transition], at: float) -> None: ...
+    def marks(self, tenant: str, marks: Sequence[Mark]) -> None: ...
+
+
 class StatusRecorder:
-    def __init__(self, status: StatusStore | _Applies) -> None:
+    def __init__(self, status: StatusStore | _Applies, events: StatusEvents | None = None) -> None:
         self._status = status
+        self._events = events
         self._logged_at = -math.inf
         self._unlogged = 0
 
     async def apply(self, tenant: str, transitions: Sequence[Transition], at: float) -> None:
         if not transitions:
             return
+        events = self._events
+        if events is not None and events.wants(tenant):
+            events.transitions(tenant, transitions, at)
         try:
             await self._status.apply(tenant, transitions, at)
         except Unavailable as exc:
@@ -50,6 +64,9 @@ class StatusRecorder:
     async def record(self, tenant: str, marks: Sequence[Mark]) -> None:
         if not marks:
             return
+        events = self._events
+        if events is not None and events.wants(tenant):
+            events.marks(tenant, marks)
         try:
             await self._status.record(tenant, marks)
         except Unavailable as exc:

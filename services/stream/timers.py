@@ -20,6 +20,7 @@ from services.stream.inbox_state import InboxStateStore, forget_inbox_states
 from services.stream.log import LogStore
 from services.stream.session import Pending, Session
 from services.stream.status import StatusStore
+from services.stream.status_recorder import StatusEvents
 from services.stream.writer import AckDelays, Spawn
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,9 @@ class Timers:
         clock: Clock,
         spawn: Spawn,
         inbox_states: InboxStateStore | None = None,
+        events: StatusEvents | None = None,
     ) -> None:
+        self._events = events
         self._hub = hub
         self._inbox_states = inbox_states
         self._logs = logs
@@ -148,7 +151,14 @@ class Timers:
             metrics.REDELIVERIES.inc(requeued)
         for tenant, transitions in failed.items():
             metrics.FAILED.inc(len(transitions))
+            self._notify(tenant, transitions, now)
             await self._status.apply(tenant, transitions, now)
+
+    def _notify(self, tenant: str, transitions: list[Transition], now: float) -> None:
+        # The state changes the timers make, to the webhooks' queues (status_recorder.py).
+        events = self._events
+        if events is not None and events.wants(tenant):
+            events.transitions(tenant, transitions, now)
 
     async def _refresh_acks(self, session: Session, due: list[Pending]) -> None:
         """Before redelivering, learns what the user acked through other nodes (acks stop
@@ -186,6 +196,7 @@ class Timers:
                         Transition(entry.notification_id, u, State.EXPIRED, "ttl") for u in users
                     )
                 if transitions:
+                    self._notify(tenant, transitions, now)
                     await self._status.apply(tenant, transitions, now)
                 if key.is_user:
                     left.setdefault(tenant, []).extend(

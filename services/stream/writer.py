@@ -24,7 +24,7 @@ from services.model import timestamp
 from services.stream.log import LogStore
 from services.stream.session import Pending, Session
 from services.stream.status import Mark, StatusStore
-from services.stream.status_recorder import StatusRecorder
+from services.stream.status_recorder import StatusEvents, StatusRecorder
 from services.tracing import Tracing, end_spans
 
 log = logging.getLogger(__name__)
@@ -81,11 +81,12 @@ class SessionWriter:
         clock: Clock,
         spawn: Spawn,
         tracing: Tracing | None = None,
+        events: StatusEvents | None = None,
     ) -> None:
         self._node_id = node_id
         self._tracing = tracing
         self._logs = logs
-        self._status = StatusRecorder(status)
+        self._status = StatusRecorder(status, events)
         self._delays = delays
         self._settings = settings
         self._clock = clock

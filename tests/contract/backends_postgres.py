@@ -33,6 +33,8 @@ from services.stream.log_postgres import PostgresLogStore
 from services.stream.status import StatusStore
 from services.stream.status_buffered import WriteBehindStatusStore
 from services.stream.status_postgres import PostgresStatusStore
+from services.webhooks.parked import ParkedWebhookStore
+from services.webhooks.parked_postgres import PostgresParkedWebhookStore
 from tests.postgres import clean_pool
 
 
@@ -107,4 +109,7 @@ inbox_state_store: Callable[[], AbstractAsyncContextManager[InboxStateStore]] = 
 )
 preference_store: Callable[[], AbstractAsyncContextManager[PreferenceStore]] = _on_clean_pool(
     PostgresPreferenceStore
+)
+parked_webhook_store: Callable[[], AbstractAsyncContextManager[ParkedWebhookStore]] = (
+    _on_clean_pool(PostgresParkedWebhookStore)
 )

@@ -49,6 +49,8 @@ from services.stream.log import LogStore
 from services.stream.log_memory import MemoryLogStore
 from services.stream.status import StatusStore
 from services.stream.status_memory import MemoryStatusStore
+from services.webhooks.parked import ParkedWebhookStore
+from services.webhooks.parked_memory import MemoryParkedWebhookStore
 from tests.contract import backends_postgres
 from tests.redis_support import REDIS_URL, kill_pubsub_connections, scratch_keyspace
 
@@ -121,6 +123,10 @@ PREFERENCE_STORES: dict[str, Opener[PreferenceStore]] = {
 SEGMENT_STORES: dict[str, Opener[SegmentStore]] = {
     "memory": in_memory(MemorySegmentStore),
     "postgres": backends_postgres.segment_store,
+}
+PARKED_WEBHOOK_STORES: dict[str, Opener[ParkedWebhookStore]] = {
+    "memory": in_memory(MemoryParkedWebhookStore),
+    "postgres": backends_postgres.parked_webhook_store,
 }
 TENANT_SETTINGS_STORES: dict[str, Opener[TenantSettingsStore]] = {
     "memory": in_memory(MemoryTenantSettingsStore),
@@ -287,6 +293,14 @@ async def pending_push_store(request: pytest.FixtureRequest) -> AsyncIterator[Pe
 @pytest_asyncio.fixture(params=sorted(PREFERENCE_STORES))
 async def preference_store(request: pytest.FixtureRequest) -> AsyncIterator[PreferenceStore]:
     async with PREFERENCE_STORES[request.param]() as store:
+        yield store
+
+
+@pytest_asyncio.fixture(params=sorted(PARKED_WEBHOOK_STORES))
+async def parked_webhook_store(
+    request: pytest.FixtureRequest,
+) -> AsyncIterator[ParkedWebhookStore]:
+    async with PARKED_WEBHOOK_STORES[request.param]() as store:
         yield store
 
 

@@ -24,6 +24,14 @@ class PushKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PUSH_KIND_FCM: _ClassVar[PushKind]
     PUSH_KIND_APNS: _ClassVar[PushKind]
     PUSH_KIND_WEBPUSH: _ClassVar[PushKind]
+
+class WebhookEventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    WEBHOOK_EVENT_KIND_UNSPECIFIED: _ClassVar[WebhookEventKind]
+    WEBHOOK_EVENT_KIND_DELIVERED: _ClassVar[WebhookEventKind]
+    WEBHOOK_EVENT_KIND_ACKED: _ClassVar[WebhookEventKind]
+    WEBHOOK_EVENT_KIND_FAILED: _ClassVar[WebhookEventKind]
+    WEBHOOK_EVENT_KIND_EXPIRED: _ClassVar[WebhookEventKind]
 PRESENCE_STATE_UNSPECIFIED: PresenceState
 PRESENCE_STATE_ONLINE: PresenceState
 PRESENCE_STATE_OFFLINE: PresenceState
@@ -32,6 +40,11 @@ PUSH_KIND_UNSPECIFIED: PushKind
 PUSH_KIND_FCM: PushKind
 PUSH_KIND_APNS: PushKind
 PUSH_KIND_WEBPUSH: PushKind
+WEBHOOK_EVENT_KIND_UNSPECIFIED: WebhookEventKind
+WEBHOOK_EVENT_KIND_DELIVERED: WebhookEventKind
+WEBHOOK_EVENT_KIND_ACKED: WebhookEventKind
+WEBHOOK_EVENT_KIND_FAILED: WebhookEventKind
+WEBHOOK_EVENT_KIND_EXPIRED: WebhookEventKind
 
 class Session(_message.Message):
     __slots__ = ("session_id", "tenant_id", "user_id", "node_id", "node_address", "device", "channels", "connected_at", "last_seen_at")
@@ -305,7 +318,7 @@ class StreamPolicy(_message.Message):
     def __init__(self, compression: _Optional[_Iterable[str]] = ..., compression_min_bytes: _Optional[int] = ..., signing_required: _Optional[bool] = ..., allowed_formats: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class TenantSettings(_message.Message):
-    __slots__ = ("tenant_id", "version", "rate_limits", "stream_policy", "updated_at", "updated_by", "default_ttl_seconds", "max_users_per_send", "push_fallback")
+    __slots__ = ("tenant_id", "version", "rate_limits", "stream_policy", "updated_at", "updated_by", "default_ttl_seconds", "max_users_per_send", "webhooks", "push_fallback")
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     RATE_LIMITS_FIELD_NUMBER: _ClassVar[int]
@@ -314,6 +327,7 @@ class TenantSettings(_message.Message):
     UPDATED_BY_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     MAX_USERS_PER_SEND_FIELD_NUMBER: _ClassVar[int]
+    WEBHOOKS_FIELD_NUMBER: _ClassVar[int]
     PUSH_FALLBACK_FIELD_NUMBER: _ClassVar[int]
     tenant_id: str
     version: int
@@ -323,8 +337,9 @@ class TenantSettings(_message.Message):
     updated_by: str
     default_ttl_seconds: int
     max_users_per_send: int
+    webhooks: WebhookSettings
     push_fallback: PushFallbackSettings
-    def __init__(self, tenant_id: _Optional[str] = ..., version: _Optional[int] = ..., rate_limits: _Optional[_Union[TenantRateLimits, _Mapping]] = ..., stream_policy: _Optional[_Union[StreamPolicy, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_by: _Optional[str] = ..., default_ttl_seconds: _Optional[int] = ..., max_users_per_send: _Optional[int] = ..., push_fallback: _Optional[_Union[PushFallbackSettings, _Mapping]] = ...) -> None: ...
+    def __init__(self, tenant_id: _Optional[str] = ..., version: _Optional[int] = ..., rate_limits: _Optional[_Union[TenantRateLimits, _Mapping]] = ..., stream_policy: _Optional[_Union[StreamPolicy, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_by: _Optional[str] = ..., default_ttl_seconds: _Optional[int] = ..., max_users_per_send: _Optional[int] = ..., webhooks: _Optional[_Union[WebhookSettings, _Mapping]] = ..., push_fallback: _Optional[_Union[PushFallbackSettings, _Mapping]] = ...) -> None: ...
 
 class PushFallbackSettings(_message.Message):
     __slots__ = ("enabled", "delay_seconds", "fcm", "apns", "web_push")
@@ -657,3 +672,89 @@ class PutPreferencesResponse(_message.Message):
     PREFERENCES_FIELD_NUMBER: _ClassVar[int]
     preferences: Preferences
     def __init__(self, preferences: _Optional[_Union[Preferences, _Mapping]] = ...) -> None: ...
+
+class WebhookSettings(_message.Message):
+    __slots__ = ("enabled", "url", "secret", "secret_set", "events", "max_batch_events", "max_delay_ms")
+    ENABLED_FIELD_NUMBER: _ClassVar[int]
+    URL_FIELD_NUMBER: _ClassVar[int]
+    SECRET_FIELD_NUMBER: _ClassVar[int]
+    SECRET_SET_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCH_EVENTS_FIELD_NUMBER: _ClassVar[int]
+    MAX_DELAY_MS_FIELD_NUMBER: _ClassVar[int]
+    enabled: bool
+    url: str
+    secret: str
+    secret_set: bool
+    events: _containers.RepeatedScalarFieldContainer[WebhookEventKind]
+    max_batch_events: int
+    max_delay_ms: int
+    def __init__(self, enabled: _Optional[bool] = ..., url: _Optional[str] = ..., secret: _Optional[str] = ..., secret_set: _Optional[bool] = ..., events: _Optional[_Iterable[_Union[WebhookEventKind, str]]] = ..., max_batch_events: _Optional[int] = ..., max_delay_ms: _Optional[int] = ...) -> None: ...
+
+class ParkedWebhook(_message.Message):
+    __slots__ = ("batch_id", "event_count", "reason", "attempts", "created_at", "parked_at", "replay_pending")
+    BATCH_ID_FIELD_NUMBER: _ClassVar[int]
+    EVENT_COUNT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    PARKED_AT_FIELD_NUMBER: _ClassVar[int]
+    REPLAY_PENDING_FIELD_NUMBER: _ClassVar[int]
+    batch_id: str
+    event_count: int
+    reason: str
+    attempts: int
+    created_at: _timestamp_pb2.Timestamp
+    parked_at: _timestamp_pb2.Timestamp
+    replay_pending: bool
+    def __init__(self, batch_id: _Optional[str] = ..., event_count: _Optional[int] = ..., reason: _Optional[str] = ..., attempts: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., parked_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., replay_pending: _Optional[bool] = ...) -> None: ...
+
+class ListParkedWebhooksRequest(_message.Message):
+    __slots__ = ("tenant_id", "page_size", "page_token")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    page_size: int
+    page_token: str
+    def __init__(self, tenant_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListParkedWebhooksResponse(_message.Message):
+    __slots__ = ("batches", "next_page_token")
+    BATCHES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    batches: _containers.RepeatedCompositeFieldContainer[ParkedWebhook]
+    next_page_token: str
+    def __init__(self, batches: _Optional[_Iterable[_Union[ParkedWebhook, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class ReplayWebhooksRequest(_message.Message):
+    __slots__ = ("tenant_id", "batch_ids", "all")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    BATCH_IDS_FIELD_NUMBER: _ClassVar[int]
+    ALL_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    batch_ids: _containers.RepeatedScalarFieldContainer[str]
+    all: bool
+    def __init__(self, tenant_id: _Optional[str] = ..., batch_ids: _Optional[_Iterable[str]] = ..., all: _Optional[bool] = ...) -> None: ...
+
+class ReplayWebhooksResponse(_message.Message):
+    __slots__ = ("replayed",)
+    REPLAYED_FIELD_NUMBER: _ClassVar[int]
+    replayed: int
+    def __init__(self, replayed: _Optional[int] = ...) -> None: ...
+
+class DeleteParkedWebhooksRequest(_message.Message):
+    __slots__ = ("tenant_id", "batch_ids", "all")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    BATCH_IDS_FIELD_NUMBER: _ClassVar[int]
+    ALL_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    batch_ids: _containers.RepeatedScalarFieldContainer[str]
+    all: bool
+    def __init__(self, tenant_id: _Optional[str] = ..., batch_ids: _Optional[_Iterable[str]] = ..., all: _Optional[bool] = ...) -> None: ...
+
+class DeleteParkedWebhooksResponse(_message.Message):
+    __slots__ = ("deleted",)
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    deleted: int
+    def __init__(self, deleted: _Optional[int] = ...) -> None: ...

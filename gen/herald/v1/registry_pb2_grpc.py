@@ -172,6 +172,21 @@ class RegistryServiceStub:
                 request_serializer=herald_dot_v1_dot_registry__pb2.PutPreferencesRequest.SerializeToString,
                 response_deserializer=herald_dot_v1_dot_registry__pb2.PutPreferencesResponse.FromString,
                 _registered_method=True)
+        self.ListParkedWebhooks = channel.unary_unary(
+                '/herald.v1.RegistryService/ListParkedWebhooks',
+                request_serializer=herald_dot_v1_dot_registry__pb2.ListParkedWebhooksRequest.SerializeToString,
+                response_deserializer=herald_dot_v1_dot_registry__pb2.ListParkedWebhooksResponse.FromString,
+                _registered_method=True)
+        self.ReplayWebhooks = channel.unary_unary(
+                '/herald.v1.RegistryService/ReplayWebhooks',
+                request_serializer=herald_dot_v1_dot_registry__pb2.ReplayWebhooksRequest.SerializeToString,
+                response_deserializer=herald_dot_v1_dot_registry__pb2.ReplayWebhooksResponse.FromString,
+                _registered_method=True)
+        self.DeleteParkedWebhooks = channel.unary_unary(
+                '/herald.v1.RegistryService/DeleteParkedWebhooks',
+                request_serializer=herald_dot_v1_dot_registry__pb2.DeleteParkedWebhooksRequest.SerializeToString,
+                response_deserializer=herald_dot_v1_dot_registry__pb2.DeleteParkedWebhooksResponse.FromString,
+                _registered_method=True)
 
 
 class RegistryServiceServicer:
@@ -382,6 +397,30 @@ class RegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListParkedWebhooks(self, request, context):
+        """The tenant's webhook batches that were parked (not delivered after every retry, or refused
+        by the receiver), oldest first, a page at a time (docs/webhooks.md). Scope `tenant:admin`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReplayWebhooks(self, request, context):
+        """Sends parked batches again, to the tenant's current URL with its current secret: those
+        named, or all of them. A batch that fails again is parked again. Scope `tenant:admin`;
+        audited.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteParkedWebhooks(self, request, context):
+        """Forgets parked batches: those named, or all of them. Scope `tenant:admin`; audited.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegistryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -519,6 +558,21 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.PutPreferences,
                     request_deserializer=herald_dot_v1_dot_registry__pb2.PutPreferencesRequest.FromString,
                     response_serializer=herald_dot_v1_dot_registry__pb2.PutPreferencesResponse.SerializeToString,
+            ),
+            'ListParkedWebhooks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListParkedWebhooks,
+                    request_deserializer=herald_dot_v1_dot_registry__pb2.ListParkedWebhooksRequest.FromString,
+                    response_serializer=herald_dot_v1_dot_registry__pb2.ListParkedWebhooksResponse.SerializeToString,
+            ),
+            'ReplayWebhooks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReplayWebhooks,
+                    request_deserializer=herald_dot_v1_dot_registry__pb2.ReplayWebhooksRequest.FromString,
+                    response_serializer=herald_dot_v1_dot_registry__pb2.ReplayWebhooksResponse.SerializeToString,
+            ),
+            'DeleteParkedWebhooks': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteParkedWebhooks,
+                    request_deserializer=herald_dot_v1_dot_registry__pb2.DeleteParkedWebhooksRequest.FromString,
+                    response_serializer=herald_dot_v1_dot_registry__pb2.DeleteParkedWebhooksResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1253,6 +1307,87 @@ class RegistryService:
             '/herald.v1.RegistryService/PutPreferences',
             herald_dot_v1_dot_registry__pb2.PutPreferencesRequest.SerializeToString,
             herald_dot_v1_dot_registry__pb2.PutPreferencesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListParkedWebhooks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/herald.v1.RegistryService/ListParkedWebhooks',
+            herald_dot_v1_dot_registry__pb2.ListParkedWebhooksRequest.SerializeToString,
+            herald_dot_v1_dot_registry__pb2.ListParkedWebhooksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReplayWebhooks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/herald.v1.RegistryService/ReplayWebhooks',
+            herald_dot_v1_dot_registry__pb2.ReplayWebhooksRequest.SerializeToString,
+            herald_dot_v1_dot_registry__pb2.ReplayWebhooksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteParkedWebhooks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/herald.v1.RegistryService/DeleteParkedWebhooks',
+            herald_dot_v1_dot_registry__pb2.DeleteParkedWebhooksRequest.SerializeToString,
+            herald_dot_v1_dot_registry__pb2.DeleteParkedWebhooksResponse.FromString,
             options,
             channel_credentials,
             insecure,
