@@ -23,6 +23,8 @@ from services.config import Config
 from services.errors import Unavailable
 from services.ingest.idempotency import IdempotencyStore
 from services.ingest.idempotency_memory import MemoryIdempotencyStore
+from services.ingest.scheduled import ScheduledStore
+from services.ingest.scheduled_memory import MemoryScheduledStore
 from services.push.pending import PendingPushStore
 from services.push.pending_memory import MemoryPendingPushStore
 from services.push.targets import PushTargetStore
@@ -79,6 +81,8 @@ class Stores:
     # The offline fallback (docs/push.md).
     push_targets: PushTargetStore = field(default_factory=MemoryPushTargetStore)
     push_pending: PendingPushStore = field(default_factory=MemoryPendingPushStore)
+    # Scheduled sends held until their deliver_at (docs/scheduling.md).
+    scheduled: ScheduledStore = field(default_factory=MemoryScheduledStore)
 
     async def monitor(self, interval_s: float) -> None:
         """Probes every backend through its breaker, forever: a backend that went away opens
@@ -109,6 +113,7 @@ class Stores:
             self.push_targets,
             self.push_pending,
             self.segments,
+            self.scheduled,
         ):
             await store.aclose()
         for backend in self.backends:

@@ -175,6 +175,7 @@ async def production_stores(config: Config, clock: Clock, on_change: HealthChang
         push_targets=guarded(postgres.push_targets, pg),
         push_pending=guarded(postgres.push_pending, pg),
         segments=guarded(postgres.segments, pg),
+        scheduled=guarded(postgres.scheduled, pg),
         shared=True,
         # Behind the Redis breaker: an open circuit answers at once (open or closed, as set).
         rate_limiter=RedisRateLimiter(

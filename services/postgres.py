@@ -19,6 +19,7 @@ from typing import Final
 import asyncpg
 
 from services.ingest.idempotency_postgres import PostgresIdempotencyStore
+from services.ingest.scheduled_postgres import PostgresScheduledStore
 from services.push.pending_postgres import PostgresPendingPushStore
 from services.push.targets_postgres import PostgresPushTargetStore
 from services.registry.segments_postgres import PostgresSegmentStore
@@ -164,6 +165,7 @@ class PostgresBackend:
         self.push_targets = PostgresPushTargetStore(pool)
         self.push_pending = PostgresPendingPushStore(pool)
         self.segments = PostgresSegmentStore(pool)
+        self.scheduled = PostgresScheduledStore(pool)
         self._close_timeout_s = close_timeout_s
 
     @classmethod
