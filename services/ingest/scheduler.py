@@ -18,9 +18,9 @@ from services.ingest.scheduling import Scheduling
 
 log = logging.getLogger(__name__)
 
-# The shortest pause between passes that found nothing to claim (clock seconds): a send due
-# now but claimed by another node between two reads does not make a loop spin.
-_MIN_PAUSE_S = 0.01
+# The pause after a pass that found a send due but could not claim it (clock seconds): another
+# node's claim of it was in flight; its lease follows.
+_RACE_PAUSE_S = 0.01
 _PURGE_INTERVAL_S = 3600.0
 
 
@@ -76,21 +76,24 @@ class Scheduler:
                 await self._sleep(pause)
 
     async def _pass(self) -> float:
-        """One pass; returns how long to sleep before the next."""
-        claimed = await self._scheduling.release_due(self._batch, self._lease_s)
+        """One pass; returns how long to sleep before the next (0: none)."""
+        now = self._clock.now()
+        claimed = await self._scheduling.release_due(self._batch, self._lease_s, now)
         if claimed:
             self.passes += 1
         if claimed >= self._batch:
             return 0.0
-        now = self._clock.now()
         if now - self._purged_at >= _PURGE_INTERVAL_S:
             self._purged_at = now
             await self._scheduling.store.purge(now - self._retention_s)
-        pause = self._poll_interval_s
         next_due = await self._scheduling.next_due()
-        if next_due is not None:
-            pause = min(pause, next_due - self._clock.now())
-        return max(pause, _MIN_PAUSE_S)
+        if next_due is None:
+            return self._poll_interval_s
+        if next_due <= now:
+            # Due when this pass claimed, yet not claimed: another node's claim was in flight.
+            return _RACE_PAUSE_S
+        # The clock may have moved on during the pass: then at once.
+        return max(0.0, min(self._poll_interval_s, next_due - self._clock.now()))
 
     async def _sleep(self, seconds: float) -> None:
         """`seconds` of the clock's time, or until woken by an earlier held send."""

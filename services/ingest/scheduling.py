@@ -166,13 +166,16 @@ class Scheduling:
     async def next_due(self) -> float | None:
         return await self.store.next_due()
 
-    async def release_due(self, limit: int, lease_s: float) -> int:
-        """Hands the sends due now (up to `limit`) to delivery; returns how many were claimed.
+    async def release_due(self, limit: int, lease_s: float, now: float | None = None) -> int:
+        """Hands the sends due at `now` (default: the clock's; up to `limit`) to delivery;
+        returns how many were claimed.
 
         A tenant whose dispatch fails keeps its sends claimed until the lease ends, when the
         next pass (on any node) takes them again; other tenants are not held up.
         """
-        sends = await self.store.claim(self._clock.now(), limit, lease_s)
+        if now is None:
+            now = self._clock.now()
+        sends = await self.store.claim(now, limit, lease_s)
         by_tenant: dict[str, list[ScheduledSend]] = {}
         for send in sends:
             by_tenant.setdefault(send.tenant, []).append(send)

@@ -20,6 +20,8 @@ from redis.asyncio import Redis
 from services.clock import Clock
 from services.ingest.idempotency import IdempotencyStore
 from services.ingest.idempotency_memory import MemoryIdempotencyStore
+from services.ingest.scheduled import ScheduledStore
+from services.ingest.scheduled_memory import MemoryScheduledStore
 from services.push.pending import PendingPushStore
 from services.push.pending_memory import MemoryPendingPushStore
 from services.push.targets import PushTargetStore
@@ -109,6 +111,10 @@ PENDING_PUSH_STORES: dict[str, Opener[PendingPushStore]] = {
 SEGMENT_STORES: dict[str, Opener[SegmentStore]] = {
     "memory": in_memory(MemorySegmentStore),
     "postgres": backends_postgres.segment_store,
+}
+SCHEDULED_STORES: dict[str, Opener[ScheduledStore]] = {
+    "memory": in_memory(MemoryScheduledStore),
+    "postgres": backends_postgres.scheduled_store,
 }
 TENANT_SETTINGS_STORES: dict[str, Opener[TenantSettingsStore]] = {
     "memory": in_memory(MemoryTenantSettingsStore),
@@ -275,6 +281,12 @@ async def pending_push_store(request: pytest.FixtureRequest) -> AsyncIterator[Pe
 @pytest_asyncio.fixture(params=sorted(SEGMENT_STORES))
 async def segment_store(request: pytest.FixtureRequest) -> AsyncIterator[SegmentStore]:
     async with SEGMENT_STORES[request.param]() as store:
+        yield store
+
+
+@pytest_asyncio.fixture(params=sorted(SCHEDULED_STORES))
+async def scheduled_store(request: pytest.FixtureRequest) -> AsyncIterator[ScheduledStore]:
+    async with SCHEDULED_STORES[request.param]() as store:
         yield store
 
 
