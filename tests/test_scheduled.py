@@ -359,6 +359,11 @@ async def test_a_claim_whose_node_died_is_released_after_the_lease_and_only_once
     notification = notification_pb2.Notification.FromString(send.encoded)
     await node.dispatcher.dispatch([accepted_from_proto(notification, send.encoded)])
     assert await next_title(stream) == "delivered, not done"
+    for held, words in ((delivered, "delivered already"), (lost, "being delivered right now")):
+        with pytest.raises(aio.AioRpcError) as refused:
+            await backend.cancel_scheduled(held.notification_id)
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert words in (refused.value.details() or "")
 
     await clock.advance(60 + 119)
     await assert_held(herald, stream, "within the lease")

@@ -134,6 +134,9 @@ class Scheduling:
             FailedPrecondition: it is delivered, or being delivered right now.
         """
         check_id(notification_id, "notification_id")
+        # First: a claimant that died after its dispatch leaves a row, its lease ended, that
+        # is delivered all the same.
+        await self._refuse_if_delivered(tenant, notification_id)
         outcome = await self.store.cancel(tenant, notification_id, self._clock.now())
         if outcome is CancelOutcome.CANCELLED:
             return True
@@ -144,12 +147,16 @@ class Scheduling:
                 f"notification {quote(notification_id)} is being delivered right now; "
                 "it can no longer be cancelled"
             )
+        # Released since the first look, or never held.
+        await self._refuse_if_delivered(tenant, notification_id)
+        raise NotFound(f"no notification {quote(notification_id)} in this tenant")
+
+    async def _refuse_if_delivered(self, tenant: str, notification_id: str) -> None:
         if await self._delivery.status(tenant, notification_id) is not None:
             raise FailedPrecondition(
                 f"notification {quote(notification_id)} was delivered already "
                 "(only a scheduled send can be cancelled, before its deliver_at)"
             )
-        raise NotFound(f"no notification {quote(notification_id)} in this tenant")
 
     async def page(
         self, tenant: str, page_size: int, token: str
