@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import math
 
 from services.clock import Clock
+from services.ingest.intake import BoundedLog
 from services.ingest.scheduling import Scheduling
-
-log = logging.getLogger(__name__)
 
 # The pause after a pass that found a send due but could not claim it (clock seconds): another
 # node's claim of it was in flight; its lease follows.
@@ -52,6 +50,8 @@ class Scheduler:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._unwatch = scheduling.watch(self._held)
+        # A store out of reach fails every pass: said once per interval, with a count.
+        self._log = BoundedLog()
         # Passes that released something, for tests and operators.
         self.passes = 0
 
@@ -70,7 +70,7 @@ class Scheduler:
                 pause = await self._pass()
             except Exception as exc:
                 # The store is out of reach (its breaker open), or a bug: the next pass retries.
-                log.warning("scheduler pass failed", extra={"error": type(exc).__name__})
+                self._log.warning("scheduler pass failed", error=type(exc).__name__)
                 pause = self._retry_delay_s
             if pause > 0 and not self._stopping:
                 await self._sleep(pause)
