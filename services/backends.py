@@ -42,6 +42,8 @@ from services.stream.acks import AckStore
 from services.stream.acks_memory import MemoryAckStore
 from services.stream.broker import Broker
 from services.stream.broker_memory import MemoryBroker
+from services.stream.inbox_state import InboxStateStore
+from services.stream.inbox_state_memory import MemoryInboxStateStore
 from services.stream.log import LogStore
 from services.stream.log_memory import MemoryLogStore
 from services.stream.status import StatusStore
@@ -83,6 +85,8 @@ class Stores:
     push_pending: PendingPushStore = field(default_factory=MemoryPendingPushStore)
     # Scheduled sends held until their deliver_at (docs/scheduling.md).
     scheduled: ScheduledStore = field(default_factory=MemoryScheduledStore)
+    # Seen / read / archived per user and notification (docs/inbox.md).
+    inbox_states: InboxStateStore = field(default_factory=MemoryInboxStateStore)
 
     async def monitor(self, interval_s: float) -> None:
         """Probes every backend through its breaker, forever: a backend that went away opens
@@ -114,6 +118,7 @@ class Stores:
             self.push_pending,
             self.segments,
             self.scheduled,
+            self.inbox_states,
         ):
             await store.aclose()
         for backend in self.backends:

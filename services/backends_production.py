@@ -176,6 +176,7 @@ async def production_stores(config: Config, clock: Clock, on_change: HealthChang
         push_pending=guarded(postgres.push_pending, pg),
         segments=guarded(postgres.segments, pg),
         scheduled=guarded(postgres.scheduled, pg),
+        inbox_states=guarded(postgres.inbox_states, pg),
         shared=True,
         # Behind the Redis breaker: an open circuit answers at once (open or closed, as set).
         rate_limiter=RedisRateLimiter(

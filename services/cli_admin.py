@@ -6,7 +6,9 @@
 - `herald status ID`: IngestService GetStatus;
 - `herald scheduled list|cancel`: IngestService ListScheduled / CancelScheduled;
 - `herald templates put|get|list|delete`: RegistryService templates;
-- `herald inbox --user U [--mark-read ID]`: StreamService ListInbox / MarkRead, as that user;
+- `herald inbox --user U [--filter F] [--mark-read ID | --seen ID | --unread ID | --archive ID |
+  --unarchive ID | --mark-all-read | --counts]`: StreamService ListInbox, MarkRead,
+  UpdateInboxState, MarkAllRead, GetInboxCounts, as that user;
 - `herald tenant get|set|put|reset|list`: RegistryService tenant settings (services/cli_tenant.py).
 
 Each prints text for people, or with `--json` one JSON document (the response message in the
@@ -104,6 +106,18 @@ def add_commands(commands: Any) -> None:
     inbox.add_argument("--page-token", default="", help="from the previous page")
     inbox.add_argument(
         "--mark-read", action="append", default=[], metavar="ID", help="mark read (repeatable)"
+    )
+    for flag, what in _INBOX_ACTIONS.items():
+        inbox.add_argument(
+            f"--{flag}", action="append", default=[], metavar="ID", help=f"{what} (repeatable)"
+        )
+    inbox.add_argument("--mark-all-read", action="store_true", help="mark every one read")
+    inbox.add_argument("--counts", action="store_true", help="unseen, unread and total counts")
+    inbox.add_argument(
+        "--filter",
+        choices=sorted(_INBOX_FILTERS),
+        default="not-archived",
+        help="which items to list (default: those not archived)",
     )
     cli_tenant.add_command(commands)
 
@@ -214,9 +228,54 @@ def _read(path: str) -> str:
         raise CliError(f"--file {path}: {exc.strerror}") from None
 
 
+_INBOX_ACTIONS = {
+    "seen": "mark seen",
+    "unread": "mark unread",
+    "archive": "archive",
+    "unarchive": "unarchive",
+}
+_INBOX_ACTION_VALUES = {
+    "seen": stream_pb2.INBOX_ACTION_SEEN,
+    "unread": stream_pb2.INBOX_ACTION_UNREAD,
+    "archive": stream_pb2.INBOX_ACTION_ARCHIVE,
+    "unarchive": stream_pb2.INBOX_ACTION_UNARCHIVE,
+}
+_INBOX_FILTERS = {
+    "not-archived": stream_pb2.INBOX_FILTER_UNSPECIFIED,
+    "all": stream_pb2.INBOX_FILTER_ALL,
+    "archived": stream_pb2.INBOX_FILTER_ARCHIVED,
+    "unread": stream_pb2.INBOX_FILTER_UNREAD,
+}
+
+
+def _counts_text(counts: stream_pb2.InboxCounts) -> list[str]:
+    return [f"unseen {counts.unseen}  unread {counts.unread}  total {counts.total}"]
+
+
 async def _inbox(args: argparse.Namespace) -> int:
     who: Credentials = credentials(args, [auth.SCOPE_SUBSCRIBE], args.user)
     async with connect(args, who.token) as client:
+        for flag in _INBOX_ACTIONS:
+            ids = getattr(args, flag)
+            if ids:
+                changed = await client.update_inbox_state(ids, _INBOX_ACTION_VALUES[flag])
+                _print(
+                    args,
+                    changed,
+                    lambda r: [f"changed {r.changed}", *_counts_text(r.counts)],
+                )
+                return 0
+        if args.mark_all_read:
+            all_read = await client.mark_all_read()
+            _print(
+                args,
+                all_read,
+                lambda r: [f"marked {r.marked} notification(s) read", *_counts_text(r.counts)],
+            )
+            return 0
+        if args.counts:
+            _print(args, await client.inbox_counts(), _counts_text)
+            return 0
         if args.mark_read:
             marked = await client.mark_read(args.mark_read)
             _print(
@@ -225,7 +284,11 @@ async def _inbox(args: argparse.Namespace) -> int:
                 lambda r: [f"marked {r.marked} notification(s) read"],
             )
             return 0
-        page = await client.list_inbox(page_size=args.page_size, page_token=args.page_token)
+        page = await client.list_inbox(
+            page_size=args.page_size,
+            page_token=args.page_token,
+            filter=_INBOX_FILTERS[args.filter],
+        )
     _print(args, page, _inbox_text)
     if page.next_page_token and not args.json:
         print(f"more: --page-token {page.next_page_token}", file=sys.stderr)

@@ -438,15 +438,57 @@ class HeraldClient:
         return int(response.acked)
 
     async def list_inbox(
-        self, *, page_size: int = 20, page_token: str = "", timeout: float = 10.0
+        self,
+        *,
+        page_size: int = 20,
+        page_token: str = "",
+        filter: stream_pb2.InboxFilter = stream_pb2.INBOX_FILTER_UNSPECIFIED,
+        timeout: float = 10.0,
     ) -> stream_pb2.ListInboxResponse:
-        """A page of the caller's own notifications, newest first."""
+        """A page of the caller's own notifications, newest first (not archived ones, unless
+        `filter` says otherwise)."""
         response: stream_pb2.ListInboxResponse = await self._stream.ListInbox(
-            stream_pb2.ListInboxRequest(page_size=page_size, page_token=page_token),
+            stream_pb2.ListInboxRequest(page_size=page_size, page_token=page_token, filter=filter),
             metadata=self.metadata(),
             timeout=timeout,
         )
         return response
+
+    async def update_inbox_state(
+        self,
+        notification_ids: Iterable[str],
+        action: stream_pb2.InboxAction,
+        *,
+        timeout: float = 10.0,
+    ) -> stream_pb2.UpdateInboxStateResponse:
+        """Marks the caller's notifications seen, read, unread, archived or unarchived; the
+        response says how many changed and the counts after."""
+        response: stream_pb2.UpdateInboxStateResponse = await self._stream.UpdateInboxState(
+            stream_pb2.UpdateInboxStateRequest(
+                notification_ids=list(notification_ids), action=action
+            ),
+            metadata=self.metadata(),
+            timeout=timeout,
+        )
+        return response
+
+    async def mark_all_read(
+        self, *, up_to_cursor: int = 0, timeout: float = 10.0
+    ) -> stream_pb2.MarkAllReadResponse:
+        """Marks every notification of the caller's inbox read (or every one up to a cursor)."""
+        response: stream_pb2.MarkAllReadResponse = await self._stream.MarkAllRead(
+            stream_pb2.MarkAllReadRequest(up_to_cursor=up_to_cursor),
+            metadata=self.metadata(),
+            timeout=timeout,
+        )
+        return response
+
+    async def inbox_counts(self, *, timeout: float = 10.0) -> stream_pb2.InboxCounts:
+        """The caller's unseen, unread and total (not archived) counts."""
+        response: stream_pb2.GetInboxCountsResponse = await self._stream.GetInboxCounts(
+            stream_pb2.GetInboxCountsRequest(), metadata=self.metadata(), timeout=timeout
+        )
+        return response.counts
 
     async def signing_keys(self, *, timeout: float = 10.0) -> stream_pb2.GetSigningKeysResponse:
         """The public keys that verify signed deliveries (the active one and older ones)."""
@@ -489,6 +531,7 @@ class HeraldClient:
         accept_encodings: Iterable[str] = (),
         verify: bool = False,
         on_reject: Callable[[Rejected, stream_pb2.Delivery], None] | None = None,
+        on_inbox_event: Callable[[stream_pb2.InboxEvent], None] | None = None,
     ) -> Subscription:
         """An endless iterator of notifications, across reconnects (see the module docstring).
 
@@ -497,7 +540,9 @@ class HeraldClient:
         connection state while it is away). `accept_encodings` asks for the transformer
         chain's encodings ("json", "zstd", "gzip", "signed"); `verify` asks for signed
         deliveries and rejects any that does not verify (`Subscription.chain.rejected` counts
-        them by reason; `on_reject` is called with each; docs/transformers.md)."""
+        them by reason; `on_reject` is called with each; docs/transformers.md).
+        `on_inbox_event` is called with each InboxEvent: the user's inbox states changed on some
+        device (docs/inbox.md)."""
         if ack_interval <= 0:
             raise ValueError("ack_interval must be positive")
         chain = ClientChain(
@@ -517,6 +562,7 @@ class HeraldClient:
             on_connect=on_connect,
             on_disconnect=on_disconnect,
             chain=chain,
+            on_inbox_event=on_inbox_event,
         )
 
     def open_stream(
@@ -624,6 +670,7 @@ class Subscription:
         on_connect: Callable[[stream_pb2.SessionStarted], None] | None = None,
         on_disconnect: Callable[[Disconnected], None] | None = None,
         chain: ClientChain | None = None,
+        on_inbox_event: Callable[[stream_pb2.InboxEvent], None] | None = None,
     ) -> None:
         self._client = client
         # Decodes and verifies the transformer chain's deliveries; counts rejections.
@@ -654,6 +701,7 @@ class Subscription:
         self._rng = rng
         self._on_connect = on_connect
         self._on_disconnect = on_disconnect
+        self._on_inbox_event = on_inbox_event
         self._call: aio.UnaryStreamCall[Any, Any] | None = None
         self._dropped = False
         self.session_id = ""
@@ -809,6 +857,9 @@ class Subscription:
                         self.connected.set()
                         if self._on_connect is not None:
                             self._on_connect(event.session_started)
+                    elif kind == "inbox_event":
+                        if self._on_inbox_event is not None:
+                            self._on_inbox_event(event.inbox_event)
                     elif kind == "closing":
                         self.last_closing = event.closing
                         retry_after = event.closing.retry_after_ms / 1000

@@ -26,6 +26,7 @@ from services.registry.segments_postgres import PostgresSegmentStore
 from services.registry.templates_postgres import PostgresTemplateStore
 from services.registry.tenant_settings_postgres import PostgresTenantSettingsStore
 from services.stream.acks_postgres import PostgresAckStore
+from services.stream.inbox_state_postgres import PostgresInboxStateStore
 from services.stream.log_postgres import PostgresLogStore
 from services.stream.status_postgres import PostgresStatusStore
 
@@ -166,6 +167,7 @@ class PostgresBackend:
         self.push_pending = PostgresPendingPushStore(pool)
         self.segments = PostgresSegmentStore(pool)
         self.scheduled = PostgresScheduledStore(pool)
+        self.inbox_states = PostgresInboxStateStore(pool)
         self._close_timeout_s = close_timeout_s
 
     @classmethod
@@ -211,6 +213,7 @@ class PostgresBackend:
             self.templates,
             self.tenant_settings,
             self.segments,
+            self.inbox_states,
         ):
             await store.aclose()
         try:

@@ -329,6 +329,7 @@ async def start_node(
                 clock=clock,
                 group_window_s=config.backends.group_commit_ms / 1000 if stores.shared else 0.0,
                 tracing=traces,
+                inbox_states=stores.inbox_states,
             )
 
         if "stream" in roles and dispatcher is not None:
@@ -351,6 +352,7 @@ async def start_node(
                 clock=clock,
                 tracing=traces,
                 tenant_labels=metrics.TenantLabels(config.server.tenant_labels),
+                inbox_states=stores.inbox_states,
             )
             StreamServicer(delivery_core, admission, chain.keys if chain else None).register(server)
             if config.server.ws_port is not None:

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Callable
 
 from services.domain import LogKey
-from services.stream.broker import Publication
+from services.stream.broker import Publication, UserEvent
 from services.stream.log import Entry
 
 # How long a publication may take to arrive before the test fails (they take milliseconds).
@@ -21,10 +21,15 @@ class Recorder:
     def __init__(self) -> None:
         self.publications: list[Publication] = []
         self.resets = 0
+        self.user_events: list[UserEvent] = []
         self._changed = asyncio.Event()
 
     def on_publication(self, publication: Publication) -> None:
         self.publications.append(publication._replace(entries=tuple(publication.entries)))
+        self._changed.set()
+
+    def on_user_event(self, event: UserEvent) -> None:
+        self.user_events.append(event)
         self._changed.set()
 
     def on_reset(self) -> None:

@@ -50,5 +50,19 @@ class Stream:
         taken, self._buffer = self._buffer[:count], self._buffer[count:]
         return taken
 
+    async def inbox_event(self, within: float = 5.0) -> stream_pb2.InboxEvent:
+        """The next inbox event, skipping heartbeats and keeping deliveries for `deliveries`."""
+        async with asyncio.timeout(within):
+            while True:
+                event = await self.call.read()
+                assert event is not aio.EOF, "the stream ended"
+                kind = event.WhichOneof("event")
+                if kind == "inbox_event":
+                    return event.inbox_event
+                if kind == "deliveries":
+                    self._buffer.extend(event.deliveries.deliveries)
+                else:
+                    assert kind == "heartbeat", f"unexpected event {kind}"
+
     def cancel(self) -> None:
         self.call.cancel()

@@ -397,6 +397,16 @@ async def test_operator_commands_sessions_presence_status_templates_inbox(cli: C
     )
     assert marked == {"marked": 1}
     assert "unread" not in await cli.run("inbox", "--user", "alice", **env)
+    archived = await cli.json(
+        "inbox", "--user", "alice", "--archive", sent["notificationId"], **env
+    )
+    assert archived == {"changed": 1, "counts": {"unseen": 0, "unread": 0, "total": 0}}
+    assert "the inbox is empty" in await cli.run("inbox", "--user", "alice", **env)
+    listed = await cli.json("inbox", "--user", "alice", "--filter", "archived", **env)
+    assert [i["notification"]["id"] for i in listed["items"]] == [sent["notificationId"]]
+    assert "unseen 0  unread 0  total 0" in await cli.run(
+        "inbox", "--user", "alice", "--counts", **env
+    )
 
     kicked = await cli.json("sessions", "kick", "--user", "alice", "--reason", "maintenance", **env)
     assert kicked == {"disconnected": 1}

@@ -107,6 +107,11 @@ SEEDS: dict[str, Message] = {
     "/herald.v1.StreamService/MarkRead": stream_pb2.MarkReadRequest(
         notification_ids=[NOTIFICATION_ID]
     ),
+    "/herald.v1.StreamService/UpdateInboxState": stream_pb2.UpdateInboxStateRequest(
+        notification_ids=[NOTIFICATION_ID], action=stream_pb2.INBOX_ACTION_ARCHIVE
+    ),
+    "/herald.v1.StreamService/MarkAllRead": stream_pb2.MarkAllReadRequest(up_to_cursor=5),
+    "/herald.v1.StreamService/GetInboxCounts": stream_pb2.GetInboxCountsRequest(),
     "/herald.v1.StreamService/GetSigningKeys": stream_pb2.GetSigningKeysRequest(),
     "/herald.v1.RegistryService/RegisterSession": registry_pb2.RegisterSessionRequest(
         session=_SESSION

@@ -19,6 +19,8 @@ from services.postgres import (
 )
 from services.stream.acks import AckState
 from services.stream.acks_postgres import PostgresAckStore
+from services.stream.inbox_state import InboxCounters, InboxState
+from services.stream.inbox_state_postgres import PostgresInboxStateStore
 from services.stream.log import LogAppend, NewEntry
 from services.stream.log_postgres import PostgresLogStore
 from services.stream.status import Mark
@@ -192,5 +194,35 @@ async def test_status_records_made_before_the_marks_keep_answering_as_they_did()
                 "old": State.DELIVERED,
                 "new": State.DELIVERED,
             }
+        finally:
+            await pool.close()
+
+
+@pytest.mark.asyncio
+async def test_read_marks_made_before_the_inbox_states_become_inbox_states() -> None:
+    """The inbox states migration: a read mark MarkRead stored in herald_recipients becomes a
+    read (and seen) inbox state with its counters, for what is still in the user's own log."""
+    [inbox] = [m for m in migrations() if m.name.endswith("_inbox_states.sql")]
+    before = [m for m in migrations() if m.version < inbox.version]
+    alice = user_log("alice")
+    async with scratch_database() as dsn:
+        pool = await create_pool(dsn, min_size=1, max_size=1)
+        try:
+            await _migrate_to(pool, before)
+            status = PostgresStatusStore(pool)
+            logs = PostgresLogStore(pool, status)
+            entries = [NewEntry(i, 2, 100.0, 900.0, b"\x12\x00") for i in ("n1", "n2", "n3")]
+            records = [
+                NewRecord(i, "acme", b"", 100.0, 900.0, ("alice",)) for i in ("n1", "n2", "n3")
+            ]
+            # A bound of 2: n1 is pushed out of alice's log, its status record stays.
+            await logs.append("acme", [LogAppend(alice, entries, 2)], records)
+            assert await status.mark_read("acme", "alice", ["n1", "n2"], 150.0) == 2
+            assert await migrate(pool) == [m.version for m in migrations()][len(before) :]
+            states = PostgresInboxStateStore(pool)
+            assert await states.get("acme", "alice", ["n1", "n2", "n3"]) == {
+                "n2": InboxState(150.0, 150.0, 0.0)
+            }
+            assert await states.counters("acme", "alice") == InboxCounters(0, 1, 1)
         finally:
             await pool.close()

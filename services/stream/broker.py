@@ -12,6 +12,11 @@ core never depends on every one arriving. It catches up two ways (docs/delivery.
   session that still lacks entries its log already had at the previous check reads the log.
 
 So a lost publication delays a delivery by at most two catch-up intervals; it never loses one.
+
+A broker also carries `UserEvent`s: a stream message for every open session of one user (an
+inbox state change, services/stream/inbox.py), on the user's own log's subscription, since
+every session of the user reads that log. Those are not caught up: a lost one is lost (the
+client reads the states again when it reconnects, docs/inbox.md).
 """
 
 from __future__ import annotations
@@ -34,22 +39,42 @@ class Publication(NamedTuple):
     entries: Sequence[Entry] = ()
 
 
+class UserEvent(NamedTuple):
+    """`response`, an encoded SubscribeResponse, for every open session of `user_id`."""
+
+    tenant: str
+    user_id: str
+    response: bytes
+
+
 PublicationHandler = Callable[[Publication], None]
 ResetHandler = Callable[[], None]
+UserEventHandler = Callable[[UserEvent], None]
 
 
 class Broker(Protocol):
     """Publishes log updates to every node that subscribed to the log."""
 
-    def start(self, on_publication: PublicationHandler, on_reset: ResetHandler) -> None:
+    def start(
+        self,
+        on_publication: PublicationHandler,
+        on_reset: ResetHandler,
+        on_user_event: UserEventHandler | None = None,
+    ) -> None:
         """Starts delivering this node's publications to `on_publication` (called on the event
         loop, for each one, in publish order per log). `on_reset` is called when publications
-        may have been lost (a reconnect)."""
+        may have been lost (a reconnect). `on_user_event` gets the user events of users whose
+        own log this node subscribed to."""
         ...
 
     async def publish(self, publications: Sequence[Publication]) -> None:
         """Tells the subscribed nodes, in one round trip; a failure is logged, not raised (the
         catch-up check delivers what it could not announce)."""
+        ...
+
+    async def publish_user_events(self, events: Sequence[UserEvent]) -> None:
+        """Tells every node subscribed to each user's own log, this one included; a failure is
+        logged, not raised (the event is lost, never retried)."""
         ...
 
     async def subscribe(self, tenant: str, key: LogKey) -> None:

@@ -4,8 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from services.domain import LogKey
-from services.stream.broker import Publication, PublicationHandler, ResetHandler
+from services.domain import LogKey, user_log
+from services.stream.broker import (
+    Publication,
+    PublicationHandler,
+    ResetHandler,
+    UserEvent,
+    UserEventHandler,
+)
 
 
 class MemoryBroker:
@@ -19,12 +25,27 @@ class MemoryBroker:
     def __init__(self) -> None:
         self._handler: PublicationHandler | None = None
         self._on_reset: ResetHandler | None = None
+        self._on_user_event: UserEventHandler | None = None
         self._subscribed: set[tuple[str, LogKey]] = set()
         self.drop: Callable[[Publication], bool] | None = None
 
-    def start(self, on_publication: PublicationHandler, on_reset: ResetHandler) -> None:
+    def start(
+        self,
+        on_publication: PublicationHandler,
+        on_reset: ResetHandler,
+        on_user_event: UserEventHandler | None = None,
+    ) -> None:
         self._handler = on_publication
         self._on_reset = on_reset
+        self._on_user_event = on_user_event
+
+    async def publish_user_events(self, events: Sequence[UserEvent]) -> None:
+        handler = self._on_user_event
+        if handler is None:
+            return
+        for event in events:
+            if (event.tenant, user_log(event.user_id)) in self._subscribed:
+                handler(event)
 
     async def publish(self, publications: Sequence[Publication]) -> None:
         handler = self._handler
@@ -52,3 +73,4 @@ class MemoryBroker:
 
     async def aclose(self) -> None:
         self._handler = None
+        self._on_user_event = None

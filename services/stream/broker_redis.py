@@ -2,8 +2,10 @@
 
 A publication is one PUBLISH (a batch of them in one script call) on
 `<prefix>{<tenant>}:log:<log key>` (services/redis_keys.py) of a format byte, 1, and a
-herald.node.v1.LogPublication. Its entries travel with it while they take at most
-`max_entries_bytes` encoded; beyond that it carries the head only and the nodes read the log.
+herald.node.v1.LogPublication (a user event: format byte 2 and a
+herald.node.v1.UserEventPublication, on the channel of the user's own log). Its entries travel
+with it while they take at most `max_entries_bytes` encoded; beyond that it carries the head
+only and the nodes read the log.
 Pub/sub is a wake-up, never the record: Redis drops a subscriber whose output buffer
 overflows, and a subscriber misses, silently, whatever was sent while it reconnected. So every
 reconnection ends with `on_reset`, and the catch-up check (services/stream/timers.py) covers a
@@ -49,15 +51,23 @@ from redis.exceptions import RedisError
 
 from herald.node.v1 import node_pb2
 from services import metrics
-from services.domain import LogKey
+from services.domain import LogKey, user_log
 from services.redis_keys import checked_client, checked_prefix, tenant_base
-from services.stream.broker import Publication, PublicationHandler, ResetHandler
+from services.stream.broker import (
+    Publication,
+    PublicationHandler,
+    ResetHandler,
+    UserEvent,
+    UserEventHandler,
+)
 from services.stream.log import Entry
 
 log = logging.getLogger(__name__)
 
 # The first byte of every message: which encoding follows. 1: a LogPublication.
 FORMAT_LOG_PUBLICATION: Final = b"\x01"
+# 2: a UserEventPublication.
+FORMAT_USER_EVENT: Final = b"\x02"
 # Publishes a batch in one command: ARGV is channel, message, channel, message, ... A pipeline
 # of PUBLISH commands costs the client about 8 us per message (redis-py builds and parses each
 # command), this about 1.3 (measured on 500-message batches). PUBLISH touches no key, so the
@@ -114,6 +124,7 @@ class RedisBroker:
         self._reconnect_max_s = reconnect_max_s
         self._on_publication: PublicationHandler | None = None
         self._on_reset: ResetHandler | None = None
+        self._on_user_event: UserEventHandler | None = None
         self._task: asyncio.Task[None] | None = None
         # Channel (as Redis returns it) -> the log it carries.
         self._channels: dict[bytes, tuple[str, LogKey]] = {}
@@ -147,6 +158,31 @@ class RedisBroker:
             metrics.BROKER_PUBLISH_FAILED.inc(len(publications))
             log.exception("could not encode log updates; the catch-up check delivers them")
             return
+        await self._send(messages, len(publications))
+
+    async def publish_user_events(self, events: Sequence[UserEvent]) -> None:
+        if not events:
+            return
+        handler = self._on_user_event
+        messages: list[tuple[str, bytes]] = []
+        for event in events:
+            channel = self.channel(event.tenant, user_log(event.user_id))
+            if handler is not None and channel.encode() in self._channels:
+                try:
+                    handler(event)
+                except Exception:
+                    log.exception("the user event handler failed")
+            message = node_pb2.UserEventPublication(
+                tenant_id=event.tenant,
+                user_id=event.user_id,
+                response=event.response,
+                origin=self._origin,
+            )
+            messages.append((channel, FORMAT_USER_EVENT + message.SerializeToString()))
+        await self._send(messages, len(events))
+
+    async def _send(self, messages: list[tuple[str, bytes]], count: int) -> None:
+        """PUBLISHes (channel, message) pairs, a chunk per script call."""
         try:
             for start in range(0, len(messages), _PUBLISH_CHUNK):
                 args: list[str | bytes] = []
@@ -155,7 +191,7 @@ class RedisBroker:
                     args.append(data)
                 await self._publish_many(args=args)
         except (RedisError, OSError) as error:
-            metrics.BROKER_PUBLISH_FAILED.inc(len(publications))
+            metrics.BROKER_PUBLISH_FAILED.inc(count)
             self._warn(
                 "publish",
                 "could not publish log updates to Redis; the catch-up check delivers them",
@@ -258,11 +294,17 @@ class RedisBroker:
 
     # -- the reader ------------------------------------------------------------------------
 
-    def start(self, on_publication: PublicationHandler, on_reset: ResetHandler) -> None:
+    def start(
+        self,
+        on_publication: PublicationHandler,
+        on_reset: ResetHandler,
+        on_user_event: UserEventHandler | None = None,
+    ) -> None:
         if self._task is not None:
             raise RuntimeError("the broker is already started")
         self._on_publication = on_publication
         self._on_reset = on_reset
+        self._on_user_event = on_user_event
         self._task = asyncio.get_running_loop().create_task(
             self._read_forever(), name="redis-broker-reader"
         )
@@ -351,6 +393,9 @@ class RedisBroker:
         tenant, key = target
         if data.endswith(self._own_suffix):
             return  # this node's own: handed to the handler when it was published
+        if data[:1] == FORMAT_USER_EVENT:
+            self._deliver_user_event(tenant, key, data)
+            return
         if data[:1] != FORMAT_LOG_PUBLICATION:
             self._warn("decode", "dropped a broker message of an unknown format", None)
             return
@@ -378,6 +423,23 @@ class RedisBroker:
             handler(Publication(tenant, key, message.epoch, message.head, entries))
         except Exception:
             log.exception("the publication handler failed")
+
+    def _deliver_user_event(self, tenant: str, key: LogKey, data: bytes) -> None:
+        handler = self._on_user_event
+        if handler is None:
+            return
+        try:
+            message = node_pb2.UserEventPublication.FromString(data[1:])
+        except DecodeError as error:
+            self._warn("decode", "dropped an undecodable broker message", error)
+            return
+        if message.tenant_id != tenant or user_log(message.user_id) != key:
+            self._warn("decode", "dropped a broker message naming another log", None)
+            return
+        try:
+            handler(UserEvent(tenant, message.user_id, message.response))
+        except Exception:
+            log.exception("the user event handler failed")
 
     def _confirmed(self, channel: bytes) -> None:
         waiting = self._confirming.get(channel)
@@ -420,5 +482,6 @@ class RedisBroker:
             await asyncio.wait([task])
         self._on_publication = None
         self._on_reset = None
+        self._on_user_event = None
         if self._owns_client:
             await self._client.aclose()

@@ -27,7 +27,9 @@ from services.stream.acking import Acker
 from services.stream.acks import AckStore
 from services.stream.broker import Broker
 from services.stream.hub import Hub
-from services.stream.inbox import Inbox, InboxItem
+from services.stream.inbox import Filter, Inbox, InboxItem
+from services.stream.inbox_state import Action, Counts, InboxStateStore
+from services.stream.inbox_state_memory import MemoryInboxStateStore
 from services.stream.log import Entry, LogStore
 from services.stream.session import BufferBudget, Pending, Session, new_log_state
 from services.stream.status import StatusStore
@@ -62,6 +64,7 @@ class DeliveryCore:
         rng: random.Random | None = None,
         tracing: Tracing | None = None,
         tenant_labels: metrics.TenantLabels | None = None,
+        inbox_states: InboxStateStore | None = None,
     ) -> None:
         self.node_id = node_id
         # The `tenant` label of this node's per-tenant metrics (bounded: an allow-list).
@@ -91,7 +94,10 @@ class DeliveryCore:
         self.acker = Acker(
             logs=logs, acks=acks, status=status, hub=self.hub, clock=clock, tracing=tracing
         )
-        self.inbox = Inbox(logs=logs, status=status, clock=clock)
+        inbox_states = inbox_states if inbox_states is not None else MemoryInboxStateStore()
+        self.inbox = Inbox(
+            logs=logs, status=status, states=inbox_states, broker=broker, clock=clock
+        )
         self.ack_streams = AckStreams()
         self.timers = Timers(
             hub=self.hub,
@@ -103,6 +109,7 @@ class DeliveryCore:
             settings=settings,
             clock=clock,
             spawn=self._spawn,
+            inbox_states=inbox_states,
         )
         self.hub.start()
 
@@ -327,12 +334,28 @@ class DeliveryCore:
         return await self.acker.ack(tenant, user_id, notification_ids, up_to, epochs or {})
 
     async def list_inbox(
-        self, tenant: str, user_id: str, page_size: int, before: int
+        self,
+        tenant: str,
+        user_id: str,
+        page_size: int,
+        before: int,
+        filter_: Filter = Filter.NOT_ARCHIVED,
     ) -> tuple[list[InboxItem], int]:
-        return await self.inbox.page(tenant, user_id, page_size, before)
+        return await self.inbox.page(tenant, user_id, page_size, before, filter_)
 
     async def mark_read(self, tenant: str, user_id: str, notification_ids: list[str]) -> int:
         return await self.inbox.mark_read(tenant, user_id, notification_ids)
+
+    async def update_inbox_state(
+        self, tenant: str, user_id: str, notification_ids: list[str], action: Action
+    ) -> tuple[int, Counts]:
+        return await self.inbox.change(tenant, user_id, notification_ids, action)
+
+    async def mark_all_read(self, tenant: str, user_id: str, up_to: int) -> tuple[int, Counts]:
+        return await self.inbox.mark_all_read(tenant, user_id, up_to)
+
+    async def inbox_counts(self, tenant: str, user_id: str) -> Counts:
+        return await self.inbox.counts(tenant, user_id)
 
     # -- life cycle ------------------------------------------------------------------------
 

@@ -28,6 +28,7 @@ from services.domain import (
 )
 from services.errors import HeraldError
 from services.stream.broker import Broker, Publication
+from services.stream.inbox_state import InboxStateStore, forget_inbox_states
 from services.stream.log import Entry, LogAppend, LogStore, NewEntry
 from services.stream.status import StatusStore
 from services.stream.status_recorder import StatusRecorder
@@ -55,8 +56,10 @@ class Dispatcher:
         clock: Clock,
         group_window_s: float = 0.0,
         tracing: Tracing | None = None,
+        inbox_states: InboxStateStore | None = None,
     ) -> None:
         self._logs = logs
+        self._inbox_states = inbox_states
         self._tracing = tracing
         self._status = status
         self._recorder = StatusRecorder(status)
@@ -205,6 +208,10 @@ class Dispatcher:
                 ],
                 now,
             )
+            if self._inbox_states is not None:
+                await forget_inbox_states(
+                    self._inbox_states, tenant, [(key.name, e.notification_id) for e in dropped]
+                )
         logged_at, unlogged = self._drops.get((tenant, kind), (-math.inf, 0))
         unlogged += len(dropped)
         if now - logged_at < _DROP_LOG_INTERVAL_S:

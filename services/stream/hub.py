@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 from services.clock import Clock
 from services.domain import LogKey
-from services.stream.broker import Broker, Publication
+from services.stream.broker import Broker, Publication, UserEvent
 from services.stream.log import LogHead
 from services.stream.session import Session
 
@@ -39,7 +39,7 @@ class Hub:
         self.drained.set()
 
     def start(self) -> None:
-        self._broker.start(self.on_publication, self.on_reset)
+        self._broker.start(self.on_publication, self.on_reset, self.on_user_event)
 
     # -- membership ------------------------------------------------------------------------
 
@@ -116,6 +116,10 @@ class Hub:
             now = self._clock.now()
             for session in readers:
                 session.offer(publication.key, publication.entries, publication.head, now)
+
+    def on_user_event(self, event: UserEvent) -> None:
+        for session in self._by_user.get((event.tenant, event.user_id), ()):
+            session.push_event(event.response)
 
     def on_reset(self) -> None:
         """Publications may have been lost: every session reads every log it reads again, from

@@ -123,6 +123,16 @@ class LogStore(Protocol):
         """The first of `keys` whose log still holds the notification, and its entry there."""
         ...
 
+    async def size(self, tenant: str, key: LogKey) -> int:
+        """How many entries the log holds (expired ones the sweep has not removed yet too)."""
+        ...
+
+    async def locate(
+        self, tenant: str, key: LogKey, notification_ids: Sequence[str]
+    ) -> dict[str, tuple[int, float]]:
+        """(cursor, expires_at) of each of the notifications that the log holds."""
+        ...
+
     async def drop_expired(self, now: float, limit: int) -> list[Expired]:
         """Removes up to about `limit` entries expired at `now`, across every log and tenant,
         and returns them; call again while it returns `limit` or more."""

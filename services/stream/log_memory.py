@@ -165,6 +165,24 @@ class MemoryLogStore:
                 return key, _entry(stored)
         return None
 
+    async def size(self, tenant: str, key: LogKey) -> int:
+        log = self._logs.get((tenant, key))
+        return 0 if log is None else len(log.entries) - log.offset
+
+    async def locate(
+        self, tenant: str, key: LogKey, notification_ids: Sequence[str]
+    ) -> dict[str, tuple[int, float]]:
+        log = self._logs.get((tenant, key))
+        if log is None:
+            return {}
+        by_id = log.by_id
+        found = {}
+        for notification_id in notification_ids:
+            stored = by_id.get(notification_id)
+            if stored is not None:
+                found[notification_id] = (stored[_CURSOR], stored[_EXPIRES_AT])
+        return found
+
     async def drop_expired(self, now: float, limit: int) -> list[Expired]:
         out: list[Expired] = []
         count = 0

@@ -130,6 +130,14 @@ LEFT JOIN herald_logs AS l ON l.tenant_id = $1 AND l.log = k.log
 ORDER BY k.i
 """
 
+_SIZE: Final = "SELECT live FROM herald_logs WHERE tenant_id = $1 AND log = $2"
+
+# By the (tenant_id, notification_id) index: a notification is in few logs.
+_LOCATE: Final = """
+SELECT notification_id, cursor, expires_at FROM herald_log_entries
+WHERE tenant_id = $1 AND notification_id = ANY($3::text[]) AND log = $2
+"""
+
 _FIND: Final = """
 SELECT k.i, e.cursor, e.notification_id, n.priority, n.created_at, e.expires_at, n.payload,
     n.trace_context
@@ -362,6 +370,18 @@ class PostgresLogStore:
             _FIND, tenant, [key.stored for key in keys], notification_id
         )
         return None if row is None else (keys[row[0] - 1], _entry(row, 1))
+
+    async def size(self, tenant: str, key: LogKey) -> int:
+        live = await self._pool.fetchval(_SIZE, tenant, key.stored)
+        return 0 if live is None else int(live)
+
+    async def locate(
+        self, tenant: str, key: LogKey, notification_ids: Sequence[str]
+    ) -> dict[str, tuple[int, float]]:
+        if not notification_ids:
+            return {}
+        rows = await self._pool.fetch(_LOCATE, tenant, key.stored, list(notification_ids))
+        return {row[0]: (row[1], row[2]) for row in rows}
 
     async def drop_expired(self, now: float, limit: int) -> list[Expired]:
         if limit <= 0:

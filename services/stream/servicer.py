@@ -36,12 +36,24 @@ from services.ratelimit.admission import Admission
 from services.stream.ack_streams import SHUTTING_DOWN
 from services.stream.delivery import DeliveryCore
 from services.stream.dispatch import Dispatcher
+from services.stream.inbox import Filter, counts_message
+from services.stream.inbox_state import Action
 from services.stream.requests import StreamRequests
 
 Context = aio.ServicerContext[Any, Any]
 
 _UINT64_END = 1 << 64
 _CLOSING_REASON = stream_pb2.Closing.Reason
+_FILTERS = {int(f): f for f in Filter}
+_ACTIONS = {int(a): a for a in Action}
+
+
+def _inbox_ids(ids: Any) -> list[str]:
+    if not ids:
+        raise InvalidArgument("name the notification_ids to change")
+    check_count(ids, "notification_ids")
+    check_each(ids, MAX_ID_LEN, "notification_ids")
+    return list(ids)
 
 
 def _page_cursor(token: str) -> int:
@@ -151,18 +163,61 @@ class StreamServicer:
         page_size = request.page_size or 20
         if page_size > 100:
             raise InvalidArgument("page_size is at most 100")
+        filter_ = _FILTERS.get(request.filter)
+        if filter_ is None:
+            raise InvalidArgument(
+                f"filter {request.filter} is not an InboxFilter this server knows (0 to 3)"
+            )
         items, next_before = await self._core.list_inbox(
-            principal.tenant, principal.subject, page_size, _page_cursor(request.page_token)
+            principal.tenant,
+            principal.subject,
+            page_size,
+            _page_cursor(request.page_token),
+            filter_,
         )
         response = stream_pb2.ListInboxResponse(
             next_page_token=str(next_before) if next_before else ""
         )
-        for encoded, cursor, state, read_at in items:
+        for encoded, cursor, state, read_at, seen_at, archived_at in items:
             item = response.items.add(cursor=cursor, state=int(state))
             item.notification.MergeFromString(encoded)
             if read_at:
                 item.read_at.CopyFrom(timestamp(read_at))
+            if seen_at:
+                item.seen_at.CopyFrom(timestamp(seen_at))
+            if archived_at:
+                item.archived_at.CopyFrom(timestamp(archived_at))
         return response
+
+    async def UpdateInboxState(
+        self, request: stream_pb2.UpdateInboxStateRequest, context: Context
+    ) -> stream_pb2.UpdateInboxStateResponse:
+        principal = current_principal()
+        action = _ACTIONS.get(request.action)
+        if action is None:
+            raise InvalidArgument(
+                "action must be one of INBOX_ACTION_SEEN, _READ, _UNREAD, _ARCHIVE, _UNARCHIVE"
+            )
+        changed, counts = await self._core.update_inbox_state(
+            principal.tenant, principal.subject, _inbox_ids(request.notification_ids), action
+        )
+        return stream_pb2.UpdateInboxStateResponse(changed=changed, counts=counts_message(counts))
+
+    async def MarkAllRead(
+        self, request: stream_pb2.MarkAllReadRequest, context: Context
+    ) -> stream_pb2.MarkAllReadResponse:
+        principal = current_principal()
+        marked, counts = await self._core.mark_all_read(
+            principal.tenant, principal.subject, request.up_to_cursor
+        )
+        return stream_pb2.MarkAllReadResponse(marked=marked, counts=counts_message(counts))
+
+    async def GetInboxCounts(
+        self, request: stream_pb2.GetInboxCountsRequest, context: Context
+    ) -> stream_pb2.GetInboxCountsResponse:
+        principal = current_principal()
+        counts = await self._core.inbox_counts(principal.tenant, principal.subject)
+        return stream_pb2.GetInboxCountsResponse(counts=counts_message(counts))
 
     async def MarkRead(
         self, request: stream_pb2.MarkReadRequest, context: Context
@@ -208,6 +263,21 @@ class StreamServicer:
                 self.MarkRead,
                 request_deserializer=stream_pb2.MarkReadRequest.FromString,
                 response_serializer=stream_pb2.MarkReadResponse.SerializeToString,
+            ),
+            "UpdateInboxState": grpc.unary_unary_rpc_method_handler(
+                self.UpdateInboxState,
+                request_deserializer=stream_pb2.UpdateInboxStateRequest.FromString,
+                response_serializer=stream_pb2.UpdateInboxStateResponse.SerializeToString,
+            ),
+            "MarkAllRead": grpc.unary_unary_rpc_method_handler(
+                self.MarkAllRead,
+                request_deserializer=stream_pb2.MarkAllReadRequest.FromString,
+                response_serializer=stream_pb2.MarkAllReadResponse.SerializeToString,
+            ),
+            "GetInboxCounts": grpc.unary_unary_rpc_method_handler(
+                self.GetInboxCounts,
+                request_deserializer=stream_pb2.GetInboxCountsRequest.FromString,
+                response_serializer=stream_pb2.GetInboxCountsResponse.SerializeToString,
             ),
             "GetSigningKeys": grpc.unary_unary_rpc_method_handler(
                 self.GetSigningKeys,

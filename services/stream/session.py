@@ -44,6 +44,9 @@ _PICK_CYCLE = (0, 1, 0, 2, 0, 1, 0)
 # What a waiting entry costs besides its notification's bytes: the Entry with its id, the
 # Pending, its lane and heap slots (tracemalloc, 100,000 of them on CPython 3.11: 248 bytes).
 ENTRY_OVERHEAD = 256
+# User events (InboxEvent) waiting to be written, per session: beyond it the oldest go. Each
+# carries the counts as they are after it, so the newest is the one that matters.
+MAX_EVENTS = 64
 
 
 class BufferBudget:
@@ -183,6 +186,8 @@ class Session:
         self.lagging = True  # some log is behind (a cheap check for the writer)
         self.wakeup.set()
         self.heartbeat_due = False
+        # Encoded SubscribeResponses for the user's sessions (inbox events), made on first use.
+        self.events: deque[bytes] | None = None
         self.closing: tuple[int, str] | None = None  # (Closing.Reason, message)
         self.task: asyncio.Task[object] | None = None
         # Set by the node when it cancels a stalled stream; set when the node forgets the session.
@@ -222,6 +227,14 @@ class Session:
             return
         if not self.enqueue(state, fresh, now):
             self.fall_behind(state)
+
+    def push_event(self, response: bytes) -> None:
+        """An encoded SubscribeResponse to write as it is, in order, ahead of deliveries
+        waiting (see MAX_EVENTS)."""
+        if self.events is None:
+            self.events = deque(maxlen=MAX_EVENTS)
+        self.events.append(response)
+        self.wakeup.set()
 
     def fall_behind(self, state: LogCursorState) -> None:
         """The session must read this log to continue (the writer catches up)."""

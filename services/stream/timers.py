@@ -16,6 +16,7 @@ from services.errors import Unavailable
 from services.ports import RegistryPort
 from services.stream.acks import AckStore
 from services.stream.hub import Hub
+from services.stream.inbox_state import InboxStateStore, forget_inbox_states
 from services.stream.log import LogStore
 from services.stream.session import Pending, Session
 from services.stream.status import StatusStore
@@ -41,8 +42,10 @@ class Timers:
         settings: DeliverySettings,
         clock: Clock,
         spawn: Spawn,
+        inbox_states: InboxStateStore | None = None,
     ) -> None:
         self._hub = hub
+        self._inbox_states = inbox_states
         self._logs = logs
         self._acks = acks
         self._status = status
@@ -169,6 +172,8 @@ class Timers:
         while True:
             swept = await self._logs.drop_expired(now, _SWEEP_BATCH)
             batch = 0
+            # Per tenant, the entries of users' own logs: their inbox states go, one call each.
+            left: dict[str, list[tuple[str, str]]] = {}
             for tenant, key, entries in swept:
                 transitions: list[Transition] = []
                 for entry in entries:
@@ -182,7 +187,14 @@ class Timers:
                     )
                 if transitions:
                     await self._status.apply(tenant, transitions, now)
+                if key.is_user:
+                    left.setdefault(tenant, []).extend(
+                        (key.name, e.notification_id) for e in entries
+                    )
                 batch += len(entries)
+            if self._inbox_states is not None:
+                for tenant, gone in left.items():
+                    await forget_inbox_states(self._inbox_states, tenant, gone)
             count += batch
             if batch < _SWEEP_BATCH:
                 break

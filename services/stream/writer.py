@@ -122,6 +122,14 @@ class SessionWriter:
                     reason, message = session.closing
                     await write(closing_event(reason, message))
                     return
+                events = session.events
+                if events:
+                    session.events = None
+                    for event in events:
+                        session.write_started_at = time.monotonic()
+                        await write(event)
+                    session.write_started_at = 0.0
+                    session.last_write_at = self._clock.now()
                 if session.lagging:
                     await self._catch_up(session)
                 if not session.waiting:

@@ -26,6 +26,8 @@ from services.registry.tenant_settings import TenantSettingsStore
 from services.registry.tenant_settings_postgres import PostgresTenantSettingsStore
 from services.stream.acks import AckStore
 from services.stream.acks_postgres import PostgresAckStore
+from services.stream.inbox_state import InboxStateStore
+from services.stream.inbox_state_postgres import PostgresInboxStateStore
 from services.stream.log import LogStore
 from services.stream.log_postgres import PostgresLogStore
 from services.stream.status import StatusStore
@@ -102,4 +104,7 @@ push_target_store: Callable[[], AbstractAsyncContextManager[PushTargetStore]] = 
 )
 pending_push_store: Callable[[], AbstractAsyncContextManager[PendingPushStore]] = _on_clean_pool(
     PostgresPendingPushStore
+)
+inbox_state_store: Callable[[], AbstractAsyncContextManager[InboxStateStore]] = _on_clean_pool(
+    PostgresInboxStateStore
 )

@@ -43,6 +43,8 @@ from services.stream.acks_memory import MemoryAckStore
 from services.stream.broker import Broker
 from services.stream.broker_memory import MemoryBroker
 from services.stream.broker_redis import RedisBroker
+from services.stream.inbox_state import InboxStateStore
+from services.stream.inbox_state_memory import MemoryInboxStateStore
 from services.stream.log import LogStore
 from services.stream.log_memory import MemoryLogStore
 from services.stream.status import StatusStore
@@ -107,6 +109,10 @@ PUSH_TARGET_STORES: dict[str, Opener[PushTargetStore]] = {
 PENDING_PUSH_STORES: dict[str, Opener[PendingPushStore]] = {
     "memory": in_memory(MemoryPendingPushStore),
     "postgres": backends_postgres.pending_push_store,
+}
+INBOX_STATE_STORES: dict[str, Opener[InboxStateStore]] = {
+    "memory": in_memory(MemoryInboxStateStore),
+    "postgres": backends_postgres.inbox_state_store,
 }
 SEGMENT_STORES: dict[str, Opener[SegmentStore]] = {
     "memory": in_memory(MemorySegmentStore),
@@ -316,3 +322,9 @@ async def paired_stores(
 async def limiters(request: pytest.FixtureRequest) -> AsyncIterator[LimiterBackend]:
     async with LIMITERS[request.param]() as backend:
         yield backend
+
+
+@pytest_asyncio.fixture(params=sorted(INBOX_STATE_STORES))
+async def inbox_state_store(request: pytest.FixtureRequest) -> AsyncIterator[InboxStateStore]:
+    async with INBOX_STATE_STORES[request.param]() as store:
+        yield store

@@ -20,7 +20,7 @@ from __future__ import annotations
 import pytest
 
 from services.domain import BROADCAST, channel_log, user_log
-from services.stream.broker import Broker, Publication
+from services.stream.broker import Broker, Publication, UserEvent
 from tests.broker_support import Recorder, publication
 from tests.contract.conftest import BrokerBackend
 
@@ -32,7 +32,7 @@ ALICE, NEWS = user_log("alice"), channel_log("news")
 
 def started(backend: BrokerBackend) -> tuple[Broker, Recorder]:
     broker, recorder = backend.node(), Recorder()
-    broker.start(recorder.on_publication, recorder.on_reset)
+    broker.start(recorder.on_publication, recorder.on_reset, recorder.on_user_event)
     return broker, recorder
 
 
@@ -163,3 +163,36 @@ async def test_publishing_to_a_log_nobody_reads_is_harmless(brokers: BrokerBacke
     await broker.publish([publication(T1, ALICE, 2)])
     await recorder.until_count(1)
     assert recorder.publications == [publication(T1, ALICE, 2)]
+
+
+async def test_a_user_event_reaches_every_node_reading_the_users_own_log(
+    brokers: BrokerBackend,
+) -> None:
+    (first, first_seen), (second, second_seen), (third, third_seen) = [
+        started(brokers) for _ in range(3)
+    ]
+    await first.subscribe(T1, ALICE)
+    await second.subscribe(T1, ALICE)
+    await third.subscribe(T1, NEWS)  # no reader of alice's log: no event for alice here
+    event = UserEvent(T1, "alice", b"\x2a\x00" + bytes(range(256)))
+    # Not alice of T2, not bob: only the last one is for the nodes reading alice's log.
+    await first.publish_user_events(
+        [UserEvent(T2, "alice", b"x"), UserEvent(T1, "bob", b"y"), event]
+    )
+    await third.publish([publication(T1, NEWS, 1)])
+    await first_seen.until(lambda: len(first_seen.user_events) >= 1)
+    await third_seen.until_count(1)
+    # The publishing node hears its own once (inline), never again from the transport.
+    await first.publish([publication(T1, ALICE, 1)])
+    await first_seen.until_count(1)
+    assert first_seen.user_events == [event]
+    assert third_seen.user_events == []
+    if brokers.spans_nodes:
+        await second_seen.until(lambda: len(second_seen.user_events) >= 1)
+        assert second_seen.user_events == [event]
+        # Sent through Redis after the event came back to the first node, if it did.
+        await second.publish([publication(T1, ALICE, 2)])
+        await first_seen.until_count(2)
+        assert first_seen.user_events == [event]
+    else:
+        assert second_seen.user_events == []

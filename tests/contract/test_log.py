@@ -354,3 +354,30 @@ async def test_the_trace_context_stays_with_the_entry_wherever_it_is_read(
     await append(log_store, T1, BOB, items, BIG)
     swept = await sweep(log_store, 60.0)
     assert [e.trace_context for e in swept[(T1, BOB)]] == ["", traced]
+
+
+async def test_size_counts_what_the_log_holds(log_store: LogStore) -> None:
+    assert await log_store.size(T1, ALICE) == 0
+    await append(log_store, T1, ALICE, [new("a", 10.0), new("b"), new("c")], 3)
+    assert await log_store.size(T1, ALICE) == 3
+    await append(log_store, T1, ALICE, batch("d"), 3)  # the bound drops a
+    assert await log_store.size(T1, ALICE) == 3
+    await append(log_store, T1, BOB, [new("e", 10.0)], BIG)
+    await sweep(log_store, 20.0)
+    assert (await log_store.size(T1, ALICE), await log_store.size(T1, BOB)) == (3, 0)
+    assert await log_store.size(T2, ALICE) == 0
+
+
+async def test_locate_names_the_cursors_of_the_notifications_the_log_holds(
+    log_store: LogStore,
+) -> None:
+    await append(log_store, T1, ALICE, [new("a"), new("b", 50.0), new("c")], 3)
+    await append(log_store, T1, BOB, batch("x"), BIG)
+    assert await log_store.locate(T1, ALICE, ["b", "c", "x", "zzz"]) == {
+        "b": (2, 50.0),
+        "c": (3, NEVER),
+    }
+    await append(log_store, T1, ALICE, batch("d"), 3)  # drops a
+    assert await log_store.locate(T1, ALICE, ["a", "d"]) == {"d": (4, NEVER)}
+    assert await log_store.locate(T2, ALICE, ["b"]) == {}
+    assert await log_store.locate(T1, ALICE, []) == {}

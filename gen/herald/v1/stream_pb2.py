@@ -27,13 +27,17 @@ from herald.v1 import ingest_pb2 as herald_dot_v1_dot_ingest__pb2
 from herald.v1 import notification_pb2 as herald_dot_v1_dot_notification__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16herald/v1/stream.proto\x12\therald.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16herald/v1/ingest.proto\x1a\x1cherald/v1/notification.proto\"K\n\tLogCursor\x12\x10\n\x03log\x18\x01 \x01(\tR\x03log\x12\x16\n\x06\x63ursor\x18\x02 \x01(\x04R\x06\x63ursor\x12\x14\n\x05\x65poch\x18\x03 \x01(\x04R\x05\x65poch\"g\n\x0bLogPosition\x12\x10\n\x03log\x18\x01 \x01(\tR\x03log\x12\x14\n\x05\x65poch\x18\x02 \x01(\x04R\x05\x65poch\x12\x12\n\x04head\x18\x03 \x01(\x04R\x04head\x12\x1c\n\trecovered\x18\x04 \x01(\x08R\trecovered\"\xa1\x01\n\x10SubscribeRequest\x12.\n\x07\x63ursors\x18\x01 \x03(\x0b\x32\x14.herald.v1.LogCursorR\x07\x63ursors\x12\x1a\n\x08\x63hannels\x18\x02 \x03(\tR\x08\x63hannels\x12\x16\n\x06\x64\x65vice\x18\x03 \x01(\tR\x06\x64\x65vice\x12)\n\x10\x61\x63\x63\x65pt_encodings\x18\x04 \x03(\tR\x0f\x61\x63\x63\x65ptEncodings\"\xa2\x02\n\x0eSessionStarted\x12\x1d\n\nsession_id\x18\x01 \x01(\tR\tsessionId\x12\x17\n\x07node_id\x18\x02 \x01(\tR\x06nodeId\x12\x17\n\x07user_id\x18\x03 \x01(\tR\x06userId\x12\x1b\n\ttenant_id\x18\x04 \x01(\tR\x08tenantId\x12<\n\x1aheartbeat_interval_seconds\x18\x05 \x01(\rR\x18heartbeatIntervalSeconds\x12\x1a\n\x08\x63hannels\x18\x06 \x03(\tR\x08\x63hannels\x12*\n\x04logs\x18\x07 \x03(\x0b\x32\x16.herald.v1.LogPositionR\x04logs\x12\x1c\n\tencodings\x18\x08 \x03(\tR\tencodings\"\xe7\x01\n\x08\x44\x65livery\x12;\n\x0cnotification\x18\x01 \x01(\x0b\x32\x17.herald.v1.NotificationR\x0cnotification\x12\x10\n\x03log\x18\x02 \x01(\tR\x03log\x12\x16\n\x06\x63ursor\x18\x03 \x01(\x04R\x06\x63ursor\x12\x18\n\x07\x61ttempt\x18\x04 \x01(\rR\x07\x61ttempt\x12#\n\rresume_cursor\x18\x05 \x01(\x04R\x0cresumeCursor\x12\x35\n\x06sealed\x18\x06 \x01(\x0b\x32\x1d.herald.v1.SealedNotificationR\x06sealed\"\x97\x01\n\x12SealedNotification\x12\x16\n\x06\x66ormat\x18\x01 \x01(\tR\x06\x66ormat\x12\x1a\n\x08\x65ncoding\x18\x02 \x01(\tR\x08\x65ncoding\x12\x15\n\x06key_id\x18\x03 \x01(\tR\x05keyId\x12\x1c\n\tsignature\x18\x04 \x01(\x0cR\tsignature\x12\x18\n\x07payload\x18\x05 \x01(\x0cR\x07payload\"D\n\rDeliveryBatch\x12\x33\n\ndeliveries\x18\x01 \x03(\x0b\x32\x13.herald.v1.DeliveryR\ndeliveries\"H\n\tHeartbeat\x12;\n\x0bserver_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nserverTime\"\x96\x02\n\x07\x43losing\x12\x31\n\x06reason\x18\x01 \x01(\x0e\x32\x19.herald.v1.Closing.ReasonR\x06reason\x12\x18\n\x07message\x18\x02 \x01(\tR\x07message\x12$\n\x0eretry_after_ms\x18\x03 \x01(\rR\x0cretryAfterMs\"\x97\x01\n\x06Reason\x12\x16\n\x12REASON_UNSPECIFIED\x10\x00\x12\x13\n\x0fREASON_SHUTDOWN\x10\x01\x12\x18\n\x14REASON_SLOW_CONSUMER\x10\x02\x12\x17\n\x13REASON_DISCONNECTED\x10\x03\x12\x13\n\x0fREASON_REPLACED\x10\x04\x12\x18\n\x14REASON_TOKEN_EXPIRED\x10\x05\"\x84\x02\n\x11SubscribeResponse\x12:\n\ndeliveries\x18\x01 \x01(\x0b\x32\x18.herald.v1.DeliveryBatchH\x00R\ndeliveries\x12\x34\n\theartbeat\x18\x02 \x01(\x0b\x32\x14.herald.v1.HeartbeatH\x00R\theartbeat\x12\x44\n\x0fsession_started\x18\x03 \x01(\x0b\x32\x19.herald.v1.SessionStartedH\x00R\x0esessionStarted\x12.\n\x07\x63losing\x18\x04 \x01(\x0b\x32\x12.herald.v1.ClosingH\x00R\x07\x63losingB\x07\n\x05\x65vent\"b\n\nAckRequest\x12)\n\x10notification_ids\x18\x01 \x03(\tR\x0fnotificationIds\x12)\n\x05up_to\x18\x02 \x03(\x0b\x32\x14.herald.v1.LogCursorR\x04upTo\"#\n\x0b\x41\x63kResponse\x12\x14\n\x05\x61\x63ked\x18\x01 \x01(\rR\x05\x61\x63ked\"h\n\x10\x41\x63kStreamRequest\x12)\n\x10notification_ids\x18\x01 \x03(\tR\x0fnotificationIds\x12)\n\x05up_to\x18\x02 \x03(\x0b\x32\x14.herald.v1.LogCursorR\x04upTo\")\n\x11\x41\x63kStreamResponse\x12\x14\n\x05\x61\x63ked\x18\x01 \x01(\rR\x05\x61\x63ked\"N\n\x10ListInboxRequest\x12\x1b\n\tpage_size\x18\x01 \x01(\rR\x08pageSize\x12\x1d\n\npage_token\x18\x02 \x01(\tR\tpageToken\"\xc5\x01\n\tInboxItem\x12;\n\x0cnotification\x18\x01 \x01(\x0b\x32\x17.herald.v1.NotificationR\x0cnotification\x12\x16\n\x06\x63ursor\x18\x02 \x01(\x04R\x06\x63ursor\x12.\n\x05state\x18\x03 \x01(\x0e\x32\x18.herald.v1.DeliveryStateR\x05state\x12\x33\n\x07read_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x06readAt\"g\n\x11ListInboxResponse\x12*\n\x05items\x18\x01 \x03(\x0b\x32\x14.herald.v1.InboxItemR\x05items\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"<\n\x0fMarkReadRequest\x12)\n\x10notification_ids\x18\x01 \x03(\tR\x0fnotificationIds\"\x17\n\x15GetSigningKeysRequest\"x\n\nSigningKey\x12\x15\n\x06key_id\x18\x01 \x01(\tR\x05keyId\x12\x1c\n\talgorithm\x18\x02 \x01(\tR\talgorithm\x12\x1d\n\npublic_key\x18\x03 \x01(\x0cR\tpublicKey\x12\x16\n\x06\x61\x63tive\x18\x04 \x01(\x08R\x06\x61\x63tive\"C\n\x16GetSigningKeysResponse\x12)\n\x04keys\x18\x01 \x03(\x0b\x32\x15.herald.v1.SigningKeyR\x04keys\"*\n\x10MarkReadResponse\x12\x16\n\x06marked\x18\x01 \x01(\rR\x06marked\"\x89\x01\n\x14WebSocketClientFrame\x12=\n\tsubscribe\x18\x01 \x01(\x0b\x32\x1d.herald.v1.WebSocketSubscribeH\x00R\tsubscribe\x12)\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x15.herald.v1.AckRequestH\x00R\x03\x61\x63kB\x07\n\x05\x66rame\"a\n\x12WebSocketSubscribe\x12\x14\n\x05token\x18\x01 \x01(\tR\x05token\x12\x35\n\x07request\x18\x02 \x01(\x0b\x32\x1b.herald.v1.SubscribeRequestR\x07request2\xbf\x03\n\rStreamService\x12H\n\tSubscribe\x12\x1b.herald.v1.SubscribeRequest\x1a\x1c.herald.v1.SubscribeResponse0\x01\x12\x34\n\x03\x41\x63k\x12\x15.herald.v1.AckRequest\x1a\x16.herald.v1.AckResponse\x12J\n\tAckStream\x12\x1b.herald.v1.AckStreamRequest\x1a\x1c.herald.v1.AckStreamResponse(\x01\x30\x01\x12\x46\n\tListInbox\x12\x1b.herald.v1.ListInboxRequest\x1a\x1c.herald.v1.ListInboxResponse\x12\x43\n\x08MarkRead\x12\x1a.herald.v1.MarkReadRequest\x1a\x1b.herald.v1.MarkReadResponse\x12U\n\x0eGetSigningKeys\x12 .herald.v1.GetSigningKeysRequest\x1a!.herald.v1.GetSigningKeysResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16herald/v1/stream.proto\x12\therald.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16herald/v1/ingest.proto\x1a\x1cherald/v1/notification.proto\"K\n\tLogCursor\x12\x10\n\x03log\x18\x01 \x01(\tR\x03log\x12\x16\n\x06\x63ursor\x18\x02 \x01(\x04R\x06\x63ursor\x12\x14\n\x05\x65poch\x18\x03 \x01(\x04R\x05\x65poch\"g\n\x0bLogPosition\x12\x10\n\x03log\x18\x01 \x01(\tR\x03log\x12\x14\n\x05\x65poch\x18\x02 \x01(\x04R\x05\x65poch\x12\x12\n\x04head\x18\x03 \x01(\x04R\x04head\x12\x1c\n\trecovered\x18\x04 \x01(\x08R\trecovered\"\xa1\x01\n\x10SubscribeRequest\x12.\n\x07\x63ursors\x18\x01 \x03(\x0b\x32\x14.herald.v1.LogCursorR\x07\x63ursors\x12\x1a\n\x08\x63hannels\x18\x02 \x03(\tR\x08\x63hannels\x12\x16\n\x06\x64\x65vice\x18\x03 \x01(\tR\x06\x64\x65vice\x12)\n\x10\x61\x63\x63\x65pt_encodings\x18\x04 \x03(\tR\x0f\x61\x63\x63\x65ptEncodings\"\xa2\x02\n\x0eSessionStarted\x12\x1d\n\nsession_id\x18\x01 \x01(\tR\tsessionId\x12\x17\n\x07node_id\x18\x02 \x01(\tR\x06nodeId\x12\x17\n\x07user_id\x18\x03 \x01(\tR\x06userId\x12\x1b\n\ttenant_id\x18\x04 \x01(\tR\x08tenantId\x12<\n\x1aheartbeat_interval_seconds\x18\x05 \x01(\rR\x18heartbeatIntervalSeconds\x12\x1a\n\x08\x63hannels\x18\x06 \x03(\tR\x08\x63hannels\x12*\n\x04logs\x18\x07 \x03(\x0b\x32\x16.herald.v1.LogPositionR\x04logs\x12\x1c\n\tencodings\x18\x08 \x03(\tR\tencodings\"\xe7\x01\n\x08\x44\x65livery\x12;\n\x0cnotification\x18\x01 \x01(\x0b\x32\x17.herald.v1.NotificationR\x0cnotification\x12\x10\n\x03log\x18\x02 \x01(\tR\x03log\x12\x16\n\x06\x63ursor\x18\x03 \x01(\x04R\x06\x63ursor\x12\x18\n\x07\x61ttempt\x18\x04 \x01(\rR\x07\x61ttempt\x12#\n\rresume_cursor\x18\x05 \x01(\x04R\x0cresumeCursor\x12\x35\n\x06sealed\x18\x06 \x01(\x0b\x32\x1d.herald.v1.SealedNotificationR\x06sealed\"\x97\x01\n\x12SealedNotification\x12\x16\n\x06\x66ormat\x18\x01 \x01(\tR\x06\x66ormat\x12\x1a\n\x08\x65ncoding\x18\x02 \x01(\tR\x08\x65ncoding\x12\x15\n\x06key_id\x18\x03 \x01(\tR\x05keyId\x12\x1c\n\tsignature\x18\x04 \x01(\x0cR\tsignature\x12\x18\n\x07payload\x18\x05 \x01(\x0cR\x07payload\"D\n\rDeliveryBatch\x12\x33\n\ndeliveries\x18\x01 \x03(\x0b\x32\x13.herald.v1.DeliveryR\ndeliveries\"H\n\tHeartbeat\x12;\n\x0bserver_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nserverTime\"\x96\x02\n\x07\x43losing\x12\x31\n\x06reason\x18\x01 \x01(\x0e\x32\x19.herald.v1.Closing.ReasonR\x06reason\x12\x18\n\x07message\x18\x02 \x01(\tR\x07message\x12$\n\x0eretry_after_ms\x18\x03 \x01(\rR\x0cretryAfterMs\"\x97\x01\n\x06Reason\x12\x16\n\x12REASON_UNSPECIFIED\x10\x00\x12\x13\n\x0fREASON_SHUTDOWN\x10\x01\x12\x18\n\x14REASON_SLOW_CONSUMER\x10\x02\x12\x17\n\x13REASON_DISCONNECTED\x10\x03\x12\x13\n\x0fREASON_REPLACED\x10\x04\x12\x18\n\x14REASON_TOKEN_EXPIRED\x10\x05\"\xbe\x02\n\x11SubscribeResponse\x12:\n\ndeliveries\x18\x01 \x01(\x0b\x32\x18.herald.v1.DeliveryBatchH\x00R\ndeliveries\x12\x34\n\theartbeat\x18\x02 \x01(\x0b\x32\x14.herald.v1.HeartbeatH\x00R\theartbeat\x12\x44\n\x0fsession_started\x18\x03 \x01(\x0b\x32\x19.herald.v1.SessionStartedH\x00R\x0esessionStarted\x12.\n\x07\x63losing\x18\x04 \x01(\x0b\x32\x12.herald.v1.ClosingH\x00R\x07\x63losing\x12\x38\n\x0binbox_event\x18\x05 \x01(\x0b\x32\x15.herald.v1.InboxEventH\x00R\ninboxEventB\x07\n\x05\x65vent\"S\n\x0bInboxCounts\x12\x16\n\x06unseen\x18\x01 \x01(\rR\x06unseen\x12\x16\n\x06unread\x18\x02 \x01(\rR\x06unread\x12\x14\n\x05total\x18\x03 \x01(\rR\x05total\"\x86\x02\n\nInboxEvent\x12.\n\x06\x61\x63tion\x18\x01 \x01(\x0e\x32\x16.herald.v1.InboxActionR\x06\x61\x63tion\x12)\n\x10notification_ids\x18\x02 \x03(\tR\x0fnotificationIds\x12\x10\n\x03\x61ll\x18\x03 \x01(\x08R\x03\x61ll\x12 \n\x0cup_to_cursor\x18\x04 \x01(\x04R\nupToCursor\x12.\n\x06\x63ounts\x18\x05 \x01(\x0b\x32\x16.herald.v1.InboxCountsR\x06\x63ounts\x12\x39\n\nchanged_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tchangedAt\"b\n\nAckRequest\x12)\n\x10notification_ids\x18\x01 \x03(\tR\x0fnotificationIds\x12)\n\x05up_to\x18\x02 \x03(\x0b\x32\x14.herald.v1.LogCursorR\x04upTo\"#\n\x0b\x41\x63kResponse\x12\x14\n\x05\x61\x63ked\x18\x01 \x01(\rR\x05\x61\x63ked\"h\n\x10\x41\x63kStreamRequest\x12)\n\x10notification_ids\x18\x01 \x03(\tR\x0fnotificationIds\x12)\n\x05up_to\x18\x02 \x03(\x0b\x32\x14.herald.v1.LogCursorR\x04upTo\")\n\x11\x41\x63kStreamResponse\x12\x14\n\x05\x61\x63ked\x18\x01 \x01(\rR\x05\x61\x63ked\"~\n\x10ListInboxRequest\x12\x1b\n\tpage_size\x18\x01 \x01(\rR\x08pageSize\x12\x1d\n\npage_token\x18\x02 \x01(\tR\tpageToken\x12.\n\x06\x66ilter\x18\x03 \x01(\x0e\x32\x16.herald.v1.InboxFilterR\x06\x66ilter\"\xb7\x02\n\tInboxItem\x12;\n\x0cnotification\x18\x01 \x01(\x0b\x32\x17.herald.v1.NotificationR\x0cnotification\x12\x16\n\x06\x63ursor\x18\x02 \x01(\x04R\x06\x63ursor\x12.\n\x05state\x18\x03 \x01(\x0e\x32\x18.herald.v1.DeliveryStateR\x05state\x12\x33\n\x07read_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x06readAt\x12\x33\n\x07seen_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x06seenAt\x12;\n\x0b\x61rchived_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\narchivedAt\"g\n\x11ListInboxResponse\x12*\n\x05items\x18\x01 \x03(\x0b\x32\x14.herald.v1.InboxItemR\x05items\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"t\n\x17UpdateInboxStateRequest\x12)\n\x10notification_ids\x18\x01 \x03(\tR\x0fnotificationIds\x12.\n\x06\x61\x63tion\x18\x02 \x01(\x0e\x32\x16.herald.v1.InboxActionR\x06\x61\x63tion\"d\n\x18UpdateInboxStateResponse\x12\x18\n\x07\x63hanged\x18\x01 \x01(\rR\x07\x63hanged\x12.\n\x06\x63ounts\x18\x02 \x01(\x0b\x32\x16.herald.v1.InboxCountsR\x06\x63ounts\"6\n\x12MarkAllReadRequest\x12 \n\x0cup_to_cursor\x18\x01 \x01(\x04R\nupToCursor\"]\n\x13MarkAllReadResponse\x12\x16\n\x06marked\x18\x01 \x01(\rR\x06marked\x12.\n\x06\x63ounts\x18\x02 \x01(\x0b\x32\x16.herald.v1.InboxCountsR\x06\x63ounts\"\x17\n\x15GetInboxCountsRequest\"H\n\x16GetInboxCountsResponse\x12.\n\x06\x63ounts\x18\x01 \x01(\x0b\x32\x16.herald.v1.InboxCountsR\x06\x63ounts\"<\n\x0fMarkReadRequest\x12)\n\x10notification_ids\x18\x01 \x03(\tR\x0fnotificationIds\"\x17\n\x15GetSigningKeysRequest\"x\n\nSigningKey\x12\x15\n\x06key_id\x18\x01 \x01(\tR\x05keyId\x12\x1c\n\talgorithm\x18\x02 \x01(\tR\talgorithm\x12\x1d\n\npublic_key\x18\x03 \x01(\x0cR\tpublicKey\x12\x16\n\x06\x61\x63tive\x18\x04 \x01(\x08R\x06\x61\x63tive\"C\n\x16GetSigningKeysResponse\x12)\n\x04keys\x18\x01 \x03(\x0b\x32\x15.herald.v1.SigningKeyR\x04keys\"*\n\x10MarkReadResponse\x12\x16\n\x06marked\x18\x01 \x01(\rR\x06marked\"\x89\x01\n\x14WebSocketClientFrame\x12=\n\tsubscribe\x18\x01 \x01(\x0b\x32\x1d.herald.v1.WebSocketSubscribeH\x00R\tsubscribe\x12)\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x15.herald.v1.AckRequestH\x00R\x03\x61\x63kB\x07\n\x05\x66rame\"a\n\x12WebSocketSubscribe\x12\x14\n\x05token\x18\x01 \x01(\tR\x05token\x12\x35\n\x07request\x18\x02 \x01(\x0b\x32\x1b.herald.v1.SubscribeRequestR\x07request*\xa8\x01\n\x0bInboxAction\x12\x1c\n\x18INBOX_ACTION_UNSPECIFIED\x10\x00\x12\x15\n\x11INBOX_ACTION_SEEN\x10\x01\x12\x15\n\x11INBOX_ACTION_READ\x10\x02\x12\x17\n\x13INBOX_ACTION_UNREAD\x10\x03\x12\x18\n\x14INBOX_ACTION_ARCHIVE\x10\x04\x12\x1a\n\x16INBOX_ACTION_UNARCHIVE\x10\x05*u\n\x0bInboxFilter\x12\x1c\n\x18INBOX_FILTER_UNSPECIFIED\x10\x00\x12\x14\n\x10INBOX_FILTER_ALL\x10\x01\x12\x19\n\x15INBOX_FILTER_ARCHIVED\x10\x02\x12\x17\n\x13INBOX_FILTER_UNREAD\x10\x03\x32\xc1\x05\n\rStreamService\x12H\n\tSubscribe\x12\x1b.herald.v1.SubscribeRequest\x1a\x1c.herald.v1.SubscribeResponse0\x01\x12\x34\n\x03\x41\x63k\x12\x15.herald.v1.AckRequest\x1a\x16.herald.v1.AckResponse\x12J\n\tAckStream\x12\x1b.herald.v1.AckStreamRequest\x1a\x1c.herald.v1.AckStreamResponse(\x01\x30\x01\x12\x46\n\tListInbox\x12\x1b.herald.v1.ListInboxRequest\x1a\x1c.herald.v1.ListInboxResponse\x12\x43\n\x08MarkRead\x12\x1a.herald.v1.MarkReadRequest\x1a\x1b.herald.v1.MarkReadResponse\x12[\n\x10UpdateInboxState\x12\".herald.v1.UpdateInboxStateRequest\x1a#.herald.v1.UpdateInboxStateResponse\x12L\n\x0bMarkAllRead\x12\x1d.herald.v1.MarkAllReadRequest\x1a\x1e.herald.v1.MarkAllReadResponse\x12U\n\x0eGetInboxCounts\x12 .herald.v1.GetInboxCountsRequest\x1a!.herald.v1.GetInboxCountsResponse\x12U\n\x0eGetSigningKeys\x12 .herald.v1.GetSigningKeysRequest\x1a!.herald.v1.GetSigningKeysResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'herald.v1.stream_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_INBOXACTION']._serialized_start=4112
+  _globals['_INBOXACTION']._serialized_end=4280
+  _globals['_INBOXFILTER']._serialized_start=4282
+  _globals['_INBOXFILTER']._serialized_end=4399
   _globals['_LOGCURSOR']._serialized_start=124
   _globals['_LOGCURSOR']._serialized_end=199
   _globals['_LOGPOSITION']._serialized_start=201
@@ -55,35 +59,51 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CLOSING_REASON']._serialized_start=1423
   _globals['_CLOSING_REASON']._serialized_end=1574
   _globals['_SUBSCRIBERESPONSE']._serialized_start=1577
-  _globals['_SUBSCRIBERESPONSE']._serialized_end=1837
-  _globals['_ACKREQUEST']._serialized_start=1839
-  _globals['_ACKREQUEST']._serialized_end=1937
-  _globals['_ACKRESPONSE']._serialized_start=1939
-  _globals['_ACKRESPONSE']._serialized_end=1974
-  _globals['_ACKSTREAMREQUEST']._serialized_start=1976
-  _globals['_ACKSTREAMREQUEST']._serialized_end=2080
-  _globals['_ACKSTREAMRESPONSE']._serialized_start=2082
-  _globals['_ACKSTREAMRESPONSE']._serialized_end=2123
-  _globals['_LISTINBOXREQUEST']._serialized_start=2125
-  _globals['_LISTINBOXREQUEST']._serialized_end=2203
-  _globals['_INBOXITEM']._serialized_start=2206
-  _globals['_INBOXITEM']._serialized_end=2403
-  _globals['_LISTINBOXRESPONSE']._serialized_start=2405
-  _globals['_LISTINBOXRESPONSE']._serialized_end=2508
-  _globals['_MARKREADREQUEST']._serialized_start=2510
-  _globals['_MARKREADREQUEST']._serialized_end=2570
-  _globals['_GETSIGNINGKEYSREQUEST']._serialized_start=2572
-  _globals['_GETSIGNINGKEYSREQUEST']._serialized_end=2595
-  _globals['_SIGNINGKEY']._serialized_start=2597
-  _globals['_SIGNINGKEY']._serialized_end=2717
-  _globals['_GETSIGNINGKEYSRESPONSE']._serialized_start=2719
-  _globals['_GETSIGNINGKEYSRESPONSE']._serialized_end=2786
-  _globals['_MARKREADRESPONSE']._serialized_start=2788
-  _globals['_MARKREADRESPONSE']._serialized_end=2830
-  _globals['_WEBSOCKETCLIENTFRAME']._serialized_start=2833
-  _globals['_WEBSOCKETCLIENTFRAME']._serialized_end=2970
-  _globals['_WEBSOCKETSUBSCRIBE']._serialized_start=2972
-  _globals['_WEBSOCKETSUBSCRIBE']._serialized_end=3069
-  _globals['_STREAMSERVICE']._serialized_start=3072
-  _globals['_STREAMSERVICE']._serialized_end=3519
+  _globals['_SUBSCRIBERESPONSE']._serialized_end=1895
+  _globals['_INBOXCOUNTS']._serialized_start=1897
+  _globals['_INBOXCOUNTS']._serialized_end=1980
+  _globals['_INBOXEVENT']._serialized_start=1983
+  _globals['_INBOXEVENT']._serialized_end=2245
+  _globals['_ACKREQUEST']._serialized_start=2247
+  _globals['_ACKREQUEST']._serialized_end=2345
+  _globals['_ACKRESPONSE']._serialized_start=2347
+  _globals['_ACKRESPONSE']._serialized_end=2382
+  _globals['_ACKSTREAMREQUEST']._serialized_start=2384
+  _globals['_ACKSTREAMREQUEST']._serialized_end=2488
+  _globals['_ACKSTREAMRESPONSE']._serialized_start=2490
+  _globals['_ACKSTREAMRESPONSE']._serialized_end=2531
+  _globals['_LISTINBOXREQUEST']._serialized_start=2533
+  _globals['_LISTINBOXREQUEST']._serialized_end=2659
+  _globals['_INBOXITEM']._serialized_start=2662
+  _globals['_INBOXITEM']._serialized_end=2973
+  _globals['_LISTINBOXRESPONSE']._serialized_start=2975
+  _globals['_LISTINBOXRESPONSE']._serialized_end=3078
+  _globals['_UPDATEINBOXSTATEREQUEST']._serialized_start=3080
+  _globals['_UPDATEINBOXSTATEREQUEST']._serialized_end=3196
+  _globals['_UPDATEINBOXSTATERESPONSE']._serialized_start=3198
+  _globals['_UPDATEINBOXSTATERESPONSE']._serialized_end=3298
+  _globals['_MARKALLREADREQUEST']._serialized_start=3300
+  _globals['_MARKALLREADREQUEST']._serialized_end=3354
+  _globals['_MARKALLREADRESPONSE']._serialized_start=3356
+  _globals['_MARKALLREADRESPONSE']._serialized_end=3449
+  _globals['_GETINBOXCOUNTSREQUEST']._serialized_start=3451
+  _globals['_GETINBOXCOUNTSREQUEST']._serialized_end=3474
+  _globals['_GETINBOXCOUNTSRESPONSE']._serialized_start=3476
+  _globals['_GETINBOXCOUNTSRESPONSE']._serialized_end=3548
+  _globals['_MARKREADREQUEST']._serialized_start=3550
+  _globals['_MARKREADREQUEST']._serialized_end=3610
+  _globals['_GETSIGNINGKEYSREQUEST']._serialized_start=3612
+  _globals['_GETSIGNINGKEYSREQUEST']._serialized_end=3635
+  _globals['_SIGNINGKEY']._serialized_start=3637
+  _globals['_SIGNINGKEY']._serialized_end=3757
+  _globals['_GETSIGNINGKEYSRESPONSE']._serialized_start=3759
+  _globals['_GETSIGNINGKEYSRESPONSE']._serialized_end=3826
+  _globals['_MARKREADRESPONSE']._serialized_start=3828
+  _globals['_MARKREADRESPONSE']._serialized_end=3870
+  _globals['_WEBSOCKETCLIENTFRAME']._serialized_start=3873
+  _globals['_WEBSOCKETCLIENTFRAME']._serialized_end=4010
+  _globals['_WEBSOCKETSUBSCRIBE']._serialized_start=4012
+  _globals['_WEBSOCKETSUBSCRIBE']._serialized_end=4109
+  _globals['_STREAMSERVICE']._serialized_start=4402
+  _globals['_STREAMSERVICE']._serialized_end=5107
 # @@protoc_insertion_point(module_scope)

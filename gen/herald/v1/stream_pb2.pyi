@@ -12,6 +12,32 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class InboxAction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    INBOX_ACTION_UNSPECIFIED: _ClassVar[InboxAction]
+    INBOX_ACTION_SEEN: _ClassVar[InboxAction]
+    INBOX_ACTION_READ: _ClassVar[InboxAction]
+    INBOX_ACTION_UNREAD: _ClassVar[InboxAction]
+    INBOX_ACTION_ARCHIVE: _ClassVar[InboxAction]
+    INBOX_ACTION_UNARCHIVE: _ClassVar[InboxAction]
+
+class InboxFilter(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    INBOX_FILTER_UNSPECIFIED: _ClassVar[InboxFilter]
+    INBOX_FILTER_ALL: _ClassVar[InboxFilter]
+    INBOX_FILTER_ARCHIVED: _ClassVar[InboxFilter]
+    INBOX_FILTER_UNREAD: _ClassVar[InboxFilter]
+INBOX_ACTION_UNSPECIFIED: InboxAction
+INBOX_ACTION_SEEN: InboxAction
+INBOX_ACTION_READ: InboxAction
+INBOX_ACTION_UNREAD: InboxAction
+INBOX_ACTION_ARCHIVE: InboxAction
+INBOX_ACTION_UNARCHIVE: InboxAction
+INBOX_FILTER_UNSPECIFIED: InboxFilter
+INBOX_FILTER_ALL: InboxFilter
+INBOX_FILTER_ARCHIVED: InboxFilter
+INBOX_FILTER_UNREAD: InboxFilter
+
 class LogCursor(_message.Message):
     __slots__ = ("log", "cursor", "epoch")
     LOG_FIELD_NUMBER: _ClassVar[int]
@@ -133,16 +159,44 @@ class Closing(_message.Message):
     def __init__(self, reason: _Optional[_Union[Closing.Reason, str]] = ..., message: _Optional[str] = ..., retry_after_ms: _Optional[int] = ...) -> None: ...
 
 class SubscribeResponse(_message.Message):
-    __slots__ = ("deliveries", "heartbeat", "session_started", "closing")
+    __slots__ = ("deliveries", "heartbeat", "session_started", "closing", "inbox_event")
     DELIVERIES_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     SESSION_STARTED_FIELD_NUMBER: _ClassVar[int]
     CLOSING_FIELD_NUMBER: _ClassVar[int]
+    INBOX_EVENT_FIELD_NUMBER: _ClassVar[int]
     deliveries: DeliveryBatch
     heartbeat: Heartbeat
     session_started: SessionStarted
     closing: Closing
-    def __init__(self, deliveries: _Optional[_Union[DeliveryBatch, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., session_started: _Optional[_Union[SessionStarted, _Mapping]] = ..., closing: _Optional[_Union[Closing, _Mapping]] = ...) -> None: ...
+    inbox_event: InboxEvent
+    def __init__(self, deliveries: _Optional[_Union[DeliveryBatch, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., session_started: _Optional[_Union[SessionStarted, _Mapping]] = ..., closing: _Optional[_Union[Closing, _Mapping]] = ..., inbox_event: _Optional[_Union[InboxEvent, _Mapping]] = ...) -> None: ...
+
+class InboxCounts(_message.Message):
+    __slots__ = ("unseen", "unread", "total")
+    UNSEEN_FIELD_NUMBER: _ClassVar[int]
+    UNREAD_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    unseen: int
+    unread: int
+    total: int
+    def __init__(self, unseen: _Optional[int] = ..., unread: _Optional[int] = ..., total: _Optional[int] = ...) -> None: ...
+
+class InboxEvent(_message.Message):
+    __slots__ = ("action", "notification_ids", "all", "up_to_cursor", "counts", "changed_at")
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    NOTIFICATION_IDS_FIELD_NUMBER: _ClassVar[int]
+    ALL_FIELD_NUMBER: _ClassVar[int]
+    UP_TO_CURSOR_FIELD_NUMBER: _ClassVar[int]
+    COUNTS_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_AT_FIELD_NUMBER: _ClassVar[int]
+    action: InboxAction
+    notification_ids: _containers.RepeatedScalarFieldContainer[str]
+    all: bool
+    up_to_cursor: int
+    counts: InboxCounts
+    changed_at: _timestamp_pb2.Timestamp
+    def __init__(self, action: _Optional[_Union[InboxAction, str]] = ..., notification_ids: _Optional[_Iterable[str]] = ..., all: _Optional[bool] = ..., up_to_cursor: _Optional[int] = ..., counts: _Optional[_Union[InboxCounts, _Mapping]] = ..., changed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class AckRequest(_message.Message):
     __slots__ = ("notification_ids", "up_to")
@@ -173,24 +227,30 @@ class AckStreamResponse(_message.Message):
     def __init__(self, acked: _Optional[int] = ...) -> None: ...
 
 class ListInboxRequest(_message.Message):
-    __slots__ = ("page_size", "page_token")
+    __slots__ = ("page_size", "page_token", "filter")
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
     page_size: int
     page_token: str
-    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+    filter: InboxFilter
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., filter: _Optional[_Union[InboxFilter, str]] = ...) -> None: ...
 
 class InboxItem(_message.Message):
-    __slots__ = ("notification", "cursor", "state", "read_at")
+    __slots__ = ("notification", "cursor", "state", "read_at", "seen_at", "archived_at")
     NOTIFICATION_FIELD_NUMBER: _ClassVar[int]
     CURSOR_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     READ_AT_FIELD_NUMBER: _ClassVar[int]
+    SEEN_AT_FIELD_NUMBER: _ClassVar[int]
+    ARCHIVED_AT_FIELD_NUMBER: _ClassVar[int]
     notification: _notification_pb2.Notification
     cursor: int
     state: _ingest_pb2.DeliveryState
     read_at: _timestamp_pb2.Timestamp
-    def __init__(self, notification: _Optional[_Union[_notification_pb2.Notification, _Mapping]] = ..., cursor: _Optional[int] = ..., state: _Optional[_Union[_ingest_pb2.DeliveryState, str]] = ..., read_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    seen_at: _timestamp_pb2.Timestamp
+    archived_at: _timestamp_pb2.Timestamp
+    def __init__(self, notification: _Optional[_Union[_notification_pb2.Notification, _Mapping]] = ..., cursor: _Optional[int] = ..., state: _Optional[_Union[_ingest_pb2.DeliveryState, str]] = ..., read_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., seen_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., archived_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ListInboxResponse(_message.Message):
     __slots__ = ("items", "next_page_token")
@@ -199,6 +259,46 @@ class ListInboxResponse(_message.Message):
     items: _containers.RepeatedCompositeFieldContainer[InboxItem]
     next_page_token: str
     def __init__(self, items: _Optional[_Iterable[_Union[InboxItem, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class UpdateInboxStateRequest(_message.Message):
+    __slots__ = ("notification_ids", "action")
+    NOTIFICATION_IDS_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    notification_ids: _containers.RepeatedScalarFieldContainer[str]
+    action: InboxAction
+    def __init__(self, notification_ids: _Optional[_Iterable[str]] = ..., action: _Optional[_Union[InboxAction, str]] = ...) -> None: ...
+
+class UpdateInboxStateResponse(_message.Message):
+    __slots__ = ("changed", "counts")
+    CHANGED_FIELD_NUMBER: _ClassVar[int]
+    COUNTS_FIELD_NUMBER: _ClassVar[int]
+    changed: int
+    counts: InboxCounts
+    def __init__(self, changed: _Optional[int] = ..., counts: _Optional[_Union[InboxCounts, _Mapping]] = ...) -> None: ...
+
+class MarkAllReadRequest(_message.Message):
+    __slots__ = ("up_to_cursor",)
+    UP_TO_CURSOR_FIELD_NUMBER: _ClassVar[int]
+    up_to_cursor: int
+    def __init__(self, up_to_cursor: _Optional[int] = ...) -> None: ...
+
+class MarkAllReadResponse(_message.Message):
+    __slots__ = ("marked", "counts")
+    MARKED_FIELD_NUMBER: _ClassVar[int]
+    COUNTS_FIELD_NUMBER: _ClassVar[int]
+    marked: int
+    counts: InboxCounts
+    def __init__(self, marked: _Optional[int] = ..., counts: _Optional[_Union[InboxCounts, _Mapping]] = ...) -> None: ...
+
+class GetInboxCountsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetInboxCountsResponse(_message.Message):
+    __slots__ = ("counts",)
+    COUNTS_FIELD_NUMBER: _ClassVar[int]
+    counts: InboxCounts
+    def __init__(self, counts: _Optional[_Union[InboxCounts, _Mapping]] = ...) -> None: ...
 
 class MarkReadRequest(_message.Message):
     __slots__ = ("notification_ids",)

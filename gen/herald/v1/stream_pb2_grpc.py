@@ -60,6 +60,21 @@ class StreamServiceStub:
                 request_serializer=herald_dot_v1_dot_stream__pb2.MarkReadRequest.SerializeToString,
                 response_deserializer=herald_dot_v1_dot_stream__pb2.MarkReadResponse.FromString,
                 _registered_method=True)
+        self.UpdateInboxState = channel.unary_unary(
+                '/herald.v1.StreamService/UpdateInboxState',
+                request_serializer=herald_dot_v1_dot_stream__pb2.UpdateInboxStateRequest.SerializeToString,
+                response_deserializer=herald_dot_v1_dot_stream__pb2.UpdateInboxStateResponse.FromString,
+                _registered_method=True)
+        self.MarkAllRead = channel.unary_unary(
+                '/herald.v1.StreamService/MarkAllRead',
+                request_serializer=herald_dot_v1_dot_stream__pb2.MarkAllReadRequest.SerializeToString,
+                response_deserializer=herald_dot_v1_dot_stream__pb2.MarkAllReadResponse.FromString,
+                _registered_method=True)
+        self.GetInboxCounts = channel.unary_unary(
+                '/herald.v1.StreamService/GetInboxCounts',
+                request_serializer=herald_dot_v1_dot_stream__pb2.GetInboxCountsRequest.SerializeToString,
+                response_deserializer=herald_dot_v1_dot_stream__pb2.GetInboxCountsResponse.FromString,
+                _registered_method=True)
         self.GetSigningKeys = channel.unary_unary(
                 '/herald.v1.StreamService/GetSigningKeys',
                 request_serializer=herald_dot_v1_dot_stream__pb2.GetSigningKeysRequest.SerializeToString,
@@ -103,7 +118,30 @@ class StreamServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def MarkRead(self, request, context):
-        """Marks notifications of the caller as read (independent of acks).
+        """Marks notifications of the caller as read (independent of acks): UpdateInboxState with
+        INBOX_ACTION_READ, except that ids not in the caller's inbox are skipped, not refused.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateInboxState(self, request, context):
+        """Changes the inbox state (seen, read, archived) of notifications in the caller's inbox.
+        Every open session of the caller, on any node, gets an InboxEvent (docs/inbox.md).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MarkAllRead(self, request, context):
+        """Marks every notification of the caller's inbox read, or every one up to a cursor.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetInboxCounts(self, request, context):
+        """The caller's unseen, unread and total (not archived) counts, for a badge.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -144,6 +182,21 @@ def add_StreamServiceServicer_to_server(servicer, server):
                     servicer.MarkRead,
                     request_deserializer=herald_dot_v1_dot_stream__pb2.MarkReadRequest.FromString,
                     response_serializer=herald_dot_v1_dot_stream__pb2.MarkReadResponse.SerializeToString,
+            ),
+            'UpdateInboxState': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateInboxState,
+                    request_deserializer=herald_dot_v1_dot_stream__pb2.UpdateInboxStateRequest.FromString,
+                    response_serializer=herald_dot_v1_dot_stream__pb2.UpdateInboxStateResponse.SerializeToString,
+            ),
+            'MarkAllRead': grpc.unary_unary_rpc_method_handler(
+                    servicer.MarkAllRead,
+                    request_deserializer=herald_dot_v1_dot_stream__pb2.MarkAllReadRequest.FromString,
+                    response_serializer=herald_dot_v1_dot_stream__pb2.MarkAllReadResponse.SerializeToString,
+            ),
+            'GetInboxCounts': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetInboxCounts,
+                    request_deserializer=herald_dot_v1_dot_stream__pb2.GetInboxCountsRequest.FromString,
+                    response_serializer=herald_dot_v1_dot_stream__pb2.GetInboxCountsResponse.SerializeToString,
             ),
             'GetSigningKeys': grpc.unary_unary_rpc_method_handler(
                     servicer.GetSigningKeys,
@@ -287,6 +340,87 @@ class StreamService:
             '/herald.v1.StreamService/MarkRead',
             herald_dot_v1_dot_stream__pb2.MarkReadRequest.SerializeToString,
             herald_dot_v1_dot_stream__pb2.MarkReadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateInboxState(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/herald.v1.StreamService/UpdateInboxState',
+            herald_dot_v1_dot_stream__pb2.UpdateInboxStateRequest.SerializeToString,
+            herald_dot_v1_dot_stream__pb2.UpdateInboxStateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MarkAllRead(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/herald.v1.StreamService/MarkAllRead',
+            herald_dot_v1_dot_stream__pb2.MarkAllReadRequest.SerializeToString,
+            herald_dot_v1_dot_stream__pb2.MarkAllReadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetInboxCounts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/herald.v1.StreamService/GetInboxCounts',
+            herald_dot_v1_dot_stream__pb2.GetInboxCountsRequest.SerializeToString,
+            herald_dot_v1_dot_stream__pb2.GetInboxCountsResponse.FromString,
             options,
             channel_credentials,
             insecure,

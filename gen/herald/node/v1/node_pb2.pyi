@@ -107,3 +107,15 @@ class LogEntry(_message.Message):
     notification_field: bytes
     trace_context: str
     def __init__(self, cursor: _Optional[int] = ..., notification_id: _Optional[str] = ..., priority: _Optional[int] = ..., created_at: _Optional[float] = ..., expires_at: _Optional[float] = ..., notification_field: _Optional[bytes] = ..., trace_context: _Optional[str] = ...) -> None: ...
+
+class UserEventPublication(_message.Message):
+    __slots__ = ("tenant_id", "user_id", "response", "origin")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    user_id: str
+    response: bytes
+    origin: int
+    def __init__(self, tenant_id: _Optional[str] = ..., user_id: _Optional[str] = ..., response: _Optional[bytes] = ..., origin: _Optional[int] = ...) -> None: ...

@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file herald/v1/stream.proto.
  */
 export const file_herald_v1_stream: GenFile = /*@__PURE__*/
-  fileDesc("ChZoZXJhbGQvdjEvc3RyZWFtLnByb3RvEgloZXJhbGQudjEiNwoJTG9nQ3Vyc29yEgsKA2xvZxgBIAEoCRIOCgZjdXJzb3IYAiABKAQSDQoFZXBvY2gYAyABKAQiSgoLTG9nUG9zaXRpb24SCwoDbG9nGAEgASgJEg0KBWVwb2NoGAIgASgEEgwKBGhlYWQYAyABKAQSEQoJcmVjb3ZlcmVkGAQgASgIInUKEFN1YnNjcmliZVJlcXVlc3QSJQoHY3Vyc29ycxgBIAMoCzIULmhlcmFsZC52MS5Mb2dDdXJzb3ISEAoIY2hhbm5lbHMYAiADKAkSDgoGZGV2aWNlGAMgASgJEhgKEGFjY2VwdF9lbmNvZGluZ3MYBCADKAkiyAEKDlNlc3Npb25TdGFydGVkEhIKCnNlc3Npb25faWQYASABKAkSDwoHbm9kZV9pZBgCIAEoCRIPCgd1c2VyX2lkGAMgASgJEhEKCXRlbmFudF9pZBgEIAEoCRIiChpoZWFydGJlYXRfaW50ZXJ2YWxfc2Vjb25kcxgFIAEoDRIQCghjaGFubmVscxgGIAMoCRIkCgRsb2dzGAcgAygLMhYuaGVyYWxkLnYxLkxvZ1Bvc2l0aW9uEhEKCWVuY29kaW5ncxgIIAMoCSKtAQoIRGVsaXZlcnkSLQoMbm90aWZpY2F0aW9uGAEgASgLMhcuaGVyYWxkLnYxLk5vdGlmaWNhdGlvbhILCgNsb2cYAiABKAkSDgoGY3Vyc29yGAMgASgEEg8KB2F0dGVtcHQYBCABKA0SFQoNcmVzdW1lX2N1cnNvchgFIAEoBBItCgZzZWFsZWQYBiABKAsyHS5oZXJhbGQudjEuU2VhbGVkTm90aWZpY2F0aW9uImoKElNlYWxlZE5vdGlmaWNhdGlvbhIOCgZmb3JtYXQYASABKAkSEAoIZW5jb2RpbmcYAiABKAkSDgoGa2V5X2lkGAMgASgJEhEKCXNpZ25hdHVyZRgEIAEoDBIPCgdwYXlsb2FkGAUgASgMIjgKDURlbGl2ZXJ5QmF0Y2gSJwoKZGVsaXZlcmllcxgBIAMoCzITLmhlcmFsZC52MS5EZWxpdmVyeSI8CglIZWFydGJlYXQSLwoLc2VydmVyX3RpbWUYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIvcBCgdDbG9zaW5nEikKBnJlYXNvbhgBIAEoDjIZLmhlcmFsZC52MS5DbG9zaW5nLlJlYXNvbhIPCgdtZXNzYWdlGAIgASgJEhYKDnJldHJ5X2FmdGVyX21zGAMgASgNIpcBCgZSZWFzb24SFgoSUkVBU09OX1VOU1BFQ0lGSUVEEAASEwoPUkVBU09OX1NIVVRET1dOEAESGAoUUkVBU09OX1NMT1dfQ09OU1VNRVIQAhIXChNSRUFTT05fRElTQ09OTkVDVEVEEAMSEwoPUkVBU09OX1JFUExBQ0VEEAQSGAoUUkVBU09OX1RPS0VOX0VYUElSRUQQBSLUAQoRU3Vic2NyaWJlUmVzcG9uc2USLgoKZGVsaXZlcmllcxgBIAEoCzIYLmhlcmFsZC52MS5EZWxpdmVyeUJhdGNoSAASKQoJaGVhcnRiZWF0GAIgASgLMhQuaGVyYWxkLnYxLkhlYXJ0YmVhdEgAEjQKD3Nlc3Npb25fc3RhcnRlZBgDIAEoCzIZLmhlcmFsZC52MS5TZXNzaW9uU3RhcnRlZEgAEiUKB2Nsb3NpbmcYBCABKAsyEi5oZXJhbGQudjEuQ2xvc2luZ0gAQgcKBWV2ZW50IksKCkFja1JlcXVlc3QSGAoQbm90aWZpY2F0aW9uX2lkcxgBIAMoCRIjCgV1cF90bxgCIAMoCzIULmhlcmFsZC52MS5Mb2dDdXJzb3IiHAoLQWNrUmVzcG9uc2USDQoFYWNrZWQYASABKA0iUQoQQWNrU3RyZWFtUmVxdWVzdBIYChBub3RpZmljYXRpb25faWRzGAEgAygJEiMKBXVwX3RvGAIgAygLMhQuaGVyYWxkLnYxLkxvZ0N1cnNvciIiChFBY2tTdHJlYW1SZXNwb25zZRINCgVhY2tlZBgBIAEoDSI5ChBMaXN0SW5ib3hSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoDRISCgpwYWdlX3Rva2VuGAIgASgJIqABCglJbmJveEl0ZW0SLQoMbm90aWZpY2F0aW9uGAEgASgLMhcuaGVyYWxkLnYxLk5vdGlmaWNhdGlvbhIOCgZjdXJzb3IYAiABKAQSJwoFc3RhdGUYAyABKA4yGC5oZXJhbGQudjEuRGVsaXZlcnlTdGF0ZRIrCgdyZWFkX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJRChFMaXN0SW5ib3hSZXNwb25zZRIjCgVpdGVtcxgBIAMoCzIULmhlcmFsZC52MS5JbmJveEl0ZW0SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIisKD01hcmtSZWFkUmVxdWVzdBIYChBub3RpZmljYXRpb25faWRzGAEgAygJIhcKFUdldFNpZ25pbmdLZXlzUmVxdWVzdCJTCgpTaWduaW5nS2V5Eg4KBmtleV9pZBgBIAEoCRIRCglhbGdvcml0aG0YAiABKAkSEgoKcHVibGljX2tleRgDIAEoDBIOCgZhY3RpdmUYBCABKAgiPQoWR2V0U2lnbmluZ0tleXNSZXNwb25zZRIjCgRrZXlzGAEgAygLMhUuaGVyYWxkLnYxLlNpZ25pbmdLZXkiIgoQTWFya1JlYWRSZXNwb25zZRIOCgZtYXJrZWQYASABKA0ieQoUV2ViU29ja2V0Q2xpZW50RnJhbWUSMgoJc3Vic2NyaWJlGAEgASgLMh0uaGVyYWxkLnYxLldlYlNvY2tldFN1YnNjcmliZUgAEiQKA2FjaxgCIAEoCzIVLmhlcmFsZC52MS5BY2tSZXF1ZXN0SABCBwoFZnJhbWUiUQoSV2ViU29ja2V0U3Vic2NyaWJlEg0KBXRva2VuGAEgASgJEiwKB3JlcXVlc3QYAiABKAsyGy5oZXJhbGQudjEuU3Vic2NyaWJlUmVxdWVzdDK/AwoNU3RyZWFtU2VydmljZRJICglTdWJzY3JpYmUSGy5oZXJhbGQudjEuU3Vic2NyaWJlUmVxdWVzdBocLmhlcmFsZC52MS5TdWJzY3JpYmVSZXNwb25zZTABEjQKA0FjaxIVLmhlcmFsZC52MS5BY2tSZXF1ZXN0GhYuaGVyYWxkLnYxLkFja1Jlc3BvbnNlEkoKCUFja1N0cmVhbRIbLmhlcmFsZC52MS5BY2tTdHJlYW1SZXF1ZXN0GhwuaGVyYWxkLnYxLkFja1N0cmVhbVJlc3BvbnNlKAEwARJGCglMaXN0SW5ib3gSGy5oZXJhbGQudjEuTGlzdEluYm94UmVxdWVzdBocLmhlcmFsZC52MS5MaXN0SW5ib3hSZXNwb25zZRJDCghNYXJrUmVhZBIaLmhlcmFsZC52MS5NYXJrUmVhZFJlcXVlc3QaGy5oZXJhbGQudjEuTWFya1JlYWRSZXNwb25zZRJVCg5HZXRTaWduaW5nS2V5cxIgLmhlcmFsZC52MS5HZXRTaWduaW5nS2V5c1JlcXVlc3QaIS5oZXJhbGQudjEuR2V0U2lnbmluZ0tleXNSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp, file_herald_v1_ingest, file_herald_v1_notification]);
+  fileDesc("ChZoZXJhbGQvdjEvc3RyZWFtLnByb3RvEgloZXJhbGQudjEiNwoJTG9nQ3Vyc29yEgsKA2xvZxgBIAEoCRIOCgZjdXJzb3IYAiABKAQSDQoFZXBvY2gYAyABKAQiSgoLTG9nUG9zaXRpb24SCwoDbG9nGAEgASgJEg0KBWVwb2NoGAIgASgEEgwKBGhlYWQYAyABKAQSEQoJcmVjb3ZlcmVkGAQgASgIInUKEFN1YnNjcmliZVJlcXVlc3QSJQoHY3Vyc29ycxgBIAMoCzIULmhlcmFsZC52MS5Mb2dDdXJzb3ISEAoIY2hhbm5lbHMYAiADKAkSDgoGZGV2aWNlGAMgASgJEhgKEGFjY2VwdF9lbmNvZGluZ3MYBCADKAkiyAEKDlNlc3Npb25TdGFydGVkEhIKCnNlc3Npb25faWQYASABKAkSDwoHbm9kZV9pZBgCIAEoCRIPCgd1c2VyX2lkGAMgASgJEhEKCXRlbmFudF9pZBgEIAEoCRIiChpoZWFydGJlYXRfaW50ZXJ2YWxfc2Vjb25kcxgFIAEoDRIQCghjaGFubmVscxgGIAMoCRIkCgRsb2dzGAcgAygLMhYuaGVyYWxkLnYxLkxvZ1Bvc2l0aW9uEhEKCWVuY29kaW5ncxgIIAMoCSKtAQoIRGVsaXZlcnkSLQoMbm90aWZpY2F0aW9uGAEgASgLMhcuaGVyYWxkLnYxLk5vdGlmaWNhdGlvbhILCgNsb2cYAiABKAkSDgoGY3Vyc29yGAMgASgEEg8KB2F0dGVtcHQYBCABKA0SFQoNcmVzdW1lX2N1cnNvchgFIAEoBBItCgZzZWFsZWQYBiABKAsyHS5oZXJhbGQudjEuU2VhbGVkTm90aWZpY2F0aW9uImoKElNlYWxlZE5vdGlmaWNhdGlvbhIOCgZmb3JtYXQYASABKAkSEAoIZW5jb2RpbmcYAiABKAkSDgoGa2V5X2lkGAMgASgJEhEKCXNpZ25hdHVyZRgEIAEoDBIPCgdwYXlsb2FkGAUgASgMIjgKDURlbGl2ZXJ5QmF0Y2gSJwoKZGVsaXZlcmllcxgBIAMoCzITLmhlcmFsZC52MS5EZWxpdmVyeSI8CglIZWFydGJlYXQSLwoLc2VydmVyX3RpbWUYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIvcBCgdDbG9zaW5nEikKBnJlYXNvbhgBIAEoDjIZLmhlcmFsZC52MS5DbG9zaW5nLlJlYXNvbhIPCgdtZXNzYWdlGAIgASgJEhYKDnJldHJ5X2FmdGVyX21zGAMgASgNIpcBCgZSZWFzb24SFgoSUkVBU09OX1VOU1BFQ0lGSUVEEAASEwoPUkVBU09OX1NIVVRET1dOEAESGAoUUkVBU09OX1NMT1dfQ09OU1VNRVIQAhIXChNSRUFTT05fRElTQ09OTkVDVEVEEAMSEwoPUkVBU09OX1JFUExBQ0VEEAQSGAoUUkVBU09OX1RPS0VOX0VYUElSRUQQBSKCAgoRU3Vic2NyaWJlUmVzcG9uc2USLgoKZGVsaXZlcmllcxgBIAEoCzIYLmhlcmFsZC52MS5EZWxpdmVyeUJhdGNoSAASKQoJaGVhcnRiZWF0GAIgASgLMhQuaGVyYWxkLnYxLkhlYXJ0YmVhdEgAEjQKD3Nlc3Npb25fc3RhcnRlZBgDIAEoCzIZLmhlcmFsZC52MS5TZXNzaW9uU3RhcnRlZEgAEiUKB2Nsb3NpbmcYBCABKAsyEi5oZXJhbGQudjEuQ2xvc2luZ0gAEiwKC2luYm94X2V2ZW50GAUgASgLMhUuaGVyYWxkLnYxLkluYm94RXZlbnRIAEIHCgVldmVudCI8CgtJbmJveENvdW50cxIOCgZ1bnNlZW4YASABKA0SDgoGdW5yZWFkGAIgASgNEg0KBXRvdGFsGAMgASgNIskBCgpJbmJveEV2ZW50EiYKBmFjdGlvbhgBIAEoDjIWLmhlcmFsZC52MS5JbmJveEFjdGlvbhIYChBub3RpZmljYXRpb25faWRzGAIgAygJEgsKA2FsbBgDIAEoCBIUCgx1cF90b19jdXJzb3IYBCABKAQSJgoGY291bnRzGAUgASgLMhYuaGVyYWxkLnYxLkluYm94Q291bnRzEi4KCmNoYW5nZWRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIksKCkFja1JlcXVlc3QSGAoQbm90aWZpY2F0aW9uX2lkcxgBIAMoCRIjCgV1cF90bxgCIAMoCzIULmhlcmFsZC52MS5Mb2dDdXJzb3IiHAoLQWNrUmVzcG9uc2USDQoFYWNrZWQYASABKA0iUQoQQWNrU3RyZWFtUmVxdWVzdBIYChBub3RpZmljYXRpb25faWRzGAEgAygJEiMKBXVwX3RvGAIgAygLMhQuaGVyYWxkLnYxLkxvZ0N1cnNvciIiChFBY2tTdHJlYW1SZXNwb25zZRINCgVhY2tlZBgBIAEoDSJhChBMaXN0SW5ib3hSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoDRISCgpwYWdlX3Rva2VuGAIgASgJEiYKBmZpbHRlchgDIAEoDjIWLmhlcmFsZC52MS5JbmJveEZpbHRlciL+AQoJSW5ib3hJdGVtEi0KDG5vdGlmaWNhdGlvbhgBIAEoCzIXLmhlcmFsZC52MS5Ob3RpZmljYXRpb24SDgoGY3Vyc29yGAIgASgEEicKBXN0YXRlGAMgASgOMhguaGVyYWxkLnYxLkRlbGl2ZXJ5U3RhdGUSKwoHcmVhZF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKwoHc2Vlbl9hdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLYXJjaGl2ZWRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIlEKEUxpc3RJbmJveFJlc3BvbnNlEiMKBWl0ZW1zGAEgAygLMhQuaGVyYWxkLnYxLkluYm94SXRlbRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiWwoXVXBkYXRlSW5ib3hTdGF0ZVJlcXVlc3QSGAoQbm90aWZpY2F0aW9uX2lkcxgBIAMoCRImCgZhY3Rpb24YAiABKA4yFi5oZXJhbGQudjEuSW5ib3hBY3Rpb24iUwoYVXBkYXRlSW5ib3hTdGF0ZVJlc3BvbnNlEg8KB2NoYW5nZWQYASABKA0SJgoGY291bnRzGAIgASgLMhYuaGVyYWxkLnYxLkluYm94Q291bnRzIioKEk1hcmtBbGxSZWFkUmVxdWVzdBIUCgx1cF90b19jdXJzb3IYASABKAQiTQoTTWFya0FsbFJlYWRSZXNwb25zZRIOCgZtYXJrZWQYASABKA0SJgoGY291bnRzGAIgASgLMhYuaGVyYWxkLnYxLkluYm94Q291bnRzIhcKFUdldEluYm94Q291bnRzUmVxdWVzdCJAChZHZXRJbmJveENvdW50c1Jlc3BvbnNlEiYKBmNvdW50cxgBIAEoCzIWLmhlcmFsZC52MS5JbmJveENvdW50cyIrCg9NYXJrUmVhZFJlcXVlc3QSGAoQbm90aWZpY2F0aW9uX2lkcxgBIAMoCSIXChVHZXRTaWduaW5nS2V5c1JlcXVlc3QiUwoKU2lnbmluZ0tleRIOCgZrZXlfaWQYASABKAkSEQoJYWxnb3JpdGhtGAIgASgJEhIKCnB1YmxpY19rZXkYAyABKAwSDgoGYWN0aXZlGAQgASgIIj0KFkdldFNpZ25pbmdLZXlzUmVzcG9uc2USIwoEa2V5cxgBIAMoCzIVLmhlcmFsZC52MS5TaWduaW5nS2V5IiIKEE1hcmtSZWFkUmVzcG9uc2USDgoGbWFya2VkGAEgASgNInkKFFdlYlNvY2tldENsaWVudEZyYW1lEjIKCXN1YnNjcmliZRgBIAEoCzIdLmhlcmFsZC52MS5XZWJTb2NrZXRTdWJzY3JpYmVIABIkCgNhY2sYAiABKAsyFS5oZXJhbGQudjEuQWNrUmVxdWVzdEgAQgcKBWZyYW1lIlEKEldlYlNvY2tldFN1YnNjcmliZRINCgV0b2tlbhgBIAEoCRIsCgdyZXF1ZXN0GAIgASgLMhsuaGVyYWxkLnYxLlN1YnNjcmliZVJlcXVlc3QqqAEKC0luYm94QWN0aW9uEhwKGElOQk9YX0FDVElPTl9VTlNQRUNJRklFRBAAEhUKEUlOQk9YX0FDVElPTl9TRUVOEAESFQoRSU5CT1hfQUNUSU9OX1JFQUQQAhIXChNJTkJPWF9BQ1RJT05fVU5SRUFEEAMSGAoUSU5CT1hfQUNUSU9OX0FSQ0hJVkUQBBIaChZJTkJPWF9BQ1RJT05fVU5BUkNISVZFEAUqdQoLSW5ib3hGaWx0ZXISHAoYSU5CT1hfRklMVEVSX1VOU1BFQ0lGSUVEEAASFAoQSU5CT1hfRklMVEVSX0FMTBABEhkKFUlOQk9YX0ZJTFRFUl9BUkNISVZFRBACEhcKE0lOQk9YX0ZJTFRFUl9VTlJFQUQQAzLBBQoNU3RyZWFtU2VydmljZRJICglTdWJzY3JpYmUSGy5oZXJhbGQudjEuU3Vic2NyaWJlUmVxdWVzdBocLmhlcmFsZC52MS5TdWJzY3JpYmVSZXNwb25zZTABEjQKA0FjaxIVLmhlcmFsZC52MS5BY2tSZXF1ZXN0GhYuaGVyYWxkLnYxLkFja1Jlc3BvbnNlEkoKCUFja1N0cmVhbRIbLmhlcmFsZC52MS5BY2tTdHJlYW1SZXF1ZXN0GhwuaGVyYWxkLnYxLkFja1N0cmVhbVJlc3BvbnNlKAEwARJGCglMaXN0SW5ib3gSGy5oZXJhbGQudjEuTGlzdEluYm94UmVxdWVzdBocLmhlcmFsZC52MS5MaXN0SW5ib3hSZXNwb25zZRJDCghNYXJrUmVhZBIaLmhlcmFsZC52MS5NYXJrUmVhZFJlcXVlc3QaGy5oZXJhbGQudjEuTWFya1JlYWRSZXNwb25zZRJbChBVcGRhdGVJbmJveFN0YXRlEiIuaGVyYWxkLnYxLlVwZGF0ZUluYm94U3RhdGVSZXF1ZXN0GiMuaGVyYWxkLnYxLlVwZGF0ZUluYm94U3RhdGVSZXNwb25zZRJMCgtNYXJrQWxsUmVhZBIdLmhlcmFsZC52MS5NYXJrQWxsUmVhZFJlcXVlc3QaHi5oZXJhbGQudjEuTWFya0FsbFJlYWRSZXNwb25zZRJVCg5HZXRJbmJveENvdW50cxIgLmhlcmFsZC52MS5HZXRJbmJveENvdW50c1JlcXVlc3QaIS5oZXJhbGQudjEuR2V0SW5ib3hDb3VudHNSZXNwb25zZRJVCg5HZXRTaWduaW5nS2V5cxIgLmhlcmFsZC52MS5HZXRTaWduaW5nS2V5c1JlcXVlc3QaIS5oZXJhbGQudjEuR2V0U2lnbmluZ0tleXNSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp, file_herald_v1_ingest, file_herald_v1_notification]);
 
 /**
  * A position in one of the logs a session reads: "user" (the user's own log), "broadcast"
@@ -452,6 +452,12 @@ export type SubscribeResponse = Message<"herald.v1.SubscribeResponse"> & {
      */
     value: Closing;
     case: "closing";
+  } | {
+    /**
+     * @generated from field: herald.v1.InboxEvent inbox_event = 5;
+     */
+    value: InboxEvent;
+    case: "inboxEvent";
   } | { case: undefined; value?: undefined };
 };
 
@@ -461,6 +467,94 @@ export type SubscribeResponse = Message<"herald.v1.SubscribeResponse"> & {
  */
 export const SubscribeResponseSchema: GenMessage<SubscribeResponse> = /*@__PURE__*/
   messageDesc(file_herald_v1_stream, 9);
+
+/**
+ * The counts of a user's inbox: notifications in their own log, not expired. Archived ones
+ * count in none of them.
+ *
+ * @generated from message herald.v1.InboxCounts
+ */
+export type InboxCounts = Message<"herald.v1.InboxCounts"> & {
+  /**
+   * Not archived and never seen.
+   *
+   * @generated from field: uint32 unseen = 1;
+   */
+  unseen: number;
+
+  /**
+   * Not archived and not read.
+   *
+   * @generated from field: uint32 unread = 2;
+   */
+  unread: number;
+
+  /**
+   * Not archived.
+   *
+   * @generated from field: uint32 total = 3;
+   */
+  total: number;
+};
+
+/**
+ * Describes the message herald.v1.InboxCounts.
+ * Use `create(InboxCountsSchema)` to create a new message.
+ */
+export const InboxCountsSchema: GenMessage<InboxCounts> = /*@__PURE__*/
+  messageDesc(file_herald_v1_stream, 10);
+
+/**
+ * Inbox states changed, by one of the user's devices (or a MarkRead call): sent on every open
+ * session of that user, on every node. Not acknowledged and not replayed: a session opened
+ * later reads the states with ListInbox and the counts with GetInboxCounts.
+ *
+ * @generated from message herald.v1.InboxEvent
+ */
+export type InboxEvent = Message<"herald.v1.InboxEvent"> & {
+  /**
+   * @generated from field: herald.v1.InboxAction action = 1;
+   */
+  action: InboxAction;
+
+  /**
+   * The notifications whose state changed; empty when `all` is set.
+   *
+   * @generated from field: repeated string notification_ids = 2;
+   */
+  notificationIds: string[];
+
+  /**
+   * MarkAllRead: every notification of the inbox up to `up_to_cursor` is read now.
+   *
+   * @generated from field: bool all = 3;
+   */
+  all: boolean;
+
+  /**
+   * @generated from field: uint64 up_to_cursor = 4;
+   */
+  upToCursor: bigint;
+
+  /**
+   * The counts after the change.
+   *
+   * @generated from field: herald.v1.InboxCounts counts = 5;
+   */
+  counts?: InboxCounts | undefined;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp changed_at = 6;
+   */
+  changedAt?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message herald.v1.InboxEvent.
+ * Use `create(InboxEventSchema)` to create a new message.
+ */
+export const InboxEventSchema: GenMessage<InboxEvent> = /*@__PURE__*/
+  messageDesc(file_herald_v1_stream, 11);
 
 /**
  * @generated from message herald.v1.AckRequest
@@ -484,7 +578,7 @@ export type AckRequest = Message<"herald.v1.AckRequest"> & {
  * Use `create(AckRequestSchema)` to create a new message.
  */
 export const AckRequestSchema: GenMessage<AckRequest> = /*@__PURE__*/
-  messageDesc(file_herald_v1_stream, 10);
+  messageDesc(file_herald_v1_stream, 12);
 
 /**
  * @generated from message herald.v1.AckResponse
@@ -503,7 +597,7 @@ export type AckResponse = Message<"herald.v1.AckResponse"> & {
  * Use `create(AckResponseSchema)` to create a new message.
  */
 export const AckResponseSchema: GenMessage<AckResponse> = /*@__PURE__*/
-  messageDesc(file_herald_v1_stream, 11);
+  messageDesc(file_herald_v1_stream, 13);
 
 /**
  * @generated from message herald.v1.AckStreamRequest
@@ -527,7 +621,7 @@ export type AckStreamRequest = Message<"herald.v1.AckStreamRequest"> & {
  * Use `create(AckStreamRequestSchema)` to create a new message.
  */
 export const AckStreamRequestSchema: GenMessage<AckStreamRequest> = /*@__PURE__*/
-  messageDesc(file_herald_v1_stream, 12);
+  messageDesc(file_herald_v1_stream, 14);
 
 /**
  * @generated from message herald.v1.AckStreamResponse
@@ -546,7 +640,7 @@ export type AckStreamResponse = Message<"herald.v1.AckStreamResponse"> & {
  * Use `create(AckStreamResponseSchema)` to create a new message.
  */
 export const AckStreamResponseSchema: GenMessage<AckStreamResponse> = /*@__PURE__*/
-  messageDesc(file_herald_v1_stream, 13);
+  messageDesc(file_herald_v1_stream, 15);
 
 /**
  * @generated from message herald.v1.ListInboxRequest
@@ -565,6 +659,13 @@ export type ListInboxRequest = Message<"herald.v1.ListInboxRequest"> & {
    * @generated from field: string page_token = 2;
    */
   pageToken: string;
+
+  /**
+   * Which items the page holds; the default leaves archived ones out.
+   *
+   * @generated from field: herald.v1.InboxFilter filter = 3;
+   */
+  filter: InboxFilter;
 };
 
 /**
@@ -572,7 +673,7 @@ export type ListInboxRequest = Message<"herald.v1.ListInboxRequest"> & {
  * Use `create(ListInboxRequestSchema)` to create a new message.
  */
 export const ListInboxRequestSchema: GenMessage<ListInboxRequest> = /*@__PURE__*/
-  messageDesc(file_herald_v1_stream, 14);
+  messageDesc(file_herald_v1_stream, 16);
 
 /**
  * @generated from message herald.v1.InboxItem
@@ -599,6 +700,20 @@ export type InboxItem = Message<"herald.v1.InboxItem"> & {
    * @generated from field: google.protobuf.Timestamp read_at = 4;
    */
   readAt?: Timestamp | undefined;
+
+  /**
+   * Unset while never seen.
+   *
+   * @generated from field: google.protobuf.Timestamp seen_at = 5;
+   */
+  seenAt?: Timestamp | undefined;
+
+  /**
+   * Unset unless archived.
+   *
+   * @generated from field: google.protobuf.Timestamp archived_at = 6;
+   */
+  archivedAt?: Timestamp | undefined;
 };
 
 /**
@@ -606,7 +721,7 @@ export type InboxItem = Message<"herald.v1.InboxItem"> & {
  * Use `create(InboxItemSchema)` to create a new message.
  */
 export const InboxItemSchema: GenMessage<InboxItem> = /*@__PURE__*/
-  messageDesc(file_herald_v1_stream, 15);
+  messageDesc(file_herald_v1_stream, 17);
 
 /**
  * @generated from message herald.v1.ListInboxResponse
@@ -618,7 +733,8 @@ export type ListInboxResponse = Message<"herald.v1.ListInboxResponse"> & {
   items: InboxItem[];
 
   /**
-   * Empty on the last page.
+   * Empty on the last page. A filtered page may hold fewer than page_size items (even none)
+   * before the last one: keep paging while a token comes back.
    *
    * @generated from field: string next_page_token = 2;
    */
@@ -630,7 +746,130 @@ export type ListInboxResponse = Message<"herald.v1.ListInboxResponse"> & {
  * Use `create(ListInboxResponseSchema)` to create a new message.
  */
 export const ListInboxResponseSchema: GenMessage<ListInboxResponse> = /*@__PURE__*/
-  messageDesc(file_herald_v1_stream, 16);
+  messageDesc(file_herald_v1_stream, 18);
+
+/**
+ * @generated from message herald.v1.UpdateInboxStateRequest
+ */
+export type UpdateInboxStateRequest = Message<"herald.v1.UpdateInboxStateRequest"> & {
+  /**
+   * Notifications of the caller's inbox (not expired); at most 1000. One that is not there
+   * fails the call with NOT_FOUND, and nothing changes.
+   *
+   * @generated from field: repeated string notification_ids = 1;
+   */
+  notificationIds: string[];
+
+  /**
+   * @generated from field: herald.v1.InboxAction action = 2;
+   */
+  action: InboxAction;
+};
+
+/**
+ * Describes the message herald.v1.UpdateInboxStateRequest.
+ * Use `create(UpdateInboxStateRequestSchema)` to create a new message.
+ */
+export const UpdateInboxStateRequestSchema: GenMessage<UpdateInboxStateRequest> = /*@__PURE__*/
+  messageDesc(file_herald_v1_stream, 19);
+
+/**
+ * @generated from message herald.v1.UpdateInboxStateResponse
+ */
+export type UpdateInboxStateResponse = Message<"herald.v1.UpdateInboxStateResponse"> & {
+  /**
+   * How many changed (setting a state already set changes nothing).
+   *
+   * @generated from field: uint32 changed = 1;
+   */
+  changed: number;
+
+  /**
+   * @generated from field: herald.v1.InboxCounts counts = 2;
+   */
+  counts?: InboxCounts | undefined;
+};
+
+/**
+ * Describes the message herald.v1.UpdateInboxStateResponse.
+ * Use `create(UpdateInboxStateResponseSchema)` to create a new message.
+ */
+export const UpdateInboxStateResponseSchema: GenMessage<UpdateInboxStateResponse> = /*@__PURE__*/
+  messageDesc(file_herald_v1_stream, 20);
+
+/**
+ * @generated from message herald.v1.MarkAllReadRequest
+ */
+export type MarkAllReadRequest = Message<"herald.v1.MarkAllReadRequest"> & {
+  /**
+   * Only notifications at or below this cursor (an InboxItem.cursor, e.g. the newest one the
+   * user saw); 0: every notification in the inbox now.
+   *
+   * @generated from field: uint64 up_to_cursor = 1;
+   */
+  upToCursor: bigint;
+};
+
+/**
+ * Describes the message herald.v1.MarkAllReadRequest.
+ * Use `create(MarkAllReadRequestSchema)` to create a new message.
+ */
+export const MarkAllReadRequestSchema: GenMessage<MarkAllReadRequest> = /*@__PURE__*/
+  messageDesc(file_herald_v1_stream, 21);
+
+/**
+ * @generated from message herald.v1.MarkAllReadResponse
+ */
+export type MarkAllReadResponse = Message<"herald.v1.MarkAllReadResponse"> & {
+  /**
+   * How many were unread before.
+   *
+   * @generated from field: uint32 marked = 1;
+   */
+  marked: number;
+
+  /**
+   * @generated from field: herald.v1.InboxCounts counts = 2;
+   */
+  counts?: InboxCounts | undefined;
+};
+
+/**
+ * Describes the message herald.v1.MarkAllReadResponse.
+ * Use `create(MarkAllReadResponseSchema)` to create a new message.
+ */
+export const MarkAllReadResponseSchema: GenMessage<MarkAllReadResponse> = /*@__PURE__*/
+  messageDesc(file_herald_v1_stream, 22);
+
+/**
+ * @generated from message herald.v1.GetInboxCountsRequest
+ */
+export type GetInboxCountsRequest = Message<"herald.v1.GetInboxCountsRequest"> & {
+};
+
+/**
+ * Describes the message herald.v1.GetInboxCountsRequest.
+ * Use `create(GetInboxCountsRequestSchema)` to create a new message.
+ */
+export const GetInboxCountsRequestSchema: GenMessage<GetInboxCountsRequest> = /*@__PURE__*/
+  messageDesc(file_herald_v1_stream, 23);
+
+/**
+ * @generated from message herald.v1.GetInboxCountsResponse
+ */
+export type GetInboxCountsResponse = Message<"herald.v1.GetInboxCountsResponse"> & {
+  /**
+   * @generated from field: herald.v1.InboxCounts counts = 1;
+   */
+  counts?: InboxCounts | undefined;
+};
+
+/**
+ * Describes the message herald.v1.GetInboxCountsResponse.
+ * Use `create(GetInboxCountsResponseSchema)` to create a new message.
+ */
+export const GetInboxCountsResponseSchema: GenMessage<GetInboxCountsResponse> = /*@__PURE__*/
+  messageDesc(file_herald_v1_stream, 24);
 
 /**
  * @generated from message herald.v1.MarkReadRequest
@@ -647,7 +886,7 @@ export type MarkReadRequest = Message<"herald.v1.MarkReadRequest"> & {
  * Use `create(MarkReadRequestSchema)` to create a new message.
  */
 export const MarkReadRequestSchema: GenMessage<MarkReadRequest> = /*@__PURE__*/
-  messageDesc(file_herald_v1_stream, 17);
+  messageDesc(file_herald_v1_stream, 25);
 
 /**
  * @generated from message herald.v1.GetSigningKeysRequest
@@ -660,7 +899,7 @@ export type GetSigningKeysRequest = Message<"herald.v1.GetSigningKeysRequest"> &
  * Use `create(GetSigningKeysRequestSchema)` to create a new message.
  */
 export const GetSigningKeysRequestSchema: GenMessage<GetSigningKeysRequest> = /*@__PURE__*/
-  messageDesc(file_herald_v1_stream, 18);
+  messageDesc(file_herald_v1_stream, 26);
 
 /**
  * A public key that verifies signed deliveries.
@@ -700,7 +939,7 @@ export type SigningKey = Message<"herald.v1.SigningKey"> & {
  * Use `create(SigningKeySchema)` to create a new message.
  */
 export const SigningKeySchema: GenMessage<SigningKey> = /*@__PURE__*/
-  messageDesc(file_herald_v1_stream, 19);
+  messageDesc(file_herald_v1_stream, 27);
 
 /**
  * @generated from message herald.v1.GetSigningKeysResponse
@@ -717,7 +956,7 @@ export type GetSigningKeysResponse = Message<"herald.v1.GetSigningKeysResponse">
  * Use `create(GetSigningKeysResponseSchema)` to create a new message.
  */
 export const GetSigningKeysResponseSchema: GenMessage<GetSigningKeysResponse> = /*@__PURE__*/
-  messageDesc(file_herald_v1_stream, 20);
+  messageDesc(file_herald_v1_stream, 28);
 
 /**
  * @generated from message herald.v1.MarkReadResponse
@@ -736,7 +975,7 @@ export type MarkReadResponse = Message<"herald.v1.MarkReadResponse"> & {
  * Use `create(MarkReadResponseSchema)` to create a new message.
  */
 export const MarkReadResponseSchema: GenMessage<MarkReadResponse> = /*@__PURE__*/
-  messageDesc(file_herald_v1_stream, 21);
+  messageDesc(file_herald_v1_stream, 29);
 
 /**
  * A frame a WebSocket client sends to a stream node's WebSocket endpoint (docs/websocket.md).
@@ -772,7 +1011,7 @@ export type WebSocketClientFrame = Message<"herald.v1.WebSocketClientFrame"> & {
  * Use `create(WebSocketClientFrameSchema)` to create a new message.
  */
 export const WebSocketClientFrameSchema: GenMessage<WebSocketClientFrame> = /*@__PURE__*/
-  messageDesc(file_herald_v1_stream, 22);
+  messageDesc(file_herald_v1_stream, 30);
 
 /**
  * Opens the connection's session, as a Subscribe call does.
@@ -799,7 +1038,99 @@ export type WebSocketSubscribe = Message<"herald.v1.WebSocketSubscribe"> & {
  * Use `create(WebSocketSubscribeSchema)` to create a new message.
  */
 export const WebSocketSubscribeSchema: GenMessage<WebSocketSubscribe> = /*@__PURE__*/
-  messageDesc(file_herald_v1_stream, 23);
+  messageDesc(file_herald_v1_stream, 31);
+
+/**
+ * What a change of inbox states does (UpdateInboxStateRequest.action, InboxEvent.action).
+ *
+ * @generated from enum herald.v1.InboxAction
+ */
+export enum InboxAction {
+  /**
+   * @generated from enum value: INBOX_ACTION_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Shown to the user (in a list, a badge opened): sets seen_at.
+   *
+   * @generated from enum value: INBOX_ACTION_SEEN = 1;
+   */
+  SEEN = 1,
+
+  /**
+   * Opened: sets read_at, and seen_at if it was unset.
+   *
+   * @generated from enum value: INBOX_ACTION_READ = 2;
+   */
+  READ = 2,
+
+  /**
+   * Clears read_at (seen_at stays).
+   *
+   * @generated from enum value: INBOX_ACTION_UNREAD = 3;
+   */
+  UNREAD = 3,
+
+  /**
+   * Sets archived_at: ListInbox leaves it out by default, the counts do not count it.
+   *
+   * @generated from enum value: INBOX_ACTION_ARCHIVE = 4;
+   */
+  ARCHIVE = 4,
+
+  /**
+   * Clears archived_at.
+   *
+   * @generated from enum value: INBOX_ACTION_UNARCHIVE = 5;
+   */
+  UNARCHIVE = 5,
+}
+
+/**
+ * Describes the enum herald.v1.InboxAction.
+ */
+export const InboxActionSchema: GenEnum<InboxAction> = /*@__PURE__*/
+  enumDesc(file_herald_v1_stream, 0);
+
+/**
+ * @generated from enum herald.v1.InboxFilter
+ */
+export enum InboxFilter {
+  /**
+   * Every item that is not archived.
+   *
+   * @generated from enum value: INBOX_FILTER_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Every item, archived or not.
+   *
+   * @generated from enum value: INBOX_FILTER_ALL = 1;
+   */
+  ALL = 1,
+
+  /**
+   * Only archived items.
+   *
+   * @generated from enum value: INBOX_FILTER_ARCHIVED = 2;
+   */
+  ARCHIVED = 2,
+
+  /**
+   * Only items that are neither read nor archived.
+   *
+   * @generated from enum value: INBOX_FILTER_UNREAD = 3;
+   */
+  UNREAD = 3,
+}
+
+/**
+ * Describes the enum herald.v1.InboxFilter.
+ */
+export const InboxFilterSchema: GenEnum<InboxFilter> = /*@__PURE__*/
+  enumDesc(file_herald_v1_stream, 1);
 
 /**
  * Delivers notifications to connected devices. Callers present a user JWT.
@@ -851,7 +1182,8 @@ export const StreamService: GenService<{
     output: typeof ListInboxResponseSchema;
   },
   /**
-   * Marks notifications of the caller as read (independent of acks).
+   * Marks notifications of the caller as read (independent of acks): UpdateInboxState with
+   * INBOX_ACTION_READ, except that ids not in the caller's inbox are skipped, not refused.
    *
    * @generated from rpc herald.v1.StreamService.MarkRead
    */
@@ -859,6 +1191,37 @@ export const StreamService: GenService<{
     methodKind: "unary";
     input: typeof MarkReadRequestSchema;
     output: typeof MarkReadResponseSchema;
+  },
+  /**
+   * Changes the inbox state (seen, read, archived) of notifications in the caller's inbox.
+   * Every open session of the caller, on any node, gets an InboxEvent (docs/inbox.md).
+   *
+   * @generated from rpc herald.v1.StreamService.UpdateInboxState
+   */
+  updateInboxState: {
+    methodKind: "unary";
+    input: typeof UpdateInboxStateRequestSchema;
+    output: typeof UpdateInboxStateResponseSchema;
+  },
+  /**
+   * Marks every notification of the caller's inbox read, or every one up to a cursor.
+   *
+   * @generated from rpc herald.v1.StreamService.MarkAllRead
+   */
+  markAllRead: {
+    methodKind: "unary";
+    input: typeof MarkAllReadRequestSchema;
+    output: typeof MarkAllReadResponseSchema;
+  },
+  /**
+   * The caller's unseen, unread and total (not archived) counts, for a badge.
+   *
+   * @generated from rpc herald.v1.StreamService.GetInboxCounts
+   */
+  getInboxCounts: {
+    methodKind: "unary";
+    input: typeof GetInboxCountsRequestSchema;
+    output: typeof GetInboxCountsResponseSchema;
   },
   /**
    * The public keys that verify signed deliveries (SealedNotification.key_id): the key that
