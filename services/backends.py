@@ -23,6 +23,8 @@ from services.config import Config
 from services.errors import Unavailable
 from services.ingest.idempotency import IdempotencyStore
 from services.ingest.idempotency_memory import MemoryIdempotencyStore
+from services.ingest.scheduled import ScheduledStore
+from services.ingest.scheduled_memory import MemoryScheduledStore
 from services.preferences.store import PreferenceStore
 from services.preferences.store_memory import MemoryPreferenceStore
 from services.push.pending import PendingPushStore
@@ -85,6 +87,8 @@ class Stores:
     # The offline fallback (docs/push.md).
     push_targets: PushTargetStore = field(default_factory=MemoryPushTargetStore)
     push_pending: PendingPushStore = field(default_factory=MemoryPendingPushStore)
+    # Scheduled sends held until their deliver_at (docs/scheduling.md).
+    scheduled: ScheduledStore = field(default_factory=MemoryScheduledStore)
     # Seen / read / archived per user and notification (docs/inbox.md).
     inbox_states: InboxStateStore = field(default_factory=MemoryInboxStateStore)
     # Users' notification preferences (docs/preferences.md).
@@ -121,6 +125,7 @@ class Stores:
             self.push_targets,
             self.push_pending,
             self.segments,
+            self.scheduled,
             self.inbox_states,
             self.preferences,
             self.webhooks_parked,

@@ -175,6 +175,7 @@ async def production_stores(config: Config, clock: Clock, on_change: HealthChang
         push_targets=guarded(postgres.push_targets, pg),
         push_pending=guarded(postgres.push_pending, pg),
         segments=guarded(postgres.segments, pg),
+        scheduled=guarded(postgres.scheduled, pg),
         inbox_states=guarded(postgres.inbox_states, pg),
         preferences=guarded(postgres.preferences, pg),
         webhooks_parked=guarded(postgres.webhooks_parked, pg),

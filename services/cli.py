@@ -119,6 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--ttl", type=int, default=0, help="seconds; 0 = the server default")
     send.add_argument("--idempotency-key", default="")
     send.add_argument(
+        "--deliver-at",
+        default="",
+        metavar="TIME",
+        help="hold it until this time, RFC 3339 (e.g. 2026-12-24T09:00:00Z; docs/scheduling.md)",
+    )
+    send.add_argument(
         "--service",
         default=_env("HERALD_SERVICE", "") or None,
         help="who sends, for a minted token (HERALD_SERVICE; default herald-cli)",
@@ -329,6 +335,14 @@ async def _send(args: argparse.Namespace) -> int:
         notification.target.channel = args.channel
     else:
         notification.target.broadcast = True
+    if args.deliver_at:
+        try:
+            notification.deliver_at.FromJsonString(args.deliver_at)
+        except ValueError:
+            raise CliError(
+                f"--deliver-at {args.deliver_at!r} is not an RFC 3339 time "
+                "(e.g. 2026-12-24T09:00:00Z or 2026-12-24T10:00:00+01:00)"
+            ) from None
     notification.content.title = args.title
     notification.content.body = args.body
     notification.content.image_url = args.image

@@ -4,6 +4,7 @@
   RegistryService ListSessions / Disconnect;
 - `herald presence USER...`: RegistryService GetPresence;
 - `herald status ID`: IngestService GetStatus;
+- `herald scheduled list|cancel`: IngestService ListScheduled / CancelScheduled;
 - `herald templates put|get|list|delete`: RegistryService templates;
 - `herald inbox --user U [--filter F] [--mark-read ID | --seen ID | --unread ID | --archive ID |
   --unarchive ID | --mark-all-read | --counts]`: StreamService ListInbox, MarkRead,
@@ -34,7 +35,9 @@ from services.cli_connection import CliError, Credentials, client_flags, connect
 from services.client import HeraldClient
 from services.webhooks import cli as webhooks_cli
 
-COMMANDS = frozenset({"sessions", "presence", "status", "templates", "inbox", "tenant", "webhooks"})
+COMMANDS = frozenset(
+    {"sessions", "presence", "status", "scheduled", "templates", "inbox", "tenant", "webhooks"}
+)
 OPERATOR = "herald-cli"  # the subject of a minted operator token
 
 
@@ -61,6 +64,16 @@ def add_commands(commands: Any) -> None:
     status = commands.add_parser("status", help="where a notification stands, per recipient")
     client_flags(status)
     status.add_argument("notification_id", metavar="ID")
+
+    scheduled = commands.add_parser("scheduled", help="sends held until their deliver_at")
+    actions = scheduled.add_subparsers(dest="action", required=True)
+    held = actions.add_parser("list", help="the tenant's held sends, soonest first")
+    client_flags(held)
+    held.add_argument("--page-size", type=int, default=50, help="at most 100")
+    held.add_argument("--page-token", default="", help="from the previous page")
+    cancel = actions.add_parser("cancel", help="cancel a held send (it is never delivered)")
+    client_flags(cancel)
+    cancel.add_argument("notification_id", metavar="ID")
 
     templates = commands.add_parser("templates", help="the tenant's templates")
     actions = templates.add_subparsers(dest="action", required=True)
@@ -142,6 +155,16 @@ async def run(args: argparse.Namespace) -> int:
             _print(args, registry_pb2.GetPresenceResponse(users=users), _presence_text)
         elif args.command == "status":
             _print(args, await client.status(args.notification_id), _status_text)
+        elif args.command == "scheduled" and args.action == "list":
+            page = await client.list_scheduled(args.page_size, args.page_token)
+            _print(args, page, _scheduled_text)
+        elif args.command == "scheduled":
+            cancelled = await client.cancel_scheduled(args.notification_id)
+            _print(
+                args,
+                ingest_pb2.CancelScheduledResponse(cancelled=cancelled),
+                lambda r: ["cancelled" if r.cancelled else "cancelled already"],
+            )
         else:
             await _templates(args, client, tenant)
     return 0
@@ -353,6 +376,11 @@ def _status_text(response: ingest_pb2.GetStatusResponse) -> list[str]:
         f"created  {_when(response.created_at)}",
         f"expires  {_when(response.expires_at)}",
     ]
+    if response.schedule_state:
+        state = ingest_pb2.ScheduleState.Name(response.schedule_state)
+        lines.append(
+            f"deliver  {_when(response.deliver_at)}  {state.removeprefix('SCHEDULE_STATE_')}"
+        )
     if not response.recipients:
         return [*lines, "no recipient status (a channel or broadcast target, before delivery)"]
     return [
@@ -371,6 +399,24 @@ def _status_text(response: ingest_pb2.GetStatusResponse) -> list[str]:
             ),
         ),
     ]
+
+
+def _scheduled_text(response: ingest_pb2.ListScheduledResponse) -> list[str]:
+    lines = _table(
+        ("ID", "DELIVER AT", "TARGET", "TITLE"),
+        (
+            (
+                n.id,
+                _when(n.deliver_at),
+                json.dumps(json_format.MessageToDict(n.target)),
+                n.content.title or "-",
+            )
+            for n in response.notifications
+        ),
+    )
+    if response.next_page_token:
+        lines.append(f"next page: --page-token {response.next_page_token}")
+    return lines
 
 
 def _template_text(template: registry_pb2.Template) -> list[str]:

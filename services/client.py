@@ -235,6 +235,25 @@ class HeraldClient:
         )
         return response
 
+    async def cancel_scheduled(self, notification_id: str) -> bool:
+        """Cancels a scheduled send; False when it was cancelled already (docs/scheduling.md)."""
+        response: ingest_pb2.CancelScheduledResponse = await self._ingest.CancelScheduled(
+            ingest_pb2.CancelScheduledRequest(notification_id=notification_id),
+            metadata=self.metadata(),
+            timeout=10.0,
+        )
+        return response.cancelled
+
+    async def list_scheduled(
+        self, page_size: int = 0, page_token: str = ""
+    ) -> ingest_pb2.ListScheduledResponse:
+        response: ingest_pb2.ListScheduledResponse = await self._ingest.ListScheduled(
+            ingest_pb2.ListScheduledRequest(page_size=page_size, page_token=page_token),
+            metadata=self.metadata(),
+            timeout=10.0,
+        )
+        return response
+
     # -- operators: the registry's directories (a service token; `tenant_id` empty means the
     # token's own tenant) ----------------------------------------------------------------------
 

@@ -146,6 +146,13 @@ class IngestSettings(BaseSettings):
     default_ttl_s: int = Field(default=86_400, gt=0)
     max_ttl_s: int = Field(default=30 * 86_400, gt=0)
     idempotency_window_s: int = Field(default=86_400, gt=0)
+    # Scheduled sends (docs/scheduling.md): how far ahead deliver_at may be, and the scheduler
+    # each ingest node runs: sends released per pass, how long a claim is leased (a node that
+    # dies holding one gives it to another after it), the longest sleep between passes.
+    max_schedule_ahead_s: int = Field(default=366 * 86_400, gt=0)
+    schedule_batch: int = Field(default=100, gt=0, le=2000)
+    schedule_lease_s: float = Field(default=30.0, gt=0)
+    schedule_poll_interval_s: float = Field(default=5.0, gt=0)
 
 
 class DeliverySettings(BaseSettings):

@@ -54,6 +54,8 @@ REQUIRED_SCOPE: dict[str, str] = {
     "/herald.v1.IngestService/Send": auth.SCOPE_SEND,
     "/herald.v1.IngestService/SendBatch": auth.SCOPE_SEND,
     "/herald.v1.IngestService/GetStatus": auth.SCOPE_SEND,
+    "/herald.v1.IngestService/CancelScheduled": auth.SCOPE_SEND,
+    "/herald.v1.IngestService/ListScheduled": auth.SCOPE_SEND,
     "/herald.v1.StreamService/Subscribe": auth.SCOPE_SUBSCRIBE,
     "/herald.v1.StreamService/Ack": auth.SCOPE_SUBSCRIBE,
     "/herald.v1.StreamService/AckStream": auth.SCOPE_SUBSCRIBE,

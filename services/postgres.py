@@ -19,6 +19,7 @@ from typing import Final
 import asyncpg
 
 from services.ingest.idempotency_postgres import PostgresIdempotencyStore
+from services.ingest.scheduled_postgres import PostgresScheduledStore
 from services.preferences.store_postgres import PostgresPreferenceStore
 from services.push.pending_postgres import PostgresPendingPushStore
 from services.push.targets_postgres import PostgresPushTargetStore
@@ -167,6 +168,7 @@ class PostgresBackend:
         self.push_targets = PostgresPushTargetStore(pool)
         self.push_pending = PostgresPendingPushStore(pool)
         self.segments = PostgresSegmentStore(pool)
+        self.scheduled = PostgresScheduledStore(pool)
         self.inbox_states = PostgresInboxStateStore(pool)
         self.preferences = PostgresPreferenceStore(pool)
         self.webhooks_parked = PostgresParkedWebhookStore(pool)

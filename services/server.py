@@ -41,6 +41,7 @@ from services.config import Config, StartupError, TLSSettings
 from services.domain import SessionInfo, State
 from services.health import NodeHealth
 from services.ingest.core import IngestCore
+from services.ingest.scheduler import Scheduler
 from services.ingest.servicer import IngestServicer
 from services.ingest.sources import Source, start_sources
 from services.interceptors import AuthInterceptor
@@ -421,6 +422,7 @@ async def start_node(
                 tenant_settings,
                 push=push_worker,
                 preferences=preferences,
+                scheduled=stores.scheduled,
             )
             IngestServicer(ingest_core, admission).register(server)
 
@@ -456,6 +458,9 @@ async def start_node(
         sources: list[Source] = []
         if ingest_core is not None:
             sources = await start_sources(config, ingest_core, admission)
+            scheduler = _scheduler(config, ingest_core, clock)
+            scheduler.start()
+            closers.insert(0, scheduler)
         await _set_health(health_servicer, roles, down)
         closers.insert(0, _NodeMetrics(node_id, roles, delivery_core, dispatcher, stores))
         if stores.backends:
@@ -512,6 +517,20 @@ async def start_node(
         await stores.aclose()
         await tracing.shutdown(own_tracing)
         raise
+
+
+def _scheduler(config: Config, core: IngestCore, clock: Clock) -> Scheduler:
+    """The task that releases the scheduled sends when due (docs/scheduling.md)."""
+    ingest = config.ingest
+    return Scheduler(
+        core.scheduling,
+        clock,
+        batch=ingest.schedule_batch,
+        lease_s=ingest.schedule_lease_s,
+        poll_interval_s=ingest.schedule_poll_interval_s,
+        retry_delay_s=min(ingest.schedule_poll_interval_s, 1.0),
+        retention_s=config.delivery.status_retention_s,
+    )
 
 
 def _push_worker(

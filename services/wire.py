@@ -23,6 +23,7 @@ _TAG_ATTEMPT = b"\x20"  # Delivery.attempt, field 4, varint
 _TAG_RESUME = b"\x28"  # Delivery.resume_cursor, field 5, varint
 _TAG_DUPLICATE_TRUE = b"\x10\x01"  # SendResponse.duplicate, field 2, varint 1
 _TAG_RECIPIENTS = b"\x18"  # SendResponse.recipient_count, field 3, varint
+_TAG_SCHEDULED_TRUE = b"\x20\x01"  # SendResponse.scheduled, field 4, varint 1
 
 
 def _encode_varint(value: int) -> bytes:
@@ -107,7 +108,9 @@ def batch_response(deliveries: list[bytes]) -> bytes:
     return _TAG_LEN_1 + varint(len(inner)) + inner
 
 
-def accepted_result(notification_id: str, duplicate: bool, recipient_count: int) -> bytes:
+def accepted_result(
+    notification_id: str, duplicate: bool, recipient_count: int, scheduled: bool = False
+) -> bytes:
     """An encoded `SendResult` whose `accepted` is the `SendResponse` with these fields."""
     raw = notification_id.encode()
     response = _TAG_LEN_1 + varint(len(raw)) + raw
@@ -115,4 +118,6 @@ def accepted_result(notification_id: str, duplicate: bool, recipient_count: int)
         response += _TAG_DUPLICATE_TRUE
     if recipient_count:
         response += _TAG_RECIPIENTS + varint(recipient_count)
+    if scheduled:
+        response += _TAG_SCHEDULED_TRUE
     return _TAG_LEN_1 + varint(len(response)) + response

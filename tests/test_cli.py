@@ -11,6 +11,7 @@ import socket
 import sys
 import urllib.request
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -589,3 +590,33 @@ async def test_tail_decodes_and_verifies_the_transformer_chain(cli: Cli) -> None
     [printed] = [json.loads(line) for line in out.decode().splitlines()]
     assert printed["notification"]["id"] == sent["notificationId"]
     assert printed["notification"]["content"] == {"title": "Signed", "body": body}
+
+
+async def test_scheduled_send_list_status_and_cancel(cli: Cli) -> None:
+    address = await _up(cli)
+    env = {"HERALD_ADDRESS": address, "HERALD_TENANT": "acme"}
+    tomorrow = (datetime.now(UTC) + timedelta(days=1)).replace(microsecond=0)
+    deliver_at = tomorrow.isoformat().replace("+00:00", "Z")
+    sent = json.loads(
+        await cli.run(
+            "send", "--user", "alice", "--title", "Later", "--deliver-at", deliver_at, **env
+        )
+    )
+    assert sent["scheduled"] is True
+    notification_id = sent["notificationId"]
+    assert f"deliver  {deliver_at}  SCHEDULED" in await cli.run("status", notification_id, **env)
+    [held] = (await cli.json("scheduled", "list", **env))["notifications"]
+    assert (held["id"], held["deliverAt"]) == (notification_id, deliver_at)
+    assert notification_id in await cli.run("scheduled", "list", **env)
+    assert (await cli.run("scheduled", "cancel", notification_id, **env)).strip() == "cancelled"
+    assert await cli.json("scheduled", "cancel", notification_id, **env) == {"cancelled": False}
+    status = await cli.json("status", notification_id, **env)
+    assert status["scheduleState"] == "SCHEDULE_STATE_CANCELLED"
+    assert (await cli.json("scheduled", "list", **env))["notifications"] == []
+    bad = await cli.fail("send", "--user", "alice", "--title", "x", "--deliver-at", "soon", **env)
+    assert bad.startswith("error: --deliver-at 'soon' is not an RFC 3339 time")
+    too_far = (tomorrow + timedelta(days=400)).isoformat()
+    refused = await cli.fail(
+        "send", "--user", "alice", "--title", "x", "--deliver-at", too_far, **env
+    )
+    assert refused.startswith("error: INVALID_ARGUMENT: deliver_at is ")

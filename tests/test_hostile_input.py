@@ -90,6 +90,10 @@ SEEDS: dict[str, Message] = {
     "/herald.v1.IngestService/GetStatus": ingest_pb2.GetStatusRequest(
         notification_id=NOTIFICATION_ID
     ),
+    "/herald.v1.IngestService/CancelScheduled": ingest_pb2.CancelScheduledRequest(
+        notification_id=NOTIFICATION_ID
+    ),
+    "/herald.v1.IngestService/ListScheduled": ingest_pb2.ListScheduledRequest(page_size=10),
     "/herald.v1.StreamService/Subscribe": stream_pb2.SubscribeRequest(
         channels=["news"], cursors=_CURSORS, device="fuzz", accept_encodings=["json", "zstd"]
     ),

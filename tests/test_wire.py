@@ -42,7 +42,7 @@ def test_batch_response_is_a_subscribe_response(
 @given(
     outcomes=st.lists(
         st.one_of(
-            st.builds(SendOutcome, _ids, st.booleans(), st.integers(0, 2**32 - 1)),
+            st.builds(SendOutcome, _ids, st.booleans(), st.integers(0, 2**32 - 1), st.booleans()),
             st.builds(InvalidArgument, st.text(max_size=200)),
         ),
         max_size=20,
@@ -64,4 +64,5 @@ def test_encoded_results_are_a_send_batch_response(
                 notification_id=outcome.notification_id,
                 duplicate=outcome.duplicate,
                 recipient_count=outcome.recipient_count,
+                scheduled=outcome.scheduled,
             )

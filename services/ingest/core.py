@@ -23,6 +23,9 @@ from services.errors import (
 )
 from services.ingest.idempotency import Claim, IdempotencyStore
 from services.ingest.rendering import pick_locale, render
+from services.ingest.scheduled import ScheduledSend, ScheduledStore
+from services.ingest.scheduled_memory import MemoryScheduledStore
+from services.ingest.scheduling import Scheduling, deliver_at_of
 from services.ingest.validation import ResolvedTarget, check_payload_size, validate
 from services.model import set_timestamp
 from services.ports import DeliveryPort, TemplatePort
@@ -58,6 +61,8 @@ class SendOutcome(NamedTuple):
     notification_id: str
     duplicate: bool
     recipient_count: int
+    # Held until its deliver_at (docs/scheduling.md).
+    scheduled: bool = False
 
 
 class IngestCore:
@@ -74,6 +79,7 @@ class IngestCore:
         *,
         push: PushFallbackWorker | None = None,
         preferences: PreferenceGate | None = None,
+        scheduled: ScheduledStore | None = None,
     ) -> None:
         self._tenant_settings = tenant_settings
         # Users' preferences (docs/preferences.md): None, or a tenant without any, costs
@@ -89,6 +95,10 @@ class IngestCore:
         self._idempotency = idempotency
         self._settings = settings
         self._clock = clock
+        # Scheduled sends (None: held in this process's memory).
+        self.scheduling = Scheduling(
+            scheduled or MemoryScheduledStore(), delivery, clock, self._released
+        )
 
     async def send(self, tenant: str, notification: notification_pb2.Notification) -> SendOutcome:
         [outcome] = await self.send_batch(tenant, [notification])
@@ -110,9 +120,14 @@ class IngestCore:
         now = self._clock.now()
         outcomes: list[SendOutcome | HeraldError | None] = []
         valid: list[tuple[int, notification_pb2.Notification, ResolvedTarget]] = []
+        # index -> deliver_at, for the notifications held until then.
+        deliver_at: dict[int, float] = {}
         for index, notification in enumerate(notifications):
             try:
                 target = validate(notification, tenant, settings)
+                at = deliver_at_of(notification, now, settings.max_schedule_ahead_s)
+                if at:
+                    deliver_at[index] = at
                 if notification.HasField("template"):
                     notification = await self._render(tenant, notification)
             except HeraldError as exc:
@@ -144,6 +159,7 @@ class IngestCore:
                 tenant, [u for _, n, t in valid if not n.critical for u in t.user_ids]
             )
         accepted: list[tuple[int, Accepted]] = []
+        scheduled: list[ScheduledSend] = []
         for (index, notification, target), notification_id in zip(valid, ids, strict=True):
             key = notification.idempotency_key
             if key:
@@ -158,7 +174,15 @@ class IngestCore:
                     if duplicate is not None:
                         outcomes[index] = duplicate
                         continue
-            priority, ttl = self._complete(notification, tenant, notification_id, now, settings)
+            # A scheduled notification's life (and TTL) starts at its deliver_at.
+            at = deliver_at.get(index, 0.0)
+            created = at or now
+            priority, ttl = self._complete(notification, tenant, notification_id, created, settings)
+            encoded = notification.SerializeToString()
+            if at:
+                scheduled.append(ScheduledSend(tenant, notification_id, at, encoded))
+                outcomes[index] = SendOutcome(notification_id, False, 0, True)
+                continue
             in_app, muted, no_push = target.user_ids, _NOBODY, _NOBODY_SET
             if choices and not notification.critical:
                 in_app, muted, no_push = split(target.user_ids, notification.category, choices)
@@ -174,13 +198,17 @@ class IngestCore:
                         priority,
                         now,
                         now + ttl,
-                        notification.SerializeToString(),
+                        encoded,
                         notification.target.SerializeToString(),
                         muted=muted,
                         no_push=no_push,
                     ),
                 )
             )
+        if scheduled:
+            # Like a dispatch that failed, a failure here leaves the claims to the retry.
+            await self.scheduling.hold(scheduled)
+            metrics.ACCEPTED.inc(len(scheduled))
         if accepted:
             # On failure the claims stay: the send may have been stored after all (a reply
             # lost, a cancelled caller). A retry finds the claim and looks the notification up:
@@ -210,7 +238,10 @@ class IngestCore:
     ) -> SendOutcome | HeraldError | None:
         """What a send whose key `original` holds is: a duplicate of a stored notification, or
         (None) a fresh send that took over the claim of one that never stored anything."""
-        if await self._delivery.status(tenant, original) is not None:
+        if (
+            await self._delivery.status(tenant, original) is not None
+            or await self.scheduling.held(tenant, original) is not None
+        ):
             metrics.DUPLICATES.inc()
             return SendOutcome(original, True, 0)
         window = self._settings.idempotency_window_s
@@ -292,12 +323,22 @@ class IngestCore:
         self._applied[tenant] = (stored.version, settings)
         return settings
 
-    async def status(self, tenant: str, notification_id: str) -> NotificationRecord:
+    async def status(self, tenant: str, notification_id: str) -> NotificationRecord | ScheduledSend:
+        """The notification's status record, or, while it is held (or once it was cancelled
+        before its deliver_at), its scheduled send."""
         check_id(notification_id, "notification_id")
         record = await self._delivery.status(tenant, notification_id)
-        if record is None:
+        if record is not None:
+            return record
+        held = await self.scheduling.held(tenant, notification_id)
+        if held is None:
             raise NotFound(f"no notification {quote(notification_id)} in this tenant")
-        return record
+        return held
+
+    async def _released(self, tenant: str, accepted: list[Accepted]) -> None:
+        """After scheduled sends reached their logs: their pending pushes, as at a Send."""
+        if self._push is not None and self._tenant_settings is not None:
+            await _schedule_pushes(self._push, self._tenant_settings, tenant, accepted)
 
 
 async def _schedule_pushes(

@@ -12,6 +12,8 @@ import asyncpg
 
 from services.ingest.idempotency import IdempotencyStore
 from services.ingest.idempotency_postgres import PostgresIdempotencyStore
+from services.ingest.scheduled import ScheduledStore
+from services.ingest.scheduled_postgres import PostgresScheduledStore
 from services.preferences.store import PreferenceStore
 from services.preferences.store_postgres import PostgresPreferenceStore
 from services.push.pending import PendingPushStore
@@ -79,6 +81,9 @@ template_store: Callable[[], AbstractAsyncContextManager[TemplateStore]] = _on_c
 )
 segment_store: Callable[[], AbstractAsyncContextManager[SegmentStore]] = _on_clean_pool(
     PostgresSegmentStore
+)
+scheduled_store: Callable[[], AbstractAsyncContextManager[ScheduledStore]] = _on_clean_pool(
+    PostgresScheduledStore
 )
 tenant_settings_store: Callable[[], AbstractAsyncContextManager[TenantSettingsStore]] = (
     _on_clean_pool(PostgresTenantSettingsStore)

@@ -20,6 +20,8 @@ from redis.asyncio import Redis
 from services.clock import Clock
 from services.ingest.idempotency import IdempotencyStore
 from services.ingest.idempotency_memory import MemoryIdempotencyStore
+from services.ingest.scheduled import ScheduledStore
+from services.ingest.scheduled_memory import MemoryScheduledStore
 from services.preferences.store import PreferenceStore
 from services.preferences.store_memory import MemoryPreferenceStore
 from services.push.pending import PendingPushStore
@@ -127,6 +129,10 @@ SEGMENT_STORES: dict[str, Opener[SegmentStore]] = {
 PARKED_WEBHOOK_STORES: dict[str, Opener[ParkedWebhookStore]] = {
     "memory": in_memory(MemoryParkedWebhookStore),
     "postgres": backends_postgres.parked_webhook_store,
+}
+SCHEDULED_STORES: dict[str, Opener[ScheduledStore]] = {
+    "memory": in_memory(MemoryScheduledStore),
+    "postgres": backends_postgres.scheduled_store,
 }
 TENANT_SETTINGS_STORES: dict[str, Opener[TenantSettingsStore]] = {
     "memory": in_memory(MemoryTenantSettingsStore),
@@ -307,6 +313,12 @@ async def parked_webhook_store(
 @pytest_asyncio.fixture(params=sorted(SEGMENT_STORES))
 async def segment_store(request: pytest.FixtureRequest) -> AsyncIterator[SegmentStore]:
     async with SEGMENT_STORES[request.param]() as store:
+        yield store
+
+
+@pytest_asyncio.fixture(params=sorted(SCHEDULED_STORES))
+async def scheduled_store(request: pytest.FixtureRequest) -> AsyncIterator[ScheduledStore]:
+    async with SCHEDULED_STORES[request.param]() as store:
         yield store
 
 

@@ -26,33 +26,43 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from herald.v1 import notification_pb2 as herald_dot_v1_dot_notification__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16herald/v1/ingest.proto\x12\therald.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1cherald/v1/notification.proto\"J\n\x0bSendRequest\x12;\n\x0cnotification\x18\x01 \x01(\x0b\x32\x17.herald.v1.NotificationR\x0cnotification\"~\n\x0cSendResponse\x12\'\n\x0fnotification_id\x18\x01 \x01(\tR\x0enotificationId\x12\x1c\n\tduplicate\x18\x02 \x01(\x08R\tduplicate\x12\'\n\x0frecipient_count\x18\x03 \x01(\rR\x0erecipientCount\"Q\n\x10SendBatchRequest\x12=\n\rnotifications\x18\x01 \x03(\x0b\x32\x17.herald.v1.NotificationR\rnotifications\"|\n\nSendResult\x12\x35\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x0b\x32\x17.herald.v1.SendResponseH\x00R\x08\x61\x63\x63\x65pted\x12,\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x14.herald.v1.SendErrorH\x00R\x05\x65rrorB\t\n\x07outcome\"9\n\tSendError\x12\x12\n\x04\x63ode\x18\x01 \x01(\x05R\x04\x63ode\x12\x18\n\x07message\x18\x02 \x01(\tR\x07message\"D\n\x11SendBatchResponse\x12/\n\x07results\x18\x01 \x03(\x0b\x32\x15.herald.v1.SendResultR\x07results\";\n\x10GetStatusRequest\x12\'\n\x0fnotification_id\x18\x01 \x01(\tR\x0enotificationId\"\xad\x03\n\x0fRecipientStatus\x12\x17\n\x07user_id\x18\x01 \x01(\tR\x06userId\x12.\n\x05state\x18\x02 \x01(\x0e\x32\x18.herald.v1.DeliveryStateR\x05state\x12\x39\n\nupdated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tupdatedAt\x12\x1a\n\x08\x61ttempts\x18\x04 \x01(\rR\x08\x61ttempts\x12\x16\n\x06reason\x18\x05 \x01(\tR\x06reason\x12\x37\n\tqueued_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x08queuedAt\x12=\n\x0c\x64\x65livered_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x0b\x64\x65liveredAt\x12\x35\n\x08\x61\x63ked_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x07\x61\x63kedAt\x12\x33\n\x07read_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x06readAt\"\x99\x02\n\x11GetStatusResponse\x12\'\n\x0fnotification_id\x18\x01 \x01(\tR\x0enotificationId\x12)\n\x06target\x18\x02 \x01(\x0b\x32\x11.herald.v1.TargetR\x06target\x12\x39\n\ncreated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x39\n\nexpires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\texpiresAt\x12:\n\nrecipients\x18\x05 \x03(\x0b\x32\x1a.herald.v1.RecipientStatusR\nrecipients*\xd8\x01\n\rDeliveryState\x12\x1e\n\x1a\x44\x45LIVERY_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x44\x45LIVERY_STATE_QUEUED\x10\x01\x12\x1c\n\x18\x44\x45LIVERY_STATE_DELIVERED\x10\x02\x12\x18\n\x14\x44\x45LIVERY_STATE_ACKED\x10\x03\x12\x1a\n\x16\x44\x45LIVERY_STATE_EXPIRED\x10\x04\x12\x19\n\x15\x44\x45LIVERY_STATE_FAILED\x10\x05\x12\x1d\n\x19\x44\x45LIVERY_STATE_SUPPRESSED\x10\x06\x32\xd8\x01\n\rIngestService\x12\x37\n\x04Send\x12\x16.herald.v1.SendRequest\x1a\x17.herald.v1.SendResponse\x12\x46\n\tSendBatch\x12\x1b.herald.v1.SendBatchRequest\x1a\x1c.herald.v1.SendBatchResponse\x12\x46\n\tGetStatus\x12\x1b.herald.v1.GetStatusRequest\x1a\x1c.herald.v1.GetStatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16herald/v1/ingest.proto\x12\therald.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1cherald/v1/notification.proto\"J\n\x0bSendRequest\x12;\n\x0cnotification\x18\x01 \x01(\x0b\x32\x17.herald.v1.NotificationR\x0cnotification\"\x9c\x01\n\x0cSendResponse\x12\'\n\x0fnotification_id\x18\x01 \x01(\tR\x0enotificationId\x12\x1c\n\tduplicate\x18\x02 \x01(\x08R\tduplicate\x12\'\n\x0frecipient_count\x18\x03 \x01(\rR\x0erecipientCount\x12\x1c\n\tscheduled\x18\x04 \x01(\x08R\tscheduled\"Q\n\x10SendBatchRequest\x12=\n\rnotifications\x18\x01 \x03(\x0b\x32\x17.herald.v1.NotificationR\rnotifications\"|\n\nSendResult\x12\x35\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x0b\x32\x17.herald.v1.SendResponseH\x00R\x08\x61\x63\x63\x65pted\x12,\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x14.herald.v1.SendErrorH\x00R\x05\x65rrorB\t\n\x07outcome\"9\n\tSendError\x12\x12\n\x04\x63ode\x18\x01 \x01(\x05R\x04\x63ode\x12\x18\n\x07message\x18\x02 \x01(\tR\x07message\"D\n\x11SendBatchResponse\x12/\n\x07results\x18\x01 \x03(\x0b\x32\x15.herald.v1.SendResultR\x07results\";\n\x10GetStatusRequest\x12\'\n\x0fnotification_id\x18\x01 \x01(\tR\x0enotificationId\"\xad\x03\n\x0fRecipientStatus\x12\x17\n\x07user_id\x18\x01 \x01(\tR\x06userId\x12.\n\x05state\x18\x02 \x01(\x0e\x32\x18.herald.v1.DeliveryStateR\x05state\x12\x39\n\nupdated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tupdatedAt\x12\x1a\n\x08\x61ttempts\x18\x04 \x01(\rR\x08\x61ttempts\x12\x16\n\x06reason\x18\x05 \x01(\tR\x06reason\x12\x37\n\tqueued_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x08queuedAt\x12=\n\x0c\x64\x65livered_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x0b\x64\x65liveredAt\x12\x35\n\x08\x61\x63ked_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x07\x61\x63kedAt\x12\x33\n\x07read_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x06readAt\"\x95\x03\n\x11GetStatusResponse\x12\'\n\x0fnotification_id\x18\x01 \x01(\tR\x0enotificationId\x12)\n\x06target\x18\x02 \x01(\x0b\x32\x11.herald.v1.TargetR\x06target\x12\x39\n\ncreated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x39\n\nexpires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\texpiresAt\x12:\n\nrecipients\x18\x05 \x03(\x0b\x32\x1a.herald.v1.RecipientStatusR\nrecipients\x12\x39\n\ndeliver_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tdeliverAt\x12?\n\x0eschedule_state\x18\x07 \x01(\x0e\x32\x18.herald.v1.ScheduleStateR\rscheduleState\"A\n\x16\x43\x61ncelScheduledRequest\x12\'\n\x0fnotification_id\x18\x01 \x01(\tR\x0enotificationId\"7\n\x17\x43\x61ncelScheduledResponse\x12\x1c\n\tcancelled\x18\x01 \x01(\x08R\tcancelled\"R\n\x14ListScheduledRequest\x12\x1b\n\tpage_size\x18\x01 \x01(\rR\x08pageSize\x12\x1d\n\npage_token\x18\x02 \x01(\tR\tpageToken\"~\n\x15ListScheduledResponse\x12=\n\rnotifications\x18\x01 \x03(\x0b\x32\x17.herald.v1.NotificationR\rnotifications\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken*\x94\x02\n\rDeliveryState\x12\x1e\n\x1a\x44\x45LIVERY_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x44\x45LIVERY_STATE_QUEUED\x10\x01\x12\x1c\n\x18\x44\x45LIVERY_STATE_DELIVERED\x10\x02\x12\x18\n\x14\x44\x45LIVERY_STATE_ACKED\x10\x03\x12\x1a\n\x16\x44\x45LIVERY_STATE_EXPIRED\x10\x04\x12\x19\n\x15\x44\x45LIVERY_STATE_FAILED\x10\x05\x12\x1d\n\x19\x44\x45LIVERY_STATE_SUPPRESSED\x10\x06\x12\x1c\n\x18\x44\x45LIVERY_STATE_SCHEDULED\x10\x07\x12\x1c\n\x18\x44\x45LIVERY_STATE_CANCELLED\x10\x08*k\n\rScheduleState\x12\x1e\n\x1aSCHEDULE_STATE_UNSPECIFIED\x10\x00\x12\x1c\n\x18SCHEDULE_STATE_SCHEDULED\x10\x01\x12\x1c\n\x18SCHEDULE_STATE_CANCELLED\x10\x02\x32\x86\x03\n\rIngestService\x12\x37\n\x04Send\x12\x16.herald.v1.SendRequest\x1a\x17.herald.v1.SendResponse\x12\x46\n\tSendBatch\x12\x1b.herald.v1.SendBatchRequest\x1a\x1c.herald.v1.SendBatchResponse\x12\x46\n\tGetStatus\x12\x1b.herald.v1.GetStatusRequest\x1a\x1c.herald.v1.GetStatusResponse\x12X\n\x0f\x43\x61ncelScheduled\x12!.herald.v1.CancelScheduledRequest\x1a\".herald.v1.CancelScheduledResponse\x12R\n\rListScheduled\x12\x1f.herald.v1.ListScheduledRequest\x1a .herald.v1.ListScheduledResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'herald.v1.ingest_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DELIVERYSTATE']._serialized_start=1420
-  _globals['_DELIVERYSTATE']._serialized_end=1636
+  _globals['_DELIVERYSTATE']._serialized_start=1911
+  _globals['_DELIVERYSTATE']._serialized_end=2187
+  _globals['_SCHEDULESTATE']._serialized_start=2189
+  _globals['_SCHEDULESTATE']._serialized_end=2296
   _globals['_SENDREQUEST']._serialized_start=100
   _globals['_SENDREQUEST']._serialized_end=174
-  _globals['_SENDRESPONSE']._serialized_start=176
-  _globals['_SENDRESPONSE']._serialized_end=302
-  _globals['_SENDBATCHREQUEST']._serialized_start=304
-  _globals['_SENDBATCHREQUEST']._serialized_end=385
-  _globals['_SENDRESULT']._serialized_start=387
-  _globals['_SENDRESULT']._serialized_end=511
-  _globals['_SENDERROR']._serialized_start=513
-  _globals['_SENDERROR']._serialized_end=570
-  _globals['_SENDBATCHRESPONSE']._serialized_start=572
-  _globals['_SENDBATCHRESPONSE']._serialized_end=640
-  _globals['_GETSTATUSREQUEST']._serialized_start=642
-  _globals['_GETSTATUSREQUEST']._serialized_end=701
-  _globals['_RECIPIENTSTATUS']._serialized_start=704
-  _globals['_RECIPIENTSTATUS']._serialized_end=1133
-  _globals['_GETSTATUSRESPONSE']._serialized_start=1136
-  _globals['_GETSTATUSRESPONSE']._serialized_end=1417
-  _globals['_INGESTSERVICE']._serialized_start=1639
-  _globals['_INGESTSERVICE']._serialized_end=1855
+  _globals['_SENDRESPONSE']._serialized_start=177
+  _globals['_SENDRESPONSE']._serialized_end=333
+  _globals['_SENDBATCHREQUEST']._serialized_start=335
+  _globals['_SENDBATCHREQUEST']._serialized_end=416
+  _globals['_SENDRESULT']._serialized_start=418
+  _globals['_SENDRESULT']._serialized_end=542
+  _globals['_SENDERROR']._serialized_start=544
+  _globals['_SENDERROR']._serialized_end=601
+  _globals['_SENDBATCHRESPONSE']._serialized_start=603
+  _globals['_SENDBATCHRESPONSE']._serialized_end=671
+  _globals['_GETSTATUSREQUEST']._serialized_start=673
+  _globals['_GETSTATUSREQUEST']._serialized_end=732
+  _globals['_RECIPIENTSTATUS']._serialized_start=735
+  _globals['_RECIPIENTSTATUS']._serialized_end=1164
+  _globals['_GETSTATUSRESPONSE']._serialized_start=1167
+  _globals['_GETSTATUSRESPONSE']._serialized_end=1572
+  _globals['_CANCELSCHEDULEDREQUEST']._serialized_start=1574
+  _globals['_CANCELSCHEDULEDREQUEST']._serialized_end=1639
+  _globals['_CANCELSCHEDULEDRESPONSE']._serialized_start=1641
+  _globals['_CANCELSCHEDULEDRESPONSE']._serialized_end=1696
+  _globals['_LISTSCHEDULEDREQUEST']._serialized_start=1698
+  _globals['_LISTSCHEDULEDREQUEST']._serialized_end=1780
+  _globals['_LISTSCHEDULEDRESPONSE']._serialized_start=1782
+  _globals['_LISTSCHEDULEDRESPONSE']._serialized_end=1908
+  _globals['_INGESTSERVICE']._serialized_start=2299
+  _globals['_INGESTSERVICE']._serialized_end=2689
 # @@protoc_insertion_point(module_scope)

@@ -20,6 +20,14 @@ class DeliveryState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DELIVERY_STATE_EXPIRED: _ClassVar[DeliveryState]
     DELIVERY_STATE_FAILED: _ClassVar[DeliveryState]
     DELIVERY_STATE_SUPPRESSED: _ClassVar[DeliveryState]
+    DELIVERY_STATE_SCHEDULED: _ClassVar[DeliveryState]
+    DELIVERY_STATE_CANCELLED: _ClassVar[DeliveryState]
+
+class ScheduleState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SCHEDULE_STATE_UNSPECIFIED: _ClassVar[ScheduleState]
+    SCHEDULE_STATE_SCHEDULED: _ClassVar[ScheduleState]
+    SCHEDULE_STATE_CANCELLED: _ClassVar[ScheduleState]
 DELIVERY_STATE_UNSPECIFIED: DeliveryState
 DELIVERY_STATE_QUEUED: DeliveryState
 DELIVERY_STATE_DELIVERED: DeliveryState
@@ -27,6 +35,11 @@ DELIVERY_STATE_ACKED: DeliveryState
 DELIVERY_STATE_EXPIRED: DeliveryState
 DELIVERY_STATE_FAILED: DeliveryState
 DELIVERY_STATE_SUPPRESSED: DeliveryState
+DELIVERY_STATE_SCHEDULED: DeliveryState
+DELIVERY_STATE_CANCELLED: DeliveryState
+SCHEDULE_STATE_UNSPECIFIED: ScheduleState
+SCHEDULE_STATE_SCHEDULED: ScheduleState
+SCHEDULE_STATE_CANCELLED: ScheduleState
 
 class SendRequest(_message.Message):
     __slots__ = ("notification",)
@@ -35,14 +48,16 @@ class SendRequest(_message.Message):
     def __init__(self, notification: _Optional[_Union[_notification_pb2.Notification, _Mapping]] = ...) -> None: ...
 
 class SendResponse(_message.Message):
-    __slots__ = ("notification_id", "duplicate", "recipient_count")
+    __slots__ = ("notification_id", "duplicate", "recipient_count", "scheduled")
     NOTIFICATION_ID_FIELD_NUMBER: _ClassVar[int]
     DUPLICATE_FIELD_NUMBER: _ClassVar[int]
     RECIPIENT_COUNT_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULED_FIELD_NUMBER: _ClassVar[int]
     notification_id: str
     duplicate: bool
     recipient_count: int
-    def __init__(self, notification_id: _Optional[str] = ..., duplicate: _Optional[bool] = ..., recipient_count: _Optional[int] = ...) -> None: ...
+    scheduled: bool
+    def __init__(self, notification_id: _Optional[str] = ..., duplicate: _Optional[bool] = ..., recipient_count: _Optional[int] = ..., scheduled: _Optional[bool] = ...) -> None: ...
 
 class SendBatchRequest(_message.Message):
     __slots__ = ("notifications",)
@@ -101,15 +116,47 @@ class RecipientStatus(_message.Message):
     def __init__(self, user_id: _Optional[str] = ..., state: _Optional[_Union[DeliveryState, str]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., attempts: _Optional[int] = ..., reason: _Optional[str] = ..., queued_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., delivered_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., acked_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., read_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class GetStatusResponse(_message.Message):
-    __slots__ = ("notification_id", "target", "created_at", "expires_at", "recipients")
+    __slots__ = ("notification_id", "target", "created_at", "expires_at", "recipients", "deliver_at", "schedule_state")
     NOTIFICATION_ID_FIELD_NUMBER: _ClassVar[int]
     TARGET_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     RECIPIENTS_FIELD_NUMBER: _ClassVar[int]
+    DELIVER_AT_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULE_STATE_FIELD_NUMBER: _ClassVar[int]
     notification_id: str
     target: _notification_pb2.Target
     created_at: _timestamp_pb2.Timestamp
     expires_at: _timestamp_pb2.Timestamp
     recipients: _containers.RepeatedCompositeFieldContainer[RecipientStatus]
-    def __init__(self, notification_id: _Optional[str] = ..., target: _Optional[_Union[_notification_pb2.Target, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., recipients: _Optional[_Iterable[_Union[RecipientStatus, _Mapping]]] = ...) -> None: ...
+    deliver_at: _timestamp_pb2.Timestamp
+    schedule_state: ScheduleState
+    def __init__(self, notification_id: _Optional[str] = ..., target: _Optional[_Union[_notification_pb2.Target, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., recipients: _Optional[_Iterable[_Union[RecipientStatus, _Mapping]]] = ..., deliver_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., schedule_state: _Optional[_Union[ScheduleState, str]] = ...) -> None: ...
+
+class CancelScheduledRequest(_message.Message):
+    __slots__ = ("notification_id",)
+    NOTIFICATION_ID_FIELD_NUMBER: _ClassVar[int]
+    notification_id: str
+    def __init__(self, notification_id: _Optional[str] = ...) -> None: ...
+
+class CancelScheduledResponse(_message.Message):
+    __slots__ = ("cancelled",)
+    CANCELLED_FIELD_NUMBER: _ClassVar[int]
+    cancelled: bool
+    def __init__(self, cancelled: _Optional[bool] = ...) -> None: ...
+
+class ListScheduledRequest(_message.Message):
+    __slots__ = ("page_size", "page_token")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListScheduledResponse(_message.Message):
+    __slots__ = ("notifications", "next_page_token")
+    NOTIFICATIONS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    notifications: _containers.RepeatedCompositeFieldContainer[_notification_pb2.Notification]
+    next_page_token: str
+    def __init__(self, notifications: _Optional[_Iterable[_Union[_notification_pb2.Notification, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...

@@ -50,6 +50,16 @@ class IngestServiceStub:
                 request_serializer=herald_dot_v1_dot_ingest__pb2.GetStatusRequest.SerializeToString,
                 response_deserializer=herald_dot_v1_dot_ingest__pb2.GetStatusResponse.FromString,
                 _registered_method=True)
+        self.CancelScheduled = channel.unary_unary(
+                '/herald.v1.IngestService/CancelScheduled',
+                request_serializer=herald_dot_v1_dot_ingest__pb2.CancelScheduledRequest.SerializeToString,
+                response_deserializer=herald_dot_v1_dot_ingest__pb2.CancelScheduledResponse.FromString,
+                _registered_method=True)
+        self.ListScheduled = channel.unary_unary(
+                '/herald.v1.IngestService/ListScheduled',
+                request_serializer=herald_dot_v1_dot_ingest__pb2.ListScheduledRequest.SerializeToString,
+                response_deserializer=herald_dot_v1_dot_ingest__pb2.ListScheduledResponse.FromString,
+                _registered_method=True)
 
 
 class IngestServiceServicer:
@@ -77,6 +87,21 @@ class IngestServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CancelScheduled(self, request, context):
+        """Cancels a scheduled send (Notification.deliver_at) that has not been delivered yet.
+        NOT_FOUND for an id this tenant never sent; FAILED_PRECONDITION once it was delivered.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListScheduled(self, request, context):
+        """The tenant's scheduled sends still held, soonest first, a page at a time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_IngestServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -94,6 +119,16 @@ def add_IngestServiceServicer_to_server(servicer, server):
                     servicer.GetStatus,
                     request_deserializer=herald_dot_v1_dot_ingest__pb2.GetStatusRequest.FromString,
                     response_serializer=herald_dot_v1_dot_ingest__pb2.GetStatusResponse.SerializeToString,
+            ),
+            'CancelScheduled': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelScheduled,
+                    request_deserializer=herald_dot_v1_dot_ingest__pb2.CancelScheduledRequest.FromString,
+                    response_serializer=herald_dot_v1_dot_ingest__pb2.CancelScheduledResponse.SerializeToString,
+            ),
+            'ListScheduled': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListScheduled,
+                    request_deserializer=herald_dot_v1_dot_ingest__pb2.ListScheduledRequest.FromString,
+                    response_serializer=herald_dot_v1_dot_ingest__pb2.ListScheduledResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -178,6 +213,60 @@ class IngestService:
             '/herald.v1.IngestService/GetStatus',
             herald_dot_v1_dot_ingest__pb2.GetStatusRequest.SerializeToString,
             herald_dot_v1_dot_ingest__pb2.GetStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelScheduled(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/herald.v1.IngestService/CancelScheduled',
+            herald_dot_v1_dot_ingest__pb2.CancelScheduledRequest.SerializeToString,
+            herald_dot_v1_dot_ingest__pb2.CancelScheduledResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListScheduled(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/herald.v1.IngestService/ListScheduled',
+            herald_dot_v1_dot_ingest__pb2.ListScheduledRequest.SerializeToString,
+            herald_dot_v1_dot_ingest__pb2.ListScheduledResponse.FromString,
             options,
             channel_credentials,
             insecure,

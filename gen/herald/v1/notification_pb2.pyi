@@ -86,7 +86,7 @@ class TemplateRef(_message.Message):
     def __init__(self, template_id: _Optional[str] = ..., variables: _Optional[_Mapping[str, str]] = ..., locale: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
 
 class Notification(_message.Message):
-    __slots__ = ("id", "tenant_id", "target", "priority", "ttl_seconds", "content", "template", "idempotency_key", "metadata", "created_at", "expires_at", "category", "critical")
+    __slots__ = ("id", "tenant_id", "target", "priority", "ttl_seconds", "content", "template", "idempotency_key", "metadata", "created_at", "expires_at", "category", "critical", "deliver_at")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -107,6 +107,7 @@ class Notification(_message.Message):
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     CATEGORY_FIELD_NUMBER: _ClassVar[int]
     CRITICAL_FIELD_NUMBER: _ClassVar[int]
+    DELIVER_AT_FIELD_NUMBER: _ClassVar[int]
     id: str
     tenant_id: str
     target: Target
@@ -120,4 +121,5 @@ class Notification(_message.Message):
     expires_at: _timestamp_pb2.Timestamp
     category: str
     critical: bool
-    def __init__(self, id: _Optional[str] = ..., tenant_id: _Optional[str] = ..., target: _Optional[_Union[Target, _Mapping]] = ..., priority: _Optional[_Union[Priority, str]] = ..., ttl_seconds: _Optional[int] = ..., content: _Optional[_Union[Content, _Mapping]] = ..., template: _Optional[_Union[TemplateRef, _Mapping]] = ..., idempotency_key: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., category: _Optional[str] = ..., critical: _Optional[bool] = ...) -> None: ...
+    deliver_at: _timestamp_pb2.Timestamp
+    def __init__(self, id: _Optional[str] = ..., tenant_id: _Optional[str] = ..., target: _Optional[_Union[Target, _Mapping]] = ..., priority: _Optional[_Union[Priority, str]] = ..., ttl_seconds: _Optional[int] = ..., content: _Optional[_Union[Content, _Mapping]] = ..., template: _Optional[_Union[TemplateRef, _Mapping]] = ..., idempotency_key: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., category: _Optional[str] = ..., critical: _Optional[bool] = ..., deliver_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...

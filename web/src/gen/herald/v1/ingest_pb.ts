@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file herald/v1/ingest.proto.
  */
 export const file_herald_v1_ingest: GenFile = /*@__PURE__*/
-  fileDesc("ChZoZXJhbGQvdjEvaW5nZXN0LnByb3RvEgloZXJhbGQudjEiPAoLU2VuZFJlcXVlc3QSLQoMbm90aWZpY2F0aW9uGAEgASgLMhcuaGVyYWxkLnYxLk5vdGlmaWNhdGlvbiJTCgxTZW5kUmVzcG9uc2USFwoPbm90aWZpY2F0aW9uX2lkGAEgASgJEhEKCWR1cGxpY2F0ZRgCIAEoCBIXCg9yZWNpcGllbnRfY291bnQYAyABKA0iQgoQU2VuZEJhdGNoUmVxdWVzdBIuCg1ub3RpZmljYXRpb25zGAEgAygLMhcuaGVyYWxkLnYxLk5vdGlmaWNhdGlvbiJrCgpTZW5kUmVzdWx0EisKCGFjY2VwdGVkGAEgASgLMhcuaGVyYWxkLnYxLlNlbmRSZXNwb25zZUgAEiUKBWVycm9yGAIgASgLMhQuaGVyYWxkLnYxLlNlbmRFcnJvckgAQgkKB291dGNvbWUiKgoJU2VuZEVycm9yEgwKBGNvZGUYASABKAUSDwoHbWVzc2FnZRgCIAEoCSI7ChFTZW5kQmF0Y2hSZXNwb25zZRImCgdyZXN1bHRzGAEgAygLMhUuaGVyYWxkLnYxLlNlbmRSZXN1bHQiKwoQR2V0U3RhdHVzUmVxdWVzdBIXCg9ub3RpZmljYXRpb25faWQYASABKAki2QIKD1JlY2lwaWVudFN0YXR1cxIPCgd1c2VyX2lkGAEgASgJEicKBXN0YXRlGAIgASgOMhguaGVyYWxkLnYxLkRlbGl2ZXJ5U3RhdGUSLgoKdXBkYXRlZF9hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEAoIYXR0ZW1wdHMYBCABKA0SDgoGcmVhc29uGAUgASgJEi0KCXF1ZXVlZF9hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMAoMZGVsaXZlcmVkX2F0GAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghhY2tlZF9hdBgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKwoHcmVhZF9hdBgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAi3wEKEUdldFN0YXR1c1Jlc3BvbnNlEhcKD25vdGlmaWNhdGlvbl9pZBgBIAEoCRIhCgZ0YXJnZXQYAiABKAsyES5oZXJhbGQudjEuVGFyZ2V0Ei4KCmNyZWF0ZWRfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCmV4cGlyZXNfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnJlY2lwaWVudHMYBSADKAsyGi5oZXJhbGQudjEuUmVjaXBpZW50U3RhdHVzKtgBCg1EZWxpdmVyeVN0YXRlEh4KGkRFTElWRVJZX1NUQVRFX1VOU1BFQ0lGSUVEEAASGQoVREVMSVZFUllfU1RBVEVfUVVFVUVEEAESHAoYREVMSVZFUllfU1RBVEVfREVMSVZFUkVEEAISGAoUREVMSVZFUllfU1RBVEVfQUNLRUQQAxIaChZERUxJVkVSWV9TVEFURV9FWFBJUkVEEAQSGQoVREVMSVZFUllfU1RBVEVfRkFJTEVEEAUSHQoZREVMSVZFUllfU1RBVEVfU1VQUFJFU1NFRBAGMtgBCg1Jbmdlc3RTZXJ2aWNlEjcKBFNlbmQSFi5oZXJhbGQudjEuU2VuZFJlcXVlc3QaFy5oZXJhbGQudjEuU2VuZFJlc3BvbnNlEkYKCVNlbmRCYXRjaBIbLmhlcmFsZC52MS5TZW5kQmF0Y2hSZXF1ZXN0GhwuaGVyYWxkLnYxLlNlbmRCYXRjaFJlc3BvbnNlEkYKCUdldFN0YXR1cxIbLmhlcmFsZC52MS5HZXRTdGF0dXNSZXF1ZXN0GhwuaGVyYWxkLnYxLkdldFN0YXR1c1Jlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp, file_herald_v1_notification]);
+  fileDesc("ChZoZXJhbGQvdjEvaW5nZXN0LnByb3RvEgloZXJhbGQudjEiPAoLU2VuZFJlcXVlc3QSLQoMbm90aWZpY2F0aW9uGAEgASgLMhcuaGVyYWxkLnYxLk5vdGlmaWNhdGlvbiJmCgxTZW5kUmVzcG9uc2USFwoPbm90aWZpY2F0aW9uX2lkGAEgASgJEhEKCWR1cGxpY2F0ZRgCIAEoCBIXCg9yZWNpcGllbnRfY291bnQYAyABKA0SEQoJc2NoZWR1bGVkGAQgASgIIkIKEFNlbmRCYXRjaFJlcXVlc3QSLgoNbm90aWZpY2F0aW9ucxgBIAMoCzIXLmhlcmFsZC52MS5Ob3RpZmljYXRpb24iawoKU2VuZFJlc3VsdBIrCghhY2NlcHRlZBgBIAEoCzIXLmhlcmFsZC52MS5TZW5kUmVzcG9uc2VIABIlCgVlcnJvchgCIAEoCzIULmhlcmFsZC52MS5TZW5kRXJyb3JIAEIJCgdvdXRjb21lIioKCVNlbmRFcnJvchIMCgRjb2RlGAEgASgFEg8KB21lc3NhZ2UYAiABKAkiOwoRU2VuZEJhdGNoUmVzcG9uc2USJgoHcmVzdWx0cxgBIAMoCzIVLmhlcmFsZC52MS5TZW5kUmVzdWx0IisKEEdldFN0YXR1c1JlcXVlc3QSFwoPbm90aWZpY2F0aW9uX2lkGAEgASgJItkCCg9SZWNpcGllbnRTdGF0dXMSDwoHdXNlcl9pZBgBIAEoCRInCgVzdGF0ZRgCIAEoDjIYLmhlcmFsZC52MS5EZWxpdmVyeVN0YXRlEi4KCnVwZGF0ZWRfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhAKCGF0dGVtcHRzGAQgASgNEg4KBnJlYXNvbhgFIAEoCRItCglxdWV1ZWRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjAKDGRlbGl2ZXJlZF9hdBgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoIYWNrZWRfYXQYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEisKB3JlYWRfYXQYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIsECChFHZXRTdGF0dXNSZXNwb25zZRIXCg9ub3RpZmljYXRpb25faWQYASABKAkSIQoGdGFyZ2V0GAIgASgLMhEuaGVyYWxkLnYxLlRhcmdldBIuCgpjcmVhdGVkX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpleHBpcmVzX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpyZWNpcGllbnRzGAUgAygLMhouaGVyYWxkLnYxLlJlY2lwaWVudFN0YXR1cxIuCgpkZWxpdmVyX2F0GAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIwCg5zY2hlZHVsZV9zdGF0ZRgHIAEoDjIYLmhlcmFsZC52MS5TY2hlZHVsZVN0YXRlIjEKFkNhbmNlbFNjaGVkdWxlZFJlcXVlc3QSFwoPbm90aWZpY2F0aW9uX2lkGAEgASgJIiwKF0NhbmNlbFNjaGVkdWxlZFJlc3BvbnNlEhEKCWNhbmNlbGxlZBgBIAEoCCI9ChRMaXN0U2NoZWR1bGVkUmVxdWVzdBIRCglwYWdlX3NpemUYASABKA0SEgoKcGFnZV90b2tlbhgCIAEoCSJgChVMaXN0U2NoZWR1bGVkUmVzcG9uc2USLgoNbm90aWZpY2F0aW9ucxgBIAMoCzIXLmhlcmFsZC52MS5Ob3RpZmljYXRpb24SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJKpQCCg1EZWxpdmVyeVN0YXRlEh4KGkRFTElWRVJZX1NUQVRFX1VOU1BFQ0lGSUVEEAASGQoVREVMSVZFUllfU1RBVEVfUVVFVUVEEAESHAoYREVMSVZFUllfU1RBVEVfREVMSVZFUkVEEAISGAoUREVMSVZFUllfU1RBVEVfQUNLRUQQAxIaChZERUxJVkVSWV9TVEFURV9FWFBJUkVEEAQSGQoVREVMSVZFUllfU1RBVEVfRkFJTEVEEAUSHQoZREVMSVZFUllfU1RBVEVfU1VQUFJFU1NFRBAGEhwKGERFTElWRVJZX1NUQVRFX1NDSEVEVUxFRBAHEhwKGERFTElWRVJZX1NUQVRFX0NBTkNFTExFRBAIKmsKDVNjaGVkdWxlU3RhdGUSHgoaU0NIRURVTEVfU1RBVEVfVU5TUEVDSUZJRUQQABIcChhTQ0hFRFVMRV9TVEFURV9TQ0hFRFVMRUQQARIcChhTQ0hFRFVMRV9TVEFURV9DQU5DRUxMRUQQAjKGAwoNSW5nZXN0U2VydmljZRI3CgRTZW5kEhYuaGVyYWxkLnYxLlNlbmRSZXF1ZXN0GhcuaGVyYWxkLnYxLlNlbmRSZXNwb25zZRJGCglTZW5kQmF0Y2gSGy5oZXJhbGQudjEuU2VuZEJhdGNoUmVxdWVzdBocLmhlcmFsZC52MS5TZW5kQmF0Y2hSZXNwb25zZRJGCglHZXRTdGF0dXMSGy5oZXJhbGQudjEuR2V0U3RhdHVzUmVxdWVzdBocLmhlcmFsZC52MS5HZXRTdGF0dXNSZXNwb25zZRJYCg9DYW5jZWxTY2hlZHVsZWQSIS5oZXJhbGQudjEuQ2FuY2VsU2NoZWR1bGVkUmVxdWVzdBoiLmhlcmFsZC52MS5DYW5jZWxTY2hlZHVsZWRSZXNwb25zZRJSCg1MaXN0U2NoZWR1bGVkEh8uaGVyYWxkLnYxLkxpc3RTY2hlZHVsZWRSZXF1ZXN0GiAuaGVyYWxkLnYxLkxpc3RTY2hlZHVsZWRSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp, file_herald_v1_notification]);
 
 /**
  * @generated from message herald.v1.SendRequest
@@ -52,12 +52,20 @@ export type SendResponse = Message<"herald.v1.SendResponse"> & {
   duplicate: boolean;
 
   /**
-   * How many user logs the notification was appended to (0 for channel and broadcast targets;
-   * recipients whose preferences suppressed it in-app are not counted).
+   * How many user logs the notification was appended to (0 for channel and broadcast targets,
+   * for a scheduled send, which is appended at its deliver_at, and for recipients whose
+   * preferences suppressed it in-app).
    *
    * @generated from field: uint32 recipient_count = 3;
    */
   recipientCount: number;
+
+  /**
+   * True when the notification is held until its deliver_at (docs/scheduling.md).
+   *
+   * @generated from field: bool scheduled = 4;
+   */
+  scheduled: boolean;
 };
 
 /**
@@ -262,6 +270,18 @@ export type GetStatusResponse = Message<"herald.v1.GetStatusResponse"> & {
    * @generated from field: repeated herald.v1.RecipientStatus recipients = 5;
    */
   recipients: RecipientStatus[];
+
+  /**
+   * Set for a scheduled send while it is held or once it was cancelled.
+   *
+   * @generated from field: google.protobuf.Timestamp deliver_at = 6;
+   */
+  deliverAt?: Timestamp | undefined;
+
+  /**
+   * @generated from field: herald.v1.ScheduleState schedule_state = 7;
+   */
+  scheduleState: ScheduleState;
 };
 
 /**
@@ -270,6 +290,94 @@ export type GetStatusResponse = Message<"herald.v1.GetStatusResponse"> & {
  */
 export const GetStatusResponseSchema: GenMessage<GetStatusResponse> = /*@__PURE__*/
   messageDesc(file_herald_v1_ingest, 8);
+
+/**
+ * @generated from message herald.v1.CancelScheduledRequest
+ */
+export type CancelScheduledRequest = Message<"herald.v1.CancelScheduledRequest"> & {
+  /**
+   * @generated from field: string notification_id = 1;
+   */
+  notificationId: string;
+};
+
+/**
+ * Describes the message herald.v1.CancelScheduledRequest.
+ * Use `create(CancelScheduledRequestSchema)` to create a new message.
+ */
+export const CancelScheduledRequestSchema: GenMessage<CancelScheduledRequest> = /*@__PURE__*/
+  messageDesc(file_herald_v1_ingest, 9);
+
+/**
+ * @generated from message herald.v1.CancelScheduledResponse
+ */
+export type CancelScheduledResponse = Message<"herald.v1.CancelScheduledResponse"> & {
+  /**
+   * True when this call cancelled it; false when it was cancelled already (a retry).
+   *
+   * @generated from field: bool cancelled = 1;
+   */
+  cancelled: boolean;
+};
+
+/**
+ * Describes the message herald.v1.CancelScheduledResponse.
+ * Use `create(CancelScheduledResponseSchema)` to create a new message.
+ */
+export const CancelScheduledResponseSchema: GenMessage<CancelScheduledResponse> = /*@__PURE__*/
+  messageDesc(file_herald_v1_ingest, 10);
+
+/**
+ * @generated from message herald.v1.ListScheduledRequest
+ */
+export type ListScheduledRequest = Message<"herald.v1.ListScheduledRequest"> & {
+  /**
+   * At most 100 (0: 50).
+   *
+   * @generated from field: uint32 page_size = 1;
+   */
+  pageSize: number;
+
+  /**
+   * From the previous page's next_page_token; empty for the first page.
+   *
+   * @generated from field: string page_token = 2;
+   */
+  pageToken: string;
+};
+
+/**
+ * Describes the message herald.v1.ListScheduledRequest.
+ * Use `create(ListScheduledRequestSchema)` to create a new message.
+ */
+export const ListScheduledRequestSchema: GenMessage<ListScheduledRequest> = /*@__PURE__*/
+  messageDesc(file_herald_v1_ingest, 11);
+
+/**
+ * @generated from message herald.v1.ListScheduledResponse
+ */
+export type ListScheduledResponse = Message<"herald.v1.ListScheduledResponse"> & {
+  /**
+   * The held notifications as they will be delivered, by deliver_at then id.
+   *
+   * @generated from field: repeated herald.v1.Notification notifications = 1;
+   */
+  notifications: Notification[];
+
+  /**
+   * Empty on the last page.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message herald.v1.ListScheduledResponse.
+ * Use `create(ListScheduledResponseSchema)` to create a new message.
+ */
+export const ListScheduledResponseSchema: GenMessage<ListScheduledResponse> = /*@__PURE__*/
+  messageDesc(file_herald_v1_ingest, 12);
 
 /**
  * Where a notification stands for one recipient.
@@ -314,6 +422,20 @@ export enum DeliveryState {
    * @generated from enum value: DELIVERY_STATE_SUPPRESSED = 6;
    */
   SUPPRESSED = 6,
+
+  /**
+   * A scheduled send still held until its deliver_at.
+   *
+   * @generated from enum value: DELIVERY_STATE_SCHEDULED = 7;
+   */
+  SCHEDULED = 7,
+
+  /**
+   * A scheduled send cancelled before its deliver_at: never delivered.
+   *
+   * @generated from enum value: DELIVERY_STATE_CANCELLED = 8;
+   */
+  CANCELLED = 8,
 }
 
 /**
@@ -321,6 +443,40 @@ export enum DeliveryState {
  */
 export const DeliveryStateSchema: GenEnum<DeliveryState> = /*@__PURE__*/
   enumDesc(file_herald_v1_ingest, 0);
+
+/**
+ * Where a scheduled send stands before its deliver_at.
+ *
+ * @generated from enum herald.v1.ScheduleState
+ */
+export enum ScheduleState {
+  /**
+   * Not held: sent at once, or already delivered to its logs (see the recipients).
+   *
+   * @generated from enum value: SCHEDULE_STATE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Held until deliver_at.
+   *
+   * @generated from enum value: SCHEDULE_STATE_SCHEDULED = 1;
+   */
+  SCHEDULED = 1,
+
+  /**
+   * Cancelled before deliver_at: it is never delivered.
+   *
+   * @generated from enum value: SCHEDULE_STATE_CANCELLED = 2;
+   */
+  CANCELLED = 2,
+}
+
+/**
+ * Describes the enum herald.v1.ScheduleState.
+ */
+export const ScheduleStateSchema: GenEnum<ScheduleState> = /*@__PURE__*/
+  enumDesc(file_herald_v1_ingest, 1);
 
 /**
  * Accepts notifications from backends. Callers present a service JWT with the `send` scope.
@@ -357,6 +513,27 @@ export const IngestService: GenService<{
     methodKind: "unary";
     input: typeof GetStatusRequestSchema;
     output: typeof GetStatusResponseSchema;
+  },
+  /**
+   * Cancels a scheduled send (Notification.deliver_at) that has not been delivered yet.
+   * NOT_FOUND for an id this tenant never sent; FAILED_PRECONDITION once it was delivered.
+   *
+   * @generated from rpc herald.v1.IngestService.CancelScheduled
+   */
+  cancelScheduled: {
+    methodKind: "unary";
+    input: typeof CancelScheduledRequestSchema;
+    output: typeof CancelScheduledResponseSchema;
+  },
+  /**
+   * The tenant's scheduled sends still held, soonest first, a page at a time.
+   *
+   * @generated from rpc herald.v1.IngestService.ListScheduled
+   */
+  listScheduled: {
+    methodKind: "unary";
+    input: typeof ListScheduledRequestSchema;
+    output: typeof ListScheduledResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_herald_v1_ingest, 0);
