@@ -215,8 +215,10 @@ class BackendSettings(BaseSettings):
     # Consecutive backend failures that open its circuit, and how long it stays open.
     breaker_failures: int = Field(default=3, ge=1)
     breaker_reset_s: float = Field(default=2.0, gt=0)
-    # Sends arriving within this many milliseconds are committed together (production only).
-    group_commit_ms: float = Field(default=2.0, ge=0)
+    # Sends arriving within this many milliseconds are committed together (production only),
+    # while the node is busy (a group committed in the last 100 ms); an idle node commits a
+    # lone send at once.
+    group_commit_ms: float = Field(default=10.0, ge=0)
 
     @property
     def profile(self) -> Literal["memory", "production"]:

@@ -91,3 +91,21 @@ async def test_without_a_window_each_dispatch_is_its_own_append() -> None:
         direct.dispatch([accepted("a", 1, ("u1",))]), direct.dispatch([accepted("a", 2, ("u1",))])
     )
     assert logs.calls == [("a", 1), ("a", 1)]
+
+
+async def test_an_idle_node_commits_a_lone_send_at_once_and_a_busy_one_waits_the_window() -> None:
+    status = MemoryStatusStore()
+    logs = CountingLogs(status)
+    group = dispatcher(logs, status, window_s=0.4)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    assert await group.dispatch([accepted("a", 1, ("u1",))]) == [1]
+    assert loop.time() - started < 0.3  # not the window: nothing else was being committed
+    # Right after a group: the next send waits the window, and what comes meanwhile shares it.
+    started = loop.time()
+    first = asyncio.ensure_future(group.dispatch([accepted("a", 2, ("u1",))]))
+    await asyncio.sleep(0.05)
+    second = group.dispatch([accepted("a", 3, ("u2",))])
+    assert await asyncio.gather(first, second) == [[1], [1]]
+    assert loop.time() - started >= 0.35
+    assert logs.calls == [("a", 1), ("a", 2)]

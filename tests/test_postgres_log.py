@@ -163,3 +163,41 @@ async def test_a_call_appending_to_one_log_twice_matches_the_memory_store(
         for key in KEYS:
             assert await postgres.read(T1, key, 0, 100) == await memory.read(T1, key, 0, 100)
         assert await live_counts_match(pool)
+
+
+async def test_an_append_is_one_round_trip_and_a_cut_that_failed_is_made_by_the_next(
+    pool: asyncpg.Pool,
+) -> None:
+    """The append commits in one statement; a log it takes past its bound is cut back in a
+    second call. When that call fails (PostgreSQL went away between the two), the append still
+    succeeded, and the next append to the log cuts it back, oldest first."""
+    statements: list[str] = []
+
+    class Watched:
+        """The pool, with its calls written down (and the first cut failing)."""
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(pool, name)
+
+        async def fetch(self, query: str, *args: object) -> list[asyncpg.Record]:
+            statements.append(query)
+            if "herald_drop_to_limit" in query and len(statements) == 2:
+                raise ConnectionResetError("PostgreSQL went away")
+            return await pool.fetch(query, *args)
+
+    store = PostgresLogStore(Watched())  # type: ignore[arg-type]
+    await store.append(T1, [LogAppend(ALICE, [new(f"n{i}") for i in range(3)], 3)])
+    statements.clear()
+    [first] = await store.append(T1, [LogAppend(ALICE, [new("n3")], 3)])
+    assert len(statements) == 2  # the append, then the cut (which failed)
+    assert [e.cursor for e in first.entries] == [4]
+    assert first.dropped == []
+    assert [e.cursor for e in await store.read(T1, ALICE, 0, 10)] == [1, 2, 3, 4]
+    [second] = await store.append(T1, [LogAppend(ALICE, [new("n4")], 3)])
+    assert [e.cursor for e in second.dropped] == [1, 2]
+    assert [e.cursor for e in await store.read(T1, ALICE, 0, 10)] == [3, 4, 5]
+    assert await live_counts_match(pool)
+    # Within the bound: one statement, nothing else.
+    statements.clear()
+    await store.append(T1, [LogAppend(BOB, [new("b0")], 3)])
+    assert len(statements) == 1

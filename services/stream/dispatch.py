@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 
 # A group commit flushes early once this many notifications wait.
 _GROUP_MAX = 2000
+# A group flushed less than this long ago makes the next sends wait the group window; after a
+# quieter spell a send is committed at once (the window would only add latency).
+_BUSY_S = 0.1
 # A full log drops its oldest entry on every append: say so in the log at most this often per
 # tenant and kind of log, with the count since the last time (the metric counts every drop).
 _DROP_LOG_INTERVAL_S = 60.0
@@ -75,6 +78,7 @@ class Dispatcher:
         self._waiting: list[tuple[list[Accepted], asyncio.Future[list[int]]]] = []
         self._flush_handle: asyncio.TimerHandle | None = None
         self._waiting_count = 0
+        self._last_flush_at = -math.inf
         self._groups: set[asyncio.Task[None]] = set()
 
     @property
@@ -102,7 +106,11 @@ class Dispatcher:
         if self._waiting_count >= _GROUP_MAX:
             self._flush()
         elif self._flush_handle is None:
-            self._flush_handle = asyncio.get_running_loop().call_later(self._window_s, self._flush)
+            loop = asyncio.get_running_loop()
+            # A node that committed a group a moment ago is busy: sends wait the window to
+            # share the next commit. An idle one commits a lone send at once.
+            busy = loop.time() - self._last_flush_at < _BUSY_S
+            self._flush_handle = loop.call_later(self._window_s if busy else 0.0, self._flush)
         return await future
 
     def _flush(self) -> None:
@@ -111,6 +119,7 @@ class Dispatcher:
             self._flush_handle = None
         waiting, self._waiting, self._waiting_count = self._waiting, [], 0
         if waiting:
+            self._last_flush_at = asyncio.get_running_loop().time()
             task = asyncio.ensure_future(self._commit_group(waiting))
             self._groups.add(task)
             task.add_done_callback(self._groups.discard)

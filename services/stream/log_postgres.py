@@ -17,18 +17,21 @@ How an append stays correct with many nodes appending at once:
 from __future__ import annotations
 
 import itertools
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import asyncpg
 
-from services.domain import LogKey, NewRecord
+from services.domain import LogKey, NewRecord, user_log
 from services.stream.log import AppendResult, Entry, Expired, LogAppend, LogHead, NewEntry
 from services.stream.status_postgres import PostgresStatusStore, create_records
 
 if TYPE_CHECKING:
     from services.stream.status_postgres import Connection
+
+log = logging.getLogger(__name__)
 
 # An append that deadlocks (two appenders meeting on one notification id, each after locking
 # rows the other needs) is rolled back by the server and run again from the start.
@@ -46,6 +49,70 @@ ON CONFLICT (tenant_id, log) DO UPDATE
 SET next_cursor = l.next_cursor + excluded.live, live = l.live + excluded.live
 RETURNING l.log, l.epoch, l.next_cursor, l.live
 """
+
+# An append in one statement, committed on its own (no BEGIN / COMMIT round trips): the log rows
+# are upserted (locked, in sorted order, as _LOCK_LOGS does), and the entries, the notifications
+# and their status records are written with the cursors the upsert assigns. Nothing here reads
+# a table the append changes, so the statement's snapshot (taken before a concurrent appender's
+# commit it may have waited for) decides nothing: the cursors come from the locked rows
+# themselves. A log it takes past its bound is cut back by herald_drop_to_limit (migration
+# *_drop_to_limit.sql). $10-$13: the entries (log, position among the call's entries of that
+# log, id, expiry); $14-$19 and $24: a record per notification, its one user's log and position
+# ($18, $19, $24; NULL when it names several or none); $20-$23: the users of those that name
+# several.
+_APPEND_ONE: Final = """
+WITH counts AS (
+    SELECT a.log, a.n FROM unnest($2::text[], $3::integer[]) AS a (log, n)
+), locked AS (
+    INSERT INTO herald_logs AS l (tenant_id, log, epoch, next_cursor, live)
+    SELECT $1, a.log, m.log_epoch, 1 + a.n, a.n
+    FROM unnest($2::text[], $3::integer[]) WITH ORDINALITY AS a (log, n, i)
+    CROSS JOIN herald_meta AS m
+    ORDER BY a.i
+    ON CONFLICT (tenant_id, log) DO UPDATE
+    SET next_cursor = l.next_cursor + excluded.live, live = l.live + excluded.live
+    RETURNING l.log, l.epoch, l.next_cursor, l.live
+), bases AS (
+    SELECT k.log, k.next_cursor - c.n AS first FROM locked AS k JOIN counts AS c ON c.log = k.log
+), notifications AS (
+    INSERT INTO herald_notifications (
+        tenant_id, notification_id, priority, created_at, expires_at, payload, trace_context
+    )
+    SELECT $1, *
+    FROM unnest($4::text[], $5::integer[], $6::float8[], $7::float8[], $8::bytea[], $9::text[])
+    ON CONFLICT (tenant_id, notification_id) DO NOTHING
+), entries AS (
+    INSERT INTO herald_log_entries (tenant_id, log, cursor, notification_id, expires_at)
+    SELECT $1, e.log, b.first + e.ord - 1, e.notification_id, e.expires_at
+    FROM unnest($10::text[], $11::integer[], $12::text[], $13::float8[])
+        AS e (log, ord, notification_id, expires_at)
+    JOIN bases AS b ON b.log = e.log
+), many AS (
+    SELECT u.notification_id, array_agg(u.user_id ORDER BY u.i) AS user_ids,
+        array_agg(coalesce(b.first + u.ord - 1, 0) ORDER BY u.i) AS cursors
+    FROM unnest($20::text[], $21::text[], $22::text[], $23::integer[])
+        WITH ORDINALITY AS u (notification_id, user_id, log, ord, i)
+    LEFT JOIN bases AS b ON b.log = u.log
+    GROUP BY u.notification_id
+), status AS (
+    INSERT INTO herald_status (
+        tenant_id, notification_id, target, created_at, expires_at, user_ids, cursors
+    )
+    SELECT $1, r.notification_id, r.target, r.created_at, r.expires_at,
+        CASE WHEN r.user_id IS NULL THEN coalesce(m.user_ids, '{}') ELSE ARRAY[r.user_id] END,
+        CASE WHEN r.user_id IS NULL THEN coalesce(m.cursors, '{}')
+            ELSE ARRAY[coalesce(b.first + r.ord - 1, 0)] END
+    FROM unnest($14::text[], $15::bytea[], $16::float8[], $17::float8[], $18::text[],
+            $19::text[], $24::integer[])
+        AS r (notification_id, target, created_at, expires_at, user_id, log, ord)
+    LEFT JOIN bases AS b ON b.log = r.log
+    LEFT JOIN many AS m ON m.notification_id = r.notification_id
+    ON CONFLICT (tenant_id, notification_id) DO NOTHING
+)
+SELECT log, epoch, next_cursor, live FROM locked
+"""
+
+_DROP_TO_LIMIT: Final = "SELECT * FROM herald_drop_to_limit($1, $2::text[], $3::integer[])"
 
 _INSERT: Final = """
 WITH notifications AS (
@@ -237,14 +304,88 @@ class PostgresLogStore:
     ) -> list[AppendResult]:
         if not appends and not (records and self._status is not None):
             return []
+        one_statement = _one_statement(appends)
         for attempt in range(1, _APPEND_ATTEMPTS + 1):
             try:
+                if one_statement:
+                    return await self._append_one(tenant, appends, records)
                 async with self._pool.acquire() as connection, connection.transaction():
                     return await self._append(connection, tenant, appends, records)
             except asyncpg.DeadlockDetectedError:
                 if attempt == _APPEND_ATTEMPTS:
                     raise
         raise AssertionError("unreachable")
+
+    async def _append_one(
+        self, tenant: str, appends: Sequence[LogAppend], records: Sequence[NewRecord]
+    ) -> list[AppendResult]:
+        """The append as one statement (one round trip), then, only if it took a log past its
+        bound, one more to cut it back (`_one_statement` says when this applies)."""
+        by_log = {a.key.stored: a for a in appends}
+        logs = sorted(by_log)
+        unique: dict[str, NewEntry] = {}
+        e_log: list[str] = []
+        e_ord: list[int] = []
+        e_id: list[str] = []
+        e_expires: list[float] = []
+        # (notification id, log) -> its position among the call's entries of the log.
+        positions: dict[tuple[str, str], int] = {}
+        for stored, append in by_log.items():
+            for position, item in enumerate(append.entries, 1):
+                unique.setdefault(item.notification_id, item)
+                e_log.append(stored)
+                e_ord.append(position)
+                e_id.append(item.notification_id)
+                e_expires.append(item.expires_at)
+                positions[(item.notification_id, stored)] = position
+        new = unique.values()
+        made = _RecordArgs(records if self._status is not None else (), positions)
+        rows = await self._pool.fetch(
+            _APPEND_ONE,
+            tenant,
+            logs,
+            [len(by_log[log].entries) for log in logs],
+            [e.notification_id for e in new],
+            [e.priority for e in new],
+            [e.created_at for e in new],
+            [e.expires_at for e in new],
+            [e.notification_field for e in new],
+            [e.trace_context for e in new],
+            e_log,
+            e_ord,
+            e_id,
+            e_expires,
+            *made.args(),
+        )
+        heads = {row[0]: row for row in rows}
+        results: list[AppendResult] = []
+        over: list[LogAppend] = []
+        for append in appends:
+            _, epoch, next_cursor, live = heads[append.key.stored]
+            first = next_cursor - len(append.entries)
+            entries = [_appended(first + i, item) for i, item in enumerate(append.entries)]
+            results.append(AppendResult(append.key, entries, epoch))
+            if live > append.limit:
+                over.append(append)
+        if over:
+            # The append is stored (committed) whatever happens to the cut: a cut that fails
+            # leaves the log over its bound until the next append to it cuts it back.
+            dropped: dict[str, list[Entry]] = {}
+            try:
+                rows = await self._pool.fetch(
+                    _DROP_TO_LIMIT, tenant, [a.key.stored for a in over], [a.limit for a in over]
+                )
+            except (asyncpg.PostgresError, OSError, TimeoutError) as error:
+                log.warning(
+                    "could not cut logs back to their bound; the next append does",
+                    extra={"error": repr(error)},
+                )
+                rows = []
+            for row in rows:
+                dropped.setdefault(row[0], []).append(_entry(row, 1))
+            for result in results:
+                result.dropped = dropped.get(result.key.stored, [])
+        return results
 
     async def _append(
         self,
@@ -397,6 +538,74 @@ class PostgresLogStore:
     async def aclose(self) -> None:
         # The pool belongs to whoever made it (services.postgres.PostgresBackend).
         return None
+
+
+def _one_statement(appends: Sequence[LogAppend]) -> bool:
+    """An append can be one statement when each log appears once, with entries, and no more
+    than its bound (otherwise some of them would be pushed out at once: `_append` handles it)."""
+    seen: set[str] = set()
+    for key, items, limit in appends:
+        if not items or len(items) > limit or key.stored in seen:
+            return False
+        seen.add(key.stored)
+    return bool(seen)
+
+
+class _RecordArgs:
+    """The status records of an append as _APPEND_ONE's $14-$23: each user's entry named by
+    its log and position (the statement turns them into cursors). A record stored already, or
+    twice here, is kept as it first was, as `create_records` does."""
+
+    def __init__(self, records: Sequence[NewRecord], positions: dict[tuple[str, str], int]) -> None:
+        unique: dict[str, NewRecord] = {}
+        for record in records:
+            unique.setdefault(record.notification_id, record)
+        self.ids: list[str] = []
+        self.targets: list[bytes] = []
+        self.created: list[float] = []
+        self.expires: list[float] = []
+        self.one_user: list[str | None] = []
+        self.one_log: list[str | None] = []
+        self.one_position: list[int | None] = []
+        self.many_ids: list[str] = []
+        self.many_users: list[str] = []
+        self.many_logs: list[str] = []
+        self.many_positions: list[int | None] = []
+        for r in unique.values():
+            self.ids.append(r.notification_id)
+            self.targets.append(r.target)
+            self.created.append(r.created_at)
+            self.expires.append(r.expires_at)
+            if len(r.user_ids) == 1:
+                log = user_log(r.user_ids[0]).stored
+                self.one_user.append(r.user_ids[0])
+                self.one_log.append(log)
+                self.one_position.append(positions.get((r.notification_id, log)))
+                continue
+            self.one_user.append(None)
+            self.one_log.append(None)
+            self.one_position.append(None)
+            for user_id in dict.fromkeys(r.user_ids):
+                log = user_log(user_id).stored
+                self.many_ids.append(r.notification_id)
+                self.many_users.append(user_id)
+                self.many_logs.append(log)
+                self.many_positions.append(positions.get((r.notification_id, log)))
+
+    def args(self) -> tuple[list[Any], ...]:
+        return (
+            self.ids,
+            self.targets,
+            self.created,
+            self.expires,
+            self.one_user,
+            self.one_log,
+            self.many_ids,
+            self.many_users,
+            self.many_logs,
+            self.many_positions,
+            self.one_position,
+        )
 
 
 def with_cursors(records: Sequence[NewRecord], results: list[AppendResult]) -> list[NewRecord]:
