@@ -194,6 +194,9 @@ async def open_inbox(
 ) -> None:
     await page.goto(stack.url(ack_interval_ms=ack_interval_ms, mode=mode, keys_url=keys_url))
     await expect_live(page)
+    # The first inbox page and the unread badge are loaded: what is sent from now on arrives
+    # live, not in that first ListInbox.
+    await expect(page.locator("body")).to_have_attribute("data-inbox", "loaded", timeout=WAIT_MS)
     # The token left the address bar at once.
     assert "token" not in page.url
     assert await page.evaluate("() => window.heraldDemo.subscription.state.value.kind") == "open"

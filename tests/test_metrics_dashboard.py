@@ -92,7 +92,18 @@ async def start_node(cluster: Cluster, tenants: str = "acme") -> tuple[Member, S
         HERALD_METRICS_HOST=METRICS_HOST,
         HERALD_METRICS_TENANT_LABELS=tenants,
     )
-    return node, Scraper(port, METRICS_HOST)
+    scraper = Scraper(port, METRICS_HOST)
+
+    async def listening() -> bool:
+        # The node opens its metrics port once it serves gRPC, a moment later on a busy machine.
+        try:
+            await scraper.text()
+        except urllib.error.URLError:
+            return False
+        return True
+
+    await until(listening, within=15)
+    return node, scraper
 
 
 @pytest_asyncio.fixture
