@@ -421,6 +421,13 @@ async def start_node(
                 tenant_settings,
                 push=push_worker,
                 preferences=preferences,
+                # A segment's members are read here and appended by this node's dispatcher:
+                # handed to a stream node they would not travel with the notification.
+                segments=(
+                    stores.segments
+                    if registry_core is not None and dispatcher is not None
+                    else None
+                ),
             )
             IngestServicer(ingest_core, admission).register(server)
 
