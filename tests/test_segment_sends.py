@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from pathlib import Path
 
+import asyncpg
 import grpc
 import pytest
 import pytest_asyncio
@@ -17,6 +18,7 @@ from herald.v1 import notification_pb2, registry_pb2, registry_pb2_grpc
 from services import auth
 from services.clock import ManualClock
 from services.config import IngestSettings
+from services.registry import segments
 from tests.conftest import Deploy
 from tests.harness import Herald, to_user
 from tests.production import production_db, start_production
@@ -169,3 +171,43 @@ async def test_the_split_topology_on_memory_stores_refuses_segment_sends(deploy:
     error = await refused(herald.backend().send(to_segment("beta")))
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "herald up" in (error.details() or "")
+
+
+@pytest.mark.timeout(240)
+async def test_a_100000_member_segment_send_reaches_every_member_s_log_on_postgres(
+    tmp_path: Path,
+) -> None:
+    members = [f"user-{i:06d}" for i in range(segments.MAX_MEMBERS)]
+    async with production_db() as (dsn, prefix):
+        herald = await start_production(tmp_path, dsn, prefix, ManualClock())
+        try:
+            admin = Segments(herald)
+            await admin.create("everyone", [])
+            for start in range(0, len(members), segments.MAX_BATCH):
+                await admin.add("everyone", members[start : start + segments.MAX_BATCH])
+            last = Stream(herald.user(members[-1]))
+            await last.start()
+            sent = await herald.backend().send(to_segment("everyone"), timeout=120)
+            assert sent.recipient_count == segments.MAX_MEMBERS
+            [got] = await last.deliveries(1, within=60)
+            assert got.notification.id == sent.notification_id
+            last.cancel()
+            connection = await asyncpg.connect(dsn)
+            try:
+                logs = await connection.fetch(
+                    "SELECT log FROM herald_log_entries"
+                    " WHERE tenant_id = 'acme' AND notification_id = $1",
+                    sent.notification_id,
+                )
+                # A users send's status row names its recipients (0004_status_marks.sql).
+                recipients = await connection.fetchval(
+                    "SELECT user_ids FROM herald_status"
+                    " WHERE tenant_id = 'acme' AND notification_id = $1",
+                    sent.notification_id,
+                )
+            finally:
+                await connection.close()
+            assert sorted(row[0] for row in logs) == sorted(f"user:{m}" for m in members)
+            assert list(recipients) == members
+        finally:
+            await herald.stop()
