@@ -4,6 +4,8 @@ refusal on the split topology on memory stores (docs/segments.md)."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -23,6 +25,7 @@ from tests.conftest import Deploy
 from tests.harness import Herald, to_user
 from tests.production import production_db, start_production
 from tests.streams import Stream
+from tests.test_cli import Cli, _subscribed, _up
 
 pytestmark = pytest.mark.asyncio
 
@@ -211,3 +214,51 @@ async def test_a_100000_member_segment_send_reaches_every_member_s_log_on_postgr
             assert list(recipients) == members
         finally:
             await herald.stop()
+
+
+# -- the CLI ----------------------------------------------------------------------------------
+
+
+@pytest_asyncio.fixture
+async def cli(tmp_path: Path) -> AsyncIterator[Cli]:
+    runner = Cli(tmp_path / "data")
+    try:
+        yield runner
+    finally:
+        await runner.stop()
+
+
+async def test_herald_segments_manages_segments_and_send_targets_one(
+    cli: Cli, tmp_path: Path
+) -> None:
+    address = await _up(cli)
+    env = {"HERALD_ADDRESS": address, "HERALD_TENANT": "acme"}
+    assert "created segment beta" in await cli.run("segments", "create", "beta", **env)
+    users = tmp_path / "users.txt"
+    users.write_text("carol\n\ndave\nalice\n")
+    added = await cli.json("segments", "add", "beta", "alice", "bob", "--file", str(users), **env)
+    assert added == {"added": 4, "memberCount": 4}
+    assert await cli.json("segments", "remove", "beta", "dave", "nobody", **env) == {"removed": 1}
+    [listed] = (await cli.json("segments", "list", **env))["segments"]
+    assert (listed["name"], listed["memberCount"]) == ("beta", 3)
+    assert "beta" in await cli.run("segments", "list", **env)
+    first = await cli.json("segments", "members", "beta", "--page-size", "2", **env)
+    assert first == {"userIds": ["alice", "bob"], "nextPageToken": "bob"}
+    every = await cli.json("segments", "members", "beta", "--page-size", "2", "--all", **env)
+    assert every["userIds"] == ["alice", "bob", "carol"]
+
+    tail = await cli.start("tail", "--user", "carol", "--count", "1", **env)
+    await _subscribed(tail)
+    sent = json.loads(await cli.run("send", "--segment", "beta", "--title", "beta news", **env))
+    assert sent["recipientCount"] == 3
+    assert tail.stdout is not None
+    async with asyncio.timeout(20):
+        line = await tail.stdout.readline()
+    got = json.loads(line)["notification"]
+    assert got["id"] == sent["notificationId"]
+    assert got["target"] == {"segment": "beta"}
+
+    assert "give USER... or --file" in await cli.fail("segments", "add", "beta", **env)
+    assert "deleted segment beta" in await cli.run("segments", "delete", "beta", **env)
+    gone = await cli.fail("segments", "members", "beta", **env)
+    assert gone.startswith("error: NOT_FOUND: ")
