@@ -16,7 +16,7 @@ import pytest
 import pytest_asyncio
 from grpc import aio
 
-from herald.v1 import notification_pb2, registry_pb2, registry_pb2_grpc
+from herald.v1 import ingest_pb2, notification_pb2, registry_pb2, registry_pb2_grpc
 from services import auth
 from services.clock import ManualClock
 from services.config import IngestSettings
@@ -26,6 +26,7 @@ from tests.harness import Herald, to_user
 from tests.production import production_db, start_production
 from tests.streams import Stream
 from tests.test_cli import Cli, _subscribed, _up
+from tests.test_preferences import MUTE_IN_APP, put
 
 pytestmark = pytest.mark.asyncio
 
@@ -132,6 +133,20 @@ async def test_members_added_later_get_nothing_removed_later_keep_it(herald: Her
     assert sorted(r.user_id for r in status.recipients) == ["alice", "bob"]
     erin.cancel()
     bob.cancel()
+
+
+async def test_a_segment_send_skips_the_members_who_muted_its_category(herald: Herald) -> None:
+    await Segments(herald).create("beta", ["alice", "bob"])
+    await put(herald, "alice", MUTE_IN_APP)
+    sent = await herald.backend().send(to_segment("beta", category="marketing"))
+    assert sent.recipient_count == 1
+    status = await herald.backend().status(sent.notification_id)
+    assert {r.user_id: r.state for r in status.recipients} == {
+        "alice": ingest_pb2.DELIVERY_STATE_SUPPRESSED,
+        "bob": ingest_pb2.DELIVERY_STATE_QUEUED,
+    }
+    critical = await herald.backend().send(to_segment("beta", category="marketing", critical=True))
+    assert critical.recipient_count == 2
 
 
 async def test_an_unknown_or_another_tenant_s_segment_is_not_found(herald: Herald) -> None:
