@@ -227,6 +227,8 @@ async def test_a_100000_member_segment_send_reaches_every_member_s_log_on_postgr
                 await connection.close()
             assert sorted(row[0] for row in logs) == sorted(f"user:{m}" for m in members)
             assert list(recipients) == members
+            status = await herald.backend().status(sent.notification_id)
+            assert len(status.recipients) == segments.MAX_MEMBERS
         finally:
             await herald.stop()
 
