@@ -110,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--user", help="one user")
     target.add_argument("--users", help="comma-separated users")
     target.add_argument("--channel", help="a channel")
+    target.add_argument("--segment", help="a segment's members now (`herald segments`)")
     target.add_argument("--broadcast", action="store_true", help="every user of the tenant")
     send.add_argument("--title", default="")
     send.add_argument("--body", default="")
@@ -333,6 +334,8 @@ async def _send(args: argparse.Namespace) -> int:
         notification.target.users.user_ids.extend(u.strip() for u in args.users.split(","))
     elif args.channel is not None:
         notification.target.channel = args.channel
+    elif args.segment is not None:
+        notification.target.segment = args.segment
     else:
         notification.target.broadcast = True
     if args.deliver_at:

@@ -10,7 +10,8 @@
   --unarchive ID | --mark-all-read | --counts]`: StreamService ListInbox, MarkRead,
   UpdateInboxState, MarkAllRead, GetInboxCounts, as that user;
 - `herald tenant get|set|put|reset|list`: RegistryService tenant settings (services/cli_tenant.py);
-- `herald webhooks list|replay|delete`: parked webhook batches (services/webhooks/cli.py).
+- `herald webhooks list|replay|delete`: parked webhook batches (services/webhooks/cli.py);
+- `herald segments create|add|remove|list|members|delete`: segments (services/cli_segments.py).
 
 Each prints text for people, or with `--json` one JSON document (the response message in the
 protobuf JSON mapping, every field present, 64-bit integers as numbers, app data as sent).
@@ -29,14 +30,24 @@ from google.protobuf import json_format, timestamp_pb2
 from google.protobuf.message import Message
 
 from herald.v1 import ingest_pb2, registry_pb2, stream_pb2
-from services import auth, cli_tenant
+from services import auth, cli_segments, cli_tenant
 from services.app_data import restore_notification_json
 from services.cli_connection import CliError, Credentials, client_flags, connect, credentials
 from services.client import HeraldClient
 from services.webhooks import cli as webhooks_cli
 
 COMMANDS = frozenset(
-    {"sessions", "presence", "status", "scheduled", "templates", "inbox", "tenant", "webhooks"}
+    {
+        "sessions",
+        "presence",
+        "status",
+        "scheduled",
+        "templates",
+        "inbox",
+        "tenant",
+        "webhooks",
+        "segments",
+    }
 )
 OPERATOR = "herald-cli"  # the subject of a minted operator token
 
@@ -123,6 +134,7 @@ def add_commands(commands: Any) -> None:
     )
     cli_tenant.add_command(commands)
     webhooks_cli.add_command(commands)
+    cli_segments.add_command(commands)
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -132,6 +144,8 @@ async def run(args: argparse.Namespace) -> int:
         return await cli_tenant.run(args)
     if args.command == "webhooks":
         return await webhooks_cli.run(args)
+    if args.command == "segments":
+        return await cli_segments.run(args)
     who = credentials(args, _scopes(args), None, subject_flag="--token", default_subject=OPERATOR)
     tenant = "" if who.tenant == auth.ANY_TENANT and not args.tenant else who.tenant
     async with connect(args, who.token) as client:

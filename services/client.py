@@ -405,6 +405,85 @@ class HeraldClient:
         )
         return response
 
+    async def create_segment(
+        self, name: str, *, tenant_id: str = "", timeout: float = 10.0
+    ) -> registry_pb2.Segment:
+        """An empty segment (scope tenant:admin; docs/segments.md)."""
+        response: registry_pb2.CreateSegmentResponse = await self._registry.CreateSegment(
+            registry_pb2.CreateSegmentRequest(name=name, tenant_id=tenant_id),
+            metadata=self.metadata(),
+            timeout=timeout,
+        )
+        return response.segment
+
+    async def add_segment_members(
+        self, name: str, user_ids: Iterable[str], *, tenant_id: str = "", timeout: float = 30.0
+    ) -> registry_pb2.AddSegmentMembersResponse:
+        """Adds up to 10,000 users a call; members already in are skipped."""
+        response: registry_pb2.AddSegmentMembersResponse = await self._registry.AddSegmentMembers(
+            registry_pb2.AddSegmentMembersRequest(
+                name=name, user_ids=list(user_ids), tenant_id=tenant_id
+            ),
+            metadata=self.metadata(),
+            timeout=timeout,
+        )
+        return response
+
+    async def remove_segment_members(
+        self, name: str, user_ids: Iterable[str], *, tenant_id: str = "", timeout: float = 30.0
+    ) -> int:
+        """Removes up to 10,000 users a call; returns how many were members."""
+        response: registry_pb2.RemoveSegmentMembersResponse = (
+            await self._registry.RemoveSegmentMembers(
+                registry_pb2.RemoveSegmentMembersRequest(
+                    name=name, user_ids=list(user_ids), tenant_id=tenant_id
+                ),
+                metadata=self.metadata(),
+                timeout=timeout,
+            )
+        )
+        return int(response.removed)
+
+    async def segment_members(
+        self,
+        name: str,
+        *,
+        tenant_id: str = "",
+        page_size: int = 0,
+        page_token: str = "",
+        timeout: float = 30.0,
+    ) -> registry_pb2.ListSegmentMembersResponse:
+        """A page of a segment's members, by user id."""
+        response: registry_pb2.ListSegmentMembersResponse = await self._registry.ListSegmentMembers(
+            registry_pb2.ListSegmentMembersRequest(
+                name=name, page_size=page_size, page_token=page_token, tenant_id=tenant_id
+            ),
+            metadata=self.metadata(),
+            timeout=timeout,
+        )
+        return response
+
+    async def segments(
+        self, *, tenant_id: str = "", timeout: float = 10.0
+    ) -> list[registry_pb2.Segment]:
+        """The tenant's segments by name, with member counts."""
+        response: registry_pb2.ListSegmentsResponse = await self._registry.ListSegments(
+            registry_pb2.ListSegmentsRequest(tenant_id=tenant_id),
+            metadata=self.metadata(),
+            timeout=timeout,
+        )
+        return list(response.segments)
+
+    async def delete_segment(
+        self, name: str, *, tenant_id: str = "", timeout: float = 10.0
+    ) -> None:
+        """Deletes a segment and its members (NOT_FOUND if there is none)."""
+        await self._registry.DeleteSegment(
+            registry_pb2.DeleteSegmentRequest(name=name, tenant_id=tenant_id),
+            metadata=self.metadata(),
+            timeout=timeout,
+        )
+
     async def parked_webhooks(
         self,
         *,

@@ -33,7 +33,7 @@ from services.webhooks import settings as webhook_settings
 
 def target_kind(target: notification_pb2.Target) -> TargetKind | None:
     kind = target.WhichOneof("kind")
-    # None too for a kind this node does not resolve (a segment, which ingest refuses).
+    # None too for a segment: ingest reads its members into a users target (IngestCore).
     return None if kind is None else _KINDS.get(kind)
 
 
@@ -62,6 +62,11 @@ def accepted_from_proto(notification: notification_pb2.Notification, encoded: by
             raise InvalidArgument(f"{name} must be between the years 1 and 9999")
     target = notification.target
     kind = target_kind(target)
+    if kind is None and target.WhichOneof("kind") == "segment":
+        raise InvalidArgument(
+            "a segment send is appended by the ingest node that reads its members; a stream "
+            "node takes user, users, channel and broadcast targets"
+        )
     if kind is None:
         raise InvalidArgument("every notification needs a target")
     if kind is TargetKind.USER:

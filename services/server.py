@@ -423,6 +423,13 @@ async def start_node(
                 push=push_worker,
                 preferences=preferences,
                 scheduled=stores.scheduled,
+                # A segment's members are read here and appended by this node's dispatcher:
+                # handed to a stream node they would not travel with the notification.
+                segments=(
+                    stores.segments
+                    if registry_core is not None and dispatcher is not None
+                    else None
+                ),
             )
             IngestServicer(ingest_core, admission).register(server)
 

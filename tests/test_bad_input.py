@@ -112,12 +112,13 @@ async def test_send_refuses_malformed_notifications(herald_up: Herald, case: str
     assert message in details
 
 
-async def test_a_segment_target_is_refused_with_a_reason_not_unknown(herald_up: Herald) -> None:
+async def test_an_unknown_segment_target_is_not_found_with_a_reason(herald_up: Herald) -> None:
     notification = to_user("x")
     notification.target.segment = "beta-testers"
     code, details = await _status_of(herald_up.backend().send(notification))
-    assert code == grpc.StatusCode.FAILED_PRECONDITION
-    assert "target.segment is not served by this node yet" in details
+    assert code == grpc.StatusCode.NOT_FOUND
+    assert "no segment 'beta-testers'" in details
+    assert "CreateSegment" in details
 
 
 async def test_send_without_a_notification_is_invalid(herald_up: Herald) -> None:

@@ -76,6 +76,13 @@ def _dispatched() -> notification_pb2.Notification:
     return notification
 
 
+def _to_segment(name: str) -> notification_pb2.Notification:
+    # The segment the CreateSegment / AddSegmentMembers seeds make.
+    notification = to_user("x")
+    notification.target.segment = name
+    return notification
+
+
 _CURSORS = [stream_pb2.LogCursor(log="user", cursor=1), stream_pb2.LogCursor(log="channel:news")]
 _SESSION = registry_pb2.Session(
     session_id="s1", tenant_id=NODE_TENANT, user_id="fuzz-bob", node_id="n1", device="d"
@@ -85,7 +92,11 @@ _SESSION = registry_pb2.Session(
 SEEDS: dict[str, Message] = {
     "/herald.v1.IngestService/Send": ingest_pb2.SendRequest(notification=to_user("fuzz-alice")),
     "/herald.v1.IngestService/SendBatch": ingest_pb2.SendBatchRequest(
-        notifications=[to_user("fuzz-alice"), to_user("fuzz-carol", priority=3, category="billing")]
+        notifications=[
+            to_user("fuzz-alice"),
+            to_user("fuzz-carol", priority=3, category="billing"),
+            _to_segment("s"),
+        ]
     ),
     "/herald.v1.IngestService/GetStatus": ingest_pb2.GetStatusRequest(
         notification_id=NOTIFICATION_ID

@@ -8,8 +8,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import replace
+from contextlib import AsyncExitStack
 from pathlib import Path
 
 import grpc
@@ -18,19 +17,17 @@ import pytest_asyncio
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from grpc import aio
-from pydantic import SecretStr
 
 from herald.v1 import registry_pb2
 from services import auth
 from services.clock import ManualClock
-from services.config import BackendSettings, PushSettings
+from services.config import PushSettings
 from services.push.fallback import PushFallbackWorker
 from services.push.webpush import b64url
 from tests.conftest import Deploy
-from tests.harness import Herald, make_config, start_herald, to_user
-from tests.postgres import scratch_database
+from tests.harness import Herald, to_user
+from tests.production import production_db, start_production
 from tests.push_servers import Answer, ScriptedServer, http1_server, http2_server
-from tests.redis_support import REDIS_URL, delete_prefix, new_prefix, redis_client, require_redis
 from tests.streams import Stream
 
 pytestmark = pytest.mark.asyncio
@@ -126,32 +123,6 @@ def push_settings(fcm: ScriptedServer, apns: ScriptedServer) -> PushSettings:
     )
 
 
-@asynccontextmanager
-async def production_db() -> AsyncIterator[tuple[str, str]]:
-    """A fresh database (Herald migrates it) and a Redis key prefix, both the test's own."""
-    await require_redis()
-    prefix = new_prefix()
-    async with scratch_database() as dsn:
-        try:
-            yield dsn, prefix
-        finally:
-            async with redis_client() as client:
-                await delete_prefix(client, prefix)
-
-
-async def start_production(
-    tmp_path: Path, dsn: str, prefix: str, push: PushSettings, clock: ManualClock
-) -> Herald:
-    base = make_config(tmp_path, push=push)
-    config = replace(
-        base,
-        backends=BackendSettings(
-            postgres_dsn=SecretStr(dsn), redis_url=SecretStr(REDIS_URL), redis_prefix=prefix
-        ),
-    )
-    return await start_herald("up", config, clock=clock)
-
-
 # Embedded (memory stores) and the production profile (PostgreSQL and Redis). The split
 # topology on memory stores has no fallback: its ingest node shares no store with the registry
 # (docs/push.md).
@@ -167,7 +138,7 @@ async def setup(
         else:
             dsn, prefix = await stack.enter_async_context(production_db())
             clock = ManualClock()
-            herald = await start_production(tmp_path, dsn, prefix, push, clock)
+            herald = await start_production(tmp_path, dsn, prefix, clock, push=push)
             stack.push_async_callback(herald.stop)
         admin = herald.client("registry", herald.tokens.backend("acme", auth.SCOPE_TENANT_ADMIN))
         await admin.put_tenant_settings(registry_pb2.TenantSettings(push_fallback=fallback(fcm)))
@@ -179,7 +150,7 @@ async def test_a_pending_push_survives_a_restart_on_postgres(tmp_path: Path) -> 
         fcm.defaults["/token"] = Answer.json(200, {"access_token": "ya29.t", "expires_in": 3599})
         push = push_settings(fcm, apns)
         clock = ManualClock()
-        first = await start_production(tmp_path / "a", dsn, prefix, push, clock)
+        first = await start_production(tmp_path / "a", dsn, prefix, clock, push=push)
         try:
             admin = first.client("registry", first.tokens.backend("acme", auth.SCOPE_TENANT_ADMIN))
             await admin.put_tenant_settings(
@@ -191,7 +162,7 @@ async def test_a_pending_push_survives_a_restart_on_postgres(tmp_path: Path) -> 
         finally:
             await first.stop()
         assert fcm.to("/v1/") == []
-        second = await start_production(tmp_path / "b", dsn, prefix, push, clock)
+        second = await start_production(tmp_path / "b", dsn, prefix, clock, push=push)
         try:
             after = Setup(second, clock, fcm, apns)
             assert await after.worker.run_once() == 1

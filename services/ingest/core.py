@@ -31,6 +31,7 @@ from services.model import set_timestamp
 from services.ports import DeliveryPort, TemplatePort
 from services.preferences.gate import PreferenceGate, split
 from services.preferences.store import UserPreferences
+from services.registry.segments import SegmentStore
 from services.tenant_settings_cache import TenantSettingsCache
 
 if TYPE_CHECKING:
@@ -80,7 +81,12 @@ class IngestCore:
         push: PushFallbackWorker | None = None,
         preferences: PreferenceGate | None = None,
         scheduled: ScheduledStore | None = None,
+        segments: SegmentStore | None = None,
     ) -> None:
+        # The segments a send may target (docs/segments.md): None where this node does not
+        # share the registry's stores and hands sends to a stream node (a segment's members
+        # would not travel with the notification), and a segment send is refused.
+        self._segments = segments
         self._tenant_settings = tenant_settings
         # Users' preferences (docs/preferences.md): None, or a tenant without any, costs
         # nothing but a lookup in memory per batch.
@@ -128,6 +134,8 @@ class IngestCore:
                 at = deliver_at_of(notification, now, settings.max_schedule_ahead_s)
                 if at:
                     deliver_at[index] = at
+                if target.segment:
+                    target = await self._members(tenant, target)
                 if notification.HasField("template"):
                     notification = await self._render(tenant, notification)
             except HeraldError as exc:
@@ -251,6 +259,18 @@ class IngestCore:
         return Unavailable(
             "another send with this idempotency key is in progress; retry in a moment"
         )
+
+    async def _members(self, tenant: str, target: ResolvedTarget) -> ResolvedTarget:
+        """A segment target as the users target of its members now: one consistent read, so
+        a user added later gets none of this send and one removed later keeps it."""
+        if self._segments is None:
+            raise FailedPrecondition(
+                "target.segment needs the registry's stores on this node: send segments "
+                "through `herald up` or a node of the production profile (PostgreSQL and "
+                "Redis); the split topology on memory stores does not resolve them"
+            )
+        members = await self._segments.members_at_send(tenant, target.segment)
+        return target._replace(user_ids=tuple(members))
 
     async def _render(
         self, tenant: str, notification: notification_pb2.Notification

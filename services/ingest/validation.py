@@ -16,9 +16,10 @@ from services.bounds import (
 )
 from services.config import IngestSettings
 from services.domain import TargetKind
-from services.errors import FailedPrecondition, InvalidArgument, PermissionDenied
+from services.errors import InvalidArgument, PermissionDenied
 from services.model import target_kind
 from services.preferences.store import check_category
+from services.registry.segments import MAX_NAME_LEN as MAX_SEGMENT_NAME_LEN
 
 MAX_METADATA_ENTRIES = 32
 _PRIORITIES = frozenset(notification_pb2.Priority.values())
@@ -28,9 +29,12 @@ class ResolvedTarget(NamedTuple):
     """Who a valid notification goes to, as read once from its `target`."""
 
     kind: TargetKind
-    # The distinct users of a user or users target, in order; empty for channels and broadcasts.
+    # The distinct users of a user or users target, in order; empty for channels and broadcasts
+    # and, until ingest reads its members (IngestCore), for a segment.
     user_ids: tuple[str, ...]
     channel: str
+    # The segment of a segment target (kind USERS once its members are read), else "".
+    segment: str = ""
 
 
 def validate(
@@ -108,16 +112,14 @@ def _check_size(size: int, settings: IngestSettings) -> None:
 
 def _validate_target(target: notification_pb2.Target, settings: IngestSettings) -> ResolvedTarget:
     if target.WhichOneof("kind") == "segment":
-        # The field is in the protocol; resolving a segment's members at send time is not
-        # wired into ingest yet (services/registry/segments.py holds the store).
-        raise FailedPrecondition(
-            "target.segment is not served by this node yet: send to the segment's members "
-            "with target.users (ListSegmentMembers pages them)"
-        )
+        # Its members are read at send time (IngestCore), up to segments.MAX_MEMBERS, not
+        # bounded by max_users_per_send: it goes to them as a users target would.
+        check_id(target.segment, "target.segment", MAX_SEGMENT_NAME_LEN)
+        return ResolvedTarget(TargetKind.USERS, (), "", target.segment)
     kind = target_kind(target)
     if kind is None:
         raise InvalidArgument(
-            "notification.target is required: set user_id, users, channel or broadcast"
+            "notification.target is required: set user_id, users, channel, segment or broadcast"
         )
     if kind is TargetKind.USER:
         user_id = target.user_id

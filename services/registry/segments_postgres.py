@@ -46,9 +46,8 @@ _PAGE: Final = (
     "SELECT user_id FROM herald_segment_members WHERE tenant_id = $1 AND name = $2"
     " AND user_id > $3 ORDER BY user_id LIMIT $4"
 )
-_ALL: Final = (
-    "SELECT user_id FROM herald_segment_members WHERE tenant_id = $1 AND name = $2 ORDER BY user_id"
-)
+# Members per query of a send's read (all of them in one snapshot, page by page).
+_SEND_PAGE: Final = 10_000
 _LIST: Final = (
     "SELECT name, members, created_at FROM herald_segments WHERE tenant_id = $1 ORDER BY name"
 )
@@ -100,7 +99,14 @@ class PostgresSegmentStore:
         ):
             if await connection.fetchval(_EXISTS, tenant, name) is None:
                 raise SegmentNotFound(tenant, name)
-            return [row[0] for row in await connection.fetch(_ALL, tenant, name)]
+            members: builtins.list[str] = []
+            after = ""
+            while True:
+                page = await connection.fetch(_PAGE, tenant, name, after, _SEND_PAGE)
+                members.extend(row[0] for row in page)
+                if len(page) < _SEND_PAGE:
+                    return members
+                after = page[-1][0]
 
     async def list(self, tenant: str) -> builtins.list[SegmentInfo]:
         rows = await self._pool.fetch(_LIST, tenant)

@@ -36,11 +36,14 @@ from services.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
-# A group commit flushes early once this many notifications wait.
+# A group commit flushes early once this many notifications wait, or once their entries in
+# user logs reach _GROUP_MAX_ENTRIES (a send to a segment of 100,000 members goes at once, and
+# no group grows past one such send plus what waited before it).
 _GROUP_MAX = 2000
 # A group flushed less than this long ago makes the next sends wait the group window; after a
 # quieter spell a send is committed at once (the window would only add latency).
 _BUSY_S = 0.1
+_GROUP_MAX_ENTRIES = 20_000
 # A full log drops its oldest entry on every append: say so in the log at most this often per
 # tenant and kind of log, with the count since the last time (the metric counts every drop).
 _DROP_LOG_INTERVAL_S = 60.0
@@ -79,6 +82,7 @@ class Dispatcher:
         self._flush_handle: asyncio.TimerHandle | None = None
         self._waiting_count = 0
         self._last_flush_at = -math.inf
+        self._waiting_entries = 0
         self._groups: set[asyncio.Task[None]] = set()
 
     @property
@@ -103,7 +107,8 @@ class Dispatcher:
         future: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
         self._waiting.append((notifications, future))
         self._waiting_count += len(notifications)
-        if self._waiting_count >= _GROUP_MAX:
+        self._waiting_entries += sum(len(n.user_ids) for n in notifications)
+        if self._waiting_count >= _GROUP_MAX or self._waiting_entries >= _GROUP_MAX_ENTRIES:
             self._flush()
         elif self._flush_handle is None:
             loop = asyncio.get_running_loop()
@@ -118,6 +123,7 @@ class Dispatcher:
             self._flush_handle.cancel()
             self._flush_handle = None
         waiting, self._waiting, self._waiting_count = self._waiting, [], 0
+        self._waiting_entries = 0
         if waiting:
             self._last_flush_at = asyncio.get_running_loop().time()
             task = asyncio.ensure_future(self._commit_group(waiting))

@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 # An append that deadlocks (two appenders meeting on one notification id, each after locking
 # rows the other needs) is rolled back by the server and run again from the start.
 _APPEND_ATTEMPTS: Final = 3
+# Logs (or entries) per statement: a send to a segment of 100,000 members locks its logs and
+# inserts its entries in statements of this many rows, all in the one transaction.
+_ROWS_PER_STATEMENT: Final = 10_000
 # read_reverse without a bound: above every cursor.
 _NO_BOUND: Final = 2**63 - 1
 
@@ -400,8 +403,10 @@ class PostgresLogStore:
         # Sorted: every appender locks log rows in the same order, so they cannot deadlock.
         logs = sorted(counts)
         plans: dict[str, _Planned] = {}
-        if logs:
-            rows = await connection.fetch(_LOCK_LOGS, tenant, logs, [counts[s] for s in logs])
+        for start in range(0, len(logs), _ROWS_PER_STATEMENT):
+            # In sorted order chunk after chunk: the lock order stays the same.
+            chunk = logs[start : start + _ROWS_PER_STATEMENT]
+            rows = await connection.fetch(_LOCK_LOGS, tenant, chunk, [counts[s] for s in chunk])
             for log, epoch, next_cursor, live in rows:
                 n = counts[log]
                 plans[log] = _Planned(epoch, next_cursor - n, live - n, live - n)
@@ -445,36 +450,41 @@ class PostgresLogStore:
             unique: dict[str, Entry] = {}
             for _, entry in kept:
                 unique.setdefault(entry.notification_id, entry)
-            notifications = unique.values()
-            await connection.execute(
-                _INSERT,
-                tenant,
-                [e.notification_id for e in notifications],
-                [e.priority for e in notifications],
-                [e.created_at for e in notifications],
-                [e.expires_at for e in notifications],
-                [e.notification_field for e in notifications],
-                [log for log, _ in kept],
-                [e.cursor for _, e in kept],
-                [e.notification_id for _, e in kept],
-                [e.expires_at for _, e in kept],
-                [e.trace_context for e in notifications],
-            )
+            notifications: Sequence[Entry] = list(unique.values())
+            for start in range(0, len(kept), _ROWS_PER_STATEMENT):
+                batch = kept[start : start + _ROWS_PER_STATEMENT]
+                await connection.execute(
+                    _INSERT,
+                    tenant,
+                    [e.notification_id for e in notifications],
+                    [e.priority for e in notifications],
+                    [e.created_at for e in notifications],
+                    [e.expires_at for e in notifications],
+                    [e.notification_field for e in notifications],
+                    [log for log, _ in batch],
+                    [e.cursor for _, e in batch],
+                    [e.notification_id for _, e in batch],
+                    [e.expires_at for _, e in batch],
+                    [e.trace_context for e in notifications],
+                )
+                # The notifications go with the first statement, their entries with every one.
+                notifications = ()
         dropping = [log for log, plan in plans.items() if plan.dropping]
         dropped: dict[str, list[Entry]] = {log: [] for log in dropping}
-        if dropping:
+        for start in range(0, len(dropping), _ROWS_PER_STATEMENT):
+            chunk = dropping[start : start + _ROWS_PER_STATEMENT]
             rows = await connection.fetch(
                 _DROP_OLDEST,
                 tenant,
-                dropping,
-                [plans[log].from_stored for log in dropping],
-                [plans[log].dropping - plans[log].from_stored for log in dropping],
+                chunk,
+                [plans[log].from_stored for log in chunk],
+                [plans[log].dropping - plans[log].from_stored for log in chunk],
             )
             for row in rows:
                 dropped[row[0]].append(_entry(row, 1))
-            for log in dropping:
-                plan = plans[log]
-                dropped[log].extend(plan.appended[: plan.dropping - plan.from_stored])
+        for log in dropping:
+            plan = plans[log]
+            dropped[log].extend(plan.appended[: plan.dropping - plan.from_stored])
         return dropped
 
     async def read(self, tenant: str, key: LogKey, after: int, limit: int) -> list[Entry]:
@@ -542,7 +552,11 @@ class PostgresLogStore:
 
 def _one_statement(appends: Sequence[LogAppend]) -> bool:
     """An append can be one statement when each log appears once, with entries, and no more
-    than its bound (otherwise some of them would be pushed out at once: `_append` handles it)."""
+    than its bound (otherwise some of them would be pushed out at once: `_append` handles it),
+    and when it reaches at most `_ROWS_PER_STATEMENT` logs (a send to a large segment goes in
+    statements of that many rows, in one transaction)."""
+    if len(appends) > _ROWS_PER_STATEMENT:
+        return False
     seen: set[str] = set()
     for key, items, limit in appends:
         if not items or len(items) > limit or key.stored in seen:
