@@ -50,8 +50,12 @@ buf-lint: install
 	$(BIN)/buf lint
 	PATH="$(CURDIR)/$(BIN):$$PATH" scripts/buf-breaking.sh
 
+# Two workers (pytest-xdist): the suite waits on sockets, servers and subprocesses more than it
+# computes, so two halve its time on two cores. PYTEST_WORKERS=0 runs it in one process.
+PYTEST_WORKERS ?= 2
+
 pytest: install web-install browser
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(PYTEST_WORKERS)
 
 # The web client's type check and unit tests (vitest).
 web-test: web-install

@@ -330,6 +330,9 @@ async def _up(cli: Cli, port: int = 0) -> str:
     return address
 
 
+# About 20 CLI processes, each importing grpc, protobuf and pydantic: 15 s on a quiet machine,
+# near a minute on a loaded one.
+@pytest.mark.timeout(180)
 async def test_operator_commands_sessions_presence_status_templates_inbox(cli: Cli) -> None:
     address = await _up(cli)
     env = {"HERALD_ADDRESS": address, "HERALD_TENANT": "acme"}
