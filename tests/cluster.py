@@ -1,4 +1,8 @@
-"""Herald as separate processes on shared PostgreSQL and Redis: start, kill -9, restart."""
+"""Herald as separate processes on shared PostgreSQL and Redis: start, kill -9, restart.
+
+`shared_cluster` is the usual fixture body: a Cluster on the shared servers, on a scratch
+database and a fresh Redis key prefix, both gone afterwards.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,8 @@ import secrets
 import signal
 import socket
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +25,8 @@ from services import auth
 from services.client import HeraldClient
 from services.config import AuthSettings
 from tests.harness import Tokens
+from tests.postgres import scratch_database
+from tests.redis_support import REDIS_URL, delete_prefix, new_prefix, redis_client, require_redis
 
 HERALD = [sys.executable, "-m", "services"]
 SERVICE_OF_ROLE = {
@@ -160,3 +168,21 @@ class Cluster:
                         await member.proc.wait()
                 except TimeoutError:
                     await self.kill(member)
+
+
+@asynccontextmanager
+async def shared_cluster(
+    tmp_path: Path, extra_env: dict[str, str] | None = None
+) -> AsyncIterator[Cluster]:
+    """A Cluster on the shared PostgreSQL (a scratch database) and Redis (a fresh key prefix);
+    its processes are stopped and its keys deleted afterwards."""
+    await require_redis()
+    prefix = new_prefix()
+    async with scratch_database() as dsn:
+        cluster = Cluster(tmp_path / "data", dsn, REDIS_URL, prefix, extra_env=extra_env or {})
+        try:
+            yield cluster
+        finally:
+            await cluster.stop()
+            async with redis_client() as client:
+                await delete_prefix(client, prefix)

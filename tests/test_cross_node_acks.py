@@ -12,9 +12,7 @@ import pytest
 import pytest_asyncio
 
 from herald.v1 import notification_pb2
-from tests.cluster import Cluster
-from tests.postgres import scratch_database
-from tests.redis_support import REDIS_URL, delete_prefix, new_prefix, redis_client, require_redis
+from tests.cluster import Cluster, shared_cluster
 from tests.streams import Stream
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.slow]
@@ -24,25 +22,14 @@ ACK_TIMEOUT_S = 1.0
 
 @pytest_asyncio.fixture
 async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
-    await require_redis()
-    prefix = new_prefix().replace("herald-test:", "herald-test-cross-acks:")
-    async with scratch_database() as dsn:
-        deployment = Cluster(
-            tmp_path / "data",
-            dsn,
-            REDIS_URL,
-            prefix,
-            extra_env={
-                "HERALD_DELIVERY_ACK_TIMEOUT_S": str(ACK_TIMEOUT_S),
-                "HERALD_DELIVERY_CATCHUP_INTERVAL_S": "1",
-            },
-        )
-        try:
-            yield deployment
-        finally:
-            await deployment.stop()
-            async with redis_client() as client:
-                await delete_prefix(client, prefix)
+    async with shared_cluster(
+        tmp_path,
+        extra_env={
+            "HERALD_DELIVERY_ACK_TIMEOUT_S": str(ACK_TIMEOUT_S),
+            "HERALD_DELIVERY_CATCHUP_INTERVAL_S": "1",
+        },
+    ) as deployment:
+        yield deployment
 
 
 def to_bob(title: str) -> notification_pb2.Notification:

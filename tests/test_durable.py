@@ -13,9 +13,7 @@ import pytest_asyncio
 
 from herald.v1 import ingest_pb2, notification_pb2, registry_pb2, registry_pb2_grpc
 from services import auth
-from tests.cluster import Cluster
-from tests.postgres import scratch_database
-from tests.redis_support import REDIS_URL, delete_prefix, new_prefix, redis_client, require_redis
+from tests.cluster import Cluster, shared_cluster
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.slow]
 
@@ -25,16 +23,8 @@ PER_USER = 100
 
 @pytest_asyncio.fixture
 async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
-    await require_redis()
-    prefix = new_prefix().replace("herald-test:", "herald-test-cluster:")
-    async with scratch_database() as dsn:
-        deployment = Cluster(tmp_path / "data", dsn, REDIS_URL, prefix)
-        try:
-            yield deployment
-        finally:
-            await deployment.stop()
-            async with redis_client() as client:
-                await delete_prefix(client, prefix)
+    async with shared_cluster(tmp_path) as deployment:
+        yield deployment
 
 
 def to(user: str, title: str, key: str = "") -> notification_pb2.Notification:

@@ -11,10 +11,8 @@ import pytest
 import pytest_asyncio
 
 from herald.v1 import stream_pb2
-from tests.cluster import Cluster
+from tests.cluster import Cluster, shared_cluster
 from tests.harness import to_user
-from tests.postgres import scratch_database
-from tests.redis_support import REDIS_URL, delete_prefix, new_prefix, redis_client, require_redis
 from tests.streams import Stream
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.slow]
@@ -22,16 +20,8 @@ pytestmark = [pytest.mark.asyncio, pytest.mark.slow]
 
 @pytest_asyncio.fixture
 async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
-    await require_redis()
-    prefix = new_prefix().replace("herald-test:", "herald-test-inbox:")
-    async with scratch_database() as dsn:
-        deployment = Cluster(tmp_path / "data", dsn, REDIS_URL, prefix)
-        try:
-            yield deployment
-        finally:
-            await deployment.stop()
-            async with redis_client() as client:
-                await delete_prefix(client, prefix)
+    async with shared_cluster(tmp_path) as deployment:
+        yield deployment
 
 
 async def test_a_change_through_one_node_reaches_the_session_on_the_other(

@@ -22,16 +22,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from herald.v1 import notification_pb2
 from services.client import HeraldClient
-from tests.cluster import Cluster, Member, free_port
+from tests.cluster import Cluster, Member, free_port, shared_cluster
 from tests.harness import to_user
 from tests.metrics_support import Scraper, until
 from tests.postgres import scratch_database
 from tests.redis_support import (
-    REDIS_URL,
-    delete_prefix,
-    new_prefix,
-    redis_client,
-    require_redis,
     throwaway_redis,
 )
 from tests.streams import Stream
@@ -108,16 +103,8 @@ async def start_node(cluster: Cluster, tenants: str = "acme") -> tuple[Member, S
 
 @pytest_asyncio.fixture
 async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
-    await require_redis()
-    prefix = new_prefix()
-    async with scratch_database() as dsn:
-        deployment = Cluster(tmp_path / "data", dsn, REDIS_URL, prefix)
-        try:
-            yield deployment
-        finally:
-            await deployment.stop()
-            async with redis_client() as client:
-                await delete_prefix(client, prefix)
+    async with shared_cluster(tmp_path) as deployment:
+        yield deployment
 
 
 async def test_every_metric_the_dashboard_queries_is_exported(cluster: Cluster) -> None:

@@ -12,14 +12,9 @@ import pytest_asyncio
 from grpc import aio
 
 from herald.v1 import notification_pb2, stream_pb2
-from tests.cluster import Cluster
+from tests.cluster import Cluster, shared_cluster
 from tests.postgres import scratch_database
 from tests.redis_support import (
-    REDIS_URL,
-    delete_prefix,
-    new_prefix,
-    redis_client,
-    require_redis,
     throwaway_redis,
 )
 from tests.test_outages import FAST_BREAKER, NOT_SERVING, until_health
@@ -42,16 +37,8 @@ def to_alice(title: str) -> notification_pb2.Notification:
 
 @pytest_asyncio.fixture
 async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
-    await require_redis()
-    prefix = new_prefix()
-    async with scratch_database() as dsn:
-        deployment = Cluster(tmp_path / "data", dsn, REDIS_URL, prefix, extra_env=TINY_SEND_BUDGET)
-        try:
-            yield deployment
-        finally:
-            await deployment.stop()
-            async with redis_client() as client:
-                await delete_prefix(client, prefix)
+    async with shared_cluster(tmp_path, extra_env=TINY_SEND_BUDGET) as deployment:
+        yield deployment
 
 
 async def test_two_nodes_share_one_tenant_budget(cluster: Cluster) -> None:

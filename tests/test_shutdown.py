@@ -16,10 +16,8 @@ from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from herald.v1 import ingest_pb2, stream_pb2
-from tests.cluster import Cluster
+from tests.cluster import Cluster, shared_cluster
 from tests.harness import to_user
-from tests.postgres import scratch_database
-from tests.redis_support import REDIS_URL, delete_prefix, new_prefix, redis_client, require_redis
 from tests.streams import Stream
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.slow]
@@ -31,22 +29,10 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 @pytest_asyncio.fixture
 async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
-    await require_redis()
-    prefix = new_prefix().replace("herald-test:", "herald-test-shutdown:")
-    async with scratch_database() as dsn:
-        deployment = Cluster(
-            tmp_path / "data",
-            dsn,
-            REDIS_URL,
-            prefix,
-            extra_env={"HERALD_SHUTDOWN_GRACE_S": str(GRACE_S)},
-        )
-        try:
-            yield deployment
-        finally:
-            await deployment.stop()
-            async with redis_client() as client:
-                await delete_prefix(client, prefix)
+    async with shared_cluster(
+        tmp_path, extra_env={"HERALD_SHUTDOWN_GRACE_S": str(GRACE_S)}
+    ) as deployment:
+        yield deployment
 
 
 async def test_sigterm_with_open_streams_exits_well_within_the_grace_period(

@@ -16,9 +16,7 @@ from grpc import aio
 from herald.v1 import notification_pb2, registry_pb2
 from services import auth
 from services.client import HeraldClient
-from tests.cluster import Cluster, Member
-from tests.postgres import scratch_database
-from tests.redis_support import REDIS_URL, delete_prefix, new_prefix, redis_client, require_redis
+from tests.cluster import Cluster, Member, shared_cluster
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.slow]
 
@@ -34,22 +32,10 @@ def to_alice(title: str) -> notification_pb2.Notification:
 
 @pytest_asyncio.fixture
 async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
-    await require_redis()
-    prefix = new_prefix()
-    async with scratch_database() as dsn:
-        deployment = Cluster(
-            tmp_path / "data",
-            dsn,
-            REDIS_URL,
-            prefix,
-            extra_env={"HERALD_REGISTRY_TENANT_SETTINGS_TTL_S": str(TTL_S)},
-        )
-        try:
-            yield deployment
-        finally:
-            await deployment.stop()
-            async with redis_client() as client:
-                await delete_prefix(client, prefix)
+    async with shared_cluster(
+        tmp_path, extra_env={"HERALD_REGISTRY_TENANT_SETTINGS_TTL_S": str(TTL_S)}
+    ) as deployment:
+        yield deployment
 
 
 def admin(cluster: Cluster, member: Member) -> HeraldClient:

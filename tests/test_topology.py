@@ -18,9 +18,7 @@ from grpc import aio
 from herald.v1 import notification_pb2, registry_pb2, registry_pb2_grpc
 from services import auth
 from services.client import CHANNEL_OPTIONS, HeraldClient, Subscription
-from tests.cluster import Cluster, Member
-from tests.postgres import scratch_database
-from tests.redis_support import REDIS_URL, delete_prefix, new_prefix, redis_client, require_redis
+from tests.cluster import Cluster, Member, shared_cluster
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.slow]
 
@@ -31,26 +29,15 @@ LEASE_S = 3
 
 @pytest_asyncio.fixture
 async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
-    await require_redis()
-    prefix = new_prefix().replace("herald-test:", "herald-test-topology:")
-    async with scratch_database() as dsn:
-        deployment = Cluster(
-            tmp_path / "data",
-            dsn,
-            REDIS_URL,
-            prefix,
-            extra_env={
-                "HERALD_REGISTRY_SESSION_LEASE_S": str(LEASE_S),
-                "HERALD_DELIVERY_LEASE_REFRESH_S": "1",
-                "HERALD_DELIVERY_CATCHUP_INTERVAL_S": "1",
-            },
-        )
-        try:
-            yield deployment
-        finally:
-            await deployment.stop()
-            async with redis_client() as client:
-                await delete_prefix(client, prefix)
+    async with shared_cluster(
+        tmp_path,
+        extra_env={
+            "HERALD_REGISTRY_SESSION_LEASE_S": str(LEASE_S),
+            "HERALD_DELIVERY_LEASE_REFRESH_S": "1",
+            "HERALD_DELIVERY_CATCHUP_INTERVAL_S": "1",
+        },
+    ) as deployment:
+        yield deployment
 
 
 @dataclass
@@ -98,6 +85,8 @@ async def read(cluster: Cluster, reader: Reader, nodes: list[Member], stop: asyn
         await asyncio.sleep(0.05)
 
 
+# Several Herald processes started, killed and restarted: 20-35 s, more on a loaded machine.
+@pytest.mark.timeout(180)
 async def test_a_killed_stream_node_loses_nothing(cluster: Cluster) -> None:
     registry = await cluster.start("registry", "registry")
     ingests = [await cluster.start("ingest", f"ingest-{i}") for i in range(2)]
@@ -217,6 +206,8 @@ async def test_stream_workers_share_one_port_over_the_shared_stores(cluster: Clu
         await iterator.aclose()  # type: ignore[attr-defined]
 
 
+# Several Herald processes started, killed and restarted: 20-35 s, more on a loaded machine.
+@pytest.mark.timeout(180)
 async def test_a_rolling_restart_of_every_stream_node_under_load_loses_nothing(
     cluster: Cluster,
 ) -> None:

@@ -12,26 +12,16 @@ import pytest_asyncio
 
 from herald.v1 import ingest_pb2
 from services.client_websocket import WebSocketSubscription
-from tests.cluster import Cluster, Member, free_port
+from tests.cluster import Cluster, Member, free_port, shared_cluster
 from tests.harness import to_user
-from tests.postgres import scratch_database
-from tests.redis_support import REDIS_URL, delete_prefix, new_prefix, redis_client, require_redis
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.slow]
 
 
 @pytest_asyncio.fixture
 async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
-    await require_redis()
-    prefix = new_prefix().replace("herald-test:", "herald-test-websocket:")
-    async with scratch_database() as dsn:
-        deployment = Cluster(tmp_path / "data", dsn, REDIS_URL, prefix)
-        try:
-            yield deployment
-        finally:
-            await deployment.stop()
-            async with redis_client() as client:
-                await delete_prefix(client, prefix)
+    async with shared_cluster(tmp_path) as deployment:
+        yield deployment
 
 
 async def start_with_websocket(cluster: Cluster, name: str) -> tuple[Member, str]:
