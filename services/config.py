@@ -424,6 +424,7 @@ class PushSettings(BaseSettings):
     retry_delay_max_s: float = Field(default=30.0, gt=0)
     # The providers' addresses; only tests and proxies change them.
     fcm_base_url: str = "https://fcm.googleapis.com"
+    # Empty: Google's (https://oauth2.googleapis.com/token); a tenant's key file never chooses.
     fcm_token_url: str = ""
     apns_base_url: str = ""
     apns_cleartext_h2: bool = False

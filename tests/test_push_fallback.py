@@ -53,7 +53,7 @@ def service_account(server: ScriptedServer) -> str:
             "private_key_id": "k1",
             "private_key": pem(RSA_KEY),
             "client_email": "herald@acme-app.iam.gserviceaccount.com",
-            "token_uri": f"{server.url}/token",
+            "token_uri": "https://oauth2.googleapis.com/token",
         }
     )
 
@@ -115,6 +115,7 @@ def push_settings(fcm: ScriptedServer, apns: ScriptedServer) -> PushSettings:
     return PushSettings(
         worker=False,
         fcm_base_url=fcm.url,
+        fcm_token_url=f"{fcm.url}/token",
         apns_base_url=apns.url,
         apns_cleartext_h2=True,
         webpush_allow_http=True,
@@ -410,3 +411,31 @@ async def test_registration_is_checked_and_isolated(setup: Setup) -> None:
         metadata=metadata,
     )
     assert await setup.targets("alice") == []
+
+
+async def test_a_service_account_cannot_choose_where_its_assertion_is_posted(
+    setup: Setup,
+) -> None:
+    # A tenant admin's key file naming another token endpoint (an internal address, a host of
+    # theirs) would make the node post signed assertions there: refused, nothing stored.
+    admin = setup.herald.client(
+        "registry", setup.herald.tokens.backend("acme", auth.SCOPE_TENANT_ADMIN)
+    )
+    before = (await admin.tenant_settings()).settings
+    settings = fallback(setup.fcm)
+    account = json.loads(settings.fcm.service_account_json)
+    account["token_uri"] = "http://169.254.169.254/computeMetadata/v1/token"
+    settings.fcm.service_account_json = json.dumps(account)
+    error = await refused(
+        admin.put_tenant_settings(registry_pb2.TenantSettings(push_fallback=settings))
+    )
+    assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "token_uri must be https://oauth2.googleapis.com/token" in (error.details() or "")
+    assert "169.254" not in (error.details() or "")
+    assert (await admin.tenant_settings()).settings == before
+    # The token exchange went to the node's configured endpoint, never the key file's.
+    await setup.register("bob", fcm_target("fcm-bob"))
+    await setup.send("bob")
+    await setup.worker.run_once()
+    assert [p["token"] for p in setup.pushes()] == ["fcm-bob"]
+    assert setup.fcm.to("/token")

@@ -73,12 +73,12 @@ def fcm(server: ScriptedServer) -> FcmProvider:
         "private_key_id": "key-1",
         "private_key": pem(RSA_KEY),
         "client_email": "herald@acme-app.iam.gserviceaccount.com",
-        "token_uri": f"{server.url}/token",
+        "token_uri": "https://oauth2.googleapis.com/token",
     }
     server.defaults["/token"] = Answer.json(
         200, {"access_token": "ya29.access", "expires_in": 3599, "token_type": "Bearer"}
     )
-    return FcmProvider("acme-app", account, base_url=server.url)
+    return FcmProvider("acme-app", account, base_url=server.url, token_url=f"{server.url}/token")
 
 
 async def test_fcm_sends_as_documented(http1: ScriptedServer) -> None:
@@ -100,7 +100,7 @@ async def test_fcm_sends_as_documented(http1: ScriptedServer) -> None:
         form["assertion"],
         RSA_KEY.public_key(),
         algorithms=["RS256"],
-        audience=f"{http1.url}/token",
+        audience="https://oauth2.googleapis.com/token",
     )
     assert claims["iss"] == "herald@acme-app.iam.gserviceaccount.com"
     assert claims["scope"] == "https://www.googleapis.com/auth/firebase.messaging"

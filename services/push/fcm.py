@@ -13,6 +13,11 @@ from services.push.provider import Outcome, PushMessage, PushResult, classify, r
 from services.push.targets import PushTargetRecord
 
 FCM_BASE_URL: Final = "https://fcm.googleapis.com"
+# Google's OAuth2 token endpoint: the assertion's audience, and where it is posted unless the
+# operator names a proxy (HERALD_PUSH_FCM_TOKEN_URL). A service account's own `token_uri` is
+# never followed: tenant settings come from tenant admins, and a URL of theirs would make the
+# node post signed assertions to any address it can reach.
+GOOGLE_OAUTH_URL: Final = "https://oauth2.googleapis.com/token"
 _SCOPE: Final = "https://www.googleapis.com/auth/firebase.messaging"
 _GRANT: Final = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 # FCM's error codes that mean the token is dead: remove the target.
@@ -36,9 +41,7 @@ class FcmProvider:
         self._email = str(service_account["client_email"])
         self._key = str(service_account["private_key"])
         self._key_id = str(service_account.get("private_key_id", ""))
-        self._token_url = token_url or str(
-            service_account.get("token_uri", "https://oauth2.googleapis.com/token")
-        )
+        self._token_url = token_url or GOOGLE_OAUTH_URL
         self._base_url = base_url.rstrip("/")
         self._client = client or httpx.AsyncClient(timeout=10.0)
         self._access_token = ""
@@ -52,7 +55,7 @@ class FcmProvider:
             {
                 "iss": self._email,
                 "scope": _SCOPE,
-                "aud": self._token_url,
+                "aud": GOOGLE_OAUTH_URL,
                 "iat": int(now),
                 "exp": int(now) + 3600,
             },

@@ -20,7 +20,7 @@ class ProviderEndpoints:
     """Where the providers are (the real ones by default; tests point them at local servers)."""
 
     fcm_base_url: str = FCM_BASE_URL
-    # Empty: the service account's token_uri.
+    # Empty: Google's token endpoint (never the service account's token_uri: services/push/fcm.py).
     fcm_token_url: str = ""
     # Empty: Apple's production or sandbox host, as the tenant's settings say.
     apns_base_url: str = ""

@@ -27,6 +27,7 @@ from services.domain import (
     TenantSettingsRecord,
 )
 from services.errors import Aborted, InvalidArgument
+from services.push.fcm import GOOGLE_OAUTH_URL
 from services.webhooks import settings as webhook_settings
 
 MAX_RATE: Final = 1_000_000.0
@@ -196,6 +197,12 @@ def check_push_fallback(push: PushFallback) -> None:
                 "push_fallback.fcm.service_account_json needs client_email and private_key"
             )
         _check_key(account["private_key"], "push_fallback.fcm.service_account_json private_key")
+        if account.get("token_uri", GOOGLE_OAUTH_URL) != GOOGLE_OAUTH_URL:
+            raise InvalidArgument(
+                "push_fallback.fcm.service_account_json token_uri must be "
+                f"{GOOGLE_OAUTH_URL} (as Google issues key files); Herald posts the "
+                "assertion only there, or to the operator's HERALD_PUSH_FCM_TOKEN_URL"
+            )
         if not push.fcm_project_id:
             raise InvalidArgument("push_fallback.fcm.project_id is required with a service account")
     if push.apns_private_key_p8:
