@@ -430,6 +430,9 @@ class PushSettings(BaseSettings):
     apns_cleartext_h2: bool = False
     # Web Push endpoints over plain http accepted at registration (local test servers only).
     webpush_allow_http: bool = False
+    # Web Push endpoints on loopback or private addresses, at registration and at send: off, a
+    # user cannot make the node call an internal address (services/push/public_hosts.py).
+    webpush_allow_private: bool = False
     # Off: pending pushes are stored but handled only by `PushFallbackWorker.run_once` (tests).
     worker: bool = True
 

@@ -306,6 +306,7 @@ async def start_node(
                 stores.push_targets,
                 clock,
                 allow_http_endpoints=config.push.webpush_allow_http,
+                allow_private_endpoints=config.push.webpush_allow_private,
             )
             registry_pb2_grpc.add_RegistryServiceServicer_to_server(
                 RegistryServicer(
@@ -569,6 +570,7 @@ def _push_worker(
                 fcm_token_url=settings.fcm_token_url,
                 apns_base_url=settings.apns_base_url,
                 apns_cleartext_h2=settings.apns_cleartext_h2,
+                webpush_allow_private=settings.webpush_allow_private,
             )
         ),
         settings_for=tenant_settings.get,

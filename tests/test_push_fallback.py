@@ -119,6 +119,7 @@ def push_settings(fcm: ScriptedServer, apns: ScriptedServer) -> PushSettings:
         apns_base_url=apns.url,
         apns_cleartext_h2=True,
         webpush_allow_http=True,
+        webpush_allow_private=True,
         retry_delay_s=0.01,
         retry_delay_max_s=0.05,
     )
@@ -439,3 +440,45 @@ async def test_a_service_account_cannot_choose_where_its_assertion_is_posted(
     await setup.worker.run_once()
     assert [p["token"] for p in setup.pushes()] == ["fcm-bob"]
     assert setup.fcm.to("/token")
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "https://127.0.0.1/push/x",
+        "https://10.0.0.5/push/x",
+        "https://169.254.169.254/latest/meta-data",
+        "https://[::1]/push/x",
+        "https://[::ffff:192.168.1.1]/push/x",
+        "https://localhost/push/x",
+        "https://metadata.google.internal/computeMetadata/v1/",
+        "https://printer.local/x",
+        "https://intranet/x",
+    ],
+)
+async def test_a_user_cannot_register_a_web_push_endpoint_inside_the_network(
+    deploy: Deploy, endpoint: str
+) -> None:
+    # A user token registers endpoints and the push worker posts to them from inside the
+    # operator's network: only public push services are accepted (services/push/public_hosts.py).
+    herald, _ = await deploy("up", push=PushSettings(worker=False))
+    stub, metadata = herald.registry_stub(herald.tokens.user("acme", "alice"))
+    ua_public = UA_KEY.public_key().public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+    )
+
+    def register(url: str) -> object:
+        return stub.RegisterPushTarget(  # type: ignore[attr-defined]
+            registry_pb2.RegisterPushTargetRequest(
+                kind=registry_pb2.PUSH_KIND_WEBPUSH,
+                web_push=registry_pb2.WebPushSubscription(
+                    endpoint=url, p256dh=b64url(ua_public), auth=b64url(os.urandom(16))
+                ),
+            ),
+            metadata=metadata,
+        )
+
+    error = await refused(register(endpoint))
+    assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "public internet" in (error.details() or "")
+    await register("https://fcm.googleapis.com/fcm/send/abc:def")

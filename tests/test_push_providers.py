@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from services.push.apns import ApnsProvider
 from services.push.fcm import FcmProvider
 from services.push.provider import Outcome, PushMessage
+from services.push.public_hosts import NotPublic, check_host
 from services.push.targets import PushKind, PushTargetRecord, target_id
 from services.push.webpush import WebPushProvider, b64url, b64url_decode
 from tests.push_servers import Answer, ScriptedServer, http1_server, http2_server
@@ -268,7 +269,9 @@ def subscription(server: ScriptedServer) -> PushTargetRecord:
 
 
 def webpush() -> WebPushProvider:
-    return WebPushProvider(vapid_private_key=pem(VAPID_KEY), subject="mailto:ops@acme.example")
+    return WebPushProvider(
+        vapid_private_key=pem(VAPID_KEY), subject="mailto:ops@acme.example", allow_private=True
+    )
 
 
 async def test_webpush_sends_as_documented(http1: ScriptedServer) -> None:
@@ -331,3 +334,49 @@ async def test_webpush_error_answers(http1: ScriptedServer, status: int, outcome
     finally:
         await provider.aclose()
     assert (result.outcome, result.status) == (outcome, status)
+
+
+async def test_webpush_never_posts_to_an_endpoint_that_is_not_public(
+    http1: ScriptedServer,
+) -> None:
+    # A target stored before the check (or with allow_private on at the time) whose endpoint
+    # resolves to loopback: nothing is posted, and the target is removed as a dead one.
+    http1.defaults["/push/"] = Answer(201)
+    provider = WebPushProvider(vapid_private_key=pem(VAPID_KEY), subject="mailto:ops@acme.example")
+    try:
+        result = await provider.send(subscription(http1), MESSAGE)
+    finally:
+        await provider.aclose()
+    assert result.outcome is Outcome.GONE
+    assert "public" in result.reason
+    assert http1.requests == []
+
+
+@pytest.mark.parametrize(
+    ("host", "public"),
+    [
+        ("fcm.googleapis.com", True),
+        ("updates.push.services.mozilla.com.", True),
+        ("8.8.8.8", True),
+        ("[2001:4860:4860::8888]", True),
+        ("127.0.0.1", False),
+        ("0.0.0.0", False),
+        ("100.64.1.1", False),
+        ("192.168.0.1", False),
+        ("fd00::1", False),
+        ("fe80::1%eth0", False),
+        ("[::ffff:10.1.1.1]", False),
+        ("224.0.0.1", False),
+        ("LOCALHOST", False),
+        ("api.localhost", False),
+        ("svc.cluster.internal", False),
+        ("intranet", False),
+        ("", False),
+    ],
+)
+async def test_public_hosts_are_told_from_internal_ones(host: str, public: bool) -> None:
+    if public:
+        check_host(host)
+    else:
+        with pytest.raises(NotPublic):
+            check_host(host)

@@ -26,6 +26,8 @@ class ProviderEndpoints:
     apns_base_url: str = ""
     # HTTP/2 without TLS (prior knowledge), for a local APNs stand-in only.
     apns_cleartext_h2: bool = False
+    # Web Push endpoints on loopback or private addresses (local test servers only).
+    webpush_allow_private: bool = False
 
 
 class ProviderSet:
@@ -68,7 +70,11 @@ class ProviderSet:
                 else None,
             )
         if kind is PushKind.WEBPUSH and s.vapid_private_key:
-            return WebPushProvider(vapid_private_key=s.vapid_private_key, subject=s.vapid_subject)
+            return WebPushProvider(
+                vapid_private_key=s.vapid_private_key,
+                subject=s.vapid_subject,
+                allow_private=e.webpush_allow_private,
+            )
         return None
 
     async def aclose(self) -> None:

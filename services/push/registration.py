@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 from services.bounds import MAX_ID_LEN, check_id, check_length
 from services.clock import Clock
 from services.errors import InvalidArgument, NotFound, ResourceExhausted
+from services.push.public_hosts import NotPublic, check_host
 from services.push.targets import PushKind, PushTargetRecord, PushTargetStore, target_id
 from services.push.webpush import b64url_decode
 
@@ -21,12 +22,19 @@ _FCM_TOKEN: Final = re.compile(r"[\x21-\x7e]+")
 
 class PushRegistration:
     def __init__(
-        self, store: PushTargetStore, clock: Clock, *, allow_http_endpoints: bool = False
+        self,
+        store: PushTargetStore,
+        clock: Clock,
+        *,
+        allow_http_endpoints: bool = False,
+        allow_private_endpoints: bool = False,
     ) -> None:
         self._store = store
         self._clock = clock
         # Web Push endpoints over plain http (tests' local servers only).
         self._allow_http = allow_http_endpoints
+        # Web Push endpoints on loopback or private addresses (services/push/public_hosts.py).
+        self._allow_private = allow_private_endpoints
 
     async def register(
         self,
@@ -98,6 +106,14 @@ class PushRegistration:
             raise InvalidArgument(
                 "web_push.endpoint must be the subscription's https URL (PushSubscription.endpoint)"
             )
+        if not self._allow_private:
+            try:
+                check_host(parts.hostname or "")
+            except NotPublic:
+                raise InvalidArgument(
+                    "web_push.endpoint must be a push service on the public internet "
+                    "(PushSubscription.endpoint), not a local or private address"
+                ) from None
         try:
             key = b64url_decode(p256dh)
             secret = b64url_decode(auth)

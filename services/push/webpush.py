@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from services.push.provider import Outcome, PushMessage, PushResult, classify, retry_after
+from services.push.public_hosts import NotPublic, check_resolves_public
 from services.push.targets import PushTargetRecord
 
 _VAPID_LIFETIME_S: Final = 12 * 3600
@@ -46,7 +47,11 @@ class WebPushProvider:
         vapid_private_key: str,
         subject: str,
         client: httpx.AsyncClient | None = None,
+        allow_private: bool = False,
     ) -> None:
+        # Off: every send first checks that the endpoint resolves to public addresses only
+        # (services/push/public_hosts.py).
+        self._allow_private = allow_private
         self._key = load_vapid_key(vapid_private_key)
         self._public = b64url(
             self._key.public_key().public_bytes(
@@ -70,6 +75,17 @@ class WebPushProvider:
         return f"vapid t={token}, k={self._public}"
 
     async def send(self, target: PushTargetRecord, message: PushMessage) -> PushResult:
+        if not self._allow_private:
+            parts = urlsplit(target.token)
+            try:
+                await check_resolves_public(
+                    parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
+                )
+            except NotPublic:
+                # Never posted to; the target is removed, as a dead subscription is.
+                return PushResult(Outcome.GONE, 0, "endpoint is not on the public internet")
+            except OSError as error:
+                return PushResult(Outcome.RETRY, 0, f"endpoint does not resolve: {error}")
         plaintext = json.dumps(
             {
                 "notification_id": message.notification_id,
