@@ -377,8 +377,32 @@ async def _tail(args: argparse.Namespace) -> int:
     who = credentials(args, [auth.SCOPE_SUBSCRIBE], args.user)
     # Each rejected delivery gets a line of its own below (on_reject), not the client's log.
     logging.getLogger("services.client_chain").setLevel(logging.ERROR)
+    # SIGTERM (a supervisor, `kill`) stops tail as Ctrl-C does: the task is cancelled, so what it
+    # printed is acked on the way out instead of coming again to the next session.
+    task = asyncio.current_task()
+    terminated = False
+
+    def terminate() -> None:
+        nonlocal terminated
+        terminated = True
+        if task is not None:
+            task.cancel()
+
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, terminate)
+    try:
+        return await _tail_until_done(args, who.token, cursors)
+    except asyncio.CancelledError:
+        if not terminated:
+            raise
+        return 0
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+
+
+async def _tail_until_done(args: argparse.Namespace, token: str, cursors: dict[str, int]) -> int:
     seen = 0
-    async with connect(args, who.token) as client:
+    async with connect(args, token) as client:
         subscription = client.subscribe(
             channels=args.channels or (),
             cursors=cursors,

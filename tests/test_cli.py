@@ -623,3 +623,23 @@ async def test_scheduled_send_list_status_and_cancel(cli: Cli) -> None:
         "send", "--user", "alice", "--title", "x", "--deliver-at", too_far, **env
     )
     assert refused.startswith("error: INVALID_ARGUMENT: deliver_at is ")
+
+
+async def test_tail_stopped_by_sigterm_acks_what_it_printed(cli: Cli) -> None:
+    address = await _up(cli)
+    env = {"HERALD_ADDRESS": address, "HERALD_TENANT": "acme"}
+    # No periodic acks: only the ack on the way out can make the notification ACKED.
+    tail = await cli.start("tail", "--user", "alice", "--ack-interval", "3600", **env)
+    await _subscribed(tail)
+    sent = json.loads(await cli.run("send", "--user", "alice", "--title", "one", **env))
+    assert tail.stdout is not None
+    async with asyncio.timeout(20):
+        line = json.loads(await tail.stdout.readline())
+    assert line["notification"]["id"] == sent["notificationId"]
+    tail.send_signal(signal.SIGTERM)
+    async with asyncio.timeout(20):
+        _, stderr = await tail.communicate()
+    assert tail.returncode == 0, stderr.decode()
+    assert "Traceback" not in stderr.decode()
+    status = await cli.json("status", sent["notificationId"], **env)
+    assert status["recipients"][0]["state"] == "DELIVERY_STATE_ACKED"
