@@ -148,7 +148,7 @@ def memory_stores(config: Config) -> Stores:
         status=status,
         broker=MemoryBroker(),
         idempotency=MemoryIdempotencyStore(),
-        sessions=MemorySessionDirectory(),
+        sessions=MemorySessionDirectory(config.registry.presence_retention_s),
         templates=MemoryTemplateStore(),
         tenant_settings=MemoryTenantSettingsStore(),
     )

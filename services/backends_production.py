@@ -169,7 +169,12 @@ async def production_stores(config: Config, clock: Clock, on_change: HealthChang
         # the head check), and a refused unsubscribe would leave a session half-forgotten.
         broker=RedisBroker(client, prefix),
         idempotency=guarded(postgres.idempotency, pg),
-        sessions=guarded(RedisSessionDirectory(client, prefix), rd),
+        sessions=guarded(
+            RedisSessionDirectory(
+                client, prefix, presence_retention_s=config.registry.presence_retention_s
+            ),
+            rd,
+        ),
         templates=guarded(postgres.templates, pg),
         tenant_settings=guarded(postgres.tenant_settings, pg),
         push_targets=guarded(postgres.push_targets, pg),

@@ -243,6 +243,9 @@ class RegistrySettings(BaseSettings):
     # After the last session closes, a user is RECONNECTING for this long, then OFFLINE.
     presence_grace_s: float = Field(default=30.0, ge=0)
     max_sessions_per_user: int = Field(default=5, ge=1)
+    # How long a user's "left at" is kept after their last session closed (30 days); past it
+    # GetPresence answers as for a user never seen, and the record is gone from the store.
+    presence_retention_s: int = Field(default=30 * 24 * 3600, ge=1)
     # How long a node keeps the tenant settings it read from the registry before reading them
     # again: the bound on how long a change takes to be in force on every node
     # (docs/tenants.md). The node that stored the change has it in force at once.

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import builtins
-from typing import Protocol
+from typing import Final, Protocol
 
 from services.domain import SessionInfo, UserPresenceRecord
+
+# How long a user's presence (when they left) is kept after their last session closed: 30 days.
+# Past it the user reads as never seen (HERALD_REGISTRY_PRESENCE_RETENTION_S).
+PRESENCE_RETENTION_S: Final = 30 * 24 * 3600
 
 
 class SessionDirectory(Protocol):

@@ -6,13 +6,17 @@ import builtins
 import dataclasses
 
 from services.domain import SessionInfo, UserPresenceRecord
+from services.registry.sessions import PRESENCE_RETENTION_S
 
 
 class MemorySessionDirectory:
-    def __init__(self) -> None:
+    def __init__(self, presence_retention_s: float = PRESENCE_RETENTION_S) -> None:
+        self._keep = presence_retention_s
         self._sessions: dict[str, dict[str, SessionInfo]] = {}
         # (tenant, user) -> session ids; and when each user was last online.
         self._by_user: dict[tuple[str, str], set[str]] = {}
+        # In the order users left (a user who comes back is taken out), so `expire` forgets
+        # those past the retention from the front.
         self._left_at: dict[tuple[str, str], float] = {}
         self._online_since: dict[tuple[str, str], float] = {}
 
@@ -95,6 +99,12 @@ class MemorySessionDirectory:
         ]
         for session in stale:
             await self.remove(session.tenant, session.session_id, at)
+        forget_before = at - self._keep
+        while self._left_at:
+            key, left_at = next(iter(self._left_at.items()))
+            if left_at >= forget_before:
+                break
+            del self._left_at[key]
         return stale
 
     async def aclose(self) -> None:

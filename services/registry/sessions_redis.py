@@ -7,7 +7,9 @@ Keys, under B = `<prefix>{<tenant>}` (services/redis_keys.py; docs/redis.md):
 - `B:sessions`, a sorted set of the tenant's session ids scored by last_seen_at: the tenant's
   index, what `touch` refreshes and what `expire` sweeps;
 - `B:user:<user id>`, a set: that user's session ids, whose size is the user's session count;
-- `B:presence:<user id>`, a hash: online_since while the user has a session, left_at after;
+- `B:presence:<user id>`, a hash: online_since while the user has a session, left_at after; it
+  expires `presence_retention_s` after the user's last session closed (a user not seen for that
+  long reads as never seen), so users who never come back do not stay in Redis for ever;
 - `<prefix>tenants`, a set of the tenants that ever had a session, for `expire`: it has no hash
   tag, so it is never touched in the same script as a tenant's keys.
 
@@ -33,14 +35,16 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from services.domain import SessionInfo, UserPresenceRecord
 from services.errors import Unavailable
 from services.redis_keys import checked_client, checked_prefix, tenant_base
+from services.registry.sessions import PRESENCE_RETENTION_S
 
 # Expired sessions removed per tenant per script, so that one sweep never blocks Redis for long.
 _EXPIRE_BATCH: Final = 500
 
 # Lua: removes session `sid` under tenant base `base`, the user going offline at `at` when it was
-# their last; returns its hash fields then 'last_seen_at' and its score, or false when unknown.
+# their last (their presence then expires after `keep` seconds); returns its hash fields then
+# 'last_seen_at' and its score, or false when unknown.
 _DROP: Final = """
-local function drop(base, sid, at)
+local function drop(base, sid, at, keep)
   local skey = base .. ':session:' .. sid
   local fields = redis.call('HGETALL', skey)
   local index = base .. ':sessions'
@@ -61,6 +65,7 @@ local function drop(base, sid, at)
     local pkey = base .. ':presence:' .. uid
     redis.call('HDEL', pkey, 'online_since')
     redis.call('HSET', pkey, 'left_at', at)
+    redis.call('EXPIRE', pkey, keep)
   end
   fields[#fields + 1] = 'last_seen_at'
   fields[#fields + 1] = score
@@ -69,7 +74,8 @@ end
 """
 
 # KEYS: session hash, tenant index, user set, user presence.
-# ARGV: base, session id, user id, max per user, connected_at, last_seen_at, field, value, ...
+# ARGV: base, session id, user id, max per user, connected_at, last_seen_at, presence retention,
+# field, value, ...
 _ADD: Final = (
     _DROP
     + """
@@ -77,7 +83,7 @@ local base, sid, uid, at = ARGV[1], ARGV[2], ARGV[3], ARGV[5]
 local previous = redis.call('HGET', KEYS[1], 'user_id')
 if previous and previous ~= uid then
   -- The id now names another user's session: it moves, nothing stays behind.
-  drop(base, sid, at)
+  drop(base, sid, at, ARGV[7])
 end
 if redis.call('SISMEMBER', KEYS[3], sid) == 0 then
   local open = redis.call('SCARD', KEYS[3])
@@ -86,9 +92,10 @@ if redis.call('SISMEMBER', KEYS[3], sid) == 0 then
   redis.call('SADD', KEYS[3], sid)
 end
 redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], unpack(ARGV, 7))
+redis.call('HSET', KEYS[1], unpack(ARGV, 8))
 redis.call('ZADD', KEYS[2], ARGV[6], sid)
 redis.call('HDEL', KEYS[4], 'left_at')
+redis.call('PERSIST', KEYS[4])
 return 1
 """
 )
@@ -113,10 +120,10 @@ redis.call('HSET', KEYS[1], 'channels', ARGV[1])
 return 1
 """
 
-# KEYS: session hash, tenant index. ARGV: base, session id, at.
-_REMOVE: Final = _DROP + "\nreturn drop(ARGV[1], ARGV[2], ARGV[3])\n"
+# KEYS: session hash, tenant index. ARGV: base, session id, at, presence retention.
+_REMOVE: Final = _DROP + "\nreturn drop(ARGV[1], ARGV[2], ARGV[3], ARGV[4])\n"
 
-# KEYS: tenant index. ARGV: base, older_than, at, limit.
+# KEYS: tenant index. ARGV: base, older_than, at, limit, presence retention.
 # Returns how many stale ids it found (at most limit), then session id, fields, ...
 _EXPIRE: Final = (
     _DROP
@@ -124,7 +131,7 @@ _EXPIRE: Final = (
 local stale = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[2], 'LIMIT', 0, ARGV[4])
 local out = {#stale}
 for _, sid in ipairs(stale) do
-  local fields = drop(ARGV[1], sid, ARGV[3])
+  local fields = drop(ARGV[1], sid, ARGV[3], ARGV[5])
   if fields then
     out[#out + 1] = sid
     out[#out + 1] = fields
@@ -181,10 +188,19 @@ class RedisSessionDirectory:
         client: a client made with decode_responses=False.
         prefix: what every key starts with (no braces), e.g. "herald:".
         owns_client: close the client in `aclose`; leave False when the client is shared.
+        presence_retention_s: how long a user's presence (left_at) is kept after they left.
     """
 
-    def __init__(self, client: Redis, prefix: str, *, owns_client: bool = False) -> None:
+    def __init__(
+        self,
+        client: Redis,
+        prefix: str,
+        *,
+        owns_client: bool = False,
+        presence_retention_s: int = PRESENCE_RETENTION_S,
+    ) -> None:
         self._client = checked_client(client)
+        self._keep = max(1, int(presence_retention_s))
         self._prefix = checked_prefix(prefix)
         self._owns_client = owns_client
         self._tenants = prefix + "tenants"
@@ -232,6 +248,7 @@ class RedisSessionDirectory:
                     max_per_user,
                     repr(session.connected_at),
                     repr(session.last_seen_at),
+                    self._keep,
                     *fields,
                 ],
                 client=pipe,
@@ -262,7 +279,7 @@ class RedisSessionDirectory:
         base = self._base(tenant)
         fields = await self._remove(
             keys=[f"{base}:session:{session_id}", f"{base}:sessions"],
-            args=[base, session_id, repr(at)],
+            args=[base, session_id, repr(at), self._keep],
         )
         return None if fields is None else _session(tenant, session_id, fields)
 
@@ -313,7 +330,7 @@ class RedisSessionDirectory:
                     base = self._base(tenant)
                     await self._expire(
                         keys=[f"{base}:sessions"],
-                        args=[base, repr(older_than), repr(at), _EXPIRE_BATCH],
+                        args=[base, repr(older_than), repr(at), _EXPIRE_BATCH, self._keep],
                         client=pipe,
                     )
                 replies = await pipe.execute()
