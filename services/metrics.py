@@ -249,6 +249,11 @@ WEBHOOK_EVENTS_DROPPED = Counter(
     "herald_webhook_events_dropped_total",
     "Webhook events dropped because too many were waiting on the node",
 )
+WEBHOOK_EVENTS_UNWANTED = Counter(
+    "herald_webhook_events_unwanted_total",
+    "Webhook events not sent because their user's preferences turn the notification's "
+    "category off for webhooks",
+)
 SESSIONS = Gauge("herald_sessions_open", "Open subscription streams on this node")
 ACK_STREAMS = Gauge("herald_ack_streams_open", "Open AckStream calls on this node")
 SLOW_CONSUMERS = Counter("herald_slow_consumers_total", "Sessions closed for not reading")

@@ -63,6 +63,7 @@ from services.stream.websocket import WebSocketEndpoint, tls_context
 from services.tenant_settings_cache import TenantSettingsCache, TenantSettingsSource
 from services.webhooks.events import WebhookEvents
 from services.webhooks.sender import WebhookSender
+from services.webhooks.wanted import WebhookPreferences
 
 log = logging.getLogger(__name__)
 
@@ -452,6 +453,9 @@ async def start_node(
                 clock=clock,
                 settings=config.webhooks,
                 refresh_s=config.registry.tenant_settings_ttl_s,
+                preferences=(
+                    None if preferences is None else WebhookPreferences(preferences, stores.logs)
+                ),
             )
             # After the sessions ended (their last acks are queued), before the stores close.
             closers.append(webhooks)

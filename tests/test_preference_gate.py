@@ -1,6 +1,6 @@
 """PreferenceGate and the rules: what a send costs in store calls (one batched read, nothing
 for a tenant without preferences), how a path resolves (category, then default, then on),
-and how `split` sorts a notification's users."""
+how `split` sorts a notification's users, and what a batch of webhook events costs."""
 
 from __future__ import annotations
 
@@ -9,10 +9,17 @@ from collections.abc import Sequence
 
 import pytest
 
+from herald.v1 import notification_pb2
+from services import wire
 from services.clock import ManualClock
+from services.domain import user_log
 from services.preferences.gate import PreferenceGate, split
 from services.preferences.store import Choice, DeliveryPath, UserPreferences
 from services.preferences.store_memory import MemoryPreferenceStore
+from services.stream.log import LogAppend, NewEntry
+from services.stream.log_memory import MemoryLogStore
+from services.webhooks.events import Event
+from services.webhooks.wanted import WebhookPreferences
 
 pytestmark = pytest.mark.asyncio
 
@@ -110,3 +117,60 @@ async def test_split_keeps_the_order_and_the_others() -> None:
     assert found.no_push == frozenset({"c"})
     assert split(("a", "b"), "other", choices).in_app == ("a", "b")
     assert split(("a",), "news", {}).in_app == ("a",)
+
+
+class CountingLogs(MemoryLogStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+
+    async def notifications(
+        self, tenant: str, wanted: Sequence[tuple[str, str]]
+    ) -> dict[str, bytes]:
+        self.reads += 1
+        return await super().notifications(tenant, wanted)
+
+
+def stored(notification_id: str, category: str) -> NewEntry:
+    encoded = notification_pb2.Notification(id=notification_id, category=category)
+    field = wire.notification_field(encoded.SerializeToString())
+    return NewEntry(notification_id, 2, 0.0, 1e12, field)
+
+
+async def test_webhook_events_cost_nothing_for_a_tenant_without_preferences() -> None:
+    store, logs, clock = CountingStore(), CountingLogs(), ManualClock()
+    gate = PreferenceGate(store, clock, RECHECK_S)
+    filter_ = WebhookPreferences(gate, logs)
+    events = [Event("delivered", f"n{i}", f"u{i}", 0.0) for i in range(100)]
+    for _ in range(20):
+        assert await filter_.keep("acme", events) == events
+    assert (store.calls, logs.reads) == (Counter(has_any=1), 0)
+
+
+async def test_webhook_events_read_preferences_and_notifications_once_per_batch() -> None:
+    store, logs, clock = CountingStore(), CountingLogs(), ManualClock()
+    gate = PreferenceGate(store, clock, RECHECK_S)
+    await gate.put(
+        "acme", UserPreferences("alice", categories={"marketing": Choice(webhook=False)})
+    )
+    await logs.append(
+        "acme",
+        [LogAppend(user_log("alice"), [stored("m", "marketing"), stored("b", "billing")], 100)],
+    )
+    filter_ = WebhookPreferences(gate, logs)
+    # Users without preferences: one read of them, none of the notifications.
+    others = [Event("delivered", "m", "bob", 0.0), Event("acked", "m", "carol", 0.0)]
+    assert await filter_.keep("acme", others) == others
+    assert (store.calls, logs.reads) == (Counter(load=1), 0)
+    carried = stored("x", "marketing").notification_field
+    events = [
+        Event("delivered", "m", "alice", 0.0),
+        Event("delivered", "b", "alice", 0.0),
+        Event("acked", "m", "alice", 0.0),
+        Event("delivered", "m", "bob", 0.0),
+        Event("expired", "x", "alice", 0.0, "ttl", carried),  # swept: not in the logs
+        Event("acked", "gone", "alice", 0.0),  # unknown: sent
+    ]
+    kept = await filter_.keep("acme", events)
+    assert kept == [events[1], events[3], events[5]]
+    assert (store.calls, logs.reads) == (Counter(load=2), 1)

@@ -237,6 +237,8 @@ class Dispatcher:
                     for e in dropped
                 ],
                 now,
+                # The store may keep them no longer: the webhook events carry them.
+                {e.notification_id: e.notification_field for e in dropped},
             )
             if self._inbox_states is not None:
                 await forget_inbox_states(

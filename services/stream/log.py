@@ -123,6 +123,16 @@ class LogStore(Protocol):
         """The first of `keys` whose log still holds the notification, and its entry there."""
         ...
 
+    async def notifications(
+        self, tenant: str, wanted: Sequence[tuple[str, str]]
+    ) -> dict[str, bytes]:
+        """For each (user id, notification id) of `wanted`, the notification's field
+        (`Entry.notification_field`) if the user's own log or a channel or broadcast log of
+        the tenant still holds it, in one call (the webhook sender's read of a batch's
+        categories). One the bound pushed out may still be answered until its expiry; one
+        swept by `drop_expired` is not."""
+        ...
+
     async def size(self, tenant: str, key: LogKey) -> int:
         """How many entries the log holds (expired ones the sweep has not removed yet too)."""
         ...

@@ -8,7 +8,7 @@ import secrets
 from collections.abc import Sequence
 from typing import Final
 
-from services.domain import LogKey, NewRecord
+from services.domain import LogKey, NewRecord, user_log
 from services.stream.log import AppendResult, Entry, Expired, LogAppend, LogHead
 from services.stream.status import StatusStore
 
@@ -20,6 +20,7 @@ from services.stream.status import StatusStore
 _Stored = tuple[int, str, int, float, float, bytes, str]
 _CURSOR: Final = 0
 _EXPIRES_AT: Final = 4
+_FIELD: Final = 5
 
 
 def _entry(stored: _Stored) -> Entry:
@@ -71,6 +72,8 @@ class MemoryLogStore:
 
     def __init__(self, status: StatusStore | None = None, epoch: int | None = None) -> None:
         self._logs: dict[tuple[str, LogKey], _Log] = {}
+        # Each tenant's channel and broadcast logs (`notifications` looks through them).
+        self._shared_logs: dict[str, list[_Log]] = {}
         # (expires_at, tenant, log key): one live entry per log, at its earliest expiry.
         self._expiry: list[tuple[float, str, LogKey]] = []
         self._status = status
@@ -85,6 +88,8 @@ class MemoryLogStore:
         log = self._logs.get((tenant, key))
         if log is None:
             log = self._logs[(tenant, key)] = _Log()
+            if not key.is_user:
+                self._shared_logs.setdefault(tenant, []).append(log)
         return log
 
     async def append(
@@ -164,6 +169,28 @@ class MemoryLogStore:
             if stored is not None:
                 return key, _entry(stored)
         return None
+
+    async def notifications(
+        self, tenant: str, wanted: Sequence[tuple[str, str]]
+    ) -> dict[str, bytes]:
+        # The user's own log, then the tenant's channel and broadcast logs for the rest: a
+        # lookup per event and one pass over the shared logs, never over every user's log.
+        found: dict[str, bytes] = {}
+        logs = self._logs
+        for user_id, notification_id in wanted:
+            log = logs.get((tenant, user_log(user_id)))
+            stored = None if log is None else log.by_id.get(notification_id)
+            if stored is not None:
+                found[notification_id] = stored[_FIELD]
+        left = {i for _, i in wanted if i not in found}
+        for log in self._shared_logs.get(tenant, ()) if left else ():
+            by_id = log.by_id
+            for notification_id in [i for i in left if i in by_id]:
+                found[notification_id] = by_id[notification_id][_FIELD]
+                left.discard(notification_id)
+            if not left:
+                break
+        return found
 
     async def size(self, tenant: str, key: LogKey) -> int:
         log = self._logs.get((tenant, key))

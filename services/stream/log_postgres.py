@@ -208,6 +208,10 @@ SELECT notification_id, cursor, expires_at FROM herald_log_entries
 WHERE tenant_id = $1 AND notification_id = ANY($3::text[]) AND log = $2
 """
 
+_NOTIFICATIONS: Final = """
+SELECT notification_id, payload FROM herald_notifications
+WHERE tenant_id = $1 AND notification_id = ANY($2::text[])
+"""
 _FIND: Final = """
 SELECT k.i, e.cursor, e.notification_id, n.priority, n.created_at, e.expires_at, n.payload,
     n.trace_context
@@ -521,6 +525,16 @@ class PostgresLogStore:
             _FIND, tenant, [key.stored for key in keys], notification_id
         )
         return None if row is None else (keys[row[0] - 1], _entry(row, 1))
+
+    async def notifications(
+        self, tenant: str, wanted: Sequence[tuple[str, str]]
+    ) -> dict[str, bytes]:
+        # Each notification is stored once, whichever logs hold it: by id alone.
+        ids = list(dict.fromkeys(notification_id for _, notification_id in wanted))
+        if not ids:
+            return {}
+        rows = await self._pool.fetch(_NOTIFICATIONS, tenant, ids)
+        return {row[0]: bytes(row[1]) for row in rows}
 
     async def size(self, tenant: str, key: LogKey) -> int:
         live = await self._pool.fetchval(_SIZE, tenant, key.stored)

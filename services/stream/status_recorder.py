@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 from services import metrics
@@ -36,7 +36,17 @@ class StatusEvents(Protocol):
     synchronous check and the others only enqueue: no await, no I/O."""
 
     def wants(self, tenant: str) -> bool: ...
-    def transitions(self, tenant: str, transitions: Sequence[Transition], at: float) -> None: ...
+    def transitions(
+        self,
+        tenant: str,
+        transitions: Sequence[Transition],
+        at: float,
+        notifications: Mapping[str, bytes] | None = None,
+    ) -> None:
+        """`notifications`: id -> notification field, of those the caller holds (webhook
+        events of a notification the store may no longer keep carry it)."""
+        ...
+
     def marks(self, tenant: str, marks: Sequence[Mark]) -> None: ...
 
 
@@ -47,12 +57,18 @@ class StatusRecorder:
         self._logged_at = -math.inf
         self._unlogged = 0
 
-    async def apply(self, tenant: str, transitions: Sequence[Transition], at: float) -> None:
+    async def apply(
+        self,
+        tenant: str,
+        transitions: Sequence[Transition],
+        at: float,
+        notifications: Mapping[str, bytes] | None = None,
+    ) -> None:
         if not transitions:
             return
         events = self._events
         if events is not None and events.wants(tenant):
-            events.transitions(tenant, transitions, at)
+            events.transitions(tenant, transitions, at, notifications)
         try:
             await self._status.apply(tenant, transitions, at)
         except Unavailable as exc:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Mapping
 
 from herald.v1 import stream_pb2
 from services import metrics
@@ -154,11 +155,17 @@ class Timers:
             self._notify(tenant, transitions, now)
             await self._status.apply(tenant, transitions, now)
 
-    def _notify(self, tenant: str, transitions: list[Transition], now: float) -> None:
+    def _notify(
+        self,
+        tenant: str,
+        transitions: list[Transition],
+        now: float,
+        notifications: Mapping[str, bytes] | None = None,
+    ) -> None:
         # The state changes the timers make, to the webhooks' queues (status_recorder.py).
         events = self._events
         if events is not None and events.wants(tenant):
-            events.transitions(tenant, transitions, now)
+            events.transitions(tenant, transitions, now, notifications)
 
     async def _refresh_acks(self, session: Session, due: list[Pending]) -> None:
         """Before redelivering, learns what the user acked through other nodes (acks stop
@@ -196,7 +203,13 @@ class Timers:
                         Transition(entry.notification_id, u, State.EXPIRED, "ttl") for u in users
                     )
                 if transitions:
-                    self._notify(tenant, transitions, now)
+                    # Swept: the store no longer holds them, the webhook events carry them.
+                    self._notify(
+                        tenant,
+                        transitions,
+                        now,
+                        {e.notification_id: e.notification_field for e in entries},
+                    )
                     await self._status.apply(tenant, transitions, now)
                 if key.is_user:
                     left.setdefault(tenant, []).extend(

@@ -13,6 +13,10 @@ Invariants:
   receiver is far behind, or gone: parked batches say so).
 - `take` cuts a tenant's queue into batches of at most its `max_batch_events`, the last one only
   once its oldest event has waited `max_delay_ms` (or at once when `flush`).
+- An event made where its notification was at hand (an expiry, a drop from a full inbox: the
+  store no longer holds it afterwards) carries the notification's field, a reference to bytes
+  already in memory; the sender decodes it only for a tenant with preferences
+  (services/webhooks/wanted.py).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final, NamedTuple
 
@@ -52,6 +56,9 @@ class Event(NamedTuple):
     user_id: str
     at: float
     reason: str = ""
+    # The notification's field (wire.notification_field) when its maker had it; b"": the
+    # sender looks the notification up if it needs its category.
+    notification: bytes = b""
 
 
 @dataclass
@@ -87,7 +94,33 @@ class WebhookEvents:
     def wants(self, tenant: str) -> bool:
         return tenant not in self._off
 
-    def transitions(self, tenant: str, transitions: Sequence[Transition], at: float) -> None:
+    def transitions(
+        self,
+        tenant: str,
+        transitions: Sequence[Transition],
+        at: float,
+        notifications: Mapping[str, bytes] | None = None,
+    ) -> None:
+        """Queues the transitions' events; `notifications` (id -> notification field) when the
+        caller holds notifications the store may no longer keep."""
+        if notifications:
+            found = notifications.get
+            self._add(
+                tenant,
+                [
+                    Event(
+                        _NAMES[t.state],
+                        t.notification_id,
+                        t.user_id,
+                        at,
+                        t.reason,
+                        found(t.notification_id, b""),
+                    )
+                    for t in transitions
+                    if t.state in _NAMES
+                ],
+            )
+            return
         self._add(
             tenant,
             [

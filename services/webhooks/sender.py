@@ -16,6 +16,9 @@ Invariants:
 - Nothing here runs on the delivery path: events reach it through WebhookEvents' queues. Each
   attempt is a task of its own (at most `max_in_flight` POSTs at once): a slow receiver holds
   up its own batches, not the other tenants'.
+- Before a batch is built, its events are filtered by their users' webhook preferences
+  (services/webhooks/wanted.py): an unwanted event is dropped and counted, never sent or
+  parked. A replay sends the parked batch as it is.
 - `aclose` sends what is queued once more (bounded by `shutdown_s`) and parks whatever is not
   delivered, so a clean stop loses no batch.
 """
@@ -39,8 +42,9 @@ from services import metrics
 from services.clock import Clock
 from services.config import WebhooksSettings
 from services.webhooks import batches, signing
-from services.webhooks.events import SettingsFor, WebhookEvents
+from services.webhooks.events import Event, SettingsFor, WebhookEvents
 from services.webhooks.parked import ParkedBatch, ParkedWebhookStore
+from services.webhooks.wanted import WebhookPreferences
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +88,11 @@ class WebhookSender:
         refresh_s: float = 5.0,
         transport: httpx.AsyncBaseTransport | None = None,
         rng: random.Random | None = None,
+        preferences: WebhookPreferences | None = None,
     ) -> None:
         self.events = events
+        # None: no preferences on this node (the split topology's memory stream node).
+        self._preferences = preferences
         self._parked = parked
         self._settings_for = settings_for
         self._clock = clock
@@ -132,7 +139,7 @@ class WebhookSender:
         if now - self._refreshed_at >= self._refresh_s:
             self._refreshed_at = now
             await self.events.refresh()
-        self._cut(now)
+        await self._cut(now)
         if self._unparked:
             # Parking failed last time (the store was out of reach): again, before anything.
             unparked, self._unparked = self._unparked, []
@@ -171,19 +178,32 @@ class WebhookSender:
         outcome = await self._attempt(out)
         await self._settle([(out, outcome)], self._clock.now())
 
-    def _cut(self, now: float, flush: bool = False) -> None:
+    async def _cut(self, now: float, flush: bool = False) -> None:
         for batch in self.events.take(now, flush):
+            events = await self._wanted(batch.tenant, batch.events)
+            if not events:
+                continue
+            batch_id = batches.new_id(now, self._rng)
             self._out.append(
                 Outgoing(
                     batch.tenant,
-                    batches.new_id(now, self._rng),
-                    b"",
-                    len(batch.events),
+                    batch_id,
+                    batches.encode(batch.tenant, batch_id, events),
+                    len(events),
                     now,
                 )
             )
-            out = self._out[-1]
-            out.body = batches.encode(batch.tenant, out.batch_id, batch.events)
+
+    async def _wanted(self, tenant: str, events: list[Event]) -> list[Event]:
+        if self._preferences is None:
+            return events
+        try:
+            return await self._preferences.keep(tenant, events)
+        except Exception as exc:
+            # The preferences or the logs are out of reach: send them all (at least once)
+            # rather than hold or lose the batch.
+            self._store_failed("read webhook preferences", exc)
+            return events
 
     async def _attempt(self, out: Outgoing) -> str:
         record = await self._settings_for(out.tenant)
@@ -321,7 +341,7 @@ class WebhookSender:
             async with asyncio.timeout_at(deadline):
                 await self.events.settle()
         now = self._clock.now()
-        self._cut(now, flush=True)
+        await self._cut(now, flush=True)
         pending, self._out = self._out, []
         for out in pending:
             task = loop.create_task(self._send(out))

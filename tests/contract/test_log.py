@@ -315,6 +315,24 @@ async def test_find_looks_in_the_logs_in_the_order_given(log_store: LogStore) ->
     assert await log_store.find(T1, [], "x") is None
 
 
+async def test_notifications_are_read_from_the_users_and_the_shared_logs(
+    log_store: LogStore,
+) -> None:
+    await append(log_store, T1, ALICE, [new("a"), new("short", 10.0)], BIG)
+    await append(log_store, T1, channel_log("news"), batch("c"), BIG)
+    await append(log_store, T1, BROADCAST, batch("d"), BIG)
+    await append(log_store, T2, BOB, batch("t2"), BIG)
+    wanted = [("alice", "a"), ("bob", "c"), ("bob", "d"), ("alice", "short")]
+    found = await log_store.notifications(T1, [*wanted, ("bob", "t2"), ("bob", "zzz")])
+    assert found == {i: new(i).notification_field for _, i in wanted}
+    both = [("bob", "t2"), ("alice", "a")]
+    assert await log_store.notifications(T2, both) == {"t2": new("t2").notification_field}
+    assert await log_store.notifications(T1, []) == {}
+    await sweep(log_store, 11.0)
+    found = await log_store.notifications(T1, [("alice", "short"), ("alice", "a")])
+    assert found == {"a": new("a").notification_field}
+
+
 async def test_append_creates_the_status_records_in_the_same_step(
     paired_stores: tuple[LogStore, StatusStore],
 ) -> None:
