@@ -29,7 +29,10 @@ class NodeHealth(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
     """The health service; `enter_graceful_shutdown` turns every service NOT_SERVING for good."""
 
     def __init__(self) -> None:
-        self._status: dict[str, int] = {"": SERVING}
+        # NOT_SERVING until the node has started everything it serves (the WebSocket listener,
+        # the delivery core, the ingestion sources): the gRPC server answers health checks
+        # before those are up, and a balancer must not route to it yet.
+        self._status: dict[str, int] = {"": NOT_SERVING}
         # Replaced (and the old one set) on every change: a watcher waits on the one it saw.
         self._changed = asyncio.Event()
         self.shutting_down = False

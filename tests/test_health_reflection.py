@@ -11,6 +11,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from herald.v1 import stream_pb2
+from services.health import NodeHealth
 from tests.harness import Herald
 from tests.streams import Stream
 
@@ -77,3 +78,21 @@ async def test_health_of_an_unknown_service_is_not_found(herald_up: Herald) -> N
         await _health(herald_up.address("up"), "no.such.Service")
     assert raised.value.code() == grpc.StatusCode.NOT_FOUND
     assert "no service 'no.such.Service'" in (raised.value.details() or "")
+
+
+async def test_a_node_is_not_serving_until_it_has_started_everything() -> None:
+    # The gRPC server answers health checks as soon as it starts, before the node has started
+    # its WebSocket listener, delivery core and ingestion sources: until the node sets its
+    # health, a balancer must read NOT_SERVING (before, "" answered SERVING from the start).
+    health = NodeHealth()
+    server = aio.server()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        address = f"127.0.0.1:{port}"
+        assert await _health(address, "") == health_pb2.HealthCheckResponse.NOT_SERVING
+        await health.set("", health_pb2.HealthCheckResponse.SERVING)
+        assert await _health(address, "") == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        await server.stop(0)
