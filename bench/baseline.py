@@ -20,7 +20,10 @@ same frame bound and pings), and nothing else: a connection's first frame is a
 `SessionStarted`, then each delivery frame queued for the user by `SendBatch` (pre-encoded, one
 `send` per frame), and reads and parses the client's ack frames. It is the WebSocket floor of
 bench/delivery.py (target `websocket-floor`): what serving Herald's load over WebSocket costs any
-Python server on this library, with no log, session, status or timer.
+Python server on this library, with no log, session, status or timer. `--ws-library picows`
+serves the same protocol with picows instead (Cython framing; not a Herald dependency,
+`pip install picows`): the same queue and writer task per connection, `WSTransport.send` per frame
+(target `websocket-floor-picows`).
 
 With `--durable-dsn DSN` as well, the protocol floor's `SendBatch` also makes each batch durable
 the least way any server promising "durably in every recipient's log" can: one statement per call
@@ -186,6 +189,57 @@ class ProtocolFloor(FanOut):
             if self._queues.get(user) is queue:
                 del self._queues[user]
 
+    def picows_listener(self) -> Any:
+        """The same floor on picows: the subscribe frame, then a writer task per connection."""
+        from picows import WSListener, WSMsgType, WSTransport
+
+        floor = self
+
+        class Subscriber(WSListener):  # type: ignore[misc]
+            def __init__(self) -> None:
+                self.user = ""
+                self.queue: asyncio.Queue[bytes] = asyncio.Queue()
+                self.resumed = asyncio.Event()
+                self.resumed.set()
+                self.task: asyncio.Task[None] | None = None
+
+            def on_ws_frame(self, transport: WSTransport, frame: Any) -> None:
+                if frame.msg_type == WSMsgType.CLOSE:
+                    transport.send_close(frame.get_close_code())
+                    transport.disconnect()
+                    return
+                if frame.msg_type != WSMsgType.BINARY:
+                    return
+                message = stream_pb2.WebSocketClientFrame.FromString(frame.get_payload_as_bytes())
+                if self.task is None:
+                    self.user = _subject(message.subscribe.token)
+                    floor._queues[self.user] = self.queue
+                    self.task = asyncio.ensure_future(self.write(transport))
+                else:
+                    message.ack.up_to  # noqa: B018 - parsed as Herald parses it, then dropped
+
+            async def write(self, transport: WSTransport) -> None:
+                binary = WSMsgType.BINARY
+                transport.send(binary, _STARTED)
+                while True:
+                    transport.send(binary, await self.queue.get())
+                    if not self.resumed.is_set():
+                        await self.resumed.wait()
+
+            def pause_writing(self) -> None:
+                self.resumed.clear()
+
+            def resume_writing(self) -> None:
+                self.resumed.set()
+
+            def on_ws_disconnected(self, transport: WSTransport) -> None:
+                if self.task is not None:
+                    self.task.cancel()
+                if floor._queues.get(self.user) is self.queue:
+                    del floor._queues[self.user]
+
+        return Subscriber
+
     @staticmethod
     async def _read_acks(connection: ServerConnection) -> None:
         with contextlib.suppress(ConnectionClosed):
@@ -265,7 +319,12 @@ def _handlers(
 
 
 async def serve(
-    host: str, port: int, protocol: bool = False, durable_dsn: str = "", ws_port: int = 0
+    host: str,
+    port: int,
+    protocol: bool = False,
+    durable_dsn: str = "",
+    ws_port: int = 0,
+    ws_library: str = "websockets",
 ) -> None:
     pool = ack_pool = None
     if durable_dsn:
@@ -284,8 +343,22 @@ async def serve(
     server.add_generic_rpc_handlers(_handlers(protocol, pool, ack_pool, floor))
     server.add_insecure_port(f"{host}:{port}")
     await server.start()
-    websocket = None
-    if ws_port and floor is not None:
+    websocket: Any = None
+    if ws_port and floor is not None and ws_library == "picows":
+        from picows import WSUpgradeResponse, WSUpgradeResponseWithListener, ws_create_server
+
+        subscriber = floor.picows_listener()
+        selected = WSUpgradeResponse.create_101_response({"Sec-WebSocket-Protocol": "herald.v1"})
+        websocket = await ws_create_server(
+            lambda _request: WSUpgradeResponseWithListener(selected, subscriber()),
+            host,
+            ws_port,
+            max_frame_size=65_536,
+            enable_auto_ping=True,
+            auto_ping_idle_timeout=25.0,
+            auto_ping_reply_timeout=10.0,
+        )
+    elif ws_port and floor is not None:
         # As services/stream/websocket.py serves it: no compression, the same frame bound,
         # pings, the binary subprotocol.
         websocket = await ws_serve(
@@ -335,6 +408,12 @@ def main() -> None:
         default=0,
         help="with --protocol: also serve Herald's WebSocket protocol on this port (the floor)",
     )
+    parser.add_argument(
+        "--ws-library",
+        choices=["websockets", "picows"],
+        default="websockets",
+        help="with --ws-port: the WebSocket server library (picows: pip install picows)",
+    )
     args = parser.parse_args()
     if (args.durable_dsn or args.ws_port) and not args.protocol:
         parser.error("--durable-dsn and --ws-port need --protocol")
@@ -345,7 +424,16 @@ def main() -> None:
     except ImportError:  # pragma: no cover - uvloop is not available on Windows
         loop_factory = None
     with contextlib.suppress(KeyboardInterrupt), asyncio.Runner(loop_factory=loop_factory) as run:
-        run.run(serve(args.host, args.port, args.protocol, args.durable_dsn, args.ws_port))
+        run.run(
+            serve(
+                args.host,
+                args.port,
+                args.protocol,
+                args.durable_dsn,
+                args.ws_port,
+                args.ws_library,
+            )
+        )
 
 
 if __name__ == "__main__":

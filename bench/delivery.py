@@ -86,11 +86,13 @@ SOCKETIO = "socketio"
 # The protocol floor serving Herald's WebSocket protocol with websockets, and nothing else
 # (baseline.py --protocol --ws-port): subscribers over WebSocket, senders over gRPC.
 WEBSOCKET_FLOOR = "websocket-floor"
+# The same floor on picows (baseline.py --ws-library picows; pip install picows).
+WEBSOCKET_FLOOR_PICOWS = "websocket-floor-picows"
 # The targets that run `herald up`, and those spoken to as Herald is.
 HERALDS = (HERALD, HERALD_PG, WEBSOCKET)
-PROTOCOLS = (PROTOCOL, PROTOCOL_PG, WEBSOCKET_FLOOR)
+PROTOCOLS = (PROTOCOL, PROTOCOL_PG, WEBSOCKET_FLOOR, WEBSOCKET_FLOOR_PICOWS)
 # The targets whose subscribers speak Herald's WebSocket protocol.
-HERALD_WEBSOCKETS = (WEBSOCKET, WEBSOCKET_FLOOR)
+HERALD_WEBSOCKETS = (WEBSOCKET, WEBSOCKET_FLOOR, WEBSOCKET_FLOOR_PICOWS)
 # The targets that get a fresh database (and Redis prefix) per run.
 DURABLE = (HERALD_PG, PROTOCOL_PG)
 
@@ -944,6 +946,8 @@ def _run_target(
             extra_env = {**(extra_env or {}), "HERALD_WS_PORT": str(ws_port)}
         else:
             extra_args = [*extra_args, "--ws-port", str(ws_port)]
+            if target == WEBSOCKET_FLOOR_PICOWS:
+                extra_args += ["--ws-library", "picows"]
     data_dir = workdir / target / "herald"
     data_dir.mkdir(parents=True)
     if target in (*HERALDS, *PROTOCOLS):
@@ -1178,11 +1182,13 @@ def verdicts(results: list[RunResult]) -> list[str]:
             f"- Herald WebSocket server CPU per delivery: {_spread(websockets, '.1f', ' µs')} "
             f"(target <= 50 µs: {met})"
         )
-    if ws_floor := [r.server_us_per_delivery for r in results if r.target == WEBSOCKET_FLOOR]:
-        lines.append(
-            f"- WebSocket floor server CPU per delivery: {_spread(ws_floor, '.1f', ' µs')} "
-            "(gRPC SendBatch in, one websockets frame out per delivery, acks read)"
-        )
+    for target, library in ((WEBSOCKET_FLOOR, "websockets"), (WEBSOCKET_FLOOR_PICOWS, "picows")):
+        if ws_floor := [r.server_us_per_delivery for r in results if r.target == target]:
+            lines.append(
+                f"- WebSocket floor ({library}) server CPU per delivery: "
+                f"{_spread(ws_floor, '.1f', ' µs')} "
+                f"(gRPC SendBatch in, one {library} frame out per delivery, acks read)"
+            )
     disturbed = [
         _label(r, rounds) for r in results if max(r.other_cpu_pct, r.latency_other_cpu_pct) > 25
     ]
@@ -1299,7 +1305,7 @@ def markdown_section(args: argparse.Namespace, results: list[RunResult]) -> str:
         via = "one AckStream each" if args.ack_mode == "stream" else "Ack calls"
         acks = f"every {args.ack_interval:g} s ({via})"
     production = ", memory and production profiles" if HERALD_PG in args.targets else ""
-    if {WEBSOCKET, WEBSOCKET_FLOOR, SOCKETIO} & set(args.targets):
+    if {*HERALD_WEBSOCKETS, SOCKETIO} & set(args.targets):
         production += ", WebSocket and python-socketio"
     lines = [
         _marker(args, "start"),
@@ -1331,7 +1337,7 @@ def _mode_tag(args: argparse.Namespace) -> str:
     """What else names the section: unary acks, the production target (its runs do not replace
     the memory profile's section)."""
     tag = " ack-mode=unary" if args.ack_interval > 0 and args.ack_mode == "unary" else ""
-    if {WEBSOCKET, WEBSOCKET_FLOOR, SOCKETIO} & set(args.targets):
+    if {*HERALD_WEBSOCKETS, SOCKETIO} & set(args.targets):
         tag += " websocket"
     return tag + (" profile=production" if HERALD_PG in args.targets else "")
 
@@ -1392,7 +1398,7 @@ def parse_args() -> argparse.Namespace:
         help="comma-separated: herald, baseline, websocket (herald up, subscribers over its "
         "WebSocket endpoint), socketio (python-socketio on uvicorn, bench/socketio_peer.py), "
         "websocket-floor (the protocol floor serving Herald's WebSocket protocol with "
-        "websockets and nothing else), "
+        "websockets and nothing else), websocket-floor-picows (the same on picows), "
         "protocol (the baseline plus the I/O of "
         "Herald's protocol: per-notification answers, Herald's framing, AckStream), herald-pg "
         "(herald up on the production profile: a fresh PostgreSQL database and Redis prefix), "
