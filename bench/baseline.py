@@ -13,6 +13,18 @@ one result with a fresh notification id per notification, deliveries carry Heral
 log, cursor, attempt), and each subscriber's `AckStream` is read and answered. The user comes from
 the bearer token's `sub`, read without checking the signature: a floor, not a server.
 
+With `--ws-port PORT` as well, the protocol floor also serves Herald's WebSocket protocol
+(docs/websocket.md) on that port with the library Herald uses (websockets, compression off, the
+same frame bound and pings), and nothing else: a connection's first frame is a
+`WebSocketClientFrame.subscribe` (the user from its token's `sub`, unchecked), the floor writes
+`SessionStarted`, then each delivery frame queued for the user by `SendBatch` (pre-encoded, one
+`send` per frame), and reads and parses the client's ack frames. It is the WebSocket floor of
+bench/delivery.py (target `websocket-floor`): what serving Herald's load over WebSocket costs any
+Python server on this library, with no log, session, status or timer. `--ws-library picows`
+serves the same protocol with picows instead (Cython framing; not a Herald dependency,
+`pip install picows`): the same queue and writer task per connection, `WSTransport.send` per frame
+(target `websocket-floor-picows`).
+
 With `--durable-dsn DSN` as well, the protocol floor's `SendBatch` also makes each batch durable
 the least way any server promising "durably in every recipient's log" can: one statement per call
 inserts a row per notification (tenant, user, an ordering key, id, the encoded notification) and
@@ -22,7 +34,7 @@ for the WAL flush, as Herald's acks are). No cursors per user, no status, no ide
 broker, no redelivery: the floor under Herald's durable ingest (bench/send.py `--profile floor`)
 and durable delivery (bench/delivery.py target `protocol-pg`).
 
-    python bench/baseline.py --port 50600 [--protocol [--durable-dsn DSN]]
+    python bench/baseline.py --port 50600 [--protocol [--durable-dsn DSN] [--ws-port PORT]]
 """
 
 from __future__ import annotations
@@ -37,6 +49,10 @@ from typing import Any
 import grpc
 import jwt
 from grpc import aio
+from websockets.asyncio.server import ServerConnection
+from websockets.asyncio.server import serve as ws_serve
+from websockets.exceptions import ConnectionClosed
+from websockets.typing import Subprotocol
 
 from herald.v1 import ingest_pb2, stream_pb2
 from services import wire
@@ -148,9 +164,88 @@ class ProtocolFloor(FanOut):
         for key, value in context.invocation_metadata() or ():
             if key == "authorization":
                 token = value if isinstance(value, str) else value.decode()
-                unchecked = {"verify_signature": False}
-                return str(jwt.decode(token.removeprefix("Bearer "), options=unchecked)["sub"])
+                return _subject(token.removeprefix("Bearer "))
         return ""
+
+    async def websocket(self, connection: ServerConnection) -> None:
+        """Herald's WebSocket protocol, binary framing, and nothing else: the subscribe frame,
+        SessionStarted, one `send` per queued delivery frame, ack frames read and parsed."""
+        first = await connection.recv()
+        if not isinstance(first, bytes):
+            await connection.close(4003, "binary frames only")
+            return
+        user = _subject(stream_pb2.WebSocketClientFrame.FromString(first).subscribe.token)
+        queue: asyncio.Queue[bytes] = asyncio.Queue()
+        self._queues[user] = queue
+        reader = asyncio.ensure_future(self._read_acks(connection))
+        try:
+            await connection.send(_STARTED)
+            while True:
+                await connection.send(await queue.get())
+        except ConnectionClosed:
+            pass
+        finally:
+            reader.cancel()
+            if self._queues.get(user) is queue:
+                del self._queues[user]
+
+    def picows_listener(self) -> Any:
+        """The same floor on picows: the subscribe frame, then a writer task per connection."""
+        from picows import WSListener, WSMsgType, WSTransport
+
+        floor = self
+
+        class Subscriber(WSListener):  # type: ignore[misc]
+            def __init__(self) -> None:
+                self.user = ""
+                self.queue: asyncio.Queue[bytes] = asyncio.Queue()
+                self.resumed = asyncio.Event()
+                self.resumed.set()
+                self.task: asyncio.Task[None] | None = None
+
+            def on_ws_frame(self, transport: WSTransport, frame: Any) -> None:
+                if frame.msg_type == WSMsgType.CLOSE:
+                    transport.send_close(frame.get_close_code())
+                    transport.disconnect()
+                    return
+                if frame.msg_type != WSMsgType.BINARY:
+                    return
+                message = stream_pb2.WebSocketClientFrame.FromString(frame.get_payload_as_bytes())
+                if self.task is None:
+                    self.user = _subject(message.subscribe.token)
+                    floor._queues[self.user] = self.queue
+                    self.task = asyncio.ensure_future(self.write(transport))
+                else:
+                    message.ack.up_to  # noqa: B018 - parsed as Herald parses it, then dropped
+
+            async def write(self, transport: WSTransport) -> None:
+                binary = WSMsgType.BINARY
+                transport.send(binary, _STARTED)
+                while True:
+                    transport.send(binary, await self.queue.get())
+                    if not self.resumed.is_set():
+                        await self.resumed.wait()
+
+            def pause_writing(self) -> None:
+                self.resumed.clear()
+
+            def resume_writing(self) -> None:
+                self.resumed.set()
+
+            def on_ws_disconnected(self, transport: WSTransport) -> None:
+                if self.task is not None:
+                    self.task.cancel()
+                if floor._queues.get(self.user) is self.queue:
+                    del floor._queues[self.user]
+
+        return Subscriber
+
+    @staticmethod
+    async def _read_acks(connection: ServerConnection) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            async for message in connection:
+                frame = stream_pb2.WebSocketClientFrame.FromString(message)  # type: ignore[arg-type]
+                frame.ack.up_to  # noqa: B018 - parsed as Herald parses it, then dropped
 
     async def send_batch(self, request: bytes, context: aio.ServicerContext[Any, Any]) -> bytes:
         batch = ingest_pb2.SendBatchRequest.FromString(request)
@@ -195,8 +290,13 @@ class ProtocolFloor(FanOut):
             yield stream_pb2.AckStreamResponse(acked=len(acks.up_to)).SerializeToString()
 
 
+def _subject(token: str) -> str:
+    unchecked = {"verify_signature": False}
+    return str(jwt.decode(token, options=unchecked)["sub"])
+
+
 def _handlers(
-    protocol: bool, pool: Any = None, ack_pool: Any = None
+    protocol: bool, pool: Any = None, ack_pool: Any = None, floor: ProtocolFloor | None = None
 ) -> list[grpc.GenericRpcHandler]:
     # No serializers: every method takes and returns bytes, like Herald's Subscribe does.
     if not protocol:
@@ -206,7 +306,7 @@ def _handlers(
             "Publish": grpc.unary_unary_rpc_method_handler(fan_out.publish),
         }
         return [grpc.method_handlers_generic_handler(SERVICE, handlers)]
-    floor = ProtocolFloor(pool, ack_pool)
+    floor = floor or ProtocolFloor(pool, ack_pool)
     stream = {
         "Subscribe": grpc.unary_stream_rpc_method_handler(floor.subscribe),
         "AckStream": grpc.stream_stream_rpc_method_handler(floor.ack_stream),
@@ -218,7 +318,14 @@ def _handlers(
     ]
 
 
-async def serve(host: str, port: int, protocol: bool = False, durable_dsn: str = "") -> None:
+async def serve(
+    host: str,
+    port: int,
+    protocol: bool = False,
+    durable_dsn: str = "",
+    ws_port: int = 0,
+    ws_library: str = "websockets",
+) -> None:
     pool = ack_pool = None
     if durable_dsn:
         import asyncpg
@@ -232,9 +339,42 @@ async def serve(host: str, port: int, protocol: bool = False, durable_dsn: str =
             durable_dsn, min_size=2, max_size=4, server_settings={"synchronous_commit": "off"}
         )
     server = aio.server(options=[("grpc.max_receive_message_length", 4 * 1024 * 1024)])
-    server.add_generic_rpc_handlers(_handlers(protocol, pool, ack_pool))
+    floor = ProtocolFloor(pool, ack_pool) if protocol else None
+    server.add_generic_rpc_handlers(_handlers(protocol, pool, ack_pool, floor))
     server.add_insecure_port(f"{host}:{port}")
     await server.start()
+    websocket: Any = None
+    if ws_port and floor is not None and ws_library == "picows":
+        from picows import WSUpgradeResponse, WSUpgradeResponseWithListener, ws_create_server
+
+        subscriber = floor.picows_listener()
+        selected = WSUpgradeResponse.create_101_response({"Sec-WebSocket-Protocol": "herald.v1"})
+        websocket = await ws_create_server(
+            lambda _request: WSUpgradeResponseWithListener(selected, subscriber()),
+            host,
+            ws_port,
+            max_frame_size=65_536,
+            enable_auto_ping=True,
+            auto_ping_idle_timeout=25.0,
+            auto_ping_reply_timeout=10.0,
+        )
+    elif ws_port and floor is not None:
+        # As services/stream/websocket.py serves it: no compression, the same frame bound,
+        # pings, the binary subprotocol.
+        websocket = await ws_serve(
+            floor.websocket,
+            host,
+            ws_port,
+            select_subprotocol=lambda _, offered: (
+                Subprotocol("herald.v1") if "herald.v1" in offered else None
+            ),
+            compression=None,
+            max_size=65_536,
+            ping_interval=25.0,
+            ping_timeout=10.0,
+            close_timeout=2,
+            server_header=None,
+        )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -242,6 +382,8 @@ async def serve(host: str, port: int, protocol: bool = False, durable_dsn: str =
     what = "durable floor" if pool else "protocol floor" if protocol else "baseline"
     print(f"{what} serving on {host}:{port}", flush=True)
     await stop.wait()
+    if websocket is not None:
+        websocket.close()
     await server.stop(1.0)
     for each in (pool, ack_pool):
         if each is not None:
@@ -260,9 +402,21 @@ def main() -> None:
         default="",
         help="with --protocol: commit every SendBatch to this PostgreSQL database first",
     )
+    parser.add_argument(
+        "--ws-port",
+        type=int,
+        default=0,
+        help="with --protocol: also serve Herald's WebSocket protocol on this port (the floor)",
+    )
+    parser.add_argument(
+        "--ws-library",
+        choices=["websockets", "picows"],
+        default="websockets",
+        help="with --ws-port: the WebSocket server library (picows: pip install picows)",
+    )
     args = parser.parse_args()
-    if args.durable_dsn and not args.protocol:
-        parser.error("--durable-dsn needs --protocol")
+    if (args.durable_dsn or args.ws_port) and not args.protocol:
+        parser.error("--durable-dsn and --ws-port need --protocol")
     try:
         import uvloop  # the same event loop `herald up` runs on
 
@@ -270,7 +424,16 @@ def main() -> None:
     except ImportError:  # pragma: no cover - uvloop is not available on Windows
         loop_factory = None
     with contextlib.suppress(KeyboardInterrupt), asyncio.Runner(loop_factory=loop_factory) as run:
-        run.run(serve(args.host, args.port, args.protocol, args.durable_dsn))
+        run.run(
+            serve(
+                args.host,
+                args.port,
+                args.protocol,
+                args.durable_dsn,
+                args.ws_port,
+                args.ws_library,
+            )
+        )
 
 
 if __name__ == "__main__":

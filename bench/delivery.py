@@ -83,9 +83,16 @@ PROTOCOL_PG = "protocol-pg"
 WEBSOCKET = "websocket"
 # The peer: python-socketio on uvicorn + uvloop, one room per user (bench/socketio_peer.py).
 SOCKETIO = "socketio"
+# The protocol floor serving Herald's WebSocket protocol with websockets, and nothing else
+# (baseline.py --protocol --ws-port): subscribers over WebSocket, senders over gRPC.
+WEBSOCKET_FLOOR = "websocket-floor"
+# The same floor on picows (baseline.py --ws-library picows; pip install picows).
+WEBSOCKET_FLOOR_PICOWS = "websocket-floor-picows"
 # The targets that run `herald up`, and those spoken to as Herald is.
 HERALDS = (HERALD, HERALD_PG, WEBSOCKET)
-PROTOCOLS = (PROTOCOL, PROTOCOL_PG)
+PROTOCOLS = (PROTOCOL, PROTOCOL_PG, WEBSOCKET_FLOOR, WEBSOCKET_FLOOR_PICOWS)
+# The targets whose subscribers speak Herald's WebSocket protocol.
+HERALD_WEBSOCKETS = (WEBSOCKET, WEBSOCKET_FLOOR, WEBSOCKET_FLOOR_PICOWS)
 # The targets that get a fresh database (and Redis prefix) per run.
 DURABLE = (HERALD_PG, PROTOCOL_PG)
 
@@ -127,7 +134,7 @@ class RunSpec:
     # herald-pg: the run's database, watched during the maximum phase (production.PgWatch).
     pg_dsn: str = ""
     pg_database: str = ""
-    # websocket and socketio: the WebSocket URL subscribers connect to.
+    # websocket, websocket-floor and socketio: the WebSocket URL subscribers connect to.
     ws_url: str = ""
 
 
@@ -536,10 +543,10 @@ class LoadGenerator:
         self._mint()
         spec = self.spec
         connections = spec.connections or spec.subscribers
-        over_websocket = spec.target in (WEBSOCKET, SOCKETIO)
+        over_websocket = spec.target in (*HERALD_WEBSOCKETS, SOCKETIO)
         channels = [] if over_websocket else [self._channel() for _ in range(connections)]
         for i in range(spec.subscribers):
-            if spec.target == WEBSOCKET:
+            if spec.target in HERALD_WEBSOCKETS:
                 self._spawn(self._ws_subscriber(i))
             elif spec.target == SOCKETIO:
                 self._spawn(self._sio_subscriber(i))
@@ -929,13 +936,18 @@ def _run_target(
 ) -> RunResult:
     extra_env = backends.env if backends is not None and target in HERALDS else None
     ws_url = ""
-    if target == WEBSOCKET:
-        ws_port = free_port()
-        extra_env = {**(extra_env or {}), "HERALD_WS_PORT": str(ws_port)}
-        ws_url = f"ws://127.0.0.1:{ws_port}/ws"
     extra_args = (
         ["--durable-dsn", backends.dsn] if backends is not None and target in PROTOCOLS else []
     )
+    if target in HERALD_WEBSOCKETS:
+        ws_port = free_port()
+        ws_url = f"ws://127.0.0.1:{ws_port}/ws"
+        if target == WEBSOCKET:
+            extra_env = {**(extra_env or {}), "HERALD_WS_PORT": str(ws_port)}
+        else:
+            extra_args = [*extra_args, "--ws-port", str(ws_port)]
+            if target == WEBSOCKET_FLOOR_PICOWS:
+                extra_args += ["--ws-library", "picows"]
     data_dir = workdir / target / "herald"
     data_dir.mkdir(parents=True)
     if target in (*HERALDS, *PROTOCOLS):
@@ -1155,12 +1167,28 @@ def verdicts(results: list[RunResult]) -> list[str]:
         )
     if over_grpc := ratios(WEBSOCKET, HERALD):
         lines.append(f"- Herald WebSocket / Herald gRPC delivered/s: {_spread(over_grpc, '.2f')}")
+    if floor_sio := ratios(WEBSOCKET_FLOOR, SOCKETIO):
+        lines.append(
+            f"- WebSocket floor / python-socketio delivered/s: {_spread(floor_sio, '.2f')} "
+            "(the most any server on this library reaches at this load shape)"
+        )
+    if ws_within := ratios(WEBSOCKET, WEBSOCKET_FLOOR):
+        lines.append(
+            f"- Herald WebSocket / WebSocket floor delivered/s: {_spread(ws_within, '.2f')}"
+        )
     if websockets := [r.server_us_per_delivery for r in results if r.target == WEBSOCKET]:
         met = "met" if statistics.median(websockets) <= 50 else "NOT met"
         lines.append(
             f"- Herald WebSocket server CPU per delivery: {_spread(websockets, '.1f', ' µs')} "
             f"(target <= 50 µs: {met})"
         )
+    for target, library in ((WEBSOCKET_FLOOR, "websockets"), (WEBSOCKET_FLOOR_PICOWS, "picows")):
+        if ws_floor := [r.server_us_per_delivery for r in results if r.target == target]:
+            lines.append(
+                f"- WebSocket floor ({library}) server CPU per delivery: "
+                f"{_spread(ws_floor, '.1f', ' µs')} "
+                f"(gRPC SendBatch in, one {library} frame out per delivery, acks read)"
+            )
     disturbed = [
         _label(r, rounds) for r in results if max(r.other_cpu_pct, r.latency_other_cpu_pct) > 25
     ]
@@ -1277,7 +1305,7 @@ def markdown_section(args: argparse.Namespace, results: list[RunResult]) -> str:
         via = "one AckStream each" if args.ack_mode == "stream" else "Ack calls"
         acks = f"every {args.ack_interval:g} s ({via})"
     production = ", memory and production profiles" if HERALD_PG in args.targets else ""
-    if WEBSOCKET in args.targets or SOCKETIO in args.targets:
+    if {*HERALD_WEBSOCKETS, SOCKETIO} & set(args.targets):
         production += ", WebSocket and python-socketio"
     lines = [
         _marker(args, "start"),
@@ -1309,7 +1337,7 @@ def _mode_tag(args: argparse.Namespace) -> str:
     """What else names the section: unary acks, the production target (its runs do not replace
     the memory profile's section)."""
     tag = " ack-mode=unary" if args.ack_interval > 0 and args.ack_mode == "unary" else ""
-    if WEBSOCKET in args.targets or SOCKETIO in args.targets:
+    if {*HERALD_WEBSOCKETS, SOCKETIO} & set(args.targets):
         tag += " websocket"
     return tag + (" profile=production" if HERALD_PG in args.targets else "")
 
@@ -1369,6 +1397,8 @@ def parse_args() -> argparse.Namespace:
         default=f"{HERALD},{BASELINE}",
         help="comma-separated: herald, baseline, websocket (herald up, subscribers over its "
         "WebSocket endpoint), socketio (python-socketio on uvicorn, bench/socketio_peer.py), "
+        "websocket-floor (the protocol floor serving Herald's WebSocket protocol with "
+        "websockets and nothing else), websocket-floor-picows (the same on picows), "
         "protocol (the baseline plus the I/O of "
         "Herald's protocol: per-notification answers, Herald's framing, AckStream), herald-pg "
         "(herald up on the production profile: a fresh PostgreSQL database and Redis prefix), "

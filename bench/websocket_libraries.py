@@ -15,6 +15,9 @@ them, for `--seconds`. It reports frames received per second and the server's CP
   `transport.write` per frame and the transport's own flow control;
 - `floor`: the same raw protocol writing a frame built once: asyncio's (uvloop's) own cost of a
   write and a task switch, what no library goes below;
+- `picows`: picows (Cython framing and its own transport glue, `WSTransport.send` per frame,
+  pausing on the transport's high watermark), the fastest maintained asyncio WebSocket server on
+  PyPI; not a Herald dependency: `.venv/bin/pip install picows` to measure it (skipped without);
 - `aiohttp` is not measured here: it would be a third HTTP stack in the project (grpc's and
   websockets' are already there), for a server whose frame writer is the same kind of Python.
 """
@@ -24,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.util
 import json
 import os
 import socket
@@ -33,7 +37,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-CANDIDATES = ("websockets", "wsproto", "floor")
+CANDIDATES = ("websockets", "wsproto", "floor", "picows")
 
 
 def free_port() -> int:
@@ -121,6 +125,43 @@ async def serve_wsproto(
         await asyncio.Future()
 
 
+async def serve_picows(port: int, payload: bytes, go: asyncio.Event) -> None:
+    from picows import WSListener, WSMsgType, WSTransport, ws_create_server
+
+    class Listener(WSListener):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self.resumed = asyncio.Event()
+            self.resumed.set()
+            self.task: asyncio.Task[None] | None = None
+
+        def on_ws_connected(self, transport: WSTransport) -> None:
+            self.task = asyncio.ensure_future(self.push(transport))
+
+        def on_ws_disconnected(self, transport: WSTransport) -> None:
+            if self.task is not None:
+                self.task.cancel()
+
+        def pause_writing(self) -> None:
+            self.resumed.clear()
+
+        def resume_writing(self) -> None:
+            self.resumed.set()
+
+        async def push(self, transport: WSTransport) -> None:
+            await go.wait()
+            send, binary = transport.send, WSMsgType.BINARY
+            while True:
+                send(binary, payload)
+                if not self.resumed.is_set():
+                    await self.resumed.wait()
+                elif transport.underlying_transport.is_closing():
+                    return
+
+    server = await ws_create_server(lambda _request: Listener(), "127.0.0.1", port)
+    async with server:
+        await asyncio.Future()
+
+
 def server_main(candidate: str, port: int, payload_size: int) -> None:
     """Serves until killed; starts pushing when SIGUSR1 arrives."""
     import signal
@@ -134,6 +175,8 @@ def server_main(candidate: str, port: int, payload_size: int) -> None:
         asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, go.set)
         if candidate == "websockets":
             await serve_websockets(port, payload, go)
+        elif candidate == "picows":
+            await serve_picows(port, payload, go)
         else:
             await serve_wsproto(port, payload, go, preframed=candidate == "floor")
 
@@ -224,6 +267,9 @@ def main() -> int:
     print("|---|---:|---:|---:|---:|")
     results = []
     for candidate in args.candidates.split(","):
+        if candidate == "picows" and importlib.util.find_spec("picows") is None:
+            print(f"| {candidate} | not installed (`.venv/bin/pip install picows`) | | | |")
+            continue
         r = measure(candidate, args)
         results.append(r)
         print(
