@@ -588,20 +588,19 @@ class HeraldClient:
         is opened and verified as a delivery is: the page's items have `notification` set and no
         `sealed`, and an item that is rejected (unsigned where a signature is required, tampered
         with, an unknown key) is left out of the page, counted in `chain.rejected` and passed to
-        its `on_reject` (docs/transformers.md)."""
+        its `on_reject` (docs/transformers.md). Without one, nothing is asked for and nothing
+        verified, but what a tenant seals anyway (it requires signing) is still opened."""
+        chain = chain or ClientChain(self.signing_keys)
         request = stream_pb2.ListInboxRequest(
             page_size=page_size,
             page_token=page_token,
             filter=filter,
-            accept_encodings=chain.accept if chain is not None else (),
+            accept_encodings=chain.accept,
         )
-        if chain is not None:
-            await chain.ready()
+        await chain.ready()
         response: stream_pb2.ListInboxResponse = await self._stream.ListInbox(
             request, metadata=self.metadata(), timeout=timeout
         )
-        if chain is None:
-            return response
         opened: list[stream_pb2.InboxItem] = []
         for item in response.items:
             notification = await chain.open(item)

@@ -142,10 +142,13 @@ async def test_a_forged_inbox_item_is_rejected_and_counted(
     def forge(notification: bytes, variant: Variant) -> stream_pb2.SealedNotification:
         sealed = seal(notification, variant)
         if notification_pb2.Notification.FromString(notification).content.title == "forged":
-            # Another notification's payload under this one's signature, as a forger would.
+            # Other content (formatted and compressed as the variant says) under the genuine
+            # signature, as a forger on the way would send it.
             forged = notification_pb2.Notification.FromString(notification)
             forged.content.title = "Your account is locked: log in at evil.example"
-            sealed.payload = forged.SerializeToString()
+            real = sealed
+            sealed = seal(forged.SerializeToString(), variant)
+            sealed.key_id, sealed.signature = real.key_id, real.signature
         return sealed
 
     monkeypatch.setattr(chain, "seal", forge)
@@ -211,6 +214,10 @@ async def test_the_tenants_policy_rules_what_an_inbox_page_gets(tmp_path: Path) 
         assert (signed.sealed.encoding, signed.sealed.key_id) == ("identity", "k1")
         [gzipped] = (await _page(globex, ["zstd", "gzip"])).items
         assert (gzipped.sealed.encoding, gzipped.sealed.key_id) == ("gzip", "k1")
+        # A client that asks for nothing still reads such a tenant's (sealed) inbox.
+        [shown] = (await globex.list_inbox()).items
+        assert shown.notification.content.title == "Hello"
+        assert not shown.HasField("sealed")
     finally:
         await herald.stop()
 
