@@ -577,16 +577,57 @@ class HeraldClient:
         page_size: int = 20,
         page_token: str = "",
         filter: stream_pb2.InboxFilter = stream_pb2.INBOX_FILTER_UNSPECIFIED,
+        chain: ClientChain | None = None,
         timeout: float = 10.0,
     ) -> stream_pb2.ListInboxResponse:
         """A page of the caller's own notifications, newest first (not archived ones, unless
-        `filter` says otherwise)."""
-        response: stream_pb2.ListInboxResponse = await self._stream.ListInbox(
-            stream_pb2.ListInboxRequest(page_size=page_size, page_token=page_token, filter=filter),
-            metadata=self.metadata(),
-            timeout=timeout,
+        `filter` says otherwise).
+
+        With `chain` (`Client.inbox_chain(...)`, or a subscription's `chain` to ask for what
+        its stream asks for), the request carries the chain's `accept_encodings` and every item
+        is opened and verified as a delivery is: the page's items have `notification` set and no
+        `sealed`, and an item that is rejected (unsigned where a signature is required, tampered
+        with, an unknown key) is left out of the page, counted in `chain.rejected` and passed to
+        its `on_reject` (docs/transformers.md). Without one, nothing is asked for and nothing
+        verified, but what a tenant seals anyway (it requires signing) is still opened."""
+        chain = chain or ClientChain(self.signing_keys)
+        request = stream_pb2.ListInboxRequest(
+            page_size=page_size,
+            page_token=page_token,
+            filter=filter,
+            accept_encodings=chain.accept,
         )
+        await chain.ready()
+        response: stream_pb2.ListInboxResponse = await self._stream.ListInbox(
+            request, metadata=self.metadata(), timeout=timeout
+        )
+        opened: list[stream_pb2.InboxItem] = []
+        for item in response.items:
+            notification = await chain.open(item)
+            if notification is None:  # rejected (counted, logged)
+                continue
+            if item.HasField("sealed"):
+                item.ClearField("sealed")
+                item.notification.CopyFrom(notification)
+            opened.append(item)
+        del response.items[:]
+        response.items.extend(opened)
         return response
+
+    def inbox_chain(
+        self,
+        *,
+        accept_encodings: Iterable[str] = (),
+        verify: bool = False,
+        on_reject: Callable[[Rejected, stream_pb2.Delivery | stream_pb2.InboxItem], None]
+        | None = None,
+    ) -> ClientChain:
+        """A decoder and verifier for `list_inbox(chain=...)`, as `subscribe` makes one for its
+        stream: `accept_encodings` asks for encodings, `verify` for signatures (and rejects
+        what does not verify)."""
+        return ClientChain(
+            self.signing_keys, accept=tuple(accept_encodings), verify=verify, on_reject=on_reject
+        )
 
     async def update_inbox_state(
         self,
@@ -679,8 +720,15 @@ class HeraldClient:
         device (docs/inbox.md)."""
         if ack_interval <= 0:
             raise ValueError("ack_interval must be positive")
+
+        def reject(rejected: Rejected, sealed: stream_pb2.Delivery | stream_pb2.InboxItem) -> None:
+            # Inbox items this chain opened (list_inbox(chain=subscription.chain)) are counted
+            # with the deliveries; `on_reject` is about deliveries.
+            if on_reject is not None and isinstance(sealed, stream_pb2.Delivery):
+                on_reject(rejected, sealed)
+
         chain = ClientChain(
-            self.signing_keys, accept=tuple(accept_encodings), verify=verify, on_reject=on_reject
+            self.signing_keys, accept=tuple(accept_encodings), verify=verify, on_reject=reject
         )
         return Subscription(
             self,

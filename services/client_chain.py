@@ -6,7 +6,8 @@ public keys (GetSigningKeys) when the stream opens and once more for a key id it
 (a rotation it has not seen yet); a delivery that is unsigned, signed by an unknown or retired
 key, or whose signature does not verify is rejected: not given to the app, counted by reason in
 `rejected` (and `herald_client_rejected_deliveries_total`), and logged in one bounded line at
-most every few seconds, naming the reason, log and cursor, never the payload.
+most every few seconds, naming the reason, log and cursor, never the payload. ListInbox items
+(`Client.list_inbox(chain=...)`) go through the same `open`, counted in the same `rejected`.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ _LOG_INTERVAL_S = 10.0
 _MAX_REFRESHED = 64
 
 FetchKeys = Callable[[], Awaitable[stream_pb2.GetSigningKeysResponse]]
+# What the chain opens: a stream's delivery or a ListInbox item (both `notification` | `sealed`).
+Sealed = stream_pb2.Delivery | stream_pb2.InboxItem
 
 
 class ClientChain:
@@ -39,7 +42,7 @@ class ClientChain:
         *,
         accept: tuple[str, ...] = (),
         verify: bool = False,
-        on_reject: Callable[[Rejected, stream_pb2.Delivery], None] | None = None,
+        on_reject: Callable[[Rejected, Sealed], None] | None = None,
         now: Callable[[], float] = time.monotonic,
     ) -> None:
         self.accept = tuple(dict.fromkeys((*accept, SIGNED) if verify else accept))
@@ -63,8 +66,14 @@ class ClientChain:
             self.opener.set_keys((await self._fetch_keys()).keys)
             self._refreshed.clear()
 
-    async def open(self, delivery: stream_pb2.Delivery) -> notification_pb2.Notification | None:
-        """The delivery's notification, or None when it is rejected (counted and logged)."""
+    async def ready(self) -> None:
+        """Before a ListInbox: the keys, unless this chain has them already."""
+        if self.verify and not self.opener.key_ids:
+            await self.connecting()
+
+    async def open(self, delivery: Sealed) -> notification_pb2.Notification | None:
+        """The notification of a delivery or an inbox item, or None when it is rejected
+        (counted and logged)."""
         try:
             return self.opener.open(delivery)
         except Rejected as rejected:
@@ -84,7 +93,7 @@ class ClientChain:
         self._refreshed.add(key_id)
         return True
 
-    def _reject(self, rejected: Rejected, delivery: stream_pb2.Delivery) -> None:
+    def _reject(self, rejected: Rejected, delivery: Sealed) -> None:
         self.rejected[rejected.reason] += 1
         metrics.CLIENT_REJECTED.labels(rejected.reason).inc()
         if self._on_reject is not None:
@@ -94,10 +103,17 @@ class ClientChain:
             self._left_out += 1
             return
         self._logged_at, left_out, self._left_out = now, self._left_out, 0
+        # An inbox item has no log field: the inbox is the user's log.
+        what, of_log = (
+            ("a delivery", delivery.log[:64])
+            if isinstance(delivery, stream_pb2.Delivery)
+            else ("an inbox item", "user")
+        )
         log.warning(
-            "rejected a delivery (%s) of log %s at cursor %d; %d more left out since",
+            "rejected %s (%s) of log %s at cursor %d; %d more left out since",
+            what,
             rejected.reason,
-            delivery.log[:64],
+            of_log,
             delivery.cursor,
             left_out,
             extra={"reason": rejected.reason, "key_id": rejected.key_id[:64]},

@@ -24,9 +24,10 @@ import pytest
 import pytest_asyncio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from playwright.async_api import Browser, Locator, Page, async_playwright, expect
+from playwright.async_api import Browser, Locator, Page, WebSocket, async_playwright, expect
 
-from herald.v1 import ingest_pb2
+from herald.v1 import ingest_pb2, notification_pb2, stream_pb2
+from services.chain import Variant
 from services.chain.signing import write_private_key
 from services.config import ChainSettings, DeliverySettings
 from tests.harness import Herald, make_config, start_herald, to_user
@@ -123,6 +124,8 @@ class Stack:
             fragment += f"&ackIntervalMs={ack_interval_ms}"
         if mode is not None and mode.websocket:
             fragment += "&transport=websocket"
+        if mode is not None and mode.json_frames:
+            fragment += "&frames=json"
         if mode is not None and mode.verify:
             fragment += "&verify=1"
         if keys_url is not None:
@@ -132,20 +135,25 @@ class Stack:
 
 @dataclass(frozen=True)
 class Mode:
-    """How the page subscribes: gRPC-Web or WebSocket (Envoy's /ws), plain or asking for gzip +
-    signed deliveries and verifying each (Ed25519 in the page, keys from GetSigningKeys)."""
+    """How the page subscribes: gRPC-Web or WebSocket (Envoy's /ws; binary or JSON frames),
+    plain or asking for gzip + signed deliveries and verifying each (Ed25519 in the page, keys
+    from GetSigningKeys), on its stream and on ListInbox alike."""
 
     websocket: bool
     verify: bool
+    json_frames: bool = False
 
     @property
     def transport(self) -> str:
-        return "websocket" if self.websocket else "grpc-web"
+        return ("websocket" if self.websocket else "grpc-web") + (
+            ", json" if self.json_frames else ""
+        )
 
 
 GRPC_WEB = Mode(websocket=False, verify=False)
 WEBSOCKET = Mode(websocket=True, verify=False)
 WEBSOCKET_SIGNED = Mode(websocket=True, verify=True)
+WEBSOCKET_JSON = Mode(websocket=True, verify=False, json_frames=True)
 
 
 @pytest_asyncio.fixture
@@ -412,3 +420,111 @@ async def test_a_delivery_that_does_not_verify_is_shown_as_rejected(
     assert stats["delivered"] == 0, stats
     # Acked past all the same (the batch's watermark), so it is not redelivered forever.
     assert await states_of(stack.herald, sent.notification_id, until=ACKED) == [ACKED]
+
+
+async def test_websocket_json_frames_show_what_is_sent_and_the_ack_stops_redelivery(
+    stack: Stack,
+) -> None:
+    page = await stack.browser.new_page()
+    sent_frames: list[str | bytes] = []
+    received_frames: list[str | bytes] = []
+
+    def watch(socket: WebSocket) -> None:
+        # Playwright tags each handler: plain functions, not bound builtins.
+        socket.on("framesent", lambda payload: sent_frames.append(payload))
+        socket.on("framereceived", lambda payload: received_frames.append(payload))
+
+    page.on("websocket", watch)
+    await open_inbox(stack, page, mode=WEBSOCKET_JSON)
+    sent = await stack.herald.backend().send(to_user("alice", "over JSON frames"))
+    await expect(toast(page, sent.notification_id)).to_contain_text(
+        "over JSON frames", timeout=WAIT_MS
+    )
+    await expect(page.locator(f'#inbox li[data-id="{sent.notification_id}"]')).to_have_count(1)
+    # The page acked it with a JSON ack frame: the status says so.
+    assert await states_of(stack.herald, sent.notification_id, until=ACKED) == [ACKED]
+    # Through Envoy both ways in text frames of protobuf's JSON mapping (herald.v1.json).
+    # Playwright reports frames on its own connection: the ack's may trail the server's status.
+    for _ in range(100):
+        if len(sent_frames) >= 2:
+            break
+        await asyncio.sleep(0.05)
+    assert all(isinstance(frame, str) for frame in sent_frames + received_frames)
+    sent_json = [json.loads(frame) for frame in sent_frames]
+    assert "subscribe" in sent_json[0], sent_json[0]
+    assert any("ack" in frame for frame in sent_json[1:]), sent_json
+    received_json = [json.loads(frame) for frame in received_frames]
+    assert "sessionStarted" in received_json[0], received_json[0]
+    assert any(
+        d["notification"]["id"] == sent.notification_id
+        for frame in received_json
+        for d in frame.get("deliveries", {}).get("deliveries", [])
+    )
+    await page.close()
+
+    # A new profile (no stored cursors) resumes from the server's acks: what was acked is not
+    # delivered again. The marker comes after the backlog, so by then a redelivery would have.
+    context = await stack.browser.new_context()
+    fresh = await context.new_page()
+    await open_inbox(stack, fresh, mode=WEBSOCKET_JSON)
+    marker = await stack.herald.backend().send(to_user("alice", "marker"))
+    await expect(toast(fresh, marker.notification_id)).to_be_visible(timeout=WAIT_MS)
+    await expect(toast(fresh, sent.notification_id)).to_have_count(0)
+    stats = await fresh.evaluate("() => window.heraldDemo.subscription.stats")
+    assert (stats["delivered"], stats["duplicates"]) == (1, 0), stats
+    await context.close()
+
+
+async def test_a_forged_item_in_the_first_inbox_page_is_shown_as_rejected(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    chain = stack.herald.node("stream").chain
+    assert chain is not None
+    seal = chain.seal
+
+    def forge(notification: bytes, variant: Variant) -> stream_pb2.SealedNotification:
+        sealed = seal(notification, variant)
+        if notification_pb2.Notification.FromString(notification).content.title == "forged":
+            # Other content (formatted and compressed as the variant says) under the genuine
+            # signature, as a forger on the way would send it.
+            forged = notification_pb2.Notification.FromString(notification)
+            forged.content.title = "Your account is locked: log in at evil.example"
+            real = sealed
+            sealed = seal(forged.SerializeToString(), variant)
+            sealed.key_id, sealed.signature = real.key_id, real.signature
+        return sealed
+
+    monkeypatch.setattr(chain, "seal", forge)
+    backend = stack.herald.backend()
+    genuine = await backend.send(to_user("alice", "genuine"))
+    forged = await backend.send(to_user("alice", "forged"))
+
+    page = await stack.browser.new_page()
+    inbox_requests: list[bytes] = []
+    page.on(
+        "request",
+        lambda request: (
+            inbox_requests.append(request.post_data_buffer or b"")
+            if request.url.endswith("/ListInbox")
+            else None
+        ),
+    )
+    await open_inbox(stack, page, mode=WEBSOCKET_SIGNED)
+    # The first page (ListInbox over gRPC-Web through Envoy) asked for the stream's encodings.
+    assert inbox_requests
+    assert all(b"signed" in body for body in inbox_requests)
+    rejected = page.locator('#inbox li.rejected[data-reason="bad_signature"]')
+    await expect(rejected).to_have_count(1, timeout=WAIT_MS)
+    await expect(rejected).to_contain_text("Rejected an inbox item")
+    await expect(page.locator(f'#inbox li[data-id="{genuine.notification_id}"]')).to_have_count(1)
+    # The forged content is shown nowhere, not as a row, a toast or a count.
+    await expect(page.locator(f'#inbox li[data-id="{forged.notification_id}"]')).to_have_count(0)
+    await expect(toast(page, forged.notification_id)).to_have_count(0)
+    assert "evil.example" not in await page.locator("body").inner_text()
+    await expect(page.locator("#unread")).to_have_text("1", timeout=WAIT_MS)
+    inbox_stats = await page.evaluate("() => window.heraldDemo.inbox.stats")
+    assert inbox_stats["rejectedBy"]["bad_signature"] >= 1, inbox_stats
+    assert inbox_stats["rejected"] == inbox_stats["rejectedBy"]["bad_signature"], inbox_stats
+    # The genuine item verified and opened from its gzip'd, signed form.
+    opened = await page.evaluate("() => window.heraldDemo.decoder.openedItems")
+    assert opened.get("protobuf/gzip", 0) >= 1, opened

@@ -12,6 +12,8 @@ Invariants:
 - `transform` takes the encoded `SubscribeResponse` a session writer produced and returns the
   one to send: deliveries get `sealed` instead of `notification`, SessionStarted gets
   `encodings`; heartbeats and closing pass through. The same function serves every transport.
+- `transform_inbox` does the same to an encoded `ListInboxResponse`: each item gets `sealed`
+  instead of `notification`, from the same cache, so a page lists the very bytes the stream sent.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ _TAG_STARTED = 0x1A  # SubscribeResponse.session_started
 _TAG_NOTIFICATION = 0x0A  # Delivery.notification
 _TAG_SEALED = b"\x32"  # Delivery.sealed, field 6, length-delimited
 _TAG_ENCODINGS = b"\x42"  # SessionStarted.encodings, field 8, length-delimited
+_TAG_ITEMS = 0x0A  # ListInboxResponse.items
+_TAG_ITEM_SEALED = b"\x3a"  # InboxItem.sealed, field 7, length-delimited
 
 
 def default_policy(settings: ChainSettings) -> ChainPolicy:
@@ -181,6 +185,26 @@ class Chain:
             return batch
         return wire.repeated_field_1(self._deliveries(batch, variant))
 
+    def transform_inbox(self, response: bytes, variant: Variant) -> bytes:
+        """The encoded ListInboxResponse to answer a ListInbox of `variant` with: each item's
+        `notification` (field 1) replaced by `sealed` (field 7), the rest as it was."""
+        if variant.plain:
+            return response
+        parts: list[bytes] = []
+        index, end = 0, len(response)
+        while index < end:
+            start = index
+            key, index = _read_varint(response, index)
+            if key & 7 != 2:
+                raise ValueError("unexpected wire type in a ListInboxResponse")
+            value, index = _length_delimited(response, index)
+            if key == _TAG_ITEMS:
+                item = self._fields_sealed(value, variant, _TAG_ITEM_SEALED)
+                parts.append(bytes((_TAG_ITEMS,)) + wire.varint(len(item)) + item)
+            else:
+                parts.append(response[start:index])
+        return b"".join(parts)
+
     def _deliveries(self, batch: bytes, variant: Variant, index: int = 0) -> list[bytes]:
         """The deliveries of the DeliveryBatch that fills `batch` from `index` on, sealed."""
         # The hot path of a transformed stream: run once per session and stream message, so
@@ -214,27 +238,30 @@ class Chain:
                     self._hits.value += 1
                 out.append(field + batch[start + size : stop])
             else:
-                out.append(self._delivery_any_order(batch[index:stop], variant))
+                out.append(self._fields_sealed(batch[index:stop], variant, _TAG_SEALED))
             index = stop
         return out
 
-    def _delivery_any_order(self, delivery: bytes, variant: Variant) -> bytes:
+    def _fields_sealed(self, message: bytes, variant: Variant, sealed_tag: bytes) -> bytes:
+        """A Delivery or an InboxItem (fields in any order) with its notification (field 1)
+        replaced by the sealed one under `sealed_tag` (a one-byte tag)."""
         parts: list[bytes] = []
-        index, end = 0, len(delivery)
+        index, end = 0, len(message)
         while index < end:
             start = index
-            key, index = _read_varint(delivery, index)
+            key, index = _read_varint(message, index)
             wire_type = key & 7
             if wire_type == 0:
-                _, index = _read_varint(delivery, index)
+                _, index = _read_varint(message, index)
             elif wire_type == 2:
-                value, index = _length_delimited(delivery, index)
+                value, index = _length_delimited(message, index)
                 if key >> 3 == 1:
-                    parts.append(self.sealed_field(value, variant))
+                    field = self.sealed_field(value, variant)
+                    parts.append(field if sealed_tag == _TAG_SEALED else sealed_tag + field[1:])
                     continue
             else:
-                raise ValueError("unexpected wire type in a Delivery")
-            parts.append(delivery[start:index])
+                raise ValueError("unexpected wire type in a Delivery or an InboxItem")
+            parts.append(message[start:index])
         return b"".join(parts)
 
     def _suffix(self, variant: Variant) -> bytes:

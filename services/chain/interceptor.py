@@ -5,7 +5,9 @@ identity response serializer), which an interceptor cannot see by wrapping the h
 return value. So the interceptor hands the handler a context whose `write` passes each message
 through `Chain.transform` first. The variant is negotiated before the handler runs, from the
 request's `accept_encodings` and the tenant's policy; a plain session gets the real context and
-today's bytes. It must run inside the AuthInterceptor (listed after it), which sets the caller's
+today's bytes. ListInbox negotiates the same way (the same tenant policy, `Chain.variant_for`)
+and its encoded answer goes through `Chain.transform_inbox`. It must run inside the
+AuthInterceptor (listed after it), which sets the caller's
 principal and decodes the request.
 """
 
@@ -24,6 +26,7 @@ from services.chain.chain import Chain
 from services.chain.policy import Variant
 
 SUBSCRIBE = "/herald.v1.StreamService/Subscribe"
+LIST_INBOX = "/herald.v1.StreamService/ListInbox"
 
 Context = aio.ServicerContext[Any, Any]
 
@@ -58,6 +61,8 @@ class ChainInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any]:
         handler = await continuation(handler_call_details)
+        if handler is not None and handler_call_details.method == LIST_INBOX:
+            return self._list_inbox(handler)
         if handler is None or handler_call_details.method != SUBSCRIBE:
             return handler
         behavior: Any = handler.unary_stream
@@ -77,6 +82,26 @@ class ChainInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
 
         return grpc.unary_stream_rpc_method_handler(
             subscribe,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    def _list_inbox(
+        self, handler: grpc.RpcMethodHandler[Any, Any]
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        behavior: Any = handler.unary_unary
+        chain = self._chain
+
+        async def list_inbox(request: stream_pb2.ListInboxRequest, context: Context) -> Any:
+            # The handler first: it checks the request (accept_encodings' bounds too).
+            response = await behavior(request, context)
+            variant = await chain.variant_for(
+                current_principal().tenant, list(request.accept_encodings)
+            )
+            return chain.transform_inbox(response, variant)
+
+        return grpc.unary_unary_rpc_method_handler(
+            list_inbox,
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )

@@ -1,4 +1,4 @@
-"""The client side of the chain: a delivery back to its Notification, verified.
+"""The client side of the chain: a delivery (or an inbox item) back to its Notification, verified.
 
 `Opener.open` undoes the chain in reverse order: decompress (bounded), verify the signature over
 `signed_message(format, payload)` with the key named by `key_id`, parse the format. A client that
@@ -55,8 +55,10 @@ class Opener:
     def key_ids(self) -> list[str]:
         return sorted(self._keys)
 
-    def open(self, delivery: stream_pb2.Delivery) -> notification_pb2.Notification:
-        """The delivery's notification.
+    def open(
+        self, delivery: stream_pb2.Delivery | stream_pb2.InboxItem
+    ) -> notification_pb2.Notification:
+        """The notification of a delivery, or of a ListInbox item (the same two fields).
 
         Raises:
             Rejected: see the module docstring.

@@ -10,17 +10,19 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from grpc import aio
 
 from herald.node.v1 import node_pb2
 from herald.v1 import stream_pb2
-from services import audit, metrics
+from herald.v1.ingest_pb2 import DeliveryState
+from services import audit, metrics, wire
 from services.auth import current_principal
 from services.bounds import (
     MAX_CHANNEL_LEN,
+    MAX_ENCODING_LEN,
     MAX_ID_LEN,
     MAX_PAGE_TOKEN_LEN,
     MAX_REASON_LEN,
@@ -156,13 +158,15 @@ class StreamServicer:
             metrics.ACK_STREAMS.dec()
             open_streams.dec()
 
-    async def ListInbox(
-        self, request: stream_pb2.ListInboxRequest, context: Context
-    ) -> stream_pb2.ListInboxResponse:
+    async def ListInbox(self, request: stream_pb2.ListInboxRequest, context: Context) -> bytes:
+        """The encoded ListInboxResponse: each item's notification is its stored bytes (field 1,
+        first), so the transformer chain seals it from the same cache as the stream's."""
         principal = current_principal()
         page_size = request.page_size or 20
         if page_size > 100:
             raise InvalidArgument("page_size is at most 100")
+        check_count(request.accept_encodings, "accept_encodings")
+        check_each(request.accept_encodings, MAX_ENCODING_LEN, "accept_encodings")
         filter_ = _FILTERS.get(request.filter)
         if filter_ is None:
             raise InvalidArgument(
@@ -175,19 +179,19 @@ class StreamServicer:
             _page_cursor(request.page_token),
             filter_,
         )
-        response = stream_pb2.ListInboxResponse(
-            next_page_token=str(next_before) if next_before else ""
-        )
+        encoded_items: list[bytes] = []
         for encoded, cursor, state, read_at, seen_at, archived_at in items:
-            item = response.items.add(cursor=cursor, state=int(state))
-            item.notification.MergeFromString(encoded)
+            # The stored state is DeliveryState's number (the stub types it as the enum class).
+            item = stream_pb2.InboxItem(cursor=cursor, state=cast(DeliveryState, int(state)))
             if read_at:
                 item.read_at.CopyFrom(timestamp(read_at))
             if seen_at:
                 item.seen_at.CopyFrom(timestamp(seen_at))
             if archived_at:
                 item.archived_at.CopyFrom(timestamp(archived_at))
-        return response
+            encoded_items.append(wire.notification_field(encoded) + item.SerializeToString())
+        rest = stream_pb2.ListInboxResponse(next_page_token=str(next_before) if next_before else "")
+        return wire.repeated_field_1(encoded_items) + rest.SerializeToString()
 
     async def UpdateInboxState(
         self, request: stream_pb2.UpdateInboxStateRequest, context: Context
@@ -257,7 +261,7 @@ class StreamServicer:
             "ListInbox": grpc.unary_unary_rpc_method_handler(
                 self.ListInbox,
                 request_deserializer=stream_pb2.ListInboxRequest.FromString,
-                response_serializer=stream_pb2.ListInboxResponse.SerializeToString,
+                response_serializer=None,  # encoded ListInboxResponse bytes (the chain's input)
             ),
             "MarkRead": grpc.unary_unary_rpc_method_handler(
                 self.MarkRead,

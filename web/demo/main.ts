@@ -10,8 +10,11 @@
 //   ackIntervalMs=N     the subscription's ack cadence (tests use it)
 //   transport=websocket subscribe over Herald's WebSocket endpoint (Envoy's /ws) instead of
 //                       gRPC-Web; the inbox calls stay gRPC-Web
+//   frames=json         with transport=websocket: JSON text frames (herald.v1.json) instead of
+//                       binary protobuf
 //   verify=1            ask for gzip + signed deliveries and verify every one (Ed25519,
-//                       WebCrypto); rejected ones are listed, never shown as notifications
+//                       WebCrypto), on the stream and on ListInbox alike; rejected ones are
+//                       listed as rejected, never shown as notifications
 //   keys=URL            where the verification keys come from: a /signing-keys JSON URL
 //                       (default: GetSigningKeys through Envoy)
 
@@ -20,6 +23,7 @@ import {
   type ConnectionState,
   type DeliveryRejected,
   fetchSigningKeysHttp,
+  type Inbox,
   SigningKeys,
   createHeraldClient,
   type InboxItem,
@@ -35,6 +39,7 @@ interface Session {
   server: string;
   ackIntervalMs?: number;
   transport?: "websocket";
+  frames?: "json";
   verify?: boolean;
   keys?: string;
 }
@@ -56,6 +61,7 @@ function readSession(): Session | undefined {
       server: fragment.get("server") ?? defaultServer(),
       ...(ack > 0 ? { ackIntervalMs: ack } : {}),
       ...(fragment.get("transport") === "websocket" ? { transport: "websocket" as const } : {}),
+      ...(fragment.get("frames") === "json" ? { frames: "json" as const } : {}),
       ...(fragment.get("verify") === "1" ? { verify: true } : {}),
       ...(fragment.get("keys") ? { keys: fragment.get("keys") ?? "" } : {}),
     };
@@ -102,6 +108,8 @@ class InboxPage {
   readonly #rejections = element<HTMLUListElement>("rejections");
   readonly decoder: ChainDecoder | undefined;
   readonly #client: ReturnType<typeof createHeraldClient>;
+  /** The inbox, through the subscription's decoder when the page verifies. */
+  readonly inbox: Inbox;
   readonly #unread = new Set<string>();
   #nextPage = "";
   subscription: Subscription | undefined;
@@ -111,6 +119,7 @@ class InboxPage {
       baseUrl: session.server,
       token: session.token,
       ...(session.transport === "websocket" ? { stream: "websocket" as const } : {}),
+      ...(session.frames === "json" ? { webSocketFraming: "json" as const } : {}),
     });
     const keysUrl = session.keys;
     this.decoder = session.verify
@@ -118,8 +127,11 @@ class InboxPage {
           keys: keysUrl ? new SigningKeys(() => fetchSigningKeysHttp(keysUrl)) : this.#client.signingKeys,
         })
       : undefined;
+    this.inbox = this.decoder ? this.#client.inbox.withDecoder(this.decoder) : this.#client.inbox;
     element("transport").textContent =
-      this.#client.stream + (this.decoder ? ", verified" : "");
+      this.#client.stream +
+      (session.transport === "websocket" && session.frames === "json" ? ", json" : "") +
+      (this.decoder ? ", verified" : "");
     const claims = readClaims(session.token);
     element("who").textContent = `${claims.sub} @ ${claims.tenant}`;
     this.#more.addEventListener("click", () => void this.loadPage());
@@ -141,19 +153,27 @@ class InboxPage {
 
   async start(): Promise<void> {
     await this.loadPage();
-    for (const id of await this.#client.inbox.unreadIds()) this.#unread.add(id);
+    for (const id of await this.inbox.unreadIds()) this.#unread.add(id);
     this.renderBadge();
     // The first page and the badge are in (tests wait for this before sending).
     document.body.dataset.inbox = "loaded";
   }
 
   async loadPage(): Promise<void> {
-    const page = await this.#client.inbox.page(this.#nextPage, 20);
+    const page = await this.inbox.page(this.#nextPage, 20);
     for (const item of page.items) {
       // A delivery that arrived live while this page loaded is listed already.
       const id = item.notification?.id ?? "";
       if (this.#list.querySelector(`li[data-id="${CSS.escape(id)}"]`) === null) {
         this.#list.append(this.row(item));
+      }
+    }
+    // Items that did not verify: shown where they are, as rejected, never their content (the
+    // id inside a forged item cannot be trusted either: the cursor says which it is).
+    for (const { item, rejected } of page.rejected) {
+      const cursor = String(item.cursor);
+      if (this.#list.querySelector(`li.rejected[data-cursor="${cursor}"]`) === null) {
+        this.#list.append(this.rejectedRow(cursor, rejected));
       }
     }
     this.#nextPage = page.nextPageToken;
@@ -190,6 +210,15 @@ class InboxPage {
     return li;
   }
 
+  rejectedRow(cursor: string, rejected: DeliveryRejected): HTMLLIElement {
+    const li = document.createElement("li");
+    li.className = "rejected";
+    li.dataset.cursor = cursor;
+    li.dataset.reason = rejected.reason;
+    li.textContent = `Rejected an inbox item: ${rejected.message}`;
+    return li;
+  }
+
   addLive(notification: Notification): void {
     if (this.#list.querySelector(`li[data-id="${CSS.escape(notification.id)}"]`) === null) {
       this.#list.prepend(this.row({ notification, readAt: undefined }));
@@ -202,7 +231,7 @@ class InboxPage {
   async markRead(id: string, li: HTMLLIElement, button: HTMLButtonElement): Promise<void> {
     button.disabled = true;
     try {
-      await this.#client.inbox.markRead([id]);
+      await this.inbox.markRead([id]);
       li.className = "read";
       button.remove();
       this.#unread.delete(id);

@@ -15,12 +15,17 @@
  * (`DeliveryRejected`, with its reason) is counted (`stats.rejected`, `stats.rejectedBy`) and
  * reported (`onReject`), never handed to the app, and still acked by its batch's watermark so it
  * is not redelivered forever (it stays in the user's inbox).
+ *
+ * `Inbox` takes the same decoder (`InboxOptions.decoder`): it sends the same `acceptEncodings`
+ * in ListInboxRequest and opens every `InboxItem.sealed` with `decodeItem`, exactly as a
+ * delivery; a rejected item is counted (`Inbox.stats`) and listed in the page's `rejected`,
+ * never among its `items`.
  */
 
-import { create, fromBinary, fromJsonString } from "@bufbuild/protobuf";
+import { clone, create, fromBinary, fromJsonString } from "@bufbuild/protobuf";
 import { type Notification, NotificationSchema } from "./gen/herald/v1/notification_pb";
-import type { Delivery, GetSigningKeysResponse, SealedNotification } from "./gen/herald/v1/stream_pb";
-import { DeliverySchema } from "./gen/herald/v1/stream_pb";
+import type { Delivery, GetSigningKeysResponse, InboxItem, SealedNotification } from "./gen/herald/v1/stream_pb";
+import { DeliverySchema, InboxItemSchema } from "./gen/herald/v1/stream_pb";
 
 /** Public keys to verify signatures with, by key id; served by Herald (an RPC, and over HTTP
  * for browsers). Old keys keep verifying until they are retired. */
@@ -35,6 +40,8 @@ export interface DeliveryDecoder {
    * Rejects with `DeliveryRejected` when it was tampered with, or unsigned where a signature
    * was required. */
   decode(delivery: Delivery): Promise<Delivery>;
+  /** The same for a ListInbox item: `notification` set, `sealed` cleared, the rest kept. */
+  decodeItem(item: InboxItem): Promise<InboxItem>;
 }
 
 /** Why a delivery was rejected, as the Python client counts them. */
@@ -113,6 +120,8 @@ export class ChainDecoder implements DeliveryDecoder {
   readonly requireSignature: boolean;
   /** Sealed deliveries opened, by "format/encoding" (e.g. "protobuf/gzip"). */
   readonly opened: Record<string, number> = {};
+  /** Sealed inbox items opened (`decodeItem`), by "format/encoding". */
+  readonly openedItems: Record<string, number> = {};
   readonly #keys: VerificationKeys;
 
   constructor(options: ChainDecoderOptions) {
@@ -127,16 +136,11 @@ export class ChainDecoder implements DeliveryDecoder {
   }
 
   async decode(delivery: Delivery): Promise<Delivery> {
-    const sealed = delivery.sealed;
-    if (sealed === undefined) {
-      if (this.requireSignature) {
-        throw new DeliveryRejected(delivery.notification?.id ?? "", "unsigned");
-      }
+    if (delivery.sealed === undefined) {
+      this.#unsealed(delivery.notification);
       return delivery;
     }
-    const notification = await this.open(sealed);
-    const kind = `${sealed.format}/${sealed.encoding}`;
-    this.opened[kind] = (this.opened[kind] ?? 0) + 1;
+    const notification = await this.#opened(delivery.sealed, this.opened);
     return create(DeliverySchema, {
       notification,
       log: delivery.log,
@@ -144,6 +148,30 @@ export class ChainDecoder implements DeliveryDecoder {
       attempt: delivery.attempt,
       resumeCursor: delivery.resumeCursor,
     });
+  }
+
+  async decodeItem(item: InboxItem): Promise<InboxItem> {
+    if (item.sealed === undefined) {
+      this.#unsealed(item.notification);
+      return item;
+    }
+    const notification = await this.#opened(item.sealed, this.openedItems);
+    const opened = clone(InboxItemSchema, item);
+    opened.sealed = undefined;
+    opened.notification = notification;
+    return opened;
+  }
+
+  /** A plain notification is refused where a signature is required. */
+  #unsealed(notification: Notification | undefined): void {
+    if (this.requireSignature) throw new DeliveryRejected(notification?.id ?? "", "unsigned");
+  }
+
+  async #opened(sealed: SealedNotification, counts: Record<string, number>): Promise<Notification> {
+    const notification = await this.open(sealed);
+    const kind = `${sealed.format}/${sealed.encoding}`;
+    counts[kind] = (counts[kind] ?? 0) + 1;
+    return notification;
   }
 
   /** The notification inside `sealed`, or DeliveryRejected. */

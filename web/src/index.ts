@@ -37,7 +37,7 @@ export {
   signedMessage,
   type VerificationKeys,
 } from "./chain";
-export { Inbox, type InboxPage } from "./inbox";
+export { Inbox, type InboxOptions, type InboxPage, type InboxStats, type RejectedItem } from "./inbox";
 export {
   type LogResume,
   LocalStorageResumeStore,
@@ -86,6 +86,9 @@ export interface HeraldClientOptions {
   /** The WebSocket endpoint (default: `baseUrl` with ws(s):// and the path /ws, which Envoy
    * routes to the stream nodes). */
   readonly webSocketUrl?: string;
+  /** The WebSocket frames: binary protobuf (default) or protobuf's JSON mapping in text frames
+   * (`herald.v1.json`, docs/websocket.md). */
+  readonly webSocketFraming?: "protobuf" | "json";
 }
 
 export interface HeraldClient {
@@ -107,7 +110,10 @@ export function createHeraldClient(options: HeraldClientOptions): HeraldClient {
   // A WebSocket subscription acks on its own socket: one transport per subscription.
   const streamTransport = (): StreamTransport =>
     stream === "websocket"
-      ? new WebSocketTransport({ url: options.webSocketUrl ?? webSocketUrlOf(options.baseUrl) })
+      ? new WebSocketTransport({
+          url: options.webSocketUrl ?? webSocketUrlOf(options.baseUrl),
+          ...(options.webSocketFraming ? { framing: options.webSocketFraming } : {}),
+        })
       : transport;
   return {
     transport,

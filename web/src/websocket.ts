@@ -1,6 +1,10 @@
 /**
  * Subscribe and Ack over Herald's WebSocket endpoint (docs/websocket.md), behind Envoy at
- * `/ws`: the browser's native WebSocket, binary protobuf frames (`herald.v1`). The first client
+ * `/ws`: the browser's native WebSocket, binary protobuf frames (`herald.v1`, the default) or,
+ * with `framing: "json"`, text frames in protobuf's canonical JSON mapping (`herald.v1.json`:
+ * lowerCamelCase names, 64-bit integers as strings, bytes such as a sealed payload in base64),
+ * for an app that wants to read the frames in the browser's devtools or has no binary
+ * protobuf at hand. Either way the messages and their handling are the same. The first client
  * frame is `WebSocketClientFrame.subscribe` with the token (or the token travels in the
  * `herald.bearer.<jwt>` subprotocol; never in the URL), every later one an `ack`; the server's
  * frames are `SubscribeResponse`s, the same events as a gRPC-Web Subscribe. A refused or failed
@@ -8,19 +12,22 @@
  * same `TransportError` the gRPC-Web transport throws, so the reconnect logic is shared.
  */
 
-import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { create, fromBinary, fromJsonString, toBinary, toJsonString } from "@bufbuild/protobuf";
 import { Code } from "@connectrpc/connect";
 import {
   type AckRequest,
   type SubscribeRequest,
   type SubscribeResponse,
   SubscribeResponseSchema,
+  type WebSocketClientFrame,
   WebSocketClientFrameSchema,
 } from "./gen/herald/v1/stream_pb";
 import { type CallOptions, type StreamTransport, TransportError } from "./transport";
 
 /** The subprotocol of binary protobuf frames. */
 export const PROTOBUF_SUBPROTOCOL = "herald.v1";
+/** The subprotocol of text frames in protobuf's canonical JSON mapping. */
+export const JSON_SUBPROTOCOL = "herald.v1.json";
 export const BEARER_SUBPROTOCOL_PREFIX = "herald.bearer.";
 /** Close codes 4000 + N carry gRPC status N. */
 export const STATUS_CLOSE_BASE = 4000;
@@ -33,7 +40,7 @@ export interface WebSocketLike {
   onmessage: ((event: { data: unknown }) => void) | null;
   onerror: ((event: unknown) => void) | null;
   onclose: ((event: { code: number; reason: string }) => void) | null;
-  send(data: Uint8Array): void;
+  send(data: Uint8Array | string): void;
   close(code?: number, reason?: string): void;
 }
 
@@ -45,6 +52,8 @@ export interface WebSocketTransportOptions {
   /** Where the token goes: the first frame (default) or the `herald.bearer.<jwt>` subprotocol.
    * Neither is a URL, which proxies and access logs keep. */
   readonly tokenIn?: "frame" | "subprotocol";
+  /** The frames: binary protobuf (`herald.v1`, default) or JSON text (`herald.v1.json`). */
+  readonly framing?: "protobuf" | "json";
   /** Another WebSocket implementation (tests); default `globalThis.WebSocket`. */
   readonly WebSocket?: WebSocketConstructor;
 }
@@ -73,12 +82,58 @@ export function closeError(code: number, reason: string): TransportError | undef
   return new TransportError("UNAVAILABLE", `WebSocket closed with ${code} ${reason}`.trim());
 }
 
+/** How frames are written and read on one subprotocol. */
+interface Framing {
+  readonly subprotocol: string;
+  encode(frame: WebSocketClientFrame): Uint8Array | string;
+  /** A server frame, or a TransportError for one that is not a SubscribeResponse. */
+  decode(data: unknown): SubscribeResponse | TransportError;
+}
+
+function undecodable(error: unknown): TransportError {
+  return new TransportError("INTERNAL", `an undecodable frame: ${String(error)}`);
+}
+
+const PROTOBUF_FRAMING: Framing = {
+  subprotocol: PROTOBUF_SUBPROTOCOL,
+  encode: (frame) => toBinary(WebSocketClientFrameSchema, frame),
+  decode(data) {
+    if (!(data instanceof ArrayBuffer)) {
+      return new TransportError("INTERNAL", "a text frame on the binary herald.v1 subprotocol");
+    }
+    try {
+      return fromBinary(SubscribeResponseSchema, new Uint8Array(data));
+    } catch (error) {
+      return undecodable(error);
+    }
+  },
+};
+
+const JSON_FRAMING: Framing = {
+  subprotocol: JSON_SUBPROTOCOL,
+  encode: (frame) => toJsonString(WebSocketClientFrameSchema, frame),
+  decode(data) {
+    if (typeof data !== "string") {
+      return new TransportError("INTERNAL", "a binary frame on the JSON herald.v1.json subprotocol");
+    }
+    try {
+      // A newer server may add fields: ignore what this client does not know.
+      return fromJsonString(SubscribeResponseSchema, data, { ignoreUnknownFields: true });
+    } catch (error) {
+      return undecodable(error);
+    }
+  },
+};
+
 /** A StreamTransport over Herald's WebSocket endpoint. Acks travel on the open socket, so a
  * transport serves one subscription (one stream at a time): give each its own. */
 export class WebSocketTransport implements StreamTransport {
   readonly name = "websocket";
+  /** "protobuf" (binary frames) or "json" (text frames). */
+  readonly framing: "protobuf" | "json";
   readonly #url: string;
   readonly #tokenIn: "frame" | "subprotocol";
+  readonly #framing: Framing;
   readonly #WebSocket: WebSocketConstructor;
   /** The socket of the stream being read, once it has sent its subscribe frame. */
   #socket: WebSocketLike | undefined;
@@ -88,6 +143,8 @@ export class WebSocketTransport implements StreamTransport {
     if (/[?&]token=/i.test(options.url)) throw new Error("never put a token in a URL");
     this.#url = options.url;
     this.#tokenIn = options.tokenIn ?? "frame";
+    this.framing = options.framing ?? "protobuf";
+    this.#framing = this.framing === "json" ? JSON_FRAMING : PROTOBUF_FRAMING;
     const ctor =
       options.WebSocket ??
       ((globalThis as { WebSocket?: unknown }).WebSocket as WebSocketConstructor | undefined);
@@ -105,7 +162,8 @@ export class WebSocketTransport implements StreamTransport {
       throw new Error("this WebSocketTransport has a stream open already; use one per subscription");
     }
     this.#streaming = true;
-    const protocols = [PROTOBUF_SUBPROTOCOL];
+    const framing = this.#framing;
+    const protocols = [framing.subprotocol];
     if (this.#tokenIn === "subprotocol") protocols.push(BEARER_SUBPROTOCOL_PREFIX + options.token);
     const socket = new this.#WebSocket(this.#url, protocols);
     socket.binaryType = "arraybuffer";
@@ -129,20 +187,16 @@ export class WebSocketTransport implements StreamTransport {
           value: { token: this.#tokenIn === "frame" ? options.token : "", request },
         },
       });
-      socket.send(toBinary(WebSocketClientFrameSchema, frame));
+      socket.send(framing.encode(frame));
       this.#socket = socket;
     };
     socket.onmessage = ({ data }) => {
-      if (!(data instanceof ArrayBuffer)) {
-        fail(new TransportError("INTERNAL", "a text frame on the binary herald.v1 subprotocol"));
+      const response = framing.decode(data);
+      if (response instanceof TransportError) {
+        fail(response);
         return;
       }
-      try {
-        queue.push(fromBinary(SubscribeResponseSchema, new Uint8Array(data)));
-      } catch (error) {
-        fail(new TransportError("INTERNAL", `an undecodable frame: ${String(error)}`));
-        return;
-      }
+      queue.push(response);
       notify();
     };
     socket.onerror = () => {
@@ -188,12 +242,15 @@ export class WebSocketTransport implements StreamTransport {
       throw new TransportError("UNAVAILABLE", "the WebSocket is not open");
     }
     const frame = create(WebSocketClientFrameSchema, { frame: { case: "ack", value: request } });
-    socket.send(toBinary(WebSocketClientFrameSchema, frame));
+    socket.send(this.#framing.encode(frame));
     return 0;
   }
 }
 
 /** Herald's WebSocket endpoint at `url` (e.g. "wss://herald.example.com/ws"). */
-export function webSocketTransport(url: string): WebSocketTransport {
-  return new WebSocketTransport({ url });
+export function webSocketTransport(
+  url: string,
+  options: Omit<WebSocketTransportOptions, "url"> = {},
+): WebSocketTransport {
+  return new WebSocketTransport({ url, ...options });
 }

@@ -13,6 +13,7 @@ import {
 } from "../src/chain";
 import { NotificationSchema } from "../src/gen/herald/v1/notification_pb";
 import { DeliverySchema, type SealedNotification, SealedNotificationSchema } from "../src/gen/herald/v1/stream_pb";
+import { Inbox } from "../src/inbox";
 import { createHeraldClient } from "../src/index";
 import { type Received, Subscription } from "../src/subscription";
 import { batch, FakeServer, hold, started } from "./fake-server";
@@ -202,5 +203,73 @@ describe("Subscription with a ChainDecoder", () => {
     // The batch's watermark covers the rejected delivery: it is not redelivered forever.
     expect(server.acks[0]?.upTo.map((c) => [c.log, c.cursor])).toEqual([["user", 3n]]);
     await subscription.close();
+  });
+});
+
+describe("Inbox with a ChainDecoder", () => {
+  it("asks for the decoder's encodings, opens what verifies, lists and counts the rest as rejected", async () => {
+    const key = await signer("2026-12");
+    const forger = await signer("2026-12");
+    const server = new FakeServer([]);
+    server.signingKeys = [{ ...key.published, active: true }];
+    const good = await seal("good", { by: key });
+    const json = await seal("json", { by: key, format: "json", encoding: "identity" });
+    // A forged payload under a real signature, and one signed by a key of the same id.
+    const forged = create(SealedNotificationSchema, {
+      ...(await seal("real", { by: key, encoding: "identity" })),
+      payload: toBinary(NotificationSchema, notification("forged")),
+    });
+    server.inboxItems = [
+      { sealed: good, cursor: 4n, readAt: { seconds: 9n } },
+      { sealed: forged, cursor: 3n },
+      { sealed: await seal("other", { by: forger }), cursor: 2n },
+      { sealed: json, cursor: 1n },
+      { notification: notification("plain"), cursor: 0n },
+    ];
+    const transport = server.transport();
+    const { keysOf } = await import("../src/chain");
+    const keys = new SigningKeys(async () => keysOf(await transport.getSigningKeys({ token: "t" })));
+    const reported: Array<[string, bigint]> = [];
+    const decoder = new ChainDecoder({ keys });
+    const inbox = new Inbox(transport, "t", {
+      decoder,
+      onReject: (rejected, item) => reported.push([rejected.reason, item.cursor]),
+    });
+    const page = await inbox.page();
+    expect(server.inboxRequests[0]?.acceptEncodings).toEqual(["gzip", "signed"]);
+    expect(page.items.map((i) => [i.notification?.id, i.cursor])).toEqual([
+      ["good", 4n],
+      ["json", 1n],
+    ]);
+    expect(page.items.every((i) => i.sealed === undefined)).toBe(true);
+    expect(page.items[0]?.readAt?.seconds).toBe(9n);
+    expect(decoder.openedItems).toEqual({ "protobuf/gzip": 1, "json/identity": 1 });
+    expect(decoder.opened).toEqual({});
+    expect(page.rejected.map((r) => [r.rejected.reason, r.item.cursor])).toEqual([
+      ["bad_signature", 3n],
+      ["bad_signature", 2n],
+      ["unsigned", 0n],
+    ]);
+    expect(reported).toEqual([
+      ["bad_signature", 3n],
+      ["bad_signature", 2n],
+      ["unsigned", 0n],
+    ]);
+    expect(inbox.stats.rejected).toBe(3);
+    expect(inbox.stats.rejectedBy).toEqual({ unsigned: 1, unknown_key: 0, bad_signature: 2, undecodable: 0 });
+    // The unread ids count only what opened (the forged item's id is not trusted).
+    expect([...(await inbox.unreadIds())]).toEqual(["json"]);
+  });
+
+  it("without a decoder, asks for nothing and passes items as they are", async () => {
+    const server = new FakeServer([]);
+    server.inbox = [{ id: "a", read: false }];
+    const inbox = createHeraldClient({ baseUrl: "http://unused.test", token: "t" }).inbox;
+    const plain = new Inbox(server.transport(), "t");
+    const page = await plain.page();
+    expect(server.inboxRequests[0]?.acceptEncodings).toEqual([]);
+    expect(page.items.map((i) => i.notification?.id)).toEqual(["a"]);
+    expect(page.rejected).toEqual([]);
+    expect(inbox.withDecoder(new ChainDecoder({ keys: new SigningKeys(async () => []) }))).toBeInstanceOf(Inbox);
   });
 });

@@ -6,6 +6,7 @@ import {
   type AckRequest,
   type Closing_Reason,
   DeliverySchema,
+  type InboxItemSchema,
   type ListInboxRequest,
   type MarkReadRequest,
   StreamService,
@@ -76,6 +77,8 @@ export class FakeServer {
   ackError: ConnectError | undefined;
   readonly #scripts: Script[];
   inbox: Array<{ id: string; read: boolean }> = [];
+  /** When set, what every ListInbox answers (one page), e.g. sealed items. */
+  inboxItems: Array<MessageInitShape<typeof InboxItemSchema>> | undefined;
   signingKeys: Array<{ keyId: string; algorithm: string; publicKey: Uint8Array; active: boolean }> = [];
   keyFetches = 0;
 
@@ -106,6 +109,7 @@ export class FakeServer {
         },
         listInbox: (request) => {
           this.inboxRequests.push(request);
+          if (this.inboxItems !== undefined) return { items: this.inboxItems, nextPageToken: "" };
           const start = request.pageToken === "" ? 0 : Number(request.pageToken);
           const size = request.pageSize || 20;
           const page = this.inbox.slice(start, start + size);

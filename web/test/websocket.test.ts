@@ -1,7 +1,8 @@
 // The WebSocket transport against a fake browser WebSocket that speaks Herald's frames (binary
-// protobuf WebSocketClientFrame in, SubscribeResponse out; close codes 4000 + gRPC status), under
+// protobuf WebSocketClientFrame in, SubscribeResponse out, or both as JSON text on
+// herald.v1.json; close codes 4000 + gRPC status), under
 // the real Subscription: the same reconnect, resume, ack and duplicate logic as gRPC-Web.
-import { create, fromBinary, type MessageInitShape, toBinary } from "@bufbuild/protobuf";
+import { create, fromBinary, fromJsonString, type MessageInitShape, toBinary, toJsonString } from "@bufbuild/protobuf";
 import { describe, expect, it } from "vitest";
 import { Backoff } from "../src/backoff";
 import {
@@ -33,6 +34,8 @@ class FakeSocket implements WebSocketLike {
   onerror: ((event: unknown) => void) | null = null;
   onclose: ((event: { code: number; reason: string }) => void) | null = null;
   readonly frames: WebSocketClientFrame[] = [];
+  /** The text of each frame the client sent on herald.v1.json. */
+  readonly texts: string[] = [];
   closedBy: "client" | "server" | undefined;
 
   constructor(
@@ -46,9 +49,23 @@ class FakeSocket implements WebSocketLike {
     }, 0);
   }
 
-  send(data: Uint8Array): void {
+  /** Speaking herald.v1.json (text frames), as the server does when the client offers it. */
+  get json(): boolean {
+    return this.protocols.includes("herald.v1.json");
+  }
+
+  send(data: Uint8Array | string): void {
     if (this.readyState !== 1) throw new Error("send on a socket that is not open");
-    const frame = fromBinary(WebSocketClientFrameSchema, data);
+    let frame: WebSocketClientFrame;
+    if (this.json) {
+      if (typeof data !== "string") throw new Error("a binary frame on herald.v1.json");
+      this.texts.push(data);
+      // Strict, as the server's json_format.Parse: an unknown field would be refused.
+      frame = fromJsonString(WebSocketClientFrameSchema, data);
+    } else {
+      if (typeof data === "string") throw new Error("a text frame on herald.v1");
+      frame = fromBinary(WebSocketClientFrameSchema, data);
+    }
     this.frames.push(frame);
     if (frame.frame.case === "subscribe") {
       const script = this.server.scripts.shift();
@@ -60,9 +77,15 @@ class FakeSocket implements WebSocketLike {
   }
 
   emit(event: Event): void {
+    const message = create(SubscribeResponseSchema, event);
+    if (this.json) this.emitRaw(toJsonString(SubscribeResponseSchema, message));
+    else this.emitRaw(toBinary(SubscribeResponseSchema, message).slice().buffer);
+  }
+
+  /** A frame exactly as given: a string is a text frame, an ArrayBuffer a binary one. */
+  emitRaw(data: string | ArrayBuffer): void {
     if (this.readyState !== 1) return;
-    const bytes = toBinary(SubscribeResponseSchema, create(SubscribeResponseSchema, event));
-    this.onmessage?.({ data: bytes.slice().buffer });
+    this.onmessage?.({ data });
   }
 
   serverClose(code: number, reason = ""): void {
@@ -91,11 +114,12 @@ class FakeWsServer {
     );
   }
 
-  transport(tokenIn: "frame" | "subprotocol" = "frame"): WebSocketTransport {
+  transport(tokenIn: "frame" | "subprotocol" = "frame", framing?: "protobuf" | "json"): WebSocketTransport {
     const server = this;
     return new WebSocketTransport({
       url: "ws://envoy.test/ws",
       tokenIn,
+      ...(framing ? { framing } : {}),
       WebSocket: class extends FakeSocket {
         constructor(url: string, protocols: string[]) {
           super(url, protocols, server);
@@ -109,10 +133,14 @@ class FakeWsServer {
 const fast = new Backoff({ baseMs: 5, capMs: 20 });
 const tick = () => new Promise((resolve) => setTimeout(resolve, 5));
 
-function start(server: FakeWsServer, tokenIn: "frame" | "subprotocol" = "frame") {
+function start(
+  server: FakeWsServer,
+  tokenIn: "frame" | "subprotocol" = "frame",
+  framing?: "protobuf" | "json",
+) {
   const received: Received[] = [];
   const subscription = new Subscription({
-    transport: server.transport(tokenIn),
+    transport: server.transport(tokenIn, framing),
     token: "token-1",
     backoff: fast,
     ackIntervalMs: 10,
@@ -255,6 +283,59 @@ describe("WebSocketTransport", () => {
     await first.return?.();
     const client = createHeraldClient({ baseUrl: "http://envoy.test", token: "t", stream: "websocket" });
     expect(client.stream).toBe("websocket");
+  });
+
+  it("speaks JSON frames on herald.v1.json as the server documents them, acks included", async () => {
+    const server = new FakeWsServer([
+      async (socket) => {
+        // Exactly what the server's json_format.MessageToJson writes (64-bit integers as
+        // strings, lowerCamelCase, Timestamp in RFC 3339), plus a field this client does not
+        // know (a newer server).
+        socket.emitRaw('{"sessionStarted": {"sessionId": "s1", "logs": [{"log": "user", "epoch": "7", "recovered": true}], "fromTheFuture": 1}}');
+        socket.emitRaw(
+          '{"deliveries": {"deliveries": [{"notification": {"id": "n1", "content": {"title": "over JSON"}, "createdAt": "2025-12-03T00:00:00Z"}, "log": "user", "cursor": "1", "attempt": 1, "resumeCursor": "1"}]}}',
+        );
+        socket.emit(batch(delivery("n2", 2n)));
+      },
+    ]);
+    const { subscription, received } = start(server, "subprotocol", "json");
+    await until(() => server.acks.length > 0, "an ack frame");
+    const [socket] = server.sockets;
+    expect(socket?.protocols).toEqual(["herald.v1.json", "herald.bearer.token-1"]);
+    expect(received.map((r) => [r.notification.id, r.notification.content?.title])).toEqual([
+      ["n1", "over JSON"],
+      ["n2", "title n2"],
+    ]);
+    expect(received[0]?.notification.createdAt?.seconds).toBe(1764720000n);
+    // The frames on the wire are JSON text: the subscribe frame, then acks with string cursors.
+    const subscribe = JSON.parse(socket!.texts[0]!) as { subscribe: { request: { device: string } } };
+    expect(subscribe.subscribe.request.device).toBe("web");
+    const ack = JSON.parse(socket!.texts[1]!) as { ack: { upTo: Array<{ log: string; cursor: string; epoch: string }> } };
+    expect(ack.ack.upTo).toEqual([{ log: "user", cursor: "2", epoch: "7" }]);
+    await subscription.close();
+    expect(new WebSocketTransport({ url: "ws://h/ws", framing: "json", WebSocket: FakeSocket as never }).framing).toBe("json");
+  });
+
+  it("on herald.v1.json refuses a binary or unparsable frame and reconnects", async () => {
+    const server = new FakeWsServer([
+      async (socket) => {
+        socket.emit(started());
+        socket.emitRaw(new Uint8Array([10, 0]).buffer);
+      },
+      async (socket) => {
+        socket.emit(started());
+        socket.emitRaw("{not json");
+      },
+      async (socket) => {
+        socket.emit(started());
+        socket.emit(batch(delivery("after", 1n)));
+      },
+    ]);
+    const { subscription, received } = start(server, "frame", "json");
+    await until(() => received.length === 1, "the delivery after two bad frames", 3_000);
+    expect(server.sockets.length).toBe(3);
+    expect(server.sockets.slice(0, 2).every((s) => s.closedBy === "client")).toBe(true);
+    await subscription.close();
   });
 
   it("derives the WebSocket URL from Envoy's gRPC-Web URL", () => {

@@ -227,30 +227,34 @@ class AckStreamResponse(_message.Message):
     def __init__(self, acked: _Optional[int] = ...) -> None: ...
 
 class ListInboxRequest(_message.Message):
-    __slots__ = ("page_size", "page_token", "filter")
+    __slots__ = ("page_size", "page_token", "filter", "accept_encodings")
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
+    ACCEPT_ENCODINGS_FIELD_NUMBER: _ClassVar[int]
     page_size: int
     page_token: str
     filter: InboxFilter
-    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., filter: _Optional[_Union[InboxFilter, str]] = ...) -> None: ...
+    accept_encodings: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., filter: _Optional[_Union[InboxFilter, str]] = ..., accept_encodings: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class InboxItem(_message.Message):
-    __slots__ = ("notification", "cursor", "state", "read_at", "seen_at", "archived_at")
+    __slots__ = ("notification", "cursor", "state", "read_at", "seen_at", "archived_at", "sealed")
     NOTIFICATION_FIELD_NUMBER: _ClassVar[int]
     CURSOR_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     READ_AT_FIELD_NUMBER: _ClassVar[int]
     SEEN_AT_FIELD_NUMBER: _ClassVar[int]
     ARCHIVED_AT_FIELD_NUMBER: _ClassVar[int]
+    SEALED_FIELD_NUMBER: _ClassVar[int]
     notification: _notification_pb2.Notification
     cursor: int
     state: _ingest_pb2.DeliveryState
     read_at: _timestamp_pb2.Timestamp
     seen_at: _timestamp_pb2.Timestamp
     archived_at: _timestamp_pb2.Timestamp
-    def __init__(self, notification: _Optional[_Union[_notification_pb2.Notification, _Mapping]] = ..., cursor: _Optional[int] = ..., state: _Optional[_Union[_ingest_pb2.DeliveryState, str]] = ..., read_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., seen_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., archived_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    sealed: SealedNotification
+    def __init__(self, notification: _Optional[_Union[_notification_pb2.Notification, _Mapping]] = ..., cursor: _Optional[int] = ..., state: _Optional[_Union[_ingest_pb2.DeliveryState, str]] = ..., read_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., seen_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., archived_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., sealed: _Optional[_Union[SealedNotification, _Mapping]] = ...) -> None: ...
 
 class ListInboxResponse(_message.Message):
     __slots__ = ("items", "next_page_token")
