@@ -13,7 +13,9 @@ Invariants (docs/delivery.md states them for users):
 - Buffers are bounded in entries and in bytes, per session and per node (`BufferBudget`): an
   entry is enqueued only if it fits both, except that an empty session always takes one (so a
   node full of stalled sessions still moves every other session forward, one entry at a time).
-  An entry counts from its enqueue until it is taken for writing (or the session ends).
+  An entry counts from its enqueue until it is taken for writing; the encoded batch then counts
+  until its write completes (the transport holds it meanwhile, so a stalled stream's batch in
+  flight is part of what the node holds), or the session ends.
 - `resume_cursor` of a delivery of log L: every entry of L at or below it was written to this
   stream before (or together with) that delivery, or was acked or expired.
 """
@@ -174,6 +176,8 @@ class Session:
         self.budget = budget if budget is not None else BufferBudget(1 << 62)
         # Bytes of the entries waiting (see entry_size); also counted in the node's budget.
         self.waiting_bytes = 0
+        # Bytes of the encoded batch whose write is in flight (0: none); also counted in both.
+        self.writing_bytes = 0
         self.connected_at = connected_at
         # When the token the stream was opened with stops verifying (wall clock).
         self.expires_at = expires_at
@@ -249,7 +253,7 @@ class Session:
         entries from it on are read from the log again later (`state.enqueued` stays before it).
         """
         budget = self.budget
-        session_room = self.buffer_bytes - self.waiting_bytes
+        session_room = self.buffer_bytes - self.waiting_bytes - self.writing_bytes
         node_room = budget.limit - budget.used
         added = 0
         complete = True
@@ -298,9 +302,23 @@ class Session:
         if not self.waiting:
             return self.buffer_limit
         budget = self.budget
-        if self.waiting_bytes >= self.buffer_bytes or budget.used >= budget.limit:
+        if (
+            self.waiting_bytes + self.writing_bytes >= self.buffer_bytes
+            or budget.used >= budget.limit
+        ):
             return 0
         return self.buffer_limit - self.waiting
+
+    def hold_write(self, size: int) -> None:
+        """Counts the `size` bytes of the batch being written against both bounds until
+        `end_write`: until the transport has taken them, they are the session's to hold."""
+        self.writing_bytes = size
+        self.budget.used += size
+
+    def end_write(self) -> None:
+        """The write in flight completed (or failed): its bytes are no longer held."""
+        self.budget.used -= self.writing_bytes
+        self.writing_bytes = 0
 
     def release(self) -> None:
         """Drops what still waits and gives the node back its bytes (the session ended)."""
