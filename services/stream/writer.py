@@ -144,8 +144,8 @@ class SessionWriter:
                 # batch (and ack it) before this coroutine resumes after the write.
                 await self._delivered(session, taken, now)
                 session.write_started_at = time.monotonic()
-                # Held until the transport took it: grpc core keeps a message its HTTP/2
-                # window does not let out yet, so a stalled stream's batch is the node's.
+                # Held, with the transport's copy, until the write completes: grpc core keeps
+                # a message its HTTP/2 window does not let out yet (Session.hold_write).
                 session.hold_write(len(data))
                 try:
                     if self._tracing is None:
