@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import grpc
 import pytest
@@ -15,7 +16,7 @@ from services.config import DeliverySettings, RegistrySettings
 from services.stream.session import ENTRY_OVERHEAD
 from tests.conftest import Deploy
 from tests.harness import Herald, to_user
-from tests.metrics_support import metrics_server
+from tests.metrics_support import metrics_server, until
 from tests.streams import Stream
 
 pytestmark = pytest.mark.asyncio
@@ -248,7 +249,8 @@ async def test_stalled_streams_hold_bounded_bytes_per_session_and_per_node(
                 # The bound, or one entry: a session with nothing waiting may always take one.
                 assert session.waiting_bytes <= max(per_session, 2 * entry_bytes * 2)
             assert core.budget.used <= per_node + len(sessions) * 2 * entry_bytes
-            assert core.budget.used == sum(s.waiting_bytes for s in core.hub.sessions.values())
+            held = sum(s.waiting_bytes + s.writing_bytes for s in core.hub.sessions.values())
+            assert core.budget.used == held
         # Far more was sent than the node holds: 5 x 192 entries of 3 KB = 2.9 MB.
         assert rounds * per_round * len(stalled_users) * entry_bytes > 20 * per_node
         held = await scrape.value("herald_buffered_bytes", kind="used")
@@ -264,6 +266,52 @@ async def test_stalled_streams_hold_bounded_bytes_per_session_and_per_node(
         assert await scrape.value("herald_buffered_bytes", kind="used") == 0
     for stream in [*stalled, fast]:
         stream.cancel()
+
+
+async def test_a_stalled_streams_batch_in_flight_counts_in_the_byte_budget(
+    deploy: Deploy,
+) -> None:
+    """The batch a stalled write holds counts against the node's budget until the write
+    completes: grpc core keeps a message its HTTP/2 window does not let out, so that memory is
+    the node's as much as the entries still waiting (bench/stalled.py, docs/delivery.md 12)."""
+    herald, _ = await deploy("up", delivery=DeliverySettings(batch_max=8, write_timeout_s=60))
+    core = herald.node("stream").delivery
+    assert core is not None
+    client = HeraldClient(  # never reads; a small window, so the server's write blocks
+        herald.address("stream"),
+        herald.tokens.user("acme", "stalled"),
+        options=[("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 16384)],
+    )
+    herald.clients.append(client)
+    stream = Stream(client)
+    await stream.start()
+    total, body = 60, "x" * 3000
+    await herald.backend().send_batch(
+        [
+            to_user("stalled", f"s{i}", content={"title": f"s{i}", "body": body})
+            for i in range(total)
+        ]
+    )
+    [session] = core.hub.sessions.values()
+
+    async def stuck() -> bool:  # a write has been in flight for a while
+        return bool(session.write_started_at) and time.monotonic() - session.write_started_at > 0.5
+
+    await until(stuck, within=20)
+    in_flight = core.budget.used - session.waiting_bytes
+    assert in_flight > 3000  # the batch in flight: one 3 KB notification at least
+    assert in_flight == session.writing_bytes
+    with metrics_server() as scrape:
+        assert await scrape.value("herald_buffered_bytes", kind="used") == core.budget.used
+    got = await stream.deliveries(total, within=30)  # reading again: all of it, in order
+    assert [d.notification.content.title for d in got] == [f"s{i}" for i in range(total)]
+
+    async def returned() -> bool:  # the last write's bytes come back once it completed
+        return core.budget.used == 0
+
+    await until(returned)
+    assert session.writing_bytes == 0
+    stream.cancel()
 
 
 async def test_a_stream_ends_when_its_token_expires_and_the_client_reconnects(

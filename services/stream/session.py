@@ -13,7 +13,9 @@ Invariants (docs/delivery.md states them for users):
 - Buffers are bounded in entries and in bytes, per session and per node (`BufferBudget`): an
   entry is enqueued only if it fits both, except that an empty session always takes one (so a
   node full of stalled sessions still moves every other session forward, one entry at a time).
-  An entry counts from its enqueue until it is taken for writing (or the session ends).
+  An entry counts from its enqueue until it is taken for writing; the encoded batch then counts
+  twice (WRITE_COPIES) until its write completes: a stalled stream's batch in flight, and the
+  transport's copy of it, are part of what the node holds.
 - `resume_cursor` of a delivery of log L: every entry of L at or below it was written to this
   stream before (or together with) that delivery, or was acked or expired.
 """
@@ -44,6 +46,9 @@ _PICK_CYCLE = (0, 1, 0, 2, 0, 1, 0)
 # What a waiting entry costs besides its notification's bytes: the Entry with its id, the
 # Pending, its lane and heap slots (tracemalloc, 100,000 of them on CPython 3.11: 248 bytes).
 ENTRY_OVERHEAD = 256
+# A batch whose write is in flight is held twice: the encoded bytes, and the transport's copy of
+# them (grpc core copies a message into its own buffer; bench/stalled.py --grouped measures it).
+WRITE_COPIES = 2
 # User events (InboxEvent) waiting to be written, per session: beyond it the oldest go. Each
 # carries the counts as they are after it, so the newest is the one that matters.
 MAX_EVENTS = 64
@@ -174,6 +179,9 @@ class Session:
         self.budget = budget if budget is not None else BufferBudget(1 << 62)
         # Bytes of the entries waiting (see entry_size); also counted in the node's budget.
         self.waiting_bytes = 0
+        # Bytes the batch whose write is in flight holds (0: none; see hold_write); counted in
+        # the node's budget.
+        self.writing_bytes = 0
         self.connected_at = connected_at
         # When the token the stream was opened with stops verifying (wall clock).
         self.expires_at = expires_at
@@ -302,6 +310,17 @@ class Session:
             return 0
         return self.buffer_limit - self.waiting
 
+    def hold_write(self, size: int) -> None:
+        """Counts the batch being written, `size` encoded bytes, in the node's budget until
+        `end_write`: until the transport has sent them, they and its copy are held."""
+        held = self.writing_bytes = WRITE_COPIES * size
+        self.budget.used += held
+
+    def end_write(self) -> None:
+        """The write in flight completed (or failed): its bytes are no longer held."""
+        self.budget.used -= self.writing_bytes
+        self.writing_bytes = 0
+
     def release(self) -> None:
         """Drops what still waits and gives the node back its bytes (the session ended)."""
         self.lanes = None
@@ -366,25 +385,35 @@ class Session:
     # -- draining --------------------------------------------------------------------------
 
     def take(self, limit: int) -> list[Pending]:
-        """Up to `limit` waiting entries in writing order (see the module invariants)."""
+        """Up to `limit` waiting entries in writing order (see the module invariants), and no
+        more than the node's budget leaves room for the transport's copy of (hold_write): one
+        at least. (The session's own bound is not asked: a session catching up keeps its buffer
+        full and would be written one entry at a time.)"""
         taken: list[Pending] = []
         lanes = self.lanes
         if lanes is None:
             return taken
+        budget = self.budget
+        room = budget.limit - budget.used
         size = 0
-        while len(taken) < limit and self.waiting:
+        full = False
+        while not full and len(taken) < limit and self.waiting:
             for _ in range(len(_PICK_CYCLE)):
                 lane = lanes[_PICK_CYCLE[self._pick]]
-                self._pick = (self._pick + 1) % len(_PICK_CYCLE)
                 if lane:
-                    pending = lane.popleft()
-                    taken.append(pending)
-                    size += len(pending.entry.notification_field)
+                    field = len(lane[0].entry.notification_field)
+                    if taken and size + field > room:
+                        full = True  # the rest waits for the next write; the pick stays here
+                        break
+                    taken.append(lane.popleft())
+                    size += field
                     self.waiting -= 1
+                    self._pick = (self._pick + 1) % len(_PICK_CYCLE)
                     break
+                self._pick = (self._pick + 1) % len(_PICK_CYCLE)
         size += ENTRY_OVERHEAD * len(taken)
         self.waiting_bytes -= size
-        self.budget.used -= size
+        budget.used -= size
         if not self.waiting:
             self.lanes = None
         return taken

@@ -144,10 +144,16 @@ class SessionWriter:
                 # batch (and ack it) before this coroutine resumes after the write.
                 await self._delivered(session, taken, now)
                 session.write_started_at = time.monotonic()
-                if self._tracing is None:
-                    await write(data)
-                else:
-                    await traced_write(self._tracing, session, taken, write, data)
+                # Held, with the transport's copy, until the write completes: grpc core keeps
+                # a message its HTTP/2 window does not let out yet (Session.hold_write).
+                session.hold_write(len(data))
+                try:
+                    if self._tracing is None:
+                        await write(data)
+                    else:
+                        await traced_write(self._tracing, session, taken, write, data)
+                finally:
+                    session.end_write()
                 session.write_started_at = 0.0
                 session.last_write_at = self._clock.now()
             if session.heartbeat_due:
