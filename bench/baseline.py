@@ -22,7 +22,10 @@ for the WAL flush, as Herald's acks are). No cursors per user, no status, no ide
 broker, no redelivery: the floor under Herald's durable ingest (bench/send.py `--profile floor`)
 and durable delivery (bench/delivery.py target `protocol-pg`).
 
-    python bench/baseline.py --port 50600 [--protocol [--durable-dsn DSN]]
+With `--idle`, Subscribe writes one SessionStarted and then awaits forever: the least a server
+holds per open stream (the protocol floor of bench/memory.py's idle memory per subscription).
+
+    python bench/baseline.py --port 50600 [--protocol [--durable-dsn DSN] | --idle]
 """
 
 from __future__ import annotations
@@ -45,6 +48,8 @@ from services.ingest.core import new_notification_ids
 SERVICE = "bench.baseline.v1.FanOut"
 SUBSCRIBE = f"/{SERVICE}/Subscribe"
 PUBLISH = f"/{SERVICE}/Publish"
+# HERALD_MAX_PENDING_CALLS' default (services/config.py).
+MAX_PENDING_CALLS = 20_000
 # Subscribers name themselves with this metadata key (Herald reads the user from the JWT).
 USER_KEY = "x-bench-user"
 
@@ -195,10 +200,19 @@ class ProtocolFloor(FanOut):
             yield stream_pb2.AckStreamResponse(acked=len(acks.up_to)).SerializeToString()
 
 
+async def idle_subscribe(request: bytes, context: aio.ServicerContext[Any, Any]) -> None:
+    """One SessionStarted, then nothing until the client goes away."""
+    await context.write(_STARTED)
+    await asyncio.get_running_loop().create_future()
+
+
 def _handlers(
-    protocol: bool, pool: Any = None, ack_pool: Any = None
+    protocol: bool, pool: Any = None, ack_pool: Any = None, idle: bool = False
 ) -> list[grpc.GenericRpcHandler]:
     # No serializers: every method takes and returns bytes, like Herald's Subscribe does.
+    if idle:
+        idle_handlers = {"Subscribe": grpc.unary_stream_rpc_method_handler(idle_subscribe)}
+        return [grpc.method_handlers_generic_handler("herald.v1.StreamService", idle_handlers)]
     if not protocol:
         fan_out = FanOut()
         handlers = {
@@ -218,7 +232,9 @@ def _handlers(
     ]
 
 
-async def serve(host: str, port: int, protocol: bool = False, durable_dsn: str = "") -> None:
+async def serve(
+    host: str, port: int, protocol: bool = False, durable_dsn: str = "", idle: bool = False
+) -> None:
     pool = ack_pool = None
     if durable_dsn:
         import asyncpg
@@ -231,15 +247,30 @@ async def serve(host: str, port: int, protocol: bool = False, durable_dsn: str =
         ack_pool = await asyncpg.create_pool(
             durable_dsn, min_size=2, max_size=4, server_settings={"synchronous_commit": "off"}
         )
-    server = aio.server(options=[("grpc.max_receive_message_length", 4 * 1024 * 1024)])
-    server.add_generic_rpc_handlers(_handlers(protocol, pool, ack_pool))
+    options = [
+        ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+        # Herald's bounds on calls not taken yet (services/server.py): grpc's defaults cancel
+        # part of a connect storm.
+        ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
+        ("grpc.server.max_pending_requests_hard_limit", 2 * MAX_PENDING_CALLS),
+    ]
+    server = aio.server(options=options)
+    server.add_generic_rpc_handlers(_handlers(protocol, pool, ack_pool, idle))
     server.add_insecure_port(f"{host}:{port}")
     await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    what = "durable floor" if pool else "protocol floor" if protocol else "baseline"
+    what = (
+        "idle floor"
+        if idle
+        else "durable floor"
+        if pool
+        else "protocol floor"
+        if protocol
+        else "baseline"
+    )
     print(f"{what} serving on {host}:{port}", flush=True)
     await stop.wait()
     await server.stop(1.0)
@@ -260,9 +291,14 @@ def main() -> None:
         default="",
         help="with --protocol: commit every SendBatch to this PostgreSQL database first",
     )
+    parser.add_argument(
+        "--idle", action="store_true", help="Subscribe writes SessionStarted, then awaits forever"
+    )
     args = parser.parse_args()
     if args.durable_dsn and not args.protocol:
         parser.error("--durable-dsn needs --protocol")
+    if args.idle and args.protocol:
+        parser.error("--idle and --protocol exclude each other")
     try:
         import uvloop  # the same event loop `herald up` runs on
 
@@ -270,7 +306,7 @@ def main() -> None:
     except ImportError:  # pragma: no cover - uvloop is not available on Windows
         loop_factory = None
     with contextlib.suppress(KeyboardInterrupt), asyncio.Runner(loop_factory=loop_factory) as run:
-        run.run(serve(args.host, args.port, args.protocol, args.durable_dsn))
+        run.run(serve(args.host, args.port, args.protocol, args.durable_dsn, args.idle))
 
 
 if __name__ == "__main__":
