@@ -368,7 +368,8 @@ def main() -> None:
     if set(targets) - {"floor", "herald"}:
         parser.error("--targets are floor and herald")
     limit = _raise_file_limit()
-    if not args.connections and 2 * args.streams + 100 > limit:
+    # A descriptor per connection in this process (the client) and in the server.
+    if not args.connections and args.streams + 100 > limit:
         parser.error(
             f"one connection per stream: {args.streams} streams need more than {limit} fds"
         )
