@@ -34,7 +34,10 @@ for the WAL flush, as Herald's acks are). No cursors per user, no status, no ide
 broker, no redelivery: the floor under Herald's durable ingest (bench/send.py `--profile floor`)
 and durable delivery (bench/delivery.py target `protocol-pg`).
 
-    python bench/baseline.py --port 50600 [--protocol [--durable-dsn DSN] [--ws-port PORT]]
+With `--idle`, Subscribe writes one SessionStarted and then awaits forever: the least a server
+holds per open stream (the protocol floor of bench/memory.py's idle memory per subscription).
+
+    python bench/baseline.py --port 50600 [--protocol [--durable-dsn DSN] [--ws-port PORT] | --idle]
 """
 
 from __future__ import annotations
@@ -61,6 +64,8 @@ from services.ingest.core import new_notification_ids
 SERVICE = "bench.baseline.v1.FanOut"
 SUBSCRIBE = f"/{SERVICE}/Subscribe"
 PUBLISH = f"/{SERVICE}/Publish"
+# HERALD_MAX_PENDING_CALLS' default (services/config.py).
+MAX_PENDING_CALLS = 20_000
 # Subscribers name themselves with this metadata key (Herald reads the user from the JWT).
 USER_KEY = "x-bench-user"
 
@@ -295,10 +300,23 @@ def _subject(token: str) -> str:
     return str(jwt.decode(token, options=unchecked)["sub"])
 
 
+async def idle_subscribe(request: bytes, context: aio.ServicerContext[Any, Any]) -> None:
+    """One SessionStarted, then nothing until the client goes away."""
+    await context.write(_STARTED)
+    await asyncio.get_running_loop().create_future()
+
+
 def _handlers(
-    protocol: bool, pool: Any = None, ack_pool: Any = None, floor: ProtocolFloor | None = None
+    protocol: bool,
+    pool: Any = None,
+    ack_pool: Any = None,
+    floor: ProtocolFloor | None = None,
+    idle: bool = False,
 ) -> list[grpc.GenericRpcHandler]:
     # No serializers: every method takes and returns bytes, like Herald's Subscribe does.
+    if idle:
+        idle_handlers = {"Subscribe": grpc.unary_stream_rpc_method_handler(idle_subscribe)}
+        return [grpc.method_handlers_generic_handler("herald.v1.StreamService", idle_handlers)]
     if not protocol:
         fan_out = FanOut()
         handlers = {
@@ -325,6 +343,7 @@ async def serve(
     durable_dsn: str = "",
     ws_port: int = 0,
     ws_library: str = "websockets",
+    idle: bool = False,
 ) -> None:
     pool = ack_pool = None
     if durable_dsn:
@@ -338,9 +357,16 @@ async def serve(
         ack_pool = await asyncpg.create_pool(
             durable_dsn, min_size=2, max_size=4, server_settings={"synchronous_commit": "off"}
         )
-    server = aio.server(options=[("grpc.max_receive_message_length", 4 * 1024 * 1024)])
+    options = [
+        ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+        # Herald's bounds on calls not taken yet (services/server.py): grpc's defaults cancel
+        # part of a connect storm.
+        ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
+        ("grpc.server.max_pending_requests_hard_limit", 2 * MAX_PENDING_CALLS),
+    ]
+    server = aio.server(options=options)
     floor = ProtocolFloor(pool, ack_pool) if protocol else None
-    server.add_generic_rpc_handlers(_handlers(protocol, pool, ack_pool, floor))
+    server.add_generic_rpc_handlers(_handlers(protocol, pool, ack_pool, floor, idle))
     server.add_insecure_port(f"{host}:{port}")
     await server.start()
     websocket: Any = None
@@ -379,7 +405,15 @@ async def serve(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    what = "durable floor" if pool else "protocol floor" if protocol else "baseline"
+    what = (
+        "idle floor"
+        if idle
+        else "durable floor"
+        if pool
+        else "protocol floor"
+        if protocol
+        else "baseline"
+    )
     print(f"{what} serving on {host}:{port}", flush=True)
     await stop.wait()
     if websocket is not None:
@@ -414,9 +448,14 @@ def main() -> None:
         default="websockets",
         help="with --ws-port: the WebSocket server library (picows: pip install picows)",
     )
+    parser.add_argument(
+        "--idle", action="store_true", help="Subscribe writes SessionStarted, then awaits forever"
+    )
     args = parser.parse_args()
     if (args.durable_dsn or args.ws_port) and not args.protocol:
         parser.error("--durable-dsn and --ws-port need --protocol")
+    if args.idle and args.protocol:
+        parser.error("--idle and --protocol exclude each other")
     try:
         import uvloop  # the same event loop `herald up` runs on
 
@@ -432,6 +471,7 @@ def main() -> None:
                 args.durable_dsn,
                 args.ws_port,
                 args.ws_library,
+                args.idle,
             )
         )
 

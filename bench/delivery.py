@@ -819,8 +819,12 @@ def start_server(
     acks: bool,
     extra_env: dict[str, str] | None = None,
     extra_args: list[str] | None = None,
+    wrap: list[str] | None = None,
+    listen_limit_s: float = 0.0,
 ) -> subprocess.Popen[bytes]:
-    """`extra_env` (the production profile's DSN, URL and prefix) goes to the server as well."""
+    """`extra_env` (the production profile's DSN, URL and prefix) goes to the server as well;
+    `wrap` is a Python command the server's script and arguments are appended to (bench/memory.py
+    runs servers under tracemalloc so)."""
     if target in HERALDS:
         herald = Path(sys.executable).with_name("herald")
         command = [str(herald), "up"]
@@ -834,6 +838,8 @@ def start_server(
         if target in PROTOCOLS:
             command.append("--protocol")
         command.extend(extra_args or ())
+    if wrap:
+        command = [*wrap, *(command[1:] if command[0] == sys.executable else command)]
     env = {
         **os.environ,
         "HERALD_HOST": "127.0.0.1",
@@ -853,7 +859,7 @@ def start_server(
     with log_path.open("wb") as log:
         process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)  # noqa: S603
     # The production profile connects and migrates the fresh database before it listens.
-    limit = 60 if extra_env or extra_args else 20
+    limit = listen_limit_s or (60 if extra_env or extra_args else 20)
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
         if process.poll() is not None:

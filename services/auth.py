@@ -170,11 +170,16 @@ class TokenVerifier:
     """Checks bearer tokens and turns them into principals; remembers recent good tokens."""
 
     _CACHE_MAX = 50_000
+    _SCOPE_SETS_MAX = 1_000
 
     def __init__(self, keys: Keys, settings: AuthSettings) -> None:
         self._keys = keys
         self._settings = settings
         self._cache: dict[str, Principal] = {}
+        # A token's `scope` claim -> its scopes, shared by every principal of that claim: a
+        # frozenset is 216 bytes, and a node holds a principal per open stream (and per cached
+        # token). Few distinct claims exist; bounded like the cache all the same.
+        self._scopes: dict[str, frozenset[str]] = {}
 
     def verify_header(self, authorization: str | None) -> Principal:
         """Verifies an `authorization` metadata value.
@@ -227,13 +232,21 @@ class TokenVerifier:
         if not isinstance(tenant, str) or not tenant:
             raise Unauthenticated(f"the token lacks the '{self._settings.tenant_claim}' claim")
         scope = claims.get("scope", "")
-        scopes = frozenset(scope.split()) if isinstance(scope, str) else frozenset()
+        scopes = self._scope_set(scope) if isinstance(scope, str) else frozenset()
         if tenant == ANY_TENANT and SCOPE_NODE not in scopes:
             raise Unauthenticated("only node tokens may name the tenant '*'")
         channels = claims.get("channels", [])
         if not isinstance(channels, list) or not all(isinstance(c, str) for c in channels):
             raise Unauthenticated("the token's 'channels' claim must be a list of strings")
         return Principal(subject, tenant, scopes, tuple(channels), expires_at)
+
+    def _scope_set(self, scope: str) -> frozenset[str]:
+        scopes = self._scopes.get(scope)
+        if scopes is None:
+            if len(self._scopes) >= self._SCOPE_SETS_MAX:
+                self._scopes.clear()
+            scopes = self._scopes[scope] = frozenset(scope.split())
+        return scopes
 
 
 class TokenMinter:

@@ -226,24 +226,44 @@ def _guard(
     errors: ErrorLog,
     failures: audit.AuthFailures | None,
     needs_certificate: bool,
+    rpc: RpcMetrics | None = None,
 ) -> Behavior:
+    """`behavior` guarded, and with `rpc`, counted by the status it ended with and timed.
+
+    One coroutine for both: a Subscribe stream keeps its frame alive for as long as it is open
+    (docs/performance.md, sixth session)."""
+
     async def guarded(request: Any, context: Context) -> Any:
-        if denial is not None:
-            if failures is not None:
-                failures.record(method, denial, principal, context)
-            await context.abort(denial.code, _bounded(denial.message))
-        if needs_certificate and not context.auth_context().get(PEER_CERTIFICATE):
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, NEEDS_CERTIFICATE)
-        token = auth.set_principal(principal) if principal is not None else None
+        started = time.perf_counter()
+        code = grpc.StatusCode.OK
+        token = None
         try:
-            return await behavior(decode(request), context)
-        except (asyncio.CancelledError, aio.AbortError):
+            if denial is not None:
+                if failures is not None:
+                    failures.record(method, denial, principal, context)
+                await context.abort(denial.code, _bounded(denial.message))
+            if needs_certificate and not context.auth_context().get(PEER_CERTIFICATE):
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, NEEDS_CERTIFICATE)
+            token = auth.set_principal(principal) if principal is not None else None
+            try:
+                return await behavior(decode(request), context)
+            except (asyncio.CancelledError, aio.AbortError):
+                raise
+            except Exception as exc:
+                await _abort_for(exc, context, method, errors)
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
             raise
-        except Exception as exc:
-            await _abort_for(exc, context, method, errors)
+        except BaseException:
+            # An abort set the code; anything else becomes UNKNOWN (which the guard prevents).
+            aborted: grpc.StatusCode | None = context.code()
+            code = aborted if aborted is not None else grpc.StatusCode.UNKNOWN
+            raise
         finally:
             if token is not None:
                 auth.reset_principal(token)
+            if rpc is not None:
+                rpc.record(code, time.perf_counter() - started)
 
     return guarded
 
@@ -269,28 +289,6 @@ class RpcMetrics:
         counter.inc()
         if duration is not None:
             duration.observe(seconds)
-
-
-def _measure(behavior: Behavior, rpc: RpcMetrics) -> Behavior:
-    """Counts each call of `behavior` by the status it ended with, and times it."""
-
-    async def measured(request: Any, context: Context) -> Any:
-        started = time.perf_counter()
-        code = grpc.StatusCode.OK
-        try:
-            return await behavior(request, context)
-        except asyncio.CancelledError:
-            code = grpc.StatusCode.CANCELLED
-            raise
-        except BaseException:
-            # An abort set the code; anything else becomes UNKNOWN (which _guard prevents).
-            aborted: grpc.StatusCode | None = context.code()
-            code = aborted if aborted is not None else grpc.StatusCode.UNKNOWN
-            raise
-        finally:
-            rpc.record(code, time.perf_counter() - started)
-
-    return measured
 
 
 def _guard_responses(
@@ -426,10 +424,8 @@ def _rewrap(
         decode = _decoder(deserialize)
     if inspect.iscoroutinefunction(behavior):
         guarded: Any = _guard(
-            behavior, method, principal, denial, decode, errors, failures, needs_certificate
+            behavior, method, principal, denial, decode, errors, failures, needs_certificate, rpc
         )
-        if rpc is not None:
-            guarded = _measure(guarded, rpc)
     elif public and inspect.isasyncgenfunction(behavior):
         guarded = _guard_responses(behavior, method, decode, errors)
     elif public:

@@ -52,6 +52,9 @@ class ChainInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
     def __init__(self, chain: Chain) -> None:
         self._chain = chain
         self._sessions: dict[Variant, Any] = {}
+        # The servicer's Subscribe handler (the same object on every call) -> its wrapped one:
+        # built once, so an open stream holds no closure or handler of its own.
+        self._wrapped: dict[int, tuple[Any, grpc.RpcMethodHandler[Any, Any]]] = {}
 
     async def intercept_service(
         self,
@@ -65,6 +68,14 @@ class ChainInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
             return self._list_inbox(handler)
         if handler is None or handler_call_details.method != SUBSCRIBE:
             return handler
+        known = self._wrapped.get(id(handler))
+        if known is not None and known[0] is handler:
+            return known[1]
+        wrapped = self._wrap(handler)
+        self._wrapped[id(handler)] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(self, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
         behavior: Any = handler.unary_stream
         chain = self._chain
 

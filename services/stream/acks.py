@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from services.domain import LogKey
+
+# `above` when nothing above the watermark is acked, shared by every state: an open session
+# holds a state per log it reads, and an empty set is 216 bytes.
+NO_CURSORS: frozenset[int] = frozenset()
 
 
 @dataclass(slots=True)
@@ -14,19 +18,26 @@ class AckState:
     """Every cursor <= `up_to` is acked, and so is every cursor in `above`."""
 
     up_to: int = 0
-    above: set[int] = field(default_factory=set)
+    above: set[int] | frozenset[int] = NO_CURSORS
 
     def is_acked(self, cursor: int) -> bool:
         return cursor <= self.up_to or cursor in self.above
+
+    def copy(self) -> AckState:
+        return AckState(self.up_to, set(self.above) if self.above else NO_CURSORS)
 
     def add(self, cursor: int) -> bool:
         """Marks one cursor acked; returns False when it already was."""
         if self.is_acked(cursor):
             return False
-        self.above.add(cursor)
-        while self.up_to + 1 in self.above:
+        above = self.above
+        if isinstance(above, frozenset):  # NO_CURSORS: made on the first cursor above
+            above = self.above = {cursor}
+        else:
+            above.add(cursor)
+        while self.up_to + 1 in above:
             self.up_to += 1
-            self.above.discard(self.up_to)
+            above.discard(self.up_to)
         return True
 
     def merge(self, other: AckState) -> None:
@@ -39,10 +50,12 @@ class AckState:
         if cursor <= self.up_to:
             return
         self.up_to = cursor
-        self.above = {c for c in self.above if c > cursor}
-        while self.up_to + 1 in self.above:
+        if not self.above:
+            return
+        above = self.above = {c for c in self.above if c > cursor}
+        while self.up_to + 1 in above:
             self.up_to += 1
-            self.above.discard(self.up_to)
+            above.discard(self.up_to)
 
 
 class AckStore(Protocol):

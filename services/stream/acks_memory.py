@@ -17,7 +17,7 @@ class MemoryAckStore:
         out = []
         for key in keys:
             state = states.get((tenant, user_id, key))
-            out.append(AckState() if state is None else AckState(state.up_to, set(state.above)))
+            out.append(AckState() if state is None else state.copy())
         return out
 
     async def ack(
@@ -28,7 +28,7 @@ class MemoryAckStore:
 
     async def ack_up_to(self, tenant: str, user_id: str, key: LogKey, cursor: int) -> AckState:
         state = self._states.setdefault((tenant, user_id, key), AckState())
-        before = AckState(state.up_to, set(state.above))
+        before = state.copy()
         state.raise_to(cursor)
         return before
 

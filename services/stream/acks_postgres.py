@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Final
 import asyncpg
 
 from services.domain import LogKey
-from services.stream.acks import AckState
+from services.stream.acks import NO_CURSORS, AckState
 
 if TYPE_CHECKING:
     from services.stream.status_postgres import Connection
@@ -49,7 +49,9 @@ WHERE tenant_id = $1 AND user_id = $2 AND log = $3
 
 
 def _state(row: asyncpg.Record | None) -> AckState:
-    return AckState() if row is None or row[0] is None else AckState(row[0], set(row[1]))
+    if row is None or row[0] is None:
+        return AckState()
+    return AckState(row[0], set(row[1]) if row[1] else NO_CURSORS)
 
 
 async def _lock(connection: Connection, tenant: str, user_id: str, key: LogKey) -> AckState:

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import math
 import random
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Coroutine, Mapping
 
 from herald.v1 import stream_pb2
 from services import metrics
@@ -244,13 +244,14 @@ class DeliveryCore:
         )
         return session
 
-    async def run(self, session: Session, write: Write) -> None:
-        """Writes the session's stream until it is closed or the client goes away.
+    def run(self, session: Session, write: Write) -> Coroutine[None, None, None]:
+        """Writes the session's stream until it is closed or the client goes away (the writer's
+        coroutine itself: no frame of this method stays alive while the session is idle).
 
         Raises:
             Aborted: the client stopped reading (a write stalled past the write timeout).
         """
-        await self.writer.run(session, write)
+        return self.writer.run(session, write)
 
     async def close(self, session: Session) -> None:
         """Forgets a session whose stream ended (the client left, or it was closed)."""

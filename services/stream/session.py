@@ -72,7 +72,7 @@ class Flag:
 
     def __init__(self) -> None:
         self._value = False
-        self._waiters: list[asyncio.Future[None]] | None = None
+        self._waiters: list[asyncio.Future[bool]] | None = None
 
     def is_set(self) -> bool:
         return self._value
@@ -85,25 +85,25 @@ class Flag:
         if waiters:
             for waiter in waiters:
                 if not waiter.done():
-                    waiter.set_result(None)
+                    waiter.set_result(True)
 
     def clear(self) -> None:
         self._value = False
 
-    async def wait(self) -> bool:
+    def wait(self) -> asyncio.Future[bool]:
+        """A future done (True) once the flag is set, at once if it is. Not a coroutine: a
+        session's writer waits on `wakeup` for as long as it is idle, and a coroutine's frame
+        would stay alive all that time. A waiter cancelled meanwhile is dropped at the next
+        wait or set."""
+        waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         if self._value:
-            return True
-        waiter = asyncio.get_running_loop().create_future()
-        if self._waiters is None:
+            waiter.set_result(True)
+        elif self._waiters is None:
             self._waiters = [waiter]
         else:
+            self._waiters = [w for w in self._waiters if not w.done()]
             self._waiters.append(waiter)
-        try:
-            await waiter
-            return True
-        finally:
-            if self._waiters is not None and waiter in self._waiters:
-                self._waiters.remove(waiter)
+        return waiter
 
 
 def entry_size(entry: Entry) -> int:
@@ -126,13 +126,22 @@ class LogCursorState:
     recovered: bool = True
     # The log's newest cursor when the session opened.
     opened_head: int = 0
-    # Cursors enqueued and not yet written (a heap with lazy deletion, for the watermark).
+    # Cursors enqueued and not yet written (a heap with lazy deletion, for the watermark); the
+    # set is made on the first write (an idle session's logs hold none).
     waiting: list[int] = field(default_factory=list)
-    written: set[int] = field(default_factory=set)
+    written: set[int] | None = None
+
+    def mark_written(self, cursor: int) -> None:
+        if self.written is None:
+            self.written = {cursor}
+        else:
+            self.written.add(cursor)
 
     def watermark(self) -> int:
-        while self.waiting and self.waiting[0] in self.written:
-            self.written.discard(heapq.heappop(self.waiting))
+        written = self.written
+        if written:
+            while self.waiting and self.waiting[0] in written:
+                written.discard(heapq.heappop(self.waiting))
         return self.waiting[0] - 1 if self.waiting else self.enqueued
 
 
@@ -153,6 +162,39 @@ class Pending:
 
 class Session:
     """The buffers of one stream; the delivery core feeds it and its writer drains it."""
+
+    # A node holds thousands of idle sessions: slots instead of a dict of ~30 attributes.
+    __slots__ = (
+        "_pick",
+        "_timers",
+        "budget",
+        "buffer_bytes",
+        "buffer_limit",
+        "channels",
+        "closed",
+        "closing",
+        "connected_at",
+        "device",
+        "events",
+        "expires_at",
+        "heartbeat_due",
+        "lagging",
+        "lanes",
+        "last_write_at",
+        "logs",
+        "session_id",
+        "stalled",
+        "task",
+        "tenant",
+        "unacked",
+        "unregistering",
+        "user_id",
+        "waiting",
+        "waiting_bytes",
+        "wakeup",
+        "write_started_at",
+        "writing_bytes",
+    )
 
     def __init__(
         self,
@@ -422,7 +464,7 @@ class Session:
         """One SubscribeResponse holding `taken`, with each log's watermark after the batch."""
         for pending in taken:
             if pending.attempt == 1:
-                pending.log.written.add(pending.entry.cursor)
+                pending.log.mark_written(pending.entry.cursor)
         return wire.batch_response(
             [
                 wire.delivery(

@@ -95,11 +95,65 @@ class SessionWriter:
     async def run(self, session: Session, write: Write) -> None:
         """Writes the session's stream until it is closed or the client goes away.
 
+        One coroutine, no helper awaited while idle: its frame is all an idle session's stream
+        keeps alive besides grpc's (docs/performance.md, sixth session).
+
         Raises:
             Aborted: the client stopped reading (a write stalled past the write timeout).
         """
         try:
-            await self._run(session, write)
+            session.task = asyncio.current_task()
+            session.last_write_at = self._clock.now()
+            await write(self.started_event(session))
+            batch_max = self._settings.batch_max
+            while True:
+                await session.wakeup.wait()
+                session.wakeup.clear()
+                while True:
+                    if session.closing is not None:
+                        reason, message = session.closing
+                        await write(closing_event(reason, message))
+                        return
+                    events = session.events
+                    if events:
+                        session.events = None
+                        for event in events:
+                            session.write_started_at = time.monotonic()
+                            await write(event)
+                        session.write_started_at = 0.0
+                        session.last_write_at = self._clock.now()
+                    if session.lagging:
+                        await self._catch_up(session)
+                    if not session.waiting:
+                        break
+                    now = self._clock.now()
+                    taken = self._fresh(session, session.take(batch_max), now)
+                    if not taken:
+                        continue
+                    data = session.encode(taken)
+                    # Ack timers and status are recorded before the write: the client may read the
+                    # batch (and ack it) before this coroutine resumes after the write.
+                    await self._delivered(session, taken, now)
+                    session.write_started_at = time.monotonic()
+                    # Held, with the transport's copy, until the write completes: grpc core
+                    # keeps a message its HTTP/2 window does not let out yet
+                    # (Session.hold_write).
+                    session.hold_write(len(data))
+                    try:
+                        if self._tracing is None:
+                            await write(data)
+                        else:
+                            await traced_write(self._tracing, session, taken, write, data)
+                    finally:
+                        session.end_write()
+                    session.write_started_at = 0.0
+                    session.last_write_at = self._clock.now()
+                if session.heartbeat_due:
+                    session.heartbeat_due = False
+                    session.write_started_at = time.monotonic()
+                    await write(self.heartbeat_event())
+                    session.write_started_at = 0.0
+                    session.last_write_at = self._clock.now()
         except asyncio.CancelledError:
             if not session.stalled:
                 raise
@@ -109,59 +163,6 @@ class SessionWriter:
                 f"slow consumer: the stream was not read for {self._settings.write_timeout_s:g} s; "
                 "reconnect with your cursors"
             ) from None
-
-    async def _run(self, session: Session, write: Write) -> None:
-        session.task = asyncio.current_task()
-        session.last_write_at = self._clock.now()
-        await write(self.started_event(session))
-        batch_max = self._settings.batch_max
-        while True:
-            await session.wakeup.wait()
-            session.wakeup.clear()
-            while True:
-                if session.closing is not None:
-                    reason, message = session.closing
-                    await write(closing_event(reason, message))
-                    return
-                events = session.events
-                if events:
-                    session.events = None
-                    for event in events:
-                        session.write_started_at = time.monotonic()
-                        await write(event)
-                    session.write_started_at = 0.0
-                    session.last_write_at = self._clock.now()
-                if session.lagging:
-                    await self._catch_up(session)
-                if not session.waiting:
-                    break
-                now = self._clock.now()
-                taken = self._fresh(session, session.take(batch_max), now)
-                if not taken:
-                    continue
-                data = session.encode(taken)
-                # Ack timers and status are recorded before the write: the client may read the
-                # batch (and ack it) before this coroutine resumes after the write.
-                await self._delivered(session, taken, now)
-                session.write_started_at = time.monotonic()
-                # Held, with the transport's copy, until the write completes: grpc core keeps
-                # a message its HTTP/2 window does not let out yet (Session.hold_write).
-                session.hold_write(len(data))
-                try:
-                    if self._tracing is None:
-                        await write(data)
-                    else:
-                        await traced_write(self._tracing, session, taken, write, data)
-                finally:
-                    session.end_write()
-                session.write_started_at = 0.0
-                session.last_write_at = self._clock.now()
-            if session.heartbeat_due:
-                session.heartbeat_due = False
-                session.write_started_at = time.monotonic()
-                await write(self.heartbeat_event())
-                session.write_started_at = 0.0
-                session.last_write_at = self._clock.now()
 
     async def _catch_up(self, session: Session) -> None:
         """Reads logs the session is behind on, as far as its buffer has room."""
@@ -191,7 +192,7 @@ class SessionWriter:
             (fresh if p.entry.expires_at > now else expired).append(p)
         if expired:
             for p in expired:
-                p.log.written.add(p.entry.cursor)
+                p.log.mark_written(p.entry.cursor)
             self._spawn(
                 self._status.apply(
                     session.tenant,
