@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+
 import pytest
 
+from services.backends import Backend, memory_stores
 from services.breaker import BreakerState, CircuitBreaker, guarded
-from services.clock import ManualClock
+from services.clock import ManualClock, SystemClock
+from services.config import Config
 from services.errors import InvalidArgument, Unavailable
 
 pytestmark = pytest.mark.asyncio
@@ -83,3 +88,28 @@ async def test_the_callers_errors_pass_through_and_do_not_count() -> None:
         with pytest.raises(InvalidArgument):
             await store.reject()
     assert changes == []
+
+
+async def test_the_backend_monitor_ends_when_cancelled_even_if_a_probe_swallows_it() -> None:
+    # A client library may turn the cancellation of a call in flight into an error of its own
+    # (a lost connection): the breaker reports it as Unavailable, which the monitor shrugs off.
+    # Before, the monitor then slept and probed for ever, and the node's shutdown waited on it.
+    probing = asyncio.Event()
+
+    async def probe() -> object:
+        probing.set()
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            raise ConnectionResetError("connection lost") from None
+        return None
+
+    breaker = CircuitBreaker("Flaky", clock=SystemClock(), failures=(OSError,))
+    stores = memory_stores(Config())
+    stores = dataclasses.replace(stores, backends=[Backend("Flaky", breaker, probe, ("ingest",))])
+    monitor = asyncio.ensure_future(stores.monitor(0.01))
+    await probing.wait()
+    monitor.cancel()
+    async with asyncio.timeout(5):
+        with pytest.raises(asyncio.CancelledError):
+            await monitor
