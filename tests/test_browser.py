@@ -26,10 +26,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from playwright.async_api import Browser, Locator, Page, WebSocket, async_playwright, expect
 
-from herald.v1 import ingest_pb2, notification_pb2, stream_pb2
-from services.chain import Variant
+from herald.v1 import ingest_pb2
 from services.chain.signing import write_private_key
 from services.config import ChainSettings, DeliverySettings
+from tests.chain_support import forge_seals
 from tests.harness import Herald, make_config, start_herald, to_user
 from tests.test_envoy import Envoy, running_envoy
 
@@ -480,21 +480,7 @@ async def test_a_forged_item_in_the_first_inbox_page_is_shown_as_rejected(
 ) -> None:
     chain = stack.herald.node("stream").chain
     assert chain is not None
-    seal = chain.seal
-
-    def forge(notification: bytes, variant: Variant) -> stream_pb2.SealedNotification:
-        sealed = seal(notification, variant)
-        if notification_pb2.Notification.FromString(notification).content.title == "forged":
-            # Other content (formatted and compressed as the variant says) under the genuine
-            # signature, as a forger on the way would send it.
-            forged = notification_pb2.Notification.FromString(notification)
-            forged.content.title = "Your account is locked: log in at evil.example"
-            real = sealed
-            sealed = seal(forged.SerializeToString(), variant)
-            sealed.key_id, sealed.signature = real.key_id, real.signature
-        return sealed
-
-    monkeypatch.setattr(chain, "seal", forge)
+    forge_seals(chain, monkeypatch)
     backend = stack.herald.backend()
     genuine = await backend.send(to_user("alice", "genuine"))
     forged = await backend.send(to_user("alice", "forged"))

@@ -18,6 +18,7 @@ from services.chain import ChainPolicy, Opener, Variant
 from services.chain.signing import write_private_key
 from services.client import HeraldClient
 from services.config import ChainSettings
+from tests.chain_support import forge_seals
 from tests.harness import Herald, make_config, start_herald, to_user
 from tests.streams import Stream
 
@@ -137,21 +138,7 @@ async def test_a_forged_inbox_item_is_rejected_and_counted(
     herald = signing
     chain = herald.node("stream").chain
     assert chain is not None
-    seal = chain.seal
-
-    def forge(notification: bytes, variant: Variant) -> stream_pb2.SealedNotification:
-        sealed = seal(notification, variant)
-        if notification_pb2.Notification.FromString(notification).content.title == "forged":
-            # Other content (formatted and compressed as the variant says) under the genuine
-            # signature, as a forger on the way would send it.
-            forged = notification_pb2.Notification.FromString(notification)
-            forged.content.title = "Your account is locked: log in at evil.example"
-            real = sealed
-            sealed = seal(forged.SerializeToString(), variant)
-            sealed.key_id, sealed.signature = real.key_id, real.signature
-        return sealed
-
-    monkeypatch.setattr(chain, "seal", forge)
+    forge_seals(chain, monkeypatch)
     backend = herald.backend()
     genuine = await backend.send(_sent("genuine"))
     await backend.send(_sent("forged"))

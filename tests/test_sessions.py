@@ -21,6 +21,10 @@ from tests.streams import Stream
 
 pytestmark = pytest.mark.asyncio
 
+# A client that never reads and keeps HTTP/2 windows small, so the server's writes block: BDP
+# probing off, the window stays at 64 KiB instead of growing into the client's memory.
+STALLING_OPTIONS = [("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 16384)]
+
 TOPOLOGIES = pytest.mark.parametrize("topology", ["up", "split"])
 
 
@@ -112,11 +116,10 @@ async def test_a_slow_consumer_is_closed_without_slowing_others_or_growing_memor
     core = herald.node("stream").delivery
     assert core is not None
     # The slow client never reads and keeps HTTP/2 windows small, so the server's writes block.
-    # BDP probing off: the window stays at 64 KiB instead of growing into the client's memory.
     slow_client = HeraldClient(
         herald.address("stream"),
         herald.tokens.user("acme", "slow"),
-        options=[("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 16384)],
+        options=STALLING_OPTIONS,
     )
     herald.clients.append(slow_client)
     slow = Stream(slow_client)
@@ -222,7 +225,7 @@ async def test_stalled_streams_hold_bounded_bytes_per_session_and_per_node(
         client = HeraldClient(
             herald.address("stream"),
             herald.tokens.user("acme", user),
-            options=[("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 16384)],
+            options=STALLING_OPTIONS,
         )
         herald.clients.append(client)
         stalled.append(Stream(client))
@@ -280,7 +283,7 @@ async def test_a_stalled_streams_batch_in_flight_counts_in_the_byte_budget(
     client = HeraldClient(  # never reads; a small window, so the server's write blocks
         herald.address("stream"),
         herald.tokens.user("acme", "stalled"),
-        options=[("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 16384)],
+        options=STALLING_OPTIONS,
     )
     herald.clients.append(client)
     stream = Stream(client)
