@@ -100,7 +100,6 @@ class Stores:
         """Probes every backend through its breaker, forever: a backend that went away opens
         its breaker (health NOT_SERVING) even with no traffic, and one that came back closes
         it."""
-        task = asyncio.current_task()
         while True:
             for backend in self.backends:
                 try:
@@ -111,12 +110,6 @@ class Stores:
                     log.warning(
                         "backend probe failed", extra={"backend": backend.name}, exc_info=True
                     )
-                # A client library may turn the cancellation of a call in flight into an error
-                # of its own (a lost connection), which the breaker reports as Unavailable: the
-                # task stays cancelled, and without this check the node's shutdown would wait
-                # for the monitor for ever.
-                if task is not None and task.cancelling():
-                    raise asyncio.CancelledError
             await asyncio.sleep(interval_s)
 
     async def aclose(self) -> None:

@@ -15,6 +15,7 @@ caller's, passes through unchanged and leaves the state alone.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
@@ -91,6 +92,11 @@ class CircuitBreaker:
         try:
             result = await operation()
         except self._failures as exc:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                # A client library turned the cancellation of a call in flight into an error of
+                # its own (a lost connection): the caller was cancelled, the backend is fine.
+                raise asyncio.CancelledError from exc
             self._failed()
             raise Unavailable(
                 f"{self.name} is unreachable ({type(exc).__name__}); retry shortly"
