@@ -193,6 +193,10 @@ BROKER_RESETS = Counter(
     "herald_broker_resets_total",
     "Broker subscriptions restored after an interruption: every open log was read again",
 )
+BROKER_UNHEARD = Counter(
+    "herald_broker_unheard_total",
+    "Publications the broker did not send, because no other node subscribed to their log",
+)
 BROKER_PUBLISH_FAILED = Counter(
     "herald_broker_publish_failed_total",
     "Publications the broker could not send (the catch-up check delivers their entries)",
@@ -313,8 +317,9 @@ LIVE = _Live(
             ["queue"],
         ),
         "herald_buffered_bytes": (
-            "Bytes waiting in this node's session buffers (notifications to be written to "
-            "streams, with a fixed overhead per entry), against HERALD_DELIVERY_NODE_BUFFER_BYTES "
+            "Bytes this node's sessions hold (used): notifications waiting to be written, with "
+            "a fixed overhead per entry, and each batch whose write is in flight, counted twice "
+            "(its encoding and the transport's copy); against HERALD_DELIVERY_NODE_BUFFER_BYTES "
             "(limit)",
             ["kind"],
         ),

@@ -7,7 +7,7 @@ import asyncio
 import logging
 import struct
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -21,6 +21,7 @@ from services.domain import channel_log, user_log
 from services.stream.broker import Publication, PublicationHandler, ResetHandler
 from services.stream.broker_redis import FORMAT_LOG_PUBLICATION, RedisBroker
 from tests.broker_support import Recorder, publication
+from tests.metrics_support import until
 from tests.redis_support import (
     REDIS_URL,
     free_port,
@@ -124,6 +125,55 @@ async def test_own_publications_reach_the_node_once_inline_and_others_through_re
         await mine.until_count(2)
         assert mine.publications == [sent, later]
         assert theirs.publications == [sent, later]
+
+
+async def test_a_publication_goes_to_redis_only_when_another_node_hears_its_log() -> None:
+    async with (
+        scratch_keyspace() as (client, prefix),
+        node(prefix=prefix) as (one, mine, _),
+        node(prefix=prefix) as (other, theirs, _),
+    ):
+        channel = one.channel(T1, NEWS)
+
+        async def listeners() -> int:
+            [(_, count)] = await client.pubsub_numsub(channel)
+            return int(count)
+
+        async def _is(count: Awaitable[int], expected: int) -> bool:
+            return await count == expected
+
+        async def publish(head: int) -> tuple[Publication, float]:
+            unheard = metrics_value("herald_broker_unheard_total")
+            sent = publication(T1, NEWS, head)
+            await one.publish([sent])
+            await one.flush()
+            return sent, metrics_value("herald_broker_unheard_total") - unheard
+
+        # Alone on the log: its sessions get it inline, and nothing goes to pub/sub.
+        await one.subscribe(T1, NEWS)
+        alone, unheard = await publish(1)
+        assert unheard == 1
+        assert mine.publications == [alone]
+        # Another node hears it: it goes out, and only that node reads it from Redis.
+        await other.subscribe(T1, NEWS)
+        shared, unheard = await publish(2)
+        assert unheard == 0
+        await theirs.until_count(1)
+        assert theirs.publications == [shared]
+        # The publisher need not hear the log itself.
+        await one.unsubscribe(T1, NEWS)
+        not_mine, unheard = await publish(3)
+        assert unheard == 0
+        await theirs.until_count(2)
+        assert theirs.publications == [shared, not_mine]
+        # Once the other node left (Redis processed its UNSUBSCRIBE), nobody is told.
+        await one.subscribe(T1, NEWS)
+        await other.unsubscribe(T1, NEWS)
+        await until(lambda: _is(listeners(), 1))
+        last, unheard = await publish(4)
+        assert unheard == 1
+        assert mine.publications == [alone, shared, last]
+        assert theirs.publications == [shared, not_mine]
 
 
 async def test_entries_go_along_up_to_max_entries_bytes_encoded() -> None:
@@ -336,7 +386,7 @@ def metrics_value(name: str) -> float:
     return 0.0 if value is None else value
 
 
-def _queued_heads(broker: RedisBroker) -> list[tuple[str, int]]:
+def _queued_heads(broker: RedisBroker) -> list[tuple[bytes, int]]:
     return [
         (channel, node_pb2.LogPublication.FromString(data[1:]).head)
         for channel, data in broker._outbox

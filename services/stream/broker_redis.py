@@ -2,7 +2,8 @@
 
 A publication is one PUBLISH (a batch of them in one script call, sent by a publisher task of
 the broker's own: `publish` hands them to this node's readers, queues them and returns) on
-`<prefix>{<tenant>}:log:<log key>` (services/redis_keys.py) of a format byte, 1, and a
+`<prefix>{<tenant>}:log:<log key>` (services/redis_keys.py), made only when another node hears
+that channel (below), of a format byte, 1, and a
 herald.node.v1.LogPublication (a user event: format byte 2 and a
 herald.node.v1.UserEventPublication, on the channel of the user's own log). Its entries travel
 with it while they take at most `max_entries_bytes` encoded; beyond that it carries the head
@@ -22,6 +23,18 @@ Invariants:
 - A publication of this node's reaches its handler once, inline in `publish` (when its channel
   is in `_channels`), never again from Redis: the message carries this broker's random origin
   as its last field, and the reader drops those before decoding them.
+- A publication is sent only to a channel another node hears: the script counts the channel's
+  subscribers (PUBSUB NUMSUB) and publishes when they are more than this node's own
+  subscription, which it counts only once Redis confirmed it on the current connection
+  (`_heard`). The count and the PUBLISH are one step in Redis's order of commands, so a node
+  whose SUBSCRIBE Redis processed before it gets the message, as it would without the check;
+  a node alone on its logs (one node, or a user connected to one node only) sends nothing to
+  pub/sub and reads nothing back. Counted as unheard in `herald_broker_unheard_total`. Where
+  this node's subscription is gone from Redis before the node noticed (its connection dropped),
+  a publication another node needed may go unsent: a lost publication, which the catch-up check
+  covers, as it covers every other loss. (On Redis Cluster, NUMSUB counts one node's
+  subscribers: sharded pub/sub would need SHARDNUMSUB; the broker does not run there yet,
+  docs/redis.md.)
 - `subscribe` returns once Redis confirmed the subscription, so a publication sent after it
   returned reaches this node. When it cannot wait (the broker is not started, Redis is out of
   reach) it returns at once, and the next connection resets; when the confirmation is slower
@@ -69,15 +82,21 @@ log = logging.getLogger(__name__)
 FORMAT_LOG_PUBLICATION: Final = b"\x01"
 # 2: a UserEventPublication.
 FORMAT_USER_EVENT: Final = b"\x02"
-# Publishes a batch in one command: ARGV is channel, message, channel, message, ... A pipeline
-# of PUBLISH commands costs the client about 8 us per message (redis-py builds and parses each
-# command), this about 1.3 (measured on 500-message batches). PUBLISH touches no key, so the
-# script runs on any node of a Redis Cluster, and cluster pub/sub reaches every node.
+# Publishes a batch in one command: ARGV is channel, message, subscriptions of this node to the
+# channel (0 or 1), then the next channel, ... A message goes only to a channel with more
+# subscribers than this node's own (see the module invariants); the script answers how many
+# went. A pipeline of PUBLISH commands costs the client about 8 us per message (redis-py builds
+# and parses each command), this about 1.3 (measured on 500-message batches). The script
+# touches no key.
 _PUBLISH_MANY: Final = """
-for i = 1, #ARGV, 2 do
-    redis.call('PUBLISH', ARGV[i], ARGV[i + 1])
+local sent = 0
+for i = 1, #ARGV, 3 do
+    if redis.call('PUBSUB', 'NUMSUB', ARGV[i])[2] > tonumber(ARGV[i + 2]) then
+        redis.call('PUBLISH', ARGV[i], ARGV[i + 1])
+        sent = sent + 1
+    end
 end
-return 0
+return sent
 """
 # Publications per script call: a call holds Redis for its whole length.
 _PUBLISH_CHUNK: Final = 500
@@ -119,8 +138,9 @@ class RedisBroker:
     ) -> None:
         self._client = checked_client(client)
         self._publish_many = self._client.register_script(_PUBLISH_MANY)
-        # Messages waiting for the publisher task (FIFO), and the task while it runs.
-        self._outbox: deque[tuple[str, bytes]] = deque()
+        # Messages waiting for the publisher task (FIFO): (channel, message); and the task while
+        # it runs.
+        self._outbox: deque[tuple[bytes, bytes]] = deque()
         self._outbox_limit = outbox_limit
         self._publisher: asyncio.Task[None] | None = None
         # This broker's tag on what it publishes, and how an encoding carrying it ends (field 6,
@@ -139,6 +159,9 @@ class RedisBroker:
         self._task: asyncio.Task[None] | None = None
         # Channel (as Redis returns it) -> the log it carries.
         self._channels: dict[bytes, tuple[str, LogKey]] = {}
+        # The channels of `_channels` Redis confirmed on the current pub/sub connection: the
+        # subscriptions Redis counts as this node's (emptied when the connection goes).
+        self._heard: set[bytes] = set()
         # The reader's pub/sub while it holds a connection.
         self._pubsub: PubSub | None = None
         # Subscribes waiting for Redis to confirm, per channel, in the order they were sent;
@@ -161,9 +184,12 @@ class RedisBroker:
     async def publish(self, publications: Sequence[Publication]) -> None:
         if not publications:
             return
-        self._deliver_own(publications)
+        channels = [self.channel(p.tenant, p.key).encode() for p in publications]
+        self._deliver_own(publications, channels)
         try:
-            messages = [(self.channel(p.tenant, p.key), self.encode(p)) for p in publications]
+            messages = [
+                (channel, self.encode(p)) for channel, p in zip(channels, publications, strict=True)
+            ]
         except (ValueError, TypeError):
             # A field out of its protobuf range: a bug upstream, but never the dispatcher's.
             metrics.BROKER_PUBLISH_FAILED.inc(len(publications))
@@ -175,10 +201,10 @@ class RedisBroker:
         if not events:
             return
         handler = self._on_user_event
-        messages: list[tuple[str, bytes]] = []
+        messages: list[tuple[bytes, bytes]] = []
         for event in events:
-            channel = self.channel(event.tenant, user_log(event.user_id))
-            if handler is not None and channel.encode() in self._channels:
+            channel = self.channel(event.tenant, user_log(event.user_id)).encode()
+            if handler is not None and channel in self._channels:
                 try:
                     handler(event)
                 except Exception:
@@ -192,7 +218,7 @@ class RedisBroker:
             messages.append((channel, FORMAT_USER_EVENT + message.SerializeToString()))
         await self._send(messages, len(events))
 
-    async def _send(self, messages: list[tuple[str, bytes]], count: int) -> None:
+    async def _send(self, messages: list[tuple[bytes, bytes]], count: int) -> None:
         """Queues (channel, message) pairs for the publisher task and returns at once: the
         dispatcher's caller waits for its durable append, never for Redis (a publication is a
         wake-up; what it fails to announce, the catch-up check delivers). One task sends the
@@ -221,12 +247,16 @@ class RedisBroker:
         try:
             while outbox:
                 chunk = [outbox.popleft() for _ in range(min(len(outbox), _PUBLISH_CHUNK))]
-                args: list[str | bytes] = []
+                # This node's subscriptions as Redis counts them, taken as the script is sent.
+                heard = self._heard
+                args: list[bytes] = []
                 for channel, data in chunk:
                     args.append(channel)
                     args.append(data)
+                    args.append(b"1" if channel in heard else b"0")
                 try:
-                    await self._publish_many(args=args)
+                    sent = await self._publish_many(args=args)
+                    metrics.BROKER_UNHEARD.inc(len(chunk) - int(sent))
                 except (RedisError, OSError) as error:
                     metrics.BROKER_PUBLISH_FAILED.inc(len(chunk))
                     self._warn(
@@ -242,15 +272,16 @@ class RedisBroker:
         while self._publisher is not None:
             await asyncio.shield(self._publisher)
 
-    def _deliver_own(self, publications: Sequence[Publication]) -> None:
-        """Hands this node's own publications of the logs it hears to its handler at once, as
-        the memory broker does: no round trip through Redis, no decoding. Redis brings them
-        back to this node too, and `_deliver` drops them by their origin."""
+    def _deliver_own(self, publications: Sequence[Publication], channels: list[bytes]) -> None:
+        """Hands this node's own publications of the logs it hears (`channels`: theirs, in
+        order) to its handler at once, as the memory broker does: no round trip through Redis,
+        no decoding. Where Redis brings them back to this node too (another node hears the
+        channel), `_deliver` drops them by their origin."""
         handler = self._on_publication
         if handler is None:
             return
-        for p in publications:
-            if self.channel(p.tenant, p.key).encode() not in self._channels:
+        for p, channel in zip(publications, channels, strict=True):
+            if channel not in self._channels:
                 continue
             try:
                 handler(p)
@@ -327,6 +358,8 @@ class RedisBroker:
         channel = self.channel(tenant, key).encode()
         if self._channels.pop(channel, None) is None:
             return
+        # Before the UNSUBSCRIBE: while Redis may still count this node, publications go out.
+        self._heard.discard(channel)
         pubsub = self._pubsub
         if pubsub is None:
             return
@@ -396,6 +429,7 @@ class RedisBroker:
                 self._failing = True
             finally:
                 self._pubsub = None
+                self._heard.clear()
                 self._release_subscribers()
                 if connection is not None:
                     connection.deregister_connect_callback(self._reconnected)  # type: ignore[no-untyped-call]
@@ -423,6 +457,8 @@ class RedisBroker:
         """redis-py reconnected the pub/sub connection inside a read and has sent SUBSCRIBE for
         every channel (its callback runs before this one): what was sent meanwhile is lost."""
         log.info("Redis pub/sub connection restored; re-reading every open log")
+        # The new connection's confirmations (already asked for) count them again.
+        self._heard.clear()
         pubsub = self._pubsub
         if pubsub is not None and pubsub.channels:
             self._reset_pending = True
@@ -486,6 +522,8 @@ class RedisBroker:
             log.exception("the user event handler failed")
 
     def _confirmed(self, channel: bytes) -> None:
+        if channel in self._channels:
+            self._heard.add(channel)
         waiting = self._confirming.get(channel)
         while waiting:
             confirmed = waiting.popleft()
