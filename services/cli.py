@@ -30,7 +30,15 @@ from pydantic import ValidationError
 from herald.v1 import notification_pb2, stream_pb2
 from services import auth, cli_admin
 from services.app_data import DataError, data_from_json, restore_notification_json
-from services.cli_connection import CliError, client_flags, connect, credentials, minter
+from services.cli_connection import (
+    CliError,
+    accepted,
+    chain_flags,
+    client_flags,
+    connect,
+    credentials,
+    minter,
+)
 from services.client import Disconnected, Received
 from services.config import BackendSettings, Config, ServerSettings
 from services.logs import configure_logging
@@ -149,19 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument(
         "--cursor", action="append", default=[], help="resume a log: LOG=CURSOR (repeatable)"
     )
-    tail.add_argument(
-        "--accept",
-        default=_env("HERALD_ACCEPT_ENCODINGS", ""),
-        help="transformer-chain encodings to ask for, comma-separated: json, zstd, gzip, signed "
-        "(HERALD_ACCEPT_ENCODINGS; docs/transformers.md)",
-    )
-    tail.add_argument(
-        "--verify",
-        action="store_true",
-        default=_env("HERALD_VERIFY", "").lower() in ("1", "true", "yes", "on"),
-        help="ask for signed deliveries and drop (and report) any that does not verify "
-        "(HERALD_VERIFY=true)",
-    )
+    chain_flags(tail, "deliveries")
     cli_admin.add_commands(commands)
     return parser
 
@@ -415,7 +411,7 @@ async def _tail_until_done(args: argparse.Namespace, token: str, cursors: dict[s
                 + (f" (encodings: {', '.join(started.encodings)})" if started.encodings else "")
             ),
             on_disconnect=_disconnected,
-            accept_encodings=[a.strip() for a in args.accept.split(",") if a.strip()],
+            accept_encodings=accepted(args),
             verify=args.verify,
             on_reject=lambda rejected, delivery: _state(
                 f"rejected a delivery ({rejected.reason}) of log {delivery.log[:64]} "

@@ -6,9 +6,10 @@
 - `herald status ID`: IngestService GetStatus;
 - `herald scheduled list|cancel`: IngestService ListScheduled / CancelScheduled;
 - `herald templates put|get|list|delete`: RegistryService templates;
-- `herald inbox --user U [--filter F] [--mark-read ID | --seen ID | --unread ID | --archive ID |
-  --unarchive ID | --mark-all-read | --counts]`: StreamService ListInbox, MarkRead,
-  UpdateInboxState, MarkAllRead, GetInboxCounts, as that user;
+- `herald inbox --user U [--filter F] [--accept E] [--verify] [--mark-read ID | --seen ID |
+  --unread ID | --archive ID | --unarchive ID | --mark-all-read | --counts]`: StreamService
+  ListInbox (through the transformer chain, as `herald tail`), MarkRead, UpdateInboxState,
+  MarkAllRead, GetInboxCounts, as that user;
 - `herald tenant get|set|put|reset|list`: RegistryService tenant settings (services/cli_tenant.py);
 - `herald webhooks list|replay|delete`: parked webhook batches (services/webhooks/cli.py);
 - `herald segments create|add|remove|list|members|delete`: segments (services/cli_segments.py).
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -32,7 +34,15 @@ from google.protobuf.message import Message
 from herald.v1 import ingest_pb2, registry_pb2, stream_pb2
 from services import auth, cli_segments, cli_tenant
 from services.app_data import restore_notification_json
-from services.cli_connection import CliError, Credentials, client_flags, connect, credentials
+from services.cli_connection import (
+    CliError,
+    Credentials,
+    accepted,
+    chain_flags,
+    client_flags,
+    connect,
+    credentials,
+)
 from services.client import HeraldClient
 from services.webhooks import cli as webhooks_cli
 
@@ -132,6 +142,7 @@ def add_commands(commands: Any) -> None:
         default="not-archived",
         help="which items to list (default: those not archived)",
     )
+    chain_flags(inbox, "items")
     cli_tenant.add_command(commands)
     webhooks_cli.add_command(commands)
     cli_segments.add_command(commands)
@@ -303,10 +314,21 @@ async def _inbox(args: argparse.Namespace) -> int:
                 lambda r: [f"marked {r.marked} notification(s) read"],
             )
             return 0
+        # Each rejected item gets a line of its own below (on_reject), not the client's log.
+        logging.getLogger("services.client_chain").setLevel(logging.ERROR)
+        chain = client.inbox_chain(
+            accept_encodings=accepted(args),
+            verify=args.verify,
+            on_reject=lambda rejected, item: print(
+                f"rejected an inbox item ({rejected.reason}) at cursor {item.cursor}",
+                file=sys.stderr,
+            ),
+        )
         page = await client.list_inbox(
             page_size=args.page_size,
             page_token=args.page_token,
             filter=_INBOX_FILTERS[args.filter],
+            chain=chain,
         )
     _print(args, page, _inbox_text)
     if page.next_page_token and not args.json:

@@ -62,6 +62,29 @@ def client_flags(parser: argparse.ArgumentParser, *, json_flag: bool = True) -> 
         )
 
 
+def chain_flags(parser: argparse.ArgumentParser, what: str) -> None:
+    """--accept and --verify (each also an environment variable): the transformer chain a
+    command asks `what` of (docs/transformers.md)."""
+    parser.add_argument(
+        "--accept",
+        default=os.environ.get("HERALD_ACCEPT_ENCODINGS", ""),
+        help="transformer-chain encodings to ask for, comma-separated: json, zstd, gzip, signed "
+        "(HERALD_ACCEPT_ENCODINGS; docs/transformers.md)",
+    )
+    parser.add_argument(
+        "--verify",
+        action="store_true",
+        default=os.environ.get("HERALD_VERIFY", "").lower() in ("1", "true", "yes", "on"),
+        help=f"ask for signed {what} and drop (and report) any that does not verify "
+        "(HERALD_VERIFY=true)",
+    )
+
+
+def accepted(args: argparse.Namespace) -> list[str]:
+    """The encodings of --accept."""
+    return [a.strip() for a in args.accept.split(",") if a.strip()]
+
+
 @dataclass(frozen=True)
 class Credentials:
     token: str

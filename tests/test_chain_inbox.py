@@ -3,7 +3,10 @@ unchanged, the stream's cache shared, rejections by the Python client, the tenan
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import json
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -16,6 +19,7 @@ from herald.v1 import notification_pb2, stream_pb2
 from services import metrics
 from services.chain import ChainPolicy, Opener, Variant
 from services.chain.signing import write_private_key
+from services.cli import main as cli_main
 from services.client import HeraldClient
 from services.config import ChainSettings
 from tests.chain_support import forge_seals
@@ -161,6 +165,42 @@ async def test_a_forged_inbox_item_is_rejected_and_counted(
     again = await client.list_inbox(chain=subscription.chain)
     assert [i.notification.id for i in again.items] == [genuine.notification_id]
     assert subscription.chain.rejected == {"bad_signature": 1}
+
+
+async def test_herald_inbox_opens_verifies_and_reports_what_does_not_verify(
+    signing: Herald, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    herald = signing
+    chain = herald.node("stream").chain
+    assert chain is not None
+    forge_seals(chain, monkeypatch)
+    backend = herald.backend()
+    genuine = await backend.send(_sent("genuine"))
+    await backend.send(_sent("forged"))
+    token = herald.tokens.user("acme", "alice")
+    argv = ["inbox", "--address", herald.address("stream"), "--token", token, "--json"]
+    # The command quiets the client's rejection log for its own lines; put it back after.
+    logger = logging.getLogger("services.client_chain")
+    level = logger.level
+    try:
+        with pytest.raises(SystemExit) as verified:
+            await asyncio.to_thread(cli_main, [*argv, "--accept", "json,zstd", "--verify"])
+        assert verified.value.code == 0
+        out, err = capsys.readouterr()
+        with pytest.raises(SystemExit) as plain:
+            await asyncio.to_thread(cli_main, argv)
+        assert plain.value.code == 0
+        unverified, _ = capsys.readouterr()
+    finally:
+        logger.setLevel(level)
+    [item] = json.loads(out)["items"]
+    assert item["notification"]["id"] == genuine.notification_id
+    assert item["notification"]["content"]["title"] == "genuine"
+    assert "sealed" not in item
+    assert err.splitlines() == ["rejected an inbox item (bad_signature) at cursor 2"]
+    # Asking for nothing, it gets the page unsealed (nothing to forge on the way), newest first.
+    titles = [i["notification"]["content"]["title"] for i in json.loads(unverified)["items"]]
+    assert titles == ["forged", "genuine"]
 
 
 async def test_unsigned_inbox_items_are_rejected_where_a_signature_is_required(
