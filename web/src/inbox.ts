@@ -6,10 +6,14 @@
  * delivery is (docs/transformers.md): a page's `items` hold only what opened, with
  * `notification` set; an item that was tampered with, or is unsigned where a signature is
  * required, is in `rejected` with its reason, counted in `stats` and reported (`onReject`).
+ *
+ * Without one, ListInbox asks for nothing, but a tenant that requires signing seals its items
+ * anyway: those are opened without verifying (as the Python client does), so a page's items
+ * always have `notification` set; one that cannot be opened is in `rejected` as undecodable.
  */
 
 import { create } from "@bufbuild/protobuf";
-import { type DeliveryDecoder, DeliveryRejected, type RejectReason } from "./chain";
+import { ChainDecoder, type DeliveryDecoder, DeliveryRejected, type RejectReason } from "./chain";
 import {
   type InboxItem,
   ListInboxRequestSchema,
@@ -46,6 +50,8 @@ export interface InboxStats {
 }
 
 const TIMEOUT_MS = 10_000;
+/** Opens what a tenant seals for a client that asked for nothing: no keys, nothing verified. */
+const UNVERIFIED = new ChainDecoder({ keys: { key: async () => undefined }, requireSignature: false });
 
 export class Inbox {
   readonly #transport: InboxTransport;
@@ -78,14 +84,12 @@ export class Inbox {
       }),
       { token: await resolveToken(this.#token), timeoutMs: TIMEOUT_MS },
     );
-    if (decoder === undefined) {
-      return { items: response.items, rejected: [], nextPageToken: response.nextPageToken };
-    }
+    const opener = decoder ?? UNVERIFIED;
     const items: InboxItem[] = [];
     const rejected: RejectedItem[] = [];
     for (const item of response.items) {
       try {
-        items.push(await decoder.decodeItem(item));
+        items.push(await opener.decodeItem(item));
       } catch (error) {
         const why =
           error instanceof DeliveryRejected ? error : new DeliveryRejected("", "undecodable", String(error));

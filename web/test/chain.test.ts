@@ -272,4 +272,29 @@ describe("Inbox with a ChainDecoder", () => {
     expect(page.rejected).toEqual([]);
     expect(inbox.withDecoder(new ChainDecoder({ keys: new SigningKeys(async () => []) }))).toBeInstanceOf(Inbox);
   });
+
+  it("without a decoder, opens what the tenant seals anyway, unverified", async () => {
+    const key = await signer("2026-12");
+    const server = new FakeServer([]);
+    const forged = create(SealedNotificationSchema, {
+      ...(await seal("real", { by: key, encoding: "identity" })),
+      payload: toBinary(NotificationSchema, notification("forged")),
+    });
+    const broken = create(SealedNotificationSchema, { format: "protobuf", encoding: "zstd" });
+    server.inboxItems = [
+      { sealed: await seal("signed", { by: key }), cursor: 3n },
+      { sealed: forged, cursor: 2n },
+      { sealed: broken, cursor: 1n },
+    ];
+    const inbox = new Inbox(server.transport(), "t");
+    const page = await inbox.page();
+    expect(server.inboxRequests[0]?.acceptEncodings).toEqual([]);
+    // Nothing verified: the forged payload opens as it came (a client that verifies rejects it).
+    expect(page.items.map((i) => [i.notification?.id, i.cursor, i.sealed])).toEqual([
+      ["signed", 3n, undefined],
+      ["forged", 2n, undefined],
+    ]);
+    expect(page.rejected.map((r) => [r.rejected.reason, r.item.cursor])).toEqual([["undecodable", 1n]]);
+    expect(server.keyFetches).toBe(0);
+  });
 });
