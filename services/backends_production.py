@@ -8,6 +8,7 @@ NOT_SERVING, and closes by itself once a probe gets through.
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import asyncpg
 import redis.asyncio as redis_asyncio
@@ -24,8 +25,11 @@ from services.errors import Unavailable
 from services.postgres import PostgresBackend
 from services.ratelimit.limiter_redis import RedisRateLimiter
 from services.registry.sessions_redis import RedisSessionDirectory
+from services.secrets_at_rest import SecretBox
 from services.stream.broker_redis import RedisBroker
 from services.stream.status_buffered import WriteBehindStatusStore
+
+log = logging.getLogger(__name__)
 
 # What says "the server is not there" (and so counts against the breaker); anything else is an
 # error in the request and passes through.
@@ -100,12 +104,21 @@ async def production_stores(config: Config, clock: Clock, on_change: HealthChang
     """
     settings = config.backends
     redis_url = _secret(settings.redis_url, "HERALD_REDIS_URL")
+    secrets = SecretBox.from_setting(
+        "" if settings.secrets_keys is None else settings.secrets_keys.get_secret_value()
+    )
+    if not secrets.encrypting:
+        log.warning(
+            "HERALD_SECRETS_KEYS is not set: tenants' push credentials and webhook secrets are "
+            'stored unencrypted (docs/postgres.md, "Secrets at rest")'
+        )
     try:
         postgres = await PostgresBackend.open(
             _dsn(config),
             min_size=settings.postgres_pool_min,
             max_size=settings.postgres_pool_max,
             statement_timeout_s=settings.postgres_statement_timeout_s,
+            secrets=secrets,
         )
     except STARTUP_FAILURES as exc:
         raise ValueError(

@@ -210,6 +210,9 @@ class BackendSettings(BaseSettings):
     postgres_statement_timeout_s: float = Field(default=5.0, gt=0)
     # libpq sslmode for the PostgreSQL connections (empty: what the DSN says).
     postgres_sslmode: Literal["", "disable", "prefer", "require", "verify-ca", "verify-full"] = ""
+    # Keys that encrypt tenants' stored credentials (push keys, webhook secrets):
+    # <id>:<base64 of 32 bytes>[,...], the first encrypting (services/secrets_at_rest.py).
+    secrets_keys: SecretStr | None = None
     # Prefix of every Redis key and channel (several deployments can share one Redis).
     redis_prefix: str = "herald:"
     # Consecutive backend failures that open its circuit, and how long it stays open.

@@ -193,6 +193,11 @@ BROKER_RESETS = Counter(
     "herald_broker_resets_total",
     "Broker subscriptions restored after an interruption: every open log was read again",
 )
+SECRETS_UNDECRYPTABLE = Counter(
+    "herald_secrets_undecryptable_total",
+    "Reads of stored tenant secrets (push credentials, webhook secrets) that did not decrypt "
+    "with HERALD_SECRETS_KEYS (they stay sealed and unusable)",
+)
 BROKER_UNHEARD = Counter(
     "herald_broker_unheard_total",
     "Publications the broker did not send, because no other node subscribed to their log",

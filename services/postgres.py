@@ -26,6 +26,7 @@ from services.push.targets_postgres import PostgresPushTargetStore
 from services.registry.segments_postgres import PostgresSegmentStore
 from services.registry.templates_postgres import PostgresTemplateStore
 from services.registry.tenant_settings_postgres import PostgresTenantSettingsStore
+from services.secrets_at_rest import SecretBox
 from services.stream.acks_postgres import PostgresAckStore
 from services.stream.inbox_state_postgres import PostgresInboxStateStore
 from services.stream.log_postgres import PostgresLogStore
@@ -163,14 +164,20 @@ class PostgresBackend:
     stores, then the pool, once.
     """
 
-    def __init__(self, pool: asyncpg.Pool, *, close_timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        close_timeout_s: float = 10.0,
+        secrets: SecretBox | None = None,
+    ) -> None:
         self.pool = pool
         self.status = PostgresStatusStore(pool)
         self.logs = PostgresLogStore(pool, self.status)
         self.acks = PostgresAckStore(pool)
         self.idempotency = PostgresIdempotencyStore(pool)
         self.templates = PostgresTemplateStore(pool)
-        self.tenant_settings = PostgresTenantSettingsStore(pool)
+        self.tenant_settings = PostgresTenantSettingsStore(pool, secrets or SecretBox())
         self.push_targets = PostgresPushTargetStore(pool)
         self.push_pending = PostgresPendingPushStore(pool)
         self.segments = PostgresSegmentStore(pool)
@@ -191,8 +198,10 @@ class PostgresBackend:
         connect_timeout_s: float = 10.0,
         close_timeout_s: float = 10.0,
         migrate_schema: bool = True,
+        secrets: SecretBox | None = None,
     ) -> PostgresBackend:
-        """Connects to `dsn` and, unless told not to, brings the schema up to date."""
+        """Connects to `dsn` and, unless told not to, brings the schema up to date. `secrets`
+        seals the tenants' stored credentials (services/secrets_at_rest.py)."""
         pool = await create_pool(
             dsn,
             min_size=min_size,
@@ -208,7 +217,7 @@ class PostgresBackend:
         except BaseException:
             await pool.close()
             raise
-        return cls(pool, close_timeout_s=close_timeout_s)
+        return cls(pool, close_timeout_s=close_timeout_s, secrets=secrets)
 
     async def aclose(self) -> None:
         """Closes the stores (which may write what they buffer), then the pool; connections

@@ -18,8 +18,13 @@ from services.domain import (
     Webhooks,
 )
 from services.registry.tenant_settings import DEFAULT_PAGE, SEND_FIELDS, VersionConflict
+from services.secrets_at_rest import SecretBox
 
 _SEND_FIELDS: Final = tuple(name for name, _, _ in SEND_FIELDS)
+# The write-only fields, encrypted at rest with HERALD_SECRETS_KEYS (services/secrets_at_rest.py).
+_PUSH_SECRETS: Final = ("fcm_service_account_json", "apns_private_key_p8", "vapid_private_key")
+_WEBHOOK_SECRETS: Final = ("secret",)
+_PLAIN: Final = SecretBox()
 
 _UPSERT: Final = """
 INSERT INTO herald_tenant_settings (tenant_id, version, settings, updated_at, updated_by)
@@ -53,8 +58,9 @@ _LIST: Final = (
 )
 
 
-def encode(settings: TenantSettingsRecord) -> str:
-    """The jsonb document of `settings`: only the fields that are set."""
+def encode(settings: TenantSettingsRecord, box: SecretBox = _PLAIN) -> str:
+    """The jsonb document of `settings`: only the fields that are set, secrets sealed by
+    `box`."""
     limits = {
         name: getattr(settings.rate_limits, name)
         for name in RATE_LIMIT_FIELDS
@@ -68,16 +74,28 @@ def encode(settings: TenantSettingsRecord) -> str:
     for name in _SEND_FIELDS:
         if getattr(settings, name) is not None:
             document[name] = getattr(settings, name)
+    tenant = settings.tenant
     if settings.push_fallback is not None:
-        document["push_fallback"] = dataclasses.asdict(settings.push_fallback)
+        push = dataclasses.asdict(settings.push_fallback)
+        for name in _PUSH_SECRETS:
+            push[name] = box.seal(push[name], tenant, f"push_fallback.{name}")
+        document["push_fallback"] = push
     if settings.webhooks is not None:
-        document["webhooks"] = dataclasses.asdict(settings.webhooks)
+        hooks = dataclasses.asdict(settings.webhooks)
+        for name in _WEBHOOK_SECRETS:
+            hooks[name] = box.seal(hooks[name], tenant, f"webhooks.{name}")
+        document["webhooks"] = hooks
     return json.dumps(document)
 
 
-def decode(row: asyncpg.Record) -> TenantSettingsRecord:
+def decode(row: asyncpg.Record, box: SecretBox = _PLAIN) -> TenantSettingsRecord:
     tenant, version, document, updated_at, updated_by = row
     stored: dict[str, Any] = json.loads(document)
+    for section, names in (("push_fallback", _PUSH_SECRETS), ("webhooks", _WEBHOOK_SECRETS)):
+        values: dict[str, Any] = stored.get(section) or {}
+        for name in names:
+            if isinstance(values.get(name), str):
+                values[name] = box.open(values[name], tenant, f"{section}.{name}")
     limits = {k: v for k, v in stored.get("rate_limits", {}).items() if k in RATE_LIMIT_FIELDS}
     for name, value in limits.items():
         limits[name] = float(value) if name.endswith("_rate") else int(value)
@@ -120,17 +138,24 @@ def decode(row: asyncpg.Record) -> TenantSettingsRecord:
 class PostgresTenantSettingsStore:
     """Tenant settings in PostgreSQL, on a pool it shares and does not close."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, box: SecretBox = _PLAIN) -> None:
         self._pool = pool
+        # Seals and opens the tenants' secrets (services/secrets_at_rest.py).
+        self._box = box
 
     async def get(self, tenant: str) -> TenantSettingsRecord | None:
         row = await self._pool.fetchrow(_GET, tenant)
-        return None if row is None else decode(row)
+        return None if row is None else decode(row, self._box)
 
     async def put(
         self, settings: TenantSettingsRecord, expected_version: int | None = None
     ) -> TenantSettingsRecord:
-        values = (settings.tenant, encode(settings), settings.updated_at, settings.updated_by)
+        values = (
+            settings.tenant,
+            encode(settings, self._box),
+            settings.updated_at,
+            settings.updated_by,
+        )
         if expected_version is None:
             version = await self._pool.fetchval(_UPSERT, *values)
         elif expected_version == 0:
@@ -145,7 +170,7 @@ class PostgresTenantSettingsStore:
     async def list(
         self, after: str = "", limit: int = DEFAULT_PAGE
     ) -> builtins.list[TenantSettingsRecord]:
-        return [decode(row) for row in await self._pool.fetch(_LIST, after, limit)]
+        return [decode(row, self._box) for row in await self._pool.fetch(_LIST, after, limit)]
 
     async def aclose(self) -> None:
         # The pool belongs to whoever made it (services.postgres.PostgresBackend).
