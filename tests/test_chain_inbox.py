@@ -136,16 +136,23 @@ async def test_an_inbox_page_shares_the_streams_variant_cache(signing: Herald) -
     stream.cancel()
 
 
-async def test_a_forged_inbox_item_is_rejected_and_counted(
-    signing: Herald, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    herald = signing
+async def _genuine_then_forged(herald: Herald, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Alice's inbox: a genuine item, then one forged on the way (forge_seals); the genuine
+    one's id."""
     chain = herald.node("stream").chain
     assert chain is not None
     forge_seals(chain, monkeypatch)
     backend = herald.backend()
     genuine = await backend.send(_sent("genuine"))
     await backend.send(_sent("forged"))
+    return genuine.notification_id
+
+
+async def test_a_forged_inbox_item_is_rejected_and_counted(
+    signing: Herald, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    herald = signing
+    genuine = await _genuine_then_forged(herald, monkeypatch)
     client = herald.user("alice")
     reasons: list[str] = []
     inbox = client.inbox_chain(
@@ -153,7 +160,7 @@ async def test_a_forged_inbox_item_is_rejected_and_counted(
     )
     before = metrics.CLIENT_REJECTED.labels("bad_signature")._value.get()
     page = await client.list_inbox(chain=inbox)
-    assert [i.notification.id for i in page.items] == [genuine.notification_id]
+    assert [i.notification.id for i in page.items] == [genuine]
     assert inbox.rejected == {"bad_signature": 1}
     assert reasons == ["bad_signature"]
     assert metrics.CLIENT_REJECTED.labels("bad_signature")._value.get() == before + 1
@@ -163,7 +170,7 @@ async def test_a_forged_inbox_item_is_rejected_and_counted(
     # A subscription's chain opens its inbox the same way, counted with its deliveries.
     subscription = client.subscribe(verify=True)
     again = await client.list_inbox(chain=subscription.chain)
-    assert [i.notification.id for i in again.items] == [genuine.notification_id]
+    assert [i.notification.id for i in again.items] == [genuine]
     assert subscription.chain.rejected == {"bad_signature": 1}
 
 
@@ -171,12 +178,7 @@ async def test_herald_inbox_opens_verifies_and_reports_what_does_not_verify(
     signing: Herald, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     herald = signing
-    chain = herald.node("stream").chain
-    assert chain is not None
-    forge_seals(chain, monkeypatch)
-    backend = herald.backend()
-    genuine = await backend.send(_sent("genuine"))
-    await backend.send(_sent("forged"))
+    genuine = await _genuine_then_forged(herald, monkeypatch)
     token = herald.tokens.user("acme", "alice")
     argv = ["inbox", "--address", herald.address("stream"), "--token", token, "--json"]
     # The command quiets the client's rejection log for its own lines; put it back after.
@@ -194,7 +196,7 @@ async def test_herald_inbox_opens_verifies_and_reports_what_does_not_verify(
     finally:
         logger.setLevel(level)
     [item] = json.loads(out)["items"]
-    assert item["notification"]["id"] == genuine.notification_id
+    assert item["notification"]["id"] == genuine
     assert item["notification"]["content"]["title"] == "genuine"
     assert "sealed" not in item
     assert err.splitlines() == ["rejected an inbox item (bad_signature) at cursor 2"]
