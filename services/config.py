@@ -60,6 +60,9 @@ class ServerSettings(BaseSettings):
     # Where /metrics listens, apart from the gRPC host (e.g. a private interface, or 0.0.0.0
     # for a scraper while gRPC stays on loopback behind Envoy); empty: HERALD_HOST.
     metrics_host: str = ""
+    # A bearer token /metrics requires (Prometheus: `authorization: {credentials: ...}`); unset:
+    # /metrics is open to whoever reaches its port. /signing-keys stays public (browsers).
+    metrics_token: SecretStr | None = None
     # Tenants whose metrics carry their own `tenant` label, comma-separated; every other
     # tenant is counted as "other", so the number of series stays bounded (docs/metrics.md).
     metrics_tenant_labels: str = ""

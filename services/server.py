@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import hmac
 import logging
 import signal
 import socket
@@ -33,7 +34,7 @@ from services import auth, metrics, tls, tracing
 from services.backends import Backend, Stores, open_stores
 from services.breaker import BreakerState
 from services.chain import Chain, ChainInterceptor, PolicyProvider, default_policy
-from services.chain.keys_http import signing_keys_app
+from services.chain.keys_http import WsgiApp, signing_keys_app
 from services.chain.policy import ChainPolicy, tenant_policy
 from services.chain.signing import KeyRing, dev_ring, load_dir
 from services.clock import Clock, SystemClock
@@ -716,14 +717,22 @@ def tune_gc() -> None:
 
 
 def start_metrics_server(
-    port: int, host: str, tls_settings: TLSSettings | None = None, keys: KeyRing | None = None
+    port: int,
+    host: str,
+    tls_settings: TLSSettings | None = None,
+    keys: KeyRing | None = None,
+    token: str = "",
 ) -> WSGIServer:
     """Serves Prometheus /metrics from a background thread (a WSGI server, as prometheus_client
     runs its own), and, with `keys`, the public signing keys as JSON at /signing-keys (for
     browsers: services/chain/keys_http.py); over HTTPS with the node's certificate when TLS is
-    on, like every other listener."""
+    on, like every other listener. With `token`, /metrics answers only requests that carry it
+    as `Authorization: Bearer <token>` (401 otherwise); /signing-keys stays public."""
     secure = tls_settings is not None and tls_settings.enabled
-    app = signing_keys_app(make_wsgi_app(), keys) if keys is not None else make_wsgi_app()
+    metrics_app: WsgiApp = make_wsgi_app()
+    if token:
+        metrics_app = bearer_protected(metrics_app, token)
+    app = signing_keys_app(metrics_app, keys) if keys is not None else metrics_app
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     server_class = type("MetricsServer", (_MetricsServer,), {"address_family": family})
     server: WSGIServer = make_server(host, port, app, server_class, handler_class=_QuietHandler)
@@ -735,6 +744,30 @@ def start_metrics_server(
     threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
     log.info("metrics serving", extra={"host": host, "port": server.server_port, "tls": secure})
     return server
+
+
+def bearer_protected(app: WsgiApp, token: str) -> WsgiApp:
+    """`app` behind `Authorization: Bearer <token>`, compared in constant time."""
+    expected = f"Bearer {token}".encode()
+
+    def protected(
+        environ: dict[str, object], start_response: Callable[..., object]
+    ) -> Iterable[bytes]:
+        given = str(environ.get("HTTP_AUTHORIZATION", "")).encode()
+        if hmac.compare_digest(given, expected):
+            return app(environ, start_response)
+        body = b"401: /metrics needs Authorization: Bearer <HERALD_METRICS_TOKEN>\n"
+        start_response(
+            "401 Unauthorized",
+            [
+                ("Content-Type", "text/plain; charset=utf-8"),
+                ("Content-Length", str(len(body))),
+                ("WWW-Authenticate", 'Bearer realm="herald-metrics"'),
+            ],
+        )
+        return [body]
+
+    return protected
 
 
 class _MetricsServer(ThreadingMixIn, WSGIServer):
@@ -843,6 +876,9 @@ async def serve_forever(config: Config, roles: Iterable[Role]) -> None:
             config.server.metrics_host or config.server.host,
             config.tls,
             node.chain.keys if node.chain is not None else None,
+            ""
+            if config.server.metrics_token is None
+            else config.server.metrics_token.get_secret_value(),
         )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -9,6 +9,7 @@ import re
 import signal
 import socket
 import sys
+import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -274,19 +275,32 @@ async def test_production_mode_refuses_to_start_without_keys(cli: Cli) -> None:
 async def test_metrics_are_served_when_asked_for(cli: Cli) -> None:
     port, metrics_port = _free_port(), _free_port()
     address = f"127.0.0.1:{port}"
-    await cli.start("up", HERALD_PORT=str(port), HERALD_METRICS_PORT=str(metrics_port))
+    token = "scrape-token-" + "z" * 24
+    await cli.start(
+        "up",
+        HERALD_PORT=str(port),
+        HERALD_METRICS_PORT=str(metrics_port),
+        HERALD_METRICS_TOKEN=token,
+    )
     await _wait_serving(address)
     await cli.run(
         "send", "--tenant", "acme", "--user", "alice", "--title", "x", HERALD_ADDRESS=address
     )
 
-    def scrape() -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as r:
-            return str(r.read().decode())
+    def scrape(bearer: str) -> str:
+        request = urllib.request.Request(f"http://127.0.0.1:{metrics_port}/metrics")
+        request.add_header("Authorization", f"Bearer {bearer}")
+        try:
+            with urllib.request.urlopen(request, timeout=5) as r:  # noqa: S310
+                return str(r.read().decode())
+        except urllib.error.HTTPError as error:
+            return f"HTTP {error.code}"
 
-    text = await asyncio.to_thread(scrape)
+    text = await asyncio.to_thread(scrape, token)
     assert "herald_notifications_accepted_total 1.0" in text
     assert "herald_sessions_open 0.0" in text
+    # HERALD_METRICS_TOKEN: a scrape without it is refused.
+    assert await asyncio.to_thread(scrape, "not-the-token") == "HTTP 401"
 
 
 async def test_a_second_herald_on_a_port_in_use_refuses_to_start(cli: Cli) -> None:
