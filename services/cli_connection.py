@@ -25,6 +25,11 @@ class CliError(ValueError):
     """A usage error: the message says what was wrong and what to do instead."""
 
 
+def env_flag(name: str) -> bool:
+    """A yes/no environment variable: 1, true, yes or on (any case) is yes."""
+    return os.environ.get(name, "").lower() in ("1", "true", "yes", "on")
+
+
 def client_flags(parser: argparse.ArgumentParser, *, json_flag: bool = True) -> None:
     """--address, --tenant, --token, --tls and --ca-file (each also an environment variable),
     and --json."""
@@ -47,7 +52,7 @@ def client_flags(parser: argparse.ArgumentParser, *, json_flag: bool = True) -> 
     parser.add_argument(
         "--tls",
         action="store_true",
-        default=os.environ.get("HERALD_TLS", "").lower() in ("1", "true", "yes", "on"),
+        default=env_flag("HERALD_TLS"),
         help="connect over TLS, verifying the server against --ca-file or the system roots "
         "(HERALD_TLS=true)",
     )
@@ -74,7 +79,7 @@ def chain_flags(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument(
         "--verify",
         action="store_true",
-        default=os.environ.get("HERALD_VERIFY", "").lower() in ("1", "true", "yes", "on"),
+        default=env_flag("HERALD_VERIFY"),
         help=f"ask for signed {what} and drop (and report) any that does not verify "
         "(HERALD_VERIFY=true)",
     )
