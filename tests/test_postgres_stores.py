@@ -10,11 +10,20 @@ import asyncpg
 import pytest
 import pytest_asyncio
 
-from services.domain import NewRecord, TemplateAction, TemplateRecord, TemplateText, user_log
+from services.domain import (
+    LogKey,
+    NewRecord,
+    TemplateAction,
+    TemplateRecord,
+    TemplateText,
+    channel_log,
+    user_log,
+)
 from services.ingest.idempotency import Claim
 from services.ingest.idempotency_postgres import PostgresIdempotencyStore
 from services.postgres import create_pool
 from services.registry.templates_postgres import PostgresTemplateStore
+from services.stream.acks import AckState
 from services.stream.acks_postgres import PostgresAckStore
 from services.stream.status_postgres import PURGE_LOCK, PostgresStatusStore
 from tests.postgres import clean_pool, session_dsn
@@ -50,6 +59,69 @@ async def test_concurrent_acks_of_one_log_each_count_once(
     [state] = await stores[0].get(T1, "alice", [inbox])
     acked = {c for c in range(1, 120) if state.is_acked(c)}
     assert acked == set(range(1, 41)) | set(range(61, 100))
+
+
+class _CountingPool:
+    """A pool that counts the statements it is given (and runs them)."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+        self.fetches = 0
+
+    async def fetch(self, query: str, *args: object) -> list[asyncpg.Record]:
+        self.fetches += 1
+        return await self._pool.fetch(query, *args)
+
+
+async def test_acks_up_to_that_arrive_together_share_one_statement(
+    nodes: tuple[asyncpg.Pool, asyncpg.Pool],
+) -> None:
+    pool = _CountingPool(nodes[0])
+    store = PostgresAckStore(pool)  # type: ignore[arg-type]  # fetch is all it uses here
+    await PostgresAckStore(nodes[0]).ack(T1, "u3", user_log("u3"), [9])
+    # Ten users' inboxes, u0's three times (up, down, up: each answered with the state the
+    # one before it left), and a channel log.
+    calls = [(f"u{i}", user_log(f"u{i}"), 2 + i) for i in range(10)]
+    calls += [("u0", user_log("u0"), 1), ("u0", user_log("u0"), 5), ("u3", channel_log("c"), 4)]
+    answers = await asyncio.gather(*(store.ack_up_to(T1, u, key, c) for u, key, c in calls))
+    assert pool.fetches == 1
+    model: dict[tuple[str, LogKey], AckState] = {("u3", user_log("u3")): AckState(0, {9})}
+    for (user, key, cursor), answer in zip(calls, answers, strict=True):
+        state = model.setdefault((user, key), AckState())
+        assert answer == state.copy()
+        state.raise_to(cursor)
+    for (user, key), state in model.items():
+        assert await store.get(T1, user, [key]) == [state]
+    assert model["u0", user_log("u0")] == AckState(5, set())
+    assert model["u3", user_log("u3")] == AckState(5, {9})
+
+
+async def test_batches_of_two_nodes_over_the_same_rows_never_deadlock(
+    nodes: tuple[asyncpg.Pool, asyncpg.Pool],
+) -> None:
+    """Each node's batch names the same rows in the opposite order: unsorted, the two
+    statements would lock them crosswise and PostgreSQL would abort one."""
+    stores = [PostgresAckStore(pool) for pool in nodes]
+    rows = [
+        (f"u{i:03}", key) for i in range(400) for key in (user_log(f"u{i:03}"), channel_log("c"))
+    ]
+    forward = [stores[0].ack_up_to(T1, u, key, 10 + n) for n, (u, key) in enumerate(rows)]
+    backward = [stores[1].ack_up_to(T1, u, key, 5) for u, key in reversed(rows)]
+    await asyncio.gather(*forward, *backward)
+    for n, (user, key) in enumerate(rows):
+        assert await stores[0].get(T1, user, [key]) == [AckState(10 + n, set())]
+
+
+async def test_a_failed_batch_fails_each_of_its_acks() -> None:
+    async with clean_pool() as pool:
+        store = PostgresAckStore(pool)
+        await pool.close()
+        results = await asyncio.gather(
+            store.ack_up_to(T1, "alice", user_log("alice"), 3),
+            store.ack_up_to(T1, "bob", user_log("bob"), 4),
+            return_exceptions=True,
+        )
+    assert [type(r) for r in results] == [asyncpg.InterfaceError] * 2
 
 
 async def test_of_two_nodes_claiming_one_key_exactly_one_wins(
