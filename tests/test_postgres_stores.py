@@ -67,10 +67,17 @@ class _CountingPool:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
         self.fetches = 0
+        self.fetchrows = 0
+        self.sent = asyncio.Event()  # a statement is in flight
 
     async def fetch(self, query: str, *args: object) -> list[asyncpg.Record]:
         self.fetches += 1
         return await self._pool.fetch(query, *args)
+
+    async def fetchrow(self, query: str, *args: object) -> asyncpg.Record | None:
+        self.fetchrows += 1
+        self.sent.set()
+        return await self._pool.fetchrow(query, *args)
 
 
 async def test_acks_up_to_that_arrive_together_share_one_statement(
@@ -94,6 +101,19 @@ async def test_acks_up_to_that_arrive_together_share_one_statement(
         assert await store.get(T1, user, [key]) == [state]
     assert model["u0", user_log("u0")] == AckState(5, set())
     assert model["u3", user_log("u3")] == AckState(5, {9})
+
+
+async def test_a_lone_ack_goes_at_once_and_those_behind_it_go_together(
+    nodes: tuple[asyncpg.Pool, asyncpg.Pool],
+) -> None:
+    pool = _CountingPool(nodes[0])
+    store = PostgresAckStore(pool)  # type: ignore[arg-type]
+    first = asyncio.ensure_future(store.ack_up_to(T1, "alice", user_log("alice"), 2))
+    await pool.sent.wait()
+    behind = [store.ack_up_to(T1, f"u{i}", user_log(f"u{i}"), i) for i in range(1, 11)]
+    assert await asyncio.gather(first, *behind) == [AckState()] * 11
+    assert (pool.fetchrows, pool.fetches) == (1, 1)
+    assert await store.get(T1, "u7", [user_log("u7")]) == [AckState(7, set())]
 
 
 async def test_batches_of_two_nodes_over_the_same_rows_never_deadlock(

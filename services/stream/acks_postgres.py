@@ -7,17 +7,16 @@ one log from two nodes at once are applied one after the other, none lost. Acks 
 the common kind, take one round trip: a function (services/migrations/0002_ack_up_to.sql) does
 the same steps in the database; the contract tests hold it to AckState's rules.
 
-Acks up to a cursor are batched across the node's sessions, as sends are (group commit): those
-that arrive while the node is busy wait a few milliseconds and share one statement
-(services/migrations/0014_ack_up_to_many.sql); an idle node sends a lone ack at once. At 1,000
-subscribers acking once a second that is tens of statements a second instead of a thousand,
-and a pooled call costs the node about 120 µs of CPU whatever it carries (docs/postgres.md).
+Acks up to a cursor are batched across the node's sessions: one is sent at once, and those that
+arrive while it is in flight go together in the next statement
+(services/migrations/0014_ack_up_to_many.sql). No ack waits for a timer, and a pooled call,
+which costs the node about 120 µs of CPU whatever it carries (docs/postgres.md), carries as
+many acks as came during the one before.
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Final, NamedTuple
 
@@ -47,15 +46,13 @@ INSERT INTO herald_acks (tenant_id, user_id, log, up_to) VALUES ($1, $2, $3, 0)
 ON CONFLICT (tenant_id, user_id, log) DO NOTHING
 """
 
-# services/migrations/0014_ack_up_to_many.sql (herald_ack_up_to of 0002 for each)
+# services/migrations/0002_ack_up_to.sql: one ack.
+_ACK_UP_TO: Final = "SELECT before_up_to, before_above FROM herald_ack_up_to($1, $2, $3, $4)"
+# services/migrations/0014_ack_up_to_many.sql: many, herald_ack_up_to for each.
 _ACK_UP_TO_MANY: Final = """
 SELECT ord, before_up_to, before_above FROM herald_ack_up_to_many($1, $2, $3, $4)
 """
-# Acks up to a cursor wait this long to share a statement when the node flushed one less than
-# _BUSY_S ago; otherwise an ack goes at once (a window would only add latency).
-ACK_WINDOW_S: Final = 0.005
-_BUSY_S: Final = 0.1
-# A batch goes early once this many acks wait.
+# Acks up to a cursor per statement, at most.
 _BATCH_MAX: Final = 1000
 
 _UPDATE: Final = """
@@ -106,13 +103,10 @@ class _Raise(NamedTuple):
 class PostgresAckStore:
     """Ack states in PostgreSQL, on a pool it shares and does not close."""
 
-    def __init__(self, pool: asyncpg.Pool, *, window_s: float = ACK_WINDOW_S) -> None:
+    def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
-        self._window_s = window_s
         self._waiting: list[_Raise] = []
-        self._timer: asyncio.TimerHandle | None = None
-        self._last_flush_at = -math.inf
-        self._batches: set[asyncio.Task[None]] = set()
+        self._sender: asyncio.Future[None] | None = None
 
     async def get(self, tenant: str, user_id: str, keys: Sequence[LogKey]) -> list[AckState]:
         if not keys:
@@ -136,40 +130,41 @@ class PostgresAckStore:
     async def ack_up_to(self, tenant: str, user_id: str, key: LogKey, cursor: int) -> AckState:
         # In a batch of one round trip: the function does what `ack` does in a transaction (the
         # row locked, the state combined as AckState.raise_to does, no wait for the WAL flush).
-        loop = asyncio.get_running_loop()
-        answer: asyncio.Future[AckState] = loop.create_future()
+        answer: asyncio.Future[AckState] = asyncio.get_running_loop().create_future()
         self._waiting.append(_Raise(tenant, user_id, key.stored, cursor, answer))
-        if len(self._waiting) >= _BATCH_MAX:
-            self._flush()
-        elif self._timer is None:
-            busy = loop.time() - self._last_flush_at < _BUSY_S
-            self._timer = loop.call_later(self._window_s if busy else 0.0, self._flush)
+        if self._sender is None:
+            self._sender = asyncio.ensure_future(self._send_waiting())
         return await answer
 
-    def _flush(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        waiting, self._waiting = self._waiting, []
-        if not waiting:
-            return
-        self._last_flush_at = asyncio.get_running_loop().time()
-        task = asyncio.ensure_future(self._raise(waiting))
-        self._batches.add(task)
-        task.add_done_callback(self._batches.discard)
+    async def _send_waiting(self) -> None:
+        """Sends what waits, a batch at a time, until nothing does: the acks that arrive while
+        a batch is in flight go together in the next."""
+        try:
+            while self._waiting:
+                batch = self._waiting[:_BATCH_MAX]
+                del self._waiting[:_BATCH_MAX]
+                await self._raise(batch)
+        finally:
+            self._sender = None
 
     async def _raise(self, waiting: list[_Raise]) -> None:
         # Rows are locked in one order on every node, so two nodes' batches never wait for each
         # other in a circle; acks of one row keep the order they came in (a stable sort).
         waiting.sort(key=lambda w: (w.tenant, w.user_id, w.log))
         try:
-            rows = await self._pool.fetch(
-                _ACK_UP_TO_MANY,
-                [w.tenant for w in waiting],
-                [w.user_id for w in waiting],
-                [w.log for w in waiting],
-                [w.cursor for w in waiting],
-            )
+            if len(waiting) == 1:
+                [w] = waiting
+                row = await self._pool.fetchrow(_ACK_UP_TO, w.tenant, w.user_id, w.log, w.cursor)
+                states = {1: _state(row)}
+            else:
+                rows = await self._pool.fetch(
+                    _ACK_UP_TO_MANY,
+                    [w.tenant for w in waiting],
+                    [w.user_id for w in waiting],
+                    [w.log for w in waiting],
+                    [w.cursor for w in waiting],
+                )
+                states = {row[0]: _state_of(row[1], row[2]) for row in rows}
         except asyncio.CancelledError:
             for w in waiting:
                 w.answer.cancel()
@@ -179,14 +174,12 @@ class PostgresAckStore:
                 if not w.answer.done():
                     w.answer.set_exception(exc)
             return
-        for row in rows:
-            answer = waiting[row[0] - 1].answer
-            if not answer.done():  # its caller may have given up meanwhile
-                answer.set_result(_state_of(row[1], row[2]))
+        for ordinal, w in enumerate(waiting, 1):
+            if not w.answer.done():  # its caller may have given up meanwhile
+                w.answer.set_result(states[ordinal])
 
     async def aclose(self) -> None:
-        """Sends the acks that wait and waits for the batches in flight. The pool belongs to
-        whoever made it (services.postgres.PostgresBackend)."""
-        self._flush()
-        if self._batches:
-            await asyncio.gather(*self._batches, return_exceptions=True)
+        """Waits for the acks that wait to be sent. The pool belongs to whoever made it
+        (services.postgres.PostgresBackend)."""
+        if self._sender is not None:
+            await asyncio.gather(self._sender, return_exceptions=True)
