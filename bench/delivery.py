@@ -50,6 +50,7 @@ import sys
 import tempfile
 import time
 import traceback
+import urllib.request
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
@@ -61,6 +62,7 @@ import baseline
 import grpc
 import production
 from grpc import aio
+from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect as ws_connect
 from websockets.typing import Subprotocol
 
@@ -136,6 +138,8 @@ class RunSpec:
     pg_database: str = ""
     # websocket, websocket-floor and socketio: the WebSocket URL subscribers connect to.
     ws_url: str = ""
+    # Herald's targets: the port of its /metrics (the latency phase's server-side histograms).
+    metrics_port: int = 0
 
 
 @dataclass
@@ -167,6 +171,15 @@ class RunResult:
     p95_ms: float = 0.0
     p99_ms: float = 0.0
     max_ms: float = 0.0
+    # Herald's targets, latency phase, from the server's histograms: acceptance (the ingest
+    # core's clock) to durable in the log (herald_ingest_latency_seconds, per call) and to the
+    # first write on a stream (herald_delivery_latency_seconds, per delivery). What the client's
+    # latency adds to the second is the way in (the sender, HTTP/2, the server's queue of new
+    # calls) and the way out (the transport, the subscriber).
+    server_ingest_p50_ms: float = 0.0
+    server_ingest_p99_ms: float = 0.0
+    server_delivery_p50_ms: float = 0.0
+    server_delivery_p99_ms: float = 0.0
     redeliveries: int = 0
     ack_errors: int = 0
     ack_error_codes: str = ""
@@ -656,6 +669,46 @@ class LoadGenerator:
         await asyncio.gather(*(c.close(grace=None) for c in self._channels), return_exceptions=True)
 
 
+Values = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(port: int) -> Values:
+    """Every sample of the node's /metrics, by name and labels."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+        text = answer.read().decode()
+    values: Values = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            values[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return values
+
+
+def metric(values: Values, name: str, **labels: str) -> float:
+    return values.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def histogram_quantile(before: Values, after: Values, name: str, q: float) -> float:
+    """The `q` quantile, in seconds, of what histogram `name` observed between two scrapes,
+    interpolated within its bucket as Prometheus's histogram_quantile does (0: nothing
+    observed; the highest finite bound when the quantile lies above it)."""
+    buckets = sorted(
+        (float(dict(labels)["le"]), value - before.get((sample, labels), 0.0))
+        for (sample, labels), value in after.items()
+        if sample == f"{name}_bucket"
+    )
+    if not buckets or buckets[-1][1] <= 0:
+        return 0.0
+    rank = q * buckets[-1][1]
+    lower, below = 0.0, 0.0
+    for bound, count in buckets:
+        if count >= rank:
+            if bound == float("inf"):
+                return lower
+            return lower + (bound - lower) * (rank - below) / max(count - below, 1e-12)
+        lower, below = bound, count
+    return lower
+
+
 class Window:
     """CPU used during a measured window: by the server, the load generator, the stores
     (PostgreSQL and Redis) and the rest."""
@@ -745,6 +798,9 @@ async def run_load(spec: RunSpec) -> RunResult:
         received = load.received
         load.latencies = []
         load.latency_from_ns = time.monotonic_ns() + int(1e9 * min(1.0, spec.seconds / 5))
+        histograms = (
+            await asyncio.to_thread(scrape, spec.metrics_port) if spec.metrics_port else None
+        )
         window = Window(spec.server_pid)
         profiler = _profiler(spec, "latency")
         await load.paced(result.latency_rate, spec.seconds)
@@ -757,6 +813,14 @@ async def run_load(spec: RunSpec) -> RunResult:
         await _profiled(profiler, spec)
         result.latency_received_per_s = (load.received - received) / elapsed
         await load.drain(5.0)
+        if histograms is not None:
+            after = await asyncio.to_thread(scrape, spec.metrics_port)
+            for kind in ("ingest", "delivery"):
+                for q in (50, 99):
+                    seconds = histogram_quantile(
+                        histograms, after, f"herald_{kind}_latency_seconds", q / 100
+                    )
+                    setattr(result, f"server_{kind}_p{q}_ms", seconds * 1000)
         samples = sorted(load.latencies)
         if samples:
             result.p50_ms, result.p95_ms = percentile(samples, 0.50), percentile(samples, 0.95)
@@ -954,6 +1018,10 @@ def _run_target(
             extra_args = [*extra_args, "--ws-port", str(ws_port)]
             if target == WEBSOCKET_FLOOR_PICOWS:
                 extra_args += ["--ws-library", "picows"]
+    metrics_port = 0
+    if target in HERALDS:
+        metrics_port = free_port()
+        extra_env = {**(extra_env or {}), "HERALD_METRICS_PORT": str(metrics_port)}
     data_dir = workdir / target / "herald"
     data_dir.mkdir(parents=True)
     if target in (*HERALDS, *PROTOCOLS):
@@ -998,6 +1066,7 @@ def _run_target(
         data_dir=str(data_dir),
         profile_cmd=profile_cmd,
         profile_phase=args.profile_phase,
+        metrics_port=metrics_port,
         quiet_wait=args.quiet_wait,
         stores=backends is not None,
         pg_dsn=args.pg_dsn,
@@ -1241,13 +1310,20 @@ def _details(r: RunResult, rounds: int = 1) -> str:
         acks = f"{r.acks:,} acks (round trip p50 {r.ack_p50_ms:.0f} ms, p99 {r.ack_p99_ms:.0f} ms)"
         if r.ack_errors:
             acks += f", {r.ack_errors} failed ({r.ack_error_codes})"
+    server = ""
+    if r.server_delivery_p99_ms:
+        server = (
+            f"; on the server, acceptance to durable p50 {r.server_ingest_p50_ms:.1f} / p99 "
+            f"{r.server_ingest_p99_ms:.1f} ms, to the stream write p50 "
+            f"{r.server_delivery_p50_ms:.1f} / p99 {r.server_delivery_p99_ms:.1f} ms"
+        )
     return (
         f"- {_label(r, rounds)}: latency phase {r.latency_received_per_s:,.0f}/s received, "
         "server CPU "
         f"{r.latency_server_cpu_pct:.0f}% ({per_delivery:.0f} µs per delivery), load-gen CPU "
         f"{r.latency_loadgen_cpu_pct:.0f}%, other CPU {r.latency_other_cpu_pct:.0f}%"
         f"{stores}, max "
-        f"{r.max_ms:.1f} ms; {acks}; {r.sent:,} sent, {r.received:,} received in all "
+        f"{r.max_ms:.1f} ms{server}; {acks}; {r.sent:,} sent, {r.received:,} received in all "
         f"({r.received - r.sent:,} duplicates, {r.redeliveries} of them in the latency phase); "
         f"notification {r.notification_bytes} B as sent; server RSS {r.server_rss_mib:.0f} MiB "
         f"at the end{pg}"

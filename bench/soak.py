@@ -27,7 +27,6 @@ import asyncio
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,11 +37,12 @@ from delivery import (
     RunSpec,
     environment,
     free_port,
+    metric,
     proc_rss_mib,
+    scrape,
     start_server,
     stop_server,
 )
-from prometheus_client.parser import text_string_to_metric_families
 
 
 @dataclass
@@ -61,24 +61,6 @@ class Sample:
         """Status records the memory store holds: one per accepted notification, less those
         it dropped."""
         return self.accepted - self.evicted
-
-
-def scrape(port: int) -> Values:
-    """Every sample of the node's /metrics, by name and labels."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
-        text = answer.read().decode()
-    values: Values = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            values[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return values
-
-
-Values = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-def metric(values: Values, name: str, **labels: str) -> float:
-    return values.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
 async def soak(args: argparse.Namespace) -> tuple[list[Sample], LoadGenerator]:

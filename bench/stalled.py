@@ -44,13 +44,14 @@ from delivery import (
     BatchBuilder,
     environment,
     free_port,
+    metric,
     proc_rss_mib,
+    scrape,
     start_server,
     stop_server,
 )
 from grpc import aio
 from memory import _settled_rss
-from soak import metric, scrape
 
 from herald.v1 import ingest_pb2, stream_pb2
 from services import auth
