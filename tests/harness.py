@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import secrets
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -164,3 +166,17 @@ def to_user(user: str, title: str = "Hello", **fields: object) -> notification_p
     notification.target.user_id = user
     notification.content.title = title
     return notification
+
+
+# How long a token_about_to_expire token surely outlives: then it no longer verifies.
+ABOUT_TO_EXPIRE_S = 2.1
+
+
+def token_about_to_expire(
+    minter: auth.TokenMinter, user: str, tenant: str = "acme", scopes: Iterable[str] = ()
+) -> str:
+    """A token past its `exp` but within the default 30 s leeway for one to two seconds more.
+    `exp` is whole seconds, rounded up here: a token minted late in a second still has a second
+    left (`ttl_s=-29` would leave it anywhere between none and one)."""
+    expires = math.ceil(time.time()) - 29
+    return minter.mint(user, tenant, list(scopes) or [auth.SCOPE_SUBSCRIBE], extra={"exp": expires})

@@ -12,10 +12,9 @@ from grpc import aio
 from prometheus_client import REGISTRY
 
 from herald.v1 import ingest_pb2, stream_pb2
-from services import auth
 from services.client import HeraldClient
 from tests.conftest import Deploy
-from tests.harness import to_user
+from tests.harness import ABOUT_TO_EXPIRE_S, to_user, token_about_to_expire
 
 pytestmark = pytest.mark.asyncio
 
@@ -117,15 +116,14 @@ async def test_an_ack_stream_ends_when_its_token_expires_and_the_client_reopens_
     ids = [(await backend.send(to_user("alice", f"n{i}"))).notification_id for i in range(2)]
 
     def short_lived() -> str:
-        # Expired 29 s ago: within the 30 s leeway for about one more second.
-        return herald.tokens.minter.mint("alice", "acme", [auth.SCOPE_SUBSCRIBE], ttl_s=-29)
+        return token_about_to_expire(herald.tokens.minter, "alice")
 
     # Raw call first: the server refuses a message once the stream's token has expired.
     raw = HeraldClient(herald.address("stream"), short_lived)
     call = raw.open_ack_stream()
     await call.write(stream_pb2.AckStreamRequest(notification_ids=[ids[0]]))
     assert (await call.read()).acked == 1
-    await asyncio.sleep(1.2)
+    await asyncio.sleep(ABOUT_TO_EXPIRE_S)
     await call.write(stream_pb2.AckStreamRequest(notification_ids=[ids[1]]))
     with pytest.raises(aio.AioRpcError) as failure:
         await call.read()
@@ -136,7 +134,7 @@ async def test_an_ack_stream_ends_when_its_token_expires_and_the_client_reopens_
     # The client library reopens the stream with a fresh token and the ack goes through.
     opened = _count_opens(raw)
     assert await raw.ack(notification_ids=[ids[0]]) == 0
-    await asyncio.sleep(1.2)
+    await asyncio.sleep(ABOUT_TO_EXPIRE_S)
     assert await raw.ack(notification_ids=[ids[1]]) == 1
     assert len(opened) == 2
     await raw.close()

@@ -10,12 +10,11 @@ import pytest
 from grpc import aio
 
 from herald.v1 import registry_pb2, stream_pb2
-from services import auth
 from services.client import Backoff, HeraldClient
 from services.config import DeliverySettings, RegistrySettings
 from services.stream.session import ENTRY_OVERHEAD
 from tests.conftest import Deploy
-from tests.harness import Herald, to_user
+from tests.harness import ABOUT_TO_EXPIRE_S, Herald, to_user, token_about_to_expire
 from tests.metrics_support import metrics_server, until
 from tests.streams import Stream
 
@@ -324,8 +323,7 @@ async def test_a_stream_ends_when_its_token_expires_and_the_client_reconnects(
     backend = herald.backend()
 
     def short_lived() -> str:
-        # Expired 29 s ago: within the 30 s leeway for about one more second.
-        return herald.tokens.minter.mint("alice", "acme", [auth.SCOPE_SUBSCRIBE], ttl_s=-29)
+        return token_about_to_expire(herald.tokens.minter, "alice")
 
     client = HeraldClient(herald.address("stream"), short_lived)
     herald.clients.append(client)
@@ -336,7 +334,7 @@ async def test_a_stream_ends_when_its_token_expires_and_the_client_reconnects(
         assert (await anext(iterator)).notification.id == first
         await clock.advance(1.0)  # a tick of the node's timers: the token is still good
         assert subscription.last_closing is None
-        await asyncio.sleep(1.2)
+        await asyncio.sleep(ABOUT_TO_EXPIRE_S)
         await clock.advance(1.0)
         second = (await backend.send(to_user("alice", "n2"))).notification_id
         assert (await anext(iterator)).notification.id == second

@@ -11,12 +11,11 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from herald.v1 import stream_pb2
-from services import auth
 from services.client_websocket import Closed, WebSocketSubscription
 from services.config import DeliverySettings, RateLimitSettings
 from services.health import NOT_SERVING, SERVING
 from tests.conftest import Deploy
-from tests.harness import Herald, to_user
+from tests.harness import ABOUT_TO_EXPIRE_S, Herald, to_user, token_about_to_expire
 
 pytestmark = pytest.mark.asyncio
 
@@ -308,10 +307,9 @@ async def test_a_slow_consumer_is_closed_and_others_are_not_held_up(deploy: Depl
 
 async def test_an_expired_token_ends_the_stream_with_closing(deploy: Deploy) -> None:
     herald, clock = await deploy("up")
-    # Expired 29 s ago: within the 30 s leeway for about one more second.
-    token = herald.tokens.minter.mint("alice", "acme", [auth.SCOPE_SUBSCRIBE], ttl_s=-29)
+    token = token_about_to_expire(herald.tokens.minter, "alice")
     sub = await WebSocketSubscription.open(herald.ws_url(), token)
-    await asyncio.sleep(1.2)  # wall-clock expiry, as the token was verified
+    await asyncio.sleep(ABOUT_TO_EXPIRE_S)  # wall-clock expiry, as the token was verified
     await clock.advance(1.0)  # a tick of the node's timers
     closed = await closed_with(sub)
     assert closed.closing is not None
