@@ -132,6 +132,32 @@ async def test_batches_of_two_nodes_over_the_same_rows_never_deadlock(
         assert await stores[0].get(T1, user, [key]) == [AckState(10 + n, set())]
 
 
+class _StuckPool:
+    """A pool whose statements never come back."""
+
+    def __init__(self) -> None:
+        self.sent = asyncio.Event()
+
+    async def fetchrow(self, query: str, *args: object) -> None:
+        self.sent.set()
+        await asyncio.Event().wait()
+
+
+async def test_acks_waiting_when_their_sender_is_cancelled_end_cancelled() -> None:
+    """What the event loop does to the sender at exit: no ack is left waiting forever."""
+    pool = _StuckPool()
+    store = PostgresAckStore(pool)  # type: ignore[arg-type]
+    in_flight = asyncio.ensure_future(store.ack_up_to(T1, "alice", user_log("alice"), 1))
+    await pool.sent.wait()
+    waiting = asyncio.ensure_future(store.ack_up_to(T1, "bob", user_log("bob"), 1))
+    await asyncio.sleep(0)
+    sender = store._sender  # the task the loop cancels at exit
+    assert sender is not None
+    sender.cancel()
+    results = await asyncio.gather(in_flight, waiting, return_exceptions=True)
+    assert [type(r) for r in results] == [asyncio.CancelledError] * 2
+
+
 async def test_a_failed_batch_fails_each_of_its_acks() -> None:
     async with clean_pool() as pool:
         store = PostgresAckStore(pool)

@@ -144,6 +144,12 @@ class PostgresAckStore:
                 batch = self._waiting[:_BATCH_MAX]
                 del self._waiting[:_BATCH_MAX]
                 await self._raise(batch)
+        except asyncio.CancelledError:
+            # Only at shutdown: the acks not sent yet end as their callers would on a cancel.
+            waiting, self._waiting = self._waiting, []
+            for w in waiting:
+                w.answer.cancel()
+            raise
         finally:
             self._sender = None
 
@@ -182,4 +188,4 @@ class PostgresAckStore:
         """Waits for the acks that wait to be sent. The pool belongs to whoever made it
         (services.postgres.PostgresBackend)."""
         if self._sender is not None:
-            await asyncio.gather(self._sender, return_exceptions=True)
+            await asyncio.gather(asyncio.shield(self._sender), return_exceptions=True)
