@@ -58,6 +58,10 @@ class CircuitBreaker:
         self._consecutive = 0
         self._opened_at = 0.0
         self._trial_running = False
+        # The failure counted last, until a call succeeds: a store that batches its callers
+        # (acks_postgres.py) hands one statement's failure to each of them, and one statement
+        # that failed is one failure, however many callers it carried.
+        self._last_failure: BaseException | None = None
 
     def _set(self, state: BreakerState) -> None:
         if state is self.state:
@@ -97,7 +101,9 @@ class CircuitBreaker:
                 # A client library turned the cancellation of a call in flight into an error of
                 # its own (a lost connection): the caller was cancelled, the backend is fine.
                 raise asyncio.CancelledError from exc
-            self._failed()
+            if exc is not self._last_failure:
+                self._last_failure = exc
+                self._failed()
             raise Unavailable(
                 f"{self.name} is unreachable ({type(exc).__name__}); retry shortly"
             ) from None
@@ -105,6 +111,7 @@ class CircuitBreaker:
             if trial:
                 self._trial_running = False
         self._consecutive = 0
+        self._last_failure = None
         self._set(BreakerState.CLOSED)
         return result
 

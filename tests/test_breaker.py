@@ -81,6 +81,26 @@ async def test_after_the_timeout_one_trial_closes_or_reopens_it() -> None:
     assert changes[-2:] == [BreakerState.HALF_OPEN, BreakerState.CLOSED]
 
 
+async def test_one_failure_shared_by_a_batch_of_callers_counts_once() -> None:
+    """A store that batches its callers (acks_postgres.py) hands one statement's failure to each:
+    that is one failure of the backend, not one per caller."""
+    clock, changes = ManualClock(), []
+    one_statement = ConnectionResetError("connection reset")
+
+    class Batched:
+        async def ack(self, failure: BaseException) -> None:
+            raise failure
+
+    store = guarded(Batched(), breaker(clock, changes))  # threshold 2
+    for _ in range(3):
+        with pytest.raises(Unavailable):
+            await store.ack(one_statement)
+    assert changes == []
+    with pytest.raises(Unavailable):
+        await store.ack(ConnectionResetError("connection reset"))  # the next statement fails too
+    assert changes == [BreakerState.OPEN]
+
+
 async def test_the_callers_errors_pass_through_and_do_not_count() -> None:
     clock, changes = ManualClock(), []
     store = guarded(Flaky(), breaker(clock, changes))

@@ -158,6 +158,22 @@ async def test_acks_waiting_when_their_sender_is_cancelled_end_cancelled() -> No
     assert [type(r) for r in results] == [asyncio.CancelledError] * 2
 
 
+async def test_an_ack_whose_caller_gave_up_while_it_waited_is_not_sent(
+    nodes: tuple[asyncpg.Pool, asyncpg.Pool],
+) -> None:
+    pool = _CountingPool(nodes[0])
+    store = PostgresAckStore(pool)  # type: ignore[arg-type]
+    first = asyncio.ensure_future(store.ack_up_to(T1, "alice", user_log("alice"), 2))
+    await pool.sent.wait()
+    given_up = asyncio.ensure_future(store.ack_up_to(T1, "bob", user_log("bob"), 4))
+    await asyncio.sleep(0)  # it waits behind the first
+    given_up.cancel()
+    assert await first == AckState()
+    await store.aclose()
+    assert (pool.fetchrows, pool.fetches) == (1, 0)
+    assert await store.get(T1, "bob", [user_log("bob")]) == [AckState()]
+
+
 async def test_a_failed_batch_fails_each_of_its_acks() -> None:
     async with clean_pool() as pool:
         store = PostgresAckStore(pool)

@@ -132,7 +132,7 @@ class PostgresAckStore:
         # row locked, the state combined as AckState.raise_to does, no wait for the WAL flush).
         answer: asyncio.Future[AckState] = asyncio.get_running_loop().create_future()
         self._waiting.append(_Raise(tenant, user_id, key.stored, cursor, answer))
-        if self._sender is None:
+        if self._sender is None or self._sender.done():
             self._sender = asyncio.ensure_future(self._send_waiting())
         return await answer
 
@@ -143,7 +143,11 @@ class PostgresAckStore:
             while self._waiting:
                 batch = self._waiting[:_BATCH_MAX]
                 del self._waiting[:_BATCH_MAX]
-                await self._raise(batch)
+                # An ack whose caller gave up while it waited is not sent: the caller learns
+                # nothing, so its status would never follow (the client acks again).
+                batch = [w for w in batch if not w.answer.done()]
+                if batch:
+                    await self._raise(batch)
         except asyncio.CancelledError:
             # Only at shutdown: the acks not sent yet end as their callers would on a cancel.
             waiting, self._waiting = self._waiting, []
@@ -176,13 +180,18 @@ class PostgresAckStore:
                 w.answer.cancel()
             raise
         except Exception as exc:
+            # Every caller hears the one failure (the circuit breaker counts it once).
             for w in waiting:
                 if not w.answer.done():
                     w.answer.set_exception(exc)
             return
         for ordinal, w in enumerate(waiting, 1):
             if not w.answer.done():  # its caller may have given up meanwhile
-                w.answer.set_result(states[ordinal])
+                state = states.get(ordinal)
+                if state is None:  # never: the function answers each argument
+                    w.answer.set_exception(RuntimeError("herald_ack_up_to_many left an ack out"))
+                else:
+                    w.answer.set_result(state)
 
     async def aclose(self) -> None:
         """Waits for the acks that wait to be sent. The pool belongs to whoever made it
