@@ -103,13 +103,32 @@ async def test_acks_up_to_that_arrive_together_share_one_statement(
     assert model["u3", user_log("u3")] == AckState(5, {9})
 
 
+class _StuckPool:
+    """A pool whose statements never come back."""
+
+    def __init__(self) -> None:
+        self.sent = asyncio.Event()
+
+    async def fetchrow(self, query: str, *args: object) -> None:
+        self.sent.set()
+        await asyncio.Event().wait()
+
+
+async def _one_in_flight(
+    pool: _CountingPool | _StuckPool,
+) -> tuple[PostgresAckStore, asyncio.Future[AckState]]:
+    """A store on `pool`, and alice's ack up to 2, its statement in flight."""
+    store = PostgresAckStore(pool)  # type: ignore[arg-type]  # the fetch calls are all it uses
+    first = asyncio.ensure_future(store.ack_up_to(T1, "alice", user_log("alice"), 2))
+    await pool.sent.wait()
+    return store, first
+
+
 async def test_a_lone_ack_goes_at_once_and_those_behind_it_go_together(
     nodes: tuple[asyncpg.Pool, asyncpg.Pool],
 ) -> None:
     pool = _CountingPool(nodes[0])
-    store = PostgresAckStore(pool)  # type: ignore[arg-type]
-    first = asyncio.ensure_future(store.ack_up_to(T1, "alice", user_log("alice"), 2))
-    await pool.sent.wait()
+    store, first = await _one_in_flight(pool)
     behind = [store.ack_up_to(T1, f"u{i}", user_log(f"u{i}"), i) for i in range(1, 11)]
     assert await asyncio.gather(first, *behind) == [AckState()] * 11
     assert (pool.fetchrows, pool.fetches) == (1, 1)
@@ -132,23 +151,9 @@ async def test_batches_of_two_nodes_over_the_same_rows_never_deadlock(
         assert await stores[0].get(T1, user, [key]) == [AckState(10 + n, set())]
 
 
-class _StuckPool:
-    """A pool whose statements never come back."""
-
-    def __init__(self) -> None:
-        self.sent = asyncio.Event()
-
-    async def fetchrow(self, query: str, *args: object) -> None:
-        self.sent.set()
-        await asyncio.Event().wait()
-
-
 async def test_acks_waiting_when_their_sender_is_cancelled_end_cancelled() -> None:
     """What the event loop does to the sender at exit: no ack is left waiting forever."""
-    pool = _StuckPool()
-    store = PostgresAckStore(pool)  # type: ignore[arg-type]
-    in_flight = asyncio.ensure_future(store.ack_up_to(T1, "alice", user_log("alice"), 1))
-    await pool.sent.wait()
+    store, in_flight = await _one_in_flight(_StuckPool())
     waiting = asyncio.ensure_future(store.ack_up_to(T1, "bob", user_log("bob"), 1))
     await asyncio.sleep(0)
     sender = store._sender  # the task the loop cancels at exit
@@ -162,9 +167,7 @@ async def test_an_ack_whose_caller_gave_up_while_it_waited_is_not_sent(
     nodes: tuple[asyncpg.Pool, asyncpg.Pool],
 ) -> None:
     pool = _CountingPool(nodes[0])
-    store = PostgresAckStore(pool)  # type: ignore[arg-type]
-    first = asyncio.ensure_future(store.ack_up_to(T1, "alice", user_log("alice"), 2))
-    await pool.sent.wait()
+    store, first = await _one_in_flight(pool)
     given_up = asyncio.ensure_future(store.ack_up_to(T1, "bob", user_log("bob"), 4))
     await asyncio.sleep(0)  # it waits behind the first
     given_up.cancel()

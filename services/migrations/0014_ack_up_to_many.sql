@@ -1,8 +1,9 @@
--- Acks up to a cursor of many users and logs in one round trip (services/stream/acks_postgres.py
--- batches the acks a node receives within a few milliseconds): herald_ack_up_to (0002) for each,
--- in the order given, which the store sorts by (tenant, user, log) on every node, so two nodes'
--- batches never wait for each other's rows in a circle. The same row twice is acked twice, the
--- second seeing the first. `ord` numbers the answers as the arguments come (from 1).
+-- Acks up to a cursor of many users and logs in one round trip: services/stream/acks_postgres.py
+-- sends together the acks that arrive while its previous statement is in flight. It calls
+-- herald_ack_up_to (0002) for each, in the order given, which the store sorts by (tenant, user,
+-- log) on every node, so two nodes' batches never wait for each other's rows in a circle. The
+-- same row twice is acked twice, the second seeing the first. `ord` numbers the answers as the
+-- arguments come (from 1).
 CREATE FUNCTION herald_ack_up_to_many(
     p_tenants text[],
     p_users text[],
