@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import os
 
+import asyncpg
 import pytest
 
 from services import metrics
@@ -105,26 +106,29 @@ async def test_postgres_stores_no_credential_in_the_clear_and_reads_them_back() 
         assert listed.webhooks == settings().webhooks
 
 
+async def _read_and_write_back(pool: asyncpg.Pool, keys: str) -> tuple[TenantSettingsRecord, str]:
+    """The tenant's settings read with `keys` (HERALD_SECRETS_KEYS) and written back; and the
+    stored JSON after the write."""
+    store = PostgresTenantSettingsStore(pool, SecretBox.from_setting(keys))
+    read = await store.get("acme")
+    assert read is not None
+    await store.put(read)
+    raw: str = await pool.fetchval("SELECT settings::text FROM herald_tenant_settings")
+    return read, raw
+
+
 @pytest.mark.asyncio
 async def test_keys_rotate_and_plain_values_are_sealed_at_the_next_write() -> None:
     old, new = key(), key()
     async with clean_pool() as pool:
         await PostgresTenantSettingsStore(pool).put(settings())  # before encryption was on
-        rotated = PostgresTenantSettingsStore(pool, SecretBox.from_setting(f"k1:{old}"))
-        legacy = await rotated.get("acme")
-        assert legacy is not None
+        legacy, raw = await _read_and_write_back(pool, f"k1:{old}")
         assert legacy.webhooks == settings().webhooks
-        await rotated.put(legacy)
-        raw = await pool.fetchval("SELECT settings::text FROM herald_tenant_settings")
         assert raw.count(f"{PREFIX}k1:") == 4
         assert HOOK not in raw
         # The new key first, the old one kept: old values open, new writes use the new key.
-        both = PostgresTenantSettingsStore(pool, SecretBox.from_setting(f"k2:{new},k1:{old}"))
-        read = await both.get("acme")
-        assert read is not None
+        read, raw = await _read_and_write_back(pool, f"k2:{new},k1:{old}")
         assert read.push_fallback == settings().push_fallback
-        await both.put(read)
-        raw = await pool.fetchval("SELECT settings::text FROM herald_tenant_settings")
         assert raw.count(f"{PREFIX}k2:") == 4
         assert f"{PREFIX}k1:" not in raw
 
