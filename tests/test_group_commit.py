@@ -11,6 +11,7 @@ import pytest
 from services.clock import ManualClock
 from services.config import DeliverySettings
 from services.domain import Accepted, NewRecord, TargetKind
+from services.stream.broker import Publication
 from services.stream.broker_memory import MemoryBroker
 from services.stream.dispatch import Dispatcher
 from services.stream.log import AppendResult, LogAppend
@@ -109,3 +110,69 @@ async def test_an_idle_node_commits_a_lone_send_at_once_and_a_busy_one_waits_the
     assert await asyncio.gather(first, second) == [[1], [1]]
     assert loop.time() - started >= 0.35
     assert logs.calls == [("a", 1), ("a", 2)]
+
+
+class HeldBroker(MemoryBroker):
+    """A broker whose publications wait until `release` is set, or fail with `error`."""
+
+    def __init__(self, error: Exception | None = None) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+        self.error = error
+        self.published: list[Publication] = []
+
+    async def publish(self, publications: Sequence[Publication]) -> None:
+        await self.release.wait()
+        if self.error is not None:
+            raise self.error
+        self.published.extend(publications)
+        await super().publish(publications)
+
+
+def held_dispatcher(
+    logs: CountingLogs, status: MemoryStatusStore, broker: HeldBroker
+) -> Dispatcher:
+    return Dispatcher(
+        logs=logs,
+        status=status,
+        broker=broker,
+        settings=DeliverySettings(),
+        clock=ManualClock(),
+        group_window_s=0.005,
+    )
+
+
+async def test_a_group_is_answered_once_durable_before_its_publication() -> None:
+    # The answers run ahead of the stream writers the publication wakes: a group's senders
+    # never wait for the fan-out of what they sent.
+    status = MemoryStatusStore()
+    logs = CountingLogs(status)
+    broker = HeldBroker()
+    group = held_dispatcher(logs, status, broker)
+    answers = await asyncio.wait_for(
+        asyncio.gather(
+            group.dispatch([accepted("a", 1, ("u1",))]),
+            group.dispatch([accepted("a", 2, ("u1", "u2"))]),
+        ),
+        timeout=5,
+    )
+    assert answers == [[1], [2]]
+    assert broker.published == []  # not announced yet: the publication is still held
+    broker.release.set()
+    await group.aclose()  # waits for the group in flight, its publication included
+    assert sorted(p.key.name for p in broker.published) == ["u1", "u2"]
+    assert {p.head for p in broker.published if p.key.name == "u1"} == {2}
+
+
+async def test_a_failed_announcement_leaves_a_durable_group_answered(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    status = MemoryStatusStore()
+    logs = CountingLogs(status)
+    broker = HeldBroker(error=RuntimeError("the broker broke"))
+    broker.release.set()
+    group = held_dispatcher(logs, status, broker)
+    assert await group.dispatch([accepted("a", 1, ("u1",))]) == [1]
+    await group.aclose()
+    assert await status.get("a", "a-1") is not None
+    assert "announcing appended notifications failed" in caplog.text
