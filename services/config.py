@@ -472,6 +472,11 @@ class WebhooksSettings(BaseSettings):
     shutdown_s: float = Field(default=5.0, ge=0)
     # Off: the sender runs only when `WebhookSender.run_once` is called (tests).
     worker: bool = True
+    # POSTs to loopback and private addresses too. Off, a batch goes only to a host on the
+    # public internet, checked before each attempt by what its name resolves to: a tenant's
+    # admin sets the URL, and the node POSTs from inside the operator's network
+    # (services/push/public_hosts.py). On for a local receiver or one inside the network.
+    allow_private: bool = False
 
 
 @dataclass(frozen=True)

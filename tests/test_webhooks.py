@@ -42,7 +42,14 @@ from tests.webhook_receiver import Receiver, webhook_receiver
 pytestmark = pytest.mark.asyncio
 
 SECRET = "whsec-test-0123456789abcdef"
-SENDER = WebhooksSettings(worker=False, max_attempts=3, retry_delay_s=1.0, retry_delay_max_s=4.0)
+# The receiver listens on the loopback interface: an internal address, which the sender refuses
+# unless the operator allows private hosts.
+SENDER = WebhooksSettings(
+    worker=False, max_attempts=3, retry_delay_s=1.0, retry_delay_max_s=4.0, allow_private=True
+)
+PUBLIC_ONLY = WebhooksSettings(
+    worker=False, max_attempts=3, retry_delay_s=1.0, retry_delay_max_s=4.0
+)
 
 
 class Setup:
@@ -104,8 +111,14 @@ async def queued(sender: WebhookSender) -> bool:
     return sender.events.queued > 0
 
 
-async def start(tmp_path: Path, topology: str, clock: ManualClock, **backends: object) -> Herald:
-    config = dataclasses.replace(make_config(tmp_path), webhooks=SENDER)
+async def start(
+    tmp_path: Path,
+    topology: str,
+    clock: ManualClock,
+    sender: WebhooksSettings = SENDER,
+    **backends: object,
+) -> Herald:
+    config = dataclasses.replace(make_config(tmp_path), webhooks=sender)
     if backends:
         config = dataclasses.replace(config, backends=BackendSettings(**backends))  # type: ignore[arg-type]
     return await start_herald(topology, config, clock=clock)
@@ -492,6 +505,69 @@ async def test_a_clean_stop_parks_what_was_not_delivered(tmp_path: Path) -> None
                 await delete_prefix(client, prefix)
 
 
+# -- internal hosts ---------------------------------------------------------------------------
+
+
+@pytest_asyncio.fixture
+async def public_only(tmp_path: Path) -> AsyncIterator[Setup]:
+    """`herald up` whose sender keeps the default: webhooks to public hosts only."""
+    clock = ManualClock()
+    async with webhook_receiver(SECRET, clock) as receiver:
+        herald = await start(tmp_path, "up", clock, sender=PUBLIC_ONLY)
+        try:
+            yield Setup(herald, clock, receiver)
+        finally:
+            await herald.stop()
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
+async def test_a_receiver_on_an_internal_host_is_never_posted_to(
+    public_only: Setup, host: str
+) -> None:
+    """A tenant's admin sets the URL; the node POSTs from inside the operator's network. An
+    internal address, by literal or by what a name resolves to, is refused and parked."""
+    setup = public_only
+    url = setup.receiver.url.replace("127.0.0.1", host)
+    await setup.put(url=url, events=[registry_pb2.WEBHOOK_EVENT_KIND_DELIVERED], max_delay_ms=100)
+    client = setup.herald.user("alice")
+    stream = Stream(client)
+    await stream.start()
+    await setup.send()
+    (delivery,) = await stream.deliveries(1)
+    assert await client.ack([delivery.notification.id]) == 1
+    parked_before = batches_counted("parked")
+    await setup.until(lambda: batches_counted("parked") > parked_before)
+    (parked,) = await setup.parked()
+    assert setup.receiver.requests == []
+    assert parked.attempts == 1  # not retried: it is refused until the URL changes
+    assert f"'{host}' is not a public" in parked.reason
+    assert "HERALD_WEBHOOKS_ALLOW_PRIVATE=true" in parked.reason
+    stream.cancel()
+
+
+async def test_a_receiver_whose_name_does_not_resolve_is_retried(public_only: Setup) -> None:
+    setup = public_only
+    retried_before = batches_counted("retried")
+    parked_before = batches_counted("parked")
+    await setup.put(
+        url="https://receiver.invalid/hooks",
+        events=[registry_pb2.WEBHOOK_EVENT_KIND_DELIVERED],
+        max_delay_ms=100,
+    )
+    client = setup.herald.user("alice")
+    stream = Stream(client)
+    await stream.start()
+    await setup.send()
+    await stream.deliveries(1)
+    # Three attempts (SENDER's max_attempts), each a DNS failure, then parked.
+    await setup.until(lambda: batches_counted("parked") > parked_before)
+    (parked,) = await setup.parked()
+    assert batches_counted("retried") - retried_before == 2
+    assert parked.attempts == 3
+    assert parked.reason.startswith("the host of webhooks.url does not resolve")
+    stream.cancel()
+
+
 # -- the CLI ----------------------------------------------------------------------------------
 
 
@@ -509,6 +585,7 @@ async def test_herald_webhooks_lists_replays_and_deletes(cli: Cli, tmp_path: Pat
     async with webhook_receiver(SECRET, SystemClock()) as receiver:
         receiver.answer = 500
         cli.env["HERALD_WEBHOOKS_MAX_ATTEMPTS"] = "1"
+        cli.env["HERALD_WEBHOOKS_ALLOW_PRIVATE"] = "true"  # the receiver is on the loopback
         address = await _up(cli)
         env = {"HERALD_ADDRESS": address, "HERALD_TENANT": "acme"}
         settings = tmp_path / "settings.json"

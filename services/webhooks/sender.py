@@ -19,6 +19,9 @@ Invariants:
 - Before a batch is built, its events are filtered by their users' webhook preferences
   (services/webhooks/wanted.py): an unwanted event is dropped and counted, never sent or
   parked. A replay sends the parked batch as it is.
+- Unless `allow_private`, a batch goes only to a public host: before each attempt, every address
+  the URL's host resolves to must be global (services/push/public_hosts.py), or the batch is
+  parked with the reason; a name that does not resolve is retried.
 - `aclose` sends what is queued once more (bounded by `shutdown_s`) and parks whatever is not
   delivered, so a clean stop loses no batch.
 """
@@ -35,12 +38,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Final
+from urllib.parse import urlsplit
 
 import httpx
 
 from services import metrics
 from services.clock import Clock
 from services.config import WebhooksSettings
+from services.push.public_hosts import NotPublic, check_resolves_public
 from services.webhooks import batches, signing
 from services.webhooks.events import Event, SettingsFor, WebhookEvents
 from services.webhooks.parked import ParkedBatch, ParkedWebhookStore
@@ -51,6 +56,26 @@ log = logging.getLogger(__name__)
 USER_AGENT: Final = "Herald-Webhooks/1"
 _RETRIED_STATUS: Final = frozenset({408, 429})
 _WARN_INTERVAL_S: Final = 60.0
+
+
+_UNRESOLVED: Final = "the host of webhooks.url does not resolve"
+
+
+async def _not_public(url: str) -> str | None:
+    """None when every address the URL's host resolves to is public; otherwise why not, for the
+    batch's reason (the URL was checked when it was set: it has a host and a known scheme)."""
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        await check_resolves_public(parts.hostname or "", port)
+    except NotPublic as exc:
+        return (
+            f"{exc}: webhooks go to public hosts only (HERALD_WEBHOOKS_ALLOW_PRIVATE=true lets "
+            "the operator allow internal ones)"
+        )
+    except OSError as exc:
+        return f"{_UNRESOLVED} ({type(exc).__name__})"
+    return None
 
 
 @dataclass
@@ -214,6 +239,12 @@ class WebhookSender:
             # replay an operator asked for goes back to the parked batches.
             return _Outcome.PARK if out.replay else _Outcome.DROP
         out.attempts += 1
+        if not self._settings.allow_private:
+            refused = await _not_public(webhooks.url)
+            if refused is not None:
+                out.reason = refused
+                # A DNS failure may pass; an internal host is refused until the URL changes.
+                return _Outcome.RETRY if refused.startswith(_UNRESOLVED) else _Outcome.PARK
         timestamp = int(self._clock.now())
         headers = signing.headers(webhooks.secret, out.batch_id, timestamp, out.body)
         try:
