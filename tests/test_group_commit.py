@@ -84,6 +84,21 @@ async def test_a_failed_append_fails_only_its_tenants_callers() -> None:
     assert await status.get("b", "b-2") is None
 
 
+async def test_a_dispatch_of_several_tenants_stores_each_under_its_own() -> None:
+    # A node's Dispatch call carries the tenant in every notification.
+    status = MemoryStatusStore()
+    logs = CountingLogs(status)
+    group = dispatcher(logs, status, window_s=0.005)
+    assert await group.dispatch([accepted("a", 1, ("u1",)), accepted("b", 2, ("u1", "u2"))]) == [
+        1,
+        2,
+    ]
+    assert sorted(logs.calls) == [("a", 1), ("b", 1)]
+    assert await status.get("a", "a-1") is not None
+    assert await status.get("b", "b-2") is not None
+    assert await status.get("a", "b-2") is None
+
+
 async def test_without_a_window_each_dispatch_is_its_own_append() -> None:
     status = MemoryStatusStore()
     logs = CountingLogs(status)

@@ -150,10 +150,10 @@ class Dispatcher:
         for item in waiting:
             tenant = item[0][0].tenant if item[0] else ""
             by_tenant.setdefault(tenant, []).append(item)
-        for tenant, items in by_tenant.items():
+        for items in by_tenant.values():
             notifications = [n for batch, _ in items for n in batch]
             try:
-                results = await self._append(tenant, notifications)
+                appended = await self._append_all(notifications)
             except Exception as exc:
                 for _, future in items:
                     if not future.done():
@@ -166,20 +166,30 @@ class Dispatcher:
                 if not future.done():
                     future.set_result([len(n.user_ids) for n in batch])
             try:
-                await self._announce(tenant, results, notifications)
+                for tenant_of, results, batch in appended:
+                    await self._announce(tenant_of, results, batch)
             except Exception:
                 # The notifications are stored and their senders answered; the nodes' catch-up
                 # check delivers what was not announced.
                 log.exception("announcing appended notifications failed")
 
     async def _dispatch_now(self, notifications: list[Accepted]) -> list[int]:
+        for tenant, results, batch in await self._append_all(notifications):
+            await self._announce(tenant, results, batch)
+        return [len(n.user_ids) for n in notifications]
+
+    async def _append_all(
+        self, notifications: list[Accepted]
+    ) -> list[tuple[str, list[AppendResult], list[Accepted]]]:
+        """One append per tenant of `notifications` (a node's Dispatch call may carry several):
+        each tenant's results with its notifications."""
         by_tenant: dict[str, list[Accepted]] = {}
         for n in notifications:
             by_tenant.setdefault(n.tenant, []).append(n)
-        for tenant, batch in by_tenant.items():
-            results = await self._append(tenant, batch)
-            await self._announce(tenant, results, batch)
-        return [len(n.user_ids) for n in notifications]
+        return [
+            (tenant, await self._append(tenant, batch), batch)
+            for tenant, batch in by_tenant.items()
+        ]
 
     async def _append(self, tenant: str, notifications: list[Accepted]) -> list[AppendResult]:
         """Appends one tenant's notifications to their logs, with their status records, in one
