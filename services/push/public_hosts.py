@@ -22,6 +22,7 @@ import asyncio
 import ipaddress
 import socket
 from typing import Final
+from urllib.parse import urlsplit
 
 _INTERNAL_SUFFIXES: Final = (".localhost", ".local", ".internal", ".localdomain", ".home.arpa")
 
@@ -60,3 +61,11 @@ async def check_resolves_public(host: str, port: int) -> None:
     for *_, sockaddr in answers:
         if not _global(str(sockaddr[0])):
             raise NotPublic(f"{host!r} resolves to an address that is not public")
+
+
+async def check_url_resolves_public(url: str) -> None:
+    """check_resolves_public for the host and port of an http(s) URL (the scheme's port when
+    it names none)."""
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    await check_resolves_public(parts.hostname or "", port)

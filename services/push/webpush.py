@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from services.push.provider import Outcome, PushMessage, PushResult, classify, retry_after
-from services.push.public_hosts import NotPublic, check_resolves_public
+from services.push.public_hosts import NotPublic, check_url_resolves_public
 from services.push.targets import PushTargetRecord
 
 _VAPID_LIFETIME_S: Final = 12 * 3600
@@ -76,11 +76,8 @@ class WebPushProvider:
 
     async def send(self, target: PushTargetRecord, message: PushMessage) -> PushResult:
         if not self._allow_private:
-            parts = urlsplit(target.token)
             try:
-                await check_resolves_public(
-                    parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
-                )
+                await check_url_resolves_public(target.token)
             except NotPublic:
                 # Never posted to; the target is removed, as a dead subscription is.
                 return PushResult(Outcome.GONE, 0, "endpoint is not on the public internet")

@@ -38,14 +38,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Final
-from urllib.parse import urlsplit
 
 import httpx
 
 from services import metrics
 from services.clock import Clock
 from services.config import WebhooksSettings
-from services.push.public_hosts import NotPublic, check_resolves_public
+from services.push.public_hosts import NotPublic, check_url_resolves_public
 from services.webhooks import batches, signing
 from services.webhooks.events import Event, SettingsFor, WebhookEvents
 from services.webhooks.parked import ParkedBatch, ParkedWebhookStore
@@ -64,10 +63,8 @@ _UNRESOLVED: Final = "the host of webhooks.url does not resolve"
 async def _not_public(url: str) -> str | None:
     """None when every address the URL's host resolves to is public; otherwise why not, for the
     batch's reason (the URL was checked when it was set: it has a host and a known scheme)."""
-    parts = urlsplit(url)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
     try:
-        await check_resolves_public(parts.hostname or "", port)
+        await check_url_resolves_public(url)
     except NotPublic as exc:
         return (
             f"{exc}: webhooks go to public hosts only (HERALD_WEBHOOKS_ALLOW_PRIVATE=true lets "
