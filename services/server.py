@@ -458,10 +458,13 @@ async def start_node(
                     None if preferences is None else WebhookPreferences(preferences, stores.logs)
                 ),
             )
+        if dispatcher is not None:
+            # Its group commits finish (and announce what they stored: status events included)
+            # before the webhook sender and the stores close.
+            closers.append(dispatcher)
+        if webhooks is not None:
             # After the sessions ended (their last acks are queued), before the stores close.
             closers.append(webhooks)
-        if dispatcher is not None:
-            closers.append(dispatcher)  # its group commits finish before the stores close
         closers.append(stores)
         await server.start()
         if websocket is not None and config.server.ws_port is not None:

@@ -191,3 +191,25 @@ async def test_a_failed_announcement_leaves_a_durable_group_answered(
     await group.aclose()
     assert await status.get("a", "a-1") is not None
     assert "announcing appended notifications failed" in caplog.text
+
+
+@pytest.mark.parametrize("window_s", [0.0, 0.005])
+async def test_what_was_stored_is_announced_when_a_later_tenant_fails(window_s: float) -> None:
+    status = MemoryStatusStore()
+    logs = CountingLogs(status)
+    logs.broken_tenants.add("b")
+    broker = HeldBroker()
+    broker.release.set()
+    group = Dispatcher(
+        logs=logs,
+        status=status,
+        broker=broker,
+        settings=DeliverySettings(),
+        clock=ManualClock(),
+        group_window_s=window_s,
+    )
+    with pytest.raises(ConnectionResetError):
+        await group.dispatch([accepted("a", 1, ("u1",)), accepted("b", 2, ("u1",))])
+    await group.aclose()
+    # a-1 is stored: its readers are woken although the call as a whole failed.
+    assert [(p.tenant, p.key.name) for p in broker.published] == [("a", "u1")]

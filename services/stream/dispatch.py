@@ -54,6 +54,9 @@ _GROUP_MAX_ENTRIES = 20_000
 _DROP_LOG_INTERVAL_S = 60.0
 SUPPRESSED_REASON = "the recipient's preferences turn this category off in-app"
 
+# A tenant's appended notifications: the tenant, the append's results, the notifications.
+_Appended = tuple[str, list[AppendResult], list[Accepted]]
+
 
 class Dispatcher:
     """Appends notifications to their logs and publishes the new heads (DeliveryPort)."""
@@ -151,45 +154,46 @@ class Dispatcher:
             tenant = item[0][0].tenant if item[0] else ""
             by_tenant.setdefault(tenant, []).append(item)
         for items in by_tenant.values():
-            notifications = [n for batch, _ in items for n in batch]
+            appended: list[_Appended] = []
             try:
-                appended = await self._append_all(notifications)
+                await self._append_all([n for batch, _ in items for n in batch], appended)
             except Exception as exc:
                 for _, future in items:
                     if not future.done():
                         future.set_exception(exc)
-                continue
-            # Durable: the callers are answered before the fan-out, so their continuations
-            # run ahead of the stream writers the publication wakes (a group wakes one writer
-            # per recipient's session, and the answers would wait for all of them).
-            for batch, future in items:
-                if not future.done():
-                    future.set_result([len(n.user_ids) for n in batch])
-            try:
-                for tenant_of, results, batch in appended:
-                    await self._announce(tenant_of, results, batch)
-            except Exception:
-                # The notifications are stored and their senders answered; the nodes' catch-up
-                # check delivers what was not announced.
-                log.exception("announcing appended notifications failed")
+            else:
+                # Durable: the callers are answered before the fan-out, so their continuations
+                # run ahead of the stream writers the publication wakes (a group wakes one
+                # writer per recipient's session, and the answers would wait for all of them).
+                for batch, future in items:
+                    if not future.done():
+                        future.set_result([len(n.user_ids) for n in batch])
+            # What was stored is announced, even when a later tenant's append failed.
+            for tenant, results, batch in appended:
+                try:
+                    await self._announce(tenant, results, batch)
+                except Exception:
+                    # Stored (and its senders answered, or told to retry): the nodes' catch-up
+                    # check delivers what was not announced.
+                    log.exception("announcing appended notifications failed")
 
     async def _dispatch_now(self, notifications: list[Accepted]) -> list[int]:
-        for tenant, results, batch in await self._append_all(notifications):
-            await self._announce(tenant, results, batch)
+        appended: list[_Appended] = []
+        try:
+            await self._append_all(notifications, appended)
+        finally:
+            for tenant, results, batch in appended:
+                await self._announce(tenant, results, batch)
         return [len(n.user_ids) for n in notifications]
 
-    async def _append_all(
-        self, notifications: list[Accepted]
-    ) -> list[tuple[str, list[AppendResult], list[Accepted]]]:
-        """One append per tenant of `notifications` (a node's Dispatch call may carry several):
-        each tenant's results with its notifications."""
+    async def _append_all(self, notifications: list[Accepted], appended: list[_Appended]) -> None:
+        """One append per tenant of `notifications` (a node's Dispatch call may carry several),
+        each added to `appended` once it is durable: a failure leaves there what was stored."""
         by_tenant: dict[str, list[Accepted]] = {}
         for n in notifications:
             by_tenant.setdefault(n.tenant, []).append(n)
-        return [
-            (tenant, await self._append(tenant, batch), batch)
-            for tenant, batch in by_tenant.items()
-        ]
+        for tenant, batch in by_tenant.items():
+            appended.append((tenant, await self._append(tenant, batch), batch))
 
     async def _append(self, tenant: str, notifications: list[Accepted]) -> list[AppendResult]:
         """Appends one tenant's notifications to their logs, with their status records, in one
