@@ -473,9 +473,10 @@ class WebhooksSettings(BaseSettings):
     # Off: the sender runs only when `WebhookSender.run_once` is called (tests).
     worker: bool = True
     # POSTs to loopback and private addresses too. Off, a batch goes only to a host on the
-    # public internet, checked before each attempt by what its name resolves to: a tenant's
-    # admin sets the URL, and the node POSTs from inside the operator's network
-    # (services/push/public_hosts.py). On for a local receiver or one inside the network.
+    # public internet, checked before each attempt by what its name resolves to and again at
+    # the connection, on the address connected to: a tenant's admin sets the URL, and the node
+    # POSTs from inside the operator's network (services/push/public_hosts.py). On for a local
+    # receiver or one inside the network.
     allow_private: bool = False
 
 

@@ -4,6 +4,7 @@ subscription's key) and answers with the provider's documented errors."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import time
@@ -21,7 +22,12 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from services.push.apns import ApnsProvider
 from services.push.fcm import FcmProvider
 from services.push.provider import Outcome, PushMessage
-from services.push.public_hosts import NotPublic, check_host
+from services.push.public_hosts import (
+    NotPublic,
+    check_host,
+    check_resolves_public,
+    public_transport,
+)
 from services.push.targets import PushKind, PushTargetRecord, target_id
 from services.push.webpush import WebPushProvider, b64url, b64url_decode
 from tests.push_servers import Answer, ScriptedServer, http1_server, http2_server
@@ -366,6 +372,14 @@ async def test_webpush_never_posts_to_an_endpoint_that_is_not_public(
         ("fd00::1", False),
         ("fe80::1%eth0", False),
         ("[::ffff:10.1.1.1]", False),
+        # IPv6 forms that reach an IPv4 address are judged by it.
+        ("[64:ff9b::a9fe:a9fe]", False),  # NAT64 of 169.254.169.254
+        ("[64:ff9b::808:808]", True),  # NAT64 of 8.8.8.8
+        ("[2002:7f00:1::1]", False),  # 6to4 of 127.0.0.1
+        ("[2002:808:808::1]", True),  # 6to4 of 8.8.8.8
+        ("[::7f00:1]", False),  # IPv4-compatible 127.0.0.1
+        ("[64:ff9b:1::a00:1]", False),  # NAT64, local use
+        ("[fec0::1]", False),  # site-local
         ("224.0.0.1", False),
         ("LOCALHOST", False),
         ("api.localhost", False),
@@ -380,3 +394,43 @@ async def test_public_hosts_are_told_from_internal_ones(host: str, public: bool)
     else:
         with pytest.raises(NotPublic):
             check_host(host)
+
+
+async def test_a_name_no_resolver_can_answer_is_not_a_public_host() -> None:
+    # An empty or over-long label: the resolver's codec refuses it (a UnicodeError, once
+    # uncaught in the webhook sender, which then lost the batch).
+    for host in ("a..example.com", "x" * 64 + ".example.com"):
+        with pytest.raises(NotPublic, match="not a valid host name"):
+            await check_resolves_public(host, 443)
+
+
+@pytest_asyncio.fixture
+async def loopback_http() -> AsyncIterator[int]:
+    """A minimal HTTP server on 127.0.0.1 that answers 204 to anything; yields its port."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
+async def test_the_public_transport_checks_the_address_it_connects_to(
+    loopback_http: int, host: str
+) -> None:
+    """The check happens at the connection, on the address connected to: a name cannot answer
+    a public address to an earlier check and an internal one to the connection."""
+    url = f"http://{host}:{loopback_http}/hook"
+    async with httpx.AsyncClient() as plain:
+        assert (await plain.post(url, content=b"{}")).status_code == 204  # reachable
+    async with httpx.AsyncClient(transport=public_transport()) as public:
+        with pytest.raises(httpx.ConnectError, match="not public"):
+            await public.post(url, content=b"{}")

@@ -545,6 +545,28 @@ async def test_a_receiver_on_an_internal_host_is_never_posted_to(
     stream.cancel()
 
 
+async def test_a_url_whose_host_is_no_valid_name_is_parked_not_lost(public_only: Setup) -> None:
+    # Accepted as a URL, but no resolver can take the name (an empty label): the batch is
+    # parked with the reason, not dropped by an exception in the sender.
+    setup = public_only
+    parked_before = batches_counted("parked")
+    await setup.put(
+        url="https://a..example.com/hooks",
+        events=[registry_pb2.WEBHOOK_EVENT_KIND_DELIVERED],
+        max_delay_ms=100,
+    )
+    client = setup.herald.user("alice")
+    stream = Stream(client)
+    await stream.start()
+    await setup.send()
+    await stream.deliveries(1)
+    await setup.until(lambda: batches_counted("parked") > parked_before)
+    (parked,) = await setup.parked()
+    assert parked.attempts == 1
+    assert parked.reason.startswith("'a..example.com' is not a valid host name")
+    stream.cancel()
+
+
 async def test_a_receiver_whose_name_does_not_resolve_is_retried(public_only: Setup) -> None:
     setup = public_only
     retried_before = batches_counted("retried")

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from services.push.provider import Outcome, PushMessage, PushResult, classify, retry_after
-from services.push.public_hosts import NotPublic, check_url_resolves_public
+from services.push.public_hosts import NotPublic, check_url_resolves_public, public_transport
 from services.push.targets import PushTargetRecord
 
 _VAPID_LIFETIME_S: Final = 12 * 3600
@@ -59,7 +59,11 @@ class WebPushProvider:
             )
         )
         self._subject = subject
-        self._client = client or httpx.AsyncClient(timeout=10.0)
+        self._client = client or httpx.AsyncClient(
+            timeout=10.0,
+            # Checked at each connection too (DNS rebinding, services/push/public_hosts.py).
+            transport=None if allow_private else public_transport(),
+        )
 
     def _vapid(self, endpoint: str) -> str:
         parts = urlsplit(endpoint)

@@ -44,7 +44,7 @@ import httpx
 from services import metrics
 from services.clock import Clock
 from services.config import WebhooksSettings
-from services.push.public_hosts import NotPublic, check_url_resolves_public
+from services.push.public_hosts import NotPublic, check_url_resolves_public, public_transport
 from services.webhooks import batches, signing
 from services.webhooks.events import Event, SettingsFor, WebhookEvents
 from services.webhooks.parked import ParkedBatch, ParkedWebhookStore
@@ -72,6 +72,8 @@ async def _not_public(url: str) -> str | None:
         )
     except OSError as exc:
         return f"{_UNRESOLVED} ({type(exc).__name__})"
+    except ValueError as exc:  # anything else the form of the URL raises: parked with it
+        return f"webhooks.url cannot be used: {exc}"
     return None
 
 
@@ -121,6 +123,10 @@ class WebhookSender:
         self._settings = settings
         self._refresh_s = refresh_s
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not crypto
+        if transport is None and not settings.allow_private:
+            # Checked at each connection too: the name cannot answer the check and the
+            # connection differently (services/push/public_hosts.py).
+            transport = public_transport()
         self._client = httpx.AsyncClient(
             transport=transport,
             timeout=settings.timeout_s,
