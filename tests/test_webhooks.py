@@ -11,6 +11,7 @@ import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
+from typing import Any
 
 import grpc
 import httpx
@@ -115,6 +116,7 @@ async def start(
     tmp_path: Path,
     topology: str,
     clock: ManualClock,
+    *,
     sender: WebhooksSettings = SENDER,
     **backends: object,
 ) -> Herald:
@@ -455,7 +457,8 @@ async def test_a_clean_stop_parks_what_was_not_delivered(tmp_path: Path) -> None
     clock = ManualClock()
     prefix = new_prefix()
     async with scratch_database() as dsn:
-        backends = {
+        # Any: `start` takes them as BackendSettings fields.
+        backends: dict[str, Any] = {
             "postgres_dsn": SecretStr(dsn),
             "redis_url": SecretStr(REDIS_URL),
             "redis_prefix": prefix,
@@ -520,74 +523,55 @@ async def public_only(tmp_path: Path) -> AsyncIterator[Setup]:
             await herald.stop()
 
 
+async def parked_after_a_send(setup: Setup, url: str) -> registry_pb2.ParkedWebhook:
+    """Sets the tenant's URL, delivers one notification to alice (acked) and runs the sender
+    until the batch of its `delivered` event is parked; returns the parked batch."""
+    parked_before = batches_counted("parked")
+    await setup.put(url=url, events=[registry_pb2.WEBHOOK_EVENT_KIND_DELIVERED], max_delay_ms=100)
+    client = setup.herald.user("alice")
+    stream = Stream(client)
+    await stream.start()
+    try:
+        await setup.send()
+        (delivery,) = await stream.deliveries(1)
+        assert await client.ack([delivery.notification.id]) == 1
+        await setup.until(lambda: batches_counted("parked") > parked_before)
+        (parked,) = await setup.parked()
+        return parked
+    finally:
+        stream.cancel()
+
+
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
 async def test_a_receiver_on_an_internal_host_is_never_posted_to(
     public_only: Setup, host: str
 ) -> None:
     """A tenant's admin sets the URL; the node POSTs from inside the operator's network. An
     internal address, by literal or by what a name resolves to, is refused and parked."""
-    setup = public_only
-    url = setup.receiver.url.replace("127.0.0.1", host)
-    await setup.put(url=url, events=[registry_pb2.WEBHOOK_EVENT_KIND_DELIVERED], max_delay_ms=100)
-    client = setup.herald.user("alice")
-    stream = Stream(client)
-    await stream.start()
-    await setup.send()
-    (delivery,) = await stream.deliveries(1)
-    assert await client.ack([delivery.notification.id]) == 1
-    parked_before = batches_counted("parked")
-    await setup.until(lambda: batches_counted("parked") > parked_before)
-    (parked,) = await setup.parked()
-    assert setup.receiver.requests == []
+    parked = await parked_after_a_send(
+        public_only, public_only.receiver.url.replace("127.0.0.1", host)
+    )
+    assert public_only.receiver.requests == []
     assert parked.attempts == 1  # not retried: it is refused until the URL changes
     assert f"'{host}' is not a public" in parked.reason
     assert "HERALD_WEBHOOKS_ALLOW_PRIVATE=true" in parked.reason
-    stream.cancel()
 
 
 async def test_a_url_whose_host_is_no_valid_name_is_parked_not_lost(public_only: Setup) -> None:
     # Accepted as a URL, but no resolver can take the name (an empty label): the batch is
     # parked with the reason, not dropped by an exception in the sender.
-    setup = public_only
-    parked_before = batches_counted("parked")
-    await setup.put(
-        url="https://a..example.com/hooks",
-        events=[registry_pb2.WEBHOOK_EVENT_KIND_DELIVERED],
-        max_delay_ms=100,
-    )
-    client = setup.herald.user("alice")
-    stream = Stream(client)
-    await stream.start()
-    await setup.send()
-    await stream.deliveries(1)
-    await setup.until(lambda: batches_counted("parked") > parked_before)
-    (parked,) = await setup.parked()
+    parked = await parked_after_a_send(public_only, "https://a..example.com/hooks")
     assert parked.attempts == 1
     assert parked.reason.startswith("'a..example.com' is not a valid host name")
-    stream.cancel()
 
 
 async def test_a_receiver_whose_name_does_not_resolve_is_retried(public_only: Setup) -> None:
-    setup = public_only
     retried_before = batches_counted("retried")
-    parked_before = batches_counted("parked")
-    await setup.put(
-        url="https://receiver.invalid/hooks",
-        events=[registry_pb2.WEBHOOK_EVENT_KIND_DELIVERED],
-        max_delay_ms=100,
-    )
-    client = setup.herald.user("alice")
-    stream = Stream(client)
-    await stream.start()
-    await setup.send()
-    await stream.deliveries(1)
+    parked = await parked_after_a_send(public_only, "https://receiver.invalid/hooks")
     # Three attempts (SENDER's max_attempts), each a DNS failure, then parked.
-    await setup.until(lambda: batches_counted("parked") > parked_before)
-    (parked,) = await setup.parked()
     assert batches_counted("retried") - retried_before == 2
     assert parked.attempts == 3
     assert parked.reason.startswith("the host of webhooks.url does not resolve")
-    stream.cancel()
 
 
 # -- the CLI ----------------------------------------------------------------------------------
