@@ -20,7 +20,7 @@ import itertools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
 import asyncpg
 
@@ -59,17 +59,18 @@ RETURNING l.log, l.epoch, l.next_cursor, l.live
 # a table the append changes, so the statement's snapshot (taken before a concurrent appender's
 # commit it may have waited for) decides nothing: the cursors come from the locked rows
 # themselves. A log it takes past its bound is cut back by herald_drop_to_limit (migration
-# *_drop_to_limit.sql). $10-$13: the entries (log, position among the call's entries of that
-# log, id, expiry); $14-$19 and $24: a record per notification, its one user's log and position
-# ($18, $19, $24; NULL when it names several or none); $20-$23: the users of those that name
-# several.
+# *_drop_to_limit.sql). Each argument is an array of one kind of row (migration
+# *_append_rows.sql): $2 the logs and how many entries each gets, $3 the notifications, $4 the
+# entries (log, position among the call's entries of that log, id, expiry), $5 a status record
+# per notification with its one user's log and position (NULL when it names several or none),
+# $6 the users of those that name several.
 _APPEND_ONE: Final = """
 WITH counts AS (
-    SELECT a.log, a.n FROM unnest($2::text[], $3::integer[]) AS a (log, n)
+    SELECT a.log, a.n FROM unnest($2::herald_append_log[]) AS a
 ), locked AS (
     INSERT INTO herald_logs AS l (tenant_id, log, epoch, next_cursor, live)
     SELECT $1, a.log, m.log_epoch, 1 + a.n, a.n
-    FROM unnest($2::text[], $3::integer[]) WITH ORDINALITY AS a (log, n, i)
+    FROM unnest($2::herald_append_log[]) WITH ORDINALITY AS a (log, n, i)
     CROSS JOIN herald_meta AS m
     ORDER BY a.i
     ON CONFLICT (tenant_id, log) DO UPDATE
@@ -82,18 +83,17 @@ WITH counts AS (
         tenant_id, notification_id, priority, created_at, expires_at, payload, trace_context
     )
     SELECT $1, *
-    FROM unnest($4::text[], $5::integer[], $6::float8[], $7::float8[], $8::bytea[], $9::text[])
+    FROM unnest($3::herald_append_notification[])
     ON CONFLICT (tenant_id, notification_id) DO NOTHING
 ), entries AS (
     INSERT INTO herald_log_entries (tenant_id, log, cursor, notification_id, expires_at)
     SELECT $1, e.log, b.first + e.ord - 1, e.notification_id, e.expires_at
-    FROM unnest($10::text[], $11::integer[], $12::text[], $13::float8[])
-        AS e (log, ord, notification_id, expires_at)
+    FROM unnest($4::herald_append_entry[]) AS e
     JOIN bases AS b ON b.log = e.log
 ), many AS (
     SELECT u.notification_id, array_agg(u.user_id ORDER BY u.i) AS user_ids,
         array_agg(coalesce(b.first + u.ord - 1, 0) ORDER BY u.i) AS cursors
-    FROM unnest($20::text[], $21::text[], $22::text[], $23::integer[])
+    FROM unnest($6::herald_append_recipient[])
         WITH ORDINALITY AS u (notification_id, user_id, log, ord, i)
     LEFT JOIN bases AS b ON b.log = u.log
     GROUP BY u.notification_id
@@ -105,9 +105,7 @@ WITH counts AS (
         CASE WHEN r.user_id IS NULL THEN coalesce(m.user_ids, '{}') ELSE ARRAY[r.user_id] END,
         CASE WHEN r.user_id IS NULL THEN coalesce(m.cursors, '{}')
             ELSE ARRAY[coalesce(b.first + r.ord - 1, 0)] END
-    FROM unnest($14::text[], $15::bytea[], $16::float8[], $17::float8[], $18::text[],
-            $19::text[], $24::integer[])
-        AS r (notification_id, target, created_at, expires_at, user_id, log, ord)
+    FROM unnest($5::herald_append_record[]) AS r
     LEFT JOIN bases AS b ON b.log = r.log
     LEFT JOIN many AS m ON m.notification_id = r.notification_id
     ON CONFLICT (tenant_id, notification_id) DO NOTHING
@@ -329,40 +327,36 @@ class PostgresLogStore:
         """The append as one statement (one round trip), then, only if it took a log past its
         bound, one more to cut it back (`_one_statement` says when this applies)."""
         by_log = {a.key.stored: a for a in appends}
-        logs = sorted(by_log)
         unique: dict[str, NewEntry] = {}
-        e_log: list[str] = []
-        e_ord: list[int] = []
-        e_id: list[str] = []
-        e_expires: list[float] = []
+        # (log, position among the call's entries of the log, notification id, expiry).
+        entry_rows: list[tuple[str, int, str, float]] = []
         # (notification id, log) -> its position among the call's entries of the log.
         positions: dict[tuple[str, str], int] = {}
         for stored, append in by_log.items():
             for position, item in enumerate(append.entries, 1):
-                unique.setdefault(item.notification_id, item)
-                e_log.append(stored)
-                e_ord.append(position)
-                e_id.append(item.notification_id)
-                e_expires.append(item.expires_at)
-                positions[(item.notification_id, stored)] = position
-        new = unique.values()
+                notification_id = item.notification_id
+                unique.setdefault(notification_id, item)
+                entry_rows.append((stored, position, notification_id, item.expires_at))
+                positions[(notification_id, stored)] = position
         made = _RecordArgs(records if self._status is not None else (), positions)
         rows = await self._pool.fetch(
             _APPEND_ONE,
             tenant,
-            logs,
-            [len(by_log[log].entries) for log in logs],
-            [e.notification_id for e in new],
-            [e.priority for e in new],
-            [e.created_at for e in new],
-            [e.expires_at for e in new],
-            [e.notification_field for e in new],
-            [e.trace_context for e in new],
-            e_log,
-            e_ord,
-            e_id,
-            e_expires,
-            *made.args(),
+            [(log, len(by_log[log].entries)) for log in sorted(by_log)],
+            [
+                (
+                    e.notification_id,
+                    e.priority,
+                    e.created_at,
+                    e.expires_at,
+                    e.notification_field,
+                    e.trace_context,
+                )
+                for e in unique.values()
+            ],
+            entry_rows,
+            made.records,
+            made.recipients,
         )
         heads = {row[0]: row for row in rows}
         results: list[AppendResult] = []
@@ -580,7 +574,7 @@ def _one_statement(appends: Sequence[LogAppend]) -> bool:
 
 
 class _RecordArgs:
-    """The status records of an append as _APPEND_ONE's $14-$23: each user's entry named by
+    """The status records of an append as _APPEND_ONE's $5 and $6: each user's entry named by
     its log and position (the statement turns them into cursors). A record stored already, or
     twice here, is kept as it first was, as `create_records` does."""
 
@@ -588,52 +582,37 @@ class _RecordArgs:
         unique: dict[str, NewRecord] = {}
         for record in records:
             unique.setdefault(record.notification_id, record)
-        self.ids: list[str] = []
-        self.targets: list[bytes] = []
-        self.created: list[float] = []
-        self.expires: list[float] = []
-        self.one_user: list[str | None] = []
-        self.one_log: list[str | None] = []
-        self.one_position: list[int | None] = []
-        self.many_ids: list[str] = []
-        self.many_users: list[str] = []
-        self.many_logs: list[str] = []
-        self.many_positions: list[int | None] = []
+        # (id, target, created_at, expires_at, its one user, that user's log, the position of
+        # its entry there): the last three None when it names several users or none.
+        self.records: list[tuple[str, bytes, float, float, str | None, str | None, int | None]]
+        self.records = []
+        # (id, user, the user's log, the position of its entry there) of those naming several.
+        self.recipients: list[tuple[str, str, str, int | None]] = []
         for r in unique.values():
-            self.ids.append(r.notification_id)
-            self.targets.append(r.target)
-            self.created.append(r.created_at)
-            self.expires.append(r.expires_at)
+            notification_id = r.notification_id
             if len(r.user_ids) == 1:
-                log = user_log(r.user_ids[0]).stored
-                self.one_user.append(r.user_ids[0])
-                self.one_log.append(log)
-                self.one_position.append(positions.get((r.notification_id, log)))
+                user_id = r.user_ids[0]
+                log = user_log(user_id).stored
+                self.records.append(
+                    (
+                        notification_id,
+                        r.target,
+                        r.created_at,
+                        r.expires_at,
+                        user_id,
+                        log,
+                        positions.get((notification_id, log)),
+                    )
+                )
                 continue
-            self.one_user.append(None)
-            self.one_log.append(None)
-            self.one_position.append(None)
+            self.records.append(
+                (notification_id, r.target, r.created_at, r.expires_at, None, None, None)
+            )
             for user_id in dict.fromkeys(r.user_ids):
                 log = user_log(user_id).stored
-                self.many_ids.append(r.notification_id)
-                self.many_users.append(user_id)
-                self.many_logs.append(log)
-                self.many_positions.append(positions.get((r.notification_id, log)))
-
-    def args(self) -> tuple[list[Any], ...]:
-        return (
-            self.ids,
-            self.targets,
-            self.created,
-            self.expires,
-            self.one_user,
-            self.one_log,
-            self.many_ids,
-            self.many_users,
-            self.many_logs,
-            self.many_positions,
-            self.one_position,
-        )
+                self.recipients.append(
+                    (notification_id, user_id, log, positions.get((notification_id, log)))
+                )
 
 
 def with_cursors(records: Sequence[NewRecord], results: list[AppendResult]) -> list[NewRecord]:

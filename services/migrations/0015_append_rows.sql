@@ -1,0 +1,28 @@
+-- The rows of an append (services/stream/log_postgres.py, _APPEND_ONE) as arrays of these
+-- composite types, one array per kind of row, instead of a parallel array per column: asyncpg
+-- encodes an array of records without the per-element container checks it makes for every
+-- element of a plain array, which took about 7 µs of the node's CPU per notification (19
+-- elements each; docs/performance.md, "2026-12-03 (tenth session)"). Nothing is stored in
+-- these types: they only carry a statement's arguments.
+CREATE TYPE herald_append_log AS (log text, n integer);
+CREATE TYPE herald_append_notification AS (
+    notification_id text,
+    priority integer,
+    created_at float8,
+    expires_at float8,
+    payload bytea,
+    trace_context text
+);
+CREATE TYPE herald_append_entry AS (log text, ord integer, notification_id text, expires_at float8);
+-- A status record; its one user's log and position (NULL when it names several or none).
+CREATE TYPE herald_append_record AS (
+    notification_id text,
+    target bytea,
+    created_at float8,
+    expires_at float8,
+    user_id text,
+    log text,
+    ord integer
+);
+-- A user of a record that names several, with its entry's log and position.
+CREATE TYPE herald_append_recipient AS (notification_id text, user_id text, log text, ord integer);
