@@ -13,6 +13,7 @@ import pytest_asyncio
 from services.domain import (
     LogKey,
     NewRecord,
+    State,
     TemplateAction,
     TemplateRecord,
     TemplateText,
@@ -25,6 +26,7 @@ from services.postgres import create_pool
 from services.registry.templates_postgres import PostgresTemplateStore
 from services.stream.acks import AckState
 from services.stream.acks_postgres import PostgresAckStore
+from services.stream.status import Mark
 from services.stream.status_postgres import PURGE_LOCK, PostgresStatusStore
 from tests.postgres import clean_pool, session_dsn
 
@@ -280,3 +282,19 @@ async def test_a_node_finding_another_purging_leaves_it_to_that_one(
         assert await first.get(T1, "n0") is not None
     assert await first.purge(100.0) == 3
     assert await second.get(T1, "n0") is None
+
+
+async def test_status_marks_leave_the_connection_they_ran_on_synchronous() -> None:
+    # One connection, so the append after the marks runs where they ran.
+    async with clean_pool(max_size=1) as pool:
+        store = PostgresStatusStore(pool)
+        await store.create([NewRecord("n1", T1, b"", 10.0, 20.0, ("alice",), (1,))])
+        await store.record(
+            T1, [Mark("alice", user_log("alice"), State.DELIVERED, [(1, "n1")], 15.0)]
+        )
+        record = await store.get(T1, "n1")
+        assert record is not None
+        assert record.recipients["alice"].state is State.DELIVERED
+        # set_config(..., true) held for the marks' own statement: what the pool runs next
+        # (a log append, an ack) still waits for its WAL flush.
+        assert await pool.fetchval("SHOW synchronous_commit") == "on"

@@ -1,4 +1,4 @@
--- The rows of an append (services/stream/log_postgres.py, _APPEND_ONE) as arrays of these
+-- The rows of an append and of the status marks (services/stream/log_postgres.py, _APPEND_ONE) as arrays of these
 -- composite types, one array per kind of row, instead of a parallel array per column: asyncpg
 -- encodes an array of records without the per-element container checks it makes for every
 -- element of a plain array, which took about 7 µs of the node's CPU per notification (19
@@ -26,3 +26,7 @@ CREATE TYPE herald_append_record AS (
 );
 -- A user of a record that names several, with its entry's log and position.
 CREATE TYPE herald_append_recipient AS (notification_id text, user_id text, log text, ord integer);
+-- A run of consecutive cursors of one user's own log that reached a state (a row of
+-- herald_status_marks without its tenant): the argument of services/stream/status_postgres.py's
+-- _RECORD.
+CREATE TYPE herald_mark_run AS (user_id text, state smallint, lo bigint, hi bigint, at float8);

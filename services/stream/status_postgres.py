@@ -76,9 +76,13 @@ LEFT JOIN many AS m ON m.tenant_id = n.tenant_id AND m.notification_id = n.notif
 ON CONFLICT (tenant_id, notification_id) DO NOTHING
 """
 
+# One statement, committed on its own without waiting for its WAL flush: set_config(..., true)
+# sets synchronous_commit for the statement's own (implicit) transaction only, which is what
+# `SET LOCAL` in a transaction block did with three more round trips (BEGIN, SET, COMMIT).
 _RECORD: Final = """
 INSERT INTO herald_status_marks (tenant_id, user_id, state, lo, hi, at)
-SELECT $1, * FROM unnest($2::text[], $3::smallint[], $4::bigint[], $5::bigint[], $6::float8[])
+SELECT $1, r.* FROM unnest($2::herald_mark_run[]) AS r
+WHERE (SELECT set_config('synchronous_commit', 'off', true)) IS NOT NULL
 """
 
 # One transition per recipient: ON CONFLICT DO UPDATE cannot change a row twice in a statement,
@@ -457,19 +461,8 @@ class PostgresStatusStore:
                     for _, notification_id in m.entries
                 ],
             )
-        if not found:
-            return
-        async with self._pool.acquire() as connection, connection.transaction():
-            await connection.execute("SET LOCAL synchronous_commit TO OFF")
-            await connection.execute(
-                _RECORD,
-                tenant,
-                [r[0] for r in found],
-                [r[1] for r in found],
-                [r[2] for r in found],
-                [r[3] for r in found],
-                [r[4] for r in found],
-            )
+        if found:
+            await self._pool.execute(_RECORD, tenant, found)
 
     async def mark_read(
         self, tenant: str, user_id: str, notification_ids: list[str], at: float
