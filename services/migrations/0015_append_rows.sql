@@ -1,9 +1,9 @@
--- The rows of an append and of the status marks (services/stream/log_postgres.py, _APPEND_ONE) as arrays of these
--- composite types, one array per kind of row, instead of a parallel array per column: asyncpg
--- encodes an array of records without the per-element container checks it makes for every
--- element of a plain array, which took about 7 µs of the node's CPU per notification (19
--- elements each; docs/performance.md, "2026-12-03 (tenth session)"). Nothing is stored in
--- these types: they only carry a statement's arguments.
+-- The rows of an append (services/stream/log_postgres.py, _APPEND_ONE) and of the status marks
+-- (status_postgres.py, _RECORD) as arrays of these composite types, one array per kind of row,
+-- instead of a parallel array per column: asyncpg checks every element of a plain array for
+-- being a nested container, which took about 7 µs of the node's CPU per notification (19
+-- elements each; docs/performance.md, "2026-12-03 (tenth session)"), and checks an array of
+-- records once per row. Nothing is stored in these types: they only carry arguments.
 CREATE TYPE herald_append_log AS (log text, n integer);
 CREATE TYPE herald_append_notification AS (
     notification_id text,
