@@ -19,6 +19,7 @@ import pytest_asyncio
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from services.push import webpush as webpush_module
 from services.push.apns import ApnsProvider
 from services.push.fcm import FcmProvider
 from services.push.provider import Outcome, PushMessage
@@ -27,6 +28,7 @@ from services.push.public_hosts import (
     check_host,
     check_resolves_public,
     public_transport,
+    refusal_in,
 )
 from services.push.targets import PushKind, PushTargetRecord, target_id
 from services.push.webpush import WebPushProvider, b64url, b64url_decode
@@ -358,6 +360,29 @@ async def test_webpush_never_posts_to_an_endpoint_that_is_not_public(
     assert http1.requests == []
 
 
+async def test_webpush_refuses_an_internal_address_met_only_at_the_connection(
+    http1: ScriptedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DNS rebinding: public for the check before the POST, loopback for the connection. The
+    connection is refused and the target removed, as the check does, not retried."""
+
+    async def public(url: str) -> None:  # what the first DNS answer made of the name
+        return None
+
+    monkeypatch.setattr(webpush_module, "check_url_resolves_public", public)
+    http1.defaults["/push/"] = Answer(201)
+    provider = WebPushProvider(vapid_private_key=pem(VAPID_KEY), subject="mailto:ops@acme.example")
+    try:
+        result = await provider.send(subscription(http1), MESSAGE)
+    finally:
+        await provider.aclose()
+    assert (result.outcome, result.reason) == (
+        Outcome.GONE,
+        "endpoint is not on the public internet",
+    )
+    assert http1.requests == []
+
+
 @pytest.mark.parametrize(
     ("host", "public"),
     [
@@ -432,5 +457,14 @@ async def test_the_public_transport_checks_the_address_it_connects_to(
     async with httpx.AsyncClient() as plain:
         assert (await plain.post(url, content=b"{}")).status_code == 204  # reachable
     async with httpx.AsyncClient(transport=public_transport()) as public:
-        with pytest.raises(httpx.ConnectError, match="not public"):
+        with pytest.raises(httpx.ConnectError, match="not public") as refused:
             await public.post(url, content=b"{}")
+    # What the webhook sender and Web Push read to refuse it rather than retry it.
+    assert isinstance(refusal_in(refused.value), NotPublic)
+
+
+async def test_a_connection_that_fails_for_a_network_reason_is_no_refusal() -> None:
+    async with httpx.AsyncClient(transport=public_transport()) as public:
+        with pytest.raises(httpx.ConnectError) as failed:  # the name does not resolve
+            await public.post("http://receiver.invalid/", content=b"{}")
+    assert refusal_in(failed.value) is None

@@ -28,6 +28,7 @@ from services.config import BackendSettings, WebhooksSettings
 from services.domain import State, TenantSettingsRecord, Transition, Webhooks
 from services.errors import Unavailable
 from services.webhooks import WebhookVerificationError, signing, verify
+from services.webhooks import sender as webhook_sender
 from services.webhooks.events import WebhookEvents
 from services.webhooks.parked import ParkedBatch
 from services.webhooks.parked_memory import MemoryParkedWebhookStore
@@ -554,6 +555,26 @@ async def test_a_receiver_on_an_internal_host_is_never_posted_to(
     assert public_only.receiver.requests == []
     assert parked.attempts == 1  # not retried: it is refused until the URL changes
     assert f"'{host}' is not a public" in parked.reason
+    assert "HERALD_WEBHOOKS_ALLOW_PRIVATE=true" in parked.reason
+
+
+async def test_an_internal_address_met_only_at_the_connection_is_refused_as_at_the_check(
+    public_only: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DNS rebinding: the name resolves to a public address for the check before the POST and
+    to an internal one for the connection. The connection is refused, and the batch is parked
+    with the public-host reason at once, not retried as a network failure."""
+
+    async def public(url: str) -> None:  # what the first DNS answer made of the name
+        return None
+
+    monkeypatch.setattr(webhook_sender, "check_url_resolves_public", public)
+    parked = await parked_after_a_send(
+        public_only, public_only.receiver.url.replace("127.0.0.1", "localhost")
+    )
+    assert public_only.receiver.requests == []
+    assert parked.attempts == 1
+    assert "'localhost' resolves to an address that is not public" in parked.reason
     assert "HERALD_WEBHOOKS_ALLOW_PRIVATE=true" in parked.reason
 
 

@@ -159,6 +159,22 @@ class _PublicOnly(httpcore.AsyncNetworkBackend):
         await self._inner.sleep(seconds)
 
 
+def refusal_in(error: BaseException) -> NotPublic | None:
+    """The NotPublic behind an error of a client on `public_transport`, if it is why the
+    connection failed (httpx raises ConnectError from httpcore's, raised from the NotPublic):
+    an address refused at the connection, after a check that found the name public (its DNS
+    answer changed in between), is refused as the check refuses it, not retried as a network
+    failure."""
+    seen: BaseException | None = error
+    for _ in range(8):  # the chain is short; a cycle must not hold the caller
+        if seen is None:
+            return None
+        if isinstance(seen, NotPublic):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def public_transport(**options: Any) -> httpx.AsyncHTTPTransport:
     """An httpx transport (`options` as AsyncHTTPTransport takes them) that connects only to
     public addresses, checked at each new connection (httpx.ConnectError otherwise)."""

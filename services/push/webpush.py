@@ -16,7 +16,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from services.push.provider import Outcome, PushMessage, PushResult, classify, retry_after
-from services.push.public_hosts import NotPublic, check_url_resolves_public, public_transport
+from services.push.public_hosts import (
+    NotPublic,
+    check_url_resolves_public,
+    public_transport,
+    refusal_in,
+)
 from services.push.targets import PushTargetRecord
 
 _VAPID_LIFETIME_S: Final = 12 * 3600
@@ -116,6 +121,9 @@ class WebPushProvider:
         try:
             answer = await self._client.post(target.token, headers=headers, content=body)
         except httpx.HTTPError as error:
+            if refusal_in(error) is not None:
+                # Public at the check above, internal at the connection: as the check does.
+                return PushResult(Outcome.GONE, 0, "endpoint is not on the public internet")
             return PushResult(Outcome.RETRY, 0, type(error).__name__)
         if answer.status_code in (404, 410):
             return PushResult(Outcome.GONE, answer.status_code, "subscription gone")

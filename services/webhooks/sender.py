@@ -44,7 +44,12 @@ import httpx
 from services import metrics
 from services.clock import Clock
 from services.config import WebhooksSettings
-from services.push.public_hosts import NotPublic, check_url_resolves_public, public_transport
+from services.push.public_hosts import (
+    NotPublic,
+    check_url_resolves_public,
+    public_transport,
+    refusal_in,
+)
 from services.webhooks import batches, signing
 from services.webhooks.events import Event, SettingsFor, WebhookEvents
 from services.webhooks.parked import ParkedBatch, ParkedWebhookStore
@@ -60,16 +65,20 @@ _WARN_INTERVAL_S: Final = 60.0
 _UNRESOLVED: Final = "the host of webhooks.url does not resolve"
 
 
+def _refused(exc: NotPublic) -> str:
+    return (
+        f"{exc}: webhooks go to public hosts only (HERALD_WEBHOOKS_ALLOW_PRIVATE=true lets "
+        "the operator allow internal ones)"
+    )
+
+
 async def _not_public(url: str) -> str | None:
     """None when every address the URL's host resolves to is public; otherwise why not, for the
     batch's reason (the URL was checked when it was set: it has a host and a known scheme)."""
     try:
         await check_url_resolves_public(url)
     except NotPublic as exc:
-        return (
-            f"{exc}: webhooks go to public hosts only (HERALD_WEBHOOKS_ALLOW_PRIVATE=true lets "
-            "the operator allow internal ones)"
-        )
+        return _refused(exc)
     except OSError as exc:
         return f"{_UNRESOLVED} ({type(exc).__name__})"
     except ValueError as exc:  # anything else the form of the URL raises: parked with it
@@ -257,6 +266,12 @@ class WebhookSender:
             out.reason = f"no answer within {self._settings.timeout_s:g} s"
             return _Outcome.RETRY
         except httpx.HTTPError as exc:
+            refusal = refusal_in(exc)
+            if refusal is not None:
+                # The name resolved to a public address at the check above and to an internal
+                # one at the connection: refused as the check refuses it.
+                out.reason = _refused(refusal)
+                return _Outcome.PARK
             out.reason = f"connection failed ({type(exc).__name__})"
             return _Outcome.RETRY
         status = response.status_code
