@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from services.push import webpush as webpush_module
 from services.push.apns import ApnsProvider
 from services.push.fcm import FcmProvider
-from services.push.provider import Outcome, PushMessage
+from services.push.provider import Outcome, PushMessage, PushResult
 from services.push.public_hosts import (
     NotPublic,
     check_host,
@@ -344,17 +344,23 @@ async def test_webpush_error_answers(http1: ScriptedServer, status: int, outcome
     assert (result.outcome, result.status) == (outcome, status)
 
 
+async def send_public_only(http1: ScriptedServer) -> PushResult:
+    """One Web Push to the loopback server by a provider that keeps the default (public
+    endpoints only)."""
+    http1.defaults["/push/"] = Answer(201)
+    provider = WebPushProvider(vapid_private_key=pem(VAPID_KEY), subject="mailto:ops@acme.example")
+    try:
+        return await provider.send(subscription(http1), MESSAGE)
+    finally:
+        await provider.aclose()
+
+
 async def test_webpush_never_posts_to_an_endpoint_that_is_not_public(
     http1: ScriptedServer,
 ) -> None:
     # A target stored before the check (or with allow_private on at the time) whose endpoint
     # resolves to loopback: nothing is posted, and the target is removed as a dead one.
-    http1.defaults["/push/"] = Answer(201)
-    provider = WebPushProvider(vapid_private_key=pem(VAPID_KEY), subject="mailto:ops@acme.example")
-    try:
-        result = await provider.send(subscription(http1), MESSAGE)
-    finally:
-        await provider.aclose()
+    result = await send_public_only(http1)
     assert result.outcome is Outcome.GONE
     assert "public" in result.reason
     assert http1.requests == []
@@ -370,12 +376,7 @@ async def test_webpush_refuses_an_internal_address_met_only_at_the_connection(
         return None
 
     monkeypatch.setattr(webpush_module, "check_url_resolves_public", public)
-    http1.defaults["/push/"] = Answer(201)
-    provider = WebPushProvider(vapid_private_key=pem(VAPID_KEY), subject="mailto:ops@acme.example")
-    try:
-        result = await provider.send(subscription(http1), MESSAGE)
-    finally:
-        await provider.aclose()
+    result = await send_public_only(http1)
     assert (result.outcome, result.reason) == (
         Outcome.GONE,
         "endpoint is not on the public internet",
