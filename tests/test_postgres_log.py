@@ -12,11 +12,11 @@ import pytest_asyncio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.domain import NewRecord, user_log
+from services.domain import NewRecord, channel_log, user_log
 from services.postgres import create_pool
-from services.stream.log import LogAppend, NewEntry
+from services.stream.log import AppendResult, Entry, LogAppend, NewEntry
 from services.stream.log_memory import MemoryLogStore
-from services.stream.log_postgres import PostgresLogStore
+from services.stream.log_postgres import PostgresLogStore, with_cursors
 from services.stream.status_postgres import PostgresStatusStore
 from tests.postgres import clean_pool, session_dsn
 
@@ -201,3 +201,24 @@ async def test_an_append_is_one_round_trip_and_a_cut_that_failed_is_made_by_the_
     statements.clear()
     await store.append(T1, [LogAppend(BOB, [new("b0")], 3)])
     assert len(statements) == 1
+
+
+async def test_records_get_each_users_cursor_and_zero_for_an_entry_pushed_out() -> None:
+    def entry(cursor: int, notification_id: str) -> Entry:
+        return Entry(cursor, notification_id, 2, 100.0, 1e12, b"")
+
+    records = [
+        NewRecord("n1", T1, b"", 100.0, 1e12, ("alice",)),
+        NewRecord("n2", T1, b"", 100.0, 1e12, ("alice", "bob", "carol")),
+        NewRecord("n3", T1, b"", 100.0, 1e12, ()),  # a channel's: no users of its own
+    ]
+    results = [
+        AppendResult(ALICE, [entry(7, "n1"), entry(8, "n2")]),
+        # Bob's bound pushed n2 out at once; Carol's log is not among the results at all.
+        AppendResult(BOB, [], dropped=[entry(3, "n2")]),
+        AppendResult(channel_log("news"), [entry(4, "n1")]),
+    ]
+    found = with_cursors(records, results)
+    assert [type(r) for r in found] == [NewRecord] * 3
+    assert [r.cursors for r in found] == [(7,), (8, 0, 0), ()]
+    assert [r._replace(cursors=()) for r in found] == records

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Final
 
 import asyncpg
 
-from services.domain import LogKey, NewRecord, user_log
+from services.domain import USER, LogKey, NewRecord, user_log
 from services.stream.log import AppendResult, Entry, Expired, LogAppend, LogHead, NewEntry
 from services.stream.status_postgres import PostgresStatusStore, create_records
 
@@ -620,18 +620,28 @@ def with_cursors(records: Sequence[NewRecord], results: list[AppendResult]) -> l
     bound pushed it out at once), which the status store derives states from."""
     cursors: dict[tuple[str, str], int] = {}
     for result in results:
-        if result.key.is_user:
-            user_id = result.key.name
+        key = result.key
+        if key.kind == USER:
+            user_id = key.name
             for entry in result.entries:
-                cursors[(entry.notification_id, user_id)] = entry.cursor
+                cursors[entry.notification_id, user_id] = entry.cursor
             for entry in result.dropped:
-                cursors[(entry.notification_id, user_id)] = 0
-    return [
-        r._replace(cursors=tuple(cursors.get((r.notification_id, u), 0) for u in r.user_ids))
-        if r.user_ids
-        else r
-        for r in records
-    ]
+                cursors[entry.notification_id, user_id] = 0
+    get = cursors.get
+    found: list[NewRecord] = []
+    for r in records:
+        users = r.user_ids
+        if not users:
+            found.append(r)
+            continue
+        notification_id = r.notification_id
+        if len(users) == 1:
+            named: tuple[int, ...] = (get((notification_id, users[0]), 0),)
+        else:
+            named = tuple([get((notification_id, u), 0) for u in users])
+        # NewRecord(...) by hand: one is made per notification, and _replace costs twice this.
+        found.append(tuple.__new__(NewRecord, (*r[:6], named)))
+    return found
 
 
 def _appended(cursor: int, item: NewEntry) -> Entry:
