@@ -26,20 +26,30 @@ from services.stream.status import Mark
 # A recipient: (user_id, state, updated_at, queued_at, delivered_at, acked_at, attempts, reason,
 # read_at), with `state` as a plain int (an enum member would keep the tuple tracked).
 _Recipient = tuple[str, int, float, float, float, float, int, str, float]
-# A notification: (notification_id, tenant, target, created_at, expires_at); its recipients
-# live in a dict of their own, so that the record tuple holds scalars only.
-_Record = tuple[str, str, bytes, float, float]
+# A notification: (notification_id, tenant, target, created_at, expires_at, user_ids). Its
+# recipients' tuples live in a dict of their own, made as they are first needed: a user the
+# notification names and nothing has happened to yet is QUEUED since `created_at`, which needs
+# no tuple (`_queued`), so a notification costs no object per recipient until it is delivered.
+_Record = tuple[str, str, bytes, float, float, tuple[str, ...]]
 
 _STATE: Final = 1
 _READ: Final = 8
 _CREATED_AT: Final = 3
+_USER_IDS: Final = 5
 _ALLOWED = {None if state is None else int(state): then for state, then in ALLOWED.items()}
 # The states a first write moves to DELIVERED (see status.Mark).
 _FIRST_WRITE_MOVES: Final = frozenset({int(State.QUEUED), int(State.FAILED)})
+_QUEUED: Final = int(State.QUEUED)
 
 
 def _recipient_record(t: _Recipient) -> RecipientRecord:
     return RecipientRecord(t[0], State(t[1]), t[2], t[3], t[4], t[5], t[6], t[7], t[8])
+
+
+def _queued(user_id: str, record: _Record) -> _Recipient:
+    """A named user's recipient before anything happened to it."""
+    at = record[_CREATED_AT]
+    return (user_id, _QUEUED, at, at, 0.0, 0.0, 0, "", 0.0)
 
 
 class MemoryStatusStore:
@@ -60,19 +70,20 @@ class MemoryStatusStore:
 
     async def create(self, records: Sequence[NewRecord]) -> None:
         by_tenant = self._by_tenant
-        all_recipients = self._recipients
-        queued = int(State.QUEUED)
         for notification_id, tenant, target, created_at, expires_at, user_ids, _ in records:
             stored = by_tenant.get(tenant)
             if stored is None:
                 stored = by_tenant[tenant] = OrderedDict()
             if notification_id in stored:
                 continue
-            stored[notification_id] = (notification_id, tenant, target, created_at, expires_at)
-            at = created_at
-            all_recipients[(tenant, notification_id)] = {
-                u: (u, queued, at, at, 0.0, 0.0, 0, "", 0.0) for u in user_ids
-            }
+            stored[notification_id] = (
+                notification_id,
+                tenant,
+                target,
+                created_at,
+                expires_at,
+                user_ids,
+            )
             self._count += 1
         if self._max_records is not None and self._count > self._max_records:
             self._evict(self._count - self._max_records)
@@ -87,19 +98,35 @@ class MemoryStatusStore:
             stored = self._by_tenant[tenant]
             for _ in range(min(excess, max(1, largest - runner_up))):
                 notification_id, _record = stored.popitem(last=False)
-                del self._recipients[(tenant, notification_id)]
+                self._recipients.pop((tenant, notification_id), None)
                 self._count -= 1
                 excess -= 1
             if not stored:
                 del self._by_tenant[tenant]
 
+    def _recipients_of(
+        self, tenant: str, notification_id: str
+    ) -> tuple[_Record, dict[str, _Recipient]] | None:
+        """The record and its recipients' tuples (made empty if there were none yet)."""
+        stored = self._by_tenant.get(tenant)
+        record = None if stored is None else stored.get(notification_id)
+        if record is None:
+            return None
+        key = (tenant, notification_id)
+        recipients = self._recipients.get(key)
+        if recipients is None:
+            recipients = self._recipients[key] = {}
+        return record, recipients
+
     async def apply(self, tenant: str, transitions: Sequence[Transition], at: float) -> None:
-        all_recipients = self._recipients
         for notification_id, user_id, state, reason in transitions:
-            recipients = all_recipients.get((tenant, notification_id))
-            if recipients is None:
+            found = self._recipients_of(tenant, notification_id)
+            if found is None:
                 continue
+            record, recipients = found
             current = recipients.get(user_id)
+            if current is None and user_id in record[_USER_IDS]:
+                current = _queued(user_id, record)
             if state not in _ALLOWED[None if current is None else current[_STATE]]:
                 continue
             if current is None:
@@ -127,6 +154,9 @@ class MemoryStatusStore:
             )
 
     async def record(self, tenant: str, marks: Sequence[Mark]) -> None:
+        stored = self._by_tenant.get(tenant)
+        if stored is None:
+            return
         all_recipients = self._recipients
         delivered = int(State.DELIVERED)
         for user_id, _key, state, entries, at in marks:
@@ -134,13 +164,19 @@ class MemoryStatusStore:
                 await self.apply(tenant, [Transition(i, user_id, state) for _, i in entries], at)
                 continue
             for _, notification_id in entries:
-                recipients = all_recipients.get((tenant, notification_id))
-                if recipients is None:
-                    continue
-                current = recipients.get(user_id)
+                key = (tenant, notification_id)
+                recipients = all_recipients.get(key)
+                current = None if recipients is None else recipients.get(user_id)
                 if current is None:
-                    recipients[user_id] = (user_id, delivered, at, 0.0, at, 0.0, 1, "", 0.0)
-                elif current[_STATE] in _FIRST_WRITE_MOVES:
+                    record = stored.get(notification_id)
+                    if record is None:
+                        continue
+                    # A named user's first write (it was QUEUED), or a channel's reader.
+                    queued_at = record[_CREATED_AT] if user_id in record[_USER_IDS] else 0.0
+                    if recipients is None:
+                        recipients = all_recipients[key] = {}
+                    recipients[user_id] = (user_id, delivered, at, queued_at, at, 0.0, 1, "", 0.0)
+                elif recipients is not None and current[_STATE] in _FIRST_WRITE_MOVES:
                     _, _, _, queued_at, delivered_at, acked_at, attempts, _, read_at = current
                     recipients[user_id] = (
                         user_id,
@@ -159,10 +195,13 @@ class MemoryStatusStore:
     ) -> int:
         marked = 0
         for notification_id in dict.fromkeys(notification_ids):
-            recipients = self._recipients.get((tenant, notification_id))
-            if recipients is None:
+            found = self._recipients_of(tenant, notification_id)
+            if found is None:
                 continue
+            record, recipients = found
             current = recipients.get(user_id)
+            if current is None and user_id in record[_USER_IDS]:
+                current = _queued(user_id, record)
             if current is not None and not current[_READ]:
                 user, state, updated, queued, delivered, acked, attempts, reason, _ = current
                 recipients[user_id] = (
@@ -185,17 +224,31 @@ class MemoryStatusStore:
         if record is None:
             return None
         # A fresh value every time: callers may change it without touching the store.
-        recipients = self._recipients[(tenant, notification_id)]
-        return NotificationRecord(*record, {u: _recipient_record(r) for u, r in recipients.items()})
+        made = self._recipients.get((tenant, notification_id), {})
+        recipients = {
+            u: _recipient_record(made.get(u) or _queued(u, record)) for u in record[_USER_IDS]
+        }
+        for u, r in made.items():
+            if u not in recipients:
+                recipients[u] = _recipient_record(r)
+        return NotificationRecord(*record[:_USER_IDS], recipients)
 
     async def recipients(
         self, tenant: str, user_id: str, notification_ids: Sequence[str]
     ) -> dict[str, RecipientRecord]:
         found: dict[str, RecipientRecord] = {}
+        stored = self._by_tenant.get(tenant)
+        if stored is None:
+            return found
         all_recipients = self._recipients
         for notification_id in notification_ids:
+            record = stored.get(notification_id)
+            if record is None:
+                continue
             recipients = all_recipients.get((tenant, notification_id))
             recipient = None if recipients is None else recipients.get(user_id)
+            if recipient is None and user_id in record[_USER_IDS]:
+                recipient = _queued(user_id, record)
             if recipient is not None:
                 found[notification_id] = _recipient_record(recipient)
         return found
@@ -206,7 +259,7 @@ class MemoryStatusStore:
             old = [i for i, record in stored.items() if record[_CREATED_AT] < older_than]
             for notification_id in old:
                 del stored[notification_id]
-                del self._recipients[(tenant, notification_id)]
+                self._recipients.pop((tenant, notification_id), None)
             purged += len(old)
             if not stored:
                 del self._by_tenant[tenant]

@@ -399,6 +399,22 @@ async def test_marks_of_channel_logs_add_their_readers(status_store: StatusStore
     }
 
 
+async def test_a_page_answers_a_recipient_nothing_happened_to_as_queued(
+    status_store: StatusStore,
+) -> None:
+    await status_store.create([record("n1"), record("n2", users=("bob",))])
+    page = await status_store.recipients(T1, "alice", ["n1", "n2"])
+    assert page == {"n1": RecipientRecord("alice", State.QUEUED, 100.0, queued_at=100.0)}
+    # A read mark on it changes only read_at, for that recipient only.
+    assert await status_store.mark_read(T1, "alice", ["n1", "n2"], 150.0) == 1
+    found = await status_store.get(T1, "n1")
+    assert found is not None
+    assert found.recipients == {
+        "alice": RecipientRecord("alice", State.QUEUED, 100.0, queued_at=100.0, read_at=150.0),
+        "bob": RecipientRecord("bob", State.QUEUED, 100.0, queued_at=100.0),
+    }
+
+
 async def test_mark_read_needs_no_other_change(status_store: StatusStore) -> None:
     await status_store.create([sent("n1", 1)])
     await status_store.record(T1, [written("alice", [(1, "n1")], 110.0)])
