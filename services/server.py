@@ -133,6 +133,9 @@ class Node:
     push: PushFallbackWorker | None = None
     # The webhook sender (docs/webhooks.md), on stream nodes.
     webhooks: WebhookSender | None = None
+    # How long each closer (step 4 of `stop`) may take, past the grace period if need be: the
+    # stores flush what must persist, but a closer that hangs must not hold up the rest.
+    close_step_s: float = 10.0
     _stopped: bool = False
 
     @property
@@ -174,9 +177,21 @@ class Node:
         for closer in self.closers:
             # Stores close with `aclose`, gRPC clients with `close`.
             close = getattr(closer, "aclose", None) or getattr(closer, "close", None)
-            if close is not None:
-                with contextlib.suppress(Exception):
+            if close is None:
+                continue
+            part = type(closer).__name__
+            try:
+                async with asyncio.timeout(max(self.close_step_s, deadline - loop.time())):
                     await close()
+            except TimeoutError:
+                log.warning(
+                    "a part of the node did not close in time; stopping without it",
+                    extra={"part": part, "timeout_s": self.close_step_s},
+                )
+            except Exception:
+                log.warning(
+                    "a part of the node failed to close", extra={"part": part}, exc_info=True
+                )
         with contextlib.suppress(Exception):
             await tracing.shutdown(self.own_tracing)
 
@@ -701,8 +716,10 @@ class _Cancel:
 
     async def aclose(self) -> None:
         self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        # `wait`, not `await`: a cancel of this closer itself is not swallowed with the task's.
+        await asyncio.wait([self._task])
+        if not self._task.cancelled() and (error := self._task.exception()) is not None:
+            log.warning("a background task had failed", exc_info=error)
 
 
 def tune_gc() -> None:

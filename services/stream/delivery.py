@@ -400,10 +400,12 @@ class DeliveryCore:
         if self.ack_streams:
             await asyncio.sleep(max(0.0, min(ACK_LINGER_S, deadline - loop.time())))
         await self.ack_streams.end_all(deadline - loop.time())
-        for task in list(self._tasks):
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if tasks:
+            # `wait`, not `await`: a cancel of the shutdown itself is not swallowed with theirs.
+            await asyncio.wait(tasks)
 
 
 def _check_channel(channel: str) -> None:
