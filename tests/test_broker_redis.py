@@ -154,18 +154,22 @@ async def test_a_publication_goes_to_redis_only_when_another_node_hears_its_log(
         alone, unheard = await publish(1)
         assert unheard == 1
         assert mine.publications == [alone]
-        # Another node hears it: it goes out, and only that node reads it from Redis.
+        # Another node hears it: it goes out, and only that node reads it from Redis. The
+        # publisher learnt that nobody else heard the log, so this one went head-only (that node
+        # reads the entries from the log); its answer says somebody does now, so the next one
+        # carries its entries.
         await other.subscribe(T1, NEWS)
         shared, unheard = await publish(2)
         assert unheard == 0
         await theirs.until_count(1)
-        assert theirs.publications == [shared]
+        assert theirs.publications == [shared._replace(entries=())]
+        assert mine.publications == [alone, shared]  # its own sessions get the entries inline
         # The publisher need not hear the log itself.
         await one.unsubscribe(T1, NEWS)
         not_mine, unheard = await publish(3)
         assert unheard == 0
         await theirs.until_count(2)
-        assert theirs.publications == [shared, not_mine]
+        assert theirs.publications == [shared._replace(entries=()), not_mine]
         # Once the other node left (Redis processed its UNSUBSCRIBE), nobody is told.
         await one.subscribe(T1, NEWS)
         await other.unsubscribe(T1, NEWS)
@@ -173,7 +177,41 @@ async def test_a_publication_goes_to_redis_only_when_another_node_hears_its_log(
         last, unheard = await publish(4)
         assert unheard == 1
         assert mine.publications == [alone, shared, last]
-        assert theirs.publications == [shared, not_mine]
+        assert theirs.publications == [shared._replace(entries=()), not_mine]
+
+
+async def test_publications_nobody_else_hears_go_head_only_after_the_first() -> None:
+    """What no other node hears is not encoded with its entries again (the script's answer
+    says so), as long as nobody hears it; a channel's first publication carries them."""
+    async with (
+        scratch_keyspace() as (client, prefix),
+        node(prefix=prefix) as (one, _, _),
+    ):
+        channel = one.channel(T1, NEWS)
+        async with client.pubsub() as listener:
+            await listener.subscribe(channel)
+            await listener.get_message(timeout=5.0)  # the confirmation
+            first = publication(T1, NEWS, 1, count=2)
+            await one.publish([first])
+            message = await listener.get_message(timeout=5.0)
+            assert message is not None
+            assert len(_decoded(message["data"]).entries) == 2
+            await listener.unsubscribe(channel)
+            await listener.get_message(timeout=5.0)
+        # Nobody hears it now: sent to the script head-only from the second one on.
+        later = [publication(T1, NEWS, head, count=2) for head in (3, 5, 7)]
+        queued = []
+        for sent in later:
+            await one.publish([sent])
+            queued.extend(data for _, data in one._outbox)  # what the script gets
+            await one.flush()
+        # The answer about `first` said somebody heard it; the one about 3, that nobody did.
+        assert queued == [
+            one.encode(later[0]),
+            one.encode(later[1], with_entries=False),
+            one.encode(later[2], with_entries=False),
+        ]
+        assert [len(_decoded(data).entries) for data in queued] == [2, 0, 0]
 
 
 async def test_entries_go_along_up_to_max_entries_bytes_encoded() -> None:
@@ -384,6 +422,11 @@ def metrics_value(name: str) -> float:
 
     value = REGISTRY.get_sample_value(name)
     return 0.0 if value is None else value
+
+
+def _decoded(data: bytes) -> node_pb2.LogPublication:
+    assert data[:1] == FORMAT_LOG_PUBLICATION
+    return node_pb2.LogPublication.FromString(data[1:])
 
 
 def _queued_heads(broker: RedisBroker) -> list[tuple[bytes, int]]:

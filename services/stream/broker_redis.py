@@ -75,6 +75,7 @@ from services.stream.broker import (
     UserEventHandler,
 )
 from services.stream.log import Entry
+from services.wire import varint
 
 log = logging.getLogger(__name__)
 
@@ -82,22 +83,41 @@ log = logging.getLogger(__name__)
 FORMAT_LOG_PUBLICATION: Final = b"\x01"
 # 2: a UserEventPublication.
 FORMAT_USER_EVENT: Final = b"\x02"
-# Publishes a batch in one command: ARGV is channel, message, subscriptions of this node to the
-# channel (0 or 1), then the next channel, ... A message goes only to a channel with more
-# subscribers than this node's own (see the module invariants); the script answers how many
-# went. A pipeline of PUBLISH commands costs the client about 8 us per message (redis-py builds
-# and parses each command), this about 1.3 (measured on 500-message batches). The script
-# touches no key.
+# Publishes a batch in one command. Its one argument holds each message as a frame: the channel's
+# length (4 bytes, big-endian), the channel, the message's length (4 bytes), this node's
+# subscriptions to the channel (1 byte: 0 or 1), the message. A message goes only to a channel
+# with more subscribers than this node's own (see the module invariants); the script answers, per
+# message, 1 if it went and 0 if no other node hears the channel. A pipeline of PUBLISH commands
+# costs the client about 8 us per message (redis-py builds and parses each command), a script
+# with three arguments per message about 7 (redis-py frames every argument), this about 1
+# (measured on 500-message batches: docs/performance.md). The script touches no key.
 _PUBLISH_MANY: Final = """
-local sent = 0
-for i = 1, #ARGV, 3 do
-    if redis.call('PUBSUB', 'NUMSUB', ARGV[i])[2] > tonumber(ARGV[i + 2]) then
-        redis.call('PUBLISH', ARGV[i], ARGV[i + 1])
-        sent = sent + 1
+local blob = ARGV[1]
+local heard = {}
+local at = 1
+while at <= #blob do
+    local size, own
+    size, at = struct.unpack('>I4', blob, at)
+    local channel = string.sub(blob, at, at + size - 1)
+    size, own, at = struct.unpack('>I4B', blob, at + size)
+    if redis.call('PUBSUB', 'NUMSUB', channel)[2] > own then
+        redis.call('PUBLISH', channel, string.sub(blob, at, at + size - 1))
+        heard[#heard + 1] = 1
+    else
+        heard[#heard + 1] = 0
     end
+    at = at + size
 end
-return sent
+return heard
 """
+_LENGTH: Final = struct.Struct(">I")
+_LENGTH_OWN: Final = struct.Struct(">IB")
+# Channels whose last publication no other node heard, remembered at most: past the bound the
+# memory is cleared (every channel is then sent with its entries until its next answer).
+_UNHEARD_LIMIT: Final = 65_536
+# Logs whose channel and head-only encoding are kept made: past the bound they are made again.
+_NAMES_LIMIT: Final = 65_536
+_UINT64_END: Final = 1 << 64
 # Publications per script call: a call holds Redis for its whole length.
 _PUBLISH_CHUNK: Final = 500
 # Messages queued for Redis at most: beyond, the oldest are dropped (and counted as failed).
@@ -174,6 +194,17 @@ class RedisBroker:
         # A (re)connection subscribed again: reset once Redis confirms.
         self._reset_pending = False
         self._warned_at: dict[str, float] = {}
+        # Channels whose last publication no other node heard (the script's answer): their next
+        # publications go head-only, as encoding the entries for nobody cost the node about a
+        # tenth of its CPU per notification sent to users no other node serves (a single node,
+        # offline users). A node that subscribes meanwhile reads the entries from the log, as
+        # after any head-only publication; the answer to that publication makes the next ones
+        # carry their entries again.
+        self._unheard: set[bytes] = set()
+        # (tenant, log) -> its channel, and the start of its head-only encoding (`_names`).
+        self._named: dict[tuple[str, LogKey], tuple[bytes, bytes]] = {}
+        # The last epoch `_head_only` encoded, and its field.
+        self._epoch, self._epoch_field = 0, b""
 
     def channel(self, tenant: str, key: LogKey) -> str:
         """The channel of a log."""
@@ -184,11 +215,16 @@ class RedisBroker:
     async def publish(self, publications: Sequence[Publication]) -> None:
         if not publications:
             return
-        channels = [self.channel(p.tenant, p.key).encode() for p in publications]
+        named = [self._names(p.tenant, p.key) for p in publications]
+        channels = [channel for channel, _ in named]
         self._deliver_own(publications, channels)
+        unheard = self._unheard
         try:
             messages = [
-                (channel, self.encode(p)) for channel, p in zip(channels, publications, strict=True)
+                (channel, self._head_only(start, p))
+                if channel in unheard or not p.entries
+                else (channel, self.encode(p))
+                for (channel, start), p in zip(named, publications, strict=True)
             ]
         except (ValueError, TypeError):
             # A field out of its protobuf range: a bug upstream, but never the dispatcher's.
@@ -249,14 +285,14 @@ class RedisBroker:
                 chunk = [outbox.popleft() for _ in range(min(len(outbox), _PUBLISH_CHUNK))]
                 # This node's subscriptions as Redis counts them, taken as the script is sent.
                 heard = self._heard
-                args: list[bytes] = []
+                frames: list[bytes] = []
                 for channel, data in chunk:
-                    args.append(channel)
-                    args.append(data)
-                    args.append(b"1" if channel in heard else b"0")
+                    frames.append(_LENGTH.pack(len(channel)))
+                    frames.append(channel)
+                    frames.append(_LENGTH_OWN.pack(len(data), channel in heard))
+                    frames.append(data)
                 try:
-                    sent = await self._publish_many(args=args)
-                    metrics.BROKER_UNHEARD.inc(len(chunk) - int(sent))
+                    heard_by_others = await self._publish_many(args=[b"".join(frames)])
                 except (RedisError, OSError) as error:
                     metrics.BROKER_PUBLISH_FAILED.inc(len(chunk))
                     self._warn(
@@ -264,8 +300,23 @@ class RedisBroker:
                         "could not publish log updates to Redis; the catch-up check delivers them",
                         error,
                     )
+                else:
+                    self._remember_unheard(chunk, heard_by_others)
         finally:
             self._publisher = None
+
+    def _remember_unheard(self, chunk: list[tuple[bytes, bytes]], heard: list[int]) -> None:
+        unheard = self._unheard
+        if len(unheard) + len(chunk) > _UNHEARD_LIMIT:
+            unheard.clear()
+        count = 0
+        for (channel, _), flag in zip(chunk, heard, strict=True):
+            if flag:
+                unheard.discard(channel)
+            else:
+                unheard.add(channel)
+                count += 1
+        metrics.BROKER_UNHEARD.inc(count)
 
     async def flush(self) -> None:
         """Waits until everything published so far was sent to Redis (or failed to be)."""
@@ -288,8 +339,40 @@ class RedisBroker:
             except Exception:
                 log.exception("the publication handler failed")
 
-    def encode(self, publication: Publication) -> bytes:
-        """A format byte and the LogPublication, with the entries if they fit."""
+    def _names(self, tenant: str, key: LogKey) -> tuple[bytes, bytes]:
+        """The log's channel, and its head-only encoding up to the epoch (the format byte, the
+        tenant and log fields), made once per log while the log is in use."""
+        names = self._named.get((tenant, key))
+        if names is None:
+            if len(self._named) >= _NAMES_LIMIT:
+                self._named.clear()
+            start = FORMAT_LOG_PUBLICATION
+            for tag, text in ((b"\x0a", tenant), (b"\x12", key.stored)):
+                raw = text.encode()
+                if raw:  # proto3 leaves an empty string out
+                    start += tag + varint(len(raw)) + raw
+            names = self._named[(tenant, key)] = (self.channel(tenant, key).encode(), start)
+        return names
+
+    def _head_only(self, start: bytes, publication: Publication) -> bytes:
+        """What `encode(publication, with_entries=False)` gives, by concatenation: the same
+        bytes as protobuf's (fields in number order, zeros left out), at a fifth of its cost."""
+        epoch, head = publication.epoch, publication.head
+        if not (0 <= epoch < _UINT64_END and 0 <= head < _UINT64_END):
+            raise ValueError(f"epoch {epoch} or head {head} is out of the uint64 range")
+        data = start
+        if epoch:
+            # A store's logs share their epoch (PostgreSQL: one per database), and it is large.
+            if epoch != self._epoch:
+                self._epoch, self._epoch_field = epoch, b"\x18" + varint(epoch)
+            data += self._epoch_field
+        if head:
+            data += b"\x20" + varint(head)
+        return data + self._own_suffix
+
+    def encode(self, publication: Publication, *, with_entries: bool = True) -> bytes:
+        """A format byte and the LogPublication, with the entries if they fit and are asked
+        for."""
         message = node_pb2.LogPublication(
             tenant_id=publication.tenant,
             log=publication.key.stored,
@@ -299,8 +382,10 @@ class RedisBroker:
         )
         entries = publication.entries
         # The notification fields alone are a lower bound of the encoded size.
-        if not entries or (
-            sum(len(e.notification_field) for e in entries) > self._max_entries_bytes
+        if (
+            not with_entries
+            or not entries
+            or (sum(len(e.notification_field) for e in entries) > self._max_entries_bytes)
         ):
             return FORMAT_LOG_PUBLICATION + message.SerializeToString()
         head_size = message.ByteSize()
