@@ -158,6 +158,10 @@ class Node:
         3. the server stops: new calls are refused, calls in flight (a Send, an Ack) get what
            is left of the grace period, and are cancelled after it;
         4. clients of other nodes close, then the stores, flushing what must persist.
+
+        Nothing in it waits without a bound: a background task that does not end when
+        cancelled (step 2), a gRPC stop or a closer that overruns `close_step_s` (steps 3, 4)
+        is left behind with a warning that names it, and the rest goes on.
         """
         if self._stopped:
             return
@@ -172,7 +176,15 @@ class Node:
             await self.delivery.shutdown(grace_s)
         if self.websocket is not None:
             await self.websocket.stop(deadline - loop.time())
-        await self.server.stop(max(0.0, deadline - loop.time()))
+        try:
+            # grpc's stop has the grace; this bound only guards against a stop that never ends.
+            async with asyncio.timeout(max(0.0, deadline - loop.time()) + self.close_step_s):
+                await self.server.stop(max(0.0, deadline - loop.time()))
+        except TimeoutError:
+            log.warning(
+                "the gRPC server did not stop in time; stopping without it",
+                extra={"timeout_s": self.close_step_s},
+            )
         # Clients of other nodes first, then the stores (the last closer).
         for closer in self.closers:
             # Stores close with `aclose`, gRPC clients with `close`.

@@ -5,12 +5,14 @@ close (the stores, which flush what must persist, come last)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from pathlib import Path
 
 import pytest
 
 from services.server import _Cancel
+from services.stream import delivery as delivery_module
 from tests.harness import make_config, start_herald
 
 pytestmark = pytest.mark.asyncio
@@ -91,3 +93,32 @@ async def test_a_cancelled_stop_is_not_swallowed_by_a_task_it_cancels(tmp_path: 
     del node.closers[:2]
     node._stopped = False
     await herald.stop()
+
+
+async def test_a_background_task_that_ignores_its_cancel_is_left_behind_named(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(delivery_module, "TASKS_STOP_S", 0.2)
+    herald = await start_herald("up", make_config(tmp_path))
+    core = herald.nodes["up"].delivery
+    assert core is not None
+    release = asyncio.Event()
+
+    async def stubborn() -> None:
+        while not release.is_set():
+            with contextlib.suppress(asyncio.CancelledError):
+                await release.wait()
+
+    core._spawn(stubborn())
+    await asyncio.sleep(0)  # it runs up to its wait (a task cancelled before it ran just ends)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    try:
+        with caplog.at_level(logging.WARNING, logger="services.stream.delivery"):
+            async with asyncio.timeout(5.0):
+                await herald.stop()
+        assert loop.time() - started < 3.0  # the 1 s grace and the 0.2 s bound
+        (warning,) = [r for r in caplog.records if "did not end when cancelled" in r.getMessage()]
+        assert any("stubborn" in name for name in getattr(warning, "tasks", []))
+    finally:
+        release.set()

@@ -45,6 +45,8 @@ _MAX_CHANNEL_LEN = 128
 # At shutdown, how long ack streams stay open once the sessions ended: a client acks what it
 # handled as soon as its stream ends (services/client.py), and that ack should land here.
 ACK_LINGER_S = 0.25
+# How long `shutdown` waits for its background tasks to end once cancelled.
+TASKS_STOP_S = 5.0
 
 
 class DeliveryCore:
@@ -404,8 +406,19 @@ class DeliveryCore:
         for task in tasks:
             task.cancel()
         if tasks:
-            # `wait`, not `await`: a cancel of the shutdown itself is not swallowed with theirs.
-            await asyncio.wait(tasks)
+            # `wait`, not `await`: a cancel of the shutdown itself is not swallowed with theirs;
+            # and bounded: a task that does not end when cancelled is left behind, named.
+            _, stuck = await asyncio.wait(tasks, timeout=TASKS_STOP_S)
+            if stuck:
+                log.warning(
+                    "background tasks did not end when cancelled; stopping without them",
+                    extra={"tasks": sorted(_task_name(task) for task in stuck)},
+                )
+
+
+def _task_name(task: asyncio.Task[None]) -> str:
+    coro = task.get_coro()
+    return getattr(coro, "__qualname__", None) or task.get_name()
 
 
 def _check_channel(channel: str) -> None:
