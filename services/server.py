@@ -159,9 +159,10 @@ class Node:
            is left of the grace period, and are cancelled after it;
         4. clients of other nodes close, then the stores, flushing what must persist.
 
-        Nothing in it waits without a bound: a background task that does not end when
-        cancelled (step 2), a gRPC stop or a closer that overruns `close_step_s` (steps 3, 4)
-        is left behind with a warning that names it, and the rest goes on.
+        Nothing of Herald's own waits without a bound: a background task that does not end when
+        cancelled (step 2) or a closer that overruns `close_step_s` (step 4) is left behind
+        with a warning that names it, and the rest goes on. grpc's own stop (step 3) is not
+        cut short: cancelling it breaks grpc for the rest of the process.
         """
         if self._stopped:
             return
@@ -176,15 +177,9 @@ class Node:
             await self.delivery.shutdown(grace_s)
         if self.websocket is not None:
             await self.websocket.stop(deadline - loop.time())
-        try:
-            # grpc's stop has the grace; this bound only guards against a stop that never ends.
-            async with asyncio.timeout(max(0.0, deadline - loop.time()) + self.close_step_s):
-                await self.server.stop(max(0.0, deadline - loop.time()))
-        except TimeoutError:
-            log.warning(
-                "the gRPC server did not stop in time; stopping without it",
-                extra={"timeout_s": self.close_step_s},
-            )
+        # Not bounded here: grpc's stop has the grace, and cancelling it leaves grpc's completion
+        # queue broken for the rest of the process (measured: every later call failed).
+        await self.server.stop(max(0.0, deadline - loop.time()))
         # Clients of other nodes first, then the stores (the last closer).
         for closer in self.closers:
             # Stores close with `aclose`, gRPC clients with `close`.
