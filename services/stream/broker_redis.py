@@ -87,10 +87,11 @@ FORMAT_USER_EVENT: Final = b"\x02"
 # length (4 bytes, big-endian), the channel, the message's length (4 bytes), this node's
 # subscriptions to the channel (1 byte: 0 or 1), the message. A message goes only to a channel
 # with more subscribers than this node's own (see the module invariants); the script answers, per
-# message, 1 if it went and 0 if no other node hears the channel. A pipeline of PUBLISH commands
-# costs the client about 8 us per message (redis-py builds and parses each command), a script
-# with three arguments per message about 7 (redis-py frames every argument), this about 1
-# (measured on 500-message batches: docs/performance.md). The script touches no key.
+# message, 1 if it went and 0 if no other node hears the channel. One call instead of pipelined
+# PUBLISH commands, which redis-py builds and parses one by one; one argument instead of three per
+# message, which redis-py frames one by one (measured with one-entry publications in batches of
+# 500: 13-16 us of the node's CPU per publication against 17-20 with three arguments; head-only
+# as well, 4.0-4.4; docs/redis.md). The script touches no key.
 _PUBLISH_MANY: Final = """
 local blob = ARGV[1]
 local heard = {}
@@ -195,9 +196,9 @@ class RedisBroker:
         self._reset_pending = False
         self._warned_at: dict[str, float] = {}
         # Channels whose last publication no other node heard (the script's answer): their next
-        # publications go head-only, as encoding the entries for nobody cost the node about a
-        # tenth of its CPU per notification sent to users no other node serves (a single node,
-        # offline users). A node that subscribes meanwhile reads the entries from the log, as
+        # publications go head-only: encoding the entries for nobody took about a tenth of the
+        # node's CPU samples in a durable SendBatch profile (py-spy, a single node, offline
+        # users). A node that subscribes meanwhile reads the entries from the log, as
         # after any head-only publication; the answer to that publication makes the next ones
         # carry their entries again.
         self._unheard: set[bytes] = set()
@@ -356,7 +357,7 @@ class RedisBroker:
 
     def _head_only(self, start: bytes, publication: Publication) -> bytes:
         """What `encode(publication, with_entries=False)` gives, by concatenation: the same
-        bytes as protobuf's (fields in number order, zeros left out), at a fifth of its cost."""
+        bytes as protobuf's (fields in number order, zeros left out), without a message object."""
         epoch, head = publication.epoch, publication.head
         if not (0 <= epoch < _UINT64_END and 0 <= head < _UINT64_END):
             raise ValueError(f"epoch {epoch} or head {head} is out of the uint64 range")
