@@ -408,7 +408,10 @@ class DeliveryCore:
         if tasks:
             # `wait`, not `await`: a cancel of the shutdown itself is not swallowed with theirs;
             # and bounded: a task that does not end when cancelled is left behind, named.
-            _, stuck = await asyncio.wait(tasks, timeout=TASKS_STOP_S)
+            ended, stuck = await asyncio.wait(tasks, timeout=TASKS_STOP_S)
+            for task in ended:
+                if not task.cancelled() and (error := task.exception()) is not None:
+                    log.warning("a background task had failed", exc_info=error)
             if stuck:
                 log.warning(
                     "background tasks did not end when cancelled; stopping without them",
