@@ -12,8 +12,9 @@ import pytest_asyncio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.domain import NewRecord, channel_log, user_log
+from services.domain import LogKey, NewRecord, channel_log, user_log
 from services.postgres import create_pool
+from services.stream import log_postgres
 from services.stream.log import AppendResult, Entry, LogAppend, NewEntry
 from services.stream.log_memory import MemoryLogStore
 from services.stream.log_postgres import PostgresLogStore, with_cursors
@@ -201,6 +202,111 @@ async def test_an_append_is_one_round_trip_and_a_cut_that_failed_is_made_by_the_
     statements.clear()
     await store.append(T1, [LogAppend(BOB, [new("b0")], 3)])
     assert len(statements) == 1
+
+
+class Watched:
+    """A pool whose `fetch` calls are written down, by the statement's first words."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+        self.statements: list[str] = []
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.pool, name)
+
+    async def fetch(self, query: str, *args: object) -> list[asyncpg.Record]:
+        for name in ("_APPEND_SINGLES", "_APPEND_ONE", "_APPEND_ONE_KEEPING"):
+            if query == getattr(log_postgres, name):
+                self.statements.append(name)
+        return await self.pool.fetch(query, *args)
+
+
+def sends(tenant: str, users: list[str], round_: int) -> tuple[list[LogAppend], list[NewRecord]]:
+    """One notification to each of `users`, as the dispatcher hands them to the store."""
+    appends, records = [], []
+    for i, user in enumerate(users):
+        notification_id = f"{round_:02d}-{i:02d}"
+        item = NewEntry(notification_id, i % 3, 100.0 + i, 1e12 - i, bytes([i]) * 3, f"tp{i}")
+        appends.append(LogAppend(user_log(user), [item], 10))
+        records.append(NewRecord(notification_id, tenant, b"t%d" % i, 100.0 + i, 1e12 - i, (user,)))
+    return appends, records
+
+
+async def stored_rows(pool: asyncpg.Pool, tenant: str) -> dict[str, list[tuple[object, ...]]]:
+    """Every row an append writes for `tenant`, without the tenant, in key order."""
+    queries = {
+        "logs": "SELECT log, epoch, next_cursor, live FROM herald_logs",
+        "notifications": "SELECT notification_id, priority, created_at, expires_at, payload,"
+        " trace_context FROM herald_notifications",
+        "entries": "SELECT log, cursor, notification_id, expires_at FROM herald_log_entries",
+        "status": "SELECT notification_id, target, created_at, expires_at, user_ids, cursors"
+        " FROM herald_status",
+    }
+    return {
+        table: [
+            tuple(row)
+            for row in await pool.fetch(f"{query} WHERE tenant_id = $1 ORDER BY 1, 2", tenant)
+        ]
+        for table, query in queries.items()
+    }
+
+
+async def test_sends_to_one_user_each_write_what_the_general_statement_writes(
+    pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Notifications to one user each go as one row per notification (_APPEND_SINGLES); the
+    tables and the answer are what _APPEND_ONE makes of the same call, for new logs and for
+    logs that exist (the second round), whatever order the call names the logs in."""
+    watched = Watched(pool)
+    store = PostgresLogStore(watched, PostgresStatusStore(pool))  # type: ignore[arg-type]
+    rounds = [["carol", "alice", "bob"], ["bob", "dave", "alice", "carol"]]
+    singles = []
+    for round_, users in enumerate(rounds):
+        singles.append(await store.append("a", *sends("a", users, round_)))
+    assert watched.statements == ["_APPEND_SINGLES", "_APPEND_SINGLES"]
+    watched.statements.clear()
+    monkeypatch.setattr(log_postgres, "_singles", lambda appends, records: None)
+    general = [await store.append("b", *sends("b", users, i)) for i, users in enumerate(rounds)]
+    assert watched.statements == ["_APPEND_ONE", "_APPEND_ONE"]
+    assert [[(r.key, r.entries, r.epoch) for r in call] for call in singles] == [
+        [(r.key, r.entries, r.epoch) for r in call] for call in general
+    ]
+    assert [e.cursor for r in singles[1] for e in r.entries] == [2, 1, 2, 2]
+    assert await stored_rows(pool, "a") == await stored_rows(pool, "b")
+    assert await live_counts_match(pool)
+
+
+@pytest.mark.parametrize("key", [ALICE, channel_log("news")], ids=["one user", "channel"])
+async def test_a_replayed_notification_is_appended_again_and_keeps_what_was_stored(
+    pool: asyncpg.Pool, key: LogKey
+) -> None:
+    """A notification id stored already (a scheduled or outbox send replayed after a lost
+    answer) fails the statement tried first, which then stores nothing, and the append is made
+    again keeping the stored notification and status record."""
+    watched = Watched(pool)
+    status = PostgresStatusStore(pool)
+    store = PostgresLogStore(watched, status)  # type: ignore[arg-type]
+    users = ("alice",) if key.is_user else ()
+    first = NewEntry("n1", 2, 100.0, 1e12, b"first")
+    await store.append(
+        T1, [LogAppend(key, [first], 10)], [NewRecord("n1", T1, b"", 100.0, 1e12, users)]
+    )
+    watched.statements.clear()
+    replay = NewEntry("n1", 2, 200.0, 1e12, b"again")
+    [result] = await store.append(
+        T1, [LogAppend(key, [replay], 10)], [NewRecord("n1", T1, b"", 200.0, 1e12, users)]
+    )
+    tried = "_APPEND_SINGLES" if key.is_user else "_APPEND_ONE"
+    assert watched.statements == [tried, "_APPEND_ONE_KEEPING"]
+    # The failed statement advanced no cursor: the replay is the log's second entry.
+    assert [e.cursor for e in result.entries] == [2]
+    stored = await store.read(T1, key, 0, 10)
+    assert [(e.cursor, e.notification_field) for e in stored] == [(1, b"first"), (2, b"first")]
+    record = await status.get(T1, "n1")
+    assert record is not None
+    assert record.created_at == 100.0
+    assert await pool.fetchval("SELECT count(*) FROM herald_notifications") == 1
+    assert await live_counts_match(pool)
 
 
 async def test_records_get_each_users_cursor_and_zero_for_an_entry_pushed_out() -> None:

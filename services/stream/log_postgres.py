@@ -20,7 +20,7 @@ import itertools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import asyncpg
 
@@ -64,7 +64,15 @@ RETURNING l.log, l.epoch, l.next_cursor, l.live
 # entries (log, position among the call's entries of that log, id, expiry), $5 a status record
 # per notification with its one user's log and position (NULL when it names several or none),
 # $6 the users of those that name several.
-_APPEND_ONE: Final = """
+#
+# `{keep}` is where a notification (or its status record) stored already is kept as it is: the
+# statement tried first has none there, so such an id fails it with a unique violation (and it
+# stores nothing), and the append runs again with `ON CONFLICT ... DO NOTHING` there. An id is
+# stored already only when a send is replayed (a scheduled or outbox send retried after an
+# answer that was lost), and the conflict check costs every other append an index search per
+# row in each of the two tables: about 12 % of PostgreSQL's CPU per notification (measured,
+# docs/performance.md, "2026-12-08").
+_APPEND_ONE_SQL: Final = """
 WITH counts AS (
     SELECT a.log, a.n FROM unnest($2::herald_append_log[]) AS a
 ), locked AS (
@@ -84,7 +92,7 @@ WITH counts AS (
     )
     SELECT $1, *
     FROM unnest($3::herald_append_notification[])
-    ON CONFLICT (tenant_id, notification_id) DO NOTHING
+    {keep}
 ), entries AS (
     INSERT INTO herald_log_entries (tenant_id, log, cursor, notification_id, expires_at)
     SELECT $1, e.log, b.first + e.ord - 1, e.notification_id, e.expires_at
@@ -102,13 +110,59 @@ WITH counts AS (
         tenant_id, notification_id, target, created_at, expires_at, user_ids, cursors
     )
     SELECT $1, r.notification_id, r.target, r.created_at, r.expires_at,
-        CASE WHEN r.user_id IS NULL THEN coalesce(m.user_ids, '{}') ELSE ARRAY[r.user_id] END,
-        CASE WHEN r.user_id IS NULL THEN coalesce(m.cursors, '{}')
+        CASE WHEN r.user_id IS NULL THEN coalesce(m.user_ids, '{{}}') ELSE ARRAY[r.user_id] END,
+        CASE WHEN r.user_id IS NULL THEN coalesce(m.cursors, '{{}}')
             ELSE ARRAY[coalesce(b.first + r.ord - 1, 0)] END
     FROM unnest($5::herald_append_record[]) AS r
     LEFT JOIN bases AS b ON b.log = r.log
     LEFT JOIN many AS m ON m.notification_id = r.notification_id
-    ON CONFLICT (tenant_id, notification_id) DO NOTHING
+    {keep}
+)
+SELECT log, epoch, next_cursor, live FROM locked
+"""
+_KEEP_STORED: Final = "ON CONFLICT (tenant_id, notification_id) DO NOTHING"
+_APPEND_ONE: Final = _APPEND_ONE_SQL.format(keep="")
+_APPEND_ONE_KEEPING: Final = _APPEND_ONE_SQL.format(keep=_KEEP_STORED)
+
+# The append of notifications to one user each, every log once with one entry (`_singles`): one
+# row per notification (migration *_append_single.sql), sorted by log, which is the order the
+# log rows are locked in. The same rows as _APPEND_ONE writes for them, and the same answer; a
+# notification id stored already fails it as it fails _APPEND_ONE (then _APPEND_ONE_KEEPING).
+_APPEND_SINGLES: Final = """
+WITH singles AS (
+    SELECT * FROM unnest($2::herald_append_single[]) WITH ORDINALITY AS s (
+        log, notification_id, priority, created_at, expires_at, payload, trace_context, target,
+        user_id, i
+    )
+), locked AS (
+    INSERT INTO herald_logs AS l (tenant_id, log, epoch, next_cursor, live)
+    SELECT $1, s.log, m.log_epoch, 2, 1
+    FROM singles AS s
+    CROSS JOIN herald_meta AS m
+    ORDER BY s.i
+    ON CONFLICT (tenant_id, log) DO UPDATE
+    SET next_cursor = l.next_cursor + 1, live = l.live + 1
+    RETURNING l.log, l.epoch, l.next_cursor, l.live
+), notifications AS (
+    INSERT INTO herald_notifications (
+        tenant_id, notification_id, priority, created_at, expires_at, payload, trace_context
+    )
+    SELECT $1, s.notification_id, s.priority, s.created_at, s.expires_at, s.payload,
+        s.trace_context
+    FROM singles AS s
+), entries AS (
+    INSERT INTO herald_log_entries (tenant_id, log, cursor, notification_id, expires_at)
+    SELECT $1, s.log, k.next_cursor - 1, s.notification_id, s.expires_at
+    FROM singles AS s
+    JOIN locked AS k ON k.log = s.log
+), status AS (
+    INSERT INTO herald_status (
+        tenant_id, notification_id, target, created_at, expires_at, user_ids, cursors
+    )
+    SELECT $1, s.notification_id, s.target, s.created_at, s.expires_at, ARRAY[s.user_id],
+        ARRAY[k.next_cursor - 1]
+    FROM singles AS s
+    JOIN locked AS k ON k.log = s.log
 )
 SELECT log, epoch, next_cursor, live FROM locked
 """
@@ -326,38 +380,20 @@ class PostgresLogStore:
     ) -> list[AppendResult]:
         """The append as one statement (one round trip), then, only if it took a log past its
         bound, one more to cut it back (`_one_statement` says when this applies)."""
-        by_log = {a.key.stored: a for a in appends}
-        unique: dict[str, NewEntry] = {}
-        # (log, position among the call's entries of the log, notification id, expiry).
-        entry_rows: list[tuple[str, int, str, float]] = []
-        # (notification id, log) -> its position among the call's entries of the log.
-        positions: dict[tuple[str, str], int] = {}
-        for stored, append in by_log.items():
-            for position, item in enumerate(append.entries, 1):
-                notification_id = item.notification_id
-                unique.setdefault(notification_id, item)
-                entry_rows.append((stored, position, notification_id, item.expires_at))
-                positions[(notification_id, stored)] = position
-        made = _RecordArgs(records if self._status is not None else (), positions)
-        rows = await self._pool.fetch(
-            _APPEND_ONE,
-            tenant,
-            [(log, len(by_log[log].entries)) for log in sorted(by_log)],
-            [
-                (
-                    e.notification_id,
-                    e.priority,
-                    e.created_at,
-                    e.expires_at,
-                    e.notification_field,
-                    e.trace_context,
+        singles = _singles(appends, records) if self._status is not None else None
+        try:
+            if singles is not None:
+                rows = await self._pool.fetch(_APPEND_SINGLES, tenant, singles)
+            else:
+                rows = await self._pool.fetch(
+                    _APPEND_ONE, tenant, *self._one_arguments(appends, records)
                 )
-                for e in unique.values()
-            ],
-            entry_rows,
-            made.records,
-            made.recipients,
-        )
+        except asyncpg.UniqueViolationError:
+            # A notification stored already (a replayed send): nothing of this append was
+            # stored; again, keeping what is stored (_APPEND_ONE_SQL says why not at first).
+            rows = await self._pool.fetch(
+                _APPEND_ONE_KEEPING, tenant, *self._one_arguments(appends, records)
+            )
         heads = {row[0]: row for row in rows}
         results: list[AppendResult] = []
         over: list[LogAppend] = []
@@ -387,6 +423,41 @@ class PostgresLogStore:
             for result in results:
                 result.dropped = dropped.get(result.key.stored, [])
         return results
+
+    def _one_arguments(
+        self, appends: Sequence[LogAppend], records: Sequence[NewRecord]
+    ) -> tuple[list[Any], ...]:
+        """_APPEND_ONE's arguments after the tenant ($2 to $6)."""
+        by_log = {a.key.stored: a for a in appends}
+        unique: dict[str, NewEntry] = {}
+        # (log, position among the call's entries of the log, notification id, expiry).
+        entry_rows: list[tuple[object, ...]] = []
+        # (notification id, log) -> its position among the call's entries of the log.
+        positions: dict[tuple[str, str], int] = {}
+        for stored, append in by_log.items():
+            for position, item in enumerate(append.entries, 1):
+                notification_id = item.notification_id
+                unique.setdefault(notification_id, item)
+                entry_rows.append((stored, position, notification_id, item.expires_at))
+                positions[(notification_id, stored)] = position
+        made = _RecordArgs(records if self._status is not None else (), positions)
+        return (
+            [(log, len(by_log[log].entries)) for log in sorted(by_log)],
+            [
+                (
+                    e.notification_id,
+                    e.priority,
+                    e.created_at,
+                    e.expires_at,
+                    e.notification_field,
+                    e.trace_context,
+                )
+                for e in unique.values()
+            ],
+            entry_rows,
+            made.records,
+            made.recipients,
+        )
 
     async def _append(
         self,
@@ -571,6 +642,45 @@ def _one_statement(appends: Sequence[LogAppend]) -> bool:
             return False
         seen.add(key.stored)
     return bool(seen)
+
+
+def _singles(
+    appends: Sequence[LogAppend], records: Sequence[NewRecord]
+) -> list[tuple[object, ...]] | None:
+    """_APPEND_SINGLES's rows, sorted by log, when every append is one notification to its one
+    user's own log and the records are those notifications' (in the same order, as the
+    dispatcher makes them); otherwise None. `_one_statement` has checked that each log comes
+    once and within its bound."""
+    if len(records) != len(appends):
+        return None
+    rows: list[tuple[object, ...]] = []
+    for (key, items, _), record in zip(appends, records, strict=True):
+        users = record.user_ids
+        if len(items) != 1 or len(users) != 1 or key.kind != USER or key.name != users[0]:
+            return None
+        item = items[0]
+        if item.notification_id != record.notification_id:
+            return None
+        rows.append(
+            (
+                key.stored,
+                item.notification_id,
+                item.priority,
+                item.created_at,
+                item.expires_at,
+                item.notification_field,
+                item.trace_context,
+                record.target,
+                key.name,
+            )
+        )
+    # Each log once: the logs alone order the rows.
+    rows.sort(key=_first)
+    return rows
+
+
+def _first(row: tuple[object, ...]) -> str:
+    return row[0]  # type: ignore[return-value]
 
 
 class _RecordArgs:
