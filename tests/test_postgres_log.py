@@ -265,7 +265,7 @@ async def test_sends_to_one_user_each_write_what_the_general_statement_writes(
         singles.append(await store.append("a", *sends("a", users, round_)))
     assert watched.statements == ["_APPEND_SINGLES", "_APPEND_SINGLES"]
     watched.statements.clear()
-    monkeypatch.setattr(log_postgres, "_singles", lambda appends, records: None)
+    monkeypatch.setattr(log_postgres, "_singles", lambda *_: None)
     general = [await store.append("b", *sends("b", users, i)) for i, users in enumerate(rounds)]
     assert watched.statements == ["_APPEND_ONE", "_APPEND_ONE"]
     assert [[(r.key, r.entries, r.epoch) for r in call] for call in singles] == [

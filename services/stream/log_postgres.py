@@ -363,11 +363,13 @@ class PostgresLogStore:
     ) -> list[AppendResult]:
         if not appends and not (records and self._status is not None):
             return []
-        one_statement = _one_statement(appends)
+        # Each append's log as stored, computed once (the one-statement path uses it thrice).
+        logs = [append.key.stored for append in appends]
+        one_statement = _one_statement(appends, logs)
         for attempt in range(1, _APPEND_ATTEMPTS + 1):
             try:
                 if one_statement:
-                    return await self._append_one(tenant, appends, records)
+                    return await self._append_one(tenant, appends, logs, records)
                 async with self._pool.acquire() as connection, connection.transaction():
                     return await self._append(connection, tenant, appends, records)
             except asyncpg.DeadlockDetectedError:
@@ -376,11 +378,16 @@ class PostgresLogStore:
         raise AssertionError("unreachable")
 
     async def _append_one(
-        self, tenant: str, appends: Sequence[LogAppend], records: Sequence[NewRecord]
+        self,
+        tenant: str,
+        appends: Sequence[LogAppend],
+        logs: list[str],
+        records: Sequence[NewRecord],
     ) -> list[AppendResult]:
         """The append as one statement (one round trip), then, only if it took a log past its
-        bound, one more to cut it back (`_one_statement` says when this applies)."""
-        singles = _singles(appends, records) if self._status is not None else None
+        bound, one more to cut it back (`_one_statement` says when this applies). `logs`: each
+        append's log as stored."""
+        singles = _singles(appends, logs, records) if self._status is not None else None
         try:
             if singles is not None:
                 rows = await self._pool.fetch(_APPEND_SINGLES, tenant, singles)
@@ -397,8 +404,8 @@ class PostgresLogStore:
         heads = {row[0]: row for row in rows}
         results: list[AppendResult] = []
         over: list[LogAppend] = []
-        for append in appends:
-            _, epoch, next_cursor, live = heads[append.key.stored]
+        for append, stored in zip(appends, logs, strict=True):
+            _, epoch, next_cursor, live = heads[stored]
             first = next_cursor - len(append.entries)
             entries = [_appended(first + i, item) for i, item in enumerate(append.entries)]
             results.append(AppendResult(append.key, entries, epoch))
@@ -629,7 +636,7 @@ class PostgresLogStore:
         return None
 
 
-def _one_statement(appends: Sequence[LogAppend]) -> bool:
+def _one_statement(appends: Sequence[LogAppend], logs: list[str]) -> bool:
     """An append can be one statement when each log appears once, with entries, and no more
     than its bound (otherwise some of them would be pushed out at once: `_append` handles it),
     and when it reaches at most `_ROWS_PER_STATEMENT` logs (a send to a large segment goes in
@@ -637,15 +644,15 @@ def _one_statement(appends: Sequence[LogAppend]) -> bool:
     if len(appends) > _ROWS_PER_STATEMENT:
         return False
     seen: set[str] = set()
-    for key, items, limit in appends:
-        if not items or len(items) > limit or key.stored in seen:
+    for (_, items, limit), stored in zip(appends, logs, strict=True):
+        if not items or len(items) > limit or stored in seen:
             return False
-        seen.add(key.stored)
+        seen.add(stored)
     return bool(seen)
 
 
 def _singles(
-    appends: Sequence[LogAppend], records: Sequence[NewRecord]
+    appends: Sequence[LogAppend], logs: list[str], records: Sequence[NewRecord]
 ) -> list[tuple[object, ...]] | None:
     """_APPEND_SINGLES's rows, sorted by log, when every append is one notification to its one
     user's own log and the records are those notifications' (in the same order, as the
@@ -654,7 +661,7 @@ def _singles(
     if len(records) != len(appends):
         return None
     rows: list[tuple[object, ...]] = []
-    for (key, items, _), record in zip(appends, records, strict=True):
+    for (key, items, _), stored, record in zip(appends, logs, records, strict=True):
         users = record.user_ids
         if len(items) != 1 or len(users) != 1 or key.kind != USER or key.name != users[0]:
             return None
@@ -663,7 +670,7 @@ def _singles(
             return None
         rows.append(
             (
-                key.stored,
+                stored,
                 item.notification_id,
                 item.priority,
                 item.created_at,
