@@ -2,7 +2,7 @@
 counterpart of bench/pg_ingest.py, as bench/instructions.py is for the node.
 
     .venv/bin/python bench/pg_instructions.py [--batches 5 25] [--batch 500] [--users 1000]
-                                              [--variant SQL ...]
+                                              [--acks] [--variant SQL ...]
 
 Starts a throwaway PostgreSQL server under valgrind's callgrind (initdb in a temporary
 directory, a free port; as the `postgres` user when run as root), and twice, on a fresh
@@ -11,7 +11,9 @@ with their status records (`--batch` notifications, each to one of `--users` use
 bench/pg_ingest.py's "fresh logs"), after five calls of warm-up, on one connection. It prints
 the difference of that connection's instructions between the two runs divided by the
 difference in notifications: PostgreSQL's marginal instructions per appended notification,
-the connection's start-up, the migrations and the warm-up excluded.
+the connection's start-up, the migrations and the warm-up excluded. With `--acks`, every user
+also acks its log up to the entry just appended after each call (PostgresAckStore.ack_up_to,
+the batch of one round trip a stream node sends): append and ack together.
 
 `--variant SQL` runs the statement after the migrations (repeatable): what an index or a table
 setting would change, before writing a migration for it. Instructions are not time (a cache
@@ -39,7 +41,9 @@ from pathlib import Path
 import asyncpg
 from pg_ingest import TENANT, Load
 
+from services.domain import user_log
 from services.postgres import create_pool, migrate
+from services.stream.acks_postgres import PostgresAckStore
 from services.stream.log_postgres import PostgresLogStore
 from services.stream.status_postgres import PostgresStatusStore
 
@@ -146,12 +150,22 @@ async def appended(admin_dsn: str, out: Path, args: argparse.Namespace, batches:
                 await pool.execute(statement)
             pid = await pool.fetchval("SELECT pg_backend_pid()")
             store = PostgresLogStore(pool, PostgresStatusStore(pool))
+            acks = PostgresAckStore(pool)
             load = Load(args.batch, args.payload)
             calls = [
                 load.next_batch(lambda n: f"user-{n % args.users}") for _ in range(WARMUP + batches)
             ]
             for appends, records in calls:
-                await store.append(TENANT, appends, records)
+                results = await store.append(TENANT, appends, records)
+                if args.acks:
+                    # Every user acks its log up to what was just appended: one batch.
+                    await asyncio.gather(
+                        *(
+                            acks.ack_up_to(TENANT, r.key.name, user_log(r.key.name), e.cursor)
+                            for r in results
+                            for e in r.entries[-1:]
+                        )
+                    )
         finally:
             await pool.close()
         return _instructions(out, pid)
@@ -167,6 +181,9 @@ async def main() -> int:
     parser.add_argument("--users", type=int, default=1000)
     parser.add_argument("--payload", type=int, default=200)
     parser.add_argument("--variant", action="append", default=[], metavar="SQL")
+    parser.add_argument(
+        "--acks", action="store_true", help="each user also acks up to its new entry (batched)"
+    )
     args = parser.parse_args()
     low, high = sorted(args.batches)
     if high <= low:
@@ -176,6 +193,7 @@ async def main() -> int:
     per = (counts[1] - counts[0]) / ((high - low) * args.batch)
     print(
         f"PostgreSQL: {per:,.0f} instructions per appended notification"
+        f"{' and its ack' if args.acks else ''}"
         f" (SendBatch of {args.batch} to {args.users} users, {low} and {high} calls"
         f"{', variants: ' + '; '.join(args.variant) if args.variant else ''})"
     )
