@@ -9,6 +9,8 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 import pytest_asyncio
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from services.domain import (
     LogKey,
@@ -24,6 +26,7 @@ from services.ingest.idempotency import Claim
 from services.ingest.idempotency_postgres import PostgresIdempotencyStore
 from services.postgres import create_pool
 from services.registry.templates_postgres import PostgresTemplateStore
+from services.stream import acks_postgres
 from services.stream.acks import AckState
 from services.stream.acks_postgres import PostgresAckStore
 from services.stream.status import Mark
@@ -70,10 +73,12 @@ class _CountingPool:
         self._pool = pool
         self.fetches = 0
         self.fetchrows = 0
+        self.queries: list[str] = []
         self.sent = asyncio.Event()  # a statement is in flight
 
     async def fetch(self, query: str, *args: object) -> list[asyncpg.Record]:
         self.fetches += 1
+        self.queries.append(query)
         return await self._pool.fetch(query, *args)
 
     async def fetchrow(self, query: str, *args: object) -> asyncpg.Record | None:
@@ -103,6 +108,55 @@ async def test_acks_up_to_that_arrive_together_share_one_statement(
         assert await store.get(T1, user, [key]) == [state]
     assert model["u0", user_log("u0")] == AckState(5, set())
     assert model["u3", user_log("u3")] == AckState(5, {9})
+
+
+# A row before the batch: None (no acks yet) or the cursors acked one by one (`ack`), which
+# leave a watermark and cursors above it; and the cursor the batch acks it up to.
+_rows = st.lists(
+    st.tuples(
+        st.none() | st.lists(st.integers(min_value=1, max_value=8), max_size=5),
+        st.integers(min_value=0, max_value=9),
+    ),
+    min_size=3,
+    max_size=8,
+)
+
+
+@settings(max_examples=40, deadline=None, database=None)
+@given(rows=_rows)
+# Cursors acked above the watermark that the raise reaches, absorbs in part, or leaves alone.
+@example(rows=[([5, 6, 9], 4), ([3], 1), (None, 7), ([2, 3], 0)])
+async def test_a_batch_of_distinct_rows_acks_each_as_ack_state_does(
+    rows: list[tuple[list[int] | None, int]],
+) -> None:
+    """The batch that names each row once goes as one set-based statement (no PL/pgSQL loop):
+    each answer is the state from before and each row ends as AckState.raise_to leaves it,
+    for rows with cursors acked above their watermark, rows the batch cannot raise, and rows
+    it makes."""
+    async with clean_pool() as plain:
+        pool = _CountingPool(plain)
+        store = PostgresAckStore(pool)  # type: ignore[arg-type]  # fetch/fetchrow are all it uses
+        model: list[AckState] = []
+        for n, (before, _) in enumerate(rows):
+            state = AckState()
+            if before is not None:
+                await PostgresAckStore(plain).ack(T1, f"u{n}", user_log(f"u{n}"), before)
+                for cursor in before:
+                    state.add(cursor)
+            model.append(state)
+        answers = await asyncio.gather(
+            *(
+                store.ack_up_to(T1, f"u{n}", user_log(f"u{n}"), cursor)
+                for n, (_, cursor) in enumerate(rows)
+            )
+        )
+        # All of them wait before the sender runs: one batch, one set-based statement.
+        assert pool.queries == [acks_postgres._ACK_UP_TO_SET]
+        assert pool.fetchrows == 0
+        for n, ((_, cursor), answer) in enumerate(zip(rows, answers, strict=True)):
+            assert answer == model[n]
+            model[n].raise_to(cursor)
+            assert await store.get(T1, f"u{n}", [user_log(f"u{n}")]) == [model[n]]
 
 
 class _StuckPool:

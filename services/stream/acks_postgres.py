@@ -8,10 +8,10 @@ the common kind, take one round trip: a function (services/migrations/0002_ack_u
 the same steps in the database; the contract tests hold it to AckState's rules.
 
 Acks up to a cursor are batched across the node's sessions: one is sent at once, and those that
-arrive while it is in flight go together in the next statement
-(services/migrations/0014_ack_up_to_many.sql). No ack waits for a timer, and a pooled call,
-which costs the node about 120 µs of CPU whatever it carries (docs/postgres.md), carries as
-many acks as came during the one before.
+arrive while it is in flight go together in the next statement (set-based, `_ACK_UP_TO_SET`,
+when the batch names each row once; services/migrations/0014_ack_up_to_many.sql otherwise).
+No ack waits for a timer, and a pooled call, which costs the node about 120 µs of CPU whatever
+it carries (docs/postgres.md), carries as many acks as came during the one before.
 """
 
 from __future__ import annotations
@@ -51,6 +51,64 @@ _ACK_UP_TO: Final = "SELECT before_up_to, before_above FROM herald_ack_up_to($1,
 # services/migrations/0014_ack_up_to_many.sql: many, herald_ack_up_to for each.
 _ACK_UP_TO_MANY: Final = """
 SELECT ord, before_up_to, before_above FROM herald_ack_up_to_many($1, $2, $3, $4)
+"""
+# Acks up to a cursor of distinct rows in one statement, without PL/pgSQL: what
+# herald_ack_up_to does for each, set-based. The rows that exist are locked in the order given
+# (the store sorts by tenant, user, log on every node) and raised as AckState.raise_to does:
+# the acked cursors above the new watermark kept, the run of them that follows it absorbed.
+# The rows that do not exist are made with their watermark at the cursor. Each answer is the
+# state from before, numbered as the arguments come (from 1); a row another node made after
+# this statement's snapshot is left out of the answers (its insert conflicts, and the store acks
+# it with the function, which waits for that row). The function takes about 200,000 of
+# PostgreSQL's instructions per ack (bench/pg_instructions.py --acks), mostly the executor
+# start-up of each of its statements, once per ack.
+_ACK_UP_TO_SET: Final = """
+WITH a AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[])
+        WITH ORDINALITY AS a (tenant_id, user_id, log, cursor, ord)
+), locked AS (
+    SELECT a.ord, a.cursor, k.tenant_id, k.user_id, k.log, k.up_to, k.above
+    FROM a
+    JOIN herald_acks AS k ON k.tenant_id = a.tenant_id AND k.user_id = a.user_id AND k.log = a.log
+    ORDER BY a.ord
+    FOR UPDATE OF k
+), raised AS (
+    -- Most rows have no cursors acked above their watermark: the cursor is the new one.
+    SELECT l.tenant_id, l.user_id, l.log, l.cursor AS up_to, l.above
+    FROM locked AS l
+    WHERE l.cursor > l.up_to AND cardinality(l.above) = 0
+    UNION ALL
+    SELECT l.tenant_id, l.user_id, l.log, l.cursor + r.run AS up_to, r.rest[r.run + 1:] AS above
+    FROM locked AS l
+    CROSS JOIN LATERAL (
+        SELECT x.rest, (
+            -- `rest` ascends from above the cursor: its first `run` follow the cursor one by one.
+            SELECT count(*) FROM unnest(x.rest) WITH ORDINALITY AS u (c, i)
+            WHERE u.c = l.cursor + u.i
+        )::integer AS run
+        FROM (
+            SELECT ARRAY(SELECT c FROM unnest(l.above) AS c WHERE c > l.cursor ORDER BY c) AS rest
+        ) AS x
+    ) AS r
+    WHERE l.cursor > l.up_to AND cardinality(l.above) > 0
+), written AS (
+    UPDATE herald_acks AS k SET up_to = r.up_to, above = r.above
+    FROM raised AS r
+    WHERE k.tenant_id = r.tenant_id AND k.user_id = r.user_id AND k.log = r.log
+), made AS (
+    INSERT INTO herald_acks AS k (tenant_id, user_id, log, up_to)
+    SELECT a.tenant_id, a.user_id, a.log, greatest(a.cursor, 0)
+    FROM a
+    WHERE NOT EXISTS (SELECT 1 FROM locked AS l WHERE l.ord = a.ord)
+    ORDER BY a.ord
+    ON CONFLICT (tenant_id, user_id, log) DO NOTHING
+    RETURNING k.tenant_id, k.user_id, k.log
+)
+SELECT l.ord, l.up_to, l.above FROM locked AS l
+WHERE (SELECT set_config('synchronous_commit', 'off', true)) IS NOT NULL
+UNION ALL
+SELECT a.ord, 0, '{}' FROM made AS m
+JOIN a ON a.tenant_id = m.tenant_id AND a.user_id = m.user_id AND a.log = m.log
 """
 # Acks up to a cursor per statement, at most.
 _BATCH_MAX: Final = 1000
@@ -167,14 +225,7 @@ class PostgresAckStore:
                 row = await self._pool.fetchrow(_ACK_UP_TO, w.tenant, w.user_id, w.log, w.cursor)
                 states = {1: _state(row)}
             else:
-                rows = await self._pool.fetch(
-                    _ACK_UP_TO_MANY,
-                    [w.tenant for w in waiting],
-                    [w.user_id for w in waiting],
-                    [w.log for w in waiting],
-                    [w.cursor for w in waiting],
-                )
-                states = {row[0]: _state_of(row[1], row[2]) for row in rows}
+                states = await self._raise_many(waiting)
         except asyncio.CancelledError:
             for w in waiting:
                 w.answer.cancel()
@@ -192,6 +243,44 @@ class PostgresAckStore:
                     w.answer.set_exception(RuntimeError("herald_ack_up_to_many left an ack out"))
                 else:
                     w.answer.set_result(state)
+
+    async def _raise_many(self, waiting: list[_Raise]) -> dict[int, AckState]:
+        """The states from before of a sorted batch, by position (from 1): one statement,
+        set-based when the batch names each row once (the function's loop when a row comes
+        twice: the second sees the first), and the function again for the rows the set-based
+        statement left out (made by another node meanwhile) or for all of them if it deadlocked
+        with another node's batch (it was rolled back whole)."""
+        keys = {(w.tenant, w.user_id, w.log) for w in waiting}
+        if len(keys) < len(waiting):
+            return await self._raise_in_loop(waiting, range(1, len(waiting) + 1))
+        try:
+            rows = await self._pool.fetch(
+                _ACK_UP_TO_SET,
+                [w.tenant for w in waiting],
+                [w.user_id for w in waiting],
+                [w.log for w in waiting],
+                [w.cursor for w in waiting],
+            )
+        except asyncpg.DeadlockDetectedError:
+            return await self._raise_in_loop(waiting, range(1, len(waiting) + 1))
+        states = {row[0]: _state_of(row[1], row[2]) for row in rows}
+        if len(states) < len(waiting):
+            left = [k for k in range(1, len(waiting) + 1) if k not in states]
+            states.update(await self._raise_in_loop([waiting[k - 1] for k in left], left))
+        return states
+
+    async def _raise_in_loop(
+        self, waiting: list[_Raise], positions: Sequence[int]
+    ) -> dict[int, AckState]:
+        """herald_ack_up_to_many for `waiting`, its answers by `positions`."""
+        rows = await self._pool.fetch(
+            _ACK_UP_TO_MANY,
+            [w.tenant for w in waiting],
+            [w.user_id for w in waiting],
+            [w.log for w in waiting],
+            [w.cursor for w in waiting],
+        )
+        return {positions[row[0] - 1]: _state_of(row[1], row[2]) for row in rows}
 
     async def aclose(self) -> None:
         """Waits for the acks that wait to be sent. The pool belongs to whoever made it
