@@ -158,6 +158,16 @@ class _Raise(NamedTuple):
     answer: asyncio.Future[AckState]
 
 
+def _columns(waiting: list[_Raise]) -> tuple[list[str], list[str], list[str], list[int]]:
+    """A batch's arguments: its tenants, users, logs and cursors."""
+    return (
+        [w.tenant for w in waiting],
+        [w.user_id for w in waiting],
+        [w.log for w in waiting],
+        [w.cursor for w in waiting],
+    )
+
+
 class PostgresAckStore:
     """Ack states in PostgreSQL, on a pool it shares and does not close."""
 
@@ -254,13 +264,7 @@ class PostgresAckStore:
         if len(keys) < len(waiting):
             return await self._raise_in_loop(waiting, range(1, len(waiting) + 1))
         try:
-            rows = await self._pool.fetch(
-                _ACK_UP_TO_SET,
-                [w.tenant for w in waiting],
-                [w.user_id for w in waiting],
-                [w.log for w in waiting],
-                [w.cursor for w in waiting],
-            )
+            rows = await self._pool.fetch(_ACK_UP_TO_SET, *_columns(waiting))
         except asyncpg.DeadlockDetectedError:
             return await self._raise_in_loop(waiting, range(1, len(waiting) + 1))
         states = {row[0]: _state_of(row[1], row[2]) for row in rows}
@@ -273,13 +277,7 @@ class PostgresAckStore:
         self, waiting: list[_Raise], positions: Sequence[int]
     ) -> dict[int, AckState]:
         """herald_ack_up_to_many for `waiting`, its answers by `positions`."""
-        rows = await self._pool.fetch(
-            _ACK_UP_TO_MANY,
-            [w.tenant for w in waiting],
-            [w.user_id for w in waiting],
-            [w.log for w in waiting],
-            [w.cursor for w in waiting],
-        )
+        rows = await self._pool.fetch(_ACK_UP_TO_MANY, *_columns(waiting))
         return {positions[row[0] - 1]: _state_of(row[1], row[2]) for row in rows}
 
     async def aclose(self) -> None:
