@@ -2,7 +2,7 @@
 counterpart of bench/pg_ingest.py, as bench/instructions.py is for the node.
 
     .venv/bin/python bench/pg_instructions.py [--batches 5 25] [--batch 500] [--users 1000]
-                                              [--acks] [--variant SQL ...]
+                                              [--acks] [--marks] [--variant SQL ...]
 
 Starts a throwaway PostgreSQL server under valgrind's callgrind (initdb in a temporary
 directory, a free port; as the `postgres` user when run as root), and twice, on a fresh
@@ -13,7 +13,9 @@ the difference of that connection's instructions between the two runs divided by
 difference in notifications: PostgreSQL's marginal instructions per appended notification,
 the connection's start-up, the migrations and the warm-up excluded. With `--acks`, every user
 also acks its log up to the entry just appended after each call (PostgresAckStore.ack_up_to,
-the batch of one round trip a stream node sends): append and ack together.
+the batch of one round trip a stream node sends): append and ack together. With `--marks`,
+every new entry is also marked DELIVERED and then ACKED (PostgresStatusStore.record, one call
+each, as the status writer flushes them).
 
 `--variant SQL` runs the statement after the migrations (repeatable): what an index or a table
 setting would change, before writing a migration for it. Instructions are not time (a cache
@@ -41,10 +43,11 @@ from pathlib import Path
 import asyncpg
 from pg_ingest import TENANT, Load
 
-from services.domain import user_log
+from services.domain import State, user_log
 from services.postgres import create_pool, migrate
 from services.stream.acks_postgres import PostgresAckStore
 from services.stream.log_postgres import PostgresLogStore
+from services.stream.status import Mark
 from services.stream.status_postgres import PostgresStatusStore
 
 WARMUP = 5
@@ -149,7 +152,9 @@ async def appended(admin_dsn: str, out: Path, args: argparse.Namespace, batches:
             for statement in args.variant:
                 await pool.execute(statement)
             pid = await pool.fetchval("SELECT pg_backend_pid()")
-            store = PostgresLogStore(pool, PostgresStatusStore(pool))
+            status = PostgresStatusStore(pool)
+            store = PostgresLogStore(pool, status)
+            now = time.time()
             acks = PostgresAckStore(pool)
             load = Load(args.batch, args.payload)
             calls = [
@@ -157,6 +162,18 @@ async def appended(admin_dsn: str, out: Path, args: argparse.Namespace, batches:
             ]
             for appends, records in calls:
                 results = await store.append(TENANT, appends, records)
+                if args.marks:
+                    # What a stream node's status writer sends for these: each entry written
+                    # (DELIVERED), then acked (ACKED), one flush each.
+                    for state in (State.DELIVERED, State.ACKED):
+                        await status.record(
+                            TENANT,
+                            [
+                                Mark(r.key.name, r.key, state, [(e.cursor, e.notification_id)], now)
+                                for r in results
+                                for e in r.entries
+                            ],
+                        )
                 if args.acks:
                     # Every user acks its log up to what was just appended: one batch.
                     await asyncio.gather(
@@ -184,6 +201,11 @@ async def main() -> int:
     parser.add_argument(
         "--acks", action="store_true", help="each user also acks up to its new entry (batched)"
     )
+    parser.add_argument(
+        "--marks",
+        action="store_true",
+        help="each new entry is also marked DELIVERED, then ACKED (the status written behind)",
+    )
     args = parser.parse_args()
     low, high = sorted(args.batches)
     if high <= low:
@@ -193,7 +215,7 @@ async def main() -> int:
     per = (counts[1] - counts[0]) / ((high - low) * args.batch)
     print(
         f"PostgreSQL: {per:,.0f} instructions per appended notification"
-        f"{' and its ack' if args.acks else ''}"
+        f"{' and its ack' if args.acks else ''}{' and its two marks' if args.marks else ''}"
         f" (SendBatch of {args.batch} to {args.users} users, {low} and {high} calls"
         f"{', variants: ' + '; '.join(args.variant) if args.variant else ''})"
     )
