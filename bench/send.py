@@ -241,9 +241,40 @@ def main() -> None:
                     f"{statistics.median(r['server_us_per_call'] for r in results):.0f} µs "
                     f"per call, p99 {statistics.median(r['p99_ms'] for r in results):.2f} ms"
                 )
+    _verdicts(rows, args.batch)
     if args.json:
         everything = [r for results in rows.values() for r in results]
         Path(args.json).write_text(json.dumps(everything, indent=2) + "\n")
+
+
+# Issue #10's durable ingest target: SendBatch on the production profile, the load generator
+# on the same machine.
+INGEST_TARGET = 20_000
+
+
+def _verdicts(rows: dict[str, list[dict[str, Any]]], batch: int) -> None:
+    """Issue #10's ingest figure, and production against the references run in the same rounds
+    (the machine's speed moves the absolute figure; the ratios move less)."""
+    production = [r["notifications_per_s"] for r in rows.get("production", [])]
+    if not production or not batch:
+        return
+    median = statistics.median(production)
+    verdict = "met" if median >= INGEST_TARGET else "NOT met"
+    print(
+        f"- durable ingest (production, SendBatch of {batch}): **{median:,.0f} notifications/s**"
+        f" (median of {', '.join(f'{v:,.0f}' for v in production)})"
+        f" (target >= {INGEST_TARGET:,}/s: {verdict})"
+    )
+    for reference in ("floor", "memory"):
+        others = [r["notifications_per_s"] for r in rows.get(reference, [])]
+        if len(others) == len(production):
+            ratios = [p / o for p, o in zip(production, others, strict=True) if o]
+            if ratios:
+                name = "the durable floor" if reference == "floor" else "memory"
+                print(
+                    f"- production / {name}, round by round: "
+                    f"{', '.join(f'{r:.2f}' for r in ratios)}"
+                )
 
 
 def _line(r: dict[str, Any]) -> str:
