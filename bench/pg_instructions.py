@@ -32,7 +32,6 @@ import contextlib
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -41,6 +40,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
+from delivery import free_port
 from pg_ingest import TENANT, Load
 
 from services.domain import State, user_log
@@ -67,12 +67,6 @@ def _as_postgres(args: list[str]) -> list[str]:
     return ["runuser", "-u", "postgres", "--", *args] if os.geteuid() == 0 else args
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextlib.contextmanager
 def server_under_callgrind() -> Iterator[tuple[str, Path]]:
     """A started server; yields its admin DSN and the directory of the callgrind outputs (one
@@ -90,7 +84,7 @@ def server_under_callgrind() -> Iterator[tuple[str, Path]]:
         check=True,
         capture_output=True,
     )
-    port = _free_port()
+    port = free_port()
     command = [
         "valgrind",
         "--tool=callgrind",
