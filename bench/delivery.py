@@ -188,6 +188,13 @@ class RunResult:
     # in the ingest core, which bounds the senders' rate when the server is not saturated.
     server_max_ingest_p50_ms: float = 0.0
     server_max_ingest_p99_ms: float = 0.0
+    # The maximum phase's SendBatch round trips as the senders saw them, and the same calls'
+    # durations on the server (its interceptor's, from the call's start to its answer): with a
+    # fixed number of senders, delivered/s is at most senders x batch / round trip.
+    send_rtt_p50_ms: float = 0.0
+    send_rtt_p99_ms: float = 0.0
+    server_call_p50_ms: float = 0.0
+    server_call_p99_ms: float = 0.0
     redeliveries: int = 0
     ack_errors: int = 0
     ack_error_codes: str = ""
@@ -288,6 +295,8 @@ class LoadGenerator:
         self.ack_errors = 0
         self.ack_error_codes: Counter[str] = Counter()
         self.ack_latencies: list[int] = []
+        # SendBatch round trips (ns), while `saturate` runs.
+        self.send_rtts: list[int] | None = None
         self.cursors = [0] * spec.subscribers
         self.latencies: list[int] | None = None
         self.latency_from_ns = 0
@@ -614,7 +623,10 @@ class LoadGenerator:
             return
         body = self.builder.build(count)
         self.sent += count
+        started = time.perf_counter_ns()
         answer = await send(body, metadata=self._send_metadata, timeout=30.0)
+        if self.send_rtts is not None:
+            self.send_rtts.append(time.perf_counter_ns() - started)
         if self._herald:
             results = ingest_pb2.SendBatchResponse.FromString(answer).results
             refused = [r.error.message for r in results if r.HasField("error")]
@@ -695,14 +707,16 @@ def metric(values: Values, name: str, **labels: str) -> float:
     return values.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
-def histogram_quantile(before: Values, after: Values, name: str, q: float) -> float:
+def histogram_quantile(before: Values, after: Values, name: str, q: float, **labels: str) -> float:
     """The `q` quantile, in seconds, of what histogram `name` observed between two scrapes,
     interpolated within its bucket as Prometheus's histogram_quantile does (0: nothing
-    observed; the highest finite bound when the quantile lies above it)."""
+    observed; the highest finite bound when the quantile lies above it); `labels` pick one
+    series of a labelled histogram."""
+    wanted = set(labels.items())
     buckets = sorted(
-        (float(dict(labels)["le"]), value - before.get((sample, labels), 0.0))
-        for (sample, labels), value in after.items()
-        if sample == f"{name}_bucket"
+        (float(dict(pairs)["le"]), value - before.get((sample, pairs), 0.0))
+        for (sample, pairs), value in after.items()
+        if sample == f"{name}_bucket" and wanted <= set(pairs)
     )
     if not buckets or buckets[-1][1] <= 0:
         return 0.0
@@ -782,7 +796,12 @@ async def run_load(spec: RunSpec) -> RunResult:
             await asyncio.to_thread(scrape, spec.metrics_port) if spec.metrics_port else None
         )
         window = Window(spec.server_pid)
+        load.send_rtts = []
         await load.saturate(spec.seconds)
+        rtts, load.send_rtts = sorted(load.send_rtts), None
+        if rtts:
+            result.send_rtt_p50_ms = rtts[len(rtts) // 2] / 1e6
+            result.send_rtt_p99_ms = rtts[min(len(rtts) - 1, len(rtts) * 99 // 100)] / 1e6
         elapsed, result.server_cpu_pct, result.loadgen_cpu_pct, result.other_cpu_pct = window.close(
             watch.pids if watch is not None else None
         )
@@ -793,6 +812,15 @@ async def run_load(spec: RunSpec) -> RunResult:
                     histograms, after, "herald_ingest_latency_seconds", q / 100
                 )
                 setattr(result, f"server_max_ingest_p{q}_ms", seconds * 1000)
+                calls = histogram_quantile(
+                    histograms,
+                    after,
+                    "herald_rpc_duration_seconds",
+                    q / 100,
+                    method="SendBatch",
+                    code="OK",
+                )
+                setattr(result, f"server_call_p{q}_ms", calls * 1000)
         if watch is not None:
             counters = await watch.stop()
             result.pg_commits_per_s = counters.get("xact_commit", 0) / elapsed
@@ -1349,6 +1377,12 @@ def _details(r: RunResult, rounds: int = 1) -> str:
         server = (
             f"; maximum phase, acceptance to durable on the server p50 "
             f"{r.server_max_ingest_p50_ms:.1f} / p99 {r.server_max_ingest_p99_ms:.1f} ms"
+        )
+    if r.send_rtt_p50_ms:
+        server += (
+            f"; maximum phase, SendBatch round trip p50 {r.send_rtt_p50_ms:.1f} / p99 "
+            f"{r.send_rtt_p99_ms:.1f} ms (the server's call p50 {r.server_call_p50_ms:.1f} / "
+            f"p99 {r.server_call_p99_ms:.1f} ms)"
         )
     if r.server_delivery_p99_ms:
         server += (

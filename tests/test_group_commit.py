@@ -13,7 +13,7 @@ from services.config import DeliverySettings
 from services.domain import Accepted, NewRecord, TargetKind
 from services.stream.broker import Publication
 from services.stream.broker_memory import MemoryBroker
-from services.stream.dispatch import Dispatcher
+from services.stream.dispatch import _GROUP_ENOUGH, Dispatcher
 from services.stream.log import AppendResult, LogAppend
 from services.stream.log_memory import MemoryLogStore
 from services.stream.status_memory import MemoryStatusStore
@@ -125,6 +125,33 @@ async def test_an_idle_node_commits_a_lone_send_at_once_and_a_busy_one_waits_the
     assert await asyncio.gather(first, second) == [[1], [1]]
     assert loop.time() - started >= 0.35
     assert logs.calls == [("a", 1), ("a", 2)]
+
+
+async def test_a_busy_node_commits_a_group_of_enough_notifications_at_once() -> None:
+    # A SendBatch of a few hundred amortizes its commit by itself: it does not wait the
+    # window, and it takes what waited for the window along.
+    status = MemoryStatusStore()
+    logs = CountingLogs(status)
+    group = dispatcher(logs, status, window_s=0.4)
+    loop = asyncio.get_running_loop()
+    assert await group.dispatch([accepted("a", 0, ("u1",))]) == [1]  # the node is busy now
+    started = loop.time()
+    lone = asyncio.ensure_future(group.dispatch([accepted("a", 1, ("u1",))]))
+    await asyncio.sleep(0.01)
+    enough = _GROUP_ENOUGH - 1
+    batch = [accepted("a", 2 + i, (f"u{i}",)) for i in range(enough)]
+    assert await asyncio.gather(lone, group.dispatch(batch)) == [[1], [1] * enough]
+    assert loop.time() - started < 0.3
+    assert logs.calls == [("a", 1), ("a", 1 + enough)]
+    # One notification to as many users is as much to commit: it does not wait either.
+    started = loop.time()
+    users = tuple(f"v{i}" for i in range(_GROUP_ENOUGH))
+    assert await group.dispatch([accepted("a", 9999, users)]) == [_GROUP_ENOUGH]
+    assert loop.time() - started < 0.3
+    # One short of it waits the window.
+    started = loop.time()
+    assert await group.dispatch([accepted("a", 10_000, users[1:])]) == [_GROUP_ENOUGH - 1]
+    assert loop.time() - started >= 0.35
 
 
 class HeldBroker(MemoryBroker):
