@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, Final
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -356,6 +357,28 @@ class _GcTimer:
         elif self._started:
             _GC_PAUSES[info["generation"]].observe(time.perf_counter() - self._started)
             self._started = 0.0
+
+
+# A callback the event loop runs late delays every stream of the node and every call it
+# serves: what a busy node's senders wait for besides their own work (docs/performance.md,
+# fifteenth session: a SendBatch's round trip was mostly this).
+LOOP_LAG = Histogram(
+    "herald_event_loop_lag_seconds",
+    "How late the server's event loop woke a timer, sampled four times a second",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+# Sampling period of LOOP_LAG: four wake-ups a second cost nothing measurable.
+LOOP_LAG_INTERVAL_S: Final = 0.25
+
+
+async def watch_loop_lag(interval_s: float = LOOP_LAG_INTERVAL_S) -> None:
+    """Observes into `herald_event_loop_lag_seconds`, every `interval_s`, how much later than
+    due the loop woke a sleeper; runs until cancelled."""
+    loop = asyncio.get_running_loop()
+    while True:
+        due = loop.time() + interval_s
+        await asyncio.sleep(interval_s)
+        LOOP_LAG.observe(max(0.0, loop.time() - due))
 
 
 def observe_gc_pauses() -> None:

@@ -907,6 +907,7 @@ async def serve_forever(config: Config, roles: Iterable[Role]) -> None:
             if config.server.metrics_token is None
             else config.server.metrics_token.get_secret_value(),
         )
+    lag = asyncio.ensure_future(metrics.watch_loop_lag())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -915,4 +916,5 @@ async def serve_forever(config: Config, roles: Iterable[Role]) -> None:
     log.info("shutting down", extra={"grace_s": config.server.shutdown_grace_s})
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.remove_signal_handler(sig)
+    lag.cancel()
     await node.stop(config.server.shutdown_grace_s)

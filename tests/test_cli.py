@@ -299,6 +299,10 @@ async def test_metrics_are_served_when_asked_for(cli: Cli) -> None:
     text = await asyncio.to_thread(scrape, token)
     assert "herald_notifications_accepted_total 1.0" in text
     assert "herald_sessions_open 0.0" in text
+    # The node samples its event loop's lag from start-up on.
+    lag_samples = re.search(r"^herald_event_loop_lag_seconds_count (\S+)$", text, re.MULTILINE)
+    assert lag_samples is not None
+    assert float(lag_samples.group(1)) >= 1
     # HERALD_METRICS_TOKEN: a scrape without it is refused.
     assert await asyncio.to_thread(scrape, "not-the-token") == "HTTP 401"
 
