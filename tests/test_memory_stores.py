@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import tracemalloc
 
 import pytest
 
@@ -73,6 +74,28 @@ async def test_status_records_add_no_objects_for_the_collector_to_traverse() -> 
     assert record is not None
     assert record.recipients["alice"].state is State.DELIVERED
     assert record.recipients["alice"].read_at == 160.0
+
+
+async def test_changes_the_status_store_ignores_keep_no_memory() -> None:
+    # QUEUED again (never allowed) and read marks of users who are not recipients change
+    # nothing, so they must not leave a place for recipients behind either.
+    store = MemoryStatusStore()
+    count = 5000
+    await store.create([_record(f"n{i}") for i in range(count)])
+    ids = [f"n{i}" for i in range(count)]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        await store.apply("acme", [Transition(i, "alice", State.QUEUED) for i in ids], 150.0)
+        assert await store.mark_read("acme", "mallory", ids, 160.0) == 0
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert grown < 50 * count // 10  # well under one empty dict (64 bytes) per notification
+    record = await store.get("acme", "n0")
+    assert record is not None
+    assert record.recipients["alice"].state is State.QUEUED
+    assert "mallory" not in record.recipients
 
 
 async def test_log_entries_add_no_objects_for_the_collector_to_traverse() -> None:

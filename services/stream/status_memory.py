@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 from typing import Final
 
 from services import metrics
@@ -40,6 +41,7 @@ _ALLOWED = {None if state is None else int(state): then for state, then in ALLOW
 # The states a first write moves to DELIVERED (see status.Mark).
 _FIRST_WRITE_MOVES: Final = frozenset({int(State.QUEUED), int(State.FAILED)})
 _QUEUED: Final = int(State.QUEUED)
+_NO_RECIPIENTS: Final[Mapping[str, _Recipient]] = MappingProxyType({})
 
 
 def _recipient_record(t: _Recipient) -> RecipientRecord:
@@ -106,17 +108,21 @@ class MemoryStatusStore:
 
     def _recipients_of(
         self, tenant: str, notification_id: str
-    ) -> tuple[_Record, dict[str, _Recipient]] | None:
-        """The record and its recipients' tuples (made empty if there were none yet)."""
+    ) -> tuple[_Record, Mapping[str, _Recipient]] | None:
+        """The record and its recipients' tuples (none made yet: an empty mapping, and no dict
+        is kept for a change that turns out to be ignored)."""
         stored = self._by_tenant.get(tenant)
         record = None if stored is None else stored.get(notification_id)
         if record is None:
             return None
+        return record, self._recipients.get((tenant, notification_id), _NO_RECIPIENTS)
+
+    def _put(self, tenant: str, notification_id: str, recipient: _Recipient) -> None:
         key = (tenant, notification_id)
         recipients = self._recipients.get(key)
         if recipients is None:
             recipients = self._recipients[key] = {}
-        return record, recipients
+        recipients[recipient[0]] = recipient
 
     async def apply(self, tenant: str, transitions: Sequence[Transition], at: float) -> None:
         for notification_id, user_id, state, reason in transitions:
@@ -141,16 +147,20 @@ class MemoryStatusStore:
                 delivered_at = delivered_at or at
             elif state is State.ACKED:
                 acked_at = at
-            recipients[user_id] = (
-                user_id,
-                int(state),
-                at,
-                queued_at,
-                delivered_at,
-                acked_at,
-                attempts,
-                reason,
-                read_at,
+            self._put(
+                tenant,
+                notification_id,
+                (
+                    user_id,
+                    int(state),
+                    at,
+                    queued_at,
+                    delivered_at,
+                    acked_at,
+                    attempts,
+                    reason,
+                    read_at,
+                ),
             )
 
     async def record(self, tenant: str, marks: Sequence[Mark]) -> None:
@@ -204,16 +214,10 @@ class MemoryStatusStore:
                 current = _queued(user_id, record)
             if current is not None and not current[_READ]:
                 user, state, updated, queued, delivered, acked, attempts, reason, _ = current
-                recipients[user_id] = (
-                    user,
-                    state,
-                    updated,
-                    queued,
-                    delivered,
-                    acked,
-                    attempts,
-                    reason,
-                    at,
+                self._put(
+                    tenant,
+                    notification_id,
+                    (user, state, updated, queued, delivered, acked, attempts, reason, at),
                 )
                 marked += 1
         return marked
