@@ -13,7 +13,7 @@ from services.config import DeliverySettings
 from services.domain import Accepted, NewRecord, TargetKind
 from services.stream.broker import Publication
 from services.stream.broker_memory import MemoryBroker
-from services.stream.dispatch import _GROUP_ENOUGH, Dispatcher
+from services.stream.dispatch import _GROUP_ENOUGH, _GROUPS_IN_FLIGHT, Dispatcher
 from services.stream.log import AppendResult, LogAppend
 from services.stream.log_memory import MemoryLogStore
 from services.stream.status_memory import MemoryStatusStore
@@ -152,6 +152,46 @@ async def test_a_busy_node_commits_a_group_of_enough_notifications_at_once() -> 
     started = loop.time()
     assert await group.dispatch([accepted("a", 10_000, users[1:])]) == [_GROUP_ENOUGH - 1]
     assert loop.time() - started >= 0.35
+
+
+class GatedLogs(CountingLogs):
+    """Appends that wait for `gate` (counted when they start)."""
+
+    def __init__(self, status: MemoryStatusStore) -> None:
+        super().__init__(status)
+        self.gate = asyncio.Event()
+
+    async def append(
+        self, tenant: str, appends: Sequence[LogAppend], records: Sequence[NewRecord] = ()
+    ) -> list[AppendResult]:
+        self.calls.append((tenant, len(records)))
+        await self.gate.wait()
+        return await MemoryLogStore.append(self, tenant, appends, records)
+
+
+async def test_groups_in_flight_are_bounded_and_what_comes_meanwhile_goes_together() -> None:
+    # Under load the groups grow instead of multiplying: the pool keeps connections for acks,
+    # status and reads.
+    status = MemoryStatusStore()
+    logs = GatedLogs(status)
+    group = dispatcher(logs, status, window_s=0.4)
+
+    def batch(number: int) -> list[Accepted]:
+        return [accepted("a", number * 1000 + i, (f"u{i}",)) for i in range(_GROUP_ENOUGH)]
+
+    calls = [asyncio.ensure_future(group.dispatch(batch(n))) for n in range(_GROUPS_IN_FLIGHT)]
+    await asyncio.sleep(0.01)
+    assert len(logs.calls) == _GROUPS_IN_FLIGHT  # each enough to go at once
+    later = [asyncio.ensure_future(group.dispatch(batch(n))) for n in (10, 11)]
+    lone = asyncio.ensure_future(group.dispatch([accepted("a", 99, ("u1",))]))
+    await asyncio.sleep(0.5)  # past the window, too
+    assert len(logs.calls) == _GROUPS_IN_FLIGHT  # nothing more started: all slots taken
+    logs.gate.set()
+    results = await asyncio.wait_for(asyncio.gather(*calls, *later, lone), timeout=5)
+    assert results == [[1] * _GROUP_ENOUGH] * (_GROUPS_IN_FLIGHT + 2) + [[1]]
+    # The three that waited went as one group, once the first slot came free.
+    assert logs.calls[_GROUPS_IN_FLIGHT:] == [("a", 2 * _GROUP_ENOUGH + 1)]
+    await group.aclose()
 
 
 class HeldBroker(MemoryBroker):

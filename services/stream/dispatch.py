@@ -49,6 +49,11 @@ log = logging.getLogger(__name__)
 # group grows past one such send plus what waited before it (docs/performance.md, fifteenth
 # session).
 _GROUP_ENOUGH = 200
+# At most this many group commits at once. Sends that come while all of them are in flight wait
+# for the first to end and go together in the next: under load the groups grow instead of
+# multiplying, and most of the node's pool (HERALD_POSTGRES_POOL_MAX, 10 by default) stays free
+# for acks, status writes and log reads.
+_GROUPS_IN_FLIGHT = 4
 # A group flushed less than this long ago makes the next sends wait the group window; after a
 # quieter spell a send is committed at once (the window would only add latency).
 _BUSY_S = 0.1
@@ -95,6 +100,9 @@ class Dispatcher:
         self._last_flush_at = -math.inf
         self._waiting_entries = 0
         self._groups: set[asyncio.Task[None]] = set()
+        # Group commits whose append has not ended, and whether a flush waits for one to end.
+        self._committing = 0
+        self._held = False
 
     @property
     def waiting(self) -> int:
@@ -129,22 +137,34 @@ class Dispatcher:
             self._flush_handle = loop.call_later(self._window_s if busy else 0.0, self._flush)
         return await future
 
-    def _flush(self) -> None:
+    def _flush(self, force: bool = False) -> None:
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
+        if self._committing >= _GROUPS_IN_FLIGHT and not force:
+            self._held = True  # the next group starts as soon as one in flight ends
+            return
+        self._held = False
         waiting, self._waiting, self._waiting_count = self._waiting, [], 0
         self._waiting_entries = 0
         if waiting:
             self._last_flush_at = asyncio.get_running_loop().time()
+            self._committing += 1
             task = asyncio.ensure_future(self._commit_group(waiting))
             self._groups.add(task)
             task.add_done_callback(self._groups.discard)
 
+    def _group_ended(self) -> None:
+        self._committing -= 1
+        if self._held or (
+            self._waiting_count >= _GROUP_ENOUGH or self._waiting_entries >= _GROUP_ENOUGH
+        ):
+            self._flush()
+
     async def aclose(self) -> None:
         """Commits what waits for the group window and waits for the groups in flight (before
         the stores close)."""
-        self._flush()
+        self._flush(force=True)
         if self._groups:
             await asyncio.gather(*self._groups, return_exceptions=True)
 
@@ -156,6 +176,14 @@ class Dispatcher:
         for item in waiting:
             tenant = item[0][0].tenant if item[0] else ""
             by_tenant.setdefault(tenant, []).append(item)
+        try:
+            await self._commit_tenants(by_tenant)
+        finally:
+            self._group_ended()
+
+    async def _commit_tenants(
+        self, by_tenant: dict[str, list[tuple[list[Accepted], asyncio.Future[list[int]]]]]
+    ) -> None:
         for items in by_tenant.values():
             appended: list[_Appended] = []
             try:
