@@ -11,6 +11,7 @@ import pytest
 from services.clock import ManualClock
 from services.config import DeliverySettings
 from services.domain import Accepted, NewRecord, TargetKind
+from services.errors import Unavailable
 from services.stream.broker import Publication
 from services.stream.broker_memory import MemoryBroker
 from services.stream.dispatch import _GROUP_ENOUGH, _GROUPS_IN_FLIGHT, Dispatcher
@@ -192,6 +193,24 @@ async def test_groups_in_flight_are_bounded_and_what_comes_meanwhile_goes_togeth
     # The three that waited went as one group, once the first slot came free.
     assert logs.calls[_GROUPS_IN_FLIGHT:] == [("a", 2 * _GROUP_ENOUGH + 1)]
     await group.aclose()
+
+
+async def test_a_group_cancelled_before_it_started_frees_its_slot() -> None:
+    # E.g. a shutdown that cancels what is in flight: the node's later groups still start.
+    status = MemoryStatusStore()
+    logs = CountingLogs(status)
+    group = dispatcher(logs, status, window_s=0.4)
+    users = tuple(f"u{i}" for i in range(_GROUP_ENOUGH))
+    for n in range(_GROUPS_IN_FLIGHT):
+        call = asyncio.ensure_future(group.dispatch([accepted("a", n, users)]))
+        await asyncio.sleep(0)  # the group's task exists, and has not run yet
+        for task in list(group._groups):
+            task.cancel()
+        with pytest.raises(Unavailable, match="retry it"):
+            await asyncio.wait_for(call, 5)
+    assert logs.calls == []
+    assert await asyncio.wait_for(group.dispatch([accepted("a", 9, users)]), 5) == [len(users)]
+    assert logs.calls == [("a", 1)]
 
 
 class HeldBroker(MemoryBroker):

@@ -13,6 +13,7 @@ the delivery bench, docs/performance.md).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 
@@ -31,7 +32,7 @@ from services.domain import (
     channel_log,
     user_log,
 )
-from services.errors import HeraldError
+from services.errors import HeraldError, Unavailable
 from services.stream.broker import Broker, Publication
 from services.stream.inbox_state import InboxStateStore, forget_inbox_states
 from services.stream.log import AppendResult, Entry, LogAppend, LogStore, NewEntry
@@ -152,10 +153,25 @@ class Dispatcher:
             self._committing += 1
             task = asyncio.ensure_future(self._commit_group(waiting))
             self._groups.add(task)
-            task.add_done_callback(self._groups.discard)
+            task.add_done_callback(functools.partial(self._group_ended, waiting))
 
-    def _group_ended(self) -> None:
+    def _group_ended(
+        self,
+        waiting: list[tuple[list[Accepted], asyncio.Future[list[int]]]],
+        task: asyncio.Task[None],
+    ) -> None:
+        """A group's task is done, or was cancelled (even before it started): its slot is free,
+        and a caller it did not answer hears that it may retry."""
+        self._groups.discard(task)
         self._committing -= 1
+        for _, future in waiting:
+            if not future.done():
+                future.set_exception(
+                    Unavailable(
+                        "the node stopped before the send was known to be stored; retry it "
+                        "(with its idempotency key, a stored send is not stored twice)"
+                    )
+                )
         if self._held or (
             self._waiting_count >= _GROUP_ENOUGH or self._waiting_entries >= _GROUP_ENOUGH
         ):
@@ -176,14 +192,6 @@ class Dispatcher:
         for item in waiting:
             tenant = item[0][0].tenant if item[0] else ""
             by_tenant.setdefault(tenant, []).append(item)
-        try:
-            await self._commit_tenants(by_tenant)
-        finally:
-            self._group_ended()
-
-    async def _commit_tenants(
-        self, by_tenant: dict[str, list[tuple[list[Accepted], asyncio.Future[list[int]]]]]
-    ) -> None:
         for items in by_tenant.values():
             appended: list[_Appended] = []
             try:
