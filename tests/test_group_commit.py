@@ -195,6 +195,26 @@ async def test_groups_in_flight_are_bounded_and_what_comes_meanwhile_goes_togeth
     await group.aclose()
 
 
+async def test_a_lone_send_whose_window_ran_out_while_every_slot_was_taken_goes_next() -> None:
+    status = MemoryStatusStore()
+    logs = GatedLogs(status)
+    group = dispatcher(logs, status, window_s=0.05)
+    users = tuple(f"u{i}" for i in range(_GROUP_ENOUGH))
+    calls = [
+        asyncio.ensure_future(group.dispatch([accepted("a", n, users)]))
+        for n in range(_GROUPS_IN_FLIGHT)
+    ]
+    await asyncio.sleep(0.01)
+    lone = asyncio.ensure_future(group.dispatch([accepted("a", 99, ("u1",))]))
+    await asyncio.sleep(0.2)  # its window ran out with every slot taken
+    assert len(logs.calls) == _GROUPS_IN_FLIGHT
+    logs.gate.set()
+    assert await asyncio.wait_for(lone, 5) == [1]
+    assert logs.calls[_GROUPS_IN_FLIGHT:] == [("a", 1)]
+    await asyncio.gather(*calls)
+    await group.aclose()
+
+
 async def test_a_group_cancelled_before_it_started_frees_its_slot() -> None:
     # E.g. a shutdown that cancels what is in flight: the node's later groups still start.
     status = MemoryStatusStore()

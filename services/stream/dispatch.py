@@ -101,7 +101,8 @@ class Dispatcher:
         self._last_flush_at = -math.inf
         self._waiting_entries = 0
         self._groups: set[asyncio.Task[None]] = set()
-        # Group commits whose append has not ended, and whether a flush waits for one to end.
+        # Group commits in flight (their task: the append, then the announcement, which waits
+        # for nothing but the broker's queue), and whether a flush waits for one to end.
         self._committing = 0
         self._held = False
 
@@ -172,16 +173,17 @@ class Dispatcher:
                         "(with its idempotency key, a stored send is not stored twice)"
                     )
                 )
-        if self._held or (
-            self._waiting_count >= _GROUP_ENOUGH or self._waiting_entries >= _GROUP_ENOUGH
-        ):
+        if self._held:  # a window ran out, or enough came, while every slot was taken
             self._flush()
 
     async def aclose(self) -> None:
         """Commits what waits for the group window and waits for the groups in flight (before
         the stores close)."""
-        self._flush(force=True)
-        if self._groups:
+        while True:
+            self._flush(force=True)
+            if not self._groups:
+                return
+            # A group that ends may start the next with what waited: wait for that one too.
             await asyncio.gather(*self._groups, return_exceptions=True)
 
     async def _commit_group(
