@@ -170,12 +170,20 @@ class GatedLogs(CountingLogs):
         return await MemoryLogStore.append(self, tenant, appends, records)
 
 
+# A notification to as many users as make a group enough by themselves.
+ENOUGH_USERS = tuple(f"u{i}" for i in range(_GROUP_ENOUGH))
+
+
+def gated(window_s: float) -> tuple[GatedLogs, Dispatcher]:
+    status = MemoryStatusStore()
+    logs = GatedLogs(status)
+    return logs, dispatcher(logs, status, window_s)
+
+
 async def test_groups_in_flight_are_bounded_and_what_comes_meanwhile_goes_together() -> None:
     # Under load the groups grow instead of multiplying: the pool keeps connections for acks,
     # status and reads.
-    status = MemoryStatusStore()
-    logs = GatedLogs(status)
-    group = dispatcher(logs, status, window_s=0.4)
+    logs, group = gated(window_s=0.4)
 
     def batch(number: int) -> list[Accepted]:
         return [accepted("a", number * 1000 + i, (f"u{i}",)) for i in range(_GROUP_ENOUGH)]
@@ -196,12 +204,9 @@ async def test_groups_in_flight_are_bounded_and_what_comes_meanwhile_goes_togeth
 
 
 async def test_a_lone_send_whose_window_ran_out_while_every_slot_was_taken_goes_next() -> None:
-    status = MemoryStatusStore()
-    logs = GatedLogs(status)
-    group = dispatcher(logs, status, window_s=0.05)
-    users = tuple(f"u{i}" for i in range(_GROUP_ENOUGH))
+    logs, group = gated(window_s=0.05)
     calls = [
-        asyncio.ensure_future(group.dispatch([accepted("a", n, users)]))
+        asyncio.ensure_future(group.dispatch([accepted("a", n, ENOUGH_USERS)]))
         for n in range(_GROUPS_IN_FLIGHT)
     ]
     await asyncio.sleep(0.01)
@@ -220,7 +225,7 @@ async def test_a_group_cancelled_before_it_started_frees_its_slot() -> None:
     status = MemoryStatusStore()
     logs = CountingLogs(status)
     group = dispatcher(logs, status, window_s=0.4)
-    users = tuple(f"u{i}" for i in range(_GROUP_ENOUGH))
+    users = ENOUGH_USERS
     for n in range(_GROUPS_IN_FLIGHT):
         call = asyncio.ensure_future(group.dispatch([accepted("a", n, users)]))
         await asyncio.sleep(0)  # the group's task exists, and has not run yet
