@@ -46,9 +46,9 @@ log = logging.getLogger(__name__)
 # logs, wait: a commit's own cost (about 500 µs of the node's CPU and 250 µs of PostgreSQL's,
 # bench/send.py with lone Sends) is then under a tenth of what the group costs (about 36 µs
 # per notification), so waiting the window for more would add latency and save little. A
-# SendBatch of a few hundred, or a send to a segment, is committed without waiting (unless
-# every slot of _GROUPS_IN_FLIGHT is taken: then with what else comes meanwhile) and
-# docs/performance.md (fifteenth session) has the figures.
+# SendBatch of a few hundred, or a send to a segment, is committed without waiting, unless
+# every slot of _GROUPS_IN_FLIGHT is taken: then it goes with what else comes meanwhile
+# (figures in docs/performance.md, fifteenth session).
 _GROUP_ENOUGH = 200
 # At most this many group commits at once. Sends that come while all of them are in flight wait
 # for the first to end and go together in the next: under load the groups grow instead of
