@@ -798,13 +798,15 @@ async def run_load(spec: RunSpec) -> RunResult:
         window = Window(spec.server_pid)
         load.send_rtts = []
         await load.saturate(spec.seconds)
-        rtts, load.send_rtts = sorted(load.send_rtts), None
-        if rtts:
-            result.send_rtt_p50_ms = rtts[len(rtts) // 2] / 1e6
-            result.send_rtt_p99_ms = rtts[min(len(rtts) - 1, len(rtts) * 99 // 100)] / 1e6
         elapsed, result.server_cpu_pct, result.loadgen_cpu_pct, result.other_cpu_pct = window.close(
             watch.pids if watch is not None else None
         )
+        rtts, load.send_rtts = sorted(load.send_rtts), None
+        if rtts:
+            result.send_rtt_p50_ms, result.send_rtt_p99_ms = (
+                percentile(rtts, 0.5),
+                percentile(rtts, 0.99),
+            )
         if histograms is not None:
             after = await asyncio.to_thread(scrape, spec.metrics_port)
             for q in (50, 99):
