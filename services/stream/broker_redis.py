@@ -423,11 +423,13 @@ class RedisBroker:
         waiting = self._confirming.setdefault(channel, deque())
         waiting.append(confirmed)
         try:
-            pubsub = self._pubsub
-            # Without a pub/sub the reader is connecting: it subscribes every channel.
-            if pubsub is not None:
-                await pubsub.subscribe(channel)
+            # Sending the SUBSCRIBE is bounded too: over a connection Redis dropped a moment
+            # ago, redis-py reconnects inside the call.
             async with asyncio.timeout(self._subscribe_timeout_s):
+                pubsub = self._pubsub
+                # Without a pub/sub the reader is connecting: it subscribes every channel.
+                if pubsub is not None:
+                    await pubsub.subscribe(channel)
                 if not await confirmed:
                     self._unconfirmed = True
         except (RedisError, OSError, TimeoutError) as error:
